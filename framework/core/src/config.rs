@@ -1,0 +1,97 @@
+//! Protocol parameters. Every limit the core enforces lives here.
+
+use crate::types::Membership;
+
+/// Parameters of one replica's core. Defaults suit a LAN cluster.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Who is in the cluster, f, and the mode.
+    pub membership: Membership,
+    /// Checkpoint every this many sequence numbers (PBFT's K).
+    pub checkpoint_interval: u64,
+    /// Sequence numbers accepted above the stable checkpoint (PBFT's L, the
+    /// distance from the low to the high watermark). At least 2K so the
+    /// pipeline need not stall while a checkpoint becomes stable.
+    pub log_window: u64,
+    /// Requests per batch, at most.
+    pub batch_max_requests: usize,
+    /// Request bytes per batch, at most.
+    pub batch_max_bytes: usize,
+    /// Batches the primary keeps proposed but not yet delivered. More gives
+    /// pipelining; fewer gives bigger batches.
+    pub max_in_flight: u64,
+    /// A backup that has waited this long for a request to execute suspects
+    /// the primary and starts a view change.
+    pub request_timeout_ms: u64,
+    /// Base time to wait for a NEW-VIEW before moving to the next view.
+    pub view_change_timeout_ms: u64,
+    /// The view-change timeout doubles per failed attempt, up to 2^this.
+    pub view_change_backoff_max: u32,
+    /// Period at which undecided normal-case messages and VIEW-CHANGEs are sent again.
+    pub retransmit_ms: u64,
+    /// Period of STATUS messages, through which laggards catch up.
+    pub status_interval_ms: u64,
+    /// Time to wait for one peer's snapshot before asking the next.
+    pub state_transfer_timeout_ms: u64,
+    /// Largest distance between a PRE-PREPARE's timestamp and the backup's clock.
+    pub timestamp_tolerance_ms: u64,
+    /// Requests waiting to be ordered, at most; more are dropped and the
+    /// client retries (the runtime pushes back before this is reached).
+    pub pending_max: usize,
+    /// Read-only requests waiting for execution to catch up, at most.
+    pub read_queue_max: usize,
+    /// DECIDED notices sent per STATUS from a laggard.
+    pub catch_up_max: u64,
+    /// Distinct digests remembered per sequence number in the Q set.
+    pub preprepared_per_seq_max: usize,
+    /// Test-only planted bugs.
+    #[cfg(feature = "planted-bugs")]
+    pub planted: crate::planted::PlantedBugs,
+}
+
+impl Config {
+    /// Defaults for `membership`.
+    pub fn new(membership: Membership) -> Config {
+        Config {
+            membership,
+            checkpoint_interval: 128,
+            log_window: 512,
+            batch_max_requests: 1024,
+            batch_max_bytes: 4 << 20,
+            max_in_flight: 4,
+            request_timeout_ms: 2_000,
+            view_change_timeout_ms: 2_000,
+            view_change_backoff_max: 5,
+            retransmit_ms: 200,
+            status_interval_ms: 200,
+            state_transfer_timeout_ms: 2_000,
+            timestamp_tolerance_ms: 60_000,
+            pending_max: 100_000,
+            read_queue_max: 10_000,
+            catch_up_max: 64,
+            preprepared_per_seq_max: 4,
+            #[cfg(feature = "planted-bugs")]
+            planted: Default::default(),
+        }
+    }
+
+    /// Checks the parameters are consistent; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.checkpoint_interval == 0 {
+            return Err("checkpoint_interval must be at least 1".into());
+        }
+        if self.log_window < 2 * self.checkpoint_interval {
+            return Err(format!(
+                "log_window ({}) must be at least twice checkpoint_interval ({})",
+                self.log_window, self.checkpoint_interval
+            ));
+        }
+        if self.batch_max_requests == 0 || self.max_in_flight == 0 {
+            return Err("batch_max_requests and max_in_flight must be at least 1".into());
+        }
+        if self.preprepared_per_seq_max == 0 {
+            return Err("preprepared_per_seq_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}

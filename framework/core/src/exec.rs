@@ -1,0 +1,372 @@
+//! Deterministic execution: the service, plus the client table that makes
+//! execution exactly-once.
+//!
+//! The client table is replicated state. It goes into every snapshot and so
+//! into every checkpoint digest, so that a replica restored by state
+//! transfer filters duplicates exactly as the others do.
+
+use crate::message::{Batch, Request};
+use crate::types::{ClientId, Digest, RequestId, SeqNo, ViewNo};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a service sees with each ordered request. Everything in it is the
+/// same on every correct replica, so services can use it instead of clocks
+/// and random number generators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecContext {
+    /// Sequence number of the batch.
+    pub seq: SeqNo,
+    /// View in which the batch was delivered on this replica. It can differ
+    /// between replicas (a laggard learns decisions later), so services
+    /// must not let it influence state.
+    pub view: ViewNo,
+    /// Who sent the request.
+    pub client: ClientId,
+    /// The client's number for it.
+    pub request: RequestId,
+    /// The primary-chosen timestamp, made monotonic across batches.
+    pub timestamp_ms: u64,
+    /// A per-batch seed derived from the batch digest and sequence number.
+    pub seed: u64,
+}
+
+/// A replicated service: deterministic, snapshot-able state.
+pub trait Service {
+    /// Applies an ordered request and returns its result.
+    fn execute(&mut self, ctx: &ExecContext, operation: &[u8]) -> Bytes;
+    /// Answers a read-only request; must not change state.
+    fn execute_unordered(&self, operation: &[u8]) -> Bytes;
+    /// Serializes the whole state deterministically: equal states must give
+    /// equal bytes, because checkpoint digests are taken over them.
+    fn snapshot(&self) -> Bytes;
+    /// Replaces the state with a snapshot.
+    fn install(&mut self, snapshot: &[u8]) -> Result<(), String>;
+}
+
+/// One request's outcome in a delivered batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executed {
+    /// Who sent it.
+    pub client: ClientId,
+    /// Its id.
+    pub request: RequestId,
+    /// The result to send back.
+    pub result: Bytes,
+    /// False when it had already executed and `result` is the cached reply.
+    pub fresh: bool,
+}
+
+/// What the execution layer knows of a client request it has not seen in a batch yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Not executed yet: order it.
+    New,
+    /// Executed already: resend this reply.
+    Cached(Bytes),
+    /// Below the client's window: neither executable nor cached.
+    Stale,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ClientRecord {
+    /// Highest request id executed.
+    high: u64,
+    /// Ids executed within (high - window, high] and their replies.
+    done: BTreeMap<u64, Bytes>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotRepr {
+    window: u64,
+    last_timestamp_ms: u64,
+    clients: Vec<(ClientId, ClientRecord)>,
+    service: Bytes,
+}
+
+/// Runs a [`Service`] over delivered batches with exactly-once semantics.
+///
+/// Each client has a window of `window` request ids below its highest
+/// executed id; ids inside it execute at most once (out of order is fine,
+/// so a client may keep many requests in flight), ids below it are stale.
+/// A client that restarts simply continues above its old ids.
+pub struct Executor<S> {
+    service: S,
+    clients: BTreeMap<ClientId, ClientRecord>,
+    window: u64,
+    last_timestamp_ms: u64,
+}
+
+impl<S: Service> Executor<S> {
+    /// Wraps a freshly created service.
+    pub fn new(service: S, window: u64) -> Self {
+        Executor {
+            service,
+            clients: BTreeMap::new(),
+            window: window.max(1),
+            last_timestamp_ms: 0,
+        }
+    }
+
+    /// The service, for inspection.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// Whether `client`'s request `id` still needs ordering.
+    pub fn lookup(&self, client: ClientId, id: RequestId) -> Lookup {
+        match self.clients.get(&client) {
+            None => Lookup::New,
+            Some(rec) => {
+                if let Some(r) = rec.done.get(&id.0) {
+                    Lookup::Cached(r.clone())
+                } else if rec.high >= self.window && id.0 <= rec.high - self.window {
+                    Lookup::Stale
+                } else {
+                    Lookup::New
+                }
+            }
+        }
+    }
+
+    /// Executes a committed batch. Duplicates yield their cached reply;
+    /// stale requests and read-only requests smuggled into a batch are skipped.
+    pub fn execute_batch(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch) -> Vec<Executed> {
+        if batch.is_null() {
+            return Vec::new();
+        }
+        self.last_timestamp_ms = self.last_timestamp_ms.max(batch.timestamp_ms);
+        let digest = batch.digest();
+        let seed = batch_seed(seq, &digest);
+        let mut out = Vec::with_capacity(batch.requests.len());
+        for req in &batch.requests {
+            if req.read_only {
+                continue;
+            }
+            match self.lookup(req.client, req.id) {
+                Lookup::Stale => {}
+                Lookup::Cached(result) => out.push(Executed {
+                    client: req.client,
+                    request: req.id,
+                    result,
+                    fresh: false,
+                }),
+                Lookup::New => {
+                    let ctx = ExecContext {
+                        seq,
+                        view,
+                        client: req.client,
+                        request: req.id,
+                        timestamp_ms: self.last_timestamp_ms,
+                        seed,
+                    };
+                    let result = self.service.execute(&ctx, &req.operation);
+                    self.record(req.client, req.id, result.clone());
+                    out.push(Executed {
+                        client: req.client,
+                        request: req.id,
+                        result,
+                        fresh: true,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn record(&mut self, client: ClientId, id: RequestId, result: Bytes) {
+        let window = self.window;
+        let rec = self.clients.entry(client).or_default();
+        rec.done.insert(id.0, result);
+        if id.0 > rec.high {
+            rec.high = id.0;
+            if rec.high >= window {
+                let floor = rec.high - window;
+                rec.done = rec.done.split_off(&(floor + 1));
+            }
+        }
+    }
+
+    /// Answers a read-only request against the current state.
+    pub fn execute_read_only(&self, request: &Request) -> Bytes {
+        self.service.execute_unordered(&request.operation)
+    }
+
+    /// Serializes the client table and the service.
+    pub fn snapshot(&self) -> Bytes {
+        let repr = SnapshotRepr {
+            window: self.window,
+            last_timestamp_ms: self.last_timestamp_ms,
+            clients: self.clients.iter().map(|(c, r)| (*c, r.clone())).collect(),
+            service: self.service.snapshot(),
+        };
+        Bytes::from(postcard::to_allocvec(&repr).expect("snapshot encodes"))
+    }
+
+    /// Replaces all state with `snapshot`, which the caller has already
+    /// matched against a certified digest.
+    pub fn install(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let repr: SnapshotRepr =
+            postcard::from_bytes(snapshot).map_err(|e| format!("snapshot does not decode: {e}"))?;
+        self.service.install(&repr.service)?;
+        self.window = repr.window.max(1);
+        self.last_timestamp_ms = repr.last_timestamp_ms;
+        self.clients = repr.clients.into_iter().collect();
+        Ok(())
+    }
+}
+
+/// Which request ids of one client have been seen, within a sliding window
+/// below the highest: the core's record of delivered requests, so that a
+/// late retransmission is not ordered (and timed) again.
+#[derive(Clone, Debug, Default)]
+pub struct IdWindow {
+    high: u64,
+    seen: std::collections::BTreeSet<u64>,
+}
+
+impl IdWindow {
+    /// Records `id`; ids more than `window` below the highest are forgotten.
+    pub fn insert(&mut self, id: u64, window: u64) {
+        self.seen.insert(id);
+        if id > self.high {
+            self.high = id;
+            if self.high >= window {
+                self.seen = self.seen.split_off(&(self.high - window + 1));
+            }
+        }
+    }
+
+    /// Whether `id` was recorded, or is too old to matter.
+    pub fn contains(&self, id: u64, window: u64) -> bool {
+        self.seen.contains(&id) || (self.high >= window && id <= self.high - window)
+    }
+}
+
+/// Deterministic per-batch seed: the same on every replica, unpredictable
+/// to clients before the batch is ordered.
+pub fn batch_seed(seq: SeqNo, digest: &Digest) -> u64 {
+    let d = Digest::of_parts(&[&seq.0.to_le_bytes(), &digest.0]);
+    u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appends each operation's first byte; replies with the length so far.
+    #[derive(Default)]
+    struct Log(Vec<u8>);
+
+    impl Service for Log {
+        fn execute(&mut self, _: &ExecContext, op: &[u8]) -> Bytes {
+            self.0.push(op[0]);
+            Bytes::from(vec![self.0.len() as u8])
+        }
+        fn execute_unordered(&self, _: &[u8]) -> Bytes {
+            Bytes::from(self.0.clone())
+        }
+        fn snapshot(&self) -> Bytes {
+            Bytes::from(self.0.clone())
+        }
+        fn install(&mut self, s: &[u8]) -> Result<(), String> {
+            self.0 = s.to_vec();
+            Ok(())
+        }
+    }
+
+    fn req(client: u64, id: u64, op: u8) -> Request {
+        Request {
+            client: ClientId(client),
+            id: RequestId(id),
+            read_only: false,
+            operation: Bytes::from(vec![op]),
+            auth: Bytes::new(),
+        }
+    }
+
+    fn batch(reqs: Vec<Request>) -> Batch {
+        Batch {
+            timestamp_ms: 1,
+            requests: reqs,
+        }
+    }
+
+    #[test]
+    fn a_retransmitted_request_gets_the_cached_reply_and_does_not_execute_again() {
+        let mut ex = Executor::new(Log::default(), 4);
+        let first = ex.execute_batch(SeqNo(1), ViewNo(0), &batch(vec![req(1, 1, b'a')]));
+        let again = ex.execute_batch(SeqNo(2), ViewNo(0), &batch(vec![req(1, 1, b'a')]));
+        assert!(first[0].fresh && !again[0].fresh);
+        assert_eq!(first[0].result, again[0].result);
+        assert_eq!(ex.service().0, b"a");
+        assert_eq!(
+            ex.lookup(ClientId(1), RequestId(1)),
+            Lookup::Cached(first[0].result.clone())
+        );
+    }
+
+    #[test]
+    fn requests_inside_the_window_may_execute_out_of_order_but_once() {
+        let mut ex = Executor::new(Log::default(), 4);
+        ex.execute_batch(
+            SeqNo(1),
+            ViewNo(0),
+            &batch(vec![req(1, 5, b'a'), req(1, 3, b'b'), req(1, 3, b'c')]),
+        );
+        assert_eq!(ex.service().0, b"ab");
+        // 1 is at the window's edge (5 - 4): stale, neither executed nor cached.
+        assert_eq!(ex.lookup(ClientId(1), RequestId(1)), Lookup::Stale);
+        assert_eq!(ex.lookup(ClientId(1), RequestId(2)), Lookup::New);
+        let out = ex.execute_batch(SeqNo(2), ViewNo(0), &batch(vec![req(1, 1, b'z')]));
+        assert!(out.is_empty());
+        assert_eq!(ex.service().0, b"ab");
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_client_table_and_the_service() {
+        let mut ex = Executor::new(Log::default(), 4);
+        ex.execute_batch(
+            SeqNo(1),
+            ViewNo(0),
+            &batch(vec![req(1, 1, b'a'), req(2, 9, b'b')]),
+        );
+        let snap = ex.snapshot();
+        let mut other = Executor::new(Log::default(), 4);
+        other.install(&snap).unwrap();
+        assert_eq!(other.snapshot(), snap);
+        let out = other.execute_batch(SeqNo(2), ViewNo(0), &batch(vec![req(2, 9, b'b')]));
+        assert!(!out[0].fresh);
+        assert!(other.install(b"\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn timestamps_seen_by_the_service_never_go_backwards() {
+        struct Ts(Vec<u64>);
+        impl Service for Ts {
+            fn execute(&mut self, ctx: &ExecContext, _: &[u8]) -> Bytes {
+                self.0.push(ctx.timestamp_ms);
+                Bytes::new()
+            }
+            fn execute_unordered(&self, _: &[u8]) -> Bytes {
+                Bytes::new()
+            }
+            fn snapshot(&self) -> Bytes {
+                Bytes::new()
+            }
+            fn install(&mut self, _: &[u8]) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let mut ex = Executor::new(Ts(vec![]), 4);
+        let b = |ts, id| Batch {
+            timestamp_ms: ts,
+            requests: vec![req(1, id, 0)],
+        };
+        ex.execute_batch(SeqNo(1), ViewNo(0), &b(100, 1));
+        ex.execute_batch(SeqNo(2), ViewNo(0), &b(50, 2));
+        ex.execute_batch(SeqNo(3), ViewNo(0), &b(200, 3));
+        assert_eq!(ex.service().0, vec![100, 100, 200]);
+    }
+}

@@ -1,0 +1,364 @@
+//! Protocol messages, as the core sees them.
+//!
+//! These are closed types: the wire layer decodes bytes into exactly these
+//! and nothing else. Normal-case messages (PRE-PREPARE, PREPARE, COMMIT) rely
+//! on the authenticated channel for their sender; the statements that travel
+//! inside proofs (CHECKPOINT, VIEW-CHANGE, NEW-VIEW) are signed by their
+//! author, so they can be relayed and checked by anyone.
+
+use crate::types::{ClientId, Digest, ReplicaId, RequestId, SeqNo, ViewNo};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A client's request, as ordered and executed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Who sent it.
+    pub client: ClientId,
+    /// The client's number for it.
+    pub id: RequestId,
+    /// Read-only requests are executed without ordering and must not change state.
+    pub read_only: bool,
+    /// Opaque to the framework; the service interprets it.
+    pub operation: Bytes,
+    /// The client's signature over [`Request::signing_bytes`], checked by
+    /// every replica that sees the request inside a PRE-PREPARE, so a
+    /// primary cannot invent requests. Empty when signatures are off.
+    pub auth: Bytes,
+}
+
+impl Request {
+    /// The bytes a client signs: everything but the signature itself.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.operation.len());
+        out.extend_from_slice(b"palisade/request/v1");
+        out.extend_from_slice(&self.client.0.to_le_bytes());
+        out.extend_from_slice(&self.id.0.to_le_bytes());
+        out.push(self.read_only as u8);
+        out.extend_from_slice(&self.operation);
+        out
+    }
+
+    /// Approximate size in a batch, for the batch byte limit.
+    pub fn size_bytes(&self) -> usize {
+        24 + self.operation.len() + self.auth.len()
+    }
+}
+
+/// What the primary orders at one sequence number: requests plus the
+/// primary-chosen timestamp (PBFT's non-determinism handling). A batch with
+/// no requests is the null batch the new primary uses to fill gaps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Milliseconds since the Unix epoch on the primary's clock; backups
+    /// check it is within tolerance of theirs, and execution makes it
+    /// monotonic (see [`crate::exec`]).
+    pub timestamp_ms: u64,
+    /// The requests, executed in this order.
+    pub requests: Vec<Request>,
+}
+
+impl Batch {
+    /// The null batch.
+    pub fn null() -> Batch {
+        Batch {
+            timestamp_ms: 0,
+            requests: Vec::new(),
+        }
+    }
+
+    /// Digest over the canonical encoding.
+    pub fn digest(&self) -> Digest {
+        Digest::of(&canonical_bytes(self))
+    }
+
+    /// Whether this is the null batch.
+    pub fn is_null(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    /// Sum of request sizes.
+    pub fn size_bytes(&self) -> usize {
+        self.requests.iter().map(Request::size_bytes).sum()
+    }
+}
+
+/// Digest of the null batch, used in NEW-VIEW for sequence numbers it fills.
+pub fn null_digest() -> Digest {
+    Batch::null().digest()
+}
+
+/// Canonical encoding used for digests and signatures.
+pub fn canonical_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard cannot fail on these types: they contain no maps with
+    // non-string keys and no unsupported types.
+    postcard::to_allocvec(value).expect("protocol types always encode")
+}
+
+/// A signature produced by the [`crate::Crypto`] implementation; its
+/// length depends on the scheme (64 bytes for ed25519).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature(pub Bytes);
+
+/// A statement plus its author's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signed<T> {
+    /// The statement.
+    pub body: T,
+    /// Over `domain || canonical_bytes(body)`.
+    pub signature: Signature,
+}
+
+/// PRE-PREPARE: the primary assigns `seq` to `batch` in `view`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrePrepare {
+    /// View of the primary that sent it.
+    pub view: ViewNo,
+    /// Assigned sequence number.
+    pub seq: SeqNo,
+    /// The batch itself; its digest is computed by the receiver.
+    pub batch: Arc<Batch>,
+}
+
+/// PREPARE or COMMIT: a vote for `digest` at (`view`, `seq`). The voter is
+/// the authenticated sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// View of the vote.
+    pub view: ViewNo,
+    /// Sequence number voted on.
+    pub seq: SeqNo,
+    /// Digest of the batch voted for.
+    pub digest: Digest,
+}
+
+/// CHECKPOINT: the author's service state after executing `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointBody {
+    /// Last executed sequence number.
+    pub seq: SeqNo,
+    /// Digest of the snapshot after executing `seq`.
+    pub state: Digest,
+    /// Author.
+    pub replica: ReplicaId,
+}
+
+/// A stable checkpoint: a quorum of matching signed CHECKPOINT messages. The
+/// certificate for sequence number 0 is the genesis state and has no proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointCert {
+    /// Checkpoint sequence number.
+    pub seq: SeqNo,
+    /// State digest.
+    pub state: Digest,
+    /// Quorum of signed checkpoints; empty for genesis.
+    pub proof: Vec<Signed<CheckpointBody>>,
+}
+
+/// "I prepared `digest` at `seq` in `view`" (the latest view in which the
+/// author prepared anything at `seq`). PBFT's P set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PreparedEntry {
+    /// Sequence number.
+    pub seq: SeqNo,
+    /// View in which it prepared.
+    pub view: ViewNo,
+    /// What it prepared.
+    pub digest: Digest,
+}
+
+/// "I pre-prepared `digest` at `seq`, most recently in `view`". PBFT's Q set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PrePreparedEntry {
+    /// Sequence number.
+    pub seq: SeqNo,
+    /// Digest pre-prepared.
+    pub digest: Digest,
+    /// Latest view in which that digest was pre-prepared at `seq`.
+    pub view: ViewNo,
+}
+
+/// VIEW-CHANGE: the author's request to move to `new_view`, carrying its
+/// stable checkpoint with proof and its P and Q sets above it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewChangeBody {
+    /// The view the author moves to.
+    pub new_view: ViewNo,
+    /// Author.
+    pub replica: ReplicaId,
+    /// Author's stable checkpoint.
+    pub checkpoint: CheckpointCert,
+    /// P: sorted by seq, at most one per seq, all above the checkpoint.
+    pub prepared: Vec<PreparedEntry>,
+    /// Q: sorted by (seq, digest), a bounded number per seq.
+    pub preprepared: Vec<PrePreparedEntry>,
+}
+
+/// NEW-VIEW: the new primary's proof and decisions. `chosen` must be exactly
+/// what the decision rule computes from `view_changes`; every backup checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewViewBody {
+    /// The view being started.
+    pub view: ViewNo,
+    /// Its primary (the author).
+    pub replica: ReplicaId,
+    /// The signed VIEW-CHANGE messages the decision was taken from.
+    pub view_changes: Vec<Signed<ViewChangeBody>>,
+    /// For each sequence number from the selected checkpoint + 1 up, the
+    /// digest re-proposed in the new view (the null digest fills gaps).
+    pub chosen: Vec<(SeqNo, Digest)>,
+}
+
+/// What a replica tells its peers periodically so that they can help it
+/// catch up (and it them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Sender's view.
+    pub view: ViewNo,
+    /// Whether the sender is in normal operation in that view.
+    pub normal: bool,
+    /// Highest sequence number the sender has delivered.
+    pub delivered: SeqNo,
+    /// Sender's stable checkpoint.
+    pub stable: SeqNo,
+}
+
+/// Everything one replica sends another.
+///
+/// Variants are only ever appended, so that the wire encoding of existing
+/// ones never changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// PRE-PREPARE.
+    PrePrepare(PrePrepare),
+    /// PREPARE.
+    Prepare(Vote),
+    /// COMMIT.
+    Commit(Vote),
+    /// Signed CHECKPOINT (may be relayed).
+    Checkpoint(Signed<CheckpointBody>),
+    /// Signed VIEW-CHANGE.
+    ViewChange(Signed<ViewChangeBody>),
+    /// Signed NEW-VIEW (may be relayed).
+    NewView(Arc<Signed<NewViewBody>>),
+    /// A client request a backup received, forwarded to the primary.
+    Forward(Request),
+    /// Periodic progress report.
+    Status(Status),
+    /// "`seq` committed with `digest` here": f+1 of these let a replica that
+    /// missed the normal case learn the decision.
+    Decided {
+        /// Sequence number.
+        seq: SeqNo,
+        /// Committed batch digest.
+        digest: Digest,
+    },
+    /// Asks for the batch with `digest` at `seq`.
+    BatchRequest {
+        /// Sequence number.
+        seq: SeqNo,
+        /// Wanted digest.
+        digest: Digest,
+    },
+    /// A batch, checked against the digest the receiver asked for.
+    BatchReply {
+        /// Sequence number.
+        seq: SeqNo,
+        /// The batch.
+        batch: Arc<Batch>,
+    },
+    /// Asks for the snapshot at stable checkpoint `seq`.
+    StateRequest {
+        /// Checkpoint sequence number.
+        seq: SeqNo,
+    },
+    /// A snapshot, checked against the certified checkpoint digest.
+    StateReply {
+        /// Checkpoint sequence number.
+        seq: SeqNo,
+        /// The serialized state.
+        snapshot: Bytes,
+    },
+}
+
+impl PeerMessage {
+    /// Short name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerMessage::PrePrepare(_) => "pre-prepare",
+            PeerMessage::Prepare(_) => "prepare",
+            PeerMessage::Commit(_) => "commit",
+            PeerMessage::Checkpoint(_) => "checkpoint",
+            PeerMessage::ViewChange(_) => "view-change",
+            PeerMessage::NewView(_) => "new-view",
+            PeerMessage::Forward(_) => "forward",
+            PeerMessage::Status(_) => "status",
+            PeerMessage::Decided { .. } => "decided",
+            PeerMessage::BatchRequest { .. } => "batch-request",
+            PeerMessage::BatchReply { .. } => "batch-reply",
+            PeerMessage::StateRequest { .. } => "state-request",
+            PeerMessage::StateReply { .. } => "state-reply",
+        }
+    }
+}
+
+/// A replica's answer to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The replica's view, so that clients learn who the primary is.
+    pub view: ViewNo,
+    /// Author.
+    pub replica: ReplicaId,
+    /// Request answered.
+    pub client: ClientId,
+    /// Request answered.
+    pub request: RequestId,
+    /// The service's result.
+    pub result: Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_digests_depend_on_every_field() {
+        let req = Request {
+            client: ClientId(1),
+            id: RequestId(2),
+            read_only: false,
+            operation: Bytes::from_static(b"op"),
+            auth: Bytes::new(),
+        };
+        let a = Batch {
+            timestamp_ms: 5,
+            requests: vec![req.clone()],
+        };
+        let mut b = a.clone();
+        b.timestamp_ms = 6;
+        let mut c = a.clone();
+        c.requests[0].operation = Bytes::from_static(b"oq");
+        assert_ne!(a.digest(), b.digest());
+        assert_ne!(a.digest(), c.digest());
+        assert_eq!(a.digest(), a.clone().digest());
+        assert_ne!(a.digest(), null_digest());
+    }
+
+    #[test]
+    fn request_signing_bytes_cover_identity_and_operation() {
+        let r = Request {
+            client: ClientId(1),
+            id: RequestId(2),
+            read_only: false,
+            operation: Bytes::from_static(b"x"),
+            auth: Bytes::from_static(b"sig"),
+        };
+        let mut other = r.clone();
+        other.id = RequestId(3);
+        assert_ne!(r.signing_bytes(), other.signing_bytes());
+        let mut resigned = r.clone();
+        resigned.auth = Bytes::from_static(b"other");
+        assert_eq!(r.signing_bytes(), resigned.signing_bytes());
+    }
+}

@@ -1,0 +1,1709 @@
+//! The replica state machine: PBFT normal case, checkpoints, view change,
+//! catch-up and state transfer, driven by [`Input`]s and answering with
+//! [`Action`]s.
+//!
+//! # Ordering rules for actions
+//! The caller processes the actions of one [`Replica::step`] in order, and:
+//! 1. makes every [`Action::Persist`] durable before sending any message that
+//!    follows it (a replica must never vote, then forget the vote in a crash);
+//! 2. executes [`Action::Deliver`] and [`Action::ExecuteReadOnly`] in order on
+//!    one executor, so a read sees every batch delivered before it;
+//! 3. after executing a sequence number that is a multiple of the checkpoint
+//!    interval, takes a snapshot, keeps it, and feeds back
+//!    [`Input::CheckpointReady`] with its digest;
+//! 4. applies [`Action::InstallSnapshot`] before any later `Deliver`.
+//!
+//! Messages may be dropped, duplicated and reordered by the caller's
+//! network; the core retransmits what matters on its timers.
+
+use crate::checkpoint::{self, genesis};
+use crate::config::Config;
+use crate::crypto::{self, Crypto, Domain};
+use crate::exec::IdWindow;
+use crate::message::{
+    null_digest, Batch, CheckpointBody, CheckpointCert, NewViewBody, PeerMessage, PrePrepare,
+    PrePreparedEntry, PreparedEntry, Request, Signed, Status, ViewChangeBody, Vote,
+};
+use crate::types::{ClientId, Digest, Membership, Mode, ReplicaId, RequestId, SeqNo, ViewNo};
+use crate::view_change::{self, Limits, NewViewPlan};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// Everything that can happen to a replica.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Time passed. `now_ms` never goes backwards (later values win).
+    Tick {
+        /// Milliseconds on the replica's clock.
+        now_ms: u64,
+    },
+    /// A request straight from a client, already authenticated by the channel
+    /// and not known to the execution layer as executed or stale.
+    Request(Request),
+    /// A message from another replica, authenticated by the channel as
+    /// coming from `from`.
+    Peer {
+        /// Authenticated sender.
+        from: ReplicaId,
+        /// The message.
+        msg: PeerMessage,
+    },
+    /// The executor has executed `seq` (a checkpoint) and its snapshot has digest `state`.
+    CheckpointReady {
+        /// Checkpoint sequence number.
+        seq: SeqNo,
+        /// Digest of the snapshot's bytes.
+        state: Digest,
+    },
+}
+
+/// What the core asks its caller to do.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Make this record durable before any later send.
+    Persist(Record),
+    /// Send to one replica.
+    Send {
+        /// Recipient.
+        to: ReplicaId,
+        /// Message.
+        msg: PeerMessage,
+    },
+    /// Send to every other member.
+    Broadcast(PeerMessage),
+    /// Execute a committed batch; sequence numbers arrive in order, once.
+    Deliver {
+        /// Its sequence number.
+        seq: SeqNo,
+        /// This replica's view.
+        view: ViewNo,
+        /// The batch.
+        batch: Arc<Batch>,
+    },
+    /// Answer a read-only request now.
+    ExecuteReadOnly(Request),
+    /// Send the snapshot taken at `seq` to `to` as a [`PeerMessage::StateReply`], if kept.
+    ServeSnapshot {
+        /// Who asked.
+        to: ReplicaId,
+        /// Checkpoint wanted.
+        seq: SeqNo,
+    },
+    /// Replace the executor's state with this certified snapshot.
+    InstallSnapshot {
+        /// Its checkpoint.
+        seq: SeqNo,
+        /// Its bytes; their digest matches the certificate.
+        snapshot: Bytes,
+    },
+    /// `seq` is now the stable checkpoint: older snapshots and log records can go.
+    StableCheckpoint {
+        /// The new low watermark.
+        seq: SeqNo,
+    },
+    /// A client request was not accepted; the client should back off and retry.
+    Dropped {
+        /// Whose.
+        client: ClientId,
+        /// Which.
+        request: RequestId,
+        /// Why.
+        reason: DropReason,
+    },
+}
+
+/// Why a client request was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The pending-request limit is reached.
+    PendingFull,
+    /// The read-only queue is full.
+    ReadQueueFull,
+}
+
+/// What must survive a crash. Replaying a replica's records in order
+/// through [`Replica::recover`] rebuilds everything safety depends on.
+/// Records about sequence numbers at or below a [`Record::Stable`] may be
+/// discarded once it is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// The replica moved to `view` (normal operation, or changing to it).
+    View {
+        /// View.
+        view: ViewNo,
+        /// Normal operation in it, or still changing to it.
+        normal: bool,
+    },
+    /// Pre-prepared `digest` at `seq` in `view` (batch content, when known).
+    PrePrepared {
+        /// View.
+        view: ViewNo,
+        /// Sequence number.
+        seq: SeqNo,
+        /// Digest.
+        digest: Digest,
+        /// The batch, when known.
+        batch: Option<Arc<Batch>>,
+    },
+    /// Prepared `digest` at `seq` in `view`.
+    Prepared {
+        /// View.
+        view: ViewNo,
+        /// Sequence number.
+        seq: SeqNo,
+        /// Digest.
+        digest: Digest,
+    },
+    /// A new stable checkpoint.
+    Stable(CheckpointCert),
+}
+
+/// Counters an operator or a test can read.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Batches delivered.
+    pub delivered_batches: u64,
+    /// Requests delivered (inside batches).
+    pub delivered_requests: u64,
+    /// Batches this replica proposed as primary.
+    pub proposed_batches: u64,
+    /// View changes this replica started or joined.
+    pub view_changes: u64,
+    /// NEW-VIEWs accepted (or sent, as primary).
+    pub new_views: u64,
+    /// Snapshots installed by state transfer.
+    pub state_transfers: u64,
+    /// Decisions learned from f+1 DECIDED notices.
+    pub decisions_learned: u64,
+    /// Messages dropped, by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Evidence of a safety bug or of a corrupted local state; must stay 0.
+    pub alarms: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    /// View the per-view fields below belong to.
+    view: ViewNo,
+    pre_prepare: Option<Digest>,
+    prepares: BTreeMap<ReplicaId, Digest>,
+    commits: BTreeMap<ReplicaId, Digest>,
+    prepared_here: bool,
+    /// P: latest view in which this replica prepared here.
+    prepared: Option<(ViewNo, Digest)>,
+    /// Q: digests pre-prepared here, with the latest view of each.
+    preprepared: BTreeMap<Digest, ViewNo>,
+    /// Contents for digests in Q and for the decision.
+    batches: BTreeMap<Digest, Arc<Batch>>,
+    decided: Option<Digest>,
+    decided_notices: BTreeMap<ReplicaId, Digest>,
+    touched_ms: u64,
+    batch_requested_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    request: Request,
+    arrival_ms: u64,
+    forwarded_ms: u64,
+    order: u64,
+    proposed: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Transfer {
+    seq: SeqNo,
+    state: Digest,
+    attempt: usize,
+    deadline_ms: u64,
+}
+
+/// A deadline with exponential backoff (all the core's timers are values).
+#[derive(Clone, Copy, Debug, Default)]
+struct Timeout {
+    deadline_ms: Option<u64>,
+    attempts: u32,
+}
+
+type Key = (ClientId, RequestId);
+
+/// One replica's protocol state. Pure: no I/O, no clock, no randomness.
+pub struct Replica<C> {
+    id: ReplicaId,
+    cfg: Config,
+    crypto: C,
+    genesis_state: Digest,
+    now_ms: u64,
+
+    view: ViewNo,
+    normal: bool,
+    stable: CheckpointCert,
+    delivered: SeqNo,
+    slots: BTreeMap<SeqNo, Slot>,
+    next_seq: SeqNo,
+    last_timestamp_ms: u64,
+    null_batch: Arc<Batch>,
+
+    pending: BTreeMap<Key, Pending>,
+    by_arrival: BTreeSet<(u64, ClientId, RequestId)>,
+    queue: BTreeMap<u64, Key>,
+    order_counter: u64,
+    delivered_ids: BTreeMap<ClientId, IdWindow>,
+    client_window: u64,
+    reads: VecDeque<(SeqNo, Request)>,
+
+    checkpoint_votes: BTreeMap<SeqNo, BTreeMap<ReplicaId, Signed<CheckpointBody>>>,
+    own_checkpoints: BTreeMap<SeqNo, Digest>,
+    view_changes: BTreeMap<ReplicaId, Signed<ViewChangeBody>>,
+    new_view_msg: Option<Arc<Signed<NewViewBody>>>,
+    transfer: Option<Transfer>,
+
+    view_change_timer: Timeout,
+    retransmit_at_ms: u64,
+    status_at_ms: u64,
+
+    actions: Vec<Action>,
+    metrics: Metrics,
+}
+
+impl<C: Crypto> Replica<C> {
+    /// A fresh replica at the genesis checkpoint, whose state digest every
+    /// replica computes itself from the service's initial snapshot.
+    pub fn new(cfg: Config, id: ReplicaId, crypto: C, genesis_state: Digest) -> Self {
+        let client_window = 1024;
+        Replica {
+            id,
+            crypto,
+            genesis_state,
+            now_ms: 0,
+            view: ViewNo(0),
+            normal: true,
+            stable: genesis(genesis_state),
+            delivered: SeqNo(0),
+            slots: BTreeMap::new(),
+            next_seq: SeqNo(1),
+            last_timestamp_ms: 0,
+            null_batch: Arc::new(Batch::null()),
+            pending: BTreeMap::new(),
+            by_arrival: BTreeSet::new(),
+            queue: BTreeMap::new(),
+            order_counter: 0,
+            delivered_ids: BTreeMap::new(),
+            client_window,
+            reads: VecDeque::new(),
+            checkpoint_votes: BTreeMap::new(),
+            own_checkpoints: BTreeMap::from([(SeqNo(0), genesis_state)]),
+            view_changes: BTreeMap::new(),
+            new_view_msg: None,
+            transfer: None,
+            view_change_timer: Timeout::default(),
+            retransmit_at_ms: 0,
+            status_at_ms: 0,
+            actions: Vec::new(),
+            metrics: Metrics::default(),
+            cfg,
+        }
+    }
+
+    /// Rebuilds a replica after a crash from its durable records, with the
+    /// executor restored from its own snapshot at `executed` (digest
+    /// `executed_state`). If that is older than the recovered stable
+    /// checkpoint the replica fetches the newer state itself.
+    pub fn recover(
+        cfg: Config,
+        id: ReplicaId,
+        crypto: C,
+        genesis_state: Digest,
+        records: impl IntoIterator<Item = Record>,
+        executed: SeqNo,
+        executed_state: Digest,
+    ) -> Self {
+        let mut r = Replica::new(cfg, id, crypto, genesis_state);
+        let mut preprepared_in: Vec<(ViewNo, SeqNo, Digest)> = Vec::new();
+        for record in records {
+            match record {
+                Record::View { view, normal } => {
+                    r.view = view;
+                    r.normal = normal;
+                }
+                Record::PrePrepared {
+                    view,
+                    seq,
+                    digest,
+                    batch,
+                } => {
+                    if seq > r.stable.seq {
+                        let cap = r.cfg.preprepared_per_seq_max;
+                        let slot = r.slots.entry(seq).or_default();
+                        add_q(slot, digest, view, cap);
+                        if let Some(b) = batch {
+                            slot.batches.insert(digest, b);
+                        }
+                        preprepared_in.push((view, seq, digest));
+                    }
+                }
+                Record::Prepared { view, seq, digest } => {
+                    if seq > r.stable.seq {
+                        let slot = r.slots.entry(seq).or_default();
+                        if slot.prepared.is_none_or(|(v, _)| v <= view) {
+                            slot.prepared = Some((view, digest));
+                        }
+                    }
+                }
+                Record::Stable(cert) => {
+                    if cert.seq > r.stable.seq {
+                        r.slots = r.slots.split_off(&cert.seq.next());
+                        r.stable = cert;
+                    }
+                }
+            }
+        }
+        // Re-establish what this replica said in its current view, so that it
+        // can never say something different after the crash.
+        let view = r.view;
+        for (v, seq, digest) in preprepared_in {
+            if v != view || seq <= r.stable.seq {
+                continue;
+            }
+            let slot = r.slots.entry(seq).or_default();
+            slot.view = view;
+            slot.pre_prepare = Some(digest);
+            if let Some((pv, pd)) = slot.prepared {
+                if pv == view && pd == digest {
+                    slot.prepared_here = true;
+                    slot.commits.insert(id, digest);
+                }
+            }
+            if r.cfg.membership.primary(view) == id && seq >= r.next_seq {
+                r.next_seq = seq.next();
+            }
+        }
+        r.next_seq = r.next_seq.max(r.stable.seq.next());
+        r.delivered = executed;
+        r.own_checkpoints.insert(executed, executed_state);
+        if executed < r.stable.seq {
+            let (seq, state) = (r.stable.seq, r.stable.state);
+            r.start_transfer(seq, state);
+        }
+        if !r.normal {
+            // Still changing views: say so again (same content as before the crash).
+            let vc = r.build_view_change();
+            r.view_changes.insert(id, vc.clone());
+            r.actions
+                .push(Action::Broadcast(PeerMessage::ViewChange(vc)));
+        }
+        r
+    }
+
+    // ----- accessors -------------------------------------------------------
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+    /// Current view (or the view being changed to).
+    pub fn view(&self) -> ViewNo {
+        self.view
+    }
+    /// Whether in normal operation (not changing views).
+    pub fn is_normal(&self) -> bool {
+        self.normal
+    }
+    /// Whether this replica is the primary of its current view.
+    pub fn is_primary(&self) -> bool {
+        self.cfg.membership.primary(self.view) == self.id
+    }
+    /// The primary of the current view.
+    pub fn primary(&self) -> ReplicaId {
+        self.cfg.membership.primary(self.view)
+    }
+    /// Highest sequence number delivered.
+    pub fn delivered(&self) -> SeqNo {
+        self.delivered
+    }
+    /// The stable checkpoint.
+    pub fn stable_checkpoint(&self) -> &CheckpointCert {
+        &self.stable
+    }
+    /// Counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    /// Requests waiting to be ordered.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+    /// Whether a state transfer is under way.
+    pub fn transferring(&self) -> bool {
+        self.transfer.is_some()
+    }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    /// The membership.
+    pub fn membership(&self) -> &Membership {
+        &self.cfg.membership
+    }
+
+    /// Takes the actions produced so far.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Feeds one input.
+    pub fn step(&mut self, input: Input) {
+        match input {
+            Input::Tick { now_ms } => {
+                self.now_ms = self.now_ms.max(now_ms);
+                self.on_tick();
+            }
+            Input::Request(req) => self.on_client_request(req),
+            Input::Peer { from, msg } => {
+                if from == self.id || !self.cfg.membership.contains(from) {
+                    self.drop_msg("unknown sender");
+                } else {
+                    self.on_peer(from, msg);
+                }
+            }
+            Input::CheckpointReady { seq, state } => self.on_checkpoint_ready(seq, state),
+        }
+    }
+
+    // ----- helpers -------------------------------------------------------------
+
+    fn quorum(&self) -> usize {
+        #[cfg(feature = "planted-bugs")]
+        if self.cfg.planted.weak_quorum {
+            let m = &self.cfg.membership;
+            return match m.mode() {
+                Mode::Bft => 2 * m.f(),
+                Mode::Cft => m.quorum() - 1,
+            }
+            .max(1);
+        }
+        self.cfg.membership.quorum()
+    }
+
+    fn bft(&self) -> bool {
+        self.cfg.membership.mode() == Mode::Bft
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            log_window: self.cfg.log_window,
+            checkpoint_interval: self.cfg.checkpoint_interval,
+            preprepared_per_seq_max: self.cfg.preprepared_per_seq_max,
+        }
+    }
+
+    fn drop_msg(&mut self, reason: &'static str) {
+        *self.metrics.dropped.entry(reason).or_default() += 1;
+    }
+
+    fn in_window(&self, seq: SeqNo) -> bool {
+        seq > self.stable.seq && seq.0 <= self.stable.seq.0 + self.cfg.log_window
+    }
+
+    fn persist(&mut self, r: Record) {
+        self.actions.push(Action::Persist(r));
+    }
+
+    fn broadcast(&mut self, m: PeerMessage) {
+        self.actions.push(Action::Broadcast(m));
+    }
+
+    fn send(&mut self, to: ReplicaId, m: PeerMessage) {
+        self.actions.push(Action::Send { to, msg: m });
+    }
+
+    /// The slot for `seq`, with its per-view fields reset if they belong to an older view.
+    fn slot_in_view(&mut self, seq: SeqNo) -> &mut Slot {
+        let view = self.view;
+        let slot = self.slots.entry(seq).or_default();
+        if slot.view < view {
+            slot.view = view;
+            slot.pre_prepare = None;
+            slot.prepares.clear();
+            slot.commits.clear();
+            slot.prepared_here = false;
+        }
+        slot
+    }
+
+    fn batch_for(&self, seq: SeqNo, digest: Digest) -> Option<Arc<Batch>> {
+        if digest == null_digest() {
+            return Some(self.null_batch.clone());
+        }
+        self.slots
+            .get(&seq)
+            .and_then(|s| s.batches.get(&digest).cloned())
+    }
+
+    fn is_delivered(&self, key: Key) -> bool {
+        self.delivered_ids
+            .get(&key.0)
+            .is_some_and(|w| w.contains(key.1 .0, self.client_window))
+    }
+
+    // ----- timers --------------------------------------------------------------
+
+    fn on_tick(&mut self) {
+        let now = self.now_ms;
+        if self.normal {
+            // The request timer: a backup that has waited too long for some
+            // request suspects the primary (PBFT 4.4). Each request carries
+            // its own start time, so constant load never keeps a timer from
+            // expiring, and a busy but correct primary never trips it.
+            if !self.is_primary() {
+                if let Some(&(arrival, _, _)) = self.by_arrival.first() {
+                    if now >= arrival + self.cfg.request_timeout_ms {
+                        self.start_view_change(self.view.next());
+                    }
+                }
+            }
+        } else if let Some(deadline) = self.view_change_timer.deadline_ms {
+            if now >= deadline {
+                self.start_view_change(self.view.next());
+            }
+        }
+        if now >= self.retransmit_at_ms {
+            self.retransmit_at_ms = now + self.cfg.retransmit_ms;
+            self.retransmit();
+        }
+        if now >= self.status_at_ms {
+            self.status_at_ms = now + self.cfg.status_interval_ms;
+            self.broadcast(PeerMessage::Status(Status {
+                view: self.view,
+                normal: self.normal,
+                delivered: self.delivered,
+                stable: self.stable.seq,
+            }));
+        }
+        if let Some(t) = &mut self.transfer {
+            if now >= t.deadline_ms {
+                t.attempt += 1;
+                self.send_state_request();
+            }
+        }
+        self.try_propose();
+    }
+
+    fn retransmit(&mut self) {
+        let now = self.now_ms;
+        if !self.normal {
+            if let Some(vc) = self.view_changes.get(&self.id).cloned() {
+                if vc.body.new_view == self.view {
+                    self.broadcast(PeerMessage::ViewChange(vc));
+                }
+            }
+            return;
+        }
+        let primary = self.is_primary();
+        let bft = self.bft();
+        let view = self.view;
+        let mut out = Vec::new();
+        let mut fetch = Vec::new();
+        for (&seq, slot) in self.slots.iter_mut() {
+            if slot.decided.is_some() {
+                if seq > self.delivered {
+                    let d = slot.decided.expect("checked");
+                    if d != null_digest() && !slot.batches.contains_key(&d) {
+                        fetch.push((seq, d));
+                    }
+                }
+                continue;
+            }
+            if slot.view != view || now < slot.touched_ms + self.cfg.retransmit_ms {
+                continue;
+            }
+            let Some(d) = slot.pre_prepare else { continue };
+            slot.touched_ms = now;
+            if primary {
+                if let Some(b) = slot.batches.get(&d) {
+                    out.push(PeerMessage::PrePrepare(PrePrepare {
+                        view,
+                        seq,
+                        batch: b.clone(),
+                    }));
+                }
+            } else if bft {
+                out.push(PeerMessage::Prepare(Vote {
+                    view,
+                    seq,
+                    digest: d,
+                }));
+            }
+            if slot.prepared_here {
+                out.push(PeerMessage::Commit(Vote {
+                    view,
+                    seq,
+                    digest: d,
+                }));
+            }
+            if d != null_digest() && !slot.batches.contains_key(&d) {
+                fetch.push((seq, d));
+            }
+        }
+        for m in out {
+            self.broadcast(m);
+        }
+        for (seq, digest) in fetch {
+            self.broadcast(PeerMessage::BatchRequest { seq, digest });
+        }
+    }
+
+    // ----- client requests -----------------------------------------------------
+
+    fn on_client_request(&mut self, req: Request) {
+        if req.read_only {
+            self.on_read_only(req);
+            return;
+        }
+        let key = (req.client, req.id);
+        if self.is_delivered(key) {
+            self.drop_msg("request already delivered");
+            return;
+        }
+        let now = self.now_ms;
+        let primary = self.primary();
+        let am_primary = primary == self.id;
+        if let Some(p) = self.pending.get_mut(&key) {
+            // A retransmission: the client has not heard back. Make sure the
+            // primary has it (the forward may have been lost).
+            if !am_primary && now >= p.forwarded_ms + self.cfg.retransmit_ms {
+                p.forwarded_ms = now;
+                let r = p.request.clone();
+                self.send(primary, PeerMessage::Forward(r));
+            }
+            return;
+        }
+        if !self.add_pending(req.clone()) {
+            return;
+        }
+        if !am_primary {
+            self.send(primary, PeerMessage::Forward(req));
+        }
+        self.try_propose();
+    }
+
+    fn add_pending(&mut self, req: Request) -> bool {
+        if self.pending.len() >= self.cfg.pending_max {
+            self.actions.push(Action::Dropped {
+                client: req.client,
+                request: req.id,
+                reason: DropReason::PendingFull,
+            });
+            return false;
+        }
+        let key = (req.client, req.id);
+        let order = self.order_counter;
+        self.order_counter += 1;
+        self.by_arrival.insert((self.now_ms, key.0, key.1));
+        self.queue.insert(order, key);
+        self.pending.insert(
+            key,
+            Pending {
+                request: req,
+                arrival_ms: self.now_ms,
+                forwarded_ms: self.now_ms,
+                order,
+                proposed: false,
+            },
+        );
+        true
+    }
+
+    fn remove_pending(&mut self, key: Key) {
+        if let Some(p) = self.pending.remove(&key) {
+            self.by_arrival.remove(&(p.arrival_ms, key.0, key.1));
+            self.queue.remove(&p.order);
+        }
+    }
+
+    fn on_forward(&mut self, req: Request) {
+        if !self.is_primary() {
+            self.drop_msg("forward to a non-primary");
+            return;
+        }
+        if req.read_only || !self.crypto.verify_request(&req) {
+            self.drop_msg("forwarded request fails authentication");
+            return;
+        }
+        let key = (req.client, req.id);
+        if self.is_delivered(key) || self.pending.contains_key(&key) {
+            return;
+        }
+        if self.add_pending(req) {
+            self.try_propose();
+        }
+    }
+
+    /// Read-only requests run without ordering, but only once this replica
+    /// has executed everything it has prepared. A write acknowledged to a
+    /// client was prepared by a quorum before any replica executed it, and
+    /// any quorum of read replies includes a correct replica of that
+    /// quorum, so a read that gathers a quorum of matching replies sees
+    /// every acknowledged write: reads stay linearizable.
+    fn on_read_only(&mut self, req: Request) {
+        let target = self
+            .slots
+            .iter()
+            .rev()
+            .find(|(_, s)| s.prepared.is_some())
+            .map(|(&seq, _)| seq)
+            .unwrap_or(SeqNo(0))
+            .max(self.stable.seq);
+        if self.delivered >= target && self.transfer.is_none() {
+            self.actions.push(Action::ExecuteReadOnly(req));
+        } else if self.reads.len() < self.cfg.read_queue_max {
+            self.reads.push_back((target, req));
+        } else {
+            self.actions.push(Action::Dropped {
+                client: req.client,
+                request: req.id,
+                reason: DropReason::ReadQueueFull,
+            });
+        }
+    }
+
+    fn flush_reads(&mut self) {
+        if self.transfer.is_some() || self.reads.is_empty() {
+            return;
+        }
+        let delivered = self.delivered;
+        let mut keep = VecDeque::with_capacity(self.reads.len());
+        for (target, req) in std::mem::take(&mut self.reads) {
+            if target <= delivered {
+                self.actions.push(Action::ExecuteReadOnly(req));
+            } else {
+                keep.push_back((target, req));
+            }
+        }
+        self.reads = keep;
+    }
+
+    // ----- the primary ---------------------------------------------------------
+
+    fn try_propose(&mut self) {
+        if !self.normal || !self.is_primary() || self.transfer.is_some() {
+            return;
+        }
+        self.next_seq = self
+            .next_seq
+            .max(self.stable.seq.next())
+            .max(self.delivered.next());
+        while !self.queue.is_empty() {
+            let in_flight = self.next_seq.0 - 1 - self.delivered.0;
+            if in_flight >= self.cfg.max_in_flight || !self.in_window(self.next_seq) {
+                break;
+            }
+            let mut requests = Vec::new();
+            let mut bytes = 0usize;
+            while let Some((&order, &key)) = self.queue.first_key_value() {
+                let p = self
+                    .pending
+                    .get_mut(&key)
+                    .expect("queued requests are pending");
+                let size = p.request.size_bytes();
+                if !requests.is_empty()
+                    && (requests.len() >= self.cfg.batch_max_requests
+                        || bytes + size > self.cfg.batch_max_bytes)
+                {
+                    break;
+                }
+                p.proposed = true;
+                bytes += size;
+                requests.push(p.request.clone());
+                self.queue.remove(&order);
+            }
+            let timestamp_ms = self.now_ms.max(self.last_timestamp_ms);
+            self.last_timestamp_ms = timestamp_ms;
+            let batch = Arc::new(Batch {
+                timestamp_ms,
+                requests,
+            });
+            let seq = self.next_seq;
+            self.next_seq = seq.next();
+            self.metrics.proposed_batches += 1;
+            let digest = batch.digest();
+            let view = self.view;
+            let now = self.now_ms;
+            let cap = self.cfg.preprepared_per_seq_max;
+            let slot = self.slot_in_view(seq);
+            slot.pre_prepare = Some(digest);
+            slot.batches.insert(digest, batch.clone());
+            slot.touched_ms = now;
+            add_q(slot, digest, view, cap);
+            self.persist(Record::PrePrepared {
+                view,
+                seq,
+                digest,
+                batch: Some(batch.clone()),
+            });
+            self.broadcast(PeerMessage::PrePrepare(PrePrepare { view, seq, batch }));
+            if !self.bft() {
+                self.mark_prepared(seq, digest);
+            }
+        }
+    }
+
+    // ----- normal case ---------------------------------------------------------
+
+    fn on_peer(&mut self, from: ReplicaId, msg: PeerMessage) {
+        match msg {
+            PeerMessage::PrePrepare(pp) => self.on_pre_prepare(from, pp),
+            PeerMessage::Prepare(v) => self.on_prepare(from, v),
+            PeerMessage::Commit(v) => self.on_commit(from, v),
+            PeerMessage::Checkpoint(c) => self.on_checkpoint(c),
+            PeerMessage::ViewChange(vc) => self.on_view_change(from, vc),
+            PeerMessage::NewView(nv) => self.on_new_view(nv),
+            PeerMessage::Forward(r) => self.on_forward(r),
+            PeerMessage::Status(s) => self.on_status(from, s),
+            PeerMessage::Decided { seq, digest } => self.on_decided(from, seq, digest),
+            PeerMessage::BatchRequest { seq, digest } => {
+                if let Some(b) = self.batch_for(seq, digest) {
+                    if !b.is_null() {
+                        self.send(from, PeerMessage::BatchReply { seq, batch: b });
+                    }
+                }
+            }
+            PeerMessage::BatchReply { seq, batch } => self.on_batch_reply(seq, batch),
+            PeerMessage::StateRequest { seq } => {
+                if seq == self.stable.seq && self.delivered >= seq && self.transfer.is_none() {
+                    self.actions.push(Action::ServeSnapshot { to: from, seq });
+                }
+            }
+            PeerMessage::StateReply { seq, snapshot } => self.on_state_reply(seq, snapshot),
+        }
+    }
+
+    fn on_pre_prepare(&mut self, from: ReplicaId, pp: PrePrepare) {
+        if !self.normal || pp.view != self.view {
+            self.drop_msg("pre-prepare for another view");
+            return;
+        }
+        if from != self.primary() {
+            self.drop_msg("pre-prepare from a non-primary");
+            return;
+        }
+        if !self.in_window(pp.seq) {
+            self.drop_msg("pre-prepare outside the watermarks");
+            return;
+        }
+        if pp.batch.requests.len() > self.cfg.batch_max_requests
+            || pp.batch.size_bytes() > self.cfg.batch_max_bytes
+        {
+            self.drop_msg("pre-prepare batch over the limits");
+            return;
+        }
+        let digest = pp.batch.digest();
+        let (view, seq) = (pp.view, pp.seq);
+        let bft = self.bft();
+        let slot = self.slot_in_view(seq);
+        if let Some(existing) = slot.pre_prepare {
+            if existing == digest {
+                // The primary retransmits because it misses our vote.
+                if bft {
+                    self.send(from, PeerMessage::Prepare(Vote { view, seq, digest }));
+                }
+            } else {
+                self.drop_msg("equivocating pre-prepare");
+            }
+            return;
+        }
+        if slot.decided.is_some_and(|d| d != digest) {
+            self.drop_msg("pre-prepare contradicts a decision");
+            return;
+        }
+        if !pp.batch.is_null() {
+            let skew = pp.batch.timestamp_ms.abs_diff(self.now_ms);
+            if skew > self.cfg.timestamp_tolerance_ms {
+                self.drop_msg("pre-prepare timestamp out of tolerance");
+                return;
+            }
+            if pp
+                .batch
+                .requests
+                .iter()
+                .any(|r| r.read_only || !self.crypto.verify_request(r))
+            {
+                self.drop_msg("pre-prepare with an unauthenticated request");
+                return;
+            }
+        }
+        let now = self.now_ms;
+        let cap = self.cfg.preprepared_per_seq_max;
+        let me = self.id;
+        let slot = self.slot_in_view(seq);
+        slot.pre_prepare = Some(digest);
+        slot.batches.insert(digest, pp.batch.clone());
+        slot.touched_ms = now;
+        add_q(slot, digest, view, cap);
+        if bft {
+            slot.prepares.insert(me, digest);
+        }
+        for r in &pp.batch.requests {
+            if let Some(p) = self.pending.get_mut(&(r.client, r.id)) {
+                p.proposed = true;
+                let order = p.order;
+                self.queue.remove(&order);
+            }
+        }
+        self.persist(Record::PrePrepared {
+            view,
+            seq,
+            digest,
+            batch: Some(pp.batch),
+        });
+        if bft {
+            self.broadcast(PeerMessage::Prepare(Vote { view, seq, digest }));
+            self.check_prepared(seq);
+        } else {
+            self.mark_prepared(seq, digest);
+        }
+    }
+
+    fn on_prepare(&mut self, from: ReplicaId, v: Vote) {
+        if !self.bft() {
+            self.drop_msg("prepare in CFT mode");
+            return;
+        }
+        if v.view != self.view || !self.in_window(v.seq) {
+            self.drop_msg("prepare for another view or outside the watermarks");
+            return;
+        }
+        if from == self.cfg.membership.primary(v.view) {
+            self.drop_msg("prepare from the primary");
+            return;
+        }
+        let slot = self.slot_in_view(v.seq);
+        if *slot.prepares.entry(from).or_insert(v.digest) != v.digest {
+            self.drop_msg("conflicting prepare");
+        }
+        self.check_prepared(v.seq);
+    }
+
+    fn check_prepared(&mut self, seq: SeqNo) {
+        if !self.normal {
+            return;
+        }
+        let need = self.quorum().saturating_sub(1);
+        let Some(slot) = self.slots.get(&seq) else {
+            return;
+        };
+        if slot.prepared_here || slot.view != self.view {
+            return;
+        }
+        let Some(d) = slot.pre_prepare else { return };
+        if slot.prepares.values().filter(|x| **x == d).count() >= need {
+            self.mark_prepared(seq, d);
+        }
+    }
+
+    /// prepared(m, v, n) holds: record it, then send COMMIT.
+    fn mark_prepared(&mut self, seq: SeqNo, digest: Digest) {
+        let view = self.view;
+        let me = self.id;
+        let now = self.now_ms;
+        let slot = self.slot_in_view(seq);
+        slot.prepared_here = true;
+        slot.prepared = Some((view, digest));
+        slot.commits.insert(me, digest);
+        slot.touched_ms = now;
+        self.persist(Record::Prepared { view, seq, digest });
+        self.broadcast(PeerMessage::Commit(Vote { view, seq, digest }));
+        self.check_committed(seq);
+    }
+
+    fn on_commit(&mut self, from: ReplicaId, v: Vote) {
+        if v.view != self.view || !self.in_window(v.seq) {
+            self.drop_msg("commit for another view or outside the watermarks");
+            return;
+        }
+        let slot = self.slot_in_view(v.seq);
+        if *slot.commits.entry(from).or_insert(v.digest) != v.digest {
+            self.drop_msg("conflicting commit");
+        }
+        self.check_committed(v.seq);
+    }
+
+    fn check_committed(&mut self, seq: SeqNo) {
+        let q = self.quorum();
+        let Some(slot) = self.slots.get(&seq) else {
+            return;
+        };
+        if !slot.prepared_here || slot.view != self.view || slot.decided.is_some() {
+            return;
+        }
+        let Some(d) = slot.pre_prepare else { return };
+        if slot.commits.values().filter(|x| **x == d).count() >= q {
+            self.decide(seq, d);
+        }
+    }
+
+    fn decide(&mut self, seq: SeqNo, digest: Digest) {
+        let Some(slot) = self.slots.get_mut(&seq) else {
+            return;
+        };
+        match slot.decided {
+            None => slot.decided = Some(digest),
+            Some(d) if d == digest => return,
+            Some(_) => {
+                self.metrics.alarms += 1;
+                return;
+            }
+        }
+        self.try_deliver();
+    }
+
+    fn try_deliver(&mut self) {
+        if self.transfer.is_some() {
+            return;
+        }
+        let now = self.now_ms;
+        loop {
+            let seq = self.delivered.next();
+            let Some(slot) = self.slots.get(&seq) else {
+                break;
+            };
+            let Some(digest) = slot.decided else { break };
+            let Some(batch) = self.batch_for(seq, digest) else {
+                let slot = self.slots.get_mut(&seq).expect("present");
+                if slot
+                    .batch_requested_ms
+                    .is_none_or(|t| now >= t + self.cfg.retransmit_ms)
+                {
+                    slot.batch_requested_ms = Some(now);
+                    self.broadcast(PeerMessage::BatchRequest { seq, digest });
+                }
+                break;
+            };
+            self.delivered = seq;
+            self.metrics.delivered_batches += 1;
+            self.metrics.delivered_requests += batch.requests.len() as u64;
+            for r in &batch.requests {
+                self.remove_pending((r.client, r.id));
+                let window = self.client_window;
+                self.delivered_ids
+                    .entry(r.client)
+                    .or_default()
+                    .insert(r.id.0, window);
+            }
+            self.actions.push(Action::Deliver {
+                seq,
+                view: self.view,
+                batch,
+            });
+        }
+        self.flush_reads();
+        self.try_propose();
+    }
+
+    fn on_batch_reply(&mut self, seq: SeqNo, batch: Arc<Batch>) {
+        let digest = batch.digest();
+        let Some(slot) = self.slots.get_mut(&seq) else {
+            return;
+        };
+        let wanted = slot.pre_prepare == Some(digest) || slot.decided == Some(digest);
+        if !wanted || slot.batches.contains_key(&digest) {
+            self.drop_msg("unwanted batch");
+            return;
+        }
+        slot.batches.insert(digest, batch.clone());
+        let view = slot.view;
+        if slot.preprepared.contains_key(&digest) {
+            self.persist(Record::PrePrepared {
+                view,
+                seq,
+                digest,
+                batch: Some(batch),
+            });
+        }
+        self.try_deliver();
+    }
+
+    // ----- catch-up ------------------------------------------------------------
+
+    fn on_status(&mut self, from: ReplicaId, st: Status) {
+        if st.delivered < self.delivered {
+            if st.delivered < self.stable.seq && self.stable.seq > SeqNo(0) {
+                // They are below our stable checkpoint: give them its proof;
+                // each vote is signed by its author, so relaying is safe.
+                for vote in self.stable.proof.clone() {
+                    self.send(from, PeerMessage::Checkpoint(vote));
+                }
+            }
+            let start = st.delivered.max(self.stable.seq).0 + 1;
+            let end = self.delivered.0.min(st.delivered.0 + self.cfg.catch_up_max);
+            for s in start..=end {
+                if let Some(d) = self.slots.get(&SeqNo(s)).and_then(|sl| sl.decided) {
+                    self.send(
+                        from,
+                        PeerMessage::Decided {
+                            seq: SeqNo(s),
+                            digest: d,
+                        },
+                    );
+                }
+            }
+        }
+        let behind = st.view < self.view || (st.view == self.view && !st.normal);
+        if self.normal && behind {
+            if let Some(nv) = self.new_view_msg.clone() {
+                self.send(from, PeerMessage::NewView(nv));
+            }
+        }
+    }
+
+    /// f+1 replicas say `seq` committed with `digest`: at least one is
+    /// correct, and a correct replica only decides what committed.
+    fn on_decided(&mut self, from: ReplicaId, seq: SeqNo, digest: Digest) {
+        if seq <= self.delivered || !self.in_window(seq) {
+            return;
+        }
+        let need = self.cfg.membership.voucher_quorum();
+        let slot = self.slots.entry(seq).or_default();
+        slot.decided_notices.insert(from, digest);
+        if slot.decided.is_none()
+            && slot
+                .decided_notices
+                .values()
+                .filter(|d| **d == digest)
+                .count()
+                >= need
+        {
+            self.metrics.decisions_learned += 1;
+            self.decide(seq, digest);
+        }
+    }
+
+    // ----- checkpoints ---------------------------------------------------------
+
+    fn on_checkpoint_ready(&mut self, seq: SeqNo, state: Digest) {
+        if seq.0 % self.cfg.checkpoint_interval != 0 {
+            return;
+        }
+        self.own_checkpoints.insert(seq, state);
+        if seq == self.stable.seq && state != self.stable.state {
+            // Our state diverged from the certified one: a non-deterministic
+            // service or corrupted storage. Say so; state transfer repairs it.
+            self.metrics.alarms += 1;
+        }
+        if seq <= self.stable.seq {
+            return;
+        }
+        let vote = crypto::sign(
+            &self.crypto,
+            Domain::Checkpoint,
+            CheckpointBody {
+                seq,
+                state,
+                replica: self.id,
+            },
+        );
+        self.insert_checkpoint_vote(vote.clone());
+        self.broadcast(PeerMessage::Checkpoint(vote));
+        self.check_stable(seq);
+    }
+
+    fn on_checkpoint(&mut self, vote: Signed<CheckpointBody>) {
+        let b = vote.body;
+        if b.seq <= self.stable.seq || b.seq.0 % self.cfg.checkpoint_interval != 0 {
+            return;
+        }
+        if !self.cfg.membership.contains(b.replica) || !checkpoint::verify_vote(&self.crypto, &vote)
+        {
+            self.drop_msg("checkpoint with a bad signature");
+            return;
+        }
+        self.insert_checkpoint_vote(vote);
+        self.check_stable(b.seq);
+    }
+
+    fn insert_checkpoint_vote(&mut self, vote: Signed<CheckpointBody>) {
+        let (seq, replica) = (vote.body.seq, vote.body.replica);
+        self.checkpoint_votes
+            .entry(seq)
+            .or_default()
+            .insert(replica, vote);
+        // Bound memory: keep each replica's votes for at most 4 checkpoints.
+        let mine: Vec<SeqNo> = self
+            .checkpoint_votes
+            .iter()
+            .filter(|(_, m)| m.contains_key(&replica))
+            .map(|(s, _)| *s)
+            .collect();
+        if mine.len() > 4 {
+            let oldest = mine[0];
+            if let Some(m) = self.checkpoint_votes.get_mut(&oldest) {
+                m.remove(&replica);
+                if m.is_empty() {
+                    self.checkpoint_votes.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    fn check_stable(&mut self, seq: SeqNo) {
+        let q = self.quorum();
+        let Some(votes) = self.checkpoint_votes.get(&seq) else {
+            return;
+        };
+        let mut by_state: BTreeMap<Digest, Vec<Signed<CheckpointBody>>> = BTreeMap::new();
+        for v in votes.values() {
+            by_state.entry(v.body.state).or_default().push(v.clone());
+        }
+        if let Some((state, proof)) = by_state.into_iter().find(|(_, p)| p.len() >= q) {
+            self.adopt_stable(CheckpointCert { seq, state, proof });
+        }
+    }
+
+    fn adopt_stable(&mut self, cert: CheckpointCert) {
+        if cert.seq <= self.stable.seq {
+            return;
+        }
+        let seq = cert.seq;
+        self.persist(Record::Stable(cert.clone()));
+        self.stable = cert;
+        self.slots = self.slots.split_off(&seq.next());
+        self.checkpoint_votes = self.checkpoint_votes.split_off(&seq.next());
+        self.own_checkpoints = self.own_checkpoints.split_off(&seq);
+        self.actions.push(Action::StableCheckpoint { seq });
+        if self.delivered < seq {
+            let state = self.stable.state;
+            self.start_transfer(seq, state);
+        } else if self
+            .own_checkpoints
+            .get(&seq)
+            .is_some_and(|d| *d != self.stable.state)
+        {
+            self.metrics.alarms += 1;
+        }
+        self.try_propose();
+    }
+
+    // ----- state transfer ------------------------------------------------------
+
+    fn start_transfer(&mut self, seq: SeqNo, state: Digest) {
+        if self.transfer.as_ref().is_some_and(|t| t.seq >= seq) {
+            return;
+        }
+        self.transfer = Some(Transfer {
+            seq,
+            state,
+            attempt: 0,
+            deadline_ms: 0,
+        });
+        self.send_state_request();
+    }
+
+    fn send_state_request(&mut self) {
+        let me = self.id;
+        let members: Vec<ReplicaId> = self
+            .cfg
+            .membership
+            .members()
+            .iter()
+            .copied()
+            .filter(|r| *r != me)
+            .collect();
+        let offset = self.cfg.membership.index_of(me).unwrap_or(0);
+        let now = self.now_ms;
+        let timeout = self.cfg.state_transfer_timeout_ms;
+        let Some(t) = &mut self.transfer else { return };
+        t.deadline_ms = now + timeout;
+        let to = members[(t.attempt + offset) % members.len()];
+        let seq = t.seq;
+        self.send(to, PeerMessage::StateRequest { seq });
+    }
+
+    fn on_state_reply(&mut self, seq: SeqNo, snapshot: Bytes) {
+        let Some(t) = &self.transfer else { return };
+        if t.seq != seq {
+            return;
+        }
+        if Digest::of(&snapshot) != t.state {
+            // Poisoned or stale: ask someone else right away.
+            self.drop_msg("snapshot does not match the certified digest");
+            if let Some(t) = &mut self.transfer {
+                t.attempt += 1;
+            }
+            self.send_state_request();
+            return;
+        }
+        let state = t.state;
+        self.transfer = None;
+        self.metrics.state_transfers += 1;
+        self.actions.push(Action::InstallSnapshot { seq, snapshot });
+        self.delivered = self.delivered.max(seq);
+        self.own_checkpoints.insert(seq, state);
+        // Requests executed inside the transferred range would wait here
+        // forever; clients retransmit whatever still needs ordering.
+        let keys: Vec<Key> = self.pending.keys().copied().collect();
+        for k in keys {
+            self.remove_pending(k);
+        }
+        self.try_deliver();
+    }
+
+    // ----- view change ---------------------------------------------------------
+
+    fn build_view_change(&self) -> Signed<ViewChangeBody> {
+        let mut prepared = Vec::new();
+        let mut preprepared = Vec::new();
+        for (&seq, slot) in self.slots.range(self.stable.seq.next()..) {
+            if !self.in_window(seq) {
+                continue;
+            }
+            if let Some((view, digest)) = slot.prepared {
+                prepared.push(PreparedEntry { seq, view, digest });
+            }
+            for (&digest, &view) in &slot.preprepared {
+                preprepared.push(PrePreparedEntry { seq, digest, view });
+            }
+        }
+        crypto::sign(
+            &self.crypto,
+            Domain::ViewChange,
+            ViewChangeBody {
+                new_view: self.view,
+                replica: self.id,
+                checkpoint: self.stable.clone(),
+                prepared,
+                preprepared,
+            },
+        )
+    }
+
+    fn start_view_change(&mut self, target: ViewNo) {
+        if target <= self.view {
+            return;
+        }
+        self.view = target;
+        self.normal = false;
+        self.metrics.view_changes += 1;
+        self.persist(Record::View {
+            view: target,
+            normal: false,
+        });
+        let vc = self.build_view_change();
+        self.view_changes.insert(self.id, vc.clone());
+        self.broadcast(PeerMessage::ViewChange(vc));
+        // PBFT: the timer for the next view starts only once a quorum asks
+        // for this one, so a replica cut off from the rest does not race
+        // ahead through views on its own.
+        self.view_change_timer.deadline_ms = None;
+        self.arm_view_change_timer();
+        self.try_new_view();
+    }
+
+    fn arm_view_change_timer(&mut self) {
+        if self.normal || self.view_change_timer.deadline_ms.is_some() {
+            return;
+        }
+        let view = self.view;
+        let count = self
+            .view_changes
+            .values()
+            .filter(|vc| vc.body.new_view == view)
+            .count();
+        if count >= self.quorum() {
+            let shift = self
+                .view_change_timer
+                .attempts
+                .min(self.cfg.view_change_backoff_max);
+            self.view_change_timer.deadline_ms =
+                Some(self.now_ms + (self.cfg.view_change_timeout_ms << shift));
+            self.view_change_timer.attempts += 1;
+        }
+    }
+
+    fn on_view_change(&mut self, from: ReplicaId, vc: Signed<ViewChangeBody>) {
+        if vc.body.replica != from {
+            self.drop_msg("view-change relayed by another replica");
+            return;
+        }
+        let v = vc.body.new_view;
+        if v < self.view || (v == self.view && self.normal) {
+            // The sender is behind or missed our NEW-VIEW.
+            if self.normal {
+                if let Some(nv) = self.new_view_msg.clone() {
+                    self.send(from, PeerMessage::NewView(nv));
+                }
+            }
+            return;
+        }
+        if self
+            .view_changes
+            .get(&from)
+            .is_some_and(|old| old.body.new_view >= v)
+        {
+            return;
+        }
+        let q = self.quorum();
+        if let Err(_e) = view_change::verify_view_change(
+            &self.crypto,
+            &self.cfg.membership,
+            q,
+            self.limits(),
+            self.genesis_state,
+            &vc,
+        ) {
+            self.drop_msg("invalid view-change");
+            return;
+        }
+        self.view_changes.insert(from, vc);
+        // Join rule: f+1 replicas ask for views above ours, so at least one
+        // correct replica has timed out; join the lowest view among the f+1
+        // highest requests.
+        let mut higher: Vec<ViewNo> = self
+            .view_changes
+            .iter()
+            .filter(|(r, vc)| **r != self.id && vc.body.new_view > self.view)
+            .map(|(_, vc)| vc.body.new_view)
+            .collect();
+        let weak = self.cfg.membership.weak_quorum();
+        if higher.len() >= weak {
+            higher.sort_by(|a, b| b.cmp(a));
+            self.start_view_change(higher[weak - 1]);
+        }
+        self.arm_view_change_timer();
+        self.try_new_view();
+    }
+
+    fn try_new_view(&mut self) {
+        if self.normal || !self.is_primary() {
+            return;
+        }
+        let view = self.view;
+        let set: Vec<Signed<ViewChangeBody>> = self
+            .view_changes
+            .values()
+            .filter(|vc| vc.body.new_view == view)
+            .cloned()
+            .collect();
+        let q = self.quorum();
+        let bodies: Vec<&ViewChangeBody> = set.iter().map(|vc| &vc.body).collect();
+        let Some(plan) = view_change::decide(&bodies, q, self.cfg.membership.voucher_quorum())
+        else {
+            return;
+        };
+        let body = NewViewBody {
+            view,
+            replica: self.id,
+            view_changes: set,
+            chosen: plan.chosen.clone(),
+        };
+        let nv = Arc::new(crypto::sign(&self.crypto, Domain::NewView, body));
+        self.broadcast(PeerMessage::NewView(nv.clone()));
+        self.enter_new_view(nv, plan);
+    }
+
+    fn on_new_view(&mut self, nv: Arc<Signed<NewViewBody>>) {
+        let b = &nv.body;
+        let v = b.view;
+        if v < self.view || (v == self.view && self.normal) {
+            return;
+        }
+        let m = &self.cfg.membership;
+        if b.replica != m.primary(v)
+            || !crypto::verify(&self.crypto, Domain::NewView, b.replica, &nv)
+        {
+            self.drop_msg("new-view with a bad signature");
+            return;
+        }
+        let plan = match self.check_new_view(b) {
+            Some(plan) => plan,
+            None => {
+                self.drop_msg("new-view whose proof does not hold");
+                return;
+            }
+        };
+        self.enter_new_view(nv, plan);
+    }
+
+    /// Recomputes the NEW-VIEW's decisions from its signed VIEW-CHANGEs; the
+    /// primary's choices must match exactly.
+    fn check_new_view(&self, b: &NewViewBody) -> Option<NewViewPlan> {
+        #[cfg(feature = "planted-bugs")]
+        if self.cfg.planted.skip_new_view_check {
+            let checkpoint = b
+                .view_changes
+                .iter()
+                .map(|vc| vc.body.checkpoint.clone())
+                .max_by_key(|c| c.seq)
+                .unwrap_or_else(|| self.stable.clone());
+            return Some(NewViewPlan {
+                checkpoint,
+                chosen: b.chosen.clone(),
+            });
+        }
+        let m = &self.cfg.membership;
+        let q = self.quorum();
+        let authors = view_change::distinct_authors(&b.view_changes)?;
+        if authors.len() < q || authors.len() > m.n() {
+            return None;
+        }
+        for vc in &b.view_changes {
+            if vc.body.new_view != b.view {
+                return None;
+            }
+            view_change::verify_view_change(
+                &self.crypto,
+                m,
+                q,
+                self.limits(),
+                self.genesis_state,
+                vc,
+            )
+            .ok()?;
+        }
+        let bodies: Vec<&ViewChangeBody> = b.view_changes.iter().map(|vc| &vc.body).collect();
+        let plan = view_change::decide(&bodies, q, m.voucher_quorum())?;
+        (plan.chosen == b.chosen).then_some(plan)
+    }
+
+    fn enter_new_view(&mut self, nv: Arc<Signed<NewViewBody>>, plan: NewViewPlan) {
+        let v = nv.body.view;
+        self.view = v;
+        self.normal = true;
+        self.view_change_timer = Timeout::default();
+        self.metrics.new_views += 1;
+        self.persist(Record::View {
+            view: v,
+            normal: true,
+        });
+        self.new_view_msg = Some(nv);
+        self.view_changes.retain(|_, vc| vc.body.new_view > v);
+        self.adopt_stable(plan.checkpoint);
+        let primary = self.is_primary();
+        let bft = self.bft();
+        let me = self.id;
+        let now = self.now_ms;
+        let cap = self.cfg.preprepared_per_seq_max;
+        let mut top = self.stable.seq.max(self.delivered);
+        for (seq, digest) in plan.chosen {
+            top = top.max(seq);
+            if seq <= self.stable.seq {
+                continue;
+            }
+            let null = self.null_batch.clone();
+            if self
+                .slots
+                .get(&seq)
+                .and_then(|s| s.decided)
+                .is_some_and(|d| d != digest)
+            {
+                self.metrics.alarms += 1;
+            }
+            let slot = self.slot_in_view(seq);
+            slot.pre_prepare = Some(digest);
+            slot.touched_ms = now;
+            if digest == null_digest() {
+                slot.batches.insert(digest, null);
+            }
+            add_q(slot, digest, v, cap);
+            if bft && !primary {
+                slot.prepares.insert(me, digest);
+            }
+            let batch = slot.batches.get(&digest).cloned();
+            if let Some(b) = &batch {
+                for r in &b.requests {
+                    if let Some(p) = self.pending.get_mut(&(r.client, r.id)) {
+                        p.proposed = true;
+                        let order = p.order;
+                        self.queue.remove(&order);
+                    }
+                }
+            }
+            let known = batch.is_some();
+            self.persist(Record::PrePrepared {
+                view: v,
+                seq,
+                digest,
+                batch,
+            });
+            if bft {
+                if !primary {
+                    self.broadcast(PeerMessage::Prepare(Vote {
+                        view: v,
+                        seq,
+                        digest,
+                    }));
+                }
+                self.check_prepared(seq);
+            } else {
+                self.mark_prepared(seq, digest);
+            }
+            if !known {
+                self.broadcast(PeerMessage::BatchRequest { seq, digest });
+            }
+        }
+        if primary {
+            self.next_seq = top.next();
+        }
+        // Give the new primary a fresh request-timer window, and make sure it
+        // has every request we are waiting for.
+        let keys: Vec<Key> = self.pending.keys().copied().collect();
+        self.by_arrival.clear();
+        for key in keys {
+            let p = self.pending.get_mut(&key).expect("present");
+            p.arrival_ms = now;
+            p.forwarded_ms = now;
+            if !p.proposed || primary {
+                if p.proposed {
+                    // Proposed in an older view and not re-proposed: propose again.
+                    p.proposed = false;
+                }
+                self.queue.insert(p.order, key);
+            }
+            self.by_arrival.insert((now, key.0, key.1));
+            if !primary {
+                let r = p.request.clone();
+                let to = self.primary();
+                self.send(to, PeerMessage::Forward(r));
+            }
+        }
+        // Requests inside re-proposed batches must not be proposed twice.
+        if primary {
+            let in_chosen: Vec<Key> = self
+                .slots
+                .range(self.stable.seq.next()..)
+                .filter(|(_, s)| s.view == v)
+                .filter_map(|(_, s)| s.pre_prepare.and_then(|d| s.batches.get(&d)))
+                .flat_map(|b| b.requests.iter().map(|r| (r.client, r.id)))
+                .collect();
+            for key in in_chosen {
+                if let Some(p) = self.pending.get_mut(&key) {
+                    p.proposed = true;
+                    let order = p.order;
+                    self.queue.remove(&order);
+                }
+            }
+        }
+        self.try_deliver();
+        self.try_propose();
+    }
+}
+
+fn add_q(slot: &mut Slot, digest: Digest, view: ViewNo, cap: usize) {
+    let e = slot.preprepared.entry(digest).or_insert(view);
+    if *e < view {
+        *e = view;
+    }
+    while slot.preprepared.len() > cap {
+        // Evict the oldest claim; its batch goes with it unless still needed.
+        let (&old, _) = slot
+            .preprepared
+            .iter()
+            .filter(|(d, _)| **d != digest)
+            .min_by_key(|(d, v)| (**v, **d))
+            .expect("more than one entry");
+        slot.preprepared.remove(&old);
+        if slot.pre_prepare != Some(old) && slot.decided != Some(old) {
+            slot.batches.remove(&old);
+        }
+    }
+}
