@@ -552,15 +552,16 @@ impl<C: Crypto> Replica<C> {
     fn on_tick(&mut self) {
         let now = self.now_ms;
         if self.normal {
-            // The request timer: a backup that has waited too long for some
+            // The request timer: a replica that has waited too long for some
             // request suspects the primary (PBFT 4.4). Each request carries
             // its own start time, so constant load never keeps a timer from
-            // expiring, and a busy but correct primary never trips it.
-            if !self.is_primary() {
-                if let Some(&(arrival, _, _)) = self.by_arrival.first() {
-                    if now >= arrival + self.cfg.request_timeout_ms {
-                        self.start_view_change(self.view.next());
-                    }
+            // expiring, and a busy but correct primary never trips it. The
+            // primary times its own requests too: when its proposals cannot
+            // commit (too few replicas left in its view) it is the one that
+            // must move on.
+            if let Some(&(arrival, _, _)) = self.by_arrival.first() {
+                if now >= arrival + self.cfg.request_timeout_ms {
+                    self.start_view_change(self.view.next());
                 }
             }
         } else if let Some(deadline) = self.view_change_timer.deadline_ms {
@@ -1257,6 +1258,8 @@ impl<C: Crypto> Replica<C> {
         }
         if let Some((state, proof)) = by_state.into_iter().find(|(_, p)| p.len() >= q) {
             self.adopt_stable(CheckpointCert { seq, state, proof });
+            // The window moved: there may be room for new batches.
+            self.try_propose();
         }
     }
 
@@ -1281,7 +1284,8 @@ impl<C: Crypto> Replica<C> {
         {
             self.metrics.alarms += 1;
         }
-        self.try_propose();
+        // No proposing from here: while entering a new view the primary must
+        // not assign sequence numbers before it has laid out the re-proposals.
     }
 
     // ----- state transfer ------------------------------------------------------
@@ -1403,11 +1407,15 @@ impl<C: Crypto> Replica<C> {
         if self.normal || self.view_change_timer.deadline_ms.is_some() {
             return;
         }
+        // A VIEW-CHANGE for a later view also shows its author has given up
+        // on every view before it, so it counts. Without this, a replica
+        // whose peers' requests for this view were lost (and replaced by
+        // requests for later views) would wait here forever.
         let view = self.view;
         let count = self
             .view_changes
             .values()
-            .filter(|vc| vc.body.new_view == view)
+            .filter(|vc| vc.body.new_view >= view)
             .count();
         if count >= self.quorum() {
             let shift = self

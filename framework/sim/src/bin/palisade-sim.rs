@@ -1,0 +1,210 @@
+//! `palisade-sim`: runs seeds of the deterministic simulator and reports.
+
+use palisade_core::Mode;
+use palisade_sim::{byzantine, run_many, summarize, ByzantineChoice, SimConfig};
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: palisade-sim --seeds START..END [--replicas N] [--mode bft|cft] \
+[--byzantine random|none|NAME] [--threads T] [--verbose] [--trace] [--plant weak-quorum|skip-new-view-check]
+       palisade-sim --list-strategies";
+
+struct Args {
+    seeds: std::ops::Range<u64>,
+    replicas: usize,
+    mode: Mode,
+    byzantine: ByzantineChoice,
+    threads: usize,
+    verbose: bool,
+    trace: bool,
+    plant: Vec<String>,
+}
+
+fn parse() -> Result<Option<Args>, String> {
+    let mut args = std::env::args().skip(1);
+    let mut out = Args {
+        seeds: 0..100,
+        replicas: 4,
+        mode: Mode::Bft,
+        byzantine: ByzantineChoice::Random,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        verbose: false,
+        trace: false,
+        plant: Vec::new(),
+    };
+    let mut seeds_given = false;
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--list-strategies" => {
+                for (name, _, what) in byzantine::STRATEGIES {
+                    println!("{name}\t{what}");
+                }
+                return Ok(None);
+            }
+            "--seeds" => {
+                let v = value("--seeds")?;
+                let (a, b) = v.split_once("..").ok_or("--seeds takes START..END")?;
+                let start: u64 = a.parse().map_err(|_| format!("bad seed start {a:?}"))?;
+                let end: u64 = b.parse().map_err(|_| format!("bad seed end {b:?}"))?;
+                if end <= start {
+                    return Err("--seeds START..END needs END > START".into());
+                }
+                out.seeds = start..end;
+                seeds_given = true;
+            }
+            "--replicas" => {
+                let v = value("--replicas")?;
+                out.replicas = v.parse().map_err(|_| format!("bad replica count {v:?}"))?;
+            }
+            "--mode" => {
+                out.mode = match value("--mode")?.as_str() {
+                    "bft" => Mode::Bft,
+                    "cft" => Mode::Cft,
+                    other => return Err(format!("unknown mode {other:?}: use bft or cft")),
+                }
+            }
+            "--byzantine" => {
+                out.byzantine = match value("--byzantine")?.as_str() {
+                    "random" => ByzantineChoice::Random,
+                    "none" => ByzantineChoice::None,
+                    name if byzantine::make(name).is_some() => {
+                        ByzantineChoice::Named(name.to_string())
+                    }
+                    other => {
+                        return Err(format!("unknown strategy {other:?}: see --list-strategies"))
+                    }
+                }
+            }
+            "--threads" => {
+                let v = value("--threads")?;
+                out.threads = v.parse().map_err(|_| format!("bad thread count {v:?}"))?;
+            }
+            "--plant" => out.plant.push(value("--plant")?),
+            "--verbose" | "-v" => out.verbose = true,
+            "--trace" => out.trace = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if !seeds_given {
+        return Err("--seeds START..END is required".into());
+    }
+    let min = if out.mode == Mode::Bft { 4 } else { 3 };
+    if out.replicas < min {
+        return Err(format!("--replicas must be at least {min} in this mode"));
+    }
+    Ok(Some(out))
+}
+
+fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
+    let mut cfg = SimConfig::new(seed);
+    cfg.replicas = args.replicas;
+    cfg.mode = args.mode;
+    cfg.byzantine = args.byzantine.clone();
+    cfg.trace = args.trace;
+    for p in &args.plant {
+        #[cfg(feature = "planted-bugs")]
+        match p.as_str() {
+            "weak-quorum" => cfg.planted.weak_quorum = true,
+            "skip-new-view-check" => cfg.planted.skip_new_view_check = true,
+            other => return Err(format!("unknown planted bug {other:?}")),
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        return Err(format!(
+            "--plant {p} needs a build with the planted-bugs feature"
+        ));
+    }
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade-sim: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut configs = Vec::new();
+    for seed in args.seeds.clone() {
+        match config_for(&args, seed) {
+            Ok(c) => configs.push(c),
+            Err(e) => {
+                eprintln!("palisade-sim: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let reports = run_many(configs, args.threads);
+    let mode = if args.mode == Mode::Bft { "bft" } else { "cft" };
+    for r in &reports {
+        let failed = !r.safety.is_empty() || !r.liveness.is_empty();
+        if failed || args.verbose {
+            println!(
+                "seed {}: strategy={} byzantine={:?} {} | ops={} batches={} max_view={} transfers={} msgs={} recovery_ms={:?}",
+                r.seed,
+                r.strategy.as_deref().unwrap_or("none"),
+                r.byzantine.iter().map(|b| b.0).collect::<Vec<_>>(),
+                r.faults,
+                r.ops_completed,
+                r.batches,
+                r.max_view,
+                r.state_transfers,
+                r.messages,
+                r.recovery_ms
+            );
+        }
+        if failed && args.verbose {
+            for st in &r.replica_states {
+                println!("  state {st}");
+            }
+        }
+        for v in &r.safety {
+            println!("  SAFETY seed {}: {v}", r.seed);
+        }
+        for v in r.liveness.iter().take(5) {
+            println!("  LIVENESS seed {}: {v}", r.seed);
+        }
+        if failed {
+            let byz = r.strategy.as_deref().unwrap_or("none");
+            let plant: String = args.plant.iter().map(|p| format!(" --plant {p}")).collect();
+            println!(
+                "  reproduce: palisade-sim --seeds {}..{} --replicas {} --mode {mode} --byzantine {byz}{plant}",
+                r.seed,
+                r.seed + 1,
+                args.replicas
+            );
+        }
+    }
+    let s = summarize(&reports);
+    let p = |q: f64| {
+        s.recovery_ms
+            .get(((s.recovery_ms.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
+    eprintln!(
+        "{} runs in {:.1}s; {} operations completed; recovery after heal p50={:?} ms p99={:?} ms max={:?} ms",
+        s.runs,
+        started.elapsed().as_secs_f64(),
+        s.ops_completed,
+        p(0.5),
+        p(0.99),
+        s.recovery_ms.last()
+    );
+    println!(
+        "SIM runs={} safety_violations={} liveness_failures={}",
+        s.runs, s.safety_violations, s.liveness_failures
+    );
+    if s.safety_violations == 0 && s.liveness_failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

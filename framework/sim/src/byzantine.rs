@@ -1,0 +1,509 @@
+//! Byzantine strategies. A Byzantine replica runs the honest core, and its
+//! strategy rewrites, drops, delays or adds to what it sends. Strategies
+//! hold only their own replica's key, so anything they sign is signed as
+//! themselves; statements of others can only be replayed or tampered with,
+//! which verification must catch.
+
+use crate::crypto::SimCrypto;
+use crate::rng::Rng;
+use bytes::Bytes;
+use palisade_core::crypto::{self, Domain};
+use palisade_core::message::{
+    null_digest, Batch, CheckpointBody, NewViewBody, PrePrepare, PrePreparedEntry, PreparedEntry,
+    Reply, Request, Signed, ViewChangeBody,
+};
+use palisade_core::{
+    ClientId, Digest, Membership, PeerMessage, ReplicaId, RequestId, SeqNo, ViewNo,
+};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// What a strategy may use: its own key, randomness, and public facts.
+pub struct ByzCtx<'a> {
+    /// The Byzantine replica.
+    pub me: ReplicaId,
+    /// Its own signing handle (and nobody else's).
+    pub crypto: &'a SimCrypto,
+    /// Randomness from the run's seed.
+    pub rng: &'a mut Rng,
+    /// The cluster.
+    pub membership: &'a Membership,
+    /// The cluster's request timeout, for attacks timed just below it.
+    pub request_timeout_ms: u64,
+    /// The log window, for fabricating entries that pass shape checks.
+    pub log_window: u64,
+}
+
+/// One message as actually sent.
+pub struct Outgoing {
+    /// Recipient.
+    pub to: ReplicaId,
+    /// Message.
+    pub msg: PeerMessage,
+    /// Extra delay the strategy adds.
+    pub delay_ms: u64,
+}
+
+impl Outgoing {
+    fn now(to: ReplicaId, msg: PeerMessage) -> Outgoing {
+        Outgoing {
+            to,
+            msg,
+            delay_ms: 0,
+        }
+    }
+}
+
+/// Which replica a strategy is most interesting on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// The primary of view 0.
+    InitialPrimary,
+    /// The primary of view 1 (the first new primary after a view change).
+    FirstNewPrimary,
+    /// Anywhere.
+    Any,
+}
+
+/// A way to misbehave.
+pub trait Strategy {
+    /// Name, as `--byzantine` takes it.
+    fn name(&self) -> &'static str;
+    /// Rewrites one outgoing peer message (broadcasts arrive one recipient at a time).
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing>;
+    /// Rewrites or drops a reply to a client.
+    fn reply(&mut self, _ctx: &mut ByzCtx<'_>, reply: Reply) -> Option<Reply> {
+        Some(reply)
+    }
+}
+
+/// Every strategy: name, placement, and what it does.
+pub const STRATEGIES: &[(&str, Placement, &str)] = &[
+    ("equivocate", Placement::InitialPrimary, "as primary, sends different batches for the same sequence number to different backups"),
+    ("silent", Placement::InitialPrimary, "sends nothing at all, replies included"),
+    ("slow-primary", Placement::InitialPrimary, "delays its pre-prepares to just below the request timeout"),
+    ("wrong-digest", Placement::Any, "votes, decisions and batch replies carry wrong digests"),
+    ("replay", Placement::Any, "replays its old messages, some moved to other views and sequence numbers"),
+    ("lying-view-change", Placement::Any, "view-changes claim invented prepared batches and ask for far-future views"),
+    ("new-view-tamper", Placement::FirstNewPrimary, "as new primary, omits, replaces or invents re-proposals and tampers with others' view-changes"),
+    ("bogus-checkpoint", Placement::Any, "signs checkpoints with wrong state digests"),
+    ("poisoned-state", Placement::Any, "answers state and batch requests with corrupted contents"),
+    ("forged-replies", Placement::Any, "sends clients wrong results"),
+    ("forged-requests", Placement::InitialPrimary, "as primary, adds requests with forged client signatures to its batches"),
+];
+
+/// The strategy called `name`.
+pub fn make(name: &str) -> Option<Box<dyn Strategy>> {
+    Some(match name {
+        "equivocate" => Box::new(Equivocate),
+        "silent" => Box::new(Silent),
+        "slow-primary" => Box::new(SlowPrimary),
+        "wrong-digest" => Box::new(WrongDigest),
+        "replay" => Box::new(Replay {
+            history: VecDeque::new(),
+        }),
+        "lying-view-change" => Box::new(LyingViewChange),
+        "new-view-tamper" => Box::new(NewViewTamper),
+        "bogus-checkpoint" => Box::new(BogusCheckpoint),
+        "poisoned-state" => Box::new(PoisonedState),
+        "forged-replies" => Box::new(ForgedReplies),
+        "forged-requests" => Box::new(ForgedRequests),
+        _ => return None,
+    })
+}
+
+/// Where `name` prefers to be placed.
+pub fn placement(name: &str) -> Placement {
+    STRATEGIES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, p, _)| *p)
+        .unwrap_or(Placement::Any)
+}
+
+fn random_digest(rng: &mut Rng) -> Digest {
+    let mut d = [0u8; 32];
+    for chunk in d.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    Digest(d)
+}
+
+struct Equivocate;
+
+impl Strategy for Equivocate {
+    fn name(&self) -> &'static str {
+        "equivocate"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let odd = ctx.membership.index_of(to).unwrap_or(0) % 2 == 1;
+        match msg {
+            PeerMessage::PrePrepare(pp) if odd => {
+                let mut b: Batch = (*pp.batch).clone();
+                if b.requests.len() > 1 {
+                    b.requests.reverse();
+                } else {
+                    b.timestamp_ms += 1;
+                }
+                vec![Outgoing::now(
+                    to,
+                    PeerMessage::PrePrepare(PrePrepare {
+                        batch: Arc::new(b),
+                        ..pp
+                    }),
+                )]
+            }
+            other => vec![Outgoing::now(to, other)],
+        }
+    }
+}
+
+struct Silent;
+
+impl Strategy for Silent {
+    fn name(&self) -> &'static str {
+        "silent"
+    }
+    fn outgoing(&mut self, _: &mut ByzCtx<'_>, _: ReplicaId, _: PeerMessage) -> Vec<Outgoing> {
+        Vec::new()
+    }
+    fn reply(&mut self, _: &mut ByzCtx<'_>, _: Reply) -> Option<Reply> {
+        None
+    }
+}
+
+struct SlowPrimary;
+
+impl Strategy for SlowPrimary {
+    fn name(&self) -> &'static str {
+        "slow-primary"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let delay_ms = match msg {
+            PeerMessage::PrePrepare(_) => ctx.request_timeout_ms * 8 / 10,
+            _ => 0,
+        };
+        vec![Outgoing { to, msg, delay_ms }]
+    }
+}
+
+struct WrongDigest;
+
+impl Strategy for WrongDigest {
+    fn name(&self) -> &'static str {
+        "wrong-digest"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let msg = match msg {
+            PeerMessage::Prepare(mut v) => {
+                v.digest = random_digest(ctx.rng);
+                PeerMessage::Prepare(v)
+            }
+            PeerMessage::Commit(mut v) => {
+                v.digest = random_digest(ctx.rng);
+                PeerMessage::Commit(v)
+            }
+            PeerMessage::Decided { seq, .. } => PeerMessage::Decided {
+                seq,
+                digest: random_digest(ctx.rng),
+            },
+            PeerMessage::BatchReply { seq, batch } => {
+                let mut b = (*batch).clone();
+                b.timestamp_ms ^= 1;
+                PeerMessage::BatchReply {
+                    seq,
+                    batch: Arc::new(b),
+                }
+            }
+            other => other,
+        };
+        vec![Outgoing::now(to, msg)]
+    }
+}
+
+struct Replay {
+    history: VecDeque<PeerMessage>,
+}
+
+impl Strategy for Replay {
+    fn name(&self) -> &'static str {
+        "replay"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let mut out = vec![Outgoing::now(to, msg.clone())];
+        if !matches!(msg, PeerMessage::Status(_)) {
+            self.history.push_back(msg);
+            if self.history.len() > 128 {
+                self.history.pop_front();
+            }
+        }
+        if !self.history.is_empty() && ctx.rng.chance(0.5) {
+            let old = self.history[ctx.rng.below(self.history.len() as u64) as usize].clone();
+            let shift = ctx.rng.range(1, 4);
+            let moved = match old {
+                PeerMessage::PrePrepare(pp) if ctx.rng.chance(0.5) => {
+                    PeerMessage::PrePrepare(PrePrepare {
+                        seq: SeqNo(pp.seq.0 + shift),
+                        ..pp
+                    })
+                }
+                PeerMessage::Prepare(mut v) if ctx.rng.chance(0.5) => {
+                    v.seq = SeqNo(v.seq.0 + shift);
+                    PeerMessage::Prepare(v)
+                }
+                PeerMessage::Commit(mut v) if ctx.rng.chance(0.5) => {
+                    if ctx.rng.chance(0.5) {
+                        v.seq = SeqNo(v.seq.0.saturating_sub(shift));
+                    } else {
+                        v.view = ViewNo(v.view.0 + shift);
+                    }
+                    PeerMessage::Commit(v)
+                }
+                other => other,
+            };
+            out.push(Outgoing {
+                to,
+                msg: moved,
+                delay_ms: ctx.rng.below(200),
+            });
+        }
+        out
+    }
+}
+
+struct LyingViewChange;
+
+impl Strategy for LyingViewChange {
+    fn name(&self) -> &'static str {
+        "lying-view-change"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let PeerMessage::ViewChange(vc) = msg else {
+            return vec![Outgoing::now(to, msg)];
+        };
+        let mut body: ViewChangeBody = vc.body.clone();
+        let low = body.checkpoint.seq.0;
+        let claim_view = ViewNo(body.new_view.0.saturating_sub(1));
+        body.prepared.clear();
+        body.preprepared.clear();
+        let count = ctx.rng.range(1, 6).min(ctx.log_window);
+        for s in low + 1..=low + count {
+            let digest = if ctx.rng.chance(0.3) {
+                null_digest()
+            } else {
+                random_digest(ctx.rng)
+            };
+            body.prepared.push(PreparedEntry {
+                seq: SeqNo(s),
+                view: claim_view,
+                digest,
+            });
+            body.preprepared.push(PrePreparedEntry {
+                seq: SeqNo(s),
+                digest,
+                view: claim_view,
+            });
+        }
+        let mut out = vec![Outgoing::now(
+            to,
+            PeerMessage::ViewChange(crypto::sign(ctx.crypto, Domain::ViewChange, body.clone())),
+        )];
+        if ctx.rng.chance(0.3) {
+            // Ask for a far-future view: alone, this must not move anyone.
+            let mut far = body;
+            far.new_view = ViewNo(far.new_view.0 + ctx.rng.range(2, 50));
+            out.push(Outgoing::now(
+                to,
+                PeerMessage::ViewChange(crypto::sign(ctx.crypto, Domain::ViewChange, far)),
+            ));
+        }
+        out
+    }
+}
+
+struct NewViewTamper;
+
+impl Strategy for NewViewTamper {
+    fn name(&self) -> &'static str {
+        "new-view-tamper"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let PeerMessage::NewView(nv) = msg else {
+            return vec![Outgoing::now(to, msg)];
+        };
+        if nv.body.replica != ctx.me {
+            return vec![Outgoing::now(to, PeerMessage::NewView(nv))];
+        }
+        let mut body: NewViewBody = nv.body.clone();
+        match ctx.rng.below(4) {
+            0 if !body.chosen.is_empty() => {
+                // Omit a batch: replace a re-proposal with null (or null with garbage).
+                let i = ctx.rng.below(body.chosen.len() as u64) as usize;
+                let d = body.chosen[i].1;
+                body.chosen[i].1 = if d == null_digest() {
+                    random_digest(ctx.rng)
+                } else {
+                    null_digest()
+                };
+            }
+            1 => {
+                // Invent a batch above everything proven.
+                let next = body.chosen.last().map(|(s, _)| s.0).unwrap_or_else(|| {
+                    body.view_changes
+                        .iter()
+                        .map(|vc| vc.body.checkpoint.seq.0)
+                        .max()
+                        .unwrap_or(0)
+                }) + 1;
+                body.chosen.push((SeqNo(next), random_digest(ctx.rng)));
+            }
+            2 => {
+                // Tamper with another replica's view-change without its key.
+                if let Some(vc) = body
+                    .view_changes
+                    .iter_mut()
+                    .find(|vc| vc.body.replica != ctx.me)
+                {
+                    let low = vc.body.checkpoint.seq.0;
+                    vc.body.prepared = vec![PreparedEntry {
+                        seq: SeqNo(low + 1),
+                        view: ViewNo(body.view.0.saturating_sub(1)),
+                        digest: random_digest(ctx.rng),
+                    }];
+                }
+            }
+            _ => {
+                // Drop proof until it is below a quorum.
+                let keep = ctx.membership.quorum().saturating_sub(1);
+                body.view_changes.truncate(keep);
+            }
+        }
+        let signed: Signed<NewViewBody> = crypto::sign(ctx.crypto, Domain::NewView, body);
+        vec![Outgoing::now(to, PeerMessage::NewView(Arc::new(signed)))]
+    }
+}
+
+struct BogusCheckpoint;
+
+impl Strategy for BogusCheckpoint {
+    fn name(&self) -> &'static str {
+        "bogus-checkpoint"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        match msg {
+            PeerMessage::Checkpoint(c) if c.body.replica == ctx.me => {
+                let body = CheckpointBody {
+                    state: random_digest(ctx.rng),
+                    ..c.body
+                };
+                vec![Outgoing::now(
+                    to,
+                    PeerMessage::Checkpoint(crypto::sign(ctx.crypto, Domain::Checkpoint, body)),
+                )]
+            }
+            other => vec![Outgoing::now(to, other)],
+        }
+    }
+}
+
+struct PoisonedState;
+
+impl Strategy for PoisonedState {
+    fn name(&self) -> &'static str {
+        "poisoned-state"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let msg = match msg {
+            PeerMessage::StateReply { seq, snapshot } => {
+                let mut bytes = snapshot.to_vec();
+                if bytes.is_empty() || ctx.rng.chance(0.3) {
+                    bytes.extend_from_slice(&ctx.rng.next_u64().to_le_bytes());
+                } else {
+                    let i = ctx.rng.below(bytes.len() as u64) as usize;
+                    bytes[i] ^= 0x5a;
+                }
+                PeerMessage::StateReply {
+                    seq,
+                    snapshot: Bytes::from(bytes),
+                }
+            }
+            PeerMessage::BatchReply { seq, batch } => {
+                let mut b = (*batch).clone();
+                b.requests.pop();
+                PeerMessage::BatchReply {
+                    seq,
+                    batch: Arc::new(b),
+                }
+            }
+            other => other,
+        };
+        let mut out = vec![Outgoing::now(to, msg)];
+        // Volunteer a poisoned snapshot now and then, unasked.
+        if ctx.rng.chance(0.05) {
+            let seq = SeqNo(ctx.rng.below(64));
+            out.push(Outgoing::now(
+                to,
+                PeerMessage::StateReply {
+                    seq,
+                    snapshot: Bytes::from(vec![0u8; 16]),
+                },
+            ));
+        }
+        out
+    }
+}
+
+struct ForgedReplies;
+
+impl Strategy for ForgedReplies {
+    fn name(&self) -> &'static str {
+        "forged-replies"
+    }
+    fn outgoing(&mut self, _: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        vec![Outgoing::now(to, msg)]
+    }
+    fn reply(&mut self, _: &mut ByzCtx<'_>, mut reply: Reply) -> Option<Reply> {
+        // The same lie from every Byzantine replica, so that colluders agree.
+        let mut v = reply.result.to_vec();
+        if let Some(b) = v.first_mut() {
+            *b = b.wrapping_add(1);
+        } else {
+            v.push(1);
+        }
+        reply.result = Bytes::from(v);
+        Some(reply)
+    }
+}
+
+struct ForgedRequests;
+
+impl Strategy for ForgedRequests {
+    fn name(&self) -> &'static str {
+        "forged-requests"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        match msg {
+            PeerMessage::PrePrepare(pp) => {
+                // The same forged batch to everyone: only the signature check saves the backups.
+                let mut b: Batch = (*pp.batch).clone();
+                let seq = pp.seq.0;
+                b.requests.push(Request {
+                    client: ClientId(1_000_000 + seq % 3),
+                    id: RequestId(seq),
+                    read_only: false,
+                    operation: Bytes::from_static(&[0, 0, 1, 0, 0, 0, 0, 0, 0, 0]),
+                    auth: Bytes::from_static(b"forged"),
+                });
+                let _ = &ctx.rng;
+                vec![Outgoing::now(
+                    to,
+                    PeerMessage::PrePrepare(PrePrepare {
+                        batch: Arc::new(b),
+                        ..pp
+                    }),
+                )]
+            }
+            other => vec![Outgoing::now(to, other)],
+        }
+    }
+}
