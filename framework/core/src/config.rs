@@ -42,6 +42,9 @@ pub struct Config {
     pub read_queue_max: usize,
     /// DECIDED notices sent per STATUS from a laggard.
     pub catch_up_max: u64,
+    /// Request ids per client below its highest executed one that are still
+    /// filtered for duplicates; pass the same value to [`crate::Executor::new`].
+    pub client_window: u64,
     /// Distinct digests remembered per sequence number in the Q set.
     pub preprepared_per_seq_max: usize,
     /// Test-only planted bugs.
@@ -69,6 +72,7 @@ impl Config {
             pending_max: 100_000,
             read_queue_max: 10_000,
             catch_up_max: 64,
+            client_window: 1024,
             preprepared_per_seq_max: 4,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
@@ -88,6 +92,9 @@ impl Config {
         }
         if self.batch_max_requests == 0 || self.max_in_flight == 0 {
             return Err("batch_max_requests and max_in_flight must be at least 1".into());
+        }
+        if self.client_window == 0 {
+            return Err("client_window must be at least 1".into());
         }
         if self.preprepared_per_seq_max == 0 {
             return Err("preprepared_per_seq_max must be at least 1".into());

@@ -271,7 +271,7 @@ impl<C: Crypto> Replica<C> {
     /// A fresh replica at the genesis checkpoint, whose state digest every
     /// replica computes itself from the service's initial snapshot.
     pub fn new(cfg: Config, id: ReplicaId, crypto: C, genesis_state: Digest) -> Self {
-        let client_window = 1024;
+        let client_window = cfg.client_window;
         Replica {
             id,
             crypto,
@@ -607,12 +607,9 @@ impl<C: Crypto> Replica<C> {
         let mut out = Vec::new();
         let mut fetch = Vec::new();
         for (&seq, slot) in self.slots.iter_mut() {
-            if slot.decided.is_some() {
-                if seq > self.delivered {
-                    let d = slot.decided.expect("checked");
-                    if d != null_digest() && !slot.batches.contains_key(&d) {
-                        fetch.push((seq, d));
-                    }
+            if let Some(d) = slot.decided {
+                if seq > self.delivered && d != null_digest() && !slot.batches.contains_key(&d) {
+                    fetch.push((seq, d));
                 }
                 continue;
             }

@@ -228,11 +228,10 @@ impl Membership {
     /// CFT: a majority.
     pub fn quorum(&self) -> usize {
         let n = self.n();
-        let q = match self.mode {
+        match self.mode {
             Mode::Bft => (n + self.f) / 2 + 1,
             Mode::Cft => n / 2 + 1,
-        };
-        q
+        }
     }
 
     /// The size of a set that contains at least one correct replica (f+1).
@@ -306,7 +305,7 @@ mod tests {
             let f = f_raw.min(n.saturating_sub(1) / 3);
             let m = Membership::new((0..n as u32).map(ReplicaId).collect(), f, Mode::Bft).unwrap();
             let q = m.quorum();
-            prop_assert!(2 * q >= n + f + 1, "n={n} f={f} q={q}");
+            prop_assert!(2 * q > n + f, "n={n} f={f} q={q}");
             prop_assert!(q <= n - f, "n={n} f={f} q={q}");
             prop_assert!(m.weak_quorum() <= q);
         }

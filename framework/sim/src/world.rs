@@ -293,7 +293,6 @@ struct SimClient {
     rng: Rng,
 }
 
-const EXEC_WINDOW: u64 = 1024;
 const TICK_MS: u64 = 10;
 
 struct World {
@@ -387,7 +386,7 @@ impl World {
             }
         }
 
-        let exec = Executor::new(SimService::default(), EXEC_WINDOW);
+        let exec = Executor::new(SimService::default(), core_cfg.client_window);
         let genesis_snapshot = exec.snapshot();
         let genesis = Digest::of(&genesis_snapshot);
         let replicas = (0..n)
@@ -404,7 +403,7 @@ impl World {
                 SimReplica {
                     id,
                     core: Some(Replica::new(core_cfg.clone(), id, crypto.clone(), genesis)),
-                    exec: Some(Executor::new(SimService::default(), EXEC_WINDOW)),
+                    exec: Some(Executor::new(SimService::default(), core_cfg.client_window)),
                     disk,
                     crypto,
                     strategy,
@@ -904,7 +903,7 @@ impl World {
             .last_key_value()
             .expect("genesis snapshot is always kept");
         let snapshot = snapshot.clone();
-        let mut exec = Executor::new(SimService::default(), EXEC_WINDOW);
+        let mut exec = Executor::new(SimService::default(), self.core_cfg.client_window);
         exec.install(&snapshot).expect("own snapshot installs");
         let core = Replica::recover(
             self.core_cfg.clone(),
