@@ -434,6 +434,10 @@ impl<C: Crypto> Replica<C> {
     pub fn pending_requests(&self) -> usize {
         self.pending.len()
     }
+    /// Consensus instances held in the log; never more than the log window.
+    pub fn log_len(&self) -> usize {
+        self.slots.len()
+    }
     /// Whether a state transfer is under way.
     pub fn transferring(&self) -> bool {
         self.transfer.is_some()
