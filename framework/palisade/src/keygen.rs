@@ -1,0 +1,164 @@
+//! `palisade keygen`: a ready-to-run configuration directory.
+//!
+//! Writes `cluster.toml` (public: ids, addresses, public keys) and one secret
+//! key file per identity, each readable by its owner only:
+//! `replica-<id>.key`, `view-manager.key` and `client.key` (a default
+//! identity for command-line clients).
+
+use palisade_core::{Membership, Mode, ReplicaId};
+use palisade_wire::config::{ClusterConfig, ReplicaInfo, CLUSTER_FILE};
+use palisade_wire::frame::DEFAULT_MAX_FRAME_BYTES;
+use palisade_wire::keys;
+use rand_core::{OsRng, RngCore};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct KeygenOptions {
+    /// Replicas.
+    pub replicas: usize,
+    /// Where to write.
+    pub out: PathBuf,
+    /// BFT or CFT.
+    pub mode: Mode,
+    /// Faults to tolerate; the most the mode allows when `None`.
+    pub f: Option<usize>,
+    /// Explicit `ip:port` per replica; loopback from `base_port` when empty.
+    pub addresses: Vec<SocketAddr>,
+    /// First port for loopback addresses.
+    pub base_port: u16,
+    /// Cluster id; random when `None`.
+    pub cluster_id: Option<u64>,
+    /// Whether clients sign requests.
+    pub client_signatures: bool,
+}
+
+/// Secret key file of replica `id`.
+pub fn replica_key_file(dir: &Path, id: ReplicaId) -> PathBuf {
+    dir.join(format!("replica-{}.key", id.0))
+}
+
+/// Secret key file of the view manager.
+pub fn view_manager_key_file(dir: &Path) -> PathBuf {
+    dir.join("view-manager.key")
+}
+
+/// Secret key file of the default command-line client.
+pub fn client_key_file(dir: &Path) -> PathBuf {
+    dir.join("client.key")
+}
+
+/// Generates keys and writes the directory; returns the configuration.
+pub fn keygen(opts: &KeygenOptions) -> Result<ClusterConfig, String> {
+    let n = opts.replicas;
+    let max_f = match opts.mode {
+        Mode::Bft => n.saturating_sub(1) / 3,
+        Mode::Cft => n.saturating_sub(1) / 2,
+    };
+    let f = opts.f.unwrap_or(max_f);
+    let ids: Vec<ReplicaId> = (0..n as u32).map(ReplicaId).collect();
+    let membership = Membership::new(ids.clone(), f, opts.mode).map_err(|e| format!("--replicas {n}: {e}"))?;
+    if !opts.addresses.is_empty() && opts.addresses.len() != n {
+        return Err(format!("--addresses lists {} addresses for {n} replicas", opts.addresses.len()));
+    }
+    let addresses: Vec<SocketAddr> = if opts.addresses.is_empty() {
+        (0..n)
+            .map(|i| {
+                let port = opts.base_port.checked_add(i as u16).ok_or("--base-port too high for this many replicas")?;
+                Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+            })
+            .collect::<Result<_, String>>()?
+    } else {
+        opts.addresses.clone()
+    };
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    let cluster_file = opts.out.join(CLUSTER_FILE);
+    if cluster_file.exists() {
+        return Err(format!("{} exists; choose another --out or remove it first", cluster_file.display()));
+    }
+    let mut rng = OsRng;
+    let mut replicas = BTreeMap::new();
+    for (id, address) in ids.iter().zip(addresses) {
+        let key = keys::generate(&mut rng);
+        keys::write_secret(&replica_key_file(&opts.out, *id), &key).map_err(|e| e.to_string())?;
+        replicas.insert(*id, ReplicaInfo { address, public_key: key.verifying_key() });
+    }
+    let vm = keys::generate(&mut rng);
+    keys::write_secret(&view_manager_key_file(&opts.out), &vm).map_err(|e| e.to_string())?;
+    let client = keys::generate(&mut rng);
+    keys::write_secret(&client_key_file(&opts.out), &client).map_err(|e| e.to_string())?;
+    let config = ClusterConfig {
+        cluster_id: opts.cluster_id.unwrap_or_else(|| rng.next_u64() >> 11),
+        membership,
+        client_signatures: opts.client_signatures,
+        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        view_manager: vm.verifying_key(),
+        replicas,
+    };
+    std::fs::write(&cluster_file, config.to_toml()).map_err(|e| format!("{}: {e}", cluster_file.display()))?;
+    // Prove the directory loads the way a replica will load it.
+    let loaded = ClusterConfig::load(&opts.out).map_err(|e| e.to_string())?;
+    for id in &ids {
+        let key = keys::read_secret(&replica_key_file(&opts.out, *id)).map_err(|e| e.to_string())?;
+        if key.verifying_key() != loaded.replicas[id].public_key {
+            return Err(format!("replica {id}'s key file does not match cluster.toml"));
+        }
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path) -> KeygenOptions {
+        KeygenOptions {
+            replicas: 4,
+            out: dir.to_path_buf(),
+            mode: Mode::Bft,
+            f: None,
+            addresses: vec![],
+            base_port: 7000,
+            cluster_id: Some(77),
+            client_signatures: false,
+        }
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("palisade-keygen-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn keygen_writes_a_configuration_that_loads_and_matches_its_keys() {
+        let dir = tempdir("ok");
+        let c = keygen(&opts(&dir)).unwrap();
+        assert_eq!((c.cluster_id, c.membership.n(), c.membership.f()), (77, 4, 1));
+        assert_eq!(c.replicas[&ReplicaId(3)].address.to_string(), "127.0.0.1:7003");
+        for id in 0..4 {
+            let key = keys::read_secret(&replica_key_file(&dir, ReplicaId(id))).unwrap();
+            assert_eq!(key.verifying_key(), c.replicas[&ReplicaId(id)].public_key);
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(client_key_file(&dir)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert!(keygen(&opts(&dir)).unwrap_err().contains("exists"), "never overwrites a cluster");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn impossible_sizes_are_explained() {
+        let dir = tempdir("bad");
+        let mut o = opts(&dir);
+        o.replicas = 3;
+        o.f = Some(1);
+        assert!(keygen(&o).unwrap_err().contains("at least 4"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,169 @@
+//! Envelopes: what every frame body is, on every channel.
+//!
+//! ```text
+//! body = version:u8  cluster_id:u64le  message:postcard
+//! ```
+//!
+//! Each channel has its own closed message enum, so a decoder only ever
+//! builds the types that may arrive on that channel: [`PeerMessage`]
+//! between replicas, [`ClientMessage`] from clients, [`ReplicaMessage`] to
+//! clients, [`HandshakeMessage`] before a channel is authenticated. Enum
+//! variants are only ever appended; docs/wire.md specifies every byte.
+
+use crate::WireError;
+use bytes::{BufMut, Bytes, BytesMut};
+use palisade_core::message::Reply;
+use palisade_core::{PeerMessage, ReplicaId, Request, RequestId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The format version this build speaks.
+pub const VERSION: u8 = 1;
+
+/// Bytes before the postcard-encoded message.
+pub const HEADER_BYTES: usize = 9;
+
+/// From a client to a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// A request to order (or, if read-only, to answer directly).
+    Request(Request),
+}
+
+/// Why a replica turned a client request away without executing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The replica is overloaded; retry after backing off.
+    Busy,
+    /// The request id is below the client's window: it can never execute.
+    Stale,
+    /// The request failed a check (size, signature, client id).
+    Invalid,
+}
+
+/// From a replica to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaMessage {
+    /// The result of a request.
+    Reply(Reply),
+    /// The request was turned away.
+    Rejected {
+        /// The replica saying so.
+        replica: ReplicaId,
+        /// Which request.
+        request: RequestId,
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// Who opens a connection, as claimed in its first message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A replica of the cluster.
+    Replica(ReplicaId),
+    /// A client, known by its public key.
+    Client,
+    /// The cluster's administrator.
+    ViewManager,
+}
+
+/// The messages of the authentication handshake (see [`crate::handshake`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandshakeMessage {
+    /// Initiator: who it claims to be, its ephemeral key and a nonce.
+    Hello {
+        /// Claimed role.
+        role: Role,
+        /// Its ed25519 identity key.
+        identity: [u8; 32],
+        /// Its ephemeral X25519 public key.
+        ephemeral: [u8; 32],
+        /// Fresh randomness.
+        nonce: [u8; 32],
+    },
+    /// Responder: who it is, its ephemeral key and nonce, and its signature
+    /// over the transcript.
+    HelloReply {
+        /// The responding replica.
+        replica: ReplicaId,
+        /// Its ephemeral X25519 public key.
+        ephemeral: [u8; 32],
+        /// Fresh randomness.
+        nonce: [u8; 32],
+        /// Ed25519 signature over the transcript (64 bytes).
+        signature: Bytes,
+    },
+    /// Initiator: its signature over the transcript.
+    Finish {
+        /// Ed25519 signature over the transcript (64 bytes).
+        signature: Bytes,
+    },
+}
+
+/// Encodes `message` into a frame body for `cluster`.
+pub fn encode<T: Serialize>(cluster: u64, message: &T) -> Bytes {
+    let mut out = BytesMut::with_capacity(128);
+    encode_into(cluster, message, &mut out);
+    out.freeze()
+}
+
+/// Encodes `message` into a frame body appended to `out`.
+pub fn encode_into<T: Serialize>(cluster: u64, message: &T, out: &mut BytesMut) {
+    out.put_u8(VERSION);
+    out.put_u64_le(cluster);
+    let writer = BytesMutWriter(out);
+    // Encoding these closed types cannot fail.
+    postcard::to_io(message, writer).expect("protocol types always encode");
+}
+
+struct BytesMutWriter<'a>(&'a mut BytesMut);
+
+impl std::io::Write for BytesMutWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Decodes a frame body sent on a channel carrying `T`, for `cluster`.
+pub fn decode<T: DeserializeOwned>(cluster: u64, body: &[u8]) -> Result<T, WireError> {
+    if body.len() < HEADER_BYTES {
+        return Err(WireError::Truncated { needed: HEADER_BYTES, got: body.len() });
+    }
+    if body[0] != VERSION {
+        return Err(WireError::UnknownVersion(body[0]));
+    }
+    let got = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
+    if got != cluster {
+        return Err(WireError::WrongCluster { expected: cluster, got });
+    }
+    let (value, rest) = postcard::take_from_bytes::<T>(&body[HEADER_BYTES..]).map_err(WireError::from_postcard)?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+/// Decodes a replica-to-replica body.
+pub fn decode_peer(cluster: u64, body: &[u8]) -> Result<PeerMessage, WireError> {
+    decode(cluster, body)
+}
+
+/// Decodes a client-to-replica body.
+pub fn decode_client(cluster: u64, body: &[u8]) -> Result<ClientMessage, WireError> {
+    decode(cluster, body)
+}
+
+/// Decodes a replica-to-client body.
+pub fn decode_replica(cluster: u64, body: &[u8]) -> Result<ReplicaMessage, WireError> {
+    decode(cluster, body)
+}
+
+/// Decodes a handshake body.
+pub fn decode_handshake(cluster: u64, body: &[u8]) -> Result<HandshakeMessage, WireError> {
+    decode(cluster, body)
+}

@@ -1,0 +1,262 @@
+//! Client request signatures, verified in parallel batches.
+//!
+//! With `client_signatures = true` a request's `auth` field is
+//! `client_public_key[32] || ed25519_signature[64]` over
+//! [`Request::signing_bytes`], and the request's client id must be the one
+//! derived from that key ([`crate::keys::client_id`]). Every replica checks
+//! this on every request it sees, including requests inside a primary's
+//! batch, so a faulty client cannot get a request accepted by some replicas
+//! and refused by others (the Aardvark "MAC attack"), and a faulty primary
+//! cannot invent requests.
+//!
+//! **One validity rule everywhere.** Single ed25519 verification is
+//! cofactorless and batch verification is cofactored, so a crafted
+//! signature can pass one and fail the other. Replicas must agree on
+//! validity, so Palisade always uses the cofactored rule (dalek's batch
+//! verifier, a batch of one when alone) and refuses small-order keys. A batch
+//! that fails is split and re-verified to find the culprits.
+
+use crate::keys::client_id;
+use bytes::Bytes;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use palisade_core::{ClientId, Request, RequestId};
+use rayon::prelude::*;
+use std::collections::BTreeSet;
+
+/// Bytes of a signed request's `auth` field.
+pub const AUTH_BYTES: usize = 96;
+
+/// Signs `request` as the client holding `key`, setting its client id too.
+pub fn sign_request(key: &SigningKey, request: &mut Request) {
+    let public = key.verifying_key().to_bytes();
+    request.client = client_id(&public);
+    let sig = key.sign(&request.signing_bytes());
+    let mut auth = Vec::with_capacity(AUTH_BYTES);
+    auth.extend_from_slice(&public);
+    auth.extend_from_slice(&sig.to_bytes());
+    request.auth = Bytes::from(auth);
+}
+
+/// Why a request was refused before execution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The operation is larger than allowed.
+    Oversized,
+    /// `auth` is not 96 bytes, or its key is not a valid, non-weak point.
+    BadAuthFormat,
+    /// The client id is not the one derived from the key.
+    ClientIdMismatch,
+    /// The request id is outside what the replica accepts for this client.
+    OutOfRange,
+    /// The same (client, request id) appeared earlier in this batch.
+    Duplicate,
+    /// The signature does not verify.
+    BadSignature,
+}
+
+/// Limits for the verification stage.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifyLimits {
+    /// Largest operation, in bytes.
+    pub max_operation_bytes: usize,
+    /// Signatures per dalek batch (each batch is one rayon task).
+    pub chunk: usize,
+}
+
+impl Default for VerifyLimits {
+    fn default() -> Self {
+        VerifyLimits { max_operation_bytes: 1 << 20, chunk: 64 }
+    }
+}
+
+struct Parsed {
+    key: VerifyingKey,
+    sig: Signature,
+    message: Vec<u8>,
+}
+
+fn parse(request: &Request) -> Result<Parsed, Rejection> {
+    if request.auth.len() != AUTH_BYTES {
+        return Err(Rejection::BadAuthFormat);
+    }
+    let public: [u8; 32] = request.auth[..32].try_into().expect("32 bytes");
+    if client_id(&public) != request.client {
+        return Err(Rejection::ClientIdMismatch);
+    }
+    let key = VerifyingKey::from_bytes(&public).map_err(|_| Rejection::BadAuthFormat)?;
+    if key.is_weak() {
+        return Err(Rejection::BadAuthFormat);
+    }
+    let sig_bytes: [u8; 64] = request.auth[32..].try_into().expect("64 bytes");
+    Ok(Parsed { key, sig: Signature::from_bytes(&sig_bytes), message: request.signing_bytes() })
+}
+
+fn batch_ok(items: &[&Parsed]) -> bool {
+    let messages: Vec<&[u8]> = items.iter().map(|p| p.message.as_slice()).collect();
+    let sigs: Vec<Signature> = items.iter().map(|p| p.sig).collect();
+    let keys: Vec<VerifyingKey> = items.iter().map(|p| p.key).collect();
+    ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok()
+}
+
+/// Verifies one request's client signature with the cluster-wide rule.
+pub fn verify_request(request: &Request) -> Result<(), Rejection> {
+    let p = parse(request)?;
+    if batch_ok(&[&p]) {
+        Ok(())
+    } else {
+        Err(Rejection::BadSignature)
+    }
+}
+
+/// Marks the bad members of `items` by bisection; `bad[i]` answers for `items[i]`.
+fn find_bad(items: &[&Parsed], bad: &mut [bool]) {
+    if batch_ok(items) {
+        return;
+    }
+    if items.len() == 1 {
+        bad[0] = true;
+        return;
+    }
+    let mid = items.len() / 2;
+    let (l, r) = bad.split_at_mut(mid);
+    find_bad(&items[..mid], l);
+    find_bad(&items[mid..], r);
+}
+
+/// The verification stage's work on one inbox drain: cheap checks first
+/// (size, format, client id, range, duplicates), then signatures in
+/// chunks of `limits.chunk`, one rayon task per chunk, on `pool`.
+/// Results come back in input order.
+pub fn verify_batch(
+    requests: Vec<Request>,
+    limits: VerifyLimits,
+    in_range: impl Fn(ClientId, RequestId) -> bool + Sync,
+    pool: &rayon::ThreadPool,
+) -> Vec<Result<Request, (Request, Rejection)>> {
+    let mut seen = BTreeSet::new();
+    let mut parsed: Vec<Result<Parsed, Rejection>> = Vec::with_capacity(requests.len());
+    for r in &requests {
+        let verdict = if r.operation.len() > limits.max_operation_bytes {
+            Err(Rejection::Oversized)
+        } else if !in_range(r.client, r.id) {
+            Err(Rejection::OutOfRange)
+        } else if !seen.insert((r.client, r.id)) {
+            Err(Rejection::Duplicate)
+        } else {
+            parse(r)
+        };
+        parsed.push(verdict);
+    }
+    let candidates: Vec<(usize, &Parsed)> =
+        parsed.iter().enumerate().filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p))).collect();
+    let chunk = limits.chunk.max(1);
+    let bad_indices: Vec<usize> = pool.install(|| {
+        candidates
+            .par_chunks(chunk)
+            .flat_map_iter(|c| {
+                let items: Vec<&Parsed> = c.iter().map(|(_, p)| *p).collect();
+                let mut bad = vec![false; items.len()];
+                find_bad(&items, &mut bad);
+                c.iter().zip(bad).filter(|(_, b)| *b).map(|((i, _), _)| *i).collect::<Vec<_>>()
+            })
+            .collect()
+    });
+    let bad: BTreeSet<usize> = bad_indices.into_iter().collect();
+    requests
+        .into_iter()
+        .zip(parsed)
+        .enumerate()
+        .map(|(i, (r, p))| match p {
+            Err(why) => Err((r, why)),
+            Ok(_) if bad.contains(&i) => Err((r, Rejection::BadSignature)),
+            Ok(_) => Ok(r),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(key: &SigningKey, id: u64) -> Request {
+        let mut r = Request {
+            client: ClientId(0),
+            id: RequestId(id),
+            read_only: false,
+            operation: Bytes::from(vec![id as u8; 10]),
+            auth: Bytes::new(),
+        };
+        sign_request(key, &mut r);
+        r
+    }
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
+    }
+
+    #[test]
+    fn a_signed_request_verifies_and_any_change_breaks_it() {
+        let key = crate::keys::generate(&mut rand_core::OsRng);
+        let r = signed(&key, 1);
+        assert_eq!(verify_request(&r), Ok(()));
+        let mut op = r.clone();
+        op.operation = Bytes::from_static(b"other");
+        assert_eq!(verify_request(&op), Err(Rejection::BadSignature));
+        let mut id = r.clone();
+        id.client = ClientId(id.client.0 ^ 1);
+        assert_eq!(verify_request(&id), Err(Rejection::ClientIdMismatch));
+        let mut short = r.clone();
+        short.auth = r.auth.slice(..95);
+        assert_eq!(verify_request(&short), Err(Rejection::BadAuthFormat));
+    }
+
+    #[test]
+    fn a_client_cannot_sign_for_another_client() {
+        let alice = crate::keys::generate(&mut rand_core::OsRng);
+        let mallory = crate::keys::generate(&mut rand_core::OsRng);
+        let mut r = signed(&alice, 1);
+        // Mallory signs with her key but claims Alice's id and key.
+        let sig = mallory.sign(&r.signing_bytes());
+        let mut auth = r.auth[..32].to_vec();
+        auth.extend_from_slice(&sig.to_bytes());
+        r.auth = Bytes::from(auth);
+        assert_eq!(verify_request(&r), Err(Rejection::BadSignature));
+    }
+
+    #[test]
+    fn batch_verification_finds_exactly_the_bad_requests_in_order() {
+        let key = crate::keys::generate(&mut rand_core::OsRng);
+        let mut reqs: Vec<Request> = (1..=200).map(|i| signed(&key, i)).collect();
+        for i in [3usize, 64, 65, 199] {
+            let mut op = reqs[i].operation.to_vec();
+            op[0] ^= 0xff;
+            reqs[i].operation = Bytes::from(op);
+        }
+        reqs[10].operation = Bytes::from(vec![0u8; 2 << 20]);
+        reqs.push(reqs[0].clone());
+        let limits = VerifyLimits { chunk: 16, ..VerifyLimits::default() };
+        for threads in [1, 2] {
+            let out = verify_batch(reqs.clone(), limits, |_, id| id.0 != 150, &pool(threads));
+            assert_eq!(out.len(), reqs.len());
+            let verdicts: Vec<(usize, Rejection)> =
+                out.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|(_, why)| (i, *why))).collect();
+            assert_eq!(
+                verdicts,
+                vec![
+                    (3, Rejection::BadSignature),
+                    (10, Rejection::Oversized),
+                    (64, Rejection::BadSignature),
+                    (65, Rejection::BadSignature),
+                    (149, Rejection::OutOfRange),
+                    (199, Rejection::BadSignature),
+                    (200, Rejection::Duplicate),
+                ]
+            );
+            for (i, r) in out.iter().enumerate() {
+                if let Ok(r) = r {
+                    assert_eq!(r, &reqs[i]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Golden bytes: the wire format, frozen. If one of these fails, the format
+//! changed: that breaks every deployed client and replica, so it must be a
+//! new version (see docs/wire.md), never an edit of these constants.
+
+use bytes::{Bytes, BytesMut};
+use palisade_core::message::{
+    Batch, CheckpointBody, PrePrepare, PreparedEntry, Reply, Signature, Signed, Status, ViewChangeBody, Vote,
+};
+use palisade_core::{ClientId, Digest, PeerMessage, ReplicaId, Request, RequestId, SeqNo, ViewNo};
+use palisade_wire::channel::Sealer;
+use palisade_wire::envelope::{
+    self, ClientMessage, HandshakeMessage, RejectReason, ReplicaMessage, Role,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+const CLUSTER: u64 = 0x0102_0304_0506_0708;
+
+fn request() -> Request {
+    Request {
+        client: ClientId(7),
+        id: RequestId(300),
+        read_only: false,
+        operation: Bytes::from_static(b"op"),
+        auth: Bytes::from_static(b"sig"),
+    }
+}
+
+fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, value: &T, expected_hex: &str) {
+    let bytes = envelope::encode(CLUSTER, value);
+    let got = hex::encode(&bytes);
+    assert_eq!(got, expected_hex, "{name}: encoding changed; got\n{got}");
+    let back: T = envelope::decode(CLUSTER, &bytes).unwrap();
+    assert_eq!(&back, value, "{name}: does not round-trip");
+}
+
+#[test]
+fn peer_messages() {
+    check(
+        "prepare",
+        &PeerMessage::Prepare(Vote { view: ViewNo(1), seq: SeqNo(2), digest: Digest([0xab; 32]) }),
+        "010807060504030201010102abababababababababababababababababababababababababababababababab",
+    );
+    check(
+        "pre-prepare",
+        &PeerMessage::PrePrepare(PrePrepare {
+            view: ViewNo(3),
+            seq: SeqNo(300),
+            batch: Arc::new(Batch { timestamp_ms: 1_700_000_000_000, requests: vec![request()] }),
+        }),
+        "0108070605040302010003ac0280d095ffbc310107ac0200026f7003736967",
+    );
+    check(
+        "checkpoint",
+        &PeerMessage::Checkpoint(Signed {
+            body: CheckpointBody { seq: SeqNo(128), state: Digest([1; 32]), replica: ReplicaId(2) },
+            signature: Signature(Bytes::from_static(b"s")),
+        }),
+        "0108070605040302010380010101010101010101010101010101010101010101010101010101010101010101020173",
+    );
+    check(
+        "view-change",
+        &PeerMessage::ViewChange(Signed {
+            body: ViewChangeBody {
+                new_view: ViewNo(5),
+                replica: ReplicaId(1),
+                checkpoint: palisade_core::checkpoint::genesis(Digest([2; 32])),
+                prepared: vec![PreparedEntry { seq: SeqNo(1), view: ViewNo(4), digest: Digest([3; 32]) }],
+                preprepared: vec![],
+            },
+            signature: Signature(Bytes::from_static(b"v")),
+        }),
+        "010807060504030201040501000202020202020202020202020202020202020202020202020202020202020202000101040303030303030303030303030303030303030303030303030303030303030303000176",
+    );
+    check(
+        "status",
+        &PeerMessage::Status(Status { view: ViewNo(9), normal: true, delivered: SeqNo(1000), stable: SeqNo(896) }),
+        "010807060504030201070901e8078007",
+    );
+    check("state-request", &PeerMessage::StateRequest { seq: SeqNo(128) }, "0108070605040302010b8001");
+}
+
+#[test]
+fn client_and_replica_messages() {
+    check("request", &ClientMessage::Request(request()), "0108070605040302010007ac0200026f7003736967");
+    check(
+        "reply",
+        &ReplicaMessage::Reply(Reply {
+            view: ViewNo(1),
+            replica: ReplicaId(3),
+            client: ClientId(7),
+            request: RequestId(300),
+            result: Bytes::from_static(b"ok"),
+        }),
+        "01080706050403020100010307ac02026f6b",
+    );
+    check(
+        "rejected",
+        &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::Busy },
+        "01080706050403020101000100",
+    );
+}
+
+#[test]
+fn handshake_messages() {
+    check(
+        "hello",
+        &HandshakeMessage::Hello {
+            role: Role::Replica(ReplicaId(2)),
+            identity: [4; 32],
+            ephemeral: [5; 32],
+            nonce: [6; 32],
+        },
+        "010807060504030201000002040404040404040404040404040404040404040404040404040404040404040405050505050505050505050505050505050505050505050505050505050505050606060606060606060606060606060606060606060606060606060606060606",
+    );
+    check("finish", &HandshakeMessage::Finish { signature: Bytes::from(vec![7u8; 64]) }, "010807060504030201024007070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707");
+}
+
+#[test]
+fn a_sealed_frame() {
+    let mut sealer = Sealer::new(&[9; 32]);
+    let mut out = BytesMut::new();
+    sealer.seal(b"body", &mut out);
+    sealer.seal(b"body", &mut out);
+    assert_eq!(hex::encode(&out), "24000000626f6479f52087b8dda9acb25654e4d961743ac0d4c9e88812e20fed2bacdb17aa8047c424000000626f6479f35cf8a1b515d043274312511d629ab94aca1a27ad8b957890d0be4d33e8d040", "sealed frames changed");
+}
