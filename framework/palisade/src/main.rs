@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "Byzantine fault tolerant state machine replication")]
+#[command(
+    name = "palisade",
+    version,
+    about = "Byzantine fault tolerant state machine replication"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,7 +58,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen { replicas, out, mode, f, addresses, base_port, cluster_id, client_signatures } => {
+        Command::Keygen {
+            replicas,
+            out,
+            mode,
+            f,
+            addresses,
+            base_port,
+            cluster_id,
+            client_signatures,
+        } => {
             let opts = KeygenOptions {
                 replicas,
                 out: out.clone(),
@@ -70,6 +83,13 @@ fn main() -> ExitCode {
             };
             match keygen(&opts) {
                 Ok(c) => {
+                    if c.membership.f() == 0 {
+                        eprintln!(
+                            "palisade keygen: warning: {} replicas tolerate no faults in this mode \
+                             (BFT needs 4 for f = 1, CFT needs 3)",
+                            c.membership.n()
+                        );
+                    }
                     println!(
                         "wrote {} (cluster {}, {} replicas, f = {}) and secret keys to {}",
                         palisade_wire::config::CLUSTER_FILE,

@@ -42,7 +42,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}; {}", self.file, self.field, self.problem, self.fix)
+        write!(
+            f,
+            "{}: {}: {}; {}",
+            self.file, self.field, self.problem, self.fix
+        )
     }
 }
 
@@ -159,7 +163,13 @@ impl ClusterConfig {
         let mode = match raw.mode.as_str() {
             "bft" => Mode::Bft,
             "cft" => Mode::Cft,
-            other => return Err(err("mode", format!("unknown mode {other:?}"), "use \"bft\" or \"cft\"")),
+            other => {
+                return Err(err(
+                    "mode",
+                    format!("unknown mode {other:?}"),
+                    "use \"bft\" or \"cft\"",
+                ))
+            }
         };
         if raw.max_frame_bytes < 1024 || raw.max_frame_bytes > (1 << 30) {
             return Err(err(
@@ -168,23 +178,59 @@ impl ClusterConfig {
                 "use a value between 1024 and 1073741824",
             ));
         }
-        let view_manager = keys::parse_public(&raw.view_manager.public_key, "view_manager.public_key")
-            .map_err(|e| err("view_manager.public_key", e.to_string(), "copy the key printed by `palisade keygen`"))?;
+        let view_manager =
+            keys::parse_public(&raw.view_manager.public_key, "view_manager.public_key").map_err(
+                |e| {
+                    err(
+                        "view_manager.public_key",
+                        e.to_string(),
+                        "copy the key printed by `palisade keygen`",
+                    )
+                },
+            )?;
         let mut replicas = BTreeMap::new();
         for (i, r) in raw.replicas.iter().enumerate() {
             let field = |name: &str| format!("replicas[{i}].{name}");
             let address: SocketAddr = r.address.parse().map_err(|_| {
-                err(&field("address"), format!("{:?} is not ip:port", r.address), "write it like \"127.0.0.1:7000\"")
+                err(
+                    &field("address"),
+                    format!("{:?} is not ip:port", r.address),
+                    "write it like \"127.0.0.1:7000\"",
+                )
             })?;
-            let public_key = keys::parse_public(&r.public_key, &field("public_key"))
-                .map_err(|e| err(&field("public_key"), e.to_string(), "copy the key printed by `palisade keygen`"))?;
-            if replicas.insert(ReplicaId(r.id), ReplicaInfo { address, public_key }).is_some() {
-                return Err(err(&field("id"), format!("replica id {} appears twice", r.id), "give every replica its own id"));
+            let public_key =
+                keys::parse_public(&r.public_key, &field("public_key")).map_err(|e| {
+                    err(
+                        &field("public_key"),
+                        e.to_string(),
+                        "copy the key printed by `palisade keygen`",
+                    )
+                })?;
+            if replicas
+                .insert(
+                    ReplicaId(r.id),
+                    ReplicaInfo {
+                        address,
+                        public_key,
+                    },
+                )
+                .is_some()
+            {
+                return Err(err(
+                    &field("id"),
+                    format!("replica id {} appears twice", r.id),
+                    "give every replica its own id",
+                ));
             }
         }
-        let membership = Membership::new(replicas.keys().copied().collect(), raw.f, mode).map_err(|e| {
-            err("f", e.to_string(), "lower f or add replicas (BFT needs 3f+1, CFT 2f+1)")
-        })?;
+        let membership =
+            Membership::new(replicas.keys().copied().collect(), raw.f, mode).map_err(|e| {
+                err(
+                    "f",
+                    e.to_string(),
+                    "lower f or add replicas (BFT needs 3f+1, CFT 2f+1)",
+                )
+            })?;
         Ok(ClusterConfig {
             cluster_id: raw.cluster_id,
             membership,
@@ -206,11 +252,17 @@ impl ClusterConfig {
             f: self.membership.f(),
             client_signatures: self.client_signatures,
             max_frame_bytes: self.max_frame_bytes,
-            view_manager: ViewManagerEntry { public_key: public_hex(&self.view_manager) },
+            view_manager: ViewManagerEntry {
+                public_key: public_hex(&self.view_manager),
+            },
             replicas: self
                 .replicas
                 .iter()
-                .map(|(id, r)| ReplicaEntry { id: id.0, address: r.address.to_string(), public_key: public_hex(&r.public_key) })
+                .map(|(id, r)| ReplicaEntry {
+                    id: id.0,
+                    address: r.address.to_string(),
+                    public_key: public_hex(&r.public_key),
+                })
                 .collect(),
         }
     }
@@ -229,7 +281,10 @@ mod tests {
 
     fn sample(n: usize) -> String {
         let mut s = String::from("cluster_id = 5\nmode = \"bft\"\nf = 1\n");
-        s += &format!("[view_manager]\npublic_key = \"{}\"\n", public_hex(&generate(&mut rand_core::OsRng).verifying_key()));
+        s += &format!(
+            "[view_manager]\npublic_key = \"{}\"\n",
+            public_hex(&generate(&mut rand_core::OsRng).verifying_key())
+        );
         for i in 0..n {
             s += &format!(
                 "[[replicas]]\nid = {i}\naddress = \"127.0.0.1:{}\"\npublic_key = \"{}\"\n",
@@ -257,10 +312,19 @@ mod tests {
         let e = ClusterConfig::parse(&bad_addr, "c.toml").unwrap_err();
         assert_eq!(e.field, "replicas[2].address");
         let bad_mode = sample(4).replacen("\"bft\"", "\"pbft\"", 1);
-        assert_eq!(ClusterConfig::parse(&bad_mode, "c.toml").unwrap_err().field, "mode");
+        assert_eq!(
+            ClusterConfig::parse(&bad_mode, "c.toml").unwrap_err().field,
+            "mode"
+        );
         let unknown = format!("{}\nbogus = 1\n", sample(4));
-        assert!(ClusterConfig::parse(&unknown, "c.toml").unwrap_err().problem.contains("unknown field"));
+        assert!(ClusterConfig::parse(&unknown, "c.toml")
+            .unwrap_err()
+            .problem
+            .contains("unknown field"));
         let dup = sample(4).replacen("id = 3", "id = 2", 1);
-        assert_eq!(ClusterConfig::parse(&dup, "c.toml").unwrap_err().field, "replicas[3].id");
+        assert_eq!(
+            ClusterConfig::parse(&dup, "c.toml").unwrap_err().field,
+            "replicas[3].id"
+        );
     }
 }

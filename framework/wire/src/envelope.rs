@@ -132,16 +132,23 @@ impl std::io::Write for BytesMutWriter<'_> {
 /// Decodes a frame body sent on a channel carrying `T`, for `cluster`.
 pub fn decode<T: DeserializeOwned>(cluster: u64, body: &[u8]) -> Result<T, WireError> {
     if body.len() < HEADER_BYTES {
-        return Err(WireError::Truncated { needed: HEADER_BYTES, got: body.len() });
+        return Err(WireError::Truncated {
+            needed: HEADER_BYTES,
+            got: body.len(),
+        });
     }
     if body[0] != VERSION {
         return Err(WireError::UnknownVersion(body[0]));
     }
     let got = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
     if got != cluster {
-        return Err(WireError::WrongCluster { expected: cluster, got });
+        return Err(WireError::WrongCluster {
+            expected: cluster,
+            got,
+        });
     }
-    let (value, rest) = postcard::take_from_bytes::<T>(&body[HEADER_BYTES..]).map_err(WireError::from_postcard)?;
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(&body[HEADER_BYTES..]).map_err(WireError::from_postcard)?;
     if !rest.is_empty() {
         return Err(WireError::TrailingBytes(rest.len()));
     }

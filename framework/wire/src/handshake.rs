@@ -70,7 +70,9 @@ impl fmt::Display for HandshakeError {
         match self {
             HandshakeError::Wire(e) => write!(f, "handshake: {e}"),
             HandshakeError::Unexpected(what) => write!(f, "handshake: unexpected {what}"),
-            HandshakeError::UnknownIdentity(who) => write!(f, "handshake: {who} is not the configured identity"),
+            HandshakeError::UnknownIdentity(who) => {
+                write!(f, "handshake: {who} is not the configured identity")
+            }
             HandshakeError::BadSignature => write!(f, "handshake: bad signature"),
             HandshakeError::WeakEphemeral => write!(f, "handshake: weak ephemeral key"),
             HandshakeError::NotAllowed(what) => write!(f, "handshake: {what} may not connect"),
@@ -104,7 +106,11 @@ impl Keyring {
     pub fn from_config(c: &crate::ClusterConfig) -> Keyring {
         Keyring {
             cluster: c.cluster_id,
-            replicas: c.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect(),
+            replicas: c
+                .replicas
+                .iter()
+                .map(|(id, r)| (*id, r.public_key))
+                .collect(),
             view_manager: c.view_manager,
             accept_clients: true,
         }
@@ -121,12 +127,29 @@ pub struct Session {
     pub opener: Opener,
 }
 
+/// Largest frame accepted before a connection is authenticated. Handshake
+/// messages are under 200 bytes; a stranger gets no more buffer than this.
+pub const HANDSHAKE_MAX_FRAME_BYTES: usize = 1024;
+
 const TRANSCRIPT: &[u8] = b"palisade/handshake/v1";
 const AS_RESPONDER: &[u8] = b"palisade/handshake/v1/responder";
 const AS_INITIATOR: &[u8] = b"palisade/handshake/v1/initiator";
 
-fn transcript(cluster: u64, hello_body: &[u8], replica: ReplicaId, ephemeral: &[u8; 32], nonce: &[u8; 32]) -> Digest {
-    Digest::of_parts(&[TRANSCRIPT, &cluster.to_le_bytes(), hello_body, &replica.0.to_le_bytes(), ephemeral, nonce])
+fn transcript(
+    cluster: u64,
+    hello_body: &[u8],
+    replica: ReplicaId,
+    ephemeral: &[u8; 32],
+    nonce: &[u8; 32],
+) -> Digest {
+    Digest::of_parts(&[
+        TRANSCRIPT,
+        &cluster.to_le_bytes(),
+        hello_body,
+        &replica.0.to_le_bytes(),
+        ephemeral,
+        nonce,
+    ])
 }
 
 fn signed_bytes(role: &[u8], t: &Digest) -> Vec<u8> {
@@ -139,13 +162,18 @@ fn derive(t: &Digest, shared: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
     let hk = Hkdf::<Sha256>::new(Some(&t.0), shared);
     let mut i2r = [0u8; 32];
     let mut r2i = [0u8; 32];
-    hk.expand(b"palisade/v1/initiator-to-responder", &mut i2r).expect("32 bytes is a valid length");
-    hk.expand(b"palisade/v1/responder-to-initiator", &mut r2i).expect("32 bytes is a valid length");
+    hk.expand(b"palisade/v1/initiator-to-responder", &mut i2r)
+        .expect("32 bytes is a valid length");
+    hk.expand(b"palisade/v1/responder-to-initiator", &mut r2i)
+        .expect("32 bytes is a valid length");
     (i2r, r2i)
 }
 
 fn signature(bytes: &Bytes) -> Result<Signature, HandshakeError> {
-    let arr: [u8; 64] = bytes.as_ref().try_into().map_err(|_| HandshakeError::BadSignature)?;
+    let arr: [u8; 64] = bytes
+        .as_ref()
+        .try_into()
+        .map_err(|_| HandshakeError::BadSignature)?;
     Ok(Signature::from_bytes(&arr))
 }
 
@@ -181,18 +209,38 @@ impl Initiator {
             nonce: random32(rng),
         };
         let hello_body = envelope::encode(cluster, &hello);
-        (Initiator { cluster, key: key.clone(), expected, ephemeral, hello_body: hello_body.clone() }, hello_body)
+        (
+            Initiator {
+                cluster,
+                key: key.clone(),
+                expected,
+                ephemeral,
+                hello_body: hello_body.clone(),
+            },
+            hello_body,
+        )
     }
 
     /// Checks the responder's reply; returns the session and the Finish body to send.
-    pub fn on_reply(self, keyring: &Keyring, body: &[u8]) -> Result<(Session, Bytes), HandshakeError> {
-        let HandshakeMessage::HelloReply { replica, ephemeral, nonce, signature: sig } =
-            envelope::decode_handshake(self.cluster, body)?
+    pub fn on_reply(
+        self,
+        keyring: &Keyring,
+        body: &[u8],
+    ) -> Result<(Session, Bytes), HandshakeError> {
+        let HandshakeMessage::HelloReply {
+            replica,
+            ephemeral,
+            nonce,
+            signature: sig,
+        } = envelope::decode_handshake(self.cluster, body)?
         else {
             return Err(HandshakeError::Unexpected("message instead of HelloReply"));
         };
         if replica != self.expected {
-            return Err(HandshakeError::UnknownIdentity(format!("replica {replica} (expected {})", self.expected)));
+            return Err(HandshakeError::UnknownIdentity(format!(
+                "replica {replica} (expected {})",
+                self.expected
+            )));
         }
         let their_key = keyring
             .replicas
@@ -208,9 +256,17 @@ impl Initiator {
         }
         let (i2r, r2i) = derive(&t, shared.as_bytes());
         let mine = self.key.sign(&signed_bytes(AS_INITIATOR, &t));
-        let finish =
-            envelope::encode(self.cluster, &HandshakeMessage::Finish { signature: Bytes::copy_from_slice(&mine.to_bytes()) });
-        let session = Session { peer: Peer::Replica(replica), sealer: Sealer::new(&i2r), opener: Opener::new(&r2i) };
+        let finish = envelope::encode(
+            self.cluster,
+            &HandshakeMessage::Finish {
+                signature: Bytes::copy_from_slice(&mine.to_bytes()),
+            },
+        );
+        let session = Session {
+            peer: Peer::Replica(replica),
+            sealer: Sealer::new(&i2r),
+            opener: Opener::new(&r2i),
+        };
         Ok((session, finish))
     }
 }
@@ -234,8 +290,12 @@ impl Responder {
         rng: &mut R,
     ) -> Result<(Responder, Bytes), HandshakeError> {
         let cluster = keyring.cluster;
-        let HandshakeMessage::Hello { role, identity, ephemeral: their_ephemeral, nonce: _ } =
-            envelope::decode_handshake(cluster, body)?
+        let HandshakeMessage::Hello {
+            role,
+            identity,
+            ephemeral: their_ephemeral,
+            nonce: _,
+        } = envelope::decode_handshake(cluster, body)?
         else {
             return Err(HandshakeError::Unexpected("message instead of Hello"));
         };
@@ -259,7 +319,9 @@ impl Responder {
                     return Err(HandshakeError::NotAllowed("clients"));
                 }
                 if claimed.is_weak() {
-                    return Err(HandshakeError::UnknownIdentity("a client with a weak key".into()));
+                    return Err(HandshakeError::UnknownIdentity(
+                        "a client with a weak key".into(),
+                    ));
                 }
                 Peer::Client(client_id(&identity), identity)
             }
@@ -283,18 +345,36 @@ impl Responder {
                 signature: Bytes::copy_from_slice(&sig.to_bytes()),
             },
         );
-        Ok((Responder { peer, identity: claimed, transcript: t, keys, cluster }, reply))
+        Ok((
+            Responder {
+                peer,
+                identity: claimed,
+                transcript: t,
+                keys,
+                cluster,
+            },
+            reply,
+        ))
     }
 
     /// Checks the initiator's Finish; returns the session.
     pub fn on_finish(self, body: &[u8]) -> Result<Session, HandshakeError> {
-        let HandshakeMessage::Finish { signature: sig } = envelope::decode_handshake(self.cluster, body)? else {
+        let HandshakeMessage::Finish { signature: sig } =
+            envelope::decode_handshake(self.cluster, body)?
+        else {
             return Err(HandshakeError::Unexpected("message instead of Finish"));
         };
         self.identity
-            .verify(&signed_bytes(AS_INITIATOR, &self.transcript), &signature(&sig)?)
+            .verify(
+                &signed_bytes(AS_INITIATOR, &self.transcript),
+                &signature(&sig)?,
+            )
             .map_err(|_| HandshakeError::BadSignature)?;
         let (i2r, r2i) = self.keys;
-        Ok(Session { peer: self.peer, sealer: Sealer::new(&r2i), opener: Opener::new(&i2r) })
+        Ok(Session {
+            peer: self.peer,
+            sealer: Sealer::new(&r2i),
+            opener: Opener::new(&i2r),
+        })
     }
 }

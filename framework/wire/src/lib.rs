@@ -75,10 +75,16 @@ impl WireError {
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WireError::Truncated { needed, got } => write!(f, "truncated: needed {needed} bytes, got {got}"),
-            WireError::FrameTooLarge { len, max } => write!(f, "frame of {len} bytes exceeds the limit of {max}"),
+            WireError::Truncated { needed, got } => {
+                write!(f, "truncated: needed {needed} bytes, got {got}")
+            }
+            WireError::FrameTooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the limit of {max}")
+            }
             WireError::UnknownVersion(v) => write!(f, "unknown format version {v}"),
-            WireError::WrongCluster { expected, got } => write!(f, "message for cluster {got}, this is cluster {expected}"),
+            WireError::WrongCluster { expected, got } => {
+                write!(f, "message for cluster {got}, this is cluster {expected}")
+            }
             WireError::Malformed(why) => write!(f, "malformed message: {why}"),
             WireError::TrailingBytes(n) => write!(f, "{n} bytes after the message"),
             WireError::BadMac => write!(f, "frame authentication failed"),

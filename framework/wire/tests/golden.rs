@@ -4,7 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use palisade_core::message::{
-    Batch, CheckpointBody, PrePrepare, PreparedEntry, Reply, Signature, Signed, Status, ViewChangeBody, Vote,
+    Batch, CheckpointBody, PrePrepare, PreparedEntry, Reply, Signature, Signed, Status,
+    ViewChangeBody, Vote,
 };
 use palisade_core::{ClientId, Digest, PeerMessage, ReplicaId, Request, RequestId, SeqNo, ViewNo};
 use palisade_wire::channel::Sealer;
@@ -28,7 +29,11 @@ fn request() -> Request {
     }
 }
 
-fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, value: &T, expected_hex: &str) {
+fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(
+    name: &str,
+    value: &T,
+    expected_hex: &str,
+) {
     let bytes = envelope::encode(CLUSTER, value);
     let got = hex::encode(&bytes);
     assert_eq!(got, expected_hex, "{name}: encoding changed; got\n{got}");
@@ -40,7 +45,11 @@ fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, value:
 fn peer_messages() {
     check(
         "prepare",
-        &PeerMessage::Prepare(Vote { view: ViewNo(1), seq: SeqNo(2), digest: Digest([0xab; 32]) }),
+        &PeerMessage::Prepare(Vote {
+            view: ViewNo(1),
+            seq: SeqNo(2),
+            digest: Digest([0xab; 32]),
+        }),
         "010807060504030201010102abababababababababababababababababababababababababababababababab",
     );
     check(
@@ -48,7 +57,10 @@ fn peer_messages() {
         &PeerMessage::PrePrepare(PrePrepare {
             view: ViewNo(3),
             seq: SeqNo(300),
-            batch: Arc::new(Batch { timestamp_ms: 1_700_000_000_000, requests: vec![request()] }),
+            batch: Arc::new(Batch {
+                timestamp_ms: 1_700_000_000_000,
+                requests: vec![request()],
+            }),
         }),
         "0108070605040302010003ac0280d095ffbc310107ac0200026f7003736967",
     );
@@ -76,15 +88,28 @@ fn peer_messages() {
     );
     check(
         "status",
-        &PeerMessage::Status(Status { view: ViewNo(9), normal: true, delivered: SeqNo(1000), stable: SeqNo(896) }),
+        &PeerMessage::Status(Status {
+            view: ViewNo(9),
+            normal: true,
+            delivered: SeqNo(1000),
+            stable: SeqNo(896),
+        }),
         "010807060504030201070901e8078007",
     );
-    check("state-request", &PeerMessage::StateRequest { seq: SeqNo(128) }, "0108070605040302010b8001");
+    check(
+        "state-request",
+        &PeerMessage::StateRequest { seq: SeqNo(128) },
+        "0108070605040302010b8001",
+    );
 }
 
 #[test]
 fn client_and_replica_messages() {
-    check("request", &ClientMessage::Request(request()), "0108070605040302010007ac0200026f7003736967");
+    check(
+        "request",
+        &ClientMessage::Request(request()),
+        "0108070605040302010007ac0200026f7003736967",
+    );
     check(
         "reply",
         &ReplicaMessage::Reply(Reply {
@@ -98,7 +123,11 @@ fn client_and_replica_messages() {
     );
     check(
         "rejected",
-        &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::Busy },
+        &ReplicaMessage::Rejected {
+            replica: ReplicaId(0),
+            request: RequestId(1),
+            reason: RejectReason::Busy,
+        },
         "01080706050403020101000100",
     );
 }
