@@ -152,3 +152,34 @@ mod tests {
         assert_eq!(c, d);
     }
 }
+
+/// Typed calls on a replicated [`Counter`].
+#[derive(Clone)]
+pub struct CounterClient {
+    client: palisade_client::Client,
+}
+
+impl CounterClient {
+    /// Wraps a client.
+    pub fn new(client: palisade_client::Client) -> CounterClient {
+        CounterClient { client }
+    }
+
+    /// Adds `n`; returns the new value.
+    pub async fn add(&self, n: u64) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let r = self
+            .client
+            .invoke_ordered(CounterOp::Add(n).encode())
+            .await?;
+        Ok(decode_result(&r)?)
+    }
+
+    /// Reads the value (read-only, ordered only if the replicas disagree).
+    pub async fn get(&self) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let r = self
+            .client
+            .invoke_unordered(CounterOp::Get.encode())
+            .await?;
+        Ok(decode_result(&r)?)
+    }
+}

@@ -1,4 +1,5 @@
-//! Services written against Palisade's [`palisade_core::Service`] trait.
+//! Services written against Palisade's [`palisade_core::Service`] trait,
+//! each with a typed client over [`palisade_client::Client`].
 //!
 //! Each keeps its state in deterministic structures and encodes its
 //! operations and results in a small fixed binary form, so every replica
@@ -7,6 +8,8 @@
 #![deny(missing_docs)]
 
 pub mod counter;
+pub mod echo;
+pub mod kv;
 pub mod register;
 
 /// Why an operation or snapshot could not be decoded.

@@ -1,1 +1,4 @@
-//! Workspace-level tests live in `tests/`; this crate has no library code.
+//! Shared helpers for the workspace-level tests: in-process clusters on
+//! loopback TCP.
+
+#![deny(missing_docs)]

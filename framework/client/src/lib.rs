@@ -1,0 +1,504 @@
+//! The client proxy: `invoke` on a replicated service.
+//!
+//! A [`Client`] keeps an authenticated connection to every replica
+//! (reconnecting with backoff, so a client created before the cluster is up
+//! simply waits). [`Client::invoke_ordered`] sends a request to the primary
+//! it believes in, retransmits to every replica after a timeout, and
+//! returns once f+1 replicas sent the same result: at least one of them is
+//! correct. [`Client::invoke_unordered`] asks every replica for a read-only
+//! answer and needs a quorum of matching replies; without one it retries as
+//! an ordered request. Both are `async` and many can be in flight at once;
+//! [`BlockingClient`] wraps them for synchronous callers.
+
+#![deny(missing_docs)]
+
+use bytes::{Bytes, BytesMut};
+use ed25519_dalek::SigningKey;
+use palisade_core::{ClientId, Membership, ReplicaId, Request, RequestId, ViewNo};
+use palisade_wire::envelope::{self, ClientMessage, RejectReason, ReplicaMessage, Role};
+use palisade_wire::frame::FrameDecoder;
+use palisade_wire::handshake::{Initiator, Keyring};
+use palisade_wire::{keys, verify, ClusterConfig};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// Timing of a client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// First wait before retransmitting to every replica; doubles up to 2 s.
+    pub retransmit_ms: u64,
+    /// Give up on an operation after this long.
+    pub timeout_ms: u64,
+    /// Wait this long for a quorum of read-only replies before ordering the read.
+    pub read_timeout_ms: u64,
+    /// Frames queued per replica while its connection is down or slow.
+    pub outbox: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            retransmit_ms: 500,
+            timeout_ms: 10_000,
+            read_timeout_ms: 1_000,
+            outbox: 4_096,
+        }
+    }
+}
+
+/// Why an operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InvokeError {
+    /// No f+1 matching results in time.
+    Timeout {
+        /// How long the client waited.
+        waited_ms: u64,
+        /// Replicas it is connected to.
+        connected: usize,
+        /// Replicas in the cluster.
+        replicas: usize,
+    },
+    /// f+1 replicas refused the request.
+    Rejected(RejectReason),
+    /// The client is shut down.
+    Closed,
+}
+
+impl fmt::Display for InvokeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvokeError::Timeout { waited_ms, connected, replicas } => write!(
+                f,
+                "no answer from the cluster within {waited_ms} ms (connected to {connected} of {replicas} replicas)"
+            ),
+            InvokeError::Rejected(RejectReason::Busy) => write!(f, "the cluster is overloaded; retry later"),
+            InvokeError::Rejected(RejectReason::Stale) => write!(f, "the request id is too old to execute"),
+            InvokeError::Rejected(RejectReason::Invalid) => write!(f, "the cluster refused the request as invalid"),
+            InvokeError::Closed => write!(f, "the client is closed"),
+        }
+    }
+}
+
+impl std::error::Error for InvokeError {}
+
+enum Outcome {
+    Done(Bytes),
+    NoQuorum,
+    Rejected(RejectReason),
+}
+
+struct Pending {
+    need: usize,
+    read_only: bool,
+    replies: BTreeMap<ReplicaId, (Bytes, ViewNo)>,
+    rejections: BTreeMap<ReplicaId, RejectReason>,
+    done: Option<oneshot::Sender<Outcome>>,
+}
+
+struct Inner {
+    cluster: ClusterConfig,
+    membership: Membership,
+    key: SigningKey,
+    id: ClientId,
+    opts: ClientOptions,
+    next_request: AtomicU64,
+    view: AtomicU64,
+    pending: Mutex<HashMap<RequestId, Pending>>,
+    outboxes: BTreeMap<ReplicaId, mpsc::Sender<Bytes>>,
+    connected: Mutex<BTreeMap<ReplicaId, bool>>,
+}
+
+/// A handle on the cluster; cheap to clone, usable from many tasks.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
+impl Client {
+    /// Starts connecting to every replica of `cluster` as the client holding
+    /// `key`, on the current tokio runtime. Returns at once.
+    pub fn connect(cluster: ClusterConfig, key: SigningKey, opts: ClientOptions) -> Client {
+        let id = keys::client_id(key.verifying_key().as_bytes());
+        let mut outboxes = BTreeMap::new();
+        let mut receivers = Vec::new();
+        for (&r, _) in cluster.replicas.iter() {
+            let (tx, rx) = mpsc::channel(opts.outbox);
+            outboxes.insert(r, tx);
+            receivers.push((r, rx));
+        }
+        let inner = Arc::new(Inner {
+            membership: cluster.membership.clone(),
+            cluster,
+            key,
+            id,
+            opts,
+            // Request ids start at the clock, so a restarted client with
+            // the same key continues above the ids it used before.
+            next_request: AtomicU64::new(now_micros()),
+            view: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+            outboxes,
+            connected: Mutex::new(BTreeMap::new()),
+        });
+        for (r, rx) in receivers {
+            tokio::spawn(connection(Arc::downgrade(&inner), r, rx));
+        }
+        Client { inner }
+    }
+
+    /// This client's id (derived from its key).
+    pub fn id(&self) -> ClientId {
+        self.inner.id
+    }
+
+    /// Replicas it currently has an authenticated connection to.
+    pub fn connected(&self) -> usize {
+        self.inner.connected.lock().values().filter(|c| **c).count()
+    }
+
+    /// Executes `operation` in the total order; returns the result f+1
+    /// replicas agree on.
+    pub async fn invoke_ordered(&self, operation: Bytes) -> Result<Bytes, InvokeError> {
+        self.invoke(operation, false).await
+    }
+
+    /// Executes a read-only `operation` without ordering when a quorum of
+    /// replicas agree right away; otherwise orders it.
+    pub async fn invoke_unordered(&self, operation: Bytes) -> Result<Bytes, InvokeError> {
+        match self.invoke(operation.clone(), true).await {
+            Ok(r) => Ok(r),
+            Err(InvokeError::Rejected(reason)) => Err(InvokeError::Rejected(reason)),
+            Err(_) => self.invoke(operation, false).await,
+        }
+    }
+
+    async fn invoke(&self, operation: Bytes, read_only: bool) -> Result<Bytes, InvokeError> {
+        let inner = &self.inner;
+        let id = RequestId(inner.next_request.fetch_add(1, Ordering::Relaxed));
+        let mut req = Request {
+            client: inner.id,
+            id,
+            read_only,
+            operation,
+            auth: Bytes::new(),
+        };
+        if inner.cluster.client_signatures {
+            verify::sign_request(&inner.key, &mut req);
+        }
+        let body = envelope::encode(inner.cluster.cluster_id, &ClientMessage::Request(req));
+        let (tx, mut rx) = oneshot::channel();
+        let need = if read_only {
+            inner.membership.quorum()
+        } else {
+            inner.membership.weak_quorum()
+        };
+        inner.pending.lock().insert(
+            id,
+            Pending {
+                need,
+                read_only,
+                replies: BTreeMap::new(),
+                rejections: BTreeMap::new(),
+                done: Some(tx),
+            },
+        );
+        let _guard = PendingGuard {
+            inner: inner.clone(),
+            id,
+        };
+        let started = Instant::now();
+        let deadline = Duration::from_millis(if read_only {
+            inner.opts.read_timeout_ms
+        } else {
+            inner.opts.timeout_ms
+        });
+        if read_only {
+            self.send_all(&body);
+        } else {
+            let primary = inner
+                .membership
+                .primary(ViewNo(inner.view.load(Ordering::Relaxed)));
+            self.send_to(primary, body.clone());
+        }
+        let mut wait = Duration::from_millis(inner.opts.retransmit_ms);
+        loop {
+            let left = deadline.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(self.timeout(started));
+            }
+            match tokio::time::timeout(wait.min(left), &mut rx).await {
+                Ok(Ok(Outcome::Done(result))) => return Ok(result),
+                Ok(Ok(Outcome::Rejected(reason))) => return Err(InvokeError::Rejected(reason)),
+                Ok(Ok(Outcome::NoQuorum)) => return Err(self.timeout(started)),
+                Ok(Err(_)) => return Err(InvokeError::Closed),
+                Err(_) => {
+                    // No answer yet: make sure every replica has it (a
+                    // backup forwards it and starts timing the primary).
+                    self.send_all(&body);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn timeout(&self, started: Instant) -> InvokeError {
+        InvokeError::Timeout {
+            waited_ms: started.elapsed().as_millis() as u64,
+            connected: self.connected(),
+            replicas: self.inner.membership.n(),
+        }
+    }
+
+    fn send_to(&self, r: ReplicaId, body: Bytes) {
+        if let Some(tx) = self.inner.outboxes.get(&r) {
+            // A full outbox means that replica is unreachable or slow; the
+            // retransmission to all covers for it.
+            let _ = tx.try_send(body);
+        }
+    }
+
+    fn send_all(&self, body: &Bytes) {
+        for &r in self.inner.outboxes.keys() {
+            self.send_to(r, body.clone());
+        }
+    }
+}
+
+/// Removes an operation's bookkeeping however the caller's future ends.
+struct PendingGuard {
+    inner: Arc<Inner>,
+    id: RequestId,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.inner.pending.lock().remove(&self.id);
+    }
+}
+
+impl Inner {
+    fn on_message(&self, from: ReplicaId, msg: ReplicaMessage) {
+        let mut pending = self.pending.lock();
+        match msg {
+            ReplicaMessage::Reply(r) => {
+                if r.client != self.id || r.replica != from {
+                    return;
+                }
+                let Some(p) = pending.get_mut(&r.request) else {
+                    return;
+                };
+                p.replies.insert(from, (r.result, r.view));
+                let mut count: BTreeMap<&Bytes, Vec<ViewNo>> = BTreeMap::new();
+                for (result, view) in p.replies.values() {
+                    count.entry(result).or_default().push(*view);
+                }
+                if let Some((result, mut views)) =
+                    count.into_iter().find(|(_, v)| v.len() >= p.need)
+                {
+                    views.sort();
+                    self.view.store(views[views.len() / 2].0, Ordering::Relaxed);
+                    let result = result.clone();
+                    if let Some(tx) = p.done.take() {
+                        let _ = tx.send(Outcome::Done(result));
+                    }
+                } else if p.read_only && p.replies.len() == self.membership.n() {
+                    if let Some(tx) = p.done.take() {
+                        let _ = tx.send(Outcome::NoQuorum);
+                    }
+                }
+            }
+            ReplicaMessage::Rejected {
+                replica,
+                request,
+                reason,
+            } => {
+                if replica != from {
+                    return;
+                }
+                let Some(p) = pending.get_mut(&request) else {
+                    return;
+                };
+                p.rejections.insert(from, reason);
+                // Busy is only a hint to back off (retransmission handles it);
+                // a refusal counts when f+1 replicas agree on it.
+                if reason != RejectReason::Busy
+                    && p.rejections.values().filter(|r| **r == reason).count()
+                        >= self.membership.weak_quorum()
+                {
+                    if let Some(tx) = p.done.take() {
+                        let _ = tx.send(Outcome::Rejected(reason));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn connection(
+    inner: std::sync::Weak<Inner>,
+    to: ReplicaId,
+    mut outbox: mpsc::Receiver<Bytes>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let address = me.cluster.replicas[&to].address;
+        let keyring = Keyring::from_config(&me.cluster);
+        let key = me.key.clone();
+        let cluster = me.cluster.cluster_id;
+        let max_frame = me.cluster.max_frame_bytes;
+        drop(me);
+        let attempt = async {
+            let mut stream = TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            let (initiator, hello) =
+                Initiator::start(cluster, Role::Client, &key, to, &mut rand_core::OsRng);
+            write_frame(&mut stream, &hello).await?;
+            let reply = read_frame(
+                &mut stream,
+                palisade_wire::handshake::HANDSHAKE_MAX_FRAME_BYTES,
+            )
+            .await?;
+            let (session, finish) = initiator
+                .on_reply(&keyring, &reply)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            write_frame(&mut stream, &finish).await?;
+            Ok::<_, std::io::Error>((stream, session))
+        };
+        let Ok(Ok((stream, session))) = tokio::time::timeout(Duration::from_secs(5), attempt).await
+        else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        };
+        backoff = Duration::from_millis(50);
+        if let Some(me) = inner.upgrade() {
+            me.connected.lock().insert(to, true);
+        }
+        let (mut read, mut write) = stream.into_split();
+        let mut sealer = session.sealer;
+        let mut opener = session.opener;
+        let weak = inner.clone();
+        let reader = async move {
+            let frames = FrameDecoder::new(max_frame + palisade_wire::channel::MAC_BYTES);
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            loop {
+                while let Some(payload) = frames.decode(&mut buf).map_err(|_| ())? {
+                    let body = opener.open(payload).map_err(|_| ())?;
+                    let msg = envelope::decode_replica(cluster, &body).map_err(|_| ())?;
+                    let Some(me) = weak.upgrade() else {
+                        return Err(());
+                    };
+                    me.on_message(to, msg);
+                }
+                if read.read_buf(&mut buf).await.map_err(|_| ())? == 0 {
+                    return Err::<(), ()>(());
+                }
+            }
+        };
+        let writer = async {
+            let mut out = BytesMut::with_capacity(64 << 10);
+            while let Some(body) = outbox.recv().await {
+                out.clear();
+                sealer.seal(&body, &mut out);
+                // Coalesce whatever else is queued into one write.
+                while let Ok(more) = outbox.try_recv() {
+                    sealer.seal(&more, &mut out);
+                    if out.len() > 256 << 10 {
+                        break;
+                    }
+                }
+                if write.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = reader => {}
+            _ = writer => {}
+        }
+        if let Some(me) = inner.upgrade() {
+            me.connected.lock().insert(to, false);
+        } else {
+            return;
+        }
+    }
+}
+
+async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(body.len() + 4);
+    palisade_wire::frame::write_frame(body, &mut out);
+    stream.write_all(&out).await
+}
+
+async fn read_frame(stream: &mut TcpStream, max: usize) -> std::io::Result<Bytes> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "handshake frame too large",
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    Ok(Bytes::from(buf))
+}
+
+/// A [`Client`] with its own runtime, for synchronous callers.
+pub struct BlockingClient {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl BlockingClient {
+    /// Connects in the background; see [`Client::connect`].
+    pub fn connect(
+        cluster: ClusterConfig,
+        key: SigningKey,
+        opts: ClientOptions,
+    ) -> std::io::Result<BlockingClient> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let client = runtime.block_on(async { Client::connect(cluster, key, opts) });
+        Ok(BlockingClient { runtime, client })
+    }
+
+    /// The async client, for spawning work on [`Self::runtime`].
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The runtime the client runs on.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+
+    /// See [`Client::invoke_ordered`].
+    pub fn invoke_ordered(&self, operation: Bytes) -> Result<Bytes, InvokeError> {
+        self.runtime.block_on(self.client.invoke_ordered(operation))
+    }
+
+    /// See [`Client::invoke_unordered`].
+    pub fn invoke_unordered(&self, operation: Bytes) -> Result<Bytes, InvokeError> {
+        self.runtime
+            .block_on(self.client.invoke_unordered(operation))
+    }
+}

@@ -1,0 +1,110 @@
+//! Every queue capacity and runtime period, in one place.
+
+use palisade_core::Config as ProtocolConfig;
+use palisade_wire::ClusterConfig;
+
+/// Capacities of the pipeline's queues and the runtime's periods. Each
+/// queue's overload policy is on its field.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// The protocol core's parameters.
+    pub protocol: ProtocolConfig,
+    /// Period of the request-timer stage's ticks.
+    pub tick_ms: u64,
+    /// Client requests waiting for verification. Full: the client gets
+    /// `Rejected { Busy }` (pushed back).
+    pub verify_queue: usize,
+    /// Verified requests waiting for the proposer. Full: the verifier
+    /// blocks, so the verify queue fills and clients are pushed back.
+    pub propose_queue: usize,
+    /// Requests waiting for the consensus stage. Full: the proposer blocks
+    /// (same push-back chain).
+    pub request_queue: usize,
+    /// Peer messages waiting for the consensus stage. Full: dropped and
+    /// counted (the protocol retransmits).
+    pub peer_queue: usize,
+    /// Decisions waiting for the delivery stage. Full: the consensus stage
+    /// blocks; decisions are never dropped.
+    pub delivery_queue: usize,
+    /// Replies waiting to be sent. Full: the delivery stage blocks.
+    pub reply_queue: usize,
+    /// Frames waiting in one connection actor's mailbox. Full: peer
+    /// messages are dropped and counted; replies to a client that does not
+    /// read are dropped (it retransmits and gets the cached reply).
+    pub connection_mailbox: usize,
+    /// Bytes a connection may buffer for writing before its actor stops
+    /// taking frames (low, high watermarks).
+    pub write_buffer: (usize, usize),
+    /// Items a stage takes from its queue per wake-up.
+    pub drain_max: usize,
+    /// Time allowed for a handshake.
+    pub handshake_timeout_ms: u64,
+    /// Concurrent client connections per replica; more are refused.
+    pub max_client_connections: usize,
+    /// Largest operation a client may send, in bytes.
+    pub max_operation_bytes: usize,
+    /// Threads verifying client signatures.
+    pub verify_threads: usize,
+}
+
+impl RuntimeConfig {
+    /// Defaults for a cluster.
+    pub fn for_cluster(cluster: &ClusterConfig) -> RuntimeConfig {
+        let mut protocol = ProtocolConfig::new(cluster.membership.clone());
+        // A full batch must fit one frame with room for the envelope.
+        protocol.batch_max_bytes = protocol.batch_max_bytes.min(cluster.max_frame_bytes / 2);
+        RuntimeConfig {
+            protocol,
+            tick_ms: 10,
+            verify_queue: 8_192,
+            propose_queue: 8_192,
+            request_queue: 8_192,
+            peer_queue: 16_384,
+            delivery_queue: 1_024,
+            reply_queue: 16_384,
+            connection_mailbox: 4_096,
+            write_buffer: (64 << 10, 8 << 20),
+            drain_max: 512,
+            handshake_timeout_ms: 5_000,
+            max_client_connections: 4_096,
+            max_operation_bytes: (cluster.max_frame_bytes / 4).max(1024),
+            verify_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4),
+        }
+    }
+
+    /// Checks the configuration; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.protocol.validate()?;
+        for (name, v) in [
+            ("verify_queue", self.verify_queue),
+            ("propose_queue", self.propose_queue),
+            ("request_queue", self.request_queue),
+            ("peer_queue", self.peer_queue),
+            ("delivery_queue", self.delivery_queue),
+            ("reply_queue", self.reply_queue),
+            ("connection_mailbox", self.connection_mailbox),
+            ("drain_max", self.drain_max),
+            ("verify_threads", self.verify_threads),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.write_buffer.0 >= self.write_buffer.1 {
+            return Err("write_buffer: the low watermark must be below the high one".into());
+        }
+        Ok(())
+    }
+
+    /// Capacity of the checkpoint-completion queue from delivery back to
+    /// consensus. Each delivery-queue drain produces at most
+    /// `delivery_queue / K + 1` checkpoints, so this capacity means the
+    /// delivery stage can never block on it while consensus blocks on the
+    /// delivery queue (no deadlock).
+    pub fn control_queue(&self) -> usize {
+        (self.delivery_queue as u64 / self.protocol.checkpoint_interval + 4) as usize
+    }
+}

@@ -1,0 +1,112 @@
+//! Counters and queue-depth gauges that an operator or a benchmark reads
+//! while the replica runs.
+
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Monotonic counters, updated by the stages without locks.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            /// Name and value of every counter.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Client requests received over connections.
+    requests_received,
+    /// Client requests pushed back because a queue was full.
+    requests_busy,
+    /// Client requests refused by verification (size, signature, id).
+    requests_invalid,
+    /// Retransmitted requests answered from the reply cache.
+    requests_cached,
+    /// Requests below their client's window.
+    requests_stale,
+    /// Peer messages received.
+    peer_messages_received,
+    /// Peer messages dropped because the consensus queue was full.
+    peer_messages_dropped,
+    /// Peer messages not sent because the connection was down or full.
+    peer_sends_dropped,
+    /// Frames that failed to decode or authenticate (connection closed).
+    bad_frames,
+    /// Handshakes that failed (connection closed).
+    handshakes_failed,
+    /// Connections refused at the client-connection limit.
+    connections_refused,
+    /// Batches delivered.
+    batches_delivered,
+    /// Requests executed (fresh).
+    requests_executed,
+    /// Replies sent.
+    replies_sent,
+    /// Replies dropped (client gone or not reading).
+    replies_dropped,
+    /// Snapshots taken at checkpoints.
+    snapshots_taken,
+    /// Snapshots too large for one frame, not served.
+    snapshots_too_large,
+}
+
+/// A queue-depth probe.
+pub(crate) type Gauge = Box<dyn Fn() -> usize + Send>;
+
+/// Everything observable about a running replica.
+#[derive(Default)]
+pub struct RuntimeMetrics {
+    /// Counters.
+    pub counters: Counters,
+    /// The protocol core's view, delivered sequence number, stable checkpoint
+    /// and its own drop counters, published by the consensus stage.
+    pub core: Mutex<CoreSnapshot>,
+    /// Queue depths, sampled by [`crate::ReplicaHandle::queue_depths`].
+    pub(crate) gauges: Mutex<Vec<(&'static str, Gauge)>>,
+}
+
+/// What the consensus stage publishes about the core after each wake-up.
+#[derive(Clone, Debug, Default)]
+pub struct CoreSnapshot {
+    /// Current view.
+    pub view: u64,
+    /// Normal operation (not changing views).
+    pub normal: bool,
+    /// Whether this replica is the primary.
+    pub primary: bool,
+    /// Highest delivered sequence number.
+    pub delivered: u64,
+    /// Stable checkpoint.
+    pub stable: u64,
+    /// View changes started or joined.
+    pub view_changes: u64,
+    /// State transfers completed.
+    pub state_transfers: u64,
+    /// Batches proposed as primary.
+    pub proposed_batches: u64,
+    /// Requests ordered (in delivered batches).
+    pub delivered_requests: u64,
+    /// Requests waiting for ordering.
+    pub pending_requests: usize,
+    /// The core's dropped-message counters.
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+impl RuntimeMetrics {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn gauge(&self, name: &'static str, f: impl Fn() -> usize + Send + 'static) {
+        self.gauges.lock().push((name, Box::new(f)));
+    }
+}

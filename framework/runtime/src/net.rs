@@ -1,0 +1,481 @@
+//! The network stage: one actix actor per connection.
+//!
+//! A connection starts with the handshake (over raw frames, at most 1 KiB
+//! each, within `handshake_timeout_ms`); a connection that fails it is
+//! closed and counted and nothing from it reaches the pipeline. After it, a
+//! `Connection` actor owns the socket: its read side checks each frame's
+//! MAC, decodes the channel's message type and hands it to the next stage;
+//! its mailbox (bounded) takes frames to seal and write.
+//!
+//! Replicas dial each other: the connection a replica opens carries its
+//! messages to that peer, the one it accepts carries the peer's messages to
+//! it. Clients dial every replica and get replies on the same connection.
+
+use crate::metrics::RuntimeMetrics;
+use actix::io::{FramedWrite, WriteHandler};
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use ed25519_dalek::SigningKey;
+use palisade_core::{ClientId, PeerMessage, ReplicaId, Request};
+use palisade_wire::channel::{Opener, Sealer};
+use palisade_wire::envelope::{self, ClientMessage, RejectReason, ReplicaMessage, Role};
+use palisade_wire::frame::FrameDecoder;
+use palisade_wire::handshake::{
+    Initiator, Keyring, Peer, Responder, Session, HANDSHAKE_MAX_FRAME_BYTES,
+};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Decoder, Encoder, FramedRead};
+
+// ----- raw frames for the handshake -------------------------------------------
+
+/// Reads one frame of at most `max` bytes.
+pub async fn read_raw_frame(stream: &mut TcpStream, max: usize) -> io::Result<Bytes> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes over {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    Ok(Bytes::from(buf))
+}
+
+/// Writes one frame.
+pub async fn write_raw_frame(stream: &mut TcpStream, body: &[u8]) -> io::Result<()> {
+    let mut out = BytesMut::with_capacity(body.len() + 4);
+    palisade_wire::frame::write_frame(body, &mut out);
+    stream.write_all(&out).await
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Runs the responder side of the handshake.
+pub async fn accept_handshake(
+    stream: &mut TcpStream,
+    me: ReplicaId,
+    key: &SigningKey,
+    keyring: &Keyring,
+) -> io::Result<Session> {
+    let hello = read_raw_frame(stream, HANDSHAKE_MAX_FRAME_BYTES).await?;
+    let (responder, reply) =
+        Responder::on_hello(me, key, keyring, &hello, &mut rand_core::OsRng).map_err(invalid)?;
+    write_raw_frame(stream, &reply).await?;
+    let finish = read_raw_frame(stream, HANDSHAKE_MAX_FRAME_BYTES).await?;
+    responder.on_finish(&finish).map_err(invalid)
+}
+
+/// Runs the initiator side of the handshake with replica `to`.
+pub async fn dial_handshake(
+    stream: &mut TcpStream,
+    role: Role,
+    key: &SigningKey,
+    to: ReplicaId,
+    keyring: &Keyring,
+) -> io::Result<Session> {
+    let (initiator, hello) =
+        Initiator::start(keyring.cluster, role, key, to, &mut rand_core::OsRng);
+    write_raw_frame(stream, &hello).await?;
+    let reply = read_raw_frame(stream, HANDSHAKE_MAX_FRAME_BYTES).await?;
+    let (session, finish) = initiator.on_reply(keyring, &reply).map_err(invalid)?;
+    write_raw_frame(stream, &finish).await?;
+    Ok(session)
+}
+
+// ----- codecs -------------------------------------------------------------------
+
+/// Cuts authenticated frames and checks their MACs; yields bodies.
+pub struct OpenCodec {
+    frames: FrameDecoder,
+    opener: Opener,
+}
+
+impl OpenCodec {
+    /// A codec for one connection's receiving direction.
+    pub fn new(max_frame_bytes: usize, opener: Opener) -> OpenCodec {
+        OpenCodec {
+            frames: FrameDecoder::new(max_frame_bytes + palisade_wire::channel::MAC_BYTES),
+            opener,
+        }
+    }
+}
+
+impl Decoder for OpenCodec {
+    type Item = Bytes;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        match self.frames.decode(src).map_err(invalid)? {
+            Some(payload) => self.opener.open(payload).map(Some).map_err(invalid),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Seals bodies into authenticated frames.
+pub struct SealCodec {
+    sealer: Sealer,
+}
+
+impl SealCodec {
+    /// A codec for one connection's sending direction.
+    pub fn new(sealer: Sealer) -> SealCodec {
+        SealCodec { sealer }
+    }
+}
+
+impl Encoder<Bytes> for SealCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, body: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        self.sealer.seal(&body, dst);
+        Ok(())
+    }
+}
+
+// ----- routing ------------------------------------------------------------------
+
+/// Live connections by peer, so stages can reach them.
+pub struct Routes<K> {
+    map: RwLock<HashMap<K, (u64, Addr<Connection>)>>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Routes<K> {
+    fn new() -> Self {
+        Routes {
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn insert(&self, k: K, id: u64, addr: Addr<Connection>) {
+        self.map.write().insert(k, (id, addr));
+    }
+
+    fn remove(&self, k: K, id: u64) {
+        let mut m = self.map.write();
+        if m.get(&k).is_some_and(|(i, _)| *i == id) {
+            m.remove(&k);
+        }
+    }
+
+    /// Queues a body for `k`; false if there is no connection or its mailbox is full.
+    pub fn send(&self, k: K, body: Bytes) -> bool {
+        match self.map.read().get(&k) {
+            Some((_, addr)) => addr.try_send(Outgoing(body)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the network stage shares with the rest of the pipeline.
+pub struct Net {
+    /// This replica.
+    pub me: ReplicaId,
+    /// Cluster id.
+    pub cluster: u64,
+    /// Largest frame body.
+    pub max_frame_bytes: usize,
+    /// Largest client operation.
+    pub max_operation_bytes: usize,
+    /// Per-connection mailbox capacity.
+    pub mailbox: usize,
+    /// Write buffer watermarks.
+    pub write_buffer: (usize, usize),
+    /// Handshake time limit.
+    pub handshake_timeout: Duration,
+    /// Client connection limit.
+    pub max_client_connections: usize,
+    /// Connections to peers (outgoing).
+    pub peers: Routes<ReplicaId>,
+    /// Connections from clients.
+    pub clients: Routes<ClientId>,
+    /// Peer messages to the consensus stage.
+    pub tx_peer: crossbeam_channel::Sender<(ReplicaId, PeerMessage)>,
+    /// Client requests to the verification stage.
+    pub tx_verify: flume::Sender<Request>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    next_id: AtomicU64,
+}
+
+impl Net {
+    /// The network stage's shared state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        me: ReplicaId,
+        cluster: u64,
+        max_frame_bytes: usize,
+        cfg: &crate::RuntimeConfig,
+        tx_peer: crossbeam_channel::Sender<(ReplicaId, PeerMessage)>,
+        tx_verify: flume::Sender<Request>,
+        metrics: Arc<RuntimeMetrics>,
+    ) -> Net {
+        Net {
+            me,
+            cluster,
+            max_frame_bytes,
+            max_operation_bytes: cfg.max_operation_bytes,
+            mailbox: cfg.connection_mailbox,
+            write_buffer: cfg.write_buffer,
+            handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms),
+            max_client_connections: cfg.max_client_connections,
+            peers: Routes::new(),
+            clients: Routes::new(),
+            tx_peer,
+            tx_verify,
+            metrics,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Encodes `msg` once for the peer channel.
+    pub fn peer_body(&self, msg: &PeerMessage) -> Bytes {
+        envelope::encode(self.cluster, msg)
+    }
+
+    /// Encodes `msg` once for the client channel.
+    pub fn client_body(&self, msg: &ReplicaMessage) -> Bytes {
+        envelope::encode(self.cluster, msg)
+    }
+}
+
+// ----- the connection actor ---------------------------------------------------------
+
+/// A frame body to seal and send.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Outgoing(pub Bytes);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Accepted from a replica: carries its messages to us.
+    FromReplica(ReplicaId),
+    /// Opened by us to a replica: carries our messages to it.
+    ToReplica(ReplicaId),
+    /// Accepted from a client: requests in, replies out.
+    Client(ClientId),
+}
+
+/// One authenticated connection.
+pub struct Connection {
+    id: u64,
+    kind: Kind,
+    writer: FramedWrite<Bytes, OwnedWriteHalf, SealCodec>,
+    net: Arc<Net>,
+}
+
+impl Connection {
+    fn start(net: Arc<Net>, kind: Kind, stream: TcpStream, session: Session) -> Addr<Connection> {
+        let id = net.next_id.fetch_add(1, Ordering::Relaxed);
+        let (read, write) = stream.into_split();
+        let Session { sealer, opener, .. } = session;
+        let mailbox = net.mailbox;
+        let (low, high) = net.write_buffer;
+        let max = net.max_frame_bytes;
+        let shared = net.clone();
+        let addr = Connection::create(move |ctx| {
+            ctx.set_mailbox_capacity(mailbox);
+            ctx.add_stream(FramedRead::new(read, OpenCodec::new(max, opener)));
+            let mut writer = FramedWrite::new(write, SealCodec::new(sealer), ctx);
+            writer.set_buffer_capacity(low, high);
+            Connection {
+                id,
+                kind,
+                writer,
+                net: shared,
+            }
+        });
+        match kind {
+            Kind::ToReplica(r) => net.peers.insert(r, id, addr.clone()),
+            Kind::Client(c) => net.clients.insert(c, id, addr.clone()),
+            Kind::FromReplica(_) => {}
+        }
+        addr
+    }
+
+    fn on_body(&mut self, body: Bytes, ctx: &mut Context<Self>) {
+        let net = self.net.clone();
+        match self.kind {
+            Kind::FromReplica(from) => match envelope::decode_peer(net.cluster, &body) {
+                Ok(msg) => {
+                    RuntimeMetrics::add(&net.metrics.counters.peer_messages_received, 1);
+                    match net.tx_peer.try_send((from, msg)) {
+                        Ok(()) => {}
+                        Err(crossbeam_channel::TrySendError::Full(_)) => {
+                            RuntimeMetrics::add(&net.metrics.counters.peer_messages_dropped, 1)
+                        }
+                        Err(crossbeam_channel::TrySendError::Disconnected(_)) => ctx.stop(),
+                    }
+                }
+                Err(_) => self.bad_frame(ctx),
+            },
+            Kind::Client(client) => match envelope::decode_client(net.cluster, &body) {
+                Ok(ClientMessage::Request(req)) => {
+                    RuntimeMetrics::add(&net.metrics.counters.requests_received, 1);
+                    if req.client != client || req.operation.len() > net.max_operation_bytes {
+                        // A client may only speak for itself, within the size limit.
+                        RuntimeMetrics::add(&net.metrics.counters.requests_invalid, 1);
+                        self.reject(req.id, RejectReason::Invalid);
+                        return;
+                    }
+                    let id = req.id;
+                    match net.tx_verify.try_send(req) {
+                        Ok(()) => {}
+                        Err(flume::TrySendError::Full(_)) => {
+                            RuntimeMetrics::add(&net.metrics.counters.requests_busy, 1);
+                            self.reject(id, RejectReason::Busy);
+                        }
+                        Err(flume::TrySendError::Disconnected(_)) => ctx.stop(),
+                    }
+                }
+                Err(_) => self.bad_frame(ctx),
+            },
+            // Nothing may arrive on a connection we opened to send on.
+            Kind::ToReplica(_) => self.bad_frame(ctx),
+        }
+    }
+
+    fn reject(&mut self, request: palisade_core::RequestId, reason: RejectReason) {
+        let body = self.net.client_body(&ReplicaMessage::Rejected {
+            replica: self.net.me,
+            request,
+            reason,
+        });
+        self.writer.write(body);
+    }
+
+    fn bad_frame(&mut self, ctx: &mut Context<Self>) {
+        RuntimeMetrics::add(&self.net.metrics.counters.bad_frames, 1);
+        ctx.stop();
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        match self.kind {
+            Kind::ToReplica(r) => self.net.peers.remove(r, self.id),
+            Kind::Client(c) => self.net.clients.remove(c, self.id),
+            Kind::FromReplica(_) => {}
+        }
+    }
+}
+
+impl StreamHandler<Result<Bytes, io::Error>> for Connection {
+    fn handle(&mut self, item: Result<Bytes, io::Error>, ctx: &mut Context<Self>) {
+        match item {
+            Ok(body) => self.on_body(body, ctx),
+            Err(_) => self.bad_frame(ctx),
+        }
+    }
+}
+
+impl WriteHandler<io::Error> for Connection {}
+
+impl Handler<Outgoing> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Outgoing, _: &mut Context<Self>) {
+        self.writer.write(msg.0);
+    }
+}
+
+// ----- accepting and dialling ---------------------------------------------------------
+
+/// Accepts connections forever.
+pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey, keyring: Keyring) {
+    let key = Arc::new(key);
+    let keyring = Arc::new(keyring);
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let (net, key, keyring) = (net.clone(), key.clone(), keyring.clone());
+        actix_rt::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let session = tokio::time::timeout(
+                net.handshake_timeout,
+                accept_handshake(&mut stream, net.me, &key, &keyring),
+            )
+            .await;
+            let session = match session {
+                Ok(Ok(s)) => s,
+                _ => {
+                    RuntimeMetrics::add(&net.metrics.counters.handshakes_failed, 1);
+                    return;
+                }
+            };
+            match session.peer {
+                Peer::Replica(r) => {
+                    Connection::start(net, Kind::FromReplica(r), stream, session);
+                }
+                Peer::Client(c, _) => {
+                    if net.clients.len() >= net.max_client_connections {
+                        RuntimeMetrics::add(&net.metrics.counters.connections_refused, 1);
+                        return;
+                    }
+                    Connection::start(net, Kind::Client(c), stream, session);
+                }
+                // Reconfiguration by the view manager arrives with that feature.
+                Peer::ViewManager => {}
+            }
+        });
+    }
+}
+
+/// Keeps a connection to replica `to` open, redialling with backoff.
+pub async fn dial_forever(
+    net: Arc<Net>,
+    to: ReplicaId,
+    address: SocketAddr,
+    key: Arc<SigningKey>,
+    keyring: Arc<Keyring>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let attempt = async {
+            let mut stream = TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            let session =
+                dial_handshake(&mut stream, Role::Replica(net.me), &key, to, &keyring).await?;
+            Ok::<_, io::Error>((stream, session))
+        };
+        if let Ok(Ok((stream, session))) =
+            tokio::time::timeout(net.handshake_timeout, attempt).await
+        {
+            backoff = Duration::from_millis(50);
+            let addr = Connection::start(net.clone(), Kind::ToReplica(to), stream, session);
+            while addr.connected() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}

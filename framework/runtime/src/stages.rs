@@ -1,0 +1,496 @@
+//! The CPU stages, each a dedicated thread reading one bounded queue and
+//! draining it in batches per wake-up. Every stage also watches the stop
+//! flag, so shutting a replica down never depends on channels closing.
+
+use crate::metrics::{CoreSnapshot, RuntimeMetrics};
+use crate::net::Net;
+use crate::storage::Storage;
+use bytes::Bytes;
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
+use palisade_core::exec::Lookup;
+use palisade_core::message::Reply;
+use palisade_core::{
+    Action, Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, Request,
+    SeqNo, Service, ViewNo,
+};
+use palisade_wire::envelope::{RejectReason, ReplicaMessage};
+use palisade_wire::verify::{self, VerifyLimits};
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a stage blocks before looking at the stop flag again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Work for the delivery stage, in the order the core decided it.
+#[derive(Debug)]
+pub enum DeliveryCmd {
+    /// Execute a committed batch.
+    Deliver {
+        /// Sequence number.
+        seq: SeqNo,
+        /// View.
+        view: ViewNo,
+        /// The batch.
+        batch: Arc<Batch>,
+    },
+    /// Answer a read-only request.
+    Read(Request),
+    /// Send the snapshot at `seq` to `to`.
+    Serve {
+        /// Who asked.
+        to: ReplicaId,
+        /// Which checkpoint.
+        seq: SeqNo,
+    },
+    /// Install a certified snapshot.
+    Install {
+        /// Its checkpoint.
+        seq: SeqNo,
+        /// Its bytes.
+        snapshot: Bytes,
+    },
+    /// Forget snapshots below this checkpoint.
+    Stable(SeqNo),
+}
+
+/// A message for one client.
+pub type ClientMail = (ClientId, ReplicaMessage);
+
+fn drain<T>(rx: &Receiver<T>, first: T, max: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(max.min(64));
+    v.push(first);
+    while v.len() < max {
+        match rx.try_recv() {
+            Ok(x) => v.push(x),
+            Err(_) => break,
+        }
+    }
+    v
+}
+
+/// Request verification: cheap checks, then client signatures in parallel
+/// dalek batches on a rayon pool (when the cluster uses them).
+#[allow(clippy::too_many_arguments)]
+pub fn verifier(
+    rx: flume::Receiver<Request>,
+    tx: Sender<Request>,
+    tx_reply: Sender<ClientMail>,
+    signatures: bool,
+    limits: VerifyLimits,
+    pool: rayon::ThreadPool,
+    metrics: Arc<RuntimeMetrics>,
+    me: ReplicaId,
+    drain_max: usize,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let first = match rx.recv_timeout(POLL) {
+            Ok(r) => r,
+            Err(flume::RecvTimeoutError::Timeout) => continue,
+            Err(flume::RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < drain_max {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if !signatures {
+            for r in batch {
+                if tx.send(r).is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
+        for verdict in verify::verify_batch(batch, limits, |_, _| true, &pool) {
+            match verdict {
+                Ok(r) => {
+                    if tx.send(r).is_err() {
+                        return;
+                    }
+                }
+                Err((r, _why)) => {
+                    RuntimeMetrics::add(&metrics.counters.requests_invalid, 1);
+                    let _ = tx_reply.send((
+                        r.client,
+                        ReplicaMessage::Rejected {
+                            replica: me,
+                            request: r.id,
+                            reason: RejectReason::Invalid,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Batch proposing: answers retransmissions from the reply cache, refuses
+/// stale ids, and feeds new requests to the consensus stage in bursts (the
+/// core, on the primary, cuts them into batches as the pipeline has room).
+#[allow(clippy::too_many_arguments)]
+pub fn proposer<S: Service>(
+    rx: Receiver<Request>,
+    tx: Sender<Request>,
+    tx_reply: Sender<ClientMail>,
+    exec: Arc<RwLock<Executor<S>>>,
+    metrics: Arc<RuntimeMetrics>,
+    me: ReplicaId,
+    drain_max: usize,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let first = match rx.recv_timeout(POLL) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let batch = drain(&rx, first, drain_max);
+        let view = ViewNo(metrics.core.lock().view);
+        let verdicts: Vec<(Request, Lookup)> = {
+            let exec = exec.read();
+            batch
+                .into_iter()
+                .map(|r| {
+                    let l = if r.read_only {
+                        Lookup::New
+                    } else {
+                        exec.lookup(r.client, r.id)
+                    };
+                    (r, l)
+                })
+                .collect()
+        };
+        for (r, lookup) in verdicts {
+            match lookup {
+                Lookup::New => {
+                    if tx.send(r).is_err() {
+                        return;
+                    }
+                }
+                Lookup::Cached(result) => {
+                    RuntimeMetrics::add(&metrics.counters.requests_cached, 1);
+                    let reply = Reply {
+                        view,
+                        replica: me,
+                        client: r.client,
+                        request: r.id,
+                        result,
+                    };
+                    let _ = tx_reply.send((r.client, ReplicaMessage::Reply(reply)));
+                }
+                Lookup::Stale => {
+                    RuntimeMetrics::add(&metrics.counters.requests_stale, 1);
+                    let _ = tx_reply.send((
+                        r.client,
+                        ReplicaMessage::Rejected {
+                            replica: me,
+                            request: r.id,
+                            reason: RejectReason::Stale,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The consensus stage: the only owner of the protocol core.
+pub struct Consensus<C: palisade_core::Crypto> {
+    /// The core.
+    pub core: Replica<C>,
+    /// Durable records.
+    pub storage: Box<dyn Storage>,
+    /// Peer messages in.
+    pub rx_peer: Receiver<(ReplicaId, PeerMessage)>,
+    /// Requests in.
+    pub rx_requests: Receiver<Request>,
+    /// Checkpoint completions in.
+    pub rx_control: Receiver<(SeqNo, Digest)>,
+    /// Ticks in.
+    pub rx_tick: Receiver<u64>,
+    /// Decisions out.
+    pub tx_delivery: Sender<DeliveryCmd>,
+    /// Push-back out.
+    pub tx_reply: Sender<ClientMail>,
+    /// The network.
+    pub net: Arc<Net>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// Inputs per wake-up.
+    pub drain_max: usize,
+    /// Stop flag.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl<C: palisade_core::Crypto> Consensus<C> {
+    /// Runs until stopped.
+    pub fn run(mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let first: Input = select! {
+                recv(self.rx_control) -> m => match m { Ok((seq, state)) => Input::CheckpointReady { seq, state }, Err(_) => return },
+                recv(self.rx_tick) -> m => match m { Ok(now_ms) => Input::Tick { now_ms }, Err(_) => return },
+                recv(self.rx_peer) -> m => match m { Ok((from, msg)) => Input::Peer { from, msg }, Err(_) => return },
+                recv(self.rx_requests) -> m => match m { Ok(r) => Input::Request(r), Err(_) => return },
+                default(POLL) => continue,
+            };
+            if !self.step(first) {
+                return;
+            }
+            // Drain what else is waiting, checkpoints and peers first.
+            let mut budget = self.drain_max;
+            while budget > 0 {
+                let next = if let Ok((seq, state)) = self.rx_control.try_recv() {
+                    Input::CheckpointReady { seq, state }
+                } else if let Ok((from, msg)) = self.rx_peer.try_recv() {
+                    Input::Peer { from, msg }
+                } else if let Ok(r) = self.rx_requests.try_recv() {
+                    Input::Request(r)
+                } else {
+                    break;
+                };
+                if !self.step(next) {
+                    return;
+                }
+                budget -= 1;
+            }
+            self.publish();
+        }
+    }
+
+    fn step(&mut self, input: Input) -> bool {
+        self.core.step(input);
+        for action in self.core.take_actions() {
+            match action {
+                Action::Persist(r) => self.storage.persist(r),
+                Action::Send { to, msg } => {
+                    let body = self.net.peer_body(&msg);
+                    if !self.net.peers.send(to, body) {
+                        RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, 1);
+                    }
+                }
+                Action::Broadcast(msg) => {
+                    let body = self.net.peer_body(&msg);
+                    for &to in self.core.membership().members() {
+                        if to != self.net.me && !self.net.peers.send(to, body.clone()) {
+                            RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, 1);
+                        }
+                    }
+                }
+                Action::Deliver { seq, view, batch } => {
+                    if self
+                        .tx_delivery
+                        .send(DeliveryCmd::Deliver { seq, view, batch })
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                Action::ExecuteReadOnly(r) => {
+                    if self.tx_delivery.send(DeliveryCmd::Read(r)).is_err() {
+                        return false;
+                    }
+                }
+                Action::ServeSnapshot { to, seq } => {
+                    if self
+                        .tx_delivery
+                        .send(DeliveryCmd::Serve { to, seq })
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                Action::InstallSnapshot { seq, snapshot } => {
+                    if self
+                        .tx_delivery
+                        .send(DeliveryCmd::Install { seq, snapshot })
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                Action::StableCheckpoint { seq } => {
+                    self.storage.compact(seq);
+                    if self.tx_delivery.send(DeliveryCmd::Stable(seq)).is_err() {
+                        return false;
+                    }
+                }
+                Action::Dropped {
+                    client, request, ..
+                } => {
+                    RuntimeMetrics::add(&self.metrics.counters.requests_busy, 1);
+                    let _ = self.tx_reply.try_send((
+                        client,
+                        ReplicaMessage::Rejected {
+                            replica: self.net.me,
+                            request,
+                            reason: RejectReason::Busy,
+                        },
+                    ));
+                }
+            }
+        }
+        true
+    }
+
+    fn publish(&self) {
+        let m = self.core.metrics();
+        *self.metrics.core.lock() = CoreSnapshot {
+            view: self.core.view().0,
+            normal: self.core.is_normal(),
+            primary: self.core.is_primary(),
+            delivered: self.core.delivered().0,
+            stable: self.core.stable_checkpoint().seq.0,
+            view_changes: m.view_changes,
+            state_transfers: m.state_transfers,
+            proposed_batches: m.proposed_batches,
+            delivered_requests: m.delivered_requests,
+            pending_requests: self.core.pending_requests(),
+            dropped: m.dropped.clone(),
+        };
+    }
+}
+
+/// Delivery: runs the service in order, takes snapshots at checkpoints,
+/// answers reads, serves and installs snapshots.
+#[allow(clippy::too_many_arguments)]
+pub fn delivery<S: Service>(
+    rx: Receiver<DeliveryCmd>,
+    exec: Arc<RwLock<Executor<S>>>,
+    tx_control: Sender<(SeqNo, Digest)>,
+    tx_reply: Sender<ClientMail>,
+    net: Arc<Net>,
+    metrics: Arc<RuntimeMetrics>,
+    checkpoint_interval: u64,
+    genesis: Bytes,
+    stop: Arc<AtomicBool>,
+) {
+    let me = net.me;
+    let mut snapshots: BTreeMap<SeqNo, Bytes> = BTreeMap::from([(SeqNo(0), genesis)]);
+    while !stop.load(Ordering::Relaxed) {
+        let cmd = match rx.recv_timeout(POLL) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        match cmd {
+            DeliveryCmd::Deliver { seq, view, batch } => {
+                let executed = exec.write().execute_batch(seq, view, &batch);
+                RuntimeMetrics::add(&metrics.counters.batches_delivered, 1);
+                for e in executed {
+                    if e.fresh {
+                        RuntimeMetrics::add(&metrics.counters.requests_executed, 1);
+                    }
+                    let reply = Reply {
+                        view,
+                        replica: me,
+                        client: e.client,
+                        request: e.request,
+                        result: e.result,
+                    };
+                    if tx_reply
+                        .send((e.client, ReplicaMessage::Reply(reply)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if seq.0 % checkpoint_interval == 0 {
+                    let snapshot = exec.read().snapshot();
+                    let state = Digest::of(&snapshot);
+                    snapshots.insert(seq, snapshot);
+                    RuntimeMetrics::add(&metrics.counters.snapshots_taken, 1);
+                    if tx_control.send((seq, state)).is_err() {
+                        return;
+                    }
+                }
+            }
+            DeliveryCmd::Read(r) => {
+                let result = exec.read().execute_read_only(&r);
+                let view = ViewNo(metrics.core.lock().view);
+                let reply = Reply {
+                    view,
+                    replica: me,
+                    client: r.client,
+                    request: r.id,
+                    result,
+                };
+                if tx_reply
+                    .send((r.client, ReplicaMessage::Reply(reply)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            DeliveryCmd::Serve { to, seq } => {
+                if let Some(snapshot) = snapshots.get(&seq).cloned() {
+                    if snapshot.len() + 1024 > net.max_frame_bytes {
+                        RuntimeMetrics::add(&metrics.counters.snapshots_too_large, 1);
+                    } else {
+                        let body = net.peer_body(&PeerMessage::StateReply { seq, snapshot });
+                        if !net.peers.send(to, body) {
+                            RuntimeMetrics::add(&metrics.counters.peer_sends_dropped, 1);
+                        }
+                    }
+                }
+            }
+            DeliveryCmd::Install { seq, snapshot } => {
+                // The digest matched a certificate signed by a quorum; a
+                // snapshot that does not install means this build cannot read
+                // its own cluster's state: stop rather than diverge.
+                exec.write()
+                    .install(&snapshot)
+                    .expect("a certified snapshot installs");
+                snapshots.insert(seq, snapshot);
+            }
+            DeliveryCmd::Stable(seq) => {
+                let newer = snapshots.split_off(&seq);
+                if !newer.is_empty() {
+                    snapshots = newer;
+                }
+            }
+        }
+    }
+}
+
+/// Reply sending: encodes and routes messages to client connections.
+pub fn replier(
+    rx: Receiver<ClientMail>,
+    net: Arc<Net>,
+    metrics: Arc<RuntimeMetrics>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let (client, msg) = match rx.recv_timeout(POLL) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let body = net.client_body(&msg);
+        if net.clients.send(client, body) {
+            RuntimeMetrics::add(&metrics.counters.replies_sent, 1);
+        } else {
+            RuntimeMetrics::add(&metrics.counters.replies_dropped, 1);
+        }
+    }
+}
+
+/// The request-timer stage: ticks the core with the wall clock. Ticks are
+/// dropped when the consensus stage is busy; the next one carries the time.
+pub fn ticker(tx: Sender<u64>, period: Duration, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(period);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = tx.try_send(now_ms) {
+            return;
+        }
+    }
+}
