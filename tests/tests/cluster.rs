@@ -271,3 +271,137 @@ fn three_cft_replicas_survive_a_crashed_primary() {
         assert_eq!(counter.get().await.unwrap(), 40);
     });
 }
+
+/// Opens a raw authenticated connection to `to` as a client with `key`.
+async fn raw_client(
+    c: &ClusterConfig,
+    key: &SigningKey,
+    to: u32,
+) -> (tokio::net::TcpStream, palisade_wire::handshake::Session) {
+    use palisade_wire::envelope::Role;
+    use palisade_wire::handshake::{Initiator, Keyring};
+    let mut s = tokio::net::TcpStream::connect(c.replicas[&ReplicaId(to)].address)
+        .await
+        .unwrap();
+    let keyring = Keyring::from_config(c);
+    let (init, hello) =
+        Initiator::start(c.cluster_id, Role::Client, key, ReplicaId(to), &mut OsRng);
+    palisade_runtime::net::write_raw_frame(&mut s, &hello)
+        .await
+        .unwrap();
+    let reply = palisade_runtime::net::read_raw_frame(&mut s, 1024)
+        .await
+        .unwrap();
+    let (session, finish) = init.on_reply(&keyring, &reply).unwrap();
+    palisade_runtime::net::write_raw_frame(&mut s, &finish)
+        .await
+        .unwrap();
+    (s, session)
+}
+
+#[test]
+fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
+    use bytes::BytesMut;
+    use palisade_core::{ClientId, Request, RequestId};
+    use palisade_wire::envelope::{self, ClientMessage};
+    use tokio::io::AsyncWriteExt;
+
+    let rt = rt();
+    let mut c = cluster(4, Mode::Bft, false);
+    c.start_with(Counter::default);
+    let config = c.config.clone();
+    rt.block_on(async {
+        let honest = CounterClient::new(c.client());
+        let attack = tokio::spawn(async move {
+            for round in 0..20u32 {
+                for to in 0..4u32 {
+                    let addr = config.replicas[&ReplicaId(to)].address;
+                    // Garbage before any handshake.
+                    if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                        let _ = s
+                            .write_all(&[0xde, 0xad, 0xbe, 0xef, round as u8, 1, 2, 3])
+                            .await;
+                    }
+                    // An absurd length prefix.
+                    if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                        let _ = s.write_all(&u32::MAX.to_le_bytes()).await;
+                    }
+                    // A proper handshake, then a frame with a bad MAC.
+                    let key = generate(&mut OsRng);
+                    let (mut s, mut session) = raw_client(&config, &key, to).await;
+                    let req = ClientMessage::Request(Request {
+                        client: palisade_wire::keys::client_id(key.verifying_key().as_bytes()),
+                        id: RequestId(1),
+                        read_only: false,
+                        operation: palisade_services::counter::CounterOp::Add(1_000_000).encode(),
+                        auth: Bytes::new(),
+                    });
+                    let mut out = BytesMut::new();
+                    session
+                        .sealer
+                        .seal_message(config.cluster_id, &req, &mut out);
+                    let n = out.len();
+                    out[n - 1] ^= 1;
+                    let _ = s.write_all(&out).await;
+                    // Another: an oversized frame after authenticating.
+                    let (mut s, _) = raw_client(&config, &key, to).await;
+                    let _ = s.write_all(&((5u32 << 20) as u32).to_le_bytes()).await;
+                    let _ = s.write_all(&vec![0u8; 64 << 10]).await;
+                    // Another: a request claiming someone else's client id.
+                    let (mut s, mut session) = raw_client(&config, &key, to).await;
+                    let forged = ClientMessage::Request(Request {
+                        client: ClientId(42),
+                        id: RequestId(1),
+                        read_only: false,
+                        operation: palisade_services::counter::CounterOp::Add(1_000_000).encode(),
+                        auth: Bytes::new(),
+                    });
+                    let mut out = BytesMut::new();
+                    session
+                        .sealer
+                        .seal_message(config.cluster_id, &forged, &mut out);
+                    let _ = s.write_all(&out).await;
+                    // A handshake that never finishes.
+                    if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                        let (_, hello) = palisade_wire::handshake::Initiator::start(
+                            config.cluster_id,
+                            palisade_wire::envelope::Role::Client,
+                            &key,
+                            ReplicaId(to),
+                            &mut OsRng,
+                        );
+                        let _ = palisade_runtime::net::write_raw_frame(&mut s, &hello).await;
+                        std::mem::forget(s);
+                    }
+                    let _ = envelope::VERSION;
+                }
+            }
+        });
+        let mut value = 0;
+        for _ in 0..100 {
+            value = honest
+                .add(1)
+                .await
+                .expect("honest clients keep being served");
+        }
+        attack.await.unwrap();
+        assert_eq!(value, 100, "no forged or corrupted request executed");
+        assert_eq!(honest.get().await.unwrap(), 100);
+    });
+    let mut bad = 0;
+    let mut invalid = 0;
+    for h in c.handles.iter().flatten() {
+        let counters: std::collections::BTreeMap<_, _> =
+            h.metrics().counters.snapshot().into_iter().collect();
+        bad += counters["bad_frames"] + counters["handshakes_failed"];
+        invalid += counters["requests_invalid"];
+    }
+    assert!(
+        bad >= 4 * 20 * 3,
+        "garbage, bad MACs and oversized frames were counted: {bad}"
+    );
+    assert!(
+        invalid >= 4 * 20,
+        "forged client ids were refused and counted: {invalid}"
+    );
+}

@@ -232,7 +232,19 @@ impl Client {
             let primary = inner
                 .membership
                 .primary(ViewNo(inner.view.load(Ordering::Relaxed)));
-            self.send_to(primary, body.clone());
+            if inner
+                .connected
+                .lock()
+                .get(&primary)
+                .copied()
+                .unwrap_or(false)
+            {
+                self.send_to(primary, body.clone());
+            } else {
+                // The believed primary is unreachable: do not wait a retransmission
+                // period for nothing; every replica forwards to the real primary.
+                self.send_all(&body);
+            }
         }
         let mut wait = Duration::from_millis(inner.opts.retransmit_ms);
         loop {

@@ -1,6 +1,7 @@
 //! The `palisade` command.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use palisade::commands::{self, KvCommand, ServiceKind};
 use palisade::keygen::{keygen, KeygenOptions};
 use palisade_core::Mode;
 use std::net::SocketAddr;
@@ -22,6 +23,86 @@ struct Cli {
 enum ModeArg {
     Bft,
     Cft,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Bft => Mode::Bft,
+            ModeArg::Cft => Mode::Cft,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ServiceArg {
+    Kv,
+    Counter,
+    Echo,
+}
+
+impl ServiceArg {
+    fn kind(self) -> ServiceKind {
+        match self {
+            ServiceArg::Kv => ServiceKind::Kv,
+            ServiceArg::Counter => ServiceKind::Counter,
+            ServiceArg::Echo => ServiceKind::Echo,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            ServiceArg::Kv => "kv",
+            ServiceArg::Counter => "counter",
+            ServiceArg::Echo => "echo",
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum KvOp {
+    /// Set KEY to VALUE; prints the previous value, if any.
+    Put { key: String, value: String },
+    /// Print KEY's value (exit code 1 if it has none).
+    Get { key: String },
+    /// Remove KEY; prints the removed value (exit code 1 if it had none).
+    Remove { key: String },
+    /// Print every key, one per line.
+    Keys,
+    /// Print the number of keys.
+    Size,
+}
+
+#[derive(Subcommand)]
+enum CounterOp {
+    /// Add to the counter (1 by default); prints the new value.
+    Inc {
+        #[arg(long, default_value_t = 1)]
+        by: u64,
+    },
+    /// Print the counter.
+    Get,
+}
+
+#[derive(Subcommand)]
+enum ClusterOp {
+    /// Start a local cluster on loopback, one process per replica, until Ctrl-C.
+    Up {
+        /// Number of replicas.
+        #[arg(long, default_value_t = 4)]
+        replicas: usize,
+        /// Configuration directory (generated if it has no cluster.toml).
+        #[arg(long, default_value = "palisade-cluster")]
+        dir: PathBuf,
+        /// Service every replica runs.
+        #[arg(long, value_enum, default_value = "kv")]
+        service: ServiceArg,
+        /// Fault model.
+        #[arg(long, value_enum, default_value = "bft")]
+        mode: ModeArg,
+        /// First port.
+        #[arg(long, default_value_t = 7000)]
+        base_port: u16,
+    },
 }
 
 #[derive(Subcommand)]
@@ -53,6 +134,48 @@ enum Command {
         #[arg(long)]
         client_signatures: bool,
     },
+    /// Run one replica until SIGINT or SIGTERM.
+    Replica {
+        /// Configuration directory (cluster.toml and replica-<id>.key).
+        #[arg(long)]
+        config: PathBuf,
+        /// This replica's id.
+        #[arg(long)]
+        id: u32,
+        /// Service to run.
+        #[arg(long, value_enum)]
+        service: ServiceArg,
+        /// Print the replica's state every 10 seconds.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Use a key-value cluster.
+    Kv {
+        #[command(subcommand)]
+        op: KvOp,
+        /// Configuration directory.
+        #[arg(long, global = true, default_value = "palisade-cluster")]
+        config: PathBuf,
+        /// Give up after this many milliseconds.
+        #[arg(long, global = true, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+    /// Use a counter cluster.
+    Counter {
+        #[command(subcommand)]
+        op: CounterOp,
+        /// Configuration directory.
+        #[arg(long, global = true, default_value = "palisade-cluster")]
+        config: PathBuf,
+        /// Give up after this many milliseconds.
+        #[arg(long, global = true, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+    /// Manage a local cluster.
+    Cluster {
+        #[command(subcommand)]
+        op: ClusterOp,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,10 +194,7 @@ fn main() -> ExitCode {
             let opts = KeygenOptions {
                 replicas,
                 out: out.clone(),
-                mode: match mode {
-                    ModeArg::Bft => Mode::Bft,
-                    ModeArg::Cft => Mode::Cft,
-                },
+                mode: mode.into(),
                 f,
                 addresses,
                 base_port,
@@ -106,5 +226,46 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Replica {
+            config,
+            id,
+            service,
+            verbose,
+        } => commands::replica(&config, id, service.kind(), verbose),
+        Command::Kv {
+            op,
+            config,
+            timeout_ms,
+        } => {
+            let cmd = match op {
+                KvOp::Put { key, value } => KvCommand::Put(key, value),
+                KvOp::Get { key } => KvCommand::Get(key),
+                KvOp::Remove { key } => KvCommand::Remove(key),
+                KvOp::Keys => KvCommand::Keys,
+                KvOp::Size => KvCommand::Size,
+            };
+            commands::kv(&config, cmd, timeout_ms)
+        }
+        Command::Counter {
+            op,
+            config,
+            timeout_ms,
+        } => {
+            let add = match op {
+                CounterOp::Inc { by } => Some(by),
+                CounterOp::Get => None,
+            };
+            commands::counter(&config, add, timeout_ms)
+        }
+        Command::Cluster {
+            op:
+                ClusterOp::Up {
+                    replicas,
+                    dir,
+                    service,
+                    mode,
+                    base_port,
+                },
+        } => commands::cluster_up(dir, replicas, service.name(), mode.into(), base_port),
     }
 }

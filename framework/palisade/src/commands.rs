@@ -1,0 +1,336 @@
+//! The `palisade` subcommands other than `keygen`.
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use palisade_client::{Client, ClientOptions, InvokeError};
+use palisade_core::ReplicaId;
+use palisade_runtime::{spawn_replica, RuntimeConfig};
+use palisade_services::counter::{Counter, CounterClient};
+use palisade_services::echo::Echo;
+use palisade_services::kv::{KvClient, KvError, KvStore};
+use palisade_wire::{keys, ClusterConfig};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit code when the cluster could not answer.
+pub const EXIT_UNAVAILABLE: u8 = 3;
+/// Exit code for usage and configuration errors.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Which service a replica runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// [`KvStore`].
+    Kv,
+    /// [`Counter`].
+    Counter,
+    /// [`Echo`].
+    Echo,
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("palisade: {msg}");
+    ExitCode::from(code)
+}
+
+fn load(dir: &Path) -> Result<ClusterConfig, ExitCode> {
+    ClusterConfig::load(dir).map_err(|e| fail(EXIT_USAGE, e))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `palisade replica`: runs one replica until SIGINT or SIGTERM.
+pub fn replica(config: &Path, id: u32, service: ServiceKind, verbose: bool) -> ExitCode {
+    let cluster = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let me = ReplicaId(id);
+    let key_file = crate::keygen::replica_key_file(config, me);
+    let key = match keys::read_secret(&key_file) {
+        Ok(k) => k,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let rt_cfg = RuntimeConfig::for_cluster(&cluster);
+    let handle = match service {
+        ServiceKind::Kv => spawn_replica(&cluster, me, key, KvStore::default(), rt_cfg),
+        ServiceKind::Counter => spawn_replica(&cluster, me, key, Counter::default(), rt_cfg),
+        ServiceKind::Echo => spawn_replica(&cluster, me, key, Echo, rt_cfg),
+    };
+    let handle = match handle {
+        Ok(h) => h,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    eprintln!(
+        "palisade: replica {me} of cluster {} listening on {} ({} replicas, f = {})",
+        cluster.cluster_id,
+        cluster.replicas[&me].address,
+        cluster.membership.n(),
+        cluster.membership.f()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a signal runtime");
+    runtime.block_on(async {
+        let metrics = handle.metrics().clone();
+        let status = async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let c = metrics.core.lock().clone();
+                eprintln!(
+                    "palisade: replica {me}: view {}{} delivered {} stable {} pending {}",
+                    c.view,
+                    if c.primary { " (primary)" } else { "" },
+                    c.delivered,
+                    c.stable,
+                    c.pending_requests
+                );
+            }
+        };
+        if verbose {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = status => {}
+            }
+        } else {
+            shutdown_signal().await;
+        }
+    });
+    eprintln!("palisade: replica {me} stopping");
+    handle.stop();
+    ExitCode::SUCCESS
+}
+
+/// The client identity: `DIR/client.key` when present, else a fresh one.
+fn client_key(config: &Path) -> Result<SigningKey, ExitCode> {
+    let path = crate::keygen::client_key_file(config);
+    if path.exists() {
+        keys::read_secret(&path).map_err(|e| fail(EXIT_USAGE, e))
+    } else {
+        Ok(keys::generate(&mut rand_core::OsRng))
+    }
+}
+
+fn connect(config: &Path, timeout_ms: u64) -> Result<(tokio::runtime::Runtime, Client), ExitCode> {
+    let cluster = load(config)?;
+    let key = client_key(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(EXIT_USAGE, e))?;
+    let opts = ClientOptions {
+        timeout_ms,
+        ..ClientOptions::default()
+    };
+    let client = runtime.block_on(async { Client::connect(cluster, key, opts) });
+    Ok((runtime, client))
+}
+
+/// A key-value command.
+#[derive(Clone, Debug)]
+pub enum KvCommand {
+    /// Set a key.
+    Put(String, String),
+    /// Read a key.
+    Get(String),
+    /// Remove a key.
+    Remove(String),
+    /// List keys.
+    Keys,
+    /// Count keys.
+    Size,
+}
+
+fn show(b: &Bytes) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn invoke_error(e: KvError) -> ExitCode {
+    match e {
+        KvError::Invoke(InvokeError::Timeout { .. }) => fail(EXIT_UNAVAILABLE, e),
+        other => fail(EXIT_UNAVAILABLE, other),
+    }
+}
+
+/// `palisade kv ...`: prints the result on stdout.
+pub fn kv(config: &Path, cmd: KvCommand, timeout_ms: u64) -> ExitCode {
+    let (runtime, client) = match connect(config, timeout_ms) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let kv = KvClient::new(client);
+    runtime.block_on(async {
+        match cmd {
+            KvCommand::Put(k, v) => match kv.put(k, v).await {
+                Ok(Some(old)) => {
+                    println!("{}", show(&old));
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => ExitCode::SUCCESS,
+                Err(e) => invoke_error(e),
+            },
+            KvCommand::Get(k) => match kv.get(k.clone()).await {
+                Ok(Some(v)) => {
+                    println!("{}", show(&v));
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => fail(1, format!("key {k:?} not found")),
+                Err(e) => invoke_error(e),
+            },
+            KvCommand::Remove(k) => match kv.remove(k.clone()).await {
+                Ok(Some(v)) => {
+                    println!("{}", show(&v));
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => fail(1, format!("key {k:?} not found")),
+                Err(e) => invoke_error(e),
+            },
+            KvCommand::Keys => match kv.keys().await {
+                Ok(keys) => {
+                    for k in keys {
+                        println!("{}", show(&k));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => invoke_error(e),
+            },
+            KvCommand::Size => match kv.size().await {
+                Ok(n) => {
+                    println!("{n}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => invoke_error(e),
+            },
+        }
+    })
+}
+
+/// `palisade counter inc|get`: prints the value on stdout.
+pub fn counter(config: &Path, add: Option<u64>, timeout_ms: u64) -> ExitCode {
+    let (runtime, client) = match connect(config, timeout_ms) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let counter = CounterClient::new(client);
+    let result = runtime.block_on(async {
+        match add {
+            Some(n) => counter.add(n).await,
+            None => counter.get().await,
+        }
+    });
+    match result {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_UNAVAILABLE, e),
+    }
+}
+
+/// `palisade cluster up`: a local cluster on loopback, one process per
+/// replica, until SIGINT or SIGTERM.
+pub fn cluster_up(
+    dir: PathBuf,
+    replicas: usize,
+    service: &str,
+    mode: palisade_core::Mode,
+    base_port: u16,
+) -> ExitCode {
+    if !dir.join(palisade_wire::config::CLUSTER_FILE).exists() {
+        let opts = crate::keygen::KeygenOptions {
+            replicas,
+            out: dir.clone(),
+            mode,
+            f: None,
+            addresses: vec![],
+            base_port,
+            cluster_id: None,
+            client_signatures: false,
+        };
+        if let Err(e) = crate::keygen::keygen(&opts) {
+            return fail(EXIT_USAGE, e);
+        }
+    }
+    let cluster = match load(&dir) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let mut children = Vec::new();
+    for id in cluster.replicas.keys() {
+        let child = std::process::Command::new(&exe)
+            .arg("replica")
+            .arg("--config")
+            .arg(&dir)
+            .arg("--id")
+            .arg(id.0.to_string())
+            .arg("--service")
+            .arg(service)
+            .spawn();
+        match child {
+            Ok(c) => children.push((*id, c)),
+            Err(e) => return fail(EXIT_USAGE, format!("cannot start replica {id}: {e}")),
+        }
+    }
+    let d = dir.display();
+    println!(
+        "cluster of {} replicas (f = {}) running the {service} service, configuration in {d}",
+        cluster.membership.n(),
+        cluster.membership.f()
+    );
+    for (id, r) in &cluster.replicas {
+        println!(
+            "  replica {id}: {} (pid {})",
+            r.address,
+            children
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, c)| c.id())
+                .unwrap_or(0)
+        );
+    }
+    match service {
+        "kv" => println!("try:  palisade kv put hello world --config {d}\n      palisade kv get hello --config {d}"),
+        "counter" => println!("try:  palisade counter inc --config {d}\n      palisade counter get --config {d}"),
+        _ => {}
+    }
+    println!("stop with Ctrl-C");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a signal runtime");
+    runtime.block_on(shutdown_signal());
+    for (_, c) in &mut children {
+        #[cfg(unix)]
+        {
+            // SIGTERM lets each replica close its connections cleanly.
+            let _ = std::process::Command::new("kill")
+                .arg(c.id().to_string())
+                .status();
+        }
+        #[cfg(not(unix))]
+        let _ = c.kill();
+    }
+    for (_, c) in &mut children {
+        let _ = c.wait();
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,187 @@
+//! The `palisade` binary as an operator uses it: keygen, one process per
+//! replica, the CLI as a client, and a replica killed with SIGKILL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+fn palisade(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run palisade")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("palisade-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn start(dir: &Path, n: usize, service: &str) -> Processes {
+    Processes(
+        (0..n)
+            .map(|i| {
+                Command::new(BIN)
+                    .args([
+                        "replica",
+                        "--config",
+                        dir.to_str().unwrap(),
+                        "--id",
+                        &i.to_string(),
+                        "--service",
+                        service,
+                    ])
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start a replica")
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_four_process_cluster_serves_the_cli_and_survives_kill_9_of_its_primary() {
+    let dir = tempdir("kv");
+    let port = (30_000 + std::process::id() % 2_000 * 10) as u16;
+    let d = dir.to_str().unwrap();
+    let keygen = palisade(&[
+        "keygen",
+        "--replicas",
+        "4",
+        "--out",
+        d,
+        "--base-port",
+        &port.to_string(),
+    ]);
+    assert!(
+        keygen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keygen.stderr)
+    );
+    let mut replicas = start(&dir, 4, "kv");
+
+    let put = palisade(&["kv", "put", "greeting", "hello", "--config", d]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    assert_eq!(
+        stdout(&palisade(&["kv", "get", "greeting", "--config", d])),
+        "hello"
+    );
+    let missing = palisade(&["kv", "get", "nobody", "--config", d]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+
+    // SIGKILL the primary of view 0; the cluster moves on without it.
+    replicas.0[0].kill().unwrap();
+    let started = Instant::now();
+    let put = palisade(&["kv", "put", "after", "crash", "--config", d]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        stdout(&palisade(&["kv", "get", "greeting", "--config", d])),
+        "hello",
+        "acknowledged data survives"
+    );
+    assert_eq!(
+        stdout(&palisade(&["kv", "keys", "--config", d])),
+        "after\ngreeting"
+    );
+    assert_eq!(stdout(&palisade(&["kv", "size", "--config", d])), "2");
+
+    // A second failure exceeds f = 1: the CLI says so instead of hanging.
+    replicas.0[1].kill().unwrap();
+    let stuck = palisade(&["kv", "put", "x", "y", "--config", d, "--timeout-ms", "1500"]);
+    assert_eq!(stuck.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&stuck.stderr).contains("no answer from the cluster"));
+    drop(replicas);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn configuration_mistakes_get_a_clear_message_and_exit_code_2() {
+    let dir = tempdir("bad");
+    let out = palisade(&["kv", "get", "k", "--config", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("palisade keygen"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("cluster.toml"),
+        "cluster_id = 1\nmode = \"bft\"\nf = 1\n",
+    )
+    .unwrap();
+    let out = palisade(&["counter", "get", "--config", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cluster.toml"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = palisade(&[
+        "replica",
+        "--config",
+        dir.to_str().unwrap(),
+        "--id",
+        "0",
+        "--service",
+        "kv",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_counter_cluster_in_cft_mode() {
+    let dir = tempdir("cft");
+    let port = (32_000 + std::process::id() % 2_000 * 10) as u16;
+    let d = dir.to_str().unwrap();
+    assert!(palisade(&[
+        "keygen",
+        "--replicas",
+        "3",
+        "--mode",
+        "cft",
+        "--out",
+        d,
+        "--base-port",
+        &port.to_string()
+    ])
+    .status
+    .success());
+    let mut replicas = start(&dir, 3, "counter");
+    for i in 1..=5 {
+        assert_eq!(
+            stdout(&palisade(&["counter", "inc", "--config", d])),
+            i.to_string()
+        );
+    }
+    replicas.0[0].kill().unwrap();
+    assert_eq!(
+        stdout(&palisade(&["counter", "inc", "--by", "10", "--config", d])),
+        "15"
+    );
+    assert_eq!(stdout(&palisade(&["counter", "get", "--config", d])), "15");
+    drop(replicas);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
