@@ -303,7 +303,7 @@ async fn raw_client(
 fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
     use bytes::BytesMut;
     use palisade_core::{ClientId, Request, RequestId};
-    use palisade_wire::envelope::{self, ClientMessage};
+    use palisade_wire::envelope::ClientMessage;
     use tokio::io::AsyncWriteExt;
 
     let rt = rt();
@@ -345,7 +345,7 @@ fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
                     let _ = s.write_all(&out).await;
                     // Another: an oversized frame after authenticating.
                     let (mut s, _) = raw_client(&config, &key, to).await;
-                    let _ = s.write_all(&((5u32 << 20) as u32).to_le_bytes()).await;
+                    let _ = s.write_all(&(5u32 << 20).to_le_bytes()).await;
                     let _ = s.write_all(&vec![0u8; 64 << 10]).await;
                     // Another: a request claiming someone else's client id.
                     let (mut s, mut session) = raw_client(&config, &key, to).await;
@@ -373,7 +373,6 @@ fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
                         let _ = palisade_runtime::net::write_raw_frame(&mut s, &hello).await;
                         std::mem::forget(s);
                     }
-                    let _ = envelope::VERSION;
                 }
             }
         });
