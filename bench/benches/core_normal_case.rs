@@ -13,14 +13,10 @@ fn normal_case(c: &mut Criterion) {
     for (mode, name) in [(Mode::Bft, "bft"), (Mode::Cft, "cft")] {
         for batch in [1usize, 64, 512] {
             let payload = Bytes::from(vec![7u8; 100]);
-            group.bench_with_input(
-                BenchmarkId::new(format!("{name}_n4_100B"), batch),
-                &batch,
-                |b, &batch| {
-                    let mut cluster = MemCluster::new(4, mode, batch);
-                    b.iter(|| cluster.order(REQUESTS, &payload));
-                },
-            );
+            group.bench_with_input(BenchmarkId::new(format!("{name}_n4_100B"), batch), &batch, |b, &batch| {
+                let mut cluster = MemCluster::new(4, mode, batch);
+                b.iter(|| cluster.order(REQUESTS, &payload));
+            });
         }
     }
     group.finish();

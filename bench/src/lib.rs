@@ -6,8 +6,8 @@
 use bytes::Bytes;
 use palisade_core::message::Signature;
 use palisade_core::{
-    Action, ClientId, Config, Crypto, Digest, Input, Membership, Mode, PeerMessage, Replica,
-    ReplicaId, Request, RequestId,
+    Action, ClientId, Config, Crypto, Digest, Input, Membership, Mode, PeerMessage, Replica, ReplicaId, Request,
+    RequestId,
 };
 use std::collections::VecDeque;
 
@@ -44,16 +44,8 @@ impl MemCluster {
         cfg.batch_max_requests = batch_max_requests;
         cfg.max_in_flight = 8;
         let genesis = Digest::of(b"genesis");
-        let replicas = (0..n as u32)
-            .map(|i| Replica::new(cfg.clone(), ReplicaId(i), NoCrypto, genesis))
-            .collect();
-        MemCluster {
-            replicas,
-            queue: VecDeque::new(),
-            delivered_requests: vec![0; n],
-            next_id: 1,
-            now_ms: 1,
-        }
+        let replicas = (0..n as u32).map(|i| Replica::new(cfg.clone(), ReplicaId(i), NoCrypto, genesis)).collect();
+        MemCluster { replicas, queue: VecDeque::new(), delivered_requests: vec![0; n], next_id: 1, now_ms: 1 }
     }
 
     /// Submits `count` fresh requests with `payload` bytes each to the
@@ -81,18 +73,10 @@ impl MemCluster {
                 // Nothing in flight: let time pass so the primary proposes.
                 self.now_ms += 1;
                 for r in 0..self.replicas.len() {
-                    self.step(
-                        r,
-                        Input::Tick {
-                            now_ms: self.now_ms,
-                        },
-                    );
+                    self.step(r, Input::Tick { now_ms: self.now_ms });
                 }
                 idle_rounds += 1;
-                assert!(
-                    idle_rounds < 10_000,
-                    "the in-memory cluster stopped making progress"
-                );
+                assert!(idle_rounds < 10_000, "the in-memory cluster stopped making progress");
             }
         }
         target

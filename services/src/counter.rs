@@ -114,18 +114,9 @@ mod tests {
     #[test]
     fn add_returns_the_new_total_and_get_reads_it() {
         let mut c = Counter::default();
-        assert_eq!(
-            decode_result(&c.execute(&ctx(), &CounterOp::Add(5).encode())),
-            Ok(5)
-        );
-        assert_eq!(
-            decode_result(&c.execute(&ctx(), &CounterOp::Add(2).encode())),
-            Ok(7)
-        );
-        assert_eq!(
-            decode_result(&c.execute_unordered(&CounterOp::Get.encode())),
-            Ok(7)
-        );
+        assert_eq!(decode_result(&c.execute(&ctx(), &CounterOp::Add(5).encode())), Ok(5));
+        assert_eq!(decode_result(&c.execute(&ctx(), &CounterOp::Add(2).encode())), Ok(7));
+        assert_eq!(decode_result(&c.execute_unordered(&CounterOp::Get.encode())), Ok(7));
     }
 
     #[test]
@@ -167,19 +158,13 @@ impl CounterClient {
 
     /// Adds `n`; returns the new value.
     pub async fn add(&self, n: u64) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-        let r = self
-            .client
-            .invoke_ordered(CounterOp::Add(n).encode())
-            .await?;
+        let r = self.client.invoke_ordered(CounterOp::Add(n).encode()).await?;
         Ok(decode_result(&r)?)
     }
 
     /// Reads the value (read-only, ordered only if the replicas disagree).
     pub async fn get(&self) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-        let r = self
-            .client
-            .invoke_unordered(CounterOp::Get.encode())
-            .await?;
+        let r = self.client.invoke_unordered(CounterOp::Get.encode()).await?;
         Ok(decode_result(&r)?)
     }
 }

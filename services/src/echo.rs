@@ -54,3 +54,21 @@ mod tests {
         assert_eq!(e.execute_unordered(&request(8, u32::MAX)).len(), 64 << 10);
     }
 }
+
+/// Typed calls on a replicated [`Echo`]: the benchmark's client.
+#[derive(Clone)]
+pub struct EchoClient {
+    client: palisade_client::Client,
+}
+
+impl EchoClient {
+    /// Wraps a client.
+    pub fn new(client: palisade_client::Client) -> EchoClient {
+        EchoClient { client }
+    }
+
+    /// Orders a request of `request_bytes` asking for `reply_bytes` back.
+    pub async fn echo(&self, request_bytes: usize, reply_bytes: u32) -> Result<Bytes, palisade_client::InvokeError> {
+        self.client.invoke_ordered(request(request_bytes, reply_bytes)).await
+    }
+}

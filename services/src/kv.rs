@@ -106,8 +106,7 @@ impl Service for KvStore {
     }
 
     fn install(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let entries: Vec<(Bytes, Bytes)> =
-            postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+        let entries: Vec<(Bytes, Bytes)> = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
         self.map = entries.into_iter().collect();
         Ok(())
     }
@@ -163,11 +162,7 @@ impl KvClient {
     }
 
     /// Sets `key`; returns the previous value.
-    pub async fn put(
-        &self,
-        key: impl Into<Bytes>,
-        value: impl Into<Bytes>,
-    ) -> Result<Option<Bytes>, KvError> {
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<Option<Bytes>, KvError> {
         self.value(KvOp::Put(key.into(), value.into())).await
     }
 
@@ -221,45 +216,23 @@ mod tests {
     #[test]
     fn put_get_remove_size_keys() {
         let mut s = KvStore::default();
-        assert_eq!(
-            run(&mut s, KvOp::Put("b".into(), "1".into())),
-            KvResult::Value(None)
-        );
-        assert_eq!(
-            run(&mut s, KvOp::Put("a".into(), "2".into())),
-            KvResult::Value(None)
-        );
-        assert_eq!(
-            run(&mut s, KvOp::Put("b".into(), "3".into())),
-            KvResult::Value(Some("1".into()))
-        );
-        assert_eq!(
-            run(&mut s, KvOp::Get("b".into())),
-            KvResult::Value(Some("3".into()))
-        );
+        assert_eq!(run(&mut s, KvOp::Put("b".into(), "1".into())), KvResult::Value(None));
+        assert_eq!(run(&mut s, KvOp::Put("a".into(), "2".into())), KvResult::Value(None));
+        assert_eq!(run(&mut s, KvOp::Put("b".into(), "3".into())), KvResult::Value(Some("1".into())));
+        assert_eq!(run(&mut s, KvOp::Get("b".into())), KvResult::Value(Some("3".into())));
         assert_eq!(run(&mut s, KvOp::Size), KvResult::Size(2));
-        assert_eq!(
-            run(&mut s, KvOp::Keys),
-            KvResult::Keys(vec!["a".into(), "b".into()])
-        );
-        assert_eq!(
-            run(&mut s, KvOp::Remove("a".into())),
-            KvResult::Value(Some("2".into()))
-        );
+        assert_eq!(run(&mut s, KvOp::Keys), KvResult::Keys(vec!["a".into(), "b".into()]));
+        assert_eq!(run(&mut s, KvOp::Remove("a".into())), KvResult::Value(Some("2".into())));
         assert_eq!(run(&mut s, KvOp::Remove("a".into())), KvResult::Value(None));
     }
 
     #[test]
     fn the_unordered_path_refuses_writes_and_garbage_is_an_error() {
         let s = KvStore::default();
-        let r = KvResult::decode(&s.execute_unordered(&KvOp::Put("k".into(), "v".into()).encode()))
-            .unwrap();
+        let r = KvResult::decode(&s.execute_unordered(&KvOp::Put("k".into(), "v".into()).encode())).unwrap();
         assert_eq!(r, KvResult::BadOperation);
         let mut s = KvStore::default();
-        assert_eq!(
-            KvResult::decode(&s.execute(&ctx(), b"\xff\xff")).unwrap(),
-            KvResult::BadOperation
-        );
+        assert_eq!(KvResult::decode(&s.execute(&ctx(), b"\xff\xff")).unwrap(), KvResult::BadOperation);
     }
 
     #[test]
@@ -272,11 +245,7 @@ mod tests {
         for k in ["z", "x", "y"] {
             run(&mut b, KvOp::Put(k.into(), k.into()));
         }
-        assert_eq!(
-            a.snapshot(),
-            b.snapshot(),
-            "insertion order must not leak into the state digest"
-        );
+        assert_eq!(a.snapshot(), b.snapshot(), "insertion order must not leak into the state digest");
         let mut c = KvStore::default();
         c.install(&a.snapshot()).unwrap();
         assert_eq!(c, a);

@@ -25,8 +25,6 @@ impl std::fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 pub(crate) fn read_u64(bytes: &[u8]) -> Result<u64, DecodeError> {
-    let arr: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| DecodeError("expected exactly 8 bytes"))?;
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| DecodeError("expected exactly 8 bytes"))?;
     Ok(u64::from_le_bytes(arr))
 }

@@ -107,27 +107,16 @@ mod tests {
     #[test]
     fn write_returns_the_previous_value() {
         let mut r = Register::default();
-        assert_eq!(
-            decode_result(&r.execute(&ctx(), &RegisterOp::Write(9).encode())),
-            Ok(0)
-        );
-        assert_eq!(
-            decode_result(&r.execute(&ctx(), &RegisterOp::Write(4).encode())),
-            Ok(9)
-        );
-        assert_eq!(
-            decode_result(&r.execute_unordered(&RegisterOp::Read.encode())),
-            Ok(4)
-        );
+        assert_eq!(decode_result(&r.execute(&ctx(), &RegisterOp::Write(9).encode())), Ok(0));
+        assert_eq!(decode_result(&r.execute(&ctx(), &RegisterOp::Write(4).encode())), Ok(9));
+        assert_eq!(decode_result(&r.execute_unordered(&RegisterOp::Read.encode())), Ok(4));
     }
 
     #[test]
     fn malformed_input_is_an_error() {
         let mut r = Register::default();
         assert!(r.execute(&ctx(), &[7]).is_empty());
-        assert!(r
-            .execute_unordered(&RegisterOp::Write(1).encode())
-            .is_empty());
+        assert!(r.execute_unordered(&RegisterOp::Write(1).encode()).is_empty());
         assert!(RegisterOp::decode(&[1, 0]).is_err());
         assert!(r.install(&[]).is_err());
     }

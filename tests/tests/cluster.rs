@@ -38,13 +38,7 @@ fn cluster(n: usize, mode: Mode, signatures: bool) -> Cluster {
         .enumerate()
         .map(|(i, p)| {
             let address: SocketAddr = ([127, 0, 0, 1], p).into();
-            (
-                ReplicaId(i as u32),
-                ReplicaInfo {
-                    address,
-                    public_key: keys[i].verifying_key(),
-                },
-            )
+            (ReplicaId(i as u32), ReplicaInfo { address, public_key: keys[i].verifying_key() })
         })
         .collect();
     let config = ClusterConfig {
@@ -55,11 +49,7 @@ fn cluster(n: usize, mode: Mode, signatures: bool) -> Cluster {
         view_manager: generate(&mut OsRng).verifying_key(),
         replicas,
     };
-    Cluster {
-        config,
-        keys,
-        handles: Vec::new(),
-    }
+    Cluster { config, keys, handles: Vec::new() }
 }
 
 fn runtime_config(c: &ClusterConfig) -> RuntimeConfig {
@@ -73,10 +63,7 @@ fn runtime_config(c: &ClusterConfig) -> RuntimeConfig {
 }
 
 impl Cluster {
-    fn start_with<S: palisade_core::Service + Send + Sync + 'static>(
-        &mut self,
-        make: impl Fn() -> S,
-    ) {
+    fn start_with<S: palisade_core::Service + Send + Sync + 'static>(&mut self, make: impl Fn() -> S) {
         for i in 0..self.keys.len() {
             let h = spawn_replica(
                 &self.config,
@@ -110,20 +97,13 @@ impl Cluster {
     }
 
     fn client(&self) -> Client {
-        let opts = ClientOptions {
-            timeout_ms: 20_000,
-            ..ClientOptions::default()
-        };
+        let opts = ClientOptions { timeout_ms: 20_000, ..ClientOptions::default() };
         Client::connect(self.config.clone(), generate(&mut OsRng), opts)
     }
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 #[test]
@@ -150,13 +130,18 @@ fn four_replicas_serve_a_counter_and_a_key_value_store() {
         assert_eq!(kv.put("k1", "v2").await.unwrap(), Some(Bytes::from("v1")));
         kv.put("k2", "x").await.unwrap();
         assert_eq!(kv.get("k1").await.unwrap(), Some(Bytes::from("v2")));
-        assert_eq!(
-            kv.keys().await.unwrap(),
-            vec![Bytes::from("k1"), Bytes::from("k2")]
-        );
+        assert_eq!(kv.keys().await.unwrap(), vec![Bytes::from("k1"), Bytes::from("k2")]);
         assert_eq!(kv.remove("k2").await.unwrap(), Some(Bytes::from("x")));
         assert_eq!(kv.size().await.unwrap(), 1);
     });
+    // Most ordered replies were digests, yet every result above was complete.
+    let digests: u64 = c
+        .handles
+        .iter()
+        .flatten()
+        .map(|h| h.metrics().counters.reply_digests.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(digests >= 6, "only {digests} digest replies");
 }
 
 #[test]
@@ -171,10 +156,7 @@ fn the_primary_dies_under_load_and_no_acknowledged_operation_is_lost() {
             tasks.push(tokio::spawn(async move {
                 let mut acked = 0u64;
                 for _ in 0..40 {
-                    counter
-                        .add(1)
-                        .await
-                        .expect("every operation completes, across the view change");
+                    counter.add(1).await.expect("every operation completes, across the view change");
                     acked += 1;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -195,22 +177,10 @@ fn the_primary_dies_under_load_and_no_acknowledged_operation_is_lost() {
     assert_eq!(acked, 160);
     rt.block_on(async {
         let counter = CounterClient::new(c.client());
-        assert_eq!(
-            counter.get().await.unwrap(),
-            160,
-            "every acknowledged add is in the state"
-        );
+        assert_eq!(counter.get().await.unwrap(), 160, "every acknowledged add is in the state");
     });
-    let views: Vec<u64> = c
-        .handles
-        .iter()
-        .flatten()
-        .map(|h| h.metrics().core.lock().view)
-        .collect();
-    assert!(
-        views.iter().all(|v| *v >= 1),
-        "the survivors changed view: {views:?}"
-    );
+    let views: Vec<u64> = c.handles.iter().flatten().map(|h| h.metrics().core.lock().view).collect();
+    assert!(views.iter().all(|v| *v >= 1), "the survivors changed view: {views:?}");
 }
 
 #[test]
@@ -237,10 +207,7 @@ fn a_restarted_replica_catches_up_by_state_transfer() {
             if m.state_transfers > 0 && m.delivered >= 100 {
                 break;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "replica 3 did not catch up: {m:?}"
-            );
+            assert!(std::time::Instant::now() < deadline, "replica 3 did not catch up: {m:?}");
         }
     });
     // Now replica 3 is needed: stop another backup, and the cluster still runs.
@@ -280,22 +247,13 @@ async fn raw_client(
 ) -> (tokio::net::TcpStream, palisade_wire::handshake::Session) {
     use palisade_wire::envelope::Role;
     use palisade_wire::handshake::{Initiator, Keyring};
-    let mut s = tokio::net::TcpStream::connect(c.replicas[&ReplicaId(to)].address)
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(c.replicas[&ReplicaId(to)].address).await.unwrap();
     let keyring = Keyring::from_config(c);
-    let (init, hello) =
-        Initiator::start(c.cluster_id, Role::Client, key, ReplicaId(to), &mut OsRng);
-    palisade_runtime::net::write_raw_frame(&mut s, &hello)
-        .await
-        .unwrap();
-    let reply = palisade_runtime::net::read_raw_frame(&mut s, 1024)
-        .await
-        .unwrap();
+    let (init, hello) = Initiator::start(c.cluster_id, Role::Client, key, ReplicaId(to), &mut OsRng);
+    palisade_runtime::net::write_raw_frame(&mut s, &hello).await.unwrap();
+    let reply = palisade_runtime::net::read_raw_frame(&mut s, 1024).await.unwrap();
     let (session, finish) = init.on_reply(&keyring, &reply).unwrap();
-    palisade_runtime::net::write_raw_frame(&mut s, &finish)
-        .await
-        .unwrap();
+    palisade_runtime::net::write_raw_frame(&mut s, &finish).await.unwrap();
     (s, session)
 }
 
@@ -318,9 +276,7 @@ fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
                     let addr = config.replicas[&ReplicaId(to)].address;
                     // Garbage before any handshake.
                     if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-                        let _ = s
-                            .write_all(&[0xde, 0xad, 0xbe, 0xef, round as u8, 1, 2, 3])
-                            .await;
+                        let _ = s.write_all(&[0xde, 0xad, 0xbe, 0xef, round as u8, 1, 2, 3]).await;
                     }
                     // An absurd length prefix.
                     if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
@@ -337,9 +293,7 @@ fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
                         auth: Bytes::new(),
                     });
                     let mut out = BytesMut::new();
-                    session
-                        .sealer
-                        .seal_message(config.cluster_id, &req, &mut out);
+                    session.sealer.seal_message(config.cluster_id, &req, &mut out);
                     let n = out.len();
                     out[n - 1] ^= 1;
                     let _ = s.write_all(&out).await;
@@ -357,9 +311,7 @@ fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
                         auth: Bytes::new(),
                     });
                     let mut out = BytesMut::new();
-                    session
-                        .sealer
-                        .seal_message(config.cluster_id, &forged, &mut out);
+                    session.sealer.seal_message(config.cluster_id, &forged, &mut out);
                     let _ = s.write_all(&out).await;
                     // A handshake that never finishes.
                     if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
@@ -378,10 +330,7 @@ fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
         });
         let mut value = 0;
         for _ in 0..100 {
-            value = honest
-                .add(1)
-                .await
-                .expect("honest clients keep being served");
+            value = honest.add(1).await.expect("honest clients keep being served");
         }
         attack.await.unwrap();
         assert_eq!(value, 100, "no forged or corrupted request executed");
@@ -390,17 +339,69 @@ fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
     let mut bad = 0;
     let mut invalid = 0;
     for h in c.handles.iter().flatten() {
-        let counters: std::collections::BTreeMap<_, _> =
-            h.metrics().counters.snapshot().into_iter().collect();
+        let counters: std::collections::BTreeMap<_, _> = h.metrics().counters.snapshot().into_iter().collect();
         bad += counters["bad_frames"] + counters["handshakes_failed"];
         invalid += counters["requests_invalid"];
     }
-    assert!(
-        bad >= 4 * 20 * 3,
-        "garbage, bad MACs and oversized frames were counted: {bad}"
-    );
-    assert!(
-        invalid >= 4 * 20,
-        "forged client ids were refused and counted: {invalid}"
-    );
+    assert!(bad >= 4 * 20 * 3, "garbage, bad MACs and oversized frames were counted: {bad}");
+    assert!(invalid >= 4 * 20, "forged client ids were refused and counted: {invalid}");
+}
+
+#[test]
+fn a_peer_that_stops_reading_costs_bounded_memory_and_no_service() {
+    use palisade_wire::handshake::Keyring;
+    let rt = rt();
+    let mut c = cluster(4, Mode::Bft, false);
+    // Replica 3 is an impostor holding replica 3's key: it accepts every
+    // connection, completes the handshake, and then never reads a byte.
+    let address = c.config.replicas[&ReplicaId(3)].address;
+    let key3 = c.keys[3].clone();
+    let keyring = Keyring::from_config(&c.config);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = done.clone();
+    let silent = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+            let mut held = Vec::new();
+            while !finished.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+                    if palisade_runtime::net::accept_handshake(&mut s, ReplicaId(3), &key3, &keyring).await.is_ok() {
+                        held.push(s);
+                    }
+                }
+            }
+        });
+    });
+    for i in 0..3 {
+        let mut cfg = runtime_config(&c.config);
+        // Small buffers, so that the test reaches them quickly.
+        cfg.connection_mailbox = 64;
+        cfg.write_buffer = (16 << 10, 64 << 10);
+        let h = spawn_replica(&c.config, ReplicaId(i), c.keys[i as usize].clone(), KvStore::default(), cfg).unwrap();
+        c.handles.push(Some(h));
+    }
+    rt.block_on(async {
+        let kv = KvClient::new(c.client());
+        let value = Bytes::from(vec![7u8; 16 << 10]);
+        for i in 0..200 {
+            kv.put(format!("k{i}"), value.clone()).await.expect("the three readers keep serving");
+        }
+        assert_eq!(kv.size().await.unwrap(), 200);
+    });
+    let dropped: u64 = c
+        .handles
+        .iter()
+        .flatten()
+        .map(|h| h.metrics().counters.peer_sends_dropped.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(dropped > 0, "messages to the silent peer were dropped and counted, not buffered without bound");
+    for h in c.handles.iter().flatten() {
+        for (queue, depth) in h.queue_depths() {
+            assert!(depth < 16_384, "{queue} holds {depth}");
+        }
+    }
+    drop(c);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    silent.join().unwrap();
 }

@@ -14,7 +14,7 @@
 
 use bytes::{Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
-use palisade_core::{ClientId, Membership, ReplicaId, Request, RequestId, ViewNo};
+use palisade_core::{ClientId, Digest, Membership, ReplicaId, Request, RequestId, ViewNo};
 use palisade_wire::envelope::{self, ClientMessage, RejectReason, ReplicaMessage, Role};
 use palisade_wire::frame::FrameDecoder;
 use palisade_wire::handshake::{Initiator, Keyring};
@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Timing of a client.
 #[derive(Clone, Debug)]
@@ -44,12 +44,7 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions {
-            retransmit_ms: 500,
-            timeout_ms: 10_000,
-            read_timeout_ms: 1_000,
-            outbox: 4_096,
-        }
+        ClientOptions { retransmit_ms: 500, timeout_ms: 10_000, read_timeout_ms: 1_000, outbox: 4_096 }
     }
 }
 
@@ -92,14 +87,22 @@ enum Outcome {
     Done(Bytes),
     NoQuorum,
     Rejected(RejectReason),
+    /// f+1 replicas agree on a result's digest but its designated replier
+    /// has not sent it in full: ask everyone again (they answer
+    /// retransmissions in full).
+    NeedFull,
 }
+
+/// One replica's answer: the result's digest, and the result if sent in full.
+type Answer = (Digest, Option<Bytes>, ViewNo);
 
 struct Pending {
     need: usize,
     read_only: bool,
-    replies: BTreeMap<ReplicaId, (Bytes, ViewNo)>,
+    replies: BTreeMap<ReplicaId, Answer>,
     rejections: BTreeMap<ReplicaId, RejectReason>,
-    done: Option<oneshot::Sender<Outcome>>,
+    asked_for_full: bool,
+    done: Option<mpsc::Sender<Outcome>>,
 }
 
 struct Inner {
@@ -122,10 +125,7 @@ pub struct Client {
 }
 
 fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(1)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
 }
 
 impl Client {
@@ -189,23 +189,13 @@ impl Client {
     async fn invoke(&self, operation: Bytes, read_only: bool) -> Result<Bytes, InvokeError> {
         let inner = &self.inner;
         let id = RequestId(inner.next_request.fetch_add(1, Ordering::Relaxed));
-        let mut req = Request {
-            client: inner.id,
-            id,
-            read_only,
-            operation,
-            auth: Bytes::new(),
-        };
+        let mut req = Request { client: inner.id, id, read_only, operation, auth: Bytes::new() };
         if inner.cluster.client_signatures {
             verify::sign_request(&inner.key, &mut req);
         }
         let body = envelope::encode(inner.cluster.cluster_id, &ClientMessage::Request(req));
-        let (tx, mut rx) = oneshot::channel();
-        let need = if read_only {
-            inner.membership.quorum()
-        } else {
-            inner.membership.weak_quorum()
-        };
+        let (tx, mut rx) = mpsc::channel(4);
+        let need = if read_only { inner.membership.quorum() } else { inner.membership.weak_quorum() };
         inner.pending.lock().insert(
             id,
             Pending {
@@ -213,32 +203,19 @@ impl Client {
                 read_only,
                 replies: BTreeMap::new(),
                 rejections: BTreeMap::new(),
+                asked_for_full: false,
                 done: Some(tx),
             },
         );
-        let _guard = PendingGuard {
-            inner: inner.clone(),
-            id,
-        };
+        let _guard = PendingGuard { inner: inner.clone(), id };
         let started = Instant::now();
-        let deadline = Duration::from_millis(if read_only {
-            inner.opts.read_timeout_ms
-        } else {
-            inner.opts.timeout_ms
-        });
+        let deadline =
+            Duration::from_millis(if read_only { inner.opts.read_timeout_ms } else { inner.opts.timeout_ms });
         if read_only {
             self.send_all(&body);
         } else {
-            let primary = inner
-                .membership
-                .primary(ViewNo(inner.view.load(Ordering::Relaxed)));
-            if inner
-                .connected
-                .lock()
-                .get(&primary)
-                .copied()
-                .unwrap_or(false)
-            {
+            let primary = inner.membership.primary(ViewNo(inner.view.load(Ordering::Relaxed)));
+            if inner.connected.lock().get(&primary).copied().unwrap_or(false) {
                 self.send_to(primary, body.clone());
             } else {
                 // The believed primary is unreachable: do not wait a retransmission
@@ -252,11 +229,12 @@ impl Client {
             if left.is_zero() {
                 return Err(self.timeout(started));
             }
-            match tokio::time::timeout(wait.min(left), &mut rx).await {
-                Ok(Ok(Outcome::Done(result))) => return Ok(result),
-                Ok(Ok(Outcome::Rejected(reason))) => return Err(InvokeError::Rejected(reason)),
-                Ok(Ok(Outcome::NoQuorum)) => return Err(self.timeout(started)),
-                Ok(Err(_)) => return Err(InvokeError::Closed),
+            match tokio::time::timeout(wait.min(left), rx.recv()).await {
+                Ok(Some(Outcome::Done(result))) => return Ok(result),
+                Ok(Some(Outcome::Rejected(reason))) => return Err(InvokeError::Rejected(reason)),
+                Ok(Some(Outcome::NoQuorum)) => return Err(self.timeout(started)),
+                Ok(Some(Outcome::NeedFull)) => self.send_all(&body),
+                Ok(None) => return Err(InvokeError::Closed),
                 Err(_) => {
                     // No answer yet: make sure every replica has it (a
                     // backup forwards it and starts timing the primary).
@@ -303,6 +281,45 @@ impl Drop for PendingGuard {
 }
 
 impl Inner {
+    /// Completes `p` when `need` replicas agree on a result this client holds in full.
+    fn settle(&self, p: &mut Pending) {
+        let mut by_digest: BTreeMap<Digest, (usize, Option<&Bytes>, Vec<ViewNo>)> = BTreeMap::new();
+        for (digest, full, view) in p.replies.values() {
+            let e = by_digest.entry(*digest).or_insert((0, None, Vec::new()));
+            e.0 += 1;
+            if e.1.is_none() {
+                e.1 = full.as_ref();
+            }
+            e.2.push(*view);
+        }
+        let agreed = by_digest.into_iter().find(|(_, (count, _, _))| *count >= p.need);
+        match agreed {
+            Some((_, (_, Some(result), mut views))) => {
+                views.sort();
+                self.view.store(views[views.len() / 2].0, Ordering::Relaxed);
+                let result = result.clone();
+                if let Some(tx) = p.done.take() {
+                    let _ = tx.try_send(Outcome::Done(result));
+                }
+            }
+            Some((_, (_, None, _))) => {
+                if !p.asked_for_full {
+                    p.asked_for_full = true;
+                    if let Some(tx) = &p.done {
+                        let _ = tx.try_send(Outcome::NeedFull);
+                    }
+                }
+            }
+            None => {
+                if p.read_only && p.replies.len() == self.membership.n() {
+                    if let Some(tx) = p.done.take() {
+                        let _ = tx.try_send(Outcome::NoQuorum);
+                    }
+                }
+            }
+        }
+    }
+
     fn on_message(&self, from: ReplicaId, msg: ReplicaMessage) {
         let mut pending = self.pending.lock();
         match msg {
@@ -310,34 +327,22 @@ impl Inner {
                 if r.client != self.id || r.replica != from {
                     return;
                 }
-                let Some(p) = pending.get_mut(&r.request) else {
-                    return;
-                };
-                p.replies.insert(from, (r.result, r.view));
-                let mut count: BTreeMap<&Bytes, Vec<ViewNo>> = BTreeMap::new();
-                for (result, view) in p.replies.values() {
-                    count.entry(result).or_default().push(*view);
-                }
-                if let Some((result, mut views)) =
-                    count.into_iter().find(|(_, v)| v.len() >= p.need)
-                {
-                    views.sort();
-                    self.view.store(views[views.len() / 2].0, Ordering::Relaxed);
-                    let result = result.clone();
-                    if let Some(tx) = p.done.take() {
-                        let _ = tx.send(Outcome::Done(result));
-                    }
-                } else if p.read_only && p.replies.len() == self.membership.n() {
-                    if let Some(tx) = p.done.take() {
-                        let _ = tx.send(Outcome::NoQuorum);
-                    }
-                }
+                let Some(p) = pending.get_mut(&r.request) else { return };
+                p.replies.insert(from, (Digest::of(&r.result), Some(r.result), r.view));
+                self.settle(p);
             }
-            ReplicaMessage::Rejected {
-                replica,
-                request,
-                reason,
-            } => {
+            ReplicaMessage::ReplyDigest { view, replica, client, request, digest } => {
+                if client != self.id || replica != from {
+                    return;
+                }
+                let Some(p) = pending.get_mut(&request) else { return };
+                // Never let a digest replace a full result from the same replica.
+                if p.replies.get(&from).is_none_or(|(_, full, _)| full.is_none()) {
+                    p.replies.insert(from, (digest, None, view));
+                }
+                self.settle(p);
+            }
+            ReplicaMessage::Rejected { replica, request, reason } => {
                 if replica != from {
                     return;
                 }
@@ -348,11 +353,10 @@ impl Inner {
                 // Busy is only a hint to back off (retransmission handles it);
                 // a refusal counts when f+1 replicas agree on it.
                 if reason != RejectReason::Busy
-                    && p.rejections.values().filter(|r| **r == reason).count()
-                        >= self.membership.weak_quorum()
+                    && p.rejections.values().filter(|r| **r == reason).count() >= self.membership.weak_quorum()
                 {
                     if let Some(tx) = p.done.take() {
-                        let _ = tx.send(Outcome::Rejected(reason));
+                        let _ = tx.try_send(Outcome::Rejected(reason));
                     }
                 }
             }
@@ -360,11 +364,7 @@ impl Inner {
     }
 }
 
-async fn connection(
-    inner: std::sync::Weak<Inner>,
-    to: ReplicaId,
-    mut outbox: mpsc::Receiver<Bytes>,
-) {
+async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mpsc::Receiver<Bytes>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(me) = inner.upgrade() else { return };
@@ -377,22 +377,16 @@ async fn connection(
         let attempt = async {
             let mut stream = TcpStream::connect(address).await?;
             stream.set_nodelay(true)?;
-            let (initiator, hello) =
-                Initiator::start(cluster, Role::Client, &key, to, &mut rand_core::OsRng);
+            let (initiator, hello) = Initiator::start(cluster, Role::Client, &key, to, &mut rand_core::OsRng);
             write_frame(&mut stream, &hello).await?;
-            let reply = read_frame(
-                &mut stream,
-                palisade_wire::handshake::HANDSHAKE_MAX_FRAME_BYTES,
-            )
-            .await?;
+            let reply = read_frame(&mut stream, palisade_wire::handshake::HANDSHAKE_MAX_FRAME_BYTES).await?;
             let (session, finish) = initiator
                 .on_reply(&keyring, &reply)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
             write_frame(&mut stream, &finish).await?;
             Ok::<_, std::io::Error>((stream, session))
         };
-        let Ok(Ok((stream, session))) = tokio::time::timeout(Duration::from_secs(5), attempt).await
-        else {
+        let Ok(Ok((stream, session))) = tokio::time::timeout(Duration::from_secs(5), attempt).await else {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
             continue;
@@ -462,10 +456,7 @@ async fn read_frame(stream: &mut TcpStream, max: usize) -> std::io::Result<Bytes
     stream.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
     if len > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "handshake frame too large",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "handshake frame too large"));
     }
     let mut buf = vec![0u8; len];
     stream.read_exact(&mut buf).await?;
@@ -480,15 +471,8 @@ pub struct BlockingClient {
 
 impl BlockingClient {
     /// Connects in the background; see [`Client::connect`].
-    pub fn connect(
-        cluster: ClusterConfig,
-        key: SigningKey,
-        opts: ClientOptions,
-    ) -> std::io::Result<BlockingClient> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
+    pub fn connect(cluster: ClusterConfig, key: SigningKey, opts: ClientOptions) -> std::io::Result<BlockingClient> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let client = runtime.block_on(async { Client::connect(cluster, key, opts) });
         Ok(BlockingClient { runtime, client })
     }
@@ -510,7 +494,6 @@ impl BlockingClient {
 
     /// See [`Client::invoke_unordered`].
     pub fn invoke_unordered(&self, operation: Bytes) -> Result<Bytes, InvokeError> {
-        self.runtime
-            .block_on(self.client.invoke_unordered(operation))
+        self.runtime.block_on(self.client.invoke_unordered(operation))
     }
 }

@@ -8,11 +8,7 @@ use std::collections::BTreeSet;
 /// The certificate every replica starts from: sequence number 0, the state
 /// of a freshly created service, no proof needed.
 pub fn genesis(state: Digest) -> CheckpointCert {
-    CheckpointCert {
-        seq: SeqNo(0),
-        state,
-        proof: Vec::new(),
-    }
+    CheckpointCert { seq: SeqNo(0), state, proof: Vec::new() }
 }
 
 /// Why a checkpoint certificate was refused.

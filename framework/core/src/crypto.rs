@@ -63,9 +63,5 @@ pub fn verify<C: Crypto + ?Sized, T: Serialize>(
     signer: ReplicaId,
     signed: &Signed<T>,
 ) -> bool {
-    crypto.verify(
-        signer,
-        &signing_bytes(domain, &signed.body),
-        &signed.signature,
-    )
+    crypto.verify(signer, &signing_bytes(domain, &signed.body), &signed.signature)
 }

@@ -62,10 +62,7 @@ pub struct Batch {
 impl Batch {
     /// The null batch.
     pub fn null() -> Batch {
-        Batch {
-            timestamp_ms: 0,
-            requests: Vec::new(),
-        }
+        Batch { timestamp_ms: 0, requests: Vec::new() }
     }
 
     /// Digest over the canonical encoding.
@@ -331,10 +328,7 @@ mod tests {
             operation: Bytes::from_static(b"op"),
             auth: Bytes::new(),
         };
-        let a = Batch {
-            timestamp_ms: 5,
-            requests: vec![req.clone()],
-        };
+        let a = Batch { timestamp_ms: 5, requests: vec![req.clone()] };
         let mut b = a.clone();
         b.timestamp_ms = 6;
         let mut c = a.clone();

@@ -21,8 +21,8 @@ use crate::config::Config;
 use crate::crypto::{self, Crypto, Domain};
 use crate::exec::IdWindow;
 use crate::message::{
-    null_digest, Batch, CheckpointBody, CheckpointCert, NewViewBody, PeerMessage, PrePrepare,
-    PrePreparedEntry, PreparedEntry, Request, Signed, Status, ViewChangeBody, Vote,
+    null_digest, Batch, CheckpointBody, CheckpointCert, NewViewBody, PeerMessage, PrePrepare, PrePreparedEntry,
+    PreparedEntry, Request, Signed, Status, ViewChangeBody, Vote,
 };
 use crate::types::{ClientId, Digest, Membership, Mode, ReplicaId, RequestId, SeqNo, ViewNo};
 use crate::view_change::{self, Limits, NewViewPlan};
@@ -327,12 +327,7 @@ impl<C: Crypto> Replica<C> {
                     r.view = view;
                     r.normal = normal;
                 }
-                Record::PrePrepared {
-                    view,
-                    seq,
-                    digest,
-                    batch,
-                } => {
+                Record::PrePrepared { view, seq, digest, batch } => {
                     if seq > r.stable.seq {
                         let cap = r.cfg.preprepared_per_seq_max;
                         let slot = r.slots.entry(seq).or_default();
@@ -390,8 +385,7 @@ impl<C: Crypto> Replica<C> {
             // Still changing views: say so again (same content as before the crash).
             let vc = r.build_view_change();
             r.view_changes.insert(id, vc.clone());
-            r.actions
-                .push(Action::Broadcast(PeerMessage::ViewChange(vc)));
+            r.actions.push(Action::Broadcast(PeerMessage::ViewChange(vc)));
         }
         r
     }
@@ -540,15 +534,11 @@ impl<C: Crypto> Replica<C> {
         if digest == null_digest() {
             return Some(self.null_batch.clone());
         }
-        self.slots
-            .get(&seq)
-            .and_then(|s| s.batches.get(&digest).cloned())
+        self.slots.get(&seq).and_then(|s| s.batches.get(&digest).cloned())
     }
 
     fn is_delivered(&self, key: Key) -> bool {
-        self.delivered_ids
-            .get(&key.0)
-            .is_some_and(|w| w.contains(key.1 .0, self.client_window))
+        self.delivered_ids.get(&key.0).is_some_and(|w| w.contains(key.1 .0, self.client_window))
     }
 
     // ----- timers --------------------------------------------------------------
@@ -624,25 +614,13 @@ impl<C: Crypto> Replica<C> {
             slot.touched_ms = now;
             if primary {
                 if let Some(b) = slot.batches.get(&d) {
-                    out.push(PeerMessage::PrePrepare(PrePrepare {
-                        view,
-                        seq,
-                        batch: b.clone(),
-                    }));
+                    out.push(PeerMessage::PrePrepare(PrePrepare { view, seq, batch: b.clone() }));
                 }
             } else if bft {
-                out.push(PeerMessage::Prepare(Vote {
-                    view,
-                    seq,
-                    digest: d,
-                }));
+                out.push(PeerMessage::Prepare(Vote { view, seq, digest: d }));
             }
             if slot.prepared_here {
-                out.push(PeerMessage::Commit(Vote {
-                    view,
-                    seq,
-                    digest: d,
-                }));
+                out.push(PeerMessage::Commit(Vote { view, seq, digest: d }));
             }
             if d != null_digest() && !slot.batches.contains_key(&d) {
                 fetch.push((seq, d));
@@ -692,11 +670,7 @@ impl<C: Crypto> Replica<C> {
 
     fn add_pending(&mut self, req: Request) -> bool {
         if self.pending.len() >= self.cfg.pending_max {
-            self.actions.push(Action::Dropped {
-                client: req.client,
-                request: req.id,
-                reason: DropReason::PendingFull,
-            });
+            self.actions.push(Action::Dropped { client: req.client, request: req.id, reason: DropReason::PendingFull });
             return false;
         }
         let key = (req.client, req.id);
@@ -706,13 +680,7 @@ impl<C: Crypto> Replica<C> {
         self.queue.insert(order, key);
         self.pending.insert(
             key,
-            Pending {
-                request: req,
-                arrival_ms: self.now_ms,
-                forwarded_ms: self.now_ms,
-                order,
-                proposed: false,
-            },
+            Pending { request: req, arrival_ms: self.now_ms, forwarded_ms: self.now_ms, order, proposed: false },
         );
         true
     }
@@ -792,10 +760,7 @@ impl<C: Crypto> Replica<C> {
         if !self.normal || !self.is_primary() || self.transfer.is_some() {
             return;
         }
-        self.next_seq = self
-            .next_seq
-            .max(self.stable.seq.next())
-            .max(self.delivered.next());
+        self.next_seq = self.next_seq.max(self.stable.seq.next()).max(self.delivered.next());
         while !self.queue.is_empty() {
             let in_flight = self.next_seq.0 - 1 - self.delivered.0;
             if in_flight >= self.cfg.max_in_flight || !self.in_window(self.next_seq) {
@@ -804,14 +769,10 @@ impl<C: Crypto> Replica<C> {
             let mut requests = Vec::new();
             let mut bytes = 0usize;
             while let Some((&order, &key)) = self.queue.first_key_value() {
-                let p = self
-                    .pending
-                    .get_mut(&key)
-                    .expect("queued requests are pending");
+                let p = self.pending.get_mut(&key).expect("queued requests are pending");
                 let size = p.request.size_bytes();
                 if !requests.is_empty()
-                    && (requests.len() >= self.cfg.batch_max_requests
-                        || bytes + size > self.cfg.batch_max_bytes)
+                    && (requests.len() >= self.cfg.batch_max_requests || bytes + size > self.cfg.batch_max_bytes)
                 {
                     break;
                 }
@@ -822,10 +783,7 @@ impl<C: Crypto> Replica<C> {
             }
             let timestamp_ms = self.now_ms.max(self.last_timestamp_ms);
             self.last_timestamp_ms = timestamp_ms;
-            let batch = Arc::new(Batch {
-                timestamp_ms,
-                requests,
-            });
+            let batch = Arc::new(Batch { timestamp_ms, requests });
             let seq = self.next_seq;
             self.next_seq = seq.next();
             self.metrics.proposed_batches += 1;
@@ -838,12 +796,7 @@ impl<C: Crypto> Replica<C> {
             slot.batches.insert(digest, batch.clone());
             slot.touched_ms = now;
             add_q(slot, digest, view, cap);
-            self.persist(Record::PrePrepared {
-                view,
-                seq,
-                digest,
-                batch: Some(batch.clone()),
-            });
+            self.persist(Record::PrePrepared { view, seq, digest, batch: Some(batch.clone()) });
             self.broadcast(PeerMessage::PrePrepare(PrePrepare { view, seq, batch }));
             if !self.bft() {
                 self.mark_prepared(seq, digest);
@@ -894,9 +847,7 @@ impl<C: Crypto> Replica<C> {
             self.drop_msg("pre-prepare outside the watermarks");
             return;
         }
-        if pp.batch.requests.len() > self.cfg.batch_max_requests
-            || pp.batch.size_bytes() > self.cfg.batch_max_bytes
-        {
+        if pp.batch.requests.len() > self.cfg.batch_max_requests || pp.batch.size_bytes() > self.cfg.batch_max_bytes {
             self.drop_msg("pre-prepare batch over the limits");
             return;
         }
@@ -925,12 +876,7 @@ impl<C: Crypto> Replica<C> {
                 self.drop_msg("pre-prepare timestamp out of tolerance");
                 return;
             }
-            if pp
-                .batch
-                .requests
-                .iter()
-                .any(|r| r.read_only || !self.crypto.verify_request(r))
-            {
+            if pp.batch.requests.iter().any(|r| r.read_only || !self.crypto.verify_request(r)) {
                 self.drop_msg("pre-prepare with an unauthenticated request");
                 return;
             }
@@ -953,12 +899,7 @@ impl<C: Crypto> Replica<C> {
                 self.queue.remove(&order);
             }
         }
-        self.persist(Record::PrePrepared {
-            view,
-            seq,
-            digest,
-            batch: Some(pp.batch),
-        });
+        self.persist(Record::PrePrepared { view, seq, digest, batch: Some(pp.batch) });
         if bft {
             self.broadcast(PeerMessage::Prepare(Vote { view, seq, digest }));
             self.check_prepared(seq);
@@ -1073,10 +1014,7 @@ impl<C: Crypto> Replica<C> {
             let Some(digest) = slot.decided else { break };
             let Some(batch) = self.batch_for(seq, digest) else {
                 let slot = self.slots.get_mut(&seq).expect("present");
-                if slot
-                    .batch_requested_ms
-                    .is_none_or(|t| now >= t + self.cfg.retransmit_ms)
-                {
+                if slot.batch_requested_ms.is_none_or(|t| now >= t + self.cfg.retransmit_ms) {
                     slot.batch_requested_ms = Some(now);
                     self.broadcast(PeerMessage::BatchRequest { seq, digest });
                 }
@@ -1088,16 +1026,9 @@ impl<C: Crypto> Replica<C> {
             for r in &batch.requests {
                 self.remove_pending((r.client, r.id));
                 let window = self.client_window;
-                self.delivered_ids
-                    .entry(r.client)
-                    .or_default()
-                    .insert(r.id.0, window);
+                self.delivered_ids.entry(r.client).or_default().insert(r.id.0, window);
             }
-            self.actions.push(Action::Deliver {
-                seq,
-                view: self.view,
-                batch,
-            });
+            self.actions.push(Action::Deliver { seq, view: self.view, batch });
         }
         self.flush_reads();
         self.try_propose();
@@ -1116,12 +1047,7 @@ impl<C: Crypto> Replica<C> {
         slot.batches.insert(digest, batch.clone());
         let view = slot.view;
         if slot.preprepared.contains_key(&digest) {
-            self.persist(Record::PrePrepared {
-                view,
-                seq,
-                digest,
-                batch: Some(batch),
-            });
+            self.persist(Record::PrePrepared { view, seq, digest, batch: Some(batch) });
         }
         self.try_deliver();
     }
@@ -1141,13 +1067,7 @@ impl<C: Crypto> Replica<C> {
             let end = self.delivered.0.min(st.delivered.0 + self.cfg.catch_up_max);
             for s in start..=end {
                 if let Some(d) = self.slots.get(&SeqNo(s)).and_then(|sl| sl.decided) {
-                    self.send(
-                        from,
-                        PeerMessage::Decided {
-                            seq: SeqNo(s),
-                            digest: d,
-                        },
-                    );
+                    self.send(from, PeerMessage::Decided { seq: SeqNo(s), digest: d });
                 }
             }
         }
@@ -1168,14 +1088,7 @@ impl<C: Crypto> Replica<C> {
         let need = self.cfg.membership.voucher_quorum();
         let slot = self.slots.entry(seq).or_default();
         slot.decided_notices.insert(from, digest);
-        if slot.decided.is_none()
-            && slot
-                .decided_notices
-                .values()
-                .filter(|d| **d == digest)
-                .count()
-                >= need
-        {
+        if slot.decided.is_none() && slot.decided_notices.values().filter(|d| **d == digest).count() >= need {
             self.metrics.decisions_learned += 1;
             self.decide(seq, digest);
         }
@@ -1196,15 +1109,7 @@ impl<C: Crypto> Replica<C> {
         if seq <= self.stable.seq {
             return;
         }
-        let vote = crypto::sign(
-            &self.crypto,
-            Domain::Checkpoint,
-            CheckpointBody {
-                seq,
-                state,
-                replica: self.id,
-            },
-        );
+        let vote = crypto::sign(&self.crypto, Domain::Checkpoint, CheckpointBody { seq, state, replica: self.id });
         self.insert_checkpoint_vote(vote.clone());
         self.broadcast(PeerMessage::Checkpoint(vote));
         self.check_stable(seq);
@@ -1215,8 +1120,7 @@ impl<C: Crypto> Replica<C> {
         if b.seq <= self.stable.seq || b.seq.0 % self.cfg.checkpoint_interval != 0 {
             return;
         }
-        if !self.cfg.membership.contains(b.replica) || !checkpoint::verify_vote(&self.crypto, &vote)
-        {
+        if !self.cfg.membership.contains(b.replica) || !checkpoint::verify_vote(&self.crypto, &vote) {
             self.drop_msg("checkpoint with a bad signature");
             return;
         }
@@ -1226,17 +1130,10 @@ impl<C: Crypto> Replica<C> {
 
     fn insert_checkpoint_vote(&mut self, vote: Signed<CheckpointBody>) {
         let (seq, replica) = (vote.body.seq, vote.body.replica);
-        self.checkpoint_votes
-            .entry(seq)
-            .or_default()
-            .insert(replica, vote);
+        self.checkpoint_votes.entry(seq).or_default().insert(replica, vote);
         // Bound memory: keep each replica's votes for at most 4 checkpoints.
-        let mine: Vec<SeqNo> = self
-            .checkpoint_votes
-            .iter()
-            .filter(|(_, m)| m.contains_key(&replica))
-            .map(|(s, _)| *s)
-            .collect();
+        let mine: Vec<SeqNo> =
+            self.checkpoint_votes.iter().filter(|(_, m)| m.contains_key(&replica)).map(|(s, _)| *s).collect();
         if mine.len() > 4 {
             let oldest = mine[0];
             if let Some(m) = self.checkpoint_votes.get_mut(&oldest) {
@@ -1278,11 +1175,7 @@ impl<C: Crypto> Replica<C> {
         if self.delivered < seq {
             let state = self.stable.state;
             self.start_transfer(seq, state);
-        } else if self
-            .own_checkpoints
-            .get(&seq)
-            .is_some_and(|d| *d != self.stable.state)
-        {
+        } else if self.own_checkpoints.get(&seq).is_some_and(|d| *d != self.stable.state) {
             self.metrics.alarms += 1;
         }
         // No proposing from here: while entering a new view the primary must
@@ -1295,25 +1188,13 @@ impl<C: Crypto> Replica<C> {
         if self.transfer.as_ref().is_some_and(|t| t.seq >= seq) {
             return;
         }
-        self.transfer = Some(Transfer {
-            seq,
-            state,
-            attempt: 0,
-            deadline_ms: 0,
-        });
+        self.transfer = Some(Transfer { seq, state, attempt: 0, deadline_ms: 0 });
         self.send_state_request();
     }
 
     fn send_state_request(&mut self) {
         let me = self.id;
-        let members: Vec<ReplicaId> = self
-            .cfg
-            .membership
-            .members()
-            .iter()
-            .copied()
-            .filter(|r| *r != me)
-            .collect();
+        let members: Vec<ReplicaId> = self.cfg.membership.members().iter().copied().filter(|r| *r != me).collect();
         let offset = self.cfg.membership.index_of(me).unwrap_or(0);
         let now = self.now_ms;
         let timeout = self.cfg.state_transfer_timeout_ms;
@@ -1389,10 +1270,7 @@ impl<C: Crypto> Replica<C> {
         self.view = target;
         self.normal = false;
         self.metrics.view_changes += 1;
-        self.persist(Record::View {
-            view: target,
-            normal: false,
-        });
+        self.persist(Record::View { view: target, normal: false });
         let vc = self.build_view_change();
         self.view_changes.insert(self.id, vc.clone());
         self.broadcast(PeerMessage::ViewChange(vc));
@@ -1413,18 +1291,10 @@ impl<C: Crypto> Replica<C> {
         // whose peers' requests for this view were lost (and replaced by
         // requests for later views) would wait here forever.
         let view = self.view;
-        let count = self
-            .view_changes
-            .values()
-            .filter(|vc| vc.body.new_view >= view)
-            .count();
+        let count = self.view_changes.values().filter(|vc| vc.body.new_view >= view).count();
         if count >= self.quorum() {
-            let shift = self
-                .view_change_timer
-                .attempts
-                .min(self.cfg.view_change_backoff_max);
-            self.view_change_timer.deadline_ms =
-                Some(self.now_ms + (self.cfg.view_change_timeout_ms << shift));
+            let shift = self.view_change_timer.attempts.min(self.cfg.view_change_backoff_max);
+            self.view_change_timer.deadline_ms = Some(self.now_ms + (self.cfg.view_change_timeout_ms << shift));
             self.view_change_timer.attempts += 1;
         }
     }
@@ -1444,11 +1314,7 @@ impl<C: Crypto> Replica<C> {
             }
             return;
         }
-        if self
-            .view_changes
-            .get(&from)
-            .is_some_and(|old| old.body.new_view >= v)
-        {
+        if self.view_changes.get(&from).is_some_and(|old| old.body.new_view >= v) {
             return;
         }
         let q = self.quorum();
@@ -1487,24 +1353,14 @@ impl<C: Crypto> Replica<C> {
             return;
         }
         let view = self.view;
-        let set: Vec<Signed<ViewChangeBody>> = self
-            .view_changes
-            .values()
-            .filter(|vc| vc.body.new_view == view)
-            .cloned()
-            .collect();
+        let set: Vec<Signed<ViewChangeBody>> =
+            self.view_changes.values().filter(|vc| vc.body.new_view == view).cloned().collect();
         let q = self.quorum();
         let bodies: Vec<&ViewChangeBody> = set.iter().map(|vc| &vc.body).collect();
-        let Some(plan) = view_change::decide(&bodies, q, self.cfg.membership.voucher_quorum())
-        else {
+        let Some(plan) = view_change::decide(&bodies, q, self.cfg.membership.voucher_quorum()) else {
             return;
         };
-        let body = NewViewBody {
-            view,
-            replica: self.id,
-            view_changes: set,
-            chosen: plan.chosen.clone(),
-        };
+        let body = NewViewBody { view, replica: self.id, view_changes: set, chosen: plan.chosen.clone() };
         let nv = Arc::new(crypto::sign(&self.crypto, Domain::NewView, body));
         self.broadcast(PeerMessage::NewView(nv.clone()));
         self.enter_new_view(nv, plan);
@@ -1517,9 +1373,7 @@ impl<C: Crypto> Replica<C> {
             return;
         }
         let m = &self.cfg.membership;
-        if b.replica != m.primary(v)
-            || !crypto::verify(&self.crypto, Domain::NewView, b.replica, &nv)
-        {
+        if b.replica != m.primary(v) || !crypto::verify(&self.crypto, Domain::NewView, b.replica, &nv) {
             self.drop_msg("new-view with a bad signature");
             return;
         }
@@ -1544,10 +1398,7 @@ impl<C: Crypto> Replica<C> {
                 .map(|vc| vc.body.checkpoint.clone())
                 .max_by_key(|c| c.seq)
                 .unwrap_or_else(|| self.stable.clone());
-            return Some(NewViewPlan {
-                checkpoint,
-                chosen: b.chosen.clone(),
-            });
+            return Some(NewViewPlan { checkpoint, chosen: b.chosen.clone() });
         }
         let m = &self.cfg.membership;
         let q = self.quorum();
@@ -1559,15 +1410,7 @@ impl<C: Crypto> Replica<C> {
             if vc.body.new_view != b.view {
                 return None;
             }
-            view_change::verify_view_change(
-                &self.crypto,
-                m,
-                q,
-                self.limits(),
-                self.genesis_state,
-                vc,
-            )
-            .ok()?;
+            view_change::verify_view_change(&self.crypto, m, q, self.limits(), self.genesis_state, vc).ok()?;
         }
         let bodies: Vec<&ViewChangeBody> = b.view_changes.iter().map(|vc| &vc.body).collect();
         let plan = view_change::decide(&bodies, q, m.voucher_quorum())?;
@@ -1580,10 +1423,7 @@ impl<C: Crypto> Replica<C> {
         self.normal = true;
         self.view_change_timer = Timeout::default();
         self.metrics.new_views += 1;
-        self.persist(Record::View {
-            view: v,
-            normal: true,
-        });
+        self.persist(Record::View { view: v, normal: true });
         self.new_view_msg = Some(nv);
         self.view_changes.retain(|_, vc| vc.body.new_view > v);
         self.adopt_stable(plan.checkpoint);
@@ -1599,12 +1439,7 @@ impl<C: Crypto> Replica<C> {
                 continue;
             }
             let null = self.null_batch.clone();
-            if self
-                .slots
-                .get(&seq)
-                .and_then(|s| s.decided)
-                .is_some_and(|d| d != digest)
-            {
+            if self.slots.get(&seq).and_then(|s| s.decided).is_some_and(|d| d != digest) {
                 self.metrics.alarms += 1;
             }
             let slot = self.slot_in_view(seq);
@@ -1628,19 +1463,10 @@ impl<C: Crypto> Replica<C> {
                 }
             }
             let known = batch.is_some();
-            self.persist(Record::PrePrepared {
-                view: v,
-                seq,
-                digest,
-                batch,
-            });
+            self.persist(Record::PrePrepared { view: v, seq, digest, batch });
             if bft {
                 if !primary {
-                    self.broadcast(PeerMessage::Prepare(Vote {
-                        view: v,
-                        seq,
-                        digest,
-                    }));
+                    self.broadcast(PeerMessage::Prepare(Vote { view: v, seq, digest }));
                 }
                 self.check_prepared(seq);
             } else {

@@ -130,14 +130,9 @@ impl fmt::Display for MembershipError {
         match self {
             MembershipError::Empty => write!(f, "membership has no replicas"),
             MembershipError::Duplicate(r) => write!(f, "replica {r} is listed twice"),
-            MembershipError::TooSmall {
-                n,
-                f: faults,
-                needed,
-            } => write!(
-                f,
-                "{n} replicas cannot tolerate {faults} faults; this mode needs at least {needed}"
-            ),
+            MembershipError::TooSmall { n, f: faults, needed } => {
+                write!(f, "{n} replicas cannot tolerate {faults} faults; this mode needs at least {needed}")
+            }
         }
     }
 }
@@ -170,11 +165,7 @@ impl Membership {
             Mode::Cft => 2 * f + 1,
         };
         if members.len() < needed {
-            return Err(MembershipError::TooSmall {
-                n: members.len(),
-                f,
-                needed,
-            });
+            return Err(MembershipError::TooSmall { n: members.len(), f, needed });
         }
         Ok(Membership { members, f, mode })
     }
@@ -274,24 +265,13 @@ mod tests {
             Membership::new(r(&[0, 1, 2]), 1, Mode::Bft),
             Err(MembershipError::TooSmall { needed: 4, .. })
         ));
-        assert_eq!(
-            Membership::new(r(&[0, 1, 1, 2]), 1, Mode::Bft),
-            Err(MembershipError::Duplicate(ReplicaId(1)))
-        );
-        assert_eq!(
-            Membership::new(vec![], 0, Mode::Cft),
-            Err(MembershipError::Empty)
-        );
+        assert_eq!(Membership::new(r(&[0, 1, 1, 2]), 1, Mode::Bft), Err(MembershipError::Duplicate(ReplicaId(1))));
+        assert_eq!(Membership::new(vec![], 0, Mode::Cft), Err(MembershipError::Empty));
     }
 
     #[test]
     fn the_primary_of_view_v_is_member_v_mod_n() {
-        let m = Membership::new(
-            vec![ReplicaId(7), ReplicaId(3), ReplicaId(9), ReplicaId(5)],
-            1,
-            Mode::Bft,
-        )
-        .unwrap();
+        let m = Membership::new(vec![ReplicaId(7), ReplicaId(3), ReplicaId(9), ReplicaId(5)], 1, Mode::Bft).unwrap();
         assert_eq!(m.primary(ViewNo(0)), ReplicaId(3));
         assert_eq!(m.primary(ViewNo(5)), ReplicaId(5));
     }

@@ -69,15 +69,8 @@ pub fn verify_view_change<C: Crypto + ?Sized>(
     if !crypto::verify(crypto, Domain::ViewChange, body.replica, vc) {
         return Err(ViewChangeError::BadSignature);
     }
-    checkpoint::verify_cert(
-        crypto,
-        membership,
-        quorum,
-        limits.checkpoint_interval,
-        genesis_state,
-        &body.checkpoint,
-    )
-    .map_err(ViewChangeError::BadCheckpoint)
+    checkpoint::verify_cert(crypto, membership, quorum, limits.checkpoint_interval, genesis_state, &body.checkpoint)
+        .map_err(ViewChangeError::BadCheckpoint)
 }
 
 fn check_entries(body: &ViewChangeBody, limits: Limits) -> Result<(), ViewChangeError> {
@@ -123,26 +116,14 @@ fn check_entries(body: &ViewChangeBody, limits: Limits) -> Result<(), ViewChange
 ///   Among several such entries the highest view wins (then the lowest digest).
 /// - otherwise, re-propose null if at least `quorum` messages have no P entry at n;
 /// - otherwise, undecided.
-pub fn decide(
-    view_changes: &[&ViewChangeBody],
-    quorum: usize,
-    vouchers: usize,
-) -> Option<NewViewPlan> {
+pub fn decide(view_changes: &[&ViewChangeBody], quorum: usize, vouchers: usize) -> Option<NewViewPlan> {
     if view_changes.len() < quorum {
         return None;
     }
-    let checkpoint = view_changes
-        .iter()
-        .map(|vc| &vc.checkpoint)
-        .max_by(|a, b| (a.seq, a.state).cmp(&(b.seq, b.state)))?
-        .clone();
+    let checkpoint =
+        view_changes.iter().map(|vc| &vc.checkpoint).max_by(|a, b| (a.seq, a.state).cmp(&(b.seq, b.state)))?.clone();
     let h = checkpoint.seq;
-    let top = view_changes
-        .iter()
-        .flat_map(|vc| vc.prepared.iter())
-        .map(|e| e.seq)
-        .filter(|s| *s > h)
-        .max();
+    let top = view_changes.iter().flat_map(|vc| vc.prepared.iter()).map(|e| e.seq).filter(|s| *s > h).max();
     let mut chosen = Vec::new();
     let Some(top) = top else {
         return Some(NewViewPlan { checkpoint, chosen });
@@ -150,13 +131,9 @@ pub fn decide(
     for n in (h.0 + 1)..=top.0 {
         let n = SeqNo(n);
         let entry_at = |vc: &ViewChangeBody| {
-            vc.prepared
-                .binary_search_by(|e| e.seq.cmp(&n))
-                .ok()
-                .map(|i| (vc.prepared[i].view, vc.prepared[i].digest))
+            vc.prepared.binary_search_by(|e| e.seq.cmp(&n)).ok().map(|i| (vc.prepared[i].view, vc.prepared[i].digest))
         };
-        let mut candidates: Vec<(ViewNo, Digest)> =
-            view_changes.iter().filter_map(|vc| entry_at(vc)).collect();
+        let mut candidates: Vec<(ViewNo, Digest)> = view_changes.iter().filter_map(|vc| entry_at(vc)).collect();
         // Highest view first; lowest digest breaks ties deterministically.
         candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         candidates.dedup();
@@ -174,11 +151,7 @@ pub fn decide(
             }
             let a2 = view_changes
                 .iter()
-                .filter(|vc| {
-                    vc.preprepared
-                        .iter()
-                        .any(|q| q.seq == n && q.digest == d && q.view >= v)
-                })
+                .filter(|vc| vc.preprepared.iter().any(|q| q.seq == n && q.digest == d && q.view >= v))
                 .count();
             if a2 >= vouchers {
                 pick = Some(d);
@@ -188,10 +161,7 @@ pub fn decide(
         match pick {
             Some(d) => chosen.push((n, d)),
             None => {
-                let empty = view_changes
-                    .iter()
-                    .filter(|vc| entry_at(vc).is_none())
-                    .count();
+                let empty = view_changes.iter().filter(|vc| entry_at(vc).is_none()).count();
                 if empty >= quorum {
                     chosen.push((n, null_digest()));
                 } else {
@@ -224,30 +194,18 @@ mod tests {
         Digest([x; 32])
     }
 
-    fn vc(
-        replica: u32,
-        prepared: &[(u64, u64, u8)],
-        preprepared: &[(u64, u8, u64)],
-    ) -> ViewChangeBody {
+    fn vc(replica: u32, prepared: &[(u64, u64, u8)], preprepared: &[(u64, u8, u64)]) -> ViewChangeBody {
         ViewChangeBody {
             new_view: ViewNo(10),
             replica: ReplicaId(replica),
             checkpoint: genesis(d(0)),
             prepared: prepared
                 .iter()
-                .map(|&(s, v, x)| PreparedEntry {
-                    seq: SeqNo(s),
-                    view: ViewNo(v),
-                    digest: d(x),
-                })
+                .map(|&(s, v, x)| PreparedEntry { seq: SeqNo(s), view: ViewNo(v), digest: d(x) })
                 .collect(),
             preprepared: preprepared
                 .iter()
-                .map(|&(s, x, v)| PrePreparedEntry {
-                    seq: SeqNo(s),
-                    digest: d(x),
-                    view: ViewNo(v),
-                })
+                .map(|&(s, x, v)| PrePreparedEntry { seq: SeqNo(s), digest: d(x), view: ViewNo(v) })
                 .collect(),
         }
     }
@@ -260,21 +218,14 @@ mod tests {
     #[test]
     fn a_value_prepared_by_a_quorum_is_re_proposed() {
         // Committed at seq 1 in view 2: three replicas prepared it.
-        let vcs = [
-            vc(0, &[(1, 2, 7)], &[(1, 7, 2)]),
-            vc(1, &[(1, 2, 7)], &[(1, 7, 2)]),
-            vc(2, &[(1, 2, 7)], &[(1, 7, 2)]),
-        ];
+        let vcs =
+            [vc(0, &[(1, 2, 7)], &[(1, 7, 2)]), vc(1, &[(1, 2, 7)], &[(1, 7, 2)]), vc(2, &[(1, 2, 7)], &[(1, 7, 2)])];
         assert_eq!(run(&vcs), Some(vec![(SeqNo(1), d(7))]));
     }
 
     #[test]
     fn gaps_with_no_prepared_value_are_filled_with_null() {
-        let vcs = [
-            vc(0, &[(2, 1, 7)], &[(2, 7, 1)]),
-            vc(1, &[(2, 1, 7)], &[(2, 7, 1)]),
-            vc(2, &[], &[]),
-        ];
+        let vcs = [vc(0, &[(2, 1, 7)], &[(2, 7, 1)]), vc(1, &[(2, 1, 7)], &[(2, 7, 1)]), vc(2, &[], &[])];
         let chosen = run(&vcs).unwrap();
         assert_eq!(chosen, vec![(SeqNo(1), null_digest()), (SeqNo(2), d(7))]);
     }
@@ -296,12 +247,8 @@ mod tests {
         // Two replicas prepared 7; a third replica and a liar claim nothing.
         // Null needs a quorum of empty P entries and 7 needs A2 vouchers;
         // with vouchers present, 7 wins.
-        let vcs = [
-            vc(0, &[(1, 2, 7)], &[(1, 7, 2)]),
-            vc(1, &[(1, 2, 7)], &[(1, 7, 2)]),
-            vc(2, &[], &[]),
-            vc(3, &[], &[]),
-        ];
+        let vcs =
+            [vc(0, &[(1, 2, 7)], &[(1, 7, 2)]), vc(1, &[(1, 2, 7)], &[(1, 7, 2)]), vc(2, &[], &[]), vc(3, &[], &[])];
         assert_eq!(run(&vcs), Some(vec![(SeqNo(1), d(7))]));
     }
 
@@ -309,11 +256,7 @@ mod tests {
     fn undecidable_until_more_view_changes_arrive() {
         // One replica prepared 7 but only it vouches; the others are two
         // empties: neither 7 (A2) nor null (quorum of empties) qualifies.
-        let vcs = [
-            vc(0, &[(1, 2, 7)], &[(1, 7, 2)]),
-            vc(1, &[], &[]),
-            vc(2, &[], &[]),
-        ];
+        let vcs = [vc(0, &[(1, 2, 7)], &[(1, 7, 2)]), vc(1, &[], &[]), vc(2, &[], &[])];
         assert_eq!(run(&vcs), None);
         let mut more = vcs.to_vec();
         more.push(vc(3, &[], &[]));
@@ -323,16 +266,8 @@ mod tests {
     #[test]
     fn the_highest_proven_checkpoint_bounds_the_decisions() {
         let mut high = vc(0, &[], &[]);
-        high.checkpoint = CheckpointCert {
-            seq: SeqNo(4),
-            state: d(4),
-            proof: vec![],
-        };
-        let vcs = [
-            high,
-            vc(1, &[(3, 1, 7)], &[(3, 7, 1)]),
-            vc(2, &[(3, 1, 7)], &[(3, 7, 1)]),
-        ];
+        high.checkpoint = CheckpointCert { seq: SeqNo(4), state: d(4), proof: vec![] };
+        let vcs = [high, vc(1, &[(3, 1, 7)], &[(3, 7, 1)]), vc(2, &[(3, 1, 7)], &[(3, 7, 1)])];
         let plan = decide(&vcs.iter().collect::<Vec<_>>(), 3, 2).unwrap();
         assert_eq!(plan.checkpoint.seq, SeqNo(4));
         assert!(plan.chosen.is_empty());
@@ -340,36 +275,16 @@ mod tests {
 
     #[test]
     fn malformed_entry_sets_are_rejected() {
-        let limits = Limits {
-            log_window: 8,
-            checkpoint_interval: 4,
-            preprepared_per_seq_max: 2,
-        };
+        let limits = Limits { log_window: 8, checkpoint_interval: 4, preprepared_per_seq_max: 2 };
         let unsorted = vc(0, &[(2, 1, 7), (1, 1, 7)], &[]);
-        assert_eq!(
-            check_entries(&unsorted, limits),
-            Err(ViewChangeError::BadEntries)
-        );
+        assert_eq!(check_entries(&unsorted, limits), Err(ViewChangeError::BadEntries));
         let future_view = vc(0, &[(1, 10, 7)], &[]);
-        assert_eq!(
-            check_entries(&future_view, limits),
-            Err(ViewChangeError::BadEntries)
-        );
+        assert_eq!(check_entries(&future_view, limits), Err(ViewChangeError::BadEntries));
         let outside = vc(0, &[(9, 1, 7)], &[]);
-        assert_eq!(
-            check_entries(&outside, limits),
-            Err(ViewChangeError::BadEntries)
-        );
+        assert_eq!(check_entries(&outside, limits), Err(ViewChangeError::BadEntries));
         let too_many = vc(0, &[], &[(1, 1, 1), (1, 2, 1), (1, 3, 1)]);
-        assert_eq!(
-            check_entries(&too_many, limits),
-            Err(ViewChangeError::BadEntries)
-        );
-        let fine = vc(
-            0,
-            &[(1, 1, 7), (2, 3, 8)],
-            &[(1, 7, 1), (1, 8, 2), (2, 8, 3)],
-        );
+        assert_eq!(check_entries(&too_many, limits), Err(ViewChangeError::BadEntries));
+        let fine = vc(0, &[(1, 1, 7), (2, 3, 8)], &[(1, 7, 1), (1, 8, 2), (2, 8, 3)]);
         assert_eq!(check_entries(&fine, limits), Ok(()));
     }
 }

@@ -8,8 +8,8 @@ use palisade_core::message::{
     Batch, CheckpointBody, NewViewBody, PrePrepare, Signature, Signed, Status, ViewChangeBody, Vote,
 };
 use palisade_core::{
-    Action, ClientId, Config, Crypto, Digest, Input, Membership, Mode, PeerMessage, Record,
-    Replica, ReplicaId, Request, RequestId, SeqNo, ViewNo,
+    Action, ClientId, Config, Crypto, Digest, Input, Membership, Mode, PeerMessage, Record, Replica, ReplicaId,
+    Request, RequestId, SeqNo, ViewNo,
 };
 use proptest::prelude::*;
 use std::collections::VecDeque;
@@ -49,12 +49,7 @@ fn config(mode: Mode, n: usize) -> Config {
 }
 
 fn replica(id: u32, cfg: &Config) -> Replica<TestCrypto> {
-    let mut r = Replica::new(
-        cfg.clone(),
-        ReplicaId(id),
-        TestCrypto(ReplicaId(id)),
-        GENESIS,
-    );
+    let mut r = Replica::new(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), GENESIS);
     // The first tick sends STATUS and arms timers; drop those actions.
     r.step(Input::Tick { now_ms: 1 });
     r.take_actions();
@@ -72,17 +67,11 @@ fn request(client: u64, id: u64) -> Request {
 }
 
 fn batch(reqs: Vec<Request>) -> Arc<Batch> {
-    Arc::new(Batch {
-        timestamp_ms: 1,
-        requests: reqs,
-    })
+    Arc::new(Batch { timestamp_ms: 1, requests: reqs })
 }
 
 fn peer(r: &mut Replica<TestCrypto>, from: u32, msg: PeerMessage) -> Vec<Action> {
-    r.step(Input::Peer {
-        from: ReplicaId(from),
-        msg,
-    });
+    r.step(Input::Peer { from: ReplicaId(from), msg });
     r.take_actions()
 }
 
@@ -107,19 +96,11 @@ fn delivered(actions: &[Action]) -> Vec<SeqNo> {
 }
 
 fn vote(view: u64, seq: u64, d: Digest) -> Vote {
-    Vote {
-        view: ViewNo(view),
-        seq: SeqNo(seq),
-        digest: d,
-    }
+    Vote { view: ViewNo(view), seq: SeqNo(seq), digest: d }
 }
 
 fn pre_prepare(view: u64, seq: u64, b: Arc<Batch>) -> PeerMessage {
-    PeerMessage::PrePrepare(PrePrepare {
-        view: ViewNo(view),
-        seq: SeqNo(seq),
-        batch: b,
-    })
+    PeerMessage::PrePrepare(PrePrepare { view: ViewNo(view), seq: SeqNo(seq), batch: b })
 }
 
 /// An in-memory cluster that delivers every message, in order, unless cut off.
@@ -180,13 +161,7 @@ impl Cluster {
     fn run(&mut self) {
         while let Some((from, to, msg)) = self.queue.pop_front() {
             if !self.down[from as usize] {
-                self.input(
-                    to as usize,
-                    Input::Peer {
-                        from: ReplicaId(from),
-                        msg,
-                    },
-                );
+                self.input(to as usize, Input::Peer { from: ReplicaId(from), msg });
             }
         }
     }
@@ -230,10 +205,7 @@ fn a_backup_never_accepts_two_batches_for_one_view_and_sequence_number() {
     peer(&mut r1, 0, pre_prepare(0, 1, batch(vec![request(1, 1)])));
     let out = peer(&mut r1, 0, pre_prepare(0, 1, batch(vec![request(1, 2)])));
     assert!(broadcasts(&out).is_empty());
-    assert_eq!(
-        r1.metrics().dropped.get("equivocating pre-prepare"),
-        Some(&1)
-    );
+    assert_eq!(r1.metrics().dropped.get("equivocating pre-prepare"), Some(&1));
 }
 
 #[test]
@@ -245,12 +217,7 @@ fn prepared_needs_the_pre_prepare_and_2f_matching_prepares_from_backups() {
     peer(&mut r1, 0, pre_prepare(0, 1, b));
     // A prepare from the primary does not count, nor one for another digest.
     assert!(broadcasts(&peer(&mut r1, 0, PeerMessage::Prepare(vote(0, 1, d)))).is_empty());
-    assert!(broadcasts(&peer(
-        &mut r1,
-        2,
-        PeerMessage::Prepare(vote(0, 1, Digest([1; 32])))
-    ))
-    .is_empty());
+    assert!(broadcasts(&peer(&mut r1, 2, PeerMessage::Prepare(vote(0, 1, Digest([1; 32]))))).is_empty());
     // Own prepare plus replica 3's: 2f = 2.
     let out = peer(&mut r1, 3, PeerMessage::Prepare(vote(0, 1, d)));
     assert!(matches!(broadcasts(&out)[..], [PeerMessage::Commit(v)] if v.digest == d));
@@ -266,10 +233,7 @@ fn committed_local_needs_2f_plus_1_commits_and_then_delivers() {
     peer(&mut r1, 3, PeerMessage::Prepare(vote(0, 1, d)));
     // Own commit plus one: 2 < 3.
     assert!(delivered(&peer(&mut r1, 0, PeerMessage::Commit(vote(0, 1, d)))).is_empty());
-    assert_eq!(
-        delivered(&peer(&mut r1, 2, PeerMessage::Commit(vote(0, 1, d)))),
-        vec![SeqNo(1)]
-    );
+    assert_eq!(delivered(&peer(&mut r1, 2, PeerMessage::Commit(vote(0, 1, d)))), vec![SeqNo(1)]);
 }
 
 #[test]
@@ -287,10 +251,7 @@ fn execution_follows_sequence_order_even_when_decisions_arrive_out_of_order() {
     peer(&mut r1, 0, pre_prepare(0, 2, b2.clone()));
     assert!(delivered(&commit_all(&mut r1, 2, b2.digest())).is_empty());
     peer(&mut r1, 0, pre_prepare(0, 1, b1.clone()));
-    assert_eq!(
-        delivered(&commit_all(&mut r1, 1, b1.digest())),
-        vec![SeqNo(1), SeqNo(2)]
-    );
+    assert_eq!(delivered(&commit_all(&mut r1, 1, b1.digest())), vec![SeqNo(1), SeqNo(2)]);
 }
 
 #[test]
@@ -300,14 +261,7 @@ fn cft_mode_skips_prepare_and_commits_with_a_majority() {
     let b = batch(vec![request(1, 1)]);
     let out = peer(&mut r1, 0, pre_prepare(0, 1, b.clone()));
     assert!(matches!(broadcasts(&out)[..], [PeerMessage::Commit(_)]));
-    assert_eq!(
-        delivered(&peer(
-            &mut r1,
-            0,
-            PeerMessage::Commit(vote(0, 1, b.digest()))
-        )),
-        vec![SeqNo(1)]
-    );
+    assert_eq!(delivered(&peer(&mut r1, 0, PeerMessage::Commit(vote(0, 1, b.digest())))), vec![SeqNo(1)]);
 }
 
 #[test]
@@ -317,10 +271,7 @@ fn a_pre_prepare_with_an_unsigned_request_or_a_wild_timestamp_is_refused() {
     let mut forged = request(1, 1);
     forged.auth = Bytes::from_static(b"forged");
     assert!(broadcasts(&peer(&mut r1, 0, pre_prepare(0, 1, batch(vec![forged])))).is_empty());
-    let late = Arc::new(Batch {
-        timestamp_ms: cfg.timestamp_tolerance_ms + 10,
-        requests: vec![request(1, 1)],
-    });
+    let late = Arc::new(Batch { timestamp_ms: cfg.timestamp_tolerance_ms + 10, requests: vec![request(1, 1)] });
     assert!(broadcasts(&peer(&mut r1, 0, pre_prepare(0, 1, late))).is_empty());
 }
 
@@ -330,13 +281,7 @@ fn a_backup_forwards_a_client_request_to_the_primary() {
     let mut r2 = replica(2, &cfg);
     r2.step(Input::Request(request(1, 1)));
     let out = r2.take_actions();
-    assert!(out.iter().any(|a| matches!(
-        a,
-        Action::Send {
-            to: ReplicaId(0),
-            msg: PeerMessage::Forward(_)
-        }
-    )));
+    assert!(out.iter().any(|a| matches!(a, Action::Send { to: ReplicaId(0), msg: PeerMessage::Forward(_) })));
 }
 
 #[test]
@@ -363,14 +308,8 @@ fn a_checkpoint_becomes_stable_with_2f_plus_1_matching_messages_and_truncates_th
         c.submit(0, request(1, i));
         c.tick(1);
     }
-    assert!(c
-        .replicas
-        .iter()
-        .all(|r| r.stable_checkpoint().seq == SeqNo(4)));
-    assert!(c
-        .replicas
-        .iter()
-        .all(|r| r.stable_checkpoint().proof.len() >= 3));
+    assert!(c.replicas.iter().all(|r| r.stable_checkpoint().seq == SeqNo(4)));
+    assert!(c.replicas.iter().all(|r| r.stable_checkpoint().proof.len() >= 3));
     assert!(c.replicas.iter().all(|r| r.log_len() <= 2));
 }
 
@@ -382,26 +321,14 @@ fn a_checkpoint_with_one_dissenting_digest_still_becomes_stable_on_the_quorum() 
         crypto::sign(
             &TestCrypto(ReplicaId(who)),
             Domain::Checkpoint,
-            CheckpointBody {
-                seq: SeqNo(4),
-                state,
-                replica: ReplicaId(who),
-            },
+            CheckpointBody { seq: SeqNo(4), state, replica: ReplicaId(who) },
         )
     };
     let good = Digest([4; 32]);
-    peer(
-        &mut r1,
-        3,
-        PeerMessage::Checkpoint(sign(3, Digest([66; 32]))),
-    );
+    peer(&mut r1, 3, PeerMessage::Checkpoint(sign(3, Digest([66; 32]))));
     peer(&mut r1, 0, PeerMessage::Checkpoint(sign(0, good)));
     peer(&mut r1, 2, PeerMessage::Checkpoint(sign(2, good)));
-    assert_eq!(
-        r1.stable_checkpoint().seq,
-        SeqNo(0),
-        "two votes are not a quorum"
-    );
+    assert_eq!(r1.stable_checkpoint().seq, SeqNo(0), "two votes are not a quorum");
     // A vote relayed with a forged signature is refused.
     let mut forged = sign(3, good);
     forged.signature = Signature(Bytes::from_static(b"nope"));
@@ -419,12 +346,7 @@ fn messages_outside_the_watermarks_are_dropped() {
     let cfg = config(Mode::Bft, 4);
     let mut r1 = replica(1, &cfg);
     let b = batch(vec![request(1, 1)]);
-    assert!(broadcasts(&peer(
-        &mut r1,
-        0,
-        pre_prepare(0, cfg.log_window + 1, b.clone())
-    ))
-    .is_empty());
+    assert!(broadcasts(&peer(&mut r1, 0, pre_prepare(0, cfg.log_window + 1, b.clone()))).is_empty());
     assert!(broadcasts(&peer(&mut r1, 0, pre_prepare(0, 0, b))).is_empty());
     assert_eq!(r1.log_len(), 0);
 }
@@ -470,9 +392,7 @@ fn an_expired_request_timer_starts_a_view_change() {
     r2.step(Input::Tick { now_ms: 1_002 });
     let out = r2.take_actions();
     assert!(!r2.is_normal() && r2.view() == ViewNo(1));
-    assert!(
-        matches!(broadcasts(&out)[..], [PeerMessage::ViewChange(vc)] if vc.body.new_view == ViewNo(1))
-    );
+    assert!(matches!(broadcasts(&out)[..], [PeerMessage::ViewChange(vc)] if vc.body.new_view == ViewNo(1)));
 }
 
 fn view_change_from(who: u32, new_view: u64) -> Signed<ViewChangeBody> {
@@ -497,11 +417,7 @@ fn f_plus_1_view_changes_for_higher_views_make_a_replica_join_and_f_do_not() {
     assert!(r1.is_normal(), "one replica alone must not move anyone");
     peer(&mut r1, 3, PeerMessage::ViewChange(view_change_from(3, 5)));
     assert!(!r1.is_normal());
-    assert_eq!(
-        r1.view(),
-        ViewNo(5),
-        "join the lowest of the f+1 highest requests"
-    );
+    assert_eq!(r1.view(), ViewNo(5), "join the lowest of the f+1 highest requests");
 }
 
 #[test]
@@ -535,16 +451,11 @@ fn the_new_primary_re_proposes_what_committed_and_the_cluster_carries_on() {
     c.run();
     c.tick(1_100);
     c.tick(10);
-    assert!(c.replicas[1..]
-        .iter()
-        .all(|r| r.is_normal() && r.view() == ViewNo(1)));
+    assert!(c.replicas[1..].iter().all(|r| r.is_normal() && r.view() == ViewNo(1)));
     // Everything delivered before is still the prefix, and the new request made it.
     for r in 1..4 {
         assert_eq!(&c.delivered[r][..before.len()], &before[..]);
-        assert!(
-            c.delivered[r].len() > before.len(),
-            "replica {r} delivered nothing in view 1"
-        );
+        assert!(c.delivered[r].len() > before.len(), "replica {r} delivered nothing in view 1");
         assert_eq!(c.delivered[r], c.delivered[1]);
     }
 }
@@ -555,43 +466,16 @@ fn a_new_view_whose_choices_differ_from_the_recomputed_rule_is_rejected() {
     let mut r2 = replica(2, &cfg);
     let vcs: Vec<_> = (1..4).map(|i| view_change_from(i, 1)).collect();
     let make = |chosen: Vec<(SeqNo, Digest)>| {
-        let body = NewViewBody {
-            view: ViewNo(1),
-            replica: ReplicaId(1),
-            view_changes: vcs.clone(),
-            chosen,
-        };
-        PeerMessage::NewView(Arc::new(crypto::sign(
-            &TestCrypto(ReplicaId(1)),
-            Domain::NewView,
-            body,
-        )))
+        let body = NewViewBody { view: ViewNo(1), replica: ReplicaId(1), view_changes: vcs.clone(), chosen };
+        PeerMessage::NewView(Arc::new(crypto::sign(&TestCrypto(ReplicaId(1)), Domain::NewView, body)))
     };
     // Nothing was prepared anywhere, so the only valid NEW-VIEW chooses nothing.
     peer(&mut r2, 1, make(vec![(SeqNo(1), Digest([5; 32]))]));
     assert!(r2.view() == ViewNo(0) && r2.is_normal());
-    assert_eq!(
-        r2.metrics()
-            .dropped
-            .get("new-view whose proof does not hold"),
-        Some(&1)
-    );
+    assert_eq!(r2.metrics().dropped.get("new-view whose proof does not hold"), Some(&1));
     // Too few view-changes is refused too.
-    let short = NewViewBody {
-        view: ViewNo(1),
-        replica: ReplicaId(1),
-        view_changes: vcs[..2].to_vec(),
-        chosen: vec![],
-    };
-    peer(
-        &mut r2,
-        1,
-        PeerMessage::NewView(Arc::new(crypto::sign(
-            &TestCrypto(ReplicaId(1)),
-            Domain::NewView,
-            short,
-        ))),
-    );
+    let short = NewViewBody { view: ViewNo(1), replica: ReplicaId(1), view_changes: vcs[..2].to_vec(), chosen: vec![] };
+    peer(&mut r2, 1, PeerMessage::NewView(Arc::new(crypto::sign(&TestCrypto(ReplicaId(1)), Domain::NewView, short))));
     assert_eq!(r2.view(), ViewNo(0));
     // The honest one is accepted, even relayed by another replica.
     peer(&mut r2, 3, make(vec![]));
@@ -610,47 +494,19 @@ fn state_transfer_accepts_only_the_snapshot_whose_digest_is_certified() {
         let vote = crypto::sign(
             &TestCrypto(ReplicaId(who)),
             Domain::Checkpoint,
-            CheckpointBody {
-                seq: SeqNo(4),
-                state,
-                replica: ReplicaId(who),
-            },
+            CheckpointBody { seq: SeqNo(4), state, replica: ReplicaId(who) },
         );
         peer(&mut r1, who, PeerMessage::Checkpoint(vote));
     }
     assert!(r1.transferring());
-    let poisoned = peer(
-        &mut r1,
-        0,
-        PeerMessage::StateReply {
-            seq: SeqNo(4),
-            snapshot: Bytes::from_static(b"lies"),
-        },
-    );
-    assert!(!poisoned
-        .iter()
-        .any(|a| matches!(a, Action::InstallSnapshot { .. })));
+    let poisoned = peer(&mut r1, 0, PeerMessage::StateReply { seq: SeqNo(4), snapshot: Bytes::from_static(b"lies") });
+    assert!(!poisoned.iter().any(|a| matches!(a, Action::InstallSnapshot { .. })));
     assert!(
-        poisoned.iter().any(|a| matches!(
-            a,
-            Action::Send {
-                msg: PeerMessage::StateRequest { .. },
-                ..
-            }
-        )),
+        poisoned.iter().any(|a| matches!(a, Action::Send { msg: PeerMessage::StateRequest { .. }, .. })),
         "asks the next peer at once"
     );
-    let out = peer(
-        &mut r1,
-        2,
-        PeerMessage::StateReply {
-            seq: SeqNo(4),
-            snapshot: snapshot.clone(),
-        },
-    );
-    assert!(out.iter().any(
-        |a| matches!(a, Action::InstallSnapshot { seq: SeqNo(4), snapshot: s } if *s == snapshot)
-    ));
+    let out = peer(&mut r1, 2, PeerMessage::StateReply { seq: SeqNo(4), snapshot: snapshot.clone() });
+    assert!(out.iter().any(|a| matches!(a, Action::InstallSnapshot { seq: SeqNo(4), snapshot: s } if *s == snapshot)));
     assert!(!r1.transferring());
     assert_eq!(r1.delivered(), SeqNo(4));
 }
@@ -664,35 +520,18 @@ fn a_recovered_replica_never_prepares_a_different_batch_in_the_same_view() {
     let mut fresh = Replica::new(cfg.clone(), ReplicaId(1), TestCrypto(ReplicaId(1)), GENESIS);
     fresh.step(Input::Tick { now_ms: 1 });
     fresh.take_actions();
-    fresh.step(Input::Peer {
-        from: ReplicaId(0),
-        msg: pre_prepare(0, 1, batch(vec![request(1, 1)])),
-    });
+    fresh.step(Input::Peer { from: ReplicaId(0), msg: pre_prepare(0, 1, batch(vec![request(1, 1)])) });
     for a in fresh.take_actions() {
         if let Action::Persist(r) = a {
             persisted.push(r);
         }
     }
     assert!(!persisted.is_empty());
-    let mut recovered = Replica::recover(
-        cfg.clone(),
-        ReplicaId(1),
-        TestCrypto(ReplicaId(1)),
-        GENESIS,
-        persisted,
-        SeqNo(0),
-        GENESIS,
-    );
+    let mut recovered =
+        Replica::recover(cfg.clone(), ReplicaId(1), TestCrypto(ReplicaId(1)), GENESIS, persisted, SeqNo(0), GENESIS);
     recovered.take_actions();
-    let out = peer(
-        &mut recovered,
-        0,
-        pre_prepare(0, 1, batch(vec![request(1, 2)])),
-    );
-    assert!(
-        broadcasts(&out).is_empty(),
-        "a different batch at (0, 1) after the crash must be refused"
-    );
+    let out = peer(&mut recovered, 0, pre_prepare(0, 1, batch(vec![request(1, 2)])));
+    assert!(broadcasts(&out).is_empty(), "a different batch at (0, 1) after the crash must be refused");
 }
 
 #[test]
@@ -707,21 +546,13 @@ fn a_replica_behind_the_stable_checkpoint_learns_the_proof_from_status() {
     let mut laggard = replica(3, &cfg);
     c.replicas[0].step(Input::Peer {
         from: ReplicaId(3),
-        msg: PeerMessage::Status(Status {
-            view: ViewNo(0),
-            normal: true,
-            delivered: SeqNo(0),
-            stable: SeqNo(0),
-        }),
+        msg: PeerMessage::Status(Status { view: ViewNo(0), normal: true, delivered: SeqNo(0), stable: SeqNo(0) }),
     });
     let proof: Vec<PeerMessage> = c.replicas[0]
         .take_actions()
         .into_iter()
         .filter_map(|a| match a {
-            Action::Send {
-                to: ReplicaId(3),
-                msg: m @ PeerMessage::Checkpoint(_),
-            } => Some(m),
+            Action::Send { to: ReplicaId(3), msg: m @ PeerMessage::Checkpoint(_) } => Some(m),
             _ => None,
         })
         .collect();
@@ -746,19 +577,10 @@ fn a_read_waits_until_everything_this_replica_prepared_is_delivered() {
     let mut read = request(2, 1);
     read.read_only = true;
     r1.step(Input::Request(read));
-    assert!(!r1
-        .take_actions()
-        .iter()
-        .any(|a| matches!(a, Action::ExecuteReadOnly(_))));
+    assert!(!r1.take_actions().iter().any(|a| matches!(a, Action::ExecuteReadOnly(_))));
     peer(&mut r1, 0, PeerMessage::Commit(vote(0, 1, d)));
     let out = peer(&mut r1, 2, PeerMessage::Commit(vote(0, 1, d)));
-    let deliver = out
-        .iter()
-        .position(|a| matches!(a, Action::Deliver { .. }))
-        .unwrap();
-    let read_at = out
-        .iter()
-        .position(|a| matches!(a, Action::ExecuteReadOnly(_)))
-        .unwrap();
+    let deliver = out.iter().position(|a| matches!(a, Action::Deliver { .. })).unwrap();
+    let read_at = out.iter().position(|a| matches!(a, Action::ExecuteReadOnly(_))).unwrap();
     assert!(deliver < read_at);
 }

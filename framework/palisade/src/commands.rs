@@ -41,8 +41,8 @@ fn load(dir: &Path) -> Result<ClusterConfig, ExitCode> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -81,10 +81,7 @@ pub fn replica(config: &Path, id: u32, service: ServiceKind, verbose: bool) -> E
         cluster.membership.n(),
         cluster.membership.f()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a signal runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a signal runtime");
     runtime.block_on(async {
         let metrics = handle.metrics().clone();
         let status = async move {
@@ -133,10 +130,7 @@ fn connect(config: &Path, timeout_ms: u64) -> Result<(tokio::runtime::Runtime, C
         .enable_all()
         .build()
         .map_err(|e| fail(EXIT_USAGE, e))?;
-    let opts = ClientOptions {
-        timeout_ms,
-        ..ClientOptions::default()
-    };
+    let opts = ClientOptions { timeout_ms, ..ClientOptions::default() };
     let client = runtime.block_on(async { Client::connect(cluster, key, opts) });
     Ok((runtime, client))
 }
@@ -244,13 +238,7 @@ pub fn counter(config: &Path, add: Option<u64>, timeout_ms: u64) -> ExitCode {
 
 /// `palisade cluster up`: a local cluster on loopback, one process per
 /// replica, until SIGINT or SIGTERM.
-pub fn cluster_up(
-    dir: PathBuf,
-    replicas: usize,
-    service: &str,
-    mode: palisade_core::Mode,
-    base_port: u16,
-) -> ExitCode {
+pub fn cluster_up(dir: PathBuf, replicas: usize, service: &str, mode: palisade_core::Mode, base_port: u16) -> ExitCode {
     if !dir.join(palisade_wire::config::CLUSTER_FILE).exists() {
         let opts = crate::keygen::KeygenOptions {
             replicas,
@@ -300,11 +288,7 @@ pub fn cluster_up(
         println!(
             "  replica {id}: {} (pid {})",
             r.address,
-            children
-                .iter()
-                .find(|(i, _)| i == id)
-                .map(|(_, c)| c.id())
-                .unwrap_or(0)
+            children.iter().find(|(i, _)| i == id).map(|(_, c)| c.id()).unwrap_or(0)
         );
     }
     match service {
@@ -313,18 +297,13 @@ pub fn cluster_up(
         _ => {}
     }
     println!("stop with Ctrl-C");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a signal runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a signal runtime");
     runtime.block_on(shutdown_signal());
     for (_, c) in &mut children {
         #[cfg(unix)]
         {
             // SIGTERM lets each replica close its connections cleanly.
-            let _ = std::process::Command::new("kill")
-                .arg(c.id().to_string())
-                .status();
+            let _ = std::process::Command::new("kill").arg(c.id().to_string()).status();
         }
         #[cfg(not(unix))]
         let _ = c.kill();

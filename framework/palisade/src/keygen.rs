@@ -59,21 +59,14 @@ pub fn keygen(opts: &KeygenOptions) -> Result<ClusterConfig, String> {
     };
     let f = opts.f.unwrap_or(max_f);
     let ids: Vec<ReplicaId> = (0..n as u32).map(ReplicaId).collect();
-    let membership =
-        Membership::new(ids.clone(), f, opts.mode).map_err(|e| format!("--replicas {n}: {e}"))?;
+    let membership = Membership::new(ids.clone(), f, opts.mode).map_err(|e| format!("--replicas {n}: {e}"))?;
     if !opts.addresses.is_empty() && opts.addresses.len() != n {
-        return Err(format!(
-            "--addresses lists {} addresses for {n} replicas",
-            opts.addresses.len()
-        ));
+        return Err(format!("--addresses lists {} addresses for {n} replicas", opts.addresses.len()));
     }
     let addresses: Vec<SocketAddr> = if opts.addresses.is_empty() {
         (0..n)
             .map(|i| {
-                let port = opts
-                    .base_port
-                    .checked_add(i as u16)
-                    .ok_or("--base-port too high for this many replicas")?;
+                let port = opts.base_port.checked_add(i as u16).ok_or("--base-port too high for this many replicas")?;
                 Ok(SocketAddr::from(([127, 0, 0, 1], port)))
             })
             .collect::<Result<_, String>>()?
@@ -83,23 +76,14 @@ pub fn keygen(opts: &KeygenOptions) -> Result<ClusterConfig, String> {
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     let cluster_file = opts.out.join(CLUSTER_FILE);
     if cluster_file.exists() {
-        return Err(format!(
-            "{} exists; choose another --out or remove it first",
-            cluster_file.display()
-        ));
+        return Err(format!("{} exists; choose another --out or remove it first", cluster_file.display()));
     }
     let mut rng = OsRng;
     let mut replicas = BTreeMap::new();
     for (id, address) in ids.iter().zip(addresses) {
         let key = keys::generate(&mut rng);
         keys::write_secret(&replica_key_file(&opts.out, *id), &key).map_err(|e| e.to_string())?;
-        replicas.insert(
-            *id,
-            ReplicaInfo {
-                address,
-                public_key: key.verifying_key(),
-            },
-        );
+        replicas.insert(*id, ReplicaInfo { address, public_key: key.verifying_key() });
     }
     let vm = keys::generate(&mut rng);
     keys::write_secret(&view_manager_key_file(&opts.out), &vm).map_err(|e| e.to_string())?;
@@ -113,17 +97,13 @@ pub fn keygen(opts: &KeygenOptions) -> Result<ClusterConfig, String> {
         view_manager: vm.verifying_key(),
         replicas,
     };
-    std::fs::write(&cluster_file, config.to_toml())
-        .map_err(|e| format!("{}: {e}", cluster_file.display()))?;
+    std::fs::write(&cluster_file, config.to_toml()).map_err(|e| format!("{}: {e}", cluster_file.display()))?;
     // Prove the directory loads the way a replica will load it.
     let loaded = ClusterConfig::load(&opts.out).map_err(|e| e.to_string())?;
     for id in &ids {
-        let key =
-            keys::read_secret(&replica_key_file(&opts.out, *id)).map_err(|e| e.to_string())?;
+        let key = keys::read_secret(&replica_key_file(&opts.out, *id)).map_err(|e| e.to_string())?;
         if key.verifying_key() != loaded.replicas[id].public_key {
-            return Err(format!(
-                "replica {id}'s key file does not match cluster.toml"
-            ));
+            return Err(format!("replica {id}'s key file does not match cluster.toml"));
         }
     }
     Ok(loaded)
@@ -156,14 +136,8 @@ mod tests {
     fn keygen_writes_a_configuration_that_loads_and_matches_its_keys() {
         let dir = tempdir("ok");
         let c = keygen(&opts(&dir)).unwrap();
-        assert_eq!(
-            (c.cluster_id, c.membership.n(), c.membership.f()),
-            (77, 4, 1)
-        );
-        assert_eq!(
-            c.replicas[&ReplicaId(3)].address.to_string(),
-            "127.0.0.1:7003"
-        );
+        assert_eq!((c.cluster_id, c.membership.n(), c.membership.f()), (77, 4, 1));
+        assert_eq!(c.replicas[&ReplicaId(3)].address.to_string(), "127.0.0.1:7003");
         for id in 0..4 {
             let key = keys::read_secret(&replica_key_file(&dir, ReplicaId(id))).unwrap();
             assert_eq!(key.verifying_key(), c.replicas[&ReplicaId(id)].public_key);
@@ -171,17 +145,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(client_key_file(&dir))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777;
+            let mode = std::fs::metadata(client_key_file(&dir)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
-        assert!(
-            keygen(&opts(&dir)).unwrap_err().contains("exists"),
-            "never overwrites a cluster"
-        );
+        assert!(keygen(&opts(&dir)).unwrap_err().contains("exists"), "never overwrites a cluster");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

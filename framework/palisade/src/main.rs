@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "palisade",
-    version,
-    about = "Byzantine fault tolerant state machine replication"
-)]
+#[command(name = "palisade", version, about = "Byzantine fault tolerant state machine replication")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -181,16 +177,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen {
-            replicas,
-            out,
-            mode,
-            f,
-            addresses,
-            base_port,
-            cluster_id,
-            client_signatures,
-        } => {
+        Command::Keygen { replicas, out, mode, f, addresses, base_port, cluster_id, client_signatures } => {
             let opts = KeygenOptions {
                 replicas,
                 out: out.clone(),
@@ -226,17 +213,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Replica {
-            config,
-            id,
-            service,
-            verbose,
-        } => commands::replica(&config, id, service.kind(), verbose),
-        Command::Kv {
-            op,
-            config,
-            timeout_ms,
-        } => {
+        Command::Replica { config, id, service, verbose } => commands::replica(&config, id, service.kind(), verbose),
+        Command::Kv { op, config, timeout_ms } => {
             let cmd = match op {
                 KvOp::Put { key, value } => KvCommand::Put(key, value),
                 KvOp::Get { key } => KvCommand::Get(key),
@@ -246,26 +224,15 @@ fn main() -> ExitCode {
             };
             commands::kv(&config, cmd, timeout_ms)
         }
-        Command::Counter {
-            op,
-            config,
-            timeout_ms,
-        } => {
+        Command::Counter { op, config, timeout_ms } => {
             let add = match op {
                 CounterOp::Inc { by } => Some(by),
                 CounterOp::Get => None,
             };
             commands::counter(&config, add, timeout_ms)
         }
-        Command::Cluster {
-            op:
-                ClusterOp::Up {
-                    replicas,
-                    dir,
-                    service,
-                    mode,
-                    base_port,
-                },
-        } => commands::cluster_up(dir, replicas, service.name(), mode.into(), base_port),
+        Command::Cluster { op: ClusterOp::Up { replicas, dir, service, mode, base_port } } => {
+            commands::cluster_up(dir, replicas, service.name(), mode.into(), base_port)
+        }
     }
 }

@@ -37,15 +37,7 @@ fn start(dir: &Path, n: usize, service: &str) -> Processes {
         (0..n)
             .map(|i| {
                 Command::new(BIN)
-                    .args([
-                        "replica",
-                        "--config",
-                        dir.to_str().unwrap(),
-                        "--id",
-                        &i.to_string(),
-                        "--service",
-                        service,
-                    ])
+                    .args(["replica", "--config", dir.to_str().unwrap(), "--id", &i.to_string(), "--service", service])
                     .stderr(std::process::Stdio::null())
                     .spawn()
                     .expect("start a replica")
@@ -59,32 +51,13 @@ fn a_four_process_cluster_serves_the_cli_and_survives_kill_9_of_its_primary() {
     let dir = tempdir("kv");
     let port = (30_000 + std::process::id() % 2_000 * 10) as u16;
     let d = dir.to_str().unwrap();
-    let keygen = palisade(&[
-        "keygen",
-        "--replicas",
-        "4",
-        "--out",
-        d,
-        "--base-port",
-        &port.to_string(),
-    ]);
-    assert!(
-        keygen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&keygen.stderr)
-    );
+    let keygen = palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]);
+    assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
     let mut replicas = start(&dir, 4, "kv");
 
     let put = palisade(&["kv", "put", "greeting", "hello", "--config", d]);
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
-    assert_eq!(
-        stdout(&palisade(&["kv", "get", "greeting", "--config", d])),
-        "hello"
-    );
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    assert_eq!(stdout(&palisade(&["kv", "get", "greeting", "--config", d])), "hello");
     let missing = palisade(&["kv", "get", "nobody", "--config", d]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
@@ -93,21 +66,10 @@ fn a_four_process_cluster_serves_the_cli_and_survives_kill_9_of_its_primary() {
     replicas.0[0].kill().unwrap();
     let started = Instant::now();
     let put = palisade(&["kv", "put", "after", "crash", "--config", d]);
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(
-        stdout(&palisade(&["kv", "get", "greeting", "--config", d])),
-        "hello",
-        "acknowledged data survives"
-    );
-    assert_eq!(
-        stdout(&palisade(&["kv", "keys", "--config", d])),
-        "after\ngreeting"
-    );
+    assert_eq!(stdout(&palisade(&["kv", "get", "greeting", "--config", d])), "hello", "acknowledged data survives");
+    assert_eq!(stdout(&palisade(&["kv", "keys", "--config", d])), "after\ngreeting");
     assert_eq!(stdout(&palisade(&["kv", "size", "--config", d])), "2");
 
     // A second failure exceeds f = 1: the CLI says so instead of hanging.
@@ -126,27 +88,11 @@ fn configuration_mistakes_get_a_clear_message_and_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("palisade keygen"));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("cluster.toml"),
-        "cluster_id = 1\nmode = \"bft\"\nf = 1\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("cluster.toml"), "cluster_id = 1\nmode = \"bft\"\nf = 1\n").unwrap();
     let out = palisade(&["counter", "get", "--config", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cluster.toml"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = palisade(&[
-        "replica",
-        "--config",
-        dir.to_str().unwrap(),
-        "--id",
-        "0",
-        "--service",
-        "kv",
-    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cluster.toml"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = palisade(&["replica", "--config", dir.to_str().unwrap(), "--id", "0", "--service", "kv"]);
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -156,31 +102,15 @@ fn a_counter_cluster_in_cft_mode() {
     let dir = tempdir("cft");
     let port = (32_000 + std::process::id() % 2_000 * 10) as u16;
     let d = dir.to_str().unwrap();
-    assert!(palisade(&[
-        "keygen",
-        "--replicas",
-        "3",
-        "--mode",
-        "cft",
-        "--out",
-        d,
-        "--base-port",
-        &port.to_string()
-    ])
-    .status
-    .success());
+    assert!(palisade(&["keygen", "--replicas", "3", "--mode", "cft", "--out", d, "--base-port", &port.to_string()])
+        .status
+        .success());
     let mut replicas = start(&dir, 3, "counter");
     for i in 1..=5 {
-        assert_eq!(
-            stdout(&palisade(&["counter", "inc", "--config", d])),
-            i.to_string()
-        );
+        assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), i.to_string());
     }
     replicas.0[0].kill().unwrap();
-    assert_eq!(
-        stdout(&palisade(&["counter", "inc", "--by", "10", "--config", d])),
-        "15"
-    );
+    assert_eq!(stdout(&palisade(&["counter", "inc", "--by", "10", "--config", d])), "15");
     assert_eq!(stdout(&palisade(&["counter", "get", "--config", d])), "15");
     drop(replicas);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -45,6 +45,10 @@ pub struct RuntimeConfig {
     pub max_operation_bytes: usize,
     /// Threads verifying client signatures.
     pub verify_threads: usize,
+    /// PBFT's digest replies: only the designated replica sends a result in
+    /// full, the others its digest (retransmitted requests always get full
+    /// replies from the reply cache).
+    pub reply_digests: bool,
 }
 
 impl RuntimeConfig {
@@ -68,10 +72,8 @@ impl RuntimeConfig {
             handshake_timeout_ms: 5_000,
             max_client_connections: 4_096,
             max_operation_bytes: (cluster.max_frame_bytes / 4).max(1024),
-            verify_threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(4),
+            verify_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
+            reply_digests: true,
         }
     }
 

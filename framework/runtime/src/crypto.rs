@@ -16,16 +16,8 @@ pub struct Ed25519Crypto {
 
 impl Ed25519Crypto {
     /// A replica's crypto from its key and the cluster's public keys.
-    pub fn new(
-        key: SigningKey,
-        replicas: BTreeMap<ReplicaId, VerifyingKey>,
-        client_signatures: bool,
-    ) -> Self {
-        Ed25519Crypto {
-            key,
-            replicas,
-            client_signatures,
-        }
+    pub fn new(key: SigningKey, replicas: BTreeMap<ReplicaId, VerifyingKey>, client_signatures: bool) -> Self {
+        Ed25519Crypto { key, replicas, client_signatures }
     }
 }
 

@@ -62,12 +62,7 @@ impl ReplicaHandle {
 
     /// Current depth of every queue, by name.
     pub fn queue_depths(&self) -> Vec<(&'static str, usize)> {
-        self.metrics
-            .gauges
-            .lock()
-            .iter()
-            .map(|(n, f)| (*n, f()))
-            .collect()
+        self.metrics.gauges.lock().iter().map(|(n, f)| (*n, f())).collect()
     }
 
     /// Stops every stage and closes every connection, then waits for them.
@@ -100,10 +95,7 @@ impl Drop for ReplicaHandle {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(f)
-        .expect("spawn a stage thread")
+    std::thread::Builder::new().name(name.to_string()).spawn(f).expect("spawn a stage thread")
 }
 
 /// Starts replica `me` of `cluster` running `service`: binds its address,
@@ -116,12 +108,11 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     cfg: RuntimeConfig,
 ) -> Result<ReplicaHandle, String> {
     cfg.validate()?;
-    let info = cluster
-        .replicas
-        .get(&me)
-        .ok_or_else(|| format!("replica {me} is not in cluster.toml"))?;
+    let info = cluster.replicas.get(&me).ok_or_else(|| format!("replica {me} is not in cluster.toml"))?;
     if info.public_key != key.verifying_key() {
-        return Err(format!("the key file does not belong to replica {me}: its public key is not the one in cluster.toml"));
+        return Err(format!(
+            "the key file does not belong to replica {me}: its public key is not the one in cluster.toml"
+        ));
     }
     let metrics = Arc::new(RuntimeMetrics::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -162,16 +153,12 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         tx_verify,
         metrics.clone(),
     ));
-    let listener = std::net::TcpListener::bind(info.address)
-        .map_err(|e| format!("cannot listen on {}: {e}", info.address))?;
+    let listener =
+        std::net::TcpListener::bind(info.address).map_err(|e| format!("cannot listen on {}: {e}", info.address))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let keyring = Keyring::from_config(cluster);
-    let peers: Vec<(ReplicaId, std::net::SocketAddr)> = cluster
-        .replicas
-        .iter()
-        .filter(|(id, _)| **id != me)
-        .map(|(id, r)| (*id, r.address))
-        .collect();
+    let peers: Vec<(ReplicaId, std::net::SocketAddr)> =
+        cluster.replicas.iter().filter(|(id, _)| **id != me).map(|(id, r)| (*id, r.address)).collect();
     let (tx_system, rx_system) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
     {
@@ -180,38 +167,22 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             let system = actix_rt::System::new();
             system.block_on(async move {
                 let _ = tx_system.send(actix_rt::System::current());
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
+                let listener = tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
                 let key = Arc::new(key);
                 let keyring = Arc::new(keyring);
-                actix_rt::spawn(net::listen(
-                    listener,
-                    net.clone(),
-                    (*key).clone(),
-                    (*keyring).clone(),
-                ));
+                actix_rt::spawn(net::listen(listener, net.clone(), (*key).clone(), (*keyring).clone()));
                 for (id, address) in peers {
-                    actix_rt::spawn(net::dial_forever(
-                        net.clone(),
-                        id,
-                        address,
-                        key.clone(),
-                        keyring.clone(),
-                    ));
+                    actix_rt::spawn(net::dial_forever(net.clone(), id, address, key.clone(), keyring.clone()));
                 }
             });
             let _ = system.run();
         }));
     }
-    let system = rx_system
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| "the network stage did not start".to_string())?;
+    let system =
+        rx_system.recv_timeout(Duration::from_secs(10)).map_err(|_| "the network stage did not start".to_string())?;
 
     // Execution state, shared by proposing (reply cache) and delivery.
-    let exec = Arc::new(RwLock::new(Executor::new(
-        service,
-        cfg.protocol.client_window,
-    )));
+    let exec = Arc::new(RwLock::new(Executor::new(service, cfg.protocol.client_window)));
     let genesis: Bytes = exec.read().snapshot();
     let genesis_digest = Digest::of(&genesis);
 
@@ -222,62 +193,32 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             .thread_name(|i| format!("verify-{i}"))
             .build()
             .map_err(|e| e.to_string())?;
-        let limits = VerifyLimits {
-            max_operation_bytes: cfg.max_operation_bytes,
-            ..VerifyLimits::default()
-        };
-        let (tx_reply, metrics, stop, signatures, drain) = (
-            tx_reply.clone(),
-            metrics.clone(),
-            stop.clone(),
-            cluster.client_signatures,
-            cfg.drain_max,
-        );
+        let limits = VerifyLimits { max_operation_bytes: cfg.max_operation_bytes, ..VerifyLimits::default() };
+        let (tx_reply, metrics, stop, signatures, drain) =
+            (tx_reply.clone(), metrics.clone(), stop.clone(), cluster.client_signatures, cfg.drain_max);
         threads.push(spawn("verify", move || {
-            stages::verifier(
-                rx_verify, tx_propose, tx_reply, signatures, limits, pool, metrics, me, drain, stop,
-            )
+            stages::verifier(rx_verify, tx_propose, tx_reply, signatures, limits, pool, metrics, me, drain, stop)
         }));
     }
 
     // Batch proposing.
     {
-        let (tx_reply, exec, metrics, stop, drain) = (
-            tx_reply.clone(),
-            exec.clone(),
-            metrics.clone(),
-            stop.clone(),
-            cfg.drain_max,
-        );
+        let (tx_reply, exec, metrics, stop, drain) =
+            (tx_reply.clone(), exec.clone(), metrics.clone(), stop.clone(), cfg.drain_max);
         threads.push(spawn("propose", move || {
-            stages::proposer(
-                rx_propose,
-                tx_requests,
-                tx_reply,
-                exec,
-                metrics,
-                me,
-                drain,
-                stop,
-            )
+            stages::proposer(rx_propose, tx_requests, tx_reply, exec, metrics, me, drain, stop)
         }));
     }
 
     // Request timers.
     {
         let (stop, period) = (stop.clone(), Duration::from_millis(cfg.tick_ms));
-        threads.push(spawn("timers", move || {
-            stages::ticker(tx_tick, period, stop)
-        }));
+        threads.push(spawn("timers", move || stages::ticker(tx_tick, period, stop)));
     }
 
     // Consensus: the pure core.
     {
-        let replicas = cluster
-            .replicas
-            .iter()
-            .map(|(id, r)| (*id, r.public_key))
-            .collect();
+        let replicas = cluster.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect();
         let crypto = crypto::Ed25519Crypto::new(key, replicas, cluster.client_signatures);
         let consensus = stages::Consensus {
             core: Replica::new(cfg.protocol.clone(), me, crypto, genesis_digest),
@@ -298,40 +239,18 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
 
     // Delivery.
     {
-        let (net, metrics, stop, k) = (
-            net.clone(),
-            metrics.clone(),
-            stop.clone(),
-            cfg.protocol.checkpoint_interval,
-        );
+        let (net, metrics, stop, k) = (net.clone(), metrics.clone(), stop.clone(), cfg.protocol.checkpoint_interval);
+        let digests = cfg.reply_digests.then(|| cluster.membership.clone());
         threads.push(spawn("delivery", move || {
-            stages::delivery(
-                rx_delivery,
-                exec,
-                tx_control,
-                tx_reply,
-                net,
-                metrics,
-                k,
-                genesis,
-                stop,
-            )
+            stages::delivery(rx_delivery, exec, tx_control, tx_reply, net, metrics, k, genesis, digests, stop)
         }));
     }
 
     // Reply sending.
     {
         let (metrics, stop) = (metrics.clone(), stop.clone());
-        threads.push(spawn("reply", move || {
-            stages::replier(rx_reply, net, metrics, stop)
-        }));
+        threads.push(spawn("reply", move || stages::replier(rx_reply, net, metrics, stop)));
     }
 
-    Ok(ReplicaHandle {
-        id: me,
-        metrics,
-        stop,
-        system: Some(system),
-        threads,
-    })
+    Ok(ReplicaHandle { id: me, metrics, stop, system: Some(system), threads })
 }

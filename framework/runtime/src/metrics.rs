@@ -51,6 +51,8 @@ counters! {
     requests_executed,
     /// Replies sent.
     replies_sent,
+    /// Of the replies from delivery, those sent as a digest of the result.
+    reply_digests,
     /// Replies dropped (client gone or not reading).
     replies_dropped,
     /// Snapshots taken at checkpoints.

@@ -20,9 +20,7 @@ use palisade_core::{ClientId, PeerMessage, ReplicaId, Request};
 use palisade_wire::channel::{Opener, Sealer};
 use palisade_wire::envelope::{self, ClientMessage, RejectReason, ReplicaMessage, Role};
 use palisade_wire::frame::FrameDecoder;
-use palisade_wire::handshake::{
-    Initiator, Keyring, Peer, Responder, Session, HANDSHAKE_MAX_FRAME_BYTES,
-};
+use palisade_wire::handshake::{Initiator, Keyring, Peer, Responder, Session, HANDSHAKE_MAX_FRAME_BYTES};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::io;
@@ -43,10 +41,7 @@ pub async fn read_raw_frame(stream: &mut TcpStream, max: usize) -> io::Result<By
     stream.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
     if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes over {max}"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes over {max}")));
     }
     let mut buf = vec![0u8; len];
     stream.read_exact(&mut buf).await?;
@@ -72,8 +67,7 @@ pub async fn accept_handshake(
     keyring: &Keyring,
 ) -> io::Result<Session> {
     let hello = read_raw_frame(stream, HANDSHAKE_MAX_FRAME_BYTES).await?;
-    let (responder, reply) =
-        Responder::on_hello(me, key, keyring, &hello, &mut rand_core::OsRng).map_err(invalid)?;
+    let (responder, reply) = Responder::on_hello(me, key, keyring, &hello, &mut rand_core::OsRng).map_err(invalid)?;
     write_raw_frame(stream, &reply).await?;
     let finish = read_raw_frame(stream, HANDSHAKE_MAX_FRAME_BYTES).await?;
     responder.on_finish(&finish).map_err(invalid)
@@ -87,8 +81,7 @@ pub async fn dial_handshake(
     to: ReplicaId,
     keyring: &Keyring,
 ) -> io::Result<Session> {
-    let (initiator, hello) =
-        Initiator::start(keyring.cluster, role, key, to, &mut rand_core::OsRng);
+    let (initiator, hello) = Initiator::start(keyring.cluster, role, key, to, &mut rand_core::OsRng);
     write_raw_frame(stream, &hello).await?;
     let reply = read_raw_frame(stream, HANDSHAKE_MAX_FRAME_BYTES).await?;
     let (session, finish) = initiator.on_reply(keyring, &reply).map_err(invalid)?;
@@ -107,10 +100,7 @@ pub struct OpenCodec {
 impl OpenCodec {
     /// A codec for one connection's receiving direction.
     pub fn new(max_frame_bytes: usize, opener: Opener) -> OpenCodec {
-        OpenCodec {
-            frames: FrameDecoder::new(max_frame_bytes + palisade_wire::channel::MAC_BYTES),
-            opener,
-        }
+        OpenCodec { frames: FrameDecoder::new(max_frame_bytes + palisade_wire::channel::MAC_BYTES), opener }
     }
 }
 
@@ -156,9 +146,7 @@ pub struct Routes<K> {
 
 impl<K: std::hash::Hash + Eq + Copy> Routes<K> {
     fn new() -> Self {
-        Routes {
-            map: RwLock::new(HashMap::new()),
-        }
+        Routes { map: RwLock::new(HashMap::new()) }
     }
 
     fn insert(&self, k: K, id: u64, addr: Addr<Connection>) {
@@ -302,12 +290,7 @@ impl Connection {
             ctx.add_stream(FramedRead::new(read, OpenCodec::new(max, opener)));
             let mut writer = FramedWrite::new(write, SealCodec::new(sealer), ctx);
             writer.set_buffer_capacity(low, high);
-            Connection {
-                id,
-                kind,
-                writer,
-                net: shared,
-            }
+            Connection { id, kind, writer, net: shared }
         });
         match kind {
             Kind::ToReplica(r) => net.peers.insert(r, id, addr.clone()),
@@ -360,11 +343,7 @@ impl Connection {
     }
 
     fn reject(&mut self, request: palisade_core::RequestId, reason: RejectReason) {
-        let body = self.net.client_body(&ReplicaMessage::Rejected {
-            replica: self.net.me,
-            request,
-            reason,
-        });
+        let body = self.net.client_body(&ReplicaMessage::Rejected { replica: self.net.me, request, reason });
         self.writer.write(body);
     }
 
@@ -419,11 +398,9 @@ pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey, keyri
         let (net, key, keyring) = (net.clone(), key.clone(), keyring.clone());
         actix_rt::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let session = tokio::time::timeout(
-                net.handshake_timeout,
-                accept_handshake(&mut stream, net.me, &key, &keyring),
-            )
-            .await;
+            let session =
+                tokio::time::timeout(net.handshake_timeout, accept_handshake(&mut stream, net.me, &key, &keyring))
+                    .await;
             let session = match session {
                 Ok(Ok(s)) => s,
                 _ => {
@@ -462,13 +439,10 @@ pub async fn dial_forever(
         let attempt = async {
             let mut stream = TcpStream::connect(address).await?;
             stream.set_nodelay(true)?;
-            let session =
-                dial_handshake(&mut stream, Role::Replica(net.me), &key, to, &keyring).await?;
+            let session = dial_handshake(&mut stream, Role::Replica(net.me), &key, to, &keyring).await?;
             Ok::<_, io::Error>((stream, session))
         };
-        if let Ok(Ok((stream, session))) =
-            tokio::time::timeout(net.handshake_timeout, attempt).await
-        {
+        if let Ok(Ok((stream, session))) = tokio::time::timeout(net.handshake_timeout, attempt).await {
             backoff = Duration::from_millis(50);
             let addr = Connection::start(net.clone(), Kind::ToReplica(to), stream, session);
             while addr.connected() {

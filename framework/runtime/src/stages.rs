@@ -10,10 +10,9 @@ use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 use palisade_core::exec::Lookup;
 use palisade_core::message::Reply;
 use palisade_core::{
-    Action, Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, Request,
-    SeqNo, Service, ViewNo,
+    Action, Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, Request, SeqNo, Service, ViewNo,
 };
-use palisade_wire::envelope::{RejectReason, ReplicaMessage};
+use palisade_wire::envelope::{designated_replier, RejectReason, ReplicaMessage};
 use palisade_wire::verify::{self, VerifyLimits};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
@@ -118,11 +117,7 @@ pub fn verifier(
                     RuntimeMetrics::add(&metrics.counters.requests_invalid, 1);
                     let _ = tx_reply.send((
                         r.client,
-                        ReplicaMessage::Rejected {
-                            replica: me,
-                            request: r.id,
-                            reason: RejectReason::Invalid,
-                        },
+                        ReplicaMessage::Rejected { replica: me, request: r.id, reason: RejectReason::Invalid },
                     ));
                 }
             }
@@ -157,11 +152,7 @@ pub fn proposer<S: Service>(
             batch
                 .into_iter()
                 .map(|r| {
-                    let l = if r.read_only {
-                        Lookup::New
-                    } else {
-                        exec.lookup(r.client, r.id)
-                    };
+                    let l = if r.read_only { Lookup::New } else { exec.lookup(r.client, r.id) };
                     (r, l)
                 })
                 .collect()
@@ -175,24 +166,14 @@ pub fn proposer<S: Service>(
                 }
                 Lookup::Cached(result) => {
                     RuntimeMetrics::add(&metrics.counters.requests_cached, 1);
-                    let reply = Reply {
-                        view,
-                        replica: me,
-                        client: r.client,
-                        request: r.id,
-                        result,
-                    };
+                    let reply = Reply { view, replica: me, client: r.client, request: r.id, result };
                     let _ = tx_reply.send((r.client, ReplicaMessage::Reply(reply)));
                 }
                 Lookup::Stale => {
                     RuntimeMetrics::add(&metrics.counters.requests_stale, 1);
                     let _ = tx_reply.send((
                         r.client,
-                        ReplicaMessage::Rejected {
-                            replica: me,
-                            request: r.id,
-                            reason: RejectReason::Stale,
-                        },
+                        ReplicaMessage::Rejected { replica: me, request: r.id, reason: RejectReason::Stale },
                     ));
                 }
             }
@@ -283,11 +264,7 @@ impl<C: palisade_core::Crypto> Consensus<C> {
                     }
                 }
                 Action::Deliver { seq, view, batch } => {
-                    if self
-                        .tx_delivery
-                        .send(DeliveryCmd::Deliver { seq, view, batch })
-                        .is_err()
-                    {
+                    if self.tx_delivery.send(DeliveryCmd::Deliver { seq, view, batch }).is_err() {
                         return false;
                     }
                 }
@@ -297,20 +274,12 @@ impl<C: palisade_core::Crypto> Consensus<C> {
                     }
                 }
                 Action::ServeSnapshot { to, seq } => {
-                    if self
-                        .tx_delivery
-                        .send(DeliveryCmd::Serve { to, seq })
-                        .is_err()
-                    {
+                    if self.tx_delivery.send(DeliveryCmd::Serve { to, seq }).is_err() {
                         return false;
                     }
                 }
                 Action::InstallSnapshot { seq, snapshot } => {
-                    if self
-                        .tx_delivery
-                        .send(DeliveryCmd::Install { seq, snapshot })
-                        .is_err()
-                    {
+                    if self.tx_delivery.send(DeliveryCmd::Install { seq, snapshot }).is_err() {
                         return false;
                     }
                 }
@@ -320,17 +289,11 @@ impl<C: palisade_core::Crypto> Consensus<C> {
                         return false;
                     }
                 }
-                Action::Dropped {
-                    client, request, ..
-                } => {
+                Action::Dropped { client, request, .. } => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_busy, 1);
                     let _ = self.tx_reply.try_send((
                         client,
-                        ReplicaMessage::Rejected {
-                            replica: self.net.me,
-                            request,
-                            reason: RejectReason::Busy,
-                        },
+                        ReplicaMessage::Rejected { replica: self.net.me, request, reason: RejectReason::Busy },
                     ));
                 }
             }
@@ -368,6 +331,7 @@ pub fn delivery<S: Service>(
     metrics: Arc<RuntimeMetrics>,
     checkpoint_interval: u64,
     genesis: Bytes,
+    reply_digests: Option<palisade_core::Membership>,
     stop: Arc<AtomicBool>,
 ) {
     let me = net.me;
@@ -386,17 +350,21 @@ pub fn delivery<S: Service>(
                     if e.fresh {
                         RuntimeMetrics::add(&metrics.counters.requests_executed, 1);
                     }
-                    let reply = Reply {
-                        view,
-                        replica: me,
-                        client: e.client,
-                        request: e.request,
-                        result: e.result,
+                    let full = reply_digests.as_ref().is_none_or(|m| designated_replier(m, e.client, e.request) == me);
+                    let msg = if full {
+                        ReplicaMessage::Reply(Reply {
+                            view,
+                            replica: me,
+                            client: e.client,
+                            request: e.request,
+                            result: e.result,
+                        })
+                    } else {
+                        let digest = Digest::of(&e.result);
+                        RuntimeMetrics::add(&metrics.counters.reply_digests, 1);
+                        ReplicaMessage::ReplyDigest { view, replica: me, client: e.client, request: e.request, digest }
                     };
-                    if tx_reply
-                        .send((e.client, ReplicaMessage::Reply(reply)))
-                        .is_err()
-                    {
+                    if tx_reply.send((e.client, msg)).is_err() {
                         return;
                     }
                 }
@@ -413,17 +381,8 @@ pub fn delivery<S: Service>(
             DeliveryCmd::Read(r) => {
                 let result = exec.read().execute_read_only(&r);
                 let view = ViewNo(metrics.core.lock().view);
-                let reply = Reply {
-                    view,
-                    replica: me,
-                    client: r.client,
-                    request: r.id,
-                    result,
-                };
-                if tx_reply
-                    .send((r.client, ReplicaMessage::Reply(reply)))
-                    .is_err()
-                {
+                let reply = Reply { view, replica: me, client: r.client, request: r.id, result };
+                if tx_reply.send((r.client, ReplicaMessage::Reply(reply))).is_err() {
                     return;
                 }
             }
@@ -443,9 +402,7 @@ pub fn delivery<S: Service>(
                 // The digest matched a certificate signed by a quorum; a
                 // snapshot that does not install means this build cannot read
                 // its own cluster's state: stop rather than diverge.
-                exec.write()
-                    .install(&snapshot)
-                    .expect("a certified snapshot installs");
+                exec.write().install(&snapshot).expect("a certified snapshot installs");
                 snapshots.insert(seq, snapshot);
             }
             DeliveryCmd::Stable(seq) => {
@@ -459,12 +416,7 @@ pub fn delivery<S: Service>(
 }
 
 /// Reply sending: encodes and routes messages to client connections.
-pub fn replier(
-    rx: Receiver<ClientMail>,
-    net: Arc<Net>,
-    metrics: Arc<RuntimeMetrics>,
-    stop: Arc<AtomicBool>,
-) {
+pub fn replier(rx: Receiver<ClientMail>, net: Arc<Net>, metrics: Arc<RuntimeMetrics>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let (client, msg) = match rx.recv_timeout(POLL) {
             Ok(m) => m,

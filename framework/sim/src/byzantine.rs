@@ -9,12 +9,10 @@ use crate::rng::Rng;
 use bytes::Bytes;
 use palisade_core::crypto::{self, Domain};
 use palisade_core::message::{
-    null_digest, Batch, CheckpointBody, NewViewBody, PrePrepare, PrePreparedEntry, PreparedEntry,
-    Reply, Request, Signed, ViewChangeBody,
+    null_digest, Batch, CheckpointBody, NewViewBody, PrePrepare, PrePreparedEntry, PreparedEntry, Reply, Request,
+    Signed, ViewChangeBody,
 };
-use palisade_core::{
-    ClientId, Digest, Membership, PeerMessage, ReplicaId, RequestId, SeqNo, ViewNo,
-};
+use palisade_core::{ClientId, Digest, Membership, PeerMessage, ReplicaId, RequestId, SeqNo, ViewNo};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -46,11 +44,7 @@ pub struct Outgoing {
 
 impl Outgoing {
     fn now(to: ReplicaId, msg: PeerMessage) -> Outgoing {
-        Outgoing {
-            to,
-            msg,
-            delay_ms: 0,
-        }
+        Outgoing { to, msg, delay_ms: 0 }
     }
 }
 
@@ -79,17 +73,29 @@ pub trait Strategy {
 
 /// Every strategy: name, placement, and what it does.
 pub const STRATEGIES: &[(&str, Placement, &str)] = &[
-    ("equivocate", Placement::InitialPrimary, "as primary, sends different batches for the same sequence number to different backups"),
+    (
+        "equivocate",
+        Placement::InitialPrimary,
+        "as primary, sends different batches for the same sequence number to different backups",
+    ),
     ("silent", Placement::InitialPrimary, "sends nothing at all, replies included"),
     ("slow-primary", Placement::InitialPrimary, "delays its pre-prepares to just below the request timeout"),
     ("wrong-digest", Placement::Any, "votes, decisions and batch replies carry wrong digests"),
     ("replay", Placement::Any, "replays its old messages, some moved to other views and sequence numbers"),
     ("lying-view-change", Placement::Any, "view-changes claim invented prepared batches and ask for far-future views"),
-    ("new-view-tamper", Placement::FirstNewPrimary, "as new primary, omits, replaces or invents re-proposals and tampers with others' view-changes"),
+    (
+        "new-view-tamper",
+        Placement::FirstNewPrimary,
+        "as new primary, omits, replaces or invents re-proposals and tampers with others' view-changes",
+    ),
     ("bogus-checkpoint", Placement::Any, "signs checkpoints with wrong state digests"),
     ("poisoned-state", Placement::Any, "answers state and batch requests with corrupted contents"),
     ("forged-replies", Placement::Any, "sends clients wrong results"),
-    ("forged-requests", Placement::InitialPrimary, "as primary, adds requests with forged client signatures to its batches"),
+    (
+        "forged-requests",
+        Placement::InitialPrimary,
+        "as primary, adds requests with forged client signatures to its batches",
+    ),
 ];
 
 /// The strategy called `name`.
@@ -99,9 +105,7 @@ pub fn make(name: &str) -> Option<Box<dyn Strategy>> {
         "silent" => Box::new(Silent),
         "slow-primary" => Box::new(SlowPrimary),
         "wrong-digest" => Box::new(WrongDigest),
-        "replay" => Box::new(Replay {
-            history: VecDeque::new(),
-        }),
+        "replay" => Box::new(Replay { history: VecDeque::new() }),
         "lying-view-change" => Box::new(LyingViewChange),
         "new-view-tamper" => Box::new(NewViewTamper),
         "bogus-checkpoint" => Box::new(BogusCheckpoint),
@@ -114,11 +118,7 @@ pub fn make(name: &str) -> Option<Box<dyn Strategy>> {
 
 /// Where `name` prefers to be placed.
 pub fn placement(name: &str) -> Placement {
-    STRATEGIES
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, p, _)| *p)
-        .unwrap_or(Placement::Any)
+    STRATEGIES.iter().find(|(n, _, _)| *n == name).map(|(_, p, _)| *p).unwrap_or(Placement::Any)
 }
 
 fn random_digest(rng: &mut Rng) -> Digest {
@@ -145,13 +145,7 @@ impl Strategy for Equivocate {
                 } else {
                     b.timestamp_ms += 1;
                 }
-                vec![Outgoing::now(
-                    to,
-                    PeerMessage::PrePrepare(PrePrepare {
-                        batch: Arc::new(b),
-                        ..pp
-                    }),
-                )]
+                vec![Outgoing::now(to, PeerMessage::PrePrepare(PrePrepare { batch: Arc::new(b), ..pp }))]
             }
             other => vec![Outgoing::now(to, other)],
         }
@@ -203,17 +197,11 @@ impl Strategy for WrongDigest {
                 v.digest = random_digest(ctx.rng);
                 PeerMessage::Commit(v)
             }
-            PeerMessage::Decided { seq, .. } => PeerMessage::Decided {
-                seq,
-                digest: random_digest(ctx.rng),
-            },
+            PeerMessage::Decided { seq, .. } => PeerMessage::Decided { seq, digest: random_digest(ctx.rng) },
             PeerMessage::BatchReply { seq, batch } => {
                 let mut b = (*batch).clone();
                 b.timestamp_ms ^= 1;
-                PeerMessage::BatchReply {
-                    seq,
-                    batch: Arc::new(b),
-                }
+                PeerMessage::BatchReply { seq, batch: Arc::new(b) }
             }
             other => other,
         };
@@ -242,10 +230,7 @@ impl Strategy for Replay {
             let shift = ctx.rng.range(1, 4);
             let moved = match old {
                 PeerMessage::PrePrepare(pp) if ctx.rng.chance(0.5) => {
-                    PeerMessage::PrePrepare(PrePrepare {
-                        seq: SeqNo(pp.seq.0 + shift),
-                        ..pp
-                    })
+                    PeerMessage::PrePrepare(PrePrepare { seq: SeqNo(pp.seq.0 + shift), ..pp })
                 }
                 PeerMessage::Prepare(mut v) if ctx.rng.chance(0.5) => {
                     v.seq = SeqNo(v.seq.0 + shift);
@@ -261,11 +246,7 @@ impl Strategy for Replay {
                 }
                 other => other,
             };
-            out.push(Outgoing {
-                to,
-                msg: moved,
-                delay_ms: ctx.rng.below(200),
-            });
+            out.push(Outgoing { to, msg: moved, delay_ms: ctx.rng.below(200) });
         }
         out
     }
@@ -288,21 +269,9 @@ impl Strategy for LyingViewChange {
         body.preprepared.clear();
         let count = ctx.rng.range(1, 6).min(ctx.log_window);
         for s in low + 1..=low + count {
-            let digest = if ctx.rng.chance(0.3) {
-                null_digest()
-            } else {
-                random_digest(ctx.rng)
-            };
-            body.prepared.push(PreparedEntry {
-                seq: SeqNo(s),
-                view: claim_view,
-                digest,
-            });
-            body.preprepared.push(PrePreparedEntry {
-                seq: SeqNo(s),
-                digest,
-                view: claim_view,
-            });
+            let digest = if ctx.rng.chance(0.3) { null_digest() } else { random_digest(ctx.rng) };
+            body.prepared.push(PreparedEntry { seq: SeqNo(s), view: claim_view, digest });
+            body.preprepared.push(PrePreparedEntry { seq: SeqNo(s), digest, view: claim_view });
         }
         let mut out = vec![Outgoing::now(
             to,
@@ -312,10 +281,7 @@ impl Strategy for LyingViewChange {
             // Ask for a far-future view: alone, this must not move anyone.
             let mut far = body;
             far.new_view = ViewNo(far.new_view.0 + ctx.rng.range(2, 50));
-            out.push(Outgoing::now(
-                to,
-                PeerMessage::ViewChange(crypto::sign(ctx.crypto, Domain::ViewChange, far)),
-            ));
+            out.push(Outgoing::now(to, PeerMessage::ViewChange(crypto::sign(ctx.crypto, Domain::ViewChange, far))));
         }
         out
     }
@@ -340,30 +306,19 @@ impl Strategy for NewViewTamper {
                 // Omit a batch: replace a re-proposal with null (or null with garbage).
                 let i = ctx.rng.below(body.chosen.len() as u64) as usize;
                 let d = body.chosen[i].1;
-                body.chosen[i].1 = if d == null_digest() {
-                    random_digest(ctx.rng)
-                } else {
-                    null_digest()
-                };
+                body.chosen[i].1 = if d == null_digest() { random_digest(ctx.rng) } else { null_digest() };
             }
             1 => {
                 // Invent a batch above everything proven.
-                let next = body.chosen.last().map(|(s, _)| s.0).unwrap_or_else(|| {
-                    body.view_changes
-                        .iter()
-                        .map(|vc| vc.body.checkpoint.seq.0)
-                        .max()
-                        .unwrap_or(0)
-                }) + 1;
+                let next =
+                    body.chosen.last().map(|(s, _)| s.0).unwrap_or_else(|| {
+                        body.view_changes.iter().map(|vc| vc.body.checkpoint.seq.0).max().unwrap_or(0)
+                    }) + 1;
                 body.chosen.push((SeqNo(next), random_digest(ctx.rng)));
             }
             2 => {
                 // Tamper with another replica's view-change without its key.
-                if let Some(vc) = body
-                    .view_changes
-                    .iter_mut()
-                    .find(|vc| vc.body.replica != ctx.me)
-                {
+                if let Some(vc) = body.view_changes.iter_mut().find(|vc| vc.body.replica != ctx.me) {
                     let low = vc.body.checkpoint.seq.0;
                     vc.body.prepared = vec![PreparedEntry {
                         seq: SeqNo(low + 1),
@@ -392,14 +347,8 @@ impl Strategy for BogusCheckpoint {
     fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
         match msg {
             PeerMessage::Checkpoint(c) if c.body.replica == ctx.me => {
-                let body = CheckpointBody {
-                    state: random_digest(ctx.rng),
-                    ..c.body
-                };
-                vec![Outgoing::now(
-                    to,
-                    PeerMessage::Checkpoint(crypto::sign(ctx.crypto, Domain::Checkpoint, body)),
-                )]
+                let body = CheckpointBody { state: random_digest(ctx.rng), ..c.body };
+                vec![Outgoing::now(to, PeerMessage::Checkpoint(crypto::sign(ctx.crypto, Domain::Checkpoint, body)))]
             }
             other => vec![Outgoing::now(to, other)],
         }
@@ -422,18 +371,12 @@ impl Strategy for PoisonedState {
                     let i = ctx.rng.below(bytes.len() as u64) as usize;
                     bytes[i] ^= 0x5a;
                 }
-                PeerMessage::StateReply {
-                    seq,
-                    snapshot: Bytes::from(bytes),
-                }
+                PeerMessage::StateReply { seq, snapshot: Bytes::from(bytes) }
             }
             PeerMessage::BatchReply { seq, batch } => {
                 let mut b = (*batch).clone();
                 b.requests.pop();
-                PeerMessage::BatchReply {
-                    seq,
-                    batch: Arc::new(b),
-                }
+                PeerMessage::BatchReply { seq, batch: Arc::new(b) }
             }
             other => other,
         };
@@ -441,13 +384,7 @@ impl Strategy for PoisonedState {
         // Volunteer a poisoned snapshot now and then, unasked.
         if ctx.rng.chance(0.05) {
             let seq = SeqNo(ctx.rng.below(64));
-            out.push(Outgoing::now(
-                to,
-                PeerMessage::StateReply {
-                    seq,
-                    snapshot: Bytes::from(vec![0u8; 16]),
-                },
-            ));
+            out.push(Outgoing::now(to, PeerMessage::StateReply { seq, snapshot: Bytes::from(vec![0u8; 16]) }));
         }
         out
     }
@@ -495,13 +432,7 @@ impl Strategy for ForgedRequests {
                     auth: Bytes::from_static(b"forged"),
                 });
                 let _ = &ctx.rng;
-                vec![Outgoing::now(
-                    to,
-                    PeerMessage::PrePrepare(PrePrepare {
-                        batch: Arc::new(b),
-                        ..pp
-                    }),
-                )]
+                vec![Outgoing::now(to, PeerMessage::PrePrepare(PrePrepare { batch: Arc::new(b), ..pp }))]
             }
             other => vec![Outgoing::now(to, other)],
         }

@@ -51,13 +51,7 @@ pub struct Checker {
 
 impl Checker {
     /// A correct replica delivered `seq` with batch `digest` and executed `fresh` for the first time.
-    pub fn on_deliver(
-        &mut self,
-        replica: ReplicaId,
-        seq: SeqNo,
-        digest: Digest,
-        fresh: Vec<FreshExec>,
-    ) {
+    pub fn on_deliver(&mut self, replica: ReplicaId, seq: SeqNo, digest: Digest, fresh: Vec<FreshExec>) {
         match self.decided.get(&seq) {
             None => {
                 self.decided.insert(seq, (digest, replica));
@@ -103,8 +97,7 @@ impl Checker {
 
     /// A correct replica's core raised an alarm (it saw evidence of divergence).
     pub fn on_alarm(&mut self, replica: ReplicaId, count: u64) {
-        self.violations
-            .push(format!("replica {replica} raised {count} safety alarm(s)"));
+        self.violations.push(format!("replica {replica} raised {count} safety alarm(s)"));
     }
 
     /// Batches delivered by some correct replica.
@@ -134,8 +127,7 @@ impl Checker {
                     }
                     Some(SimOp::Register(RegisterOp::Write(v))) => {
                         register_values.push(v);
-                        update_point
-                            .insert((e.client, e.request), 2 * register_values.len() as u64);
+                        update_point.insert((e.client, e.request), 2 * register_values.len() as u64);
                     }
                     _ => {}
                 }
@@ -160,34 +152,21 @@ impl Checker {
             let point = if op.op.is_read_only() {
                 let Some(result) = &op.result else { continue };
                 let Some(value) = u64_of(result) else {
-                    self.violations.push(format!(
-                        "client {} accepted a malformed result {result:?}",
-                        op.client
-                    ));
+                    self.violations.push(format!("client {} accepted a malformed result {result:?}", op.client));
                     continue;
                 };
-                let values = if object == 0 {
-                    &counter_values
-                } else {
-                    &register_values
-                };
+                let values = if object == 0 { &counter_values } else { &register_values };
                 if value == 0 {
                     1
                 } else if let Some(i) = values.iter().position(|v| *v == value) {
                     2 * (i as u64 + 1) + 1
                 } else {
-                    self.violations.push(format!(
-                        "linearizability: client {} read {} that no update produced",
-                        op.client, value
-                    ));
+                    self.violations
+                        .push(format!("linearizability: client {} read {} that no update produced", op.client, value));
                     continue;
                 }
             } else {
-                match op
-                    .requests
-                    .last()
-                    .and_then(|r| update_point.get(&(op.client, *r)))
-                {
+                match op.requests.last().and_then(|r| update_point.get(&(op.client, *r))) {
                     Some(p) => *p,
                     None => {
                         if op.complete_ms.is_some() {
@@ -204,10 +183,7 @@ impl Checker {
             per_object[object].push((op.invoke_ms, op.complete_ms, point));
         }
         for (object, ops) in per_object.iter().enumerate() {
-            let mut completed: Vec<(u64, u64)> = ops
-                .iter()
-                .filter_map(|(_, c, p)| c.map(|c| (c, *p)))
-                .collect();
+            let mut completed: Vec<(u64, u64)> = ops.iter().filter_map(|(_, c, p)| c.map(|c| (c, *p))).collect();
             completed.sort();
             let mut by_invoke: Vec<(u64, u64)> = ops.iter().map(|(i, _, p)| (*i, *p)).collect();
             by_invoke.sort();
@@ -272,18 +248,8 @@ mod tests {
     fn one_request_executed_at_two_sequence_numbers_breaks_exactly_once() {
         let mut c = Checker::default();
         let add = SimOp::Counter(CounterOp::Add(1));
-        c.on_deliver(
-            ReplicaId(0),
-            SeqNo(1),
-            Digest([1; 32]),
-            vec![exec(1, 1, add, 1)],
-        );
-        c.on_deliver(
-            ReplicaId(0),
-            SeqNo(2),
-            Digest([2; 32]),
-            vec![exec(1, 1, add, 2)],
-        );
+        c.on_deliver(ReplicaId(0), SeqNo(1), Digest([1; 32]), vec![exec(1, 1, add, 1)]);
+        c.on_deliver(ReplicaId(0), SeqNo(2), Digest([2; 32]), vec![exec(1, 1, add, 2)]);
         assert!(c.violations[0].contains("exactly-once"));
     }
 
@@ -291,38 +257,20 @@ mod tests {
     fn a_stale_read_after_a_completed_write_is_not_linearizable() {
         let mut c = Checker::default();
         let add = SimOp::Counter(CounterOp::Add(5));
-        c.on_deliver(
-            ReplicaId(0),
-            SeqNo(1),
-            Digest([1; 32]),
-            vec![exec(1, 1, add, 5)],
-        );
+        c.on_deliver(ReplicaId(0), SeqNo(1), Digest([1; 32]), vec![exec(1, 1, add, 5)]);
         let get = SimOp::Counter(CounterOp::Get);
         // The add completes at 10; a read invoked at 20 returns the old 0.
         c.check_linearizable(&[rec(1, 1, add, 0, 10, 5), rec(2, 1, get, 20, 30, 0)]);
-        assert!(
-            c.violations.iter().any(|v| v.contains("linearizability")),
-            "{:?}",
-            c.violations
-        );
+        assert!(c.violations.iter().any(|v| v.contains("linearizability")), "{:?}", c.violations);
     }
 
     #[test]
     fn a_concurrent_read_may_see_either_value() {
         let mut c = Checker::default();
         let w = SimOp::Register(RegisterOp::Write(7));
-        c.on_deliver(
-            ReplicaId(0),
-            SeqNo(1),
-            Digest([1; 32]),
-            vec![exec(1, 1, w, 0)],
-        );
+        c.on_deliver(ReplicaId(0), SeqNo(1), Digest([1; 32]), vec![exec(1, 1, w, 0)]);
         let r = SimOp::Register(RegisterOp::Read);
-        c.check_linearizable(&[
-            rec(1, 1, w, 0, 10, 0),
-            rec(2, 1, r, 5, 30, 0),
-            rec(3, 1, r, 6, 31, 7),
-        ]);
+        c.check_linearizable(&[rec(1, 1, w, 0, 10, 0), rec(2, 1, r, 5, 30, 0), rec(3, 1, r, 6, 31, 7)]);
         assert!(c.violations.is_empty(), "{:?}", c.violations);
     }
 
@@ -330,12 +278,7 @@ mod tests {
     fn a_result_other_than_the_executed_one_is_caught() {
         let mut c = Checker::default();
         let add = SimOp::Counter(CounterOp::Add(5));
-        c.on_deliver(
-            ReplicaId(0),
-            SeqNo(1),
-            Digest([1; 32]),
-            vec![exec(1, 1, add, 5)],
-        );
+        c.on_deliver(ReplicaId(0), SeqNo(1), Digest([1; 32]), vec![exec(1, 1, add, 5)]);
         c.check_linearizable(&[rec(1, 1, add, 0, 10, 6)]);
         assert!(!c.violations.is_empty());
     }

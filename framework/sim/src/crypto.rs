@@ -20,9 +20,7 @@ pub struct Keys {
 impl Keys {
     /// Secrets for `n` replicas and the given clients, derived from `seed`.
     pub fn new(seed: u64, n: usize, clients: &[ClientId]) -> Arc<Keys> {
-        let key = |tag: &[u8], i: u64| {
-            Digest::of_parts(&[b"sim-key", tag, &seed.to_le_bytes(), &i.to_le_bytes()]).0
-        };
+        let key = |tag: &[u8], i: u64| Digest::of_parts(&[b"sim-key", tag, &seed.to_le_bytes(), &i.to_le_bytes()]).0;
         Arc::new(Keys {
             replicas: (0..n as u64).map(|i| key(b"replica", i)).collect(),
             clients: clients.iter().map(|c| (*c, key(b"client", c.0))).collect(),
@@ -57,14 +55,11 @@ impl SimCrypto {
 
 impl Crypto for SimCrypto {
     fn sign(&self, payload: &[u8]) -> Signature {
-        Signature(Bytes::copy_from_slice(
-            &self.tag(self.me, payload).expect("own key"),
-        ))
+        Signature(Bytes::copy_from_slice(&self.tag(self.me, payload).expect("own key")))
     }
 
     fn verify(&self, signer: ReplicaId, payload: &[u8], signature: &Signature) -> bool {
-        self.tag(signer, payload)
-            .is_some_and(|t| signature.0.as_ref() == t)
+        self.tag(signer, payload).is_some_and(|t| signature.0.as_ref() == t)
     }
 
     fn verify_request(&self, request: &Request) -> bool {

@@ -51,30 +51,18 @@ pub fn run_many(configs: Vec<SimConfig>, threads: usize) -> Vec<Report> {
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_default();
-                    Report {
-                        seed: cfg.seed,
-                        safety: vec![format!("panic: {what}")],
-                        ..Report::default()
-                    }
+                    Report { seed: cfg.seed, safety: vec![format!("panic: {what}")], ..Report::default() }
                 });
                 results.lock().expect("no poisoned runs")[i] = Some(report);
             });
         }
     });
-    results
-        .into_inner()
-        .expect("no poisoned runs")
-        .into_iter()
-        .map(|r| r.expect("every run reports"))
-        .collect()
+    results.into_inner().expect("no poisoned runs").into_iter().map(|r| r.expect("every run reports")).collect()
 }
 
 /// Adds up reports.
 pub fn summarize(reports: &[Report]) -> Summary {
-    let mut s = Summary {
-        runs: reports.len(),
-        ..Summary::default()
-    };
+    let mut s = Summary { runs: reports.len(), ..Summary::default() };
     for r in reports {
         s.safety_violations += usize::from(!r.safety.is_empty());
         s.liveness_failures += usize::from(!r.liveness.is_empty());

@@ -15,8 +15,8 @@ use crate::service::{SimOp, SimService};
 use palisade_core::exec::Lookup;
 use palisade_core::replica::Record;
 use palisade_core::{
-    Action, ClientId, Config, Digest, Executor, Input, Membership, Mode, PeerMessage, Replica,
-    ReplicaId, Reply, Request, RequestId, SeqNo, ViewNo,
+    Action, ClientId, Config, Digest, Executor, Input, Membership, Mode, PeerMessage, Replica, ReplicaId, Reply,
+    Request, RequestId, SeqNo, ViewNo,
 };
 use palisade_services::counter::CounterOp;
 use palisade_services::register::RegisterOp;
@@ -136,11 +136,7 @@ enum Payload {
 
 #[derive(Debug)]
 enum Event {
-    Deliver {
-        from: usize,
-        to: usize,
-        payload: Payload,
-    },
+    Deliver { from: usize, to: usize, payload: Payload },
     ReplicaTick(usize),
     ClientTick(usize),
     Crash(usize),
@@ -188,26 +184,12 @@ struct Faults {
 impl Faults {
     fn draw(rng: &mut Rng, f: usize) -> Faults {
         Faults {
-            loss: if rng.chance(0.7) {
-                rng.unit() * 0.3
-            } else {
-                0.0
-            },
-            duplicate: if rng.chance(0.5) {
-                rng.unit() * 0.5
-            } else {
-                0.0
-            },
-            delay_max_ms: *[2u64, 10, 40, 120]
-                .get(rng.below(4) as usize)
-                .expect("index"),
+            loss: if rng.chance(0.7) { rng.unit() * 0.3 } else { 0.0 },
+            duplicate: if rng.chance(0.5) { rng.unit() * 0.5 } else { 0.0 },
+            delay_max_ms: *[2u64, 10, 40, 120].get(rng.below(4) as usize).expect("index"),
             partitions: rng.chance(0.6),
             one_way: rng.chance(0.5),
-            crashes: if rng.chance(0.6) {
-                rng.range(1, f as u64 + 1) as usize
-            } else {
-                0
-            },
+            crashes: if rng.chance(0.6) { rng.range(1, f as u64 + 1) as usize } else { 0 },
             clogged: rng.chance(0.3),
         }
     }
@@ -219,11 +201,7 @@ impl Faults {
             self.duplicate,
             self.delay_max_ms,
             self.partitions,
-            if self.partitions && self.one_way {
-                "(one-way too)"
-            } else {
-                ""
-            },
+            if self.partitions && self.one_way { "(one-way too)" } else { "" },
             self.crashes,
             self.clogged
         )
@@ -348,8 +326,7 @@ pub fn run(cfg: &SimConfig) -> Report {
 impl World {
     fn new(cfg: SimConfig) -> World {
         let mut rng = Rng::new(cfg.seed);
-        let membership =
-            Membership::with_size(cfg.replicas, cfg.mode).expect("valid replica count");
+        let membership = Membership::with_size(cfg.replicas, cfg.mode).expect("valid replica count");
         #[allow(unused_mut)]
         let mut core_cfg = core_config(membership.clone());
         #[cfg(feature = "planted-bugs")]
@@ -393,11 +370,7 @@ impl World {
             .map(|i| {
                 let id = ReplicaId(i as u32);
                 let crypto = SimCrypto::new(id, keys.clone());
-                let strategy = if byz.contains(&i) {
-                    strategy_name.as_deref().and_then(byzantine::make)
-                } else {
-                    None
-                };
+                let strategy = if byz.contains(&i) { strategy_name.as_deref().and_then(byzantine::make) } else { None };
                 let mut disk = Disk::default();
                 disk.snapshots.insert(SeqNo(0), genesis_snapshot.clone());
                 SimReplica {
@@ -450,11 +423,7 @@ impl World {
 
     fn schedule(&mut self, at: u64, event: Event) {
         self.order += 1;
-        self.queue.push(Reverse(Scheduled {
-            time: at,
-            order: self.order,
-            event,
-        }));
+        self.queue.push(Reverse(Scheduled { time: at, order: self.order, event }));
     }
 
     fn n(&self) -> usize {
@@ -515,12 +484,7 @@ impl World {
                     }
                 }
             }
-            if !self.faulty_phase
-                && self
-                    .clients
-                    .iter()
-                    .all(|c| c.ops_after_heal == 0 && c.current.is_none())
-            {
+            if !self.faulty_phase && self.clients.iter().all(|c| c.ops_after_heal == 0 && c.current.is_none()) {
                 break;
             }
         }
@@ -590,11 +554,7 @@ impl World {
     fn send(&mut self, from: usize, to: usize, payload: Payload, extra_delay_ms: u64) {
         self.messages += 1;
         let (loss, dup, jitter) = if self.faulty_phase {
-            (
-                self.faults.loss,
-                self.faults.duplicate,
-                self.faults.delay_max_ms,
-            )
+            (self.faults.loss, self.faults.duplicate, self.faults.delay_max_ms)
         } else {
             (0.0, 0.0, 3)
         };
@@ -611,14 +571,7 @@ impl World {
         if self.rng.chance(dup) {
             // A duplicate that may arrive much later: a replay.
             let later = delay + self.rng.below(500);
-            self.schedule(
-                self.now + later,
-                Event::Deliver {
-                    from,
-                    to,
-                    payload: payload.clone(),
-                },
-            );
+            self.schedule(self.now + later, Event::Deliver { from, to, payload: payload.clone() });
         }
         self.schedule(self.now + delay, Event::Deliver { from, to, payload });
     }
@@ -636,13 +589,7 @@ impl World {
         }
         match payload {
             Payload::Peer(msg) if from < n => {
-                self.replica_step(
-                    to,
-                    Input::Peer {
-                        from: ReplicaId(from as u32),
-                        msg,
-                    },
-                );
+                self.replica_step(to, Input::Peer { from: ReplicaId(from as u32), msg });
             }
             Payload::Request(req) if from >= n => {
                 if !req.read_only {
@@ -668,25 +615,9 @@ impl World {
         (i < self.clients.len()).then_some(self.n() + i)
     }
 
-    fn make_reply(
-        &self,
-        r: usize,
-        client: &ClientId,
-        request: RequestId,
-        result: bytes::Bytes,
-    ) -> Reply {
-        let view = self.replicas[r]
-            .core
-            .as_ref()
-            .map(|c| c.view())
-            .unwrap_or_default();
-        Reply {
-            view,
-            replica: ReplicaId(r as u32),
-            client: *client,
-            request,
-            result,
-        }
+    fn make_reply(&self, r: usize, client: &ClientId, request: RequestId, result: bytes::Bytes) -> Reply {
+        let view = self.replicas[r].core.as_ref().map(|c| c.view()).unwrap_or_default();
+        Reply { view, replica: ReplicaId(r as u32), client: *client, request, result }
     }
 
     fn replica_reply(&mut self, r: usize, reply: Reply) {
@@ -703,12 +634,7 @@ impl World {
                 request_timeout_ms: self.core_cfg.request_timeout_ms,
                 log_window: self.core_cfg.log_window,
             };
-            match rep
-                .strategy
-                .as_mut()
-                .expect("byzantine")
-                .reply(&mut ctx, reply)
-            {
+            match rep.strategy.as_mut().expect("byzantine").reply(&mut ctx, reply) {
                 Some(r) => r,
                 None => return,
             }
@@ -733,10 +659,7 @@ impl World {
                 request_timeout_ms: self.core_cfg.request_timeout_ms,
                 log_window: self.core_cfg.log_window,
             };
-            rep.strategy
-                .as_mut()
-                .expect("byzantine")
-                .outgoing(&mut ctx, to, msg)
+            rep.strategy.as_mut().expect("byzantine").outgoing(&mut ctx, to, msg)
         };
         for o in outs {
             if (o.to.0 as usize) < self.n() && o.to.0 as usize != r {
@@ -772,11 +695,7 @@ impl World {
     }
 
     fn drain(&mut self, r: usize) {
-        let actions = self.replicas[r]
-            .core
-            .as_mut()
-            .map(|c| c.take_actions())
-            .unwrap_or_default();
+        let actions = self.replicas[r].core.as_mut().map(|c| c.take_actions()).unwrap_or_default();
         let mut inputs = VecDeque::new();
         for a in actions {
             self.apply(r, a, &mut inputs);
@@ -802,10 +721,7 @@ impl World {
                     eprintln!("{:>6} r{r} install snapshot {seq}", self.now)
                 }
                 Action::Broadcast(PeerMessage::NewView(nv)) => {
-                    eprintln!(
-                        "{:>6} r{r} new-view {} chosen {:?}",
-                        self.now, nv.body.view, nv.body.chosen
-                    )
+                    eprintln!("{:>6} r{r} new-view {} chosen {:?}", self.now, nv.body.view, nv.body.chosen)
                 }
                 Action::Persist(rec) => eprintln!("{:>6} r{r} persist {rec:?}", self.now),
                 _ => {}
@@ -815,13 +731,8 @@ impl World {
             Action::Persist(record) => self.replicas[r].disk.persist(record),
             Action::Send { to, msg } => self.replica_send(r, to, msg),
             Action::Broadcast(msg) => {
-                let others: Vec<ReplicaId> = self
-                    .membership
-                    .members()
-                    .iter()
-                    .copied()
-                    .filter(|m| m.0 as usize != r)
-                    .collect();
+                let others: Vec<ReplicaId> =
+                    self.membership.members().iter().copied().filter(|m| m.0 as usize != r).collect();
                 for to in others {
                     self.replica_send(r, to, msg.clone());
                 }
@@ -847,8 +758,7 @@ impl World {
                     }
                 }
                 if !byz {
-                    self.checker
-                        .on_deliver(ReplicaId(r as u32), seq, batch.digest(), fresh);
+                    self.checker.on_deliver(ReplicaId(r as u32), seq, batch.digest(), fresh);
                 }
                 for e in executed {
                     let reply = self.make_reply(r, &e.client, e.request, e.result);
@@ -866,11 +776,7 @@ impl World {
                 }
             }
             Action::ExecuteReadOnly(req) => {
-                let result = self.replicas[r]
-                    .exec
-                    .as_ref()
-                    .expect("up")
-                    .execute_read_only(&req);
+                let result = self.replicas[r].exec.as_ref().expect("up").execute_read_only(&req);
                 let reply = self.make_reply(r, &req.client, req.id, result);
                 self.replica_reply(r, reply);
             }
@@ -882,9 +788,9 @@ impl World {
             Action::InstallSnapshot { seq, snapshot } => {
                 let rep = &mut self.replicas[r];
                 if let Err(e) = rep.exec.as_mut().expect("up").install(&snapshot) {
-                    self.checker.violations.push(format!(
-                        "replica {r}: certified snapshot {seq} does not install: {e}"
-                    ));
+                    self.checker
+                        .violations
+                        .push(format!("replica {r}: certified snapshot {seq} does not install: {e}"));
                 }
                 rep.disk.snapshots.insert(seq, snapshot);
             }
@@ -897,11 +803,7 @@ impl World {
             return;
         }
         let rep = &mut self.replicas[r];
-        let (&seq, snapshot) = rep
-            .disk
-            .snapshots
-            .last_key_value()
-            .expect("genesis snapshot is always kept");
+        let (&seq, snapshot) = rep.disk.snapshots.last_key_value().expect("genesis snapshot is always kept");
         let snapshot = snapshot.clone();
         let mut exec = Executor::new(SimService::default(), self.core_cfg.client_window);
         exec.install(&snapshot).expect("own snapshot installs");
@@ -1003,11 +905,7 @@ impl World {
         let cur = cl.current.as_mut().expect("present");
         let id = RequestId(cl.next_request);
         cl.next_request += 1;
-        let mut request = Request {
-            id,
-            read_only: false,
-            ..cur.request.clone()
-        };
+        let mut request = Request { id, read_only: false, ..cur.request.clone() };
         self.keys.sign_request(&mut request);
         cur.request = request.clone();
         cur.replies.clear();
@@ -1030,11 +928,7 @@ impl World {
             return;
         }
         cur.replies.insert(reply.replica, reply);
-        let need = if cur.request.read_only {
-            need_read
-        } else {
-            need_ordered
-        };
+        let need = if cur.request.read_only { need_read } else { need_ordered };
         let mut counts: BTreeMap<&[u8], Vec<ViewNo>> = BTreeMap::new();
         for r in cur.replies.values() {
             counts.entry(r.result.as_ref()).or_default().push(r.view);
@@ -1077,8 +971,7 @@ impl World {
                 max_view = max_view.max(core.view().0);
                 state_transfers += core.metrics().state_transfers;
                 if core.metrics().alarms > 0 {
-                    self.checker
-                        .on_alarm(ReplicaId(r as u32), core.metrics().alarms);
+                    self.checker.on_alarm(ReplicaId(r as u32), core.metrics().alarms);
                 }
             }
         }
@@ -1111,18 +1004,10 @@ impl World {
         }
         for cl in &self.clients {
             if cl.ops_after_heal > 0 && cl.current.is_none() {
-                liveness.push(format!(
-                    "client {} still had {} operations to run",
-                    cl.id, cl.ops_after_heal
-                ));
+                liveness.push(format!("client {} still had {} operations to run", cl.id, cl.ops_after_heal));
             }
         }
-        let byzantine: Vec<ReplicaId> = self
-            .replicas
-            .iter()
-            .filter(|r| r.strategy.is_some())
-            .map(|r| r.id)
-            .collect();
+        let byzantine: Vec<ReplicaId> = self.replicas.iter().filter(|r| r.strategy.is_some()).map(|r| r.id).collect();
         let replica_states = self
             .replicas
             .iter()
@@ -1145,10 +1030,7 @@ impl World {
         Report {
             replica_states,
             seed: self.cfg.seed,
-            strategy: self
-                .replicas
-                .iter()
-                .find_map(|r| r.strategy.as_ref().map(|s| s.name().to_string())),
+            strategy: self.replicas.iter().find_map(|r| r.strategy.as_ref().map(|s| s.name().to_string())),
             byzantine,
             faults: self.faults.describe(),
             safety: std::mem::take(&mut self.checker.violations),

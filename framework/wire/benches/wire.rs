@@ -26,23 +26,13 @@ fn request(i: u64, size: usize) -> Request {
 
 fn messages() -> Vec<(&'static str, PeerMessage)> {
     vec![
-        (
-            "commit",
-            PeerMessage::Commit(Vote {
-                view: ViewNo(1),
-                seq: SeqNo(1_000),
-                digest: Digest([7; 32]),
-            }),
-        ),
+        ("commit", PeerMessage::Commit(Vote { view: ViewNo(1), seq: SeqNo(1_000), digest: Digest([7; 32]) })),
         (
             "pre_prepare_64x100B",
             PeerMessage::PrePrepare(PrePrepare {
                 view: ViewNo(1),
                 seq: SeqNo(1_000),
-                batch: Arc::new(Batch {
-                    timestamp_ms: 1,
-                    requests: (0..64).map(|i| request(i, 100)).collect(),
-                }),
+                batch: Arc::new(Batch { timestamp_ms: 1, requests: (0..64).map(|i| request(i, 100)).collect() }),
             }),
         ),
     ]
@@ -105,9 +95,7 @@ fn hmac(c: &mut Criterion) {
 }
 
 fn signatures(c: &mut Criterion) {
-    let keys: Vec<_> = (0..16)
-        .map(|_| palisade_wire::keys::generate(&mut rand_core::OsRng))
-        .collect();
+    let keys: Vec<_> = (0..16).map(|_| palisade_wire::keys::generate(&mut rand_core::OsRng)).collect();
     let signed: Vec<Request> = (0..1024u64)
         .map(|i| {
             let mut r = request(i, 100);
@@ -126,15 +114,9 @@ fn signatures(c: &mut Criterion) {
     });
     g.throughput(Throughput::Elements(signed.len() as u64));
     for threads in [1usize, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         for chunk in [64usize, 1024] {
-            let limits = VerifyLimits {
-                chunk,
-                ..VerifyLimits::default()
-            };
+            let limits = VerifyLimits { chunk, ..VerifyLimits::default() };
             let label = format!("batch{chunk}_threads{threads}");
             g.bench_function(BenchmarkId::new("verify_batch_1024", label), |b| {
                 b.iter(|| {

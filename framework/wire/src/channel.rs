@@ -43,10 +43,7 @@ pub struct Opener {
 impl Sealer {
     /// A sealer with this direction's key.
     pub fn new(key: &[u8; 32]) -> Sealer {
-        Sealer {
-            mac: keyed(key),
-            counter: 0,
-        }
+        Sealer { mac: keyed(key), counter: 0 }
     }
 
     /// Appends a complete authenticated frame carrying `body` to `out`.
@@ -67,8 +64,7 @@ impl Sealer {
         let body_len = out.len() - start - LENGTH_BYTES;
         let tag = self.tag(&out[start + LENGTH_BYTES..]);
         out.put_slice(&tag);
-        out[start..start + LENGTH_BYTES]
-            .copy_from_slice(&((body_len + MAC_BYTES) as u32).to_le_bytes());
+        out[start..start + LENGTH_BYTES].copy_from_slice(&((body_len + MAC_BYTES) as u32).to_le_bytes());
     }
 
     fn tag(&mut self, body: &[u8]) -> [u8; MAC_BYTES] {
@@ -88,26 +84,19 @@ impl Sealer {
 impl Opener {
     /// An opener with this direction's key.
     pub fn new(key: &[u8; 32]) -> Opener {
-        Opener {
-            mac: keyed(key),
-            counter: 0,
-        }
+        Opener { mac: keyed(key), counter: 0 }
     }
 
     /// Checks a frame payload (`body || mac`) and returns the body.
     pub fn open(&mut self, payload: Bytes) -> Result<Bytes, WireError> {
         if payload.len() < MAC_BYTES {
-            return Err(WireError::Truncated {
-                needed: MAC_BYTES,
-                got: payload.len(),
-            });
+            return Err(WireError::Truncated { needed: MAC_BYTES, got: payload.len() });
         }
         let split = payload.len() - MAC_BYTES;
         let mut mac = self.mac.clone();
         mac.update(&self.counter.to_le_bytes());
         mac.update(&payload[..split]);
-        mac.verify_slice(&payload[split..])
-            .map_err(|_| WireError::BadMac)?;
+        mac.verify_slice(&payload[split..]).map_err(|_| WireError::BadMac)?;
         self.counter += 1;
         Ok(payload.slice(..split))
     }
@@ -165,11 +154,7 @@ mod tests {
         assert_eq!(o.open(f[0].clone()), Err(WireError::BadMac), "replay");
         let (mut s2, mut o2) = pair([1; 32]);
         let g = frames(&mut s2, &[b"one", b"two"]);
-        assert_eq!(
-            o2.open(g[1].clone()),
-            Err(WireError::BadMac),
-            "reorder or drop"
-        );
+        assert_eq!(o2.open(g[1].clone()), Err(WireError::BadMac), "reorder or drop");
         let _ = &mut s;
     }
 

@@ -42,11 +42,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}: {}; {}",
-            self.file, self.field, self.problem, self.fix
-        )
+        write!(f, "{}: {}: {}; {}", self.file, self.field, self.problem, self.fix)
     }
 }
 
@@ -163,13 +159,7 @@ impl ClusterConfig {
         let mode = match raw.mode.as_str() {
             "bft" => Mode::Bft,
             "cft" => Mode::Cft,
-            other => {
-                return Err(err(
-                    "mode",
-                    format!("unknown mode {other:?}"),
-                    "use \"bft\" or \"cft\"",
-                ))
-            }
+            other => return Err(err("mode", format!("unknown mode {other:?}"), "use \"bft\" or \"cft\"")),
         };
         if raw.max_frame_bytes < 1024 || raw.max_frame_bytes > (1 << 30) {
             return Err(err(
@@ -178,44 +168,17 @@ impl ClusterConfig {
                 "use a value between 1024 and 1073741824",
             ));
         }
-        let view_manager =
-            keys::parse_public(&raw.view_manager.public_key, "view_manager.public_key").map_err(
-                |e| {
-                    err(
-                        "view_manager.public_key",
-                        e.to_string(),
-                        "copy the key printed by `palisade keygen`",
-                    )
-                },
-            )?;
+        let view_manager = keys::parse_public(&raw.view_manager.public_key, "view_manager.public_key")
+            .map_err(|e| err("view_manager.public_key", e.to_string(), "copy the key printed by `palisade keygen`"))?;
         let mut replicas = BTreeMap::new();
         for (i, r) in raw.replicas.iter().enumerate() {
             let field = |name: &str| format!("replicas[{i}].{name}");
             let address: SocketAddr = r.address.parse().map_err(|_| {
-                err(
-                    &field("address"),
-                    format!("{:?} is not ip:port", r.address),
-                    "write it like \"127.0.0.1:7000\"",
-                )
+                err(&field("address"), format!("{:?} is not ip:port", r.address), "write it like \"127.0.0.1:7000\"")
             })?;
-            let public_key =
-                keys::parse_public(&r.public_key, &field("public_key")).map_err(|e| {
-                    err(
-                        &field("public_key"),
-                        e.to_string(),
-                        "copy the key printed by `palisade keygen`",
-                    )
-                })?;
-            if replicas
-                .insert(
-                    ReplicaId(r.id),
-                    ReplicaInfo {
-                        address,
-                        public_key,
-                    },
-                )
-                .is_some()
-            {
+            let public_key = keys::parse_public(&r.public_key, &field("public_key"))
+                .map_err(|e| err(&field("public_key"), e.to_string(), "copy the key printed by `palisade keygen`"))?;
+            if replicas.insert(ReplicaId(r.id), ReplicaInfo { address, public_key }).is_some() {
                 return Err(err(
                     &field("id"),
                     format!("replica id {} appears twice", r.id),
@@ -223,14 +186,8 @@ impl ClusterConfig {
                 ));
             }
         }
-        let membership =
-            Membership::new(replicas.keys().copied().collect(), raw.f, mode).map_err(|e| {
-                err(
-                    "f",
-                    e.to_string(),
-                    "lower f or add replicas (BFT needs 3f+1, CFT 2f+1)",
-                )
-            })?;
+        let membership = Membership::new(replicas.keys().copied().collect(), raw.f, mode)
+            .map_err(|e| err("f", e.to_string(), "lower f or add replicas (BFT needs 3f+1, CFT 2f+1)"))?;
         Ok(ClusterConfig {
             cluster_id: raw.cluster_id,
             membership,
@@ -252,9 +209,7 @@ impl ClusterConfig {
             f: self.membership.f(),
             client_signatures: self.client_signatures,
             max_frame_bytes: self.max_frame_bytes,
-            view_manager: ViewManagerEntry {
-                public_key: public_hex(&self.view_manager),
-            },
+            view_manager: ViewManagerEntry { public_key: public_hex(&self.view_manager) },
             replicas: self
                 .replicas
                 .iter()
@@ -312,19 +267,10 @@ mod tests {
         let e = ClusterConfig::parse(&bad_addr, "c.toml").unwrap_err();
         assert_eq!(e.field, "replicas[2].address");
         let bad_mode = sample(4).replacen("\"bft\"", "\"pbft\"", 1);
-        assert_eq!(
-            ClusterConfig::parse(&bad_mode, "c.toml").unwrap_err().field,
-            "mode"
-        );
+        assert_eq!(ClusterConfig::parse(&bad_mode, "c.toml").unwrap_err().field, "mode");
         let unknown = format!("{}\nbogus = 1\n", sample(4));
-        assert!(ClusterConfig::parse(&unknown, "c.toml")
-            .unwrap_err()
-            .problem
-            .contains("unknown field"));
+        assert!(ClusterConfig::parse(&unknown, "c.toml").unwrap_err().problem.contains("unknown field"));
         let dup = sample(4).replacen("id = 3", "id = 2", 1);
-        assert_eq!(
-            ClusterConfig::parse(&dup, "c.toml").unwrap_err().field,
-            "replicas[3].id"
-        );
+        assert_eq!(ClusterConfig::parse(&dup, "c.toml").unwrap_err().field, "replicas[3].id");
     }
 }

@@ -55,6 +55,31 @@ pub enum ReplicaMessage {
         /// Why.
         reason: RejectReason,
     },
+    /// PBFT's digest reply: the result's SHA-256 instead of the result,
+    /// from every replica but the one designated to send it in full.
+    ReplyDigest {
+        /// The replica's view.
+        view: palisade_core::ViewNo,
+        /// Author.
+        replica: ReplicaId,
+        /// Request answered.
+        client: palisade_core::ClientId,
+        /// Request answered.
+        request: RequestId,
+        /// SHA-256 of the result.
+        digest: palisade_core::Digest,
+    },
+}
+
+/// The replica that sends the full result of `request` when replies use
+/// digests: spread over the members by client and request id.
+pub fn designated_replier(
+    membership: &palisade_core::Membership,
+    client: palisade_core::ClientId,
+    request: RequestId,
+) -> ReplicaId {
+    let m = membership.members();
+    m[((client.0 ^ request.0) % m.len() as u64) as usize]
 }
 
 /// Who opens a connection, as claimed in its first message.
@@ -132,23 +157,16 @@ impl std::io::Write for BytesMutWriter<'_> {
 /// Decodes a frame body sent on a channel carrying `T`, for `cluster`.
 pub fn decode<T: DeserializeOwned>(cluster: u64, body: &[u8]) -> Result<T, WireError> {
     if body.len() < HEADER_BYTES {
-        return Err(WireError::Truncated {
-            needed: HEADER_BYTES,
-            got: body.len(),
-        });
+        return Err(WireError::Truncated { needed: HEADER_BYTES, got: body.len() });
     }
     if body[0] != VERSION {
         return Err(WireError::UnknownVersion(body[0]));
     }
     let got = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
     if got != cluster {
-        return Err(WireError::WrongCluster {
-            expected: cluster,
-            got,
-        });
+        return Err(WireError::WrongCluster { expected: cluster, got });
     }
-    let (value, rest) =
-        postcard::take_from_bytes::<T>(&body[HEADER_BYTES..]).map_err(WireError::from_postcard)?;
+    let (value, rest) = postcard::take_from_bytes::<T>(&body[HEADER_BYTES..]).map_err(WireError::from_postcard)?;
     if !rest.is_empty() {
         return Err(WireError::TrailingBytes(rest.len()));
     }

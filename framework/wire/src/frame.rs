@@ -53,10 +53,7 @@ impl FrameDecoder {
         }
         let len = u32::from_le_bytes(buf[..LENGTH_BYTES].try_into().expect("4 bytes")) as usize;
         if len > self.max_frame_bytes {
-            return Err(WireError::FrameTooLarge {
-                len,
-                max: self.max_frame_bytes,
-            });
+            return Err(WireError::FrameTooLarge { len, max: self.max_frame_bytes });
         }
         if buf.len() < LENGTH_BYTES + len {
             buf.reserve(LENGTH_BYTES + len - buf.len());
@@ -76,13 +73,9 @@ impl FrameDecoder {
                 let needed = if bytes.len() < LENGTH_BYTES {
                     LENGTH_BYTES
                 } else {
-                    LENGTH_BYTES
-                        + u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize
+                    LENGTH_BYTES + u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize
                 };
-                Err(WireError::Truncated {
-                    needed,
-                    got: bytes.len(),
-                })
+                Err(WireError::Truncated { needed, got: bytes.len() })
             }
             Some(_) if !buf.is_empty() => Err(WireError::TrailingBytes(buf.len())),
             Some(payload) => Ok(payload),
@@ -112,14 +105,7 @@ mod tests {
             while let Some(f) = d.decode(&mut buf).unwrap() {
                 got.push(f);
             }
-            assert_eq!(
-                got,
-                vec![
-                    Bytes::from_static(b"hello"),
-                    Bytes::new(),
-                    Bytes::from_static(b"world!")
-                ]
-            );
+            assert_eq!(got, vec![Bytes::from_static(b"hello"), Bytes::new(), Bytes::from_static(b"world!")]);
         }
     }
 
@@ -128,18 +114,8 @@ mod tests {
         let d = FrameDecoder::new(1024);
         let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
         let cap = buf.capacity();
-        assert_eq!(
-            d.decode(&mut buf),
-            Err(WireError::FrameTooLarge {
-                len: u32::MAX as usize,
-                max: 1024
-            })
-        );
-        assert_eq!(
-            buf.capacity(),
-            cap,
-            "nothing was reserved for the claimed length"
-        );
+        assert_eq!(d.decode(&mut buf), Err(WireError::FrameTooLarge { len: u32::MAX as usize, max: 1024 }));
+        assert_eq!(buf.capacity(), cap, "nothing was reserved for the claimed length");
     }
 
     #[test]
@@ -147,14 +123,8 @@ mod tests {
         let d = FrameDecoder::new(64);
         let mut f = BytesMut::new();
         write_frame(b"abc", &mut f);
-        assert_eq!(
-            d.decode_exact(&f[..5]),
-            Err(WireError::Truncated { needed: 7, got: 5 })
-        );
-        assert_eq!(
-            d.decode_exact(&f[..2]),
-            Err(WireError::Truncated { needed: 4, got: 2 })
-        );
+        assert_eq!(d.decode_exact(&f[..5]), Err(WireError::Truncated { needed: 7, got: 5 }));
+        assert_eq!(d.decode_exact(&f[..2]), Err(WireError::Truncated { needed: 4, got: 2 }));
         let mut longer = f.to_vec();
         longer.push(0);
         assert_eq!(d.decode_exact(&longer), Err(WireError::TrailingBytes(1)));

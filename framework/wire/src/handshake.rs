@@ -106,11 +106,7 @@ impl Keyring {
     pub fn from_config(c: &crate::ClusterConfig) -> Keyring {
         Keyring {
             cluster: c.cluster_id,
-            replicas: c
-                .replicas
-                .iter()
-                .map(|(id, r)| (*id, r.public_key))
-                .collect(),
+            replicas: c.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect(),
             view_manager: c.view_manager,
             accept_clients: true,
         }
@@ -135,21 +131,8 @@ const TRANSCRIPT: &[u8] = b"palisade/handshake/v1";
 const AS_RESPONDER: &[u8] = b"palisade/handshake/v1/responder";
 const AS_INITIATOR: &[u8] = b"palisade/handshake/v1/initiator";
 
-fn transcript(
-    cluster: u64,
-    hello_body: &[u8],
-    replica: ReplicaId,
-    ephemeral: &[u8; 32],
-    nonce: &[u8; 32],
-) -> Digest {
-    Digest::of_parts(&[
-        TRANSCRIPT,
-        &cluster.to_le_bytes(),
-        hello_body,
-        &replica.0.to_le_bytes(),
-        ephemeral,
-        nonce,
-    ])
+fn transcript(cluster: u64, hello_body: &[u8], replica: ReplicaId, ephemeral: &[u8; 32], nonce: &[u8; 32]) -> Digest {
+    Digest::of_parts(&[TRANSCRIPT, &cluster.to_le_bytes(), hello_body, &replica.0.to_le_bytes(), ephemeral, nonce])
 }
 
 fn signed_bytes(role: &[u8], t: &Digest) -> Vec<u8> {
@@ -162,18 +145,13 @@ fn derive(t: &Digest, shared: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
     let hk = Hkdf::<Sha256>::new(Some(&t.0), shared);
     let mut i2r = [0u8; 32];
     let mut r2i = [0u8; 32];
-    hk.expand(b"palisade/v1/initiator-to-responder", &mut i2r)
-        .expect("32 bytes is a valid length");
-    hk.expand(b"palisade/v1/responder-to-initiator", &mut r2i)
-        .expect("32 bytes is a valid length");
+    hk.expand(b"palisade/v1/initiator-to-responder", &mut i2r).expect("32 bytes is a valid length");
+    hk.expand(b"palisade/v1/responder-to-initiator", &mut r2i).expect("32 bytes is a valid length");
     (i2r, r2i)
 }
 
 fn signature(bytes: &Bytes) -> Result<Signature, HandshakeError> {
-    let arr: [u8; 64] = bytes
-        .as_ref()
-        .try_into()
-        .map_err(|_| HandshakeError::BadSignature)?;
+    let arr: [u8; 64] = bytes.as_ref().try_into().map_err(|_| HandshakeError::BadSignature)?;
     Ok(Signature::from_bytes(&arr))
 }
 
@@ -209,38 +187,18 @@ impl Initiator {
             nonce: random32(rng),
         };
         let hello_body = envelope::encode(cluster, &hello);
-        (
-            Initiator {
-                cluster,
-                key: key.clone(),
-                expected,
-                ephemeral,
-                hello_body: hello_body.clone(),
-            },
-            hello_body,
-        )
+        (Initiator { cluster, key: key.clone(), expected, ephemeral, hello_body: hello_body.clone() }, hello_body)
     }
 
     /// Checks the responder's reply; returns the session and the Finish body to send.
-    pub fn on_reply(
-        self,
-        keyring: &Keyring,
-        body: &[u8],
-    ) -> Result<(Session, Bytes), HandshakeError> {
-        let HandshakeMessage::HelloReply {
-            replica,
-            ephemeral,
-            nonce,
-            signature: sig,
-        } = envelope::decode_handshake(self.cluster, body)?
+    pub fn on_reply(self, keyring: &Keyring, body: &[u8]) -> Result<(Session, Bytes), HandshakeError> {
+        let HandshakeMessage::HelloReply { replica, ephemeral, nonce, signature: sig } =
+            envelope::decode_handshake(self.cluster, body)?
         else {
             return Err(HandshakeError::Unexpected("message instead of HelloReply"));
         };
         if replica != self.expected {
-            return Err(HandshakeError::UnknownIdentity(format!(
-                "replica {replica} (expected {})",
-                self.expected
-            )));
+            return Err(HandshakeError::UnknownIdentity(format!("replica {replica} (expected {})", self.expected)));
         }
         let their_key = keyring
             .replicas
@@ -258,15 +216,9 @@ impl Initiator {
         let mine = self.key.sign(&signed_bytes(AS_INITIATOR, &t));
         let finish = envelope::encode(
             self.cluster,
-            &HandshakeMessage::Finish {
-                signature: Bytes::copy_from_slice(&mine.to_bytes()),
-            },
+            &HandshakeMessage::Finish { signature: Bytes::copy_from_slice(&mine.to_bytes()) },
         );
-        let session = Session {
-            peer: Peer::Replica(replica),
-            sealer: Sealer::new(&i2r),
-            opener: Opener::new(&r2i),
-        };
+        let session = Session { peer: Peer::Replica(replica), sealer: Sealer::new(&i2r), opener: Opener::new(&r2i) };
         Ok((session, finish))
     }
 }
@@ -290,12 +242,8 @@ impl Responder {
         rng: &mut R,
     ) -> Result<(Responder, Bytes), HandshakeError> {
         let cluster = keyring.cluster;
-        let HandshakeMessage::Hello {
-            role,
-            identity,
-            ephemeral: their_ephemeral,
-            nonce: _,
-        } = envelope::decode_handshake(cluster, body)?
+        let HandshakeMessage::Hello { role, identity, ephemeral: their_ephemeral, nonce: _ } =
+            envelope::decode_handshake(cluster, body)?
         else {
             return Err(HandshakeError::Unexpected("message instead of Hello"));
         };
@@ -319,9 +267,7 @@ impl Responder {
                     return Err(HandshakeError::NotAllowed("clients"));
                 }
                 if claimed.is_weak() {
-                    return Err(HandshakeError::UnknownIdentity(
-                        "a client with a weak key".into(),
-                    ));
+                    return Err(HandshakeError::UnknownIdentity("a client with a weak key".into()));
                 }
                 Peer::Client(client_id(&identity), identity)
             }
@@ -345,36 +291,18 @@ impl Responder {
                 signature: Bytes::copy_from_slice(&sig.to_bytes()),
             },
         );
-        Ok((
-            Responder {
-                peer,
-                identity: claimed,
-                transcript: t,
-                keys,
-                cluster,
-            },
-            reply,
-        ))
+        Ok((Responder { peer, identity: claimed, transcript: t, keys, cluster }, reply))
     }
 
     /// Checks the initiator's Finish; returns the session.
     pub fn on_finish(self, body: &[u8]) -> Result<Session, HandshakeError> {
-        let HandshakeMessage::Finish { signature: sig } =
-            envelope::decode_handshake(self.cluster, body)?
-        else {
+        let HandshakeMessage::Finish { signature: sig } = envelope::decode_handshake(self.cluster, body)? else {
             return Err(HandshakeError::Unexpected("message instead of Finish"));
         };
         self.identity
-            .verify(
-                &signed_bytes(AS_INITIATOR, &self.transcript),
-                &signature(&sig)?,
-            )
+            .verify(&signed_bytes(AS_INITIATOR, &self.transcript), &signature(&sig)?)
             .map_err(|_| HandshakeError::BadSignature)?;
         let (i2r, r2i) = self.keys;
-        Ok(Session {
-            peer: self.peer,
-            sealer: Sealer::new(&r2i),
-            opener: Opener::new(&i2r),
-        })
+        Ok(Session { peer: self.peer, sealer: Sealer::new(&r2i), opener: Opener::new(&i2r) })
     }
 }

@@ -28,10 +28,9 @@ impl fmt::Display for KeyError {
         match self {
             KeyError::Io(path, e) => write!(f, "{path}: {e}"),
             KeyError::Format(what) => write!(f, "{what}: expected 64 hex digits (a 32-byte key)"),
-            KeyError::Permissions(path, mode) => write!(
-                f,
-                "{path}: secret key is readable by others (mode {mode:o}); run `chmod 600 {path}`"
-            ),
+            KeyError::Permissions(path, mode) => {
+                write!(f, "{path}: secret key is readable by others (mode {mode:o}); run `chmod 600 {path}`")
+            }
             KeyError::BadPublicKey(what) => write!(f, "{what}: not a valid ed25519 public key"),
         }
     }
@@ -47,17 +46,14 @@ pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> SigningKey {
 /// Parses 64 hex digits into 32 bytes; `what` names the field in errors.
 pub fn parse_hex32(text: &str, what: &str) -> Result<[u8; 32], KeyError> {
     let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Format(what.to_string()))?;
-    bytes
-        .try_into()
-        .map_err(|_| KeyError::Format(what.to_string()))
+    bytes.try_into().map_err(|_| KeyError::Format(what.to_string()))
 }
 
 /// Parses a public key, refusing small-order points (a key anyone could
 /// produce signatures for).
 pub fn parse_public(text: &str, what: &str) -> Result<VerifyingKey, KeyError> {
     let bytes = parse_hex32(text, what)?;
-    let key =
-        VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPublicKey(what.to_string()))?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPublicKey(what.to_string()))?;
     if key.is_weak() {
         return Err(KeyError::BadPublicKey(what.to_string()));
     }
@@ -88,9 +84,7 @@ pub fn write_secret(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options
-        .open(path)
-        .map_err(|e| KeyError::Io(name.clone(), e))?;
+    let mut file = options.open(path).map_err(|e| KeyError::Io(name.clone(), e))?;
     writeln!(file, "{}", hex::encode(key.to_bytes())).map_err(|e| KeyError::Io(name, e))
 }
 
@@ -128,31 +122,19 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert!(matches!(
-                read_secret(&path),
-                Err(KeyError::Permissions(_, 0o644))
-            ));
+            assert!(matches!(read_secret(&path), Err(KeyError::Permissions(_, 0o644))));
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn malformed_and_small_order_public_keys_are_refused() {
-        assert!(matches!(
-            parse_public("abcd", "k"),
-            Err(KeyError::Format(_))
-        ));
-        assert!(matches!(
-            parse_public(&"zz".repeat(32), "k"),
-            Err(KeyError::Format(_))
-        ));
+        assert!(matches!(parse_public("abcd", "k"), Err(KeyError::Format(_))));
+        assert!(matches!(parse_public(&"zz".repeat(32), "k"), Err(KeyError::Format(_))));
         // The identity point: a small-order key.
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        assert!(matches!(
-            parse_public(&hex::encode(identity), "k"),
-            Err(KeyError::BadPublicKey(_))
-        ));
+        assert!(matches!(parse_public(&hex::encode(identity), "k"), Err(KeyError::BadPublicKey(_))));
         let key = generate(&mut rand_core::OsRng).verifying_key();
         assert_eq!(parse_public(&public_hex(&key), "k").unwrap(), key);
     }

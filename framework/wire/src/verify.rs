@@ -65,10 +65,7 @@ pub struct VerifyLimits {
 
 impl Default for VerifyLimits {
     fn default() -> Self {
-        VerifyLimits {
-            max_operation_bytes: 1 << 20,
-            chunk: 64,
-        }
+        VerifyLimits { max_operation_bytes: 1 << 20, chunk: 64 }
     }
 }
 
@@ -91,11 +88,7 @@ fn parse(request: &Request) -> Result<Parsed, Rejection> {
         return Err(Rejection::BadAuthFormat);
     }
     let sig_bytes: [u8; 64] = request.auth[32..].try_into().expect("64 bytes");
-    Ok(Parsed {
-        key,
-        sig: Signature::from_bytes(&sig_bytes),
-        message: request.signing_bytes(),
-    })
+    Ok(Parsed { key, sig: Signature::from_bytes(&sig_bytes), message: request.signing_bytes() })
 }
 
 fn batch_ok(items: &[&Parsed]) -> bool {
@@ -154,11 +147,8 @@ pub fn verify_batch(
         };
         parsed.push(verdict);
     }
-    let candidates: Vec<(usize, &Parsed)> = parsed
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p)))
-        .collect();
+    let candidates: Vec<(usize, &Parsed)> =
+        parsed.iter().enumerate().filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p))).collect();
     let chunk = limits.chunk.max(1);
     let bad_indices: Vec<usize> = pool.install(|| {
         candidates
@@ -167,11 +157,7 @@ pub fn verify_batch(
                 let items: Vec<&Parsed> = c.iter().map(|(_, p)| *p).collect();
                 let mut bad = vec![false; items.len()];
                 find_bad(&items, &mut bad);
-                c.iter()
-                    .zip(bad)
-                    .filter(|(_, b)| *b)
-                    .map(|((i, _), _)| *i)
-                    .collect::<Vec<_>>()
+                c.iter().zip(bad).filter(|(_, b)| *b).map(|((i, _), _)| *i).collect::<Vec<_>>()
             })
             .collect()
     });
@@ -205,10 +191,7 @@ mod tests {
     }
 
     fn pool(threads: usize) -> rayon::ThreadPool {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
     }
 
     #[test]
@@ -251,18 +234,12 @@ mod tests {
         }
         reqs[10].operation = Bytes::from(vec![0u8; 2 << 20]);
         reqs.push(reqs[0].clone());
-        let limits = VerifyLimits {
-            chunk: 16,
-            ..VerifyLimits::default()
-        };
+        let limits = VerifyLimits { chunk: 16, ..VerifyLimits::default() };
         for threads in [1, 2] {
             let out = verify_batch(reqs.clone(), limits, |_, id| id.0 != 150, &pool(threads));
             assert_eq!(out.len(), reqs.len());
-            let verdicts: Vec<(usize, Rejection)> = out
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| r.as_ref().err().map(|(_, why)| (i, *why)))
-                .collect();
+            let verdicts: Vec<(usize, Rejection)> =
+                out.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|(_, why)| (i, *why))).collect();
             assert_eq!(
                 verdicts,
                 vec![

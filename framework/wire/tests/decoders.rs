@@ -64,28 +64,16 @@ fn samples() -> Vec<Bytes> {
             &PeerMessage::PrePrepare(PrePrepare {
                 view: ViewNo(1),
                 seq: SeqNo(2),
-                batch: Arc::new(Batch {
-                    timestamp_ms: 5,
-                    requests: vec![req.clone(); 8],
-                }),
+                batch: Arc::new(Batch { timestamp_ms: 5, requests: vec![req.clone(); 8] }),
             }),
         ),
         envelope::encode(
             CLUSTER,
-            &PeerMessage::Commit(Vote {
-                view: ViewNo(1),
-                seq: SeqNo(9),
-                digest: Digest([4; 32]),
-            }),
+            &PeerMessage::Commit(Vote { view: ViewNo(1), seq: SeqNo(9), digest: Digest([4; 32]) }),
         ),
         envelope::encode(
             CLUSTER,
-            &PeerMessage::Status(Status {
-                view: ViewNo(2),
-                normal: false,
-                delivered: SeqNo(3),
-                stable: SeqNo(0),
-            }),
+            &PeerMessage::Status(Status { view: ViewNo(2), normal: false, delivered: SeqNo(3), stable: SeqNo(0) }),
         ),
         envelope::encode(CLUSTER, &ClientMessage::Request(req)),
         envelope::encode(
@@ -100,12 +88,7 @@ fn samples() -> Vec<Bytes> {
         ),
         envelope::encode(
             CLUSTER,
-            &HandshakeMessage::Hello {
-                role: Role::Client,
-                identity: [1; 32],
-                ephemeral: [2; 32],
-                nonce: [3; 32],
-            },
+            &HandshakeMessage::Hello { role: Role::Client, identity: [1; 32], ephemeral: [2; 32], nonce: [3; 32] },
         ),
     ]
 }
@@ -130,11 +113,7 @@ fn all_decoders(body: &[u8]) {
 fn mutate(sample: &[u8], ops: &[(u8, u16, u8)]) -> Vec<u8> {
     let mut v = sample.to_vec();
     for &(op, at, byte) in ops {
-        let i = if v.is_empty() {
-            0
-        } else {
-            at as usize % v.len()
-        };
+        let i = if v.is_empty() { 0 } else { at as usize % v.len() };
         match op % 4 {
             0 if !v.is_empty() => v[i] = byte,
             1 => v.insert(i.min(v.len()), byte),
@@ -197,10 +176,7 @@ fn a_huge_length_claim_inside_a_message_does_not_allocate_it() {
     let peak = peak_during(|| {
         assert!(envelope::decode_peer(CLUSTER, &body).is_err());
     });
-    assert!(
-        peak <= 2 << 20,
-        "allocated {peak} bytes for a 20-byte message"
-    );
+    assert!(peak <= 2 << 20, "allocated {peak} bytes for a 20-byte message");
 }
 
 #[test]
@@ -214,11 +190,7 @@ fn every_truncation_and_extension_of_a_message_is_an_error_on_its_channel() {
     for (s, decodes) in samples().iter().zip(channels) {
         assert!(decodes(s), "the sample itself decodes");
         for cut in 0..s.len() {
-            assert!(
-                !decodes(&s[..cut]),
-                "a message cut to {cut} of {} bytes decoded",
-                s.len()
-            );
+            assert!(!decodes(&s[..cut]), "a message cut to {cut} of {} bytes decoded", s.len());
         }
         let mut longer = s.to_vec();
         longer.push(0);

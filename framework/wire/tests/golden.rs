@@ -4,14 +4,11 @@
 
 use bytes::{Bytes, BytesMut};
 use palisade_core::message::{
-    Batch, CheckpointBody, PrePrepare, PreparedEntry, Reply, Signature, Signed, Status,
-    ViewChangeBody, Vote,
+    Batch, CheckpointBody, PrePrepare, PreparedEntry, Reply, Signature, Signed, Status, ViewChangeBody, Vote,
 };
 use palisade_core::{ClientId, Digest, PeerMessage, ReplicaId, Request, RequestId, SeqNo, ViewNo};
 use palisade_wire::channel::Sealer;
-use palisade_wire::envelope::{
-    self, ClientMessage, HandshakeMessage, RejectReason, ReplicaMessage, Role,
-};
+use palisade_wire::envelope::{self, ClientMessage, HandshakeMessage, RejectReason, ReplicaMessage, Role};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
@@ -29,11 +26,7 @@ fn request() -> Request {
     }
 }
 
-fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(
-    name: &str,
-    value: &T,
-    expected_hex: &str,
-) {
+fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, value: &T, expected_hex: &str) {
     let bytes = envelope::encode(CLUSTER, value);
     let got = hex::encode(&bytes);
     assert_eq!(got, expected_hex, "{name}: encoding changed; got\n{got}");
@@ -45,11 +38,7 @@ fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(
 fn peer_messages() {
     check(
         "prepare",
-        &PeerMessage::Prepare(Vote {
-            view: ViewNo(1),
-            seq: SeqNo(2),
-            digest: Digest([0xab; 32]),
-        }),
+        &PeerMessage::Prepare(Vote { view: ViewNo(1), seq: SeqNo(2), digest: Digest([0xab; 32]) }),
         "010807060504030201010102abababababababababababababababababababababababababababababababab",
     );
     check(
@@ -57,10 +46,7 @@ fn peer_messages() {
         &PeerMessage::PrePrepare(PrePrepare {
             view: ViewNo(3),
             seq: SeqNo(300),
-            batch: Arc::new(Batch {
-                timestamp_ms: 1_700_000_000_000,
-                requests: vec![request()],
-            }),
+            batch: Arc::new(Batch { timestamp_ms: 1_700_000_000_000, requests: vec![request()] }),
         }),
         "0108070605040302010003ac0280d095ffbc310107ac0200026f7003736967",
     );
@@ -88,28 +74,15 @@ fn peer_messages() {
     );
     check(
         "status",
-        &PeerMessage::Status(Status {
-            view: ViewNo(9),
-            normal: true,
-            delivered: SeqNo(1000),
-            stable: SeqNo(896),
-        }),
+        &PeerMessage::Status(Status { view: ViewNo(9), normal: true, delivered: SeqNo(1000), stable: SeqNo(896) }),
         "010807060504030201070901e8078007",
     );
-    check(
-        "state-request",
-        &PeerMessage::StateRequest { seq: SeqNo(128) },
-        "0108070605040302010b8001",
-    );
+    check("state-request", &PeerMessage::StateRequest { seq: SeqNo(128) }, "0108070605040302010b8001");
 }
 
 #[test]
 fn client_and_replica_messages() {
-    check(
-        "request",
-        &ClientMessage::Request(request()),
-        "0108070605040302010007ac0200026f7003736967",
-    );
+    check("request", &ClientMessage::Request(request()), "0108070605040302010007ac0200026f7003736967");
     check(
         "reply",
         &ReplicaMessage::Reply(Reply {
@@ -122,12 +95,19 @@ fn client_and_replica_messages() {
         "01080706050403020100010307ac02026f6b",
     );
     check(
-        "rejected",
-        &ReplicaMessage::Rejected {
-            replica: ReplicaId(0),
-            request: RequestId(1),
-            reason: RejectReason::Busy,
+        "reply-digest",
+        &ReplicaMessage::ReplyDigest {
+            view: ViewNo(1),
+            replica: ReplicaId(3),
+            client: ClientId(7),
+            request: RequestId(300),
+            digest: Digest([9; 32]),
         },
+        "01080706050403020102010307ac020909090909090909090909090909090909090909090909090909090909090909",
+    );
+    check(
+        "rejected",
+        &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::Busy },
         "01080706050403020101000100",
     );
 }

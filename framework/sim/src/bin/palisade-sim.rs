@@ -26,9 +26,7 @@ fn parse() -> Result<Option<Args>, String> {
         replicas: 4,
         mode: Mode::Bft,
         byzantine: ByzantineChoice::Random,
-        threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         verbose: false,
         trace: false,
         plant: Vec::new(),
@@ -69,12 +67,8 @@ fn parse() -> Result<Option<Args>, String> {
                 out.byzantine = match value("--byzantine")?.as_str() {
                     "random" => ByzantineChoice::Random,
                     "none" => ByzantineChoice::None,
-                    name if byzantine::make(name).is_some() => {
-                        ByzantineChoice::Named(name.to_string())
-                    }
-                    other => {
-                        return Err(format!("unknown strategy {other:?}: see --list-strategies"))
-                    }
+                    name if byzantine::make(name).is_some() => ByzantineChoice::Named(name.to_string()),
+                    other => return Err(format!("unknown strategy {other:?}: see --list-strategies")),
                 }
             }
             "--threads" => {
@@ -115,9 +109,7 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
             other => return Err(format!("unknown planted bug {other:?}")),
         }
         #[cfg(not(feature = "planted-bugs"))]
-        return Err(format!(
-            "--plant {p} needs a build with the planted-bugs feature"
-        ));
+        return Err(format!("--plant {p} needs a build with the planted-bugs feature"));
     }
     Ok(cfg)
 }
@@ -184,11 +176,7 @@ fn main() -> ExitCode {
         }
     }
     let s = summarize(&reports);
-    let p = |q: f64| {
-        s.recovery_ms
-            .get(((s.recovery_ms.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-    };
+    let p = |q: f64| s.recovery_ms.get(((s.recovery_ms.len() as f64 - 1.0) * q).round() as usize).copied();
     eprintln!(
         "{} runs in {:.1}s; {} operations completed; recovery after heal p50={:?} ms p99={:?} ms max={:?} ms",
         s.runs,
@@ -198,10 +186,7 @@ fn main() -> ExitCode {
         p(0.99),
         s.recovery_ms.last()
     );
-    println!(
-        "SIM runs={} safety_violations={} liveness_failures={}",
-        s.runs, s.safety_violations, s.liveness_failures
-    );
+    println!("SIM runs={} safety_violations={} liveness_failures={}", s.runs, s.safety_violations, s.liveness_failures);
     if s.safety_violations == 0 && s.liveness_failures == 0 {
         ExitCode::SUCCESS
     } else {
