@@ -83,18 +83,29 @@ pub fn replica(config: &Path, id: u32, service: ServiceKind, verbose: bool) -> E
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a signal runtime");
     runtime.block_on(async {
-        let metrics = handle.metrics().clone();
-        let status = async move {
+        let status = async {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                let c = metrics.core.lock().clone();
+                let c = handle.metrics().core.lock().clone();
+                let queues: Vec<String> = handle.queue_depths().iter().map(|(q, d)| format!("{q}={d}")).collect();
+                let counters: Vec<String> = handle
+                    .metrics()
+                    .counters
+                    .snapshot()
+                    .into_iter()
+                    .filter(|(_, v)| *v > 0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 eprintln!(
-                    "palisade: replica {me}: view {}{} delivered {} stable {} pending {}",
+                    "palisade: replica {me}: view {}{}{} delivered {} stable {} pending {} | queues {} | {}",
                     c.view,
                     if c.primary { " (primary)" } else { "" },
+                    if c.normal { "" } else { " (changing view)" },
                     c.delivered,
                     c.stable,
-                    c.pending_requests
+                    c.pending_requests,
+                    queues.join(" "),
+                    counters.join(" ")
                 );
             }
         };

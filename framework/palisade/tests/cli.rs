@@ -49,7 +49,7 @@ fn start(dir: &Path, n: usize, service: &str) -> Processes {
 #[test]
 fn a_four_process_cluster_serves_the_cli_and_survives_kill_9_of_its_primary() {
     let dir = tempdir("kv");
-    let port = (30_000 + std::process::id() % 2_000 * 10) as u16;
+    let port = (10_000 + std::process::id() % 400 * 10) as u16;
     let d = dir.to_str().unwrap();
     let keygen = palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]);
     assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
@@ -100,7 +100,7 @@ fn configuration_mistakes_get_a_clear_message_and_exit_code_2() {
 #[test]
 fn a_counter_cluster_in_cft_mode() {
     let dir = tempdir("cft");
-    let port = (32_000 + std::process::id() % 2_000 * 10) as u16;
+    let port = (14_000 + std::process::id() % 400 * 10) as u16;
     let d = dir.to_str().unwrap();
     assert!(palisade(&["keygen", "--replicas", "3", "--mode", "cft", "--out", d, "--base-port", &port.to_string()])
         .status
