@@ -420,3 +420,65 @@ fn a_peer_that_stops_reading_costs_bounded_memory_and_no_service() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     silent.join().unwrap();
 }
+
+#[test]
+fn a_client_flooding_requests_and_never_reading_replies_is_pushed_back() {
+    use bytes::BytesMut;
+    use palisade_core::{Request, RequestId};
+    use palisade_wire::envelope::ClientMessage;
+    use tokio::io::AsyncWriteExt;
+
+    let rt = rt();
+    let mut c = cluster(4, Mode::Bft, false);
+    for i in 0..4 {
+        let mut cfg = runtime_config(&c.config);
+        cfg.verify_queue = 256;
+        cfg.connection_mailbox = 64;
+        cfg.write_buffer = (16 << 10, 64 << 10);
+        let h = spawn_replica(&c.config, ReplicaId(i), c.keys[i as usize].clone(), Counter::default(), cfg).unwrap();
+        c.handles.push(Some(h));
+    }
+    let config = c.config.clone();
+    rt.block_on(async {
+        let flooder = tokio::spawn(async move {
+            let key = generate(&mut OsRng);
+            let me = palisade_wire::keys::client_id(key.verifying_key().as_bytes());
+            let mut conns = Vec::new();
+            for to in 0..4u32 {
+                conns.push(raw_client(&config, &key, to).await);
+            }
+            let mut out = BytesMut::new();
+            for id in 1..=15_000u64 {
+                for (s, session) in conns.iter_mut() {
+                    let req = ClientMessage::Request(Request {
+                        client: me,
+                        id: RequestId(id),
+                        read_only: false,
+                        operation: palisade_services::counter::CounterOp::Add(1).encode(),
+                        auth: Bytes::new(),
+                    });
+                    out.clear();
+                    session.sealer.seal_message(config.cluster_id, &req, &mut out);
+                    // It never reads: replies pile up on the replicas' side.
+                    let _ = s.write_all(&out).await;
+                }
+            }
+            conns
+        });
+        let honest = CounterClient::new(c.client());
+        for _ in 0..50 {
+            honest.add(1_000_000).await.expect("an honest client is served through the flood");
+        }
+        let _held = flooder.await.unwrap();
+        assert!(honest.get().await.unwrap() >= 50_000_000);
+    });
+    let mut pushed_back = 0;
+    for h in c.handles.iter().flatten() {
+        let counters: std::collections::BTreeMap<_, _> = h.metrics().counters.snapshot().into_iter().collect();
+        pushed_back += counters["requests_busy"] + counters["replies_dropped"];
+        for (queue, depth) in h.queue_depths() {
+            assert!(depth <= 16_384, "{queue} holds {depth}");
+        }
+    }
+    assert!(pushed_back > 0, "the flood was pushed back or its unread replies dropped, not buffered");
+}
