@@ -482,3 +482,18 @@ fn a_client_flooding_requests_and_never_reading_replies_is_pushed_back() {
     }
     assert!(pushed_back > 0, "the flood was pushed back or its unread replies dropped, not buffered");
 }
+
+#[test]
+fn a_client_created_before_the_cluster_waits_and_connects() {
+    let rt = rt();
+    let mut c = cluster(4, Mode::Bft, false);
+    let client = rt.block_on(async { c.client() });
+    let pending = rt.spawn({
+        let counter = CounterClient::new(client.clone());
+        async move { counter.add(5).await }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(client.connected(), 0);
+    c.start_with(Counter::default);
+    assert_eq!(rt.block_on(pending).unwrap().unwrap(), 5);
+}
