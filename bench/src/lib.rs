@@ -3,6 +3,10 @@
 
 #![deny(missing_docs)]
 
+pub mod baseline;
+pub mod procstat;
+pub mod svg;
+
 use bytes::Bytes;
 use palisade_core::message::Signature;
 use palisade_core::{

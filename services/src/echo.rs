@@ -6,8 +6,13 @@ use palisade_core::{ExecContext, Service};
 
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
-/// Encodes an echo request of `request_bytes` total that asks for `reply_bytes` back.
+/// Encodes an echo request of `request_bytes` that asks for `reply_bytes`
+/// back. The first 4 bytes carry the reply size; a request shorter than 4
+/// bytes asks for an empty reply, so a 0/0 workload sends empty operations.
 pub fn request(request_bytes: usize, reply_bytes: u32) -> Bytes {
+    if reply_bytes == 0 {
+        return Bytes::from(vec![0u8; request_bytes]);
+    }
     let mut v = vec![0u8; request_bytes.max(4)];
     v[..4].copy_from_slice(&reply_bytes.to_le_bytes());
     Bytes::from(v)

@@ -1,0 +1,72 @@
+//! The unreplicated baseline: one server running the same service behind the
+//! same client, wire format and channel authentication, without consensus.
+//! Palisade's throughput divided by this one's is what replication costs.
+
+use bytes::BytesMut;
+use ed25519_dalek::SigningKey;
+use palisade_core::message::Reply;
+use palisade_core::{Batch, Executor, ReplicaId, SeqNo, ViewNo};
+use palisade_runtime::net::accept_handshake;
+use palisade_services::echo::Echo;
+use palisade_wire::envelope::{self, ClientMessage, ReplicaMessage};
+use palisade_wire::frame::FrameDecoder;
+use palisade_wire::handshake::Keyring;
+use palisade_wire::ClusterConfig;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Serves `cluster`'s single "replica" forever.
+pub async fn serve(cluster: ClusterConfig, key: SigningKey) -> std::io::Result<()> {
+    let me = ReplicaId(0);
+    let address = cluster.replicas[&me].address;
+    let listener = TcpListener::bind(address).await?;
+    let keyring = Arc::new(Keyring::from_config(&cluster));
+    let key = Arc::new(key);
+    let exec = Arc::new(Mutex::new(Executor::new(Echo, 1024)));
+    let seq = Arc::new(AtomicU64::new(1));
+    let cluster_id = cluster.cluster_id;
+    let max_frame = cluster.max_frame_bytes + palisade_wire::channel::MAC_BYTES;
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let (keyring, key, exec, seq) = (keyring.clone(), key.clone(), exec.clone(), seq.clone());
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let Ok(session) = accept_handshake(&mut stream, me, &key, &keyring).await else { return };
+            let (mut sealer, mut opener) = (session.sealer, session.opener);
+            let frames = FrameDecoder::new(max_frame);
+            let mut inbuf = BytesMut::with_capacity(256 << 10);
+            let mut out = BytesMut::with_capacity(256 << 10);
+            loop {
+                match stream.read_buf(&mut inbuf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                // Everything that arrived in one read is one batch.
+                let mut requests = Vec::new();
+                while let Ok(Some(payload)) = frames.decode(&mut inbuf) {
+                    let Ok(body) = opener.open(payload) else { return };
+                    let Ok(ClientMessage::Request(r)) = envelope::decode_client(cluster_id, &body) else { return };
+                    requests.push(r);
+                }
+                if requests.is_empty() {
+                    continue;
+                }
+                let s = SeqNo(seq.fetch_add(1, Ordering::Relaxed));
+                let batch = Batch { timestamp_ms: 0, requests };
+                let executed = exec.lock().execute_batch(s, ViewNo(0), &batch);
+                out.clear();
+                for e in executed {
+                    let reply =
+                        Reply { view: ViewNo(0), replica: me, client: e.client, request: e.request, result: e.result };
+                    sealer.seal_message(cluster_id, &ReplicaMessage::Reply(reply), &mut out);
+                }
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
