@@ -11,11 +11,13 @@ pub struct RuntimeConfig {
     pub protocol: ProtocolConfig,
     /// Period of the request-timer stage's ticks.
     pub tick_ms: u64,
-    /// Client requests waiting for verification. Full: the client gets
-    /// `Rejected { Busy }` (pushed back).
+    /// Client requests waiting for verification (only when clients sign).
+    /// Full: the client gets `Rejected { Busy }` (pushed back).
     pub verify_queue: usize,
-    /// Verified requests waiting for the proposer. Full: the verifier
-    /// blocks, so the verify queue fills and clients are pushed back.
+    /// Requests waiting for the proposer. Without client signatures this is
+    /// the first queue after the network, and when full the client gets
+    /// `Rejected { Busy }`; with signatures the verifier blocks, so the
+    /// verify queue fills and clients are pushed back.
     pub propose_queue: usize,
     /// Requests waiting for the consensus stage. Full: the proposer blocks
     /// (same push-back chain).
@@ -28,9 +30,10 @@ pub struct RuntimeConfig {
     pub delivery_queue: usize,
     /// Replies waiting to be sent. Full: the delivery stage blocks.
     pub reply_queue: usize,
-    /// Frames waiting in one connection actor's mailbox. Full: peer
-    /// messages are dropped and counted; replies to a client that does not
-    /// read are dropped (it retransmits and gets the cached reply).
+    /// Messages waiting in one connection actor's mailbox (each carries
+    /// frames of at most 256 KiB in total). Full: peer messages are dropped
+    /// and counted; replies to a client that does not read are dropped (it
+    /// retransmits and gets the cached reply).
     pub connection_mailbox: usize,
     /// Bytes a connection may buffer for writing before its actor stops
     /// taking frames (low, high watermarks).
@@ -66,7 +69,7 @@ impl RuntimeConfig {
             peer_queue: 16_384,
             delivery_queue: 1_024,
             reply_queue: 16_384,
-            connection_mailbox: 4_096,
+            connection_mailbox: 1_024,
             write_buffer: (64 << 10, 8 << 20),
             drain_max: 512,
             handshake_timeout_ms: 5_000,

@@ -119,7 +119,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
 
     // The queues, in pipeline order.
     let (tx_verify, rx_verify) = flume::bounded(cfg.verify_queue);
-    let (tx_propose, rx_propose) = crossbeam_channel::bounded(cfg.propose_queue);
+    let (tx_propose, rx_propose) = flume::bounded(cfg.propose_queue);
     let (tx_requests, rx_requests) = crossbeam_channel::bounded(cfg.request_queue);
     let (tx_peer, rx_peer) = crossbeam_channel::bounded(cfg.peer_queue);
     let (tx_tick, rx_tick) = crossbeam_channel::bounded(4);
@@ -144,13 +144,17 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     }
 
     // The network stage, on its own actix system thread.
+    // Without client signatures the verification stage has nothing left to
+    // check (connection actors check size and client id), so requests skip
+    // that hop and go straight to proposing.
+    let tx_from_net = if cluster.client_signatures { tx_verify.clone() } else { tx_propose.clone() };
     let net = Arc::new(net::Net::new(
         me,
         cluster.cluster_id,
         cluster.max_frame_bytes,
         &cfg,
         tx_peer,
-        tx_verify,
+        tx_from_net,
         metrics.clone(),
     ));
     let listener =
@@ -186,8 +190,8 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     let genesis: Bytes = exec.read().snapshot();
     let genesis_digest = Digest::of(&genesis);
 
-    // Request verification.
-    {
+    // Request verification (when clients sign).
+    if cluster.client_signatures {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.verify_threads)
             .thread_name(|i| format!("verify-{i}"))
@@ -233,6 +237,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             metrics: metrics.clone(),
             drain_max: cfg.drain_max,
             stop: stop.clone(),
+            outbox: Default::default(),
         };
         threads.push(spawn("consensus", move || consensus.run()));
     }
@@ -249,7 +254,8 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     // Reply sending.
     {
         let (metrics, stop) = (metrics.clone(), stop.clone());
-        threads.push(spawn("reply", move || stages::replier(rx_reply, net, metrics, stop)));
+        let drain = cfg.drain_max;
+        threads.push(spawn("reply", move || stages::replier(rx_reply, net, metrics, drain, stop)));
     }
 
     Ok(ReplicaHandle { id: me, metrics, stop, system: Some(system), threads })

@@ -168,6 +168,15 @@ impl<K: std::hash::Hash + Eq + Copy> Routes<K> {
         }
     }
 
+    /// Queues several bodies for `k` as one mailbox message, so that the
+    /// connection wakes and writes once for all of them.
+    pub fn send_batch(&self, k: K, bodies: Vec<Bytes>) -> bool {
+        match self.map.read().get(&k) {
+            Some((_, addr)) => addr.try_send(OutgoingBatch(bodies)).is_ok(),
+            None => false,
+        }
+    }
+
     /// Live connections.
     pub fn len(&self) -> usize {
         self.map.read().len()
@@ -257,6 +266,11 @@ impl Net {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Outgoing(pub Bytes);
+
+/// Frame bodies to seal and send together.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OutgoingBatch(pub Vec<Bytes>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -381,6 +395,16 @@ impl Handler<Outgoing> for Connection {
 
     fn handle(&mut self, msg: Outgoing, _: &mut Context<Self>) {
         self.writer.write(msg.0);
+    }
+}
+
+impl Handler<OutgoingBatch> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: OutgoingBatch, _: &mut Context<Self>) {
+        for body in msg.0 {
+            self.writer.write(body);
+        }
     }
 }
 

@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Most bytes of frame bodies handed to a connection in one mailbox message.
+pub const BATCH_BYTES: usize = 256 << 10;
+
 /// How long a stage blocks before looking at the stop flag again.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -75,7 +78,7 @@ fn drain<T>(rx: &Receiver<T>, first: T, max: usize) -> Vec<T> {
 #[allow(clippy::too_many_arguments)]
 pub fn verifier(
     rx: flume::Receiver<Request>,
-    tx: Sender<Request>,
+    tx: flume::Sender<Request>,
     tx_reply: Sender<ClientMail>,
     signatures: bool,
     limits: VerifyLimits,
@@ -130,7 +133,7 @@ pub fn verifier(
 /// core, on the primary, cuts them into batches as the pipeline has room).
 #[allow(clippy::too_many_arguments)]
 pub fn proposer<S: Service>(
-    rx: Receiver<Request>,
+    rx: flume::Receiver<Request>,
     tx: Sender<Request>,
     tx_reply: Sender<ClientMail>,
     exec: Arc<RwLock<Executor<S>>>,
@@ -142,10 +145,16 @@ pub fn proposer<S: Service>(
     while !stop.load(Ordering::Relaxed) {
         let first = match rx.recv_timeout(POLL) {
             Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(flume::RecvTimeoutError::Timeout) => continue,
+            Err(flume::RecvTimeoutError::Disconnected) => return,
         };
-        let batch = drain(&rx, first, drain_max);
+        let mut batch = vec![first];
+        while batch.len() < drain_max {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
         let view = ViewNo(metrics.core.lock().view);
         let verdicts: Vec<(Request, Lookup)> = {
             let exec = exec.read();
@@ -207,9 +216,34 @@ pub struct Consensus<C: palisade_core::Crypto> {
     pub drain_max: usize,
     /// Stop flag.
     pub stop: Arc<AtomicBool>,
+    /// Bodies for each peer gathered during one wake-up, sent together.
+    pub outbox: BTreeMap<ReplicaId, Vec<Bytes>>,
 }
 
 impl<C: palisade_core::Crypto> Consensus<C> {
+    fn queue(&mut self, to: ReplicaId, body: Bytes) {
+        let queued = self.outbox.entry(to).or_default();
+        queued.push(body);
+        // Keep each mailbox message within BATCH_BYTES.
+        if queued.iter().map(Bytes::len).sum::<usize>() >= BATCH_BYTES {
+            let bodies = std::mem::take(queued);
+            let n = bodies.len() as u64;
+            if !self.net.peers.send_batch(to, bodies) {
+                RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, n);
+            }
+        }
+    }
+
+    /// Sends what this wake-up produced: one mailbox message per peer.
+    fn flush(&mut self) {
+        for (to, bodies) in std::mem::take(&mut self.outbox) {
+            let n = bodies.len() as u64;
+            if !self.net.peers.send_batch(to, bodies) {
+                RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, n);
+            }
+        }
+    }
+
     /// Runs until stopped.
     pub fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
@@ -240,6 +274,7 @@ impl<C: palisade_core::Crypto> Consensus<C> {
                 }
                 budget -= 1;
             }
+            self.flush();
             self.publish();
         }
     }
@@ -249,18 +284,18 @@ impl<C: palisade_core::Crypto> Consensus<C> {
         for action in self.core.take_actions() {
             match action {
                 Action::Persist(r) => self.storage.persist(r),
+                // Persist actions above were handled before these, in order:
+                // queued bodies leave only after everything persisted.
                 Action::Send { to, msg } => {
                     let body = self.net.peer_body(&msg);
-                    if !self.net.peers.send(to, body) {
-                        RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, 1);
-                    }
+                    self.queue(to, body);
                 }
                 Action::Broadcast(msg) => {
                     let body = self.net.peer_body(&msg);
-                    for &to in self.core.membership().members() {
-                        if to != self.net.me && !self.net.peers.send(to, body.clone()) {
-                            RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, 1);
-                        }
+                    let others: Vec<ReplicaId> =
+                        self.core.membership().members().iter().copied().filter(|m| *m != self.net.me).collect();
+                    for to in others {
+                        self.queue(to, body.clone());
                     }
                 }
                 Action::Deliver { seq, view, batch } => {
@@ -415,19 +450,44 @@ pub fn delivery<S: Service>(
     }
 }
 
-/// Reply sending: encodes and routes messages to client connections.
-pub fn replier(rx: Receiver<ClientMail>, net: Arc<Net>, metrics: Arc<RuntimeMetrics>, stop: Arc<AtomicBool>) {
+/// Reply sending: encodes replies and routes them to client connections,
+/// one mailbox message per client per wake-up.
+pub fn replier(
+    rx: Receiver<ClientMail>,
+    net: Arc<Net>,
+    metrics: Arc<RuntimeMetrics>,
+    drain_max: usize,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Relaxed) {
-        let (client, msg) = match rx.recv_timeout(POLL) {
+        let first = match rx.recv_timeout(POLL) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let body = net.client_body(&msg);
-        if net.clients.send(client, body) {
-            RuntimeMetrics::add(&metrics.counters.replies_sent, 1);
-        } else {
-            RuntimeMetrics::add(&metrics.counters.replies_dropped, 1);
+        // Group by client, in batches of at most BATCH_BYTES, so that a
+        // mailbox bounded in messages stays bounded in bytes.
+        let mut by_client: BTreeMap<ClientId, Vec<(usize, Vec<Bytes>)>> = BTreeMap::new();
+        for (client, msg) in drain(&rx, first, drain_max) {
+            let body = net.client_body(&msg);
+            let batches = by_client.entry(client).or_default();
+            match batches.last_mut() {
+                Some((bytes, bodies)) if *bytes + body.len() <= BATCH_BYTES => {
+                    *bytes += body.len();
+                    bodies.push(body);
+                }
+                _ => batches.push((body.len(), vec![body])),
+            }
+        }
+        for (client, batches) in by_client {
+            for (_, bodies) in batches {
+                let n = bodies.len() as u64;
+                if net.clients.send_batch(client, bodies) {
+                    RuntimeMetrics::add(&metrics.counters.replies_sent, n);
+                } else {
+                    RuntimeMetrics::add(&metrics.counters.replies_dropped, n);
+                }
+            }
         }
     }
 }
