@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Renders the results.json files palisade-bench wrote under DIR as the
+markdown table of docs/benchmarks.md (numbers are copied, never typed)."""
+import json, os, sys
+
+root = sys.argv[1]
+rows = []
+meta = None
+for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name, "results.json")
+    if not os.path.exists(path):
+        continue
+    r = json.load(open(path))
+    meta = meta or r
+    a = r["args"]
+    for lvl in r["levels"]:
+        p = lvl["palisade"]
+        l = p["latency"]
+        cpu = sum(x["cpu_percent"] for x in lvl["replicas"])
+        rss = max([x["peak_rss_mib"] for x in lvl["replicas"]] or [0])
+        ratio = r["baseline_ratio"]
+        base = r["baseline"]["ops_per_sec"] if r.get("baseline") else None
+        rows.append("| {} | {} n={} | {}/{} | {} | {}x{} | {:,.0f} | {} | {} | {} | {} | {} | {:.0f}% | {:.0f} |".format(
+            name, a["mode"].upper(), a["replicas"], a["request_bytes"], a["reply_bytes"],
+            "on" if a["client_signatures"] else "off", lvl["level"]["clients"], lvl["level"]["outstanding"],
+            p["ops_per_sec"], l["p50_us"], l["p99_us"],
+            "{:,.0f}".format(base) if base else "-", "{:.3f}".format(ratio) if ratio else "-",
+            "{:.1f}".format(lvl["mean_batch_size"]) if lvl.get("mean_batch_size") else "-",
+            cpu, rss))
+print("Machine: {} cores, {}; git revision {}; {} s per run after a 3 s warm-up.".format(
+    meta["cores"], meta["cpu_model"], meta["git_revision"], meta["args"]["duration"]) if meta else "")
+print()
+print("| run | cluster | req/reply B | sigs | load | ops/s | p50 us | p99 us | baseline ops/s | ratio | batch | replica CPU (sum) | peak RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("\n".join(rows))
