@@ -549,8 +549,10 @@ fn run(a: RunArgs) -> ExitCode {
                         peak_rss_mib: procstat::peak_rss_kib(*p).unwrap_or(0) as f64 / 1024.0,
                     })
                     .collect();
-                // The primary of the window's start: ordered requests and batches.
-                let primary = m0.iter().find(|(_, m)| m["primary"] == true).map(|(i, _)| *i);
+                // The primary of the window's start: ordered requests and batches
+                // (meaningless if it was killed and restarted during the window).
+                let primary =
+                    m0.iter().find(|(_, m)| m["primary"] == true).map(|(i, _)| *i).filter(|_| kill_at.is_none());
                 let (ordered, batch) = match primary.and_then(|p| Some((m0.get(&p)?.clone(), read_metrics(&dir, p)?))) {
                     Some((a0, a1)) => {
                         let dr = a1["delivered_requests"].as_f64().unwrap_or(0.0)
