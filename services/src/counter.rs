@@ -98,17 +98,9 @@ impl Service for Counter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_core::{ClientId, RequestId, SeqNo, ViewNo};
 
     fn ctx() -> ExecContext {
-        ExecContext {
-            seq: SeqNo(1),
-            view: ViewNo(0),
-            client: ClientId(1),
-            request: RequestId(1),
-            timestamp_ms: 0,
-            seed: 0,
-        }
+        crate::test_ctx()
     }
 
     #[test]

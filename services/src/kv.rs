@@ -196,17 +196,9 @@ impl KvClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_core::{ClientId, RequestId, SeqNo, ViewNo};
 
     fn ctx() -> ExecContext {
-        ExecContext {
-            seq: SeqNo(1),
-            view: ViewNo(0),
-            client: ClientId(1),
-            request: RequestId(1),
-            timestamp_ms: 0,
-            seed: 0,
-        }
+        crate::test_ctx()
     }
 
     fn run(s: &mut KvStore, op: KvOp) -> KvResult {

@@ -24,6 +24,20 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// A context for unit tests of services.
+#[cfg(test)]
+pub(crate) fn test_ctx() -> palisade_core::ExecContext {
+    use palisade_core::{ClientId, RequestId, SeqNo, ViewNo};
+    palisade_core::ExecContext {
+        seq: SeqNo(1),
+        view: ViewNo(0),
+        client: ClientId(1),
+        request: RequestId(1),
+        timestamp_ms: 0,
+        seed: 0,
+    }
+}
+
 pub(crate) fn read_u64(bytes: &[u8]) -> Result<u64, DecodeError> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| DecodeError("expected exactly 8 bytes"))?;
     Ok(u64::from_le_bytes(arr))

@@ -371,11 +371,6 @@ mod tests {
         ex.execute_batch(SeqNo(3), ViewNo(0), &b(200, 3));
         assert_eq!(ex.service().0, vec![100, 100, 200]);
     }
-}
-
-#[cfg(test)]
-mod batch_tests {
-    use super::*;
 
     /// Counts how often the batch entry point is used.
     #[derive(Default)]
@@ -401,16 +396,6 @@ mod batch_tests {
         }
         fn install(&mut self, _: &[u8]) -> Result<(), String> {
             Ok(())
-        }
-    }
-
-    fn req(client: u64, id: u64, op: u8) -> Request {
-        Request {
-            client: ClientId(client),
-            id: RequestId(id),
-            read_only: false,
-            operation: Bytes::from(vec![op]),
-            auth: Bytes::new(),
         }
     }
 

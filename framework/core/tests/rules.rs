@@ -99,6 +99,15 @@ fn vote(view: u64, seq: u64, d: Digest) -> Vote {
     Vote { view: ViewNo(view), seq: SeqNo(seq), digest: d }
 }
 
+/// Replica 1 accepts `b` at (view 0, `seq`) and gets replica 3's PREPARE:
+/// with its own, that is prepared (2f = 2), so it has sent its COMMIT.
+fn prepared(r1: &mut Replica<TestCrypto>, seq: u64, b: Arc<Batch>) -> Digest {
+    let d = b.digest();
+    peer(r1, 0, pre_prepare(0, seq, b));
+    peer(r1, 3, PeerMessage::Prepare(vote(0, seq, d)));
+    d
+}
+
 fn pre_prepare(view: u64, seq: u64, b: Arc<Batch>) -> PeerMessage {
     PeerMessage::PrePrepare(PrePrepare { view: ViewNo(view), seq: SeqNo(seq), batch: b })
 }
@@ -227,10 +236,7 @@ fn prepared_needs_the_pre_prepare_and_2f_matching_prepares_from_backups() {
 fn committed_local_needs_2f_plus_1_commits_and_then_delivers() {
     let cfg = config(Mode::Bft, 4);
     let mut r1 = replica(1, &cfg);
-    let b = batch(vec![request(1, 1)]);
-    let d = b.digest();
-    peer(&mut r1, 0, pre_prepare(0, 1, b));
-    peer(&mut r1, 3, PeerMessage::Prepare(vote(0, 1, d)));
+    let d = prepared(&mut r1, 1, batch(vec![request(1, 1)]));
     // Own commit plus one: 2 < 3.
     assert!(delivered(&peer(&mut r1, 0, PeerMessage::Commit(vote(0, 1, d)))).is_empty());
     assert_eq!(delivered(&peer(&mut r1, 2, PeerMessage::Commit(vote(0, 1, d)))), vec![SeqNo(1)]);
@@ -570,10 +576,7 @@ fn a_replica_behind_the_stable_checkpoint_learns_the_proof_from_status() {
 fn a_read_waits_until_everything_this_replica_prepared_is_delivered() {
     let cfg = config(Mode::Bft, 4);
     let mut r1 = replica(1, &cfg);
-    let b = batch(vec![request(1, 1)]);
-    let d = b.digest();
-    peer(&mut r1, 0, pre_prepare(0, 1, b));
-    peer(&mut r1, 3, PeerMessage::Prepare(vote(0, 1, d)));
+    let d = prepared(&mut r1, 1, batch(vec![request(1, 1)]));
     let mut read = request(2, 1);
     read.read_only = true;
     r1.step(Input::Request(read));

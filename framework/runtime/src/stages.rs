@@ -61,6 +61,31 @@ pub enum DeliveryCmd {
 /// A message for one client.
 pub type ClientMail = (ClientId, ReplicaMessage);
 
+fn drain_flume<T>(rx: &flume::Receiver<T>, first: T, max: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(max.min(64));
+    v.push(first);
+    while v.len() < max {
+        match rx.try_recv() {
+            Ok(x) => v.push(x),
+            Err(_) => break,
+        }
+    }
+    v
+}
+
+/// Waits for work, watching the stop flag, and takes up to `max` items;
+/// `None` when the stage must end.
+fn next_flume_batch<T>(rx: &flume::Receiver<T>, max: usize, stop: &AtomicBool) -> Option<Vec<T>> {
+    while !stop.load(Ordering::Relaxed) {
+        match rx.recv_timeout(POLL) {
+            Ok(first) => return Some(drain_flume(rx, first, max)),
+            Err(flume::RecvTimeoutError::Timeout) => continue,
+            Err(flume::RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+    None
+}
+
 fn drain<T>(rx: &Receiver<T>, first: T, max: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(max.min(64));
     v.push(first);
@@ -88,19 +113,7 @@ pub fn verifier(
     drain_max: usize,
     stop: Arc<AtomicBool>,
 ) {
-    while !stop.load(Ordering::Relaxed) {
-        let first = match rx.recv_timeout(POLL) {
-            Ok(r) => r,
-            Err(flume::RecvTimeoutError::Timeout) => continue,
-            Err(flume::RecvTimeoutError::Disconnected) => return,
-        };
-        let mut batch = vec![first];
-        while batch.len() < drain_max {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_flume_batch(&rx, drain_max, &stop) {
         if !signatures {
             for r in batch {
                 if tx.send(r).is_err() {
@@ -142,19 +155,7 @@ pub fn proposer<S: Service>(
     drain_max: usize,
     stop: Arc<AtomicBool>,
 ) {
-    while !stop.load(Ordering::Relaxed) {
-        let first = match rx.recv_timeout(POLL) {
-            Ok(r) => r,
-            Err(flume::RecvTimeoutError::Timeout) => continue,
-            Err(flume::RecvTimeoutError::Disconnected) => return,
-        };
-        let mut batch = vec![first];
-        while batch.len() < drain_max {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_flume_batch(&rx, drain_max, &stop) {
         let view = ViewNo(metrics.core.lock().view);
         let verdicts: Vec<(Request, Lookup)> = {
             let exec = exec.read();

@@ -317,6 +317,24 @@ pub fn core_config(membership: Membership) -> Config {
     c
 }
 
+/// Hands a Byzantine replica's strategy the context it may use: its own key only.
+fn with_strategy<T>(
+    rep: &mut SimReplica,
+    membership: &Membership,
+    cfg: &Config,
+    f: impl FnOnce(&mut dyn Strategy, &mut ByzCtx<'_>) -> T,
+) -> T {
+    let mut ctx = ByzCtx {
+        me: rep.id,
+        crypto: &rep.crypto,
+        rng: &mut rep.rng,
+        membership,
+        request_timeout_ms: cfg.request_timeout_ms,
+        log_window: cfg.log_window,
+    };
+    f(rep.strategy.as_deref_mut().expect("a Byzantine replica"), &mut ctx)
+}
+
 /// Runs one seed and judges it.
 pub fn run(cfg: &SimConfig) -> Report {
     let mut world = World::new(cfg.clone());
@@ -625,16 +643,7 @@ impl World {
             return;
         };
         let reply = if self.replicas[r].strategy.is_some() {
-            let rep = &mut self.replicas[r];
-            let mut ctx = ByzCtx {
-                me: rep.id,
-                crypto: &rep.crypto,
-                rng: &mut rep.rng,
-                membership: &self.membership,
-                request_timeout_ms: self.core_cfg.request_timeout_ms,
-                log_window: self.core_cfg.log_window,
-            };
-            match rep.strategy.as_mut().expect("byzantine").reply(&mut ctx, reply) {
+            match with_strategy(&mut self.replicas[r], &self.membership, &self.core_cfg, |s, ctx| s.reply(ctx, reply)) {
                 Some(r) => r,
                 None => return,
             }
@@ -649,18 +658,8 @@ impl World {
             self.send(r, to.0 as usize, Payload::Peer(msg), 0);
             return;
         }
-        let outs = {
-            let rep = &mut self.replicas[r];
-            let mut ctx = ByzCtx {
-                me: rep.id,
-                crypto: &rep.crypto,
-                rng: &mut rep.rng,
-                membership: &self.membership,
-                request_timeout_ms: self.core_cfg.request_timeout_ms,
-                log_window: self.core_cfg.log_window,
-            };
-            rep.strategy.as_mut().expect("byzantine").outgoing(&mut ctx, to, msg)
-        };
+        let outs =
+            with_strategy(&mut self.replicas[r], &self.membership, &self.core_cfg, |s, ctx| s.outgoing(ctx, to, msg));
         for o in outs {
             if (o.to.0 as usize) < self.n() && o.to.0 as usize != r {
                 self.send(r, o.to.0 as usize, Payload::Peer(o.msg), o.delay_ms);
