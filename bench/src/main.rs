@@ -369,6 +369,8 @@ struct ReplicaStat {
     id: u32,
     cpu_percent: f64,
     peak_rss_mib: f64,
+    /// View changes this replica started or joined since it started.
+    view_changes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -547,6 +549,7 @@ fn run(a: RunArgs) -> ExitCode {
                             _ => 0.0,
                         },
                         peak_rss_mib: procstat::peak_rss_kib(*p).unwrap_or(0) as f64 / 1024.0,
+                        view_changes: read_metrics(&dir, *i).and_then(|m| m["view_changes"].as_u64()).unwrap_or(0),
                     })
                     .collect();
                 // The primary of the window's start: ordered requests and batches
@@ -702,7 +705,12 @@ fn print_table(
         let stats: Vec<String> = r
             .replicas
             .iter()
-            .map(|s| format!("r{}: {:.0}% cpu, {:.1} MiB peak", s.id, s.cpu_percent, s.peak_rss_mib))
+            .map(|s| {
+                format!(
+                    "r{}: {:.0}% cpu, {:.1} MiB peak, {} view changes",
+                    s.id, s.cpu_percent, s.peak_rss_mib, s.view_changes
+                )
+            })
             .collect();
         if !stats.is_empty() {
             println!("replicas: {}", stats.join("; "));

@@ -270,6 +270,10 @@ pub struct Replica<C> {
 impl<C: Crypto> Replica<C> {
     /// A fresh replica at the genesis checkpoint, whose state digest every
     /// replica computes itself from the service's initial snapshot.
+    ///
+    /// Its clock starts at zero and moves only with [`Input::Tick`]: a
+    /// caller that runs on a real clock must feed a tick before any other
+    /// input, or the first requests will look long overdue.
     pub fn new(cfg: Config, id: ReplicaId, crypto: C, genesis_state: Digest) -> Self {
         let client_window = cfg.client_window;
         Replica {

@@ -216,6 +216,9 @@ pub struct Net {
     pub tx_verify: flume::Sender<Request>,
     /// Counters.
     pub metrics: Arc<RuntimeMetrics>,
+    /// Wakes the dialer of a peer as soon as that peer connects to us: it
+    /// is up, so there is no reason to wait out the reconnection backoff.
+    redial: RwLock<HashMap<ReplicaId, Arc<tokio::sync::Notify>>>,
     next_id: AtomicU64,
 }
 
@@ -245,6 +248,7 @@ impl Net {
             tx_peer,
             tx_verify,
             metrics,
+            redial: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
     }
@@ -434,6 +438,9 @@ pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey, keyri
             };
             match session.peer {
                 Peer::Replica(r) => {
+                    if let Some(wake) = net.redial.read().get(&r) {
+                        wake.notify_one();
+                    }
                     Connection::start(net, Kind::FromReplica(r), stream, session);
                 }
                 Peer::Client(c, _) => {
@@ -458,6 +465,8 @@ pub async fn dial_forever(
     key: Arc<SigningKey>,
     keyring: Arc<Keyring>,
 ) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    net.redial.write().insert(to, wake.clone());
     let mut backoff = Duration::from_millis(50);
     loop {
         let attempt = async {
@@ -473,7 +482,10 @@ pub async fn dial_forever(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = wake.notified() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }

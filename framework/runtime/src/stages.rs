@@ -247,6 +247,10 @@ impl<C: palisade_core::Crypto> Consensus<C> {
 
     /// Runs until stopped.
     pub fn run(mut self) {
+        // The core's clock starts at zero and moves only with ticks: give it
+        // the time before any request can be timed (or a batch stamped).
+        let _ = self.step(Input::Tick { now_ms: wall_clock_ms() });
+        self.flush();
         while !self.stop.load(Ordering::Relaxed) {
             let first: Input = select! {
                 recv(self.rx_control) -> m => match m { Ok((seq, state)) => Input::CheckpointReady { seq, state }, Err(_) => return },
@@ -493,16 +497,17 @@ pub fn replier(
     }
 }
 
+/// Milliseconds since the Unix epoch: the time the core runs on.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// The request-timer stage: ticks the core with the wall clock. Ticks are
 /// dropped when the consensus stage is busy; the next one carries the time.
 pub fn ticker(tx: Sender<u64>, period: Duration, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(period);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = tx.try_send(now_ms) {
+        if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = tx.try_send(wall_clock_ms()) {
             return;
         }
     }
