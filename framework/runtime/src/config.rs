@@ -48,6 +48,8 @@ pub struct RuntimeConfig {
     pub max_operation_bytes: usize,
     /// Threads verifying client signatures.
     pub verify_threads: usize,
+    /// Requests remembered as signature-checked by the verification stage.
+    pub verified_cache: usize,
     /// PBFT's digest replies: only the designated replica sends a result in
     /// full, the others its digest (retransmitted requests always get full
     /// replies from the reply cache).
@@ -77,6 +79,7 @@ impl RuntimeConfig {
             max_operation_bytes: (cluster.max_frame_bytes / 4).max(1024),
             verify_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
             reply_digests: true,
+            verified_cache: 65_536,
         }
     }
 

@@ -148,13 +148,18 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     // check (connection actors check size and client id), so requests skip
     // that hop and go straight to proposing.
     let tx_from_net = if cluster.client_signatures { tx_verify.clone() } else { tx_propose.clone() };
+    // With client signatures, PRE-PREPAREs pass through verification too,
+    // so the consensus stage never checks a signature one at a time.
+    let (tx_preprepare, rx_preprepare) = flume::bounded(cfg.peer_queue);
+    let verified = Arc::new(crypto::VerifiedRequests::new(cfg.verified_cache));
     let net = Arc::new(net::Net::new(
         me,
         cluster.cluster_id,
         cluster.max_frame_bytes,
         &cfg,
-        tx_peer,
+        tx_peer.clone(),
         tx_from_net,
+        cluster.client_signatures.then(|| tx_preprepare.clone()),
         metrics.clone(),
     ));
     let listener =
@@ -190,19 +195,32 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     let genesis: Bytes = exec.read().snapshot();
     let genesis_digest = Digest::of(&genesis);
 
-    // Request verification (when clients sign).
+    // Request verification (when clients sign): client requests, and the
+    // requests inside PRE-PREPAREs, on one rayon pool.
     if cluster.client_signatures {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(cfg.verify_threads)
-            .thread_name(|i| format!("verify-{i}"))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(cfg.verify_threads)
+                .thread_name(|i| format!("verify-{i}"))
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
         let limits = VerifyLimits { max_operation_bytes: cfg.max_operation_bytes, ..VerifyLimits::default() };
-        let (tx_reply, metrics, stop, signatures, drain) =
-            (tx_reply.clone(), metrics.clone(), stop.clone(), cluster.client_signatures, cfg.drain_max);
-        threads.push(spawn("verify", move || {
-            stages::verifier(rx_verify, tx_propose, tx_reply, signatures, limits, pool, metrics, me, drain, stop)
-        }));
+        {
+            let (tx_reply, metrics, stop, drain, pool, verified) =
+                (tx_reply.clone(), metrics.clone(), stop.clone(), cfg.drain_max, pool.clone(), verified.clone());
+            threads.push(spawn("verify", move || {
+                stages::verifier(
+                    rx_verify, tx_propose, tx_reply, verified, true, limits, pool, metrics, me, drain, stop,
+                )
+            }));
+        }
+        {
+            let (metrics, stop, drain, verified) = (metrics.clone(), stop.clone(), cfg.drain_max, verified.clone());
+            threads.push(spawn("verify-pp", move || {
+                stages::preprepare_verifier(rx_preprepare, tx_peer, verified, limits, pool, metrics, drain, stop)
+            }));
+        }
     }
 
     // Batch proposing.
@@ -223,7 +241,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     // Consensus: the pure core.
     {
         let replicas = cluster.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect();
-        let crypto = crypto::Ed25519Crypto::new(key, replicas, cluster.client_signatures);
+        let crypto = crypto::Ed25519Crypto::new(key, replicas, cluster.client_signatures, verified);
         let consensus = stages::Consensus {
             core: Replica::new(cfg.protocol.clone(), me, crypto, genesis_digest),
             storage: Box::new(storage::MemoryStorage::default()),

@@ -214,6 +214,8 @@ pub struct Net {
     pub tx_peer: crossbeam_channel::Sender<(ReplicaId, PeerMessage)>,
     /// Client requests to the verification stage.
     pub tx_verify: flume::Sender<Request>,
+    /// PRE-PREPAREs to the verification stage, when clients sign requests.
+    pub tx_preprepare: Option<flume::Sender<(ReplicaId, PeerMessage)>>,
     /// Counters.
     pub metrics: Arc<RuntimeMetrics>,
     /// Wakes the dialer of a peer as soon as that peer connects to us: it
@@ -232,6 +234,7 @@ impl Net {
         cfg: &crate::RuntimeConfig,
         tx_peer: crossbeam_channel::Sender<(ReplicaId, PeerMessage)>,
         tx_verify: flume::Sender<Request>,
+        tx_preprepare: Option<flume::Sender<(ReplicaId, PeerMessage)>>,
         metrics: Arc<RuntimeMetrics>,
     ) -> Net {
         Net {
@@ -247,6 +250,7 @@ impl Net {
             clients: Routes::new(),
             tx_peer,
             tx_verify,
+            tx_preprepare,
             metrics,
             redial: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -324,6 +328,17 @@ impl Connection {
             Kind::FromReplica(from) => match envelope::decode_peer(net.cluster, &body) {
                 Ok(msg) => {
                     RuntimeMetrics::add(&net.metrics.counters.peer_messages_received, 1);
+                    if let (PeerMessage::PrePrepare(_), Some(tx)) = (&msg, &net.tx_preprepare) {
+                        // Its requests' signatures are checked in the verification stage.
+                        match tx.try_send((from, msg)) {
+                            Ok(()) => {}
+                            Err(flume::TrySendError::Full(_)) => {
+                                RuntimeMetrics::add(&net.metrics.counters.peer_messages_dropped, 1)
+                            }
+                            Err(flume::TrySendError::Disconnected(_)) => ctx.stop(),
+                        }
+                        return;
+                    }
                     match net.tx_peer.try_send((from, msg)) {
                         Ok(()) => {}
                         Err(crossbeam_channel::TrySendError::Full(_)) => {

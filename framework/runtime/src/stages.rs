@@ -105,9 +105,10 @@ pub fn verifier(
     rx: flume::Receiver<Request>,
     tx: flume::Sender<Request>,
     tx_reply: Sender<ClientMail>,
+    verified: Arc<crate::crypto::VerifiedRequests>,
     signatures: bool,
     limits: VerifyLimits,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     metrics: Arc<RuntimeMetrics>,
     me: ReplicaId,
     drain_max: usize,
@@ -125,6 +126,7 @@ pub fn verifier(
         for verdict in verify::verify_batch(batch, limits, |_, _| true, &pool) {
             match verdict {
                 Ok(r) => {
+                    verified.insert(&r);
                     if tx.send(r).is_err() {
                         return;
                     }
@@ -136,6 +138,46 @@ pub fn verifier(
                         ReplicaMessage::Rejected { replica: me, request: r.id, reason: RejectReason::Invalid },
                     ));
                 }
+            }
+        }
+    }
+}
+
+/// Request verification for PRE-PREPAREs (when clients sign): checks every
+/// request of a batch in parallel dalek batches, records them as verified
+/// for the consensus stage, and passes the PRE-PREPARE on. A batch with a
+/// request that fails is dropped: a correct primary never proposes one.
+#[allow(clippy::too_many_arguments)]
+pub fn preprepare_verifier(
+    rx: flume::Receiver<(ReplicaId, PeerMessage)>,
+    tx_peer: Sender<(ReplicaId, PeerMessage)>,
+    verified: Arc<crate::crypto::VerifiedRequests>,
+    limits: VerifyLimits,
+    pool: Arc<rayon::ThreadPool>,
+    metrics: Arc<RuntimeMetrics>,
+    drain_max: usize,
+    stop: Arc<AtomicBool>,
+) {
+    while let Some(batch) = next_flume_batch(&rx, drain_max, &stop) {
+        for (from, msg) in batch {
+            if let PeerMessage::PrePrepare(pp) = &msg {
+                let unchecked: Vec<Request> =
+                    pp.batch.requests.iter().filter(|r| !verified.contains(r)).cloned().collect();
+                let verdicts = verify::verify_batch(unchecked, limits, |_, _| true, &pool);
+                if verdicts.iter().any(|v| v.is_err()) {
+                    RuntimeMetrics::add(&metrics.counters.peer_messages_dropped, 1);
+                    continue;
+                }
+                for r in verdicts.into_iter().flatten() {
+                    verified.insert(&r);
+                }
+            }
+            match tx_peer.try_send((from, msg)) {
+                Ok(()) => {}
+                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                    RuntimeMetrics::add(&metrics.counters.peer_messages_dropped, 1)
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
             }
         }
     }
