@@ -6,12 +6,14 @@ import json, os, sys
 root = sys.argv[1]
 rows = []
 meta = None
+revisions = {}
 for name in sorted(os.listdir(root)):
     path = os.path.join(root, name, "results.json")
     if not os.path.exists(path):
         continue
     r = json.load(open(path))
     meta = meta or r
+    revisions.setdefault(r["git_revision"], []).append(name)
     a = r["args"]
     for lvl in r["levels"]:
         p = lvl["palisade"]
@@ -27,8 +29,11 @@ for name in sorted(os.listdir(root)):
             "{:,.0f}".format(base) if base else "-", "{:.3f}".format(ratio) if ratio else "-",
             "{:.1f}".format(lvl["mean_batch_size"]) if lvl.get("mean_batch_size") else "-",
             cpu, rss))
-print("Machine: {} cores, {}; git revision {}; {} s per run after a 3 s warm-up.".format(
-    meta["cores"], meta["cpu_model"], meta["git_revision"], meta["args"]["duration"]) if meta else "")
+if meta:
+    revs = "; ".join("{} ({})".format(rev, ", ".join(names)) for rev, names in revisions.items()) if len(revisions) > 1 \
+        else next(iter(revisions))
+    print("Machine: {} cores, {}; git revision {}; {} s per run after a 3 s warm-up.".format(
+        meta["cores"], meta["cpu_model"], revs, meta["args"]["duration"]))
 print()
 print("| run | cluster | req/reply B | sigs | load | ops/s | p50 us | p99 us | baseline ops/s | ratio | batch | replica CPU (sum) | peak RSS MiB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
