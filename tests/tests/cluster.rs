@@ -504,3 +504,38 @@ fn a_client_created_before_the_cluster_waits_and_connects() {
     c.start_with(Counter::default);
     assert_eq!(rt.block_on(pending).unwrap().unwrap(), 5);
 }
+
+#[test]
+fn a_flood_of_idle_connections_is_capped_at_the_handshake_limit() {
+    let rt = rt();
+    let mut c = cluster(4, Mode::Bft, false);
+    for i in 0..4 {
+        let mut cfg = runtime_config(&c.config);
+        cfg.max_handshakes = 16;
+        let h = spawn_replica(&c.config, ReplicaId(i), c.keys[i as usize].clone(), Counter::default(), cfg).unwrap();
+        c.handles.push(Some(h));
+    }
+    let target = c.config.replicas[&ReplicaId(0)].address;
+    rt.block_on(async {
+        // A hundred connections that never say a word hold every slot of replica 0.
+        let mut idle = Vec::new();
+        for _ in 0..100 {
+            if let Ok(s) = tokio::net::TcpStream::connect(target).await {
+                idle.push(s);
+            }
+        }
+        let counter = CounterClient::new(c.client());
+        for _ in 0..20 {
+            counter.add(1).await.expect("the cluster keeps serving through the flood");
+        }
+        drop(idle);
+    });
+    let refused = c.handles[0]
+        .as_ref()
+        .unwrap()
+        .metrics()
+        .counters
+        .connections_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused >= 50, "connections beyond the handshake limit are closed and counted: {refused}");
+}

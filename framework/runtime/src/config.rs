@@ -44,6 +44,10 @@ pub struct RuntimeConfig {
     pub handshake_timeout_ms: u64,
     /// Concurrent client connections per replica; more are refused.
     pub max_client_connections: usize,
+    /// Handshakes under way at once; a connection beyond them is closed
+    /// straight away (counted as refused), so a connection flood costs
+    /// bounded memory.
+    pub max_handshakes: usize,
     /// Largest operation a client may send, in bytes.
     pub max_operation_bytes: usize,
     /// Threads verifying client signatures.
@@ -76,6 +80,7 @@ impl RuntimeConfig {
             drain_max: 512,
             handshake_timeout_ms: 5_000,
             max_client_connections: 4_096,
+            max_handshakes: 256,
             max_operation_bytes: (cluster.max_frame_bytes / 4).max(1024),
             verify_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
             reply_digests: true,
@@ -96,6 +101,7 @@ impl RuntimeConfig {
             ("connection_mailbox", self.connection_mailbox),
             ("drain_max", self.drain_max),
             ("verify_threads", self.verify_threads),
+            ("max_handshakes", self.max_handshakes),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));

@@ -206,6 +206,8 @@ pub struct Net {
     pub handshake_timeout: Duration,
     /// Client connection limit.
     pub max_client_connections: usize,
+    /// Handshakes under way at once; more connections are closed at once.
+    pub handshakes: Arc<tokio::sync::Semaphore>,
     /// Connections to peers (outgoing).
     pub peers: Routes<ReplicaId>,
     /// Connections from clients.
@@ -246,6 +248,7 @@ impl Net {
             write_buffer: cfg.write_buffer,
             handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms),
             max_client_connections: cfg.max_client_connections,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(cfg.max_handshakes)),
             peers: Routes::new(),
             clients: Routes::new(),
             tx_peer,
@@ -438,12 +441,19 @@ pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey, keyri
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        // A stranger gets a bounded share: a handshake slot (or the door),
+        // 1 KiB frames and `handshake_timeout_ms`.
+        let Ok(permit) = net.handshakes.clone().try_acquire_owned() else {
+            RuntimeMetrics::add(&net.metrics.counters.connections_refused, 1);
+            continue;
+        };
         let (net, key, keyring) = (net.clone(), key.clone(), keyring.clone());
         actix_rt::spawn(async move {
             let _ = stream.set_nodelay(true);
             let session =
                 tokio::time::timeout(net.handshake_timeout, accept_handshake(&mut stream, net.me, &key, &keyring))
                     .await;
+            drop(permit);
             let session = match session {
                 Ok(Ok(s)) => s,
                 _ => {
