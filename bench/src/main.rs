@@ -443,7 +443,7 @@ fn run(a: RunArgs) -> ExitCode {
     };
     let work = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
-    let (dir, mut procs) = match &a.cluster {
+    let (dir, procs) = match &a.cluster {
         Some(d) => (d.clone(), None),
         None => {
             let dir = work.join("cluster");
@@ -482,7 +482,7 @@ fn run(a: RunArgs) -> ExitCode {
     let mut reports = Vec::new();
     let mut events = Events { kill_primary_at_s: a.kill_primary_at, killed: None, restart_at_s: a.restart_at };
     let killed: Arc<Mutex<Option<u32>>> = Arc::new(Mutex::new(None));
-    let procs_shared: Arc<Mutex<Option<Procs>>> = Arc::new(Mutex::new(procs.take()));
+    let procs_shared: Arc<Mutex<Option<Procs>>> = Arc::new(Mutex::new(procs));
     for level in &levels {
         let label = format!("palisade n={} {}x{}", cluster.membership.n(), level.clients, level.outstanding);
         // Sample the replicas at the start and end of the measurement window.

@@ -159,6 +159,39 @@ pub enum Record {
     Stable(CheckpointCert),
 }
 
+/// The durable records a replica still needs, in order: what a write-ahead
+/// log keeps. Appending a stable checkpoint drops every record it makes
+/// obsolete, and only the newest view record is kept, so the log never
+/// holds more than one log window of sequence numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordLog {
+    records: Vec<Record>,
+}
+
+impl RecordLog {
+    /// Appends `record`, dropping what it supersedes.
+    pub fn append(&mut self, record: Record) {
+        match &record {
+            Record::Stable(cert) => {
+                let stable = cert.seq;
+                self.records.retain(|r| match r {
+                    Record::PrePrepared { seq, .. } | Record::Prepared { seq, .. } => *seq > stable,
+                    Record::Stable(_) => false,
+                    Record::View { .. } => true,
+                });
+            }
+            Record::View { .. } => self.records.retain(|r| !matches!(r, Record::View { .. })),
+            Record::PrePrepared { .. } | Record::Prepared { .. } => {}
+        }
+        self.records.push(record);
+    }
+
+    /// The records, in order, for [`Replica::recover`].
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+}
+
 /// Counters an operator or a test can read.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -1544,5 +1577,34 @@ fn add_q(slot: &mut Slot, digest: Digest, view: ViewNo, cap: usize) {
         if slot.pre_prepare != Some(old) && slot.decided != Some(old) {
             slot.batches.remove(&old);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pp(seq: u64) -> Record {
+        Record::PrePrepared { view: ViewNo(0), seq: SeqNo(seq), digest: Digest([1; 32]), batch: None }
+    }
+
+    #[test]
+    fn a_stable_checkpoint_drops_what_it_makes_obsolete_and_only_the_newest_view_stays() {
+        let mut log = RecordLog::default();
+        log.append(Record::View { view: ViewNo(0), normal: true });
+        for s in 1..=6 {
+            log.append(pp(s));
+        }
+        log.append(Record::Prepared { view: ViewNo(0), seq: SeqNo(3), digest: Digest([1; 32]) });
+        log.append(Record::View { view: ViewNo(1), normal: false });
+        let cert = CheckpointCert { seq: SeqNo(4), state: Digest([2; 32]), proof: vec![] };
+        log.append(Record::Stable(cert.clone()));
+        assert_eq!(
+            log.records(),
+            &[pp(5), pp(6), Record::View { view: ViewNo(1), normal: false }, Record::Stable(cert)]
+        );
+        let newer = CheckpointCert { seq: SeqNo(8), state: Digest([3; 32]), proof: vec![] };
+        log.append(Record::Stable(newer.clone()));
+        assert_eq!(log.records(), &[Record::View { view: ViewNo(1), normal: false }, Record::Stable(newer)]);
     }
 }

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
-use palisade_client::{Client, ClientOptions, InvokeError};
+use palisade_client::{Client, ClientOptions};
 use palisade_core::ReplicaId;
 use palisade_runtime::{spawn_replica, RuntimeConfig};
 use palisade_services::counter::{Counter, CounterClient};
@@ -165,64 +165,33 @@ fn show(b: &Bytes) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn invoke_error(e: KvError) -> ExitCode {
-    match e {
-        KvError::Invoke(InvokeError::Timeout { .. }) => fail(EXIT_UNAVAILABLE, e),
-        other => fail(EXIT_UNAVAILABLE, other),
-    }
-}
-
-/// `palisade kv ...`: prints the result on stdout.
+/// `palisade kv ...`: prints the result on stdout, one line per value.
 pub fn kv(config: &Path, cmd: KvCommand, timeout_ms: u64) -> ExitCode {
     let (runtime, client) = match connect(config, timeout_ms) {
         Ok(x) => x,
         Err(code) => return code,
     };
     let kv = KvClient::new(client);
-    runtime.block_on(async {
+    // `Ok(None)` means the key was not there (exit code 1).
+    let (key, result): (Option<String>, Result<Option<Vec<Bytes>>, KvError>) = runtime.block_on(async {
         match cmd {
-            KvCommand::Put(k, v) => match kv.put(k, v).await {
-                Ok(Some(old)) => {
-                    println!("{}", show(&old));
-                    ExitCode::SUCCESS
-                }
-                Ok(None) => ExitCode::SUCCESS,
-                Err(e) => invoke_error(e),
-            },
-            KvCommand::Get(k) => match kv.get(k.clone()).await {
-                Ok(Some(v)) => {
-                    println!("{}", show(&v));
-                    ExitCode::SUCCESS
-                }
-                Ok(None) => fail(1, format!("key {k:?} not found")),
-                Err(e) => invoke_error(e),
-            },
-            KvCommand::Remove(k) => match kv.remove(k.clone()).await {
-                Ok(Some(v)) => {
-                    println!("{}", show(&v));
-                    ExitCode::SUCCESS
-                }
-                Ok(None) => fail(1, format!("key {k:?} not found")),
-                Err(e) => invoke_error(e),
-            },
-            KvCommand::Keys => match kv.keys().await {
-                Ok(keys) => {
-                    for k in keys {
-                        println!("{}", show(&k));
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => invoke_error(e),
-            },
-            KvCommand::Size => match kv.size().await {
-                Ok(n) => {
-                    println!("{n}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => invoke_error(e),
-            },
+            KvCommand::Put(k, v) => (None, kv.put(k, v).await.map(|old| Some(old.into_iter().collect()))),
+            KvCommand::Get(k) => (Some(k.clone()), kv.get(k).await.map(|v| v.map(|v| vec![v]))),
+            KvCommand::Remove(k) => (Some(k.clone()), kv.remove(k).await.map(|v| v.map(|v| vec![v]))),
+            KvCommand::Keys => (None, kv.keys().await.map(Some)),
+            KvCommand::Size => (None, kv.size().await.map(|n| Some(vec![Bytes::from(n.to_string())]))),
         }
-    })
+    });
+    match result {
+        Ok(Some(lines)) => {
+            for line in lines {
+                println!("{}", show(&line));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => fail(1, format!("key {:?} not found", key.unwrap_or_default())),
+        Err(e) => fail(EXIT_UNAVAILABLE, e),
+    }
 }
 
 /// `palisade counter inc|get`: prints the value on stdout.

@@ -150,7 +150,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     let tx_from_net = if cluster.client_signatures { tx_verify.clone() } else { tx_propose.clone() };
     // With client signatures, PRE-PREPAREs pass through verification too,
     // so the consensus stage never checks a signature one at a time.
-    let (tx_preprepare, rx_preprepare) = flume::bounded(cfg.peer_queue);
+    let (tx_preprepare, rx_preprepare) = crossbeam_channel::bounded(cfg.peer_queue);
     let verified = Arc::new(crypto::VerifiedRequests::new(cfg.verified_cache));
     let net = Arc::new(net::Net::new(
         me,
@@ -210,9 +210,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             let (tx_reply, metrics, stop, drain, pool, verified) =
                 (tx_reply.clone(), metrics.clone(), stop.clone(), cfg.drain_max, pool.clone(), verified.clone());
             threads.push(spawn("verify", move || {
-                stages::verifier(
-                    rx_verify, tx_propose, tx_reply, verified, true, limits, pool, metrics, me, drain, stop,
-                )
+                stages::verifier(rx_verify, tx_propose, tx_reply, verified, limits, pool, metrics, me, drain, stop)
             }));
         }
         {

@@ -217,7 +217,7 @@ pub struct Net {
     /// Client requests to the verification stage.
     pub tx_verify: flume::Sender<Request>,
     /// PRE-PREPAREs to the verification stage, when clients sign requests.
-    pub tx_preprepare: Option<flume::Sender<(ReplicaId, PeerMessage)>>,
+    pub tx_preprepare: Option<crossbeam_channel::Sender<(ReplicaId, PeerMessage)>>,
     /// Counters.
     pub metrics: Arc<RuntimeMetrics>,
     /// Wakes the dialer of a peer as soon as that peer connects to us: it
@@ -236,7 +236,7 @@ impl Net {
         cfg: &crate::RuntimeConfig,
         tx_peer: crossbeam_channel::Sender<(ReplicaId, PeerMessage)>,
         tx_verify: flume::Sender<Request>,
-        tx_preprepare: Option<flume::Sender<(ReplicaId, PeerMessage)>>,
+        tx_preprepare: Option<crossbeam_channel::Sender<(ReplicaId, PeerMessage)>>,
         metrics: Arc<RuntimeMetrics>,
     ) -> Net {
         Net {
@@ -331,23 +331,14 @@ impl Connection {
             Kind::FromReplica(from) => match envelope::decode_peer(net.cluster, &body) {
                 Ok(msg) => {
                     RuntimeMetrics::add(&net.metrics.counters.peer_messages_received, 1);
-                    if let (PeerMessage::PrePrepare(_), Some(tx)) = (&msg, &net.tx_preprepare) {
-                        // Its requests' signatures are checked in the verification stage.
-                        match tx.try_send((from, msg)) {
-                            Ok(()) => {}
-                            Err(flume::TrySendError::Full(_)) => {
-                                RuntimeMetrics::add(&net.metrics.counters.peer_messages_dropped, 1)
-                            }
-                            Err(flume::TrySendError::Disconnected(_)) => ctx.stop(),
-                        }
-                        return;
-                    }
-                    match net.tx_peer.try_send((from, msg)) {
-                        Ok(()) => {}
-                        Err(crossbeam_channel::TrySendError::Full(_)) => {
-                            RuntimeMetrics::add(&net.metrics.counters.peer_messages_dropped, 1)
-                        }
-                        Err(crossbeam_channel::TrySendError::Disconnected(_)) => ctx.stop(),
+                    // With client signatures, a PRE-PREPARE's requests are
+                    // checked in the verification stage before consensus.
+                    let tx = match (&msg, &net.tx_preprepare) {
+                        (PeerMessage::PrePrepare(_), Some(tx)) => tx,
+                        _ => &net.tx_peer,
+                    };
+                    if !crate::stages::offer_peer(tx, (from, msg), &net.metrics) {
+                        ctx.stop();
                     }
                 }
                 Err(_) => self.bad_frame(ctx),

@@ -61,52 +61,125 @@ pub enum DeliveryCmd {
 /// A message for one client.
 pub type ClientMail = (ClientId, ReplicaMessage);
 
-fn drain_flume<T>(rx: &flume::Receiver<T>, first: T, max: usize) -> Vec<T> {
-    let mut v = Vec::with_capacity(max.min(64));
-    v.push(first);
-    while v.len() < max {
-        match rx.try_recv() {
-            Ok(x) => v.push(x),
-            Err(_) => break,
-        }
+/// A stage's inbox: flume where it meets the async network edge, crossbeam
+/// between threads. Either way a stage waits for the first item, watching
+/// its stop flag, and then takes what else is queued, up to a limit.
+pub trait Inbox<T> {
+    /// Waits up to `timeout`; `Err(true)` when every sender is gone.
+    fn wait(&self, timeout: Duration) -> Result<T, bool>;
+    /// Takes an item if one is queued.
+    fn take(&self) -> Option<T>;
+}
+
+impl<T> Inbox<T> for flume::Receiver<T> {
+    fn wait(&self, timeout: Duration) -> Result<T, bool> {
+        self.recv_timeout(timeout).map_err(|e| e == flume::RecvTimeoutError::Disconnected)
     }
-    v
+    fn take(&self) -> Option<T> {
+        self.try_recv().ok()
+    }
+}
+
+impl<T> Inbox<T> for Receiver<T> {
+    fn wait(&self, timeout: Duration) -> Result<T, bool> {
+        self.recv_timeout(timeout).map_err(|e| e == RecvTimeoutError::Disconnected)
+    }
+    fn take(&self) -> Option<T> {
+        self.try_recv().ok()
+    }
 }
 
 /// Waits for work, watching the stop flag, and takes up to `max` items;
 /// `None` when the stage must end.
-fn next_flume_batch<T>(rx: &flume::Receiver<T>, max: usize, stop: &AtomicBool) -> Option<Vec<T>> {
+fn next_batch<T>(rx: &impl Inbox<T>, max: usize, stop: &AtomicBool) -> Option<Vec<T>> {
     while !stop.load(Ordering::Relaxed) {
-        match rx.recv_timeout(POLL) {
-            Ok(first) => return Some(drain_flume(rx, first, max)),
-            Err(flume::RecvTimeoutError::Timeout) => continue,
-            Err(flume::RecvTimeoutError::Disconnected) => return None,
+        match rx.wait(POLL) {
+            Ok(first) => {
+                let mut batch = Vec::with_capacity(max.min(64));
+                batch.push(first);
+                while batch.len() < max {
+                    match rx.take() {
+                        Some(x) => batch.push(x),
+                        None => break,
+                    }
+                }
+                return Some(batch);
+            }
+            Err(false) => continue,
+            Err(true) => return None,
         }
     }
     None
 }
 
-fn drain<T>(rx: &Receiver<T>, first: T, max: usize) -> Vec<T> {
-    let mut v = Vec::with_capacity(max.min(64));
-    v.push(first);
-    while v.len() < max {
-        match rx.try_recv() {
-            Ok(x) => v.push(x),
-            Err(_) => break,
-        }
-    }
-    v
+/// Waits for one item, watching the stop flag; `None` when the stage must end.
+fn next_item<T>(rx: &impl Inbox<T>, stop: &AtomicBool) -> Option<T> {
+    next_batch(rx, 1, stop)?.pop()
 }
 
-/// Request verification: cheap checks, then client signatures in parallel
-/// dalek batches on a rayon pool (when the cluster uses them).
+/// Frame bodies for several connections, gathered during one wake-up so that
+/// each connection gets one mailbox message instead of one per frame. A
+/// message holds at most [`BATCH_BYTES`] (a single larger frame goes alone),
+/// so a mailbox bounded in messages stays bounded in bytes.
+pub struct Outbox<K> {
+    open: BTreeMap<K, (usize, Vec<Bytes>)>,
+}
+
+impl<K: Ord + Copy> Outbox<K> {
+    /// An empty outbox.
+    pub fn new() -> Self {
+        Outbox { open: BTreeMap::new() }
+    }
+
+    /// Adds `body` for `to`; returns a full batch for `to` to send now.
+    pub fn push(&mut self, to: K, body: Bytes) -> Option<Vec<Bytes>> {
+        let (bytes, bodies) = self.open.entry(to).or_default();
+        let full = (!bodies.is_empty() && *bytes + body.len() > BATCH_BYTES).then(|| {
+            *bytes = 0;
+            std::mem::take(bodies)
+        });
+        *bytes += body.len();
+        bodies.push(body);
+        full
+    }
+
+    /// Everything still gathered, one batch per connection.
+    pub fn drain(&mut self) -> impl Iterator<Item = (K, Vec<Bytes>)> {
+        std::mem::take(&mut self.open).into_iter().map(|(k, (_, bodies))| (k, bodies))
+    }
+}
+
+impl<K: Ord + Copy> Default for Outbox<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Hands a peer message to the next stage. A full queue drops it and counts
+/// the drop (the protocol retransmits); false when the stage is gone.
+pub fn offer_peer(
+    tx: &Sender<(ReplicaId, PeerMessage)>,
+    item: (ReplicaId, PeerMessage),
+    metrics: &RuntimeMetrics,
+) -> bool {
+    match tx.try_send(item) {
+        Ok(()) => true,
+        Err(crossbeam_channel::TrySendError::Full(_)) => {
+            RuntimeMetrics::add(&metrics.counters.peer_messages_dropped, 1);
+            true
+        }
+        Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+    }
+}
+
+/// Request verification (when clients sign): cheap checks, then client
+/// signatures in parallel dalek batches on a rayon pool.
 #[allow(clippy::too_many_arguments)]
 pub fn verifier(
     rx: flume::Receiver<Request>,
     tx: flume::Sender<Request>,
     tx_reply: Sender<ClientMail>,
     verified: Arc<crate::crypto::VerifiedRequests>,
-    signatures: bool,
     limits: VerifyLimits,
     pool: Arc<rayon::ThreadPool>,
     metrics: Arc<RuntimeMetrics>,
@@ -114,15 +187,7 @@ pub fn verifier(
     drain_max: usize,
     stop: Arc<AtomicBool>,
 ) {
-    while let Some(batch) = next_flume_batch(&rx, drain_max, &stop) {
-        if !signatures {
-            for r in batch {
-                if tx.send(r).is_err() {
-                    return;
-                }
-            }
-            continue;
-        }
+    while let Some(batch) = next_batch(&rx, drain_max, &stop) {
         for verdict in verify::verify_batch(batch, limits, |_, _| true, &pool) {
             match verdict {
                 Ok(r) => {
@@ -149,7 +214,7 @@ pub fn verifier(
 /// request that fails is dropped: a correct primary never proposes one.
 #[allow(clippy::too_many_arguments)]
 pub fn preprepare_verifier(
-    rx: flume::Receiver<(ReplicaId, PeerMessage)>,
+    rx: Receiver<(ReplicaId, PeerMessage)>,
     tx_peer: Sender<(ReplicaId, PeerMessage)>,
     verified: Arc<crate::crypto::VerifiedRequests>,
     limits: VerifyLimits,
@@ -158,7 +223,7 @@ pub fn preprepare_verifier(
     drain_max: usize,
     stop: Arc<AtomicBool>,
 ) {
-    while let Some(batch) = next_flume_batch(&rx, drain_max, &stop) {
+    while let Some(batch) = next_batch(&rx, drain_max, &stop) {
         for (from, msg) in batch {
             if let PeerMessage::PrePrepare(pp) = &msg {
                 let unchecked: Vec<Request> =
@@ -172,12 +237,8 @@ pub fn preprepare_verifier(
                     verified.insert(&r);
                 }
             }
-            match tx_peer.try_send((from, msg)) {
-                Ok(()) => {}
-                Err(crossbeam_channel::TrySendError::Full(_)) => {
-                    RuntimeMetrics::add(&metrics.counters.peer_messages_dropped, 1)
-                }
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+            if !offer_peer(&tx_peer, (from, msg), &metrics) {
+                return;
             }
         }
     }
@@ -197,7 +258,7 @@ pub fn proposer<S: Service>(
     drain_max: usize,
     stop: Arc<AtomicBool>,
 ) {
-    while let Some(batch) = next_flume_batch(&rx, drain_max, &stop) {
+    while let Some(batch) = next_batch(&rx, drain_max, &stop) {
         let view = ViewNo(metrics.core.lock().view);
         let verdicts: Vec<(Request, Lookup)> = {
             let exec = exec.read();
@@ -260,30 +321,28 @@ pub struct Consensus<C: palisade_core::Crypto> {
     /// Stop flag.
     pub stop: Arc<AtomicBool>,
     /// Bodies for each peer gathered during one wake-up, sent together.
-    pub outbox: BTreeMap<ReplicaId, Vec<Bytes>>,
+    pub outbox: Outbox<ReplicaId>,
 }
 
 impl<C: palisade_core::Crypto> Consensus<C> {
     fn queue(&mut self, to: ReplicaId, body: Bytes) {
-        let queued = self.outbox.entry(to).or_default();
-        queued.push(body);
-        // Keep each mailbox message within BATCH_BYTES.
-        if queued.iter().map(Bytes::len).sum::<usize>() >= BATCH_BYTES {
-            let bodies = std::mem::take(queued);
-            let n = bodies.len() as u64;
-            if !self.net.peers.send_batch(to, bodies) {
-                RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, n);
-            }
+        if let Some(full) = self.outbox.push(to, body) {
+            self.send(to, full);
         }
     }
 
     /// Sends what this wake-up produced: one mailbox message per peer.
     fn flush(&mut self) {
-        for (to, bodies) in std::mem::take(&mut self.outbox) {
-            let n = bodies.len() as u64;
-            if !self.net.peers.send_batch(to, bodies) {
-                RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, n);
-            }
+        let batches: Vec<_> = self.outbox.drain().collect();
+        for (to, bodies) in batches {
+            self.send(to, bodies);
+        }
+    }
+
+    fn send(&self, to: ReplicaId, bodies: Vec<Bytes>) {
+        let n = bodies.len() as u64;
+        if !self.net.peers.send_batch(to, bodies) {
+            RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, n);
         }
     }
 
@@ -366,7 +425,6 @@ impl<C: palisade_core::Crypto> Consensus<C> {
                     }
                 }
                 Action::StableCheckpoint { seq } => {
-                    self.storage.compact(seq);
                     if self.tx_delivery.send(DeliveryCmd::Stable(seq)).is_err() {
                         return false;
                     }
@@ -418,12 +476,7 @@ pub fn delivery<S: Service>(
 ) {
     let me = net.me;
     let mut snapshots: BTreeMap<SeqNo, Bytes> = BTreeMap::from([(SeqNo(0), genesis)]);
-    while !stop.load(Ordering::Relaxed) {
-        let cmd = match rx.recv_timeout(POLL) {
-            Ok(c) => c,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
+    while let Some(cmd) = next_item(&rx, &stop) {
         match cmd {
             DeliveryCmd::Deliver { seq, view, batch } => {
                 let executed = exec.write().execute_batch(seq, view, &batch);
@@ -506,35 +559,23 @@ pub fn replier(
     drain_max: usize,
     stop: Arc<AtomicBool>,
 ) {
-    while !stop.load(Ordering::Relaxed) {
-        let first = match rx.recv_timeout(POLL) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        // Group by client, in batches of at most BATCH_BYTES, so that a
-        // mailbox bounded in messages stays bounded in bytes.
-        let mut by_client: BTreeMap<ClientId, Vec<(usize, Vec<Bytes>)>> = BTreeMap::new();
-        for (client, msg) in drain(&rx, first, drain_max) {
-            let body = net.client_body(&msg);
-            let batches = by_client.entry(client).or_default();
-            match batches.last_mut() {
-                Some((bytes, bodies)) if *bytes + body.len() <= BATCH_BYTES => {
-                    *bytes += body.len();
-                    bodies.push(body);
-                }
-                _ => batches.push((body.len(), vec![body])),
+    let send = |client: ClientId, bodies: Vec<Bytes>| {
+        let n = bodies.len() as u64;
+        if net.clients.send_batch(client, bodies) {
+            RuntimeMetrics::add(&metrics.counters.replies_sent, n);
+        } else {
+            RuntimeMetrics::add(&metrics.counters.replies_dropped, n);
+        }
+    };
+    let mut outbox = Outbox::new();
+    while let Some(mails) = next_batch(&rx, drain_max, &stop) {
+        for (client, msg) in mails {
+            if let Some(full) = outbox.push(client, net.client_body(&msg)) {
+                send(client, full);
             }
         }
-        for (client, batches) in by_client {
-            for (_, bodies) in batches {
-                let n = bodies.len() as u64;
-                if net.clients.send_batch(client, bodies) {
-                    RuntimeMetrics::add(&metrics.counters.replies_sent, n);
-                } else {
-                    RuntimeMetrics::add(&metrics.counters.replies_dropped, n);
-                }
-            }
+        for (client, bodies) in outbox.drain() {
+            send(client, bodies);
         }
     }
 }
@@ -552,5 +593,26 @@ pub fn ticker(tx: Sender<u64>, period: Duration, stop: Arc<AtomicBool>) {
         if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = tx.try_send(wall_clock_ms()) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbox_batches_per_connection_within_the_byte_bound() {
+        let mut o = Outbox::new();
+        let half = Bytes::from(vec![0u8; BATCH_BYTES / 2]);
+        assert!(o.push(1u32, half.clone()).is_none());
+        assert!(o.push(2u32, half.clone()).is_none());
+        assert!(o.push(1u32, half.clone()).is_none(), "exactly BATCH_BYTES still fits");
+        let full = o.push(1u32, Bytes::from_static(b"x")).expect("the next body closes the batch");
+        assert_eq!(full.len(), 2);
+        let big = Bytes::from(vec![0u8; BATCH_BYTES * 2]);
+        assert!(o.push(3u32, big).is_none(), "a single larger frame goes alone");
+        let rest: BTreeMap<u32, usize> = o.drain().map(|(k, b)| (k, b.len())).collect();
+        assert_eq!(rest, BTreeMap::from([(1, 1), (2, 1), (3, 1)]));
+        assert_eq!(o.drain().count(), 0);
     }
 }

@@ -6,42 +6,30 @@
 //! replicas survive crashes; [`MemoryStorage`] keeps records in memory only,
 //! so a restarted replica comes back empty and catches up by state transfer.
 
-use palisade_core::{Record, SeqNo};
+use palisade_core::replica::RecordLog;
+use palisade_core::Record;
 
 /// A sink for durable records.
 pub trait Storage: Send {
-    /// Makes `record` durable (returning only once it is).
+    /// Makes `record` durable (returning only once it is). A
+    /// `Record::Stable` makes earlier records obsolete (see `RecordLog`).
     fn persist(&mut self, record: Record);
-    /// `seq` became the stable checkpoint: records about earlier sequence
-    /// numbers may go.
-    fn compact(&mut self, seq: SeqNo);
     /// Everything kept, in order, for `Replica::recover`.
     fn records(&self) -> Vec<Record>;
 }
 
-/// Records in memory, bounded by compaction at every stable checkpoint.
+/// Records in memory, compacted at every stable checkpoint.
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
-    records: Vec<Record>,
+    log: RecordLog,
 }
 
 impl Storage for MemoryStorage {
     fn persist(&mut self, record: Record) {
-        if matches!(record, Record::View { .. }) {
-            self.records.retain(|r| !matches!(r, Record::View { .. }));
-        }
-        self.records.push(record);
-    }
-
-    fn compact(&mut self, seq: SeqNo) {
-        self.records.retain(|r| match r {
-            Record::PrePrepared { seq: s, .. } | Record::Prepared { seq: s, .. } => *s > seq,
-            Record::Stable(c) => c.seq >= seq,
-            Record::View { .. } => true,
-        });
+        self.log.append(record);
     }
 
     fn records(&self) -> Vec<Record> {
-        self.records.clone()
+        self.log.records().to_vec()
     }
 }

@@ -13,7 +13,7 @@ use crate::crypto::{Keys, SimCrypto};
 use crate::rng::Rng;
 use crate::service::{SimOp, SimService};
 use palisade_core::exec::Lookup;
-use palisade_core::replica::Record;
+use palisade_core::replica::{Record, RecordLog};
 use palisade_core::{
     Action, ClientId, Config, Digest, Executor, Input, Membership, Mode, PeerMessage, Replica, ReplicaId, Reply,
     Request, RequestId, SeqNo, ViewNo,
@@ -210,35 +210,25 @@ impl Faults {
 
 #[derive(Default)]
 struct Disk {
-    records: Vec<Record>,
+    records: RecordLog,
     snapshots: BTreeMap<SeqNo, bytes::Bytes>,
 }
 
 impl Disk {
     fn persist(&mut self, record: Record) {
-        match &record {
-            Record::Stable(cert) => {
-                let s = cert.seq;
-                self.records.retain(|r| match r {
-                    Record::PrePrepared { seq, .. } | Record::Prepared { seq, .. } => *seq > s,
-                    Record::Stable(_) => false,
-                    Record::View { .. } => true,
-                });
-                // Keep the snapshots from the new stable checkpoint on; if this
-                // replica has none yet (it is about to fetch one), keep its
-                // newest older one so that a crash before the transfer
-                // completes can still restart from something.
-                let newer = self.snapshots.split_off(&s);
-                let fallback = self.snapshots.pop_last();
-                self.snapshots = newer;
-                if self.snapshots.is_empty() {
-                    self.snapshots.extend(fallback);
-                }
+        if let Record::Stable(cert) = &record {
+            // Keep the snapshots from the new stable checkpoint on; if this
+            // replica has none yet (it is about to fetch one), keep its
+            // newest older one so that a crash before the transfer
+            // completes can still restart from something.
+            let newer = self.snapshots.split_off(&cert.seq);
+            let fallback = self.snapshots.pop_last();
+            self.snapshots = newer;
+            if self.snapshots.is_empty() {
+                self.snapshots.extend(fallback);
             }
-            Record::View { .. } => self.records.retain(|r| !matches!(r, Record::View { .. })),
-            _ => {}
         }
-        self.records.push(record);
+        self.records.append(record);
     }
 }
 
@@ -811,7 +801,7 @@ impl World {
             rep.id,
             rep.crypto.clone(),
             self.genesis,
-            rep.disk.records.clone(),
+            rep.disk.records.records().to_vec(),
             seq,
             Digest::of(&snapshot),
         );
