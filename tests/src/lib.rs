@@ -1,4 +1,3 @@
-//! Shared helpers for the workspace-level tests: in-process clusters on
-//! loopback TCP.
-
-#![deny(missing_docs)]
+//! This package holds the workspace-level tests in `tests/` (simulator
+//! sweeps, planted bugs, whole clusters over loopback TCP). Cargo needs a
+//! target to attach them to; there is no library code here.
