@@ -12,7 +12,7 @@ use palisade::keygen::{keygen, KeygenOptions};
 use palisade_bench::{baseline, procstat, svg};
 use palisade_client::{Client, ClientOptions};
 use palisade_core::{Mode, ReplicaId};
-use palisade_runtime::{spawn_replica, RuntimeConfig};
+use palisade_runtime::{spawn_replica, RuntimeConfig, StageThreads};
 use palisade_services::echo::{self, Echo};
 use palisade_wire::{keys, ClusterConfig};
 use parking_lot::Mutex;
@@ -57,6 +57,9 @@ enum RoleCmd {
         /// Batches proposed but not yet delivered.
         #[arg(long, default_value_t = 4)]
         in_flight: u64,
+        /// Where the CPU stages run (default: chosen for the machine).
+        #[arg(long, value_enum)]
+        stage_threads: Option<StageThreadsArg>,
     },
     /// Run the unreplicated baseline server of a 1-replica configuration.
     BaselineServer {
@@ -100,6 +103,9 @@ struct RunArgs {
     /// Batches the primary keeps in flight.
     #[arg(long, default_value_t = 4)]
     in_flight: u64,
+    /// Where the replicas' CPU stages run (default: chosen for the machine).
+    #[arg(long, value_enum)]
+    stage_threads: Option<StageThreadsArg>,
     /// Load levels to sweep, as CLIENTSxOUTSTANDING[,...] (for example 1x1,4x16,8x64).
     #[arg(long)]
     sweep: Option<String>,
@@ -128,7 +134,35 @@ struct RunArgs {
 
 // ----- server roles -------------------------------------------------------------------
 
-fn server(config: &Path, id: u32, metrics_file: Option<PathBuf>, batch_max: usize, in_flight: u64) -> ExitCode {
+/// Where a replica's CPU stages run; see `palisade_runtime::StageThreads`.
+#[derive(Clone, Copy, ValueEnum, Serialize, Debug)]
+#[serde(rename_all = "lowercase")]
+enum StageThreadsArg {
+    /// One thread per stage.
+    Dedicated,
+    /// One thread for all stages, beside the network thread.
+    Shared,
+    /// On the network thread.
+    Network,
+}
+
+impl From<StageThreadsArg> for StageThreads {
+    fn from(a: StageThreadsArg) -> StageThreads {
+        match a {
+            StageThreadsArg::Dedicated => StageThreads::Dedicated,
+            StageThreadsArg::Shared => StageThreads::Shared,
+            StageThreadsArg::Network => StageThreads::Network,
+        }
+    }
+}
+
+struct ServerArgs {
+    batch_max: usize,
+    in_flight: u64,
+    stage_threads: Option<StageThreadsArg>,
+}
+
+fn server(config: &Path, id: u32, metrics_file: Option<PathBuf>, s: ServerArgs) -> ExitCode {
     let cluster = match ClusterConfig::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -145,8 +179,11 @@ fn server(config: &Path, id: u32, metrics_file: Option<PathBuf>, batch_max: usiz
         }
     };
     let mut cfg = RuntimeConfig::for_cluster(&cluster);
-    cfg.protocol.batch_max_requests = batch_max;
-    cfg.protocol.max_in_flight = in_flight;
+    cfg.protocol.batch_max_requests = s.batch_max;
+    cfg.protocol.max_in_flight = s.in_flight;
+    if let Some(t) = s.stage_threads {
+        cfg.stage_threads = t.into();
+    }
     let handle = match spawn_replica(&cluster, me, key, Echo, cfg) {
         Ok(h) => h,
         Err(e) => {
@@ -226,6 +263,7 @@ fn start_replica(dir: &Path, id: u32, a: &RunArgs) -> Child {
         .args(["server", "--config", dir.to_str().expect("utf-8 path"), "--id", &id.to_string()])
         .args(["--metrics-file", dir.join(format!("metrics-{id}.json")).to_str().expect("utf-8 path")])
         .args(["--batch-max", &a.batch_max.to_string(), "--in-flight", &a.in_flight.to_string()])
+        .args(a.stage_threads.map(|t| format!("--stage-threads={}", format!("{t:?}").to_lowercase())))
         .stderr(Stdio::null())
         .spawn()
         .expect("start a replica process")
@@ -790,8 +828,8 @@ fn write_outputs(out: &Path, report: &Report) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.role {
-        Some(RoleCmd::Server { config, id, metrics_file, batch_max, in_flight }) => {
-            server(&config, id, metrics_file, batch_max, in_flight)
+        Some(RoleCmd::Server { config, id, metrics_file, batch_max, in_flight, stage_threads }) => {
+            server(&config, id, metrics_file, ServerArgs { batch_max, in_flight, stage_threads })
         }
         Some(RoleCmd::BaselineServer { config }) => baseline_server(&config),
         None => run(cli.run),

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use palisade_client::{Client, ClientOptions};
 use palisade_core::{Membership, Mode, ReplicaId};
-use palisade_runtime::{spawn_replica, ReplicaHandle, RuntimeConfig};
+use palisade_runtime::{spawn_replica, ReplicaHandle, RuntimeConfig, StageThreads};
 use palisade_services::counter::{Counter, CounterClient};
 use palisade_services::kv::{KvClient, KvStore};
 use palisade_wire::config::{ClusterConfig, ReplicaInfo};
@@ -29,6 +29,7 @@ struct Cluster {
     config: ClusterConfig,
     keys: Vec<SigningKey>,
     handles: Vec<Option<ReplicaHandle>>,
+    stage_threads: StageThreads,
 }
 
 fn cluster(n: usize, mode: Mode, signatures: bool) -> Cluster {
@@ -49,11 +50,12 @@ fn cluster(n: usize, mode: Mode, signatures: bool) -> Cluster {
         view_manager: generate(&mut OsRng).verifying_key(),
         replicas,
     };
-    Cluster { config, keys, handles: Vec::new() }
+    Cluster { config, keys, handles: Vec::new(), stage_threads: StageThreads::for_machine() }
 }
 
-fn runtime_config(c: &ClusterConfig) -> RuntimeConfig {
+fn runtime_config(c: &ClusterConfig, stage_threads: StageThreads) -> RuntimeConfig {
     let mut rt = RuntimeConfig::for_cluster(c);
+    rt.stage_threads = stage_threads;
     rt.protocol.request_timeout_ms = 1_000;
     rt.protocol.view_change_timeout_ms = 1_000;
     rt.protocol.checkpoint_interval = 16;
@@ -70,7 +72,7 @@ impl Cluster {
                 ReplicaId(i as u32),
                 self.keys[i].clone(),
                 make(),
-                runtime_config(&self.config),
+                runtime_config(&self.config, self.stage_threads),
             )
             .expect("replica starts");
             self.handles.push(Some(h));
@@ -90,7 +92,7 @@ impl Cluster {
             ReplicaId(i as u32),
             self.keys[i].clone(),
             service,
-            runtime_config(&self.config),
+            runtime_config(&self.config, self.stage_threads),
         )
         .expect("replica restarts");
         self.handles[i] = Some(h);
@@ -151,10 +153,11 @@ fn four_replicas_serve_a_counter_and_a_key_value_store() {
 /// Kills replica `victim` while four clients add; checks that the kill
 /// landed mid-load, that every acknowledged add is in the final state and
 /// that the cluster kept serving.
-fn kill_under_load(victim: usize) {
+fn kill_under_load(victim: usize, stage_threads: StageThreads) {
     const PER_CLIENT: u64 = 100;
     let rt = rt();
     let mut c = cluster(4, Mode::Bft, false);
+    c.stage_threads = stage_threads;
     c.start_with(Counter::default);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let tasks = rt.block_on(async {
@@ -194,13 +197,16 @@ fn kill_under_load(victim: usize) {
 
 #[test]
 fn the_primary_dies_under_load_and_no_acknowledged_operation_is_lost() {
-    kill_under_load(0);
+    // In every placement of the stages on threads.
+    for placement in [StageThreads::Dedicated, StageThreads::Shared, StageThreads::Network] {
+        kill_under_load(0, placement);
+    }
 }
 
 #[test]
 fn any_backup_dies_under_load_and_no_acknowledged_operation_is_lost() {
     for victim in 1..4 {
-        kill_under_load(victim);
+        kill_under_load(victim, StageThreads::for_machine());
     }
 }
 
@@ -395,7 +401,7 @@ fn a_peer_that_stops_reading_costs_bounded_memory_and_no_service() {
         });
     });
     for i in 0..3 {
-        let mut cfg = runtime_config(&c.config);
+        let mut cfg = runtime_config(&c.config, c.stage_threads);
         // Small buffers, so that the test reaches them quickly.
         cfg.connection_mailbox = 64;
         cfg.write_buffer = (16 << 10, 64 << 10);
@@ -437,7 +443,7 @@ fn a_client_flooding_requests_and_never_reading_replies_is_pushed_back() {
     let rt = rt();
     let mut c = cluster(4, Mode::Bft, false);
     for i in 0..4 {
-        let mut cfg = runtime_config(&c.config);
+        let mut cfg = runtime_config(&c.config, c.stage_threads);
         cfg.verify_queue = 256;
         cfg.propose_queue = 256;
         cfg.connection_mailbox = 64;
@@ -510,7 +516,7 @@ fn a_flood_of_idle_connections_is_capped_at_the_handshake_limit() {
     let rt = rt();
     let mut c = cluster(4, Mode::Bft, false);
     for i in 0..4 {
-        let mut cfg = runtime_config(&c.config);
+        let mut cfg = runtime_config(&c.config, c.stage_threads);
         cfg.max_handshakes = 16;
         let h = spawn_replica(&c.config, ReplicaId(i), c.keys[i as usize].clone(), Counter::default(), cfg).unwrap();
         c.handles.push(Some(h));

@@ -16,19 +16,24 @@ pub struct RuntimeConfig {
     pub verify_queue: usize,
     /// Requests waiting for the proposer. Without client signatures this is
     /// the first queue after the network, and when full the client gets
-    /// `Rejected { Busy }`; with signatures the verifier blocks, so the
-    /// verify queue fills and clients are pushed back.
+    /// `Rejected { Busy }`; with signatures the verifier takes no more than
+    /// fits, so the verify queue fills and clients are pushed back.
     pub propose_queue: usize,
-    /// Requests waiting for the consensus stage. Full: the proposer blocks
-    /// (same push-back chain).
+    /// Requests waiting for the consensus stage. Full: the proposer takes
+    /// no more than fits (same push-back chain).
     pub request_queue: usize,
     /// Peer messages waiting for the consensus stage. Full: dropped and
     /// counted (the protocol retransmits).
     pub peer_queue: usize,
-    /// Decisions waiting for the delivery stage. Full: the consensus stage
-    /// blocks; decisions are never dropped.
+    /// Decisions waiting for the delivery stage. Full: decisions are never
+    /// dropped; the consensus stage holds the overflow (bounded by the
+    /// protocol's window) and takes no peer message or request until it
+    /// has gone, so the peer and request queues fill behind it.
     pub delivery_queue: usize,
-    /// Replies waiting to be sent. Full: the delivery stage blocks.
+    /// Batches of replies (one per delivered batch) waiting to be sent.
+    /// Full: the delivery stage holds its replies and executes nothing new
+    /// until they have gone; push-back notices and cached replies from
+    /// other stages are dropped and counted (the client retransmits).
     pub reply_queue: usize,
     /// Messages waiting in one connection actor's mailbox (each carries
     /// frames of at most 256 KiB in total). Full: peer messages are dropped
@@ -40,6 +45,8 @@ pub struct RuntimeConfig {
     pub write_buffer: (usize, usize),
     /// Items a stage takes from its queue per wake-up.
     pub drain_max: usize,
+    /// Whether the CPU stages share one thread or have one each.
+    pub stage_threads: crate::StageThreads,
     /// Time allowed for a handshake.
     pub handshake_timeout_ms: u64,
     /// Concurrent client connections per replica; more are refused.
@@ -74,10 +81,11 @@ impl RuntimeConfig {
             request_queue: 8_192,
             peer_queue: 16_384,
             delivery_queue: 1_024,
-            reply_queue: 16_384,
+            reply_queue: 1_024,
             connection_mailbox: 1_024,
             write_buffer: (64 << 10, 8 << 20),
             drain_max: 512,
+            stage_threads: crate::StageThreads::for_machine(),
             handshake_timeout_ms: 5_000,
             max_client_connections: 4_096,
             max_handshakes: 256,
@@ -114,10 +122,9 @@ impl RuntimeConfig {
     }
 
     /// Capacity of the checkpoint-completion queue from delivery back to
-    /// consensus. Each delivery-queue drain produces at most
-    /// `delivery_queue / K + 1` checkpoints, so this capacity means the
-    /// delivery stage can never block on it while consensus blocks on the
-    /// delivery queue (no deadlock).
+    /// consensus: room for every checkpoint a full delivery queue can
+    /// produce. Consensus drains it even while its own decisions wait for
+    /// room, so the two stages never wait on each other.
     pub fn control_queue(&self) -> usize {
         (self.delivery_queue as u64 / self.protocol.checkpoint_interval + 4) as usize
     }

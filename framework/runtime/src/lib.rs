@@ -27,14 +27,17 @@ pub mod storage;
 
 pub use config::RuntimeConfig;
 pub use metrics::{CoreSnapshot, RuntimeMetrics};
+pub use stages::StageThreads;
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
-use palisade_core::{Digest, Executor, Replica, ReplicaId, Service};
+use palisade_core::{Digest, Executor, Replica, ReplicaId, SeqNo, Service};
 use palisade_wire::handshake::Keyring;
 use palisade_wire::verify::VerifyLimits;
 use palisade_wire::ClusterConfig;
 use parking_lot::RwLock;
+use stages::{Bell, Outflow, Stage};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -98,6 +101,11 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new().name(name.to_string()).spawn(f).expect("spawn a stage thread")
 }
 
+fn gauge<T: Send + 'static>(metrics: &RuntimeMetrics, name: &'static str, rx: &stages::Rx<T>) {
+    let probe = rx.clone_probe();
+    metrics.gauge(name, move || probe.len());
+}
+
 /// Starts replica `me` of `cluster` running `service`: binds its address,
 /// dials its peers and starts every stage. Returns once the listener is bound.
 pub fn spawn_replica<S: Service + Send + Sync + 'static>(
@@ -117,40 +125,36 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     let metrics = Arc::new(RuntimeMetrics::default());
     let stop = Arc::new(AtomicBool::new(false));
 
-    // The queues, in pipeline order.
-    let (tx_verify, rx_verify) = flume::bounded(cfg.verify_queue);
-    let (tx_propose, rx_propose) = flume::bounded(cfg.propose_queue);
-    let (tx_requests, rx_requests) = crossbeam_channel::bounded(cfg.request_queue);
-    let (tx_peer, rx_peer) = crossbeam_channel::bounded(cfg.peer_queue);
-    let (tx_tick, rx_tick) = crossbeam_channel::bounded(4);
-    let (tx_delivery, rx_delivery) = crossbeam_channel::bounded(cfg.delivery_queue);
-    let (tx_control, rx_control) = crossbeam_channel::bounded(cfg.control_queue());
-    let (tx_reply, rx_reply) = crossbeam_channel::bounded(cfg.reply_queue);
-    {
-        let (a, b, c, d, e, f) = (
-            rx_verify.clone(),
-            rx_propose.clone(),
-            rx_requests.clone(),
-            rx_peer.clone(),
-            rx_delivery.clone(),
-            rx_reply.clone(),
-        );
-        metrics.gauge("verify_queue", move || a.len());
-        metrics.gauge("propose_queue", move || b.len());
-        metrics.gauge("request_queue", move || c.len());
-        metrics.gauge("peer_queue", move || d.len());
-        metrics.gauge("delivery_queue", move || e.len());
-        metrics.gauge("reply_queue", move || f.len());
-    }
+    // One bell per runner thread: shared by every CPU stage, or one each.
+    let shared = Bell::default();
+    let bell = || if cfg.stage_threads == StageThreads::Dedicated { Bell::default() } else { shared.clone() };
+    let (b_verify, b_verify_pp, b_propose, b_timers, b_consensus, b_delivery, b_reply) =
+        (bell(), bell(), bell(), bell(), bell(), bell(), bell());
 
-    // The network stage, on its own actix system thread.
+    // The queues, in pipeline order; the producer's bell where the producer
+    // waits for room instead of dropping.
+    let (tx_verify, rx_verify) = stages::queue(cfg.verify_queue, &b_verify, None);
+    let (tx_propose, rx_propose) = stages::queue(cfg.propose_queue, &b_propose, Some(&b_verify));
+    let (tx_requests, rx_requests) = stages::queue(cfg.request_queue, &b_consensus, Some(&b_propose));
+    let (tx_peer, rx_peer) = stages::queue(cfg.peer_queue, &b_consensus, None);
+    let (tx_preprepare, rx_preprepare) = stages::queue(cfg.peer_queue, &b_verify_pp, None);
+    let (tx_tick, rx_tick) = stages::queue(4, &b_consensus, None);
+    let (tx_delivery, rx_delivery) = stages::queue(cfg.delivery_queue, &b_delivery, Some(&b_consensus));
+    let (tx_control, rx_control) = stages::queue(cfg.control_queue(), &b_consensus, Some(&b_delivery));
+    let (tx_reply, rx_reply) = stages::queue(cfg.reply_queue, &b_reply, Some(&b_delivery));
+    gauge(&metrics, "verify_queue", &rx_verify);
+    gauge(&metrics, "propose_queue", &rx_propose);
+    gauge(&metrics, "request_queue", &rx_requests);
+    gauge(&metrics, "peer_queue", &rx_peer);
+    gauge(&metrics, "delivery_queue", &rx_delivery);
+    gauge(&metrics, "reply_queue", &rx_reply);
+
     // Without client signatures the verification stage has nothing left to
     // check (connection actors check size and client id), so requests skip
     // that hop and go straight to proposing.
     let tx_from_net = if cluster.client_signatures { tx_verify.clone() } else { tx_propose.clone() };
     // With client signatures, PRE-PREPAREs pass through verification too,
     // so the consensus stage never checks a signature one at a time.
-    let (tx_preprepare, rx_preprepare) = crossbeam_channel::bounded(cfg.peer_queue);
     let verified = Arc::new(crypto::VerifiedRequests::new(cfg.verified_cache));
     let net = Arc::new(net::Net::new(
         me,
@@ -168,32 +172,13 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     let keyring = Keyring::from_config(cluster);
     let peers: Vec<(ReplicaId, std::net::SocketAddr)> =
         cluster.replicas.iter().filter(|(id, _)| **id != me).map(|(id, r)| (*id, r.address)).collect();
-    let (tx_system, rx_system) = std::sync::mpsc::channel();
-    let mut threads = Vec::new();
-    {
-        let (net, key, keyring) = (net.clone(), key.clone(), keyring.clone());
-        threads.push(spawn("net", move || {
-            let system = actix_rt::System::new();
-            system.block_on(async move {
-                let _ = tx_system.send(actix_rt::System::current());
-                let listener = tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
-                let key = Arc::new(key);
-                let keyring = Arc::new(keyring);
-                actix_rt::spawn(net::listen(listener, net.clone(), (*key).clone(), (*keyring).clone()));
-                for (id, address) in peers {
-                    actix_rt::spawn(net::dial_forever(net.clone(), id, address, key.clone(), keyring.clone()));
-                }
-            });
-            let _ = system.run();
-        }));
-    }
-    let system =
-        rx_system.recv_timeout(Duration::from_secs(10)).map_err(|_| "the network stage did not start".to_string())?;
-
     // Execution state, shared by proposing (reply cache) and delivery.
     let exec = Arc::new(RwLock::new(Executor::new(service, cfg.protocol.client_window)));
     let genesis: Bytes = exec.read().snapshot();
     let genesis_digest = Digest::of(&genesis);
+
+    // The CPU stages, in pipeline order, each with its bell.
+    let mut stages: Vec<(Bell, Box<dyn Stage>)> = Vec::new();
 
     // Request verification (when clients sign): client requests, and the
     // requests inside PRE-PREPAREs, on one rayon pool.
@@ -206,73 +191,154 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                 .map_err(|e| e.to_string())?,
         );
         let limits = VerifyLimits { max_operation_bytes: cfg.max_operation_bytes, ..VerifyLimits::default() };
-        {
-            let (tx_reply, metrics, stop, drain, pool, verified) =
-                (tx_reply.clone(), metrics.clone(), stop.clone(), cfg.drain_max, pool.clone(), verified.clone());
-            threads.push(spawn("verify", move || {
-                stages::verifier(rx_verify, tx_propose, tx_reply, verified, limits, pool, metrics, me, drain, stop)
-            }));
-        }
-        {
-            let (metrics, stop, drain, verified) = (metrics.clone(), stop.clone(), cfg.drain_max, verified.clone());
-            threads.push(spawn("verify-pp", move || {
-                stages::preprepare_verifier(rx_preprepare, tx_peer, verified, limits, pool, metrics, drain, stop)
-            }));
-        }
+        stages.push((
+            b_verify,
+            Box::new(stages::Verifier {
+                rx: rx_verify,
+                tx: tx_propose,
+                tx_reply: tx_reply.clone(),
+                verified: verified.clone(),
+                limits,
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                me,
+                drain_max: cfg.drain_max,
+            }),
+        ));
+        stages.push((
+            b_verify_pp,
+            Box::new(stages::PrePrepareVerifier {
+                rx: rx_preprepare,
+                tx_peer,
+                verified: verified.clone(),
+                limits,
+                pool,
+                metrics: metrics.clone(),
+                drain_max: cfg.drain_max,
+            }),
+        ));
     }
 
     // Batch proposing.
-    {
-        let (tx_reply, exec, metrics, stop, drain) =
-            (tx_reply.clone(), exec.clone(), metrics.clone(), stop.clone(), cfg.drain_max);
-        threads.push(spawn("propose", move || {
-            stages::proposer(rx_propose, tx_requests, tx_reply, exec, metrics, me, drain, stop)
-        }));
-    }
-
-    // Request timers.
-    {
-        let (stop, period) = (stop.clone(), Duration::from_millis(cfg.tick_ms));
-        threads.push(spawn("timers", move || stages::ticker(tx_tick, period, stop)));
-    }
+    stages.push((
+        b_propose,
+        Box::new(stages::Proposer {
+            rx: rx_propose,
+            tx: tx_requests,
+            tx_reply: tx_reply.clone(),
+            exec: exec.clone(),
+            metrics: metrics.clone(),
+            me,
+            drain_max: cfg.drain_max,
+        }),
+    ));
 
     // Consensus: the pure core.
     {
         let replicas = cluster.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect();
-        let crypto = crypto::Ed25519Crypto::new(key, replicas, cluster.client_signatures, verified);
-        let consensus = stages::Consensus {
-            core: Replica::new(cfg.protocol.clone(), me, crypto, genesis_digest),
-            storage: Box::new(storage::MemoryStorage::default()),
-            rx_peer,
-            rx_requests,
-            rx_control,
-            rx_tick,
-            tx_delivery,
-            tx_reply: tx_reply.clone(),
-            net: net.clone(),
-            metrics: metrics.clone(),
-            drain_max: cfg.drain_max,
-            stop: stop.clone(),
-            outbox: Default::default(),
-        };
-        threads.push(spawn("consensus", move || consensus.run()));
+        let crypto = crypto::Ed25519Crypto::new(key.clone(), replicas, cluster.client_signatures, verified);
+        stages.push((
+            b_consensus,
+            Box::new(stages::Consensus {
+                core: Replica::new(cfg.protocol.clone(), me, crypto, genesis_digest),
+                storage: Box::new(storage::MemoryStorage::default()),
+                rx_peer,
+                rx_requests,
+                rx_control,
+                rx_tick,
+                tx_delivery: Outflow::new(tx_delivery),
+                tx_reply: tx_reply.clone(),
+                net: net.clone(),
+                metrics: metrics.clone(),
+                drain_max: cfg.drain_max,
+                outbox: Default::default(),
+                started: false,
+            }),
+        ));
     }
 
     // Delivery.
-    {
-        let (net, metrics, stop, k) = (net.clone(), metrics.clone(), stop.clone(), cfg.protocol.checkpoint_interval);
-        let digests = cfg.reply_digests.then(|| cluster.membership.clone());
-        threads.push(spawn("delivery", move || {
-            stages::delivery(rx_delivery, exec, tx_control, tx_reply, net, metrics, k, genesis, digests, stop)
-        }));
-    }
+    stages.push((
+        b_delivery,
+        Box::new(stages::Delivery {
+            rx: rx_delivery,
+            exec,
+            tx_control: Outflow::new(tx_control),
+            tx_reply: Outflow::new(tx_reply),
+            net: net.clone(),
+            metrics: metrics.clone(),
+            checkpoint_interval: cfg.protocol.checkpoint_interval,
+            snapshots: BTreeMap::from([(SeqNo(0), genesis)]),
+            reply_digests: cfg.reply_digests.then(|| cluster.membership.clone()),
+            drain_max: cfg.drain_max,
+        }),
+    ));
 
     // Reply sending.
-    {
-        let (metrics, stop) = (metrics.clone(), stop.clone());
-        let drain = cfg.drain_max;
-        threads.push(spawn("reply", move || stages::replier(rx_reply, net, metrics, drain, stop)));
+    stages.push((
+        b_reply,
+        Box::new(stages::Replier {
+            rx: rx_reply,
+            net: net.clone(),
+            metrics: metrics.clone(),
+            drain_max: cfg.drain_max,
+            outbox: Default::default(),
+        }),
+    ));
+
+    // Request timers.
+    stages.push((
+        b_timers,
+        Box::new(stages::Timers {
+            tx: tx_tick,
+            period: Duration::from_millis(cfg.tick_ms),
+            next: std::time::Instant::now(),
+        }),
+    ));
+
+    // The network stage, on its own actix system thread (with the CPU
+    // stages when they run there).
+    let mut threads = Vec::new();
+    let mut on_network = None;
+    match cfg.stage_threads {
+        StageThreads::Network => {
+            on_network = Some((stages.into_iter().map(|(_, s)| s).collect::<Vec<Box<dyn Stage>>>(), shared));
+        }
+        StageThreads::Shared => {
+            let stop = stop.clone();
+            let stages: Vec<Box<dyn Stage>> = stages.into_iter().map(|(_, s)| s).collect();
+            threads.push(spawn("stages", move || stages::run_stages(stages, shared, stop)));
+        }
+        StageThreads::Dedicated => {
+            for (bell, stage) in stages {
+                let stop = stop.clone();
+                threads.push(spawn(stage.name(), move || stages::run_stages(vec![stage], bell, stop)));
+            }
+        }
     }
+    let (tx_system, rx_system) = std::sync::mpsc::channel();
+    {
+        let (net, key, keyring, stop) = (net.clone(), key.clone(), keyring.clone(), stop.clone());
+        threads.push(spawn("net", move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let _ = tx_system.send(actix_rt::System::current());
+                let listener = tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
+                let key = Arc::new(key);
+                let keyring = Arc::new(keyring);
+                actix_rt::spawn(net::listen(listener, net.clone(), (*key).clone(), (*keyring).clone()));
+                for (id, address) in peers {
+                    actix_rt::spawn(net::dial_forever(net.clone(), id, address, key.clone(), keyring.clone()));
+                }
+                if let Some((stages, bell)) = on_network {
+                    actix_rt::spawn(stages::run_stages_on_network(stages, bell, stop));
+                }
+            });
+            let _ = system.run();
+        }));
+    }
+    let system =
+        rx_system.recv_timeout(Duration::from_secs(10)).map_err(|_| "the network stage did not start".to_string())?;
 
     Ok(ReplicaHandle { id: me, metrics, stop, system: Some(system), threads })
 }

@@ -12,6 +12,7 @@
 //! it. Clients dial every replica and get replies on the same connection.
 
 use crate::metrics::RuntimeMetrics;
+use crate::stages::Tx;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
@@ -213,11 +214,11 @@ pub struct Net {
     /// Connections from clients.
     pub clients: Routes<ClientId>,
     /// Peer messages to the consensus stage.
-    pub tx_peer: crossbeam_channel::Sender<(ReplicaId, PeerMessage)>,
-    /// Client requests to the verification stage.
-    pub tx_verify: flume::Sender<Request>,
+    pub tx_peer: Tx<(ReplicaId, PeerMessage)>,
+    /// Client requests to the verification stage (or to proposing).
+    pub tx_verify: Tx<Request>,
     /// PRE-PREPAREs to the verification stage, when clients sign requests.
-    pub tx_preprepare: Option<crossbeam_channel::Sender<(ReplicaId, PeerMessage)>>,
+    pub tx_preprepare: Option<Tx<(ReplicaId, PeerMessage)>>,
     /// Counters.
     pub metrics: Arc<RuntimeMetrics>,
     /// Wakes the dialer of a peer as soon as that peer connects to us: it
@@ -234,9 +235,9 @@ impl Net {
         cluster: u64,
         max_frame_bytes: usize,
         cfg: &crate::RuntimeConfig,
-        tx_peer: crossbeam_channel::Sender<(ReplicaId, PeerMessage)>,
-        tx_verify: flume::Sender<Request>,
-        tx_preprepare: Option<crossbeam_channel::Sender<(ReplicaId, PeerMessage)>>,
+        tx_peer: Tx<(ReplicaId, PeerMessage)>,
+        tx_verify: Tx<Request>,
+        tx_preprepare: Option<Tx<(ReplicaId, PeerMessage)>>,
         metrics: Arc<RuntimeMetrics>,
     ) -> Net {
         Net {
@@ -355,11 +356,11 @@ impl Connection {
                     let id = req.id;
                     match net.tx_verify.try_send(req) {
                         Ok(()) => {}
-                        Err(flume::TrySendError::Full(_)) => {
+                        Err(crossbeam_channel::TrySendError::Full(_)) => {
                             RuntimeMetrics::add(&net.metrics.counters.requests_busy, 1);
                             self.reject(id, RejectReason::Busy);
                         }
-                        Err(flume::TrySendError::Disconnected(_)) => ctx.stop(),
+                        Err(crossbeam_channel::TrySendError::Disconnected(_)) => ctx.stop(),
                     }
                 }
                 Err(_) => self.bad_frame(ctx),

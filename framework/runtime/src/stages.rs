@@ -1,12 +1,17 @@
-//! The CPU stages, each a dedicated thread reading one bounded queue and
-//! draining it in batches per wake-up. Every stage also watches the stop
-//! flag, so shutting a replica down never depends on channels closing.
+//! The CPU stages. Each is an actor: it owns its state, takes from bounded
+//! queues without blocking, in batches, and never waits on a full output
+//! queue (it takes less input instead, or holds output that must not be
+//! dropped and takes nothing new). A runner thread runs one stage or
+//! several and parks only when all are idle; queues ring the consumer's
+//! runner when they fill and the producer's when they drain. The runner
+//! watches the stop flag, so shutting a replica down never depends on
+//! channels closing.
 
 use crate::metrics::{CoreSnapshot, RuntimeMetrics};
 use crate::net::Net;
 use crate::storage::Storage;
 use bytes::Bytes;
-use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use palisade_core::exec::Lookup;
 use palisade_core::message::Reply;
 use palisade_core::{
@@ -15,10 +20,11 @@ use palisade_core::{
 use palisade_wire::envelope::{designated_replier, RejectReason, ReplicaMessage};
 use palisade_wire::verify::{self, VerifyLimits};
 use parking_lot::RwLock;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 /// Most bytes of frame bodies handed to a connection in one mailbox message.
 pub const BATCH_BYTES: usize = 256 << 10;
@@ -61,60 +67,266 @@ pub enum DeliveryCmd {
 /// A message for one client.
 pub type ClientMail = (ClientId, ReplicaMessage);
 
-/// A stage's inbox: flume where it meets the async network edge, crossbeam
-/// between threads. Either way a stage waits for the first item, watching
-/// its stop flag, and then takes what else is queued, up to a limit.
-pub trait Inbox<T> {
-    /// Waits up to `timeout`; `Err(true)` when every sender is gone.
-    fn wait(&self, timeout: Duration) -> Result<T, bool>;
-    /// Takes an item if one is queued.
-    fn take(&self) -> Option<T>;
+/// Replies travel to the reply stage in batches: one per delivered batch
+/// (or a single push-back notice), so that queue is bounded in batches.
+pub type ReplyBatch = Vec<ClientMail>;
+
+// ----- queues, bells and runners -------------------------------------------------
+
+/// Wakes the thread that runs a stage when it is parked. Every stage run by
+/// one thread shares that thread's bell; ringing a running thread costs an
+/// atomic swap, a parked one a futex wake.
+/// A runner on the network thread is an async task and waits on a
+/// `Notify` instead.
+#[derive(Clone, Default)]
+pub struct Bell(Arc<BellInner>);
+
+#[derive(Default)]
+struct BellInner {
+    thread: OnceLock<Thread>,
+    task: tokio::sync::Notify,
 }
 
-impl<T> Inbox<T> for flume::Receiver<T> {
-    fn wait(&self, timeout: Duration) -> Result<T, bool> {
-        self.recv_timeout(timeout).map_err(|e| e == flume::RecvTimeoutError::Disconnected)
-    }
-    fn take(&self) -> Option<T> {
-        self.try_recv().ok()
-    }
-}
-
-impl<T> Inbox<T> for Receiver<T> {
-    fn wait(&self, timeout: Duration) -> Result<T, bool> {
-        self.recv_timeout(timeout).map_err(|e| e == RecvTimeoutError::Disconnected)
-    }
-    fn take(&self) -> Option<T> {
-        self.try_recv().ok()
-    }
-}
-
-/// Waits for work, watching the stop flag, and takes up to `max` items;
-/// `None` when the stage must end.
-fn next_batch<T>(rx: &impl Inbox<T>, max: usize, stop: &AtomicBool) -> Option<Vec<T>> {
-    while !stop.load(Ordering::Relaxed) {
-        match rx.wait(POLL) {
-            Ok(first) => {
-                let mut batch = Vec::with_capacity(max.min(64));
-                batch.push(first);
-                while batch.len() < max {
-                    match rx.take() {
-                        Some(x) => batch.push(x),
-                        None => break,
-                    }
-                }
-                return Some(batch);
-            }
-            Err(false) => continue,
-            Err(true) => return None,
+impl Bell {
+    /// Wakes the runner, or makes its next wait return at once.
+    pub fn ring(&self) {
+        match self.0.thread.get() {
+            Some(t) => t.unpark(),
+            None => self.0.task.notify_one(),
         }
     }
-    None
+
+    fn bind(&self) {
+        let _ = self.0.thread.set(std::thread::current());
+    }
 }
 
-/// Waits for one item, watching the stop flag; `None` when the stage must end.
-fn next_item<T>(rx: &impl Inbox<T>, stop: &AtomicBool) -> Option<T> {
-    next_batch(rx, 1, stop)?.pop()
+/// The sending end of a bounded queue between stages (or from the network
+/// to a stage): never blocks, and rings the consumer's bell.
+pub struct Tx<T> {
+    inner: Sender<T>,
+    bell: Bell,
+}
+
+impl<T> Clone for Tx<T> {
+    fn clone(&self) -> Self {
+        Tx { inner: self.inner.clone(), bell: self.bell.clone() }
+    }
+}
+
+impl<T> Tx<T> {
+    /// Queues `item` if there is room.
+    pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        let r = self.inner.try_send(item);
+        if r.is_ok() {
+            self.bell.ring();
+        }
+        r
+    }
+
+    /// Free slots right now.
+    pub fn room(&self) -> usize {
+        self.inner.capacity().unwrap_or(usize::MAX).saturating_sub(self.inner.len())
+    }
+}
+
+/// The receiving end: takes without blocking, and rings the producer's bell
+/// when it frees room in a queue at least half full (the producer may be
+/// waiting for that room).
+pub struct Rx<T> {
+    inner: Receiver<T>,
+    producer: Option<Bell>,
+}
+
+impl<T> Rx<T> {
+    /// Takes one item if one is queued.
+    pub fn take(&self) -> Option<T> {
+        let crowded = self.producer.is_some() && self.inner.len() * 2 >= self.inner.capacity().unwrap_or(usize::MAX);
+        let item = self.inner.try_recv().ok();
+        if crowded && item.is_some() {
+            if let Some(b) = &self.producer {
+                b.ring();
+            }
+        }
+        item
+    }
+
+    /// Takes up to `max` items.
+    pub fn take_up_to(&self, max: usize) -> Vec<T> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.take() {
+                Some(x) => out.push(x),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// A handle that reads the queue's depth (for gauges).
+    pub fn clone_probe(&self) -> Receiver<T> {
+        self.inner.clone()
+    }
+
+    /// Items queued.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
+/// A bounded queue of `capacity` items consumed by the stage behind
+/// `consumer`; `producer` is rung when room frees up (for producers that
+/// wait for room rather than drop).
+pub fn queue<T>(capacity: usize, consumer: &Bell, producer: Option<&Bell>) -> (Tx<T>, Rx<T>) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    (Tx { inner: tx, bell: consumer.clone() }, Rx { inner: rx, producer: producer.cloned() })
+}
+
+/// Output that must never be dropped (decisions, their replies, checkpoint
+/// digests): what the queue cannot take waits here, and the stage takes no
+/// new input until it has gone. The backlog is bounded by one input's
+/// worth of output, and what one input can produce is bounded by the
+/// protocol's window.
+pub struct Outflow<T> {
+    tx: Tx<T>,
+    backlog: VecDeque<T>,
+}
+
+impl<T> Outflow<T> {
+    /// Output into `tx`.
+    pub fn new(tx: Tx<T>) -> Self {
+        Outflow { tx, backlog: VecDeque::new() }
+    }
+
+    /// Sends `item`, or keeps it behind what already waits.
+    pub fn push(&mut self, item: T) -> Result<(), Ended> {
+        if self.backlog.is_empty() {
+            match self.tx.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(item)) => self.backlog.push_back(item),
+                Err(TrySendError::Disconnected(_)) => return Err(Ended),
+            }
+        } else {
+            self.backlog.push_back(item);
+        }
+        Ok(())
+    }
+
+    /// Sends what waits, in order; true once nothing does.
+    pub fn flush(&mut self) -> Result<bool, Ended> {
+        while let Some(item) = self.backlog.pop_front() {
+            match self.tx.try_send(item) {
+                Ok(()) => {}
+                Err(TrySendError::Full(item)) => {
+                    self.backlog.push_front(item);
+                    return Ok(false);
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(Ended),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Items waiting for room.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+}
+
+/// A stage ends when a queue it feeds or drains has lost its other side
+/// (the replica is stopping).
+#[derive(Debug)]
+pub struct Ended;
+
+/// A stage of the pipeline: an actor that owns its state, takes from its
+/// inboxes without blocking and reports whether it did anything. A runner
+/// thread parks only when every stage it runs is idle, so a stage may run
+/// on its own thread or share one with others (see [`StageThreads`]).
+pub trait Stage: Send {
+    /// The stage's name (its thread's name when it runs alone).
+    fn name(&self) -> &'static str;
+    /// Does the work that is ready, up to the stage's per-wake-up limit.
+    fn poll(&mut self) -> Result<bool, Ended>;
+    /// When the stage next has work even if nobody rings (timers).
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// How the CPU stages map to threads. The stages and their queues are the
+/// same in every placement; only who runs them changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageThreads {
+    /// Each stage on its own thread: stages overlap on many cores.
+    Dedicated,
+    /// All CPU stages on one thread, in pipeline order, beside the network
+    /// thread: no hand-off between stages costs a thread wake-up.
+    Shared,
+    /// All CPU stages on the network thread, as one more task between
+    /// socket events: a replica is a single thread, and no hand-off in it
+    /// costs a wake-up. For small machines and many replicas per machine.
+    Network,
+}
+
+impl StageThreads {
+    /// The placement for this machine's core count (see docs/configuration.md
+    /// for the measurements behind it).
+    pub fn for_machine() -> StageThreads {
+        match std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) {
+            n if n < 4 => StageThreads::Network,
+            _ => StageThreads::Dedicated,
+        }
+    }
+}
+
+/// Polls every stage once: `Some(idle wait)` when none had work, `None`
+/// while busy; `Err` when one ended.
+fn poll_all(stages: &mut [Box<dyn Stage>]) -> Result<Option<Duration>, Ended> {
+    let mut busy = false;
+    for s in stages.iter_mut() {
+        busy |= s.poll()?;
+    }
+    if busy {
+        return Ok(None);
+    }
+    let now = Instant::now();
+    let wait = stages.iter().filter_map(|s| s.next_deadline()).map(|d| d.saturating_duration_since(now)).min();
+    Ok(Some(wait.unwrap_or(POLL).min(POLL)))
+}
+
+/// Runs `stages` on the current thread until `stop` is set or one ends.
+pub fn run_stages(mut stages: Vec<Box<dyn Stage>>, bell: Bell, stop: Arc<AtomicBool>) {
+    bell.bind();
+    while !stop.load(Ordering::Relaxed) {
+        match poll_all(&mut stages) {
+            Ok(None) => {}
+            Ok(Some(wait)) => std::thread::park_timeout(wait),
+            Err(Ended) => return,
+        }
+    }
+}
+
+/// Runs `stages` as a task of the network thread's event loop: after each
+/// busy pass it yields to socket events, and when idle it waits for its
+/// bell or the next deadline.
+pub async fn run_stages_on_network(mut stages: Vec<Box<dyn Stage>>, bell: Bell, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match poll_all(&mut stages) {
+            Ok(None) => tokio::task::yield_now().await,
+            Ok(Some(wait)) => {
+                tokio::select! {
+                    _ = bell.0.task.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(Ended) => return,
+        }
+    }
 }
 
 /// Frame bodies for several connections, gathered during one wake-up so that
@@ -157,54 +369,85 @@ impl<K: Ord + Copy> Default for Outbox<K> {
 
 /// Hands a peer message to the next stage. A full queue drops it and counts
 /// the drop (the protocol retransmits); false when the stage is gone.
-pub fn offer_peer(
-    tx: &Sender<(ReplicaId, PeerMessage)>,
-    item: (ReplicaId, PeerMessage),
-    metrics: &RuntimeMetrics,
-) -> bool {
+pub fn offer_peer(tx: &Tx<(ReplicaId, PeerMessage)>, item: (ReplicaId, PeerMessage), metrics: &RuntimeMetrics) -> bool {
     match tx.try_send(item) {
         Ok(()) => true,
-        Err(crossbeam_channel::TrySendError::Full(_)) => {
+        Err(TrySendError::Full(_)) => {
             RuntimeMetrics::add(&metrics.counters.peer_messages_dropped, 1);
             true
         }
-        Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        Err(TrySendError::Disconnected(_)) => false,
+    }
+}
+
+/// Sends a push-back notice or a cached reply; when the reply queue is full
+/// it is dropped and counted (the client retransmits).
+fn notify(tx: &Tx<ReplyBatch>, mail: ClientMail, metrics: &RuntimeMetrics) {
+    if tx.try_send(vec![mail]).is_err() {
+        RuntimeMetrics::add(&metrics.counters.replies_dropped, 1);
     }
 }
 
 /// Request verification (when clients sign): cheap checks, then client
-/// signatures in parallel dalek batches on a rayon pool.
-#[allow(clippy::too_many_arguments)]
-pub fn verifier(
-    rx: flume::Receiver<Request>,
-    tx: flume::Sender<Request>,
-    tx_reply: Sender<ClientMail>,
-    verified: Arc<crate::crypto::VerifiedRequests>,
-    limits: VerifyLimits,
-    pool: Arc<rayon::ThreadPool>,
-    metrics: Arc<RuntimeMetrics>,
-    me: ReplicaId,
-    drain_max: usize,
-    stop: Arc<AtomicBool>,
-) {
-    while let Some(batch) = next_batch(&rx, drain_max, &stop) {
-        for verdict in verify::verify_batch(batch, limits, |_, _| true, &pool) {
+/// signatures in parallel dalek batches on a rayon pool. Takes only as many
+/// requests as the proposer's queue has room for, so a slow pipeline fills
+/// the verify queue and the network pushes clients back.
+pub struct Verifier {
+    /// Requests from the network.
+    pub rx: Rx<Request>,
+    /// Verified requests to proposing.
+    pub tx: Tx<Request>,
+    /// Refusals.
+    pub tx_reply: Tx<ReplyBatch>,
+    /// Requests known to be verified.
+    pub verified: Arc<crate::crypto::VerifiedRequests>,
+    /// Size limits.
+    pub limits: VerifyLimits,
+    /// Signature-checking threads.
+    pub pool: Arc<rayon::ThreadPool>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// This replica.
+    pub me: ReplicaId,
+    /// Requests per wake-up.
+    pub drain_max: usize,
+}
+
+impl Stage for Verifier {
+    fn name(&self) -> &'static str {
+        "verify"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let batch = self.rx.take_up_to(self.drain_max.min(self.tx.room()));
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        for verdict in verify::verify_batch(batch, self.limits, |_, _| true, &self.pool) {
             match verdict {
                 Ok(r) => {
-                    verified.insert(&r);
-                    if tx.send(r).is_err() {
-                        return;
+                    self.verified.insert(&r);
+                    let (client, id) = (r.client, r.id);
+                    match self.tx.try_send(r) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            RuntimeMetrics::add(&self.metrics.counters.requests_busy, 1);
+                            let busy =
+                                ReplicaMessage::Rejected { replica: self.me, request: id, reason: RejectReason::Busy };
+                            notify(&self.tx_reply, (client, busy), &self.metrics);
+                        }
+                        Err(TrySendError::Disconnected(_)) => return Err(Ended),
                     }
                 }
                 Err((r, _why)) => {
-                    RuntimeMetrics::add(&metrics.counters.requests_invalid, 1);
-                    let _ = tx_reply.send((
-                        r.client,
-                        ReplicaMessage::Rejected { replica: me, request: r.id, reason: RejectReason::Invalid },
-                    ));
+                    RuntimeMetrics::add(&self.metrics.counters.requests_invalid, 1);
+                    let invalid =
+                        ReplicaMessage::Rejected { replica: self.me, request: r.id, reason: RejectReason::Invalid };
+                    notify(&self.tx_reply, (r.client, invalid), &self.metrics);
                 }
             }
         }
+        Ok(true)
     }
 }
 
@@ -212,56 +455,88 @@ pub fn verifier(
 /// request of a batch in parallel dalek batches, records them as verified
 /// for the consensus stage, and passes the PRE-PREPARE on. A batch with a
 /// request that fails is dropped: a correct primary never proposes one.
-#[allow(clippy::too_many_arguments)]
-pub fn preprepare_verifier(
-    rx: Receiver<(ReplicaId, PeerMessage)>,
-    tx_peer: Sender<(ReplicaId, PeerMessage)>,
-    verified: Arc<crate::crypto::VerifiedRequests>,
-    limits: VerifyLimits,
-    pool: Arc<rayon::ThreadPool>,
-    metrics: Arc<RuntimeMetrics>,
-    drain_max: usize,
-    stop: Arc<AtomicBool>,
-) {
-    while let Some(batch) = next_batch(&rx, drain_max, &stop) {
+pub struct PrePrepareVerifier {
+    /// PRE-PREPAREs from the network.
+    pub rx: Rx<(ReplicaId, PeerMessage)>,
+    /// Checked PRE-PREPAREs to consensus.
+    pub tx_peer: Tx<(ReplicaId, PeerMessage)>,
+    /// Requests known to be verified.
+    pub verified: Arc<crate::crypto::VerifiedRequests>,
+    /// Size limits.
+    pub limits: VerifyLimits,
+    /// Signature-checking threads.
+    pub pool: Arc<rayon::ThreadPool>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// Messages per wake-up.
+    pub drain_max: usize,
+}
+
+impl Stage for PrePrepareVerifier {
+    fn name(&self) -> &'static str {
+        "verify-pp"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let batch = self.rx.take_up_to(self.drain_max);
+        if batch.is_empty() {
+            return Ok(false);
+        }
         for (from, msg) in batch {
             if let PeerMessage::PrePrepare(pp) = &msg {
                 let unchecked: Vec<Request> =
-                    pp.batch.requests.iter().filter(|r| !verified.contains(r)).cloned().collect();
-                let verdicts = verify::verify_batch(unchecked, limits, |_, _| true, &pool);
+                    pp.batch.requests.iter().filter(|r| !self.verified.contains(r)).cloned().collect();
+                let verdicts = verify::verify_batch(unchecked, self.limits, |_, _| true, &self.pool);
                 if verdicts.iter().any(|v| v.is_err()) {
-                    RuntimeMetrics::add(&metrics.counters.peer_messages_dropped, 1);
+                    RuntimeMetrics::add(&self.metrics.counters.peer_messages_dropped, 1);
                     continue;
                 }
                 for r in verdicts.into_iter().flatten() {
-                    verified.insert(&r);
+                    self.verified.insert(&r);
                 }
             }
-            if !offer_peer(&tx_peer, (from, msg), &metrics) {
-                return;
+            if !offer_peer(&self.tx_peer, (from, msg), &self.metrics) {
+                return Err(Ended);
             }
         }
+        Ok(true)
     }
 }
 
 /// Batch proposing: answers retransmissions from the reply cache, refuses
 /// stale ids, and feeds new requests to the consensus stage in bursts (the
 /// core, on the primary, cuts them into batches as the pipeline has room).
-#[allow(clippy::too_many_arguments)]
-pub fn proposer<S: Service>(
-    rx: flume::Receiver<Request>,
-    tx: Sender<Request>,
-    tx_reply: Sender<ClientMail>,
-    exec: Arc<RwLock<Executor<S>>>,
-    metrics: Arc<RuntimeMetrics>,
-    me: ReplicaId,
-    drain_max: usize,
-    stop: Arc<AtomicBool>,
-) {
-    while let Some(batch) = next_batch(&rx, drain_max, &stop) {
-        let view = ViewNo(metrics.core.lock().view);
+/// Takes only as many requests as the consensus queue has room for.
+pub struct Proposer<S: Service> {
+    /// Requests from verification (or the network).
+    pub rx: Rx<Request>,
+    /// New requests to consensus.
+    pub tx: Tx<Request>,
+    /// Cached replies and refusals.
+    pub tx_reply: Tx<ReplyBatch>,
+    /// The reply cache and client windows.
+    pub exec: Arc<RwLock<Executor<S>>>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// This replica.
+    pub me: ReplicaId,
+    /// Requests per wake-up.
+    pub drain_max: usize,
+}
+
+impl<S: Service + Send + Sync> Stage for Proposer<S> {
+    fn name(&self) -> &'static str {
+        "propose"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let batch = self.rx.take_up_to(self.drain_max.min(self.tx.room()));
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        let view = ViewNo(self.metrics.core.lock().view);
         let verdicts: Vec<(Request, Lookup)> = {
-            let exec = exec.read();
+            let exec = self.exec.read();
             batch
                 .into_iter()
                 .map(|r| {
@@ -273,24 +548,32 @@ pub fn proposer<S: Service>(
         for (r, lookup) in verdicts {
             match lookup {
                 Lookup::New => {
-                    if tx.send(r).is_err() {
-                        return;
+                    let (client, id) = (r.client, r.id);
+                    match self.tx.try_send(r) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            RuntimeMetrics::add(&self.metrics.counters.requests_busy, 1);
+                            let busy =
+                                ReplicaMessage::Rejected { replica: self.me, request: id, reason: RejectReason::Busy };
+                            notify(&self.tx_reply, (client, busy), &self.metrics);
+                        }
+                        Err(TrySendError::Disconnected(_)) => return Err(Ended),
                     }
                 }
                 Lookup::Cached(result) => {
-                    RuntimeMetrics::add(&metrics.counters.requests_cached, 1);
-                    let reply = Reply { view, replica: me, client: r.client, request: r.id, result };
-                    let _ = tx_reply.send((r.client, ReplicaMessage::Reply(reply)));
+                    RuntimeMetrics::add(&self.metrics.counters.requests_cached, 1);
+                    let reply = Reply { view, replica: self.me, client: r.client, request: r.id, result };
+                    notify(&self.tx_reply, (r.client, ReplicaMessage::Reply(reply)), &self.metrics);
                 }
                 Lookup::Stale => {
-                    RuntimeMetrics::add(&metrics.counters.requests_stale, 1);
-                    let _ = tx_reply.send((
-                        r.client,
-                        ReplicaMessage::Rejected { replica: me, request: r.id, reason: RejectReason::Stale },
-                    ));
+                    RuntimeMetrics::add(&self.metrics.counters.requests_stale, 1);
+                    let stale =
+                        ReplicaMessage::Rejected { replica: self.me, request: r.id, reason: RejectReason::Stale };
+                    notify(&self.tx_reply, (r.client, stale), &self.metrics);
                 }
             }
         }
+        Ok(true)
     }
 }
 
@@ -301,27 +584,28 @@ pub struct Consensus<C: palisade_core::Crypto> {
     /// Durable records.
     pub storage: Box<dyn Storage>,
     /// Peer messages in.
-    pub rx_peer: Receiver<(ReplicaId, PeerMessage)>,
+    pub rx_peer: Rx<(ReplicaId, PeerMessage)>,
     /// Requests in.
-    pub rx_requests: Receiver<Request>,
+    pub rx_requests: Rx<Request>,
     /// Checkpoint completions in.
-    pub rx_control: Receiver<(SeqNo, Digest)>,
+    pub rx_control: Rx<(SeqNo, Digest)>,
     /// Ticks in.
-    pub rx_tick: Receiver<u64>,
-    /// Decisions out.
-    pub tx_delivery: Sender<DeliveryCmd>,
+    pub rx_tick: Rx<u64>,
+    /// Decisions out (never dropped: while any wait for room, the stage
+    /// takes no peer message or request).
+    pub tx_delivery: Outflow<DeliveryCmd>,
     /// Push-back out.
-    pub tx_reply: Sender<ClientMail>,
+    pub tx_reply: Tx<ReplyBatch>,
     /// The network.
     pub net: Arc<Net>,
     /// Counters.
     pub metrics: Arc<RuntimeMetrics>,
     /// Inputs per wake-up.
     pub drain_max: usize,
-    /// Stop flag.
-    pub stop: Arc<AtomicBool>,
     /// Bodies for each peer gathered during one wake-up, sent together.
     pub outbox: Outbox<ReplicaId>,
+    /// Whether the core has had its first tick.
+    pub started: bool,
 }
 
 impl<C: palisade_core::Crypto> Consensus<C> {
@@ -346,46 +630,7 @@ impl<C: palisade_core::Crypto> Consensus<C> {
         }
     }
 
-    /// Runs until stopped.
-    pub fn run(mut self) {
-        // The core's clock starts at zero and moves only with ticks: give it
-        // the time before any request can be timed (or a batch stamped).
-        let _ = self.step(Input::Tick { now_ms: wall_clock_ms() });
-        self.flush();
-        while !self.stop.load(Ordering::Relaxed) {
-            let first: Input = select! {
-                recv(self.rx_control) -> m => match m { Ok((seq, state)) => Input::CheckpointReady { seq, state }, Err(_) => return },
-                recv(self.rx_tick) -> m => match m { Ok(now_ms) => Input::Tick { now_ms }, Err(_) => return },
-                recv(self.rx_peer) -> m => match m { Ok((from, msg)) => Input::Peer { from, msg }, Err(_) => return },
-                recv(self.rx_requests) -> m => match m { Ok(r) => Input::Request(r), Err(_) => return },
-                default(POLL) => continue,
-            };
-            if !self.step(first) {
-                return;
-            }
-            // Drain what else is waiting, checkpoints and peers first.
-            let mut budget = self.drain_max;
-            while budget > 0 {
-                let next = if let Ok((seq, state)) = self.rx_control.try_recv() {
-                    Input::CheckpointReady { seq, state }
-                } else if let Ok((from, msg)) = self.rx_peer.try_recv() {
-                    Input::Peer { from, msg }
-                } else if let Ok(r) = self.rx_requests.try_recv() {
-                    Input::Request(r)
-                } else {
-                    break;
-                };
-                if !self.step(next) {
-                    return;
-                }
-                budget -= 1;
-            }
-            self.flush();
-            self.publish();
-        }
-    }
-
-    fn step(&mut self, input: Input) -> bool {
+    fn step(&mut self, input: Input) -> Result<(), Ended> {
         self.core.step(input);
         for action in self.core.take_actions() {
             match action {
@@ -405,40 +650,22 @@ impl<C: palisade_core::Crypto> Consensus<C> {
                     }
                 }
                 Action::Deliver { seq, view, batch } => {
-                    if self.tx_delivery.send(DeliveryCmd::Deliver { seq, view, batch }).is_err() {
-                        return false;
-                    }
+                    self.tx_delivery.push(DeliveryCmd::Deliver { seq, view, batch })?
                 }
-                Action::ExecuteReadOnly(r) => {
-                    if self.tx_delivery.send(DeliveryCmd::Read(r)).is_err() {
-                        return false;
-                    }
-                }
-                Action::ServeSnapshot { to, seq } => {
-                    if self.tx_delivery.send(DeliveryCmd::Serve { to, seq }).is_err() {
-                        return false;
-                    }
-                }
+                Action::ExecuteReadOnly(r) => self.tx_delivery.push(DeliveryCmd::Read(r))?,
+                Action::ServeSnapshot { to, seq } => self.tx_delivery.push(DeliveryCmd::Serve { to, seq })?,
                 Action::InstallSnapshot { seq, snapshot } => {
-                    if self.tx_delivery.send(DeliveryCmd::Install { seq, snapshot }).is_err() {
-                        return false;
-                    }
+                    self.tx_delivery.push(DeliveryCmd::Install { seq, snapshot })?
                 }
-                Action::StableCheckpoint { seq } => {
-                    if self.tx_delivery.send(DeliveryCmd::Stable(seq)).is_err() {
-                        return false;
-                    }
-                }
+                Action::StableCheckpoint { seq } => self.tx_delivery.push(DeliveryCmd::Stable(seq))?,
                 Action::Dropped { client, request, .. } => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_busy, 1);
-                    let _ = self.tx_reply.try_send((
-                        client,
-                        ReplicaMessage::Rejected { replica: self.net.me, request, reason: RejectReason::Busy },
-                    ));
+                    let busy = ReplicaMessage::Rejected { replica: self.net.me, request, reason: RejectReason::Busy };
+                    notify(&self.tx_reply, (client, busy), &self.metrics);
                 }
             }
         }
-        true
+        Ok(())
     }
 
     fn publish(&self) {
@@ -459,33 +686,93 @@ impl<C: palisade_core::Crypto> Consensus<C> {
     }
 }
 
+impl<C: palisade_core::Crypto + Send> Stage for Consensus<C> {
+    fn name(&self) -> &'static str {
+        "consensus"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let mut busy = false;
+        if !self.started {
+            // The core's clock starts at zero and moves only with ticks: give
+            // it the time before any request can be timed (or a batch stamped).
+            self.started = true;
+            self.step(Input::Tick { now_ms: wall_clock_ms() })?;
+            busy = true;
+        }
+        let clear = self.tx_delivery.flush()?;
+        // Checkpoint completions and ticks never wait: they produce little
+        // for delivery, and delivery may be waiting on them.
+        while let Some((seq, state)) = self.rx_control.take() {
+            self.step(Input::CheckpointReady { seq, state })?;
+            busy = true;
+        }
+        if let Some(now_ms) = std::iter::from_fn(|| self.rx_tick.take()).last() {
+            self.step(Input::Tick { now_ms })?;
+            busy = true;
+        }
+        // Peer messages first, then requests, while decisions flow.
+        let mut budget = if clear { self.drain_max } else { 0 };
+        while budget > 0 && self.tx_delivery.backlog() == 0 {
+            let next = if let Some((from, msg)) = self.rx_peer.take() {
+                Input::Peer { from, msg }
+            } else if let Some(r) = self.rx_requests.take() {
+                Input::Request(r)
+            } else {
+                break;
+            };
+            self.step(next)?;
+            busy = true;
+            budget -= 1;
+        }
+        if busy {
+            self.flush();
+            self.publish();
+        }
+        Ok(busy)
+    }
+}
+
 /// Delivery: runs the service in order, takes snapshots at checkpoints,
-/// answers reads, serves and installs snapshots.
-#[allow(clippy::too_many_arguments)]
-pub fn delivery<S: Service>(
-    rx: Receiver<DeliveryCmd>,
-    exec: Arc<RwLock<Executor<S>>>,
-    tx_control: Sender<(SeqNo, Digest)>,
-    tx_reply: Sender<ClientMail>,
-    net: Arc<Net>,
-    metrics: Arc<RuntimeMetrics>,
-    checkpoint_interval: u64,
-    genesis: Bytes,
-    reply_digests: Option<palisade_core::Membership>,
-    stop: Arc<AtomicBool>,
-) {
-    let me = net.me;
-    let mut snapshots: BTreeMap<SeqNo, Bytes> = BTreeMap::from([(SeqNo(0), genesis)]);
-    while let Some(cmd) = next_item(&rx, &stop) {
+/// answers reads, serves and installs snapshots. Its replies and checkpoint
+/// digests are never dropped: while any wait for room it takes nothing new.
+pub struct Delivery<S: Service> {
+    /// Decisions in.
+    pub rx: Rx<DeliveryCmd>,
+    /// The service.
+    pub exec: Arc<RwLock<Executor<S>>>,
+    /// Checkpoint digests back to consensus.
+    pub tx_control: Outflow<(SeqNo, Digest)>,
+    /// Replies out, one batch per delivered batch.
+    pub tx_reply: Outflow<ReplyBatch>,
+    /// The network (snapshots to peers).
+    pub net: Arc<Net>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// Checkpoint interval.
+    pub checkpoint_interval: u64,
+    /// Snapshots kept for state transfer, from the stable checkpoint up.
+    pub snapshots: BTreeMap<SeqNo, Bytes>,
+    /// With digest replies, the membership that designates full repliers.
+    pub reply_digests: Option<palisade_core::Membership>,
+    /// Commands per wake-up.
+    pub drain_max: usize,
+}
+
+impl<S: Service> Delivery<S> {
+    fn handle(&mut self, cmd: DeliveryCmd) -> Result<(), Ended> {
+        let me = self.net.me;
         match cmd {
             DeliveryCmd::Deliver { seq, view, batch } => {
-                let executed = exec.write().execute_batch(seq, view, &batch);
-                RuntimeMetrics::add(&metrics.counters.batches_delivered, 1);
+                let executed = self.exec.write().execute_batch(seq, view, &batch);
+                RuntimeMetrics::add(&self.metrics.counters.batches_delivered, 1);
+                let mut replies = Vec::with_capacity(executed.len());
                 for e in executed {
                     if e.fresh {
-                        RuntimeMetrics::add(&metrics.counters.requests_executed, 1);
+                        RuntimeMetrics::add(&self.metrics.counters.requests_executed, 1);
                     }
-                    let full = reply_digests.as_ref().is_none_or(|m| designated_replier(m, e.client, e.request) == me);
+                    let full =
+                        self.reply_digests.as_ref().is_none_or(|m| designated_replier(m, e.client, e.request) == me);
                     let msg = if full {
                         ReplicaMessage::Reply(Reply {
                             view,
@@ -496,39 +783,36 @@ pub fn delivery<S: Service>(
                         })
                     } else {
                         let digest = Digest::of(&e.result);
-                        RuntimeMetrics::add(&metrics.counters.reply_digests, 1);
+                        RuntimeMetrics::add(&self.metrics.counters.reply_digests, 1);
                         ReplicaMessage::ReplyDigest { view, replica: me, client: e.client, request: e.request, digest }
                     };
-                    if tx_reply.send((e.client, msg)).is_err() {
-                        return;
-                    }
+                    replies.push((e.client, msg));
                 }
-                if seq.0 % checkpoint_interval == 0 {
-                    let snapshot = exec.read().snapshot();
+                if !replies.is_empty() {
+                    self.tx_reply.push(replies)?;
+                }
+                if seq.0 % self.checkpoint_interval == 0 {
+                    let snapshot = self.exec.read().snapshot();
                     let state = Digest::of(&snapshot);
-                    snapshots.insert(seq, snapshot);
-                    RuntimeMetrics::add(&metrics.counters.snapshots_taken, 1);
-                    if tx_control.send((seq, state)).is_err() {
-                        return;
-                    }
+                    self.snapshots.insert(seq, snapshot);
+                    RuntimeMetrics::add(&self.metrics.counters.snapshots_taken, 1);
+                    self.tx_control.push((seq, state))?;
                 }
             }
             DeliveryCmd::Read(r) => {
-                let result = exec.read().execute_read_only(&r);
-                let view = ViewNo(metrics.core.lock().view);
+                let result = self.exec.read().execute_read_only(&r);
+                let view = ViewNo(self.metrics.core.lock().view);
                 let reply = Reply { view, replica: me, client: r.client, request: r.id, result };
-                if tx_reply.send((r.client, ReplicaMessage::Reply(reply))).is_err() {
-                    return;
-                }
+                self.tx_reply.push(vec![(r.client, ReplicaMessage::Reply(reply))])?;
             }
             DeliveryCmd::Serve { to, seq } => {
-                if let Some(snapshot) = snapshots.get(&seq).cloned() {
-                    if snapshot.len() + 1024 > net.max_frame_bytes {
-                        RuntimeMetrics::add(&metrics.counters.snapshots_too_large, 1);
+                if let Some(snapshot) = self.snapshots.get(&seq).cloned() {
+                    if snapshot.len() + 1024 > self.net.max_frame_bytes {
+                        RuntimeMetrics::add(&self.metrics.counters.snapshots_too_large, 1);
                     } else {
-                        let body = net.peer_body(&PeerMessage::StateReply { seq, snapshot });
-                        if !net.peers.send(to, body) {
-                            RuntimeMetrics::add(&metrics.counters.peer_sends_dropped, 1);
+                        let body = self.net.peer_body(&PeerMessage::StateReply { seq, snapshot });
+                        if !self.net.peers.send(to, body) {
+                            RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, 1);
                         }
                     }
                 }
@@ -537,46 +821,88 @@ pub fn delivery<S: Service>(
                 // The digest matched a certificate signed by a quorum; a
                 // snapshot that does not install means this build cannot read
                 // its own cluster's state: stop rather than diverge.
-                exec.write().install(&snapshot).expect("a certified snapshot installs");
-                snapshots.insert(seq, snapshot);
+                self.exec.write().install(&snapshot).expect("a certified snapshot installs");
+                self.snapshots.insert(seq, snapshot);
             }
             DeliveryCmd::Stable(seq) => {
-                let newer = snapshots.split_off(&seq);
+                let newer = self.snapshots.split_off(&seq);
                 if !newer.is_empty() {
-                    snapshots = newer;
+                    self.snapshots = newer;
                 }
             }
         }
+        Ok(())
+    }
+}
+
+impl<S: Service + Send + Sync> Stage for Delivery<S> {
+    fn name(&self) -> &'static str {
+        "delivery"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let mut busy = false;
+        for _ in 0..self.drain_max {
+            if !(self.tx_control.flush()? && self.tx_reply.flush()?) {
+                break;
+            }
+            let Some(cmd) = self.rx.take() else { break };
+            self.handle(cmd)?;
+            busy = true;
+        }
+        Ok(busy)
     }
 }
 
 /// Reply sending: encodes replies and routes them to client connections,
 /// one mailbox message per client per wake-up.
-pub fn replier(
-    rx: Receiver<ClientMail>,
-    net: Arc<Net>,
-    metrics: Arc<RuntimeMetrics>,
-    drain_max: usize,
-    stop: Arc<AtomicBool>,
-) {
-    let send = |client: ClientId, bodies: Vec<Bytes>| {
+pub struct Replier {
+    /// Replies in.
+    pub rx: Rx<ReplyBatch>,
+    /// The network.
+    pub net: Arc<Net>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// Replies per wake-up (at least one batch).
+    pub drain_max: usize,
+    /// Bodies gathered per client during one wake-up.
+    pub outbox: Outbox<ClientId>,
+}
+
+impl Replier {
+    fn send(&self, client: ClientId, bodies: Vec<Bytes>) {
         let n = bodies.len() as u64;
-        if net.clients.send_batch(client, bodies) {
-            RuntimeMetrics::add(&metrics.counters.replies_sent, n);
+        if self.net.clients.send_batch(client, bodies) {
+            RuntimeMetrics::add(&self.metrics.counters.replies_sent, n);
         } else {
-            RuntimeMetrics::add(&metrics.counters.replies_dropped, n);
+            RuntimeMetrics::add(&self.metrics.counters.replies_dropped, n);
         }
-    };
-    let mut outbox = Outbox::new();
-    while let Some(mails) = next_batch(&rx, drain_max, &stop) {
-        for (client, msg) in mails {
-            if let Some(full) = outbox.push(client, net.client_body(&msg)) {
-                send(client, full);
+    }
+}
+
+impl Stage for Replier {
+    fn name(&self) -> &'static str {
+        "reply"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let mut taken = 0;
+        while taken < self.drain_max {
+            let Some(mails) = self.rx.take() else { break };
+            taken += mails.len().max(1);
+            for (client, msg) in mails {
+                if let Some(full) = self.outbox.push(client, self.net.client_body(&msg)) {
+                    self.send(client, full);
+                }
             }
         }
-        for (client, bodies) in outbox.drain() {
-            send(client, bodies);
+        if taken == 0 {
+            return Ok(false);
         }
+        for (client, bodies) in self.outbox.drain() {
+            self.send(client, bodies);
+        }
+        Ok(true)
     }
 }
 
@@ -585,20 +911,92 @@ pub fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The request-timer stage: ticks the core with the wall clock. Ticks are
-/// dropped when the consensus stage is busy; the next one carries the time.
-pub fn ticker(tx: Sender<u64>, period: Duration, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(period);
-        if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = tx.try_send(wall_clock_ms()) {
-            return;
+/// The request-timer stage: ticks the core with the wall clock. A tick that
+/// finds the queue full is dropped; the next one carries the time.
+pub struct Timers {
+    /// Ticks out.
+    pub tx: Tx<u64>,
+    /// Tick period.
+    pub period: Duration,
+    /// When the next tick is due.
+    pub next: Instant,
+}
+
+impl Stage for Timers {
+    fn name(&self) -> &'static str {
+        "timers"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let now = Instant::now();
+        if now >= self.next {
+            self.next = now + self.period;
+            if let Err(TrySendError::Disconnected(_)) = self.tx.try_send(wall_clock_ms()) {
+                return Err(Ended);
+            }
         }
+        // Ticking is not work that should keep the thread from parking.
+        Ok(false)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        Some(self.next)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    /// Whether `bell` was rung since last asked (a bell no thread has bound
+    /// keeps one wake-up, like a runner on the network thread).
+    fn rung(bell: &Bell) -> bool {
+        let mut wait = std::pin::pin!(bell.0.task.notified());
+        wait.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_ready()
+    }
+
+    #[test]
+    fn queues_ring_the_consumer_on_send_and_a_waiting_producer_when_room_frees() {
+        let (consumer, producer) = (Bell::default(), Bell::default());
+        let (tx, rx) = queue::<u32>(4, &consumer, Some(&producer));
+        assert!(!rung(&consumer));
+        tx.try_send(1).unwrap();
+        assert!(rung(&consumer), "a send wakes the consumer");
+        assert_eq!(rx.take(), Some(1));
+        assert!(!rung(&producer), "taking from a nearly empty queue does not wake the producer");
+        for i in 0..4 {
+            tx.try_send(i).unwrap();
+        }
+        assert_eq!(tx.room(), 0);
+        assert!(matches!(tx.try_send(9), Err(TrySendError::Full(9))));
+        assert_eq!(rx.take_up_to(3), vec![0, 1, 2]);
+        assert!(rung(&producer), "freeing room in a crowded queue wakes the producer");
+        assert_eq!(tx.room(), 3);
+    }
+
+    #[test]
+    fn an_outflow_never_drops_and_keeps_order() {
+        let bell = Bell::default();
+        let (tx, rx) = queue::<u32>(2, &bell, None);
+        let mut out = Outflow::new(tx);
+        for i in 0..5 {
+            out.push(i).unwrap();
+        }
+        assert_eq!(out.backlog(), 3, "what does not fit waits");
+        assert!(!out.flush().unwrap(), "still full");
+        let mut got = rx.take_up_to(10);
+        while !out.flush().unwrap() {
+            got.extend(rx.take_up_to(1));
+        }
+        got.extend(rx.take_up_to(10));
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        out.push(5).unwrap();
+        assert_eq!(rx.take(), Some(5), "with nothing waiting, output goes straight out");
+        drop(rx);
+        assert!(out.push(6).is_err(), "a consumer that is gone ends the stage");
+    }
 
     #[test]
     fn an_outbox_batches_per_connection_within_the_byte_bound() {
