@@ -20,6 +20,11 @@ pub struct Config {
     /// Batches the primary keeps proposed but not yet delivered. More gives
     /// pipelining; fewer gives bigger batches.
     pub max_in_flight: u64,
+    /// With a batch already in flight, the primary proposes another only
+    /// once this many requests wait (or a full batch does). With nothing in
+    /// flight it proposes at once, so light load never waits; under load,
+    /// batches stay large enough that per-batch messages stay cheap.
+    pub pipeline_min_batch: usize,
     /// A backup that has waited this long for a request to execute suspects
     /// the primary and starts a view change.
     pub request_timeout_ms: u64,
@@ -62,6 +67,7 @@ impl Config {
             batch_max_requests: 1024,
             batch_max_bytes: 4 << 20,
             max_in_flight: 4,
+            pipeline_min_batch: 64,
             request_timeout_ms: 2_000,
             view_change_timeout_ms: 2_000,
             view_change_backoff_max: 5,

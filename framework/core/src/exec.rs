@@ -201,8 +201,11 @@ impl<S: Service> Executor<S> {
         if id.0 > rec.high {
             rec.high = id.0;
             if rec.high >= window {
+                // Ids only grow, so this forgets about one entry per call.
                 let floor = rec.high - window;
-                rec.done = rec.done.split_off(&(floor + 1));
+                while rec.done.first_key_value().is_some_and(|(id, _)| *id <= floor) {
+                    rec.done.pop_first();
+                }
             }
         }
     }
@@ -252,7 +255,10 @@ impl IdWindow {
         if id > self.high {
             self.high = id;
             if self.high >= window {
-                self.seen = self.seen.split_off(&(self.high - window + 1));
+                let floor = self.high - window;
+                while self.seen.first().is_some_and(|id| *id <= floor) {
+                    self.seen.pop_first();
+                }
             }
         }
     }

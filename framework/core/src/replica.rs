@@ -803,6 +803,9 @@ impl<C: Crypto> Replica<C> {
             if in_flight >= self.cfg.max_in_flight || !self.in_window(self.next_seq) {
                 break;
             }
+            if in_flight > 0 && self.queue.len() < self.cfg.pipeline_min_batch.min(self.cfg.batch_max_requests) {
+                break;
+            }
             let mut requests = Vec::new();
             let mut bytes = 0usize;
             while let Some((&order, &key)) = self.queue.first_key_value() {

@@ -45,6 +45,7 @@ fn config(mode: Mode, n: usize) -> Config {
     c.view_change_timeout_ms = 1_000;
     c.retransmit_ms = 100_000;
     c.status_interval_ms = 100_000;
+    c.pipeline_min_batch = 1;
     c
 }
 
@@ -302,6 +303,31 @@ fn a_whole_cluster_orders_and_delivers_the_same_batches() {
     let total: usize = c.delivered[0].len();
     assert!(total >= 5, "expected several batches, got {total}");
     assert_eq!(c.replicas[3].delivered(), SeqNo(total as u64));
+}
+
+fn proposed(actions: &[Action]) -> Vec<(SeqNo, usize)> {
+    broadcasts(actions)
+        .into_iter()
+        .filter_map(|m| match m {
+            PeerMessage::PrePrepare(pp) => Some((pp.seq, pp.batch.requests.len())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_primary_proposes_at_once_when_idle_and_pipelines_only_batches_worth_their_messages() {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.pipeline_min_batch = 3;
+    let mut r0 = replica(0, &cfg);
+    r0.step(Input::Request(request(1, 1)));
+    assert_eq!(proposed(&r0.take_actions()), vec![(SeqNo(1), 1)], "nothing in flight: no waiting");
+    for id in 2..=3 {
+        r0.step(Input::Request(request(1, id)));
+        assert_eq!(proposed(&r0.take_actions()), vec![], "a batch in flight: two requests wait");
+    }
+    r0.step(Input::Request(request(1, 4)));
+    assert_eq!(proposed(&r0.take_actions()), vec![(SeqNo(2), 3)], "three are worth a second batch in flight");
 }
 
 // ----- checkpoints and watermarks (PBFT 4.3) --------------------------------------

@@ -294,6 +294,7 @@ pub fn core_config(membership: Membership) -> Config {
     c.log_window = 32;
     c.batch_max_requests = 16;
     c.max_in_flight = 4;
+    c.pipeline_min_batch = 4;
     c.request_timeout_ms = REQUEST_TIMEOUT_MS;
     c.view_change_timeout_ms = VIEW_CHANGE_TIMEOUT_MS;
     c.view_change_backoff_max = VIEW_CHANGE_BACKOFF_MAX;
