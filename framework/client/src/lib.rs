@@ -15,7 +15,7 @@
 use bytes::{Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
 use palisade_core::{ClientId, Digest, Membership, ReplicaId, Request, RequestId, ViewNo};
-use palisade_wire::envelope::{self, ClientMessage, RejectReason, ReplicaMessage, Role};
+use palisade_wire::envelope::{self, Answer, ClientMessage, RejectReason, ReplicaMessage, Role};
 use palisade_wire::frame::FrameDecoder;
 use palisade_wire::handshake::{Initiator, Keyring};
 use palisade_wire::{keys, verify, ClusterConfig};
@@ -94,12 +94,12 @@ enum Outcome {
 }
 
 /// One replica's answer: the result's digest, and the result if sent in full.
-type Answer = (Digest, Option<Bytes>, ViewNo);
+type Heard = (Digest, Option<Bytes>, ViewNo);
 
 struct Pending {
     need: usize,
     read_only: bool,
-    replies: BTreeMap<ReplicaId, Answer>,
+    replies: BTreeMap<ReplicaId, Heard>,
     rejections: BTreeMap<ReplicaId, RejectReason>,
     asked_for_full: bool,
     done: Option<mpsc::Sender<Outcome>>,
@@ -114,7 +114,7 @@ struct Inner {
     next_request: AtomicU64,
     view: AtomicU64,
     pending: Mutex<HashMap<RequestId, Pending>>,
-    outboxes: BTreeMap<ReplicaId, mpsc::Sender<Bytes>>,
+    outboxes: BTreeMap<ReplicaId, mpsc::Sender<Request>>,
     connected: Mutex<BTreeMap<ReplicaId, bool>>,
 }
 
@@ -193,7 +193,7 @@ impl Client {
         if inner.cluster.client_signatures {
             verify::sign_request(&inner.key, &mut req);
         }
-        let body = envelope::encode(inner.cluster.cluster_id, &ClientMessage::Request(req));
+        let body = req;
         let (tx, mut rx) = mpsc::channel(4);
         let need = if read_only { inner.membership.quorum() } else { inner.membership.weak_quorum() };
         inner.pending.lock().insert(
@@ -253,7 +253,7 @@ impl Client {
         }
     }
 
-    fn send_to(&self, r: ReplicaId, body: Bytes) {
+    fn send_to(&self, r: ReplicaId, body: Request) {
         if let Some(tx) = self.inner.outboxes.get(&r) {
             // A full outbox means that replica is unreachable or slow; the
             // retransmission to all covers for it.
@@ -261,7 +261,7 @@ impl Client {
         }
     }
 
-    fn send_all(&self, body: &Bytes) {
+    fn send_all(&self, body: &Request) {
         for &r in self.inner.outboxes.keys() {
             self.send_to(r, body.clone());
         }
@@ -320,6 +320,30 @@ impl Inner {
         }
     }
 
+    /// Records replica `from`'s answer to `request`.
+    fn on_answer(
+        &self,
+        pending: &mut HashMap<RequestId, Pending>,
+        from: ReplicaId,
+        view: ViewNo,
+        request: RequestId,
+        answer: Answer,
+    ) {
+        let Some(p) = pending.get_mut(&request) else { return };
+        match answer {
+            Answer::Full(result) => {
+                p.replies.insert(from, (Digest::of(&result), Some(result), view));
+            }
+            Answer::Digest(digest) => {
+                // Never let a digest replace a full result from the same replica.
+                if p.replies.get(&from).is_none_or(|(_, full, _)| full.is_none()) {
+                    p.replies.insert(from, (digest, None, view));
+                }
+            }
+        }
+        self.settle(p);
+    }
+
     fn on_message(&self, from: ReplicaId, msg: ReplicaMessage) {
         let mut pending = self.pending.lock();
         match msg {
@@ -327,20 +351,21 @@ impl Inner {
                 if r.client != self.id || r.replica != from {
                     return;
                 }
-                let Some(p) = pending.get_mut(&r.request) else { return };
-                p.replies.insert(from, (Digest::of(&r.result), Some(r.result), r.view));
-                self.settle(p);
+                self.on_answer(&mut pending, from, r.view, r.request, Answer::Full(r.result));
             }
             ReplicaMessage::ReplyDigest { view, replica, client, request, digest } => {
                 if client != self.id || replica != from {
                     return;
                 }
-                let Some(p) = pending.get_mut(&request) else { return };
-                // Never let a digest replace a full result from the same replica.
-                if p.replies.get(&from).is_none_or(|(_, full, _)| full.is_none()) {
-                    p.replies.insert(from, (digest, None, view));
+                self.on_answer(&mut pending, from, view, request, Answer::Digest(digest));
+            }
+            ReplicaMessage::Replies { view, replica, client, answers } => {
+                if client != self.id || replica != from {
+                    return;
                 }
-                self.settle(p);
+                for (request, answer) in answers {
+                    self.on_answer(&mut pending, from, view, request, answer);
+                }
             }
             ReplicaMessage::Rejected { replica, request, reason } => {
                 if replica != from {
@@ -364,7 +389,7 @@ impl Inner {
     }
 }
 
-async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mpsc::Receiver<Bytes>) {
+async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mpsc::Receiver<Request>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(me) = inner.upgrade() else { return };
@@ -418,16 +443,28 @@ async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mp
         };
         let writer = async {
             let mut out = BytesMut::with_capacity(64 << 10);
-            while let Some(body) = outbox.recv().await {
-                out.clear();
-                sealer.seal(&body, &mut out);
-                // Coalesce whatever else is queued into one write.
-                while let Ok(more) = outbox.try_recv() {
-                    sealer.seal(&more, &mut out);
-                    if out.len() > 256 << 10 {
-                        break;
+            // Requests queued together travel in one frame, so the replica
+            // checks one MAC for all of them; a frame stays well inside the
+            // frame limit.
+            let max_bytes = (max_frame / 2).min(256 << 10);
+            while let Some(first) = outbox.recv().await {
+                let mut bytes = first.size_bytes();
+                let mut batch = vec![first];
+                while batch.len() < envelope::MAX_LIST && bytes < max_bytes {
+                    match outbox.try_recv() {
+                        Ok(more) => {
+                            bytes += more.size_bytes();
+                            batch.push(more);
+                        }
+                        Err(_) => break,
                     }
                 }
+                let msg = match <[Request; 1]>::try_from(batch) {
+                    Ok([one]) => ClientMessage::Request(one),
+                    Err(many) => ClientMessage::Requests(many),
+                };
+                out.clear();
+                sealer.seal_message(cluster, &msg, &mut out);
                 if write.write_all(&out).await.is_err() {
                     return;
                 }

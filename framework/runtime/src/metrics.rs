@@ -49,11 +49,12 @@ counters! {
     batches_delivered,
     /// Requests executed (fresh).
     requests_executed,
-    /// Replies sent.
+    /// Answers sent (results, digests, refusals), however they were framed.
     replies_sent,
     /// Of the replies from delivery, those sent as a digest of the result.
     reply_digests,
-    /// Replies dropped (client gone or not reading).
+    /// Reply frames dropped (client gone or not reading, or the reply
+    /// queue full for a cached reply or a push-back notice).
     replies_dropped,
     /// Snapshots taken at checkpoints.
     snapshots_taken,

@@ -345,28 +345,36 @@ impl Connection {
                 Err(_) => self.bad_frame(ctx),
             },
             Kind::Client(client) => match envelope::decode_client(net.cluster, &body) {
-                Ok(ClientMessage::Request(req)) => {
-                    RuntimeMetrics::add(&net.metrics.counters.requests_received, 1);
-                    if req.client != client || req.operation.len() > net.max_operation_bytes {
-                        // A client may only speak for itself, within the size limit.
-                        RuntimeMetrics::add(&net.metrics.counters.requests_invalid, 1);
-                        self.reject(req.id, RejectReason::Invalid);
-                        return;
-                    }
-                    let id = req.id;
-                    match net.tx_verify.try_send(req) {
-                        Ok(()) => {}
-                        Err(crossbeam_channel::TrySendError::Full(_)) => {
-                            RuntimeMetrics::add(&net.metrics.counters.requests_busy, 1);
-                            self.reject(id, RejectReason::Busy);
-                        }
-                        Err(crossbeam_channel::TrySendError::Disconnected(_)) => ctx.stop(),
+                Ok(ClientMessage::Request(req)) => self.on_request(client, req, ctx),
+                Ok(ClientMessage::Requests(reqs)) => {
+                    for req in reqs {
+                        self.on_request(client, req, ctx);
                     }
                 }
                 Err(_) => self.bad_frame(ctx),
             },
             // Nothing may arrive on a connection we opened to send on.
             Kind::ToReplica(_) => self.bad_frame(ctx),
+        }
+    }
+
+    fn on_request(&mut self, client: ClientId, req: Request, ctx: &mut Context<Self>) {
+        let net = &self.net;
+        RuntimeMetrics::add(&net.metrics.counters.requests_received, 1);
+        if req.client != client || req.operation.len() > net.max_operation_bytes {
+            // A client may only speak for itself, within the size limit.
+            RuntimeMetrics::add(&net.metrics.counters.requests_invalid, 1);
+            self.reject(req.id, RejectReason::Invalid);
+            return;
+        }
+        let id = req.id;
+        match net.tx_verify.try_send(req) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                RuntimeMetrics::add(&net.metrics.counters.requests_busy, 1);
+                self.reject(id, RejectReason::Busy);
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => ctx.stop(),
         }
     }
 

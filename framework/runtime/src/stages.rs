@@ -15,9 +15,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use palisade_core::exec::Lookup;
 use palisade_core::message::Reply;
 use palisade_core::{
-    Action, Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, Request, SeqNo, Service, ViewNo,
+    Action, Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, Request, RequestId, SeqNo,
+    Service, ViewNo,
 };
-use palisade_wire::envelope::{designated_replier, RejectReason, ReplicaMessage};
+use palisade_wire::envelope::{designated_replier, Answer, RejectReason, ReplicaMessage, MAX_LIST};
 use palisade_wire::verify::{self, VerifyLimits};
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, VecDeque};
@@ -854,8 +855,10 @@ impl<S: Service + Send + Sync> Stage for Delivery<S> {
     }
 }
 
-/// Reply sending: encodes replies and routes them to client connections,
-/// one mailbox message per client per wake-up.
+/// Reply sending: encodes replies and routes them to client connections.
+/// The answers one client gets from one wake-up travel as one
+/// `Replies` frame (split by count and size), and each client's frames as
+/// one mailbox message.
 pub struct Replier {
     /// Replies in.
     pub rx: Rx<ReplyBatch>,
@@ -869,14 +872,42 @@ pub struct Replier {
     pub outbox: Outbox<ClientId>,
 }
 
+/// Answers for one client in one view, gathered for one frame.
+#[derive(Default)]
+struct Answers {
+    list: Vec<(RequestId, Answer)>,
+    bytes: usize,
+}
+
 impl Replier {
     fn send(&self, client: ClientId, bodies: Vec<Bytes>) {
         let n = bodies.len() as u64;
-        if self.net.clients.send_batch(client, bodies) {
-            RuntimeMetrics::add(&self.metrics.counters.replies_sent, n);
-        } else {
+        if !self.net.clients.send_batch(client, bodies) {
             RuntimeMetrics::add(&self.metrics.counters.replies_dropped, n);
         }
+    }
+
+    fn queue(&mut self, client: ClientId, body: Bytes) {
+        if let Some(full) = self.outbox.push(client, body) {
+            self.send(client, full);
+        }
+    }
+
+    /// Encodes gathered answers as one message.
+    fn seal(&mut self, (client, view): (ClientId, ViewNo), answers: Vec<(RequestId, Answer)>) {
+        let replica = self.net.me;
+        RuntimeMetrics::add(&self.metrics.counters.replies_sent, answers.len() as u64);
+        let msg = match <[_; 1]>::try_from(answers) {
+            Ok([(request, Answer::Full(result))]) => {
+                ReplicaMessage::Reply(Reply { view, replica, client, request, result })
+            }
+            Ok([(request, Answer::Digest(digest))]) => {
+                ReplicaMessage::ReplyDigest { view, replica, client, request, digest }
+            }
+            Err(answers) => ReplicaMessage::Replies { view, replica, client, answers },
+        };
+        let body = self.net.client_body(&msg);
+        self.queue(client, body);
     }
 }
 
@@ -886,18 +917,46 @@ impl Stage for Replier {
     }
 
     fn poll(&mut self) -> Result<bool, Ended> {
+        // Room for a frame's answers: well inside the frame limit.
+        let max_bytes = (self.net.max_frame_bytes / 2).min(BATCH_BYTES);
+        let mut gathered: BTreeMap<(ClientId, ViewNo), Answers> = BTreeMap::new();
         let mut taken = 0;
         while taken < self.drain_max {
             let Some(mails) = self.rx.take() else { break };
             taken += mails.len().max(1);
             for (client, msg) in mails {
-                if let Some(full) = self.outbox.push(client, self.net.client_body(&msg)) {
-                    self.send(client, full);
+                let (key, request, answer) = match msg {
+                    ReplicaMessage::Reply(r) => ((client, r.view), r.request, Answer::Full(r.result)),
+                    ReplicaMessage::ReplyDigest { view, request, digest, .. } => {
+                        ((client, view), request, Answer::Digest(digest))
+                    }
+                    other => {
+                        RuntimeMetrics::add(&self.metrics.counters.replies_sent, 1);
+                        let body = self.net.client_body(&other);
+                        self.queue(client, body);
+                        continue;
+                    }
+                };
+                let size = 48
+                    + match &answer {
+                        Answer::Full(b) => b.len(),
+                        Answer::Digest(_) => 32,
+                    };
+                let a = gathered.entry(key).or_default();
+                if !a.list.is_empty() && (a.list.len() >= MAX_LIST || a.bytes + size > max_bytes) {
+                    let full = std::mem::take(a);
+                    self.seal(key, full.list);
                 }
+                let a = gathered.entry(key).or_default();
+                a.bytes += size;
+                a.list.push((request, answer));
             }
         }
         if taken == 0 {
             return Ok(false);
+        }
+        for (key, a) in gathered {
+            self.seal(key, a.list);
         }
         for (client, bodies) in self.outbox.drain() {
             self.send(client, bodies);

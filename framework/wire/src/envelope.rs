@@ -28,6 +28,48 @@ pub const HEADER_BYTES: usize = 9;
 pub enum ClientMessage {
     /// A request to order (or, if read-only, to answer directly).
     Request(Request),
+    /// Several requests in one frame: what a client with many operations
+    /// in flight sends, so a replica checks one MAC and decodes one frame
+    /// for all of them. At most [`MAX_LIST`].
+    Requests(#[serde(deserialize_with = "bounded_list")] Vec<Request>),
+}
+
+/// Most items a list message may carry; a longer list is malformed, so a
+/// frame never makes a decoder build more than this many items.
+pub const MAX_LIST: usize = 4096;
+
+fn bounded_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_LIST} items")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            if seq.size_hint().is_some_and(|n| n > MAX_LIST) {
+                return Err(serde::de::Error::custom(format!("a list of more than {MAX_LIST} items")));
+            }
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+            while let Some(item) = seq.next_element()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded(std::marker::PhantomData))
+}
+
+/// One answer inside [`ReplicaMessage::Replies`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// The result in full.
+    Full(Bytes),
+    /// The result's SHA-256 (PBFT's digest reply).
+    Digest(palisade_core::Digest),
 }
 
 /// Why a replica turned a client request away without executing it.
@@ -68,6 +110,20 @@ pub enum ReplicaMessage {
         request: RequestId,
         /// SHA-256 of the result.
         digest: palisade_core::Digest,
+    },
+    /// Several answers to one client from one replica in one view, in one
+    /// frame: what a replica sends per delivered batch, so the client
+    /// checks one MAC for all of them. At most [`MAX_LIST`].
+    Replies {
+        /// The replica's view.
+        view: palisade_core::ViewNo,
+        /// Author.
+        replica: ReplicaId,
+        /// The client answered.
+        client: palisade_core::ClientId,
+        /// Request ids and their answers.
+        #[serde(deserialize_with = "bounded_list")]
+        answers: Vec<(RequestId, Answer)>,
     },
 }
 

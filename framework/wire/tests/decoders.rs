@@ -6,9 +6,10 @@ use bytes::{Bytes, BytesMut};
 use palisade_core::message::{Batch, PrePrepare, Reply, Status, Vote};
 use palisade_core::{ClientId, Digest, PeerMessage, ReplicaId, Request, RequestId, SeqNo, ViewNo};
 use palisade_wire::channel::Opener;
-use palisade_wire::envelope::{self, ClientMessage, HandshakeMessage, ReplicaMessage, Role};
+use palisade_wire::envelope::{self, Answer, ClientMessage, HandshakeMessage, ReplicaMessage, Role};
 use palisade_wire::frame::{FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
 use palisade_wire::handshake::{Keyring, Responder};
+use palisade_wire::WireError;
 use proptest::prelude::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -177,6 +178,30 @@ fn a_huge_length_claim_inside_a_message_does_not_allocate_it() {
         assert!(envelope::decode_peer(CLUSTER, &body).is_err());
     });
     assert!(peak <= 2 << 20, "allocated {peak} bytes for a 20-byte message");
+}
+
+#[test]
+fn a_list_longer_than_the_limit_is_refused_before_it_is_built() {
+    let req = Request {
+        client: ClientId(3),
+        id: RequestId(1),
+        read_only: false,
+        operation: Bytes::new(),
+        auth: Bytes::new(),
+    };
+    let at_limit = envelope::encode(CLUSTER, &ClientMessage::Requests(vec![req.clone(); envelope::MAX_LIST]));
+    assert!(envelope::decode_client(CLUSTER, &at_limit).is_ok());
+    let over = envelope::encode(CLUSTER, &ClientMessage::Requests(vec![req; envelope::MAX_LIST + 1]));
+    let peak = peak_during(|| {
+        assert!(matches!(envelope::decode_client(CLUSTER, &over), Err(WireError::Malformed(_))));
+    });
+    assert!(peak < 64 << 10, "refusing the list allocated {peak} bytes");
+    let answers = vec![(RequestId(1), Answer::Digest(Digest([0; 32]))); envelope::MAX_LIST + 1];
+    let over = envelope::encode(
+        CLUSTER,
+        &ReplicaMessage::Replies { view: ViewNo(0), replica: ReplicaId(1), client: ClientId(3), answers },
+    );
+    assert!(matches!(envelope::decode_replica(CLUSTER, &over), Err(WireError::Malformed(_))));
 }
 
 #[test]

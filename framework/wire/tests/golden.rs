@@ -8,7 +8,7 @@ use palisade_core::message::{
 };
 use palisade_core::{ClientId, Digest, PeerMessage, ReplicaId, Request, RequestId, SeqNo, ViewNo};
 use palisade_wire::channel::Sealer;
-use palisade_wire::envelope::{self, ClientMessage, HandshakeMessage, RejectReason, ReplicaMessage, Role};
+use palisade_wire::envelope::{self, Answer, ClientMessage, HandshakeMessage, RejectReason, ReplicaMessage, Role};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
@@ -104,6 +104,24 @@ fn client_and_replica_messages() {
             digest: Digest([9; 32]),
         },
         "01080706050403020102010307ac020909090909090909090909090909090909090909090909090909090909090909",
+    );
+    check(
+        "requests",
+        &ClientMessage::Requests(vec![request(), request()]),
+        "010807060504030201010207ac0200026f700373696707ac0200026f7003736967",
+    );
+    check(
+        "replies",
+        &ReplicaMessage::Replies {
+            view: ViewNo(1),
+            replica: ReplicaId(3),
+            client: ClientId(7),
+            answers: vec![
+                (RequestId(300), Answer::Full(Bytes::from_static(b"ok"))),
+                (RequestId(301), Answer::Digest(Digest([9; 32]))),
+            ],
+        },
+        "0108070605040302010301030702ac0200026f6bad02010909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
         "rejected",
