@@ -40,11 +40,20 @@ pub struct ClientOptions {
     pub read_timeout_ms: u64,
     /// Frames queued per replica while its connection is down or slow.
     pub outbox: usize,
+    /// How long to wait for the full result once f+1 replicas agree on its
+    /// digest, before asking every replica for it in full.
+    pub full_reply_grace_ms: u64,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { retransmit_ms: 500, timeout_ms: 10_000, read_timeout_ms: 1_000, outbox: 4_096 }
+        ClientOptions {
+            retransmit_ms: 500,
+            timeout_ms: 10_000,
+            read_timeout_ms: 1_000,
+            outbox: 4_096,
+            full_reply_grace_ms: 20,
+        }
     }
 }
 
@@ -88,9 +97,13 @@ enum Outcome {
     NoQuorum,
     Rejected(RejectReason),
     /// f+1 replicas agree on a result's digest but its designated replier
-    /// has not sent it in full: ask everyone again (they answer
-    /// retransmissions in full).
-    NeedFull,
+    /// has not sent it in full: give it [`ClientOptions::full_reply_grace_ms`],
+    /// then ask everyone again (they answer retransmissions in full). When
+    /// every replica has answered without it, ask at once.
+    NeedFull {
+        /// Whether every replica has answered.
+        now: bool,
+    },
 }
 
 /// One replica's answer: the result's digest, and the result if sent in full.
@@ -101,7 +114,8 @@ struct Pending {
     read_only: bool,
     replies: BTreeMap<ReplicaId, Heard>,
     rejections: BTreeMap<ReplicaId, RejectReason>,
-    asked_for_full: bool,
+    /// 0: not yet; 1: told the caller to wait for it; 2: asked everyone.
+    asked_for_full: u8,
     done: Option<mpsc::Sender<Outcome>>,
 }
 
@@ -203,7 +217,7 @@ impl Client {
                 read_only,
                 replies: BTreeMap::new(),
                 rejections: BTreeMap::new(),
-                asked_for_full: false,
+                asked_for_full: 0,
                 done: Some(tx),
             },
         );
@@ -233,7 +247,17 @@ impl Client {
                 Ok(Some(Outcome::Done(result))) => return Ok(result),
                 Ok(Some(Outcome::Rejected(reason))) => return Err(InvokeError::Rejected(reason)),
                 Ok(Some(Outcome::NoQuorum)) => return Err(self.timeout(started)),
-                Ok(Some(Outcome::NeedFull)) => self.send_all(&body),
+                Ok(Some(Outcome::NeedFull { now: true })) => self.send_all(&body),
+                Ok(Some(Outcome::NeedFull { now: false })) => {
+                    // The full result is usually a moment behind the digests.
+                    let grace = Duration::from_millis(inner.opts.full_reply_grace_ms);
+                    match tokio::time::timeout(grace.min(left), rx.recv()).await {
+                        Ok(Some(Outcome::Done(result))) => return Ok(result),
+                        Ok(Some(Outcome::Rejected(reason))) => return Err(InvokeError::Rejected(reason)),
+                        Ok(None) => return Err(InvokeError::Closed),
+                        _ => self.send_all(&body),
+                    }
+                }
                 Ok(None) => return Err(InvokeError::Closed),
                 Err(_) => {
                     // No answer yet: make sure every replica has it (a
@@ -303,11 +327,17 @@ impl Inner {
                 }
             }
             Some((_, (_, None, _))) => {
-                if !p.asked_for_full {
-                    p.asked_for_full = true;
-                    if let Some(tx) = &p.done {
-                        let _ = tx.try_send(Outcome::NeedFull);
-                    }
+                // Once when the digests agree, and once more if every
+                // replica has answered and none sent the result.
+                let everyone = p.replies.len() == self.membership.n();
+                let ask = match p.asked_for_full {
+                    0 => Some(everyone),
+                    1 if everyone => Some(true),
+                    _ => None,
+                };
+                if let (Some(now), Some(tx)) = (ask, &p.done) {
+                    p.asked_for_full = if now { 2 } else { 1 };
+                    let _ = tx.try_send(Outcome::NeedFull { now });
                 }
             }
             None => {
@@ -448,6 +478,9 @@ async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mp
             // frame limit.
             let max_bytes = (max_frame / 2).min(256 << 10);
             while let Some(first) = outbox.recv().await {
+                // Let the tasks that are ready run first: operations invoked
+                // together then leave together, in one frame and one write.
+                tokio::task::yield_now().await;
                 let mut bytes = first.size_bytes();
                 let mut batch = vec![first];
                 while batch.len() < envelope::MAX_LIST && bytes < max_bytes {
