@@ -4,15 +4,15 @@
 
 use bytes::BytesMut;
 use ed25519_dalek::SigningKey;
-use palisade_core::message::Reply;
-use palisade_core::{Batch, Executor, ReplicaId, SeqNo, ViewNo};
+use palisade_core::{Batch, ClientId, Executor, ReplicaId, RequestId, SeqNo, ViewNo};
 use palisade_runtime::net::accept_handshake;
 use palisade_services::echo::Echo;
-use palisade_wire::envelope::{self, ClientMessage, ReplicaMessage};
+use palisade_wire::envelope::{self, Answer, ClientMessage, ReplicaMessage};
 use palisade_wire::frame::FrameDecoder;
 use palisade_wire::handshake::Keyring;
 use palisade_wire::ClusterConfig;
 use parking_lot::Mutex;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,8 +48,11 @@ pub async fn serve(cluster: ClusterConfig, key: SigningKey) -> std::io::Result<(
                 let mut requests = Vec::new();
                 while let Ok(Some(payload)) = frames.decode(&mut inbuf) {
                     let Ok(body) = opener.open(payload) else { return };
-                    let Ok(ClientMessage::Request(r)) = envelope::decode_client(cluster_id, &body) else { return };
-                    requests.push(r);
+                    match envelope::decode_client(cluster_id, &body) {
+                        Ok(ClientMessage::Request(r)) => requests.push(r),
+                        Ok(ClientMessage::Requests(rs)) => requests.extend(rs),
+                        Err(_) => return,
+                    }
                 }
                 if requests.is_empty() {
                     continue;
@@ -57,11 +60,18 @@ pub async fn serve(cluster: ClusterConfig, key: SigningKey) -> std::io::Result<(
                 let s = SeqNo(seq.fetch_add(1, Ordering::Relaxed));
                 let batch = Batch { timestamp_ms: 0, requests };
                 let executed = exec.lock().execute_batch(s, ViewNo(0), &batch);
+                // Answered as a replica answers: one frame per client per batch.
                 out.clear();
+                let mut by_client: BTreeMap<ClientId, Vec<(RequestId, Answer)>> = BTreeMap::new();
                 for e in executed {
-                    let reply =
-                        Reply { view: ViewNo(0), replica: me, client: e.client, request: e.request, result: e.result };
-                    sealer.seal_message(cluster_id, &ReplicaMessage::Reply(reply), &mut out);
+                    by_client.entry(e.client).or_default().push((e.request, Answer::Full(e.result)));
+                }
+                for (client, answers) in by_client {
+                    for chunk in answers.chunks(envelope::MAX_LIST) {
+                        let msg =
+                            ReplicaMessage::Replies { view: ViewNo(0), replica: me, client, answers: chunk.to_vec() };
+                        sealer.seal_message(cluster_id, &msg, &mut out);
+                    }
                 }
                 if stream.write_all(&out).await.is_err() {
                     return;
