@@ -76,7 +76,7 @@ pub enum Lookup {
     Stale,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct ClientRecord {
     /// Highest request id executed.
     high: u64,
@@ -84,11 +84,52 @@ struct ClientRecord {
     done: BTreeMap<u64, Bytes>,
 }
 
+// In snapshots a record is `high` and its entries newest first, each id
+// as its distance below `high`: one or two bytes instead of eight or nine
+// for clock-based ids, and the reply caches are most of a snapshot.
+impl Serialize for ClientRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        struct Entries<'a>(&'a ClientRecord);
+        impl Serialize for Entries<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.done.iter().rev().map(|(id, r)| (self.0.high - id, r)))
+            }
+        }
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&self.high)?;
+        t.serialize_element(&Entries(self))?;
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (high, entries): (u64, Vec<(u64, Bytes)>) = Deserialize::deserialize(d)?;
+        let mut done = BTreeMap::new();
+        for (below, result) in entries {
+            let id =
+                high.checked_sub(below).ok_or_else(|| serde::de::Error::custom("a request id above the highest"))?;
+            done.insert(id, result);
+        }
+        Ok(ClientRecord { high, done })
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct SnapshotRepr {
     window: u64,
     last_timestamp_ms: u64,
     clients: Vec<(ClientId, ClientRecord)>,
+    service: Bytes,
+}
+
+/// [`SnapshotRepr`] by reference: encodes to the same bytes.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    window: u64,
+    last_timestamp_ms: u64,
+    clients: Vec<(ClientId, &'a ClientRecord)>,
     service: Bytes,
 }
 
@@ -217,13 +258,18 @@ impl<S: Service> Executor<S> {
 
     /// Serializes the client table and the service.
     pub fn snapshot(&self) -> Bytes {
-        let repr = SnapshotRepr {
+        // Borrowed, not cloned: the reply caches are most of the bytes.
+        let repr = SnapshotRef {
             window: self.window,
             last_timestamp_ms: self.last_timestamp_ms,
-            clients: self.clients.iter().map(|(c, r)| (*c, r.clone())).collect(),
+            clients: self.clients.iter().map(|(c, r)| (*c, r)).collect(),
             service: self.service.snapshot(),
         };
-        Bytes::from(postcard::to_allocvec(&repr).expect("snapshot encodes"))
+        // Sized up front: growing a buffer of megabytes by doubling copies it.
+        let estimate = 64
+            + repr.service.len()
+            + self.clients.values().map(|r| 16 + r.done.values().map(|b| b.len() + 4).sum::<usize>()).sum::<usize>();
+        Bytes::from(postcard::to_extend(&repr, Vec::with_capacity(estimate)).expect("snapshot encodes"))
     }
 
     /// Replaces all state with `snapshot`, which the caller has already
