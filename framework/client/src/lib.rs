@@ -38,7 +38,7 @@ pub struct ClientOptions {
     pub timeout_ms: u64,
     /// Wait this long for a quorum of read-only replies before ordering the read.
     pub read_timeout_ms: u64,
-    /// Frames queued per replica while its connection is down or slow.
+    /// Requests queued per replica while its connection is down or slow.
     pub outbox: usize,
     /// How long to wait for the full result once f+1 replicas agree on its
     /// digest, before asking every replica for it in full.
