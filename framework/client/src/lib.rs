@@ -99,7 +99,8 @@ enum Outcome {
     /// f+1 replicas agree on a result's digest but its designated replier
     /// has not sent it in full: give it [`ClientOptions::full_reply_grace_ms`],
     /// then ask everyone again (they answer retransmissions in full). When
-    /// every replica has answered without it, ask at once.
+    /// every replica has answered without it, or the designated replica is
+    /// disconnected or recently missed its grace period, ask at once.
     NeedFull {
         /// Whether every replica has answered.
         now: bool,
@@ -116,6 +117,8 @@ struct Pending {
     rejections: BTreeMap<ReplicaId, RejectReason>,
     /// 0: not yet; 1: told the caller to wait for it; 2: asked everyone.
     asked_for_full: u8,
+    /// The replica that sends this request's result in full.
+    designated: ReplicaId,
     done: Option<mpsc::Sender<Outcome>>,
 }
 
@@ -130,6 +133,9 @@ struct Inner {
     pending: Mutex<HashMap<RequestId, Pending>>,
     outboxes: BTreeMap<ReplicaId, mpsc::Sender<Request>>,
     connected: Mutex<BTreeMap<ReplicaId, bool>>,
+    /// Replicas that recently let a full result's grace period run out,
+    /// until when: their designated results are asked for at once.
+    slow: Mutex<BTreeMap<ReplicaId, Instant>>,
 }
 
 /// A handle on the cluster; cheap to clone, usable from many tasks.
@@ -167,6 +173,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             outboxes,
             connected: Mutex::new(BTreeMap::new()),
+            slow: Mutex::new(BTreeMap::new()),
         });
         for (r, rx) in receivers {
             tokio::spawn(connection(Arc::downgrade(&inner), r, rx));
@@ -218,6 +225,7 @@ impl Client {
                 replies: BTreeMap::new(),
                 rejections: BTreeMap::new(),
                 asked_for_full: 0,
+                designated: envelope::designated_replier(&inner.membership, inner.id, id),
                 done: Some(tx),
             },
         );
@@ -255,7 +263,12 @@ impl Client {
                         Ok(Some(Outcome::Done(result))) => return Ok(result),
                         Ok(Some(Outcome::Rejected(reason))) => return Err(InvokeError::Rejected(reason)),
                         Ok(None) => return Err(InvokeError::Closed),
-                        _ => self.send_all(&body),
+                        Ok(Some(_)) => self.send_all(&body),
+                        Err(_) => {
+                            let designated = envelope::designated_replier(&inner.membership, inner.id, id);
+                            inner.slow.lock().insert(designated, Instant::now() + SLOW_FOR);
+                            self.send_all(&body);
+                        }
                     }
                 }
                 Ok(None) => return Err(InvokeError::Closed),
@@ -328,11 +341,15 @@ impl Inner {
             }
             Some((_, (_, None, _))) => {
                 // Once when the digests agree, and once more if every
-                // replica has answered and none sent the result.
-                let everyone = p.replies.len() == self.membership.n();
+                // replica has answered and none sent the result. Waiting is
+                // pointless when the designated replica is not connected or
+                // recently failed to send in time.
+                let ask_now = p.replies.len() == self.membership.n()
+                    || !self.connected.lock().get(&p.designated).copied().unwrap_or(false)
+                    || self.slow.lock().get(&p.designated).is_some_and(|until| Instant::now() < *until);
                 let ask = match p.asked_for_full {
-                    0 => Some(everyone),
-                    1 if everyone => Some(true),
+                    0 => Some(ask_now),
+                    1 if ask_now => Some(true),
                     _ => None,
                 };
                 if let (Some(now), Some(tx)) = (ask, &p.done) {
@@ -418,6 +435,10 @@ impl Inner {
         }
     }
 }
+
+/// How long a replica that missed a full result's grace period is asked at
+/// once for the results it is designated to send.
+const SLOW_FOR: Duration = Duration::from_secs(1);
 
 /// A connection that wrote this recently counts as busy.
 const BUSY: Duration = Duration::from_micros(200);
