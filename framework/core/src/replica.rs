@@ -209,6 +209,9 @@ pub struct Metrics {
     pub state_transfers: u64,
     /// Decisions learned from f+1 DECIDED notices.
     pub decisions_learned: u64,
+    /// Request timers that expired while this replica was catching up, and
+    /// were restarted instead of starting a view change.
+    pub timers_restarted: u64,
     /// Messages dropped, by reason.
     pub dropped: BTreeMap<&'static str, u64>,
     /// Evidence of a safety bug or of a corrupted local state; must stay 0.
@@ -291,6 +294,12 @@ pub struct Replica<C> {
     view_changes: BTreeMap<ReplicaId, Signed<ViewChangeBody>>,
     new_view_msg: Option<Arc<Signed<NewViewBody>>>,
     transfer: Option<Transfer>,
+    /// The view and delivered sequence number each peer last reported in
+    /// STATUS: how far behind this replica is.
+    peer_progress: BTreeMap<ReplicaId, (ViewNo, SeqNo)>,
+    /// Request timers count from here at the earliest: moved to now when
+    /// a timer expires while this replica is catching up.
+    timers_restarted_ms: u64,
 
     view_change_timer: Timeout,
     retransmit_at_ms: u64,
@@ -339,6 +348,8 @@ impl<C: Crypto> Replica<C> {
             status_at_ms: 0,
             actions: Vec::new(),
             metrics: Metrics::default(),
+            peer_progress: BTreeMap::new(),
+            timers_restarted_ms: 0,
             cfg,
         }
     }
@@ -590,9 +601,22 @@ impl<C: Crypto> Replica<C> {
             // primary times its own requests too: when its proposals cannot
             // commit (too few replicas left in its view) it is the one that
             // must move on.
+            //
+            // A replica that is merely behind (f+1 peers in its view report
+            // deliveries well past its own) waits on itself, not on the
+            // primary: it restarts its timers and catches up instead of
+            // starting a view change nobody else would join. f+1 reports
+            // include a correct replica's, so faulty peers cannot hold off
+            // a view change this way; and one a primary deserves is still
+            // started by the replicas that are not behind.
             if let Some(&(arrival, _, _)) = self.by_arrival.first() {
-                if now >= arrival + self.cfg.request_timeout_ms {
-                    self.start_view_change(self.view.next());
+                if now >= arrival.max(self.timers_restarted_ms) + self.cfg.request_timeout_ms {
+                    if self.lagging() {
+                        self.timers_restarted_ms = now;
+                        self.metrics.timers_restarted += 1;
+                    } else {
+                        self.start_view_change(self.view.next());
+                    }
                 }
             }
         } else if let Some(deadline) = self.view_change_timer.deadline_ms {
@@ -620,6 +644,16 @@ impl<C: Crypto> Replica<C> {
             }
         }
         self.try_propose();
+    }
+
+    /// Whether f+1 peers in this replica's view have delivered more than a
+    /// pipeline's worth past it.
+    fn lagging(&self) -> bool {
+        let mut ahead: Vec<SeqNo> =
+            self.peer_progress.values().filter(|(v, _)| *v == self.view).map(|(_, d)| *d).collect();
+        ahead.sort_unstable_by(|a, b| b.cmp(a));
+        let f_plus_1 = self.cfg.membership.weak_quorum();
+        ahead.get(f_plus_1 - 1).is_some_and(|d| d.0 > self.delivered.0 + self.cfg.max_in_flight)
     }
 
     fn retransmit(&mut self) {
@@ -1095,6 +1129,11 @@ impl<C: Crypto> Replica<C> {
     // ----- catch-up ------------------------------------------------------------
 
     fn on_status(&mut self, from: ReplicaId, st: Status) {
+        if st.normal {
+            self.peer_progress.insert(from, (st.view, st.delivered));
+        } else {
+            self.peer_progress.remove(&from);
+        }
         if st.delivered < self.delivered {
             if st.delivered < self.stable.seq && self.stable.seq > SeqNo(0) {
                 // They are below our stable checkpoint: give them its proof;

@@ -427,6 +427,40 @@ fn an_expired_request_timer_starts_a_view_change() {
     assert!(matches!(broadcasts(&out)[..], [PeerMessage::ViewChange(vc)] if vc.body.new_view == ViewNo(1)));
 }
 
+#[test]
+fn a_replica_that_is_only_behind_restarts_its_timers_instead_of_changing_view() {
+    let cfg = config(Mode::Bft, 4);
+    let status = |delivered: u64| {
+        PeerMessage::Status(Status { view: ViewNo(0), normal: true, delivered: SeqNo(delivered), stable: SeqNo(0) })
+    };
+    let starts_view_change = |r: &mut Replica<TestCrypto>| {
+        r.step(Input::Tick { now_ms: 2_000 });
+        broadcasts(&r.take_actions()).iter().any(|m| matches!(m, PeerMessage::ViewChange(_)))
+    };
+    // f+1 peers report deliveries far past replica 2's: it is behind, so the
+    // expired timer restarts, and expires again a full timeout later.
+    let mut r2 = replica(2, &cfg);
+    r2.step(Input::Request(request(1, 1)));
+    peer(&mut r2, 0, status(50));
+    peer(&mut r2, 1, status(50));
+    assert!(!starts_view_change(&mut r2), "behind f+1 peers: catch up, do not suspect the primary");
+    assert_eq!(r2.metrics().timers_restarted, 1);
+    r2.step(Input::Tick { now_ms: 2_500 });
+    assert!(r2.metrics().view_changes == 0);
+    // One peer (possibly faulty) claiming progress is not enough.
+    let mut r2 = replica(2, &cfg);
+    r2.step(Input::Request(request(1, 1)));
+    peer(&mut r2, 0, status(1_000));
+    peer(&mut r2, 1, status(0));
+    assert!(starts_view_change(&mut r2), "one report proves nothing");
+    // Peers a pipeline's worth ahead are just the normal case.
+    let mut r2 = replica(2, &cfg);
+    r2.step(Input::Request(request(1, 1)));
+    peer(&mut r2, 0, status(cfg.max_in_flight));
+    peer(&mut r2, 1, status(cfg.max_in_flight));
+    assert!(starts_view_change(&mut r2), "peers within the pipeline's depth do not count as ahead");
+}
+
 fn view_change_from(who: u32, new_view: u64) -> Signed<ViewChangeBody> {
     crypto::sign(
         &TestCrypto(ReplicaId(who)),
