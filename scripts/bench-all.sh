@@ -24,7 +24,7 @@ run bft-n10-0-0 --replicas 10 --no-baseline
 run bft-n4-0-0-signed --client-signatures
 run bft-n4-100-100-signed --client-signatures --request-bytes 100 --reply-bytes 100
 run bft-n4-latency-1x1 --clients 1 --outstanding 1 --no-baseline
-run bft-n4-sweep --sweep 1x1,1x8,2x16,4x16,4x32,4x64,8x64,16x64,32x64 --no-baseline
+run bft-n4-sweep --sweep 1x1,1x8,2x16,4x16,4x32,4x64,8x64,16x64,80x64 --no-baseline
 run bft-n4-kill-primary --kill-primary-at 4 --restart-at 8 --no-baseline
 python3 scripts/bench-table.py "$out" > "$out/table.md"
 echo "table: $out/table.md" >&2
