@@ -389,6 +389,28 @@ fn notify(tx: &Tx<ReplyBatch>, mail: ClientMail, metrics: &RuntimeMetrics) {
     }
 }
 
+/// Passes a request to the next stage; if it has no room after all (another
+/// producer took it), the client is pushed back.
+fn pass_on(
+    tx: &Tx<Request>,
+    r: Request,
+    tx_reply: &Tx<ReplyBatch>,
+    metrics: &RuntimeMetrics,
+    me: ReplicaId,
+) -> Result<(), Ended> {
+    let (client, request) = (r.client, r.id);
+    match tx.try_send(r) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => {
+            RuntimeMetrics::add(&metrics.counters.requests_busy, 1);
+            let busy = ReplicaMessage::Rejected { replica: me, request, reason: RejectReason::Busy };
+            notify(tx_reply, (client, busy), metrics);
+            Ok(())
+        }
+        Err(TrySendError::Disconnected(_)) => Err(Ended),
+    }
+}
+
 /// Request verification (when clients sign): cheap checks, then client
 /// signatures in parallel dalek batches on a rayon pool. Takes only as many
 /// requests as the proposer's queue has room for, so a slow pipeline fills
@@ -428,17 +450,7 @@ impl Stage for Verifier {
             match verdict {
                 Ok(r) => {
                     self.verified.insert(&r);
-                    let (client, id) = (r.client, r.id);
-                    match self.tx.try_send(r) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => {
-                            RuntimeMetrics::add(&self.metrics.counters.requests_busy, 1);
-                            let busy =
-                                ReplicaMessage::Rejected { replica: self.me, request: id, reason: RejectReason::Busy };
-                            notify(&self.tx_reply, (client, busy), &self.metrics);
-                        }
-                        Err(TrySendError::Disconnected(_)) => return Err(Ended),
-                    }
+                    pass_on(&self.tx, r, &self.tx_reply, &self.metrics, self.me)?;
                 }
                 Err((r, _why)) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_invalid, 1);
@@ -548,19 +560,7 @@ impl<S: Service + Send + Sync> Stage for Proposer<S> {
         };
         for (r, lookup) in verdicts {
             match lookup {
-                Lookup::New => {
-                    let (client, id) = (r.client, r.id);
-                    match self.tx.try_send(r) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => {
-                            RuntimeMetrics::add(&self.metrics.counters.requests_busy, 1);
-                            let busy =
-                                ReplicaMessage::Rejected { replica: self.me, request: id, reason: RejectReason::Busy };
-                            notify(&self.tx_reply, (client, busy), &self.metrics);
-                        }
-                        Err(TrySendError::Disconnected(_)) => return Err(Ended),
-                    }
-                }
+                Lookup::New => pass_on(&self.tx, r, &self.tx_reply, &self.metrics, self.me)?,
                 Lookup::Cached(result) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_cached, 1);
                     let reply = Reply { view, replica: self.me, client: r.client, request: r.id, result };
