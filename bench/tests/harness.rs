@@ -1,0 +1,40 @@
+//! The harness end to end, briefly: four replica processes, the load, the
+//! unreplicated baseline, the table, the summary line and results.json.
+//! It measures nothing worth quoting (a debug build, one second); it proves
+//! that every part of the default run works together.
+
+use std::process::Command;
+
+#[test]
+fn a_short_default_run_prints_its_table_summary_line_and_results() {
+    let out = std::env::temp_dir().join(format!("palisade-bench-test-{}", std::process::id()));
+    let base_port = 31_000 + (std::process::id() % 200) as u16 * 20;
+    let run = Command::new(env!("CARGO_BIN_EXE_palisade-bench"))
+        .args(["--duration", "1", "--warmup", "0.5", "--clients", "2", "--outstanding", "8"])
+        .args(["--base-port", &base_port.to_string(), "--out", out.to_str().unwrap()])
+        .output()
+        .expect("the harness runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "exit {:?}\n{stdout}\n{}", run.status, String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("palisade 2x8"), "the table has the run's row:\n{stdout}");
+    assert!(stdout.contains("baseline"), "and the baseline's:\n{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let fields: Vec<(&str, &str)> = last
+        .strip_prefix("BENCH ")
+        .expect("the last line is the summary")
+        .split(' ')
+        .filter_map(|f| f.split_once('='))
+        .collect();
+    let names: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+    assert_eq!(names, ["ops_per_sec", "p50_us", "p99_us", "baseline_ratio"], "{last}");
+    let ops: f64 = fields[0].1.parse().unwrap();
+    let ratio: f64 = fields[3].1.parse().unwrap();
+    assert!(ops > 0.0 && ratio > 0.0, "{last}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["levels"][0]["palisade"]["errors"], 0, "no operation failed");
+    assert!(results["baseline"]["completed"].as_u64().unwrap() > 0, "the baseline served the same client");
+    assert_eq!(results["baseline"]["errors"], 0);
+    assert!(out.join("timeline.svg").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
