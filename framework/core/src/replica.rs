@@ -30,6 +30,10 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+/// Request timeouts a replica that is behind may wait out per view before
+/// it suspects the primary anyway.
+pub const MAX_CATCH_UP_RESTARTS: u32 = 4;
+
 /// Everything that can happen to a replica.
 #[derive(Clone, Debug)]
 pub enum Input {
@@ -300,6 +304,9 @@ pub struct Replica<C> {
     /// Request timers count from here at the earliest: moved to now when
     /// a timer expires while this replica is catching up.
     timers_restarted_ms: u64,
+    /// Timer restarts in the current view, the view they count for, and
+    /// what this replica had delivered at the last one.
+    restarts: (ViewNo, u32, SeqNo),
 
     view_change_timer: Timeout,
     retransmit_at_ms: u64,
@@ -350,6 +357,7 @@ impl<C: Crypto> Replica<C> {
             metrics: Metrics::default(),
             peer_progress: BTreeMap::new(),
             timers_restarted_ms: 0,
+            restarts: (ViewNo(0), 0, SeqNo(0)),
             cfg,
         }
     }
@@ -611,8 +619,9 @@ impl<C: Crypto> Replica<C> {
             // started by the replicas that are not behind.
             if let Some(&(arrival, _, _)) = self.by_arrival.first() {
                 if now >= arrival.max(self.timers_restarted_ms) + self.cfg.request_timeout_ms {
-                    if self.lagging() {
+                    if self.may_wait_to_catch_up() {
                         self.timers_restarted_ms = now;
+                        self.restarts = (self.view, self.restarts.1 + 1, self.delivered);
                         self.metrics.timers_restarted += 1;
                     } else {
                         self.start_view_change(self.view.next());
@@ -644,6 +653,18 @@ impl<C: Crypto> Replica<C> {
             }
         }
         self.try_propose();
+    }
+
+    /// Whether an expired request timer may restart because this replica
+    /// is behind: at most `MAX_CATCH_UP_RESTARTS` times per view, and after
+    /// the first only if it delivered something since the last. A faulty
+    /// primary that keeps a correct replica behind on purpose (withholding
+    /// what it needs to deliver, while f+1 others report progress) thus
+    /// delays that replica's suspicion by a few timeouts, never forever.
+    fn may_wait_to_catch_up(&self) -> bool {
+        let (view, count, delivered_then) = self.restarts;
+        let (count, progressed) = if view == self.view { (count, self.delivered > delivered_then) } else { (0, true) };
+        count < MAX_CATCH_UP_RESTARTS && (count == 0 || progressed) && self.lagging()
     }
 
     /// Whether f+1 peers in this replica's view have delivered more than a

@@ -447,6 +447,11 @@ fn a_replica_that_is_only_behind_restarts_its_timers_instead_of_changing_view() 
     assert_eq!(r2.metrics().timers_restarted, 1);
     r2.step(Input::Tick { now_ms: 2_500 });
     assert!(r2.metrics().view_changes == 0);
+    // Behind without catching up: after the first restart, only progress
+    // earns another, so a primary that keeps it behind is suspected anyway.
+    r2.step(Input::Tick { now_ms: 3_000 });
+    let out = r2.take_actions();
+    assert!(broadcasts(&out).iter().any(|m| matches!(m, PeerMessage::ViewChange(_))), "no progress: suspect");
     // One peer (possibly faulty) claiming progress is not enough.
     let mut r2 = replica(2, &cfg);
     r2.step(Input::Request(request(1, 1)));
@@ -459,6 +464,39 @@ fn a_replica_that_is_only_behind_restarts_its_timers_instead_of_changing_view() 
     peer(&mut r2, 0, status(cfg.max_in_flight));
     peer(&mut r2, 1, status(cfg.max_in_flight));
     assert!(starts_view_change(&mut r2), "peers within the pipeline's depth do not count as ahead");
+}
+
+#[test]
+fn a_replica_catching_up_restarts_its_timers_a_bounded_number_of_times() {
+    let cfg = config(Mode::Bft, 4);
+    let mut r2 = replica(2, &cfg);
+    r2.step(Input::Request(request(1, 1)));
+    for from in 0..2 {
+        let st = Status { view: ViewNo(0), normal: true, delivered: SeqNo(100), stable: SeqNo(0) };
+        peer(&mut r2, from, PeerMessage::Status(st));
+    }
+    // Each timeout after which it delivered something restarts the timers,
+    // up to the bound; then it suspects the primary all the same.
+    let mut suspected_after = None;
+    for k in 1..=8u64 {
+        r2.step(Input::Tick { now_ms: 1 + k * 1_000 });
+        if broadcasts(&r2.take_actions()).iter().any(|m| matches!(m, PeerMessage::ViewChange(_))) {
+            suspected_after = Some(r2.metrics().timers_restarted);
+            break;
+        }
+        // Catching up: one more batch decided and delivered.
+        let b = batch(vec![request(9, k)]);
+        let d = b.digest();
+        peer(&mut r2, 0, pre_prepare(0, k, b));
+        for from in [1, 3] {
+            peer(&mut r2, from, PeerMessage::Prepare(vote(0, k, d)));
+        }
+        for from in [1, 3] {
+            peer(&mut r2, from, PeerMessage::Commit(vote(0, k, d)));
+        }
+        assert_eq!(r2.delivered(), SeqNo(k));
+    }
+    assert_eq!(suspected_after, Some(u64::from(palisade_core::replica::MAX_CATCH_UP_RESTARTS)));
 }
 
 fn view_change_from(who: u32, new_view: u64) -> Signed<ViewChangeBody> {
