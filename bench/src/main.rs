@@ -204,6 +204,7 @@ fn server(config: &Path, id: u32, metrics_file: Option<PathBuf>, s: ServerArgs) 
                 "proposed_batches": c.proposed_batches,
                 "view_changes": c.view_changes,
                 "state_transfers": c.state_transfers,
+                "timers_restarted": c.timers_restarted,
                 "counters": handle.metrics().counters.snapshot().into_iter().collect::<BTreeMap<_, _>>(),
                 "queues": handle.queue_depths().into_iter().collect::<BTreeMap<_, _>>(),
             });

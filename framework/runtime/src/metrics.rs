@@ -94,6 +94,8 @@ pub struct CoreSnapshot {
     pub view_changes: u64,
     /// State transfers completed.
     pub state_transfers: u64,
+    /// Request timers restarted because this replica was behind its peers.
+    pub timers_restarted: u64,
     /// Batches proposed as primary.
     pub proposed_batches: u64,
     /// Requests ordered (in delivered batches).

@@ -679,6 +679,7 @@ impl<C: palisade_core::Crypto> Consensus<C> {
             stable: self.core.stable_checkpoint().seq.0,
             view_changes: m.view_changes,
             state_transfers: m.state_transfers,
+            timers_restarted: m.timers_restarted,
             proposed_batches: m.proposed_batches,
             delivered_requests: m.delivered_requests,
             pending_requests: self.core.pending_requests(),
