@@ -265,10 +265,9 @@ impl<S: Service> Executor<S> {
             clients: self.clients.iter().map(|(c, r)| (*c, r)).collect(),
             service: self.service.snapshot(),
         };
-        // Sized up front: growing a buffer of megabytes by doubling copies it.
-        let estimate = 64
-            + repr.service.len()
-            + self.clients.values().map(|r| 16 + r.done.values().map(|b| b.len() + 4).sum::<usize>()).sum::<usize>();
+        // Sized up front (ids and lengths; results beyond that grow it):
+        // growing a buffer of megabytes by doubling copies it.
+        let estimate = 64 + repr.service.len() + self.clients.values().map(|r| 16 + r.done.len() * 4).sum::<usize>();
         Bytes::from(postcard::to_extend(&repr, Vec::with_capacity(estimate)).expect("snapshot encodes"))
     }
 
