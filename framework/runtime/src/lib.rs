@@ -1,8 +1,8 @@
 //! Palisade's replica runtime: the staged pipeline around the protocol core.
 //!
 //! ```text
-//!  clients ──► [network: actix connection actors] ──flume──► [verification: rayon batches]
-//!                     │                                              │ crossbeam
+//!  clients ──► [network: actix connection actors] ─────────► [verification: rayon batches]
+//!                     │                                              │
 //!                     │ peer messages                                 ▼
 //!                     └──────────────────────────────────────► [proposing: reply cache, stale ids]
 //!                                                                     │
@@ -14,7 +14,9 @@
 //! ```
 //!
 //! [`spawn_replica`] wires it, top to bottom. Every arrow is a bounded
-//! queue whose capacity and overload policy are in [`RuntimeConfig`].
+//! crossbeam queue whose capacity and overload policy are in
+//! [`RuntimeConfig`]; each stage is an actor ([`stages::Stage`]) that never
+//! blocks, and [`StageThreads`] says which threads run them.
 
 #![deny(missing_docs)]
 
