@@ -51,15 +51,8 @@ enum RoleCmd {
         /// Write the replica's metrics here as JSON every 250 ms.
         #[arg(long)]
         metrics_file: Option<PathBuf>,
-        /// Requests per batch, at most.
-        #[arg(long, default_value_t = 1024)]
-        batch_max: usize,
-        /// Batches proposed but not yet delivered.
-        #[arg(long, default_value_t = 4)]
-        in_flight: u64,
-        /// Where the CPU stages run (default: chosen for the machine).
-        #[arg(long, value_enum)]
-        stage_threads: Option<StageThreadsArg>,
+        #[command(flatten)]
+        tuning: ReplicaTuning,
     },
     /// Run the unreplicated baseline server of a 1-replica configuration.
     BaselineServer {
@@ -97,15 +90,9 @@ struct RunArgs {
     /// Clients sign every request (ed25519, verified in rayon batches).
     #[arg(long)]
     client_signatures: bool,
-    /// Requests per batch, at most.
-    #[arg(long, default_value_t = 1024)]
-    batch_max: usize,
-    /// Batches the primary keeps in flight.
-    #[arg(long, default_value_t = 4)]
-    in_flight: u64,
-    /// Where the replicas' CPU stages run (default: chosen for the machine).
-    #[arg(long, value_enum)]
-    stage_threads: Option<StageThreadsArg>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    tuning: ReplicaTuning,
     /// Load levels to sweep, as CLIENTSxOUTSTANDING[,...] (for example 1x1,4x16,8x64).
     #[arg(long)]
     sweep: Option<String>,
@@ -156,13 +143,32 @@ impl From<StageThreadsArg> for StageThreads {
     }
 }
 
-struct ServerArgs {
+/// How the replicas are tuned: given to a run, passed on to each server.
+#[derive(Args, Clone, Debug, Serialize)]
+struct ReplicaTuning {
+    /// Requests per batch, at most.
+    #[arg(long, default_value_t = 1024)]
     batch_max: usize,
+    /// Batches the primary keeps proposed but not yet delivered.
+    #[arg(long, default_value_t = 4)]
     in_flight: u64,
+    /// Where the replicas' CPU stages run (default: chosen for the machine).
+    #[arg(long, value_enum)]
     stage_threads: Option<StageThreadsArg>,
 }
 
-fn server(config: &Path, id: u32, metrics_file: Option<PathBuf>, s: ServerArgs) -> ExitCode {
+impl ReplicaTuning {
+    /// The same options on a server's command line.
+    fn to_args(&self) -> Vec<String> {
+        let mut args = vec![format!("--batch-max={}", self.batch_max), format!("--in-flight={}", self.in_flight)];
+        if let Some(t) = self.stage_threads {
+            args.push(format!("--stage-threads={}", format!("{t:?}").to_lowercase()));
+        }
+        args
+    }
+}
+
+fn server(config: &Path, id: u32, metrics_file: Option<PathBuf>, s: &ReplicaTuning) -> ExitCode {
     let cluster = match ClusterConfig::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -263,8 +269,7 @@ fn start_replica(dir: &Path, id: u32, a: &RunArgs) -> Child {
     Command::new(std::env::current_exe().expect("own path"))
         .args(["server", "--config", dir.to_str().expect("utf-8 path"), "--id", &id.to_string()])
         .args(["--metrics-file", dir.join(format!("metrics-{id}.json")).to_str().expect("utf-8 path")])
-        .args(["--batch-max", &a.batch_max.to_string(), "--in-flight", &a.in_flight.to_string()])
-        .args(a.stage_threads.map(|t| format!("--stage-threads={}", format!("{t:?}").to_lowercase())))
+        .args(a.tuning.to_args())
         .stderr(Stdio::null())
         .spawn()
         .expect("start a replica process")
@@ -829,9 +834,7 @@ fn write_outputs(out: &Path, report: &Report) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.role {
-        Some(RoleCmd::Server { config, id, metrics_file, batch_max, in_flight, stage_threads }) => {
-            server(&config, id, metrics_file, ServerArgs { batch_max, in_flight, stage_threads })
-        }
+        Some(RoleCmd::Server { config, id, metrics_file, tuning }) => server(&config, id, metrics_file, &tuning),
         Some(RoleCmd::BaselineServer { config }) => baseline_server(&config),
         None => run(cli.run),
     }

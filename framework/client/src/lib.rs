@@ -214,7 +214,7 @@ impl Client {
         if inner.cluster.client_signatures {
             verify::sign_request(&inner.key, &mut req);
         }
-        let body = req;
+        let designated = envelope::designated_replier(&inner.membership, inner.id, id);
         let (tx, mut rx) = mpsc::channel(4);
         let need = if read_only { inner.membership.quorum() } else { inner.membership.weak_quorum() };
         inner.pending.lock().insert(
@@ -225,7 +225,7 @@ impl Client {
                 replies: BTreeMap::new(),
                 rejections: BTreeMap::new(),
                 asked_for_full: 0,
-                designated: envelope::designated_replier(&inner.membership, inner.id, id),
+                designated,
                 done: Some(tx),
             },
         );
@@ -234,48 +234,47 @@ impl Client {
         let deadline =
             Duration::from_millis(if read_only { inner.opts.read_timeout_ms } else { inner.opts.timeout_ms });
         if read_only {
-            self.send_all(&body);
+            self.send_all(&req);
         } else {
             let primary = inner.membership.primary(ViewNo(inner.view.load(Ordering::Relaxed)));
             if inner.connected.lock().get(&primary).copied().unwrap_or(false) {
-                self.send_to(primary, body.clone());
+                self.send_to(primary, req.clone());
             } else {
                 // The believed primary is unreachable: do not wait a retransmission
                 // period for nothing; every replica forwards to the real primary.
-                self.send_all(&body);
+                self.send_all(&req);
             }
         }
         let mut wait = Duration::from_millis(inner.opts.retransmit_ms);
+        // Set while waiting for a full result that is a moment behind its digests.
+        let mut full_due: Option<Instant> = None;
         loop {
             let left = deadline.saturating_sub(started.elapsed());
             if left.is_zero() {
                 return Err(self.timeout(started));
             }
-            match tokio::time::timeout(wait.min(left), rx.recv()).await {
+            let wake = full_due.map_or(wait, |due| due.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(wake.min(left), rx.recv()).await {
                 Ok(Some(Outcome::Done(result))) => return Ok(result),
                 Ok(Some(Outcome::Rejected(reason))) => return Err(InvokeError::Rejected(reason)),
                 Ok(Some(Outcome::NoQuorum)) => return Err(self.timeout(started)),
-                Ok(Some(Outcome::NeedFull { now: true })) => self.send_all(&body),
+                Ok(Some(Outcome::NeedFull { now: true })) => {
+                    full_due = None;
+                    self.send_all(&req);
+                }
                 Ok(Some(Outcome::NeedFull { now: false })) => {
-                    // The full result is usually a moment behind the digests.
-                    let grace = Duration::from_millis(inner.opts.full_reply_grace_ms);
-                    match tokio::time::timeout(grace.min(left), rx.recv()).await {
-                        Ok(Some(Outcome::Done(result))) => return Ok(result),
-                        Ok(Some(Outcome::Rejected(reason))) => return Err(InvokeError::Rejected(reason)),
-                        Ok(None) => return Err(InvokeError::Closed),
-                        Ok(Some(_)) => self.send_all(&body),
-                        Err(_) => {
-                            let designated = envelope::designated_replier(&inner.membership, inner.id, id);
-                            inner.slow.lock().insert(designated, Instant::now() + SLOW_FOR);
-                            self.send_all(&body);
-                        }
-                    }
+                    full_due = Some(Instant::now() + Duration::from_millis(inner.opts.full_reply_grace_ms));
                 }
                 Ok(None) => return Err(InvokeError::Closed),
+                Err(_) if full_due.take().is_some() => {
+                    // The designated replica missed its grace period.
+                    inner.slow.lock().insert(designated, Instant::now() + SLOW_FOR);
+                    self.send_all(&req);
+                }
                 Err(_) => {
                     // No answer yet: make sure every replica has it (a
                     // backup forwards it and starts timing the primary).
-                    self.send_all(&body);
+                    self.send_all(&req);
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
             }

@@ -104,8 +104,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 }
 
 fn gauge<T: Send + 'static>(metrics: &RuntimeMetrics, name: &'static str, rx: &stages::Rx<T>) {
-    let probe = rx.clone_probe();
-    metrics.gauge(name, move || probe.len());
+    metrics.gauge(name, rx.depth_probe());
 }
 
 /// Starts replica `me` of `cluster` running `service`: binds its address,
@@ -203,7 +202,6 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                 limits,
                 pool: pool.clone(),
                 metrics: metrics.clone(),
-                me,
                 drain_max: cfg.drain_max,
             }),
         ));
@@ -230,7 +228,6 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             tx_reply: tx_reply.clone(),
             exec: exec.clone(),
             metrics: metrics.clone(),
-            me,
             drain_max: cfg.drain_max,
         }),
     ));
@@ -301,23 +298,22 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     // The network stage, on its own actix system thread (with the CPU
     // stages when they run there).
     let mut threads = Vec::new();
-    let mut on_network = None;
-    match cfg.stage_threads {
-        StageThreads::Network => {
-            on_network = Some((stages.into_iter().map(|(_, s)| s).collect::<Vec<Box<dyn Stage>>>(), shared));
-        }
-        StageThreads::Shared => {
+    let on_network = if cfg.stage_threads == StageThreads::Dedicated {
+        for (bell, stage) in stages {
             let stop = stop.clone();
-            let stages: Vec<Box<dyn Stage>> = stages.into_iter().map(|(_, s)| s).collect();
-            threads.push(spawn("stages", move || stages::run_stages(stages, shared, stop)));
+            threads.push(spawn(stage.name(), move || stages::run_stages(vec![stage], bell, stop)));
         }
-        StageThreads::Dedicated => {
-            for (bell, stage) in stages {
-                let stop = stop.clone();
-                threads.push(spawn(stage.name(), move || stages::run_stages(vec![stage], bell, stop)));
-            }
+        None
+    } else {
+        let all: Vec<Box<dyn Stage>> = stages.into_iter().map(|(_, s)| s).collect();
+        if cfg.stage_threads == StageThreads::Network {
+            Some(all)
+        } else {
+            let (bell, stop) = (shared.clone(), stop.clone());
+            threads.push(spawn("stages", move || stages::run_stages(all, bell, stop)));
+            None
         }
-    }
+    };
     let (tx_system, rx_system) = std::sync::mpsc::channel();
     {
         let (net, key, keyring, stop) = (net.clone(), key.clone(), keyring.clone(), stop.clone());
@@ -332,8 +328,8 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                 for (id, address) in peers {
                     actix_rt::spawn(net::dial_forever(net.clone(), id, address, key.clone(), keyring.clone()));
                 }
-                if let Some((stages, bell)) = on_network {
-                    actix_rt::spawn(stages::run_stages_on_network(stages, bell, stop));
+                if let Some(stages) = on_network {
+                    actix_rt::spawn(stages::run_stages_on_network(stages, shared, stop));
                 }
             });
             let _ = system.run();

@@ -65,8 +65,31 @@ pub enum DeliveryCmd {
     Stable(SeqNo),
 }
 
-/// A message for one client.
-pub type ClientMail = (ClientId, ReplicaMessage);
+/// Something for one client, on its way to the reply stage, which frames
+/// it (and signs it as this replica's).
+#[derive(Debug)]
+pub enum ClientMail {
+    /// A request's answer: a client's answers from one wake-up share a frame.
+    Answer {
+        /// To whom.
+        client: ClientId,
+        /// This replica's view.
+        view: ViewNo,
+        /// Which request.
+        request: RequestId,
+        /// The result or its digest.
+        answer: Answer,
+    },
+    /// A request turned away.
+    Refusal {
+        /// To whom.
+        client: ClientId,
+        /// Which request.
+        request: RequestId,
+        /// Why.
+        reason: RejectReason,
+    },
+}
 
 /// Replies travel to the reply stage in batches: one per delivered batch
 /// (or a single push-back notice), so that queue is bounded in batches.
@@ -142,12 +165,11 @@ pub struct Rx<T> {
 impl<T> Rx<T> {
     /// Takes one item if one is queued.
     pub fn take(&self) -> Option<T> {
-        let crowded = self.producer.is_some() && self.inner.len() * 2 >= self.inner.capacity().unwrap_or(usize::MAX);
+        let waiting =
+            self.producer.as_ref().filter(|_| self.inner.len() * 2 >= self.inner.capacity().unwrap_or(usize::MAX));
         let item = self.inner.try_recv().ok();
-        if crowded && item.is_some() {
-            if let Some(b) = &self.producer {
-                b.ring();
-            }
+        if let (Some(producer), Some(_)) = (waiting, &item) {
+            producer.ring();
         }
         item
     }
@@ -164,19 +186,13 @@ impl<T> Rx<T> {
         out
     }
 
-    /// A handle that reads the queue's depth (for gauges).
-    pub fn clone_probe(&self) -> Receiver<T> {
-        self.inner.clone()
-    }
-
-    /// Items queued.
-    pub fn len(&self) -> usize {
-        self.inner.len()
-    }
-
-    /// Whether none are.
-    pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
+    /// Reads the queue's depth from anywhere (for gauges).
+    pub fn depth_probe(&self) -> impl Fn() -> usize + Send + 'static
+    where
+        T: Send + 'static,
+    {
+        let probe = self.inner.clone();
+        move || probe.len()
     }
 }
 
@@ -206,16 +222,8 @@ impl<T> Outflow<T> {
 
     /// Sends `item`, or keeps it behind what already waits.
     pub fn push(&mut self, item: T) -> Result<(), Ended> {
-        if self.backlog.is_empty() {
-            match self.tx.try_send(item) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Full(item)) => self.backlog.push_back(item),
-                Err(TrySendError::Disconnected(_)) => return Err(Ended),
-            }
-        } else {
-            self.backlog.push_back(item);
-        }
-        Ok(())
+        self.backlog.push_back(item);
+        self.flush().map(|_| ())
     }
 
     /// Sends what waits, in order; true once nothing does.
@@ -391,20 +399,13 @@ fn notify(tx: &Tx<ReplyBatch>, mail: ClientMail, metrics: &RuntimeMetrics) {
 
 /// Passes a request to the next stage; if it has no room after all (another
 /// producer took it), the client is pushed back.
-fn pass_on(
-    tx: &Tx<Request>,
-    r: Request,
-    tx_reply: &Tx<ReplyBatch>,
-    metrics: &RuntimeMetrics,
-    me: ReplicaId,
-) -> Result<(), Ended> {
+fn pass_on(tx: &Tx<Request>, r: Request, tx_reply: &Tx<ReplyBatch>, metrics: &RuntimeMetrics) -> Result<(), Ended> {
     let (client, request) = (r.client, r.id);
     match tx.try_send(r) {
         Ok(()) => Ok(()),
         Err(TrySendError::Full(_)) => {
             RuntimeMetrics::add(&metrics.counters.requests_busy, 1);
-            let busy = ReplicaMessage::Rejected { replica: me, request, reason: RejectReason::Busy };
-            notify(tx_reply, (client, busy), metrics);
+            notify(tx_reply, ClientMail::Refusal { client, request, reason: RejectReason::Busy }, metrics);
             Ok(())
         }
         Err(TrySendError::Disconnected(_)) => Err(Ended),
@@ -430,8 +431,6 @@ pub struct Verifier {
     pub pool: Arc<rayon::ThreadPool>,
     /// Counters.
     pub metrics: Arc<RuntimeMetrics>,
-    /// This replica.
-    pub me: ReplicaId,
     /// Requests per wake-up.
     pub drain_max: usize,
 }
@@ -450,13 +449,13 @@ impl Stage for Verifier {
             match verdict {
                 Ok(r) => {
                     self.verified.insert(&r);
-                    pass_on(&self.tx, r, &self.tx_reply, &self.metrics, self.me)?;
+                    pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?;
                 }
                 Err((r, _why)) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_invalid, 1);
                     let invalid =
-                        ReplicaMessage::Rejected { replica: self.me, request: r.id, reason: RejectReason::Invalid };
-                    notify(&self.tx_reply, (r.client, invalid), &self.metrics);
+                        ClientMail::Refusal { client: r.client, request: r.id, reason: RejectReason::Invalid };
+                    notify(&self.tx_reply, invalid, &self.metrics);
                 }
             }
         }
@@ -531,8 +530,6 @@ pub struct Proposer<S: Service> {
     pub exec: Arc<RwLock<Executor<S>>>,
     /// Counters.
     pub metrics: Arc<RuntimeMetrics>,
-    /// This replica.
-    pub me: ReplicaId,
     /// Requests per wake-up.
     pub drain_max: usize,
 }
@@ -560,17 +557,17 @@ impl<S: Service + Send + Sync> Stage for Proposer<S> {
         };
         for (r, lookup) in verdicts {
             match lookup {
-                Lookup::New => pass_on(&self.tx, r, &self.tx_reply, &self.metrics, self.me)?,
+                Lookup::New => pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?,
                 Lookup::Cached(result) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_cached, 1);
-                    let reply = Reply { view, replica: self.me, client: r.client, request: r.id, result };
-                    notify(&self.tx_reply, (r.client, ReplicaMessage::Reply(reply)), &self.metrics);
+                    let cached =
+                        ClientMail::Answer { client: r.client, view, request: r.id, answer: Answer::Full(result) };
+                    notify(&self.tx_reply, cached, &self.metrics);
                 }
                 Lookup::Stale => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_stale, 1);
-                    let stale =
-                        ReplicaMessage::Rejected { replica: self.me, request: r.id, reason: RejectReason::Stale };
-                    notify(&self.tx_reply, (r.client, stale), &self.metrics);
+                    let stale = ClientMail::Refusal { client: r.client, request: r.id, reason: RejectReason::Stale };
+                    notify(&self.tx_reply, stale, &self.metrics);
                 }
             }
         }
@@ -661,8 +658,8 @@ impl<C: palisade_core::Crypto> Consensus<C> {
                 Action::StableCheckpoint { seq } => self.tx_delivery.push(DeliveryCmd::Stable(seq))?,
                 Action::Dropped { client, request, .. } => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_busy, 1);
-                    let busy = ReplicaMessage::Rejected { replica: self.net.me, request, reason: RejectReason::Busy };
-                    notify(&self.tx_reply, (client, busy), &self.metrics);
+                    let busy = ClientMail::Refusal { client, request, reason: RejectReason::Busy };
+                    notify(&self.tx_reply, busy, &self.metrics);
                 }
             }
         }
@@ -775,20 +772,13 @@ impl<S: Service> Delivery<S> {
                     }
                     let full =
                         self.reply_digests.as_ref().is_none_or(|m| designated_replier(m, e.client, e.request) == me);
-                    let msg = if full {
-                        ReplicaMessage::Reply(Reply {
-                            view,
-                            replica: me,
-                            client: e.client,
-                            request: e.request,
-                            result: e.result,
-                        })
+                    let answer = if full {
+                        Answer::Full(e.result)
                     } else {
-                        let digest = Digest::of(&e.result);
                         RuntimeMetrics::add(&self.metrics.counters.reply_digests, 1);
-                        ReplicaMessage::ReplyDigest { view, replica: me, client: e.client, request: e.request, digest }
+                        Answer::Digest(Digest::of(&e.result))
                     };
-                    replies.push((e.client, msg));
+                    replies.push(ClientMail::Answer { client: e.client, view, request: e.request, answer });
                 }
                 if !replies.is_empty() {
                     self.tx_reply.push(replies)?;
@@ -804,8 +794,8 @@ impl<S: Service> Delivery<S> {
             DeliveryCmd::Read(r) => {
                 let result = self.exec.read().execute_read_only(&r);
                 let view = ViewNo(self.metrics.core.lock().view);
-                let reply = Reply { view, replica: me, client: r.client, request: r.id, result };
-                self.tx_reply.push(vec![(r.client, ReplicaMessage::Reply(reply))])?;
+                let answer = ClientMail::Answer { client: r.client, view, request: r.id, answer: Answer::Full(result) };
+                self.tx_reply.push(vec![answer])?;
             }
             DeliveryCmd::Serve { to, seq } => {
                 if let Some(snapshot) = self.snapshots.get(&seq).cloned() {
@@ -925,15 +915,13 @@ impl Stage for Replier {
         while taken < self.drain_max {
             let Some(mails) = self.rx.take() else { break };
             taken += mails.len().max(1);
-            for (client, msg) in mails {
-                let (key, request, answer) = match msg {
-                    ReplicaMessage::Reply(r) => ((client, r.view), r.request, Answer::Full(r.result)),
-                    ReplicaMessage::ReplyDigest { view, request, digest, .. } => {
-                        ((client, view), request, Answer::Digest(digest))
-                    }
-                    other => {
+            for mail in mails {
+                let (client, view, request, answer) = match mail {
+                    ClientMail::Answer { client, view, request, answer } => (client, view, request, answer),
+                    ClientMail::Refusal { client, request, reason } => {
                         RuntimeMetrics::add(&self.metrics.counters.replies_sent, 1);
-                        let body = self.net.client_body(&other);
+                        let body =
+                            self.net.client_body(&ReplicaMessage::Rejected { replica: self.net.me, request, reason });
                         self.queue(client, body);
                         continue;
                     }
@@ -943,12 +931,10 @@ impl Stage for Replier {
                         Answer::Full(b) => b.len(),
                         Answer::Digest(_) => 32,
                     };
-                let a = gathered.entry(key).or_default();
+                let a = gathered.entry((client, view)).or_default();
                 if !a.list.is_empty() && (a.list.len() >= MAX_LIST || a.bytes + size > max_bytes) {
-                    let full = std::mem::take(a);
-                    self.seal(key, full.list);
+                    self.seal((client, view), std::mem::take(a).list);
                 }
-                let a = gathered.entry(key).or_default();
                 a.bytes += size;
                 a.list.push((request, answer));
             }
