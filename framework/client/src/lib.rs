@@ -85,6 +85,9 @@ impl fmt::Display for InvokeError {
             InvokeError::Rejected(RejectReason::Busy) => write!(f, "the cluster is overloaded; retry later"),
             InvokeError::Rejected(RejectReason::Stale) => write!(f, "the request id is too old to execute"),
             InvokeError::Rejected(RejectReason::Invalid) => write!(f, "the cluster refused the request as invalid"),
+            InvokeError::Rejected(RejectReason::TooLarge) => {
+                write!(f, "the request is larger than the cluster's batch limit, so it can never be ordered")
+            }
             InvokeError::Closed => write!(f, "the client is closed"),
         }
     }

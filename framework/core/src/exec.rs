@@ -6,7 +6,7 @@
 //! transfer filters duplicates exactly as the others do.
 
 use crate::message::{Batch, Request};
-use crate::types::{ClientId, Digest, RequestId, SeqNo, ViewNo};
+use crate::types::{ClientId, RequestId, SeqNo, ViewNo};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,7 +28,9 @@ pub struct ExecContext {
     pub request: RequestId,
     /// The primary-chosen timestamp, made monotonic across batches.
     pub timestamp_ms: u64,
-    /// A per-batch seed derived from the batch digest and sequence number.
+    /// A per-batch seed derived from the sequence number and the set of
+    /// requests in the batch (see [`batch_seed`] for what a faulty primary
+    /// can still influence).
     pub seed: u64,
 }
 
@@ -180,8 +182,7 @@ impl<S: Service> Executor<S> {
             return Vec::new();
         }
         self.last_timestamp_ms = self.last_timestamp_ms.max(batch.timestamp_ms);
-        let digest = batch.digest();
-        let seed = batch_seed(seq, &digest);
+        let seed = batch_seed(seq, batch);
         // Decide what is fresh first (a request twice in one batch is fresh
         // once), then hand the fresh ones to the service in one call.
         enum Slot {
@@ -314,11 +315,29 @@ impl IdWindow {
     }
 }
 
-/// Deterministic per-batch seed: the same on every replica, unpredictable
-/// to clients before the batch is ordered.
-pub fn batch_seed(seq: SeqNo, digest: &Digest) -> u64 {
-    let d = Digest::of_parts(&[&seq.0.to_le_bytes(), &digest.0]);
-    u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes"))
+/// Deterministic per-batch seed: the same on every replica, and
+/// unpredictable to a client before its request is ordered.
+///
+/// It hashes the sequence number and the *set* of requests, named by
+/// client and request id, in sorted order: not the primary-chosen
+/// timestamp and not the order of the requests, so a faulty primary cannot
+/// try timestamps or orders until it likes the seed. It still chooses
+/// which pending requests make up a batch, and each choice gives another
+/// seed, so the seed is not unbiasable: a service that needs randomness no
+/// replica can steer must run its own commit-and-reveal among clients.
+pub fn batch_seed(seq: SeqNo, batch: &Batch) -> u64 {
+    use sha2::Digest as _;
+    let mut ids: Vec<(u64, u64)> = batch.requests.iter().map(|r| (r.client.0, r.id.0)).collect();
+    ids.sort_unstable();
+    let mut h = sha2::Sha256::new();
+    h.update(b"palisade/seed/v1");
+    h.update(seq.0.to_le_bytes());
+    for (client, id) in ids {
+        h.update(client.to_le_bytes());
+        h.update(id.to_le_bytes());
+    }
+    let d: [u8; 32] = h.finalize().into();
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]
@@ -395,6 +414,18 @@ mod tests {
         let out = other.execute_batch(SeqNo(2), ViewNo(0), &batch(vec![req(2, 9, b'b')]));
         assert!(!out[0].fresh);
         assert!(other.install(b"\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn the_per_batch_seed_cannot_be_ground_by_the_primary_through_timestamp_or_order() {
+        let a = Batch { timestamp_ms: 100, requests: vec![req(1, 1, 0), req(2, 1, 0)] };
+        let later = Batch { timestamp_ms: 101, ..a.clone() };
+        let swapped = Batch { timestamp_ms: 100, requests: vec![req(2, 1, 0), req(1, 1, 0)] };
+        assert_eq!(batch_seed(SeqNo(3), &a), batch_seed(SeqNo(3), &later));
+        assert_eq!(batch_seed(SeqNo(3), &a), batch_seed(SeqNo(3), &swapped));
+        assert_ne!(batch_seed(SeqNo(3), &a), batch_seed(SeqNo(4), &a));
+        let other = Batch { timestamp_ms: 100, requests: vec![req(1, 2, 0), req(2, 1, 0)] };
+        assert_ne!(batch_seed(SeqNo(3), &a), batch_seed(SeqNo(3), &other));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod answers;
 pub mod checkpoint;
 pub mod config;
 pub mod crypto;

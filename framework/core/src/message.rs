@@ -277,6 +277,23 @@ pub enum PeerMessage {
         /// The serialized state.
         snapshot: Bytes,
     },
+    /// From a replica restarted without its votes: how far have you got?
+    /// `nonce` is fresh for each restart, so that no answer sent to an
+    /// earlier incarnation counts.
+    RejoinQuery {
+        /// Fresh per restart.
+        nonce: u64,
+    },
+    /// The answer: the sender's stable checkpoint (with its proof) and how
+    /// far it has delivered.
+    RejoinReply {
+        /// The query's nonce.
+        nonce: u64,
+        /// Highest sequence number the sender has delivered.
+        delivered: SeqNo,
+        /// The sender's stable checkpoint certificate.
+        checkpoint: CheckpointCert,
+    },
 }
 
 impl PeerMessage {
@@ -296,6 +313,8 @@ impl PeerMessage {
             PeerMessage::BatchReply { .. } => "batch-reply",
             PeerMessage::StateRequest { .. } => "state-request",
             PeerMessage::StateReply { .. } => "state-reply",
+            PeerMessage::RejoinQuery { .. } => "rejoin-query",
+            PeerMessage::RejoinReply { .. } => "rejoin-reply",
         }
     }
 }

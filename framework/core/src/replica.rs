@@ -16,6 +16,7 @@
 //! Messages may be dropped, duplicated and reordered by the caller's
 //! network; the core retransmits what matters on its timers.
 
+use crate::answers::{AnswerKind, AnswerLimiter};
 use crate::checkpoint::{self, genesis};
 use crate::config::Config;
 use crate::crypto::{self, Crypto, Domain};
@@ -101,10 +102,15 @@ pub enum Action {
         /// Its bytes; their digest matches the certificate.
         snapshot: Bytes,
     },
-    /// `seq` is now the stable checkpoint: older snapshots and log records can go.
+    /// `seq` is now the stable checkpoint: log records up to it and
+    /// snapshots below `keep_from` can go. The previous stable checkpoint is
+    /// kept too, so that a laggard fetching it when this one became stable
+    /// can still finish.
     StableCheckpoint {
         /// The new low watermark.
         seq: SeqNo,
+        /// Snapshots from here up are still served.
+        keep_from: SeqNo,
     },
     /// A client request was not accepted; the client should back off and retry.
     Dropped {
@@ -124,21 +130,31 @@ pub enum DropReason {
     PendingFull,
     /// The read-only queue is full.
     ReadQueueFull,
+    /// The request alone is larger than a batch may be, so no primary could
+    /// ever propose it; retrying cannot help.
+    RequestTooLarge,
 }
 
 /// What must survive a crash. Replaying a replica's records in order
 /// through [`Replica::recover`] rebuilds everything safety depends on.
 /// Records about sequence numbers at or below a [`Record::Stable`] may be
 /// discarded once it is durable.
+///
+/// Each record is durable on its own, and any prefix of a step's records
+/// is a state the replica may safely recover to: a step that changes
+/// several things at once (entering a view together with its re-proposals)
+/// writes them as one record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    /// The replica moved to `view` (normal operation, or changing to it).
-    View {
-        /// View.
+    /// The replica started changing to `view` (and sent its VIEW-CHANGE).
+    ViewChange {
+        /// The view being changed to.
         view: ViewNo,
-        /// Normal operation in it, or still changing to it.
-        normal: bool,
     },
+    /// The replica entered the NEW-VIEW's view in normal operation, with
+    /// every re-proposal it carries pre-prepared in that view: one record,
+    /// so that no crash can leave the view entered without them.
+    NewView(Arc<Signed<NewViewBody>>),
     /// Pre-prepared `digest` at `seq` in `view` (batch content, when known).
     PrePrepared {
         /// View.
@@ -161,6 +177,13 @@ pub enum Record {
     },
     /// A new stable checkpoint.
     Stable(CheckpointCert),
+    /// The replica restarted without its votes: it casts none until its
+    /// stable checkpoint reaches `until`, past anything it may have voted on
+    /// before (unknown until enough peers have answered).
+    Rejoin {
+        /// The rejoin mark, once known.
+        until: Option<SeqNo>,
+    },
 }
 
 /// The durable records a replica still needs, in order: what a write-ahead
@@ -170,21 +193,45 @@ pub enum Record {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordLog {
     records: Vec<Record>,
+    stable: SeqNo,
 }
 
 impl RecordLog {
-    /// Appends `record`, dropping what it supersedes.
+    /// Appends `record`, dropping what it supersedes. A NEW-VIEW that a
+    /// later view supersedes leaves behind what it pre-prepared, as plain
+    /// PrePrepared records: the Q set still needs them.
     pub fn append(&mut self, record: Record) {
         match &record {
             Record::Stable(cert) => {
                 let stable = cert.seq;
+                self.stable = self.stable.max(stable);
                 self.records.retain(|r| match r {
                     Record::PrePrepared { seq, .. } | Record::Prepared { seq, .. } => *seq > stable,
                     Record::Stable(_) => false,
-                    Record::View { .. } => true,
+                    Record::ViewChange { .. } | Record::NewView(_) | Record::Rejoin { .. } => true,
                 });
             }
-            Record::View { .. } => self.records.retain(|r| !matches!(r, Record::View { .. })),
+            Record::ViewChange { .. } | Record::NewView(_) => {
+                let stable = self.stable;
+                let old = std::mem::take(&mut self.records);
+                for r in old {
+                    match r {
+                        Record::ViewChange { .. } => {}
+                        Record::NewView(nv) => {
+                            let view = nv.body.view;
+                            self.records.extend(
+                                nv.body
+                                    .chosen
+                                    .iter()
+                                    .filter(|(seq, _)| *seq > stable)
+                                    .map(|&(seq, digest)| Record::PrePrepared { view, seq, digest, batch: None }),
+                            );
+                        }
+                        other => self.records.push(other),
+                    }
+                }
+            }
+            Record::Rejoin { .. } => self.records.retain(|r| !matches!(r, Record::Rejoin { .. })),
             Record::PrePrepared { .. } | Record::Prepared { .. } => {}
         }
         self.records.push(record);
@@ -220,6 +267,9 @@ pub struct Metrics {
     pub dropped: BTreeMap<&'static str, u64>,
     /// Evidence of a safety bug or of a corrupted local state; must stay 0.
     pub alarms: u64,
+    /// Times this replica finished rejoining after a restart without its
+    /// votes, and voted again.
+    pub rejoined: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -257,6 +307,40 @@ struct Transfer {
     state: Digest,
     attempt: usize,
     deadline_ms: u64,
+    /// Who was asked last; only its wrong answer moves the transfer on.
+    asked: Option<ReplicaId>,
+    /// An older checkpoint asked for before this one was certified: its
+    /// snapshot may still be on its way and is installed if it comes.
+    earlier: Option<(SeqNo, Digest)>,
+}
+
+/// A replica that restarted without its votes: what it has learned of how
+/// far it may have voted before.
+#[derive(Clone, Debug)]
+struct Rejoin {
+    nonce: u64,
+    /// Each answering peer's delivered sequence number, capped by what its
+    /// certified checkpoint makes plausible.
+    answers: BTreeMap<ReplicaId, SeqNo>,
+    until: Option<SeqNo>,
+}
+
+/// How a replica comes back after a crash.
+#[derive(Clone, Debug, Default)]
+pub struct Restart {
+    /// Its durable records, in order (what a [`RecordLog`] kept).
+    pub records: Vec<Record>,
+    /// The records of its votes were lost (in-memory storage, a log that
+    /// keeps only decisions, a wiped disk): it rejoins without voting until
+    /// its stable checkpoint passes anything it may have voted on.
+    pub votes_lost: bool,
+    /// The newest snapshot its executor restored.
+    pub executed: SeqNo,
+    /// That snapshot's digest.
+    pub executed_state: Digest,
+    /// Fresh entropy from the host, so that this incarnation's questions
+    /// are never answered by replies meant for an earlier one.
+    pub nonce: u64,
 }
 
 /// A deadline with exponential backoff (all the core's timers are values).
@@ -309,8 +393,17 @@ pub struct Replica<C> {
     restarts: (ViewNo, u32, SeqNo),
 
     view_change_timer: Timeout,
+    /// Doublings of the request timeout since a request last executed
+    /// (PBFT 4.5.2): a network slower than the base timeout still lets a
+    /// view finish its work.
+    request_timeout_shift: u32,
     retransmit_at_ms: u64,
     status_at_ms: u64,
+    /// The stable checkpoint before the current one: still served.
+    prev_stable: SeqNo,
+    /// Set while this replica rejoins after losing its votes.
+    rejoin: Option<Rejoin>,
+    answers: AnswerLimiter,
 
     actions: Vec<Action>,
     metrics: Metrics,
@@ -351,8 +444,12 @@ impl<C: Crypto> Replica<C> {
             new_view_msg: None,
             transfer: None,
             view_change_timer: Timeout::default(),
+            request_timeout_shift: 0,
             retransmit_at_ms: 0,
             status_at_ms: 0,
+            prev_stable: SeqNo(0),
+            rejoin: None,
+            answers: AnswerLimiter::default(),
             actions: Vec::new(),
             metrics: Metrics::default(),
             peer_progress: BTreeMap::new(),
@@ -362,32 +459,49 @@ impl<C: Crypto> Replica<C> {
         }
     }
 
-    /// Rebuilds a replica after a crash from its durable records, with the
-    /// executor restored from its own snapshot at `executed` (digest
-    /// `executed_state`). If that is older than the recovered stable
+    /// Rebuilds a replica after a crash from what survived it: its durable
+    /// records, and its executor restored from its own snapshot at
+    /// `restart.executed`. If that is older than the recovered stable
     /// checkpoint the replica fetches the newer state itself.
-    pub fn recover(
-        cfg: Config,
-        id: ReplicaId,
-        crypto: C,
-        genesis_state: Digest,
-        records: impl IntoIterator<Item = Record>,
-        executed: SeqNo,
-        executed_state: Digest,
-    ) -> Self {
+    ///
+    /// A replica whose votes were lost (`restart.votes_lost`) comes back
+    /// *rejoining*: it learns decisions, follows views and executes, but
+    /// sends no PRE-PREPARE, PREPARE, COMMIT, VIEW-CHANGE or NEW-VIEW until
+    /// its stable checkpoint passes anything it may have voted on before
+    /// (see docs/protocol.md, "Recovery"). Until then it counts as one of
+    /// the f faulty replicas, but it cannot make anyone decide anything.
+    pub fn recover(cfg: Config, id: ReplicaId, crypto: C, genesis_state: Digest, restart: Restart) -> Self {
         let mut r = Replica::new(cfg, id, crypto, genesis_state);
         let mut preprepared_in: Vec<(ViewNo, SeqNo, Digest)> = Vec::new();
-        for record in records {
+        let mut rejoin_until = restart.votes_lost.then_some(None);
+        for record in restart.records {
             match record {
-                Record::View { view, normal } => {
+                Record::ViewChange { view } => {
                     r.view = view;
-                    r.normal = normal;
+                    r.normal = false;
+                    r.new_view_msg = None;
+                }
+                Record::NewView(nv) => {
+                    let view = nv.body.view;
+                    r.view = view;
+                    r.normal = true;
+                    for &(seq, digest) in &nv.body.chosen {
+                        if seq > r.stable.seq {
+                            let null = r.null_batch.clone();
+                            let slot = r.slots.entry(seq).or_default();
+                            add_q(slot, digest, view);
+                            if digest == null_digest() {
+                                slot.batches.insert(digest, null);
+                            }
+                            preprepared_in.push((view, seq, digest));
+                        }
+                    }
+                    r.new_view_msg = Some(nv);
                 }
                 Record::PrePrepared { view, seq, digest, batch } => {
                     if seq > r.stable.seq {
-                        let cap = r.cfg.preprepared_per_seq_max;
                         let slot = r.slots.entry(seq).or_default();
-                        add_q(slot, digest, view, cap);
+                        add_q(slot, digest, view);
                         if let Some(b) = batch {
                             slot.batches.insert(digest, b);
                         }
@@ -405,45 +519,68 @@ impl<C: Crypto> Replica<C> {
                 Record::Stable(cert) => {
                     if cert.seq > r.stable.seq {
                         r.slots = r.slots.split_off(&cert.seq.next());
+                        r.prev_stable = r.stable.seq;
                         r.stable = cert;
                     }
                 }
+                Record::Rejoin { until } => rejoin_until = Some(until),
             }
         }
-        // Re-establish what this replica said in its current view, so that it
-        // can never say something different after the crash.
-        let view = r.view;
-        for (v, seq, digest) in preprepared_in {
-            if v != view || seq <= r.stable.seq {
-                continue;
-            }
-            let slot = r.slots.entry(seq).or_default();
-            slot.view = view;
-            slot.pre_prepare = Some(digest);
-            if let Some((pv, pd)) = slot.prepared {
-                if pv == view && pd == digest {
-                    slot.prepared_here = true;
-                    slot.commits.insert(id, digest);
-                }
-            }
-            if r.cfg.membership.primary(view) == id && seq >= r.next_seq {
-                r.next_seq = seq.next();
-            }
-        }
+        r.restore_current_view(preprepared_in);
         r.next_seq = r.next_seq.max(r.stable.seq.next());
-        r.delivered = executed;
-        r.own_checkpoints.insert(executed, executed_state);
-        if executed < r.stable.seq {
+        r.delivered = restart.executed;
+        r.own_checkpoints.insert(restart.executed, restart.executed_state);
+        if let Some(until) = rejoin_until {
+            r.rejoin = Some(Rejoin { nonce: restart.nonce, answers: BTreeMap::new(), until });
+            r.persist(Record::Rejoin { until });
+            if until.is_none() {
+                r.broadcast(PeerMessage::RejoinQuery { nonce: restart.nonce });
+            }
+            r.check_rejoined();
+        }
+        if restart.executed < r.stable.seq {
             let (seq, state) = (r.stable.seq, r.stable.state);
             r.start_transfer(seq, state);
         }
-        if !r.normal {
+        if !r.normal && !r.rejoining() {
             // Still changing views: say so again (same content as before the crash).
             let vc = r.build_view_change();
             r.view_changes.insert(id, vc.clone());
             r.actions.push(Action::Broadcast(PeerMessage::ViewChange(vc)));
         }
         r
+    }
+
+    /// Re-establishes what this replica said in its current view, so that
+    /// it can never say something different after the crash: the digest it
+    /// pre-prepared at each sequence number, its own PREPARE for it, and,
+    /// where it prepared, its own COMMIT.
+    fn restore_current_view(&mut self, preprepared_in: Vec<(ViewNo, SeqNo, Digest)>) {
+        let view = self.view;
+        let (me, bft) = (self.id, self.bft());
+        let primary = self.cfg.membership.primary(view) == me;
+        for (v, seq, digest) in preprepared_in {
+            if v != view || seq <= self.stable.seq {
+                continue;
+            }
+            let slot = self.slots.entry(seq).or_default();
+            slot.view = view;
+            slot.pre_prepare = Some(digest);
+            // It voted for what it held; a re-proposal whose batch it never
+            // got, it never voted for.
+            if bft && !primary && (digest == null_digest() || slot.batches.contains_key(&digest)) {
+                slot.prepares.insert(me, digest);
+            }
+            if let Some((pv, pd)) = slot.prepared {
+                if pv == view && pd == digest {
+                    slot.prepared_here = true;
+                    slot.commits.insert(me, digest);
+                }
+            }
+            if primary && seq >= self.next_seq {
+                self.next_seq = seq.next();
+            }
+        }
     }
 
     // ----- accessors -------------------------------------------------------
@@ -491,6 +628,16 @@ impl<C: Crypto> Replica<C> {
     /// Whether a state transfer is under way.
     pub fn transferring(&self) -> bool {
         self.transfer.is_some()
+    }
+    /// Whether this replica is rejoining after losing its votes, and so
+    /// casts none yet.
+    pub fn rejoining(&self) -> bool {
+        self.rejoin.is_some()
+    }
+    /// The sequence number this replica's stable checkpoint must reach
+    /// before it votes again, once enough peers have said how far they got.
+    pub fn rejoin_mark(&self) -> Option<SeqNo> {
+        self.rejoin.as_ref().and_then(|r| r.until)
     }
     /// The configuration.
     pub fn config(&self) -> &Config {
@@ -548,7 +695,7 @@ impl<C: Crypto> Replica<C> {
         Limits {
             log_window: self.cfg.log_window,
             checkpoint_interval: self.cfg.checkpoint_interval,
-            preprepared_per_seq_max: self.cfg.preprepared_per_seq_max,
+            preprepared_per_seq_max: view_change::digests_per_seq_max(&self.cfg.membership),
         }
     }
 
@@ -617,13 +764,24 @@ impl<C: Crypto> Replica<C> {
             // include a correct replica's, so faulty peers cannot hold off
             // a view change this way; and one a primary deserves is still
             // started by the replicas that are not behind.
+            //
+            // The timeout doubles with every view change that executed
+            // nothing since the last (PBFT 4.5.2), so a network slower than
+            // the configured timeout still lets some view finish its work.
+            let timeout = self.cfg.request_timeout_ms << self.request_timeout_shift;
             if let Some(&(arrival, _, _)) = self.by_arrival.first() {
-                if now >= arrival.max(self.timers_restarted_ms) + self.cfg.request_timeout_ms {
+                if now >= arrival.max(self.timers_restarted_ms) + timeout {
                     if self.may_wait_to_catch_up() {
                         self.timers_restarted_ms = now;
                         self.restarts = (self.view, self.restarts.1 + 1, self.delivered);
                         self.metrics.timers_restarted += 1;
+                    } else if self.rejoining() {
+                        // It casts no vote, a VIEW-CHANGE included; the
+                        // replicas that vote decide whether the primary is slow.
+                        self.timers_restarted_ms = now;
                     } else {
+                        self.request_timeout_shift =
+                            (self.request_timeout_shift + 1).min(self.cfg.view_change_backoff_max);
                         self.start_view_change(self.view.next());
                     }
                 }
@@ -652,6 +810,8 @@ impl<C: Crypto> Replica<C> {
                 self.send_state_request();
             }
         }
+        let horizon = self.cfg.retransmit_ms.max(self.cfg.status_interval_ms).max(self.cfg.state_transfer_timeout_ms);
+        self.answers.forget_older_than(now, horizon);
         self.try_propose();
     }
 
@@ -661,7 +821,15 @@ impl<C: Crypto> Replica<C> {
     /// primary that keeps a correct replica behind on purpose (withholding
     /// what it needs to deliver, while f+1 others report progress) thus
     /// delays that replica's suspicion by a few timeouts, never forever.
+    ///
+    /// A replica fetching a certified checkpoint is behind by definition (a
+    /// quorum signed a state it lacks), and nobody can withhold the state
+    /// from it: any correct peer serves it. So while a transfer runs, the
+    /// timers restart without limit.
     fn may_wait_to_catch_up(&self) -> bool {
+        if self.transfer.is_some() {
+            return true;
+        }
         let (view, count, delivered_then) = self.restarts;
         let (count, progressed) = if view == self.view { (count, self.delivered > delivered_then) } else { (0, true) };
         count < MAX_CATCH_UP_RESTARTS && (count == 0 || progressed) && self.lagging()
@@ -679,7 +847,17 @@ impl<C: Crypto> Replica<C> {
 
     fn retransmit(&mut self) {
         let now = self.now_ms;
+        if let Some(r) = &self.rejoin {
+            if r.until.is_none() {
+                let nonce = r.nonce;
+                self.broadcast(PeerMessage::RejoinQuery { nonce });
+            }
+        }
+        let voting = !self.rejoining();
         if !self.normal {
+            if !voting {
+                return;
+            }
             if let Some(vc) = self.view_changes.get(&self.id).cloned() {
                 if vc.body.new_view == self.view {
                     self.broadcast(PeerMessage::ViewChange(vc));
@@ -687,9 +865,10 @@ impl<C: Crypto> Replica<C> {
             }
             return;
         }
-        let primary = self.is_primary();
-        let bft = self.bft();
+        let primary = self.is_primary() && voting;
+        let bft = self.bft() && voting;
         let view = self.view;
+        let me = self.id;
         let mut out = Vec::new();
         let mut fetch = Vec::new();
         for (&seq, slot) in self.slots.iter_mut() {
@@ -708,10 +887,10 @@ impl<C: Crypto> Replica<C> {
                 if let Some(b) = slot.batches.get(&d) {
                     out.push(PeerMessage::PrePrepare(PrePrepare { view, seq, batch: b.clone() }));
                 }
-            } else if bft {
+            } else if bft && slot.prepares.get(&me) == Some(&d) {
                 out.push(PeerMessage::Prepare(Vote { view, seq, digest: d }));
             }
-            if slot.prepared_here {
+            if slot.prepared_here && voting {
                 out.push(PeerMessage::Commit(Vote { view, seq, digest: d }));
             }
             if d != null_digest() && !slot.batches.contains_key(&d) {
@@ -736,6 +915,16 @@ impl<C: Crypto> Replica<C> {
         let key = (req.client, req.id);
         if self.is_delivered(key) {
             self.drop_msg("request already delivered");
+            return;
+        }
+        if req.size_bytes() > self.cfg.batch_max_bytes {
+            // Backups refuse a batch over the limit, so proposing this
+            // request would only change views forever.
+            self.actions.push(Action::Dropped {
+                client: req.client,
+                request: req.id,
+                reason: DropReason::RequestTooLarge,
+            });
             return;
         }
         let now = self.now_ms;
@@ -791,6 +980,10 @@ impl<C: Crypto> Replica<C> {
         }
         if req.read_only || !self.crypto.verify_request(&req) {
             self.drop_msg("forwarded request fails authentication");
+            return;
+        }
+        if req.size_bytes() > self.cfg.batch_max_bytes {
+            self.drop_msg("forwarded request larger than a batch");
             return;
         }
         let key = (req.client, req.id);
@@ -849,7 +1042,7 @@ impl<C: Crypto> Replica<C> {
     // ----- the primary ---------------------------------------------------------
 
     fn try_propose(&mut self) {
-        if !self.normal || !self.is_primary() || self.transfer.is_some() {
+        if !self.normal || !self.is_primary() || self.transfer.is_some() || self.rejoining() {
             return;
         }
         self.next_seq = self.next_seq.max(self.stable.seq.next()).max(self.delivered.next());
@@ -885,12 +1078,11 @@ impl<C: Crypto> Replica<C> {
             let digest = batch.digest();
             let view = self.view;
             let now = self.now_ms;
-            let cap = self.cfg.preprepared_per_seq_max;
             let slot = self.slot_in_view(seq);
             slot.pre_prepare = Some(digest);
             slot.batches.insert(digest, batch.clone());
             slot.touched_ms = now;
-            add_q(slot, digest, view, cap);
+            add_q(slot, digest, view);
             self.persist(Record::PrePrepared { view, seq, digest, batch: Some(batch.clone()) });
             self.broadcast(PeerMessage::PrePrepare(PrePrepare { view, seq, batch }));
             if !self.bft() {
@@ -912,24 +1104,63 @@ impl<C: Crypto> Replica<C> {
             PeerMessage::Forward(r) => self.on_forward(r),
             PeerMessage::Status(s) => self.on_status(from, s),
             PeerMessage::Decided { seq, digest } => self.on_decided(from, seq, digest),
-            PeerMessage::BatchRequest { seq, digest } => {
-                if let Some(b) = self.batch_for(seq, digest) {
-                    if !b.is_null() {
-                        self.send(from, PeerMessage::BatchReply { seq, batch: b });
-                    }
-                }
-            }
+            PeerMessage::BatchRequest { seq, digest } => self.on_batch_request(from, seq, digest),
             PeerMessage::BatchReply { seq, batch } => self.on_batch_reply(seq, batch),
-            PeerMessage::StateRequest { seq } => {
-                if seq == self.stable.seq && self.delivered >= seq && self.transfer.is_none() {
-                    self.actions.push(Action::ServeSnapshot { to: from, seq });
-                }
+            PeerMessage::StateRequest { seq } => self.on_state_request(from, seq),
+            PeerMessage::StateReply { seq, snapshot } => self.on_state_reply(from, seq, snapshot),
+            PeerMessage::RejoinQuery { nonce } => self.on_rejoin_query(from, nonce),
+            PeerMessage::RejoinReply { nonce, delivered, checkpoint } => {
+                self.on_rejoin_reply(from, nonce, delivered, checkpoint)
             }
-            PeerMessage::StateReply { seq, snapshot } => self.on_state_reply(seq, snapshot),
+        }
+    }
+
+    /// Whether `peer` may have another answer of `kind` now (see [`crate::answers`]).
+    fn may_answer(&mut self, peer: ReplicaId, kind: AnswerKind) -> bool {
+        let (interval, per_interval) = match kind {
+            AnswerKind::NewView | AnswerKind::Rejoin | AnswerKind::Batch(_) => (self.cfg.retransmit_ms, 1),
+            AnswerKind::CheckpointProof | AnswerKind::Decided => (self.cfg.status_interval_ms, 1),
+            // A laggard fetches at most a catch-up's worth of batches per
+            // STATUS round, plus the pipeline in flight.
+            AnswerKind::Batches => (
+                self.cfg.status_interval_ms,
+                (self.cfg.catch_up_max + self.cfg.max_in_flight).min(u32::MAX as u64) as u32,
+            ),
+            AnswerKind::Snapshot => (self.cfg.state_transfer_timeout_ms, 1),
+        };
+        if self.answers.allow(peer, kind, self.now_ms, interval, per_interval) {
+            true
+        } else {
+            self.drop_msg("question over its answer rate");
+            false
+        }
+    }
+
+    fn on_batch_request(&mut self, from: ReplicaId, seq: SeqNo, digest: Digest) {
+        let Some(b) = self.batch_for(seq, digest) else { return };
+        if b.is_null() || !self.may_answer(from, AnswerKind::Batch(seq)) || !self.may_answer(from, AnswerKind::Batches)
+        {
+            return;
+        }
+        self.send(from, PeerMessage::BatchReply { seq, batch: b });
+    }
+
+    /// Serves any checkpoint this replica executed from the one before its
+    /// stable checkpoint up: a laggard that asked for that one just before
+    /// this became stable can still finish, and one holding a certificate
+    /// this replica has not seen yet is served too (it checks the digest).
+    fn on_state_request(&mut self, from: ReplicaId, seq: SeqNo) {
+        let held = seq >= self.prev_stable && self.delivered >= seq && self.own_checkpoints.contains_key(&seq);
+        if held && self.may_answer(from, AnswerKind::Snapshot) {
+            self.actions.push(Action::ServeSnapshot { to: from, seq });
         }
     }
 
     fn on_pre_prepare(&mut self, from: ReplicaId, pp: PrePrepare) {
+        if self.rejoining() {
+            self.drop_msg("normal-case message while rejoining");
+            return;
+        }
         if !self.normal || pp.view != self.view {
             self.drop_msg("pre-prepare for another view");
             return;
@@ -965,6 +1196,16 @@ impl<C: Crypto> Replica<C> {
             self.drop_msg("pre-prepare contradicts a decision");
             return;
         }
+        if !slot.preprepared.is_empty() && !slot.preprepared.contains_key(&digest) {
+            // A second fresh digest at this sequence number: a correct
+            // replica accepts one, so its Q set stays bounded and never
+            // evicts a voucher (see `view_change::digests_per_seq_max`).
+            // A NEW-VIEW covers every sequence number some replica in its
+            // proof pre-prepared, so only a primary that skipped this
+            // replica's VIEW-CHANGE can offer one.
+            self.drop_msg("pre-prepare of a second fresh batch at a sequence number");
+            return;
+        }
         if !pp.batch.is_null() {
             let skew = pp.batch.timestamp_ms.abs_diff(self.now_ms);
             if skew > self.cfg.timestamp_tolerance_ms {
@@ -977,23 +1218,16 @@ impl<C: Crypto> Replica<C> {
             }
         }
         let now = self.now_ms;
-        let cap = self.cfg.preprepared_per_seq_max;
         let me = self.id;
         let slot = self.slot_in_view(seq);
         slot.pre_prepare = Some(digest);
         slot.batches.insert(digest, pp.batch.clone());
         slot.touched_ms = now;
-        add_q(slot, digest, view, cap);
+        add_q(slot, digest, view);
         if bft {
             slot.prepares.insert(me, digest);
         }
-        for r in &pp.batch.requests {
-            if let Some(p) = self.pending.get_mut(&(r.client, r.id)) {
-                p.proposed = true;
-                let order = p.order;
-                self.queue.remove(&order);
-            }
-        }
+        self.mark_proposed(&pp.batch);
         self.persist(Record::PrePrepared { view, seq, digest, batch: Some(pp.batch) });
         if bft {
             self.broadcast(PeerMessage::Prepare(Vote { view, seq, digest }));
@@ -1004,6 +1238,10 @@ impl<C: Crypto> Replica<C> {
     }
 
     fn on_prepare(&mut self, from: ReplicaId, v: Vote) {
+        if self.rejoining() {
+            self.drop_msg("normal-case message while rejoining");
+            return;
+        }
         if !self.bft() {
             self.drop_msg("prepare in CFT mode");
             return;
@@ -1035,7 +1273,40 @@ impl<C: Crypto> Replica<C> {
             return;
         }
         let Some(d) = slot.pre_prepare else { return };
+        if d != null_digest() && !slot.batches.contains_key(&d) {
+            // Never vote for a batch this replica cannot produce (see `vote_when_held`).
+            return;
+        }
         if slot.prepares.values().filter(|x| **x == d).count() >= need {
+            self.mark_prepared(seq, d);
+        }
+    }
+
+    /// Votes for what this view pre-prepared at `seq` (a NEW-VIEW's
+    /// re-proposal), once this replica holds its batch. A replica that
+    /// voted for a digest it cannot produce would give it a P entry in the
+    /// next view change, and if nobody holds the batch (its only holder
+    /// lost its disk), every later view would re-propose it and nobody
+    /// could ever execute it. Without the votes, the next view change fills
+    /// the sequence number with null instead, which is safe: a batch that
+    /// committed is held by a quorum.
+    fn vote_when_held(&mut self, seq: SeqNo) {
+        if self.rejoining() || !self.normal {
+            return;
+        }
+        let (view, me, bft, primary) = (self.view, self.id, self.bft(), self.is_primary());
+        let Some(slot) = self.slots.get_mut(&seq) else { return };
+        let Some(d) = slot.pre_prepare else { return };
+        if slot.view != view || (d != null_digest() && !slot.batches.contains_key(&d)) {
+            return;
+        }
+        if bft {
+            if !primary && !slot.prepares.contains_key(&me) {
+                slot.prepares.insert(me, d);
+                self.broadcast(PeerMessage::Prepare(Vote { view, seq, digest: d }));
+            }
+            self.check_prepared(seq);
+        } else if !slot.prepared_here {
             self.mark_prepared(seq, d);
         }
     }
@@ -1056,6 +1327,10 @@ impl<C: Crypto> Replica<C> {
     }
 
     fn on_commit(&mut self, from: ReplicaId, v: Vote) {
+        if self.rejoining() {
+            self.drop_msg("normal-case message while rejoining");
+            return;
+        }
         if v.view != self.view || !self.in_window(v.seq) {
             self.drop_msg("commit for another view or outside the watermarks");
             return;
@@ -1118,6 +1393,11 @@ impl<C: Crypto> Replica<C> {
             self.delivered = seq;
             self.metrics.delivered_batches += 1;
             self.metrics.delivered_requests += batch.requests.len() as u64;
+            if !batch.is_null() {
+                // Requests execute again: the timeouts are back to their base.
+                self.request_timeout_shift = 0;
+                self.view_change_timer.attempts = 0;
+            }
             for r in &batch.requests {
                 self.remove_pending((r.client, r.id));
                 let window = self.client_window;
@@ -1144,6 +1424,9 @@ impl<C: Crypto> Replica<C> {
         if slot.preprepared.contains_key(&digest) {
             self.persist(Record::PrePrepared { view, seq, digest, batch: Some(batch) });
         }
+        if view == self.view {
+            self.vote_when_held(seq);
+        }
         self.try_deliver();
     }
 
@@ -1155,27 +1438,41 @@ impl<C: Crypto> Replica<C> {
         } else {
             self.peer_progress.remove(&from);
         }
-        if st.delivered < self.delivered {
-            if st.delivered < self.stable.seq && self.stable.seq > SeqNo(0) {
-                // They are below our stable checkpoint: give them its proof;
-                // each vote is signed by its author, so relaying is safe.
-                for vote in self.stable.proof.clone() {
-                    self.send(from, PeerMessage::Checkpoint(vote));
-                }
+        if st.stable < self.stable.seq
+            && self.stable.seq > SeqNo(0)
+            && self.may_answer(from, AnswerKind::CheckpointProof)
+        {
+            // Their stable checkpoint is below ours (CHECKPOINT messages are
+            // not retransmitted, so a lost one leaves a peer behind): give
+            // them its proof; each vote is signed by its author, so relaying
+            // is safe. It moves their watermarks, or starts their transfer.
+            for vote in self.stable.proof.clone() {
+                self.send(from, PeerMessage::Checkpoint(vote));
             }
+        }
+        if st.delivered < self.delivered {
             let start = st.delivered.max(self.stable.seq).0 + 1;
             let end = self.delivered.0.min(st.delivered.0 + self.cfg.catch_up_max);
-            for s in start..=end {
-                if let Some(d) = self.slots.get(&SeqNo(s)).and_then(|sl| sl.decided) {
-                    self.send(from, PeerMessage::Decided { seq: SeqNo(s), digest: d });
+            if start <= end && self.may_answer(from, AnswerKind::Decided) {
+                for s in start..=end {
+                    if let Some(d) = self.slots.get(&SeqNo(s)).and_then(|sl| sl.decided) {
+                        self.send(from, PeerMessage::Decided { seq: SeqNo(s), digest: d });
+                    }
                 }
             }
         }
         let behind = st.view < self.view || (st.view == self.view && !st.normal);
         if self.normal && behind {
-            if let Some(nv) = self.new_view_msg.clone() {
-                self.send(from, PeerMessage::NewView(nv));
-            }
+            self.relay_new_view(from);
+        }
+    }
+
+    /// Sends this view's NEW-VIEW to a peer behind it, at most once per
+    /// retransmission period: it is the largest message a replica sends.
+    fn relay_new_view(&mut self, to: ReplicaId) {
+        if self.new_view_msg.is_some() && self.may_answer(to, AnswerKind::NewView) {
+            let nv = self.new_view_msg.clone().expect("checked");
+            self.send(to, PeerMessage::NewView(nv));
         }
     }
 
@@ -1267,17 +1564,19 @@ impl<C: Crypto> Replica<C> {
         }
         let seq = cert.seq;
         self.persist(Record::Stable(cert.clone()));
+        self.prev_stable = self.stable.seq;
         self.stable = cert;
         self.slots = self.slots.split_off(&seq.next());
         self.checkpoint_votes = self.checkpoint_votes.split_off(&seq.next());
-        self.own_checkpoints = self.own_checkpoints.split_off(&seq);
-        self.actions.push(Action::StableCheckpoint { seq });
+        self.own_checkpoints = self.own_checkpoints.split_off(&self.prev_stable);
+        self.actions.push(Action::StableCheckpoint { seq, keep_from: self.prev_stable });
         if self.delivered < seq {
             let state = self.stable.state;
             self.start_transfer(seq, state);
         } else if self.own_checkpoints.get(&seq).is_some_and(|d| *d != self.stable.state) {
             self.metrics.alarms += 1;
         }
+        self.check_rejoined();
         // No proposing from here: while entering a new view the primary must
         // not assign sequence numbers before it has laid out the re-proposals.
     }
@@ -1288,7 +1587,10 @@ impl<C: Crypto> Replica<C> {
         if self.transfer.as_ref().is_some_and(|t| t.seq >= seq) {
             return;
         }
-        self.transfer = Some(Transfer { seq, state, attempt: 0, deadline_ms: 0 });
+        // A snapshot already asked for may still arrive: keep accepting it.
+        let earlier = self.transfer.as_ref().map(|t| (t.seq, t.state)).filter(|(s, _)| *s > self.delivered);
+        let attempt = self.transfer.as_ref().map_or(0, |t| t.attempt + 1);
+        self.transfer = Some(Transfer { seq, state, attempt, deadline_ms: 0, asked: None, earlier });
         self.send_state_request();
     }
 
@@ -1301,26 +1603,33 @@ impl<C: Crypto> Replica<C> {
         let Some(t) = &mut self.transfer else { return };
         t.deadline_ms = now + timeout;
         let to = members[(t.attempt + offset) % members.len()];
+        t.asked = Some(to);
         let seq = t.seq;
         self.send(to, PeerMessage::StateRequest { seq });
     }
 
-    fn on_state_reply(&mut self, seq: SeqNo, snapshot: Bytes) {
+    fn on_state_reply(&mut self, from: ReplicaId, seq: SeqNo, snapshot: Bytes) {
         let Some(t) = &self.transfer else { return };
-        if t.seq != seq {
+        let target = if t.seq == seq { Some(t.state) } else { t.earlier.filter(|(s, _)| *s == seq).map(|(_, d)| d) };
+        let Some(state) = target else {
+            self.drop_msg("state reply for a checkpoint not being fetched");
             return;
-        }
-        if Digest::of(&snapshot) != t.state {
-            // Poisoned or stale: ask someone else right away.
+        };
+        if Digest::of(&snapshot) != state {
+            // Poisoned or stale. Only the peer asked last moves the
+            // transfer on to the next one; replies nobody asked for cost
+            // nothing, so a Byzantine peer cannot make this replica ask
+            // everyone for snapshots.
+            let asked_this = t.asked == Some(from) && t.seq == seq;
             self.drop_msg("snapshot does not match the certified digest");
-            if let Some(t) = &mut self.transfer {
-                t.attempt += 1;
+            if asked_this {
+                if let Some(t) = &mut self.transfer {
+                    t.attempt += 1;
+                }
+                self.send_state_request();
             }
-            self.send_state_request();
             return;
         }
-        let state = t.state;
-        self.transfer = None;
         self.metrics.state_transfers += 1;
         self.actions.push(Action::InstallSnapshot { seq, snapshot });
         self.delivered = self.delivered.max(seq);
@@ -1331,7 +1640,84 @@ impl<C: Crypto> Replica<C> {
         for k in keys {
             self.remove_pending(k);
         }
-        self.try_deliver();
+        let done = self.transfer.as_ref().is_some_and(|t| t.seq <= seq);
+        if done {
+            self.transfer = None;
+            self.try_deliver();
+        } else if let Some(t) = &mut self.transfer {
+            // The older snapshot arrived; the newer one is still on its way.
+            t.earlier = None;
+        }
+    }
+
+    // ----- rejoining after lost votes ---------------------------------------------
+
+    /// How many peers must say how far they got before a rejoining replica
+    /// trusts the highest answer: enough that one of them is a correct
+    /// replica that signed the last checkpoint this replica saw become
+    /// stable before it lost its votes, even with f Byzantine peers among
+    /// them (n - q + f + 1; 2f + 1 when n = 3f + 1). In CFT mode a quorum
+    /// may hold only one other signer, so every peer must answer.
+    fn rejoin_answers_needed(&self) -> usize {
+        let m = &self.cfg.membership;
+        match m.mode() {
+            Mode::Bft => (m.n() - m.quorum() + m.f() + 1).min(m.n() - 1),
+            Mode::Cft => m.n() - 1,
+        }
+    }
+
+    fn on_rejoin_query(&mut self, from: ReplicaId, nonce: u64) {
+        if self.may_answer(from, AnswerKind::Rejoin) {
+            let reply = PeerMessage::RejoinReply { nonce, delivered: self.delivered, checkpoint: self.stable.clone() };
+            self.send(from, reply);
+        }
+    }
+
+    /// A peer's answer: its delivered sequence number, which is never more
+    /// than a log window above its stable checkpoint, so a Byzantine peer
+    /// can raise the rejoin mark at most to a real checkpoint plus two windows.
+    fn on_rejoin_reply(&mut self, from: ReplicaId, nonce: u64, delivered: SeqNo, checkpoint: CheckpointCert) {
+        let Some(rejoin) = &self.rejoin else { return };
+        if rejoin.nonce != nonce || rejoin.until.is_some() || rejoin.answers.contains_key(&from) {
+            return;
+        }
+        let m = &self.cfg.membership;
+        let q = self.quorum();
+        let k = self.cfg.checkpoint_interval;
+        if checkpoint::verify_cert(&self.crypto, m, q, k, self.genesis_state, &checkpoint).is_err() {
+            self.drop_msg("rejoin reply with an invalid checkpoint");
+            return;
+        }
+        let plausible = SeqNo(delivered.0.min(checkpoint.seq.0.saturating_add(self.cfg.log_window)));
+        let needed = self.rejoin_answers_needed();
+        let window = self.cfg.log_window;
+        let rejoin = self.rejoin.as_mut().expect("checked");
+        rejoin.answers.insert(from, plausible);
+        if rejoin.answers.len() >= needed {
+            let highest = rejoin.answers.values().max().copied().unwrap_or_default();
+            let until = SeqNo(highest.0.saturating_add(window));
+            rejoin.until = Some(until);
+            self.persist(Record::Rejoin { until: Some(until) });
+        }
+        self.adopt_stable(checkpoint);
+        self.check_rejoined();
+    }
+
+    /// A rejoining replica whose stable checkpoint reached its mark holds
+    /// a certificate past everything it may have voted on before: it votes
+    /// again.
+    fn check_rejoined(&mut self) {
+        if self.rejoin.as_ref().and_then(|r| r.until).is_some_and(|until| self.stable.seq >= until) {
+            self.rejoin = None;
+            self.metrics.rejoined += 1;
+            if self.normal {
+                self.try_propose();
+            } else {
+                let vc = self.build_view_change();
+                self.view_changes.insert(self.id, vc.clone());
+                self.broadcast(PeerMessage::ViewChange(vc));
+            }
+        }
     }
 
     // ----- view change ---------------------------------------------------------
@@ -1370,10 +1756,12 @@ impl<C: Crypto> Replica<C> {
         self.view = target;
         self.normal = false;
         self.metrics.view_changes += 1;
-        self.persist(Record::View { view: target, normal: false });
-        let vc = self.build_view_change();
-        self.view_changes.insert(self.id, vc.clone());
-        self.broadcast(PeerMessage::ViewChange(vc));
+        self.persist(Record::ViewChange { view: target });
+        if !self.rejoining() {
+            let vc = self.build_view_change();
+            self.view_changes.insert(self.id, vc.clone());
+            self.broadcast(PeerMessage::ViewChange(vc));
+        }
         // PBFT: the timer for the next view starts only once a quorum asks
         // for this one, so a replica cut off from the rest does not race
         // ahead through views on its own.
@@ -1406,11 +1794,15 @@ impl<C: Crypto> Replica<C> {
         }
         let v = vc.body.new_view;
         if v < self.view || (v == self.view && self.normal) {
-            // The sender is behind or missed our NEW-VIEW.
-            if self.normal {
-                if let Some(nv) = self.new_view_msg.clone() {
-                    self.send(from, PeerMessage::NewView(nv));
+            // The sender is behind or missed our NEW-VIEW. Its own signed
+            // word that it is behind, checked before answering, costs it
+            // its allowance of NEW-VIEWs; nobody else's.
+            if self.normal && self.new_view_msg.is_some() {
+                if !crypto::verify(&self.crypto, Domain::ViewChange, from, &vc) {
+                    self.drop_msg("invalid view-change");
+                    return;
                 }
+                self.relay_new_view(from);
             }
             return;
         }
@@ -1449,7 +1841,7 @@ impl<C: Crypto> Replica<C> {
     }
 
     fn try_new_view(&mut self) {
-        if self.normal || !self.is_primary() {
+        if self.normal || !self.is_primary() || self.rejoining() {
             return;
         }
         let view = self.view;
@@ -1462,7 +1854,8 @@ impl<C: Crypto> Replica<C> {
         };
         let body = NewViewBody { view, replica: self.id, view_changes: set, chosen: plan.chosen.clone() };
         let nv = Arc::new(crypto::sign(&self.crypto, Domain::NewView, body));
-        self.broadcast(PeerMessage::NewView(nv.clone()));
+        // enter_new_view persists the NEW-VIEW before it is sent, so a
+        // primary that crashes can only ever repeat this one.
         self.enter_new_view(nv, plan);
     }
 
@@ -1517,70 +1910,90 @@ impl<C: Crypto> Replica<C> {
         (plan.chosen == b.chosen).then_some(plan)
     }
 
+    /// Enters the NEW-VIEW's view. The view and its re-proposals are one
+    /// durable record, written before anything is sent in the view (the
+    /// primary's NEW-VIEW included): after a crash the replica is either
+    /// still changing views, or in the view with every re-proposal.
     fn enter_new_view(&mut self, nv: Arc<Signed<NewViewBody>>, plan: NewViewPlan) {
+        if let Some(seq) = self.contradicted_decision(&plan) {
+            // A valid NEW-VIEW that replaces what this replica decided can
+            // only exist with more than f faulty replicas. Never vote for it:
+            // keep the decision, say so, and let the view change move on.
+            self.metrics.alarms += 1;
+            self.drop_msg("new-view contradicts a local decision");
+            let _ = seq;
+            return;
+        }
         let v = nv.body.view;
         self.view = v;
         self.normal = true;
-        self.view_change_timer = Timeout::default();
+        // The view-change backoff stays until requests execute again
+        // (PBFT 4.5.2); only the running timer stops.
+        self.view_change_timer.deadline_ms = None;
         self.metrics.new_views += 1;
-        self.persist(Record::View { view: v, normal: true });
+        self.adopt_stable(plan.checkpoint);
+        self.persist(Record::NewView(nv.clone()));
+        if nv.body.replica == self.id {
+            self.broadcast(PeerMessage::NewView(nv.clone()));
+        }
         self.new_view_msg = Some(nv);
         self.view_changes.retain(|_, vc| vc.body.new_view > v);
-        self.adopt_stable(plan.checkpoint);
-        let primary = self.is_primary();
-        let bft = self.bft();
-        let me = self.id;
+        let top = self.install_re_proposals(v, &plan.chosen);
+        if self.is_primary() {
+            self.next_seq = top.next();
+        }
+        self.retime_pending();
+        self.try_deliver();
+        self.try_propose();
+    }
+
+    /// The first sequence number at which `plan` chooses something other
+    /// than what this replica decided there.
+    fn contradicted_decision(&self, plan: &NewViewPlan) -> Option<SeqNo> {
+        plan.chosen.iter().find_map(|&(seq, digest)| {
+            let decided = self.slots.get(&seq).and_then(|s| s.decided);
+            (seq > self.stable.seq && decided.is_some_and(|d| d != digest)).then_some(seq)
+        })
+    }
+
+    /// Treats every choice of a NEW-VIEW as a PRE-PREPARE of view `v`
+    /// (already durable in the NEW-VIEW record); returns the highest
+    /// sequence number the view has now used.
+    fn install_re_proposals(&mut self, v: ViewNo, chosen: &[(SeqNo, Digest)]) -> SeqNo {
         let now = self.now_ms;
-        let cap = self.cfg.preprepared_per_seq_max;
         let mut top = self.stable.seq.max(self.delivered);
-        for (seq, digest) in plan.chosen {
+        for &(seq, digest) in chosen {
             top = top.max(seq);
             if seq <= self.stable.seq {
                 continue;
             }
             let null = self.null_batch.clone();
-            if self.slots.get(&seq).and_then(|s| s.decided).is_some_and(|d| d != digest) {
-                self.metrics.alarms += 1;
-            }
             let slot = self.slot_in_view(seq);
             slot.pre_prepare = Some(digest);
             slot.touched_ms = now;
             if digest == null_digest() {
                 slot.batches.insert(digest, null);
             }
-            add_q(slot, digest, v, cap);
-            if bft && !primary {
-                slot.prepares.insert(me, digest);
-            }
+            add_q(slot, digest, v);
             let batch = slot.batches.get(&digest).cloned();
             if let Some(b) = &batch {
-                for r in &b.requests {
-                    if let Some(p) = self.pending.get_mut(&(r.client, r.id)) {
-                        p.proposed = true;
-                        let order = p.order;
-                        self.queue.remove(&order);
-                    }
-                }
+                self.mark_proposed(b);
             }
-            let known = batch.is_some();
-            self.persist(Record::PrePrepared { view: v, seq, digest, batch });
-            if bft {
-                if !primary {
-                    self.broadcast(PeerMessage::Prepare(Vote { view: v, seq, digest }));
-                }
-                self.check_prepared(seq);
-            } else {
-                self.mark_prepared(seq, digest);
-            }
-            if !known {
+            self.vote_when_held(seq);
+            if batch.is_none() {
                 self.broadcast(PeerMessage::BatchRequest { seq, digest });
             }
         }
-        if primary {
-            self.next_seq = top.next();
-        }
-        // Give the new primary a fresh request-timer window, and make sure it
-        // has every request we are waiting for.
+        top
+    }
+
+    /// Gives the new primary a fresh request-timer window, makes sure it has
+    /// every request this replica waits for, and on the primary queues
+    /// again what an older view proposed but this one did not re-propose.
+    fn retime_pending(&mut self) {
+        let now = self.now_ms;
+        let primary = self.is_primary();
+        let v = self.view;
         let keys: Vec<Key> = self.pending.keys().copied().collect();
         self.by_arrival.clear();
         for key in keys {
@@ -1603,43 +2016,39 @@ impl<C: Crypto> Replica<C> {
         }
         // Requests inside re-proposed batches must not be proposed twice.
         if primary {
-            let in_chosen: Vec<Key> = self
+            let in_chosen: Vec<Arc<Batch>> = self
                 .slots
                 .range(self.stable.seq.next()..)
                 .filter(|(_, s)| s.view == v)
-                .filter_map(|(_, s)| s.pre_prepare.and_then(|d| s.batches.get(&d)))
-                .flat_map(|b| b.requests.iter().map(|r| (r.client, r.id)))
+                .filter_map(|(_, s)| s.pre_prepare.and_then(|d| s.batches.get(&d)).cloned())
                 .collect();
-            for key in in_chosen {
-                if let Some(p) = self.pending.get_mut(&key) {
-                    p.proposed = true;
-                    let order = p.order;
-                    self.queue.remove(&order);
-                }
+            for b in in_chosen {
+                self.mark_proposed(&b);
             }
         }
-        self.try_deliver();
-        self.try_propose();
+    }
+
+    /// The requests of `batch` are proposed: out of the queue, still timed.
+    fn mark_proposed(&mut self, batch: &Batch) {
+        for r in &batch.requests {
+            if let Some(p) = self.pending.get_mut(&(r.client, r.id)) {
+                p.proposed = true;
+                let order = p.order;
+                self.queue.remove(&order);
+            }
+        }
     }
 }
 
-fn add_q(slot: &mut Slot, digest: Digest, view: ViewNo, cap: usize) {
+/// Records in Q that `digest` was pre-prepared here in `view` (the latest
+/// view wins). Nothing is ever evicted: a correct replica holds at most
+/// n + 1 digests per sequence number (`view_change::digests_per_seq_max`),
+/// and each one's batch stays, so a voucher the decision rule may need, and
+/// the batch a NEW-VIEW may choose, are never lost.
+fn add_q(slot: &mut Slot, digest: Digest, view: ViewNo) {
     let e = slot.preprepared.entry(digest).or_insert(view);
     if *e < view {
         *e = view;
-    }
-    while slot.preprepared.len() > cap {
-        // Evict the oldest claim; its batch goes with it unless still needed.
-        let (&old, _) = slot
-            .preprepared
-            .iter()
-            .filter(|(d, _)| **d != digest)
-            .min_by_key(|(d, v)| (**v, **d))
-            .expect("more than one entry");
-        slot.preprepared.remove(&old);
-        if slot.pre_prepare != Some(old) && slot.decided != Some(old) {
-            slot.batches.remove(&old);
-        }
     }
 }
 
@@ -1654,20 +2063,39 @@ mod tests {
     #[test]
     fn a_stable_checkpoint_drops_what_it_makes_obsolete_and_only_the_newest_view_stays() {
         let mut log = RecordLog::default();
-        log.append(Record::View { view: ViewNo(0), normal: true });
+        log.append(Record::ViewChange { view: ViewNo(0) });
         for s in 1..=6 {
             log.append(pp(s));
         }
         log.append(Record::Prepared { view: ViewNo(0), seq: SeqNo(3), digest: Digest([1; 32]) });
-        log.append(Record::View { view: ViewNo(1), normal: false });
+        log.append(Record::ViewChange { view: ViewNo(1) });
         let cert = CheckpointCert { seq: SeqNo(4), state: Digest([2; 32]), proof: vec![] };
         log.append(Record::Stable(cert.clone()));
-        assert_eq!(
-            log.records(),
-            &[pp(5), pp(6), Record::View { view: ViewNo(1), normal: false }, Record::Stable(cert)]
-        );
+        assert_eq!(log.records(), &[pp(5), pp(6), Record::ViewChange { view: ViewNo(1) }, Record::Stable(cert)]);
         let newer = CheckpointCert { seq: SeqNo(8), state: Digest([3; 32]), proof: vec![] };
         log.append(Record::Stable(newer.clone()));
-        assert_eq!(log.records(), &[Record::View { view: ViewNo(1), normal: false }, Record::Stable(newer)]);
+        assert_eq!(log.records(), &[Record::ViewChange { view: ViewNo(1) }, Record::Stable(newer)]);
+    }
+
+    #[test]
+    fn a_superseded_new_view_leaves_its_re_proposals_behind_as_pre_prepares() {
+        let nv = |view: u64, chosen: Vec<(SeqNo, Digest)>| {
+            Record::NewView(Arc::new(Signed {
+                body: NewViewBody { view: ViewNo(view), replica: ReplicaId(1), view_changes: vec![], chosen },
+                signature: crate::message::Signature(Bytes::new()),
+            }))
+        };
+        let mut log = RecordLog::default();
+        log.append(Record::Stable(CheckpointCert { seq: SeqNo(4), state: Digest([2; 32]), proof: vec![] }));
+        let first = nv(1, vec![(SeqNo(5), Digest([1; 32])), (SeqNo(6), null_digest())]);
+        log.append(first.clone());
+        assert_eq!(log.records().last(), Some(&first));
+        log.append(Record::ViewChange { view: ViewNo(2) });
+        let pp_at =
+            |seq: u64, digest: Digest| Record::PrePrepared { view: ViewNo(1), seq: SeqNo(seq), digest, batch: None };
+        assert_eq!(
+            &log.records()[1..],
+            &[pp_at(5, Digest([1; 32])), pp_at(6, null_digest()), Record::ViewChange { view: ViewNo(2) }]
+        );
     }
 }

@@ -47,8 +47,21 @@ pub struct Limits {
     pub log_window: u64,
     /// Checkpoint interval (K).
     pub checkpoint_interval: u64,
-    /// Q entries per sequence number.
+    /// Q entries per sequence number: n + 1, the most a correct replica
+    /// can ever hold (see [`digests_per_seq_max`]).
     pub preprepared_per_seq_max: usize,
+}
+
+/// The most distinct digests a correct replica pre-prepares at one
+/// sequence number: its first fresh one, and those NEW-VIEWs choose. A
+/// NEW-VIEW only chooses a digest that f+1 replicas vouch for, so one that
+/// some correct replica pre-prepared, and every correct replica accepts at
+/// most one fresh digest per sequence number (a second one it refuses).
+/// Every digest a correct replica holds is therefore the first fresh digest
+/// of some correct replica, or null: at most n + 1. Q sets bounded this way
+/// never need to evict, so a voucher the decision rule needs is never lost.
+pub fn digests_per_seq_max(membership: &Membership) -> usize {
+    membership.n() + 1
 }
 
 /// Checks a signed VIEW-CHANGE completely: signature, checkpoint proof, and
@@ -108,7 +121,8 @@ fn check_entries(body: &ViewChangeBody, limits: Limits) -> Result<(), ViewChange
 /// of all correct replicas have arrived.
 ///
 /// For each sequence number n above the highest proven checkpoint h, up to
-/// the highest n in any P set:
+/// the highest n in any P or Q set (so that a new primary never proposes a
+/// fresh batch where some replica in S already pre-prepared one):
 /// - re-propose d if some P entry (n, v, d) satisfies
 ///   A1: at least `quorum` messages have no P entry at n, or one with a view
 ///   below v, or exactly (v, d); and
@@ -123,7 +137,11 @@ pub fn decide(view_changes: &[&ViewChangeBody], quorum: usize, vouchers: usize) 
     let checkpoint =
         view_changes.iter().map(|vc| &vc.checkpoint).max_by(|a, b| (a.seq, a.state).cmp(&(b.seq, b.state)))?.clone();
     let h = checkpoint.seq;
-    let top = view_changes.iter().flat_map(|vc| vc.prepared.iter()).map(|e| e.seq).filter(|s| *s > h).max();
+    let top = view_changes
+        .iter()
+        .flat_map(|vc| vc.prepared.iter().map(|e| e.seq).chain(vc.preprepared.iter().map(|e| e.seq)))
+        .filter(|s| *s > h)
+        .max();
     let mut chosen = Vec::new();
     let Some(top) = top else {
         return Some(NewViewPlan { checkpoint, chosen });

@@ -2,193 +2,15 @@
 //! sections 4.2 to 4.5 and what Palisade adds). Replicas are driven by hand
 //! so that each test controls exactly which messages arrive.
 
+mod common;
+
 use bytes::Bytes;
+use common::*;
 use palisade_core::crypto::{self, Domain};
-use palisade_core::message::{
-    Batch, CheckpointBody, NewViewBody, PrePrepare, Signature, Signed, Status, ViewChangeBody, Vote,
-};
-use palisade_core::{
-    Action, ClientId, Config, Crypto, Digest, Input, Membership, Mode, PeerMessage, Record, Replica, ReplicaId,
-    Request, RequestId, SeqNo, ViewNo,
-};
+use palisade_core::message::{Batch, CheckpointBody, NewViewBody, Signature, Status};
+use palisade_core::{Action, Digest, Input, Mode, PeerMessage, Replica, ReplicaId, SeqNo, ViewNo};
 use proptest::prelude::*;
-use std::collections::VecDeque;
 use std::sync::Arc;
-
-/// Signatures are a keyed hash of the signer's id: enough to tell signers apart.
-#[derive(Clone)]
-struct TestCrypto(ReplicaId);
-
-fn tag(who: ReplicaId, payload: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(&Digest::of_parts(&[b"k", &who.0.to_le_bytes(), payload]).0)
-}
-
-impl Crypto for TestCrypto {
-    fn sign(&self, payload: &[u8]) -> Signature {
-        Signature(tag(self.0, payload))
-    }
-    fn verify(&self, signer: ReplicaId, payload: &[u8], sig: &Signature) -> bool {
-        sig.0 == tag(signer, payload)
-    }
-    fn verify_request(&self, r: &Request) -> bool {
-        r.auth.as_ref() == b"signed"
-    }
-}
-
-const GENESIS: Digest = Digest([9; 32]);
-
-fn config(mode: Mode, n: usize) -> Config {
-    let mut c = Config::new(Membership::with_size(n, mode).unwrap());
-    c.checkpoint_interval = 4;
-    c.log_window = 8;
-    c.request_timeout_ms = 1_000;
-    c.view_change_timeout_ms = 1_000;
-    c.retransmit_ms = 100_000;
-    c.status_interval_ms = 100_000;
-    c.pipeline_min_batch = 1;
-    c
-}
-
-fn replica(id: u32, cfg: &Config) -> Replica<TestCrypto> {
-    let mut r = Replica::new(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), GENESIS);
-    // The first tick sends STATUS and arms timers; drop those actions.
-    r.step(Input::Tick { now_ms: 1 });
-    r.take_actions();
-    r
-}
-
-fn request(client: u64, id: u64) -> Request {
-    Request {
-        client: ClientId(client),
-        id: RequestId(id),
-        read_only: false,
-        operation: Bytes::from(vec![id as u8]),
-        auth: Bytes::from_static(b"signed"),
-    }
-}
-
-fn batch(reqs: Vec<Request>) -> Arc<Batch> {
-    Arc::new(Batch { timestamp_ms: 1, requests: reqs })
-}
-
-fn peer(r: &mut Replica<TestCrypto>, from: u32, msg: PeerMessage) -> Vec<Action> {
-    r.step(Input::Peer { from: ReplicaId(from), msg });
-    r.take_actions()
-}
-
-fn broadcasts(actions: &[Action]) -> Vec<&PeerMessage> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Broadcast(m) => Some(m),
-            _ => None,
-        })
-        .collect()
-}
-
-fn delivered(actions: &[Action]) -> Vec<SeqNo> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Deliver { seq, .. } => Some(*seq),
-            _ => None,
-        })
-        .collect()
-}
-
-fn vote(view: u64, seq: u64, d: Digest) -> Vote {
-    Vote { view: ViewNo(view), seq: SeqNo(seq), digest: d }
-}
-
-/// Replica 1 accepts `b` at (view 0, `seq`) and gets replica 3's PREPARE:
-/// with its own, that is prepared (2f = 2), so it has sent its COMMIT.
-fn prepared(r1: &mut Replica<TestCrypto>, seq: u64, b: Arc<Batch>) -> Digest {
-    let d = b.digest();
-    peer(r1, 0, pre_prepare(0, seq, b));
-    peer(r1, 3, PeerMessage::Prepare(vote(0, seq, d)));
-    d
-}
-
-fn pre_prepare(view: u64, seq: u64, b: Arc<Batch>) -> PeerMessage {
-    PeerMessage::PrePrepare(PrePrepare { view: ViewNo(view), seq: SeqNo(seq), batch: b })
-}
-
-/// An in-memory cluster that delivers every message, in order, unless cut off.
-struct Cluster {
-    replicas: Vec<Replica<TestCrypto>>,
-    records: Vec<Vec<Record>>,
-    delivered: Vec<Vec<(SeqNo, Digest)>>,
-    queue: VecDeque<(u32, u32, PeerMessage)>,
-    down: Vec<bool>,
-    now: u64,
-}
-
-impl Cluster {
-    fn new(cfg: &Config) -> Cluster {
-        let n = cfg.membership.n();
-        Cluster {
-            replicas: (0..n as u32).map(|i| replica(i, cfg)).collect(),
-            records: vec![Vec::new(); n],
-            delivered: vec![Vec::new(); n],
-            queue: VecDeque::new(),
-            down: vec![false; n],
-            now: 1,
-        }
-    }
-
-    fn input(&mut self, r: usize, input: Input) {
-        if self.down[r] {
-            return;
-        }
-        let mut inputs = VecDeque::from([input]);
-        while let Some(i) = inputs.pop_front() {
-            self.replicas[r].step(i);
-            let interval = self.replicas[r].config().checkpoint_interval;
-            for a in self.replicas[r].take_actions() {
-                match a {
-                    Action::Persist(rec) => self.records[r].push(rec),
-                    Action::Send { to, msg } => self.queue.push_back((r as u32, to.0, msg)),
-                    Action::Broadcast(msg) => {
-                        for to in 0..self.replicas.len() as u32 {
-                            if to != r as u32 {
-                                self.queue.push_back((r as u32, to, msg.clone()));
-                            }
-                        }
-                    }
-                    Action::Deliver { seq, batch, .. } => {
-                        self.delivered[r].push((seq, batch.digest()));
-                        if seq.0 % interval == 0 {
-                            let state = Digest::of(&seq.0.to_le_bytes());
-                            inputs.push_back(Input::CheckpointReady { seq, state });
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn run(&mut self) {
-        while let Some((from, to, msg)) = self.queue.pop_front() {
-            if !self.down[from as usize] {
-                self.input(to as usize, Input::Peer { from: ReplicaId(from), msg });
-            }
-        }
-    }
-
-    fn tick(&mut self, ms: u64) {
-        self.now += ms;
-        for r in 0..self.replicas.len() {
-            self.input(r, Input::Tick { now_ms: self.now });
-        }
-        self.run();
-    }
-
-    fn submit(&mut self, to: usize, req: Request) {
-        self.input(to, Input::Request(req));
-        self.run();
-    }
-}
 
 // ----- normal case (PBFT 4.2) ---------------------------------------------------
 
@@ -499,20 +321,6 @@ fn a_replica_catching_up_restarts_its_timers_a_bounded_number_of_times() {
     assert_eq!(suspected_after, Some(u64::from(palisade_core::replica::MAX_CATCH_UP_RESTARTS)));
 }
 
-fn view_change_from(who: u32, new_view: u64) -> Signed<ViewChangeBody> {
-    crypto::sign(
-        &TestCrypto(ReplicaId(who)),
-        Domain::ViewChange,
-        ViewChangeBody {
-            new_view: ViewNo(new_view),
-            replica: ReplicaId(who),
-            checkpoint: palisade_core::checkpoint::genesis(GENESIS),
-            prepared: vec![],
-            preprepared: vec![],
-        },
-    )
-}
-
 #[test]
 fn f_plus_1_view_changes_for_higher_views_make_a_replica_join_and_f_do_not() {
     let cfg = config(Mode::Bft, 4);
@@ -594,20 +402,29 @@ fn state_transfer_accepts_only_the_snapshot_whose_digest_is_certified() {
     let mut r1 = replica(1, &cfg);
     let snapshot = Bytes::from_static(b"the state at 4");
     let state = Digest::of(&snapshot);
+    let mut out = Vec::new();
     for who in [0, 2, 3] {
         let vote = crypto::sign(
             &TestCrypto(ReplicaId(who)),
             Domain::Checkpoint,
             CheckpointBody { seq: SeqNo(4), state, replica: ReplicaId(who) },
         );
-        peer(&mut r1, who, PeerMessage::Checkpoint(vote));
+        out.extend(peer(&mut r1, who, PeerMessage::Checkpoint(vote)));
     }
     assert!(r1.transferring());
-    let poisoned = peer(&mut r1, 0, PeerMessage::StateReply { seq: SeqNo(4), snapshot: Bytes::from_static(b"lies") });
+    let asked = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Send { to, msg: PeerMessage::StateRequest { .. } } => Some(to.0),
+            _ => None,
+        })
+        .expect("it asks a peer for the snapshot");
+    let lie = PeerMessage::StateReply { seq: SeqNo(4), snapshot: Bytes::from_static(b"lies") };
+    let poisoned = peer(&mut r1, asked, lie);
     assert!(!poisoned.iter().any(|a| matches!(a, Action::InstallSnapshot { .. })));
     assert!(
         poisoned.iter().any(|a| matches!(a, Action::Send { msg: PeerMessage::StateRequest { .. }, .. })),
-        "asks the next peer at once"
+        "the peer it asked lied: it asks the next one at once"
     );
     let out = peer(&mut r1, 2, PeerMessage::StateReply { seq: SeqNo(4), snapshot: snapshot.clone() });
     assert!(out.iter().any(|a| matches!(a, Action::InstallSnapshot { seq: SeqNo(4), snapshot: s } if *s == snapshot)));
@@ -631,9 +448,7 @@ fn a_recovered_replica_never_prepares_a_different_batch_in_the_same_view() {
         }
     }
     assert!(!persisted.is_empty());
-    let mut recovered =
-        Replica::recover(cfg.clone(), ReplicaId(1), TestCrypto(ReplicaId(1)), GENESIS, persisted, SeqNo(0), GENESIS);
-    recovered.take_actions();
+    let mut recovered = recover(1, &cfg, persisted);
     let out = peer(&mut recovered, 0, pre_prepare(0, 1, batch(vec![request(1, 2)])));
     assert!(broadcasts(&out).is_empty(), "a different batch at (0, 1) after the crash must be refused");
 }
@@ -684,4 +499,24 @@ fn a_read_waits_until_everything_this_replica_prepared_is_delivered() {
     let deliver = out.iter().position(|a| matches!(a, Action::Deliver { .. })).unwrap();
     let read_at = out.iter().position(|a| matches!(a, Action::ExecuteReadOnly(_))).unwrap();
     assert!(deliver < read_at);
+}
+
+// ----- limits ---------------------------------------------------------------------
+
+#[test]
+fn a_request_larger_than_a_batch_is_refused_with_an_error_instead_of_proposed() {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.batch_max_bytes = 256;
+    let mut r0 = replica(0, &cfg);
+    let mut big = request(1, 1);
+    big.operation = Bytes::from(vec![7u8; 300]);
+    r0.step(Input::Request(big));
+    let out = r0.take_actions();
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Broadcast(PeerMessage::PrePrepare(_)))),
+        "backups refuse a batch over the limit, so proposing it only changes views forever"
+    );
+    assert!(out
+        .iter()
+        .any(|a| matches!(a, Action::Dropped { reason: palisade_core::replica::DropReason::RequestTooLarge, .. })));
 }

@@ -3,6 +3,10 @@
 use palisade_core::Config as ProtocolConfig;
 use palisade_wire::ClusterConfig;
 
+/// What a request adds to its operation inside a batch: the ids and flags
+/// `Request::size_bytes` counts, plus an ed25519 signature.
+pub const REQUEST_OVERHEAD_BYTES: usize = 24 + 64;
+
 /// Capacities of the pipeline's queues and the runtime's periods. Each
 /// queue's overload policy is on its field.
 #[derive(Clone, Debug)]
@@ -65,6 +69,20 @@ pub struct RuntimeConfig {
     /// full, the others its digest (retransmitted requests always get full
     /// replies from the reply cache).
     pub reply_digests: bool,
+    /// How this process starts (see [`Start`]).
+    pub start: Start,
+}
+
+/// Whether a replica process may vote at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Start {
+    /// The first start of this member: it never voted, so it may vote now.
+    #[default]
+    Fresh,
+    /// A restart whose earlier votes were not kept (records live in memory
+    /// only): the replica rejoins without voting until its stable
+    /// checkpoint passes anything it may have voted on before.
+    LostVotes,
 }
 
 impl RuntimeConfig {
@@ -93,6 +111,7 @@ impl RuntimeConfig {
             verify_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
             reply_digests: true,
             verified_cache: 65_536,
+            start: Start::Fresh,
         }
     }
 
@@ -117,6 +136,16 @@ impl RuntimeConfig {
         }
         if self.write_buffer.0 >= self.write_buffer.1 {
             return Err("write_buffer: the low watermark must be below the high one".into());
+        }
+        // The largest request a client may send, with its id and signature,
+        // must fit a batch alone: backups refuse larger batches, so such a
+        // request could never be ordered.
+        let largest_request = self.max_operation_bytes + REQUEST_OVERHEAD_BYTES;
+        if largest_request > self.protocol.batch_max_bytes {
+            return Err(format!(
+                "max_operation_bytes ({}) plus {REQUEST_OVERHEAD_BYTES} bytes of request header must fit batch_max_bytes ({})",
+                self.max_operation_bytes, self.protocol.batch_max_bytes
+            ));
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ pub mod net;
 pub mod stages;
 pub mod storage;
 
-pub use config::RuntimeConfig;
+pub use config::{RuntimeConfig, Start};
 pub use metrics::{CoreSnapshot, RuntimeMetrics};
 pub use stages::StageThreads;
 
@@ -236,10 +236,24 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     {
         let replicas = cluster.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect();
         let crypto = crypto::Ed25519Crypto::new(key.clone(), replicas, cluster.client_signatures, verified);
+        let core = match cfg.start {
+            Start::Fresh => Replica::new(cfg.protocol.clone(), me, crypto, genesis_digest),
+            Start::LostVotes => {
+                use rand_core::RngCore;
+                let restart = palisade_core::replica::Restart {
+                    votes_lost: true,
+                    executed: SeqNo(0),
+                    executed_state: genesis_digest,
+                    nonce: rand_core::OsRng.next_u64(),
+                    records: Vec::new(),
+                };
+                Replica::recover(cfg.protocol.clone(), me, crypto, genesis_digest, restart)
+            }
+        };
         stages.push((
             b_consensus,
             Box::new(stages::Consensus {
-                core: Replica::new(cfg.protocol.clone(), me, crypto, genesis_digest),
+                core,
                 storage: Box::new(storage::MemoryStorage::default()),
                 rx_peer,
                 rx_requests,

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use palisade_core::exec::Lookup;
 use palisade_core::message::Reply;
+use palisade_core::replica::DropReason;
 use palisade_core::{
     Action, Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, Request, RequestId, SeqNo,
     Service, ViewNo,
@@ -61,7 +62,8 @@ pub enum DeliveryCmd {
         /// Its bytes.
         snapshot: Bytes,
     },
-    /// Forget snapshots below this checkpoint.
+    /// A new stable checkpoint: forget snapshots below this sequence
+    /// number (the previous stable checkpoint, still served to laggards).
     Stable(SeqNo),
 }
 
@@ -655,11 +657,19 @@ impl<C: palisade_core::Crypto> Consensus<C> {
                 Action::InstallSnapshot { seq, snapshot } => {
                     self.tx_delivery.push(DeliveryCmd::Install { seq, snapshot })?
                 }
-                Action::StableCheckpoint { seq } => self.tx_delivery.push(DeliveryCmd::Stable(seq))?,
-                Action::Dropped { client, request, .. } => {
-                    RuntimeMetrics::add(&self.metrics.counters.requests_busy, 1);
-                    let busy = ClientMail::Refusal { client, request, reason: RejectReason::Busy };
-                    notify(&self.tx_reply, busy, &self.metrics);
+                Action::StableCheckpoint { keep_from, .. } => self.tx_delivery.push(DeliveryCmd::Stable(keep_from))?,
+                Action::Dropped { client, request, reason } => {
+                    let reason = match reason {
+                        DropReason::RequestTooLarge => {
+                            RuntimeMetrics::add(&self.metrics.counters.requests_invalid, 1);
+                            RejectReason::TooLarge
+                        }
+                        DropReason::PendingFull | DropReason::ReadQueueFull => {
+                            RuntimeMetrics::add(&self.metrics.counters.requests_busy, 1);
+                            RejectReason::Busy
+                        }
+                    };
+                    notify(&self.tx_reply, ClientMail::Refusal { client, request, reason }, &self.metrics);
                 }
             }
         }

@@ -15,6 +15,7 @@ pub mod checker;
 pub mod crypto;
 pub mod rng;
 pub mod service;
+pub mod votes;
 pub mod world;
 
 pub use world::{run, ByzantineChoice, Report, SimConfig};

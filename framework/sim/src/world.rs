@@ -12,8 +12,9 @@ use crate::checker::{Checker, FreshExec, OpRecord};
 use crate::crypto::{Keys, SimCrypto};
 use crate::rng::Rng;
 use crate::service::{SimOp, SimService};
+use crate::votes::Votes;
 use palisade_core::exec::Lookup;
-use palisade_core::replica::{Record, RecordLog};
+use palisade_core::replica::{Record, RecordLog, Restart};
 use palisade_core::{
     Action, ClientId, Config, Digest, Executor, Input, Membership, Mode, PeerMessage, Replica, ReplicaId, Reply,
     Request, RequestId, SeqNo, ViewNo,
@@ -57,6 +58,16 @@ pub struct SimConfig {
     pub liveness_bound_ms: u64,
     /// Print a line per interesting event on stderr (for reproducing a seed).
     pub trace: bool,
+    /// Whether crashed replicas lose their disks and restart without
+    /// their votes; `None` draws it from the seed.
+    pub amnesia: Option<bool>,
+    /// Clients that misbehave (the same request id with different
+    /// operations to different replicas, requests only backups see); `None`
+    /// draws zero or one from the seed.
+    pub byzantine_clients: Option<usize>,
+    /// Extra one-way delay of every message after the heal: a network
+    /// slower than the protocol's timeouts, which must still make progress.
+    pub slow_network_ms: u64,
     /// Planted bugs to switch on.
     #[cfg(feature = "planted-bugs")]
     pub planted: palisade_core::planted::PlantedBugs,
@@ -75,6 +86,9 @@ impl SimConfig {
             ops_after_heal: 8,
             liveness_bound_ms: LIVENESS_BOUND_MS,
             trace: false,
+            amnesia: None,
+            byzantine_clients: None,
+            slow_network_ms: 0,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }
@@ -105,6 +119,10 @@ pub struct Report {
     pub strategy: Option<String>,
     /// The Byzantine replicas.
     pub byzantine: Vec<ReplicaId>,
+    /// The faults of this run exceed what the protocol tolerates (f
+    /// Byzantine replicas plus a replica that lost its votes): only safety
+    /// is judged, since liveness is not promised.
+    pub beyond_model: bool,
     /// The fault mix drawn for this seed.
     pub faults: String,
     /// Safety violations.
@@ -178,32 +196,52 @@ struct Faults {
     partitions: bool,
     one_way: bool,
     crashes: usize,
+    /// Crash victims lose their disks: they restart without their votes.
+    amnesia: bool,
+    /// Chance that a crash victim crashes right after any one record of a
+    /// step is durable, before the rest of the step happens.
+    torn_steps: f64,
     clogged: bool,
+    /// Bursts of delays near the request timeout: views change again and
+    /// again, and Q sets churn.
+    asynchrony: bool,
+    byzantine_clients: usize,
 }
 
 impl Faults {
-    fn draw(rng: &mut Rng, f: usize) -> Faults {
+    fn draw(rng: &mut Rng, f: usize, cfg: &SimConfig) -> Faults {
+        let crashes = if rng.chance(0.6) { rng.range(1, f as u64 + 1) as usize } else { 0 };
+        let amnesia = rng.chance(0.3);
+        let byzantine_clients = usize::from(rng.chance(0.3));
         Faults {
             loss: if rng.chance(0.7) { rng.unit() * 0.3 } else { 0.0 },
             duplicate: if rng.chance(0.5) { rng.unit() * 0.5 } else { 0.0 },
             delay_max_ms: *[2u64, 10, 40, 120].get(rng.below(4) as usize).expect("index"),
             partitions: rng.chance(0.6),
             one_way: rng.chance(0.5),
-            crashes: if rng.chance(0.6) { rng.range(1, f as u64 + 1) as usize } else { 0 },
+            crashes: if cfg.amnesia == Some(true) { crashes.max(1) } else { crashes },
+            amnesia: cfg.amnesia.unwrap_or(amnesia),
+            torn_steps: if rng.chance(0.5) { 0.05 + rng.unit() * 0.25 } else { 0.0 },
             clogged: rng.chance(0.3),
+            asynchrony: rng.chance(0.2),
+            byzantine_clients: cfg.byzantine_clients.unwrap_or(byzantine_clients).min(cfg.clients),
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "loss={:.2} dup={:.2} delay<={}ms partitions={}{} crashes={} clogged={}",
+            "loss={:.2} dup={:.2} delay<={}ms partitions={}{} crashes={}{}{} clogged={} asynchrony={} byzantine-clients={}",
             self.loss,
             self.duplicate,
             self.delay_max_ms,
             self.partitions,
             if self.partitions && self.one_way { "(one-way too)" } else { "" },
             self.crashes,
-            self.clogged
+            if self.crashes > 0 && self.amnesia { "(losing their votes)" } else { "" },
+            if self.crashes > 0 && self.torn_steps > 0.0 { "(mid-step too)" } else { "" },
+            self.clogged,
+            self.asynchrony,
+            self.byzantine_clients,
         )
     }
 }
@@ -216,19 +254,21 @@ struct Disk {
 
 impl Disk {
     fn persist(&mut self, record: Record) {
-        if let Record::Stable(cert) = &record {
-            // Keep the snapshots from the new stable checkpoint on; if this
-            // replica has none yet (it is about to fetch one), keep its
-            // newest older one so that a crash before the transfer
-            // completes can still restart from something.
-            let newer = self.snapshots.split_off(&cert.seq);
-            let fallback = self.snapshots.pop_last();
-            self.snapshots = newer;
-            if self.snapshots.is_empty() {
-                self.snapshots.extend(fallback);
-            }
-        }
         self.records.append(record);
+    }
+
+    /// Keeps the snapshots from `keep_from` on (the previous stable
+    /// checkpoint, which laggards may still fetch); if this replica has
+    /// none there yet (it is about to fetch one), keeps its newest older
+    /// one so that a crash before the transfer completes can still restart
+    /// from something.
+    fn on_stable(&mut self, keep_from: SeqNo) {
+        let newer = self.snapshots.split_off(&keep_from);
+        let fallback = self.snapshots.pop_last();
+        self.snapshots = newer;
+        if self.snapshots.is_empty() {
+            self.snapshots.extend(fallback);
+        }
     }
 }
 
@@ -253,6 +293,9 @@ struct Current {
 
 struct SimClient {
     id: ClientId,
+    /// Sends the same request id with different operations to different
+    /// replicas, or requests only backups see; never waits for answers.
+    byzantine: bool,
     next_request: u64,
     current: Option<Current>,
     next_op_at: u64,
@@ -275,11 +318,17 @@ struct World {
     clients: Vec<SimClient>,
     keys: Arc<Keys>,
     genesis: Digest,
+    genesis_snapshot: bytes::Bytes,
     faults: Faults,
     faulty_phase: bool,
     blocked: BTreeSet<(usize, usize)>,
     clogged: BTreeSet<(usize, usize)>,
     checker: Checker,
+    votes: Votes,
+    /// Replicas that crash in this run (and so may lose their votes).
+    victims: BTreeSet<usize>,
+    /// Windows of the fault phase in which messages are slow.
+    slow_windows: Vec<(u64, u64)>,
     history: Vec<OpRecord>,
     heal_at: u64,
     messages: u64,
@@ -346,9 +395,11 @@ impl World {
         let n = cfg.replicas;
         let client_ids: Vec<ClientId> = (0..cfg.clients as u64).map(|i| ClientId(i + 1)).collect();
         let keys = Keys::new(cfg.seed, n, &client_ids);
-        let faults = Faults::draw(&mut rng, f);
+        let faults = Faults::draw(&mut rng, f, &cfg);
 
         // Byzantine replicas: f of them (one when n = 4), BFT mode only.
+        // With several, each draws its own strategy (the first one the
+        // named or drawn one), so different attacks combine in one run.
         let strategy_name: Option<String> = match (&cfg.byzantine, cfg.mode) {
             (_, Mode::Cft) | (ByzantineChoice::None, _) => None,
             (ByzantineChoice::Named(s), _) => Some(s.clone()),
@@ -357,7 +408,7 @@ impl World {
                 Some(byzantine::STRATEGIES[i].0.to_string())
             }
         };
-        let mut byz: BTreeSet<usize> = BTreeSet::new();
+        let mut byz: BTreeMap<usize, String> = BTreeMap::new();
         if let Some(name) = &strategy_name {
             let preferred = match byzantine::placement(name) {
                 Placement::InitialPrimary => Some(0),
@@ -365,10 +416,20 @@ impl World {
                 Placement::Any => None,
             };
             if let Some(p) = preferred.filter(|_| rng.chance(0.75)) {
-                byz.insert(p);
+                byz.insert(p, name.clone());
             }
             while byz.len() < f {
-                byz.insert(rng.below(n as u64) as usize);
+                let r = rng.below(n as u64) as usize;
+                if byz.contains_key(&r) {
+                    continue;
+                }
+                let other = if byz.is_empty() || cfg.byzantine != ByzantineChoice::Random {
+                    name.clone()
+                } else {
+                    let i = rng.below(byzantine::STRATEGIES.len() as u64) as usize;
+                    byzantine::STRATEGIES[i].0.to_string()
+                };
+                byz.insert(r, other);
             }
         }
 
@@ -379,7 +440,7 @@ impl World {
             .map(|i| {
                 let id = ReplicaId(i as u32);
                 let crypto = SimCrypto::new(id, keys.clone());
-                let strategy = if byz.contains(&i) { strategy_name.as_deref().and_then(byzantine::make) } else { None };
+                let strategy = byz.get(&i).and_then(|name| byzantine::make(name));
                 let mut disk = Disk::default();
                 disk.snapshots.insert(SeqNo(0), genesis_snapshot.clone());
                 SimReplica {
@@ -394,14 +455,17 @@ impl World {
                 }
             })
             .collect();
+        let byzantine_clients = faults.byzantine_clients;
         let clients = client_ids
             .iter()
-            .map(|&id| SimClient {
+            .enumerate()
+            .map(|(i, &id)| SimClient {
                 id,
+                byzantine: i < byzantine_clients,
+                ops_after_heal: if i < byzantine_clients { 0 } else { cfg.ops_after_heal },
                 next_request: 1,
                 current: None,
                 next_op_at: 0,
-                ops_after_heal: cfg.ops_after_heal,
                 view: ViewNo(0),
                 rng: rng.fork(),
             })
@@ -418,11 +482,15 @@ impl World {
             clients,
             keys,
             genesis,
+            genesis_snapshot,
             faults,
             faulty_phase: true,
             blocked: BTreeSet::new(),
             clogged: BTreeSet::new(),
             checker: Checker::default(),
+            votes: Votes::default(),
+            victims: BTreeSet::new(),
+            slow_windows: Vec::new(),
             history: Vec::new(),
             heal_at,
             messages: 0,
@@ -471,14 +539,7 @@ impl World {
                     self.client_tick(c);
                     self.schedule(self.now + TICK_MS, Event::ClientTick(c));
                 }
-                Event::Crash(r) => {
-                    if self.cfg.trace {
-                        eprintln!("{:>6} r{r} crash", self.now);
-                    }
-                    let rep = &mut self.replicas[r];
-                    rep.core = None;
-                    rep.exec = None;
-                }
+                Event::Crash(r) => self.crash(r),
                 Event::Restart(r) => self.restart(r),
                 Event::Partition => self.partition(),
                 Event::HealPartition => self.blocked.clear(),
@@ -521,7 +582,16 @@ impl World {
                 }
             }
         }
-        // Crashes: each crash victim is honest; a restart replays its durable records.
+        if self.faults.asynchrony {
+            let mut t = self.rng.range(100, 1000);
+            while t < phase {
+                let len = self.rng.range(500, 2500);
+                self.slow_windows.push((t, (t + len).min(phase)));
+                t += len + self.rng.range(200, 1500);
+            }
+        }
+        // Crashes: each crash victim is honest; a restart replays its
+        // durable records, or, with amnesia, starts without its votes.
         let mut candidates: Vec<usize> = (0..self.n()).filter(|r| !self.is_byzantine(*r)).collect();
         for _ in 0..self.faults.crashes {
             if candidates.is_empty() {
@@ -529,6 +599,7 @@ impl World {
             }
             let i = self.rng.below(candidates.len() as u64) as usize;
             let victim = candidates.swap_remove(i);
+            self.victims.insert(victim);
             let mut t = self.rng.range(100, phase / 2);
             while t < phase {
                 self.schedule(t, Event::Crash(victim));
@@ -576,6 +647,13 @@ impl World {
         let mut delay = 1 + self.rng.below(jitter + 1) + extra_delay_ms;
         if self.clogged.contains(&(from, to)) {
             delay += 150;
+        }
+        if self.faulty_phase && self.slow_windows.iter().any(|(a, b)| (*a..*b).contains(&self.now)) {
+            // Slow enough to trip request timers, and view-change timers too.
+            delay += self.rng.below(3 * REQUEST_TIMEOUT_MS);
+        }
+        if !self.faulty_phase {
+            delay += self.cfg.slow_network_ms;
         }
         if self.rng.chance(dup) {
             // A duplicate that may arrive much later: a replay.
@@ -678,8 +756,8 @@ impl World {
                 }
                 None => return,
             };
-            for a in actions {
-                self.apply(r, a, &mut inputs);
+            if !self.apply_all(r, actions, &mut inputs) {
+                return;
             }
         }
     }
@@ -687,11 +765,58 @@ impl World {
     fn drain(&mut self, r: usize) {
         let actions = self.replicas[r].core.as_mut().map(|c| c.take_actions()).unwrap_or_default();
         let mut inputs = VecDeque::new();
-        for a in actions {
-            self.apply(r, a, &mut inputs);
+        if !self.apply_all(r, actions, &mut inputs) {
+            return;
         }
         while let Some(i) = inputs.pop_front() {
             self.replica_step(r, i);
+        }
+    }
+
+    /// Carries out one step's actions in order; false if the replica
+    /// crashed in the middle (right after one of its records became
+    /// durable), in which case the rest of the step never happens.
+    fn apply_all(&mut self, r: usize, actions: Vec<Action>, inputs: &mut VecDeque<Input>) -> bool {
+        for a in actions {
+            let persisted = matches!(a, Action::Persist(_));
+            self.apply(r, a, inputs);
+            if persisted && self.torn_step(r) {
+                if self.cfg.trace {
+                    eprintln!("{:>6} r{r} crashes in the middle of a step", self.now);
+                }
+                self.crash(r);
+                let down = self.rng.range(100, 1500);
+                self.schedule(self.now + down, Event::Restart(r));
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether replica `r` crashes right after the record it just made durable.
+    fn torn_step(&mut self, r: usize) -> bool {
+        self.faulty_phase
+            && self.faults.torn_steps > 0.0
+            && self.victims.contains(&r)
+            && self.now + 2_000 < self.heal_at
+            && self.rng.chance(self.faults.torn_steps)
+    }
+
+    fn crash(&mut self, r: usize) {
+        if self.cfg.trace {
+            eprintln!("{:>6} r{r} crash", self.now);
+        }
+        let rep = &mut self.replicas[r];
+        if let Some(core) = rep.core.take() {
+            if core.metrics().alarms > 0 && rep.strategy.is_none() {
+                self.checker.on_alarm(rep.id, core.metrics().alarms);
+            }
+        }
+        rep.exec = None;
+        if self.faults.amnesia {
+            // The disk goes too: the replica will restart without its votes.
+            rep.disk = Disk::default();
+            rep.disk.snapshots.insert(SeqNo(0), self.genesis_snapshot.clone());
         }
     }
 
@@ -719,8 +844,16 @@ impl World {
         }
         match action {
             Action::Persist(record) => self.replicas[r].disk.persist(record),
-            Action::Send { to, msg } => self.replica_send(r, to, msg),
+            Action::Send { to, msg } => {
+                if !byz {
+                    self.votes.on_send(ReplicaId(r as u32), &msg);
+                }
+                self.replica_send(r, to, msg)
+            }
             Action::Broadcast(msg) => {
+                if !byz {
+                    self.votes.on_send(ReplicaId(r as u32), &msg);
+                }
                 let others: Vec<ReplicaId> =
                     self.membership.members().iter().copied().filter(|m| m.0 as usize != r).collect();
                 for to in others {
@@ -784,7 +917,8 @@ impl World {
                 }
                 rep.disk.snapshots.insert(seq, snapshot);
             }
-            Action::StableCheckpoint { .. } | Action::Dropped { .. } => {}
+            Action::StableCheckpoint { keep_from, .. } => self.replicas[r].disk.on_stable(keep_from),
+            Action::Dropped { .. } => {}
         }
     }
 
@@ -792,20 +926,24 @@ impl World {
         if self.replicas[r].core.is_some() {
             return;
         }
+        let votes_lost = self.faults.amnesia && self.victims.contains(&r);
+        let nonce = self.rng.next_u64();
         let rep = &mut self.replicas[r];
         let (&seq, snapshot) = rep.disk.snapshots.last_key_value().expect("genesis snapshot is always kept");
         let snapshot = snapshot.clone();
         let mut exec = Executor::new(SimService::default(), self.core_cfg.client_window);
         exec.install(&snapshot).expect("own snapshot installs");
-        let core = Replica::recover(
-            self.core_cfg.clone(),
-            rep.id,
-            rep.crypto.clone(),
-            self.genesis,
-            rep.disk.records.records().to_vec(),
-            seq,
-            Digest::of(&snapshot),
-        );
+        let restart = Restart {
+            records: rep.disk.records.records().to_vec(),
+            votes_lost,
+            executed: seq,
+            executed_state: Digest::of(&snapshot),
+            nonce,
+        };
+        if self.cfg.trace {
+            eprintln!("{:>6} r{r} restart{}", self.now, if votes_lost { " without its votes" } else { "" });
+        }
+        let core = Replica::recover(self.core_cfg.clone(), rep.id, rep.crypto.clone(), self.genesis, restart);
         rep.exec = Some(exec);
         rep.core = Some(core);
         self.drain(r);
@@ -815,6 +953,10 @@ impl World {
 
     fn client_tick(&mut self, c: usize) {
         let now = self.now;
+        if self.clients[c].byzantine {
+            self.byzantine_client_tick(c);
+            return;
+        }
         if let Some(cur) = &self.clients[c].current {
             if now >= cur.retransmit_at {
                 if cur.request.read_only {
@@ -877,6 +1019,35 @@ impl World {
             self.broadcast_request(c, request);
         } else {
             self.send(n + c, primary.0 as usize, Payload::Request(request), 0);
+        }
+    }
+
+    /// A faulty client: every so often it sends a request either with the
+    /// same id but a different operation to each replica, or to the backups
+    /// of view 0 only. Its requests are properly signed: it is a client of
+    /// the cluster, just not an honest one.
+    fn byzantine_client_tick(&mut self, c: usize) {
+        let n = self.n();
+        let cl = &mut self.clients[c];
+        if self.now < cl.next_op_at {
+            return;
+        }
+        cl.next_op_at = self.now + cl.rng.range(20, 120);
+        let id = RequestId(cl.next_request);
+        cl.next_request += 1;
+        let split = cl.rng.chance(0.5);
+        let client = cl.id;
+        let primary = self.membership.primary(ViewNo(0)).0 as usize;
+        for r in 0..n {
+            let op =
+                if split { SimOp::Counter(CounterOp::Add(r as u64 + 1)) } else { SimOp::Counter(CounterOp::Add(7)) };
+            if !split && r == primary {
+                continue;
+            }
+            let mut request =
+                Request { client, id, read_only: false, operation: op.encode(), auth: Default::default() };
+            self.keys.sign_request(&mut request);
+            self.send(n + c, r, Payload::Request(request), 0);
         }
     }
 
@@ -997,6 +1168,17 @@ impl World {
                 liveness.push(format!("client {} still had {} operations to run", cl.id, cl.ops_after_heal));
             }
         }
+        // f Byzantine replicas plus replicas that lost their votes are more
+        // faults than the protocol tolerates: it must stay safe, but it is
+        // not promised to make progress (a replica without its votes waits
+        // for progress to rejoin, and progress waits for its votes).
+        let byzantine_count = self.replicas.iter().filter(|r| r.strategy.is_some()).count();
+        let amnesiac_count = if self.faults.amnesia { self.victims.len() } else { 0 };
+        let beyond_model = byzantine_count + amnesiac_count > self.membership.f();
+        if beyond_model {
+            liveness.clear();
+        }
+        self.checker.violations.append(&mut self.votes.violations);
         let byzantine: Vec<ReplicaId> = self.replicas.iter().filter(|r| r.strategy.is_some()).map(|r| r.id).collect();
         let replica_states = self
             .replicas
@@ -1020,8 +1202,13 @@ impl World {
         Report {
             replica_states,
             seed: self.cfg.seed,
-            strategy: self.replicas.iter().find_map(|r| r.strategy.as_ref().map(|s| s.name().to_string())),
+            strategy: {
+                let names: Vec<&str> =
+                    self.replicas.iter().filter_map(|r| r.strategy.as_ref().map(|s| s.name())).collect();
+                (!names.is_empty()).then(|| names.join("+"))
+            },
             byzantine,
+            beyond_model,
             faults: self.faults.describe(),
             safety: std::mem::take(&mut self.checker.violations),
             liveness,

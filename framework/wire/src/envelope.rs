@@ -81,6 +81,8 @@ pub enum RejectReason {
     Stale,
     /// The request failed a check (size, signature, client id).
     Invalid,
+    /// The request is larger than a batch may be: no primary can order it.
+    TooLarge,
 }
 
 /// From a replica to a client.
