@@ -26,11 +26,15 @@ pub struct Config {
     /// batches stay large enough that per-batch messages stay cheap.
     pub pipeline_min_batch: usize,
     /// A backup that has waited this long for a request to execute suspects
-    /// the primary and starts a view change.
+    /// the primary and starts a view change. It doubles with every view
+    /// change that executes nothing (up to `view_change_backoff_max`), so a
+    /// network slower than this still makes progress.
     pub request_timeout_ms: u64,
     /// Base time to wait for a NEW-VIEW before moving to the next view.
     pub view_change_timeout_ms: u64,
-    /// The view-change timeout doubles per failed attempt, up to 2^this.
+    /// The view-change and request timeouts double per failed attempt, up
+    /// to 2^this: the protocol is live for any network whose request path
+    /// fits in `request_timeout_ms << view_change_backoff_max`.
     pub view_change_backoff_max: u32,
     /// Period at which undecided normal-case messages and VIEW-CHANGEs are sent again.
     pub retransmit_ms: u64,
@@ -50,8 +54,6 @@ pub struct Config {
     /// Request ids per client below its highest executed one that are still
     /// filtered for duplicates; pass the same value to [`crate::Executor::new`].
     pub client_window: u64,
-    /// Distinct digests remembered per sequence number in the Q set.
-    pub preprepared_per_seq_max: usize,
     /// Test-only planted bugs.
     #[cfg(feature = "planted-bugs")]
     pub planted: crate::planted::PlantedBugs,
@@ -79,7 +81,6 @@ impl Config {
             read_queue_max: 10_000,
             catch_up_max: 64,
             client_window: 1024,
-            preprepared_per_seq_max: 4,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }
@@ -101,9 +102,6 @@ impl Config {
         }
         if self.client_window == 0 {
             return Err("client_window must be at least 1".into());
-        }
-        if self.preprepared_per_seq_max == 0 {
-            return Err("preprepared_per_seq_max must be at least 1".into());
         }
         Ok(())
     }

@@ -8,4 +8,33 @@ pub struct PlantedBugs {
     pub weak_quorum: bool,
     /// Backups accept NEW-VIEW without recomputing its decisions from the proof.
     pub skip_new_view_check: bool,
+    /// Entering a NEW-VIEW writes the view first and each re-proposal as a
+    /// record of its own after it, and the primary sends its NEW-VIEW
+    /// before writing anything (the review's first agreement hole).
+    pub torn_new_view: bool,
+    /// A replica restarted without its votes votes at once, as if it had
+    /// never voted (the review's second agreement hole).
+    pub amnesiac_votes: bool,
+    /// Q sets keep four digests per sequence number, evicting the oldest,
+    /// and replicas accept any fresh digest (the review's liveness hole).
+    pub evicting_q: bool,
+    /// The request timeout never doubles (the review's fixed timer).
+    pub fixed_request_timeout: bool,
+}
+
+/// The planted eviction: keeps `cap` digests at a slot's Q set, dropping
+/// the oldest claims (never `keep`).
+pub(crate) fn evict_q(
+    preprepared: &mut std::collections::BTreeMap<crate::Digest, crate::ViewNo>,
+    keep: crate::Digest,
+    cap: usize,
+) {
+    while preprepared.len() > cap {
+        let (&old, _) = preprepared
+            .iter()
+            .filter(|(d, _)| **d != keep)
+            .min_by_key(|(d, v)| (**v, **d))
+            .expect("more than one entry");
+        preprepared.remove(&old);
+    }
 }

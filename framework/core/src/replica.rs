@@ -632,6 +632,10 @@ impl<C: Crypto> Replica<C> {
     /// Whether this replica is rejoining after losing its votes, and so
     /// casts none yet.
     pub fn rejoining(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if self.cfg.planted.amnesiac_votes {
+            return false;
+        }
         self.rejoin.is_some()
     }
     /// The sequence number this replica's stable checkpoint must reach
@@ -685,6 +689,16 @@ impl<C: Crypto> Replica<C> {
             .max(1);
         }
         self.cfg.membership.quorum()
+    }
+
+    /// Whether NEW-VIEWs cover every sequence number with a Q entry (always,
+    /// but for the planted bug).
+    fn cover_q(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if self.cfg.planted.evicting_q {
+            return false;
+        }
+        true
     }
 
     fn bft(&self) -> bool {
@@ -782,6 +796,10 @@ impl<C: Crypto> Replica<C> {
                     } else {
                         self.request_timeout_shift =
                             (self.request_timeout_shift + 1).min(self.cfg.view_change_backoff_max);
+                        #[cfg(feature = "planted-bugs")]
+                        if self.cfg.planted.fixed_request_timeout {
+                            self.request_timeout_shift = 0;
+                        }
                         self.start_view_change(self.view.next());
                     }
                 }
@@ -1180,6 +1198,10 @@ impl<C: Crypto> Replica<C> {
         let digest = pp.batch.digest();
         let (view, seq) = (pp.view, pp.seq);
         let bft = self.bft();
+        #[cfg(feature = "planted-bugs")]
+        let (second_fresh_allowed, q_cap) = (self.cfg.planted.evicting_q, self.cfg.planted.evicting_q.then_some(4));
+        #[cfg(not(feature = "planted-bugs"))]
+        let (second_fresh_allowed, q_cap): (bool, Option<usize>) = (false, None);
         let slot = self.slot_in_view(seq);
         if let Some(existing) = slot.pre_prepare {
             if existing == digest {
@@ -1196,7 +1218,7 @@ impl<C: Crypto> Replica<C> {
             self.drop_msg("pre-prepare contradicts a decision");
             return;
         }
-        if !slot.preprepared.is_empty() && !slot.preprepared.contains_key(&digest) {
+        if !second_fresh_allowed && !slot.preprepared.is_empty() && !slot.preprepared.contains_key(&digest) {
             // A second fresh digest at this sequence number: a correct
             // replica accepts one, so its Q set stays bounded and never
             // evicts a voucher (see `view_change::digests_per_seq_max`).
@@ -1224,6 +1246,9 @@ impl<C: Crypto> Replica<C> {
         slot.batches.insert(digest, pp.batch.clone());
         slot.touched_ms = now;
         add_q(slot, digest, view);
+        if let Some(cap) = q_cap {
+            evict_q(&mut slot.preprepared, digest, cap);
+        }
         if bft {
             slot.prepares.insert(me, digest);
         }
@@ -1394,9 +1419,8 @@ impl<C: Crypto> Replica<C> {
             self.metrics.delivered_batches += 1;
             self.metrics.delivered_requests += batch.requests.len() as u64;
             if !batch.is_null() {
-                // Requests execute again: the timeouts are back to their base.
-                self.request_timeout_shift = 0;
                 self.view_change_timer.attempts = 0;
+                self.adapt_request_timeout(&batch, now);
             }
             for r in &batch.requests {
                 self.remove_pending((r.client, r.id));
@@ -1407,6 +1431,27 @@ impl<C: Crypto> Replica<C> {
         }
         self.flush_reads();
         self.try_propose();
+    }
+
+    /// Requests execute again: the request timeout comes back down, as
+    /// far as the time they took allows. Within the base timeout it is back
+    /// to the base; well inside the current one, one doubling less; slower
+    /// than that it stays, so a network slower than the base timeout does
+    /// not make every request after a success trip it again.
+    fn adapt_request_timeout(&mut self, batch: &Batch, now: u64) {
+        let waited = batch
+            .requests
+            .iter()
+            .filter_map(|r| self.pending.get(&(r.client, r.id)))
+            .map(|p| now.saturating_sub(p.arrival_ms))
+            .max();
+        let Some(waited) = waited else { return };
+        let base = self.cfg.request_timeout_ms;
+        if waited <= base {
+            self.request_timeout_shift = 0;
+        } else if waited < (base << self.request_timeout_shift) / 2 {
+            self.request_timeout_shift = self.request_timeout_shift.saturating_sub(1);
+        }
     }
 
     fn on_batch_reply(&mut self, seq: SeqNo, batch: Arc<Batch>) {
@@ -1849,7 +1894,8 @@ impl<C: Crypto> Replica<C> {
             self.view_changes.values().filter(|vc| vc.body.new_view == view).cloned().collect();
         let q = self.quorum();
         let bodies: Vec<&ViewChangeBody> = set.iter().map(|vc| &vc.body).collect();
-        let Some(plan) = view_change::decide(&bodies, q, self.cfg.membership.voucher_quorum()) else {
+        let Some(plan) = view_change::decide_up_to(&bodies, q, self.cfg.membership.voucher_quorum(), self.cover_q())
+        else {
             return;
         };
         let body = NewViewBody { view, replica: self.id, view_changes: set, chosen: plan.chosen.clone() };
@@ -1906,7 +1952,7 @@ impl<C: Crypto> Replica<C> {
             view_change::verify_view_change(&self.crypto, m, q, self.limits(), self.genesis_state, vc).ok()?;
         }
         let bodies: Vec<&ViewChangeBody> = b.view_changes.iter().map(|vc| &vc.body).collect();
-        let plan = view_change::decide(&bodies, q, m.voucher_quorum())?;
+        let plan = view_change::decide_up_to(&bodies, q, m.voucher_quorum(), self.cover_q())?;
         (plan.chosen == b.chosen).then_some(plan)
     }
 
@@ -1927,11 +1973,18 @@ impl<C: Crypto> Replica<C> {
         let v = nv.body.view;
         self.view = v;
         self.normal = true;
-        // The view-change backoff stays until requests execute again
-        // (PBFT 4.5.2); only the running timer stops.
+        // The view-change backoff stays until a request executes in this
+        // view (PBFT 4.5.2); only the running timer stops.
         self.view_change_timer.deadline_ms = None;
         self.metrics.new_views += 1;
         self.adopt_stable(plan.checkpoint);
+        #[cfg(feature = "planted-bugs")]
+        if self.cfg.planted.torn_new_view {
+            self.enter_new_view_torn(&nv);
+        } else {
+            self.persist(Record::NewView(nv.clone()));
+        }
+        #[cfg(not(feature = "planted-bugs"))]
         self.persist(Record::NewView(nv.clone()));
         if nv.body.replica == self.id {
             self.broadcast(PeerMessage::NewView(nv.clone()));
@@ -1945,6 +1998,24 @@ impl<C: Crypto> Replica<C> {
         self.retime_pending();
         self.try_deliver();
         self.try_propose();
+    }
+
+    /// The planted bug: the view goes to disk on its own (after the
+    /// primary's NEW-VIEW went out), each re-proposal after it.
+    #[cfg(feature = "planted-bugs")]
+    fn enter_new_view_torn(&mut self, nv: &Arc<Signed<NewViewBody>>) {
+        let view = nv.body.view;
+        if nv.body.replica == self.id {
+            self.broadcast(PeerMessage::NewView(nv.clone()));
+        }
+        let mut bare = (**nv).clone();
+        bare.body.chosen.clear();
+        self.persist(Record::NewView(Arc::new(bare)));
+        for &(seq, digest) in &nv.body.chosen {
+            if seq > self.stable.seq {
+                self.persist(Record::PrePrepared { view, seq, digest, batch: None });
+            }
+        }
     }
 
     /// The first sequence number at which `plan` chooses something other
@@ -2051,6 +2122,12 @@ fn add_q(slot: &mut Slot, digest: Digest, view: ViewNo) {
         *e = view;
     }
 }
+
+/// Only the planted bug ever evicts.
+#[cfg(feature = "planted-bugs")]
+use crate::planted::evict_q;
+#[cfg(not(feature = "planted-bugs"))]
+fn evict_q(_: &mut BTreeMap<Digest, ViewNo>, _: Digest, _: usize) {}
 
 #[cfg(test)]
 mod tests {

@@ -131,6 +131,18 @@ fn check_entries(body: &ViewChangeBody, limits: Limits) -> Result<(), ViewChange
 /// - otherwise, re-propose null if at least `quorum` messages have no P entry at n;
 /// - otherwise, undecided.
 pub fn decide(view_changes: &[&ViewChangeBody], quorum: usize, vouchers: usize) -> Option<NewViewPlan> {
+    decide_up_to(view_changes, quorum, vouchers, true)
+}
+
+/// [`decide`], covering sequence numbers up to the highest P entry only
+/// when `cover_q` is false: the planted bug that lets a new primary offer a
+/// fresh batch where replicas already pre-prepared one.
+pub(crate) fn decide_up_to(
+    view_changes: &[&ViewChangeBody],
+    quorum: usize,
+    vouchers: usize,
+    cover_q: bool,
+) -> Option<NewViewPlan> {
     if view_changes.len() < quorum {
         return None;
     }
@@ -139,7 +151,10 @@ pub fn decide(view_changes: &[&ViewChangeBody], quorum: usize, vouchers: usize) 
     let h = checkpoint.seq;
     let top = view_changes
         .iter()
-        .flat_map(|vc| vc.prepared.iter().map(|e| e.seq).chain(vc.preprepared.iter().map(|e| e.seq)))
+        .flat_map(|vc| {
+            let q = vc.preprepared.iter().map(|e| e.seq).filter(|_| cover_q);
+            vc.prepared.iter().map(|e| e.seq).chain(q)
+        })
         .filter(|s| *s > h)
         .max();
     let mut chosen = Vec::new();

@@ -14,38 +14,75 @@ fn proposed_digest(actions: &[Action], seq: u64) -> Option<Digest> {
     })
 }
 
-#[test]
-fn a_replica_keeps_vouching_for_what_it_pre_prepared_however_many_views_pass() {
-    let cfg = config(Mode::Bft, 4);
-    // As primary of view 0, replica 0 proposes d at seq 1; nobody else hears of it.
-    let mut r0 = replica(0, &cfg);
-    r0.step(Input::Request(request(1, 1)));
-    let d = proposed_digest(&r0.take_actions(), 1).expect("the idle primary proposes at once");
-    // Six views pass whose NEW-VIEWs re-propose nothing, and each new primary
-    // offers a fresh batch at seq 1.
-    for w in [1u64, 2, 3, 5, 6, 7] {
-        let vcs = (1..4).map(|r| view_change_with(r, w, &[], &[])).collect();
-        peer(&mut r0, (w % 4) as u32, new_view(w, 4, vcs, vec![]));
-        assert!(r0.is_normal() && r0.view() == ViewNo(w));
-        peer(&mut r0, (w % 4) as u32, pre_prepare(w, 1, batch(vec![request(2, w)])));
+/// Replica `id` pre-prepares d at seq 1 in view 0 (proposed by replica 0),
+/// then lives through five views whose Byzantine primary (replica 3)
+/// leaves seq 1 out of its NEW-VIEW and offers a fresh batch there each
+/// time. Returns d and the replica's VIEW-CHANGE for view 21.
+fn churned(
+    id: u32,
+    cfg: &palisade_core::Config,
+) -> (Digest, palisade_core::message::Signed<palisade_core::message::ViewChangeBody>) {
+    let mut r = replica(id, cfg);
+    let d = if id == 0 {
+        r.step(Input::Request(request(1, 1)));
+        proposed_digest(&r.take_actions(), 1).expect("the idle primary proposes at once")
+    } else {
+        let b = batch(vec![request(1, 1)]);
+        peer(&mut r, 0, pre_prepare(0, 1, b.clone()));
+        b.digest()
+    };
+    for w in [3u64, 7, 11, 15, 19] {
+        let vcs = [0u32, 2, 3].iter().map(|&who| view_change_with(who, w, &[], &[])).collect();
+        peer(&mut r, 3, new_view(w, 4, vcs, vec![]));
+        assert!(r.is_normal() && r.view() == ViewNo(w));
+        peer(&mut r, 3, pre_prepare(w, 1, batch(vec![request(2, w)])));
     }
-    // Its next VIEW-CHANGE still says it pre-prepared d at seq 1 in view 0:
-    // had it dropped that, a later view change could need it as a voucher
-    // and never find f+1.
-    let mut out = peer(&mut r0, 2, PeerMessage::ViewChange(view_change_from(2, 9)));
-    out.extend(peer(&mut r0, 3, PeerMessage::ViewChange(view_change_from(3, 9))));
+    let others: Vec<u32> = (0..4).filter(|o| *o != id && *o != 3).collect();
+    let mut out = peer(&mut r, 3, PeerMessage::ViewChange(view_change_from(3, 21)));
+    out.extend(peer(&mut r, others[0], PeerMessage::ViewChange(view_change_from(others[0], 21))));
     let vc = out
         .iter()
         .find_map(|a| match a {
             Action::Broadcast(PeerMessage::ViewChange(vc)) => Some(vc.clone()),
             _ => None,
         })
-        .expect("it joins view 9");
+        .expect("it joins view 21");
+    (d, vc)
+}
+
+#[test]
+fn a_replica_keeps_vouching_for_what_it_pre_prepared_however_many_views_pass() {
+    let cfg = config(Mode::Bft, 4);
+    let (d, vc) = churned(0, &cfg);
     assert!(
         vc.body.preprepared.iter().any(|e| e.seq == SeqNo(1) && e.digest == d),
         "the voucher for d at seq 1 was evicted: {:?}",
         vc.body.preprepared
     );
+    // With the vouchers kept, the three correct replicas (replica 1
+    // prepared d in view 0) can always form a NEW-VIEW without replica 3.
+    let (_, vc2) = churned(2, &cfg);
+    let vc1 = view_change_with(1, 21, &[(1, 0, d)], &[(1, d, 0)]);
+    let bodies = [&vc.body, &vc1.body, &vc2.body];
+    let plan = palisade_core::view_change::decide(&bodies, 3, 2).expect("the correct replicas can decide");
+    assert_eq!(plan.chosen.first(), Some(&(SeqNo(1), d)));
+}
+
+/// The review's liveness hole, planted: Q sets that evict after four
+/// digests lose the vouchers replica 1's prepared entry needs, and null
+/// needs a quorum without prepared entries, so no set of the correct
+/// replicas' VIEW-CHANGEs can ever decide seq 1 again.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn with_evicting_q_sets_planted_no_new_view_can_ever_form() {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.planted.evicting_q = true;
+    let (d, vc0) = churned(0, &cfg);
+    let (_, vc2) = churned(2, &cfg);
+    assert!(!vc0.body.preprepared.iter().any(|e| e.seq == SeqNo(1) && e.digest == d), "nothing was evicted");
+    let vc1 = view_change_with(1, 21, &[(1, 0, d)], &[(1, d, 0)]);
+    let bodies = [&vc0.body, &vc1.body, &vc2.body];
+    assert_eq!(palisade_core::view_change::decide(&bodies, 3, 2), None);
 }
 
 #[test]

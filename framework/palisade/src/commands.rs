@@ -4,7 +4,7 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use palisade_client::{Client, ClientOptions};
 use palisade_core::ReplicaId;
-use palisade_runtime::{spawn_replica, RuntimeConfig};
+use palisade_runtime::{spawn_replica, RuntimeConfig, Start};
 use palisade_services::counter::{Counter, CounterClient};
 use palisade_services::echo::Echo;
 use palisade_services::kv::{KvClient, KvError, KvStore};
@@ -52,8 +52,27 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Whether this replica may vote at once. Records live in memory only, so
+/// every restart loses them; the data directory holds a marker that the
+/// replica has started before. A replica starting for the first time never
+/// voted and may; one that started before, or whose disk was replaced
+/// (`--rejoin`), rejoins without voting until that is safe.
+fn start_mode(data_dir: &Path, rejoin: bool) -> Result<Start, String> {
+    let marker = data_dir.join("started");
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let started_before = marker.exists();
+    if !started_before {
+        let f = std::fs::File::create(&marker).map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+        f.sync_all().map_err(|e| format!("cannot sync {}: {e}", marker.display()))?;
+        if let Ok(dir) = std::fs::File::open(data_dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(if started_before || rejoin { Start::LostVotes } else { Start::Fresh })
+}
+
 /// `palisade replica`: runs one replica until SIGINT or SIGTERM.
-pub fn replica(config: &Path, id: u32, service: ServiceKind, verbose: bool) -> ExitCode {
+pub fn replica(config: &Path, id: u32, service: ServiceKind, verbose: bool, data_dir: &Path, rejoin: bool) -> ExitCode {
     let cluster = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -64,7 +83,12 @@ pub fn replica(config: &Path, id: u32, service: ServiceKind, verbose: bool) -> E
         Ok(k) => k,
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let rt_cfg = RuntimeConfig::for_cluster(&cluster);
+    let mut rt_cfg = RuntimeConfig::for_cluster(&cluster);
+    rt_cfg.start = match start_mode(data_dir, rejoin) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let start = rt_cfg.start;
     let handle = match service {
         ServiceKind::Kv => spawn_replica(&cluster, me, key, KvStore::default(), rt_cfg),
         ServiceKind::Counter => spawn_replica(&cluster, me, key, Counter::default(), rt_cfg),
@@ -81,6 +105,12 @@ pub fn replica(config: &Path, id: u32, service: ServiceKind, verbose: bool) -> E
         cluster.membership.n(),
         cluster.membership.f()
     );
+    if start == Start::LostVotes {
+        eprintln!(
+            "palisade: replica {me} restarted without its votes: it catches up and votes again once its \
+             stable checkpoint passes what it may have voted on before"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a signal runtime");
     runtime.block_on(async {
         let status = async {
@@ -96,8 +126,13 @@ pub fn replica(config: &Path, id: u32, service: ServiceKind, verbose: bool) -> E
                     .filter(|(_, v)| *v > 0)
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
+                let rejoining = match (c.rejoining, c.rejoin_mark) {
+                    (false, _) => String::new(),
+                    (true, Some(mark)) => format!(" (rejoining until stable {mark})"),
+                    (true, None) => " (rejoining: asking peers how far they got)".to_string(),
+                };
                 eprintln!(
-                    "palisade: replica {me}: view {}{}{} delivered {} stable {} pending {} | queues {} | {}",
+                    "palisade: replica {me}: view {}{}{}{rejoining} delivered {} stable {} pending {} | queues {} | {}",
                     c.view,
                     if c.primary { " (primary)" } else { "" },
                     if c.normal { "" } else { " (changing view)" },

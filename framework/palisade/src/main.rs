@@ -144,6 +144,13 @@ enum Command {
         /// Print the replica's state every 10 seconds.
         #[arg(long)]
         verbose: bool,
+        /// Where this replica keeps what must outlive it [default: CONFIG/data-ID].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Start as a replica that lost its votes, whatever the data
+        /// directory says: after a disk was lost or replaced.
+        #[arg(long)]
+        rejoin: bool,
     },
     /// Use a key-value cluster.
     Kv {
@@ -213,7 +220,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Replica { config, id, service, verbose } => commands::replica(&config, id, service.kind(), verbose),
+        Command::Replica { config, id, service, verbose, data_dir, rejoin } => {
+            let data_dir = data_dir.unwrap_or_else(|| config.join(format!("data-{id}")));
+            commands::replica(&config, id, service.kind(), verbose, &data_dir, rejoin)
+        }
         Command::Kv { op, config, timeout_ms } => {
             let cmd = match op {
                 KvOp::Put { key, value } => KvCommand::Put(key, value),

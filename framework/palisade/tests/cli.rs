@@ -115,3 +115,42 @@ fn a_counter_cluster_in_cft_mode() {
     drop(replicas);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_replica_killed_and_started_again_says_it_rejoins_without_its_votes() {
+    let dir = tempdir("rejoin");
+    let port = (16_000 + std::process::id() % 400 * 10) as u16;
+    let d = dir.to_str().unwrap();
+    assert!(palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]).status.success());
+    let mut replicas = start(&dir, 4, "counter");
+    assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "1");
+    assert!(dir.join("data-3").join("started").exists(), "the first start leaves its mark in the data directory");
+    replicas.0[3].kill().unwrap();
+    let _ = replicas.0[3].wait();
+    let mut again = Command::new(BIN)
+        .args(["replica", "--config", d, "--id", "3", "--service", "counter"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start replica 3 again");
+    let stderr = again.stderr.take().unwrap();
+    replicas.0.push(again);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("restarted without its votes") => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    assert!(said, "the restarted replica did not say it rejoins without its votes");
+    assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "2");
+    drop(replicas);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

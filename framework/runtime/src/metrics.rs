@@ -104,6 +104,11 @@ pub struct CoreSnapshot {
     pub pending_requests: usize,
     /// The core's dropped-message counters.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Whether the replica is rejoining after losing its votes (it casts
+    /// none yet, and counts as one of the f faulty replicas).
+    pub rejoining: bool,
+    /// The stable checkpoint it must reach before it votes again.
+    pub rejoin_mark: Option<u64>,
 }
 
 impl RuntimeMetrics {

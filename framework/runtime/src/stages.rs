@@ -691,6 +691,8 @@ impl<C: palisade_core::Crypto> Consensus<C> {
             delivered_requests: m.delivered_requests,
             pending_requests: self.core.pending_requests(),
             dropped: m.dropped.clone(),
+            rejoining: self.core.rejoining(),
+            rejoin_mark: self.core.rejoin_mark().map(|s| s.0),
         };
     }
 }

@@ -69,6 +69,12 @@ pub trait Strategy {
     fn reply(&mut self, _ctx: &mut ByzCtx<'_>, reply: Reply) -> Option<Reply> {
         Some(reply)
     }
+    /// Sees a message its replica received (before the replica does).
+    fn observe(&mut self, _ctx: &mut ByzCtx<'_>, _from: ReplicaId, _msg: &PeerMessage) {}
+    /// Extra messages to send on each of its replica's ticks.
+    fn on_tick(&mut self, _ctx: &mut ByzCtx<'_>) -> Vec<Outgoing> {
+        Vec::new()
+    }
 }
 
 /// Every strategy: name, placement, and what it does.
@@ -96,6 +102,27 @@ pub const STRATEGIES: &[(&str, Placement, &str)] = &[
         Placement::InitialPrimary,
         "as primary, adds requests with forged client signatures to its batches",
     ),
+    (
+        "plausible-view-change",
+        Placement::Any,
+        "view-changes omit its own prepared entries and claim, in the latest view, batches it really saw pre-prepared",
+    ),
+    (
+        "two-new-views",
+        Placement::FirstNewPrimary,
+        "as new primary, sends different valid NEW-VIEWs (built from different quorums of VIEW-CHANGEs) to different backups",
+    ),
+    ("partial-pre-prepare", Placement::InitialPrimary, "as primary, sends each PRE-PREPARE to only some backups"),
+    (
+        "withhold-batches",
+        Placement::InitialPrimary,
+        "as primary, gives each batch to one backup only, claims it prepared it, and never answers batch requests",
+    ),
+    (
+        "status-flood",
+        Placement::Any,
+        "lies in STATUS (old view, nothing delivered) and floods peers with batch, state and rejoin questions",
+    ),
 ];
 
 /// The strategy called `name`.
@@ -112,6 +139,11 @@ pub fn make(name: &str) -> Option<Box<dyn Strategy>> {
         "poisoned-state" => Box::new(PoisonedState),
         "forged-replies" => Box::new(ForgedReplies),
         "forged-requests" => Box::new(ForgedRequests),
+        "plausible-view-change" => Box::new(PlausibleViewChange),
+        "two-new-views" => Box::new(TwoNewViews::default()),
+        "partial-pre-prepare" => Box::new(PartialPrePrepare),
+        "withhold-batches" => Box::new(WithholdBatches::default()),
+        "status-flood" => Box::new(StatusFlood::default()),
         _ => return None,
     })
 }
@@ -436,5 +468,225 @@ impl Strategy for ForgedRequests {
             }
             other => vec![Outgoing::now(to, other)],
         }
+    }
+}
+
+/// Omits its own P entries and promotes digests it really saw pre-prepared
+/// (so a correct replica holds them) to P entries of the latest view: the
+/// most believable lie, which the decision rule's vouchers must still see
+/// through.
+#[derive(Default)]
+struct PlausibleViewChange;
+
+impl Strategy for PlausibleViewChange {
+    fn name(&self) -> &'static str {
+        "plausible-view-change"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let PeerMessage::ViewChange(vc) = msg else {
+            return vec![Outgoing::now(to, msg)];
+        };
+        if vc.body.replica != ctx.me {
+            return vec![Outgoing::now(to, PeerMessage::ViewChange(vc))];
+        }
+        let mut body: ViewChangeBody = vc.body.clone();
+        let claim_view = ViewNo(body.new_view.0.saturating_sub(1));
+        let own: std::collections::BTreeMap<SeqNo, Digest> = body.prepared.iter().map(|e| (e.seq, e.digest)).collect();
+        body.prepared.clear();
+        let mut promoted: std::collections::BTreeMap<SeqNo, Digest> = Default::default();
+        for e in &body.preprepared {
+            if own.get(&e.seq) != Some(&e.digest) && ctx.rng.chance(0.7) {
+                promoted.entry(e.seq).or_insert(e.digest);
+            }
+        }
+        for (&seq, &digest) in &promoted {
+            body.prepared.push(PreparedEntry { seq, view: claim_view, digest });
+            for q in body.preprepared.iter_mut().filter(|q| q.seq == seq && q.digest == digest) {
+                q.view = claim_view;
+            }
+        }
+        vec![Outgoing::now(to, PeerMessage::ViewChange(crypto::sign(ctx.crypto, Domain::ViewChange, body)))]
+    }
+}
+
+/// As a new primary, sends backups NEW-VIEWs built from different quorums
+/// of the VIEW-CHANGEs it received: each valid on its own, so only the
+/// backups' recomputation and vouchers keep them consistent.
+#[derive(Default)]
+struct TwoNewViews {
+    seen: std::collections::BTreeMap<(ViewNo, ReplicaId), Signed<ViewChangeBody>>,
+}
+
+impl Strategy for TwoNewViews {
+    fn name(&self) -> &'static str {
+        "two-new-views"
+    }
+    fn observe(&mut self, _ctx: &mut ByzCtx<'_>, _from: ReplicaId, msg: &PeerMessage) {
+        if let PeerMessage::ViewChange(vc) = msg {
+            self.seen.insert((vc.body.new_view, vc.body.replica), vc.clone());
+            if self.seen.len() > 256 {
+                self.seen.pop_first();
+            }
+        }
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let PeerMessage::NewView(nv) = msg else {
+            return vec![Outgoing::now(to, msg)];
+        };
+        let odd = ctx.membership.index_of(to).unwrap_or(0) % 2 == 1;
+        if nv.body.replica != ctx.me || !odd {
+            return vec![Outgoing::now(to, PeerMessage::NewView(nv))];
+        }
+        let view = nv.body.view;
+        let mut pool: Vec<Signed<ViewChangeBody>> = nv.body.view_changes.clone();
+        for ((v, r), vc) in &self.seen {
+            if *v == view && !pool.iter().any(|p| p.body.replica == *r) {
+                pool.push(vc.clone());
+            }
+        }
+        let q = ctx.membership.quorum();
+        if pool.len() > q {
+            // Another quorum: leave out a different VIEW-CHANGE.
+            let skip = ctx.rng.below(pool.len() as u64) as usize;
+            pool.remove(skip);
+        }
+        let bodies: Vec<&ViewChangeBody> = pool.iter().map(|vc| &vc.body).collect();
+        let vouchers = ctx.membership.voucher_quorum();
+        let Some(plan) = palisade_core::view_change::decide(&bodies, q, vouchers) else {
+            return vec![Outgoing::now(to, PeerMessage::NewView(nv))];
+        };
+        let body = NewViewBody { view, replica: ctx.me, view_changes: pool, chosen: plan.chosen };
+        let other = crypto::sign(ctx.crypto, Domain::NewView, body);
+        vec![Outgoing::now(to, PeerMessage::NewView(Arc::new(other)))]
+    }
+}
+
+/// As primary, leaves one backup (a different one each time) without the
+/// PRE-PREPARE.
+struct PartialPrePrepare;
+
+impl Strategy for PartialPrePrepare {
+    fn name(&self) -> &'static str {
+        "partial-pre-prepare"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        if let PeerMessage::PrePrepare(pp) = &msg {
+            let n = ctx.membership.n() as u64;
+            let left_out = ctx.membership.members()[((pp.seq.0 + pp.view.0) % n) as usize];
+            if to == left_out {
+                return Vec::new();
+            }
+        }
+        vec![Outgoing::now(to, msg)]
+    }
+}
+
+/// Gives each batch it proposes to a single backup, claims in its
+/// VIEW-CHANGEs to have prepared every one, and never answers a batch
+/// request: the cluster must fetch from the one correct holder.
+#[derive(Default)]
+struct WithholdBatches {
+    proposed: std::collections::BTreeMap<SeqNo, (ViewNo, Digest)>,
+}
+
+impl Strategy for WithholdBatches {
+    fn name(&self) -> &'static str {
+        "withhold-batches"
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        match msg {
+            PeerMessage::BatchReply { .. } => Vec::new(),
+            PeerMessage::PrePrepare(pp) => {
+                self.proposed.insert(pp.seq, (pp.view, pp.batch.digest()));
+                if self.proposed.len() > 256 {
+                    self.proposed.pop_first();
+                }
+                let n = ctx.membership.n() as u64;
+                let holder = ctx.membership.members()[((pp.seq.0 + 1) % n) as usize];
+                let holder =
+                    if holder == ctx.me { ctx.membership.members()[((pp.seq.0 + 2) % n) as usize] } else { holder };
+                if to == holder {
+                    vec![Outgoing::now(to, PeerMessage::PrePrepare(pp))]
+                } else {
+                    Vec::new()
+                }
+            }
+            PeerMessage::ViewChange(vc) if vc.body.replica == ctx.me => {
+                let mut body: ViewChangeBody = vc.body.clone();
+                let low = body.checkpoint.seq;
+                let high = SeqNo(low.0 + ctx.log_window);
+                for (&seq, &(view, digest)) in self.proposed.range(low.next()..=high) {
+                    if view >= body.new_view || body.prepared.iter().any(|e| e.seq == seq) {
+                        continue;
+                    }
+                    body.prepared.push(PreparedEntry { seq, view, digest });
+                    if !body.preprepared.iter().any(|e| e.seq == seq && e.digest == digest) {
+                        body.preprepared.push(PrePreparedEntry { seq, digest, view });
+                    }
+                }
+                body.prepared.sort();
+                body.preprepared.sort();
+                body.preprepared.dedup_by(|a, b| a.seq == b.seq && a.digest == b.digest);
+                vec![Outgoing::now(to, PeerMessage::ViewChange(crypto::sign(ctx.crypto, Domain::ViewChange, body)))]
+            }
+            other => vec![Outgoing::now(to, other)],
+        }
+    }
+}
+
+/// Says in every STATUS that it is far behind, in an old view, and
+/// repeats questions whose answers are large: every batch it knows of,
+/// every checkpoint, and how far everyone got.
+#[derive(Default)]
+struct StatusFlood {
+    known: VecDeque<(SeqNo, Digest)>,
+    ticks: u64,
+}
+
+impl Strategy for StatusFlood {
+    fn name(&self) -> &'static str {
+        "status-flood"
+    }
+    fn observe(&mut self, _ctx: &mut ByzCtx<'_>, _from: ReplicaId, msg: &PeerMessage) {
+        if let PeerMessage::PrePrepare(pp) = msg {
+            self.known.push_back((pp.seq, pp.batch.digest()));
+            if self.known.len() > 64 {
+                self.known.pop_front();
+            }
+        }
+    }
+    fn outgoing(&mut self, _ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        match msg {
+            PeerMessage::Status(st) => {
+                let lie = palisade_core::message::Status {
+                    view: ViewNo(0),
+                    normal: false,
+                    delivered: SeqNo(0),
+                    stable: SeqNo(0),
+                };
+                let _ = st;
+                (0..10).map(|_| Outgoing::now(to, PeerMessage::Status(lie))).collect()
+            }
+            other => vec![Outgoing::now(to, other)],
+        }
+    }
+    fn on_tick(&mut self, ctx: &mut ByzCtx<'_>) -> Vec<Outgoing> {
+        self.ticks += 1;
+        let mut out = Vec::new();
+        if !self.ticks.is_multiple_of(10) {
+            return out;
+        }
+        for &to in ctx.membership.members() {
+            if to == ctx.me {
+                continue;
+            }
+            for &(seq, digest) in &self.known {
+                out.push(Outgoing::now(to, PeerMessage::BatchRequest { seq, digest }));
+            }
+            let k = SeqNo(8 * ctx.rng.below(8));
+            out.push(Outgoing::now(to, PeerMessage::StateRequest { seq: k }));
+            out.push(Outgoing::now(to, PeerMessage::RejoinQuery { nonce: ctx.rng.next_u64() }));
+        }
+        out
     }
 }

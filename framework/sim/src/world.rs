@@ -110,6 +110,14 @@ pub const CLIENT_RETRY_MS: u64 = 300;
 /// batches, rounded up with a factor of two for queued work: 25 s.
 pub const LIVENESS_BOUND_MS: u64 = 25_000;
 
+/// The liveness bound when every message takes `slow_ms` longer after the
+/// heal: the usual bound, plus the time the timeouts need to double past
+/// the network's round trip (every view change in between may wait out a
+/// full timeout) and the operation's own round trips.
+pub fn slow_network_bound_ms(slow_ms: u64) -> u64 {
+    LIVENESS_BOUND_MS + 100 * slow_ms
+}
+
 /// The outcome of a run.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -139,6 +147,8 @@ pub struct Report {
     pub max_view: u64,
     /// Snapshots installed by state transfer.
     pub state_transfers: u64,
+    /// Times a correct replica that lost its votes finished rejoining.
+    pub rejoins: u64,
     /// Messages put on the network.
     pub messages: u64,
     /// Each replica's state at the end, for diagnosing failures.
@@ -522,7 +532,9 @@ impl World {
         }
         self.schedule_faults();
         self.schedule(self.heal_at, Event::Heal);
-        let hard_end = self.heal_at + 2 * self.cfg.liveness_bound_ms;
+        // Each operation after the heal has the liveness bound to complete,
+        // one after another: stop once none could still be within it.
+        let hard_end = self.heal_at + (u64::from(self.cfg.ops_after_heal) + 2) * self.cfg.liveness_bound_ms;
         while let Some(Reverse(ev)) = self.queue.pop() {
             if ev.time > hard_end {
                 break;
@@ -533,6 +545,16 @@ impl World {
                 Event::ReplicaTick(r) => {
                     let now = self.now + self.replicas[r].skew_ms;
                     self.replica_step(r, Input::Tick { now_ms: now });
+                    if self.replicas[r].strategy.is_some() && self.replicas[r].core.is_some() {
+                        let outs = with_strategy(&mut self.replicas[r], &self.membership, &self.core_cfg, |s, ctx| {
+                            s.on_tick(ctx)
+                        });
+                        for o in outs {
+                            if (o.to.0 as usize) < n && o.to.0 as usize != r {
+                                self.send(r, o.to.0 as usize, Payload::Peer(o.msg), o.delay_ms);
+                            }
+                        }
+                    }
                     self.schedule(self.now + TICK_MS, Event::ReplicaTick(r));
                 }
                 Event::ClientTick(c) => {
@@ -676,6 +698,12 @@ impl World {
         }
         match payload {
             Payload::Peer(msg) if from < n => {
+                if self.replicas[to].strategy.is_some() {
+                    let from = ReplicaId(from as u32);
+                    with_strategy(&mut self.replicas[to], &self.membership, &self.core_cfg, |s, ctx| {
+                        s.observe(ctx, from, &msg)
+                    });
+                }
                 self.replica_step(to, Input::Peer { from: ReplicaId(from as u32), msg });
             }
             Payload::Request(req) if from >= n => {
@@ -1124,6 +1152,7 @@ impl World {
         self.checker.check_linearizable(&history);
         let mut max_view = 0;
         let mut state_transfers = 0;
+        let mut rejoins = 0;
         for (r, rep) in self.replicas.iter().enumerate() {
             if rep.strategy.is_some() {
                 continue;
@@ -1131,6 +1160,7 @@ impl World {
             if let Some(core) = &rep.core {
                 max_view = max_view.max(core.view().0);
                 state_transfers += core.metrics().state_transfers;
+                rejoins += core.metrics().rejoined;
                 if core.metrics().alarms > 0 {
                     self.checker.on_alarm(ReplicaId(r as u32), core.metrics().alarms);
                 }
@@ -1217,6 +1247,7 @@ impl World {
             batches: self.checker.decided_count(),
             max_view,
             state_transfers,
+            rejoins,
             messages: self.messages,
         }
     }

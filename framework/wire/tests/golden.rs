@@ -78,6 +78,16 @@ fn peer_messages() {
         "010807060504030201070901e8078007",
     );
     check("state-request", &PeerMessage::StateRequest { seq: SeqNo(128) }, "0108070605040302010b8001");
+    check("rejoin-query", &PeerMessage::RejoinQuery { nonce: 0x1234 }, "0108070605040302010db424");
+    check(
+        "rejoin-reply",
+        &PeerMessage::RejoinReply {
+            nonce: 0x1234,
+            delivered: SeqNo(300),
+            checkpoint: palisade_core::checkpoint::genesis(Digest([2; 32])),
+        },
+        "0108070605040302010eb424ac0200020202020202020202020202020202020202020202020202020202020202020200",
+    );
 }
 
 #[test]
@@ -127,6 +137,11 @@ fn client_and_replica_messages() {
         "rejected",
         &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::Busy },
         "01080706050403020101000100",
+    );
+    check(
+        "rejected-too-large",
+        &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::TooLarge },
+        "01080706050403020101000103",
     );
 }
 

@@ -5,7 +5,8 @@ use palisade_sim::{byzantine, run_many, summarize, ByzantineChoice, SimConfig};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: palisade-sim --seeds START..END [--replicas N] [--mode bft|cft] \
-[--byzantine random|none|NAME] [--threads T] [--verbose] [--trace] [--plant weak-quorum|skip-new-view-check]
+[--byzantine random|none|NAME] [--threads T] [--verbose] [--trace] [--plant weak-quorum|skip-new-view-check|torn-new-view|amnesiac-votes|evicting-q|fixed-request-timeout]
+       [--amnesia yes|no] [--slow-network MS]
        palisade-sim --list-strategies";
 
 struct Args {
@@ -17,6 +18,8 @@ struct Args {
     verbose: bool,
     trace: bool,
     plant: Vec<String>,
+    amnesia: Option<bool>,
+    slow_network_ms: u64,
 }
 
 fn parse() -> Result<Option<Args>, String> {
@@ -30,6 +33,8 @@ fn parse() -> Result<Option<Args>, String> {
         verbose: false,
         trace: false,
         plant: Vec::new(),
+        amnesia: None,
+        slow_network_ms: 0,
     };
     let mut seeds_given = false;
     while let Some(a) = args.next() {
@@ -76,6 +81,17 @@ fn parse() -> Result<Option<Args>, String> {
                 out.threads = v.parse().map_err(|_| format!("bad thread count {v:?}"))?;
             }
             "--plant" => out.plant.push(value("--plant")?),
+            "--amnesia" => {
+                out.amnesia = match value("--amnesia")?.as_str() {
+                    "yes" => Some(true),
+                    "no" => Some(false),
+                    other => return Err(format!("--amnesia takes yes or no, not {other:?}")),
+                }
+            }
+            "--slow-network" => {
+                let v = value("--slow-network")?;
+                out.slow_network_ms = v.parse().map_err(|_| format!("bad delay {v:?}"))?;
+            }
             "--verbose" | "-v" => out.verbose = true,
             "--trace" => out.trace = true,
             "--help" | "-h" => {
@@ -101,11 +117,20 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
     cfg.mode = args.mode;
     cfg.byzantine = args.byzantine.clone();
     cfg.trace = args.trace;
+    cfg.amnesia = args.amnesia;
+    cfg.slow_network_ms = args.slow_network_ms;
+    if args.slow_network_ms > 0 {
+        cfg.liveness_bound_ms = palisade_sim::world::slow_network_bound_ms(args.slow_network_ms);
+    }
     for p in &args.plant {
         #[cfg(feature = "planted-bugs")]
         match p.as_str() {
             "weak-quorum" => cfg.planted.weak_quorum = true,
             "skip-new-view-check" => cfg.planted.skip_new_view_check = true,
+            "torn-new-view" => cfg.planted.torn_new_view = true,
+            "amnesiac-votes" => cfg.planted.amnesiac_votes = true,
+            "evicting-q" => cfg.planted.evicting_q = true,
+            "fixed-request-timeout" => cfg.planted.fixed_request_timeout = true,
             other => return Err(format!("unknown planted bug {other:?}")),
         }
         #[cfg(not(feature = "planted-bugs"))]
@@ -165,10 +190,19 @@ fn main() -> ExitCode {
             println!("  LIVENESS seed {}: {v}", r.seed);
         }
         if failed {
-            let byz = r.strategy.as_deref().unwrap_or("none");
-            let plant: String = args.plant.iter().map(|p| format!(" --plant {p}")).collect();
+            let byz = match &args.byzantine {
+                ByzantineChoice::Random if r.strategy.as_deref().is_some_and(|s| s.contains('+')) => "random",
+                _ => r.strategy.as_deref().unwrap_or("none"),
+            };
+            let mut extra: String = args.plant.iter().map(|p| format!(" --plant {p}")).collect();
+            if let Some(a) = args.amnesia {
+                extra.push_str(if a { " --amnesia yes" } else { " --amnesia no" });
+            }
+            if args.slow_network_ms > 0 {
+                extra.push_str(&format!(" --slow-network {}", args.slow_network_ms));
+            }
             println!(
-                "  reproduce: palisade-sim --seeds {}..{} --replicas {} --mode {mode} --byzantine {byz}{plant}",
+                "  reproduce: palisade-sim --seeds {}..{} --replicas {} --mode {mode} --byzantine {byz}{extra}",
                 r.seed,
                 r.seed + 1,
                 args.replicas
