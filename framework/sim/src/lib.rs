@@ -29,8 +29,11 @@ pub struct Summary {
     pub safety_violations: usize,
     /// Runs with at least one liveness failure.
     pub liveness_failures: usize,
-    /// Recovery times (ms after the heal) of runs that had work pending at the heal.
+    /// Recovery times (ms after the heal) of runs that had work pending at
+    /// the heal, within the fault model (the others promise no recovery).
     pub recovery_ms: Vec<u64>,
+    /// Runs whose faults exceeded the model, judged on safety only.
+    pub beyond_model: usize,
     /// Operations completed, over all runs.
     pub ops_completed: usize,
 }
@@ -68,7 +71,8 @@ pub fn summarize(reports: &[Report]) -> Summary {
         s.safety_violations += usize::from(!r.safety.is_empty());
         s.liveness_failures += usize::from(!r.liveness.is_empty());
         s.ops_completed += r.ops_completed;
-        if let Some(ms) = r.recovery_ms {
+        s.beyond_model += usize::from(r.beyond_model);
+        if let Some(ms) = r.recovery_ms.filter(|_| !r.beyond_model) {
             s.recovery_ms.push(ms);
         }
     }
