@@ -122,8 +122,8 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
     if args.slow_network_ms > 0 {
         cfg.liveness_bound_ms = palisade_sim::world::slow_network_bound_ms(args.slow_network_ms);
     }
+    #[cfg(feature = "planted-bugs")]
     for p in &args.plant {
-        #[cfg(feature = "planted-bugs")]
         match p.as_str() {
             "weak-quorum" => cfg.planted.weak_quorum = true,
             "skip-new-view-check" => cfg.planted.skip_new_view_check = true,
@@ -133,7 +133,9 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
             "fixed-request-timeout" => cfg.planted.fixed_request_timeout = true,
             other => return Err(format!("unknown planted bug {other:?}")),
         }
-        #[cfg(not(feature = "planted-bugs"))]
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    if let Some(p) = args.plant.first() {
         return Err(format!("--plant {p} needs a build with the planted-bugs feature"));
     }
     Ok(cfg)
