@@ -77,7 +77,7 @@ impl MemCluster {
                 // Nothing in flight: let time pass so the primary proposes.
                 self.now_ms += 1;
                 for r in 0..self.replicas.len() {
-                    self.step(r, Input::Tick { now_ms: self.now_ms });
+                    self.step(r, Input::Tick { now_ms: self.now_ms, wall_ms: self.now_ms });
                 }
                 idle_rounds += 1;
                 assert!(idle_rounds < 10_000, "the in-memory cluster stopped making progress");

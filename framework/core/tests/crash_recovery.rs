@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use palisade_core::message::{null_digest, Status};
-use palisade_core::{Action, Input, Mode, PeerMessage, ReplicaId, SeqNo, ViewNo};
+use palisade_core::{Action, Mode, PeerMessage, ReplicaId, SeqNo, ViewNo};
 
 /// seq 1 was prepared with `d` in view 0 by replicas 1 and 3; replica 0 says nothing.
 fn new_view_re_proposing(d: palisade_core::Digest) -> PeerMessage {
@@ -120,7 +120,6 @@ fn a_replica_never_votes_for_a_new_view_choice_that_contradicts_its_own_decision
     let out = peer(&mut r2, 1, new_view(1, 4, vcs, vec![(SeqNo(1), null_digest()), (SeqNo(2), e)]));
     assert!(!votes_for(&out, null_digest()), "voted for null at a sequence number it delivered");
     assert!(r2.metrics().alarms > 0, "the contradiction is evidence of more than f faults");
-    let _ = Input::Tick { now_ms: 0 };
 }
 
 fn certificate(seq: u64, state: palisade_core::Digest) -> palisade_core::message::CheckpointCert {

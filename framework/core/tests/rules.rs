@@ -8,6 +8,7 @@ use bytes::Bytes;
 use common::*;
 use palisade_core::crypto::{self, Domain};
 use palisade_core::message::{Batch, CheckpointBody, NewViewBody, Signature, Status};
+use palisade_core::replica::Discard;
 use palisade_core::{Action, Digest, Input, Mode, PeerMessage, Replica, ReplicaId, SeqNo, ViewNo};
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ fn a_backup_never_accepts_two_batches_for_one_view_and_sequence_number() {
     peer(&mut r1, 0, pre_prepare(0, 1, batch(vec![request(1, 1)])));
     let out = peer(&mut r1, 0, pre_prepare(0, 1, batch(vec![request(1, 2)])));
     assert!(broadcasts(&out).is_empty());
-    assert_eq!(r1.metrics().dropped.get("equivocating pre-prepare"), Some(&1));
+    assert_eq!(r1.metrics().dropped(Discard::Equivocation), 1);
 }
 
 #[test]
@@ -240,10 +241,10 @@ fn an_expired_request_timer_starts_a_view_change() {
     let cfg = config(Mode::Bft, 4);
     let mut r2 = replica(2, &cfg);
     r2.step(Input::Request(request(1, 1)));
-    r2.step(Input::Tick { now_ms: 500 });
+    r2.step(tick(500));
     assert!(r2.is_normal());
     r2.take_actions();
-    r2.step(Input::Tick { now_ms: 1_002 });
+    r2.step(tick(1_002));
     let out = r2.take_actions();
     assert!(!r2.is_normal() && r2.view() == ViewNo(1));
     assert!(matches!(broadcasts(&out)[..], [PeerMessage::ViewChange(vc)] if vc.body.new_view == ViewNo(1)));
@@ -256,7 +257,7 @@ fn a_replica_that_is_only_behind_restarts_its_timers_instead_of_changing_view() 
         PeerMessage::Status(Status { view: ViewNo(0), normal: true, delivered: SeqNo(delivered), stable: SeqNo(0) })
     };
     let starts_view_change = |r: &mut Replica<TestCrypto>| {
-        r.step(Input::Tick { now_ms: 2_000 });
+        r.step(tick(2_000));
         broadcasts(&r.take_actions()).iter().any(|m| matches!(m, PeerMessage::ViewChange(_)))
     };
     // f+1 peers report deliveries far past replica 2's: it is behind, so the
@@ -267,11 +268,11 @@ fn a_replica_that_is_only_behind_restarts_its_timers_instead_of_changing_view() 
     peer(&mut r2, 1, status(50));
     assert!(!starts_view_change(&mut r2), "behind f+1 peers: catch up, do not suspect the primary");
     assert_eq!(r2.metrics().timers_restarted, 1);
-    r2.step(Input::Tick { now_ms: 2_500 });
+    r2.step(tick(2_500));
     assert!(r2.metrics().view_changes == 0);
     // Behind without catching up: after the first restart, only progress
     // earns another, so a primary that keeps it behind is suspected anyway.
-    r2.step(Input::Tick { now_ms: 3_000 });
+    r2.step(tick(3_000));
     let out = r2.take_actions();
     assert!(broadcasts(&out).iter().any(|m| matches!(m, PeerMessage::ViewChange(_))), "no progress: suspect");
     // One peer (possibly faulty) claiming progress is not enough.
@@ -301,7 +302,7 @@ fn a_replica_catching_up_restarts_its_timers_a_bounded_number_of_times() {
     // up to the bound; then it suspects the primary all the same.
     let mut suspected_after = None;
     for k in 1..=8u64 {
-        r2.step(Input::Tick { now_ms: 1 + k * 1_000 });
+        r2.step(tick(1 + k * 1_000));
         if broadcasts(&r2.take_actions()).iter().any(|m| matches!(m, PeerMessage::ViewChange(_))) {
             suspected_after = Some(r2.metrics().timers_restarted);
             break;
@@ -384,7 +385,7 @@ fn a_new_view_whose_choices_differ_from_the_recomputed_rule_is_rejected() {
     // Nothing was prepared anywhere, so the only valid NEW-VIEW chooses nothing.
     peer(&mut r2, 1, make(vec![(SeqNo(1), Digest([5; 32]))]));
     assert!(r2.view() == ViewNo(0) && r2.is_normal());
-    assert_eq!(r2.metrics().dropped.get("new-view whose proof does not hold"), Some(&1));
+    assert_eq!(r2.metrics().dropped(Discard::NewViewProofFails), 1);
     // Too few view-changes is refused too.
     let short = NewViewBody { view: ViewNo(1), replica: ReplicaId(1), view_changes: vcs[..2].to_vec(), chosen: vec![] };
     peer(&mut r2, 1, PeerMessage::NewView(Arc::new(crypto::sign(&TestCrypto(ReplicaId(1)), Domain::NewView, short))));
@@ -439,7 +440,7 @@ fn a_recovered_replica_never_prepares_a_different_batch_in_the_same_view() {
     // from what it persisted.
     let mut persisted = Vec::new();
     let mut fresh = Replica::new(cfg.clone(), ReplicaId(1), TestCrypto(ReplicaId(1)), GENESIS);
-    fresh.step(Input::Tick { now_ms: 1 });
+    fresh.step(tick(1));
     fresh.take_actions();
     fresh.step(Input::Peer { from: ReplicaId(0), msg: pre_prepare(0, 1, batch(vec![request(1, 1)])) });
     for a in fresh.take_actions() {
@@ -519,4 +520,53 @@ fn a_request_larger_than_a_batch_is_refused_with_an_error_instead_of_proposed() 
     assert!(out
         .iter()
         .any(|a| matches!(a, Action::Dropped { reason: palisade_core::replica::DropReason::RequestTooLarge, .. })));
+}
+
+#[test]
+fn each_new_view_allows_its_own_catch_up_restarts() {
+    // Replica 2 is behind in view 0 and uses up its restarts there, then
+    // the cluster moves to view 1 where it is behind again: the new view
+    // allows the full count again, not what is left of the old one.
+    let cfg = config(Mode::Bft, 4);
+    let mut r2 = replica(2, &cfg);
+    r2.step(Input::Request(request(1, 1)));
+    let status = |view: u64| {
+        PeerMessage::Status(Status { view: ViewNo(view), normal: true, delivered: SeqNo(100), stable: SeqNo(0) })
+    };
+    for from in 0..2 {
+        peer(&mut r2, from, status(0));
+    }
+    r2.step(tick(1_002));
+    assert_eq!(r2.metrics().timers_restarted, 1);
+    // It moves to view 1 (f+1 VIEW-CHANGEs, then the NEW-VIEW) and is behind there too.
+    let vcs: Vec<_> = [0u32, 1, 3].iter().map(|&r| view_change_from(r, 1)).collect();
+    peer(&mut r2, 1, new_view(1, 4, vcs, vec![]));
+    assert!(r2.is_normal() && r2.view() == ViewNo(1));
+    for from in [0, 3] {
+        peer(&mut r2, from, status(1));
+    }
+    let restarted_before = r2.metrics().timers_restarted;
+    let mut restarts_in_view_1 = 0;
+    for k in 1..=8u64 {
+        r2.step(tick(1_002 + k * 1_001));
+        if r2.view() != ViewNo(1) {
+            break;
+        }
+        restarts_in_view_1 = r2.metrics().timers_restarted - restarted_before;
+        // Catching up in view 1: one more batch decided and delivered each time.
+        let b = batch(vec![request(9, k)]);
+        let d = b.digest();
+        peer(&mut r2, 1, pre_prepare(1, k, b));
+        for from in [0, 3] {
+            peer(&mut r2, from, PeerMessage::Prepare(vote(1, k, d)));
+        }
+        for from in [0, 3] {
+            peer(&mut r2, from, PeerMessage::Commit(vote(1, k, d)));
+        }
+    }
+    assert_eq!(
+        restarts_in_view_1,
+        u64::from(palisade_core::replica::MAX_CATCH_UP_RESTARTS),
+        "view 1 allowed {restarts_in_view_1} restarts: the count carried over from view 0"
+    );
 }

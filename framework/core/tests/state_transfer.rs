@@ -66,7 +66,7 @@ fn a_replica_that_is_transferring_state_does_not_suspect_the_primary() {
     certify(&mut r1, 32, Digest::of(b"a big state"));
     assert!(r1.transferring());
     for k in 1..=10u64 {
-        r1.step(Input::Tick { now_ms: 1 + k * 1_001 });
+        r1.step(tick(1 + k * 1_001));
     }
     assert_eq!(r1.view(), ViewNo(0), "a transfer slower than a few timeouts made it leave the view");
     assert!(r1.is_normal());

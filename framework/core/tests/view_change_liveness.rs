@@ -90,16 +90,16 @@ fn the_request_timeout_doubles_until_a_request_executes_and_then_resets() {
     let cfg = config(Mode::Bft, 4);
     let mut r2 = replica(2, &cfg);
     r2.step(Input::Request(request(1, 1)));
-    r2.step(Input::Tick { now_ms: 1_002 });
+    r2.step(tick(1_002));
     assert_eq!(r2.view(), ViewNo(1), "the first timeout is request_timeout_ms");
     let vcs = (1..4).map(|r| view_change_from(r, 1)).collect();
     peer(&mut r2, 1, new_view(1, 4, vcs, vec![]));
     assert!(r2.is_normal());
     // Entering view 1 re-timed the request from 1_002. It still has not
     // executed, so the next timeout is twice as long (PBFT 4.5.2).
-    r2.step(Input::Tick { now_ms: 1_002 + 1_001 });
+    r2.step(tick(1_002 + 1_001));
     assert_eq!(r2.view(), ViewNo(1), "the timeout did not double after a view change that executed nothing");
-    r2.step(Input::Tick { now_ms: 1_002 + 2_001 });
+    r2.step(tick(1_002 + 2_001));
     assert_eq!(r2.view(), ViewNo(2));
     // Replica 2 is the primary of view 2: with the VIEW-CHANGEs of 0 and 3
     // it starts the view and proposes the pending request, which commits.
@@ -117,9 +117,9 @@ fn the_request_timeout_doubles_until_a_request_executes_and_then_resets() {
     // A request executed: the next one that nobody answers is suspected
     // after one base timeout.
     let t = 3_100;
-    r2.step(Input::Tick { now_ms: t });
+    r2.step(tick(t));
     r2.step(Input::Request(request(1, 2)));
-    r2.step(Input::Tick { now_ms: t + 1_001 });
+    r2.step(tick(t + 1_001));
     assert_eq!(r2.view(), ViewNo(3), "after a request executed, the timeout is back to request_timeout_ms");
 }
 

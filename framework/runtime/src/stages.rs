@@ -589,8 +589,8 @@ pub struct Consensus<C: palisade_core::Crypto> {
     pub rx_requests: Rx<Request>,
     /// Checkpoint completions in.
     pub rx_control: Rx<(SeqNo, Digest)>,
-    /// Ticks in.
-    pub rx_tick: Rx<u64>,
+    /// Ticks in: the monotonic and the wall clock.
+    pub rx_tick: Rx<(u64, u64)>,
     /// Decisions out (never dropped: while any wait for room, the stage
     /// takes no peer message or request).
     pub tx_delivery: Outflow<DeliveryCmd>,
@@ -690,7 +690,7 @@ impl<C: palisade_core::Crypto> Consensus<C> {
             proposed_batches: m.proposed_batches,
             delivered_requests: m.delivered_requests,
             pending_requests: self.core.pending_requests(),
-            dropped: m.dropped.clone(),
+            dropped: m.dropped.iter().map(|(reason, n)| (reason.name(), *n)).collect(),
             rejoining: self.core.rejoining(),
             rejoin_mark: self.core.rejoin_mark().map(|s| s.0),
         };
@@ -708,7 +708,8 @@ impl<C: palisade_core::Crypto + Send> Stage for Consensus<C> {
             // The core's clock starts at zero and moves only with ticks: give
             // it the time before any request can be timed (or a batch stamped).
             self.started = true;
-            self.step(Input::Tick { now_ms: wall_clock_ms() })?;
+            let (now_ms, wall_ms) = clocks();
+            self.step(Input::Tick { now_ms, wall_ms })?;
             busy = true;
         }
         let clear = self.tx_delivery.flush()?;
@@ -718,8 +719,8 @@ impl<C: palisade_core::Crypto + Send> Stage for Consensus<C> {
             self.step(Input::CheckpointReady { seq, state })?;
             busy = true;
         }
-        if let Some(now_ms) = std::iter::from_fn(|| self.rx_tick.take()).last() {
-            self.step(Input::Tick { now_ms })?;
+        if let Some((now_ms, wall_ms)) = std::iter::from_fn(|| self.rx_tick.take()).last() {
+            self.step(Input::Tick { now_ms, wall_ms })?;
             busy = true;
         }
         // Peer messages first, then requests, while decisions flow.
@@ -964,16 +965,25 @@ impl Stage for Replier {
     }
 }
 
-/// Milliseconds since the Unix epoch: the time the core runs on.
+/// Milliseconds since the Unix epoch: stamps batches.
 pub fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Milliseconds on a monotonic clock (since this process first asked),
+/// which drives the core's timers, and on the wall clock.
+pub fn clocks() -> (u64, u64) {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    // Start at one so that no timer deadline is ever at zero.
+    (start.elapsed().as_millis() as u64 + 1, wall_clock_ms())
 }
 
 /// The request-timer stage: ticks the core with the wall clock. A tick that
 /// finds the queue full is dropped; the next one carries the time.
 pub struct Timers {
     /// Ticks out.
-    pub tx: Tx<u64>,
+    pub tx: Tx<(u64, u64)>,
     /// Tick period.
     pub period: Duration,
     /// When the next tick is due.
@@ -989,7 +999,7 @@ impl Stage for Timers {
         let now = Instant::now();
         if now >= self.next {
             self.next = now + self.period;
-            if let Err(TrySendError::Disconnected(_)) = self.tx.try_send(wall_clock_ms()) {
+            if let Err(TrySendError::Disconnected(_)) = self.tx.try_send(clocks()) {
                 return Err(Ended);
             }
         }

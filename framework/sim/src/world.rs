@@ -544,7 +544,7 @@ impl World {
                 Event::Deliver { from, to, payload } => self.deliver(from, to, payload),
                 Event::ReplicaTick(r) => {
                     let now = self.now + self.replicas[r].skew_ms;
-                    self.replica_step(r, Input::Tick { now_ms: now });
+                    self.replica_step(r, Input::Tick { now_ms: now, wall_ms: now });
                     if self.replicas[r].strategy.is_some() && self.replicas[r].core.is_some() {
                         let outs = with_strategy(&mut self.replicas[r], &self.membership, &self.core_cfg, |s, ctx| {
                             s.on_tick(ctx)

@@ -49,10 +49,15 @@ pub fn config(mode: Mode, n: usize) -> Config {
     c
 }
 
+/// A tick at `ms` on both clocks (the tests keep them equal).
+pub fn tick(ms: u64) -> Input {
+    Input::Tick { now_ms: ms, wall_ms: ms }
+}
+
 pub fn replica(id: u32, cfg: &Config) -> Replica<TestCrypto> {
     let mut r = Replica::new(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), GENESIS);
     // The first tick sends STATUS and arms timers; drop those actions.
-    r.step(Input::Tick { now_ms: 1 });
+    r.step(tick(1));
     r.take_actions();
     r
 }
@@ -179,7 +184,7 @@ impl Cluster {
     pub fn tick(&mut self, ms: u64) {
         self.now += ms;
         for r in 0..self.replicas.len() {
-            self.input(r, Input::Tick { now_ms: self.now });
+            self.input(r, tick(self.now));
         }
         self.run();
     }
@@ -251,7 +256,7 @@ pub fn persisted(actions: &[Action]) -> Vec<Record> {
 pub fn recover(id: u32, cfg: &Config, records: Vec<Record>) -> Replica<TestCrypto> {
     let restart = Restart { records, executed: SeqNo(0), executed_state: GENESIS, ..Restart::default() };
     let mut r = Replica::recover(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), GENESIS, restart);
-    r.step(Input::Tick { now_ms: 1 });
+    r.step(tick(1));
     r.take_actions();
     r
 }
@@ -262,7 +267,7 @@ pub fn restarted_without_records(id: u32, cfg: &Config, nonce: u64) -> Replica<T
     let restart =
         Restart { votes_lost: true, executed: SeqNo(0), executed_state: GENESIS, nonce, ..Restart::default() };
     let mut r = Replica::recover(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), GENESIS, restart);
-    r.step(Input::Tick { now_ms: 1 });
+    r.step(tick(1));
     r.take_actions();
     r
 }

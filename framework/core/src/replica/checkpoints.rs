@@ -1,0 +1,138 @@
+//! Checkpoints and watermarks (PBFT 4.3): signed CHECKPOINTs, stable
+//! certificates, and the log truncation they allow.
+
+use super::{Action, Discard, Record, Replica};
+use crate::checkpoint::{self, genesis};
+use crate::crypto::{self, Crypto, Domain};
+use crate::message::{CheckpointBody, CheckpointCert, PeerMessage, Signed};
+use crate::types::{Digest, ReplicaId, SeqNo};
+use std::collections::BTreeMap;
+
+/// Checkpoint votes kept per replica: a Byzantine replica cannot fill
+/// memory with votes for far-away checkpoints.
+const VOTES_PER_REPLICA: usize = 4;
+
+pub(super) struct Checkpoints {
+    /// The low watermark, with its proof.
+    pub stable: CheckpointCert,
+    /// The stable checkpoint before it: its snapshot is still served.
+    pub prev_stable: SeqNo,
+    /// Signed votes by sequence number and signer.
+    votes: BTreeMap<SeqNo, BTreeMap<ReplicaId, Signed<CheckpointBody>>>,
+    /// This replica's own state digests at the checkpoints it executed or
+    /// installed, from the previous stable checkpoint up.
+    pub own: BTreeMap<SeqNo, Digest>,
+}
+
+impl Checkpoints {
+    pub fn new(genesis_state: Digest) -> Checkpoints {
+        Checkpoints {
+            stable: genesis(genesis_state),
+            prev_stable: SeqNo(0),
+            votes: BTreeMap::new(),
+            own: BTreeMap::from([(SeqNo(0), genesis_state)]),
+        }
+    }
+
+    fn insert_vote(&mut self, vote: Signed<CheckpointBody>) {
+        let (seq, replica) = (vote.body.seq, vote.body.replica);
+        self.votes.entry(seq).or_default().insert(replica, vote);
+        let mine: Vec<SeqNo> = self.votes.iter().filter(|(_, m)| m.contains_key(&replica)).map(|(s, _)| *s).collect();
+        if mine.len() > VOTES_PER_REPLICA {
+            let oldest = mine[0];
+            if let Some(m) = self.votes.get_mut(&oldest) {
+                m.remove(&replica);
+                if m.is_empty() {
+                    self.votes.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    /// A quorum of matching votes at `seq`, if there is one.
+    fn certificate(&self, seq: SeqNo, quorum: usize) -> Option<CheckpointCert> {
+        let votes = self.votes.get(&seq)?;
+        let mut by_state: BTreeMap<Digest, Vec<Signed<CheckpointBody>>> = BTreeMap::new();
+        for v in votes.values() {
+            by_state.entry(v.body.state).or_default().push(v.clone());
+        }
+        let (state, proof) = by_state.into_iter().find(|(_, p)| p.len() >= quorum)?;
+        Some(CheckpointCert { seq, state, proof })
+    }
+
+    /// Moves the watermarks to `cert` (newer than the current one).
+    fn advance(&mut self, cert: CheckpointCert) {
+        let seq = cert.seq;
+        self.prev_stable = self.stable.seq;
+        self.stable = cert;
+        self.votes = self.votes.split_off(&seq.next());
+        self.own = self.own.split_off(&self.prev_stable);
+    }
+}
+
+impl<C: Crypto> Replica<C> {
+    /// The executor took the snapshot at `seq`: sign and send CHECKPOINT.
+    pub(super) fn on_checkpoint_ready(&mut self, seq: SeqNo, state: Digest) {
+        if seq.0 % self.cfg.checkpoint_interval != 0 {
+            return;
+        }
+        self.checkpoints.own.insert(seq, state);
+        if seq == self.checkpoints.stable.seq && state != self.checkpoints.stable.state {
+            // Our state diverged from the certified one: a non-deterministic
+            // service or corrupted storage. Say so; state transfer repairs it.
+            self.metrics.alarms += 1;
+        }
+        if seq <= self.checkpoints.stable.seq {
+            return;
+        }
+        let vote = crypto::sign(&self.crypto, Domain::Checkpoint, CheckpointBody { seq, state, replica: self.id });
+        self.checkpoints.insert_vote(vote.clone());
+        self.broadcast(PeerMessage::Checkpoint(vote));
+        self.check_stable(seq);
+    }
+
+    pub(super) fn on_checkpoint(&mut self, vote: Signed<CheckpointBody>) {
+        let b = vote.body;
+        if b.seq <= self.checkpoints.stable.seq || b.seq.0 % self.cfg.checkpoint_interval != 0 {
+            return;
+        }
+        if !self.membership().contains(b.replica) || !checkpoint::verify_vote(&self.crypto, &vote) {
+            self.discard(Discard::BadCheckpoint);
+            return;
+        }
+        self.checkpoints.insert_vote(vote);
+        self.check_stable(b.seq);
+    }
+
+    fn check_stable(&mut self, seq: SeqNo) {
+        if let Some(cert) = self.checkpoints.certificate(seq, self.quorum()) {
+            self.adopt_stable(cert);
+            // The window moved: there may be room for new batches.
+            self.try_propose();
+        }
+    }
+
+    /// Makes `cert` the stable checkpoint if it is newer: persists it,
+    /// truncates the log, and starts a state transfer if this replica has
+    /// not executed that far.
+    pub(super) fn adopt_stable(&mut self, cert: CheckpointCert) {
+        if cert.seq <= self.checkpoints.stable.seq {
+            return;
+        }
+        let seq = cert.seq;
+        self.persist(Record::Stable(cert.clone()));
+        self.checkpoints.advance(cert);
+        self.log.truncate_through(seq);
+        let keep_from = self.checkpoints.prev_stable;
+        self.actions.push(Action::StableCheckpoint { seq, keep_from });
+        let state = self.checkpoints.stable.state;
+        if self.log.delivered < seq {
+            self.start_transfer(seq, state);
+        } else if self.checkpoints.own.get(&seq).is_some_and(|d| *d != state) {
+            self.metrics.alarms += 1;
+        }
+        self.check_rejoined();
+        // No proposing from here: while entering a new view the primary must
+        // not assign sequence numbers before it has laid out the re-proposals.
+    }
+}

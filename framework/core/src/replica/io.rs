@@ -1,0 +1,270 @@
+//! What goes into a replica and what comes out: inputs, actions, and the
+//! counters an operator or a test reads.
+
+use super::records::Record;
+use crate::message::{Batch, PeerMessage, Request};
+use crate::types::{ClientId, Digest, ReplicaId, RequestId, SeqNo, ViewNo};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Everything that can happen to a replica.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Time passed.
+    Tick {
+        /// A monotonic clock in milliseconds: it drives every timer, so a
+        /// jump of the wall clock never fires them all at once. Later
+        /// values win; it never goes backwards.
+        now_ms: u64,
+        /// The wall clock in milliseconds since the Unix epoch: it only
+        /// stamps batches (the primary-chosen non-determinism) and checks the
+        /// primary's stamps.
+        wall_ms: u64,
+    },
+    /// A request straight from a client, already authenticated by the channel
+    /// and not known to the execution layer as executed or stale.
+    Request(Request),
+    /// A message from another replica, authenticated by the channel as
+    /// coming from `from`.
+    Peer {
+        /// Authenticated sender.
+        from: ReplicaId,
+        /// The message.
+        msg: PeerMessage,
+    },
+    /// The executor has executed `seq` (a checkpoint) and its snapshot has digest `state`.
+    CheckpointReady {
+        /// Checkpoint sequence number.
+        seq: SeqNo,
+        /// Digest of the snapshot's bytes.
+        state: Digest,
+    },
+}
+
+/// What the core asks its caller to do.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Make this record durable before any later send.
+    Persist(Record),
+    /// Send to one replica.
+    Send {
+        /// Recipient.
+        to: ReplicaId,
+        /// Message.
+        msg: PeerMessage,
+    },
+    /// Send to every other member.
+    Broadcast(PeerMessage),
+    /// Execute a committed batch; sequence numbers arrive in order, once.
+    Deliver {
+        /// Its sequence number.
+        seq: SeqNo,
+        /// This replica's view.
+        view: ViewNo,
+        /// The batch.
+        batch: Arc<Batch>,
+    },
+    /// Answer a read-only request now.
+    ExecuteReadOnly(Request),
+    /// Send the snapshot taken at `seq` to `to` as a [`PeerMessage::StateReply`], if kept.
+    ServeSnapshot {
+        /// Who asked.
+        to: ReplicaId,
+        /// Checkpoint wanted.
+        seq: SeqNo,
+    },
+    /// Replace the executor's state with this certified snapshot.
+    InstallSnapshot {
+        /// Its checkpoint.
+        seq: SeqNo,
+        /// Its bytes; their digest matches the certificate.
+        snapshot: Bytes,
+    },
+    /// `seq` is now the stable checkpoint: log records up to it and
+    /// snapshots below `keep_from` can go. The previous stable checkpoint is
+    /// kept too, so that a laggard fetching it when this one became stable
+    /// can still finish.
+    StableCheckpoint {
+        /// The new low watermark.
+        seq: SeqNo,
+        /// Snapshots from here up are still served.
+        keep_from: SeqNo,
+    },
+    /// A client request was not accepted; the client should back off and retry.
+    Dropped {
+        /// Whose.
+        client: ClientId,
+        /// Which.
+        request: RequestId,
+        /// Why.
+        reason: DropReason,
+    },
+}
+
+/// Why a client request was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The pending-request limit is reached.
+    PendingFull,
+    /// The read-only queue is full.
+    ReadQueueFull,
+    /// The request alone is larger than a batch may be, so no primary could
+    /// ever propose it; retrying cannot help.
+    RequestTooLarge,
+}
+
+/// Why a peer message (or a client request the core saw) was discarded.
+/// Each is counted in [`Metrics::dropped`]; [`Discard::name`] is what
+/// operators see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Discard {
+    /// The sender is not a member (or is this replica).
+    UnknownSender,
+    /// A normal-case message reached a replica that is rejoining and casts no votes.
+    Rejoining,
+    /// A PRE-PREPARE for a view other than the current one, or while changing views.
+    PrePrepareOtherView,
+    /// A PRE-PREPARE from a replica that is not the primary.
+    PrePrepareNotPrimary,
+    /// A PRE-PREPARE outside the watermarks.
+    PrePrepareOutsideWindow,
+    /// A PRE-PREPARE whose batch exceeds the batch limits.
+    BatchOverLimits,
+    /// A second, different PRE-PREPARE for one view and sequence number.
+    Equivocation,
+    /// A PRE-PREPARE whose batch differs from what this replica decided there.
+    ContradictsDecision,
+    /// A second fresh digest at a sequence number (see `view_change::digests_per_seq_max`).
+    SecondFreshDigest,
+    /// A primary's timestamp too far from this replica's wall clock.
+    TimestampOutOfTolerance,
+    /// A batch with a request whose client authentication fails.
+    UnauthenticatedRequest,
+    /// A PREPARE in CFT mode, which has no PREPARE phase.
+    PrepareInCft,
+    /// A PREPARE for another view or outside the watermarks.
+    PrepareOutOfPlace,
+    /// A PREPARE from the primary, which never sends one.
+    PrepareFromPrimary,
+    /// A PREPARE that contradicts the sender's earlier one.
+    ConflictingPrepare,
+    /// A COMMIT for another view or outside the watermarks.
+    CommitOutOfPlace,
+    /// A COMMIT that contradicts the sender's earlier one.
+    ConflictingCommit,
+    /// A batch nobody asked for, or one already held.
+    UnwantedBatch,
+    /// A client request that has already been delivered.
+    AlreadyDelivered,
+    /// A forwarded request reached a replica that is not the primary.
+    ForwardToNonPrimary,
+    /// A forwarded request whose client authentication fails.
+    ForwardUnauthenticated,
+    /// A forwarded request larger than a batch may be.
+    ForwardTooLarge,
+    /// A CHECKPOINT whose signature or signer does not check.
+    BadCheckpoint,
+    /// A VIEW-CHANGE relayed by a replica other than its author.
+    ViewChangeRelayed,
+    /// A VIEW-CHANGE that fails verification.
+    InvalidViewChange,
+    /// A NEW-VIEW from the wrong replica or with a bad signature.
+    NewViewBadSignature,
+    /// A NEW-VIEW whose decisions do not follow from its proof.
+    NewViewProofFails,
+    /// A valid NEW-VIEW that contradicts this replica's decision: evidence
+    /// of more than f faults.
+    NewViewContradictsDecision,
+    /// A snapshot whose digest is not the certified one.
+    SnapshotMismatch,
+    /// A snapshot for a checkpoint this replica is not fetching.
+    SnapshotUnasked,
+    /// A rejoin answer with an invalid checkpoint certificate.
+    InvalidRejoinReply,
+    /// A question asked faster than a correct peer would ask it.
+    OverAnswerRate,
+}
+
+impl Discard {
+    /// The reason in words, as counters and logs show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Discard::UnknownSender => "unknown sender",
+            Discard::Rejoining => "normal-case message while rejoining",
+            Discard::PrePrepareOtherView => "pre-prepare for another view",
+            Discard::PrePrepareNotPrimary => "pre-prepare from a non-primary",
+            Discard::PrePrepareOutsideWindow => "pre-prepare outside the watermarks",
+            Discard::BatchOverLimits => "pre-prepare batch over the limits",
+            Discard::Equivocation => "equivocating pre-prepare",
+            Discard::ContradictsDecision => "pre-prepare contradicts a decision",
+            Discard::SecondFreshDigest => "pre-prepare of a second fresh batch at a sequence number",
+            Discard::TimestampOutOfTolerance => "pre-prepare timestamp out of tolerance",
+            Discard::UnauthenticatedRequest => "pre-prepare with an unauthenticated request",
+            Discard::PrepareInCft => "prepare in CFT mode",
+            Discard::PrepareOutOfPlace => "prepare for another view or outside the watermarks",
+            Discard::PrepareFromPrimary => "prepare from the primary",
+            Discard::ConflictingPrepare => "conflicting prepare",
+            Discard::CommitOutOfPlace => "commit for another view or outside the watermarks",
+            Discard::ConflictingCommit => "conflicting commit",
+            Discard::UnwantedBatch => "unwanted batch",
+            Discard::AlreadyDelivered => "request already delivered",
+            Discard::ForwardToNonPrimary => "forward to a non-primary",
+            Discard::ForwardUnauthenticated => "forwarded request fails authentication",
+            Discard::ForwardTooLarge => "forwarded request larger than a batch",
+            Discard::BadCheckpoint => "checkpoint with a bad signature",
+            Discard::ViewChangeRelayed => "view-change relayed by another replica",
+            Discard::InvalidViewChange => "invalid view-change",
+            Discard::NewViewBadSignature => "new-view with a bad signature",
+            Discard::NewViewProofFails => "new-view whose proof does not hold",
+            Discard::NewViewContradictsDecision => "new-view contradicts a local decision",
+            Discard::SnapshotMismatch => "snapshot does not match the certified digest",
+            Discard::SnapshotUnasked => "state reply for a checkpoint not being fetched",
+            Discard::InvalidRejoinReply => "rejoin reply with an invalid checkpoint",
+            Discard::OverAnswerRate => "question over its answer rate",
+        }
+    }
+}
+
+impl fmt::Display for Discard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Counters an operator or a test can read.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Batches delivered.
+    pub delivered_batches: u64,
+    /// Requests delivered (inside batches).
+    pub delivered_requests: u64,
+    /// Batches this replica proposed as primary.
+    pub proposed_batches: u64,
+    /// View changes this replica started or joined.
+    pub view_changes: u64,
+    /// NEW-VIEWs accepted (or sent, as primary).
+    pub new_views: u64,
+    /// Snapshots installed by state transfer.
+    pub state_transfers: u64,
+    /// Decisions learned from f+1 DECIDED notices.
+    pub decisions_learned: u64,
+    /// Request timers that expired while this replica was catching up, and
+    /// were restarted instead of starting a view change.
+    pub timers_restarted: u64,
+    /// Messages dropped, by reason.
+    pub dropped: BTreeMap<Discard, u64>,
+    /// Evidence of a safety bug or of a corrupted local state; must stay 0.
+    pub alarms: u64,
+    /// Times this replica finished rejoining after a restart without its
+    /// votes, and voted again.
+    pub rejoined: u64,
+}
+
+impl Metrics {
+    /// How many messages were dropped for `reason`.
+    pub fn dropped(&self, reason: Discard) -> u64 {
+        self.dropped.get(&reason).copied().unwrap_or(0)
+    }
+}

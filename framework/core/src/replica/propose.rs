@@ -1,0 +1,124 @@
+//! Client requests (PBFT 4.1): backups forward them to the primary and
+//! time them; the primary cuts them into batches and proposes them.
+
+use super::{Action, Discard, DropReason, Record, Replica};
+use crate::crypto::Crypto;
+use crate::message::{Batch, PeerMessage, PrePrepare, Request};
+use std::sync::Arc;
+
+impl<C: Crypto> Replica<C> {
+    pub(super) fn on_client_request(&mut self, req: Request) {
+        if req.read_only {
+            self.on_read_only(req);
+            return;
+        }
+        let key = (req.client, req.id);
+        if self.pool.is_delivered(key) {
+            self.discard(Discard::AlreadyDelivered);
+            return;
+        }
+        if req.size_bytes() > self.cfg.batch_max_bytes {
+            // Backups refuse a batch over the limit, so proposing this
+            // request would only change views forever.
+            self.refuse(&req, DropReason::RequestTooLarge);
+            return;
+        }
+        let now = self.clock.now_ms;
+        let primary = self.primary();
+        let am_primary = primary == self.id;
+        if let Some(p) = self.pool.get_mut(&key) {
+            // A retransmission: the client has not heard back. Make sure the
+            // primary has it (the forward may have been lost).
+            if !am_primary && now >= p.forwarded_ms + self.cfg.retransmit_ms {
+                p.forwarded_ms = now;
+                let r = p.request.clone();
+                self.send(primary, PeerMessage::Forward(r));
+            }
+            return;
+        }
+        if !self.add_pending(req.clone()) {
+            return;
+        }
+        if !am_primary {
+            self.send(primary, PeerMessage::Forward(req));
+        }
+        self.try_propose();
+    }
+
+    fn refuse(&mut self, req: &Request, reason: DropReason) {
+        self.actions.push(Action::Dropped { client: req.client, request: req.id, reason });
+    }
+
+    fn add_pending(&mut self, req: Request) -> bool {
+        if self.pool.len() >= self.cfg.pending_max {
+            self.refuse(&req, DropReason::PendingFull);
+            return false;
+        }
+        self.pool.add(req, self.clock.now_ms);
+        true
+    }
+
+    pub(super) fn on_forward(&mut self, req: Request) {
+        if !self.is_primary() {
+            self.discard(Discard::ForwardToNonPrimary);
+            return;
+        }
+        if req.read_only || !self.crypto.verify_request(&req) {
+            self.discard(Discard::ForwardUnauthenticated);
+            return;
+        }
+        if req.size_bytes() > self.cfg.batch_max_bytes {
+            self.discard(Discard::ForwardTooLarge);
+            return;
+        }
+        let key = (req.client, req.id);
+        if self.pool.is_delivered(key) || self.pool.contains(&key) {
+            return;
+        }
+        if self.add_pending(req) {
+            self.try_propose();
+        }
+    }
+
+    /// On the primary: proposes batches while the pipeline and the window
+    /// have room. With nothing in flight it proposes whatever waits, so
+    /// light load never waits; with batches in flight, only once enough
+    /// requests wait for a batch to be worth its messages.
+    pub(super) fn try_propose(&mut self) {
+        if !self.normal || !self.is_primary() || self.transfer.is_some() || self.rejoining() {
+            return;
+        }
+        let floor = self.checkpoints.stable.seq.next().max(self.log.delivered.next());
+        self.log.next_seq = self.log.next_seq.max(floor);
+        while self.pool.queued() > 0 {
+            let in_flight = self.log.next_seq.0 - 1 - self.log.delivered.0;
+            if in_flight >= self.cfg.max_in_flight || !self.in_window(self.log.next_seq) {
+                break;
+            }
+            if in_flight > 0 && self.pool.queued() < self.cfg.pipeline_min_batch.min(self.cfg.batch_max_requests) {
+                break;
+            }
+            let requests = self.pool.take_batch(self.cfg.batch_max_requests, self.cfg.batch_max_bytes);
+            // The primary-chosen non-determinism: its wall clock, never
+            // earlier than the batch before.
+            let timestamp_ms = self.clock.wall_ms.max(self.log.last_timestamp_ms);
+            self.log.last_timestamp_ms = timestamp_ms;
+            let batch = Arc::new(Batch { timestamp_ms, requests });
+            let seq = self.log.next_seq;
+            self.log.next_seq = seq.next();
+            self.metrics.proposed_batches += 1;
+            let digest = batch.digest();
+            let (view, now) = (self.view, self.clock.now_ms);
+            let slot = self.log.slot_in_view(seq, view);
+            slot.pre_prepare = Some(digest);
+            slot.batches.insert(digest, batch.clone());
+            slot.touched_ms = now;
+            slot.add_q(digest, view);
+            self.persist(Record::PrePrepared { view, seq, digest, batch: Some(batch.clone()) });
+            self.broadcast(PeerMessage::PrePrepare(PrePrepare { view, seq, batch }));
+            if !self.bft() {
+                self.mark_prepared(seq, digest);
+            }
+        }
+    }
+}

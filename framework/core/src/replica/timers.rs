@@ -1,0 +1,190 @@
+//! Every timer of the replica, in one table, and what each does when it
+//! expires. Time comes only from ticks: the monotonic clock drives all of
+//! them.
+
+use super::Replica;
+use crate::crypto::Crypto;
+use crate::message::{null_digest, Batch, PeerMessage, PrePrepare, Status, Vote};
+
+/// A deadline with exponential backoff.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Backoff {
+    pub deadline_ms: Option<u64>,
+    /// Failed waits since requests last executed: the next wait is the
+    /// base shifted by this (capped).
+    pub attempts: u32,
+}
+
+/// The tick table.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Timers {
+    /// Waiting for a NEW-VIEW.
+    pub view_change: Backoff,
+    /// Doublings of the request timeout (PBFT 4.5.2); the request timer
+    /// itself runs from each pending request's arrival (see `pool`).
+    pub request_shift: u32,
+    /// Next retransmission of undecided normal-case messages.
+    pub retransmit_at_ms: u64,
+    /// Next STATUS.
+    pub status_at_ms: u64,
+    /// When to ask the next peer for the snapshot being fetched.
+    pub transfer_at_ms: Option<u64>,
+}
+
+impl<C: Crypto> Replica<C> {
+    pub(super) fn on_tick(&mut self) {
+        let now = self.clock.now_ms;
+        if self.normal {
+            self.check_request_timer(now);
+        } else if self.timers.view_change.deadline_ms.is_some_and(|d| now >= d) {
+            self.start_view_change(self.view.next());
+        }
+        if now >= self.timers.retransmit_at_ms {
+            self.timers.retransmit_at_ms = now + self.cfg.retransmit_ms;
+            self.retransmit();
+        }
+        if now >= self.timers.status_at_ms {
+            self.timers.status_at_ms = now + self.cfg.status_interval_ms;
+            self.broadcast(PeerMessage::Status(Status {
+                view: self.view,
+                normal: self.normal,
+                delivered: self.log.delivered,
+                stable: self.checkpoints.stable.seq,
+            }));
+        }
+        if self.timers.transfer_at_ms.is_some_and(|t| now >= t) {
+            self.on_transfer_timeout();
+        }
+        let horizon = self.cfg.retransmit_ms.max(self.cfg.status_interval_ms).max(self.cfg.state_transfer_timeout_ms);
+        self.answers.forget_older_than(now, horizon);
+        self.try_propose();
+    }
+
+    /// The request timer: a replica that has waited too long for some
+    /// request suspects the primary (PBFT 4.4). Each request carries its
+    /// own start time, so constant load never keeps a timer from expiring,
+    /// and a busy but correct primary never trips it. The primary times its
+    /// own requests too: when its proposals cannot commit (too few replicas
+    /// left in its view) it is the one that must move on.
+    ///
+    /// A replica that is merely behind (f+1 peers in its view report
+    /// deliveries well past its own) waits on itself, not on the primary:
+    /// it restarts its timers and catches up instead of starting a view
+    /// change nobody else would join. f+1 reports include a correct
+    /// replica's, so faulty peers cannot hold off a view change this way;
+    /// and one a primary deserves is still started by the replicas that are
+    /// not behind.
+    ///
+    /// The timeout doubles with every view change that executed nothing
+    /// since the last (PBFT 4.5.2), so a network slower than the configured
+    /// timeout still lets some view finish its work.
+    fn check_request_timer(&mut self, now: u64) {
+        let timeout = self.cfg.request_timeout_ms << self.timers.request_shift;
+        let Some(oldest) = self.pool.oldest_arrival_ms() else { return };
+        if now < oldest.max(self.catch_up.restarted_ms) + timeout {
+            return;
+        }
+        if self.may_wait_to_catch_up() {
+            self.catch_up.restarted_ms = now;
+            self.catch_up.restarts.record(self.view, self.log.delivered);
+            self.metrics.timers_restarted += 1;
+        } else if self.rejoining() {
+            // It casts no vote, a VIEW-CHANGE included; the replicas that
+            // vote decide whether the primary is slow.
+            self.catch_up.restarted_ms = now;
+        } else {
+            self.timers.request_shift = (self.timers.request_shift + 1).min(self.cfg.view_change_backoff_max);
+            #[cfg(feature = "planted-bugs")]
+            if self.cfg.planted.fixed_request_timeout {
+                self.timers.request_shift = 0;
+            }
+            self.start_view_change(self.view.next());
+        }
+    }
+
+    /// Requests execute again: the request timeout comes back down, as
+    /// far as the time they took allows. Within the base timeout it is back
+    /// to the base; well inside the current one, one doubling less; slower
+    /// than that it stays, so a network slower than the base timeout does
+    /// not make every request after a success trip it again.
+    pub(super) fn adapt_request_timeout(&mut self, batch: &Batch) {
+        let now = self.clock.now_ms;
+        let waited = batch
+            .requests
+            .iter()
+            .filter_map(|r| self.pool.arrival_ms(&(r.client, r.id)))
+            .map(|arrival| now.saturating_sub(arrival))
+            .max();
+        let Some(waited) = waited else { return };
+        let base = self.cfg.request_timeout_ms;
+        let shift = &mut self.timers.request_shift;
+        if waited <= base {
+            *shift = 0;
+        } else if waited < (base << *shift) / 2 {
+            *shift = shift.saturating_sub(1);
+        }
+    }
+
+    /// Every `retransmit_ms`: messages for undecided slots of the current
+    /// view that have not moved since the last period go out again (the
+    /// primary's PRE-PREPAREs, backups' PREPAREs, everyone's COMMITs), with
+    /// requests for batches this replica lacks; while changing views, its
+    /// VIEW-CHANGE; while rejoining, its question to the peers.
+    fn retransmit(&mut self) {
+        let now = self.clock.now_ms;
+        if let Some(r) = &self.rejoin {
+            if r.until.is_none() {
+                let nonce = r.nonce;
+                self.broadcast(PeerMessage::RejoinQuery { nonce });
+            }
+        }
+        let voting = !self.rejoining();
+        if !self.normal {
+            if voting {
+                if let Some(vc) = self.changes.received.get(&self.id).cloned() {
+                    if vc.body.new_view == self.view {
+                        self.broadcast(PeerMessage::ViewChange(vc));
+                    }
+                }
+            }
+            return;
+        }
+        let primary = self.is_primary() && voting;
+        let bft = self.bft() && voting;
+        let (view, me, delivered) = (self.view, self.id, self.log.delivered);
+        let mut out = Vec::new();
+        let mut fetch = Vec::new();
+        for (&seq, slot) in self.log.slots.iter_mut() {
+            if let Some(d) = slot.decided {
+                if seq > delivered && d != null_digest() && !slot.batches.contains_key(&d) {
+                    fetch.push((seq, d));
+                }
+                continue;
+            }
+            if slot.view != view || now < slot.touched_ms + self.cfg.retransmit_ms {
+                continue;
+            }
+            let Some(d) = slot.pre_prepare else { continue };
+            slot.touched_ms = now;
+            if primary {
+                if let Some(b) = slot.batches.get(&d) {
+                    out.push(PeerMessage::PrePrepare(PrePrepare { view, seq, batch: b.clone() }));
+                }
+            } else if bft && slot.prepares.get(&me) == Some(&d) {
+                out.push(PeerMessage::Prepare(Vote { view, seq, digest: d }));
+            }
+            if slot.prepared_here && voting {
+                out.push(PeerMessage::Commit(Vote { view, seq, digest: d }));
+            }
+            if d != null_digest() && !slot.batches.contains_key(&d) {
+                fetch.push((seq, d));
+            }
+        }
+        for m in out {
+            self.broadcast(m);
+        }
+        for (seq, digest) in fetch {
+            self.broadcast(PeerMessage::BatchRequest { seq, digest });
+        }
+    }
+}
