@@ -444,7 +444,7 @@ fn a_client_flooding_requests_and_never_reading_replies_is_pushed_back() {
     for i in 0..4 {
         let mut cfg = runtime_config(&c.config, c.stage_threads);
         cfg.verify_queue = 256;
-        cfg.propose_queue = 256;
+        cfg.filter_queue = 256;
         cfg.connection_mailbox = 64;
         cfg.write_buffer = (16 << 10, 64 << 10);
         let h = spawn_replica(&c.config, ReplicaId(i), c.keys[i as usize].clone(), Counter::default(), cfg).unwrap();

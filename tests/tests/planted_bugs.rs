@@ -60,7 +60,7 @@ fn a_request_timeout_that_never_doubles_is_caught_on_a_slow_network() {
     let slow = |c: &mut SimConfig| {
         c.byzantine = ByzantineChoice::None;
         c.slow_network_ms = 700;
-        c.liveness_bound_ms = palisade_sim::world::slow_network_bound_ms(700);
+        c.liveness_bound_ms = palisade_sim::config::slow_network_bound_ms(700);
     };
     let s = sweep(planted, 0..20, slow);
     assert!(s.liveness_failures > 0, "a fixed request timeout kept up with a slow network");

@@ -123,7 +123,7 @@ fn faulty_clients_split_requests_and_bypass_the_primary_without_effect() {
 fn a_network_slower_than_the_request_timeout_still_makes_progress() {
     let slow = |c: &mut SimConfig| {
         c.slow_network_ms = 700;
-        c.liveness_bound_ms = palisade_sim::world::slow_network_bound_ms(700);
+        c.liveness_bound_ms = palisade_sim::config::slow_network_bound_ms(700);
     };
     let reports = sweep_with(8_000..8_060, 4, Mode::Bft, ByzantineChoice::None, slow);
     assert_clean(&reports, 4, "bft");

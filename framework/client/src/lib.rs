@@ -14,7 +14,8 @@
 
 use bytes::{Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
-use palisade_core::{ClientId, Digest, Membership, ReplicaId, Request, RequestId, ViewNo};
+use palisade_core::{ClientId, Membership, ReplicaId, Request, RequestId, ViewNo};
+use palisade_host::client::{Invocation, Verdict};
 use palisade_wire::envelope::{self, Answer, ClientMessage, RejectReason, ReplicaMessage, Role};
 use palisade_wire::frame::FrameDecoder;
 use palisade_wire::handshake::{Initiator, Keyring};
@@ -110,18 +111,9 @@ enum Outcome {
     },
 }
 
-/// One replica's answer: the result's digest, and the result if sent in full.
-type Heard = (Digest, Option<Bytes>, ViewNo);
-
+/// An operation in flight: its decisions, and where to tell the caller.
 struct Pending {
-    need: usize,
-    read_only: bool,
-    replies: BTreeMap<ReplicaId, Heard>,
-    rejections: BTreeMap<ReplicaId, RejectReason>,
-    /// 0: not yet; 1: told the caller to wait for it; 2: asked everyone.
-    asked_for_full: u8,
-    /// The replica that sends this request's result in full.
-    designated: ReplicaId,
+    decide: Invocation,
     done: Option<mpsc::Sender<Outcome>>,
 }
 
@@ -217,21 +209,10 @@ impl Client {
         if inner.cluster.client_signatures {
             verify::sign_request(&inner.key, &mut req);
         }
-        let designated = envelope::designated_replier(&inner.membership, inner.id, id);
+        let decide = Invocation::new(&inner.membership, inner.id, id, read_only);
+        let designated = decide.designated();
         let (tx, mut rx) = mpsc::channel(4);
-        let need = if read_only { inner.membership.quorum() } else { inner.membership.weak_quorum() };
-        inner.pending.lock().insert(
-            id,
-            Pending {
-                need,
-                read_only,
-                replies: BTreeMap::new(),
-                rejections: BTreeMap::new(),
-                asked_for_full: 0,
-                designated,
-                done: Some(tx),
-            },
-        );
+        inner.pending.lock().insert(id, Pending { decide, done: Some(tx) });
         let _guard = PendingGuard { inner: inner.clone(), id };
         let started = Instant::now();
         let deadline =
@@ -320,52 +301,32 @@ impl Drop for PendingGuard {
 }
 
 impl Inner {
-    /// Completes `p` when `need` replicas agree on a result this client holds in full.
-    fn settle(&self, p: &mut Pending) {
-        let mut by_digest: BTreeMap<Digest, (usize, Option<&Bytes>, Vec<ViewNo>)> = BTreeMap::new();
-        for (digest, full, view) in p.replies.values() {
-            let e = by_digest.entry(*digest).or_insert((0, None, Vec::new()));
-            e.0 += 1;
-            if e.1.is_none() {
-                e.1 = full.as_ref();
+    /// Whether waiting a grace period for `designated`'s full result makes
+    /// sense: it is connected and has not recently let one run out.
+    fn wait_for(&self, designated: ReplicaId) -> bool {
+        self.connected.lock().get(&designated).copied().unwrap_or(false)
+            && self.slow.lock().get(&designated).is_none_or(|until| Instant::now() >= *until)
+    }
+
+    /// Passes a verdict on to the waiting caller.
+    fn tell(&self, p: &mut Pending, verdict: Option<Verdict>) {
+        let outcome = match verdict {
+            None => return,
+            Some(Verdict::Done { result, view }) => {
+                self.view.store(view.0, Ordering::Relaxed);
+                Outcome::Done(result)
             }
-            e.2.push(*view);
-        }
-        let agreed = by_digest.into_iter().find(|(_, (count, _, _))| *count >= p.need);
-        match agreed {
-            Some((_, (_, Some(result), mut views))) => {
-                views.sort();
-                self.view.store(views[views.len() / 2].0, Ordering::Relaxed);
-                let result = result.clone();
-                if let Some(tx) = p.done.take() {
-                    let _ = tx.try_send(Outcome::Done(result));
-                }
-            }
-            Some((_, (_, None, _))) => {
-                // Once when the digests agree, and once more if every
-                // replica has answered and none sent the result. Waiting is
-                // pointless when the designated replica is not connected or
-                // recently failed to send in time.
-                let ask_now = p.replies.len() == self.membership.n()
-                    || !self.connected.lock().get(&p.designated).copied().unwrap_or(false)
-                    || self.slow.lock().get(&p.designated).is_some_and(|until| Instant::now() < *until);
-                let ask = match p.asked_for_full {
-                    0 => Some(ask_now),
-                    1 if ask_now => Some(true),
-                    _ => None,
-                };
-                if let (Some(now), Some(tx)) = (ask, &p.done) {
-                    p.asked_for_full = if now { 2 } else { 1 };
+            Some(Verdict::Rejected(reason)) => Outcome::Rejected(reason),
+            Some(Verdict::NoQuorum) => Outcome::NoQuorum,
+            Some(Verdict::NeedFull { now }) => {
+                if let Some(tx) = &p.done {
                     let _ = tx.try_send(Outcome::NeedFull { now });
                 }
+                return;
             }
-            None => {
-                if p.read_only && p.replies.len() == self.membership.n() {
-                    if let Some(tx) = p.done.take() {
-                        let _ = tx.try_send(Outcome::NoQuorum);
-                    }
-                }
-            }
+        };
+        if let Some(tx) = p.done.take() {
+            let _ = tx.try_send(outcome);
         }
     }
 
@@ -379,18 +340,9 @@ impl Inner {
         answer: Answer,
     ) {
         let Some(p) = pending.get_mut(&request) else { return };
-        match answer {
-            Answer::Full(result) => {
-                p.replies.insert(from, (Digest::of(&result), Some(result), view));
-            }
-            Answer::Digest(digest) => {
-                // Never let a digest replace a full result from the same replica.
-                if p.replies.get(&from).is_none_or(|(_, full, _)| full.is_none()) {
-                    p.replies.insert(from, (digest, None, view));
-                }
-            }
-        }
-        self.settle(p);
+        let wait = self.wait_for(p.decide.designated());
+        let verdict = p.decide.on_answer(from, view, answer, wait);
+        self.tell(p, verdict);
     }
 
     fn on_message(&self, from: ReplicaId, msg: ReplicaMessage) {
@@ -423,16 +375,8 @@ impl Inner {
                 let Some(p) = pending.get_mut(&request) else {
                     return;
                 };
-                p.rejections.insert(from, reason);
-                // Busy is only a hint to back off (retransmission handles it);
-                // a refusal counts when f+1 replicas agree on it.
-                if reason != RejectReason::Busy
-                    && p.rejections.values().filter(|r| **r == reason).count() >= self.membership.weak_quorum()
-                {
-                    if let Some(tx) = p.done.take() {
-                        let _ = tx.try_send(Outcome::Rejected(reason));
-                    }
-                }
+                let verdict = p.decide.on_rejection(from, reason);
+                self.tell(p, verdict);
             }
         }
     }

@@ -494,11 +494,11 @@ fn a_read_waits_until_everything_this_replica_prepared_is_delivered() {
     let mut read = request(2, 1);
     read.read_only = true;
     r1.step(Input::Request(read));
-    assert!(!r1.take_actions().iter().any(|a| matches!(a, Action::ExecuteReadOnly(_))));
+    assert!(!r1.take_actions().iter().any(|a| matches!(a, Action::ExecuteReadOnly { .. })));
     peer(&mut r1, 0, PeerMessage::Commit(vote(0, 1, d)));
     let out = peer(&mut r1, 2, PeerMessage::Commit(vote(0, 1, d)));
     let deliver = out.iter().position(|a| matches!(a, Action::Deliver { .. })).unwrap();
-    let read_at = out.iter().position(|a| matches!(a, Action::ExecuteReadOnly(_))).unwrap();
+    let read_at = out.iter().position(|a| matches!(a, Action::ExecuteReadOnly { .. })).unwrap();
     assert!(deliver < read_at);
 }
 

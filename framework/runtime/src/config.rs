@@ -18,12 +18,12 @@ pub struct RuntimeConfig {
     /// Client requests waiting for verification (only when clients sign).
     /// Full: the client gets `Rejected { Busy }` (pushed back).
     pub verify_queue: usize,
-    /// Requests waiting for the proposer. Without client signatures this is
+    /// Requests waiting for the request filter. Without client signatures this is
     /// the first queue after the network, and when full the client gets
     /// `Rejected { Busy }`; with signatures the verifier takes no more than
     /// fits, so the verify queue fills and clients are pushed back.
-    pub propose_queue: usize,
-    /// Requests waiting for the consensus stage. Full: the proposer takes
+    pub filter_queue: usize,
+    /// Requests waiting for the consensus stage. Full: the filter takes
     /// no more than fits (same push-back chain).
     pub request_queue: usize,
     /// Peer messages waiting for the consensus stage. Full: dropped and
@@ -95,7 +95,7 @@ impl RuntimeConfig {
             protocol,
             tick_ms: 10,
             verify_queue: 8_192,
-            propose_queue: 8_192,
+            filter_queue: 8_192,
             request_queue: 8_192,
             peer_queue: 16_384,
             delivery_queue: 1_024,
@@ -120,7 +120,7 @@ impl RuntimeConfig {
         self.protocol.validate()?;
         for (name, v) in [
             ("verify_queue", self.verify_queue),
-            ("propose_queue", self.propose_queue),
+            ("filter_queue", self.filter_queue),
             ("request_queue", self.request_queue),
             ("peer_queue", self.peer_queue),
             ("delivery_queue", self.delivery_queue),

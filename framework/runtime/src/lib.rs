@@ -4,353 +4,38 @@
 //!  clients ──► [network: actix connection actors] ─────────► [verification: rayon batches]
 //!                     │                                              │
 //!                     │ peer messages                                 ▼
-//!                     └──────────────────────────────────────► [proposing: reply cache, stale ids]
+//!                     └──────────────────────────────────────► [request filter: reply cache, stale ids]
 //!                                                                     │
-//!  [request timers: ticks] ──────────────────────────────────────────►▼
-//!                                                          [consensus: the pure core]
+//!  [ticker: clocks] ─────────────────────────────────────────────────►▼
+//!                                                          [consensus: the pure core, hosted]
 //!                          peers ◄── connection mailboxes ◄──┤        │ decisions
 //!                                                                     ▼
 //!                                         [delivery: service, snapshots] ──► [reply sending] ──► clients
 //! ```
 //!
-//! [`spawn_replica`] wires it, top to bottom. Every arrow is a bounded
-//! crossbeam queue whose capacity and overload policy are in
-//! [`RuntimeConfig`]; each stage is an actor ([`stages::Stage`]) that never
-//! blocks, and [`StageThreads`] says which threads run them.
+//! [`spawn_replica`] ([`pipeline`]) wires it, top to bottom. Every arrow is
+//! a bounded queue ([`queue`]) whose capacity and overload policy are in
+//! [`RuntimeConfig`]; each stage ([`stages`]) is an actor that never blocks,
+//! reaches the network only through [`egress::Egress`], and runs on the
+//! threads [`StageThreads`] chooses ([`runner`]). Consensus and delivery
+//! carry out the core's actions through the same host driver the
+//! simulator runs (`palisade_host`).
 
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod crypto;
+pub mod egress;
 pub mod metrics;
 pub mod net;
+pub mod pipeline;
+pub mod queue;
+pub mod runner;
+pub mod shared;
 pub mod stages;
 pub mod storage;
 
 pub use config::{RuntimeConfig, Start};
 pub use metrics::{CoreSnapshot, RuntimeMetrics};
-pub use stages::StageThreads;
-
-use bytes::Bytes;
-use ed25519_dalek::SigningKey;
-use palisade_core::{Digest, Executor, Replica, ReplicaId, SeqNo, Service};
-use palisade_wire::handshake::Keyring;
-use palisade_wire::verify::VerifyLimits;
-use palisade_wire::ClusterConfig;
-use parking_lot::RwLock;
-use stages::{Bell, Outflow, Stage};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-/// A running replica.
-pub struct ReplicaHandle {
-    id: ReplicaId,
-    metrics: Arc<RuntimeMetrics>,
-    stop: Arc<AtomicBool>,
-    system: Option<actix_rt::System>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl ReplicaHandle {
-    /// This replica's id.
-    pub fn id(&self) -> ReplicaId {
-        self.id
-    }
-
-    /// Counters and the core's state.
-    pub fn metrics(&self) -> &Arc<RuntimeMetrics> {
-        &self.metrics
-    }
-
-    /// Current depth of every queue, by name.
-    pub fn queue_depths(&self) -> Vec<(&'static str, usize)> {
-        self.metrics.gauges.lock().iter().map(|(n, f)| (*n, f())).collect()
-    }
-
-    /// Stops every stage and closes every connection, then waits for them.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    /// Blocks until the replica stops (it runs until [`Self::stop`]).
-    pub fn wait(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(sys) = self.system.take() {
-            sys.stop();
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for ReplicaHandle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    std::thread::Builder::new().name(name.to_string()).spawn(f).expect("spawn a stage thread")
-}
-
-fn gauge<T: Send + 'static>(metrics: &RuntimeMetrics, name: &'static str, rx: &stages::Rx<T>) {
-    metrics.gauge(name, rx.depth_probe());
-}
-
-/// Starts replica `me` of `cluster` running `service`: binds its address,
-/// dials its peers and starts every stage. Returns once the listener is bound.
-pub fn spawn_replica<S: Service + Send + Sync + 'static>(
-    cluster: &ClusterConfig,
-    me: ReplicaId,
-    key: SigningKey,
-    service: S,
-    cfg: RuntimeConfig,
-) -> Result<ReplicaHandle, String> {
-    cfg.validate()?;
-    let info = cluster.replicas.get(&me).ok_or_else(|| format!("replica {me} is not in cluster.toml"))?;
-    if info.public_key != key.verifying_key() {
-        return Err(format!(
-            "the key file does not belong to replica {me}: its public key is not the one in cluster.toml"
-        ));
-    }
-    let metrics = Arc::new(RuntimeMetrics::default());
-    let stop = Arc::new(AtomicBool::new(false));
-
-    // One bell per runner thread: shared by every CPU stage, or one each.
-    let shared = Bell::default();
-    let bell = || if cfg.stage_threads == StageThreads::Dedicated { Bell::default() } else { shared.clone() };
-    let (b_verify, b_verify_pp, b_propose, b_timers, b_consensus, b_delivery, b_reply) =
-        (bell(), bell(), bell(), bell(), bell(), bell(), bell());
-
-    // The queues, in pipeline order; the producer's bell where the producer
-    // waits for room instead of dropping.
-    let (tx_verify, rx_verify) = stages::queue(cfg.verify_queue, &b_verify, None);
-    let (tx_propose, rx_propose) = stages::queue(cfg.propose_queue, &b_propose, Some(&b_verify));
-    let (tx_requests, rx_requests) = stages::queue(cfg.request_queue, &b_consensus, Some(&b_propose));
-    let (tx_peer, rx_peer) = stages::queue(cfg.peer_queue, &b_consensus, None);
-    let (tx_preprepare, rx_preprepare) = stages::queue(cfg.peer_queue, &b_verify_pp, None);
-    let (tx_tick, rx_tick) = stages::queue(4, &b_consensus, None);
-    let (tx_delivery, rx_delivery) = stages::queue(cfg.delivery_queue, &b_delivery, Some(&b_consensus));
-    let (tx_control, rx_control) = stages::queue(cfg.control_queue(), &b_consensus, Some(&b_delivery));
-    let (tx_reply, rx_reply) = stages::queue(cfg.reply_queue, &b_reply, Some(&b_delivery));
-    gauge(&metrics, "verify_queue", &rx_verify);
-    gauge(&metrics, "propose_queue", &rx_propose);
-    gauge(&metrics, "request_queue", &rx_requests);
-    gauge(&metrics, "peer_queue", &rx_peer);
-    gauge(&metrics, "delivery_queue", &rx_delivery);
-    gauge(&metrics, "reply_queue", &rx_reply);
-
-    // Without client signatures the verification stage has nothing left to
-    // check (connection actors check size and client id), so requests skip
-    // that hop and go straight to proposing.
-    let tx_from_net = if cluster.client_signatures { tx_verify.clone() } else { tx_propose.clone() };
-    // With client signatures, PRE-PREPAREs pass through verification too,
-    // so the consensus stage never checks a signature one at a time.
-    let verified = Arc::new(crypto::VerifiedRequests::new(cfg.verified_cache));
-    let net = Arc::new(net::Net::new(
-        me,
-        cluster.cluster_id,
-        cluster.max_frame_bytes,
-        &cfg,
-        tx_peer.clone(),
-        tx_from_net,
-        cluster.client_signatures.then(|| tx_preprepare.clone()),
-        metrics.clone(),
-    ));
-    let listener =
-        std::net::TcpListener::bind(info.address).map_err(|e| format!("cannot listen on {}: {e}", info.address))?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let keyring = Keyring::from_config(cluster);
-    let peers: Vec<(ReplicaId, std::net::SocketAddr)> =
-        cluster.replicas.iter().filter(|(id, _)| **id != me).map(|(id, r)| (*id, r.address)).collect();
-    // Execution state, shared by proposing (reply cache) and delivery.
-    let exec = Arc::new(RwLock::new(Executor::new(service, cfg.protocol.client_window)));
-    let genesis: Bytes = exec.read().snapshot();
-    let genesis_digest = Digest::of(&genesis);
-
-    // The CPU stages, in pipeline order, each with its bell.
-    let mut stages: Vec<(Bell, Box<dyn Stage>)> = Vec::new();
-
-    // Request verification (when clients sign): client requests, and the
-    // requests inside PRE-PREPAREs, on one rayon pool.
-    if cluster.client_signatures {
-        let pool = Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(cfg.verify_threads)
-                .thread_name(|i| format!("verify-{i}"))
-                .build()
-                .map_err(|e| e.to_string())?,
-        );
-        let limits = VerifyLimits { max_operation_bytes: cfg.max_operation_bytes, ..VerifyLimits::default() };
-        stages.push((
-            b_verify,
-            Box::new(stages::Verifier {
-                rx: rx_verify,
-                tx: tx_propose,
-                tx_reply: tx_reply.clone(),
-                verified: verified.clone(),
-                limits,
-                pool: pool.clone(),
-                metrics: metrics.clone(),
-                drain_max: cfg.drain_max,
-            }),
-        ));
-        stages.push((
-            b_verify_pp,
-            Box::new(stages::PrePrepareVerifier {
-                rx: rx_preprepare,
-                tx_peer,
-                verified: verified.clone(),
-                limits,
-                pool,
-                metrics: metrics.clone(),
-                drain_max: cfg.drain_max,
-            }),
-        ));
-    }
-
-    // Batch proposing.
-    stages.push((
-        b_propose,
-        Box::new(stages::Proposer {
-            rx: rx_propose,
-            tx: tx_requests,
-            tx_reply: tx_reply.clone(),
-            exec: exec.clone(),
-            metrics: metrics.clone(),
-            drain_max: cfg.drain_max,
-        }),
-    ));
-
-    // Consensus: the pure core.
-    {
-        let replicas = cluster.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect();
-        let crypto = crypto::Ed25519Crypto::new(key.clone(), replicas, cluster.client_signatures, verified);
-        let core = match cfg.start {
-            Start::Fresh => Replica::new(cfg.protocol.clone(), me, crypto, genesis_digest),
-            Start::LostVotes => {
-                use rand_core::RngCore;
-                let restart = palisade_core::replica::Restart {
-                    votes_lost: true,
-                    executed: SeqNo(0),
-                    executed_state: genesis_digest,
-                    nonce: rand_core::OsRng.next_u64(),
-                    records: Vec::new(),
-                };
-                Replica::recover(cfg.protocol.clone(), me, crypto, genesis_digest, restart)
-            }
-        };
-        stages.push((
-            b_consensus,
-            Box::new(stages::Consensus {
-                core,
-                storage: Box::new(storage::MemoryStorage::default()),
-                rx_peer,
-                rx_requests,
-                rx_control,
-                rx_tick,
-                tx_delivery: Outflow::new(tx_delivery),
-                tx_reply: tx_reply.clone(),
-                net: net.clone(),
-                metrics: metrics.clone(),
-                drain_max: cfg.drain_max,
-                outbox: Default::default(),
-                started: false,
-            }),
-        ));
-    }
-
-    // Delivery.
-    stages.push((
-        b_delivery,
-        Box::new(stages::Delivery {
-            rx: rx_delivery,
-            exec,
-            tx_control: Outflow::new(tx_control),
-            tx_reply: Outflow::new(tx_reply),
-            net: net.clone(),
-            metrics: metrics.clone(),
-            checkpoint_interval: cfg.protocol.checkpoint_interval,
-            snapshots: BTreeMap::from([(SeqNo(0), genesis)]),
-            reply_digests: cfg.reply_digests.then(|| cluster.membership.clone()),
-            drain_max: cfg.drain_max,
-        }),
-    ));
-
-    // Reply sending.
-    stages.push((
-        b_reply,
-        Box::new(stages::Replier {
-            rx: rx_reply,
-            net: net.clone(),
-            metrics: metrics.clone(),
-            drain_max: cfg.drain_max,
-            outbox: Default::default(),
-        }),
-    ));
-
-    // Request timers.
-    stages.push((
-        b_timers,
-        Box::new(stages::Timers {
-            tx: tx_tick,
-            period: Duration::from_millis(cfg.tick_ms),
-            next: std::time::Instant::now(),
-        }),
-    ));
-
-    // The network stage, on its own actix system thread (with the CPU
-    // stages when they run there).
-    let mut threads = Vec::new();
-    let on_network = if cfg.stage_threads == StageThreads::Dedicated {
-        for (bell, stage) in stages {
-            let stop = stop.clone();
-            threads.push(spawn(stage.name(), move || stages::run_stages(vec![stage], bell, stop)));
-        }
-        None
-    } else {
-        let all: Vec<Box<dyn Stage>> = stages.into_iter().map(|(_, s)| s).collect();
-        if cfg.stage_threads == StageThreads::Network {
-            Some(all)
-        } else {
-            let (bell, stop) = (shared.clone(), stop.clone());
-            threads.push(spawn("stages", move || stages::run_stages(all, bell, stop)));
-            None
-        }
-    };
-    let (tx_system, rx_system) = std::sync::mpsc::channel();
-    {
-        let (net, key, keyring, stop) = (net.clone(), key.clone(), keyring.clone(), stop.clone());
-        threads.push(spawn("net", move || {
-            let system = actix_rt::System::new();
-            system.block_on(async move {
-                let _ = tx_system.send(actix_rt::System::current());
-                let listener = tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
-                let key = Arc::new(key);
-                let keyring = Arc::new(keyring);
-                actix_rt::spawn(net::listen(listener, net.clone(), (*key).clone(), (*keyring).clone()));
-                for (id, address) in peers {
-                    actix_rt::spawn(net::dial_forever(net.clone(), id, address, key.clone(), keyring.clone()));
-                }
-                if let Some(stages) = on_network {
-                    actix_rt::spawn(stages::run_stages_on_network(stages, shared, stop));
-                }
-            });
-            let _ = system.run();
-        }));
-    }
-    let system =
-        rx_system.recv_timeout(Duration::from_secs(10)).map_err(|_| "the network stage did not start".to_string())?;
-
-    Ok(ReplicaHandle { id: me, metrics, stop, system: Some(system), threads })
-}
+pub use pipeline::{spawn_replica, ReplicaHandle};
+pub use runner::StageThreads;

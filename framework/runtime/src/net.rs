@@ -11,8 +11,9 @@
 //! messages to that peer, the one it accepts carries the peer's messages to
 //! it. Clients dial every replica and get replies on the same connection.
 
+use crate::egress::Egress;
 use crate::metrics::RuntimeMetrics;
-use crate::stages::Tx;
+use crate::queue::{offer_peer, Tx};
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
@@ -215,7 +216,7 @@ pub struct Net {
     pub clients: Routes<ClientId>,
     /// Peer messages to the consensus stage.
     pub tx_peer: Tx<(ReplicaId, PeerMessage)>,
-    /// Client requests to the verification stage (or to proposing).
+    /// Client requests to the verification stage (or to the request filter).
     pub tx_verify: Tx<Request>,
     /// PRE-PREPAREs to the verification stage, when clients sign requests.
     pub tx_preprepare: Option<Tx<(ReplicaId, PeerMessage)>>,
@@ -260,15 +261,31 @@ impl Net {
             next_id: AtomicU64::new(1),
         }
     }
+}
 
-    /// Encodes `msg` once for the peer channel.
-    pub fn peer_body(&self, msg: &PeerMessage) -> Bytes {
+impl Egress for Net {
+    fn me(&self) -> ReplicaId {
+        self.me
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    fn peer_body(&self, msg: &PeerMessage) -> Bytes {
         envelope::encode(self.cluster, msg)
     }
 
-    /// Encodes `msg` once for the client channel.
-    pub fn client_body(&self, msg: &ReplicaMessage) -> Bytes {
+    fn client_body(&self, msg: &ReplicaMessage) -> Bytes {
         envelope::encode(self.cluster, msg)
+    }
+
+    fn to_peer(&self, to: ReplicaId, bodies: Vec<Bytes>) -> bool {
+        self.peers.send_batch(to, bodies)
+    }
+
+    fn to_client(&self, client: ClientId, bodies: Vec<Bytes>) -> bool {
+        self.clients.send_batch(client, bodies)
     }
 }
 
@@ -338,7 +355,7 @@ impl Connection {
                         (PeerMessage::PrePrepare(_), Some(tx)) => tx,
                         _ => &net.tx_peer,
                     };
-                    if !crate::stages::offer_peer(tx, (from, msg), &net.metrics) {
+                    if !offer_peer(tx, (from, msg), &net.metrics) {
                         ctx.stop();
                     }
                 }

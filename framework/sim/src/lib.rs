@@ -12,13 +12,21 @@
 
 pub mod byzantine;
 pub mod checker;
+mod client;
+pub mod config;
 pub mod crypto;
+mod faults;
+mod network;
+mod replica;
+pub mod report;
 pub mod rng;
 pub mod service;
 pub mod votes;
 pub mod world;
 
-pub use world::{run, ByzantineChoice, Report, SimConfig};
+pub use config::{ByzantineChoice, SimConfig};
+pub use report::Report;
+pub use world::run;
 
 /// Totals over many runs.
 #[derive(Clone, Debug, Default)]

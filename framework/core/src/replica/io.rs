@@ -66,8 +66,14 @@ pub enum Action {
         /// The batch.
         batch: Arc<Batch>,
     },
-    /// Answer a read-only request now.
-    ExecuteReadOnly(Request),
+    /// Answer a read-only request now, saying this view (clients learn the
+    /// primary from replies).
+    ExecuteReadOnly {
+        /// The request.
+        request: Request,
+        /// This replica's view.
+        view: ViewNo,
+    },
     /// Send the snapshot taken at `seq` to `to` as a [`PeerMessage::StateReply`], if kept.
     ServeSnapshot {
         /// Who asked.

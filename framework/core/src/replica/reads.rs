@@ -32,7 +32,7 @@ impl<C: Crypto> Replica<C> {
             .unwrap_or(SeqNo(0))
             .max(self.checkpoints.stable.seq);
         if self.log.delivered >= target && self.transfer.is_none() {
-            self.actions.push(Action::ExecuteReadOnly(req));
+            self.actions.push(Action::ExecuteReadOnly { request: req, view: self.view });
         } else if self.reads.waiting.len() < self.cfg.read_queue_max {
             self.reads.waiting.push_back((target, req));
         } else {
@@ -52,7 +52,7 @@ impl<C: Crypto> Replica<C> {
         let mut keep = VecDeque::with_capacity(self.reads.waiting.len());
         for (target, req) in std::mem::take(&mut self.reads.waiting) {
             if target <= delivered {
-                self.actions.push(Action::ExecuteReadOnly(req));
+                self.actions.push(Action::ExecuteReadOnly { request: req, view: self.view });
             } else {
                 keep.push_back((target, req));
             }

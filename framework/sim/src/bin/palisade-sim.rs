@@ -120,7 +120,7 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
     cfg.amnesia = args.amnesia;
     cfg.slow_network_ms = args.slow_network_ms;
     if args.slow_network_ms > 0 {
-        cfg.liveness_bound_ms = palisade_sim::world::slow_network_bound_ms(args.slow_network_ms);
+        cfg.liveness_bound_ms = palisade_sim::config::slow_network_bound_ms(args.slow_network_ms);
     }
     #[cfg(feature = "planted-bugs")]
     for p in &args.plant {

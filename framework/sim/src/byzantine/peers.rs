@@ -1,167 +1,17 @@
-//! Byzantine strategies. A Byzantine replica runs the honest core, and its
-//! strategy rewrites, drops, delays or adds to what it sends. Strategies
-//! hold only their own replica's key, so anything they sign is signed as
-//! themselves; statements of others can only be replayed or tampered with,
-//! which verification must catch.
+//! Strategies that rewrite what a Byzantine replica sends its peers.
 
-use crate::crypto::SimCrypto;
-use crate::rng::Rng;
+use super::{random_digest, ByzCtx, Outgoing, Strategy};
 use bytes::Bytes;
 use palisade_core::crypto::{self, Domain};
 use palisade_core::message::{
-    null_digest, Batch, CheckpointBody, NewViewBody, PrePrepare, PrePreparedEntry, PreparedEntry, Reply, Request,
-    Signed, ViewChangeBody,
+    null_digest, Batch, CheckpointBody, NewViewBody, PrePrepare, PrePreparedEntry, PreparedEntry, Request, Signed,
+    ViewChangeBody,
 };
-use palisade_core::{ClientId, Digest, Membership, PeerMessage, ReplicaId, RequestId, SeqNo, ViewNo};
+use palisade_core::{ClientId, Digest, PeerMessage, ReplicaId, RequestId, SeqNo, ViewNo};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// What a strategy may use: its own key, randomness, and public facts.
-pub struct ByzCtx<'a> {
-    /// The Byzantine replica.
-    pub me: ReplicaId,
-    /// Its own signing handle (and nobody else's).
-    pub crypto: &'a SimCrypto,
-    /// Randomness from the run's seed.
-    pub rng: &'a mut Rng,
-    /// The cluster.
-    pub membership: &'a Membership,
-    /// The cluster's request timeout, for attacks timed just below it.
-    pub request_timeout_ms: u64,
-    /// The log window, for fabricating entries that pass shape checks.
-    pub log_window: u64,
-}
-
-/// One message as actually sent.
-pub struct Outgoing {
-    /// Recipient.
-    pub to: ReplicaId,
-    /// Message.
-    pub msg: PeerMessage,
-    /// Extra delay the strategy adds.
-    pub delay_ms: u64,
-}
-
-impl Outgoing {
-    fn now(to: ReplicaId, msg: PeerMessage) -> Outgoing {
-        Outgoing { to, msg, delay_ms: 0 }
-    }
-}
-
-/// Which replica a strategy is most interesting on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Placement {
-    /// The primary of view 0.
-    InitialPrimary,
-    /// The primary of view 1 (the first new primary after a view change).
-    FirstNewPrimary,
-    /// Anywhere.
-    Any,
-}
-
-/// A way to misbehave.
-pub trait Strategy {
-    /// Name, as `--byzantine` takes it.
-    fn name(&self) -> &'static str;
-    /// Rewrites one outgoing peer message (broadcasts arrive one recipient at a time).
-    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing>;
-    /// Rewrites or drops a reply to a client.
-    fn reply(&mut self, _ctx: &mut ByzCtx<'_>, reply: Reply) -> Option<Reply> {
-        Some(reply)
-    }
-    /// Sees a message its replica received (before the replica does).
-    fn observe(&mut self, _ctx: &mut ByzCtx<'_>, _from: ReplicaId, _msg: &PeerMessage) {}
-    /// Extra messages to send on each of its replica's ticks.
-    fn on_tick(&mut self, _ctx: &mut ByzCtx<'_>) -> Vec<Outgoing> {
-        Vec::new()
-    }
-}
-
-/// Every strategy: name, placement, and what it does.
-pub const STRATEGIES: &[(&str, Placement, &str)] = &[
-    (
-        "equivocate",
-        Placement::InitialPrimary,
-        "as primary, sends different batches for the same sequence number to different backups",
-    ),
-    ("silent", Placement::InitialPrimary, "sends nothing at all, replies included"),
-    ("slow-primary", Placement::InitialPrimary, "delays its pre-prepares to just below the request timeout"),
-    ("wrong-digest", Placement::Any, "votes, decisions and batch replies carry wrong digests"),
-    ("replay", Placement::Any, "replays its old messages, some moved to other views and sequence numbers"),
-    ("lying-view-change", Placement::Any, "view-changes claim invented prepared batches and ask for far-future views"),
-    (
-        "new-view-tamper",
-        Placement::FirstNewPrimary,
-        "as new primary, omits, replaces or invents re-proposals and tampers with others' view-changes",
-    ),
-    ("bogus-checkpoint", Placement::Any, "signs checkpoints with wrong state digests"),
-    ("poisoned-state", Placement::Any, "answers state and batch requests with corrupted contents"),
-    ("forged-replies", Placement::Any, "sends clients wrong results"),
-    (
-        "forged-requests",
-        Placement::InitialPrimary,
-        "as primary, adds requests with forged client signatures to its batches",
-    ),
-    (
-        "plausible-view-change",
-        Placement::Any,
-        "view-changes omit its own prepared entries and claim, in the latest view, batches it really saw pre-prepared",
-    ),
-    (
-        "two-new-views",
-        Placement::FirstNewPrimary,
-        "as new primary, sends different valid NEW-VIEWs (built from different quorums of VIEW-CHANGEs) to different backups",
-    ),
-    ("partial-pre-prepare", Placement::InitialPrimary, "as primary, sends each PRE-PREPARE to only some backups"),
-    (
-        "withhold-batches",
-        Placement::InitialPrimary,
-        "as primary, gives each batch to one backup only, claims it prepared it, and never answers batch requests",
-    ),
-    (
-        "status-flood",
-        Placement::Any,
-        "lies in STATUS (old view, nothing delivered) and floods peers with batch, state and rejoin questions",
-    ),
-];
-
-/// The strategy called `name`.
-pub fn make(name: &str) -> Option<Box<dyn Strategy>> {
-    Some(match name {
-        "equivocate" => Box::new(Equivocate),
-        "silent" => Box::new(Silent),
-        "slow-primary" => Box::new(SlowPrimary),
-        "wrong-digest" => Box::new(WrongDigest),
-        "replay" => Box::new(Replay { history: VecDeque::new() }),
-        "lying-view-change" => Box::new(LyingViewChange),
-        "new-view-tamper" => Box::new(NewViewTamper),
-        "bogus-checkpoint" => Box::new(BogusCheckpoint),
-        "poisoned-state" => Box::new(PoisonedState),
-        "forged-replies" => Box::new(ForgedReplies),
-        "forged-requests" => Box::new(ForgedRequests),
-        "plausible-view-change" => Box::new(PlausibleViewChange),
-        "two-new-views" => Box::new(TwoNewViews::default()),
-        "partial-pre-prepare" => Box::new(PartialPrePrepare),
-        "withhold-batches" => Box::new(WithholdBatches::default()),
-        "status-flood" => Box::new(StatusFlood::default()),
-        _ => return None,
-    })
-}
-
-/// Where `name` prefers to be placed.
-pub fn placement(name: &str) -> Placement {
-    STRATEGIES.iter().find(|(n, _, _)| *n == name).map(|(_, p, _)| *p).unwrap_or(Placement::Any)
-}
-
-fn random_digest(rng: &mut Rng) -> Digest {
-    let mut d = [0u8; 32];
-    for chunk in d.chunks_mut(8) {
-        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
-    }
-    Digest(d)
-}
-
-struct Equivocate;
+pub(super) struct Equivocate;
 
 impl Strategy for Equivocate {
     fn name(&self) -> &'static str {
@@ -184,7 +34,7 @@ impl Strategy for Equivocate {
     }
 }
 
-struct Silent;
+pub(super) struct Silent;
 
 impl Strategy for Silent {
     fn name(&self) -> &'static str {
@@ -193,12 +43,12 @@ impl Strategy for Silent {
     fn outgoing(&mut self, _: &mut ByzCtx<'_>, _: ReplicaId, _: PeerMessage) -> Vec<Outgoing> {
         Vec::new()
     }
-    fn reply(&mut self, _: &mut ByzCtx<'_>, _: Reply) -> Option<Reply> {
+    fn reply(&mut self, _: &mut ByzCtx<'_>, _: palisade_host::ClientMail) -> Option<palisade_host::ClientMail> {
         None
     }
 }
 
-struct SlowPrimary;
+pub(super) struct SlowPrimary;
 
 impl Strategy for SlowPrimary {
     fn name(&self) -> &'static str {
@@ -213,7 +63,7 @@ impl Strategy for SlowPrimary {
     }
 }
 
-struct WrongDigest;
+pub(super) struct WrongDigest;
 
 impl Strategy for WrongDigest {
     fn name(&self) -> &'static str {
@@ -241,7 +91,8 @@ impl Strategy for WrongDigest {
     }
 }
 
-struct Replay {
+#[derive(Default)]
+pub(super) struct Replay {
     history: VecDeque<PeerMessage>,
 }
 
@@ -284,7 +135,7 @@ impl Strategy for Replay {
     }
 }
 
-struct LyingViewChange;
+pub(super) struct LyingViewChange;
 
 impl Strategy for LyingViewChange {
     fn name(&self) -> &'static str {
@@ -319,7 +170,7 @@ impl Strategy for LyingViewChange {
     }
 }
 
-struct NewViewTamper;
+pub(super) struct NewViewTamper;
 
 impl Strategy for NewViewTamper {
     fn name(&self) -> &'static str {
@@ -370,7 +221,7 @@ impl Strategy for NewViewTamper {
     }
 }
 
-struct BogusCheckpoint;
+pub(super) struct BogusCheckpoint;
 
 impl Strategy for BogusCheckpoint {
     fn name(&self) -> &'static str {
@@ -387,7 +238,7 @@ impl Strategy for BogusCheckpoint {
     }
 }
 
-struct PoisonedState;
+pub(super) struct PoisonedState;
 
 impl Strategy for PoisonedState {
     fn name(&self) -> &'static str {
@@ -422,29 +273,7 @@ impl Strategy for PoisonedState {
     }
 }
 
-struct ForgedReplies;
-
-impl Strategy for ForgedReplies {
-    fn name(&self) -> &'static str {
-        "forged-replies"
-    }
-    fn outgoing(&mut self, _: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
-        vec![Outgoing::now(to, msg)]
-    }
-    fn reply(&mut self, _: &mut ByzCtx<'_>, mut reply: Reply) -> Option<Reply> {
-        // The same lie from every Byzantine replica, so that colluders agree.
-        let mut v = reply.result.to_vec();
-        if let Some(b) = v.first_mut() {
-            *b = b.wrapping_add(1);
-        } else {
-            v.push(1);
-        }
-        reply.result = Bytes::from(v);
-        Some(reply)
-    }
-}
-
-struct ForgedRequests;
+pub(super) struct ForgedRequests;
 
 impl Strategy for ForgedRequests {
     fn name(&self) -> &'static str {
@@ -476,7 +305,7 @@ impl Strategy for ForgedRequests {
 /// most believable lie, which the decision rule's vouchers must still see
 /// through.
 #[derive(Default)]
-struct PlausibleViewChange;
+pub(super) struct PlausibleViewChange;
 
 impl Strategy for PlausibleViewChange {
     fn name(&self) -> &'static str {
@@ -513,7 +342,7 @@ impl Strategy for PlausibleViewChange {
 /// of the VIEW-CHANGEs it received: each valid on its own, so only the
 /// backups' recomputation and vouchers keep them consistent.
 #[derive(Default)]
-struct TwoNewViews {
+pub(super) struct TwoNewViews {
     seen: std::collections::BTreeMap<(ViewNo, ReplicaId), Signed<ViewChangeBody>>,
 }
 
@@ -563,7 +392,7 @@ impl Strategy for TwoNewViews {
 
 /// As primary, leaves one backup (a different one each time) without the
 /// PRE-PREPARE.
-struct PartialPrePrepare;
+pub(super) struct PartialPrePrepare;
 
 impl Strategy for PartialPrePrepare {
     fn name(&self) -> &'static str {
@@ -585,7 +414,7 @@ impl Strategy for PartialPrePrepare {
 /// VIEW-CHANGEs to have prepared every one, and never answers a batch
 /// request: the cluster must fetch from the one correct holder.
 #[derive(Default)]
-struct WithholdBatches {
+pub(super) struct WithholdBatches {
     proposed: std::collections::BTreeMap<SeqNo, (ViewNo, Digest)>,
 }
 
@@ -638,7 +467,7 @@ impl Strategy for WithholdBatches {
 /// repeats questions whose answers are large: every batch it knows of,
 /// every checkpoint, and how far everyone got.
 #[derive(Default)]
-struct StatusFlood {
+pub(super) struct StatusFlood {
     known: VecDeque<(SeqNo, Digest)>,
     ticks: u64,
 }

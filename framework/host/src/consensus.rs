@@ -1,0 +1,128 @@
+//! Carrying out the core's actions on the consensus side.
+
+use bytes::Bytes;
+use palisade_core::replica::DropReason;
+use palisade_core::{
+    Action, Batch, ClientId, Crypto, Input, PeerMessage, Record, Replica, ReplicaId, Request, RequestId,
+};
+use palisade_core::{SeqNo, ViewNo};
+use palisade_wire::envelope::RejectReason;
+use std::sync::Arc;
+
+/// Work for the execution side, in the order the core decided it.
+#[derive(Debug)]
+pub enum ExecCommand {
+    /// Execute a committed batch.
+    Deliver {
+        /// Sequence number.
+        seq: SeqNo,
+        /// The deciding replica's view.
+        view: ViewNo,
+        /// The batch.
+        batch: Arc<Batch>,
+    },
+    /// Answer a read-only request.
+    Read {
+        /// The request.
+        request: Request,
+        /// The replica's view.
+        view: ViewNo,
+    },
+    /// Send the snapshot at `seq` to `to`.
+    Serve {
+        /// Who asked.
+        to: ReplicaId,
+        /// Which checkpoint.
+        seq: SeqNo,
+    },
+    /// Install a certified snapshot.
+    Install {
+        /// Its checkpoint.
+        seq: SeqNo,
+        /// Its bytes.
+        snapshot: Bytes,
+    },
+    /// A new stable checkpoint: forget snapshots below this sequence
+    /// number (the previous stable checkpoint, still served to laggards).
+    ForgetBelow(SeqNo),
+}
+
+/// What a consensus host needs from the world around it.
+pub trait ConsensusIo {
+    /// Makes `record` durable before anything sent after it leaves
+    /// (the core's ordering rule 1).
+    fn persist(&mut self, record: Record);
+    /// Sends `msg` to replica `to`.
+    fn send(&mut self, to: ReplicaId, msg: &PeerMessage);
+    /// Sends `msg` to every replica in `to`. Override to encode once.
+    fn broadcast(&mut self, to: &[ReplicaId], msg: &PeerMessage) {
+        for &r in to {
+            self.send(r, msg);
+        }
+    }
+    /// Hands work to the execution side, in order; decisions must never be
+    /// dropped.
+    fn execute(&mut self, cmd: ExecCommand);
+    /// Tells a client its request was turned away.
+    fn refuse(&mut self, client: ClientId, request: RequestId, reason: RejectReason);
+    /// Whether the replica stopped in the middle of the step (the
+    /// simulator's crash right after a record became durable): the rest of
+    /// the step's actions never happen.
+    fn stopped(&self) -> bool {
+        false
+    }
+}
+
+/// A replica's core and the loop that carries out what it asks.
+pub struct ConsensusHost<C> {
+    core: Replica<C>,
+    /// Everyone else, for broadcasts.
+    peers: Vec<ReplicaId>,
+}
+
+impl<C: Crypto> ConsensusHost<C> {
+    /// Hosts `core`. Actions it already holds (a recovered replica's first
+    /// words) are carried out with the first step.
+    pub fn new(core: Replica<C>) -> Self {
+        let me = core.id();
+        let peers = core.membership().members().iter().copied().filter(|r| *r != me).collect();
+        ConsensusHost { core, peers }
+    }
+
+    /// The core, to read its state.
+    pub fn core(&self) -> &Replica<C> {
+        &self.core
+    }
+
+    /// Feeds one input and carries out every action it produced, in order.
+    pub fn step(&mut self, input: Input, io: &mut impl ConsensusIo) {
+        self.core.step(input);
+        self.carry_out(io);
+    }
+
+    /// Carries out actions the core holds without a new input.
+    pub fn carry_out(&mut self, io: &mut impl ConsensusIo) {
+        for action in self.core.take_actions() {
+            if io.stopped() {
+                return;
+            }
+            match action {
+                Action::Persist(r) => io.persist(r),
+                Action::Send { to, msg } => io.send(to, &msg),
+                Action::Broadcast(msg) => io.broadcast(&self.peers, &msg),
+                Action::Deliver { seq, view, batch } => io.execute(ExecCommand::Deliver { seq, view, batch }),
+                Action::ExecuteReadOnly { request, view } => io.execute(ExecCommand::Read { request, view }),
+                Action::ServeSnapshot { to, seq } => io.execute(ExecCommand::Serve { to, seq }),
+                Action::InstallSnapshot { seq, snapshot } => io.execute(ExecCommand::Install { seq, snapshot }),
+                Action::StableCheckpoint { keep_from, .. } => io.execute(ExecCommand::ForgetBelow(keep_from)),
+                Action::Dropped { client, request, reason } => {
+                    let reason = match reason {
+                        DropReason::RequestTooLarge => RejectReason::TooLarge,
+                        DropReason::PendingFull | DropReason::ReadQueueFull => RejectReason::Busy,
+                    };
+                    io.refuse(client, request, reason);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The pipeline, wired top to bottom: the queues, the stages, the threads
+//! that run them, and the network stage.
+
+use crate::config::{RuntimeConfig, Start};
+use crate::crypto::{Ed25519Crypto, VerifiedRequests};
+use crate::egress::{Egress, Outbox};
+use crate::metrics::RuntimeMetrics;
+use crate::net::{self, Net};
+use crate::queue::{queue, Bell, Outflow, Rx};
+use crate::runner::{run_stages, run_stages_on_network, Stage, StageThreads};
+use crate::shared::CurrentView;
+use crate::stages::{Consensus, Delivery, PrePrepareVerifier, Replier, RequestFilter, Ticker, Verifier};
+use crate::storage::MemoryStorage;
+use ed25519_dalek::SigningKey;
+use palisade_core::replica::Restart;
+use palisade_core::{Executor, Replica, ReplicaId, SeqNo, Service};
+use palisade_host::{ConsensusHost, ExecutionHost};
+use palisade_wire::handshake::Keyring;
+use palisade_wire::verify::VerifyLimits;
+use palisade_wire::ClusterConfig;
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A running replica.
+pub struct ReplicaHandle {
+    id: ReplicaId,
+    metrics: Arc<RuntimeMetrics>,
+    stop: Arc<AtomicBool>,
+    system: Option<actix_rt::System>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ReplicaHandle {
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// Counters and the core's state.
+    pub fn metrics(&self) -> &Arc<RuntimeMetrics> {
+        &self.metrics
+    }
+
+    /// Current depth of every queue, by name.
+    pub fn queue_depths(&self) -> Vec<(&'static str, usize)> {
+        self.metrics.gauges.lock().iter().map(|(n, f)| (*n, f())).collect()
+    }
+
+    /// Stops every stage and closes every connection, then waits for them.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// Blocks until the replica stops (it runs until [`Self::stop`]).
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(sys) = self.system.take() {
+            sys.stop();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ReplicaHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new().name(name.to_string()).spawn(f).expect("spawn a stage thread")
+}
+
+fn gauge<T: Send + 'static>(metrics: &RuntimeMetrics, name: &'static str, rx: &Rx<T>) {
+    metrics.gauge(name, rx.depth_probe());
+}
+
+/// Starts replica `me` of `cluster` running `service`: binds its address,
+/// dials its peers and starts every stage. Returns once the listener is bound.
+pub fn spawn_replica<S: Service + Send + Sync + 'static>(
+    cluster: &ClusterConfig,
+    me: ReplicaId,
+    key: SigningKey,
+    service: S,
+    cfg: RuntimeConfig,
+) -> Result<ReplicaHandle, String> {
+    cfg.validate()?;
+    let info = cluster.replicas.get(&me).ok_or_else(|| format!("replica {me} is not in cluster.toml"))?;
+    if info.public_key != key.verifying_key() {
+        return Err(format!(
+            "the key file does not belong to replica {me}: its public key is not the one in cluster.toml"
+        ));
+    }
+    let metrics = Arc::new(RuntimeMetrics::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let view = Arc::new(CurrentView::default());
+
+    // One bell per runner thread: shared by every CPU stage, or one each.
+    let shared = Bell::default();
+    let bell = || if cfg.stage_threads == StageThreads::Dedicated { Bell::default() } else { shared.clone() };
+    let (b_verify, b_verify_pp, b_filter, b_ticker, b_consensus, b_delivery, b_reply) =
+        (bell(), bell(), bell(), bell(), bell(), bell(), bell());
+
+    // The queues, in pipeline order; the producer's bell where the producer
+    // waits for room instead of dropping.
+    let (tx_verify, rx_verify) = queue(cfg.verify_queue, &b_verify, None);
+    let (tx_filter, rx_filter) = queue(cfg.filter_queue, &b_filter, Some(&b_verify));
+    let (tx_requests, rx_requests) = queue(cfg.request_queue, &b_consensus, Some(&b_filter));
+    let (tx_peer, rx_peer) = queue(cfg.peer_queue, &b_consensus, None);
+    let (tx_preprepare, rx_preprepare) = queue(cfg.peer_queue, &b_verify_pp, None);
+    let (tx_tick, rx_tick) = queue(4, &b_consensus, None);
+    let (tx_delivery, rx_delivery) = queue(cfg.delivery_queue, &b_delivery, Some(&b_consensus));
+    let (tx_control, rx_control) = queue(cfg.control_queue(), &b_consensus, Some(&b_delivery));
+    let (tx_reply, rx_reply) = queue(cfg.reply_queue, &b_reply, Some(&b_delivery));
+    gauge(&metrics, "verify_queue", &rx_verify);
+    gauge(&metrics, "filter_queue", &rx_filter);
+    gauge(&metrics, "request_queue", &rx_requests);
+    gauge(&metrics, "peer_queue", &rx_peer);
+    gauge(&metrics, "delivery_queue", &rx_delivery);
+    gauge(&metrics, "reply_queue", &rx_reply);
+
+    // Without client signatures the verification stage has nothing left to
+    // check (connection actors check size and client id), so requests skip
+    // that hop and go straight to the filter.
+    let tx_from_net = if cluster.client_signatures { tx_verify.clone() } else { tx_filter.clone() };
+    // With client signatures, PRE-PREPAREs pass through verification too,
+    // so the consensus stage never checks a signature one at a time.
+    let verified = Arc::new(VerifiedRequests::new(cfg.verified_cache));
+    let net = Arc::new(Net::new(
+        me,
+        cluster.cluster_id,
+        cluster.max_frame_bytes,
+        &cfg,
+        tx_peer.clone(),
+        tx_from_net,
+        cluster.client_signatures.then(|| tx_preprepare.clone()),
+        metrics.clone(),
+    ));
+    let egress: Arc<dyn Egress> = net.clone();
+    let listener =
+        std::net::TcpListener::bind(info.address).map_err(|e| format!("cannot listen on {}: {e}", info.address))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let keyring = Keyring::from_config(cluster);
+    let peers: Vec<(ReplicaId, std::net::SocketAddr)> =
+        cluster.replicas.iter().filter(|(id, _)| **id != me).map(|(id, r)| (*id, r.address)).collect();
+
+    // Execution state, shared by the filter (reply cache) and delivery.
+    let exec = Arc::new(RwLock::new(Executor::new(service, cfg.protocol.client_window)));
+    let reply_digests = cfg.reply_digests.then(|| cluster.membership.clone());
+    // A snapshot must fit one frame with room for the envelope.
+    let max_snapshot = cluster.max_frame_bytes.saturating_sub(1024);
+    let execution = ExecutionHost::new(
+        exec.clone(),
+        me,
+        cfg.protocol.checkpoint_interval,
+        reply_digests,
+        max_snapshot,
+        BTreeMap::new(),
+    )?;
+    let (_, genesis) = execution.restored();
+
+    // The CPU stages, in pipeline order, each with its bell.
+    let mut stages: Vec<(Bell, Box<dyn Stage>)> = Vec::new();
+
+    // Request verification (when clients sign): client requests, and the
+    // requests inside PRE-PREPAREs, on one rayon pool.
+    if cluster.client_signatures {
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(cfg.verify_threads)
+                .thread_name(|i| format!("verify-{i}"))
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+        let limits = VerifyLimits { max_operation_bytes: cfg.max_operation_bytes, ..VerifyLimits::default() };
+        stages.push((
+            b_verify,
+            Box::new(Verifier {
+                rx: rx_verify,
+                tx: tx_filter,
+                tx_reply: tx_reply.clone(),
+                verified: verified.clone(),
+                limits,
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                drain_max: cfg.drain_max,
+            }),
+        ));
+        stages.push((
+            b_verify_pp,
+            Box::new(PrePrepareVerifier {
+                rx: rx_preprepare,
+                tx_peer,
+                verified: verified.clone(),
+                limits,
+                pool,
+                metrics: metrics.clone(),
+                drain_max: cfg.drain_max,
+            }),
+        ));
+    }
+
+    // The request filter: reply cache and stale ids.
+    stages.push((
+        b_filter,
+        Box::new(RequestFilter {
+            rx: rx_filter,
+            tx: tx_requests,
+            tx_reply: tx_reply.clone(),
+            exec,
+            view: view.clone(),
+            metrics: metrics.clone(),
+            drain_max: cfg.drain_max,
+        }),
+    ));
+
+    // Consensus: the pure core, hosted.
+    let replicas = cluster.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect();
+    let crypto = Ed25519Crypto::new(key.clone(), replicas, cluster.client_signatures, verified);
+    let core = match cfg.start {
+        Start::Fresh => Replica::new(cfg.protocol.clone(), me, crypto, genesis),
+        Start::LostVotes => {
+            use rand_core::RngCore;
+            let restart = Restart {
+                votes_lost: true,
+                executed: SeqNo(0),
+                executed_state: genesis,
+                nonce: rand_core::OsRng.next_u64(),
+                records: Vec::new(),
+            };
+            Replica::recover(cfg.protocol.clone(), me, crypto, genesis, restart)
+        }
+    };
+    stages.push((
+        b_consensus,
+        Box::new(Consensus {
+            host: ConsensusHost::new(core),
+            storage: Box::new(MemoryStorage::default()),
+            rx_peer,
+            rx_requests,
+            rx_control,
+            rx_tick,
+            tx_delivery: Outflow::new(tx_delivery),
+            tx_reply: tx_reply.clone(),
+            egress: egress.clone(),
+            view,
+            metrics: metrics.clone(),
+            drain_max: cfg.drain_max,
+            outbox: Outbox::new(),
+            started: false,
+        }),
+    ));
+
+    // Delivery.
+    stages.push((
+        b_delivery,
+        Box::new(Delivery {
+            rx: rx_delivery,
+            host: execution,
+            tx_control: Outflow::new(tx_control),
+            tx_reply: Outflow::new(tx_reply),
+            egress: egress.clone(),
+            metrics: metrics.clone(),
+            drain_max: cfg.drain_max,
+        }),
+    ));
+
+    // Reply sending.
+    stages.push((
+        b_reply,
+        Box::new(Replier {
+            rx: rx_reply,
+            egress,
+            metrics: metrics.clone(),
+            drain_max: cfg.drain_max,
+            outbox: Outbox::new(),
+        }),
+    ));
+
+    // The ticker.
+    stages.push((
+        b_ticker,
+        Box::new(Ticker { tx: tx_tick, period: Duration::from_millis(cfg.tick_ms), next: std::time::Instant::now() }),
+    ));
+
+    // The network stage, on its own actix system thread (with the CPU
+    // stages when they run there).
+    let mut threads = Vec::new();
+    let on_network = if cfg.stage_threads == StageThreads::Dedicated {
+        for (bell, stage) in stages {
+            let stop = stop.clone();
+            threads.push(spawn(stage.name(), move || run_stages(vec![stage], bell, stop)));
+        }
+        None
+    } else {
+        let all: Vec<Box<dyn Stage>> = stages.into_iter().map(|(_, s)| s).collect();
+        if cfg.stage_threads == StageThreads::Network {
+            Some(all)
+        } else {
+            let (bell, stop) = (shared.clone(), stop.clone());
+            threads.push(spawn("stages", move || run_stages(all, bell, stop)));
+            None
+        }
+    };
+    let (tx_system, rx_system) = std::sync::mpsc::channel();
+    {
+        let (net, key, keyring, stop) = (net.clone(), key.clone(), keyring.clone(), stop.clone());
+        threads.push(spawn("net", move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let _ = tx_system.send(actix_rt::System::current());
+                let listener = tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
+                let key = Arc::new(key);
+                let keyring = Arc::new(keyring);
+                actix_rt::spawn(net::listen(listener, net.clone(), (*key).clone(), (*keyring).clone()));
+                for (id, address) in peers {
+                    actix_rt::spawn(net::dial_forever(net.clone(), id, address, key.clone(), keyring.clone()));
+                }
+                if let Some(stages) = on_network {
+                    actix_rt::spawn(run_stages_on_network(stages, shared, stop));
+                }
+            });
+            let _ = system.run();
+        }));
+    }
+    let system =
+        rx_system.recv_timeout(Duration::from_secs(10)).map_err(|_| "the network stage did not start".to_string())?;
+
+    Ok(ReplicaHandle { id: me, metrics, stop, system: Some(system), threads })
+}

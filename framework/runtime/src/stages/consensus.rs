@@ -1,0 +1,208 @@
+//! The consensus stage: the only owner of the protocol core, hosted by the
+//! one driver every host shares ([`ConsensusHost`]).
+
+use super::{notify, ReplyBatch};
+use crate::egress::{Egress, Outbox};
+use crate::metrics::{CoreSnapshot, RuntimeMetrics};
+use crate::queue::{Ended, Outflow, Rx, Tx};
+use crate::runner::Stage;
+use crate::shared::CurrentView;
+use crate::storage::Storage;
+use bytes::Bytes;
+use palisade_core::{ClientId, Crypto, Digest, Input, PeerMessage, Record, ReplicaId, Request, RequestId, SeqNo};
+use palisade_host::{ClientMail, ConsensusHost, ConsensusIo, ExecCommand};
+use palisade_wire::envelope::RejectReason;
+use std::sync::Arc;
+
+/// Feeds the core peer messages, requests, ticks and checkpoint digests,
+/// and carries out what it decides.
+pub struct Consensus<C: Crypto> {
+    /// The core and its driver.
+    pub host: ConsensusHost<C>,
+    /// Durable records.
+    pub storage: Box<dyn Storage>,
+    /// Peer messages in.
+    pub rx_peer: Rx<(ReplicaId, PeerMessage)>,
+    /// Requests in.
+    pub rx_requests: Rx<Request>,
+    /// Checkpoint completions in.
+    pub rx_control: Rx<(SeqNo, Digest)>,
+    /// Ticks in: the monotonic and the wall clock.
+    pub rx_tick: Rx<(u64, u64)>,
+    /// Decisions out (never dropped: while any wait for room, the stage
+    /// takes no peer message or request).
+    pub tx_delivery: Outflow<ExecCommand>,
+    /// Push-back out.
+    pub tx_reply: Tx<ReplyBatch>,
+    /// Where messages to peers go.
+    pub egress: Arc<dyn Egress>,
+    /// The view, for stages that answer clients without the core.
+    pub view: Arc<CurrentView>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// Inputs per wake-up.
+    pub drain_max: usize,
+    /// Bodies for each peer gathered during one wake-up, sent together.
+    pub outbox: Outbox<ReplicaId>,
+    /// Whether the core has had its first tick.
+    pub started: bool,
+}
+
+/// What the host's actions touch, borrowed from the stage for one step.
+struct Wiring<'a> {
+    storage: &'a mut dyn Storage,
+    outbox: &'a mut Outbox<ReplicaId>,
+    egress: &'a dyn Egress,
+    tx_delivery: &'a mut Outflow<ExecCommand>,
+    tx_reply: &'a Tx<ReplyBatch>,
+    metrics: &'a RuntimeMetrics,
+    ended: bool,
+}
+
+impl Wiring<'_> {
+    fn queue(&mut self, to: ReplicaId, body: Bytes) {
+        if let Some(full) = self.outbox.push(to, body) {
+            send(self.egress, self.metrics, to, full);
+        }
+    }
+}
+
+fn send(egress: &dyn Egress, metrics: &RuntimeMetrics, to: ReplicaId, bodies: Vec<Bytes>) {
+    let n = bodies.len() as u64;
+    if !egress.to_peer(to, bodies) {
+        RuntimeMetrics::add(&metrics.counters.peer_sends_dropped, n);
+    }
+}
+
+impl ConsensusIo for Wiring<'_> {
+    fn persist(&mut self, record: Record) {
+        // Bodies queued in the outbox leave only after the step, so after
+        // every record persisted before them.
+        self.storage.persist(record);
+    }
+
+    fn send(&mut self, to: ReplicaId, msg: &PeerMessage) {
+        let body = self.egress.peer_body(msg);
+        self.queue(to, body);
+    }
+
+    fn broadcast(&mut self, to: &[ReplicaId], msg: &PeerMessage) {
+        let body = self.egress.peer_body(msg);
+        for &r in to {
+            self.queue(r, body.clone());
+        }
+    }
+
+    fn execute(&mut self, cmd: ExecCommand) {
+        if self.tx_delivery.push(cmd).is_err() {
+            self.ended = true;
+        }
+    }
+
+    fn refuse(&mut self, client: ClientId, request: RequestId, reason: RejectReason) {
+        let counter = match reason {
+            RejectReason::TooLarge | RejectReason::Invalid => &self.metrics.counters.requests_invalid,
+            RejectReason::Busy | RejectReason::Stale => &self.metrics.counters.requests_busy,
+        };
+        RuntimeMetrics::add(counter, 1);
+        notify(self.tx_reply, ClientMail::Refusal { client, request, reason }, self.metrics);
+    }
+}
+
+impl<C: Crypto> Consensus<C> {
+    fn step(&mut self, input: Input) -> Result<(), Ended> {
+        let mut io = Wiring {
+            storage: &mut *self.storage,
+            outbox: &mut self.outbox,
+            egress: &*self.egress,
+            tx_delivery: &mut self.tx_delivery,
+            tx_reply: &self.tx_reply,
+            metrics: &self.metrics,
+            ended: false,
+        };
+        self.host.step(input, &mut io);
+        if io.ended {
+            Err(Ended)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends what this wake-up produced: one mailbox message per peer.
+    fn flush(&mut self) {
+        let batches: Vec<_> = self.outbox.drain().collect();
+        for (to, bodies) in batches {
+            send(&*self.egress, &self.metrics, to, bodies);
+        }
+    }
+
+    fn publish(&self) {
+        let core = self.host.core();
+        let m = core.metrics();
+        self.view.set(core.view());
+        *self.metrics.core.lock() = CoreSnapshot {
+            view: core.view().0,
+            normal: core.is_normal(),
+            primary: core.is_primary(),
+            delivered: core.delivered().0,
+            stable: core.stable_checkpoint().seq.0,
+            view_changes: m.view_changes,
+            state_transfers: m.state_transfers,
+            timers_restarted: m.timers_restarted,
+            proposed_batches: m.proposed_batches,
+            delivered_requests: m.delivered_requests,
+            pending_requests: core.pending_requests(),
+            dropped: m.dropped.iter().map(|(reason, n)| (reason.name(), *n)).collect(),
+            rejoining: core.rejoining(),
+            rejoin_mark: core.rejoin_mark().map(|s| s.0),
+        };
+    }
+}
+
+impl<C: Crypto + Send> Stage for Consensus<C> {
+    fn name(&self) -> &'static str {
+        "consensus"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let mut busy = false;
+        if !self.started {
+            // The core's clocks start at zero and move only with ticks: give
+            // it the time before any request can be timed (or a batch stamped).
+            self.started = true;
+            let (now_ms, wall_ms) = super::clocks();
+            self.step(Input::Tick { now_ms, wall_ms })?;
+            busy = true;
+        }
+        let clear = self.tx_delivery.flush()?;
+        // Checkpoint completions and ticks never wait: they produce little
+        // for delivery, and delivery may be waiting on them.
+        while let Some((seq, state)) = self.rx_control.take() {
+            self.step(Input::CheckpointReady { seq, state })?;
+            busy = true;
+        }
+        if let Some((now_ms, wall_ms)) = std::iter::from_fn(|| self.rx_tick.take()).last() {
+            self.step(Input::Tick { now_ms, wall_ms })?;
+            busy = true;
+        }
+        // Peer messages first, then requests, while decisions flow.
+        let mut budget = if clear { self.drain_max } else { 0 };
+        while budget > 0 && self.tx_delivery.backlog() == 0 {
+            let next = if let Some((from, msg)) = self.rx_peer.take() {
+                Input::Peer { from, msg }
+            } else if let Some(r) = self.rx_requests.take() {
+                Input::Request(r)
+            } else {
+                break;
+            };
+            self.step(next)?;
+            busy = true;
+            budget -= 1;
+        }
+        if busy {
+            self.flush();
+            self.publish();
+        }
+        Ok(busy)
+    }
+}

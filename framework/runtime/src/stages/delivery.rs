@@ -1,0 +1,165 @@
+//! Delivery: the service in order, snapshots at checkpoints, state
+//! transfer, answers to clients; hosted by the one driver every host
+//! shares ([`ExecutionHost`]).
+
+use super::ReplyBatch;
+use crate::egress::Egress;
+use crate::metrics::RuntimeMetrics;
+use crate::queue::{Ended, Outflow, Rx};
+use crate::runner::Stage;
+use bytes::Bytes;
+use palisade_core::{Digest, PeerMessage, ReplicaId, SeqNo, Service};
+use palisade_host::{ClientMail, ExecCommand, ExecEvent, ExecutionHost, ExecutionIo};
+use std::sync::Arc;
+
+/// Runs decisions through the service. Its replies and checkpoint digests
+/// are never dropped: while any wait for room, it takes nothing new.
+pub struct Delivery<S: Service> {
+    /// Decisions in.
+    pub rx: Rx<ExecCommand>,
+    /// The service, its snapshots and who answers in full.
+    pub host: ExecutionHost<S>,
+    /// Checkpoint digests back to consensus.
+    pub tx_control: Outflow<(SeqNo, Digest)>,
+    /// Replies out, one batch per delivered batch.
+    pub tx_reply: Outflow<ReplyBatch>,
+    /// Where snapshots for peers go.
+    pub egress: Arc<dyn Egress>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// Commands per wake-up.
+    pub drain_max: usize,
+}
+
+struct Wiring<'a> {
+    tx_control: &'a mut Outflow<(SeqNo, Digest)>,
+    tx_reply: &'a mut Outflow<ReplyBatch>,
+    egress: &'a dyn Egress,
+    metrics: &'a RuntimeMetrics,
+    ended: bool,
+}
+
+impl ExecutionIo for Wiring<'_> {
+    fn replies(&mut self, mails: Vec<ClientMail>) {
+        if self.tx_reply.push(mails).is_err() {
+            self.ended = true;
+        }
+    }
+
+    fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
+        if self.tx_control.push((seq, state)).is_err() {
+            self.ended = true;
+        }
+    }
+
+    fn send_snapshot(&mut self, to: ReplicaId, seq: SeqNo, snapshot: Bytes) {
+        let body = self.egress.peer_body(&PeerMessage::StateReply { seq, snapshot });
+        if !self.egress.to_peer(to, vec![body]) {
+            RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, 1);
+        }
+    }
+
+    fn note(&mut self, event: ExecEvent) {
+        let c = &self.metrics.counters;
+        match event {
+            ExecEvent::BatchDelivered => RuntimeMetrics::add(&c.batches_delivered, 1),
+            ExecEvent::Executed(n) => RuntimeMetrics::add(&c.requests_executed, n),
+            ExecEvent::DigestReplies(n) => RuntimeMetrics::add(&c.reply_digests, n),
+            ExecEvent::SnapshotTaken => RuntimeMetrics::add(&c.snapshots_taken, 1),
+            ExecEvent::SnapshotTooLarge => RuntimeMetrics::add(&c.snapshots_too_large, 1),
+        }
+    }
+}
+
+impl<S: Service + Send + Sync> Stage for Delivery<S> {
+    fn name(&self) -> &'static str {
+        "delivery"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let mut busy = false;
+        for _ in 0..self.drain_max {
+            if !(self.tx_control.flush()? && self.tx_reply.flush()?) {
+                break;
+            }
+            let Some(cmd) = self.rx.take() else { break };
+            let mut io = Wiring {
+                tx_control: &mut self.tx_control,
+                tx_reply: &mut self.tx_reply,
+                egress: &*self.egress,
+                metrics: &self.metrics,
+                ended: false,
+            };
+            // The digest matched a certificate signed by a quorum; a
+            // snapshot that does not install means this build cannot read
+            // its own cluster's state: stop rather than diverge.
+            if let Err(e) = self.host.handle(cmd, &mut io) {
+                panic!("{e}");
+            }
+            if io.ended {
+                return Err(Ended);
+            }
+            busy = true;
+        }
+        Ok(busy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::tests::Collect;
+    use crate::queue::{queue, Bell};
+    use palisade_core::{Batch, ClientId, Executor, Membership, Mode, Request, RequestId, ViewNo};
+    use palisade_services::counter::{Counter, CounterOp};
+    use palisade_wire::envelope::Answer;
+    use parking_lot::RwLock;
+    use std::collections::BTreeMap;
+
+    fn add(client: u64, id: u64) -> Request {
+        Request {
+            client: ClientId(client),
+            id: RequestId(id),
+            read_only: false,
+            operation: CounterOp::Add(1).encode(),
+            auth: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn a_delivered_batch_answers_every_client_once_in_full_or_by_digest_and_checkpoints_report_back() {
+        let bell = Bell::default();
+        let (tx_cmd, rx) = queue(8, &bell, None);
+        let (tx_control, rx_control) = queue(8, &bell, None);
+        let (tx_reply, rx_reply) = queue(8, &bell, None);
+        let membership = Membership::with_size(4, Mode::Bft).unwrap();
+        let exec = Arc::new(RwLock::new(Executor::new(Counter::default(), 16)));
+        let host =
+            ExecutionHost::new(exec, ReplicaId(0), 2, Some(membership.clone()), 1 << 20, BTreeMap::new()).unwrap();
+        let egress = Arc::new(Collect::default());
+        let mut delivery = Delivery {
+            rx,
+            host,
+            tx_control: Outflow::new(tx_control),
+            tx_reply: Outflow::new(tx_reply),
+            egress: egress.clone(),
+            metrics: Arc::new(RuntimeMetrics::default()),
+            drain_max: 8,
+        };
+        let requests: Vec<Request> = (1..=8).map(|c| add(c, 1)).collect();
+        for seq in 1..=2 {
+            let batch = Arc::new(Batch { timestamp_ms: 1, requests: requests.clone() });
+            tx_cmd.try_send(ExecCommand::Deliver { seq: SeqNo(seq), view: ViewNo(0), batch }).unwrap();
+        }
+        tx_cmd.try_send(ExecCommand::Serve { to: ReplicaId(2), seq: SeqNo(2) }).unwrap();
+        assert!(delivery.poll().unwrap());
+        let replies: Vec<ReplyBatch> = rx_reply.take_up_to(8);
+        assert_eq!(replies.len(), 2, "one reply batch per delivered batch");
+        let first = &replies[0];
+        assert_eq!(first.len(), 8);
+        let full = first.iter().filter(|m| matches!(m, ClientMail::Answer { answer: Answer::Full(_), .. })).count();
+        assert!((1..8).contains(&full), "this replica sends in full only what it is designated for");
+        assert_eq!(rx_control.take_up_to(8).iter().map(|(s, _)| s.0).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(egress.peer_bodies(ReplicaId(2)), 1, "the snapshot at the checkpoint was served");
+    }
+}

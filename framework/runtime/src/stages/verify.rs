@@ -1,0 +1,117 @@
+//! Request verification (when clients sign): client requests, and the
+//! requests inside PRE-PREPAREs, checked in parallel dalek batches on a
+//! rayon pool, cheap checks first.
+
+use super::{notify, pass_on, ReplyBatch};
+use crate::crypto::VerifiedRequests;
+use crate::metrics::RuntimeMetrics;
+use crate::queue::{offer_peer, Ended, Rx, Tx};
+use crate::runner::Stage;
+use palisade_core::{PeerMessage, ReplicaId, Request};
+use palisade_host::ClientMail;
+use palisade_wire::envelope::RejectReason;
+use palisade_wire::verify::{self, VerifyLimits};
+use std::sync::Arc;
+
+/// Request verification (when clients sign): cheap checks, then client
+/// signatures in parallel dalek batches on a rayon pool. Takes only as many
+/// requests as the filter's queue has room for, so a slow pipeline fills
+/// the verify queue and the network pushes clients back.
+pub struct Verifier {
+    /// Requests from the network.
+    pub rx: Rx<Request>,
+    /// Verified requests to the request filter.
+    pub tx: Tx<Request>,
+    /// Refusals.
+    pub tx_reply: Tx<ReplyBatch>,
+    /// Requests known to be verified.
+    pub verified: Arc<VerifiedRequests>,
+    /// Size limits.
+    pub limits: VerifyLimits,
+    /// Signature-checking threads.
+    pub pool: Arc<rayon::ThreadPool>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// Requests per wake-up.
+    pub drain_max: usize,
+}
+
+impl Stage for Verifier {
+    fn name(&self) -> &'static str {
+        "verify"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let batch = self.rx.take_up_to(self.drain_max.min(self.tx.room()));
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        for verdict in verify::verify_batch(batch, self.limits, |_, _| true, &self.pool) {
+            match verdict {
+                Ok(r) => {
+                    self.verified.insert(&r);
+                    pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?;
+                }
+                Err((r, _why)) => {
+                    RuntimeMetrics::add(&self.metrics.counters.requests_invalid, 1);
+                    let invalid =
+                        ClientMail::Refusal { client: r.client, request: r.id, reason: RejectReason::Invalid };
+                    notify(&self.tx_reply, invalid, &self.metrics);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Request verification for PRE-PREPAREs (when clients sign): checks every
+/// request of a batch in parallel dalek batches, records them as verified
+/// for the consensus stage, and passes the PRE-PREPARE on. A batch with a
+/// request that fails is dropped: a correct primary never proposes one.
+pub struct PrePrepareVerifier {
+    /// PRE-PREPAREs from the network.
+    pub rx: Rx<(ReplicaId, PeerMessage)>,
+    /// Checked PRE-PREPAREs to consensus.
+    pub tx_peer: Tx<(ReplicaId, PeerMessage)>,
+    /// Requests known to be verified.
+    pub verified: Arc<VerifiedRequests>,
+    /// Size limits.
+    pub limits: VerifyLimits,
+    /// Signature-checking threads.
+    pub pool: Arc<rayon::ThreadPool>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// Messages per wake-up.
+    pub drain_max: usize,
+}
+
+impl Stage for PrePrepareVerifier {
+    fn name(&self) -> &'static str {
+        "verify-pp"
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let batch = self.rx.take_up_to(self.drain_max);
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        for (from, msg) in batch {
+            if let PeerMessage::PrePrepare(pp) = &msg {
+                let unchecked: Vec<Request> =
+                    pp.batch.requests.iter().filter(|r| !self.verified.contains(r)).cloned().collect();
+                let verdicts = verify::verify_batch(unchecked, self.limits, |_, _| true, &self.pool);
+                if verdicts.iter().any(|v| v.is_err()) {
+                    RuntimeMetrics::add(&self.metrics.counters.peer_messages_dropped, 1);
+                    continue;
+                }
+                for r in verdicts.into_iter().flatten() {
+                    self.verified.insert(&r);
+                }
+            }
+            if !offer_peer(&self.tx_peer, (from, msg), &self.metrics) {
+                return Err(Ended);
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,148 @@
+//! Judging a run: safety from the checkers, liveness from the history.
+
+use crate::world::World;
+use palisade_core::ReplicaId;
+
+/// The outcome of a run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Seed.
+    pub seed: u64,
+    /// Strategy of the Byzantine replicas, if any.
+    pub strategy: Option<String>,
+    /// The Byzantine replicas.
+    pub byzantine: Vec<ReplicaId>,
+    /// The faults of this run exceed what the protocol tolerates (f
+    /// Byzantine replicas plus a replica that lost its votes): only safety
+    /// is judged, since liveness is not promised.
+    pub beyond_model: bool,
+    /// The fault mix drawn for this seed.
+    pub faults: String,
+    /// Safety violations.
+    pub safety: Vec<String>,
+    /// Liveness failures.
+    pub liveness: Vec<String>,
+    /// Longest time from the heal to the completion of an operation that was pending at the heal.
+    pub recovery_ms: Option<u64>,
+    /// Operations clients completed.
+    pub ops_completed: usize,
+    /// Sequence numbers decided.
+    pub batches: usize,
+    /// Highest view any correct replica reached.
+    pub max_view: u64,
+    /// Snapshots installed by state transfer.
+    pub state_transfers: u64,
+    /// Times a correct replica that lost its votes finished rejoining.
+    pub rejoins: u64,
+    /// Messages put on the network.
+    pub messages: u64,
+    /// Each replica's state at the end, for diagnosing failures.
+    pub replica_states: Vec<String>,
+}
+
+impl World {
+    pub(crate) fn report(&mut self) -> Report {
+        let history = std::mem::take(&mut self.history);
+        self.checker.check_linearizable(&history);
+        let mut max_view = 0;
+        let mut state_transfers = 0;
+        let mut rejoins = 0;
+        for (r, rep) in self.replicas.iter().enumerate() {
+            if rep.strategy.is_some() {
+                continue;
+            }
+            if let Some(core) = rep.consensus.as_ref().map(|h| h.core()) {
+                max_view = max_view.max(core.view().0);
+                state_transfers += core.metrics().state_transfers;
+                rejoins += core.metrics().rejoined;
+                if core.metrics().alarms > 0 {
+                    self.checker.on_alarm(ReplicaId(r as u32), core.metrics().alarms);
+                }
+            }
+        }
+        let mut liveness = Vec::new();
+        let mut recovery_ms: Option<u64> = None;
+        for op in &history {
+            let start = op.invoke_ms.max(self.heal_at);
+            match op.complete_ms {
+                Some(done) if done <= start + self.cfg.liveness_bound_ms => {
+                    if op.invoke_ms < self.heal_at && done >= self.heal_at {
+                        recovery_ms = Some(recovery_ms.unwrap_or(0).max(done - self.heal_at));
+                    }
+                }
+                Some(done) => liveness.push(format!(
+                    "client {} request {:?} took {} ms after {} ms (bound {} ms)",
+                    op.client,
+                    op.requests.last(),
+                    done - start,
+                    start,
+                    self.cfg.liveness_bound_ms
+                )),
+                None => liveness.push(format!(
+                    "client {} request {:?} invoked at {} ms never completed (heal at {} ms)",
+                    op.client,
+                    op.requests.last(),
+                    op.invoke_ms,
+                    self.heal_at
+                )),
+            }
+        }
+        for cl in &self.clients {
+            if cl.ops_after_heal > 0 && cl.current.is_none() {
+                liveness.push(format!("client {} still had {} operations to run", cl.id, cl.ops_after_heal));
+            }
+        }
+        // f Byzantine replicas plus replicas that lost their votes are more
+        // faults than the protocol tolerates: it must stay safe, but it is
+        // not promised to make progress (a replica without its votes waits
+        // for progress to rejoin, and progress waits for its votes).
+        let byzantine_count = self.replicas.iter().filter(|r| r.strategy.is_some()).count();
+        let amnesiac_count = if self.faults.amnesia { self.victims.len() } else { 0 };
+        let beyond_model = byzantine_count + amnesiac_count > self.membership.f();
+        if beyond_model {
+            liveness.clear();
+        }
+        self.checker.violations.append(&mut self.votes.violations);
+        let byzantine: Vec<ReplicaId> = self.replicas.iter().filter(|r| r.strategy.is_some()).map(|r| r.id).collect();
+        let replica_states = self
+            .replicas
+            .iter()
+            .map(|rep| match rep.consensus.as_ref().map(|h| h.core()) {
+                None => format!("r{} down", rep.id),
+                Some(c) => format!(
+                    "r{}{} view={}{} delivered={} stable={} pending={} transfer={} {:?}",
+                    rep.id,
+                    if rep.strategy.is_some() { "(byz)" } else { "" },
+                    c.view(),
+                    if c.is_normal() { "" } else { "(changing)" },
+                    c.delivered(),
+                    c.stable_checkpoint().seq,
+                    c.pending_requests(),
+                    c.transferring(),
+                    c.metrics().dropped
+                ),
+            })
+            .collect();
+        Report {
+            replica_states,
+            seed: self.cfg.seed,
+            strategy: {
+                let names: Vec<&str> =
+                    self.replicas.iter().filter_map(|r| r.strategy.as_ref().map(|s| s.name())).collect();
+                (!names.is_empty()).then(|| names.join("+"))
+            },
+            byzantine,
+            beyond_model,
+            faults: self.faults.describe(),
+            safety: std::mem::take(&mut self.checker.violations),
+            liveness,
+            recovery_ms,
+            ops_completed: history.iter().filter(|o| o.complete_ms.is_some()).count(),
+            batches: self.checker.decided_count(),
+            max_view,
+            state_transfers,
+            rejoins,
+            messages: self.messages,
+        }
+    }
+}
