@@ -12,21 +12,15 @@
 
 pub mod byzantine;
 pub mod checker;
-mod client;
 pub mod config;
 pub mod crypto;
-mod faults;
-mod network;
-mod replica;
-pub mod report;
 pub mod rng;
 pub mod service;
 pub mod votes;
 pub mod world;
 
 pub use config::{ByzantineChoice, SimConfig};
-pub use report::Report;
-pub use world::run;
+pub use world::{run, Report};
 
 /// Totals over many runs.
 #[derive(Clone, Debug, Default)]

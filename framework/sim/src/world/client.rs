@@ -2,12 +2,12 @@
 //! whose decisions are the real client's ([`Invocation`]); and faulty
 //! clients.
 
+use super::network::Payload;
+use super::World;
 use crate::checker::OpRecord;
 use crate::config::CLIENT_RETRY_MS;
-use crate::network::Payload;
 use crate::rng::Rng;
 use crate::service::SimOp;
-use crate::world::World;
 use palisade_core::{ClientId, ReplicaId, Request, RequestId, ViewNo};
 use palisade_host::client::{Invocation, Verdict};
 use palisade_host::ClientMail;

@@ -1,13 +1,13 @@
 //! Simulated replicas: the real host driver around the real core, with a
 //! simulated disk, network and crashes.
 
+use super::network::Payload;
+use super::World;
 use crate::byzantine::{ByzCtx, Strategy};
 use crate::checker::FreshExec;
 use crate::crypto::SimCrypto;
-use crate::network::Payload;
 use crate::rng::Rng;
 use crate::service::SimService;
-use crate::world::World;
 use bytes::Bytes;
 use palisade_core::exec::Executed;
 use palisade_core::replica::{Record, RecordLog, Restart};
@@ -175,7 +175,7 @@ impl World {
                 self.replicas[r].consensus = Some(host);
                 self.crash(r);
                 let down = self.rng.range(100, 1500);
-                self.schedule(self.now + down, crate::world::Event::Restart(r));
+                self.schedule(self.now + down, super::Event::Restart(r));
                 return;
             }
             self.replicas[r].consensus = Some(host);

@@ -1,8 +1,8 @@
 //! The simulated network: loss, duplication and late replay, delays and
 //! reordering, partitions and clogged links; and what arrives where.
 
+use super::{Event, World};
 use crate::config::REQUEST_TIMEOUT_MS;
-use crate::world::{Event, World};
 use palisade_core::exec::Lookup;
 use palisade_core::{ClientId, Input, PeerMessage, ReplicaId, Request};
 use palisade_host::ClientMail;

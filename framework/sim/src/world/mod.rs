@@ -8,20 +8,26 @@
 //! crashed replicas restart (Byzantine replicas stay Byzantine), and every
 //! operation must complete within the liveness bound.
 
+mod client;
+mod faults;
+mod network;
+mod replica;
+mod report;
+
 use crate::byzantine::{self, Placement};
 use crate::checker::{Checker, OpRecord};
-use crate::client::SimClient;
 use crate::config::{core_config, ByzantineChoice, SimConfig, TICK_MS};
 use crate::crypto::{Keys, SimCrypto};
-use crate::faults::Faults;
-use crate::network::Payload;
-use crate::replica::{Disk, SimReplica};
-use crate::report::Report;
 use crate::rng::Rng;
 use crate::service::SimService;
 use crate::votes::Votes;
+use client::SimClient;
+use faults::Faults;
+use network::Payload;
 use palisade_core::{ClientId, Config, Digest, Executor, Input, Membership, Mode, Replica, ReplicaId, ViewNo};
 use palisade_host::ConsensusHost;
+use replica::{Disk, SimReplica};
+pub use report::Report;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;

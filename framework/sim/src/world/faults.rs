@@ -1,8 +1,8 @@
 //! The fault mix a seed draws, and the faults it schedules.
 
+use super::{Event, World};
 use crate::config::SimConfig;
 use crate::rng::Rng;
-use crate::world::{Event, World};
 
 /// The fault mix of one seed.
 #[derive(Clone, Debug)]

@@ -1,6 +1,6 @@
 //! Judging a run: safety from the checkers, liveness from the history.
 
-use crate::world::World;
+use super::World;
 use palisade_core::ReplicaId;
 
 /// The outcome of a run.
