@@ -4,26 +4,14 @@
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use palisade_client::{Client, ClientOptions};
-use palisade_core::{Membership, Mode, ReplicaId};
+use palisade_core::{Mode, ReplicaId};
 use palisade_runtime::{spawn_replica, ReplicaHandle, RuntimeConfig, StageThreads};
 use palisade_services::counter::{Counter, CounterClient};
 use palisade_services::kv::{KvClient, KvStore};
-use palisade_wire::config::{ClusterConfig, ReplicaInfo};
+use palisade_wire::config::ClusterConfig;
 use palisade_wire::keys::generate;
 use rand_core::OsRng;
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
-
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
-
-fn ports(n: usize) -> Vec<u16> {
-    // Each test gets its own port range, so tests can run in parallel.
-    let base = 20_000 + (std::process::id() % 100) as u16 * 100;
-    let first = NEXT_PORT.fetch_add(n as u16, Ordering::Relaxed);
-    (0..n as u16).map(|i| base + first + i).collect()
-}
 
 struct Cluster {
     config: ClusterConfig,
@@ -33,23 +21,7 @@ struct Cluster {
 }
 
 fn cluster(n: usize, mode: Mode, signatures: bool) -> Cluster {
-    let keys: Vec<SigningKey> = (0..n).map(|_| generate(&mut OsRng)).collect();
-    let replicas: BTreeMap<ReplicaId, ReplicaInfo> = ports(n)
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let address: SocketAddr = ([127, 0, 0, 1], p).into();
-            (ReplicaId(i as u32), ReplicaInfo { address, public_key: keys[i].verifying_key() })
-        })
-        .collect();
-    let config = ClusterConfig {
-        cluster_id: 99,
-        membership: Membership::with_size(n, mode).unwrap(),
-        client_signatures: signatures,
-        max_frame_bytes: 4 << 20,
-        view_manager: generate(&mut OsRng).verifying_key(),
-        replicas,
-    };
+    let (config, keys) = palisade_testkit::loopback::cluster(n, mode, signatures);
     Cluster { config, keys, handles: Vec::new(), stage_threads: StageThreads::for_machine() }
 }
 

@@ -1,13 +1,13 @@
 //! What a peer's question may cost: answers are verified first and rate
 //! limited per peer, so one Byzantine replica cannot fill another's uplink.
 
-mod common;
-
 use bytes::Bytes;
-use common::*;
 use palisade_core::crypto::{self, Domain};
 use palisade_core::message::{CheckpointBody, Signature, Status};
 use palisade_core::{Action, Input, Mode, PeerMessage, ReplicaId, SeqNo, ViewNo};
+use palisade_testkit::cluster::{Log, MemCluster};
+use palisade_testkit::crypto::TestCrypto;
+use palisade_testkit::fixtures::*;
 
 fn sends_to(actions: &[Action], to: u32, what: fn(&PeerMessage) -> bool) -> usize {
     actions.iter().filter(|a| matches!(a, Action::Send { to: t, msg } if *t == ReplicaId(to) && what(msg))).count()
@@ -62,13 +62,13 @@ fn a_flood_of_batch_requests_gets_a_bounded_number_of_batches() {
 /// Replica 1 with a stable checkpoint at 4, and the snapshot executed.
 fn with_stable_checkpoint() -> palisade_core::Replica<TestCrypto> {
     let cfg = config(Mode::Bft, 4);
-    let mut c = Cluster::new(&cfg);
+    let mut c = MemCluster::new(&cfg, TestCrypto, Log::default);
     for i in 1..=5 {
         c.submit(0, request(1, i));
         c.tick(1);
     }
-    assert_eq!(c.replicas[1].stable_checkpoint().seq, SeqNo(4));
-    c.replicas.swap_remove(1)
+    assert_eq!(c.core(1).stable_checkpoint().seq, SeqNo(4));
+    c.take_core(1)
 }
 
 #[test]

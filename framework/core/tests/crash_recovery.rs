@@ -1,11 +1,10 @@
 //! What a replica says after a crash: at any point between the records one
 //! step persists, and after a restart that lost every record.
 
-mod common;
-
-use common::*;
 use palisade_core::message::{null_digest, Status};
 use palisade_core::{Action, Mode, PeerMessage, ReplicaId, SeqNo, ViewNo};
+use palisade_testkit::crypto::TestCrypto;
+use palisade_testkit::fixtures::*;
 
 /// seq 1 was prepared with `d` in view 0 by replicas 1 and 3; replica 0 says nothing.
 fn new_view_re_proposing(d: palisade_core::Digest) -> PeerMessage {
@@ -140,7 +139,7 @@ fn a_rejoining_replica_votes_again_once_its_stable_checkpoint_passes_its_peers_h
     let cfg = config(Mode::Bft, 4); // checkpoint every 4, window 8
     let mut r1 = restarted_without_records(1, &cfg, 7);
     assert!(r1.rejoining());
-    let genesis = palisade_core::checkpoint::genesis(GENESIS);
+    let genesis = palisade_core::checkpoint::genesis(genesis_state());
     let reply =
         |nonce, delivered| PeerMessage::RejoinReply { nonce, delivered: SeqNo(delivered), checkpoint: genesis.clone() };
     // An answer meant for an earlier incarnation does not count, nor does a

@@ -2,14 +2,14 @@
 //! sections 4.2 to 4.5 and what Palisade adds). Replicas are driven by hand
 //! so that each test controls exactly which messages arrive.
 
-mod common;
-
 use bytes::Bytes;
-use common::*;
 use palisade_core::crypto::{self, Domain};
 use palisade_core::message::{Batch, CheckpointBody, NewViewBody, Signature, Status};
 use palisade_core::replica::Discard;
 use palisade_core::{Action, Digest, Input, Mode, PeerMessage, Replica, ReplicaId, SeqNo, ViewNo};
+use palisade_testkit::cluster::{Log, MemCluster};
+use palisade_testkit::crypto::TestCrypto;
+use palisade_testkit::fixtures::*;
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -117,7 +117,7 @@ fn a_backup_forwards_a_client_request_to_the_primary() {
 #[test]
 fn a_whole_cluster_orders_and_delivers_the_same_batches() {
     let cfg = config(Mode::Bft, 4);
-    let mut c = Cluster::new(&cfg);
+    let mut c = MemCluster::new(&cfg, TestCrypto, Log::default);
     for i in 1..=20 {
         c.submit(0, request(1, i));
     }
@@ -125,7 +125,7 @@ fn a_whole_cluster_orders_and_delivers_the_same_batches() {
     assert!(c.delivered.iter().all(|d| d == &c.delivered[0]));
     let total: usize = c.delivered[0].len();
     assert!(total >= 5, "expected several batches, got {total}");
-    assert_eq!(c.replicas[3].delivered(), SeqNo(total as u64));
+    assert_eq!(c.core(3).delivered(), SeqNo(total as u64));
 }
 
 fn proposed(actions: &[Action]) -> Vec<(SeqNo, usize)> {
@@ -158,14 +158,14 @@ fn the_primary_proposes_at_once_when_idle_and_pipelines_only_batches_worth_their
 #[test]
 fn a_checkpoint_becomes_stable_with_2f_plus_1_matching_messages_and_truncates_the_log() {
     let cfg = config(Mode::Bft, 4);
-    let mut c = Cluster::new(&cfg);
+    let mut c = MemCluster::new(&cfg, TestCrypto, Log::default);
     for i in 1..=6 {
         c.submit(0, request(1, i));
         c.tick(1);
     }
-    assert!(c.replicas.iter().all(|r| r.stable_checkpoint().seq == SeqNo(4)));
-    assert!(c.replicas.iter().all(|r| r.stable_checkpoint().proof.len() >= 3));
-    assert!(c.replicas.iter().all(|r| r.log_len() <= 2));
+    assert!((0..4).all(|r| c.core(r).stable_checkpoint().seq == SeqNo(4)));
+    assert!((0..4).all(|r| c.core(r).stable_checkpoint().proof.len() >= 3));
+    assert!((0..4).all(|r| c.core(r).log_len() <= 2));
 }
 
 #[test]
@@ -349,7 +349,7 @@ fn a_view_change_with_a_forged_signature_or_relayed_by_another_replica_is_refuse
 #[test]
 fn the_new_primary_re_proposes_what_committed_and_the_cluster_carries_on() {
     let cfg = config(Mode::Bft, 4);
-    let mut c = Cluster::new(&cfg);
+    let mut c = MemCluster::new(&cfg, TestCrypto, Log::default);
     for i in 1..=3 {
         c.submit(0, request(1, i));
     }
@@ -364,7 +364,7 @@ fn the_new_primary_re_proposes_what_committed_and_the_cluster_carries_on() {
     c.run();
     c.tick(1_100);
     c.tick(10);
-    assert!(c.replicas[1..].iter().all(|r| r.is_normal() && r.view() == ViewNo(1)));
+    assert!((1..4).all(|r| c.core(r).is_normal() && c.core(r).view() == ViewNo(1)));
     // Everything delivered before is still the prefix, and the new request made it.
     for r in 1..4 {
         assert_eq!(&c.delivered[r][..before.len()], &before[..]);
@@ -439,7 +439,7 @@ fn a_recovered_replica_never_prepares_a_different_batch_in_the_same_view() {
     // A backup accepts a batch at (view 0, seq 1), crashes, and is rebuilt
     // from what it persisted.
     let mut persisted = Vec::new();
-    let mut fresh = Replica::new(cfg.clone(), ReplicaId(1), TestCrypto(ReplicaId(1)), GENESIS);
+    let mut fresh = Replica::new(cfg.clone(), ReplicaId(1), TestCrypto(ReplicaId(1)), genesis_state());
     fresh.step(tick(1));
     fresh.take_actions();
     fresh.step(Input::Peer { from: ReplicaId(0), msg: pre_prepare(0, 1, batch(vec![request(1, 1)])) });
@@ -457,18 +457,19 @@ fn a_recovered_replica_never_prepares_a_different_batch_in_the_same_view() {
 #[test]
 fn a_replica_behind_the_stable_checkpoint_learns_the_proof_from_status() {
     let cfg = config(Mode::Bft, 4);
-    let mut c = Cluster::new(&cfg);
+    let mut c = MemCluster::new(&cfg, TestCrypto, Log::default);
     for i in 1..=5 {
         c.submit(0, request(1, i));
         c.tick(1);
     }
-    assert_eq!(c.replicas[0].stable_checkpoint().seq, SeqNo(4));
+    assert_eq!(c.core(0).stable_checkpoint().seq, SeqNo(4));
+    let mut r0 = c.take_core(0);
     let mut laggard = replica(3, &cfg);
-    c.replicas[0].step(Input::Peer {
+    r0.step(Input::Peer {
         from: ReplicaId(3),
         msg: PeerMessage::Status(Status { view: ViewNo(0), normal: true, delivered: SeqNo(0), stable: SeqNo(0) }),
     });
-    let proof: Vec<PeerMessage> = c.replicas[0]
+    let proof: Vec<PeerMessage> = r0
         .take_actions()
         .into_iter()
         .filter_map(|a| match a {

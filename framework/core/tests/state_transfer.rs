@@ -2,13 +2,13 @@
 //! fetched, a laggard that learns of a newer one keeps the transfer it has
 //! under way, and a replica that is transferring is not suspicious.
 
-mod common;
-
 use bytes::Bytes;
-use common::*;
 use palisade_core::crypto::{self, Domain};
 use palisade_core::message::{CheckpointBody, Status};
 use palisade_core::{Action, Digest, Input, Mode, PeerMessage, ReplicaId, SeqNo, ViewNo};
+use palisade_testkit::cluster::{Log, MemCluster};
+use palisade_testkit::crypto::TestCrypto;
+use palisade_testkit::fixtures::*;
 
 fn certify(r: &mut palisade_core::Replica<TestCrypto>, seq: u64, state: Digest) -> Vec<Action> {
     let mut out = Vec::new();
@@ -23,14 +23,15 @@ fn certify(r: &mut palisade_core::Replica<TestCrypto>, seq: u64, state: Digest) 
 #[test]
 fn a_replica_keeps_serving_the_previous_stable_checkpoint() {
     let cfg = config(Mode::Bft, 4);
-    let mut c = Cluster::new(&cfg);
+    let mut c = MemCluster::new(&cfg, TestCrypto, Log::default);
     for i in 1..=9 {
         c.submit(0, request(1, i));
         c.tick(1);
     }
-    assert_eq!(c.replicas[1].stable_checkpoint().seq, SeqNo(8));
-    c.replicas[1].step(Input::Peer { from: ReplicaId(3), msg: PeerMessage::StateRequest { seq: SeqNo(4) } });
-    let out = c.replicas[1].take_actions();
+    assert_eq!(c.core(1).stable_checkpoint().seq, SeqNo(8));
+    let mut r1 = c.take_core(1);
+    r1.step(Input::Peer { from: ReplicaId(3), msg: PeerMessage::StateRequest { seq: SeqNo(4) } });
+    let out = r1.take_actions();
     assert!(
         out.iter().any(|a| matches!(a, Action::ServeSnapshot { seq: SeqNo(4), .. })),
         "a laggard fetching checkpoint 4 is abandoned as soon as 8 is stable"

@@ -2,10 +2,8 @@
 //! decision rule needs are never lost, and timeouts grow until the network
 //! is fast enough for them.
 
-mod common;
-
-use common::*;
 use palisade_core::{Action, Digest, Input, Mode, PeerMessage, SeqNo, ViewNo};
+use palisade_testkit::fixtures::*;
 
 fn proposed_digest(actions: &[Action], seq: u64) -> Option<Digest> {
     actions.iter().find_map(|a| match a {

@@ -94,6 +94,11 @@ impl<C: Crypto> ConsensusHost<C> {
         &self.core
     }
 
+    /// The core, no longer hosted (a test that drives it by hand).
+    pub fn into_core(self) -> Replica<C> {
+        self.core
+    }
+
     /// Feeds one input and carries out every action it produced, in order.
     pub fn step(&mut self, input: Input, io: &mut impl ConsensusIo) {
         self.core.step(input);

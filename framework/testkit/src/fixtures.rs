@@ -1,42 +1,27 @@
-//! Fixtures shared by the core's rule tests: a crypto stand-in that tells
-//! signers apart, a small configuration, message builders, and an in-memory
-//! cluster that delivers every message in order unless a replica is down.
+//! Builders for the protocol's messages and a small configuration, so that
+//! a rule test states only what it is about.
 
-#![allow(dead_code)]
-
+use crate::crypto::TestCrypto;
 use bytes::Bytes;
 use palisade_core::crypto::{self, Domain};
-use palisade_core::message::{Batch, PrePrepare, Signature, Signed, ViewChangeBody, Vote};
+use palisade_core::message::{Batch, PrePrepare, Signed, ViewChangeBody, Vote};
 use palisade_core::replica::Restart;
 use palisade_core::{
-    Action, ClientId, Config, Crypto, Digest, Input, Membership, Mode, PeerMessage, Record, Replica, ReplicaId,
-    Request, RequestId, SeqNo, ViewNo,
+    Action, ClientId, Config, Digest, Input, Membership, Mode, PeerMessage, Record, Replica, ReplicaId, Request,
+    RequestId, SeqNo, ViewNo,
 };
-use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// Signatures are a keyed hash of the signer's id: enough to tell signers apart.
-#[derive(Clone)]
-pub struct TestCrypto(pub ReplicaId);
-
-pub fn tag(who: ReplicaId, payload: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(&Digest::of_parts(&[b"k", &who.0.to_le_bytes(), payload]).0)
+/// The state digest every test replica starts from: the genesis snapshot
+/// of [`crate::cluster::Log`] under [`config`]'s client window.
+pub fn genesis_state() -> Digest {
+    let window = Config::new(Membership::with_size(4, Mode::Bft).expect("four replicas")).client_window;
+    Digest::of(&palisade_core::Executor::new(crate::cluster::Log::default(), window).snapshot())
 }
 
-impl Crypto for TestCrypto {
-    fn sign(&self, payload: &[u8]) -> Signature {
-        Signature(tag(self.0, payload))
-    }
-    fn verify(&self, signer: ReplicaId, payload: &[u8], sig: &Signature) -> bool {
-        sig.0 == tag(signer, payload)
-    }
-    fn verify_request(&self, r: &Request) -> bool {
-        r.auth.as_ref() == b"signed"
-    }
-}
-
-pub const GENESIS: Digest = Digest([9; 32]);
-
+/// A small configuration: checkpoints every 4, a window of 8, timeouts of
+/// a second, and retransmission and STATUS periods so long that tests
+/// control every message.
 pub fn config(mode: Mode, n: usize) -> Config {
     let mut c = Config::new(Membership::with_size(n, mode).unwrap());
     c.checkpoint_interval = 4;
@@ -54,14 +39,16 @@ pub fn tick(ms: u64) -> Input {
     Input::Tick { now_ms: ms, wall_ms: ms }
 }
 
+/// Replica `id` at genesis, ticked once (its first STATUS dropped).
 pub fn replica(id: u32, cfg: &Config) -> Replica<TestCrypto> {
-    let mut r = Replica::new(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), GENESIS);
+    let mut r = Replica::new(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), genesis_state());
     // The first tick sends STATUS and arms timers; drop those actions.
     r.step(tick(1));
     r.take_actions();
     r
 }
 
+/// An authentic ordered request of `client` numbered `id`.
 pub fn request(client: u64, id: u64) -> Request {
     Request {
         client: ClientId(client),
@@ -72,15 +59,18 @@ pub fn request(client: u64, id: u64) -> Request {
     }
 }
 
+/// A batch of `reqs`, stamped at 1 ms.
 pub fn batch(reqs: Vec<Request>) -> Arc<Batch> {
     Arc::new(Batch { timestamp_ms: 1, requests: reqs })
 }
 
+/// Feeds `msg` from replica `from` to `r`; returns what it did.
 pub fn peer(r: &mut Replica<TestCrypto>, from: u32, msg: PeerMessage) -> Vec<Action> {
     r.step(Input::Peer { from: ReplicaId(from), msg });
     r.take_actions()
 }
 
+/// The messages `actions` broadcast.
 pub fn broadcasts(actions: &[Action]) -> Vec<&PeerMessage> {
     actions
         .iter()
@@ -91,6 +81,7 @@ pub fn broadcasts(actions: &[Action]) -> Vec<&PeerMessage> {
         .collect()
 }
 
+/// The sequence numbers `actions` deliver.
 pub fn delivered(actions: &[Action]) -> Vec<SeqNo> {
     actions
         .iter()
@@ -101,6 +92,7 @@ pub fn delivered(actions: &[Action]) -> Vec<SeqNo> {
         .collect()
 }
 
+/// A PREPARE or COMMIT vote.
 pub fn vote(view: u64, seq: u64, d: Digest) -> Vote {
     Vote { view: ViewNo(view), seq: SeqNo(seq), digest: d }
 }
@@ -114,87 +106,12 @@ pub fn prepared(r1: &mut Replica<TestCrypto>, seq: u64, b: Arc<Batch>) -> Digest
     d
 }
 
+/// A PRE-PREPARE of `b` at (`view`, `seq`).
 pub fn pre_prepare(view: u64, seq: u64, b: Arc<Batch>) -> PeerMessage {
     PeerMessage::PrePrepare(PrePrepare { view: ViewNo(view), seq: SeqNo(seq), batch: b })
 }
 
-/// An in-memory cluster that delivers every message, in order, unless cut off.
-pub struct Cluster {
-    pub replicas: Vec<Replica<TestCrypto>>,
-    pub records: Vec<Vec<Record>>,
-    pub delivered: Vec<Vec<(SeqNo, Digest)>>,
-    pub queue: VecDeque<(u32, u32, PeerMessage)>,
-    pub down: Vec<bool>,
-    pub now: u64,
-}
-
-impl Cluster {
-    pub fn new(cfg: &Config) -> Cluster {
-        let n = cfg.membership.n();
-        Cluster {
-            replicas: (0..n as u32).map(|i| replica(i, cfg)).collect(),
-            records: vec![Vec::new(); n],
-            delivered: vec![Vec::new(); n],
-            queue: VecDeque::new(),
-            down: vec![false; n],
-            now: 1,
-        }
-    }
-
-    pub fn input(&mut self, r: usize, input: Input) {
-        if self.down[r] {
-            return;
-        }
-        let mut inputs = VecDeque::from([input]);
-        while let Some(i) = inputs.pop_front() {
-            self.replicas[r].step(i);
-            let interval = self.replicas[r].config().checkpoint_interval;
-            for a in self.replicas[r].take_actions() {
-                match a {
-                    Action::Persist(rec) => self.records[r].push(rec),
-                    Action::Send { to, msg } => self.queue.push_back((r as u32, to.0, msg)),
-                    Action::Broadcast(msg) => {
-                        for to in 0..self.replicas.len() as u32 {
-                            if to != r as u32 {
-                                self.queue.push_back((r as u32, to, msg.clone()));
-                            }
-                        }
-                    }
-                    Action::Deliver { seq, batch, .. } => {
-                        self.delivered[r].push((seq, batch.digest()));
-                        if seq.0 % interval == 0 {
-                            let state = Digest::of(&seq.0.to_le_bytes());
-                            inputs.push_back(Input::CheckpointReady { seq, state });
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    pub fn run(&mut self) {
-        while let Some((from, to, msg)) = self.queue.pop_front() {
-            if !self.down[from as usize] {
-                self.input(to as usize, Input::Peer { from: ReplicaId(from), msg });
-            }
-        }
-    }
-
-    pub fn tick(&mut self, ms: u64) {
-        self.now += ms;
-        for r in 0..self.replicas.len() {
-            self.input(r, tick(self.now));
-        }
-        self.run();
-    }
-
-    pub fn submit(&mut self, to: usize, req: Request) {
-        self.input(to, Input::Request(req));
-        self.run();
-    }
-}
-
+/// An empty signed VIEW-CHANGE from `who` for `new_view`, at genesis.
 pub fn view_change_from(who: u32, new_view: u64) -> Signed<ViewChangeBody> {
     crypto::sign(
         &TestCrypto(ReplicaId(who)),
@@ -202,7 +119,7 @@ pub fn view_change_from(who: u32, new_view: u64) -> Signed<ViewChangeBody> {
         ViewChangeBody {
             new_view: ViewNo(new_view),
             replica: ReplicaId(who),
-            checkpoint: palisade_core::checkpoint::genesis(GENESIS),
+            checkpoint: palisade_core::checkpoint::genesis(genesis_state()),
             prepared: vec![],
             preprepared: vec![],
         },
@@ -254,8 +171,8 @@ pub fn persisted(actions: &[Action]) -> Vec<Record> {
 
 /// Replica `id` rebuilt after a crash from `records`, its executor at genesis.
 pub fn recover(id: u32, cfg: &Config, records: Vec<Record>) -> Replica<TestCrypto> {
-    let restart = Restart { records, executed: SeqNo(0), executed_state: GENESIS, ..Restart::default() };
-    let mut r = Replica::recover(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), GENESIS, restart);
+    let restart = Restart { records, executed: SeqNo(0), executed_state: genesis_state(), ..Restart::default() };
+    let mut r = Replica::recover(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), genesis_state(), restart);
     r.step(tick(1));
     r.take_actions();
     r
@@ -265,8 +182,8 @@ pub fn recover(id: u32, cfg: &Config, records: Vec<Record>) -> Replica<TestCrypt
 /// genesis), asking its peers with `nonce` how far they got.
 pub fn restarted_without_records(id: u32, cfg: &Config, nonce: u64) -> Replica<TestCrypto> {
     let restart =
-        Restart { votes_lost: true, executed: SeqNo(0), executed_state: GENESIS, nonce, ..Restart::default() };
-    let mut r = Replica::recover(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), GENESIS, restart);
+        Restart { votes_lost: true, executed: SeqNo(0), executed_state: genesis_state(), nonce, ..Restart::default() };
+    let mut r = Replica::recover(cfg.clone(), ReplicaId(id), TestCrypto(ReplicaId(id)), genesis_state(), restart);
     r.step(tick(1));
     r.take_actions();
     r
