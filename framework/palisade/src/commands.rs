@@ -1,13 +1,13 @@
 //! The `palisade` subcommands other than `keygen`.
 
+use crate::registry::Registered;
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use palisade_client::{Client, ClientOptions};
 use palisade_core::ReplicaId;
-use palisade_runtime::{spawn_replica, RuntimeConfig, Start};
-use palisade_services::counter::{Counter, CounterClient};
-use palisade_services::echo::Echo;
-use palisade_services::kv::{KvClient, KvError, KvStore};
+use palisade_runtime::{RuntimeConfig, Start};
+use palisade_services::counter::CounterClient;
+use palisade_services::kv::{KvClient, KvError};
 use palisade_wire::{keys, ClusterConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,17 +17,6 @@ use std::time::Duration;
 pub const EXIT_UNAVAILABLE: u8 = 3;
 /// Exit code for usage and configuration errors.
 pub const EXIT_USAGE: u8 = 2;
-
-/// Which service a replica runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServiceKind {
-    /// [`KvStore`].
-    Kv,
-    /// [`Counter`].
-    Counter,
-    /// [`Echo`].
-    Echo,
-}
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("palisade: {msg}");
@@ -72,7 +61,7 @@ fn start_mode(data_dir: &Path, rejoin: bool) -> Result<Start, String> {
 }
 
 /// `palisade replica`: runs one replica until SIGINT or SIGTERM.
-pub fn replica(config: &Path, id: u32, service: ServiceKind, verbose: bool, data_dir: &Path, rejoin: bool) -> ExitCode {
+pub fn replica(config: &Path, id: u32, service: &Registered, verbose: bool, data_dir: &Path, rejoin: bool) -> ExitCode {
     let cluster = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -89,11 +78,7 @@ pub fn replica(config: &Path, id: u32, service: ServiceKind, verbose: bool, data
         Err(e) => return fail(EXIT_USAGE, e),
     };
     let start = rt_cfg.start;
-    let handle = match service {
-        ServiceKind::Kv => spawn_replica(&cluster, me, key, KvStore::default(), rt_cfg),
-        ServiceKind::Counter => spawn_replica(&cluster, me, key, Counter::default(), rt_cfg),
-        ServiceKind::Echo => spawn_replica(&cluster, me, key, Echo, rt_cfg),
-    };
+    let handle = (service.spawn)(&cluster, me, key, rt_cfg);
     let handle = match handle {
         Ok(h) => h,
         Err(e) => return fail(EXIT_USAGE, e),

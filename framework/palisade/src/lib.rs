@@ -8,6 +8,7 @@
 
 pub mod commands;
 pub mod keygen;
+pub mod registry;
 
 pub use palisade_client as client;
 pub use palisade_core as core;

@@ -1,8 +1,9 @@
 //! The `palisade` command.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use palisade::commands::{self, KvCommand, ServiceKind};
+use palisade::commands::{self, KvCommand};
 use palisade::keygen::{keygen, KeygenOptions};
+use palisade::registry;
 use palisade_core::Mode;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,30 +27,6 @@ impl From<ModeArg> for Mode {
         match m {
             ModeArg::Bft => Mode::Bft,
             ModeArg::Cft => Mode::Cft,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ServiceArg {
-    Kv,
-    Counter,
-    Echo,
-}
-
-impl ServiceArg {
-    fn kind(self) -> ServiceKind {
-        match self {
-            ServiceArg::Kv => ServiceKind::Kv,
-            ServiceArg::Counter => ServiceKind::Counter,
-            ServiceArg::Echo => ServiceKind::Echo,
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            ServiceArg::Kv => "kv",
-            ServiceArg::Counter => "counter",
-            ServiceArg::Echo => "echo",
         }
     }
 }
@@ -90,8 +67,8 @@ enum ClusterOp {
         #[arg(long, default_value = "palisade-cluster")]
         dir: PathBuf,
         /// Service every replica runs.
-        #[arg(long, value_enum, default_value = "kv")]
-        service: ServiceArg,
+        #[arg(long, default_value = "kv", value_parser = service_names())]
+        service: String,
         /// Fault model.
         #[arg(long, value_enum, default_value = "bft")]
         mode: ModeArg,
@@ -139,8 +116,8 @@ enum Command {
         #[arg(long)]
         id: u32,
         /// Service to run.
-        #[arg(long, value_enum)]
-        service: ServiceArg,
+        #[arg(long, value_parser = service_names())]
+        service: String,
         /// Print the replica's state every 10 seconds.
         #[arg(long)]
         verbose: bool,
@@ -179,6 +156,13 @@ enum Command {
         #[command(subcommand)]
         op: ClusterOp,
     },
+}
+
+/// `--service`'s possible values, each with its one-line description.
+fn service_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        registry::SERVICES.iter().map(|s| clap::builder::PossibleValue::new(s.name).help(s.about)),
+    )
 }
 
 fn main() -> ExitCode {
@@ -222,7 +206,8 @@ fn main() -> ExitCode {
         }
         Command::Replica { config, id, service, verbose, data_dir, rejoin } => {
             let data_dir = data_dir.unwrap_or_else(|| config.join(format!("data-{id}")));
-            commands::replica(&config, id, service.kind(), verbose, &data_dir, rejoin)
+            let service = registry::find(&service).expect("clap checked the name");
+            commands::replica(&config, id, service, verbose, &data_dir, rejoin)
         }
         Command::Kv { op, config, timeout_ms } => {
             let cmd = match op {
@@ -242,7 +227,7 @@ fn main() -> ExitCode {
             commands::counter(&config, add, timeout_ms)
         }
         Command::Cluster { op: ClusterOp::Up { replicas, dir, service, mode, base_port } } => {
-            commands::cluster_up(dir, replicas, service.name(), mode.into(), base_port)
+            commands::cluster_up(dir, replicas, &service, mode.into(), base_port)
         }
     }
 }
