@@ -1,0 +1,197 @@
+//! The harness's command line: what to run, how hard, and how the replicas
+//! it starts are tuned.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use palisade_core::Mode;
+use palisade_runtime::StageThreads;
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "palisade-bench", about = "Throughput and latency of a Palisade cluster")]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) role: Option<RoleCmd>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum, Serialize, Debug)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ModeArg {
+    Bft,
+    Cft,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RoleCmd {
+    /// Run one replica (what the harness starts; also for multi-machine runs).
+    Server {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        id: u32,
+        /// The service it runs.
+        #[arg(long, default_value = "echo", value_parser = clap::builder::PossibleValuesParser::new(palisade::registry::names()))]
+        service: String,
+        /// Write the replica's metrics here as JSON every 250 ms.
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
+        #[command(flatten)]
+        tuning: ReplicaTuning,
+    },
+    /// Run the unreplicated baseline server of a 1-replica configuration.
+    BaselineServer {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args, Clone, Debug, Serialize)]
+pub(crate) struct RunArgs {
+    /// Replicas.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) replicas: usize,
+    /// Fault model.
+    #[arg(long, value_enum, default_value = "bft")]
+    pub(crate) mode: ModeArg,
+    /// Request size in bytes.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) request_bytes: usize,
+    /// Reply size in bytes.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) reply_bytes: u32,
+    /// Closed-loop clients (each with its own key and connections).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) clients: usize,
+    /// Requests each client keeps outstanding.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) outstanding: usize,
+    /// Measurement length in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub(crate) duration: f64,
+    /// Warm-up before measuring, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) warmup: f64,
+    /// Clients sign every request (ed25519, verified in rayon batches).
+    #[arg(long)]
+    pub(crate) client_signatures: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub(crate) tuning: ReplicaTuning,
+    /// Load levels to sweep, as CLIENTSxOUTSTANDING[,...] (for example 1x1,4x16,8x64).
+    #[arg(long)]
+    pub(crate) sweep: Option<String>,
+    /// Skip the unreplicated baseline.
+    #[arg(long)]
+    pub(crate) no_baseline: bool,
+    /// Kill the current primary this many seconds into the measurement.
+    #[arg(long)]
+    pub(crate) kill_primary_at: Option<f64>,
+    /// Restart the killed replica this many seconds into the measurement.
+    #[arg(long)]
+    pub(crate) restart_at: Option<f64>,
+    /// Run the load against an existing cluster (its configuration directory) instead of starting one.
+    #[arg(long)]
+    pub(crate) cluster: Option<PathBuf>,
+    /// Where to write results.json and the charts.
+    #[arg(long, default_value = "bench-results")]
+    pub(crate) out: PathBuf,
+    /// First port of the replicas started (the baseline uses this + 100).
+    #[arg(long, default_value_t = 7600)]
+    pub(crate) base_port: u16,
+    /// Threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) client_threads: usize,
+}
+
+// ----- server roles -------------------------------------------------------------------
+
+/// Where a replica's CPU stages run; see `palisade_runtime::StageThreads`.
+#[derive(Clone, Copy, ValueEnum, Serialize, Debug)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum StageThreadsArg {
+    /// One thread per stage.
+    Dedicated,
+    /// One thread for all stages, beside the network thread.
+    Shared,
+    /// On the network thread.
+    Network,
+}
+
+impl From<StageThreadsArg> for StageThreads {
+    fn from(a: StageThreadsArg) -> StageThreads {
+        match a {
+            StageThreadsArg::Dedicated => StageThreads::Dedicated,
+            StageThreadsArg::Shared => StageThreads::Shared,
+            StageThreadsArg::Network => StageThreads::Network,
+        }
+    }
+}
+
+/// How the replicas are tuned: given to a run, passed on to each server.
+#[derive(Args, Clone, Debug, Serialize)]
+pub(crate) struct ReplicaTuning {
+    /// Requests per batch, at most.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) batch_max: usize,
+    /// Batches the primary keeps proposed but not yet delivered.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) in_flight: u64,
+    /// Where the replicas' CPU stages run (default: chosen for the machine).
+    #[arg(long, value_enum)]
+    pub(crate) stage_threads: Option<StageThreadsArg>,
+}
+
+impl ReplicaTuning {
+    /// The same options on a server's command line.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let mut args = vec![format!("--batch-max={}", self.batch_max), format!("--in-flight={}", self.in_flight)];
+        if let Some(t) = self.stage_threads {
+            args.push(format!("--stage-threads={}", format!("{t:?}").to_lowercase()));
+        }
+        args
+    }
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Bft => Mode::Bft,
+            ModeArg::Cft => Mode::Cft,
+        }
+    }
+}
+
+/// A load level: clients, each with this many requests outstanding.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct Level {
+    pub(crate) clients: usize,
+    pub(crate) outstanding: usize,
+}
+
+/// Parses `CLIENTSxOUTSTANDING[,...]`.
+pub(crate) fn parse_sweep(s: &str) -> Result<Vec<Level>, String> {
+    s.split(',')
+        .map(|p| {
+            let (c, o) = p.trim().split_once('x').ok_or(format!("bad load level {p:?}: use CLIENTSxOUTSTANDING"))?;
+            Ok(Level {
+                clients: c.parse().map_err(|_| format!("bad client count in {p:?}"))?,
+                outstanding: o.parse().map_err(|_| format!("bad outstanding count in {p:?}"))?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_levels_parse_and_bad_ones_say_why() {
+        let l = parse_sweep("1x1, 8x64").unwrap();
+        assert_eq!((l[1].clients, l[1].outstanding), (8, 64));
+        assert!(parse_sweep("8*64").unwrap_err().contains("CLIENTSxOUTSTANDING"));
+        assert!(parse_sweep("ax1").unwrap_err().contains("client count"));
+    }
+}

@@ -1,0 +1,239 @@
+//! One run of the harness: start (or join) a cluster, drive each load
+//! level while sampling the replicas and injecting the faults asked for,
+//! measure the unreplicated baseline at the best level, and report.
+
+use crate::cli::{parse_sweep, Level, RunArgs};
+use crate::load::{run_load, LoadResult};
+use crate::processes::{current_primary, read_metrics, start_baseline, start_replica, Procs};
+use crate::report::{git_revision, Events, LevelReport, ReplicaStat, Report, WindowStats};
+use palisade::keygen::{keygen, KeygenOptions};
+use palisade_bench::metrics_file::ReplicaMetrics;
+use palisade_bench::procstat;
+use palisade_core::Mode;
+use palisade_wire::ClusterConfig;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Runs the experiment `a` describes; exit code 2 on a usage or setup error.
+pub(crate) fn run(a: RunArgs) -> ExitCode {
+    let work = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let result = experiment(&a, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    match result {
+        Ok(report) => {
+            report.print_table();
+            report.write_outputs(&a.out);
+            println!("{}", report.bench_line());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("palisade-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn levels(a: &RunArgs) -> Result<Vec<Level>, String> {
+    match &a.sweep {
+        Some(s) => parse_sweep(s),
+        None => Ok(vec![Level { clients: a.clients, outstanding: a.outstanding }]),
+    }
+}
+
+/// Writes a configuration of `replicas` replicas into `dir`.
+fn configure(
+    dir: &Path,
+    replicas: usize,
+    mode: Mode,
+    f: Option<usize>,
+    base_port: u16,
+    a: &RunArgs,
+) -> Result<(), String> {
+    let opts = KeygenOptions {
+        replicas,
+        out: dir.to_path_buf(),
+        mode,
+        f,
+        addresses: vec![],
+        base_port,
+        cluster_id: None,
+        client_signatures: a.client_signatures,
+    };
+    keygen(&opts).map(drop).map_err(|e| e.to_string())
+}
+
+/// The cluster a run measures: its configuration directory, and the
+/// replica processes if the run started them.
+fn cluster(a: &RunArgs, work: &Path) -> Result<(PathBuf, Option<Procs>), String> {
+    if let Some(d) = &a.cluster {
+        return Ok((d.clone(), None));
+    }
+    let dir = work.join("cluster");
+    configure(&dir, a.replicas, a.mode.into(), None, a.base_port, a)?;
+    let children = (0..a.replicas as u32).map(|i| (i, start_replica(&dir, i, a))).collect();
+    Ok((dir, Some(Procs { children })))
+}
+
+fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
+    let levels = levels(a)?;
+    let (dir, procs) = cluster(a, work)?;
+    let cluster = ClusterConfig::load(&dir).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.client_threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| format!("client runtime: {e}"))?;
+    let (cpu_model, cores) = procstat::machine();
+    let shared = Shared { procs: Arc::new(Mutex::new(procs)), killed: Arc::new(Mutex::new(None)) };
+    let ids: Vec<u32> = cluster.replicas.keys().map(|r| r.0).collect();
+    let mut reports = Vec::new();
+    for level in levels {
+        let label = format!("palisade n={} {}x{}", cluster.membership.n(), level.clients, level.outstanding);
+        let pids = shared.procs.lock().as_ref().map(Procs::pids).unwrap_or_default();
+        let sampler = Sampler { dir: dir.clone(), ids: ids.clone(), pids, args: a.clone(), shared: shared.clone() };
+        let sampler = rt.spawn(sampler.run());
+        let result = rt.block_on(run_load(&cluster, a, level, &label));
+        let window = rt.block_on(sampler).unwrap_or_default();
+        reports.push(LevelReport::new(level, result, window));
+    }
+    let events =
+        Events { kill_primary_at_s: a.kill_primary_at, killed: *shared.killed.lock(), restart_at_s: a.restart_at };
+    drop(shared.procs.lock().take());
+
+    let best = Report::best(&reports).expect("at least one level");
+    let baseline = if a.no_baseline { None } else { Some(baseline(a, work, best.level, &rt)?) };
+    let baseline_ratio = baseline.as_ref().map(|b| best.palisade.ops_per_sec / b.ops_per_sec.max(1.0));
+    Ok(Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        git_revision: git_revision(),
+        date_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        cpu_model,
+        cores,
+        n: cluster.membership.n(),
+        f: cluster.membership.f(),
+        args: a.clone(),
+        levels: reports,
+        baseline,
+        baseline_ratio,
+        events,
+    })
+}
+
+/// The unreplicated baseline at `level`, in the same invocation.
+fn baseline(a: &RunArgs, work: &Path, level: Level, rt: &tokio::runtime::Runtime) -> Result<LoadResult, String> {
+    let dir = work.join("baseline");
+    configure(&dir, 1, Mode::Cft, Some(0), a.base_port + 100, a)?;
+    let _server = start_baseline(&dir);
+    let cluster = ClusterConfig::load(&dir).map_err(|e| e.to_string())?;
+    Ok(rt.block_on(run_load(&cluster, a, level, &format!("baseline {}x{}", level.clients, level.outstanding))))
+}
+
+/// What the levels of a run share: the replica processes (a fault may
+/// kill and restart one) and which replica was killed.
+#[derive(Clone)]
+struct Shared {
+    procs: Arc<Mutex<Option<Procs>>>,
+    killed: Arc<Mutex<Option<u32>>>,
+}
+
+/// Samples the replicas over one level's measurement window and injects
+/// the run's faults on time.
+struct Sampler {
+    dir: PathBuf,
+    ids: Vec<u32>,
+    /// Process ids by replica id, of the replicas this run started.
+    pids: Vec<(u32, u32)>,
+    args: RunArgs,
+    shared: Shared,
+}
+
+impl Sampler {
+    async fn run(self) -> WindowStats {
+        tokio::time::sleep(Duration::from_secs_f64(self.args.warmup + 0.5)).await;
+        let duration = Duration::from_secs_f64(self.args.duration);
+        let t0 = Instant::now();
+        let cpu0: BTreeMap<u32, f64> =
+            self.pids.iter().filter_map(|(i, p)| procstat::cpu_seconds(*p).map(|c| (*i, c))).collect();
+        let m0: BTreeMap<u32, ReplicaMetrics> =
+            self.ids.iter().filter_map(|i| read_metrics(&self.dir, *i).map(|m| (*i, m))).collect();
+        let mut queue_depth_max: BTreeMap<String, u64> = BTreeMap::new();
+        let (mut kill_at, mut restart_at) = (self.args.kill_primary_at, self.args.restart_at);
+        while t0.elapsed() < duration {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let t = t0.elapsed().as_secs_f64();
+            if kill_at.is_some_and(|at| t >= at) {
+                kill_at = None;
+                self.kill_primary();
+            }
+            if restart_at.is_some_and(|at| t >= at) {
+                restart_at = None;
+                self.restart_killed();
+            }
+            for m in self.ids.iter().filter_map(|i| read_metrics(&self.dir, *i)) {
+                for (k, v) in m.queues {
+                    let e = queue_depth_max.entry(k).or_default();
+                    *e = (*e).max(v);
+                }
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let mut stats = self.primary_stats(&m0, secs);
+        stats.replicas = self.replica_stats(&cpu0, secs);
+        stats.queue_depth_max = queue_depth_max;
+        stats
+    }
+
+    fn kill_primary(&self) {
+        if let Some(p) = current_primary(&self.dir, &self.ids) {
+            if let Some(procs) = self.shared.procs.lock().as_mut() {
+                procs.kill(p);
+            }
+            *self.shared.killed.lock() = Some(p);
+        }
+    }
+
+    fn restart_killed(&self) {
+        if let Some(p) = *self.shared.killed.lock() {
+            if let Some(procs) = self.shared.procs.lock().as_mut() {
+                procs.children.insert(p, start_replica(&self.dir, p, &self.args));
+            }
+        }
+    }
+
+    fn replica_stats(&self, cpu0: &BTreeMap<u32, f64>, secs: f64) -> Vec<ReplicaStat> {
+        self.pids
+            .iter()
+            .map(|(i, p)| ReplicaStat {
+                id: *i,
+                cpu_percent: match (cpu0.get(i), procstat::cpu_seconds(*p)) {
+                    (Some(a), Some(b)) => (b - a) / secs * 100.0,
+                    _ => 0.0,
+                },
+                peak_rss_mib: procstat::peak_rss_kib(*p).unwrap_or(0) as f64 / 1024.0,
+                view_changes: read_metrics(&self.dir, *i).map(|m| m.view_changes).unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Requests ordered per second and the mean batch, at the primary of
+    /// the window's start (meaningless if a fault killed it).
+    fn primary_stats(&self, m0: &BTreeMap<u32, ReplicaMetrics>, secs: f64) -> WindowStats {
+        let primary =
+            m0.iter().find(|(_, m)| m.primary).map(|(i, _)| *i).filter(|_| self.args.kill_primary_at.is_none());
+        let Some((a0, a1)) = primary.and_then(|p| Some((m0.get(&p)?, read_metrics(&self.dir, p)?))) else {
+            return WindowStats::default();
+        };
+        let requests = a1.delivered_requests.saturating_sub(a0.delivered_requests) as f64;
+        let batches = a1.delivered.saturating_sub(a0.delivered) as f64;
+        WindowStats {
+            primary_ordered_per_sec: Some(requests / secs),
+            mean_batch_size: (batches > 0.0).then(|| requests / batches),
+            ..WindowStats::default()
+        }
+    }
+}

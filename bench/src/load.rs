@@ -1,0 +1,161 @@
+//! The load: closed-loop clients, each keeping a number of echo requests
+//! outstanding, timed into a latency histogram and a 100 ms timeline.
+
+use crate::cli::{Level, RunArgs};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use palisade_client::{Client, ClientOptions};
+use palisade_services::echo;
+use palisade_wire::{keys, ClusterConfig};
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Latency quantiles of the measurement window, in microseconds.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Latency {
+    pub(crate) p50_us: u64,
+    pub(crate) p90_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) p999_us: u64,
+    pub(crate) mean_us: f64,
+}
+
+/// What one load level achieved.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct LoadResult {
+    pub(crate) ops_per_sec: f64,
+    pub(crate) completed: u64,
+    pub(crate) errors: u64,
+    pub(crate) latency: Latency,
+    /// Completions per 100 ms from the start of the warm-up.
+    pub(crate) timeline: Vec<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// The window a run measures, shared by every request loop.
+#[derive(Clone)]
+struct Window {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    /// Completions per 100 ms bucket since `start`.
+    timeline: Arc<Vec<AtomicU64>>,
+}
+
+impl Window {
+    fn new(warmup: Duration, duration: Duration) -> Window {
+        let start = Instant::now();
+        let buckets = ((warmup + duration).as_millis() / 100 + 1) as usize;
+        Window {
+            start,
+            measure_from: start + warmup,
+            end: start + warmup + duration,
+            timeline: Arc::new((0..buckets).map(|_| AtomicU64::new(0)).collect()),
+        }
+    }
+
+    fn completions_per_second_before(&self, t: f64) -> u64 {
+        let b = (t * 10.0) as usize;
+        (b.saturating_sub(10)..b).filter_map(|i| self.timeline.get(i)).map(|x| x.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// One outstanding request, reissued as soon as it completes, until the
+/// window ends. Returns its latencies inside the window.
+async fn request_loop(c: Client, op: Bytes, w: Window, errors: Arc<AtomicU64>) -> Histogram<u64> {
+    let mut local = histogram();
+    loop {
+        let t0 = Instant::now();
+        if t0 >= w.end {
+            return local;
+        }
+        match c.invoke_ordered(op.clone()).await {
+            Ok(_) => {
+                let t1 = Instant::now();
+                let bucket = ((t1 - w.start).as_millis() / 100) as usize;
+                if let Some(b) = w.timeline.get(bucket) {
+                    b.fetch_add(1, Ordering::Relaxed);
+                }
+                if t0 >= w.measure_from && t1 <= w.end {
+                    let _ = local.record((t1 - t0).as_micros().max(1) as u64);
+                }
+            }
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Shows progress on one line of stderr until aborted.
+fn show_progress(w: Window, label: String, total: f64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let t = w.start.elapsed().as_secs_f64().min(total);
+            let filled = ((t / total * 30.0) as usize).min(30);
+            eprint!(
+                "\r{label} [{}{}] {:5.1}/{:.0}s {:>9} ops/s ",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                t,
+                total,
+                w.completions_per_second_before(t)
+            );
+        }
+    })
+}
+
+/// Drives the cluster at `level` for the warm-up and measurement of `a`.
+pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level, progress_label: &str) -> LoadResult {
+    let op = echo::request(a.request_bytes, a.reply_bytes);
+    let opts = ClientOptions { timeout_ms: 30_000, ..ClientOptions::default() };
+    let clients: Vec<Client> = (0..level.clients)
+        .map(|_| Client::connect(cluster.clone(), keys::generate(&mut rand_core::OsRng), opts.clone()))
+        .collect();
+    // Wait until every client gets an answer: the cluster is up and connected.
+    for c in &clients {
+        let _ = c.invoke_ordered(op.clone()).await;
+    }
+    let (warmup, duration) = (Duration::from_secs_f64(a.warmup), Duration::from_secs_f64(a.duration));
+    let window = Window::new(warmup, duration);
+    let errors = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(histogram()));
+    let mut tasks = Vec::new();
+    for c in &clients {
+        for _ in 0..level.outstanding {
+            let (c, op, w, errors, hist) = (c.clone(), op.clone(), window.clone(), errors.clone(), hist.clone());
+            tasks.push(tokio::spawn(async move {
+                let local = request_loop(c, op, w, errors).await;
+                hist.lock().add(&local).expect("same bounds");
+            }));
+        }
+    }
+    let progress = show_progress(window.clone(), progress_label.to_string(), (warmup + duration).as_secs_f64());
+    for t in tasks {
+        let _ = t.await;
+    }
+    progress.abort();
+    eprintln!();
+    let hist = hist.lock();
+    let completed = hist.len();
+    LoadResult {
+        ops_per_sec: completed as f64 / duration.as_secs_f64(),
+        completed,
+        errors: errors.load(Ordering::Relaxed),
+        latency: Latency {
+            p50_us: hist.value_at_quantile(0.5),
+            p90_us: hist.value_at_quantile(0.9),
+            p99_us: hist.value_at_quantile(0.99),
+            p999_us: hist.value_at_quantile(0.999),
+            mean_us: hist.mean(),
+        },
+        timeline: window.timeline.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+    }
+}

@@ -1,0 +1,70 @@
+//! The server processes a run starts, and what they report.
+
+use crate::cli::RunArgs;
+use palisade_bench::metrics_file::ReplicaMetrics;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Child processes by replica id, killed when dropped.
+pub(crate) struct Procs {
+    pub(crate) children: BTreeMap<u32, Child>,
+}
+
+impl Procs {
+    pub(crate) fn kill(&mut self, id: u32) {
+        if let Some(mut c) = self.children.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Process ids by replica id.
+    pub(crate) fn pids(&self) -> Vec<(u32, u32)> {
+        self.children.iter().map(|(i, c)| (*i, c.id())).collect()
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        let ids: Vec<u32> = self.children.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+fn metrics_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("metrics-{id}.json"))
+}
+
+/// Starts replica `id` of the cluster in `dir` as a server process.
+pub(crate) fn start_replica(dir: &Path, id: u32, a: &RunArgs) -> Child {
+    Command::new(std::env::current_exe().expect("own path"))
+        .args(["server", "--config", dir.to_str().expect("utf-8 path"), "--id", &id.to_string()])
+        .args(["--metrics-file", metrics_path(dir, id).to_str().expect("utf-8 path")])
+        .args(a.tuning.to_args())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a replica process")
+}
+
+/// Starts the unreplicated baseline server of the configuration in `dir`.
+pub(crate) fn start_baseline(dir: &Path) -> Procs {
+    let child = Command::new(std::env::current_exe().expect("own path"))
+        .args(["baseline-server", "--config", dir.to_str().expect("utf-8 path")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the baseline server");
+    Procs { children: BTreeMap::from([(0, child)]) }
+}
+
+/// What replica `id` last reported.
+pub(crate) fn read_metrics(dir: &Path, id: u32) -> Option<ReplicaMetrics> {
+    ReplicaMetrics::read(&metrics_path(dir, id))
+}
+
+/// The replica that last said it is primary.
+pub(crate) fn current_primary(dir: &Path, ids: &[u32]) -> Option<u32> {
+    ids.iter().copied().find(|id| read_metrics(dir, *id).is_some_and(|m| m.primary))
+}

@@ -1,0 +1,246 @@
+//! What a run found: results.json, the table, the charts and the `BENCH`
+//! line, all from one [`Report`].
+
+use crate::cli::{Level, RunArgs};
+use crate::load::LoadResult;
+use palisade_bench::svg;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+/// One replica process over a measurement window.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct ReplicaStat {
+    pub(crate) id: u32,
+    pub(crate) cpu_percent: f64,
+    pub(crate) peak_rss_mib: f64,
+    /// View changes this replica started or joined since it started.
+    pub(crate) view_changes: u64,
+}
+
+/// What the replicas said about a measurement window.
+#[derive(Debug, Default)]
+pub(crate) struct WindowStats {
+    pub(crate) replicas: Vec<ReplicaStat>,
+    pub(crate) primary_ordered_per_sec: Option<f64>,
+    pub(crate) mean_batch_size: Option<f64>,
+    pub(crate) queue_depth_max: BTreeMap<String, u64>,
+}
+
+/// One load level of a run.
+#[derive(Debug, Serialize)]
+pub(crate) struct LevelReport {
+    pub(crate) level: Level,
+    pub(crate) palisade: LoadResult,
+    pub(crate) primary_ordered_per_sec: Option<f64>,
+    pub(crate) mean_batch_size: Option<f64>,
+    pub(crate) replicas: Vec<ReplicaStat>,
+    pub(crate) queue_depth_max: BTreeMap<String, u64>,
+}
+
+impl LevelReport {
+    pub(crate) fn new(level: Level, palisade: LoadResult, w: WindowStats) -> LevelReport {
+        LevelReport {
+            level,
+            palisade,
+            primary_ordered_per_sec: w.primary_ordered_per_sec,
+            mean_batch_size: w.mean_batch_size,
+            replicas: w.replicas,
+            queue_depth_max: w.queue_depth_max,
+        }
+    }
+}
+
+/// The faults a run injected.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Events {
+    pub(crate) kill_primary_at_s: Option<f64>,
+    pub(crate) killed: Option<u32>,
+    pub(crate) restart_at_s: Option<f64>,
+}
+
+/// Everything a run measured, as written to results.json.
+#[derive(Serialize)]
+pub(crate) struct Report {
+    pub(crate) command: String,
+    pub(crate) git_revision: String,
+    pub(crate) date_unix: u64,
+    pub(crate) cpu_model: String,
+    pub(crate) cores: usize,
+    /// Replicas and faults tolerated of the cluster measured.
+    pub(crate) n: usize,
+    pub(crate) f: usize,
+    pub(crate) args: RunArgs,
+    pub(crate) levels: Vec<LevelReport>,
+    pub(crate) baseline: Option<LoadResult>,
+    pub(crate) baseline_ratio: Option<f64>,
+    pub(crate) events: Events,
+}
+
+/// The revision of the working directory's repository, for results.json.
+pub(crate) fn git_revision() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Report {
+    /// The level with the highest throughput: the headline, and the level
+    /// the baseline runs at.
+    pub(crate) fn best(levels: &[LevelReport]) -> Option<&LevelReport> {
+        levels.iter().max_by(|x, y| x.palisade.ops_per_sec.total_cmp(&y.palisade.ops_per_sec))
+    }
+
+    /// The one line scripts read.
+    pub(crate) fn bench_line(&self) -> String {
+        let h = Report::best(&self.levels).expect("at least one level");
+        let mut line = format!(
+            "BENCH ops_per_sec={:.0} p50_us={} p99_us={}",
+            h.palisade.ops_per_sec, h.palisade.latency.p50_us, h.palisade.latency.p99_us
+        );
+        if let Some(r) = self.baseline_ratio {
+            line += &format!(" baseline_ratio={r:.3}");
+        }
+        line
+    }
+
+    /// The table on stdout.
+    pub(crate) fn print_table(&self) {
+        let a = &self.args;
+        println!();
+        println!(
+            "palisade-bench: n={} {:?} f={}, {}/{} bytes, signatures {}, {:.0} s after {:.0} s warm-up, on {} cores ({})",
+            self.n,
+            a.mode,
+            self.f,
+            a.request_bytes,
+            a.reply_bytes,
+            if a.client_signatures { "on" } else { "off" },
+            a.duration,
+            a.warmup,
+            self.cores,
+            self.cpu_model
+        );
+        println!(
+            "{:<18} {:>11} {:>9} {:>9} {:>9} {:>10} {:>8} {:>12} {:>10}",
+            "load", "ops/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "errors", "primary/s", "batch"
+        );
+        let opt = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
+        for r in &self.levels {
+            let l = &r.palisade.latency;
+            println!(
+                "{:<18} {:>11.0} {:>9} {:>9} {:>9} {:>10} {:>8} {:>12} {:>10}",
+                format!("palisade {}x{}", r.level.clients, r.level.outstanding),
+                r.palisade.ops_per_sec,
+                l.p50_us,
+                l.p90_us,
+                l.p99_us,
+                l.p999_us,
+                r.palisade.errors,
+                opt(r.primary_ordered_per_sec, 0),
+                opt(r.mean_batch_size, 1),
+            );
+        }
+        if let Some(b) = &self.baseline {
+            let l = &b.latency;
+            println!(
+                "{:<18} {:>11.0} {:>9} {:>9} {:>9} {:>10} {:>8}",
+                "baseline", b.ops_per_sec, l.p50_us, l.p90_us, l.p99_us, l.p999_us, b.errors
+            );
+        }
+        if let Some(r) = self.baseline_ratio {
+            println!("replicated / unreplicated throughput: {r:.3}");
+        }
+        if let Some(r) = self.levels.last() {
+            let stats: Vec<String> = r
+                .replicas
+                .iter()
+                .map(|s| {
+                    format!(
+                        "r{}: {:.0}% cpu, {:.1} MiB peak, {} view changes",
+                        s.id, s.cpu_percent, s.peak_rss_mib, s.view_changes
+                    )
+                })
+                .collect();
+            if !stats.is_empty() {
+                println!("replicas: {}", stats.join("; "));
+            }
+            let q: Vec<String> = r.queue_depth_max.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if !q.is_empty() {
+                println!("largest queue depths seen: {}", q.join(" "));
+            }
+        }
+        if let Some(k) = self.events.killed {
+            println!(
+                "killed the primary (replica {k}) at {:.1} s; restart at {:?} s",
+                self.events.kill_primary_at_s.unwrap_or(0.0),
+                self.events.restart_at_s
+            );
+        }
+    }
+
+    /// results.json, timeline.svg and, for a sweep, curve.svg.
+    pub(crate) fn write_outputs(&self, out: &Path) {
+        if std::fs::create_dir_all(out).is_err() {
+            eprintln!("palisade-bench: cannot create {}", out.display());
+            return;
+        }
+        let json = serde_json::to_string_pretty(self).expect("the report serializes");
+        let _ = std::fs::write(out.join("results.json"), json);
+        let _ = std::fs::write(out.join("timeline.svg"), self.timeline_chart());
+        if self.levels.len() > 1 {
+            let _ = std::fs::write(out.join("curve.svg"), self.curve_chart());
+        }
+        eprintln!("palisade-bench: wrote {}", out.display());
+    }
+
+    fn timeline_chart(&self) -> String {
+        let per_second = |timeline: &[u64]| -> Vec<(f64, f64)> {
+            timeline.iter().enumerate().map(|(i, c)| (i as f64 / 10.0, *c as f64 * 10.0)).collect()
+        };
+        let mut series: Vec<svg::Series> = self
+            .levels
+            .iter()
+            .map(|r| svg::Series {
+                name: format!("palisade {}x{}", r.level.clients, r.level.outstanding),
+                points: per_second(&r.palisade.timeline),
+            })
+            .collect();
+        if let Some(b) = &self.baseline {
+            series.push(svg::Series { name: "baseline (unreplicated)".into(), points: per_second(&b.timeline) });
+        }
+        let warmup = self.args.warmup;
+        let mut events = vec![svg::Event { x: warmup, label: "measurement starts".into() }];
+        if let (Some(k), Some(at)) = (self.events.killed, self.events.kill_primary_at_s) {
+            events.push(svg::Event { x: warmup + at, label: format!("primary (r{k}) killed") });
+        }
+        if let (Some(_), Some(at)) = (self.events.killed, self.events.restart_at_s) {
+            events.push(svg::Event { x: warmup + at, label: "restarted".into() });
+        }
+        let title = format!("Throughput over time: {}", self.shape());
+        svg::line_chart(&title, "time (s)", "ops/s (100 ms buckets)", &series, &events)
+    }
+
+    fn curve_chart(&self) -> String {
+        let curve = svg::Series {
+            name: "palisade".into(),
+            points: self
+                .levels
+                .iter()
+                .map(|r| (r.palisade.ops_per_sec, r.palisade.latency.p50_us as f64 / 1000.0))
+                .collect(),
+        };
+        let title = format!("Throughput vs latency: {}", self.shape());
+        svg::line_chart(&title, "throughput (ops/s)", "p50 latency (ms)", &[curve], &[])
+    }
+
+    fn shape(&self) -> String {
+        let a = &self.args;
+        format!("n={} {:?}, {}/{} bytes", self.n, a.mode, a.request_bytes, a.reply_bytes)
+    }
+}

@@ -1,0 +1,86 @@
+//! The server roles the harness starts: a replica running a registered
+//! service, and the unreplicated baseline.
+
+use crate::cli::ReplicaTuning;
+use palisade::registry;
+use palisade_bench::baseline;
+use palisade_bench::metrics_file::ReplicaMetrics;
+use palisade_core::ReplicaId;
+use palisade_runtime::RuntimeConfig;
+use palisade_wire::{keys, ClusterConfig};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn fail(role: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("palisade-bench {role}: {e}");
+    ExitCode::from(2)
+}
+
+/// Runs replica `id` of the cluster in `config`, writing its metrics to
+/// `metrics_file` every 250 ms, until killed.
+pub(crate) fn replica(
+    config: &Path,
+    id: u32,
+    service: &str,
+    metrics_file: Option<PathBuf>,
+    s: &ReplicaTuning,
+) -> ExitCode {
+    let cluster = match ClusterConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => return fail("server", e),
+    };
+    let me = ReplicaId(id);
+    let key = match keys::read_secret(&palisade::keygen::replica_key_file(config, me)) {
+        Ok(k) => k,
+        Err(e) => return fail("server", e),
+    };
+    let mut cfg = RuntimeConfig::for_cluster(&cluster);
+    cfg.protocol.batch_max_requests = s.batch_max;
+    cfg.protocol.max_in_flight = s.in_flight;
+    if let Some(t) = s.stage_threads {
+        cfg.stage_threads = t.into();
+    }
+    let service = registry::find(service).expect("clap checked the name");
+    let handle = match (service.spawn)(&cluster, me, key, cfg) {
+        Ok(h) => h,
+        Err(e) => return fail("server", e),
+    };
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        if let Some(path) = &metrics_file {
+            let c = handle.metrics().core.lock().clone();
+            let metrics = ReplicaMetrics {
+                view: c.view,
+                primary: c.primary,
+                normal: c.normal,
+                delivered: c.delivered,
+                delivered_requests: c.delivered_requests,
+                proposed_batches: c.proposed_batches,
+                view_changes: c.view_changes,
+                state_transfers: c.state_transfers,
+                timers_restarted: c.timers_restarted,
+                counters: handle.metrics().counters.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                queues: handle.queue_depths().into_iter().map(|(k, v)| (k.to_string(), v as u64)).collect(),
+            };
+            let _ = metrics.write(path);
+        }
+    }
+}
+
+/// Runs the unreplicated baseline server of a 1-replica configuration.
+pub(crate) fn baseline(config: &Path) -> ExitCode {
+    let cluster = match ClusterConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => return fail("baseline-server", e),
+    };
+    let key = match keys::read_secret(&palisade::keygen::replica_key_file(config, ReplicaId(0))) {
+        Ok(k) => k,
+        Err(e) => return fail("baseline-server", e),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    match rt.block_on(baseline::serve(cluster, key)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail("baseline-server", e),
+    }
+}
