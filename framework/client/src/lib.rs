@@ -128,6 +128,8 @@ struct Inner {
     pending: Mutex<HashMap<RequestId, Pending>>,
     outboxes: BTreeMap<ReplicaId, mpsc::Sender<Request>>,
     connected: Mutex<BTreeMap<ReplicaId, bool>>,
+    /// Connection attempts that failed, to any replica.
+    failed_dials: AtomicU64,
     /// Replicas that recently let a full result's grace period run out,
     /// until when: their designated results are asked for at once.
     slow: Mutex<BTreeMap<ReplicaId, Instant>>,
@@ -168,6 +170,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             outboxes,
             connected: Mutex::new(BTreeMap::new()),
+            failed_dials: AtomicU64::new(0),
             slow: Mutex::new(BTreeMap::new()),
         });
         for (r, rx) in receivers {
@@ -184,6 +187,14 @@ impl Client {
     /// Replicas it currently has an authenticated connection to.
     pub fn connected(&self) -> usize {
         self.inner.connected.lock().values().filter(|c| **c).count()
+    }
+
+    /// Connection attempts that have failed since the client started. A
+    /// count that keeps growing while [`Client::connected`] stays low means
+    /// replicas are unreachable (down, misaddressed, or refusing its key),
+    /// not merely slow.
+    pub fn failed_dials(&self) -> u64 {
+        self.inner.failed_dials.load(Ordering::Relaxed)
     }
 
     /// Executes `operation` in the total order; returns the result f+1
@@ -412,6 +423,9 @@ async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mp
             Ok::<_, std::io::Error>((stream, session))
         };
         let Ok(Ok((stream, session))) = tokio::time::timeout(Duration::from_secs(5), attempt).await else {
+            if let Some(me) = inner.upgrade() {
+                me.failed_dials.fetch_add(1, Ordering::Relaxed);
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
             continue;

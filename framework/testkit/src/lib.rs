@@ -9,7 +9,8 @@
 //!   and the simulator use, delivering every message in order;
 //! - [`loopback`]: cluster configurations and keys for replicas on 127.0.0.1;
 //! - [`conformance`]: what every service must satisfy (determinism across
-//!   replicas, snapshots that round-trip, reads that change nothing).
+//!   replicas, snapshots that round-trip, reads that change nothing);
+//! - [`wait`]: waiting for a condition under a deadline, never for a time.
 
 #![deny(missing_docs)]
 
@@ -18,3 +19,4 @@ pub mod conformance;
 pub mod crypto;
 pub mod fixtures;
 pub mod loopback;
+pub mod wait;
