@@ -503,6 +503,45 @@ fn a_read_waits_until_everything_this_replica_prepared_is_delivered() {
     assert!(deliver < read_at);
 }
 
+// ----- time ------------------------------------------------------------------------
+
+#[test]
+fn a_wall_clock_jump_fires_no_timer_and_moves_only_batch_timestamps() {
+    let cfg = config(Mode::Bft, 4);
+    let hour = 3_600_000;
+    // A backup waiting for a request: its timer runs on the monotonic clock.
+    let mut r1 = replica(1, &cfg);
+    r1.step(Input::Tick { now_ms: 1, wall_ms: 1 });
+    r1.step(Input::Request(request(1, 1)));
+    r1.take_actions();
+    for wall_ms in [1 + hour, 1, 1 + 24 * hour] {
+        r1.step(Input::Tick { now_ms: 500, wall_ms });
+        let out = r1.take_actions();
+        assert!(
+            !broadcasts(&out).iter().any(|m| matches!(m, PeerMessage::ViewChange(_))),
+            "a wall clock jump to {wall_ms} fired the request timer"
+        );
+        assert!(r1.is_normal() && r1.view() == ViewNo(0));
+    }
+    r1.step(Input::Tick { now_ms: 1_002, wall_ms: 1 });
+    let out = r1.take_actions();
+    assert!(
+        broadcasts(&out).iter().any(|m| matches!(m, PeerMessage::ViewChange(_))),
+        "the monotonic clock passing the timeout fires it, whatever the wall clock says"
+    );
+
+    // The primary stamps its batch with the wall clock.
+    let mut r0 = replica(0, &cfg);
+    r0.step(Input::Tick { now_ms: 5, wall_ms: 7 * hour });
+    r0.step(Input::Request(request(1, 1)));
+    let out = r0.take_actions();
+    let stamped = broadcasts(&out).iter().find_map(|m| match m {
+        PeerMessage::PrePrepare(pp) => Some(pp.batch.timestamp_ms),
+        _ => None,
+    });
+    assert_eq!(stamped, Some(7 * hour));
+}
+
 // ----- limits ---------------------------------------------------------------------
 
 #[test]
