@@ -37,6 +37,9 @@ pub(crate) enum RoleCmd {
         /// Write the replica's metrics here as JSON every 250 ms.
         #[arg(long)]
         metrics_file: Option<PathBuf>,
+        /// This replica ran before and lost its votes: it rejoins before voting.
+        #[arg(long)]
+        rejoin: bool,
         #[command(flatten)]
         tuning: ReplicaTuning,
     },

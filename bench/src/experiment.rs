@@ -75,7 +75,7 @@ fn cluster(a: &RunArgs, work: &Path) -> Result<(PathBuf, Option<Procs>), String>
     }
     let dir = work.join("cluster");
     configure(&dir, a.replicas, a.mode.into(), None, a.base_port, a)?;
-    let children = (0..a.replicas as u32).map(|i| (i, start_replica(&dir, i, a))).collect();
+    let children = (0..a.replicas as u32).map(|i| (i, start_replica(&dir, i, a, false))).collect();
     Ok((dir, Some(Procs { children })))
 }
 
@@ -200,22 +200,31 @@ impl Sampler {
     fn restart_killed(&self) {
         if let Some(p) = *self.shared.killed.lock() {
             if let Some(procs) = self.shared.procs.lock().as_mut() {
-                procs.children.insert(p, start_replica(&self.dir, p, &self.args));
+                procs.children.insert(p, start_replica(&self.dir, p, &self.args, true));
             }
         }
     }
 
+    /// CPU and memory of each replica over the window. A replica a fault
+    /// restarted is measured in its new process (whose CPU time all falls
+    /// in the window); one killed and not restarted shows nothing.
     fn replica_stats(&self, cpu0: &BTreeMap<u32, f64>, secs: f64) -> Vec<ReplicaStat> {
+        let now: BTreeMap<u32, u32> =
+            self.shared.procs.lock().as_ref().map(Procs::pids).unwrap_or_default().into_iter().collect();
         self.pids
             .iter()
-            .map(|(i, p)| ReplicaStat {
-                id: *i,
-                cpu_percent: match (cpu0.get(i), procstat::cpu_seconds(*p)) {
-                    (Some(a), Some(b)) => (b - a) / secs * 100.0,
-                    _ => 0.0,
-                },
-                peak_rss_mib: procstat::peak_rss_kib(*p).unwrap_or(0) as f64 / 1024.0,
-                view_changes: read_metrics(&self.dir, *i).map(|m| m.view_changes).unwrap_or(0),
+            .map(|(i, first)| {
+                let pid = now.get(i).copied();
+                let before = if pid == Some(*first) { cpu0.get(i).copied() } else { Some(0.0) };
+                ReplicaStat {
+                    id: *i,
+                    cpu_percent: match (before, pid.and_then(procstat::cpu_seconds)) {
+                        (Some(a), Some(b)) => (b - a) / secs * 100.0,
+                        _ => 0.0,
+                    },
+                    peak_rss_mib: pid.and_then(procstat::peak_rss_kib).unwrap_or(0) as f64 / 1024.0,
+                    view_changes: read_metrics(&self.dir, *i).map(|m| m.view_changes).unwrap_or(0),
+                }
             })
             .collect()
     }

@@ -38,11 +38,13 @@ fn metrics_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("metrics-{id}.json"))
 }
 
-/// Starts replica `id` of the cluster in `dir` as a server process.
-pub(crate) fn start_replica(dir: &Path, id: u32, a: &RunArgs) -> Child {
+/// Starts replica `id` of the cluster in `dir` as a server process;
+/// `again` when it ran before and so lost its votes.
+pub(crate) fn start_replica(dir: &Path, id: u32, a: &RunArgs, again: bool) -> Child {
     Command::new(std::env::current_exe().expect("own path"))
         .args(["server", "--config", dir.to_str().expect("utf-8 path"), "--id", &id.to_string()])
         .args(["--metrics-file", metrics_path(dir, id).to_str().expect("utf-8 path")])
+        .args(again.then_some("--rejoin"))
         .args(a.tuning.to_args())
         .stderr(Stdio::null())
         .spawn()

@@ -6,7 +6,7 @@ use palisade::registry;
 use palisade_bench::baseline;
 use palisade_bench::metrics_file::ReplicaMetrics;
 use palisade_core::ReplicaId;
-use palisade_runtime::RuntimeConfig;
+use palisade_runtime::{RuntimeConfig, Start};
 use palisade_wire::{keys, ClusterConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,12 +18,14 @@ fn fail(role: &str, e: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Runs replica `id` of the cluster in `config`, writing its metrics to
-/// `metrics_file` every 250 ms, until killed.
+/// `metrics_file` every 250 ms, until killed. `rejoin` says it ran before:
+/// its votes lived in memory, so it rejoins before voting again.
 pub(crate) fn replica(
     config: &Path,
     id: u32,
     service: &str,
     metrics_file: Option<PathBuf>,
+    rejoin: bool,
     s: &ReplicaTuning,
 ) -> ExitCode {
     let cluster = match ClusterConfig::load(config) {
@@ -40,6 +42,9 @@ pub(crate) fn replica(
     cfg.protocol.max_in_flight = s.in_flight;
     if let Some(t) = s.stage_threads {
         cfg.stage_threads = t.into();
+    }
+    if rejoin {
+        cfg.start = Start::LostVotes;
     }
     let service = registry::find(service).expect("clap checked the name");
     let handle = match (service.spawn)(&cluster, me, key, cfg) {
