@@ -38,3 +38,30 @@ fn a_short_default_run_prints_its_table_summary_line_and_results() {
     assert!(out.join("timeline.svg").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn a_run_that_kills_and_restarts_the_primary_loses_no_operation_and_marks_both_events() {
+    let out = std::env::temp_dir().join(format!("palisade-bench-kill-{}", std::process::id()));
+    let base_port = 35_000 + (std::process::id() % 200) as u16 * 20;
+    let run = Command::new(env!("CARGO_BIN_EXE_palisade-bench"))
+        .args(["--duration", "4", "--warmup", "0.5", "--clients", "2", "--outstanding", "4", "--no-baseline"])
+        .args(["--kill-primary-at", "0.5", "--restart-at", "1"])
+        .args(["--base-port", &base_port.to_string(), "--out", out.to_str().unwrap()])
+        .output()
+        .expect("the harness runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "exit {:?}\n{stdout}\n{}", run.status, String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("killed the primary (replica 0)"), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["events"]["killed"], 0);
+    let level = &results["levels"][0];
+    assert_eq!(level["palisade"]["errors"], 0, "clients rode through the view change");
+    assert!(level["palisade"]["completed"].as_u64().unwrap() > 0);
+    // The restarted replica is measured in its new process, which runs.
+    let r0 = &level["replicas"][0];
+    assert!(r0["peak_rss_mib"].as_f64().unwrap() > 0.0, "{r0}");
+    let svg = std::fs::read_to_string(out.join("timeline.svg")).unwrap();
+    assert!(svg.contains("primary (r0) killed") && svg.contains("restarted"));
+    let _ = std::fs::remove_dir_all(&out);
+}
