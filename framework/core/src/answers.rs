@@ -2,8 +2,8 @@
 //!
 //! Some peer messages are questions whose answers are much larger than
 //! they are: a STATUS from a laggard earns a NEW-VIEW, DECIDED notices and
-//! a checkpoint proof; a BATCH-REQUEST a whole batch; a STATE-REQUEST a
-//! whole snapshot. Without a limit, one Byzantine replica could keep a
+//! a checkpoint proof; a BATCH-REQUEST a whole batch; a STATE-FETCH a
+//! frame of state. Without a limit, one Byzantine replica could keep a
 //! primary's uplink full by asking the same questions over and over. Each
 //! kind of answer therefore goes to each peer at most once per interval
 //! (batches: once per sequence number, and a bounded number per interval),
@@ -26,8 +26,8 @@ pub enum AnswerKind {
     Batch(SeqNo),
     /// Batches of any sequence number, counted per interval.
     Batches,
-    /// A snapshot for state transfer.
-    Snapshot,
+    /// A piece of a checkpoint's state, for state transfer.
+    StatePiece,
     /// This replica's progress, to a peer rejoining without its votes.
     Rejoin,
 }

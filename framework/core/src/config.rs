@@ -40,8 +40,13 @@ pub struct Config {
     pub retransmit_ms: u64,
     /// Period of STATUS messages, through which laggards catch up.
     pub status_interval_ms: u64,
-    /// Time to wait for one peer's snapshot before asking the next.
+    /// While fetching a checkpoint's state, a question unanswered for this
+    /// long is asked of another peer.
     pub state_transfer_timeout_ms: u64,
+    /// Questions a fetching replica keeps outstanding, spread over its
+    /// peers; a replica answers each peer at most four times this many per
+    /// `retransmit_ms`.
+    pub state_fetch_window: usize,
     /// Largest distance between a PRE-PREPARE's timestamp and the backup's clock.
     pub timestamp_tolerance_ms: u64,
     /// Requests waiting to be ordered, at most; more are dropped and the
@@ -76,6 +81,7 @@ impl Config {
             retransmit_ms: 200,
             status_interval_ms: 200,
             state_transfer_timeout_ms: 2_000,
+            state_fetch_window: 8,
             timestamp_tolerance_ms: 60_000,
             pending_max: 100_000,
             read_queue_max: 10_000,
@@ -99,6 +105,9 @@ impl Config {
         }
         if self.batch_max_requests == 0 || self.max_in_flight == 0 {
             return Err("batch_max_requests and max_in_flight must be at least 1".into());
+        }
+        if self.state_fetch_window == 0 {
+            return Err("state_fetch_window must be at least 1".into());
         }
         if self.client_window == 0 {
             return Err("client_window must be at least 1".into());

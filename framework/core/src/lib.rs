@@ -24,6 +24,7 @@ pub mod message;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 pub mod replica;
+pub mod state;
 pub mod types;
 pub mod view_change;
 

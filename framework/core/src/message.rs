@@ -265,12 +265,13 @@ pub enum PeerMessage {
         /// The batch.
         batch: Arc<Batch>,
     },
-    /// Asks for the snapshot at stable checkpoint `seq`.
+    /// Obsolete (whole snapshots in one frame; see [`PeerMessage::StateFetch`]):
+    /// kept so that the encoding of later variants never changes, and ignored.
     StateRequest {
         /// Checkpoint sequence number.
         seq: SeqNo,
     },
-    /// A snapshot, checked against the certified checkpoint digest.
+    /// Obsolete, like [`PeerMessage::StateRequest`], and ignored.
     StateReply {
         /// Checkpoint sequence number.
         seq: SeqNo,
@@ -294,6 +295,93 @@ pub enum PeerMessage {
         /// The sender's stable checkpoint certificate.
         checkpoint: CheckpointCert,
     },
+    /// Asks for part of the state at checkpoint `seq` (state transfer).
+    StateFetch {
+        /// Checkpoint sequence number.
+        seq: SeqNo,
+        /// What part of it.
+        query: StateQuery,
+    },
+    /// Part of the state at checkpoint `seq`, checked by the receiver
+    /// against the certified digest, piece by piece.
+    StateData {
+        /// Checkpoint sequence number.
+        seq: SeqNo,
+        /// The answer.
+        answer: StateAnswer,
+    },
+}
+
+/// What a replica fetching a checkpoint's state asks a peer for (see
+/// [`crate::state`] for parts and records).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateQuery {
+    /// The digests of the parts, from part `from` on.
+    Manifest {
+        /// First part.
+        from: u32,
+    },
+    /// The parts `parts`, in order: each part's record digests, then its
+    /// records. The first part is continued from its record digest
+    /// `digests_from`, or, once its digests are all there, from byte
+    /// `offset` of record `record`.
+    Parts {
+        /// Which parts.
+        parts: Vec<u32>,
+        /// Where the first part's record digests continue.
+        digests_from: u32,
+        /// Where its records continue.
+        record: u32,
+        /// Where that record continues.
+        offset: u64,
+    },
+}
+
+/// The answer to a [`StateQuery`], as much as fits one frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateAnswer {
+    /// Part digests `from..` of `total`.
+    Manifest {
+        /// First part.
+        from: u32,
+        /// How many parts the state has.
+        total: u32,
+        /// Their digests.
+        digests: Vec<Digest>,
+    },
+    /// Pieces of the parts asked for, in the order asked.
+    Parts(Vec<StateItem>),
+    /// That checkpoint is not kept here.
+    Unavailable,
+}
+
+/// One piece of a part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateItem {
+    /// Record digests `from..` of `part`, which has `total` records.
+    Digests {
+        /// Part.
+        part: u32,
+        /// First record.
+        from: u32,
+        /// How many records the part has.
+        total: u32,
+        /// Their digests.
+        digests: Vec<Digest>,
+    },
+    /// Bytes `offset..` of record `record` of `part`, which is `len` bytes long.
+    Bytes {
+        /// Part.
+        part: u32,
+        /// Record.
+        record: u32,
+        /// Where these bytes start in the record.
+        offset: u64,
+        /// The record's length.
+        len: u64,
+        /// The bytes.
+        bytes: Bytes,
+    },
 }
 
 impl PeerMessage {
@@ -315,6 +403,8 @@ impl PeerMessage {
             PeerMessage::StateReply { .. } => "state-reply",
             PeerMessage::RejoinQuery { .. } => "rejoin-query",
             PeerMessage::RejoinReply { .. } => "rejoin-reply",
+            PeerMessage::StateFetch { .. } => "state-fetch",
+            PeerMessage::StateData { .. } => "state-data",
         }
     }
 }

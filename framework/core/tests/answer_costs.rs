@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use palisade_core::crypto::{self, Domain};
-use palisade_core::message::{CheckpointBody, Signature, Status};
+use palisade_core::message::{CheckpointBody, Signature, StateAnswer, StateQuery, Status};
+use palisade_core::replica::Discard;
 use palisade_core::{Action, Input, Mode, PeerMessage, ReplicaId, SeqNo, ViewNo};
 use palisade_testkit::cluster::{Log, MemCluster};
 use palisade_testkit::crypto::TestCrypto;
@@ -72,43 +73,41 @@ fn with_stable_checkpoint() -> palisade_core::Replica<TestCrypto> {
 }
 
 #[test]
-fn a_flood_of_state_requests_serves_one_snapshot_per_interval() {
+fn a_flood_of_state_fetches_is_served_at_the_allowed_rate_only() {
     let mut r1 = with_stable_checkpoint();
+    let window = config(Mode::Bft, 4).state_fetch_window;
     let mut served = 0;
-    for _ in 0..20 {
-        r1.step(Input::Peer { from: ReplicaId(3), msg: PeerMessage::StateRequest { seq: SeqNo(4) } });
-        served += r1.take_actions().iter().filter(|a| matches!(a, Action::ServeSnapshot { .. })).count();
+    for _ in 0..100 {
+        let query = StateQuery::Manifest { from: 0 };
+        r1.step(Input::Peer { from: ReplicaId(3), msg: PeerMessage::StateFetch { seq: SeqNo(4), query } });
+        served += r1.take_actions().iter().filter(|a| matches!(a, Action::ServeState { .. })).count();
     }
-    assert_eq!(served, 1);
+    assert_eq!(served, 4 * window, "answers per retransmission period, per peer");
+    assert_eq!(r1.metrics().dropped[&Discard::OverAnswerRate], 100 - 4 * window as u64);
 }
 
 #[test]
-fn an_unsolicited_bogus_state_reply_does_not_make_a_replica_ask_anyone_for_a_snapshot() {
+fn state_data_nobody_asked_for_is_dropped_and_costs_nothing() {
     let cfg = config(Mode::Bft, 4);
     let mut r1 = replica(1, &cfg);
+    let bogus = PeerMessage::StateData { seq: SeqNo(4), answer: StateAnswer::Unavailable };
+    assert!(peer(&mut r1, 2, bogus.clone()).is_empty());
+    // Fetching checkpoint 4: data about another checkpoint is dropped too.
     let state = palisade_core::Digest::of(b"the state at 4");
-    let mut out = Vec::new();
     for who in [0, 2, 3] {
         let body = CheckpointBody { seq: SeqNo(4), state, replica: ReplicaId(who) };
         let vote = crypto::sign(&TestCrypto(ReplicaId(who)), Domain::Checkpoint, body);
-        out.extend(peer(&mut r1, who, PeerMessage::Checkpoint(vote)));
+        peer(&mut r1, who, PeerMessage::Checkpoint(vote));
     }
-    let asked: Vec<ReplicaId> = out
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send { to, msg: PeerMessage::StateRequest { .. } } => Some(*to),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(asked.len(), 1);
-    let other = [0u32, 2, 3].into_iter().find(|r| ReplicaId(*r) != asked[0]).unwrap();
-    let mut requests = 0;
+    assert!(r1.transferring());
+    let other = PeerMessage::StateData { seq: SeqNo(8), answer: StateAnswer::Unavailable };
     for _ in 0..10 {
-        let bogus = PeerMessage::StateReply { seq: SeqNo(4), snapshot: Bytes::from_static(b"lies") };
-        requests += peer(&mut r1, other, bogus)
-            .iter()
-            .filter(|a| matches!(a, Action::Send { msg: PeerMessage::StateRequest { .. }, .. }))
-            .count();
+        assert!(peer(&mut r1, 2, other.clone()).is_empty());
     }
-    assert_eq!(requests, 0, "replies nobody asked for made it ask for {requests} snapshots");
+    assert_eq!(r1.metrics().dropped[&Discard::StateUnasked], 11);
+    let out = peer(&mut r1, 2, bogus);
+    assert!(
+        matches!(&out[..], [Action::StateData { seq: SeqNo(4), .. }]),
+        "data about the checkpoint being fetched goes to the fetcher, which checks it: {out:?}"
+    );
 }

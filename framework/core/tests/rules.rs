@@ -398,11 +398,10 @@ fn a_new_view_whose_choices_differ_from_the_recomputed_rule_is_rejected() {
 // ----- state transfer and recovery ---------------------------------------------------
 
 #[test]
-fn state_transfer_accepts_only_the_snapshot_whose_digest_is_certified() {
+fn state_transfer_fetches_the_certified_state_and_only_what_the_fetcher_reports_counts() {
     let cfg = config(Mode::Bft, 4);
     let mut r1 = replica(1, &cfg);
-    let snapshot = Bytes::from_static(b"the state at 4");
-    let state = Digest::of(&snapshot);
+    let state = Digest::of(b"the state at 4");
     let mut out = Vec::new();
     for who in [0, 2, 3] {
         let vote = crypto::sign(
@@ -413,24 +412,18 @@ fn state_transfer_accepts_only_the_snapshot_whose_digest_is_certified() {
         out.extend(peer(&mut r1, who, PeerMessage::Checkpoint(vote)));
     }
     assert!(r1.transferring());
-    let asked = out
-        .iter()
-        .find_map(|a| match a {
-            Action::Send { to, msg: PeerMessage::StateRequest { .. } } => Some(to.0),
-            _ => None,
-        })
-        .expect("it asks a peer for the snapshot");
-    let lie = PeerMessage::StateReply { seq: SeqNo(4), snapshot: Bytes::from_static(b"lies") };
-    let poisoned = peer(&mut r1, asked, lie);
-    assert!(!poisoned.iter().any(|a| matches!(a, Action::InstallSnapshot { .. })));
     assert!(
-        poisoned.iter().any(|a| matches!(a, Action::Send { msg: PeerMessage::StateRequest { .. }, .. })),
-        "the peer it asked lied: it asks the next one at once"
+        out.iter().any(|a| matches!(a, Action::FetchState { seq: SeqNo(4), state: s } if *s == state)),
+        "it asks its fetcher for the certified state"
     );
-    let out = peer(&mut r1, 2, PeerMessage::StateReply { seq: SeqNo(4), snapshot: snapshot.clone() });
-    assert!(out.iter().any(|a| matches!(a, Action::InstallSnapshot { seq: SeqNo(4), snapshot: s } if *s == snapshot)));
+    // Pieces from peers go to the fetcher, whatever they say.
+    let lie = PeerMessage::StateData { seq: SeqNo(4), answer: palisade_core::message::StateAnswer::Unavailable };
+    assert!(matches!(&peer(&mut r1, 2, lie)[..], [Action::StateData { .. }]));
+    assert_eq!(r1.delivered(), SeqNo(0));
+    r1.step(Input::StateFetched { seq: SeqNo(4), state });
     assert!(!r1.transferring());
     assert_eq!(r1.delivered(), SeqNo(4));
+    assert_eq!(r1.metrics().state_transfers, 1);
 }
 
 #[test]

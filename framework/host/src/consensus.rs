@@ -1,9 +1,9 @@
 //! Carrying out the core's actions on the consensus side.
 
-use bytes::Bytes;
+use palisade_core::message::{StateAnswer, StateQuery};
 use palisade_core::replica::DropReason;
 use palisade_core::{
-    Action, Batch, ClientId, Crypto, Input, PeerMessage, Record, Replica, ReplicaId, Request, RequestId,
+    Action, Batch, ClientId, Crypto, Digest, Input, PeerMessage, Record, Replica, ReplicaId, Request, RequestId,
 };
 use palisade_core::{SeqNo, ViewNo};
 use palisade_wire::envelope::RejectReason;
@@ -28,22 +28,33 @@ pub enum ExecCommand {
         /// The replica's view.
         view: ViewNo,
     },
-    /// Send the snapshot at `seq` to `to`.
+    /// Answer a peer's question about a kept checkpoint's state.
     Serve {
         /// Who asked.
         to: ReplicaId,
         /// Which checkpoint.
         seq: SeqNo,
+        /// What.
+        query: StateQuery,
     },
-    /// Install a certified snapshot.
-    Install {
+    /// Fetch the state of a certified checkpoint (again: a nudge).
+    Fetch {
         /// Its checkpoint.
         seq: SeqNo,
-        /// Its bytes.
-        snapshot: Bytes,
+        /// Its certified digest.
+        state: Digest,
     },
-    /// A new stable checkpoint: forget snapshots below this sequence
-    /// number (the previous stable checkpoint, still served to laggards).
+    /// A peer's answer for the fetch under way.
+    StateData {
+        /// Who answered.
+        from: ReplicaId,
+        /// Its checkpoint.
+        seq: SeqNo,
+        /// The answer, unchecked.
+        answer: StateAnswer,
+    },
+    /// A new stable checkpoint: forget states below this sequence number
+    /// (the previous stable checkpoint, still served to laggards).
     ForgetBelow(SeqNo),
 }
 
@@ -117,8 +128,9 @@ impl<C: Crypto> ConsensusHost<C> {
                 Action::Broadcast(msg) => io.broadcast(&self.peers, &msg),
                 Action::Deliver { seq, view, batch } => io.execute(ExecCommand::Deliver { seq, view, batch }),
                 Action::ExecuteReadOnly { request, view } => io.execute(ExecCommand::Read { request, view }),
-                Action::ServeSnapshot { to, seq } => io.execute(ExecCommand::Serve { to, seq }),
-                Action::InstallSnapshot { seq, snapshot } => io.execute(ExecCommand::Install { seq, snapshot }),
+                Action::ServeState { to, seq, query } => io.execute(ExecCommand::Serve { to, seq, query }),
+                Action::FetchState { seq, state } => io.execute(ExecCommand::Fetch { seq, state }),
+                Action::StateData { from, seq, answer } => io.execute(ExecCommand::StateData { from, seq, answer }),
                 Action::StableCheckpoint { keep_from, .. } => io.execute(ExecCommand::ForgetBelow(keep_from)),
                 Action::Dropped { client, request, reason } => {
                     let reason = match reason {

@@ -1,13 +1,14 @@
 //! Carrying out the core's decisions on the execution side: the service in
-//! order, snapshots at checkpoints, state transfer, and answers to clients.
+//! order, the state at checkpoints, state transfer, and answers to clients.
 
 use crate::consensus::ExecCommand;
-use bytes::Bytes;
+use crate::state::{FetchStep, Fetcher, Kept, PartStore};
 use palisade_core::exec::Executed;
-use palisade_core::{Batch, ClientId, Digest, Executor, Membership, ReplicaId, RequestId, SeqNo, Service, ViewNo};
+use palisade_core::{
+    Batch, ClientId, Digest, Executor, Membership, PeerMessage, ReplicaId, RequestId, SeqNo, Service, ViewNo,
+};
 use palisade_wire::envelope::{designated_replier, Answer, RejectReason};
 use parking_lot::RwLock;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Something for one client, on its way to be framed (and signed as this
@@ -45,21 +46,28 @@ pub enum ExecEvent {
     Executed(u64),
     /// Results answered by digest (PBFT's digest replies).
     DigestReplies(u64),
-    /// A snapshot was taken at a checkpoint.
-    SnapshotTaken,
-    /// A snapshot could not be served: it does not fit one frame.
-    SnapshotTooLarge,
+    /// The state was taken at a checkpoint.
+    CheckpointTaken,
+    /// An answer about a kept checkpoint's state went to a peer.
+    StateServed,
+    /// A part of a fetched state was installed.
+    PartInstalled,
+    /// A peer sent state that failed a check.
+    BadStateData,
 }
 
 /// What an execution host needs from the world around it.
 pub trait ExecutionIo {
     /// Answers for clients: one call per delivered batch, never dropped.
     fn replies(&mut self, mails: Vec<ClientMail>);
-    /// The snapshot at checkpoint `seq` has digest `state`: for the core
+    /// The state at checkpoint `seq` has digest `state`: for the core
     /// (as `Input::CheckpointReady`), never dropped.
     fn checkpoint(&mut self, seq: SeqNo, state: Digest);
-    /// Sends the snapshot at `seq` to replica `to` (a state reply).
-    fn send_snapshot(&mut self, to: ReplicaId, seq: SeqNo, snapshot: Bytes);
+    /// The state of checkpoint `seq` was fetched and installed: for the
+    /// core (as `Input::StateFetched`), never dropped.
+    fn state_fetched(&mut self, seq: SeqNo, state: Digest);
+    /// Sends a state-transfer message to replica `to`.
+    fn send(&mut self, to: ReplicaId, msg: PeerMessage);
     /// Counts what happened.
     fn note(&mut self, _event: ExecEvent) {}
     /// A batch was executed; `executed` says what each request did (for
@@ -67,41 +75,83 @@ pub trait ExecutionIo {
     fn executed(&mut self, _seq: SeqNo, _batch: &Batch, _executed: &[Executed]) {}
 }
 
-/// The service, its snapshots, and who answers clients in full.
+/// How an execution host is set up.
+#[derive(Clone, Debug)]
+pub struct ExecutionConfig {
+    /// This replica.
+    pub me: ReplicaId,
+    /// The cluster: whom to fetch state from, who answers in full.
+    pub membership: Membership,
+    /// Take the state every this many sequence numbers.
+    pub checkpoint_interval: u64,
+    /// PBFT's digest replies: one replica per request sends the result,
+    /// the others its digest.
+    pub reply_digests: bool,
+    /// Bytes of state in one answer to a peer (a frame, less the envelope).
+    pub max_answer_bytes: usize,
+    /// Questions a fetch keeps outstanding.
+    pub fetch_window: usize,
+    /// Largest record a fetch accepts (bounds what a lying peer can make
+    /// it hold before the record's digest shows the lie).
+    pub max_record_bytes: u64,
+}
+
+impl ExecutionConfig {
+    /// Defaults for replica `me` of `membership`.
+    pub fn new(me: ReplicaId, membership: Membership) -> ExecutionConfig {
+        ExecutionConfig {
+            me,
+            membership,
+            checkpoint_interval: 128,
+            reply_digests: true,
+            max_answer_bytes: 1 << 20,
+            fetch_window: 8,
+            max_record_bytes: 1 << 31,
+        }
+    }
+}
+
+/// The service, the states it keeps, a fetch under way, and who answers
+/// clients in full.
 pub struct ExecutionHost<S> {
     exec: Arc<RwLock<Executor<S>>>,
-    me: ReplicaId,
-    checkpoint_interval: u64,
-    /// Snapshots still served: from the previous stable checkpoint up.
-    snapshots: BTreeMap<SeqNo, Bytes>,
-    /// With digest replies, the membership that designates full repliers.
-    reply_digests: Option<Membership>,
-    /// Largest snapshot that can be sent (one frame, less the envelope).
-    max_snapshot_bytes: usize,
+    cfg: ExecutionConfig,
+    store: PartStore,
+    fetch: Option<Fetcher>,
+    /// A newer checkpoint to fetch once the fetch under way is done (or
+    /// finds no peer keeping its checkpoint): a fetch restarted at every
+    /// new checkpoint would never finish on a slow network.
+    next: Option<(SeqNo, Digest)>,
 }
 
 impl<S: Service> ExecutionHost<S> {
     /// Hosts `exec` (shared with whoever answers retransmissions from the
-    /// reply cache) for replica `me`. `snapshots` are those that survived
-    /// a restart (empty for a fresh start): the newest is installed, and
-    /// the genesis snapshot is taken if there is none.
+    /// reply cache). `restored` is a state that survived a restart (its
+    /// parts are installed and checked); without one the genesis state is
+    /// taken at sequence number 0.
     pub fn new(
         exec: Arc<RwLock<Executor<S>>>,
-        me: ReplicaId,
-        checkpoint_interval: u64,
-        reply_digests: Option<Membership>,
-        max_snapshot_bytes: usize,
-        snapshots: BTreeMap<SeqNo, Bytes>,
+        cfg: ExecutionConfig,
+        restored: Option<(SeqNo, Kept)>,
     ) -> Result<Self, String> {
-        let mut host = ExecutionHost { exec, me, checkpoint_interval, snapshots, reply_digests, max_snapshot_bytes };
-        match host.snapshots.last_key_value() {
-            Some((_, newest)) => {
-                let newest = newest.clone();
-                host.exec.write().install(&newest)?;
+        let mut host = ExecutionHost { exec, cfg, store: PartStore::default(), fetch: None, next: None };
+        match restored {
+            Some((seq, kept)) => {
+                let mut exec = host.exec.write();
+                for i in 0..kept.parts.len() {
+                    exec.install_part(i as u32, kept.records(i))?;
+                }
+                exec.take_changed();
+                if exec.state_digest() != kept.root {
+                    return Err(format!("the state restored at {seq} does not have its recorded digest"));
+                }
+                drop(exec);
+                host.store.insert(seq, kept);
             }
             None => {
-                let genesis = host.exec.read().snapshot();
-                host.snapshots.insert(SeqNo(0), genesis);
+                let mut exec = host.exec.write();
+                exec.take_changed();
+                host.store.take_all(SeqNo(0), &exec);
             }
         }
         Ok(host)
@@ -109,8 +159,8 @@ impl<S: Service> ExecutionHost<S> {
 
     /// The checkpoint the executor was restored to, and its digest.
     pub fn restored(&self) -> (SeqNo, Digest) {
-        let (seq, bytes) = self.snapshots.last_key_value().expect("at least the genesis snapshot");
-        (*seq, Digest::of(bytes))
+        let (seq, kept) = self.store.newest().expect("at least the genesis state");
+        (seq, kept.root)
     }
 
     /// The executor, shared.
@@ -118,13 +168,18 @@ impl<S: Service> ExecutionHost<S> {
         &self.exec
     }
 
-    /// The snapshots kept, for a host whose snapshots outlive it.
-    pub fn into_snapshots(self) -> BTreeMap<SeqNo, Bytes> {
-        self.snapshots
+    /// The states kept.
+    pub fn store(&self) -> &PartStore {
+        &self.store
     }
 
-    /// Carries out one command. An error means a certified snapshot does
-    /// not install: this build cannot read its own cluster's state.
+    /// The states kept, for a host whose states outlive it.
+    pub fn into_store(self) -> PartStore {
+        self.store
+    }
+
+    /// Carries out one command. An error means a certified state does not
+    /// install: this build cannot read its own cluster's state.
     pub fn handle(&mut self, cmd: ExecCommand, io: &mut impl ExecutionIo) -> Result<(), String> {
         match cmd {
             ExecCommand::Deliver { seq, view, batch } => self.deliver(seq, view, &batch, io),
@@ -133,28 +188,89 @@ impl<S: Service> ExecutionHost<S> {
                 let answer = Answer::Full(result);
                 io.replies(vec![ClientMail::Answer { client: request.client, view, request: request.id, answer }]);
             }
-            ExecCommand::Serve { to, seq } => {
-                if let Some(snapshot) = self.snapshots.get(&seq).cloned() {
-                    if snapshot.len() > self.max_snapshot_bytes {
-                        io.note(ExecEvent::SnapshotTooLarge);
-                    } else {
-                        io.send_snapshot(to, seq, snapshot);
+            ExecCommand::Serve { to, seq, query } => {
+                let answer = self.store.answer(seq, &query, self.cfg.max_answer_bytes);
+                io.note(ExecEvent::StateServed);
+                io.send(to, PeerMessage::StateData { seq, answer });
+            }
+            ExecCommand::Fetch { seq, state } => return self.fetch(seq, state, io),
+            ExecCommand::StateData { from, seq, answer } => {
+                let mut steps = Vec::new();
+                match &mut self.fetch {
+                    Some(f) if f.target().0 == seq => {
+                        let exec = self.exec.read();
+                        f.on_answer(from, answer, |i| exec.part_digest(i), &mut steps);
+                    }
+                    _ => return Ok(()),
+                }
+                return self.carry_out(steps, io);
+            }
+            ExecCommand::ForgetBelow(keep_from) => self.store.forget_below(keep_from),
+        }
+        Ok(())
+    }
+
+    fn fetch(&mut self, seq: SeqNo, state: Digest, io: &mut impl ExecutionIo) -> Result<(), String> {
+        let mut steps = Vec::new();
+        match &mut self.fetch {
+            Some(f) if f.target() == (seq, state) => f.nudge(&mut steps),
+            Some(f) if f.target().0 < seq => {
+                self.next = Some((seq, state));
+                f.nudge(&mut steps);
+            }
+            _ => self.start_fetch(seq, state, &mut steps),
+        }
+        self.carry_out(steps, io)
+    }
+
+    fn start_fetch(&mut self, seq: SeqNo, state: Digest, steps: &mut Vec<FetchStep>) {
+        let me = self.cfg.me;
+        let peers: Vec<ReplicaId> = self.cfg.membership.members().iter().copied().filter(|r| *r != me).collect();
+        let turn = self.cfg.membership.index_of(me).unwrap_or(0);
+        let (window, max_record) = (self.cfg.fetch_window, self.cfg.max_record_bytes);
+        self.next = self.next.filter(|(s, _)| *s > seq);
+        self.fetch = Some(Fetcher::start(seq, state, peers, turn, window, max_record, steps));
+    }
+
+    fn carry_out(&mut self, mut steps: Vec<FetchStep>, io: &mut impl ExecutionIo) -> Result<(), String> {
+        // Steps of a fetch started here (the next target) join the queue.
+        let mut i = 0;
+        while i < steps.len() {
+            let step = std::mem::replace(&mut steps[i], FetchStep::Stuck);
+            i += 1;
+            match step {
+                FetchStep::Ask(to, query) => {
+                    let seq = self.fetch.as_ref().map_or(SeqNo(0), |f| f.target().0);
+                    io.send(to, PeerMessage::StateFetch { seq, query });
+                }
+                FetchStep::Install(part, records) => {
+                    self.exec.write().install_part(part, records).map_err(|e| format!("fetched part {part}: {e}"))?;
+                    io.note(ExecEvent::PartInstalled);
+                }
+                FetchStep::Bad(_) => io.note(ExecEvent::BadStateData),
+                FetchStep::Done => {
+                    let Some(f) = self.fetch.take() else { continue };
+                    let (seq, root) = f.target();
+                    let mut exec = self.exec.write();
+                    exec.take_changed();
+                    if exec.state_digest() != root {
+                        return Err(format!("the state fetched for {seq} does not install to its digest"));
+                    }
+                    self.store.take_all(seq, &exec);
+                    drop(exec);
+                    io.state_fetched(seq, root);
+                    if let Some((seq, state)) = self.next.take() {
+                        let mut more = Vec::new();
+                        self.start_fetch(seq, state, &mut more);
+                        steps.extend(more);
                     }
                 }
-            }
-            ExecCommand::Install { seq, snapshot } => {
-                self.exec.write().install(&snapshot).map_err(|e| format!("certified snapshot {seq}: {e}"))?;
-                self.snapshots.insert(seq, snapshot);
-            }
-            ExecCommand::ForgetBelow(keep_from) => {
-                // Keep the snapshots from there up; with none there yet (a
-                // transfer is about to fetch one), keep the newest older
-                // one so that a restart still has something to start from.
-                let newer = self.snapshots.split_off(&keep_from);
-                let fallback = self.snapshots.pop_last();
-                self.snapshots = newer;
-                if self.snapshots.is_empty() {
-                    self.snapshots.extend(fallback);
+                FetchStep::Stuck => {
+                    if let Some((seq, state)) = self.next.take() {
+                        let mut more = Vec::new();
+                        self.start_fetch(seq, state, &mut more);
+                        steps.extend(more);
+                    }
                 }
             }
         }
@@ -167,10 +283,11 @@ impl<S: Service> ExecutionHost<S> {
         io.executed(seq, batch, &executed);
         let mut replies = Vec::with_capacity(executed.len());
         let (mut fresh, mut digests) = (0, 0);
+        let me = self.cfg.me;
+        let digest_replies = self.cfg.reply_digests.then_some(&self.cfg.membership);
         for e in executed {
             fresh += u64::from(e.fresh);
-            let full =
-                self.reply_digests.as_ref().is_none_or(|m| designated_replier(m, e.client, e.request) == self.me);
+            let full = digest_replies.is_none_or(|m| designated_replier(m, e.client, e.request) == me);
             let answer = if full {
                 Answer::Full(e.result)
             } else {
@@ -188,11 +305,12 @@ impl<S: Service> ExecutionHost<S> {
         if !replies.is_empty() {
             io.replies(replies);
         }
-        if seq.0 % self.checkpoint_interval == 0 {
-            let snapshot = self.exec.read().snapshot();
-            let state = Digest::of(&snapshot);
-            self.snapshots.insert(seq, snapshot);
-            io.note(ExecEvent::SnapshotTaken);
+        if seq.0 % self.cfg.checkpoint_interval == 0 {
+            let mut exec = self.exec.write();
+            let changed = exec.take_changed();
+            let state = self.store.take(seq, &exec, &changed);
+            drop(exec);
+            io.note(ExecEvent::CheckpointTaken);
             io.checkpoint(seq, state);
         }
     }

@@ -19,6 +19,7 @@
 pub mod client;
 mod consensus;
 mod execution;
+pub mod state;
 
 pub use consensus::{ConsensusHost, ConsensusIo, ExecCommand};
-pub use execution::{ClientMail, ExecEvent, ExecutionHost, ExecutionIo};
+pub use execution::{ClientMail, ExecEvent, ExecutionConfig, ExecutionHost, ExecutionIo};

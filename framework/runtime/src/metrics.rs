@@ -56,10 +56,15 @@ counters! {
     /// Reply frames dropped (client gone or not reading, or the reply
     /// queue full for a cached reply or a push-back notice).
     replies_dropped,
-    /// Snapshots taken at checkpoints.
-    snapshots_taken,
-    /// Snapshots too large for one frame, not served.
-    snapshots_too_large,
+    /// States taken at checkpoints.
+    checkpoints_taken,
+    /// Answers about a kept checkpoint's state sent to fetching peers.
+    state_answers_served,
+    /// Parts of a fetched state installed.
+    state_parts_installed,
+    /// Pieces of state from peers that failed a check (the piece is asked
+    /// of another peer).
+    state_data_bad,
 }
 
 /// A queue-depth probe.

@@ -14,12 +14,11 @@ use crate::storage::MemoryStorage;
 use ed25519_dalek::SigningKey;
 use palisade_core::replica::Restart;
 use palisade_core::{Executor, Replica, ReplicaId, SeqNo, Service};
-use palisade_host::{ConsensusHost, ExecutionHost};
+use palisade_host::{ConsensusHost, ExecutionConfig, ExecutionHost};
 use palisade_wire::handshake::Keyring;
 use palisade_wire::verify::VerifyLimits;
 use palisade_wire::ClusterConfig;
 use parking_lot::RwLock;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -158,17 +157,15 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
 
     // Execution state, shared by the filter (reply cache) and delivery.
     let exec = Arc::new(RwLock::new(Executor::new(service, cfg.protocol.client_window)));
-    let reply_digests = cfg.reply_digests.then(|| cluster.membership.clone());
-    // A snapshot must fit one frame with room for the envelope.
-    let max_snapshot = cluster.max_frame_bytes.saturating_sub(1024);
-    let execution = ExecutionHost::new(
-        exec.clone(),
-        me,
-        cfg.protocol.checkpoint_interval,
-        reply_digests,
-        max_snapshot,
-        BTreeMap::new(),
-    )?;
+    let ecfg = ExecutionConfig {
+        checkpoint_interval: cfg.protocol.checkpoint_interval,
+        reply_digests: cfg.reply_digests,
+        // An answer about the state must fit one frame with the envelope.
+        max_answer_bytes: cluster.max_frame_bytes.saturating_sub(1024).max(4096),
+        fetch_window: cfg.protocol.state_fetch_window,
+        ..ExecutionConfig::new(me, cluster.membership.clone())
+    };
+    let execution = ExecutionHost::new(exec.clone(), ecfg, None)?;
     let (_, genesis) = execution.restored();
 
     // The CPU stages, in pipeline order, each with its bell.

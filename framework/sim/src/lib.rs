@@ -38,6 +38,8 @@ pub struct Summary {
     pub beyond_model: usize,
     /// Operations completed, over all runs.
     pub ops_completed: usize,
+    /// State transfers completed by correct replicas, over all runs.
+    pub state_transfers: u64,
 }
 
 /// Runs `configs` on `threads` threads; reports come back in input order.
@@ -74,6 +76,7 @@ pub fn summarize(reports: &[Report]) -> Summary {
         s.liveness_failures += usize::from(!r.liveness.is_empty());
         s.ops_completed += r.ops_completed;
         s.beyond_model += usize::from(r.beyond_model);
+        s.state_transfers += r.state_transfers;
         if let Some(ms) = r.recovery_ms.filter(|_| !r.beyond_model) {
             s.recovery_ms.push(ms);
         }

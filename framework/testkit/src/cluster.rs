@@ -10,10 +10,10 @@ use palisade_core::{
     Batch, ClientId, Config, Crypto, Digest, ExecContext, Executor, Input, PeerMessage, Record, Replica, ReplicaId,
     Request, RequestId, SeqNo, Service,
 };
-use palisade_host::{ClientMail, ConsensusHost, ConsensusIo, ExecCommand, ExecutionHost, ExecutionIo};
+use palisade_host::{ClientMail, ConsensusHost, ConsensusIo, ExecCommand, ExecutionConfig, ExecutionHost, ExecutionIo};
 use palisade_wire::envelope::RejectReason;
 use parking_lot::RwLock;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A service that appends each operation's first byte to a log and answers
@@ -110,8 +110,11 @@ impl ExecutionIo for Sink<'_> {
     fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
         self.inputs.push_back(Input::CheckpointReady { seq, state });
     }
-    fn send_snapshot(&mut self, to: ReplicaId, seq: SeqNo, snapshot: Bytes) {
-        self.queue.push_back((self.r as u32, to.0, PeerMessage::StateReply { seq, snapshot }));
+    fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
+        self.inputs.push_back(Input::StateFetched { seq, state });
+    }
+    fn send(&mut self, to: ReplicaId, msg: PeerMessage) {
+        self.queue.push_back((self.r as u32, to.0, msg));
     }
     fn executed(&mut self, seq: SeqNo, batch: &Batch, _: &[Executed]) {
         self.delivered.push((seq, batch.digest()));
@@ -135,7 +138,7 @@ impl<S: Service> ConsensusIo for Step<'_, S> {
             answers: self.answers.as_deref_mut(),
             inputs: &mut *self.inputs,
         };
-        self.exec.handle(cmd, &mut sink).expect("certified snapshots install");
+        self.exec.handle(cmd, &mut sink).expect("certified states install");
     }
     fn refuse(&mut self, _: ClientId, _: RequestId, _: RejectReason) {}
 }
@@ -149,9 +152,12 @@ impl<C: Crypto, S: Service> MemCluster<C, S> {
         let mut consensus = Vec::new();
         for i in 0..n as u32 {
             let exec = Arc::new(RwLock::new(Executor::new(service(), cfg.client_window)));
-            let host =
-                ExecutionHost::new(exec, ReplicaId(i), cfg.checkpoint_interval, None, usize::MAX, BTreeMap::new())
-                    .expect("a fresh service");
+            let ecfg = ExecutionConfig {
+                checkpoint_interval: cfg.checkpoint_interval,
+                reply_digests: false,
+                ..ExecutionConfig::new(ReplicaId(i), cfg.membership.clone())
+            };
+            let host = ExecutionHost::new(exec, ecfg, None).expect("a fresh service");
             let (_, genesis) = host.restored();
             consensus.push(Some(ConsensusHost::new(Replica::new(
                 cfg.clone(),

@@ -4,7 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use palisade_core::message::{
-    Batch, CheckpointBody, PrePrepare, PreparedEntry, Reply, Signature, Signed, Status, ViewChangeBody, Vote,
+    Batch, CheckpointBody, PrePrepare, PreparedEntry, Reply, Signature, Signed, StateAnswer, StateItem, StateQuery,
+    Status, ViewChangeBody, Vote,
 };
 use palisade_core::{ClientId, Digest, PeerMessage, ReplicaId, Request, RequestId, SeqNo, ViewNo};
 use palisade_wire::channel::Sealer;
@@ -87,6 +88,33 @@ fn peer_messages() {
             checkpoint: palisade_core::checkpoint::genesis(Digest([2; 32])),
         },
         "0108070605040302010eb424ac0200020202020202020202020202020202020202020202020202020202020202020200",
+    );
+    check(
+        "state-fetch",
+        &PeerMessage::StateFetch {
+            seq: SeqNo(128),
+            query: StateQuery::Parts { parts: vec![1, 300], digests_from: 2, record: 3, offset: 4 },
+        },
+        "0108070605040302010f8001010201ac02020304",
+    );
+    check(
+        "state-data",
+        &PeerMessage::StateData {
+            seq: SeqNo(128),
+            answer: StateAnswer::Parts(vec![
+                StateItem::Digests { part: 1, from: 0, total: 1, digests: vec![Digest([5; 32])] },
+                StateItem::Bytes { part: 1, record: 0, offset: 0, len: 2, bytes: Bytes::from_static(b"hi") },
+            ]),
+        },
+        "0108070605040302011080010102000100010105050505050505050505050505050505050505050505050505050505050505050101000002026869",
+    );
+    check(
+        "state-manifest",
+        &PeerMessage::StateData {
+            seq: SeqNo(8),
+            answer: StateAnswer::Manifest { from: 0, total: 1, digests: vec![Digest([6; 32])] },
+        },
+        "0108070605040302011008000001010606060606060606060606060606060606060606060606060606060606060606",
     );
 }
 

@@ -2,9 +2,8 @@
 //! counters an operator or a test reads.
 
 use super::records::Record;
-use crate::message::{Batch, PeerMessage, Request};
+use crate::message::{Batch, PeerMessage, Request, StateAnswer, StateQuery};
 use crate::types::{ClientId, Digest, ReplicaId, RequestId, SeqNo, ViewNo};
-use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -34,11 +33,21 @@ pub enum Input {
         /// The message.
         msg: PeerMessage,
     },
-    /// The executor has executed `seq` (a checkpoint) and its snapshot has digest `state`.
+    /// The executor has executed `seq` (a checkpoint) and the state there
+    /// has digest `state` (see [`crate::state`]).
     CheckpointReady {
         /// Checkpoint sequence number.
         seq: SeqNo,
-        /// Digest of the snapshot's bytes.
+        /// The state's digest.
+        state: Digest,
+    },
+    /// The executor now holds the state of checkpoint `seq`, fetched from
+    /// peers and checked against `state`, the digest asked for in
+    /// [`Action::FetchState`].
+    StateFetched {
+        /// Checkpoint sequence number.
+        seq: SeqNo,
+        /// The state's digest.
         state: Digest,
     },
 }
@@ -74,19 +83,34 @@ pub enum Action {
         /// This replica's view.
         view: ViewNo,
     },
-    /// Send the snapshot taken at `seq` to `to` as a [`PeerMessage::StateReply`], if kept.
-    ServeSnapshot {
+    /// Answer `query` about the state at checkpoint `seq` to `to`, with a
+    /// [`PeerMessage::StateData`].
+    ServeState {
         /// Who asked.
         to: ReplicaId,
-        /// Checkpoint wanted.
+        /// Checkpoint.
         seq: SeqNo,
+        /// What.
+        query: StateQuery,
     },
-    /// Replace the executor's state with this certified snapshot.
-    InstallSnapshot {
-        /// Its checkpoint.
+    /// Fetch the state of checkpoint `seq`, whose digest is `state`, from
+    /// peers, and say [`Input::StateFetched`] once it is installed. Repeated
+    /// every state-transfer timeout while the transfer lasts: the fetcher
+    /// then asks again whatever went unanswered since the last time.
+    FetchState {
+        /// Checkpoint.
         seq: SeqNo,
-        /// Its bytes; their digest matches the certificate.
-        snapshot: Bytes,
+        /// Its certified digest.
+        state: Digest,
+    },
+    /// A peer's answer for the fetch under way.
+    StateData {
+        /// Who answered.
+        from: ReplicaId,
+        /// Checkpoint.
+        seq: SeqNo,
+        /// The answer, unchecked.
+        answer: StateAnswer,
     },
     /// `seq` is now the stable checkpoint: log records up to it and
     /// snapshots below `keep_from` can go. The previous stable checkpoint is
@@ -183,10 +207,10 @@ pub enum Discard {
     /// A valid NEW-VIEW that contradicts this replica's decision: evidence
     /// of more than f faults.
     NewViewContradictsDecision,
-    /// A snapshot whose digest is not the certified one.
-    SnapshotMismatch,
-    /// A snapshot for a checkpoint this replica is not fetching.
-    SnapshotUnasked,
+    /// State data for a checkpoint this replica is not fetching.
+    StateUnasked,
+    /// A message of an obsolete kind (whole-snapshot state transfer).
+    Obsolete,
     /// A rejoin answer with an invalid checkpoint certificate.
     InvalidRejoinReply,
     /// A question asked faster than a correct peer would ask it.
@@ -225,8 +249,8 @@ impl Discard {
             Discard::NewViewBadSignature => "new-view with a bad signature",
             Discard::NewViewProofFails => "new-view whose proof does not hold",
             Discard::NewViewContradictsDecision => "new-view contradicts a local decision",
-            Discard::SnapshotMismatch => "snapshot does not match the certified digest",
-            Discard::SnapshotUnasked => "state reply for a checkpoint not being fetched",
+            Discard::StateUnasked => "state data for a checkpoint not being fetched",
+            Discard::Obsolete => "obsolete message kind",
             Discard::InvalidRejoinReply => "rejoin reply with an invalid checkpoint",
             Discard::OverAnswerRate => "question over its answer rate",
         }

@@ -29,7 +29,8 @@
 //! 3. after executing a sequence number that is a multiple of the checkpoint
 //!    interval, takes a snapshot, keeps it, and feeds back
 //!    [`Input::CheckpointReady`] with its digest;
-//! 4. applies [`Action::InstallSnapshot`] before any later `Deliver`.
+//! 4. delivers nothing while a [`Action::FetchState`] is under way: the
+//!    next `Deliver` follows the fetched state.
 //!
 //! Messages may be dropped, duplicated and reordered by the caller's
 //! network; the core retransmits what matters on its timers.
@@ -228,6 +229,7 @@ impl<C: Crypto> Replica<C> {
                 }
             }
             Input::CheckpointReady { seq, state } => self.on_checkpoint_ready(seq, state),
+            Input::StateFetched { seq, state } => self.on_state_fetched(seq, state),
         }
     }
 
@@ -244,8 +246,9 @@ impl<C: Crypto> Replica<C> {
             PeerMessage::Decided { seq, digest } => self.on_decided(from, seq, digest),
             PeerMessage::BatchRequest { seq, digest } => self.on_batch_request(from, seq, digest),
             PeerMessage::BatchReply { seq, batch } => self.on_batch_reply(seq, batch),
-            PeerMessage::StateRequest { seq } => self.on_state_request(from, seq),
-            PeerMessage::StateReply { seq, snapshot } => self.on_state_reply(from, seq, snapshot),
+            PeerMessage::StateRequest { .. } | PeerMessage::StateReply { .. } => self.discard(Discard::Obsolete),
+            PeerMessage::StateFetch { seq, query } => self.on_state_fetch(from, seq, query),
+            PeerMessage::StateData { seq, answer } => self.on_state_data(from, seq, answer),
             PeerMessage::RejoinQuery { nonce } => self.on_rejoin_query(from, nonce),
             PeerMessage::RejoinReply { nonce, delivered, checkpoint } => {
                 self.on_rejoin_reply(from, nonce, delivered, checkpoint)
@@ -313,7 +316,9 @@ impl<C: Crypto> Replica<C> {
                 self.cfg.status_interval_ms,
                 u32::try_from(self.cfg.catch_up_max + self.cfg.max_in_flight).unwrap_or(u32::MAX),
             ),
-            AnswerKind::Snapshot => (self.cfg.state_transfer_timeout_ms, 1),
+            AnswerKind::StatePiece => {
+                (self.cfg.retransmit_ms, u32::try_from(4 * self.cfg.state_fetch_window).unwrap_or(u32::MAX))
+            }
         };
         if self.answers.allow(peer, kind, self.clock.now_ms, interval, per_interval) {
             true

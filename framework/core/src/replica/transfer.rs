@@ -1,24 +1,21 @@
-//! State transfer: fetching a certified checkpoint's snapshot from one
-//! peer at a time, and serving snapshots to others.
+//! State transfer: which certified checkpoint to fetch, and when it is in.
+//!
+//! The fetching itself (which parts differ, which peer to ask for which
+//! piece, checking each piece against the certified digest) is the
+//! execution host's, because it needs the state; the core decides what to
+//! fetch, routes the pieces, and limits what it serves each peer.
 
 use super::{Action, Discard, Replica};
 use crate::answers::AnswerKind;
 use crate::crypto::Crypto;
-use crate::message::PeerMessage;
+use crate::message::{StateAnswer, StateQuery};
 use crate::types::{Digest, ReplicaId, SeqNo};
-use bytes::Bytes;
 
 /// A transfer under way (its deadline is in the tick table).
 #[derive(Clone, Debug)]
 pub(super) struct Transfer {
     seq: SeqNo,
     state: Digest,
-    attempt: usize,
-    /// Who was asked last; only its wrong answer moves the transfer on.
-    asked: Option<ReplicaId>,
-    /// An older checkpoint asked for before this one was certified: its
-    /// snapshot may still be on its way and is installed if it comes.
-    earlier: Option<(SeqNo, Digest)>,
 }
 
 impl<C: Crypto> Replica<C> {
@@ -26,83 +23,69 @@ impl<C: Crypto> Replica<C> {
         if self.transfer.as_ref().is_some_and(|t| t.seq >= seq) {
             return;
         }
-        // A snapshot already asked for may still arrive: keep accepting it.
-        let delivered = self.log.delivered;
-        let earlier = self.transfer.as_ref().map(|t| (t.seq, t.state)).filter(|(s, _)| *s > delivered);
-        let attempt = self.transfer.as_ref().map_or(0, |t| t.attempt + 1);
-        self.transfer = Some(Transfer { seq, state, attempt, asked: None, earlier });
-        self.send_state_request();
+        self.transfer = Some(Transfer { seq, state });
+        self.ask_for_state();
     }
 
-    /// Asks the next peer in turn; the tick table re-asks after the timeout.
-    pub(super) fn send_state_request(&mut self) {
-        let me = self.id;
-        let members: Vec<ReplicaId> = self.membership().members().iter().copied().filter(|r| *r != me).collect();
-        let offset = self.membership().index_of(me).unwrap_or(0);
+    /// Tells the fetcher what to fetch; again after every timeout, so that
+    /// it re-asks whatever went unanswered.
+    fn ask_for_state(&mut self) {
+        let Some(t) = &self.transfer else { return };
+        let (seq, state) = (t.seq, t.state);
         self.timers.transfer_at_ms = Some(self.clock.now_ms + self.cfg.state_transfer_timeout_ms);
-        let Some(t) = &mut self.transfer else { return };
-        let to = members[(t.attempt + offset) % members.len()];
-        t.asked = Some(to);
-        let seq = t.seq;
-        self.send(to, PeerMessage::StateRequest { seq });
+        self.actions.push(Action::FetchState { seq, state });
     }
 
-    /// The transfer's timeout expired: ask the next peer.
+    /// The transfer's timeout expired.
     pub(super) fn on_transfer_timeout(&mut self) {
-        if let Some(t) = &mut self.transfer {
-            t.attempt += 1;
-            self.send_state_request();
+        if self.transfer.is_some() {
+            self.ask_for_state();
         } else {
             self.timers.transfer_at_ms = None;
         }
     }
 
-    /// Serves any checkpoint this replica executed from the one before its
-    /// stable checkpoint up: a laggard that asked for that one just before
-    /// this became stable can still finish, and one holding a certificate
-    /// this replica has not seen yet is served too (it checks the digest).
-    pub(super) fn on_state_request(&mut self, from: ReplicaId, seq: SeqNo) {
-        let held =
-            seq >= self.checkpoints.prev_stable && self.log.delivered >= seq && self.checkpoints.own.contains_key(&seq);
-        if held && self.may_answer(from, AnswerKind::Snapshot) {
-            self.actions.push(Action::ServeSnapshot { to: from, seq });
+    /// Questions about any checkpoint this replica executed go to the
+    /// execution host, which keeps the states from the one before the
+    /// stable checkpoint up, and any a peer is still fetching (so a long
+    /// fetch can finish while checkpoints move on); it says which it lacks.
+    /// One holding a certificate this replica has not seen yet is served
+    /// too: the fetcher checks every piece.
+    pub(super) fn on_state_fetch(&mut self, from: ReplicaId, seq: SeqNo, query: StateQuery) {
+        let held = self.log.delivered >= seq;
+        if held && self.may_answer(from, AnswerKind::StatePiece) {
+            self.actions.push(Action::ServeState { to: from, seq, query });
         }
     }
 
-    pub(super) fn on_state_reply(&mut self, from: ReplicaId, seq: SeqNo, snapshot: Bytes) {
-        let Some(t) = &self.transfer else { return };
-        let target = if t.seq == seq { Some(t.state) } else { t.earlier.filter(|(s, _)| *s == seq).map(|(_, d)| d) };
-        let Some(state) = target else {
-            self.discard(Discard::SnapshotUnasked);
-            return;
-        };
-        if Digest::of(&snapshot) != state {
-            // Poisoned or stale. Only the peer asked last moves the
-            // transfer on to the next one; replies nobody asked for cost
-            // nothing, so a Byzantine peer cannot make this replica ask
-            // everyone for snapshots.
-            let asked_this = t.asked == Some(from) && t.seq == seq;
-            self.discard(Discard::SnapshotMismatch);
-            if asked_this {
-                self.on_transfer_timeout();
-            }
+    /// Hands a peer's answer to the fetcher, if it is about a checkpoint
+    /// between what this replica holds and what it fetches (the fetcher
+    /// may still be finishing an older target).
+    pub(super) fn on_state_data(&mut self, from: ReplicaId, seq: SeqNo, answer: StateAnswer) {
+        if self.transfer.as_ref().is_some_and(|t| seq <= t.seq) && seq > self.log.delivered {
+            self.actions.push(Action::StateData { from, seq, answer });
+        } else {
+            self.discard(Discard::StateUnasked);
+        }
+    }
+
+    /// The executor holds the state of checkpoint `seq`. If that is an
+    /// older target than the one now wanted (the target moved while the
+    /// fetch finished), it counts as progress and the transfer goes on.
+    pub(super) fn on_state_fetched(&mut self, seq: SeqNo, state: Digest) {
+        if seq <= self.log.delivered {
             return;
         }
         self.metrics.state_transfers += 1;
-        self.actions.push(Action::InstallSnapshot { seq, snapshot });
-        self.log.delivered = self.log.delivered.max(seq);
+        self.log.delivered = seq;
         self.checkpoints.own.insert(seq, state);
         // Requests executed inside the transferred range would wait here
         // forever; clients retransmit whatever still needs ordering.
         self.pool.clear();
-        let done = self.transfer.as_ref().is_some_and(|t| t.seq <= seq);
-        if done {
+        if self.transfer.as_ref().is_some_and(|t| t.seq <= seq) {
             self.transfer = None;
             self.timers.transfer_at_ms = None;
             self.try_deliver();
-        } else if let Some(t) = &mut self.transfer {
-            // The older snapshot arrived; the newer one is still on its way.
-            t.earlier = None;
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::runner::Stage;
 use crate::shared::CurrentView;
 use crate::storage::Storage;
 use bytes::Bytes;
-use palisade_core::{ClientId, Crypto, Digest, Input, PeerMessage, Record, ReplicaId, Request, RequestId, SeqNo};
+use palisade_core::{ClientId, Crypto, Input, PeerMessage, Record, ReplicaId, Request, RequestId};
 use palisade_host::{ClientMail, ConsensusHost, ConsensusIo, ExecCommand};
 use palisade_wire::envelope::RejectReason;
 use std::sync::Arc;
@@ -25,8 +25,8 @@ pub struct Consensus<C: Crypto> {
     pub rx_peer: Rx<(ReplicaId, PeerMessage)>,
     /// Requests in.
     pub rx_requests: Rx<Request>,
-    /// Checkpoint completions in.
-    pub rx_control: Rx<(SeqNo, Digest)>,
+    /// From delivery: checkpoint digests and fetched states.
+    pub rx_control: Rx<Input>,
     /// Ticks in: the monotonic and the wall clock.
     pub rx_tick: Rx<(u64, u64)>,
     /// Decisions out (never dropped: while any wait for room, the stage
@@ -177,8 +177,8 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
         let clear = self.tx_delivery.flush()?;
         // Checkpoint completions and ticks never wait: they produce little
         // for delivery, and delivery may be waiting on them.
-        while let Some((seq, state)) = self.rx_control.take() {
-            self.step(Input::CheckpointReady { seq, state })?;
+        while let Some(input) = self.rx_control.take() {
+            self.step(input)?;
             busy = true;
         }
         if let Some((now_ms, wall_ms)) = std::iter::from_fn(|| self.rx_tick.take()).last() {

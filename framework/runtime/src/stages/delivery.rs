@@ -7,8 +7,7 @@ use crate::egress::Egress;
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{Ended, Outflow, Rx};
 use crate::runner::Stage;
-use bytes::Bytes;
-use palisade_core::{Digest, PeerMessage, ReplicaId, SeqNo, Service};
+use palisade_core::{Digest, Input, PeerMessage, ReplicaId, SeqNo, Service};
 use palisade_host::{ClientMail, ExecCommand, ExecEvent, ExecutionHost, ExecutionIo};
 use std::sync::Arc;
 
@@ -19,8 +18,8 @@ pub struct Delivery<S: Service> {
     pub rx: Rx<ExecCommand>,
     /// The service, its snapshots and who answers in full.
     pub host: ExecutionHost<S>,
-    /// Checkpoint digests back to consensus.
-    pub tx_control: Outflow<(SeqNo, Digest)>,
+    /// Checkpoint digests and fetched states back to consensus.
+    pub tx_control: Outflow<Input>,
     /// Replies out, one batch per delivered batch.
     pub tx_reply: Outflow<ReplyBatch>,
     /// Where snapshots for peers go.
@@ -32,7 +31,7 @@ pub struct Delivery<S: Service> {
 }
 
 struct Wiring<'a> {
-    tx_control: &'a mut Outflow<(SeqNo, Digest)>,
+    tx_control: &'a mut Outflow<Input>,
     tx_reply: &'a mut Outflow<ReplyBatch>,
     egress: &'a dyn Egress,
     metrics: &'a RuntimeMetrics,
@@ -47,13 +46,19 @@ impl ExecutionIo for Wiring<'_> {
     }
 
     fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
-        if self.tx_control.push((seq, state)).is_err() {
+        if self.tx_control.push(Input::CheckpointReady { seq, state }).is_err() {
             self.ended = true;
         }
     }
 
-    fn send_snapshot(&mut self, to: ReplicaId, seq: SeqNo, snapshot: Bytes) {
-        let body = self.egress.peer_body(&PeerMessage::StateReply { seq, snapshot });
+    fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
+        if self.tx_control.push(Input::StateFetched { seq, state }).is_err() {
+            self.ended = true;
+        }
+    }
+
+    fn send(&mut self, to: ReplicaId, msg: PeerMessage) {
+        let body = self.egress.peer_body(&msg);
         if !self.egress.to_peer(to, vec![body]) {
             RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, 1);
         }
@@ -65,8 +70,10 @@ impl ExecutionIo for Wiring<'_> {
             ExecEvent::BatchDelivered => RuntimeMetrics::add(&c.batches_delivered, 1),
             ExecEvent::Executed(n) => RuntimeMetrics::add(&c.requests_executed, n),
             ExecEvent::DigestReplies(n) => RuntimeMetrics::add(&c.reply_digests, n),
-            ExecEvent::SnapshotTaken => RuntimeMetrics::add(&c.snapshots_taken, 1),
-            ExecEvent::SnapshotTooLarge => RuntimeMetrics::add(&c.snapshots_too_large, 1),
+            ExecEvent::CheckpointTaken => RuntimeMetrics::add(&c.checkpoints_taken, 1),
+            ExecEvent::StateServed => RuntimeMetrics::add(&c.state_answers_served, 1),
+            ExecEvent::PartInstalled => RuntimeMetrics::add(&c.state_parts_installed, 1),
+            ExecEvent::BadStateData => RuntimeMetrics::add(&c.state_data_bad, 1),
         }
     }
 }
@@ -110,11 +117,13 @@ mod tests {
     use super::*;
     use crate::egress::tests::Collect;
     use crate::queue::{queue, Bell};
+    use bytes::Bytes;
+    use palisade_core::message::StateQuery;
     use palisade_core::{Batch, ClientId, Executor, Membership, Mode, Request, RequestId, ViewNo};
+    use palisade_host::ExecutionConfig;
     use palisade_services::counter::{Counter, CounterOp};
     use palisade_wire::envelope::Answer;
     use parking_lot::RwLock;
-    use std::collections::BTreeMap;
 
     fn add(client: u64, id: u64) -> Request {
         Request {
@@ -134,8 +143,8 @@ mod tests {
         let (tx_reply, rx_reply) = queue(8, &bell, None);
         let membership = Membership::with_size(4, Mode::Bft).unwrap();
         let exec = Arc::new(RwLock::new(Executor::new(Counter::default(), 16)));
-        let host =
-            ExecutionHost::new(exec, ReplicaId(0), 2, Some(membership.clone()), 1 << 20, BTreeMap::new()).unwrap();
+        let cfg = ExecutionConfig { checkpoint_interval: 2, ..ExecutionConfig::new(ReplicaId(0), membership) };
+        let host = ExecutionHost::new(exec, cfg, None).unwrap();
         let egress = Arc::new(Collect::default());
         let mut delivery = Delivery {
             rx,
@@ -151,7 +160,8 @@ mod tests {
             let batch = Arc::new(Batch { timestamp_ms: 1, requests: requests.clone() });
             tx_cmd.try_send(ExecCommand::Deliver { seq: SeqNo(seq), view: ViewNo(0), batch }).unwrap();
         }
-        tx_cmd.try_send(ExecCommand::Serve { to: ReplicaId(2), seq: SeqNo(2) }).unwrap();
+        let query = StateQuery::Manifest { from: 0 };
+        tx_cmd.try_send(ExecCommand::Serve { to: ReplicaId(2), seq: SeqNo(2), query }).unwrap();
         assert!(delivery.poll().unwrap());
         let replies: Vec<ReplyBatch> = rx_reply.take_up_to(8);
         assert_eq!(replies.len(), 2, "one reply batch per delivered batch");
@@ -159,7 +169,15 @@ mod tests {
         assert_eq!(first.len(), 8);
         let full = first.iter().filter(|m| matches!(m, ClientMail::Answer { answer: Answer::Full(_), .. })).count();
         assert!((1..8).contains(&full), "this replica sends in full only what it is designated for");
-        assert_eq!(rx_control.take_up_to(8).iter().map(|(s, _)| s.0).collect::<Vec<_>>(), vec![2]);
-        assert_eq!(egress.peer_bodies(ReplicaId(2)), 1, "the snapshot at the checkpoint was served");
+        let control: Vec<u64> = rx_control
+            .take_up_to(8)
+            .iter()
+            .map(|i| match i {
+                Input::CheckpointReady { seq, .. } => seq.0,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(control, vec![2]);
+        assert_eq!(egress.peer_bodies(ReplicaId(2)), 1, "the state at the checkpoint was served");
     }
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use palisade_core::crypto::{self, Domain};
 use palisade_core::message::{
     null_digest, Batch, CheckpointBody, NewViewBody, PrePrepare, PrePreparedEntry, PreparedEntry, Request, Signed,
-    ViewChangeBody,
+    StateAnswer, StateItem, StateQuery, ViewChangeBody,
 };
 use palisade_core::{ClientId, Digest, PeerMessage, ReplicaId, RequestId, SeqNo, ViewNo};
 use std::collections::VecDeque;
@@ -246,16 +246,7 @@ impl Strategy for PoisonedState {
     }
     fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
         let msg = match msg {
-            PeerMessage::StateReply { seq, snapshot } => {
-                let mut bytes = snapshot.to_vec();
-                if bytes.is_empty() || ctx.rng.chance(0.3) {
-                    bytes.extend_from_slice(&ctx.rng.next_u64().to_le_bytes());
-                } else {
-                    let i = ctx.rng.below(bytes.len() as u64) as usize;
-                    bytes[i] ^= 0x5a;
-                }
-                PeerMessage::StateReply { seq, snapshot: Bytes::from(bytes) }
-            }
+            PeerMessage::StateData { seq, answer } => PeerMessage::StateData { seq, answer: poison(ctx, answer) },
             PeerMessage::BatchReply { seq, batch } => {
                 let mut b = (*batch).clone();
                 b.requests.pop();
@@ -264,12 +255,58 @@ impl Strategy for PoisonedState {
             other => other,
         };
         let mut out = vec![Outgoing::now(to, msg)];
-        // Volunteer a poisoned snapshot now and then, unasked.
+        // Volunteer poisoned state now and then, unasked.
         if ctx.rng.chance(0.05) {
             let seq = SeqNo(ctx.rng.below(64));
-            out.push(Outgoing::now(to, PeerMessage::StateReply { seq, snapshot: Bytes::from(vec![0u8; 16]) }));
+            let answer = StateAnswer::Manifest { from: 0, total: 2, digests: vec![Digest([7; 32]); 2] };
+            out.push(Outgoing::now(to, PeerMessage::StateData { seq, answer }));
         }
         out
+    }
+}
+
+/// Corrupts an answer about the state: wrong digests, flipped or extended
+/// record bytes, lies about lengths and counts, or nothing at all.
+fn poison(ctx: &mut ByzCtx<'_>, answer: StateAnswer) -> StateAnswer {
+    match answer {
+        StateAnswer::Manifest { from, total, mut digests } => {
+            match ctx.rng.below(3) {
+                0 if !digests.is_empty() => digests[0].0[0] ^= 1,
+                1 => return StateAnswer::Manifest { from, total: total + 1, digests },
+                _ => digests.push(Digest([9; 32])),
+            }
+            StateAnswer::Manifest { from, total, digests }
+        }
+        StateAnswer::Parts(items) => {
+            if ctx.rng.chance(0.2) {
+                return StateAnswer::Parts(Vec::new());
+            }
+            let items = items
+                .into_iter()
+                .map(|item| match item {
+                    StateItem::Bytes { part, record, offset, len, bytes } => {
+                        let mut b = bytes.to_vec();
+                        match (b.is_empty(), ctx.rng.below(3)) {
+                            (false, 0) => {
+                                let i = ctx.rng.below(b.len() as u64) as usize;
+                                b[i] ^= 0x5a;
+                            }
+                            (_, 1) => return StateItem::Bytes { part, record, offset, len: len + (1 << 40), bytes },
+                            _ => b.extend_from_slice(&ctx.rng.next_u64().to_le_bytes()),
+                        }
+                        StateItem::Bytes { part, record, offset, len, bytes: Bytes::from(b) }
+                    }
+                    StateItem::Digests { part, from, total, mut digests } => {
+                        if let Some(d) = digests.first_mut() {
+                            d.0[1] ^= 1;
+                        }
+                        StateItem::Digests { part, from, total, digests }
+                    }
+                })
+                .collect();
+            StateAnswer::Parts(items)
+        }
+        StateAnswer::Unavailable => StateAnswer::Unavailable,
     }
 }
 
@@ -512,8 +549,10 @@ impl Strategy for StatusFlood {
             for &(seq, digest) in &self.known {
                 out.push(Outgoing::now(to, PeerMessage::BatchRequest { seq, digest }));
             }
-            let k = SeqNo(8 * ctx.rng.below(8));
-            out.push(Outgoing::now(to, PeerMessage::StateRequest { seq: k }));
+            let seq = SeqNo(8 * ctx.rng.below(8));
+            out.push(Outgoing::now(to, PeerMessage::StateFetch { seq, query: StateQuery::Manifest { from: 0 } }));
+            let query = StateQuery::Parts { parts: (0..64).collect(), digests_from: 0, record: 0, offset: 0 };
+            out.push(Outgoing::now(to, PeerMessage::StateFetch { seq, query }));
             out.push(Outgoing::now(to, PeerMessage::RejoinQuery { nonce: ctx.rng.next_u64() }));
         }
         out

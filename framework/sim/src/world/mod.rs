@@ -80,7 +80,6 @@ pub(crate) struct World {
     pub clients: Vec<SimClient>,
     pub keys: Arc<Keys>,
     pub genesis: Digest,
-    pub genesis_snapshot: bytes::Bytes,
     pub faults: Faults,
     pub faulty_phase: bool,
     pub blocked: BTreeSet<(usize, usize)>,
@@ -154,9 +153,7 @@ impl World {
             }
         }
 
-        let exec = Executor::new(SimService::default(), core_cfg.client_window);
-        let genesis_snapshot = exec.snapshot();
-        let genesis = Digest::of(&genesis_snapshot);
+        let genesis = Executor::new(SimService::default(), core_cfg.client_window).state_digest();
         let replicas = (0..n)
             .map(|i| {
                 let id = ReplicaId(i as u32);
@@ -202,7 +199,6 @@ impl World {
             clients,
             keys,
             genesis,
-            genesis_snapshot,
             faults,
             faulty_phase: true,
             blocked: BTreeSet::new(),
@@ -217,7 +213,7 @@ impl World {
             cfg,
         };
         for r in 0..n {
-            let exec = world.execution_host(r, BTreeMap::new());
+            let exec = world.execution_host(r, None);
             world.replicas[r].execution = Some(exec);
         }
         world

@@ -8,21 +8,22 @@ use crate::checker::FreshExec;
 use crate::crypto::SimCrypto;
 use crate::rng::Rng;
 use crate::service::SimService;
-use bytes::Bytes;
 use palisade_core::exec::Executed;
 use palisade_core::replica::{Record, RecordLog, Restart};
 use palisade_core::{Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, RequestId, SeqNo};
-use palisade_host::{ClientMail, ConsensusHost, ConsensusIo, ExecCommand, ExecutionHost, ExecutionIo};
+use palisade_host::state::Kept;
+use palisade_host::{ClientMail, ConsensusHost, ConsensusIo, ExecCommand, ExecutionConfig, ExecutionHost, ExecutionIo};
 use palisade_wire::envelope::RejectReason;
 use parking_lot::RwLock;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// What survives a crash (unless the disk is lost too).
 #[derive(Default)]
 pub(crate) struct Disk {
     pub records: RecordLog,
-    pub snapshots: BTreeMap<SeqNo, Bytes>,
+    /// The newest state the replica kept.
+    pub state: Option<(SeqNo, Kept)>,
 }
 
 pub(crate) struct SimReplica {
@@ -108,8 +109,12 @@ impl ExecutionIo for SimExecIo<'_> {
         self.inputs.push_back(Input::CheckpointReady { seq, state });
     }
 
-    fn send_snapshot(&mut self, to: ReplicaId, seq: SeqNo, snapshot: Bytes) {
-        self.world.replica_send(self.r, to, PeerMessage::StateReply { seq, snapshot });
+    fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
+        self.inputs.push_back(Input::StateFetched { seq, state });
+    }
+
+    fn send(&mut self, to: ReplicaId, msg: PeerMessage) {
+        self.world.replica_send(self.r, to, msg);
     }
 
     fn executed(&mut self, seq: SeqNo, batch: &Batch, executed: &[Executed]) {
@@ -147,12 +152,18 @@ impl ExecutionIo for SimExecIo<'_> {
 
 impl World {
     /// A new replica, or one restarted from `disk`.
-    pub(crate) fn execution_host(&self, r: usize, snapshots: BTreeMap<SeqNo, Bytes>) -> ExecutionHost<SimService> {
+    pub(crate) fn execution_host(&self, r: usize, state: Option<(SeqNo, Kept)>) -> ExecutionHost<SimService> {
         let exec = Arc::new(RwLock::new(Executor::new(SimService::default(), self.core_cfg.client_window)));
-        let me = ReplicaId(r as u32);
-        let digests = Some(self.membership.clone());
-        ExecutionHost::new(exec, me, self.core_cfg.checkpoint_interval, digests, usize::MAX, snapshots)
-            .expect("a replica's own snapshots install")
+        let cfg = ExecutionConfig {
+            checkpoint_interval: self.core_cfg.checkpoint_interval,
+            reply_digests: true,
+            // Small answers, so that fetches of larger states take several
+            // questions.
+            max_answer_bytes: 4096,
+            fetch_window: self.core_cfg.state_fetch_window,
+            ..ExecutionConfig::new(ReplicaId(r as u32), self.membership.clone())
+        };
+        ExecutionHost::new(exec, cfg, state).expect("a replica's own state installs")
     }
 
     pub(crate) fn replica_step(&mut self, r: usize, input: Input) {
@@ -218,7 +229,6 @@ impl World {
             eprintln!("{:>6} r{r} crash", self.now);
         }
         let amnesia = self.faults.amnesia;
-        let genesis = self.genesis_snapshot.clone();
         let rep = &mut self.replicas[r];
         if let Some(host) = rep.consensus.take() {
             let alarms = host.core().metrics().alarms;
@@ -227,12 +237,11 @@ impl World {
             }
         }
         if let Some(exec) = rep.execution.take() {
-            rep.disk.snapshots = exec.into_snapshots();
+            rep.disk.state = exec.into_store().newest().map(|(s, k)| (s, k.clone()));
         }
         if amnesia {
             // The disk goes too: the replica will restart without its votes.
             rep.disk = Disk::default();
-            rep.disk.snapshots.insert(SeqNo(0), genesis);
         }
     }
 
@@ -242,7 +251,7 @@ impl World {
         }
         let votes_lost = self.faults.amnesia && self.victims.contains(&r);
         let nonce = self.rng.next_u64();
-        let exec = self.execution_host(r, self.replicas[r].disk.snapshots.clone());
+        let exec = self.execution_host(r, self.replicas[r].disk.state.clone());
         let (executed, executed_state) = exec.restored();
         let rep = &mut self.replicas[r];
         let restart =

@@ -5,8 +5,11 @@
 //! into every checkpoint digest, so that a replica restored by state
 //! transfer filters duplicates exactly as the others do.
 
+mod parts;
+
 use crate::message::{Batch, Request};
-use crate::types::{ClientId, RequestId, SeqNo, ViewNo};
+use crate::state::PartedState;
+use crate::types::{ClientId, Digest, RequestId, SeqNo, ViewNo};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -52,6 +55,17 @@ pub trait Service {
     fn snapshot(&self) -> Bytes;
     /// Replaces the state with a snapshot.
     fn install(&mut self, snapshot: &[u8]) -> Result<(), String>;
+    /// The state divided into parts, for a service whose state is too
+    /// large to snapshot whole at every checkpoint (see
+    /// [`crate::state`]). With the default, the state is one part: the
+    /// snapshot.
+    fn parted(&self) -> Option<&dyn PartedState> {
+        None
+    }
+    /// The same, to change: return the same object as [`Service::parted`].
+    fn parted_mut(&mut self) -> Option<&mut dyn PartedState> {
+        None
+    }
 }
 
 /// One request's outcome in a delivered batch.
@@ -79,7 +93,7 @@ pub enum Lookup {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct ClientRecord {
+pub(crate) struct ClientRecord {
     /// Highest request id executed.
     high: u64,
     /// Ids executed within (high - window, high] and their replies.
@@ -146,12 +160,24 @@ pub struct Executor<S> {
     clients: BTreeMap<ClientId, ClientRecord>,
     window: u64,
     last_timestamp_ms: u64,
+    /// Each client's record as of the last checkpoint, with its digest:
+    /// the client table's part re-hashes only the clients in `dirty`.
+    frozen: BTreeMap<ClientId, (Digest, std::sync::Arc<ClientRecord>)>,
+    /// Clients whose record changed since then.
+    dirty: std::collections::BTreeSet<ClientId>,
 }
 
 impl<S: Service> Executor<S> {
     /// Wraps a freshly created service.
     pub fn new(service: S, window: u64) -> Self {
-        Executor { service, clients: BTreeMap::new(), window: window.max(1), last_timestamp_ms: 0 }
+        Executor {
+            service,
+            clients: BTreeMap::new(),
+            window: window.max(1),
+            last_timestamp_ms: 0,
+            frozen: BTreeMap::new(),
+            dirty: Default::default(),
+        }
     }
 
     /// The service, for inspection.
@@ -238,6 +264,7 @@ impl<S: Service> Executor<S> {
 
     fn record(&mut self, client: ClientId, id: RequestId, result: Bytes) {
         let window = self.window;
+        self.dirty.insert(client);
         let rec = self.clients.entry(client).or_default();
         rec.done.insert(id.0, result);
         if id.0 > rec.high {
@@ -281,6 +308,7 @@ impl<S: Service> Executor<S> {
         self.window = repr.window.max(1);
         self.last_timestamp_ms = repr.last_timestamp_ms;
         self.clients = repr.clients.into_iter().collect();
+        self.forget_frozen();
         Ok(())
     }
 }
@@ -346,7 +374,7 @@ mod tests {
 
     /// Appends each operation's first byte; replies with the length so far.
     #[derive(Default)]
-    struct Log(Vec<u8>);
+    pub(super) struct Log(Vec<u8>);
 
     impl Service for Log {
         fn execute(&mut self, _: &ExecContext, op: &[u8]) -> Bytes {
@@ -365,7 +393,7 @@ mod tests {
         }
     }
 
-    fn req(client: u64, id: u64, op: u8) -> Request {
+    pub(super) fn req(client: u64, id: u64, op: u8) -> Request {
         Request {
             client: ClientId(client),
             id: RequestId(id),
@@ -375,7 +403,7 @@ mod tests {
         }
     }
 
-    fn batch(reqs: Vec<Request>) -> Batch {
+    pub(super) fn batch(reqs: Vec<Request>) -> Batch {
         Batch { timestamp_ms: 1, requests: reqs }
     }
 
