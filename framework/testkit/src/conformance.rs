@@ -6,6 +6,11 @@
 //!   digests are taken over them).
 //! - **Snapshots round-trip:** a replica that installs another's snapshot
 //!   has the same snapshot, and from there executes exactly as it does.
+//! - **Parts round-trip, and changes are reported:** a replica that
+//!   installs another's parts (what state transfer does) has the same
+//!   state digest and executes exactly as it does; every part whose digest
+//!   changed since the last checkpoint is among the changed parts the
+//!   service reports.
 //! - **Reads change nothing:** unordered operations leave the snapshot as
 //!   it was.
 //! - **Bad input is an error, not a panic:** a corrupt snapshot is refused
@@ -43,9 +48,12 @@ pub fn check<S: Service>(make: impl Fn() -> S, ordered: &[Bytes], unordered: &[B
                 .collect(),
         })
         .collect();
-    if a.snapshot() != b.snapshot() {
+    if a.snapshot() != b.snapshot() || a.state_digest() != b.state_digest() {
         return Err("two fresh services have different snapshots".into());
     }
+    let mut d: Option<Executor<S>> = None;
+    a.take_changed();
+    let mut checkpoint: Vec<_> = (0..a.part_count()).map(|i| a.part_digest(i)).collect();
     for (i, batch) in batches.iter().enumerate() {
         let seq = SeqNo(i as u64 + 1);
         let ra = a.execute_batch(seq, ViewNo(0), batch);
@@ -53,14 +61,41 @@ pub fn check<S: Service>(make: impl Fn() -> S, ordered: &[Bytes], unordered: &[B
         if ra != rb {
             return Err(format!("batch {seq}: the same batch gave different results on two replicas"));
         }
-        if a.snapshot() != b.snapshot() {
+        if a.snapshot() != b.snapshot() || a.state_digest() != b.state_digest() {
             return Err(format!("batch {seq}: the same batches left two replicas with different snapshots"));
+        }
+        let changed = a.take_changed();
+        for p in 0..a.part_count() {
+            let now = a.part_digest(p);
+            if now != checkpoint[p as usize] && !changed.contains(&p) {
+                return Err(format!("batch {seq}: part {p} changed but was not reported changed"));
+            }
+            checkpoint[p as usize] = now;
         }
         if let Some(c) = &mut c {
             if c.execute_batch(seq, ViewNo(0), batch) != ra || c.snapshot() != a.snapshot() {
                 return Err(format!("batch {seq}: a replica restored from a snapshot executes differently"));
             }
-        } else if i == batches.len() / 2 {
+        }
+        if let Some(d) = &mut d {
+            if d.execute_batch(seq, ViewNo(0), batch) != ra || d.state_digest() != a.state_digest() {
+                return Err(format!("batch {seq}: a replica restored from parts executes differently"));
+            }
+        }
+        if c.is_none() && i == batches.len() / 2 {
+            let mut fresh = Executor::new(make(), WINDOW);
+            for p in 0..a.part_count() {
+                let part = a.part(p);
+                if part.digest() != a.part_digest(p) {
+                    return Err(format!("part {p}'s digest is not the digest of its records"));
+                }
+                let records = (0..part.len()).map(|j| part.record(j)).collect();
+                fresh.install_part(p, records).map_err(|e| format!("part {p} of its own does not install: {e}"))?;
+            }
+            if fresh.state_digest() != a.state_digest() {
+                return Err("installed parts do not give the same state digest".into());
+            }
+            d = Some(fresh);
             let mut fresh = Executor::new(make(), WINDOW);
             let snap = a.snapshot();
             fresh.install(&snap).map_err(|e| format!("a snapshot of its own does not install: {e}"))?;
@@ -69,7 +104,7 @@ pub fn check<S: Service>(make: impl Fn() -> S, ordered: &[Bytes], unordered: &[B
             }
             c = Some(fresh);
         }
-        let before = a.snapshot();
+        let before = (a.snapshot(), a.state_digest());
         for op in unordered {
             let read = Request {
                 client: ClientId(9),
@@ -80,7 +115,7 @@ pub fn check<S: Service>(make: impl Fn() -> S, ordered: &[Bytes], unordered: &[B
             };
             let _ = a.execute_read_only(&read);
         }
-        if a.snapshot() != before {
+        if (a.snapshot(), a.state_digest()) != before {
             return Err(format!("after batch {seq}: an unordered operation changed the state"));
         }
     }
@@ -131,5 +166,57 @@ mod tests {
     fn a_service_that_lets_the_view_in_is_caught() {
         let ops = vec![Bytes::from_static(b"x"); 6];
         assert!(check(Wallclock::default, &ops, &[]).unwrap_err().contains("different snapshots"));
+    }
+
+    /// Two parts; forgets to report changes to the second.
+    #[derive(Default)]
+    struct Forgetful([Vec<u8>; 2], bool);
+    impl Service for Forgetful {
+        fn execute(&mut self, _: &ExecContext, op: &[u8]) -> Bytes {
+            let p = usize::from(op.first().is_some_and(|b| b % 2 == 1));
+            self.0[p].extend_from_slice(op);
+            self.1 |= p == 0;
+            Bytes::new()
+        }
+        fn execute_unordered(&self, _: &[u8]) -> Bytes {
+            Bytes::new()
+        }
+        fn snapshot(&self) -> Bytes {
+            Bytes::from([self.0[0].clone(), self.0[1].clone()].concat())
+        }
+        fn install(&mut self, _: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+        fn parted(&self) -> Option<&dyn palisade_core::state::PartedState> {
+            Some(self)
+        }
+        fn parted_mut(&mut self) -> Option<&mut dyn palisade_core::state::PartedState> {
+            Some(self)
+        }
+    }
+    impl palisade_core::state::PartedState for Forgetful {
+        fn part_count(&self) -> u32 {
+            2
+        }
+        fn take_changed(&mut self) -> Vec<u32> {
+            if std::mem::take(&mut self.1) {
+                vec![0]
+            } else {
+                vec![]
+            }
+        }
+        fn part(&self, i: u32) -> palisade_core::state::Part {
+            palisade_core::state::Part::from_records(vec![Bytes::from(self.0[i as usize].clone())])
+        }
+        fn install_part(&mut self, i: u32, records: Vec<Bytes>) -> Result<(), String> {
+            self.0[i as usize] = records.concat();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_parted_service_that_forgets_to_report_a_change_is_caught() {
+        let ops: Vec<Bytes> = (0..12u8).map(|i| Bytes::from(vec![i])).collect();
+        assert!(check(Forgetful::default, &ops, &[]).unwrap_err().contains("not reported changed"));
     }
 }
