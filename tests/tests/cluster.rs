@@ -121,6 +121,37 @@ fn four_replicas_serve_a_counter_and_a_key_value_store() {
     assert!(digests >= 6, "only {digests} digest replies");
 }
 
+/// A listing larger than a frame: the client pages through it, and the
+/// unpaged operation fails at once with a clear error instead of waiting
+/// for an answer no replica can send.
+#[test]
+fn results_larger_than_a_frame_are_paged_or_refused_at_once() {
+    use palisade_client::InvokeError;
+    use palisade_services::kv::KvOp;
+    let rt = rt();
+    let mut c = cluster(4, Mode::Bft, false);
+    c.config.max_frame_bytes = 64 << 10;
+    c.start_with(KvStore::default);
+    rt.block_on(async {
+        let client = c.client();
+        let kv = KvClient::new(client.clone());
+        let names: Vec<String> = (0..1200).map(|i| format!("{i:05}-{}", "k".repeat(54))).collect();
+        for k in &names {
+            kv.put(k.clone(), "v").await.unwrap();
+        }
+        let keys = kv.keys().await.unwrap();
+        assert_eq!(keys.len(), 1200);
+        assert!(keys.iter().zip(&names).all(|(a, b)| a == b.as_bytes()));
+        let started = std::time::Instant::now();
+        let err = client.invoke_unordered(KvOp::Keys.encode()).await.unwrap_err();
+        assert!(matches!(err, InvokeError::ResultTooLarge { len } if len > 70_000), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "refused at once, not after the timeout");
+        // Ordered, the same: it executed, and its result is refused alike.
+        let err = client.invoke_ordered(KvOp::Keys.encode()).await.unwrap_err();
+        assert!(matches!(err, InvokeError::ResultTooLarge { .. }), "{err}");
+    });
+}
+
 /// Kills replica `victim` while four clients add; checks that the kill
 /// landed mid-load, that every acknowledged add is in the final state and
 /// that the cluster kept serving.

@@ -72,6 +72,12 @@ pub enum InvokeError {
     },
     /// f+1 replicas refused the request.
     Rejected(RejectReason),
+    /// The result is `len` bytes, more than a frame may carry, so the
+    /// replicas sent only its digest. An ordered operation did execute.
+    ResultTooLarge {
+        /// The result's length.
+        len: u64,
+    },
     /// The client is shut down.
     Closed,
 }
@@ -89,6 +95,11 @@ impl fmt::Display for InvokeError {
             InvokeError::Rejected(RejectReason::TooLarge) => {
                 write!(f, "the request is larger than the cluster's batch limit, so it can never be ordered")
             }
+            InvokeError::ResultTooLarge { len } => write!(
+                f,
+                "the result is {len} bytes, more than the cluster's frame limit lets a replica send; \
+                 ask for it in parts (for example a page of keys at a time)"
+            ),
             InvokeError::Closed => write!(f, "the client is closed"),
         }
     }
@@ -99,6 +110,7 @@ impl std::error::Error for InvokeError {}
 enum Outcome {
     Done(Bytes),
     NoQuorum,
+    TooLarge(u64),
     Rejected(RejectReason),
     /// f+1 replicas agree on a result's digest but its designated replier
     /// has not sent it in full: give it [`ClientOptions::full_reply_grace_ms`],
@@ -208,7 +220,7 @@ impl Client {
     pub async fn invoke_unordered(&self, operation: Bytes) -> Result<Bytes, InvokeError> {
         match self.invoke(operation.clone(), true).await {
             Ok(r) => Ok(r),
-            Err(InvokeError::Rejected(reason)) => Err(InvokeError::Rejected(reason)),
+            Err(e @ (InvokeError::Rejected(_) | InvokeError::ResultTooLarge { .. })) => Err(e),
             Err(_) => self.invoke(operation, false).await,
         }
     }
@@ -253,6 +265,7 @@ impl Client {
                 Ok(Some(Outcome::Done(result))) => return Ok(result),
                 Ok(Some(Outcome::Rejected(reason))) => return Err(InvokeError::Rejected(reason)),
                 Ok(Some(Outcome::NoQuorum)) => return Err(self.timeout(started)),
+                Ok(Some(Outcome::TooLarge(len))) => return Err(InvokeError::ResultTooLarge { len }),
                 Ok(Some(Outcome::NeedFull { now: true })) => {
                     full_due = None;
                     self.send_all(&req);
@@ -329,6 +342,7 @@ impl Inner {
             }
             Some(Verdict::Rejected(reason)) => Outcome::Rejected(reason),
             Some(Verdict::NoQuorum) => Outcome::NoQuorum,
+            Some(Verdict::TooLarge { len }) => Outcome::TooLarge(len),
             Some(Verdict::NeedFull { now }) => {
                 if let Some(tx) = &p.done {
                     let _ = tx.try_send(Outcome::NeedFull { now });

@@ -25,6 +25,12 @@ pub enum Verdict {
     /// Every replica answered a read-only request and no quorum agrees:
     /// order it instead.
     NoQuorum,
+    /// Enough replicas say the result is too large to send (`len` bytes);
+    /// the operation executed if it was ordered.
+    TooLarge {
+        /// The result's length.
+        len: u64,
+    },
     /// Enough replicas agree on the result's digest but nobody sent it in
     /// full. `now: false`: wait a grace period for the designated replier;
     /// `now: true`: ask every replica again (they answer retransmissions in
@@ -46,6 +52,8 @@ pub struct Invocation {
     /// Each replica's answer: the result's digest, the result if sent in
     /// full, and the replica's view.
     replies: BTreeMap<ReplicaId, (Digest, Option<Bytes>, ViewNo)>,
+    /// Replicas that said the result is too large: its length and digest.
+    too_large: BTreeMap<ReplicaId, (u64, Digest)>,
     rejections: BTreeMap<ReplicaId, RejectReason>,
     /// 0: not yet; 1: told the caller to wait for it; 2: asked everyone.
     asked_for_full: u8,
@@ -62,6 +70,7 @@ impl Invocation {
             read_only,
             designated: designated_replier(membership, client, request),
             replies: BTreeMap::new(),
+            too_large: BTreeMap::new(),
             rejections: BTreeMap::new(),
             asked_for_full: 0,
             settled: false,
@@ -88,6 +97,9 @@ impl Invocation {
         if self.settled {
             return None;
         }
+        if !matches!(answer, Answer::TooLarge { .. }) {
+            self.too_large.remove(&from);
+        }
         match answer {
             Answer::Full(result) => {
                 self.replies.insert(from, (Digest::of(&result), Some(result), view));
@@ -97,6 +109,16 @@ impl Invocation {
                 if self.replies.get(&from).is_none_or(|(_, full, _)| full.is_none()) {
                     self.replies.insert(from, (digest, None, view));
                 }
+            }
+            Answer::TooLarge { len, digest } => {
+                self.replies.remove(&from);
+                self.too_large.insert(from, (len, digest));
+                let agree = self.too_large.values().filter(|x| **x == (len, digest)).count();
+                if agree >= self.need {
+                    self.settled = true;
+                    return Some(Verdict::TooLarge { len });
+                }
+                return None;
             }
         }
         self.settle(wait_for_designated)
@@ -149,7 +171,7 @@ impl Invocation {
                 self.asked_for_full = if now { 2 } else { 1 };
                 Some(Verdict::NeedFull { now })
             }
-            None if self.read_only && self.replies.len() == self.n => {
+            None if self.read_only && self.replies.len() + self.too_large.len() == self.n => {
                 self.settled = true;
                 Some(Verdict::NoQuorum)
             }
@@ -224,5 +246,32 @@ mod tests {
         assert_eq!(inv.on_rejection(ReplicaId(1), RejectReason::Busy), None);
         assert_eq!(inv.on_rejection(ReplicaId(2), RejectReason::Stale), None);
         assert_eq!(inv.on_rejection(ReplicaId(3), RejectReason::Stale), Some(Verdict::Rejected(RejectReason::Stale)));
+    }
+
+    #[test]
+    fn a_result_too_large_to_send_settles_only_when_enough_replicas_say_so() {
+        let big = Answer::TooLarge { len: 5_000_000, digest: Digest([9; 32]) };
+        // Ordered: f lying replicas cannot make the client give up.
+        let mut inv = Invocation::new(&four(), ClientId(1), RequestId(6), false);
+        assert_eq!(inv.on_answer(ReplicaId(0), ViewNo(0), big.clone(), true), None);
+        assert_eq!(inv.on_answer(ReplicaId(1), ViewNo(0), full(b"ok"), true), None);
+        let done = inv.on_answer(ReplicaId(2), ViewNo(0), full(b"ok"), true);
+        assert!(matches!(done, Some(Verdict::Done { .. })), "{done:?}");
+        // f+1 agreeing on length and digest settle it.
+        let mut inv = Invocation::new(&four(), ClientId(1), RequestId(7), false);
+        let other = Answer::TooLarge { len: 5_000_000, digest: Digest([8; 32]) };
+        assert_eq!(inv.on_answer(ReplicaId(0), ViewNo(0), other, true), None);
+        assert_eq!(inv.on_answer(ReplicaId(1), ViewNo(0), big.clone(), true), None);
+        assert_eq!(
+            inv.on_answer(ReplicaId(2), ViewNo(0), big.clone(), true),
+            Some(Verdict::TooLarge { len: 5_000_000 })
+        );
+        // Read-only needs a quorum, and a split that includes such claims
+        // still ends in NoQuorum (so the client orders it) once all answered.
+        let mut inv = Invocation::new(&four(), ClientId(1), RequestId(8), true);
+        assert_eq!(inv.on_answer(ReplicaId(0), ViewNo(0), big.clone(), true), None);
+        assert_eq!(inv.on_answer(ReplicaId(1), ViewNo(0), big.clone(), true), None);
+        assert_eq!(inv.on_answer(ReplicaId(2), ViewNo(0), full(b"a"), true), None);
+        assert_eq!(inv.on_answer(ReplicaId(3), ViewNo(0), full(b"b"), true), Some(Verdict::NoQuorum));
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::consensus::ExecCommand;
 use crate::state::{FetchStep, Fetcher, Kept, PartStore};
+use bytes::Bytes;
 use palisade_core::exec::Executed;
 use palisade_core::{
     Batch, ClientId, Digest, Executor, Membership, PeerMessage, ReplicaId, RequestId, SeqNo, Service, ViewNo,
@@ -75,6 +76,19 @@ pub trait ExecutionIo {
     fn executed(&mut self, _seq: SeqNo, _batch: &Batch, _executed: &[Executed]) {}
 }
 
+/// The answer to send a client for `result`: in full when this replica
+/// sends it in full (`full`), else its digest; and when it is larger than
+/// `max` bytes, only its length and digest, from every replica alike.
+pub fn answer(result: Bytes, full: bool, max: usize) -> Answer {
+    if result.len() > max {
+        Answer::TooLarge { len: result.len() as u64, digest: Digest::of(&result) }
+    } else if full {
+        Answer::Full(result)
+    } else {
+        Answer::Digest(Digest::of(&result))
+    }
+}
+
 /// How an execution host is set up.
 #[derive(Clone, Debug)]
 pub struct ExecutionConfig {
@@ -94,6 +108,10 @@ pub struct ExecutionConfig {
     /// Largest record a fetch accepts (bounds what a lying peer can make
     /// it hold before the record's digest shows the lie).
     pub max_record_bytes: u64,
+    /// Largest result sent to a client; a larger one is answered with
+    /// [`Answer::TooLarge`] (it would not fit a frame). The same on every
+    /// replica, so that they all answer alike.
+    pub max_result_bytes: usize,
 }
 
 impl ExecutionConfig {
@@ -107,6 +125,7 @@ impl ExecutionConfig {
             max_answer_bytes: 1 << 20,
             fetch_window: 8,
             max_record_bytes: 1 << 31,
+            max_result_bytes: usize::MAX,
         }
     }
 }
@@ -185,7 +204,7 @@ impl<S: Service> ExecutionHost<S> {
             ExecCommand::Deliver { seq, view, batch } => self.deliver(seq, view, &batch, io),
             ExecCommand::Read { request, view } => {
                 let result = self.exec.read().execute_read_only(&request);
-                let answer = Answer::Full(result);
+                let answer = answer(result, true, self.cfg.max_result_bytes);
                 io.replies(vec![ClientMail::Answer { client: request.client, view, request: request.id, answer }]);
             }
             ExecCommand::Serve { to, seq, query } => {
@@ -288,12 +307,8 @@ impl<S: Service> ExecutionHost<S> {
         for e in executed {
             fresh += u64::from(e.fresh);
             let full = digest_replies.is_none_or(|m| designated_replier(m, e.client, e.request) == me);
-            let answer = if full {
-                Answer::Full(e.result)
-            } else {
-                digests += 1;
-                Answer::Digest(Digest::of(&e.result))
-            };
+            let answer = answer(e.result, full, self.cfg.max_result_bytes);
+            digests += u64::from(matches!(answer, Answer::Digest(_)));
             replies.push(ClientMail::Answer { client: e.client, view, request: e.request, answer });
         }
         if fresh > 0 {

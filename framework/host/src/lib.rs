@@ -22,4 +22,4 @@ mod execution;
 pub mod state;
 
 pub use consensus::{ConsensusHost, ConsensusIo, ExecCommand};
-pub use execution::{ClientMail, ExecEvent, ExecutionConfig, ExecutionHost, ExecutionIo};
+pub use execution::{answer, ClientMail, ExecEvent, ExecutionConfig, ExecutionHost, ExecutionIo};

@@ -157,7 +157,10 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
 
     // Execution state, shared by the filter (reply cache) and delivery.
     let exec = Arc::new(RwLock::new(Executor::new(service, cfg.protocol.client_window)));
+    // A result must fit one frame with the reply's envelope and header.
+    let max_result_bytes = cluster.max_frame_bytes.saturating_sub(1024);
     let ecfg = ExecutionConfig {
+        max_result_bytes,
         checkpoint_interval: cfg.protocol.checkpoint_interval,
         reply_digests: cfg.reply_digests,
         // An answer about the state must fit one frame with the envelope.
@@ -220,6 +223,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             view: view.clone(),
             metrics: metrics.clone(),
             drain_max: cfg.drain_max,
+            max_result_bytes,
         }),
     ));
 

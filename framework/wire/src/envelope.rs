@@ -70,6 +70,16 @@ pub enum Answer {
     Full(Bytes),
     /// The result's SHA-256 (PBFT's digest reply).
     Digest(palisade_core::Digest),
+    /// The result is larger than a frame may carry, so no replica sends
+    /// it: the operation executed (if ordered), and its result is `len`
+    /// bytes with this digest. Clients report it as an error; services
+    /// page large results instead (a range of keys, a part of a file).
+    TooLarge {
+        /// The result's length.
+        len: u64,
+        /// Its SHA-256.
+        digest: palisade_core::Digest,
+    },
 }
 
 /// Why a replica turned a client request away without executing it.

@@ -162,6 +162,16 @@ fn client_and_replica_messages() {
         "0108070605040302010301030702ac0200026f6bad02010909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
+        "replies-too-large",
+        &ReplicaMessage::Replies {
+            view: ViewNo(1),
+            replica: ReplicaId(3),
+            client: ClientId(7),
+            answers: vec![(RequestId(301), Answer::TooLarge { len: 5_000_000, digest: Digest([9; 32]) })],
+        },
+        "0108070605040302010301030701ad0202c096b1020909090909090909090909090909090909090909090909090909090909090909",
+    );
+    check(
         "rejected",
         &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::Busy },
         "01080706050403020101000100",

@@ -10,7 +10,7 @@ use crate::shared::CurrentView;
 use palisade_core::exec::Lookup;
 use palisade_core::{Executor, Request, Service};
 use palisade_host::ClientMail;
-use palisade_wire::envelope::{Answer, RejectReason};
+use palisade_wire::envelope::RejectReason;
 use parking_lot::RwLock;
 use std::sync::Arc;
 
@@ -33,6 +33,8 @@ pub struct RequestFilter<S: Service> {
     pub metrics: Arc<RuntimeMetrics>,
     /// Requests per wake-up.
     pub drain_max: usize,
+    /// Largest result sent in full (see `palisade_host::answer`).
+    pub max_result_bytes: usize,
 }
 
 impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
@@ -61,8 +63,8 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
                 Lookup::New => pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?,
                 Lookup::Cached(result) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_cached, 1);
-                    let cached =
-                        ClientMail::Answer { client: r.client, view, request: r.id, answer: Answer::Full(result) };
+                    let answer = palisade_host::answer(result, true, self.max_result_bytes);
+                    let cached = ClientMail::Answer { client: r.client, view, request: r.id, answer };
                     notify(&self.tx_reply, cached, &self.metrics);
                 }
                 Lookup::Stale => {
@@ -83,6 +85,7 @@ mod tests {
     use bytes::Bytes;
     use palisade_core::{Batch, ClientId, RequestId, SeqNo, ViewNo};
     use palisade_services::counter::Counter;
+    use palisade_wire::envelope::Answer;
 
     fn request(id: u64) -> Request {
         Request {
@@ -106,8 +109,16 @@ mod tests {
             exec.write().execute_batch(SeqNo(1), ViewNo(0), &Batch { timestamp_ms: 1, requests: vec![request(10)] });
         let view = Arc::new(CurrentView::default());
         view.set(ViewNo(3));
-        let mut filter =
-            RequestFilter { rx, tx, tx_reply, exec, view, metrics: Arc::new(RuntimeMetrics::default()), drain_max: 16 };
+        let mut filter = RequestFilter {
+            rx,
+            tx,
+            tx_reply,
+            exec,
+            view,
+            metrics: Arc::new(RuntimeMetrics::default()),
+            drain_max: 16,
+            max_result_bytes: usize::MAX,
+        };
         for id in [11, 10, 2] {
             tx_in.try_send(request(id)).unwrap();
         }

@@ -62,6 +62,7 @@ impl Replier {
             Ok([(request, Answer::Digest(digest))]) => {
                 ReplicaMessage::ReplyDigest { view, replica, client, request, digest }
             }
+            Ok([answer]) => ReplicaMessage::Replies { view, replica, client, answers: vec![answer] },
             Err(answers) => ReplicaMessage::Replies { view, replica, client, answers },
         };
         let body = self.egress.client_body(&msg);
@@ -100,6 +101,7 @@ impl Stage for Replier {
                     + match &answer {
                         Answer::Full(b) => b.len(),
                         Answer::Digest(_) => 32,
+                        Answer::TooLarge { .. } => 48,
                     };
                 let a = gathered.entry((client, view)).or_default();
                 if !a.list.is_empty() && (a.list.len() >= MAX_LIST || a.bytes + size > max_bytes) {

@@ -21,7 +21,7 @@ fn lie(answer: &Answer) -> Bytes {
             }
             Bytes::from(v)
         }
-        Answer::Digest(d) => Bytes::copy_from_slice(&d.0[..8]),
+        Answer::Digest(d) | Answer::TooLarge { digest: d, .. } => Bytes::copy_from_slice(&d.0[..8]),
     }
 }
 
@@ -71,8 +71,9 @@ impl Strategy for WrongDigestReplies {
     }
 }
 
-/// Only ever the digest of the right result: a designated replier that
-/// withholds the full result, even when asked again.
+/// Only ever the digest of the right result, or a claim that the result
+/// is too large to send: a designated replier that withholds the full
+/// result, even when asked again.
 pub(super) struct WithheldReplies;
 
 impl Strategy for WithheldReplies {
@@ -82,10 +83,16 @@ impl Strategy for WithheldReplies {
     fn outgoing(&mut self, _: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
         pass(to, msg)
     }
-    fn reply(&mut self, _: &mut ByzCtx<'_>, mail: ClientMail) -> Option<ClientMail> {
+    fn reply(&mut self, ctx: &mut ByzCtx<'_>, mail: ClientMail) -> Option<ClientMail> {
         Some(match mail {
             ClientMail::Answer { client, view, request, answer: Answer::Full(result) } => {
-                ClientMail::Answer { client, view, request, answer: Answer::Digest(Digest::of(&result)) }
+                let digest = Digest::of(&result);
+                let answer = if ctx.rng.chance(0.5) {
+                    Answer::TooLarge { len: result.len() as u64 + (64 << 20), digest }
+                } else {
+                    Answer::Digest(digest)
+                };
+                ClientMail::Answer { client, view, request, answer }
             }
             other => other,
         })

@@ -207,6 +207,11 @@ impl World {
                 self.broadcast_request(c, req);
             }
             Some(Verdict::NoQuorum) => self.fallback_to_ordered(c),
+            // No correct replica says so of the simulated services' small
+            // results: f colluders made a client give up on an operation.
+            Some(Verdict::TooLarge { len }) => {
+                self.checker.violations.push(format!("client {c} was told its result is {len} bytes, too large"));
+            }
             // Honest clients' requests are never refused for good; the
             // operation stays pending and the liveness check reports it.
             Some(Verdict::Rejected(_)) => {}
