@@ -13,7 +13,9 @@ use std::sync::Arc;
 /// is a state the replica may safely recover to: a step that changes
 /// several things at once (entering a view together with its re-proposals)
 /// writes them as one record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Variants are only ever appended: a write-ahead log keeps them encoded.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Record {
     /// The replica started changing to `view` (and sent its VIEW-CHANGE).
     ViewChange {

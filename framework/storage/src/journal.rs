@@ -1,0 +1,219 @@
+//! A replica's journal: its durable protocol records and its decided
+//! batches, in one write-ahead log, kept no longer than they are needed.
+//!
+//! Entry payloads (format version 1): one kind byte, then the postcard
+//! encoding of the body.
+//!
+//! | kind | body |
+//! |---|---|
+//! | 1 | a protocol record (`palisade_core::Record`) |
+//! | 2 | a decided batch: `(seq: u64, view: u64, batch: Batch)` |
+//!
+//! What may be dropped: a protocol record once the compacted record log
+//! no longer holds it, a decided batch once a snapshot at or above its
+//! sequence number is durable. Records that stay live for long (the view,
+//! the stable checkpoint, a rejoin mark) are written again at the start of
+//! every new segment, so that old segments become free as the log moves on.
+
+use crate::dir::Dir;
+use crate::wal::{Cut, Lsn, Wal, WalOptions};
+use palisade_core::replica::RecordLog;
+use palisade_core::{Batch, Record, SeqNo, ViewNo};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+const KIND_RECORD: u8 = 1;
+const KIND_DECIDED: u8 = 2;
+
+/// One journal entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A protocol record (made durable before what depends on it is sent).
+    Record(Record),
+    /// A batch decided at `seq` in `view`, for replay after a restart.
+    Decided {
+        /// Its sequence number.
+        seq: SeqNo,
+        /// The view it was decided in.
+        view: ViewNo,
+        /// The batch.
+        batch: Arc<Batch>,
+    },
+}
+
+impl Entry {
+    /// The entry's payload in the log.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, body) = match self {
+            Entry::Record(r) => (KIND_RECORD, postcard::to_allocvec(r)),
+            Entry::Decided { seq, view, batch } => (KIND_DECIDED, postcard::to_allocvec(&(seq, view, &**batch))),
+        };
+        let body = body.expect("records and batches always encode");
+        let mut out = Vec::with_capacity(body.len() + 1);
+        out.push(kind);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Reads a payload back. An error means the log was written by another
+    /// format (its checksum held, so it is not damage).
+    pub fn decode(payload: &[u8]) -> Result<Entry, String> {
+        let (kind, body) = payload.split_first().ok_or("an empty entry")?;
+        match *kind {
+            KIND_RECORD => postcard::from_bytes(body).map(Entry::Record).map_err(|e| format!("a record: {e}")),
+            KIND_DECIDED => postcard::from_bytes::<(SeqNo, ViewNo, Batch)>(body)
+                .map(|(seq, view, batch)| Entry::Decided { seq, view, batch: Arc::new(batch) })
+                .map_err(|e| format!("a decided batch: {e}")),
+            k => Err(format!("an entry of unknown kind {k}")),
+        }
+    }
+}
+
+/// What a journal held when it was opened.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The protocol records still needed, in order (for `Replica::recover`).
+    pub records: Vec<Record>,
+    /// Decided batches by sequence number.
+    pub decided: BTreeMap<SeqNo, (ViewNo, Arc<Batch>)>,
+    /// Entries read.
+    pub entries: usize,
+    /// Where the log was cut, if it was.
+    pub cut: Option<Cut>,
+}
+
+/// The journal, open for writing.
+pub struct Journal<D: Dir> {
+    wal: Wal<D>,
+    log: RecordLog,
+    stable: SeqNo,
+    /// Entry of each pre-prepare that carries its batch, above the stable
+    /// checkpoint (the only records not rewritten at a segment start).
+    batch_records: BTreeMap<SeqNo, Lsn>,
+    /// Entry of each decided batch above the durable snapshot.
+    decided: BTreeMap<SeqNo, Lsn>,
+    /// Where the last rewrite of the long-lived records starts.
+    refreshed_at: Lsn,
+    snapshot: SeqNo,
+}
+
+impl<D: Dir> Journal<D> {
+    /// Opens the journal in `dir` and reads back what it holds.
+    pub fn open(dir: Arc<D>, opts: WalOptions) -> io::Result<(Journal<D>, Recovered)> {
+        let (wal, replay) = Wal::open(dir, opts)?;
+        let first = replay.entries.first().map_or(wal.next_lsn(), |(l, _)| *l);
+        let mut j = Journal {
+            wal,
+            log: RecordLog::default(),
+            stable: SeqNo(0),
+            batch_records: BTreeMap::new(),
+            decided: BTreeMap::new(),
+            refreshed_at: first,
+            snapshot: SeqNo(0),
+        };
+        let mut rec = Recovered { entries: replay.entries.len(), cut: replay.cut, ..Recovered::default() };
+        for (lsn, payload) in replay.entries {
+            let entry = Entry::decode(&payload).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("log entry {lsn} is not readable as {e}"))
+            })?;
+            if let Entry::Decided { seq, view, batch } = &entry {
+                rec.decided.insert(*seq, (*view, batch.clone()));
+            }
+            j.track(lsn, entry);
+        }
+        rec.records = j.log.records().to_vec();
+        Ok((j, rec))
+    }
+
+    fn track(&mut self, lsn: Lsn, entry: Entry) {
+        match entry {
+            Entry::Record(r) => {
+                match &r {
+                    Record::PrePrepared { seq, batch: Some(_), .. } if *seq > self.stable => {
+                        self.batch_records.entry(*seq).or_insert(lsn);
+                    }
+                    Record::Stable(cert) if cert.seq > self.stable => {
+                        self.stable = cert.seq;
+                        self.batch_records = self.batch_records.split_off(&cert.seq.next());
+                    }
+                    _ => {}
+                }
+                self.log.append(r);
+            }
+            Entry::Decided { seq, .. } => {
+                if seq > self.snapshot {
+                    self.decided.entry(seq).or_insert(lsn);
+                }
+            }
+        }
+    }
+
+    /// Makes `entries` durable: one write and one sync (group commit).
+    pub fn write(&mut self, entries: Vec<Entry>) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut payloads: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
+        let bytes: usize = payloads.iter().map(|p| p.len() + crate::wal::ENTRY_HEADER_BYTES).sum();
+        if !self.wal.fits(bytes) {
+            // A new segment starts with the long-lived records again.
+            let refresh: Vec<Vec<u8>> = self
+                .log
+                .records()
+                .iter()
+                .filter(|r| !matches!(r, Record::PrePrepared { batch: Some(_), .. }))
+                .map(|r| Entry::Record(r.clone()).encode())
+                .collect();
+            let refresh_bytes: usize = refresh.iter().map(|p| p.len() + crate::wal::ENTRY_HEADER_BYTES).sum();
+            self.wal.rotate(bytes + refresh_bytes)?;
+            self.refreshed_at = self.wal.next_lsn();
+            let n = refresh.len();
+            payloads.splice(0..0, refresh);
+            let first = self.wal.next_lsn();
+            self.wal.append(&payloads)?;
+            for (i, e) in entries.into_iter().enumerate() {
+                self.track(first + (n + i) as u64, e);
+            }
+            self.trim()?;
+            return Ok(());
+        }
+        let first = self.wal.next_lsn();
+        self.wal.append(&payloads)?;
+        for (i, e) in entries.into_iter().enumerate() {
+            self.track(first + i as u64, e);
+        }
+        Ok(())
+    }
+
+    /// A snapshot of the state at `seq` is durable: decided batches up to
+    /// it are no longer needed, and segments nothing needs are deleted.
+    pub fn snapshot_durable(&mut self, seq: SeqNo) -> io::Result<()> {
+        if seq > self.snapshot {
+            self.snapshot = seq;
+            self.decided = self.decided.split_off(&seq.next());
+        }
+        self.trim()
+    }
+
+    fn trim(&mut self) -> io::Result<()> {
+        let keep_from =
+            [Some(self.refreshed_at), self.batch_records.values().min().copied(), self.decided.values().min().copied()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(self.wal.next_lsn());
+        self.wal.trim(keep_from)?;
+        Ok(())
+    }
+
+    /// Segment files the journal holds now.
+    pub fn segments(&self) -> usize {
+        self.wal.segment_count()
+    }
+
+    /// The records still needed, in order.
+    pub fn records(&self) -> &[Record] {
+        self.log.records()
+    }
+}

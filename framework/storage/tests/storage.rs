@@ -1,0 +1,270 @@
+//! The log and snapshot files against a disk that tears, rots and fills.
+
+use bytes::Bytes;
+use palisade_core::message::CheckpointCert;
+use palisade_core::state::{state_digest, Part};
+use palisade_core::{Batch, Digest, Record, SeqNo, ViewNo};
+use palisade_storage::dir::Dir;
+use palisade_storage::snapshot::{load_newest, write_snapshot};
+use palisade_storage::wal::{encode_entry, encode_header, Wal};
+use palisade_storage::{CrashKind, CutKind, Entry, Journal, MemDir, WalOptions};
+use std::sync::Arc;
+
+fn small() -> WalOptions {
+    WalOptions { segment_bytes: 4096 }
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("entry {i}").into_bytes()
+}
+
+fn segments(d: &MemDir) -> Vec<String> {
+    d.list().unwrap().into_iter().filter(|n| n.starts_with("wal-")).collect()
+}
+
+#[test]
+fn entries_come_back_in_order_and_each_group_costs_one_sync() {
+    let d = MemDir::new();
+    let (mut wal, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    assert!(replay.entries.is_empty() && replay.cut.is_none());
+    let before = d.syncs();
+    for g in 0..100u64 {
+        wal.append(&[payload(3 * g), payload(3 * g + 1), payload(3 * g + 2)]).unwrap();
+    }
+    // One sync per group; rotations add a sync for each new segment header.
+    let rotations = segments(&d).len() as u64 - 1;
+    assert_eq!(d.syncs() - before, 100 + rotations);
+    assert!(rotations > 0, "small segments rotate");
+    drop(wal);
+    d.crash(CrashKind::LoseUnsynced);
+    let (_, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    assert_eq!(replay.cut, None);
+    let got: Vec<Vec<u8>> = replay.entries.into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got, (0..300).map(payload).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_reported_and_the_log_goes_on() {
+    let d = MemDir::new();
+    let (mut wal, _) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    wal.append(&[payload(1), payload(2)]).unwrap();
+    let seg = segments(&d).pop().unwrap();
+    let end = 32 + 2 * (16 + payload(1).len()) as u64;
+    // A group that was being written when the power went: half of it.
+    let mut torn = Vec::new();
+    encode_entry(&mut torn, 3, &payload(3));
+    encode_entry(&mut torn, 4, &payload(4));
+    torn.truncate(torn.len() / 2 + 3);
+    d.write_at(&seg, end, &torn).unwrap();
+    d.crash(CrashKind::Torn { seed: 7 });
+    drop(wal);
+    let (mut wal, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    assert_eq!(replay.entries.len(), 2);
+    let cut = replay.cut.expect("the tear is reported");
+    assert_eq!((cut.kind, cut.offset), (CutKind::TornTail, end));
+    wal.append(&[payload(3)]).unwrap();
+    drop(wal);
+    let (_, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    assert_eq!(replay.cut, None, "the cut tail was zeroed: no damage found twice");
+    assert_eq!(replay.entries.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_flipped_bit_in_durable_entries_is_found_and_nothing_after_it_is_trusted() {
+    let d = MemDir::new();
+    let (mut wal, _) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    for i in 1..=5 {
+        wal.append(&[payload(i)]).unwrap();
+    }
+    let seg = segments(&d).pop().unwrap();
+    let second = 32 + (16 + payload(1).len()) as u64;
+    d.corrupt(&seg, second + 18);
+    drop(wal);
+    let (_, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    assert_eq!(replay.entries.len(), 1);
+    let cut = replay.cut.expect("reported");
+    assert_eq!((cut.kind, cut.offset), (CutKind::Corrupt, second), "valid entries follow: not a torn write");
+}
+
+#[test]
+fn a_damaged_older_segment_is_corruption_and_later_segments_are_dropped() {
+    let d = MemDir::new();
+    let (mut wal, _) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    for i in 1..=400 {
+        wal.append(&[payload(i)]).unwrap();
+    }
+    let segs = segments(&d);
+    assert!(segs.len() >= 3);
+    d.corrupt(&segs[0], 100);
+    drop(wal);
+    let (_, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    let cut = replay.cut.expect("reported");
+    assert_eq!(cut.kind, CutKind::Corrupt);
+    assert_eq!(cut.later_segments, segs.len() - 1);
+    assert!(replay.entries.len() < 100);
+}
+
+#[test]
+fn a_full_or_read_only_disk_is_an_error_not_a_silent_loss() {
+    let d = MemDir::new();
+    let (mut wal, _) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    wal.append(&[payload(1)]).unwrap();
+    d.set_full(true);
+    let e = wal.append(&[payload(2)]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc_enospc()));
+    d.set_full(false);
+    d.set_read_only(true);
+    assert!(wal.append(&[payload(2)]).is_err());
+}
+
+fn libc_enospc() -> i32 {
+    28
+}
+
+#[test]
+fn the_on_disk_format_is_stable() {
+    // A segment starting at entry 1 with 4096 bytes reserved.
+    assert_eq!(hex::encode(encode_header(1, 4096)), "504c534457414c0a0100000001000000000000000010000000000000e2c58e77");
+    // Entry 5 holding "ok".
+    let mut e = Vec::new();
+    encode_entry(&mut e, 5, b"ok");
+    assert_eq!(hex::encode(&e), "020000003ff6bb3305000000000000006f6b");
+    // A decided null batch at sequence number 9 in view 2.
+    let entry = Entry::Decided { seq: SeqNo(9), view: ViewNo(2), batch: Arc::new(Batch::null()) };
+    assert_eq!(hex::encode(entry.encode()), "0209020000");
+    // A stable checkpoint record.
+    let cert = CheckpointCert { seq: SeqNo(4), state: Digest([7; 32]), proof: vec![] };
+    assert_eq!(
+        hex::encode(Entry::Record(Record::Stable(cert)).encode()),
+        "010404070707070707070707070707070707070707070707070707070707070707070700"
+    );
+    assert_eq!(
+        hex::encode(palisade_storage::snapshot::encode_header(SeqNo(128), Digest([1; 32]), 2)),
+        "504c5344534e415001000000020000008000000000000000010101010101010101010101010101010101010101010101010101010101010138bca862"
+    );
+}
+
+fn pp(view: u64, seq: u64, batch: bool) -> Record {
+    let b = batch.then(|| Arc::new(Batch { timestamp_ms: seq, requests: vec![] }));
+    Record::PrePrepared { view: ViewNo(view), seq: SeqNo(seq), digest: Digest([seq as u8; 32]), batch: b }
+}
+
+fn stable(seq: u64) -> Record {
+    Record::Stable(CheckpointCert { seq: SeqNo(seq), state: Digest([seq as u8; 32]), proof: vec![] })
+}
+
+fn decided(seq: u64) -> Entry {
+    Entry::Decided { seq: SeqNo(seq), view: ViewNo(0), batch: Arc::new(Batch { timestamp_ms: seq, requests: vec![] }) }
+}
+
+#[test]
+fn the_journal_keeps_what_is_needed_and_frees_old_segments() {
+    let d = MemDir::new();
+    let (mut j, _) = Journal::open(Arc::new(d.clone()), small()).unwrap();
+    j.write(vec![Entry::Record(Record::ViewChange { view: ViewNo(1) })]).unwrap();
+    for seq in 1..=400u64 {
+        let mut group = vec![Entry::Record(pp(1, seq, true)), decided(seq)];
+        if seq % 16 == 0 && seq > 32 {
+            group.push(Entry::Record(stable(seq - 32)));
+        }
+        j.write(group).unwrap();
+        if seq % 16 == 0 && seq > 16 {
+            j.snapshot_durable(SeqNo(seq - 16)).unwrap();
+        }
+    }
+    // Bounded: only the last window or so of segments remain.
+    assert!(j.segments() <= 6, "{} segments", j.segments());
+    let expect = j.records().to_vec();
+    drop(j);
+    d.crash(CrashKind::LoseUnsynced);
+    let (_, rec) = Journal::open(Arc::new(d.clone()), small()).unwrap();
+    // The same records; the long-lived ones may come back after the
+    // pre-prepares they preceded, which recovers to the same replica.
+    let sorted = |rs: &[Record]| {
+        let mut v: Vec<String> = rs.iter().map(|r| format!("{r:?}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&rec.records), sorted(&expect), "the view record survived its segment being freed");
+    assert!(rec.records.contains(&Record::ViewChange { view: ViewNo(1) }));
+    assert!(rec.decided.keys().all(|s| s.0 > 300), "old decided batches are gone");
+    assert_eq!(rec.decided.keys().last(), Some(&SeqNo(400)));
+    let after_snapshot: Vec<u64> = rec.decided.keys().map(|s| s.0).filter(|s| *s > 384).collect();
+    assert_eq!(after_snapshot, (385..=400).collect::<Vec<_>>(), "every batch after the snapshot is there");
+}
+
+#[test]
+fn a_crash_at_any_point_recovers_exactly_the_groups_written() {
+    for seed in 0..40u64 {
+        let d = MemDir::new();
+        let (mut j, _) = Journal::open(Arc::new(d.clone()), small()).unwrap();
+        let groups = 5 + seed % 30;
+        for seq in 1..=groups {
+            j.write(vec![Entry::Record(pp(0, seq, true)), decided(seq)]).unwrap();
+        }
+        // A last group whose write is torn.
+        let seg = segments(&d).pop().unwrap();
+        let len = d.contents(&seg).unwrap().len();
+        let garbage: Vec<u8> = (0..40).map(|i| (i * 7 + seed) as u8 | 1).collect();
+        let tail = end_of_entries(&d.contents(&seg).unwrap());
+        if tail + garbage.len() < len {
+            d.write_at(&seg, tail as u64, &garbage).unwrap();
+        }
+        d.crash(CrashKind::Torn { seed });
+        drop(j);
+        let (_, rec) = Journal::open(Arc::new(d.clone()), small()).unwrap();
+        assert_eq!(rec.decided.len() as u64, groups, "seed {seed}");
+        assert!(rec.cut.as_ref().is_none_or(|c| c.kind == CutKind::TornTail), "seed {seed}: {:?}", rec.cut);
+    }
+}
+
+/// Where the entries of a segment end (its zero fill starts).
+fn end_of_entries(seg: &[u8]) -> usize {
+    let mut at = 32;
+    loop {
+        let len = u32::from_le_bytes(seg[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            return at;
+        }
+        at += 16 + len;
+    }
+}
+
+fn state(records_per_part: &[&[&str]]) -> (Digest, Vec<Part>) {
+    let parts: Vec<Part> = records_per_part
+        .iter()
+        .map(|rs| Part::from_records(rs.iter().map(|r| Bytes::copy_from_slice(r.as_bytes())).collect()))
+        .collect();
+    let digests: Vec<Digest> = parts.iter().map(|p| p.digest()).collect();
+    (state_digest(&digests), parts)
+}
+
+#[test]
+fn snapshots_load_checked_keep_one_fallback_and_a_damaged_one_is_refused() {
+    let d = MemDir::new();
+    let (r1, p1) = state(&[&["client table"], &["a=1", "b=2"], &[]]);
+    let (r2, p2) = state(&[&["client table 2"], &["a=1", "b=3"], &["c=4"]]);
+    let (r3, p3) = state(&[&["client table 3"], &["a=9"], &["c=4"]]);
+    write_snapshot(&d, SeqNo(128), r1, &p1, 2).unwrap();
+    write_snapshot(&d, SeqNo(256), r2, &p2, 2).unwrap();
+    write_snapshot(&d, SeqNo(384), r3, &p3, 2).unwrap();
+    let names: Vec<String> = d.list().unwrap();
+    assert_eq!(names, vec!["snap-00000000000000000256.snap", "snap-00000000000000000384.snap"]);
+    let (loaded, rejected) = load_newest(&d, 1 << 20).unwrap();
+    let loaded = loaded.unwrap();
+    assert!(rejected.is_empty());
+    assert_eq!((loaded.seq, loaded.root), (SeqNo(384), r3));
+    assert_eq!(loaded.parts[1].record(0), Bytes::from("a=9"));
+    // A bit flips in the newest: it is refused and deleted, the fallback loads.
+    d.corrupt("snap-00000000000000000384.snap", 70);
+    let (loaded, rejected) = load_newest(&d, 1 << 20).unwrap();
+    assert_eq!(loaded.map(|l| (l.seq, l.root)), Some((SeqNo(256), r2)));
+    assert_eq!(rejected.len(), 1);
+    assert!(rejected[0].reason.contains("does not check"), "{:?}", rejected[0]);
+    assert!(!d.list().unwrap().contains(&"snap-00000000000000000384.snap".to_string()));
+    // An unfinished write (a crash before the rename) is never loaded.
+    d.create("snap-00000000000000000512.snap.tmp", 0).unwrap();
+    d.write_at("snap-00000000000000000512.snap.tmp", 0, b"partial").unwrap();
+    let (loaded, _) = load_newest(&d, 1 << 20).unwrap();
+    assert_eq!(loaded.map(|l| l.seq), Some(SeqNo(256)));
+}
