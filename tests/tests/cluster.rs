@@ -5,6 +5,7 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use palisade_client::{Client, ClientOptions};
 use palisade_core::{Mode, ReplicaId};
+use palisade_host::Durability;
 use palisade_runtime::{spawn_replica, ReplicaHandle, RuntimeConfig, StageThreads};
 use palisade_services::counter::{Counter, CounterClient};
 use palisade_services::kv::{KvClient, KvStore};
@@ -19,11 +20,13 @@ struct Cluster {
     keys: Vec<SigningKey>,
     handles: Vec<Option<ReplicaHandle>>,
     stage_threads: StageThreads,
+    /// Replicas keep their data under here, in this mode.
+    disk: Option<(std::path::PathBuf, Durability)>,
 }
 
 fn cluster(n: usize, mode: Mode, signatures: bool) -> Cluster {
     let (config, keys) = palisade_testkit::loopback::cluster(n, mode, signatures);
-    Cluster { config, keys, handles: Vec::new(), stage_threads: StageThreads::for_machine() }
+    Cluster { config, keys, handles: Vec::new(), stage_threads: StageThreads::for_machine(), disk: None }
 }
 
 fn runtime_config(c: &ClusterConfig, stage_threads: StageThreads) -> RuntimeConfig {
@@ -38,18 +41,31 @@ fn runtime_config(c: &ClusterConfig, stage_threads: StageThreads) -> RuntimeConf
 }
 
 impl Cluster {
+    fn config_of(&self, i: usize) -> RuntimeConfig {
+        let mut cfg = runtime_config(&self.config, self.stage_threads);
+        if let Some((root, mode)) = &self.disk {
+            cfg.durability = *mode;
+            cfg.data_dir = Some(root.join(format!("replica-{i}")));
+        }
+        cfg
+    }
+
     fn start_with<S: palisade_core::Service + Send + Sync + 'static>(&mut self, make: impl Fn() -> S) {
         for i in 0..self.keys.len() {
-            let h = spawn_replica(
-                &self.config,
-                ReplicaId(i as u32),
-                self.keys[i].clone(),
-                make(),
-                runtime_config(&self.config, self.stage_threads),
-            )
-            .expect("replica starts");
+            let cfg = self.config_of(i);
+            let h = spawn_replica(&self.config, ReplicaId(i as u32), self.keys[i].clone(), make(), cfg)
+                .expect("replica starts");
             self.handles.push(Some(h));
         }
+    }
+
+    /// Starts replica `i` again from its data directory.
+    fn recover<S: palisade_core::Service + Send + Sync + 'static>(&mut self, i: usize, service: S) {
+        assert!(self.handles[i].is_none());
+        let cfg = self.config_of(i);
+        let h = spawn_replica(&self.config, ReplicaId(i as u32), self.keys[i].clone(), service, cfg)
+            .expect("replica recovers");
+        self.handles[i] = Some(h);
     }
 
     fn kill(&mut self, i: usize) {
@@ -150,6 +166,73 @@ fn results_larger_than_a_frame_are_paged_or_refused_at_once() {
         let err = client.invoke_ordered(KvOp::Keys.encode()).await.unwrap_err();
         assert!(matches!(err, InvokeError::ResultTooLarge { .. }), "{err}");
     });
+}
+
+/// A fresh directory for one test's data.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("palisade-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Every replica stops at once while clients write; started again from
+/// their disks, they hold every acknowledged operation and go on serving.
+#[test]
+fn in_full_mode_every_replica_crashing_at_once_loses_no_acknowledged_operation() {
+    let rt = rt();
+    let root = scratch("crash-all");
+    let mut c = cluster(4, Mode::Bft, false);
+    c.disk = Some((root.clone(), Durability::Full));
+    c.start_with(KvStore::default);
+    let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let kv = KvClient::new(c.client());
+            let acked = acked.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let key = format!("k{t}-{i}");
+                    match kv.put(key.clone(), format!("v{i}")).await {
+                        Ok(_) => acked.lock().push(key),
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for i in 0..4 {
+            c.kill(i);
+        }
+        // Operations in flight now were never acknowledged.
+        for t in tasks {
+            t.abort();
+        }
+    });
+    let acked = acked.lock().clone();
+    assert!(acked.len() > 50, "the crash landed under load ({} acknowledged)", acked.len());
+    let mut snapshots = 0;
+    for i in 0..4 {
+        c.recover(i, KvStore::default());
+        let report = c.handles[i].as_ref().unwrap().recovery().unwrap().clone();
+        eprintln!("replica {i} recovered: {report}");
+        assert!(!report.votes_lost, "replica {i}: {report}");
+        assert!(report.entries > 0, "replica {i}: {report}");
+        snapshots += usize::from(report.snapshot.is_some());
+    }
+    assert!(snapshots > 0, "snapshots were written and loaded");
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        let kv = KvClient::new(c.client());
+        for key in &acked {
+            assert!(kv.get(key.clone()).await.unwrap().is_some(), "acknowledged {key} was lost");
+        }
+        kv.put("after", "recovery").await.unwrap();
+        assert_eq!(kv.get("after").await.unwrap(), Some(Bytes::from("recovery")));
+    });
+    eprintln!("checked {} keys and wrote one in {:?}", acked.len(), started.elapsed());
+    drop(c);
+    let _ = std::fs::remove_dir_all(root);
 }
 
 /// Kills replica `victim` while four clients add; checks that the kill

@@ -18,8 +18,10 @@
 
 pub mod client;
 mod consensus;
+pub mod durable;
 mod execution;
 pub mod state;
 
 pub use consensus::{ConsensusHost, ConsensusIo, ExecCommand};
+pub use durable::{Durability, RecoveryReport};
 pub use execution::{answer, ClientMail, ExecEvent, ExecutionConfig, ExecutionHost, ExecutionIo};

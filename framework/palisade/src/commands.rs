@@ -5,6 +5,7 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use palisade_client::{Client, ClientOptions};
 use palisade_core::ReplicaId;
+use palisade_host::Durability;
 use palisade_runtime::{RuntimeConfig, Start};
 use palisade_services::counter::CounterClient;
 use palisade_services::kv::{KvClient, KvError};
@@ -17,6 +18,8 @@ use std::time::Duration;
 pub const EXIT_UNAVAILABLE: u8 = 3;
 /// Exit code for usage and configuration errors.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code when a replica's disk failed (full, read-only, unreadable).
+pub const EXIT_DISK: u8 = 4;
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("palisade: {msg}");
@@ -61,7 +64,15 @@ fn start_mode(data_dir: &Path, rejoin: bool) -> Result<Start, String> {
 }
 
 /// `palisade replica`: runs one replica until SIGINT or SIGTERM.
-pub fn replica(config: &Path, id: u32, service: &Registered, verbose: bool, data_dir: &Path, rejoin: bool) -> ExitCode {
+pub fn replica(
+    config: &Path,
+    id: u32,
+    service: &Registered,
+    verbose: bool,
+    data_dir: &Path,
+    rejoin: bool,
+    durability: Durability,
+) -> ExitCode {
     let cluster = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -78,6 +89,8 @@ pub fn replica(config: &Path, id: u32, service: &Registered, verbose: bool, data
         Err(e) => return fail(EXIT_USAGE, e),
     };
     let start = rt_cfg.start;
+    rt_cfg.durability = durability;
+    rt_cfg.data_dir = Some(data_dir.to_path_buf());
     let handle = (service.spawn)(&cluster, me, key, rt_cfg);
     let handle = match handle {
         Ok(h) => h,
@@ -90,7 +103,13 @@ pub fn replica(config: &Path, id: u32, service: &Registered, verbose: bool, data
         cluster.membership.n(),
         cluster.membership.f()
     );
-    if start == Start::LostVotes {
+    let report = handle.recovery().cloned().filter(|r| r.found_anything());
+    if let Some(r) = &report {
+        eprintln!("palisade: replica {me} recovered from {} ({durability}): {r}", data_dir.display());
+    }
+    // Without anything on disk, the start mode says; else what recovery found.
+    let votes_lost = report.as_ref().map_or(start == Start::LostVotes, |r| r.votes_lost);
+    if votes_lost {
         eprintln!(
             "palisade: replica {me} restarted without its votes: it catches up and votes again once its \
              stable checkpoint passes what it may have voted on before"
@@ -129,18 +148,34 @@ pub fn replica(config: &Path, id: u32, service: &Registered, verbose: bool, data
                 );
             }
         };
+        let failed = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if handle.failure().is_some() {
+                    return;
+                }
+            }
+        };
         if verbose {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = status => {}
+                _ = failed => {}
             }
         } else {
-            shutdown_signal().await;
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = failed => {}
+            }
         }
     });
+    let failure = handle.failure();
     eprintln!("palisade: replica {me} stopping");
     handle.stop();
-    ExitCode::SUCCESS
+    match failure {
+        Some(why) => fail(EXIT_DISK, format!("replica {me} stopped: {why}")),
+        None => ExitCode::SUCCESS,
+    }
 }
 
 /// The client identity: `DIR/client.key` when present, else a fresh one.
@@ -238,7 +273,14 @@ pub fn counter(config: &Path, add: Option<u64>, timeout_ms: u64) -> ExitCode {
 
 /// `palisade cluster up`: a local cluster on loopback, one process per
 /// replica, until SIGINT or SIGTERM.
-pub fn cluster_up(dir: PathBuf, replicas: usize, service: &str, mode: palisade_core::Mode, base_port: u16) -> ExitCode {
+pub fn cluster_up(
+    dir: PathBuf,
+    replicas: usize,
+    service: &str,
+    mode: palisade_core::Mode,
+    base_port: u16,
+    durability: Durability,
+) -> ExitCode {
     if !dir.join(palisade_wire::config::CLUSTER_FILE).exists() {
         let opts = crate::keygen::KeygenOptions {
             replicas,
@@ -272,6 +314,8 @@ pub fn cluster_up(dir: PathBuf, replicas: usize, service: &str, mode: palisade_c
             .arg(id.0.to_string())
             .arg("--service")
             .arg(service)
+            .arg("--durability")
+            .arg(durability.to_string())
             .spawn();
         match child {
             Ok(c) => children.push((*id, c)),
@@ -280,7 +324,7 @@ pub fn cluster_up(dir: PathBuf, replicas: usize, service: &str, mode: palisade_c
     }
     let d = dir.display();
     println!(
-        "cluster of {} replicas (f = {}) running the {service} service, configuration in {d}",
+        "cluster of {} replicas (f = {}) running the {service} service, durability {durability}, configuration in {d}",
         cluster.membership.n(),
         cluster.membership.f()
     );

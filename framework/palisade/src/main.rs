@@ -5,6 +5,7 @@ use palisade::commands::{self, KvCommand};
 use palisade::keygen::{keygen, KeygenOptions};
 use palisade::registry;
 use palisade_core::Mode;
+use palisade_host::Durability;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,10 @@ enum ClusterOp {
         /// First port.
         #[arg(long, default_value_t = 7000)]
         base_port: u16,
+        /// What each replica writes to disk: none, log or full (the only
+        /// mode that loses nothing when every replica crashes at once).
+        #[arg(long, default_value = "full")]
+        durability: Durability,
     },
 }
 
@@ -124,10 +129,15 @@ enum Command {
         /// Where this replica keeps what must outlive it [default: CONFIG/data-ID].
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Start as a replica that lost its votes, whatever the data
-        /// directory says: after a disk was lost or replaced.
+        /// Start as a replica that lost its votes when the data directory
+        /// holds nothing of it: after a disk was lost or replaced.
         #[arg(long)]
         rejoin: bool,
+        /// What the replica writes to its data directory: none, log or full
+        /// (the only mode that loses nothing when every replica crashes at
+        /// once).
+        #[arg(long, default_value = "full")]
+        durability: Durability,
     },
     /// Use a key-value cluster.
     Kv {
@@ -204,10 +214,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Replica { config, id, service, verbose, data_dir, rejoin } => {
+        Command::Replica { config, id, service, verbose, data_dir, rejoin, durability } => {
             let data_dir = data_dir.unwrap_or_else(|| config.join(format!("data-{id}")));
             let service = registry::find(&service).expect("clap checked the name");
-            commands::replica(&config, id, service, verbose, &data_dir, rejoin)
+            commands::replica(&config, id, service, verbose, &data_dir, rejoin, durability)
         }
         Command::Kv { op, config, timeout_ms } => {
             let cmd = match op {
@@ -226,8 +236,8 @@ fn main() -> ExitCode {
             };
             commands::counter(&config, add, timeout_ms)
         }
-        Command::Cluster { op: ClusterOp::Up { replicas, dir, service, mode, base_port } } => {
-            commands::cluster_up(dir, replicas, &service, mode.into(), base_port)
+        Command::Cluster { op: ClusterOp::Up { replicas, dir, service, mode, base_port, durability } } => {
+            commands::cluster_up(dir, replicas, &service, mode.into(), base_port, durability)
         }
     }
 }

@@ -114,24 +114,16 @@ fn a_counter_cluster_in_cft_mode() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn a_replica_killed_and_started_again_says_it_rejoins_without_its_votes() {
-    let dir = tempdir("rejoin");
-    let port = (16_000 + std::process::id() % 400 * 10) as u16;
-    let d = dir.to_str().unwrap();
-    assert!(palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]).status.success());
-    let mut replicas = start(&dir, 4, "counter");
-    assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "1");
-    assert!(dir.join("data-3").join("started").exists(), "the first start leaves its mark in the data directory");
-    replicas.0[3].kill().unwrap();
-    let _ = replicas.0[3].wait();
+/// Starts replica `id` again with `extra` arguments; returns its process and
+/// whether its stderr said `expect` (and never `never`) within ten seconds.
+fn restart_saying(d: &str, id: &str, extra: &[&str], expect: &str, never: &str) -> (std::process::Child, bool) {
     let mut again = Command::new(BIN)
-        .args(["replica", "--config", d, "--id", "3", "--service", "counter"])
+        .args(["replica", "--config", d, "--id", id, "--service", "counter"])
+        .args(extra)
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("start replica 3 again");
+        .expect("start the replica again");
     let stderr = again.stderr.take().unwrap();
-    replicas.0.push(again);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -142,13 +134,39 @@ fn a_replica_killed_and_started_again_says_it_rejoins_without_its_votes() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let said = loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.contains("restarted without its votes") => break true,
+            Ok(line) if line.contains(never) => break false,
+            Ok(line) if line.contains(expect) => break true,
             Ok(_) => {}
             Err(_) => break false,
         }
     };
-    assert!(said, "the restarted replica did not say it rejoins without its votes");
+    (again, said)
+}
+
+#[test]
+fn a_restarted_replica_recovers_its_votes_from_disk_and_without_a_disk_rejoins_without_them() {
+    let dir = tempdir("rejoin");
+    let port = (16_000 + std::process::id() % 400 * 10) as u16;
+    let d = dir.to_str().unwrap();
+    assert!(palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]).status.success());
+    let mut replicas = start(&dir, 4, "counter");
+    assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "1");
+    assert!(dir.join("data-3").join("started").exists(), "the first start leaves its mark in the data directory");
+    // The default keeps everything: a kill -9 and a restart lose no vote.
+    replicas.0[3].kill().unwrap();
+    let _ = replicas.0[3].wait();
+    let (again, said) = restart_saying(d, "3", &[], "recovered from", "without its votes");
+    replicas.0[3] = again;
+    assert!(said, "the restarted replica did not say what it recovered, or said it lost its votes");
     assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "2");
+    // Without durability the same restart must rejoin without its votes.
+    replicas.0[3].kill().unwrap();
+    let _ = replicas.0[3].wait();
+    let (again, said) =
+        restart_saying(d, "3", &["--durability", "none"], "restarted without its votes", "recovered from");
+    replicas.0[3] = again;
+    assert!(said, "the restarted replica did not say it rejoins without its votes");
+    assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "3");
     drop(replicas);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,7 +1,9 @@
 //! Every queue capacity and runtime period, in one place.
 
 use palisade_core::Config as ProtocolConfig;
+use palisade_host::Durability;
 use palisade_wire::ClusterConfig;
+use std::path::PathBuf;
 
 /// What a request adds to its operation inside a batch: the ids and flags
 /// `Request::size_bytes` counts, plus an ed25519 signature.
@@ -69,8 +71,24 @@ pub struct RuntimeConfig {
     /// full, the others its digest (retransmitted requests always get full
     /// replies from the reply cache).
     pub reply_digests: bool,
-    /// How this process starts (see [`Start`]).
+    /// How this process starts when its data directory holds nothing (see
+    /// [`Start`]); otherwise it recovers from what the directory holds.
     pub start: Start,
+    /// What the replica writes to disk (see [`Durability`]).
+    pub durability: Durability,
+    /// Where it writes it; required unless `durability` is `none`.
+    pub data_dir: Option<PathBuf>,
+    /// Sequence numbers between snapshots written to disk, at least; 0
+    /// writes one at every checkpoint the writer is free for (a checkpoint
+    /// that comes while a snapshot is being written is skipped). The log
+    /// keeps the batches since the last snapshot.
+    pub snapshot_interval: u64,
+    /// Bytes preallocated per log segment.
+    pub wal_segment_bytes: u64,
+    /// Commands waiting for the storage stage. Full: the consensus stage
+    /// holds the overflow and takes no peer message or request until it
+    /// has gone (nothing is dropped: each entry is a promise to a peer).
+    pub storage_queue: usize,
 }
 
 /// Whether a replica process may vote at once.
@@ -112,6 +130,11 @@ impl RuntimeConfig {
             reply_digests: true,
             verified_cache: 65_536,
             start: Start::Fresh,
+            durability: Durability::None,
+            data_dir: None,
+            snapshot_interval: 0,
+            wal_segment_bytes: 64 << 20,
+            storage_queue: 4_096,
         }
     }
 
@@ -129,10 +152,14 @@ impl RuntimeConfig {
             ("drain_max", self.drain_max),
             ("verify_threads", self.verify_threads),
             ("max_handshakes", self.max_handshakes),
+            ("storage_queue", self.storage_queue),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        if self.durability != Durability::None && self.data_dir.is_none() {
+            return Err(format!("durability = {} needs a data directory", self.durability));
         }
         if self.write_buffer.0 >= self.write_buffer.1 {
             return Err("write_buffer: the low watermark must be below the high one".into());

@@ -65,6 +65,14 @@ counters! {
     /// Pieces of state from peers that failed a check (the piece is asked
     /// of another peer).
     state_data_bad,
+    /// Groups written to the log (one write and one fdatasync each).
+    log_groups,
+    /// Entries written to the log.
+    log_entries,
+    /// Snapshots written to disk.
+    snapshots_written,
+    /// Bytes of snapshots written.
+    snapshot_bytes,
 }
 
 /// A queue-depth probe.

@@ -9,12 +9,15 @@ use crate::net::{self, Net};
 use crate::queue::{queue, Bell, Outflow, Rx};
 use crate::runner::{run_stages, run_stages_on_network, Stage, StageThreads};
 use crate::shared::CurrentView;
-use crate::stages::{Consensus, Delivery, PrePrepareVerifier, Replier, RequestFilter, Ticker, Verifier};
-use crate::storage::MemoryStorage;
+use crate::stages::{
+    Consensus, Delivery, DeliveryDisk, JournalLink, PrePrepareVerifier, Replier, RequestFilter, Ticker, Verifier,
+};
+use crate::storage::{DurableMarks, SnapshotPolicy, SnapshotWriter, StorageStage};
 use ed25519_dalek::SigningKey;
 use palisade_core::replica::Restart;
 use palisade_core::{Executor, Replica, ReplicaId, SeqNo, Service};
-use palisade_host::{ConsensusHost, ExecutionConfig, ExecutionHost};
+use palisade_host::{ConsensusHost, Durability, ExecutionConfig, ExecutionHost, RecoveryReport};
+use palisade_storage::{FsDir, WalOptions};
 use palisade_wire::handshake::Keyring;
 use palisade_wire::verify::VerifyLimits;
 use palisade_wire::ClusterConfig;
@@ -31,9 +34,22 @@ pub struct ReplicaHandle {
     stop: Arc<AtomicBool>,
     system: Option<actix_rt::System>,
     threads: Vec<JoinHandle<()>>,
+    recovery: Option<RecoveryReport>,
+    marks: Option<Arc<DurableMarks>>,
 }
 
 impl ReplicaHandle {
+    /// What the replica recovered from its data directory, if it keeps one.
+    pub fn recovery(&self) -> Option<&RecoveryReport> {
+        self.recovery.as_ref()
+    }
+
+    /// Whether the replica stopped by itself, and why (a disk that failed:
+    /// it never runs on without the durability it was configured for).
+    pub fn failure(&self) -> Option<String> {
+        self.marks.as_ref().and_then(|m| m.failure.lock().clone())
+    }
+
     /// This replica's id.
     pub fn id(&self) -> ReplicaId {
         self.id
@@ -168,8 +184,25 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         fetch_window: cfg.protocol.state_fetch_window,
         ..ExecutionConfig::new(me, cluster.membership.clone())
     };
-    let execution = ExecutionHost::new(exec.clone(), ecfg, None)?;
-    let (_, genesis) = execution.restored();
+    // The genesis state's digest, before any recovery replaces the state.
+    let (_, genesis) = ExecutionHost::new(exec.clone(), ecfg.clone(), None)?.restored();
+    let nonce = {
+        use rand_core::RngCore;
+        rand_core::OsRng.next_u64()
+    };
+    let mut disk = None;
+    let (execution, restart, recovery) = match (&cfg.data_dir, cfg.durability) {
+        (Some(path), mode) if mode != Durability::None => {
+            let dir = Arc::new(FsDir::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?);
+            dir.lock().map_err(|e| format!("{}: {e}", path.display()))?;
+            let wal = WalOptions { segment_bytes: cfg.wal_segment_bytes };
+            let rec = palisade_host::durable::recover(dir.clone(), mode, wal, exec.clone(), ecfg, nonce)
+                .map_err(|e| format!("cannot recover from {}: {e}", path.display()))?;
+            disk = Some((dir, rec.journal));
+            (rec.execution, rec.restart, Some(rec.report))
+        }
+        _ => (ExecutionHost::new(exec.clone(), ecfg, None)?, None, None),
+    };
 
     // The CPU stages, in pipeline order, each with its bell.
     let mut stages: Vec<(Bell, Box<dyn Stage>)> = Vec::new();
@@ -230,25 +263,68 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     // Consensus: the pure core, hosted.
     let replicas = cluster.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect();
     let crypto = Ed25519Crypto::new(key.clone(), replicas, cluster.client_signatures, verified);
-    let core = match cfg.start {
-        Start::Fresh => Replica::new(cfg.protocol.clone(), me, crypto, genesis),
-        Start::LostVotes => {
-            use rand_core::RngCore;
-            let restart = Restart {
-                votes_lost: true,
-                executed: SeqNo(0),
-                executed_state: genesis,
-                nonce: rand_core::OsRng.next_u64(),
-                records: Vec::new(),
-            };
+    let core = match (restart, cfg.start) {
+        (Some(restart), _) => Replica::recover(cfg.protocol.clone(), me, crypto, genesis, restart),
+        (None, Start::Fresh) => Replica::new(cfg.protocol.clone(), me, crypto, genesis),
+        (None, Start::LostVotes) => {
+            let restart =
+                Restart { votes_lost: true, executed: SeqNo(0), executed_state: genesis, nonce, records: Vec::new() };
             Replica::recover(cfg.protocol.clone(), me, crypto, genesis, restart)
         }
     };
+    // The storage stage and the snapshot writer, when the replica keeps a disk.
+    let mut threads = Vec::new();
+    let marks = disk.as_ref().map(|_| Arc::new(DurableMarks::default()));
+    let mut journal_link = None;
+    let mut delivery_disk = None;
+    if let (Some((dir, journal)), Some(marks)) = (disk, &marks) {
+        let b_storage = Bell::default();
+        let (tx_storage, rx_storage) = queue(cfg.storage_queue, &b_storage, Some(&b_consensus));
+        gauge(&metrics, "storage_queue", &rx_storage);
+        let last = recovery.as_ref().and_then(|r| r.snapshot).map_or(SeqNo(0), |(s, _)| s);
+        let (snapshots, writer) = SnapshotWriter::spawn(
+            dir,
+            SnapshotPolicy { keep: 2, interval: cfg.snapshot_interval, last },
+            marks.clone(),
+            metrics.clone(),
+            stop.clone(),
+            b_delivery.clone(),
+        );
+        threads.push(writer);
+        delivery_disk = Some(DeliveryDisk {
+            hold_replies: cfg.durability == Durability::Log,
+            marks: marks.clone(),
+            snapshots,
+            held: Default::default(),
+            forced: None,
+        });
+        journal_link = Some(JournalLink {
+            tx: Outflow::new(tx_storage),
+            marks: marks.clone(),
+            votes: cfg.durability.logs_votes(),
+            batches: cfg.durability.logs_batches(),
+            submitted: 0,
+            pending: Vec::new(),
+        });
+        let stage = StorageStage {
+            journal,
+            rx: rx_storage,
+            egress: egress.clone(),
+            marks: marks.clone(),
+            metrics: metrics.clone(),
+            wake: b_delivery.clone(),
+            stop: stop.clone(),
+            drain_max: cfg.drain_max,
+            snapshot_applied: last.0,
+        };
+        let stop = stop.clone();
+        threads.push(spawn("storage", move || run_stages(vec![Box::new(stage)], b_storage, stop)));
+    }
     stages.push((
         b_consensus,
         Box::new(Consensus {
             host: ConsensusHost::new(core),
-            storage: Box::new(MemoryStorage::default()),
+            journal: journal_link,
             rx_peer,
             rx_requests,
             rx_control,
@@ -275,6 +351,8 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             egress: egress.clone(),
             metrics: metrics.clone(),
             drain_max: cfg.drain_max,
+            disk: delivery_disk,
+            delivered: 0,
         }),
     ));
 
@@ -298,7 +376,6 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
 
     // The network stage, on its own actix system thread (with the CPU
     // stages when they run there).
-    let mut threads = Vec::new();
     let on_network = if cfg.stage_threads == StageThreads::Dedicated {
         for (bell, stage) in stages {
             let stop = stop.clone();
@@ -339,5 +416,5 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     let system =
         rx_system.recv_timeout(Duration::from_secs(10)).map_err(|_| "the network stage did not start".to_string())?;
 
-    Ok(ReplicaHandle { id: me, metrics, stop, system: Some(system), threads })
+    Ok(ReplicaHandle { id: me, metrics, stop, system: Some(system), threads, recovery, marks })
 }

@@ -1,35 +1,229 @@
-//! Where the core's durable records go.
+//! The storage stage and the snapshot writer.
 //!
-//! The core emits `Action::Persist` before any message that depends on the
-//! record, and the consensus stage hands each record here before sending
-//! anything that follows it. A write-ahead log implements this trait to make
-//! replicas survive crashes; [`MemoryStorage`] keeps records in memory only,
-//! so a restarted replica comes back empty and catches up by state transfer.
+//! The storage stage owns the journal. It takes everything queued for it,
+//! writes it as one group (one write, one `fdatasync`), and only then sends
+//! the peer frames that were queued behind those entries: in `full` mode
+//! no message leaves before the record it depends on is durable, while the
+//! consensus stage goes on working (PBFT's rule, pipelined). It always runs
+//! on a thread of its own, since it blocks in `fdatasync`.
+//!
+//! The snapshot writer is another thread: it writes the state of a
+//! checkpoint in the background from the frozen parts the execution host
+//! kept, one snapshot at a time; a checkpoint that comes while it is busy
+//! is simply not written (the next one will be), so a large state never
+//! holds up execution.
 
-use palisade_core::replica::RecordLog;
-use palisade_core::Record;
+use crate::egress::Egress;
+use crate::metrics::RuntimeMetrics;
+use crate::queue::{Bell, Ended, Rx};
+use crate::runner::Stage;
+use bytes::Bytes;
+use palisade_core::{ReplicaId, SeqNo};
+use palisade_host::state::Kept;
+use palisade_storage::{Dir, Entry, Journal};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
-/// A sink for durable records.
-pub trait Storage: Send {
-    /// Makes `record` durable (returning only once it is). A
-    /// `Record::Stable` makes earlier records obsolete (see `RecordLog`).
-    fn persist(&mut self, record: Record);
-    /// Everything kept, in order, for `Replica::recover`.
-    fn records(&self) -> Vec<Record>;
+/// What the storage stage is asked to do.
+pub enum StorageCmd {
+    /// Entries to make durable, with whatever else is queued.
+    Entries(Vec<Entry>),
+    /// Frames for peers that depend on the entries queued before them:
+    /// sent once those are durable.
+    Release(Vec<(ReplicaId, Vec<Bytes>)>),
 }
 
-/// Records in memory, compacted at every stable checkpoint.
+/// How far storage has got, shared with the stages that wait on it.
 #[derive(Debug, Default)]
-pub struct MemoryStorage {
-    log: RecordLog,
+pub struct DurableMarks {
+    /// The highest decided batch that is durable (with every one below it
+    /// that was logged).
+    pub decided: AtomicU64,
+    /// [`StorageCmd::Entries`] commands done.
+    pub groups_done: AtomicU64,
+    /// The newest snapshot that is durable.
+    pub snapshot: AtomicU64,
+    /// Whether the snapshot writer is busy.
+    pub snapshot_busy: AtomicBool,
+    /// The disk error that stopped the replica, if one did.
+    pub failure: Mutex<Option<String>>,
 }
 
-impl Storage for MemoryStorage {
-    fn persist(&mut self, record: Record) {
-        self.log.append(record);
+impl DurableMarks {
+    /// Records a disk failure and stops the replica: it must not run on
+    /// without the durability it was configured for.
+    pub fn fail(&self, what: String, stop: &AtomicBool) {
+        eprintln!("palisade: {what}; stopping: a replica never runs on without the durability it was configured for");
+        self.failure.lock().get_or_insert(what);
+        stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The storage stage.
+pub struct StorageStage<D: Dir> {
+    /// The journal.
+    pub journal: Journal<D>,
+    /// Work in.
+    pub rx: Rx<StorageCmd>,
+    /// Where released frames go.
+    pub egress: Arc<dyn Egress>,
+    /// Progress, for consensus, delivery and the snapshot writer.
+    pub marks: Arc<DurableMarks>,
+    /// Counters.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// Delivery's bell (replies waiting for durability).
+    pub wake: Bell,
+    /// The replica's stop flag.
+    pub stop: Arc<AtomicBool>,
+    /// Commands per group at most.
+    pub drain_max: usize,
+    /// The snapshot mark last applied to the journal.
+    pub snapshot_applied: u64,
+}
+
+impl<D: Dir> Stage for StorageStage<D> {
+    fn name(&self) -> &'static str {
+        "storage"
     }
 
-    fn records(&self) -> Vec<Record> {
-        self.log.records().to_vec()
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let snap = self.marks.snapshot.load(Ordering::Acquire);
+        if snap > self.snapshot_applied {
+            self.snapshot_applied = snap;
+            if let Err(e) = self.journal.snapshot_durable(SeqNo(snap)) {
+                self.marks.fail(format!("cannot trim the log: {e}"), &self.stop);
+                return Err(Ended);
+            }
+        }
+        let cmds = self.rx.take_up_to(self.drain_max);
+        if cmds.is_empty() {
+            return Ok(false);
+        }
+        let mut entries = Vec::new();
+        let mut releases = Vec::new();
+        let mut groups = 0;
+        for c in cmds {
+            match c {
+                StorageCmd::Entries(e) => {
+                    entries.extend(e);
+                    groups += 1;
+                }
+                StorageCmd::Release(frames) => releases.push(frames),
+            }
+        }
+        let decided = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Decided { seq, .. } => Some(seq.0),
+                Entry::Record(_) => None,
+            })
+            .max();
+        if !entries.is_empty() {
+            let n = entries.len() as u64;
+            if let Err(e) = self.journal.write(entries) {
+                self.marks.fail(format!("cannot write the log: {e}"), &self.stop);
+                return Err(Ended);
+            }
+            let c = &self.metrics.counters;
+            RuntimeMetrics::add(&c.log_groups, 1);
+            RuntimeMetrics::add(&c.log_entries, n);
+        }
+        if let Some(d) = decided {
+            self.marks.decided.fetch_max(d, Ordering::AcqRel);
+        }
+        self.marks.groups_done.fetch_add(groups, Ordering::AcqRel);
+        self.wake.ring();
+        for frames in releases {
+            for (to, bodies) in frames {
+                let n = bodies.len() as u64;
+                if !self.egress.to_peer(to, bodies) {
+                    RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, n);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Which snapshots are written and kept.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotPolicy {
+    /// Snapshots kept on disk: the newest and its fallbacks.
+    pub keep: usize,
+    /// Sequence numbers between snapshots at least.
+    pub interval: u64,
+    /// The newest snapshot on disk now.
+    pub last: SeqNo,
+}
+
+/// Hands checkpoints to the snapshot writer thread.
+pub struct SnapshotWriter {
+    tx: crossbeam_channel::Sender<(SeqNo, Kept)>,
+    marks: Arc<DurableMarks>,
+    /// Sequence numbers between snapshots at least.
+    pub interval: u64,
+    last: SeqNo,
+}
+
+impl SnapshotWriter {
+    /// Starts the writer thread over `dir`; `wake` rings when a snapshot
+    /// is written.
+    pub fn spawn<D: Dir>(
+        dir: Arc<D>,
+        policy: SnapshotPolicy,
+        marks: Arc<DurableMarks>,
+        metrics: Arc<RuntimeMetrics>,
+        stop: Arc<AtomicBool>,
+        wake: Bell,
+    ) -> (SnapshotWriter, std::thread::JoinHandle<()>) {
+        let SnapshotPolicy { keep, interval, last } = policy;
+        let (tx, rx) = crossbeam_channel::bounded::<(SeqNo, Kept)>(1);
+        let m = marks.clone();
+        let thread = std::thread::Builder::new()
+            .name("snapshots".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (seq, kept) = match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                        Ok(job) => job,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    };
+                    match palisade_storage::snapshot::write_snapshot(&*dir, seq, kept.root, &kept.parts, keep) {
+                        Ok(bytes) => {
+                            RuntimeMetrics::add(&metrics.counters.snapshots_written, 1);
+                            RuntimeMetrics::add(&metrics.counters.snapshot_bytes, bytes);
+                            m.snapshot.fetch_max(seq.0, Ordering::AcqRel);
+                        }
+                        Err(e) => m.fail(format!("cannot write the snapshot at {seq}: {e}"), &stop),
+                    }
+                    m.snapshot_busy.store(false, Ordering::Release);
+                    wake.ring();
+                }
+            })
+            .expect("the snapshot thread starts");
+        (SnapshotWriter { tx, marks, interval, last }, thread)
+    }
+
+    /// Offers the state at `seq`; written if the writer is idle and the
+    /// last snapshot is old enough, or `force` (a fetched state: the log
+    /// cannot replay up to it). Returns whether it was taken (or written
+    /// before).
+    pub fn offer(&mut self, seq: SeqNo, kept: &Kept, force: bool) -> bool {
+        if seq <= self.last {
+            return true;
+        }
+        if !force && seq.0 < self.last.0 + self.interval {
+            return false;
+        }
+        if self.marks.snapshot_busy.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if self.tx.try_send((seq, kept.clone())).is_err() {
+            self.marks.snapshot_busy.store(false, Ordering::Release);
+            return false;
+        }
+        self.last = seq;
+        true
     }
 }

@@ -40,13 +40,28 @@ pub trait Dir: Send + Sync + 'static {
 pub struct FsDir {
     root: PathBuf,
     open: Mutex<BTreeMap<String, Arc<File>>>,
+    lock: Mutex<Option<File>>,
 }
 
 impl FsDir {
     /// Opens `root`, creating it if needed.
     pub fn open(root: &Path) -> io::Result<FsDir> {
         std::fs::create_dir_all(root)?;
-        Ok(FsDir { root: root.to_path_buf(), open: Mutex::new(BTreeMap::new()) })
+        Ok(FsDir { root: root.to_path_buf(), open: Mutex::new(BTreeMap::new()), lock: Mutex::new(None) })
+    }
+
+    /// Takes the directory for this process alone (an advisory lock on
+    /// `LOCK`, held until the `FsDir` is dropped): two replicas writing one
+    /// log would destroy it.
+    pub fn lock(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.root.join("LOCK"))?;
+        // SAFETY: plain syscall on an open descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::other("another process is using this data directory"));
+        }
+        *self.lock.lock() = Some(f);
+        Ok(())
     }
 
     /// The directory's path.

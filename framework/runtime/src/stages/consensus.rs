@@ -7,20 +7,70 @@ use crate::metrics::{CoreSnapshot, RuntimeMetrics};
 use crate::queue::{Ended, Outflow, Rx, Tx};
 use crate::runner::Stage;
 use crate::shared::CurrentView;
-use crate::storage::Storage;
+use crate::storage::{DurableMarks, StorageCmd};
 use bytes::Bytes;
 use palisade_core::{ClientId, Crypto, Input, PeerMessage, Record, ReplicaId, Request, RequestId};
 use palisade_host::{ClientMail, ConsensusHost, ConsensusIo, ExecCommand};
+use palisade_storage::Entry;
 use palisade_wire::envelope::RejectReason;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// The consensus stage's line to the storage stage.
+pub struct JournalLink {
+    /// Entries and held-back frames out (never dropped: while any wait for
+    /// room, the stage takes no peer message or request).
+    pub tx: Outflow<StorageCmd>,
+    /// How far storage has got.
+    pub marks: Arc<DurableMarks>,
+    /// `full` mode: protocol records are logged, and frames wait for them.
+    pub votes: bool,
+    /// Decided batches are logged (`log` and `full`).
+    pub batches: bool,
+    /// [`StorageCmd::Entries`] sent so far.
+    pub submitted: u64,
+    /// Entries of this wake-up not yet handed over.
+    pub pending: Vec<Entry>,
+}
+
+impl JournalLink {
+    /// Hands over the pending entries as one command.
+    fn submit(&mut self) -> Result<(), Ended> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.submitted += 1;
+        self.tx.push(StorageCmd::Entries(std::mem::take(&mut self.pending)))
+    }
+
+    /// Sends `frames` now, or after the entries queued before them are
+    /// durable when any are still on their way.
+    fn send(
+        &mut self,
+        frames: Vec<(ReplicaId, Vec<Bytes>)>,
+        egress: &dyn Egress,
+        metrics: &RuntimeMetrics,
+    ) -> Result<(), Ended> {
+        if self.votes {
+            self.submit()?;
+            if self.submitted > self.marks.groups_done.load(Ordering::Acquire) {
+                return self.tx.push(StorageCmd::Release(frames));
+            }
+        }
+        for (to, bodies) in frames {
+            send(egress, metrics, to, bodies);
+        }
+        Ok(())
+    }
+}
 
 /// Feeds the core peer messages, requests, ticks and checkpoint digests,
 /// and carries out what it decides.
 pub struct Consensus<C: Crypto> {
     /// The core and its driver.
     pub host: ConsensusHost<C>,
-    /// Durable records.
-    pub storage: Box<dyn Storage>,
+    /// The journal, when the replica keeps one.
+    pub journal: Option<JournalLink>,
     /// Peer messages in.
     pub rx_peer: Rx<(ReplicaId, PeerMessage)>,
     /// Requests in.
@@ -50,7 +100,7 @@ pub struct Consensus<C: Crypto> {
 
 /// What the host's actions touch, borrowed from the stage for one step.
 struct Wiring<'a> {
-    storage: &'a mut dyn Storage,
+    journal: Option<&'a mut JournalLink>,
     outbox: &'a mut Outbox<ReplicaId>,
     egress: &'a dyn Egress,
     tx_delivery: &'a mut Outflow<ExecCommand>,
@@ -62,7 +112,14 @@ struct Wiring<'a> {
 impl Wiring<'_> {
     fn queue(&mut self, to: ReplicaId, body: Bytes) {
         if let Some(full) = self.outbox.push(to, body) {
-            send(self.egress, self.metrics, to, full);
+            match self.journal.as_deref_mut() {
+                Some(j) => {
+                    if j.send(vec![(to, full)], self.egress, self.metrics).is_err() {
+                        self.ended = true;
+                    }
+                }
+                None => send(self.egress, self.metrics, to, full),
+            }
         }
     }
 }
@@ -76,9 +133,12 @@ fn send(egress: &dyn Egress, metrics: &RuntimeMetrics, to: ReplicaId, bodies: Ve
 
 impl ConsensusIo for Wiring<'_> {
     fn persist(&mut self, record: Record) {
-        // Bodies queued in the outbox leave only after the step, so after
-        // every record persisted before them.
-        self.storage.persist(record);
+        // Bodies queued after this leave only once it is durable (see
+        // `JournalLink::send`). Without `full` durability the record is not
+        // kept: a restart then rejoins without its votes.
+        if let Some(j) = self.journal.as_deref_mut().filter(|j| j.votes) {
+            j.pending.push(Entry::Record(record));
+        }
     }
 
     fn send(&mut self, to: ReplicaId, msg: &PeerMessage) {
@@ -94,6 +154,13 @@ impl ConsensusIo for Wiring<'_> {
     }
 
     fn execute(&mut self, cmd: ExecCommand) {
+        if let (ExecCommand::Deliver { seq, view, batch }, Some(j)) = (&cmd, self.journal.as_deref_mut()) {
+            if j.batches {
+                // Logged while delivery executes it (Durable-SMaRt's
+                // parallel logging).
+                j.pending.push(Entry::Decided { seq: *seq, view: *view, batch: batch.clone() });
+            }
+        }
         if self.tx_delivery.push(cmd).is_err() {
             self.ended = true;
         }
@@ -112,7 +179,7 @@ impl ConsensusIo for Wiring<'_> {
 impl<C: Crypto> Consensus<C> {
     fn step(&mut self, input: Input) -> Result<(), Ended> {
         let mut io = Wiring {
-            storage: &mut *self.storage,
+            journal: self.journal.as_mut(),
             outbox: &mut self.outbox,
             egress: &*self.egress,
             tx_delivery: &mut self.tx_delivery,
@@ -128,12 +195,24 @@ impl<C: Crypto> Consensus<C> {
         }
     }
 
-    /// Sends what this wake-up produced: one mailbox message per peer.
-    fn flush(&mut self) {
+    /// Sends what this wake-up produced: one mailbox message per peer,
+    /// behind the entries it depends on.
+    fn flush(&mut self) -> Result<(), Ended> {
         let batches: Vec<_> = self.outbox.drain().collect();
-        for (to, bodies) in batches {
-            send(&*self.egress, &self.metrics, to, bodies);
+        match &mut self.journal {
+            Some(j) => {
+                j.submit()?;
+                if !batches.is_empty() {
+                    j.send(batches, &*self.egress, &self.metrics)?;
+                }
+            }
+            None => {
+                for (to, bodies) in batches {
+                    send(&*self.egress, &self.metrics, to, bodies);
+                }
+            }
         }
+        Ok(())
     }
 
     fn publish(&self) {
@@ -174,7 +253,10 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
             self.step(Input::Tick { now_ms, wall_ms })?;
             busy = true;
         }
-        let clear = self.tx_delivery.flush()?;
+        let mut clear = self.tx_delivery.flush()?;
+        if let Some(j) = &mut self.journal {
+            clear &= j.tx.flush()?;
+        }
         // Checkpoint completions and ticks never wait: they produce little
         // for delivery, and delivery may be waiting on them.
         while let Some(input) = self.rx_control.take() {
@@ -187,7 +269,8 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
         }
         // Peer messages first, then requests, while decisions flow.
         let mut budget = if clear { self.drain_max } else { 0 };
-        while budget > 0 && self.tx_delivery.backlog() == 0 {
+        while budget > 0 && self.tx_delivery.backlog() == 0 && self.journal.as_ref().is_none_or(|j| j.tx.backlog() == 0)
+        {
             let next = if let Some((from, msg)) = self.rx_peer.take() {
                 Input::Peer { from, msg }
             } else if let Some(r) = self.rx_requests.take() {
@@ -200,7 +283,7 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
             budget -= 1;
         }
         if busy {
-            self.flush();
+            self.flush()?;
             self.publish();
         }
         Ok(busy)

@@ -7,9 +7,31 @@ use crate::egress::Egress;
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{Ended, Outflow, Rx};
 use crate::runner::Stage;
+use crate::storage::{DurableMarks, SnapshotWriter};
 use palisade_core::{Digest, Input, PeerMessage, ReplicaId, SeqNo, Service};
 use palisade_host::{ClientMail, ExecCommand, ExecEvent, ExecutionHost, ExecutionIo};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// Batches of replies held for durability at most; past it, delivery
+/// takes nothing new until storage catches up.
+const HELD_MAX: usize = 1024;
+
+/// What delivery does about the disk.
+pub struct DeliveryDisk {
+    /// `log` mode: replies wait until their batch is durable.
+    pub hold_replies: bool,
+    /// How far storage has got.
+    pub marks: Arc<DurableMarks>,
+    /// Writes checkpoints' states in the background.
+    pub snapshots: SnapshotWriter,
+    /// Replies waiting for their batch (its sequence number) to be durable.
+    pub held: VecDeque<(u64, Vec<ClientMail>)>,
+    /// A fetched state that must be written (the log cannot replay to it)
+    /// once the writer is free.
+    pub forced: Option<SeqNo>,
+}
 
 /// Runs decisions through the service. Its replies and checkpoint digests
 /// are never dropped: while any wait for room, it takes nothing new.
@@ -28,9 +50,16 @@ pub struct Delivery<S: Service> {
     pub metrics: Arc<RuntimeMetrics>,
     /// Commands per wake-up.
     pub drain_max: usize,
+    /// The disk, when the replica keeps one.
+    pub disk: Option<DeliveryDisk>,
+    /// The last batch delivered (what a read's answer reflects).
+    pub delivered: u64,
 }
 
 struct Wiring<'a> {
+    held: Option<&'a mut VecDeque<(u64, Vec<ClientMail>)>>,
+    seq: u64,
+    taken: Vec<(SeqNo, bool)>,
     tx_control: &'a mut Outflow<Input>,
     tx_reply: &'a mut Outflow<ReplyBatch>,
     egress: &'a dyn Egress,
@@ -40,18 +69,24 @@ struct Wiring<'a> {
 
 impl ExecutionIo for Wiring<'_> {
     fn replies(&mut self, mails: Vec<ClientMail>) {
+        if let Some(held) = self.held.as_deref_mut() {
+            held.push_back((self.seq, mails));
+            return;
+        }
         if self.tx_reply.push(mails).is_err() {
             self.ended = true;
         }
     }
 
     fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
+        self.taken.push((seq, false));
         if self.tx_control.push(Input::CheckpointReady { seq, state }).is_err() {
             self.ended = true;
         }
     }
 
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
+        self.taken.push((seq, true));
         if self.tx_control.push(Input::StateFetched { seq, state }).is_err() {
             self.ended = true;
         }
@@ -84,13 +119,24 @@ impl<S: Service + Send + Sync> Stage for Delivery<S> {
     }
 
     fn poll(&mut self) -> Result<bool, Ended> {
-        let mut busy = false;
+        let mut busy = self.release_held()?;
+        self.offer_forced();
         for _ in 0..self.drain_max {
             if !(self.tx_control.flush()? && self.tx_reply.flush()?) {
                 break;
             }
+            if self.disk.as_ref().is_some_and(|d| d.held.len() >= HELD_MAX) {
+                break;
+            }
             let Some(cmd) = self.rx.take() else { break };
+            if let ExecCommand::Deliver { seq, .. } = &cmd {
+                self.delivered = seq.0;
+            }
+            let hold = self.disk.as_ref().is_some_and(|d| d.hold_replies);
             let mut io = Wiring {
+                held: if hold { self.disk.as_mut().map(|d| &mut d.held) } else { None },
+                seq: self.delivered,
+                taken: Vec::new(),
                 tx_control: &mut self.tx_control,
                 tx_reply: &mut self.tx_reply,
                 egress: &*self.egress,
@@ -106,9 +152,49 @@ impl<S: Service + Send + Sync> Stage for Delivery<S> {
             if io.ended {
                 return Err(Ended);
             }
+            let taken = std::mem::take(&mut io.taken);
+            self.offer(taken);
             busy = true;
         }
+        busy |= self.release_held()?;
         Ok(busy)
+    }
+}
+
+impl<S: Service + Send + Sync> Delivery<S> {
+    /// Sends the held replies whose batches are now durable.
+    fn release_held(&mut self) -> Result<bool, Ended> {
+        let Some(disk) = &mut self.disk else { return Ok(false) };
+        let durable = disk.marks.decided.load(Ordering::Acquire);
+        let mut any = false;
+        while disk.held.front().is_some_and(|(seq, _)| *seq <= durable) {
+            let (_, mails) = disk.held.pop_front().expect("a front");
+            self.tx_reply.push(mails)?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Offers new checkpoints' states to the snapshot writer.
+    fn offer(&mut self, taken: Vec<(SeqNo, bool)>) {
+        let Some(disk) = &mut self.disk else { return };
+        for (seq, fetched) in taken {
+            let Some(kept) = self.host.store().get(seq) else { continue };
+            if !disk.snapshots.offer(seq, kept, fetched) && fetched {
+                disk.forced = Some(seq);
+            }
+        }
+    }
+
+    /// Retries writing a fetched state the writer was too busy for.
+    fn offer_forced(&mut self) {
+        let Some(disk) = &mut self.disk else { return };
+        if let Some(seq) = disk.forced {
+            match self.host.store().get(seq) {
+                Some(kept) if !disk.snapshots.offer(seq, kept, true) => {}
+                _ => disk.forced = None,
+            }
+        }
     }
 }
 
@@ -154,6 +240,8 @@ mod tests {
             egress: egress.clone(),
             metrics: Arc::new(RuntimeMetrics::default()),
             drain_max: 8,
+            disk: None,
+            delivered: 0,
         };
         let requests: Vec<Request> = (1..=8).map(|c| add(c, 1)).collect();
         for seq in 1..=2 {

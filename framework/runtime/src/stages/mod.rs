@@ -21,8 +21,8 @@ mod reply;
 mod ticker;
 mod verify;
 
-pub use consensus::Consensus;
-pub use delivery::Delivery;
+pub use consensus::{Consensus, JournalLink};
+pub use delivery::{Delivery, DeliveryDisk};
 pub use filter::RequestFilter;
 pub use reply::Replier;
 pub use ticker::{clocks, wall_clock_ms, Ticker};

@@ -1,0 +1,224 @@
+//! Bringing a replica back from its disk: the newest snapshot that checks,
+//! the decided batches after it replayed up to a checkpoint, and, in
+//! `full` mode, its protocol records, so that it rejoins as the replica it
+//! was. The runtime and the simulator both recover through here.
+
+use crate::consensus::ExecCommand;
+use crate::execution::{ClientMail, ExecutionConfig, ExecutionHost, ExecutionIo};
+use crate::state::Kept;
+use palisade_core::replica::Restart;
+use palisade_core::{Digest, Executor, PeerMessage, ReplicaId, SeqNo, Service};
+use palisade_storage::snapshot::{load_newest, Rejected};
+use palisade_storage::{Cut, CutKind, Dir, Journal, WalOptions};
+use parking_lot::RwLock;
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// What a replica writes to disk, and so what it survives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Nothing: a restarted replica comes back empty and catches up from
+    /// its peers, without voting until it is past what it may have voted
+    /// on. All replicas crashing at once loses everything.
+    None,
+    /// Durable-SMaRt's parallel logging: decided batches are logged while
+    /// execution goes on, and replies wait until their batch is durable. A
+    /// restarted replica recovers its state from disk but not its votes,
+    /// so it rejoins like one in `none` mode, only faster.
+    Log,
+    /// PBFT's persistence: also the view, pre-prepares and votes, each
+    /// durable before the message that depends on it is sent. A restarted
+    /// replica is the replica it was; every replica crashing at once loses
+    /// no acknowledged operation.
+    #[default]
+    Full,
+}
+
+impl Durability {
+    /// Whether decided batches are logged.
+    pub fn logs_batches(self) -> bool {
+        self != Durability::None
+    }
+
+    /// Whether protocol records are logged before what depends on them.
+    pub fn logs_votes(self) -> bool {
+        self == Durability::Full
+    }
+}
+
+impl FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Durability::None),
+            "log" => Ok(Durability::Log),
+            "full" => Ok(Durability::Full),
+            other => Err(format!("unknown durability {other:?}: use none, log or full")),
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Durability::None => "none",
+            Durability::Log => "log",
+            Durability::Full => "full",
+        })
+    }
+}
+
+/// What recovery found, for the operator.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// The snapshot loaded: its checkpoint and size in bytes.
+    pub snapshot: Option<(SeqNo, u64)>,
+    /// Snapshots that did not check, and were deleted.
+    pub rejected: Vec<Rejected>,
+    /// Log entries read.
+    pub entries: usize,
+    /// Protocol records restored.
+    pub records: usize,
+    /// Decided batches replayed on top of the snapshot.
+    pub replayed: u64,
+    /// The checkpoint the service state was brought to.
+    pub executed: SeqNo,
+    /// Where the log was cut, if it was.
+    pub cut: Option<Cut>,
+    /// Whether the replica must rejoin without its votes.
+    pub votes_lost: bool,
+}
+
+impl RecoveryReport {
+    /// Whether the disk held anything at all.
+    pub fn found_anything(&self) -> bool {
+        self.snapshot.is_some() || self.entries > 0 || !self.rejected.is_empty() || self.cut.is_some()
+    }
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.snapshot {
+            Some((seq, bytes)) => write!(f, "snapshot at {seq} ({bytes} bytes)")?,
+            None => write!(f, "no snapshot")?,
+        }
+        write!(
+            f,
+            ", {} log entries, {} protocol records, {} batches replayed; state at {}",
+            self.entries, self.records, self.replayed, self.executed
+        )?;
+        for r in &self.rejected {
+            write!(f, "; discarded {} ({}), will fetch from peers", r.name, r.reason)?;
+        }
+        if let Some(c) = &self.cut {
+            match c.kind {
+                CutKind::TornTail => write!(f, "; cut a torn tail at {}:{}", c.segment, c.offset)?,
+                CutKind::Corrupt => write!(
+                    f,
+                    "; DAMAGED log at {}:{} (and {} later segments) discarded",
+                    c.segment, c.offset, c.later_segments
+                )?,
+            }
+        }
+        if self.votes_lost {
+            write!(f, "; rejoining without its votes")?;
+        }
+        Ok(())
+    }
+}
+
+/// Replay drops everything a live replica would send.
+struct Quiet {
+    checkpoints: Vec<(SeqNo, Digest)>,
+}
+
+impl ExecutionIo for Quiet {
+    fn replies(&mut self, _mails: Vec<ClientMail>) {}
+    fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
+        self.checkpoints.push((seq, state));
+    }
+    fn state_fetched(&mut self, _seq: SeqNo, _state: Digest) {}
+    fn send(&mut self, _to: ReplicaId, _msg: PeerMessage) {}
+}
+
+/// A replica brought back from its disk.
+pub struct Recovered<S: Service, D: Dir> {
+    /// The journal, open for what comes next.
+    pub journal: Journal<D>,
+    /// The service at the recovered checkpoint.
+    pub execution: ExecutionHost<S>,
+    /// How the core restarts; `None` when the disk held nothing (a first
+    /// start, or a replaced disk: the caller decides which).
+    pub restart: Option<Restart>,
+    /// What was found.
+    pub report: RecoveryReport,
+}
+
+/// Recovers from `dir`. A snapshot that does not check is deleted and the
+/// next older one tried; a damaged log is cut where the damage starts, and
+/// the replica then rejoins without its votes. Errors are the disk's own
+/// (unreadable, full, read-only): a replica must not run on without the
+/// durability it was configured for.
+pub fn recover<S: Service, D: Dir>(
+    dir: Arc<D>,
+    mode: Durability,
+    wal: WalOptions,
+    exec: Arc<RwLock<Executor<S>>>,
+    ecfg: ExecutionConfig,
+    nonce: u64,
+) -> io::Result<Recovered<S, D>> {
+    let checkpoint_interval = ecfg.checkpoint_interval;
+    let (loaded, rejected) = load_newest(&*dir, ecfg.max_record_bytes.min(usize::MAX as u64) as usize)?;
+    let mut report = RecoveryReport { rejected, ..RecoveryReport::default() };
+    let restored = loaded.map(|l| {
+        report.snapshot = Some((l.seq, l.bytes));
+        (l.seq, Kept { root: l.root, digests: Arc::new(l.digests), parts: Arc::new(l.parts) })
+    });
+    let mut execution = ExecutionHost::new(exec, ecfg, restored)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the snapshot does not install: {e}")))?;
+    let (mut journal, rec) = Journal::open(dir, wal)?;
+    if let Some((seq, _)) = report.snapshot {
+        journal.snapshot_durable(seq)?;
+    }
+    report.entries = rec.entries;
+    report.cut = rec.cut.clone();
+    let (mut executed, mut state) = execution.restored();
+    // Replay the decided batches that follow, as far as the last checkpoint
+    // they reach: the core restarts at a checkpoint, and learns anything
+    // later again from its records and its peers.
+    let mut next = executed.next();
+    let mut run = Vec::new();
+    while let Some((view, batch)) = rec.decided.get(&next) {
+        run.push((next, *view, batch.clone()));
+        next = next.next();
+    }
+    let reach = run.last().map_or(executed.0, |(s, _, _)| s.0 / checkpoint_interval * checkpoint_interval);
+    let mut quiet = Quiet { checkpoints: Vec::new() };
+    for (seq, view, batch) in run.into_iter().take_while(|(s, _, _)| s.0 <= reach) {
+        execution
+            .handle(ExecCommand::Deliver { seq, view, batch }, &mut quiet)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        report.replayed += 1;
+        if let Some(&(s, d)) = quiet.checkpoints.last() {
+            (executed, state) = (s, d);
+            // Only the newest state need stay in memory.
+            let _ = execution.handle(ExecCommand::ForgetBelow(s), &mut quiet);
+        }
+    }
+    report.executed = executed;
+    let damaged = report.cut.as_ref().is_some_and(|c| c.kind == CutKind::Corrupt);
+    report.votes_lost = !mode.logs_votes() || damaged;
+    report.records = if report.votes_lost { 0 } else { rec.records.len() };
+    let restart = report.found_anything().then(|| Restart {
+        records: if report.votes_lost { Vec::new() } else { rec.records },
+        votes_lost: report.votes_lost,
+        executed,
+        executed_state: state,
+        nonce,
+    });
+    Ok(Recovered { journal, execution, restart, report })
+}
