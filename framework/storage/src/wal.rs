@@ -236,6 +236,10 @@ impl<D: Dir> Wal<D> {
             }
             segments.push(Segment { name: name.clone(), first: hfirst, capacity });
         }
+        // A last segment without entries is started afresh under its name.
+        if segments.last().is_some_and(|s| s.first == next) {
+            segments.pop();
+        }
         let mut wal = Wal { dir, opts, segments, tail: 0, next };
         wal.start_segment(opts.segment_bytes)?;
         Ok((wal, replay))

@@ -87,6 +87,29 @@ fn a_flipped_bit_in_durable_entries_is_found_and_nothing_after_it_is_trusted() {
 }
 
 #[test]
+fn a_log_damaged_at_its_first_entry_starts_again_and_keeps_working() {
+    let d = MemDir::new();
+    let (mut wal, _) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    for i in 1..=5 {
+        wal.append(&[payload(i)]).unwrap();
+    }
+    d.corrupt(&segments(&d)[0], 40);
+    drop(wal);
+    let (mut wal, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    assert!(replay.entries.is_empty());
+    assert_eq!(replay.cut.map(|c| c.kind), Some(CutKind::Corrupt));
+    // Writing on and trimming never touches a file twice under one name.
+    for i in 1..=300 {
+        wal.append(&[payload(i)]).unwrap();
+        wal.trim(i).unwrap();
+    }
+    drop(wal);
+    let (_, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    assert_eq!(replay.cut, None);
+    assert_eq!(replay.entries.last().map(|(l, _)| *l), Some(300));
+}
+
+#[test]
 fn a_damaged_older_segment_is_corruption_and_later_segments_are_dropped() {
     let d = MemDir::new();
     let (mut wal, _) = Wal::open(Arc::new(d.clone()), small()).unwrap();
