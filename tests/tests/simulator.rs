@@ -114,6 +114,29 @@ fn losing_votes_beside_a_byzantine_replica_is_beyond_the_model_yet_never_unsafe(
 }
 
 #[test]
+fn every_replica_crashing_at_once_with_torn_and_rotten_disks_loses_nothing_acknowledged() {
+    // Each run crashes every correct replica at once, once or more, beside a
+    // Byzantine replica; crash victims' disks tear the write in flight and
+    // rot. The checkers judge agreement and what clients observed (nothing
+    // acknowledged may go missing), and every run must finish its work.
+    let both = |c: &mut SimConfig| {
+        c.crash_all = Some(true);
+        c.disk_faults = Some(true);
+    };
+    let reports = sweep_with(9_000..9_300, 4, Mode::Bft, ByzantineChoice::Random, both);
+    let unsafe_runs: Vec<_> = reports.iter().filter(|r| !r.safety.is_empty()).map(|r| (r.seed, &r.safety[0])).collect();
+    assert!(unsafe_runs.is_empty(), "{unsafe_runs:?}");
+    let within: Vec<_> = reports.iter().filter(|r| !r.beyond_model).cloned().collect();
+    assert_clean(&within, 4, "bft --crash-all yes --disk-faults yes");
+    let sum = |f: fn(&palisade_sim::world::DiskStats) -> u64| reports.iter().map(|r| f(&r.disk)).sum::<u64>();
+    assert!(sum(|d| d.crash_alls) > 300, "every run crashes everyone at least once");
+    assert!(sum(|d| d.torn_tails) > 20, "torn tails were cut: {}", sum(|d| d.torn_tails));
+    assert!(sum(|d| d.damaged_logs) > 5, "damaged logs were found: {}", sum(|d| d.damaged_logs));
+    assert!(sum(|d| d.rejected_snapshots) > 5, "rotten snapshots were refused: {}", sum(|d| d.rejected_snapshots));
+    assert!(sum(|d| d.replayed) > 100, "logs were replayed onto snapshots: {}", sum(|d| d.replayed));
+}
+
+#[test]
 fn faulty_clients_split_requests_and_bypass_the_primary_without_effect() {
     let reports = sweep_with(7_000..7_150, 4, Mode::Bft, ByzantineChoice::Random, |c| c.byzantine_clients = Some(1));
     assert_clean(&reports, 4, "bft");

@@ -42,7 +42,8 @@ pub struct DurableMarks {
     pub decided: AtomicU64,
     /// [`StorageCmd::Entries`] commands done.
     pub groups_done: AtomicU64,
-    /// The newest snapshot that is durable.
+    /// The fallback snapshot (the one before the newest) that is durable:
+    /// the log needs no decided batch at or below it.
     pub snapshot: AtomicU64,
     /// Whether the snapshot writer is busy.
     pub snapshot_busy: AtomicBool,
@@ -183,6 +184,7 @@ impl SnapshotWriter {
         let thread = std::thread::Builder::new()
             .name("snapshots".into())
             .spawn(move || {
+                let mut fallback = last;
                 while !stop.load(Ordering::Relaxed) {
                     let (seq, kept) = match rx.recv_timeout(std::time::Duration::from_millis(50)) {
                         Ok(job) => job,
@@ -193,7 +195,10 @@ impl SnapshotWriter {
                         Ok(bytes) => {
                             RuntimeMetrics::add(&metrics.counters.snapshots_written, 1);
                             RuntimeMetrics::add(&metrics.counters.snapshot_bytes, bytes);
-                            m.snapshot.fetch_max(seq.0, Ordering::AcqRel);
+                            // The log keeps the batches after the fallback,
+                            // so that it replays to here if this one rots.
+                            m.snapshot.fetch_max(fallback.0, Ordering::AcqRel);
+                            fallback = seq;
                         }
                         Err(e) => m.fail(format!("cannot write the snapshot at {seq}: {e}"), &stop),
                     }

@@ -43,6 +43,11 @@ pub struct SimConfig {
     /// operations to different replicas, requests only backups see); `None`
     /// draws zero or one from the seed.
     pub byzantine_clients: Option<usize>,
+    /// Whether crash victims' disks tear writes and rot; `None` draws it.
+    pub disk_faults: Option<bool>,
+    /// Whether every correct replica crashes at once during the fault
+    /// phase (only where disks survive); `None` draws it.
+    pub crash_all: Option<bool>,
     /// Extra one-way delay of every message after the heal: a network
     /// slower than the protocol's timeouts, which must still make progress.
     pub slow_network_ms: u64,
@@ -66,6 +71,8 @@ impl SimConfig {
             trace: false,
             amnesia: None,
             byzantine_clients: None,
+            disk_faults: None,
+            crash_all: None,
             slow_network_ms: 0,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),

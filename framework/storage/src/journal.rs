@@ -155,7 +155,7 @@ impl<D: Dir> Journal<D> {
             return Ok(());
         }
         let mut payloads: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
-        let bytes: usize = payloads.iter().map(|p| p.len() + crate::wal::ENTRY_HEADER_BYTES).sum();
+        let bytes = Wal::<D>::group_bytes(&payloads);
         if !self.wal.fits(bytes) {
             // A new segment starts with the long-lived records again.
             let refresh: Vec<Vec<u8>> = self
@@ -165,21 +165,19 @@ impl<D: Dir> Journal<D> {
                 .filter(|r| !matches!(r, Record::PrePrepared { batch: Some(_), .. }))
                 .map(|r| Entry::Record(r.clone()).encode())
                 .collect();
-            let refresh_bytes: usize = refresh.iter().map(|p| p.len() + crate::wal::ENTRY_HEADER_BYTES).sum();
+            let refresh_bytes = Wal::<D>::group_bytes(&refresh);
             self.wal.rotate(bytes + refresh_bytes)?;
             self.refreshed_at = self.wal.next_lsn();
             let n = refresh.len();
             payloads.splice(0..0, refresh);
-            let first = self.wal.next_lsn();
-            self.wal.append(&payloads)?;
+            let first = self.wal.append(&payloads)?;
             for (i, e) in entries.into_iter().enumerate() {
                 self.track(first + (n + i) as u64, e);
             }
             self.trim()?;
             return Ok(());
         }
-        let first = self.wal.next_lsn();
-        self.wal.append(&payloads)?;
+        let first = self.wal.append(&payloads)?;
         for (i, e) in entries.into_iter().enumerate() {
             self.track(first + i as u64, e);
         }

@@ -12,11 +12,16 @@
 //!
 //! A segment is named `wal-<first lsn, 20 digits>.seg`. Entries are
 //! numbered from 1 without gaps across segments. A zero length ends a
-//! segment's entries. On recovery the first entry that does not check ends
-//! the log: if nothing valid follows it in its segment and it is in the
-//! last segment, it was a write torn by a crash (never acknowledged, since
-//! the sync did not return) and is cut off; otherwise durable data behind
-//! it was damaged, and the recovery says so.
+//! segment's entries. Every group ends with a trailer: an entry whose
+//! payload is the single byte 0 (reserved; never returned on replay).
+//!
+//! On recovery the first entry that does not check ends the log. If
+//! nothing valid follows it in its segment and it is in the last segment,
+//! it was a write torn by a crash (never acknowledged, since the sync did
+//! not return) and is cut off. Otherwise durable data behind it was
+//! damaged, and the recovery says so. The trailer is what tells the two
+//! apart for the last group: a rotten entry in a synced group still has
+//! its group's valid trailer behind it.
 
 use crate::dir::Dir;
 use std::io;
@@ -31,6 +36,8 @@ pub const HEADER_BYTES: usize = 32;
 pub const ENTRY_HEADER_BYTES: usize = 16;
 /// Largest entry payload: a decided batch is at most a frame.
 pub const MAX_ENTRY_BYTES: usize = 1 << 30;
+/// The payload of a group's trailer.
+const TRAILER: &[u8] = &[0];
 
 /// An entry's number.
 pub type Lsn = u64;
@@ -172,6 +179,18 @@ fn valid_entry_after(buf: &[u8], from: usize, after: Lsn) -> bool {
     false
 }
 
+/// Where the entries of segment bytes `buf` end: the offset the next
+/// write would go to (for tests and the simulator, which tear it).
+pub fn entries_end(buf: &[u8]) -> usize {
+    let Some((mut next, _)) = decode_header(buf) else { return 0 };
+    let mut at = HEADER_BYTES;
+    while let Some((_, after)) = decode_entry(buf, at, next) {
+        next += 1;
+        at = after;
+    }
+    at
+}
+
 fn read_all<D: Dir>(dir: &D, name: &str) -> io::Result<Vec<u8>> {
     let len = dir.len(name)? as usize;
     let mut buf = vec![0; len];
@@ -217,7 +236,9 @@ impl<D: Dir> Wal<D> {
             };
             let mut at = HEADER_BYTES;
             while let Some((payload, after)) = decode_entry(&buf, at, next) {
-                replay.entries.push((next, payload.to_vec()));
+                if payload != TRAILER {
+                    replay.entries.push((next, payload.to_vec()));
+                }
                 next += 1;
                 at = after;
             }
@@ -273,21 +294,30 @@ impl<D: Dir> Wal<D> {
         self.start_segment(capacity)
     }
 
-    /// Writes `payloads` as consecutive entries with one write and one
-    /// sync; returns the number of the last (or of the previous entry when
-    /// `payloads` is empty). The caller checks [`Wal::fits`] first when it
-    /// wants a rotation to carry something of its own.
+    /// Bytes a group of `payloads` takes in a segment, trailer included.
+    pub fn group_bytes(payloads: &[Vec<u8>]) -> usize {
+        payloads.iter().map(|p| p.len() + ENTRY_HEADER_BYTES).sum::<usize>() + ENTRY_HEADER_BYTES + TRAILER.len()
+    }
+
+    /// Writes `payloads` as consecutive entries, and the group's trailer,
+    /// with one write and one sync; returns the number of the first entry.
+    /// The caller checks [`Wal::fits`] first when it wants a rotation to
+    /// carry something of its own.
     pub fn append(&mut self, payloads: &[Vec<u8>]) -> io::Result<Lsn> {
         if payloads.is_empty() {
-            return Ok(self.next - 1);
+            return Ok(self.next);
         }
-        let mut buf = Vec::with_capacity(payloads.iter().map(|p| p.len() + ENTRY_HEADER_BYTES).sum());
+        let mut buf = Vec::with_capacity(Self::group_bytes(payloads));
         for (i, p) in payloads.iter().enumerate() {
-            if p.is_empty() || p.len() > MAX_ENTRY_BYTES {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "an entry must be 1 byte to 1 GiB"));
+            if p.is_empty() || p.len() > MAX_ENTRY_BYTES || p.as_slice() == TRAILER {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an entry must be 1 byte to 1 GiB, and not the trailer",
+                ));
             }
             encode_entry(&mut buf, self.next + i as u64, p);
         }
+        encode_entry(&mut buf, self.next + payloads.len() as u64, TRAILER);
         if !self.fits(buf.len()) {
             self.rotate(buf.len())?;
         }
@@ -295,8 +325,9 @@ impl<D: Dir> Wal<D> {
         self.dir.write_at(name, self.tail, &buf)?;
         self.dir.sync(name)?;
         self.tail += buf.len() as u64;
-        self.next += payloads.len() as u64;
-        Ok(self.next - 1)
+        let first = self.next;
+        self.next += payloads.len() as u64 + 1;
+        Ok(first)
     }
 
     /// Deletes every segment all of whose entries are numbered below

@@ -49,11 +49,12 @@ fn a_torn_tail_is_cut_and_reported_and_the_log_goes_on() {
     let (mut wal, _) = Wal::open(Arc::new(d.clone()), small()).unwrap();
     wal.append(&[payload(1), payload(2)]).unwrap();
     let seg = segments(&d).pop().unwrap();
-    let end = 32 + 2 * (16 + payload(1).len()) as u64;
     // A group that was being written when the power went: half of it.
+    // (Entry 3 is the first group's trailer.)
+    let end = palisade_storage::wal::entries_end(&d.contents(&seg).unwrap()) as u64;
     let mut torn = Vec::new();
-    encode_entry(&mut torn, 3, &payload(3));
-    encode_entry(&mut torn, 4, &payload(4));
+    encode_entry(&mut torn, 4, &payload(3));
+    encode_entry(&mut torn, 5, &payload(4));
     torn.truncate(torn.len() / 2 + 3);
     d.write_at(&seg, end, &torn).unwrap();
     d.crash(CrashKind::Torn { seed: 7 });
@@ -66,7 +67,37 @@ fn a_torn_tail_is_cut_and_reported_and_the_log_goes_on() {
     drop(wal);
     let (_, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
     assert_eq!(replay.cut, None, "the cut tail was zeroed: no damage found twice");
-    assert_eq!(replay.entries.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let got: Vec<Vec<u8>> = replay.entries.into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got, vec![payload(1), payload(2), payload(3)]);
+}
+
+#[test]
+fn a_rotten_last_entry_of_a_synced_group_is_damage_not_a_torn_write() {
+    // Taking it for a torn write would silently drop a record the replica
+    // acted on (a vote it sent): its group's trailer shows it was written.
+    let d = MemDir::new();
+    let (mut wal, _) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    wal.append(&[payload(1)]).unwrap();
+    wal.append(&[payload(2), payload(3)]).unwrap();
+    let seg = segments(&d).pop().unwrap();
+    let end = palisade_storage::wal::entries_end(&d.contents(&seg).unwrap()) as u64;
+    let last_entry = end - 17 - (16 + payload(3).len()) as u64;
+    d.corrupt(&seg, last_entry + 17);
+    drop(wal);
+    let (_, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    assert_eq!(replay.entries.len(), 2);
+    assert_eq!(replay.cut.map(|c| (c.kind, c.offset)), Some((CutKind::Corrupt, last_entry)));
+    // A rotten trailer alone loses nothing and is no damage to a vote.
+    let d = MemDir::new();
+    let (mut wal, _) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    wal.append(&[payload(1)]).unwrap();
+    let seg = segments(&d).pop().unwrap();
+    let end = palisade_storage::wal::entries_end(&d.contents(&seg).unwrap()) as u64;
+    d.corrupt(&seg, end - 1);
+    drop(wal);
+    let (_, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
+    assert_eq!(replay.entries.len(), 1);
+    assert_eq!(replay.cut.map(|c| c.kind), Some(CutKind::TornTail));
 }
 
 #[test]
@@ -77,7 +108,8 @@ fn a_flipped_bit_in_durable_entries_is_found_and_nothing_after_it_is_trusted() {
         wal.append(&[payload(i)]).unwrap();
     }
     let seg = segments(&d).pop().unwrap();
-    let second = 32 + (16 + payload(1).len()) as u64;
+    // Each group of one entry ends with a 17-byte trailer.
+    let second = 32 + (16 + payload(1).len()) as u64 + 17;
     d.corrupt(&seg, second + 18);
     drop(wal);
     let (_, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
@@ -106,7 +138,7 @@ fn a_log_damaged_at_its_first_entry_starts_again_and_keeps_working() {
     drop(wal);
     let (_, replay) = Wal::open(Arc::new(d.clone()), small()).unwrap();
     assert_eq!(replay.cut, None);
-    assert_eq!(replay.entries.last().map(|(l, _)| *l), Some(300));
+    assert_eq!(replay.entries.last().map(|(_, p)| p.clone()), Some(payload(300)));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: palisade-sim --seeds START..END [--replicas N] [--mode bft|cft] \
 [--byzantine random|none|NAME] [--threads T] [--verbose] [--trace] [--plant weak-quorum|skip-new-view-check|torn-new-view|amnesiac-votes|evicting-q|fixed-request-timeout]
-       [--amnesia yes|no] [--slow-network MS]
+       [--amnesia yes|no] [--crash-all yes|no] [--disk-faults yes|no] [--slow-network MS]
        palisade-sim --list-strategies";
 
 struct Args {
@@ -19,7 +19,17 @@ struct Args {
     trace: bool,
     plant: Vec<String>,
     amnesia: Option<bool>,
+    crash_all: Option<bool>,
+    disk_faults: Option<bool>,
     slow_network_ms: u64,
+}
+
+fn yes_no(flag: &str, v: &str) -> Result<Option<bool>, String> {
+    match v {
+        "yes" => Ok(Some(true)),
+        "no" => Ok(Some(false)),
+        other => Err(format!("{flag} takes yes or no, not {other:?}")),
+    }
 }
 
 fn parse() -> Result<Option<Args>, String> {
@@ -34,6 +44,8 @@ fn parse() -> Result<Option<Args>, String> {
         trace: false,
         plant: Vec::new(),
         amnesia: None,
+        crash_all: None,
+        disk_faults: None,
         slow_network_ms: 0,
     };
     let mut seeds_given = false;
@@ -88,6 +100,8 @@ fn parse() -> Result<Option<Args>, String> {
                     other => return Err(format!("--amnesia takes yes or no, not {other:?}")),
                 }
             }
+            "--crash-all" => out.crash_all = yes_no("--crash-all", &value("--crash-all")?)?,
+            "--disk-faults" => out.disk_faults = yes_no("--disk-faults", &value("--disk-faults")?)?,
             "--slow-network" => {
                 let v = value("--slow-network")?;
                 out.slow_network_ms = v.parse().map_err(|_| format!("bad delay {v:?}"))?;
@@ -118,6 +132,8 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
     cfg.byzantine = args.byzantine.clone();
     cfg.trace = args.trace;
     cfg.amnesia = args.amnesia;
+    cfg.crash_all = args.crash_all;
+    cfg.disk_faults = args.disk_faults;
     cfg.slow_network_ms = args.slow_network_ms;
     if args.slow_network_ms > 0 {
         cfg.liveness_bound_ms = palisade_sim::config::slow_network_bound_ms(args.slow_network_ms);
@@ -200,6 +216,11 @@ fn main() -> ExitCode {
             if let Some(a) = args.amnesia {
                 extra.push_str(if a { " --amnesia yes" } else { " --amnesia no" });
             }
+            for (flag, v) in [("--crash-all", args.crash_all), ("--disk-faults", args.disk_faults)] {
+                if let Some(v) = v {
+                    extra.push_str(&format!(" {flag} {}", if v { "yes" } else { "no" }));
+                }
+            }
             if args.slow_network_ms > 0 {
                 extra.push_str(&format!(" --slow-network {}", args.slow_network_ms));
             }
@@ -224,6 +245,20 @@ fn main() -> ExitCode {
         p(0.5),
         p(0.99),
         s.recovery_ms.last()
+    );
+    let d = reports.iter().fold(palisade_sim::world::DiskStats::default(), |mut a, r| {
+        a.crash_alls += r.disk.crash_alls;
+        a.recoveries += r.disk.recoveries;
+        a.torn_tails += r.disk.torn_tails;
+        a.damaged_logs += r.disk.damaged_logs;
+        a.rejected_snapshots += r.disk.rejected_snapshots;
+        a.replayed += r.disk.replayed;
+        a
+    });
+    eprintln!(
+        "disks: {} crashes of every replica, {} recoveries, {} torn tails cut, {} damaged logs, \
+         {} snapshots refused, {} batches replayed",
+        d.crash_alls, d.recoveries, d.torn_tails, d.damaged_logs, d.rejected_snapshots, d.replayed
     );
     println!("SIM runs={} safety_violations={} liveness_failures={}", s.runs, s.safety_violations, s.liveness_failures);
     if s.safety_violations == 0 && s.liveness_failures == 0 {

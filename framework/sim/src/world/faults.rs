@@ -23,6 +23,13 @@ pub(crate) struct Faults {
     /// again, and Q sets churn.
     pub(crate) asynchrony: bool,
     pub(crate) byzantine_clients: usize,
+    /// Crash victims' disks tear the write in flight at a crash.
+    pub(crate) disk_faults: bool,
+    /// And a sector of a crash victim's disk may rot while it is down
+    /// (the replica then restarts without the votes it cannot trust).
+    pub(crate) disk_rot: bool,
+    /// Every correct replica crashes at once, once or more.
+    pub(crate) crash_all: bool,
 }
 
 impl Faults {
@@ -30,6 +37,8 @@ impl Faults {
         let crashes = if rng.chance(0.6) { rng.range(1, f as u64 + 1) as usize } else { 0 };
         let amnesia = rng.chance(0.3);
         let byzantine_clients = usize::from(rng.chance(0.3));
+        let disk_faults = rng.chance(0.5);
+        let crash_all = rng.chance(0.15);
         Faults {
             loss: if rng.chance(0.7) { rng.unit() * 0.3 } else { 0.0 },
             duplicate: if rng.chance(0.5) { rng.unit() * 0.5 } else { 0.0 },
@@ -42,12 +51,17 @@ impl Faults {
             clogged: rng.chance(0.3),
             asynchrony: rng.chance(0.2),
             byzantine_clients: cfg.byzantine_clients.unwrap_or(byzantine_clients).min(cfg.clients),
+            disk_faults: cfg.disk_faults.unwrap_or(disk_faults),
+            disk_rot: rng.chance(0.5),
+            // Only when disks survive: replicas that all lost their votes
+            // could never rejoin.
+            crash_all: cfg.crash_all.unwrap_or(crash_all) && !cfg.amnesia.unwrap_or(amnesia),
         }
     }
 
     pub(crate) fn describe(&self) -> String {
         format!(
-            "loss={:.2} dup={:.2} delay<={}ms partitions={}{} crashes={}{}{} clogged={} asynchrony={} byzantine-clients={}",
+            "loss={:.2} dup={:.2} delay<={}ms partitions={}{} crashes={}{}{} clogged={} asynchrony={} byzantine-clients={} disk-faults={}{} crash-all={}",
             self.loss,
             self.duplicate,
             self.delay_max_ms,
@@ -59,6 +73,9 @@ impl Faults {
             self.clogged,
             self.asynchrony,
             self.byzantine_clients,
+            self.disk_faults,
+            if self.disk_faults && self.disk_rot { "(rot too)" } else { "" },
+            self.crash_all,
         )
     }
 }
@@ -93,6 +110,13 @@ impl World {
                 t += len + self.rng.range(200, 1500);
             }
         }
+        if self.faults.crash_all {
+            let mut t = self.rng.range(500, phase / 2);
+            while t < phase {
+                self.schedule(t, Event::CrashAll);
+                t += self.rng.range(2_000, 5_000);
+            }
+        }
         // Crashes: each crash victim is honest; a restart replays its
         // durable records, or, with amnesia, starts without its votes.
         let mut candidates: Vec<usize> = (0..self.n()).filter(|r| !self.is_byzantine(*r)).collect();
@@ -112,6 +136,28 @@ impl World {
                 }
                 t += down + self.rng.range(500, 4000);
             }
+        }
+    }
+
+    /// Every correct replica crashes at once; each restarts from its disk
+    /// a little later.
+    pub(crate) fn crash_all(&mut self) {
+        if self.cfg.trace {
+            eprintln!("{:>6} every correct replica crashes", self.now);
+        }
+        self.disk_stats.crash_alls += 1;
+        let correct: Vec<usize> = (0..self.n()).filter(|r| !self.is_byzantine(*r)).collect();
+        // Rot would make more than f replicas lose their votes at once.
+        let rot = std::mem::replace(&mut self.faults.disk_rot, false);
+        for &r in &correct {
+            if self.replicas[r].consensus.is_some() {
+                self.crash(r);
+            }
+        }
+        self.faults.disk_rot = rot;
+        for r in correct {
+            let down = self.rng.range(100, 1500);
+            self.schedule(self.now + down, Event::Restart(r));
         }
     }
 

@@ -27,18 +27,24 @@ use network::Payload;
 use palisade_core::{ClientId, Config, Digest, Executor, Input, Membership, Mode, Replica, ReplicaId, ViewNo};
 use palisade_host::ConsensusHost;
 use replica::{Disk, SimReplica};
-pub use report::Report;
+pub use report::{DiskStats, Report};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
 #[derive(Debug)]
 pub(crate) enum Event {
-    Deliver { from: usize, to: usize, payload: Payload },
+    Deliver {
+        from: usize,
+        to: usize,
+        payload: Payload,
+    },
     ReplicaTick(usize),
     ClientTick(usize),
     Crash(usize),
     Restart(usize),
+    /// Every correct replica crashes at once.
+    CrashAll,
     Partition,
     HealPartition,
     Heal,
@@ -88,6 +94,9 @@ pub(crate) struct World {
     pub votes: Votes,
     /// Replicas that crash in this run (and so may lose their votes).
     pub victims: BTreeSet<usize>,
+    /// Replicas that restarted without their votes (a lost or damaged disk).
+    pub lost_votes: BTreeSet<usize>,
+    pub disk_stats: report::DiskStats,
     /// Windows of the fault phase in which messages are slow.
     pub slow_windows: Vec<(u64, u64)>,
     pub history: Vec<OpRecord>,
@@ -164,7 +173,7 @@ impl World {
                     id,
                     consensus: Some(ConsensusHost::new(core)),
                     execution: None,
-                    disk: Disk::default(),
+                    disk: Disk::new(),
                     crypto,
                     strategy,
                     rng: rng.fork(),
@@ -206,6 +215,8 @@ impl World {
             checker: Checker::default(),
             votes: Votes::default(),
             victims: BTreeSet::new(),
+            lost_votes: BTreeSet::new(),
+            disk_stats: Default::default(),
             slow_windows: Vec::new(),
             history: Vec::new(),
             heal_at,
@@ -213,7 +224,7 @@ impl World {
             cfg,
         };
         for r in 0..n {
-            let exec = world.execution_host(r, None);
+            let exec = world.execution_host(r);
             world.replicas[r].execution = Some(exec);
         }
         world
@@ -271,6 +282,7 @@ impl World {
                     self.schedule(self.now + TICK_MS, Event::ClientTick(c));
                 }
                 Event::Crash(r) => self.crash(r),
+                Event::CrashAll => self.crash_all(),
                 Event::Restart(r) => self.restart(r),
                 Event::Partition => self.partition(),
                 Event::HealPartition => self.blocked.clear(),

@@ -9,21 +9,48 @@ use crate::crypto::SimCrypto;
 use crate::rng::Rng;
 use crate::service::SimService;
 use palisade_core::exec::Executed;
-use palisade_core::replica::{Record, RecordLog, Restart};
+use palisade_core::replica::{Record, Restart};
 use palisade_core::{Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, RequestId, SeqNo};
-use palisade_host::state::Kept;
-use palisade_host::{ClientMail, ConsensusHost, ConsensusIo, ExecCommand, ExecutionConfig, ExecutionHost, ExecutionIo};
+use palisade_host::durable::recover;
+use palisade_host::{
+    ClientMail, ConsensusHost, ConsensusIo, Durability, ExecCommand, ExecutionConfig, ExecutionHost, ExecutionIo,
+};
+use palisade_storage::snapshot::write_snapshot;
+use palisade_storage::{CrashKind, Dir, Entry, Journal, MemDir, WalOptions};
 use palisade_wire::envelope::RejectReason;
 use parking_lot::RwLock;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// What survives a crash (unless the disk is lost too).
-#[derive(Default)]
+/// What survives a crash (unless the disk is lost too): the real journal
+/// and snapshot files, on a disk that tears and rots.
 pub(crate) struct Disk {
-    pub records: RecordLog,
-    /// The newest state the replica kept.
-    pub state: Option<(SeqNo, Kept)>,
+    pub dir: MemDir,
+    /// The open journal; `None` while the replica is down.
+    pub journal: Option<Journal<MemDir>>,
+    /// The newest snapshot written: the log keeps the batches after the
+    /// one before it, so that the fallback can replay to it.
+    pub newest_snapshot: SeqNo,
+}
+
+/// Small segments, so that runs rotate and trim the log.
+pub(crate) const SIM_WAL: WalOptions = WalOptions { segment_bytes: 256 << 10 };
+
+impl Disk {
+    /// An empty disk with its journal open.
+    pub(crate) fn new() -> Disk {
+        let dir = MemDir::new();
+        let (journal, _) = Journal::open(Arc::new(dir.clone()), SIM_WAL).expect("an empty disk opens");
+        Disk { dir, journal: Some(journal), newest_snapshot: SeqNo(0) }
+    }
+
+    /// Writes `entry` durably (one group).
+    fn write(&mut self, entry: Entry) -> Result<(), String> {
+        match &mut self.journal {
+            Some(j) => j.write(vec![entry]).map_err(|e| format!("the log: {e}")),
+            None => Ok(()),
+        }
+    }
 }
 
 pub(crate) struct SimReplica {
@@ -52,7 +79,9 @@ impl ConsensusIo for SimIo<'_> {
         if self.world.cfg.trace {
             eprintln!("{:>6} r{} persist {record:?}", self.world.now, self.r);
         }
-        self.world.replicas[self.r].disk.records.append(record);
+        if let Err(e) = self.world.replicas[self.r].disk.write(Entry::Record(record)) {
+            self.world.checker.violations.push(format!("replica {}: {e}", self.r));
+        }
         if self.world.torn_step(self.r) {
             // Crash right after this record became durable: the rest of the
             // step never happens.
@@ -93,6 +122,8 @@ struct SimExecIo<'w> {
     world: &'w mut World,
     r: usize,
     inputs: &'w mut VecDeque<Input>,
+    /// States taken (false) or fetched (true) during this command.
+    taken: Vec<(SeqNo, bool)>,
 }
 
 impl ExecutionIo for SimExecIo<'_> {
@@ -107,10 +138,12 @@ impl ExecutionIo for SimExecIo<'_> {
             self.world.checker.on_checkpoint(ReplicaId(self.r as u32), seq, state);
         }
         self.inputs.push_back(Input::CheckpointReady { seq, state });
+        self.taken.push((seq, false));
     }
 
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
         self.inputs.push_back(Input::StateFetched { seq, state });
+        self.taken.push((seq, true));
     }
 
     fn send(&mut self, to: ReplicaId, msg: PeerMessage) {
@@ -151,10 +184,17 @@ impl ExecutionIo for SimExecIo<'_> {
 }
 
 impl World {
-    /// A new replica, or one restarted from `disk`.
-    pub(crate) fn execution_host(&self, r: usize, state: Option<(SeqNo, Kept)>) -> ExecutionHost<SimService> {
-        let exec = Arc::new(RwLock::new(Executor::new(SimService::default(), self.core_cfg.client_window)));
-        let cfg = ExecutionConfig {
+    /// A new replica's execution host.
+    pub(crate) fn execution_host(&self, r: usize) -> ExecutionHost<SimService> {
+        ExecutionHost::new(self.new_executor(), self.execution_config(r), None).expect("the genesis state installs")
+    }
+
+    fn new_executor(&self) -> Arc<RwLock<Executor<SimService>>> {
+        Arc::new(RwLock::new(Executor::new(SimService::default(), self.core_cfg.client_window)))
+    }
+
+    fn execution_config(&self, r: usize) -> ExecutionConfig {
+        ExecutionConfig {
             checkpoint_interval: self.core_cfg.checkpoint_interval,
             reply_digests: true,
             // Small answers, so that fetches of larger states take several
@@ -162,8 +202,7 @@ impl World {
             max_answer_bytes: 4096,
             fetch_window: self.core_cfg.state_fetch_window,
             ..ExecutionConfig::new(ReplicaId(r as u32), self.membership.clone())
-        };
-        ExecutionHost::new(exec, cfg, state).expect("a replica's own state installs")
+        }
     }
 
     pub(crate) fn replica_step(&mut self, r: usize, input: Input) {
@@ -208,9 +247,34 @@ impl World {
 
     fn execute(&mut self, r: usize, cmd: ExecCommand, inputs: &mut VecDeque<Input>) {
         let Some(mut exec) = self.replicas[r].execution.take() else { return };
-        let result = exec.handle(cmd, &mut SimExecIo { world: self, r, inputs });
+        if let ExecCommand::Deliver { seq, view, batch } = &cmd {
+            // Logged as it is delivered (the runtime does it in parallel).
+            let entry = Entry::Decided { seq: *seq, view: *view, batch: batch.clone() };
+            if let Err(e) = self.replicas[r].disk.write(entry) {
+                self.checker.violations.push(format!("replica {r}: {e}"));
+            }
+        }
+        let mut io = SimExecIo { world: self, r, inputs, taken: Vec::new() };
+        let result = exec.handle(cmd, &mut io);
+        let taken = io.taken;
         if let Err(e) = result {
             self.checker.violations.push(format!("replica {r}: {e}"));
+        }
+        // The runtime's writer skips checkpoints while it is busy: so do
+        // some here, and recovery replays the log from an older snapshot.
+        // A fetched state is always written (the log cannot reach it).
+        for (seq, fetched) in taken {
+            if !fetched && self.rng.chance(0.5) {
+                continue;
+            }
+            let Some(kept) = exec.store().get(seq) else { continue };
+            let disk = &mut self.replicas[r].disk;
+            let fallback = std::mem::replace(&mut disk.newest_snapshot, seq);
+            let written = write_snapshot(&disk.dir, seq, kept.root, &kept.parts, 2)
+                .and_then(|_| disk.journal.as_mut().map_or(Ok(()), |j| j.snapshot_durable(fallback)));
+            if let Err(e) = written {
+                self.checker.violations.push(format!("replica {r}: the snapshot at {seq}: {e}"));
+            }
         }
         self.replicas[r].execution = Some(exec);
     }
@@ -229,6 +293,8 @@ impl World {
             eprintln!("{:>6} r{r} crash", self.now);
         }
         let amnesia = self.faults.amnesia;
+        let disk_faults = self.faults.disk_faults;
+        let seed = self.rng.next_u64();
         let rep = &mut self.replicas[r];
         if let Some(host) = rep.consensus.take() {
             let alarms = host.core().metrics().alarms;
@@ -236,12 +302,21 @@ impl World {
                 self.checker.on_alarm(rep.id, alarms);
             }
         }
-        if let Some(exec) = rep.execution.take() {
-            rep.disk.state = exec.into_store().newest().map(|(s, k)| (s, k.clone()));
-        }
+        rep.execution = None;
+        rep.disk.journal = None;
         if amnesia {
             // The disk goes too: the replica will restart without its votes.
-            rep.disk = Disk::default();
+            rep.disk = Disk { dir: MemDir::new(), journal: None, newest_snapshot: SeqNo(0) };
+            return;
+        }
+        if disk_faults && seed % 2 == 0 {
+            // A group being written when the power went: part of it lands.
+            tear_tail(&rep.disk.dir, seed);
+        }
+        rep.disk.dir.crash(CrashKind::Torn { seed });
+        if disk_faults && self.faults.disk_rot && seed % 3 == 0 {
+            // A sector rots while the replica is down.
+            rot(&rep.disk.dir, seed);
         }
     }
 
@@ -249,18 +324,49 @@ impl World {
         if self.replicas[r].consensus.is_some() {
             return;
         }
-        let votes_lost = self.faults.amnesia && self.victims.contains(&r);
         let nonce = self.rng.next_u64();
-        let exec = self.execution_host(r, self.replicas[r].disk.state.clone());
-        let (executed, executed_state) = exec.restored();
-        let rep = &mut self.replicas[r];
-        let restart =
-            Restart { records: rep.disk.records.records().to_vec(), votes_lost, executed, executed_state, nonce };
-        if self.cfg.trace {
-            eprintln!("{:>6} r{r} restart{}", self.now, if votes_lost { " without its votes" } else { "" });
+        let dir = Arc::new(self.replicas[r].disk.dir.clone());
+        let exec = self.new_executor();
+        let recovered = recover(dir, Durability::Full, SIM_WAL, exec, self.execution_config(r), nonce);
+        let rec = match recovered {
+            Ok(rec) => rec,
+            Err(e) => {
+                self.checker.violations.push(format!("replica {r} cannot recover: {e}"));
+                return;
+            }
+        };
+        let genesis = self.genesis;
+        let restart = rec.restart.unwrap_or(Restart {
+            // Nothing on disk: it never wrote anything, or its disk was lost.
+            votes_lost: self.faults.amnesia && self.victims.contains(&r),
+            executed: SeqNo(0),
+            executed_state: genesis,
+            nonce,
+            records: Vec::new(),
+        });
+        if restart.votes_lost {
+            self.lost_votes.insert(r);
         }
-        let core = Replica::recover(self.core_cfg.clone(), rep.id, rep.crypto.clone(), self.genesis, restart);
-        rep.execution = Some(exec);
+        if !self.is_byzantine(r) {
+            let (d, rep) = (&mut self.disk_stats, &rec.report);
+            d.recoveries += 1;
+            d.replayed += rep.replayed;
+            d.rejected_snapshots += rep.rejected.len() as u64;
+            match rep.cut.as_ref().map(|c| c.kind) {
+                Some(palisade_storage::CutKind::TornTail) => d.torn_tails += 1,
+                Some(palisade_storage::CutKind::Corrupt) => d.damaged_logs += 1,
+                None => {}
+            }
+        }
+        if self.cfg.trace {
+            let how = if restart.votes_lost { " without its votes" } else { "" };
+            eprintln!("{:>6} r{r} restart{how}: {}", self.now, rec.report);
+        }
+        let rep = &mut self.replicas[r];
+        let core = Replica::recover(self.core_cfg.clone(), rep.id, rep.crypto.clone(), genesis, restart);
+        rep.disk.journal = Some(rec.journal);
+        rep.disk.newest_snapshot = rec.report.snapshot.map_or(SeqNo(0), |(s, _)| s);
+        rep.execution = Some(rec.execution);
         rep.consensus = Some(ConsensusHost::new(core));
         self.drain(r);
     }
@@ -282,6 +388,9 @@ impl World {
 
     /// A correct replica said `msg`: the equivocation checker notes it.
     fn note_said(&mut self, r: usize, msg: &PeerMessage) {
+        if let (true, PeerMessage::PrePrepare(pp)) = (self.cfg.trace, msg) {
+            eprintln!("{:>6} r{r} pre-prepare {} {} {}", self.now, pp.view, pp.seq, pp.batch.digest());
+        }
         if !self.is_byzantine(r) {
             self.votes.on_send(ReplicaId(r as u32), msg);
         }
@@ -317,5 +426,40 @@ impl World {
         if let Some(node) = self.client_node(client) {
             self.send(r, node, Payload::Mail(mail), 0);
         }
+    }
+}
+
+/// Writes part of a would-be group after the newest segment's entries,
+/// unsynced: the crash that follows keeps some prefix of it.
+fn tear_tail(dir: &MemDir, seed: u64) {
+    let Some(seg) = dir.list().unwrap_or_default().into_iter().filter(|n| n.starts_with("wal-")).last() else {
+        return;
+    };
+    let Some(bytes) = dir.contents(&seg) else { return };
+    let end = palisade_storage::wal::entries_end(&bytes);
+    let len = 1 + (seed >> 8) as usize % 64;
+    if end == 0 || end + len > bytes.len() {
+        return;
+    }
+    let garbage: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8 | 1).collect();
+    let _ = dir.write_at(&seg, end as u64, &garbage);
+}
+
+/// Flips a byte somewhere in one of the disk's files.
+fn rot(dir: &MemDir, seed: u64) {
+    let files: Vec<String> = dir
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with("wal-") || n.starts_with("snap-"))
+        .collect();
+    if files.is_empty() {
+        return;
+    }
+    let name = &files[(seed >> 16) as usize % files.len()];
+    let Some(bytes) = dir.contents(name) else { return };
+    let used = if name.starts_with("wal-") { palisade_storage::wal::entries_end(&bytes) } else { bytes.len() };
+    if used > 0 {
+        dir.corrupt(name, (seed >> 24) % used as u64);
     }
 }

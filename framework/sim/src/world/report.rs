@@ -36,8 +36,27 @@ pub struct Report {
     pub rejoins: u64,
     /// Messages put on the network.
     pub messages: u64,
+    /// What restarts found on disk.
+    pub disk: DiskStats,
     /// Each replica's state at the end, for diagnosing failures.
     pub replica_states: Vec<String>,
+}
+
+/// What correct replicas' restarts found on their disks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskStats {
+    /// Times every correct replica crashed at once.
+    pub crash_alls: u64,
+    /// Restarts from a disk (the journal and snapshots read back).
+    pub recoveries: u64,
+    /// Torn tails cut off.
+    pub torn_tails: u64,
+    /// Damaged logs found (the replica then rejoined without its votes).
+    pub damaged_logs: u64,
+    /// Snapshots refused because they did not check.
+    pub rejected_snapshots: u64,
+    /// Decided batches replayed on top of a snapshot.
+    pub replayed: u64,
 }
 
 impl World {
@@ -97,7 +116,8 @@ impl World {
         // not promised to make progress (a replica without its votes waits
         // for progress to rejoin, and progress waits for its votes).
         let byzantine_count = self.replicas.iter().filter(|r| r.strategy.is_some()).count();
-        let amnesiac_count = if self.faults.amnesia { self.victims.len() } else { 0 };
+        let amnesiac = if self.faults.amnesia { self.victims.clone() } else { Default::default() };
+        let amnesiac_count = amnesiac.union(&self.lost_votes).count();
         let beyond_model = byzantine_count + amnesiac_count > self.membership.f();
         if beyond_model {
             liveness.clear();
@@ -143,6 +163,7 @@ impl World {
             state_transfers,
             rejoins,
             messages: self.messages,
+            disk: self.disk_stats,
         }
     }
 }
