@@ -309,12 +309,12 @@ impl World {
             rep.disk = Disk { dir: MemDir::new(), journal: None, newest_snapshot: SeqNo(0) };
             return;
         }
-        if disk_faults && seed % 2 == 0 {
+        if disk_faults && seed.is_multiple_of(2) {
             // A group being written when the power went: part of it lands.
             tear_tail(&rep.disk.dir, seed);
         }
         rep.disk.dir.crash(CrashKind::Torn { seed });
-        if disk_faults && self.faults.disk_rot && seed % 3 == 0 {
+        if disk_faults && self.faults.disk_rot && seed.is_multiple_of(3) {
             // A sector rots while the replica is down.
             rot(&rep.disk.dir, seed);
         }
@@ -432,7 +432,7 @@ impl World {
 /// Writes part of a would-be group after the newest segment's entries,
 /// unsynced: the crash that follows keeps some prefix of it.
 fn tear_tail(dir: &MemDir, seed: u64) {
-    let Some(seg) = dir.list().unwrap_or_default().into_iter().filter(|n| n.starts_with("wal-")).last() else {
+    let Some(seg) = dir.list().unwrap_or_default().into_iter().rfind(|n| n.starts_with("wal-")) else {
         return;
     };
     let Some(bytes) = dir.contents(&seg) else { return };
