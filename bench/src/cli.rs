@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use palisade_core::Mode;
+use palisade_host::Durability;
 use palisade_runtime::StageThreads;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -88,6 +89,15 @@ pub(crate) struct RunArgs {
     /// Skip the unreplicated baseline.
     #[arg(long)]
     pub(crate) no_baseline: bool,
+    /// Measure the same load once per durability mode listed (for example
+    /// none,log,full), each on a fresh cluster, in turn for `--rounds`
+    /// rounds, and print each mode's median throughput and its ratio to the
+    /// first mode's, pair by pair.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) compare_durability: Vec<Durability>,
+    /// Rounds of `--compare-durability`.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: usize,
     /// Kill the current primary this many seconds into the measurement.
     #[arg(long)]
     pub(crate) kill_primary_at: Option<f64>,
@@ -106,6 +116,40 @@ pub(crate) struct RunArgs {
     /// Threads of the load generator.
     #[arg(long, default_value_t = 1)]
     pub(crate) client_threads: usize,
+    /// The workload: echo (request and reply of the sizes above) or kv
+    /// (YCSB-style reads and updates of random keys).
+    #[arg(long, value_enum, default_value = "echo")]
+    pub(crate) service: ServiceArg,
+    /// kv: keys, all written once before the warm-up.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) keys: u64,
+    /// kv: bytes per value.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) value_bytes: usize,
+    /// kv: percentage of operations that read (YCSB A: 50, B: 95, C: 100);
+    /// the rest update.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) read_percent: u8,
+}
+
+/// The workloads.
+#[derive(Clone, Copy, ValueEnum, Serialize, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ServiceArg {
+    /// The echo service: the 0/0 ... 4096/4096 microbenchmarks.
+    Echo,
+    /// The key-value store.
+    Kv,
+}
+
+impl ServiceArg {
+    /// The registry name of the service the replicas run.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ServiceArg::Echo => "echo",
+            ServiceArg::Kv => "kv",
+        }
+    }
 }
 
 // ----- server roles -------------------------------------------------------------------
@@ -144,12 +188,20 @@ pub(crate) struct ReplicaTuning {
     /// Where the replicas' CPU stages run (default: chosen for the machine).
     #[arg(long, value_enum)]
     pub(crate) stage_threads: Option<StageThreadsArg>,
+    /// What the replicas write to disk: none, log or full (the default of
+    /// `palisade replica`, and so of this harness).
+    #[arg(long, default_value = "full")]
+    pub(crate) durability: Durability,
 }
 
 impl ReplicaTuning {
     /// The same options on a server's command line.
     pub(crate) fn to_args(&self) -> Vec<String> {
-        let mut args = vec![format!("--batch-max={}", self.batch_max), format!("--in-flight={}", self.in_flight)];
+        let mut args = vec![
+            format!("--batch-max={}", self.batch_max),
+            format!("--in-flight={}", self.in_flight),
+            format!("--durability={}", self.durability),
+        ];
         if let Some(t) = self.stage_threads {
             args.push(format!("--stage-threads={}", format!("{t:?}").to_lowercase()));
         }

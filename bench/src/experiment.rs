@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 /// Runs the experiment `a` describes; exit code 2 on a usage or setup error.
 pub(crate) fn run(a: RunArgs) -> ExitCode {
+    if !a.compare_durability.is_empty() {
+        return compare_durability(a);
+    }
     let work = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let result = experiment(&a, &work);
@@ -36,6 +39,67 @@ pub(crate) fn run(a: RunArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The same load on a fresh cluster per durability mode, the modes in turn
+/// for several rounds, so that a drifting machine affects every mode alike;
+/// ratios are taken within a round, to the first mode.
+fn compare_durability(a: RunArgs) -> ExitCode {
+    let modes = a.compare_durability.clone();
+    let mut ops: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut p99: Vec<Vec<u64>> = vec![Vec::new(); modes.len()];
+    for round in 0..a.rounds.max(1) {
+        for (i, mode) in modes.iter().enumerate() {
+            let mut run = a.clone();
+            run.tuning.durability = *mode;
+            run.no_baseline = true;
+            run.compare_durability.clear();
+            let work = std::env::temp_dir().join(format!("palisade-bench-{}-{round}-{i}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&work);
+            let result = experiment(&run, &work);
+            let _ = std::fs::remove_dir_all(&work);
+            match result {
+                Ok(report) => {
+                    let best = Report::best(&report.levels).expect("at least one level");
+                    println!("round {round} durability {mode}: {}", report.bench_line());
+                    ops[i].push(best.palisade.ops_per_sec);
+                    p99[i].push(best.palisade.latency.p99_us);
+                }
+                Err(e) => {
+                    eprintln!("palisade-bench: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!();
+    println!("{:<10} {:>12} {:>10} {:>28}", "durability", "ops/s (med)", "p99 us", "ratio to first (min med max)");
+    for (i, mode) in modes.iter().enumerate() {
+        let ratios: Vec<f64> = ops[i].iter().zip(&ops[0]).map(|(x, b)| x / b.max(1.0)).collect();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mut lat = p99[i].clone();
+        lat.sort();
+        println!(
+            "{:<10} {:>12.0} {:>10} {:>10.3} {:>8.3} {:>8.3}",
+            mode.to_string(),
+            median(ops[i].clone()),
+            lat[lat.len() / 2],
+            sorted[0],
+            sorted[sorted.len() / 2],
+            sorted[sorted.len() - 1]
+        );
+        println!(
+            "BENCH durability={mode} ops_per_sec={:.0} ratio={:.3}",
+            median(ops[i].clone()),
+            sorted[sorted.len() / 2]
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn levels(a: &RunArgs) -> Result<Vec<Level>, String> {
@@ -106,7 +170,9 @@ fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
     drop(shared.procs.lock().take());
 
     let best = Report::best(&reports).expect("at least one level");
-    let baseline = if a.no_baseline { None } else { Some(baseline(a, work, best.level, &rt)?) };
+    // The unreplicated baseline serves the echo workload only.
+    let with_baseline = !a.no_baseline && a.service == crate::cli::ServiceArg::Echo;
+    let baseline = if with_baseline { Some(baseline(a, work, best.level, &rt)?) } else { None };
     let baseline_ratio = baseline.as_ref().map(|b| best.palisade.ops_per_sec / b.ops_per_sec.max(1.0));
     Ok(Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),

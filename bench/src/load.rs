@@ -1,11 +1,13 @@
-//! The load: closed-loop clients, each keeping a number of echo requests
-//! outstanding, timed into a latency histogram and a 100 ms timeline.
+//! The load: closed-loop clients, each keeping a number of requests
+//! outstanding (echo requests, or YCSB-style reads and updates of a
+//! key-value store), timed into a latency histogram and a 100 ms timeline.
 
-use crate::cli::{Level, RunArgs};
+use crate::cli::{Level, RunArgs, ServiceArg};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use palisade_client::{Client, ClientOptions};
 use palisade_services::echo;
+use palisade_services::kv::KvOp;
 use palisade_wire::{keys, ClusterConfig};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -32,6 +34,8 @@ pub(crate) struct LoadResult {
     pub(crate) latency: Latency,
     /// Completions per 100 ms from the start of the warm-up.
     pub(crate) timeline: Vec<u64>,
+    /// kv: seconds it took to write every key before the warm-up.
+    pub(crate) preload_s: Option<f64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -66,16 +70,91 @@ impl Window {
     }
 }
 
+/// What one request loop sends.
+#[derive(Clone)]
+enum Workload {
+    /// The same echo request every time.
+    Echo(Bytes),
+    /// Reads (`read_percent` of them, by the read-only path) and updates
+    /// of keys drawn uniformly from `keys`, values of `value_bytes`.
+    Kv { keys: u64, value: Bytes, read_percent: u8 },
+}
+
+/// The key for number `i`: fixed width, so every key has the same size.
+fn key(i: u64) -> Bytes {
+    Bytes::from(format!("user{i:012}"))
+}
+
+impl Workload {
+    fn of(a: &RunArgs) -> Workload {
+        match a.service {
+            ServiceArg::Echo => Workload::Echo(echo::request(a.request_bytes, a.reply_bytes)),
+            ServiceArg::Kv => Workload::Kv {
+                keys: a.keys.max(1),
+                value: Bytes::from((0..a.value_bytes).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>()),
+                read_percent: a.read_percent.min(100),
+            },
+        }
+    }
+
+    /// The next operation, from the loop's own generator.
+    async fn invoke(&self, c: &Client, rng: &mut u64) -> Result<Bytes, palisade_client::InvokeError> {
+        match self {
+            Workload::Echo(op) => c.invoke_ordered(op.clone()).await,
+            Workload::Kv { keys, value, read_percent } => {
+                // xorshift64*: a few instructions, no shared state.
+                *rng ^= *rng >> 12;
+                *rng ^= *rng << 25;
+                *rng ^= *rng >> 27;
+                let r = rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+                let k = key((r >> 8) % keys);
+                if (r % 100) < u64::from(*read_percent) {
+                    c.invoke_unordered(KvOp::Get(k).encode()).await
+                } else {
+                    c.invoke_ordered(KvOp::Put(k, value.clone()).encode()).await
+                }
+            }
+        }
+    }
+}
+
+/// Writes every key of a kv workload once, from every client at once;
+/// returns how long it took.
+async fn preload(clients: &[Client], w: &Workload, outstanding: usize) -> Option<Duration> {
+    let Workload::Kv { keys, value, .. } = w else { return None };
+    let t0 = Instant::now();
+    let loops = (clients.len() * outstanding.max(1)) as u64;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..loops {
+        let (c, next, value, keys) = (clients[i as usize % clients.len()].clone(), next.clone(), value.clone(), *keys);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= keys {
+                    return;
+                }
+                let _ = c.invoke_ordered(KvOp::Put(key(k), value.clone()).encode()).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Some(t0.elapsed())
+}
+
 /// One outstanding request, reissued as soon as it completes, until the
 /// window ends. Returns its latencies inside the window.
-async fn request_loop(c: Client, op: Bytes, w: Window, errors: Arc<AtomicU64>) -> Histogram<u64> {
+async fn request_loop(c: Client, work: Workload, w: Window, errors: Arc<AtomicU64>, seed: u64) -> Histogram<u64> {
     let mut local = histogram();
+    let mut rng = seed | 1;
     loop {
         let t0 = Instant::now();
         if t0 >= w.end {
             return local;
         }
-        match c.invoke_ordered(op.clone()).await {
+        match work.invoke(&c, &mut rng).await {
             Ok(_) => {
                 let t1 = Instant::now();
                 let bucket = ((t1 - w.start).as_millis() / 100) as usize;
@@ -114,25 +193,30 @@ fn show_progress(w: Window, label: String, total: f64) -> tokio::task::JoinHandl
 
 /// Drives the cluster at `level` for the warm-up and measurement of `a`.
 pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level, progress_label: &str) -> LoadResult {
-    let op = echo::request(a.request_bytes, a.reply_bytes);
+    let work = Workload::of(a);
     let opts = ClientOptions { timeout_ms: 30_000, ..ClientOptions::default() };
     let clients: Vec<Client> = (0..level.clients)
         .map(|_| Client::connect(cluster.clone(), keys::generate(&mut rand_core::OsRng), opts.clone()))
         .collect();
     // Wait until every client gets an answer: the cluster is up and connected.
     for c in &clients {
-        let _ = c.invoke_ordered(op.clone()).await;
+        let _ = work.invoke(c, &mut 1).await;
+    }
+    let preload_s = preload(&clients, &work, level.outstanding).await.map(|d| d.as_secs_f64());
+    if let Some(s) = preload_s {
+        eprintln!("{progress_label}: wrote {} keys of {} bytes in {s:.1} s", a.keys, a.value_bytes);
     }
     let (warmup, duration) = (Duration::from_secs_f64(a.warmup), Duration::from_secs_f64(a.duration));
     let window = Window::new(warmup, duration);
     let errors = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(histogram()));
     let mut tasks = Vec::new();
-    for c in &clients {
-        for _ in 0..level.outstanding {
-            let (c, op, w, errors, hist) = (c.clone(), op.clone(), window.clone(), errors.clone(), hist.clone());
+    for (ci, c) in clients.iter().enumerate() {
+        for o in 0..level.outstanding {
+            let (c, work, w, errors, hist) = (c.clone(), work.clone(), window.clone(), errors.clone(), hist.clone());
+            let seed = 0x9e37_79b9_7f4a_7c15u64.wrapping_mul((ci * 1000 + o + 1) as u64);
             tasks.push(tokio::spawn(async move {
-                let local = request_loop(c, op, w, errors).await;
+                let local = request_loop(c, work, w, errors, seed).await;
                 hist.lock().add(&local).expect("same bounds");
             }));
         }
@@ -157,5 +241,6 @@ pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level,
             mean_us: hist.mean(),
         },
         timeline: window.timeline.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+        preload_s,
     }
 }

@@ -44,6 +44,7 @@ pub(crate) fn start_replica(dir: &Path, id: u32, a: &RunArgs, again: bool) -> Ch
     Command::new(std::env::current_exe().expect("own path"))
         .args(["server", "--config", dir.to_str().expect("utf-8 path"), "--id", &id.to_string()])
         .args(["--metrics-file", metrics_path(dir, id).to_str().expect("utf-8 path")])
+        .args(["--service", a.service.name()])
         .args(again.then_some("--rejoin"))
         .args(a.tuning.to_args())
         .stderr(Stdio::null())

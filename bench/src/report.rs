@@ -113,13 +113,18 @@ impl Report {
     pub(crate) fn print_table(&self) {
         let a = &self.args;
         println!();
+        let workload = match a.service {
+            crate::cli::ServiceArg::Echo => format!("echo {}/{} bytes", a.request_bytes, a.reply_bytes),
+            crate::cli::ServiceArg::Kv => {
+                format!("kv {} keys of {} bytes, {}% reads", a.keys, a.value_bytes, a.read_percent)
+            }
+        };
         println!(
-            "palisade-bench: n={} {:?} f={}, {}/{} bytes, signatures {}, {:.0} s after {:.0} s warm-up, on {} cores ({})",
+            "palisade-bench: n={} {:?} f={}, {workload}, durability {}, signatures {}, {:.0} s after {:.0} s warm-up, on {} cores ({})",
             self.n,
             a.mode,
             self.f,
-            a.request_bytes,
-            a.reply_bytes,
+            a.tuning.durability,
             if a.client_signatures { "on" } else { "off" },
             a.duration,
             a.warmup,

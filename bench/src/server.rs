@@ -19,7 +19,8 @@ fn fail(role: &str, e: impl std::fmt::Display) -> ExitCode {
 
 /// Runs replica `id` of the cluster in `config`, writing its metrics to
 /// `metrics_file` every 250 ms, until killed. `rejoin` says it ran before:
-/// its votes lived in memory, so it rejoins before voting again.
+/// unless its data directory brings its votes back, it rejoins before
+/// voting again.
 pub(crate) fn replica(
     config: &Path,
     id: u32,
@@ -46,6 +47,8 @@ pub(crate) fn replica(
     if rejoin {
         cfg.start = Start::LostVotes;
     }
+    cfg.durability = s.durability;
+    cfg.data_dir = Some(config.join(format!("data-{id}")));
     let service = registry::find(service).expect("clap checked the name");
     let handle = match (service.spawn)(&cluster, me, key, cfg) {
         Ok(h) => h,

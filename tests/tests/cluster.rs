@@ -22,11 +22,13 @@ struct Cluster {
     stage_threads: StageThreads,
     /// Replicas keep their data under here, in this mode.
     disk: Option<(std::path::PathBuf, Durability)>,
+    /// Sequence numbers between snapshots written (0: every checkpoint).
+    snapshot_interval: u64,
 }
 
 fn cluster(n: usize, mode: Mode, signatures: bool) -> Cluster {
     let (config, keys) = palisade_testkit::loopback::cluster(n, mode, signatures);
-    Cluster { config, keys, handles: Vec::new(), stage_threads: StageThreads::for_machine(), disk: None }
+    Cluster { config, keys, handles: Vec::new(), stage_threads: StageThreads::for_machine(), disk: None, snapshot_interval: 0 }
 }
 
 fn runtime_config(c: &ClusterConfig, stage_threads: StageThreads) -> RuntimeConfig {
@@ -46,6 +48,7 @@ impl Cluster {
         if let Some((root, mode)) = &self.disk {
             cfg.durability = *mode;
             cfg.data_dir = Some(root.join(format!("replica-{i}")));
+            cfg.snapshot_interval = self.snapshot_interval;
         }
         cfg
     }
@@ -309,6 +312,60 @@ fn a_bit_flipped_in_a_snapshot_and_in_the_log_is_detected_and_repaired_from_peer
         kv.put("needed", "3").await.unwrap();
         for i in (0..300).step_by(7) {
             assert_eq!(kv.get(format!("k{i}")).await.unwrap(), Some(Bytes::from(format!("v{i}"))));
+        }
+    });
+    drop(c);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// A replica down while 200 MB are written comes back with an empty disk,
+/// fetches the state in pieces no larger than a frame from its peers, and
+/// is then needed for progress.
+#[test]
+fn a_replica_restarted_empty_catches_up_on_200_mb_of_state_and_is_then_needed() {
+    const VALUES: u32 = 400;
+    const VALUE_BYTES: usize = 500 << 10;
+    let rt = rt();
+    let root = scratch("large");
+    let mut c = cluster(4, Mode::Bft, false);
+    c.disk = Some((root.clone(), Durability::Full));
+    c.snapshot_interval = 1 << 20;
+    c.start_with(KvStore::default);
+    c.kill(3);
+    let value = |i: u32| Bytes::from(vec![(i % 251) as u8; VALUE_BYTES]);
+    rt.block_on(async {
+        let kv = KvClient::new(c.client());
+        for i in 0..VALUES {
+            kv.put(format!("big{i}"), value(i)).await.unwrap();
+        }
+    });
+    let _ = std::fs::remove_dir_all(root.join("replica-3"));
+    c.recover(3, KvStore::default());
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        let kv = KvClient::new(c.client());
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        for i in 0.. {
+            kv.put(format!("small{i}"), "x").await.unwrap();
+            let m = c.handles[3].as_ref().unwrap().metrics().core.lock().clone();
+            if m.state_transfers > 0 && m.delivered >= u64::from(VALUES) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "replica 3 did not catch up: {m:?}");
+        }
+    });
+    let counters = &c.handles[3].as_ref().unwrap().metrics().counters;
+    let parts = counters.state_parts_installed.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("replica 3 fetched {parts} parts of 200 MB in {:?}", started.elapsed());
+    assert!(parts >= u64::from(VALUES) / 2, "it fetched the parts holding the values ({parts})");
+    // Replica 3 restarted with an empty disk but as a member that never
+    // voted here (a fresh data directory); now it is needed.
+    c.kill(2);
+    rt.block_on(async {
+        let kv = KvClient::new(c.client());
+        kv.put("needed", "3").await.unwrap();
+        for i in (0..VALUES).step_by(37) {
+            assert_eq!(kv.get(format!("big{i}")).await.unwrap(), Some(value(i)));
         }
     });
     drop(c);

@@ -176,9 +176,8 @@ fn every_acknowledged_operation_survives_kill_9_of_every_replica_in_every_servic
     });
     drop(replicas);
     for tag in ["kv", "counter", "register"] {
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(
-            "palisade-crash-all-{tag}-{}",
-            std::process::id()
-        )));
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("palisade-crash-all-{tag}-{}", std::process::id())),
+        );
     }
 }
