@@ -101,9 +101,17 @@ pub(crate) struct RunArgs {
     /// Kill the current primary this many seconds into the measurement.
     #[arg(long)]
     pub(crate) kill_primary_at: Option<f64>,
+    /// Kill every replica (SIGKILL) this many seconds into the measurement;
+    /// `--restart-at` starts them all again from their data directories.
+    #[arg(long)]
+    pub(crate) kill_all_at: Option<f64>,
     /// Restart the killed replica this many seconds into the measurement.
     #[arg(long)]
     pub(crate) restart_at: Option<f64>,
+    /// The killed replica restarts with an empty data directory (a replaced
+    /// disk): it fetches the whole state from its peers and rejoins.
+    #[arg(long)]
+    pub(crate) restart_empty: bool,
     /// Run the load against an existing cluster (its configuration directory) instead of starting one.
     #[arg(long)]
     pub(crate) cluster: Option<PathBuf>,

@@ -153,20 +153,34 @@ fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
         .build()
         .map_err(|e| format!("client runtime: {e}"))?;
     let (cpu_model, cores) = procstat::machine();
-    let shared = Shared { procs: Arc::new(Mutex::new(procs)), killed: Arc::new(Mutex::new(None)) };
+    let shared = Shared {
+        procs: Arc::new(Mutex::new(procs)),
+        killed: Arc::new(Mutex::new(None)),
+        killed_all: Arc::new(Mutex::new(false)),
+        caught_up_at: Arc::new(Mutex::new(None)),
+    };
     let ids: Vec<u32> = cluster.replicas.keys().map(|r| r.0).collect();
     let mut reports = Vec::new();
+    let preload_s = match levels.first() {
+        Some(first) => rt.block_on(crate::load::preload(&cluster, a, *first)),
+        None => None,
+    };
     for level in levels {
         let label = format!("palisade n={} {}x{}", cluster.membership.n(), level.clients, level.outstanding);
         let pids = shared.procs.lock().as_ref().map(Procs::pids).unwrap_or_default();
         let sampler = Sampler { dir: dir.clone(), ids: ids.clone(), pids, args: a.clone(), shared: shared.clone() };
         let sampler = rt.spawn(sampler.run());
-        let result = rt.block_on(run_load(&cluster, a, level, &label));
+        let mut result = rt.block_on(run_load(&cluster, a, level, &label));
+        result.preload_s = preload_s;
         let window = rt.block_on(sampler).unwrap_or_default();
         reports.push(LevelReport::new(level, result, window));
     }
-    let events =
-        Events { kill_primary_at_s: a.kill_primary_at, killed: *shared.killed.lock(), restart_at_s: a.restart_at };
+    let events = Events {
+        kill_primary_at_s: a.kill_primary_at,
+        killed: *shared.killed.lock(),
+        restart_at_s: a.restart_at,
+        caught_up_at_s: *shared.caught_up_at.lock(),
+    };
     drop(shared.procs.lock().take());
 
     let best = Report::best(&reports).expect("at least one level");
@@ -205,6 +219,8 @@ fn baseline(a: &RunArgs, work: &Path, level: Level, rt: &tokio::runtime::Runtime
 struct Shared {
     procs: Arc<Mutex<Option<Procs>>>,
     killed: Arc<Mutex<Option<u32>>>,
+    killed_all: Arc<Mutex<bool>>,
+    caught_up_at: Arc<Mutex<Option<f64>>>,
 }
 
 /// Samples the replicas over one level's measurement window and injects
@@ -229,6 +245,7 @@ impl Sampler {
             self.ids.iter().filter_map(|i| read_metrics(&self.dir, *i).map(|m| (*i, m))).collect();
         let mut queue_depth_max: BTreeMap<String, u64> = BTreeMap::new();
         let (mut kill_at, mut restart_at) = (self.args.kill_primary_at, self.args.restart_at);
+        let mut kill_all_at = self.args.kill_all_at;
         while t0.elapsed() < duration {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let t = t0.elapsed().as_secs_f64();
@@ -236,9 +253,16 @@ impl Sampler {
                 kill_at = None;
                 self.kill_primary();
             }
+            if kill_all_at.is_some_and(|at| t >= at) {
+                kill_all_at = None;
+                self.kill_all();
+            }
             if restart_at.is_some_and(|at| t >= at) {
                 restart_at = None;
                 self.restart_killed();
+            }
+            if self.args.restart_at.is_some_and(|at| t > at) && self.shared.caught_up_at.lock().is_none() {
+                self.note_caught_up(t);
             }
             for m in self.ids.iter().filter_map(|i| read_metrics(&self.dir, *i)) {
                 for (k, v) in m.queues {
@@ -263,8 +287,44 @@ impl Sampler {
         }
     }
 
+    /// SIGKILL to every replica at once.
+    fn kill_all(&self) {
+        if let Some(procs) = self.shared.procs.lock().as_mut() {
+            for id in &self.ids {
+                procs.kill(*id);
+            }
+        }
+        *self.shared.killed_all.lock() = true;
+    }
+
+    /// Notes when the restarted replica has delivered as far as the
+    /// slowest of the others (less a checkpoint interval) and votes again.
+    fn note_caught_up(&self, t: f64) {
+        let Some(p) = *self.shared.killed.lock() else { return };
+        let Some(mine) = read_metrics(&self.dir, p) else { return };
+        let others = self.ids.iter().filter(|i| **i != p).filter_map(|i| read_metrics(&self.dir, *i));
+        let Some(slowest) = others.map(|m| m.delivered).min() else { return };
+        if !mine.rejoining && mine.delivered + 128 >= slowest && mine.delivered > 0 {
+            *self.shared.caught_up_at.lock() = Some(t);
+        }
+    }
+
     fn restart_killed(&self) {
+        if *self.shared.killed_all.lock() {
+            if let Some(procs) = self.shared.procs.lock().as_mut() {
+                for id in &self.ids {
+                    let _ = std::fs::remove_file(self.dir.join(format!("metrics-{id}.json")));
+                    procs.children.insert(*id, start_replica(&self.dir, *id, &self.args, true));
+                }
+            }
+            return;
+        }
         if let Some(p) = *self.shared.killed.lock() {
+            if self.args.restart_empty {
+                let _ = std::fs::remove_dir_all(self.dir.join(format!("data-{p}")));
+            }
+            // What the killed process last reported must not pass for the new one's.
+            let _ = std::fs::remove_file(self.dir.join(format!("metrics-{p}.json")));
             if let Some(procs) = self.shared.procs.lock().as_mut() {
                 procs.children.insert(p, start_replica(&self.dir, p, &self.args, true));
             }

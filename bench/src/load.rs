@@ -118,16 +118,21 @@ impl Workload {
     }
 }
 
-/// Writes every key of a kv workload once, from every client at once;
-/// returns how long it took.
-async fn preload(clients: &[Client], w: &Workload, outstanding: usize) -> Option<Duration> {
-    let Workload::Kv { keys, value, .. } = w else { return None };
+/// Writes every key of a kv workload once, from `clients` clients with
+/// `outstanding` requests each, before any measurement (and before the
+/// sampler's clock starts); returns how long it took, or `None` for echo.
+pub(crate) async fn preload(cluster: &ClusterConfig, a: &RunArgs, level: Level) -> Option<f64> {
+    let Workload::Kv { keys, value, .. } = Workload::of(a) else { return None };
+    let opts = ClientOptions { timeout_ms: 30_000, ..ClientOptions::default() };
+    let clients: Vec<Client> = (0..level.clients.max(1))
+        .map(|_| Client::connect(cluster.clone(), keys::generate(&mut rand_core::OsRng), opts.clone()))
+        .collect();
     let t0 = Instant::now();
-    let loops = (clients.len() * outstanding.max(1)) as u64;
+    let loops = (clients.len() * level.outstanding.max(1)) as u64;
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..loops {
-        let (c, next, value, keys) = (clients[i as usize % clients.len()].clone(), next.clone(), value.clone(), *keys);
+        let (c, next, value) = (clients[i as usize % clients.len()].clone(), next.clone(), value.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
@@ -141,7 +146,9 @@ async fn preload(clients: &[Client], w: &Workload, outstanding: usize) -> Option
     for t in tasks {
         let _ = t.await;
     }
-    Some(t0.elapsed())
+    let s = t0.elapsed().as_secs_f64();
+    eprintln!("preload: wrote {} keys of {} bytes in {s:.1} s", a.keys, a.value_bytes);
+    Some(s)
 }
 
 /// One outstanding request, reissued as soon as it completes, until the
@@ -202,10 +209,6 @@ pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level,
     for c in &clients {
         let _ = work.invoke(c, &mut 1).await;
     }
-    let preload_s = preload(&clients, &work, level.outstanding).await.map(|d| d.as_secs_f64());
-    if let Some(s) = preload_s {
-        eprintln!("{progress_label}: wrote {} keys of {} bytes in {s:.1} s", a.keys, a.value_bytes);
-    }
     let (warmup, duration) = (Duration::from_secs_f64(a.warmup), Duration::from_secs_f64(a.duration));
     let window = Window::new(warmup, duration);
     let errors = Arc::new(AtomicU64::new(0));
@@ -241,6 +244,6 @@ pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level,
             mean_us: hist.mean(),
         },
         timeline: window.timeline.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
-        preload_s,
+        preload_s: None,
     }
 }

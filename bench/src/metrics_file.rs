@@ -27,6 +27,9 @@ pub struct ReplicaMetrics {
     pub state_transfers: u64,
     /// Request timers restarted because the replica was behind.
     pub timers_restarted: u64,
+    /// Whether it is rejoining (casting no vote until it is safe to).
+    #[serde(default)]
+    pub rejoining: bool,
     /// The runtime's counters, by name.
     pub counters: BTreeMap<String, u64>,
     /// Queue depths, by queue.

@@ -58,6 +58,9 @@ pub(crate) struct Events {
     pub(crate) kill_primary_at_s: Option<f64>,
     pub(crate) killed: Option<u32>,
     pub(crate) restart_at_s: Option<f64>,
+    /// When the restarted replica had caught up with the others (and, if it
+    /// had lost its votes, rejoined), seconds into the measurement.
+    pub(crate) caught_up_at_s: Option<f64>,
 }
 
 /// Everything a run measured, as written to results.json.
@@ -180,13 +183,30 @@ impl Report {
                 println!("largest queue depths seen: {}", q.join(" "));
             }
         }
-        if let Some(k) = self.events.killed {
+        if let Some(at) = self.args.kill_all_at {
             println!(
-                "killed the primary (replica {k}) at {:.1} s; restart at {:?} s",
-                self.events.kill_primary_at_s.unwrap_or(0.0),
-                self.events.restart_at_s
+                "killed every replica at {at:.1} s; restarted them at {:?} s; first answer after it at {:?} s",
+                self.events.restart_at_s,
+                self.first_answer_after(self.events.restart_at_s.unwrap_or(at))
             );
         }
+        if let Some(k) = self.events.killed {
+            println!(
+                "killed the primary (replica {k}) at {:.1} s; restart at {:?} s; caught up and voting at {:?} s",
+                self.events.kill_primary_at_s.unwrap_or(0.0),
+                self.events.restart_at_s,
+                self.events.caught_up_at_s
+            );
+        }
+    }
+
+    /// Seconds into the measurement of the first 100 ms with a completed
+    /// operation at or after `t` (of the first level's timeline).
+    pub(crate) fn first_answer_after(&self, t: f64) -> Option<f64> {
+        let timeline = &self.levels.first()?.palisade.timeline;
+        let from = ((self.args.warmup + t) * 10.0) as usize;
+        let i = (from..timeline.len()).find(|i| timeline[*i] > 0)?;
+        Some(i as f64 / 10.0 - self.args.warmup)
     }
 
     /// results.json, timeline.svg and, for a sweep, curve.svg.
@@ -225,7 +245,17 @@ impl Report {
             events.push(svg::Event { x: warmup + at, label: format!("primary (r{k}) killed") });
         }
         if let (Some(_), Some(at)) = (self.events.killed, self.events.restart_at_s) {
-            events.push(svg::Event { x: warmup + at, label: "restarted".into() });
+            let label = if self.args.restart_empty { "restarted with an empty disk" } else { "restarted" };
+            events.push(svg::Event { x: warmup + at, label: label.into() });
+        }
+        if let Some(at) = self.args.kill_all_at {
+            events.push(svg::Event { x: warmup + at, label: "every replica killed".into() });
+            if let Some(r) = self.events.restart_at_s {
+                events.push(svg::Event { x: warmup + r, label: "all restarted from disk".into() });
+            }
+        }
+        if let (Some(_), Some(at)) = (self.events.killed, self.events.caught_up_at_s) {
+            events.push(svg::Event { x: warmup + at, label: "caught up, voting".into() });
         }
         let title = format!("Throughput over time: {}", self.shape());
         svg::line_chart(&title, "time (s)", "ops/s (100 ms buckets)", &series, &events)

@@ -68,6 +68,7 @@ pub(crate) fn replica(
                 view_changes: c.view_changes,
                 state_transfers: c.state_transfers,
                 timers_restarted: c.timers_restarted,
+                rejoining: c.rejoining,
                 counters: handle.metrics().counters.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
                 queues: handle.queue_depths().into_iter().map(|(k, v)| (k.to_string(), v as u64)).collect(),
             };

@@ -28,7 +28,14 @@ struct Cluster {
 
 fn cluster(n: usize, mode: Mode, signatures: bool) -> Cluster {
     let (config, keys) = palisade_testkit::loopback::cluster(n, mode, signatures);
-    Cluster { config, keys, handles: Vec::new(), stage_threads: StageThreads::for_machine(), disk: None, snapshot_interval: 0 }
+    Cluster {
+        config,
+        keys,
+        handles: Vec::new(),
+        stage_threads: StageThreads::for_machine(),
+        disk: None,
+        snapshot_interval: 0,
+    }
 }
 
 fn runtime_config(c: &ClusterConfig, stage_threads: StageThreads) -> RuntimeConfig {

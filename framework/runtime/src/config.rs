@@ -83,6 +83,11 @@ pub struct RuntimeConfig {
     /// that comes while a snapshot is being written is skipped). The log
     /// keeps the batches since the last snapshot.
     pub snapshot_interval: u64,
+    /// Share of the time the snapshot writer may spend writing, in
+    /// percent: after a snapshot that took t it rests t * (100 - p) / p,
+    /// so a large state's snapshots leave the disk to the log (the log
+    /// keeps the batches since the fallback snapshot meanwhile).
+    pub snapshot_duty_percent: u32,
     /// Bytes preallocated per log segment.
     pub wal_segment_bytes: u64,
     /// Commands waiting for the storage stage. Full: the consensus stage
@@ -133,6 +138,7 @@ impl RuntimeConfig {
             durability: Durability::None,
             data_dir: None,
             snapshot_interval: 0,
+            snapshot_duty_percent: 10,
             wal_segment_bytes: 64 << 20,
             storage_queue: 4_096,
         }

@@ -284,7 +284,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         let last = recovery.as_ref().and_then(|r| r.snapshot).map_or(SeqNo(0), |(s, _)| s);
         let (snapshots, writer) = SnapshotWriter::spawn(
             dir,
-            SnapshotPolicy { keep: 2, interval: cfg.snapshot_interval, last },
+            SnapshotPolicy { keep: 2, interval: cfg.snapshot_interval, last, duty_percent: cfg.snapshot_duty_percent },
             marks.clone(),
             metrics.clone(),
             stop.clone(),

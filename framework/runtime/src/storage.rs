@@ -156,6 +156,10 @@ pub struct SnapshotPolicy {
     pub interval: u64,
     /// The newest snapshot on disk now.
     pub last: SeqNo,
+    /// Share of the time the writer may spend writing, in percent: after
+    /// a snapshot that took t, it rests t * (100 - p) / p, so that a large
+    /// state's snapshots never take the disk from the log.
+    pub duty_percent: u32,
 }
 
 /// Hands checkpoints to the snapshot writer thread.
@@ -178,7 +182,8 @@ impl SnapshotWriter {
         stop: Arc<AtomicBool>,
         wake: Bell,
     ) -> (SnapshotWriter, std::thread::JoinHandle<()>) {
-        let SnapshotPolicy { keep, interval, last } = policy;
+        let SnapshotPolicy { keep, interval, last, duty_percent } = policy;
+        let duty = duty_percent.clamp(1, 100);
         let (tx, rx) = crossbeam_channel::bounded::<(SeqNo, Kept)>(1);
         let m = marks.clone();
         let thread = std::thread::Builder::new()
@@ -191,6 +196,7 @@ impl SnapshotWriter {
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                     };
+                    let started = std::time::Instant::now();
                     match palisade_storage::snapshot::write_snapshot(&*dir, seq, kept.root, &kept.parts, keep) {
                         Ok(bytes) => {
                             RuntimeMetrics::add(&metrics.counters.snapshots_written, 1);
@@ -201,6 +207,12 @@ impl SnapshotWriter {
                             fallback = seq;
                         }
                         Err(e) => m.fail(format!("cannot write the snapshot at {seq}: {e}"), &stop),
+                    }
+                    drop(kept);
+                    let rest = started.elapsed() * (100 - duty) / duty;
+                    let until = std::time::Instant::now() + rest;
+                    while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(20).min(rest));
                     }
                     m.snapshot_busy.store(false, Ordering::Release);
                     wake.ring();
