@@ -13,18 +13,37 @@ run() {
     echo "=== $name: $*" >&2
     "$bench" --duration "$secs" --warmup 3 --out "$out/$name" "$@" 2>/dev/null | tail -1
 }
-run bft-n4-0-0
-run bft-n4-100-100 --request-bytes 100 --reply-bytes 100
-run bft-n4-1024-1024 --request-bytes 1024 --reply-bytes 1024
-run bft-n4-4096-4096 --request-bytes 4096 --reply-bytes 4096
-run cft-n3-0-0 --mode cft --replicas 3
-run cft-n4-0-0 --mode cft --replicas 4
-run bft-n7-0-0 --replicas 7 --no-baseline
-run bft-n10-0-0 --replicas 10 --no-baseline
-run bft-n4-0-0-signed --client-signatures
-run bft-n4-100-100-signed --client-signatures --request-bytes 100 --reply-bytes 100
-run bft-n4-latency-1x1 --clients 1 --outstanding 1 --no-baseline
-run bft-n4-sweep --sweep 1x1,1x8,2x16,4x16,4x32,4x64,8x64,16x64,80x64 --no-baseline
+# The table's runs keep the replicas in memory, as it was first measured;
+# the durability and large-state runs at the end use the disk.
+mem=(--durability none)
+run bft-n4-0-0 "${mem[@]}"
+run bft-n4-100-100 --request-bytes 100 --reply-bytes 100 "${mem[@]}"
+run bft-n4-1024-1024 --request-bytes 1024 --reply-bytes 1024 "${mem[@]}"
+run bft-n4-4096-4096 --request-bytes 4096 --reply-bytes 4096 "${mem[@]}"
+run cft-n3-0-0 --mode cft --replicas 3 "${mem[@]}"
+run cft-n4-0-0 --mode cft --replicas 4 "${mem[@]}"
+run bft-n7-0-0 --replicas 7 --no-baseline "${mem[@]}"
+run bft-n10-0-0 --replicas 10 --no-baseline "${mem[@]}"
+run bft-n4-0-0-signed --client-signatures "${mem[@]}"
+run bft-n4-100-100-signed --client-signatures --request-bytes 100 --reply-bytes 100 "${mem[@]}"
+run bft-n4-latency-1x1 --clients 1 --outstanding 1 --no-baseline "${mem[@]}"
+run bft-n4-sweep --sweep 1x1,1x8,2x16,4x16,4x32,4x64,8x64,16x64,80x64 --no-baseline "${mem[@]}"
 run bft-n4-kill-primary --kill-primary-at 4 --restart-at 8 --no-baseline
 python3 scripts/bench-table.py "$out" > "$out/table.md"
+# Durability and large state (docs/benchmarks.md): their own summaries,
+# outside the table's directory.
+echo "=== durability modes" >&2
+"$bench" --compare-durability none,log,full --rounds 3 --sweep 4x64,16x128 --duration "$secs" --warmup 2 \
+    --out "$out-durability" 2>/dev/null | tail -6
+kv=(--service kv --value-bytes 4096 --read-percent 50 --sweep 16x64 --no-baseline --warmup 3)
+for keys in 256 262144; do
+    echo "=== kv, $keys keys of 4 KiB" >&2
+    "$bench" "${kv[@]}" --keys "$keys" --duration "$secs" --out "$out-kv-$keys" 2>/dev/null | tail -1
+done
+echo "=== kv 1 GiB: a replica restarted with an empty disk" >&2
+"$bench" "${kv[@]}" --keys 262144 --duration 40 --kill-primary-at 5 --restart-at 8 --restart-empty \
+    --out "$out-kv-transfer" 2>/dev/null | grep -E "killed|BENCH"
+echo "=== kv 1 GiB: every replica killed at once" >&2
+"$bench" "${kv[@]}" --keys 262144 --duration 40 --kill-all-at 5 --restart-at 6 \
+    --out "$out-kv-crash-all" 2>/dev/null | grep -E "killed|BENCH"
 echo "table: $out/table.md" >&2
