@@ -135,7 +135,9 @@ impl<C: Crypto> ConsensusHost<C> {
                 Action::Dropped { client, request, reason } => {
                     let reason = match reason {
                         DropReason::RequestTooLarge => RejectReason::TooLarge,
-                        DropReason::PendingFull | DropReason::ReadQueueFull => RejectReason::Busy,
+                        DropReason::PendingFull | DropReason::ReadQueueFull | DropReason::Rejoining => {
+                            RejectReason::Busy
+                        }
                     };
                     io.refuse(client, request, reason);
                 }

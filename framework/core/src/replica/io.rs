@@ -143,6 +143,10 @@ pub enum DropReason {
     /// The request alone is larger than a batch may be, so no primary could
     /// ever propose it; retrying cannot help.
     RequestTooLarge,
+    /// A read-only request reached a replica that is rejoining: it cannot
+    /// vouch for having seen what a quorum prepared before its restart, so
+    /// its answer must not count towards a read quorum.
+    Rejoining,
 }
 
 /// Why a peer message (or a client request the core saw) was discarded.

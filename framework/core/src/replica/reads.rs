@@ -21,7 +21,17 @@ impl<C: Crypto> Replica<C> {
     /// any quorum of read replies includes a correct replica of that
     /// quorum, so a read that gathers a quorum of matching replies sees
     /// every acknowledged write: reads stay linearizable.
+    ///
+    /// A replica that is rejoining forgot what it prepared, so it is no such
+    /// correct replica: it answers no read until it has rejoined. (In CFT
+    /// mode, where a read quorum is f+1, its stale answer and one from a
+    /// replica that had not prepared the write yet made a quorum; the
+    /// simulator found it.)
     pub(super) fn on_read_only(&mut self, req: Request) {
+        if self.rejoining() {
+            self.actions.push(Action::Dropped { client: req.client, request: req.id, reason: DropReason::Rejoining });
+            return;
+        }
         let target = self
             .log
             .slots
