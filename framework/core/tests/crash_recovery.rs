@@ -135,6 +135,34 @@ fn certificate(seq: u64, state: palisade_core::Digest) -> palisade_core::message
 }
 
 #[test]
+fn a_replica_asked_for_a_state_it_has_not_reached_still_answers() {
+    // Silence would leave the fetcher waiting on it forever; the host
+    // answers that it does not keep that state, and the fetcher moves on.
+    let cfg = config(Mode::Cft, 3);
+    let mut r1 = restarted_without_records(1, &cfg, 7);
+    let query = palisade_core::message::StateQuery::Manifest { from: 0 };
+    let out = peer(&mut r1, 0, PeerMessage::StateFetch { seq: SeqNo(8), query: query.clone() });
+    assert!(out.iter().any(|a| matches!(a, Action::ServeState { seq: SeqNo(8), .. })), "{out:?}");
+}
+
+#[test]
+fn a_rejoining_replica_answers_no_read_until_it_has_rejoined() {
+    // It forgot what it prepared, so its answer could complete a read
+    // quorum without any replica that prepared an acknowledged write.
+    let cfg = config(Mode::Cft, 3);
+    let mut r1 = restarted_without_records(1, &cfg, 7);
+    assert!(r1.rejoining());
+    let mut read = request(2, 1);
+    read.read_only = true;
+    r1.step(palisade_core::Input::Request(read));
+    let out = r1.take_actions();
+    assert!(!out.iter().any(|a| matches!(a, Action::ExecuteReadOnly { .. })), "{out:?}");
+    assert!(out
+        .iter()
+        .any(|a| matches!(a, Action::Dropped { reason: palisade_core::replica::DropReason::Rejoining, .. })));
+}
+
+#[test]
 fn a_rejoining_replica_votes_again_once_its_stable_checkpoint_passes_its_peers_high_watermark() {
     let cfg = config(Mode::Bft, 4); // checkpoint every 4, window 8
     let mut r1 = restarted_without_records(1, &cfg, 7);

@@ -45,15 +45,18 @@ impl<C: Crypto> Replica<C> {
         }
     }
 
-    /// Questions about any checkpoint this replica executed go to the
-    /// execution host, which keeps the states from the one before the
-    /// stable checkpoint up, and any a peer is still fetching (so a long
-    /// fetch can finish while checkpoints move on); it says which it lacks.
-    /// One holding a certificate this replica has not seen yet is served
-    /// too: the fetcher checks every piece.
+    /// Questions about a checkpoint go to the execution host, within the
+    /// answer rate: it keeps the states from the one before the stable
+    /// checkpoint up, and any a peer is still fetching (so a long fetch can
+    /// finish while checkpoints move on), and says which it lacks. One
+    /// holding a certificate this replica has not seen yet is served too:
+    /// the fetcher checks every piece.
     pub(super) fn on_state_fetch(&mut self, from: ReplicaId, seq: SeqNo, query: StateQuery) {
-        let held = self.log.delivered >= seq;
-        if held && self.may_answer(from, AnswerKind::StatePiece) {
+        // Even a state this replica has not reached gets an answer (the
+        // host says it does not keep it): a fetcher that heard nothing
+        // would wait on this replica forever instead of moving on to a
+        // peer, or to a newer checkpoint, that can serve it.
+        if self.may_answer(from, AnswerKind::StatePiece) {
             self.actions.push(Action::ServeState { to: from, seq, query });
         }
     }

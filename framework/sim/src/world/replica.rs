@@ -397,6 +397,24 @@ impl World {
     }
 
     pub(crate) fn replica_send(&mut self, r: usize, to: ReplicaId, msg: PeerMessage) {
+        if self.cfg.trace {
+            match &msg {
+                PeerMessage::StateFetch { seq, query } => {
+                    eprintln!("{:>6} r{r} -> r{} state-fetch {seq} {query:?}", self.now, to.0)
+                }
+                PeerMessage::StateData { seq, answer } => {
+                    let what = match answer {
+                        palisade_core::message::StateAnswer::Manifest { from, total, .. } => {
+                            format!("manifest from {from} of {total}")
+                        }
+                        palisade_core::message::StateAnswer::Parts(items) => format!("{} items", items.len()),
+                        other => format!("{other:?}"),
+                    };
+                    eprintln!("{:>6} r{r} -> r{} state-data {seq} {what}", self.now, to.0)
+                }
+                _ => {}
+            }
+        }
         if self.replicas[r].strategy.is_none() {
             self.send(r, to.0 as usize, Payload::Peer(msg), 0);
             return;
