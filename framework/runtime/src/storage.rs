@@ -244,3 +244,67 @@ impl SnapshotWriter {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::tests::Collect;
+    use crate::queue::queue;
+    use palisade_core::{Batch, Record, ViewNo};
+    use palisade_storage::{MemDir, WalOptions};
+
+    fn stage(dir: &MemDir) -> (StorageStage<MemDir>, crate::queue::Tx<StorageCmd>, Arc<Collect>) {
+        let (journal, _) = Journal::open(Arc::new(dir.clone()), WalOptions { segment_bytes: 1 << 16 }).unwrap();
+        let bell = Bell::default();
+        let (tx, rx) = queue(16, &bell, None);
+        let egress = Arc::new(Collect::default());
+        let stage = StorageStage {
+            journal,
+            rx,
+            egress: egress.clone(),
+            marks: Arc::new(DurableMarks::default()),
+            metrics: Arc::new(RuntimeMetrics::default()),
+            wake: Bell::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            drain_max: 64,
+            snapshot_applied: 0,
+        };
+        (stage, tx, egress)
+    }
+
+    fn decided(seq: u64) -> Entry {
+        Entry::Decided { seq: SeqNo(seq), view: ViewNo(0), batch: Arc::new(Batch::null()) }
+    }
+
+    #[test]
+    fn frames_leave_only_after_the_entries_queued_before_them_are_synced_in_one_group() {
+        let dir = MemDir::new();
+        let (mut stage, tx, egress) = stage(&dir);
+        let syncs = dir.syncs();
+        tx.try_send(StorageCmd::Entries(vec![Entry::Record(Record::ViewChange { view: ViewNo(1) }), decided(1)]))
+            .ok()
+            .unwrap();
+        tx.try_send(StorageCmd::Release(vec![(ReplicaId(2), vec![bytes::Bytes::from_static(b"vc")])])).ok().unwrap();
+        tx.try_send(StorageCmd::Entries(vec![decided(2)])).ok().unwrap();
+        assert_eq!(egress.peer_bodies(ReplicaId(2)), 0);
+        assert!(stage.poll().unwrap());
+        assert_eq!(dir.syncs() - syncs, 1, "three commands, one group, one sync");
+        assert_eq!(egress.peer_bodies(ReplicaId(2)), 1, "sent after the sync");
+        assert_eq!(stage.marks.decided.load(Ordering::Acquire), 2);
+        assert_eq!(stage.marks.groups_done.load(Ordering::Acquire), 2);
+    }
+
+    #[test]
+    fn a_full_disk_stops_the_replica_with_the_reason_and_sends_nothing_that_depended_on_it() {
+        let dir = MemDir::new();
+        let (mut stage, tx, egress) = stage(&dir);
+        dir.set_full(true);
+        tx.try_send(StorageCmd::Entries(vec![Entry::Record(Record::ViewChange { view: ViewNo(1) })])).ok().unwrap();
+        tx.try_send(StorageCmd::Release(vec![(ReplicaId(2), vec![bytes::Bytes::from_static(b"vc")])])).ok().unwrap();
+        assert!(stage.poll().is_err(), "the stage ends");
+        assert!(stage.stop.load(Ordering::Relaxed), "the replica stops");
+        let why = stage.marks.failure.lock().clone().unwrap();
+        assert!(why.contains("cannot write the log"), "{why}");
+        assert_eq!(egress.peer_bodies(ReplicaId(2)), 0, "the VIEW-CHANGE never left");
+    }
+}
