@@ -116,7 +116,7 @@ impl<D: Dir> Stage for StorageStage<D> {
         let decided = entries
             .iter()
             .filter_map(|e| match e {
-                Entry::Decided { seq, .. } => Some(seq.0),
+                Entry::Decided { seq, .. } | Entry::DecidedRef { seq, .. } => Some(seq.0),
                 Entry::Record(_) => None,
             })
             .max();

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | 1 | a protocol record (`palisade_core::Record`) |
 //! | 2 | a decided batch: `(seq: u64, view: u64, batch: Batch)` |
+//! | 3 | a decided batch this log already holds in a pre-prepare record: `(seq: u64, view: u64, digest: [u8; 32])` |
 //!
 //! What may be dropped: a protocol record once the compacted record log
 //! no longer holds it, a decided batch once a snapshot at or above its
@@ -18,19 +19,31 @@
 use crate::dir::Dir;
 use crate::wal::{Cut, Lsn, Wal, WalOptions};
 use palisade_core::replica::RecordLog;
-use palisade_core::{Batch, Record, SeqNo, ViewNo};
+use palisade_core::{Batch, Digest, Record, SeqNo, ViewNo};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 
 const KIND_RECORD: u8 = 1;
 const KIND_DECIDED: u8 = 2;
+const KIND_DECIDED_REF: u8 = 3;
 
 /// One journal entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
     /// A protocol record (made durable before what depends on it is sent).
     Record(Record),
+    /// A batch decided at `seq` in `view` whose bytes an earlier
+    /// pre-prepare record of this log holds (`full` mode writes a batch
+    /// once): what [`Journal::write`] makes of a `Decided` it can.
+    DecidedRef {
+        /// Its sequence number.
+        seq: SeqNo,
+        /// The view it was decided in.
+        view: ViewNo,
+        /// The batch's digest.
+        digest: Digest,
+    },
     /// A batch decided at `seq` in `view`, for replay after a restart.
     Decided {
         /// Its sequence number.
@@ -48,6 +61,7 @@ impl Entry {
         let (kind, body) = match self {
             Entry::Record(r) => (KIND_RECORD, postcard::to_allocvec(r)),
             Entry::Decided { seq, view, batch } => (KIND_DECIDED, postcard::to_allocvec(&(seq, view, &**batch))),
+            Entry::DecidedRef { seq, view, digest } => (KIND_DECIDED_REF, postcard::to_allocvec(&(seq, view, digest))),
         };
         let body = body.expect("records and batches always encode");
         let mut out = Vec::with_capacity(body.len() + 1);
@@ -65,6 +79,9 @@ impl Entry {
             KIND_DECIDED => postcard::from_bytes::<(SeqNo, ViewNo, Batch)>(body)
                 .map(|(seq, view, batch)| Entry::Decided { seq, view, batch: Arc::new(batch) })
                 .map_err(|e| format!("a decided batch: {e}")),
+            KIND_DECIDED_REF => postcard::from_bytes::<(SeqNo, ViewNo, Digest)>(body)
+                .map(|(seq, view, digest)| Entry::DecidedRef { seq, view, digest })
+                .map_err(|e| format!("a decided batch reference: {e}")),
             k => Err(format!("an entry of unknown kind {k}")),
         }
     }
@@ -89,8 +106,9 @@ pub struct Journal<D: Dir> {
     log: RecordLog,
     stable: SeqNo,
     /// Entry of each pre-prepare that carries its batch, above the stable
-    /// checkpoint (the only records not rewritten at a segment start).
-    batch_records: BTreeMap<SeqNo, Lsn>,
+    /// checkpoint (the only records not rewritten at a segment start), the
+    /// batch's digest, and the batch (to know it again without hashing it).
+    batch_records: BTreeMap<SeqNo, (Lsn, Digest, Arc<Batch>)>,
     /// Entry of each decided batch above the durable snapshot.
     decided: BTreeMap<SeqNo, Lsn>,
     /// Where the last rewrite of the long-lived records starts.
@@ -113,12 +131,27 @@ impl<D: Dir> Journal<D> {
             snapshot: SeqNo(0),
         };
         let mut rec = Recovered { entries: replay.entries.len(), cut: replay.cut, ..Recovered::default() };
+        // Batches of pre-prepare records, for the decided entries that
+        // refer to them (held only while the log is read).
+        let mut batches: BTreeMap<(SeqNo, Digest), Arc<Batch>> = BTreeMap::new();
         for (lsn, payload) in replay.entries {
             let entry = Entry::decode(&payload).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("log entry {lsn} is not readable as {e}"))
             })?;
-            if let Entry::Decided { seq, view, batch } = &entry {
-                rec.decided.insert(*seq, (*view, batch.clone()));
+            match &entry {
+                Entry::Record(Record::PrePrepared { seq, digest, batch: Some(b), .. }) => {
+                    batches.insert((*seq, *digest), b.clone());
+                }
+                Entry::Decided { seq, view, batch } => {
+                    rec.decided.insert(*seq, (*view, batch.clone()));
+                }
+                Entry::DecidedRef { seq, view, digest } => {
+                    // Always found: the reference keeps the record's segment.
+                    if let Some(b) = batches.get(&(*seq, *digest)) {
+                        rec.decided.insert(*seq, (*view, b.clone()));
+                    }
+                }
+                Entry::Record(_) => {}
             }
             j.track(lsn, entry);
         }
@@ -130,8 +163,8 @@ impl<D: Dir> Journal<D> {
         match entry {
             Entry::Record(r) => {
                 match &r {
-                    Record::PrePrepared { seq, batch: Some(_), .. } if *seq > self.stable => {
-                        self.batch_records.entry(*seq).or_insert(lsn);
+                    Record::PrePrepared { seq, digest, batch: Some(b), .. } if *seq > self.stable => {
+                        self.batch_records.insert(*seq, (lsn, *digest, b.clone()));
                     }
                     Record::Stable(cert) if cert.seq > self.stable => {
                         self.stable = cert.seq;
@@ -146,13 +179,31 @@ impl<D: Dir> Journal<D> {
                     self.decided.entry(seq).or_insert(lsn);
                 }
             }
+            Entry::DecidedRef { seq, digest, .. } => {
+                // The entry that must stay is the record holding the batch.
+                let held = self.batch_records.get(&seq).filter(|(_, d, _)| *d == digest).map(|(l, _, _)| *l);
+                if seq > self.snapshot {
+                    self.decided.entry(seq).or_insert(held.unwrap_or(lsn));
+                }
+            }
         }
     }
 
-    /// Makes `entries` durable: one write and one sync (group commit).
+    /// Makes `entries` durable: one write and one sync (group commit). A
+    /// decided batch this log already holds in a pre-prepare record is
+    /// written as a reference to it, so a batch is written once.
     pub fn write(&mut self, entries: Vec<Entry>) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
+        }
+        let mut entries = entries;
+        for e in &mut entries {
+            if let Entry::Decided { seq, view, batch } = e {
+                // The same batch the record holds (the core shares one copy).
+                if let Some((_, digest, _)) = self.batch_records.get(seq).filter(|(_, _, b)| Arc::ptr_eq(b, batch)) {
+                    *e = Entry::DecidedRef { seq: *seq, view: *view, digest: *digest };
+                }
+            }
         }
         let mut payloads: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
         let bytes = Wal::<D>::group_bytes(&payloads);
@@ -195,12 +246,15 @@ impl<D: Dir> Journal<D> {
     }
 
     fn trim(&mut self) -> io::Result<()> {
-        let keep_from =
-            [Some(self.refreshed_at), self.batch_records.values().min().copied(), self.decided.values().min().copied()]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(self.wal.next_lsn());
+        let keep_from = [
+            Some(self.refreshed_at),
+            self.batch_records.values().map(|(l, _, _)| *l).min(),
+            self.decided.values().min().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.wal.next_lsn());
         self.wal.trim(keep_from)?;
         Ok(())
     }

@@ -249,6 +249,38 @@ fn the_journal_keeps_what_is_needed_and_frees_old_segments() {
 }
 
 #[test]
+fn a_decided_batch_the_log_holds_in_a_pre_prepare_is_written_once_and_replays() {
+    let d = MemDir::new();
+    let (mut j, _) = Journal::open(Arc::new(d.clone()), small()).unwrap();
+    let big = Arc::new(Batch {
+        timestamp_ms: 1,
+        requests: vec![palisade_core::Request {
+            client: palisade_core::ClientId(1),
+            id: palisade_core::RequestId(1),
+            read_only: false,
+            operation: Bytes::from(vec![7u8; 2000]),
+            auth: Bytes::new(),
+        }],
+    });
+    let pp = Record::PrePrepared { view: ViewNo(0), seq: SeqNo(1), digest: big.digest(), batch: Some(big.clone()) };
+    j.write(vec![Entry::Record(pp)]).unwrap();
+    let before = palisade_storage::wal::entries_end(&d.contents(&segments(&d)[0]).unwrap());
+    j.write(vec![Entry::Decided { seq: SeqNo(1), view: ViewNo(0), batch: big.clone() }]).unwrap();
+    let after = palisade_storage::wal::entries_end(&d.contents(&segments(&d)[0]).unwrap());
+    assert!(after - before < 100, "the batch was written again: {} bytes", after - before);
+    // A different batch under the same number is written in full.
+    let other = Arc::new(Batch { timestamp_ms: 2, requests: vec![] });
+    j.write(vec![Entry::Decided { seq: SeqNo(2), view: ViewNo(0), batch: other.clone() }]).unwrap();
+    drop(j);
+    let (_, rec) = Journal::open(Arc::new(d.clone()), small()).unwrap();
+    assert_eq!(rec.decided.get(&SeqNo(1)).map(|(_, b)| b.clone()), Some(big));
+    assert_eq!(rec.decided.get(&SeqNo(2)).map(|(_, b)| b.clone()), Some(other));
+    // Its encoding: kind 3, seq, view, digest.
+    let r = Entry::DecidedRef { seq: SeqNo(9), view: ViewNo(2), digest: Digest([5; 32]) };
+    assert_eq!(hex::encode(r.encode()), format!("030902{}", "05".repeat(32)));
+}
+
+#[test]
 fn a_crash_at_any_point_recovers_exactly_the_groups_written() {
     for seed in 0..40u64 {
         let d = MemDir::new();
