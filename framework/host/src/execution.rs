@@ -160,12 +160,15 @@ impl<S: Service> ExecutionHost<S> {
                 for i in 0..kept.parts.len() {
                     exec.install_part(i as u32, kept.records(i))?;
                 }
+                let root = kept.root;
+                // The service's own frozen parts serve this state from now
+                // on: the restored copy goes (a gigabyte state would
+                // otherwise be held twice).
+                drop(kept);
                 exec.take_changed();
-                if exec.state_digest() != kept.root {
+                if host.store.take_all(seq, &exec) != root {
                     return Err(format!("the state restored at {seq} does not have its recorded digest"));
                 }
-                drop(exec);
-                host.store.insert(seq, kept);
             }
             None => {
                 let mut exec = host.exec.write();

@@ -103,6 +103,12 @@ pub struct Recovered {
 /// The journal, open for writing.
 pub struct Journal<D: Dir> {
     wal: Wal<D>,
+    held: Held,
+}
+
+/// What the journal holds, and where each needed entry is.
+#[derive(Default)]
+struct Held {
     log: RecordLog,
     stable: SeqNo,
     /// Entry of each pre-prepare that carries its batch, above the stable
@@ -119,23 +125,16 @@ pub struct Journal<D: Dir> {
 impl<D: Dir> Journal<D> {
     /// Opens the journal in `dir` and reads back what it holds.
     pub fn open(dir: Arc<D>, opts: WalOptions) -> io::Result<(Journal<D>, Recovered)> {
-        let (wal, replay) = Wal::open(dir, opts)?;
-        let first = replay.entries.first().map_or(wal.next_lsn(), |(l, _)| *l);
-        let mut j = Journal {
-            wal,
-            log: RecordLog::default(),
-            stable: SeqNo(0),
-            batch_records: BTreeMap::new(),
-            decided: BTreeMap::new(),
-            refreshed_at: first,
-            snapshot: SeqNo(0),
-        };
-        let mut rec = Recovered { entries: replay.entries.len(), cut: replay.cut, ..Recovered::default() };
+        let mut j = Held::default();
+        let mut rec = Recovered::default();
+        let mut first = None;
         // Batches of pre-prepare records, for the decided entries that
-        // refer to them (held only while the log is read).
+        // refer to them (held only while the log is read). Entries are
+        // decoded as they are read, so the log is never held twice.
         let mut batches: BTreeMap<(SeqNo, Digest), Arc<Batch>> = BTreeMap::new();
-        for (lsn, payload) in replay.entries {
-            let entry = Entry::decode(&payload).map_err(|e| {
+        let (wal, replay) = Wal::open_with(dir, opts, |lsn, payload| {
+            first.get_or_insert(lsn);
+            let entry = Entry::decode(payload).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("log entry {lsn} is not readable as {e}"))
             })?;
             match &entry {
@@ -154,11 +153,99 @@ impl<D: Dir> Journal<D> {
                 Entry::Record(_) => {}
             }
             j.track(lsn, entry);
-        }
+            Ok(())
+        })?;
+        j.refreshed_at = first.unwrap_or(wal.next_lsn());
+        rec.entries = replay.read;
+        rec.cut = replay.cut;
         rec.records = j.log.records().to_vec();
-        Ok((j, rec))
+        Ok((Journal { wal, held: j }, rec))
     }
 
+    /// Makes `entries` durable: one write and one sync (group commit). A
+    /// decided batch this log already holds in a pre-prepare record is
+    /// written as a reference to it, so a batch is written once.
+    pub fn write(&mut self, entries: Vec<Entry>) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut entries = entries;
+        for e in &mut entries {
+            if let Entry::Decided { seq, view, batch } = e {
+                // The same batch the record holds (the core shares one copy).
+                if let Some((_, digest, _)) = self.held.batch_records.get(seq).filter(|(_, _, b)| Arc::ptr_eq(b, batch))
+                {
+                    *e = Entry::DecidedRef { seq: *seq, view: *view, digest: *digest };
+                }
+            }
+        }
+        let mut payloads: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
+        let bytes = Wal::<D>::group_bytes(&payloads);
+        if !self.wal.fits(bytes) {
+            // A new segment starts with the long-lived records again.
+            let refresh: Vec<Vec<u8>> = self
+                .held
+                .log
+                .records()
+                .iter()
+                .filter(|r| !matches!(r, Record::PrePrepared { batch: Some(_), .. }))
+                .map(|r| Entry::Record(r.clone()).encode())
+                .collect();
+            let refresh_bytes = Wal::<D>::group_bytes(&refresh);
+            self.wal.rotate(bytes + refresh_bytes)?;
+            self.held.refreshed_at = self.wal.next_lsn();
+            let n = refresh.len();
+            payloads.splice(0..0, refresh);
+            let first = self.wal.append(&payloads)?;
+            for (i, e) in entries.into_iter().enumerate() {
+                self.held.track(first + (n + i) as u64, e);
+            }
+            self.trim()?;
+            return Ok(());
+        }
+        let first = self.wal.append(&payloads)?;
+        for (i, e) in entries.into_iter().enumerate() {
+            self.held.track(first + i as u64, e);
+        }
+        Ok(())
+    }
+
+    /// A snapshot of the state at `seq` is durable: decided batches up to
+    /// it are no longer needed, and segments nothing needs are deleted.
+    pub fn snapshot_durable(&mut self, seq: SeqNo) -> io::Result<()> {
+        if seq > self.held.snapshot {
+            self.held.snapshot = seq;
+            self.held.decided = self.held.decided.split_off(&seq.next());
+        }
+        self.trim()
+    }
+
+    fn trim(&mut self) -> io::Result<()> {
+        let keep_from = [
+            Some(self.held.refreshed_at),
+            self.held.batch_records.values().map(|(l, _, _)| *l).min(),
+            self.held.decided.values().min().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.wal.next_lsn());
+        self.wal.trim(keep_from)?;
+        Ok(())
+    }
+
+    /// Segment files the journal holds now.
+    pub fn segments(&self) -> usize {
+        self.wal.segment_count()
+    }
+
+    /// The records still needed, in order.
+    pub fn records(&self) -> &[Record] {
+        self.held.log.records()
+    }
+}
+
+impl Held {
     fn track(&mut self, lsn: Lsn, entry: Entry) {
         match entry {
             Entry::Record(r) => {
@@ -187,85 +274,5 @@ impl<D: Dir> Journal<D> {
                 }
             }
         }
-    }
-
-    /// Makes `entries` durable: one write and one sync (group commit). A
-    /// decided batch this log already holds in a pre-prepare record is
-    /// written as a reference to it, so a batch is written once.
-    pub fn write(&mut self, entries: Vec<Entry>) -> io::Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut entries = entries;
-        for e in &mut entries {
-            if let Entry::Decided { seq, view, batch } = e {
-                // The same batch the record holds (the core shares one copy).
-                if let Some((_, digest, _)) = self.batch_records.get(seq).filter(|(_, _, b)| Arc::ptr_eq(b, batch)) {
-                    *e = Entry::DecidedRef { seq: *seq, view: *view, digest: *digest };
-                }
-            }
-        }
-        let mut payloads: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
-        let bytes = Wal::<D>::group_bytes(&payloads);
-        if !self.wal.fits(bytes) {
-            // A new segment starts with the long-lived records again.
-            let refresh: Vec<Vec<u8>> = self
-                .log
-                .records()
-                .iter()
-                .filter(|r| !matches!(r, Record::PrePrepared { batch: Some(_), .. }))
-                .map(|r| Entry::Record(r.clone()).encode())
-                .collect();
-            let refresh_bytes = Wal::<D>::group_bytes(&refresh);
-            self.wal.rotate(bytes + refresh_bytes)?;
-            self.refreshed_at = self.wal.next_lsn();
-            let n = refresh.len();
-            payloads.splice(0..0, refresh);
-            let first = self.wal.append(&payloads)?;
-            for (i, e) in entries.into_iter().enumerate() {
-                self.track(first + (n + i) as u64, e);
-            }
-            self.trim()?;
-            return Ok(());
-        }
-        let first = self.wal.append(&payloads)?;
-        for (i, e) in entries.into_iter().enumerate() {
-            self.track(first + i as u64, e);
-        }
-        Ok(())
-    }
-
-    /// A snapshot of the state at `seq` is durable: decided batches up to
-    /// it are no longer needed, and segments nothing needs are deleted.
-    pub fn snapshot_durable(&mut self, seq: SeqNo) -> io::Result<()> {
-        if seq > self.snapshot {
-            self.snapshot = seq;
-            self.decided = self.decided.split_off(&seq.next());
-        }
-        self.trim()
-    }
-
-    fn trim(&mut self) -> io::Result<()> {
-        let keep_from = [
-            Some(self.refreshed_at),
-            self.batch_records.values().map(|(l, _, _)| *l).min(),
-            self.decided.values().min().copied(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(self.wal.next_lsn());
-        self.wal.trim(keep_from)?;
-        Ok(())
-    }
-
-    /// Segment files the journal holds now.
-    pub fn segments(&self) -> usize {
-        self.wal.segment_count()
-    }
-
-    /// The records still needed, in order.
-    pub fn records(&self) -> &[Record] {
-        self.log.records()
     }
 }

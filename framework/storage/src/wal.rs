@@ -82,8 +82,10 @@ pub enum CutKind {
 /// The log as recovered.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Every valid entry, in order.
+    /// Every valid entry, in order ([`Wal::open`] only).
     pub entries: Vec<(Lsn, Vec<u8>)>,
+    /// Valid entries read.
+    pub read: usize,
     /// Where and why the log was cut, if it was.
     pub cut: Option<Cut>,
 }
@@ -204,6 +206,23 @@ impl<D: Dir> Wal<D> {
     /// damaged tail (reported in [`Replay::cut`]), and starts a new segment
     /// for what comes next.
     pub fn open(dir: Arc<D>, opts: WalOptions) -> io::Result<(Wal<D>, Replay)> {
+        let mut entries = Vec::new();
+        let (wal, mut replay) = Self::open_with(dir, opts, |lsn, payload| {
+            entries.push((lsn, payload.to_vec()));
+            Ok(())
+        })?;
+        replay.entries = entries;
+        Ok((wal, replay))
+    }
+
+    /// [`Wal::open`], handing each valid entry to `on_entry` as it is read
+    /// instead of collecting them (so a large log is never held twice);
+    /// [`Replay::entries`] stays empty.
+    pub fn open_with(
+        dir: Arc<D>,
+        opts: WalOptions,
+        mut on_entry: impl FnMut(Lsn, &[u8]) -> io::Result<()>,
+    ) -> io::Result<(Wal<D>, Replay)> {
         let mut names: Vec<(Lsn, String)> =
             dir.list()?.into_iter().filter_map(|n| parse_segment_name(&n).map(|l| (l, n))).collect();
         names.sort();
@@ -237,7 +256,8 @@ impl<D: Dir> Wal<D> {
             let mut at = HEADER_BYTES;
             while let Some((payload, after)) = decode_entry(&buf, at, next) {
                 if payload != TRAILER {
-                    replay.entries.push((next, payload.to_vec()));
+                    on_entry(next, payload)?;
+                    replay.read += 1;
                 }
                 next += 1;
                 at = after;
