@@ -44,10 +44,11 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Whether this replica may vote at once. Records live in memory only, so
-/// every restart loses them; the data directory holds a marker that the
-/// replica has started before. A replica starting for the first time never
-/// voted and may; one that started before, or whose disk was replaced
+/// Whether this replica may vote at once when its data directory holds no
+/// journal (with one, recovery decides). The directory holds a marker that
+/// the replica has started before. A replica starting for the first time
+/// never voted and may; one that started before without a journal
+/// (`--durability none`, or a lost journal), or whose disk was replaced
 /// (`--rejoin`), rejoins without voting until that is safe.
 fn start_mode(data_dir: &Path, rejoin: bool) -> Result<Start, String> {
     let marker = data_dir.join("started");
