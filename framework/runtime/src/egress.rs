@@ -8,6 +8,15 @@ use palisade_core::{ClientId, PeerMessage, ReplicaId};
 use palisade_wire::envelope::ReplicaMessage;
 use std::collections::BTreeMap;
 
+/// Hands `bodies` to peer `to`, counting them in `peer_sends_dropped` when
+/// its connection is down or full (the protocol retransmits).
+pub fn send_to_peer(egress: &dyn Egress, metrics: &crate::metrics::RuntimeMetrics, to: ReplicaId, bodies: Vec<Bytes>) {
+    let n = bodies.len() as u64;
+    if !egress.to_peer(to, bodies) {
+        crate::metrics::RuntimeMetrics::add(&metrics.counters.peer_sends_dropped, n);
+    }
+}
+
 /// Most bytes of frame bodies handed to a connection in one mailbox message.
 pub const BATCH_BYTES: usize = 256 << 10;
 

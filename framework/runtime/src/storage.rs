@@ -13,7 +13,7 @@
 //! is simply not written (the next one will be), so a large state never
 //! holds up execution.
 
-use crate::egress::Egress;
+use crate::egress::{send_to_peer, Egress};
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{Bell, Ended, Rx};
 use crate::runner::Stage;
@@ -137,10 +137,7 @@ impl<D: Dir> Stage for StorageStage<D> {
         self.wake.ring();
         for frames in releases {
             for (to, bodies) in frames {
-                let n = bodies.len() as u64;
-                if !self.egress.to_peer(to, bodies) {
-                    RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, n);
-                }
+                send_to_peer(&*self.egress, &self.metrics, to, bodies);
             }
         }
         Ok(true)

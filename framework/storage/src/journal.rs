@@ -165,11 +165,10 @@ impl<D: Dir> Journal<D> {
     /// Makes `entries` durable: one write and one sync (group commit). A
     /// decided batch this log already holds in a pre-prepare record is
     /// written as a reference to it, so a batch is written once.
-    pub fn write(&mut self, entries: Vec<Entry>) -> io::Result<()> {
+    pub fn write(&mut self, mut entries: Vec<Entry>) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut entries = entries;
         for e in &mut entries {
             if let Entry::Decided { seq, view, batch } = e {
                 // The same batch the record holds (the core shares one copy).

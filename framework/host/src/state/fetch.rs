@@ -202,14 +202,7 @@ impl Fetcher {
             _ => Vec::new(),
         };
         for i in stale_ranges {
-            let peer = self.next_peer();
-            let round = self.round;
-            if let Phase::Parts { active, .. } = &mut self.phase {
-                let r = &mut active[i];
-                r.peer = peer;
-                r.asked = round;
-                out.push(FetchStep::Ask(peer, r.query()));
-            }
+            self.reassign(i, out);
         }
     }
 

@@ -92,11 +92,6 @@ impl PartStore {
         root
     }
 
-    /// Keeps a state restored from elsewhere (a snapshot file).
-    pub fn insert(&mut self, seq: SeqNo, kept: Kept) {
-        self.kept.insert(seq, kept);
-    }
-
     /// The state at `seq`, if kept.
     pub fn get(&self, seq: SeqNo) -> Option<&Kept> {
         self.kept.get(&seq)

@@ -2,7 +2,7 @@
 //! one driver every host shares ([`ConsensusHost`]).
 
 use super::{notify, ReplyBatch};
-use crate::egress::{Egress, Outbox};
+use crate::egress::{send_to_peer, Egress, Outbox};
 use crate::metrics::{CoreSnapshot, RuntimeMetrics};
 use crate::queue::{Ended, Outflow, Rx, Tx};
 use crate::runner::Stage;
@@ -58,7 +58,7 @@ impl JournalLink {
             }
         }
         for (to, bodies) in frames {
-            send(egress, metrics, to, bodies);
+            send_to_peer(egress, metrics, to, bodies);
         }
         Ok(())
     }
@@ -118,16 +118,9 @@ impl Wiring<'_> {
                         self.ended = true;
                     }
                 }
-                None => send(self.egress, self.metrics, to, full),
+                None => send_to_peer(self.egress, self.metrics, to, full),
             }
         }
-    }
-}
-
-fn send(egress: &dyn Egress, metrics: &RuntimeMetrics, to: ReplicaId, bodies: Vec<Bytes>) {
-    let n = bodies.len() as u64;
-    if !egress.to_peer(to, bodies) {
-        RuntimeMetrics::add(&metrics.counters.peer_sends_dropped, n);
     }
 }
 
@@ -208,7 +201,7 @@ impl<C: Crypto> Consensus<C> {
             }
             None => {
                 for (to, bodies) in batches {
-                    send(&*self.egress, &self.metrics, to, bodies);
+                    send_to_peer(&*self.egress, &self.metrics, to, bodies);
                 }
             }
         }

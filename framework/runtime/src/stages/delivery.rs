@@ -3,7 +3,7 @@
 //! shares ([`ExecutionHost`]).
 
 use super::ReplyBatch;
-use crate::egress::Egress;
+use crate::egress::{send_to_peer, Egress};
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{Ended, Outflow, Rx};
 use crate::runner::Stage;
@@ -94,9 +94,7 @@ impl ExecutionIo for Wiring<'_> {
 
     fn send(&mut self, to: ReplicaId, msg: PeerMessage) {
         let body = self.egress.peer_body(&msg);
-        if !self.egress.to_peer(to, vec![body]) {
-            RuntimeMetrics::add(&self.metrics.counters.peer_sends_dropped, 1);
-        }
+        send_to_peer(self.egress, self.metrics, to, vec![body]);
     }
 
     fn note(&mut self, event: ExecEvent) {
