@@ -185,7 +185,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         ..ExecutionConfig::new(me, cluster.membership.clone())
     };
     // The genesis state's digest, before any recovery replaces the state.
-    let (_, genesis) = ExecutionHost::new(exec.clone(), ecfg.clone(), None)?.restored();
+    let genesis = exec.read().state_digest();
     let nonce = {
         use rand_core::RngCore;
         rand_core::OsRng.next_u64()
