@@ -5,10 +5,10 @@
 
 use crate::consensus::ExecCommand;
 use crate::execution::{ClientMail, ExecutionConfig, ExecutionHost, ExecutionIo};
-use crate::state::Kept;
 use palisade_core::replica::Restart;
+use palisade_core::state::Part;
 use palisade_core::{Digest, Executor, PeerMessage, ReplicaId, SeqNo, Service};
-use palisade_storage::snapshot::{load_newest, Rejected};
+use palisade_storage::snapshot::{Rejected, Snapshots};
 use palisade_storage::{Cut, CutKind, Dir, Journal, WalOptions};
 use parking_lot::RwLock;
 use std::fmt;
@@ -145,10 +145,16 @@ impl ExecutionIo for Quiet {
     fn send(&mut self, _to: ReplicaId, _msg: PeerMessage) {}
 }
 
+/// Snapshots kept on disk: the newest and one fallback, in case the
+/// newest rots.
+pub const SNAPSHOTS_KEPT: usize = 2;
+
 /// A replica brought back from its disk.
 pub struct Recovered<S: Service, D: Dir> {
     /// The journal, open for what comes next.
     pub journal: Journal<D>,
+    /// The snapshots on disk, for the writer of the next ones.
+    pub snapshots: Snapshots<D>,
     /// The service at the recovered checkpoint.
     pub execution: ExecutionHost<S>,
     /// How the core restarts; `None` when the disk held nothing (a first
@@ -172,11 +178,30 @@ pub fn recover<S: Service, D: Dir>(
     nonce: u64,
 ) -> io::Result<Recovered<S, D>> {
     let checkpoint_interval = ecfg.checkpoint_interval;
-    let (loaded, rejected) = load_newest(&*dir, ecfg.max_record_bytes.min(usize::MAX as u64) as usize)?;
+    let (mut snapshots, rejected) = Snapshots::open(dir.clone(), SNAPSHOTS_KEPT)?;
     let mut report = RecoveryReport { rejected, ..RecoveryReport::default() };
+    // The genesis parts, to put back should every snapshot fail part way
+    // (frozen: cheap, and shared with the service until it changes them).
+    let genesis: Vec<Part> = {
+        let e = exec.read();
+        (0..e.part_count()).map(|i| e.part(i)).collect()
+    };
+    let max_record = ecfg.max_record_bytes.min(usize::MAX as u64) as usize;
+    // Installed part by part as the files are read: a gigabyte state is
+    // never held twice.
+    let (loaded, rejected) = snapshots.load(max_record, |i, records| exec.write().install_part(i, records))?;
+    if loaded.is_none() && !rejected.is_empty() {
+        let mut e = exec.write();
+        for (i, p) in genesis.iter().enumerate() {
+            e.install_part(i as u32, (0..p.len()).map(|j| p.record(j)).collect())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the genesis state: {e}")))?;
+        }
+    }
+    drop(genesis);
+    report.rejected.extend(rejected);
     let restored = loaded.map(|l| {
         report.snapshot = Some((l.seq, l.bytes));
-        (l.seq, Kept { root: l.root, digests: Arc::new(l.digests), parts: Arc::new(l.parts) })
+        (l.seq, l.root)
     });
     let mut execution = ExecutionHost::new(exec, ecfg, restored)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the snapshot does not install: {e}")))?;
@@ -220,5 +245,5 @@ pub fn recover<S: Service, D: Dir>(
         executed_state: state,
         nonce,
     });
-    Ok(Recovered { journal, execution, restart, report })
+    Ok(Recovered { journal, snapshots, execution, restart, report })
 }

@@ -2,7 +2,7 @@
 //! order, the state at checkpoints, state transfer, and answers to clients.
 
 use crate::consensus::ExecCommand;
-use crate::state::{FetchStep, Fetcher, Kept, PartStore};
+use crate::state::{FetchStep, Fetcher, PartStore};
 use bytes::Bytes;
 use palisade_core::exec::Executed;
 use palisade_core::{
@@ -145,35 +145,23 @@ pub struct ExecutionHost<S> {
 
 impl<S: Service> ExecutionHost<S> {
     /// Hosts `exec` (shared with whoever answers retransmissions from the
-    /// reply cache). `restored` is a state that survived a restart (its
-    /// parts are installed and checked); without one the genesis state is
+    /// reply cache). `restored` says that the executor already holds the
+    /// state of that checkpoint with that digest (installed from a
+    /// snapshot; checked again here); without it the genesis state is
     /// taken at sequence number 0.
     pub fn new(
         exec: Arc<RwLock<Executor<S>>>,
         cfg: ExecutionConfig,
-        restored: Option<(SeqNo, Kept)>,
+        restored: Option<(SeqNo, Digest)>,
     ) -> Result<Self, String> {
         let mut host = ExecutionHost { exec, cfg, store: PartStore::default(), fetch: None, next: None };
-        match restored {
-            Some((seq, kept)) => {
-                let mut exec = host.exec.write();
-                for i in 0..kept.parts.len() {
-                    exec.install_part(i as u32, kept.records(i))?;
-                }
-                let root = kept.root;
-                // The service's own frozen parts serve this state from now
-                // on: the restored copy goes (a gigabyte state would
-                // otherwise be held twice).
-                drop(kept);
-                exec.take_changed();
-                if host.store.take_all(seq, &exec) != root {
-                    return Err(format!("the state restored at {seq} does not have its recorded digest"));
-                }
-            }
-            None => {
-                let mut exec = host.exec.write();
-                exec.take_changed();
-                host.store.take_all(SeqNo(0), &exec);
+        {
+            let mut exec = host.exec.write();
+            exec.take_changed();
+            let seq = restored.map_or(SeqNo(0), |(s, _)| s);
+            let root = host.store.take_all(seq, &exec);
+            if restored.is_some_and(|(_, want)| root != want) {
+                return Err(format!("the state restored at {seq} does not have its recorded digest"));
             }
         }
         Ok(host)

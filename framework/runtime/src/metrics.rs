@@ -71,8 +71,13 @@ counters! {
     log_entries,
     /// Snapshots written to disk.
     snapshots_written,
-    /// Bytes of snapshots written.
+    /// Bytes of snapshots written (only what changed since the last one,
+    /// and what was moved out of mostly dead packs).
     snapshot_bytes,
+    /// Parts written into snapshot packs.
+    snapshot_parts_written,
+    /// Parts a snapshot named where an older pack already held them.
+    snapshot_parts_reused,
 }
 
 /// A queue-depth probe.

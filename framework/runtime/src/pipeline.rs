@@ -198,7 +198,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             let wal = WalOptions { segment_bytes: cfg.wal_segment_bytes };
             let rec = palisade_host::durable::recover(dir.clone(), mode, wal, exec.clone(), ecfg, nonce)
                 .map_err(|e| format!("cannot recover from {}: {e}", path.display()))?;
-            disk = Some((dir, rec.journal));
+            disk = Some((rec.snapshots, rec.journal));
             (rec.execution, rec.restart, Some(rec.report))
         }
         _ => (ExecutionHost::new(exec.clone(), ecfg, None)?, None, None),
@@ -277,14 +277,14 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     let marks = disk.as_ref().map(|_| Arc::new(DurableMarks::default()));
     let mut journal_link = None;
     let mut delivery_disk = None;
-    if let (Some((dir, journal)), Some(marks)) = (disk, &marks) {
+    if let (Some((snapshot_files, journal)), Some(marks)) = (disk, &marks) {
         let b_storage = Bell::default();
         let (tx_storage, rx_storage) = queue(cfg.storage_queue, &b_storage, Some(&b_consensus));
         gauge(&metrics, "storage_queue", &rx_storage);
         let last = recovery.as_ref().and_then(|r| r.snapshot).map_or(SeqNo(0), |(s, _)| s);
         let (snapshots, writer) = SnapshotWriter::spawn(
-            dir,
-            SnapshotPolicy { keep: 2, interval: cfg.snapshot_interval, last, duty_percent: cfg.snapshot_duty_percent },
+            snapshot_files,
+            SnapshotPolicy { interval: cfg.snapshot_interval, last, duty_percent: cfg.snapshot_duty_percent },
             marks.clone(),
             metrics.clone(),
             stop.clone(),

@@ -20,6 +20,7 @@ use crate::runner::Stage;
 use bytes::Bytes;
 use palisade_core::{ReplicaId, SeqNo};
 use palisade_host::state::Kept;
+use palisade_storage::snapshot::Snapshots;
 use palisade_storage::{Dir, Entry, Journal};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -147,8 +148,6 @@ impl<D: Dir> Stage for StorageStage<D> {
 /// Which snapshots are written and kept.
 #[derive(Clone, Copy, Debug)]
 pub struct SnapshotPolicy {
-    /// Snapshots kept on disk: the newest and its fallbacks.
-    pub keep: usize,
     /// Sequence numbers between snapshots at least.
     pub interval: u64,
     /// The newest snapshot on disk now.
@@ -169,17 +168,17 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Starts the writer thread over `dir`; `wake` rings when a snapshot
-    /// is written.
+    /// Starts the writer thread, which owns `snapshots`; `wake` rings when
+    /// a snapshot is written.
     pub fn spawn<D: Dir>(
-        dir: Arc<D>,
+        mut snapshots: Snapshots<D>,
         policy: SnapshotPolicy,
         marks: Arc<DurableMarks>,
         metrics: Arc<RuntimeMetrics>,
         stop: Arc<AtomicBool>,
         wake: Bell,
     ) -> (SnapshotWriter, std::thread::JoinHandle<()>) {
-        let SnapshotPolicy { keep, interval, last, duty_percent } = policy;
+        let SnapshotPolicy { interval, last, duty_percent } = policy;
         let duty = duty_percent.clamp(1, 100);
         let (tx, rx) = crossbeam_channel::bounded::<(SeqNo, Kept)>(1);
         let m = marks.clone();
@@ -194,10 +193,13 @@ impl SnapshotWriter {
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                     };
                     let started = std::time::Instant::now();
-                    match palisade_storage::snapshot::write_snapshot(&*dir, seq, kept.root, &kept.parts, keep) {
-                        Ok(bytes) => {
-                            RuntimeMetrics::add(&metrics.counters.snapshots_written, 1);
-                            RuntimeMetrics::add(&metrics.counters.snapshot_bytes, bytes);
+                    match snapshots.write(seq, kept.root, &kept.parts, &kept.digests) {
+                        Ok(w) => {
+                            let c = &metrics.counters;
+                            RuntimeMetrics::add(&c.snapshots_written, 1);
+                            RuntimeMetrics::add(&c.snapshot_bytes, w.bytes);
+                            RuntimeMetrics::add(&c.snapshot_parts_written, w.parts_written as u64);
+                            RuntimeMetrics::add(&c.snapshot_parts_reused, w.parts_reused as u64);
                             // The log keeps the batches after the fallback,
                             // so that it replays to here if this one rots.
                             m.snapshot.fetch_max(fallback.0, Ordering::AcqRel);

@@ -5,7 +5,7 @@ use palisade_core::message::CheckpointCert;
 use palisade_core::state::{state_digest, Part};
 use palisade_core::{Batch, Digest, Record, SeqNo, ViewNo};
 use palisade_storage::dir::Dir;
-use palisade_storage::snapshot::{load_newest, write_snapshot};
+use palisade_storage::snapshot::{Location, Manifest, Snapshots};
 use palisade_storage::wal::{encode_entry, encode_header, Wal};
 use palisade_storage::{CrashKind, CutKind, Entry, Journal, MemDir, WalOptions};
 use std::sync::Arc;
@@ -195,7 +195,22 @@ fn the_on_disk_format_is_stable() {
     );
     assert_eq!(
         hex::encode(palisade_storage::snapshot::encode_header(SeqNo(128), Digest([1; 32]), 2)),
-        "504c5344534e415001000000020000008000000000000000010101010101010101010101010101010101010101010101010101010101010138bca862"
+        "504c5344534e4150020000000200000080000000000000000101010101010101010101010101010101010101010101010101010101010101349bd346"
+    );
+    assert_eq!(
+        hex::encode(palisade_storage::snapshot::encode_pack_header(128)),
+        "504c53445041434b02000000000000008000000000000000000000005dc6db9b"
+    );
+    // A manifest of one part, 4 bytes at offset 32 of pack 128.
+    let m = Manifest {
+        seq: SeqNo(128),
+        root: Digest([1; 32]),
+        parts: vec![Location { pack: 128, offset: 32, len: 4, digest: Digest([2; 32]) }],
+    };
+    assert_eq!(
+        hex::encode(m.encode()),
+        "504c5344534e415002000000010000008000000000000000010101010101010101010101010101010101010101010101010101010101010175f720e6\
+         8000000000000000200000000000000004000000000000000202020202020202020202020202020202020202020202020202020202020202566488b4"
     );
 }
 
@@ -326,32 +341,143 @@ fn state(records_per_part: &[&[&str]]) -> (Digest, Vec<Part>) {
     (state_digest(&digests), parts)
 }
 
+/// Loads the newest snapshot that checks, collecting its parts' records.
+/// What loading found: the checkpoint and root, every part's records, and
+/// the snapshots refused.
+type Found = (Option<(SeqNo, Digest)>, Vec<Vec<Bytes>>, Vec<palisade_storage::snapshot::Rejected>);
+
+fn load(d: &MemDir) -> Found {
+    let (mut snaps, mut rejected) = Snapshots::open(Arc::new(d.clone()), 2).unwrap();
+    let mut got: Vec<Vec<Bytes>> = Vec::new();
+    let (loaded, more) = snaps
+        .load(1 << 20, |i, records| {
+            let i = i as usize;
+            if got.len() <= i {
+                got.resize(i + 1, Vec::new());
+            }
+            got[i] = records;
+            Ok(())
+        })
+        .unwrap();
+    rejected.extend(more);
+    (loaded.map(|l| (l.seq, l.root)), got, rejected)
+}
+
+fn write(d: &MemDir, seq: u64, root: Digest, parts: &[Part]) -> palisade_storage::snapshot::Written {
+    let digests: Vec<Digest> = parts.iter().map(|p| p.digest()).collect();
+    let (mut snaps, _) = Snapshots::open(Arc::new(d.clone()), 2).unwrap();
+    snaps.write(SeqNo(seq), root, parts, &digests).unwrap()
+}
+
 #[test]
 fn snapshots_load_checked_keep_one_fallback_and_a_damaged_one_is_refused() {
     let d = MemDir::new();
     let (r1, p1) = state(&[&["client table"], &["a=1", "b=2"], &[]]);
-    let (r2, p2) = state(&[&["client table 2"], &["a=1", "b=3"], &["c=4"]]);
-    let (r3, p3) = state(&[&["client table 3"], &["a=9"], &["c=4"]]);
-    write_snapshot(&d, SeqNo(128), r1, &p1, 2).unwrap();
-    write_snapshot(&d, SeqNo(256), r2, &p2, 2).unwrap();
-    write_snapshot(&d, SeqNo(384), r3, &p3, 2).unwrap();
+    let long = format!("c={}", "4".repeat(200));
+    let (r2, p2) = state(&[&["client table 2"], &["a=1", "b=3"], &[&long]]);
+    let (r3, p3) = state(&[&["client table 3"], &["a=9"], &[&long]]);
+    write(&d, 128, r1, &p1);
+    let w = write(&d, 256, r2, &p2);
+    assert_eq!((w.parts_written, w.parts_reused), (3, 0), "every part changed");
+    let w = write(&d, 384, r3, &p3);
+    assert_eq!((w.parts_written, w.parts_reused), (2, 1), "part 2 is where the snapshot at 256 put it");
     let names: Vec<String> = d.list().unwrap();
-    assert_eq!(names, vec!["snap-00000000000000000256.snap", "snap-00000000000000000384.snap"]);
-    let (loaded, rejected) = load_newest(&d, 1 << 20).unwrap();
-    let loaded = loaded.unwrap();
+    assert_eq!(
+        names,
+        vec![
+            "pack-00000000000000000256.pack",
+            "pack-00000000000000000384.pack",
+            "snap-00000000000000000256.snap",
+            "snap-00000000000000000384.snap"
+        ]
+    );
+    let (loaded, parts, rejected) = load(&d);
     assert!(rejected.is_empty());
-    assert_eq!((loaded.seq, loaded.root), (SeqNo(384), r3));
-    assert_eq!(loaded.parts[1].record(0), Bytes::from("a=9"));
-    // A bit flips in the newest: it is refused and deleted, the fallback loads.
-    d.corrupt("snap-00000000000000000384.snap", 70);
-    let (loaded, rejected) = load_newest(&d, 1 << 20).unwrap();
-    assert_eq!(loaded.map(|l| (l.seq, l.root)), Some((SeqNo(256), r2)));
+    assert_eq!(loaded, Some((SeqNo(384), r3)));
+    assert_eq!(parts[1], vec![Bytes::from("a=9")]);
+    assert_eq!(parts[2], vec![Bytes::from(long.clone())], "read from the older pack");
+    // A bit flips in the newest pack: refused and deleted, the fallback
+    // loads (and installs every part again).
+    d.corrupt("pack-00000000000000000384.pack", 40);
+    let (loaded, parts, rejected) = load(&d);
+    assert_eq!(loaded, Some((SeqNo(256), r2)));
+    assert_eq!(parts[1], vec![Bytes::from("a=1"), Bytes::from("b=3")]);
     assert_eq!(rejected.len(), 1);
     assert!(rejected[0].reason.contains("does not check"), "{:?}", rejected[0]);
-    assert!(!d.list().unwrap().contains(&"snap-00000000000000000384.snap".to_string()));
-    // An unfinished write (a crash before the rename) is never loaded.
+    assert_eq!(d.list().unwrap(), vec!["pack-00000000000000000256.pack", "snap-00000000000000000256.snap"]);
+    // An unfinished write (a crash before the rename) is never loaded, and
+    // its pack goes with it.
+    d.create("pack-00000000000000000512.pack", 0).unwrap();
     d.create("snap-00000000000000000512.snap.tmp", 0).unwrap();
     d.write_at("snap-00000000000000000512.snap.tmp", 0, b"partial").unwrap();
-    let (loaded, _) = load_newest(&d, 1 << 20).unwrap();
-    assert_eq!(loaded.map(|l| l.seq), Some(SeqNo(256)));
+    let (loaded, _, _) = load(&d);
+    assert_eq!(loaded.map(|l| l.0), Some(SeqNo(256)));
+    assert_eq!(d.list().unwrap(), vec!["pack-00000000000000000256.pack", "snap-00000000000000000256.snap"]);
+    // A rotten manifest is refused as soon as the snapshots are opened.
+    d.corrupt("snap-00000000000000000256.snap", 100);
+    let (loaded, _, rejected) = load(&d);
+    assert_eq!(loaded, None);
+    assert!(rejected[0].reason.contains("table of parts does not check"), "{:?}", rejected[0]);
+    assert!(d.list().unwrap().is_empty(), "nothing left that could be trusted");
+}
+
+#[test]
+fn a_snapshot_writes_only_what_changed_and_disk_use_stays_bounded() {
+    // 64 parts of 4 records of 1 KiB; each round changes 4 parts.
+    let record =
+        |round: u64, i: usize, j: usize| Bytes::from(format!("{round}/{i}/{j}:").repeat(512)[..1024].to_string());
+    let mut rounds = vec![0u64; 64];
+    let d = MemDir::new();
+    let (mut snaps, _) = Snapshots::open(Arc::new(d.clone()), 2).unwrap();
+    let mut rng = 7u64;
+    let mut total_written = 0u64;
+    for round in 1..=200u64 {
+        for _ in 0..4 {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rounds[(rng >> 33) as usize % 64] = round;
+        }
+        let parts: Vec<Part> =
+            (0..64).map(|i| Part::from_records((0..4).map(|j| record(rounds[i], i, j)).collect())).collect();
+        let digests: Vec<Digest> = parts.iter().map(|p| p.digest()).collect();
+        let root = state_digest(&digests);
+        let w = snaps.write(SeqNo(round * 128), root, &parts, &digests).unwrap();
+        assert_eq!(w.parts_written + w.parts_reused, 64);
+        if round == 1 {
+            assert_eq!(w.parts_written, 64);
+        } else {
+            assert!(w.parts_written >= 1, "round {round}: {w:?}");
+            total_written += w.parts_written as u64;
+        }
+        // The packs kept hold at most about twice the state per kept
+        // snapshot, however many rounds have gone by.
+        let state_bytes = 64 * (4 + 4 * (8 + 1024));
+        assert!(snaps.pack_bytes() <= 4 * state_bytes, "round {round}: {} bytes of packs", snaps.pack_bytes());
+        let last = (SeqNo(round * 128), root);
+        if round % 50 == 0 {
+            let (loaded, got, rejected) = load(&d);
+            assert!(rejected.is_empty(), "{rejected:?}");
+            assert_eq!(loaded, Some(last));
+            for (i, p) in parts.iter().enumerate() {
+                assert_eq!(got[i], (0..4).map(|j| p.record(j)).collect::<Vec<_>>());
+            }
+        }
+    }
+    // At most 4 parts changed per round; moving live parts out of mostly
+    // dead packs at most doubles that.
+    assert!(total_written <= 2 * 4 * 199, "{total_written} parts written for at most {} changed", 4 * 199);
+    eprintln!("{total_written} parts written in 199 rounds of 4 changes");
+}
+
+#[test]
+fn a_rotten_part_shared_by_both_snapshots_refuses_both() {
+    let d = MemDir::new();
+    let (r1, p1) = state(&[&["shared"], &["x=1"]]);
+    let (r2, p2) = state(&[&["shared"], &["x=2"]]);
+    write(&d, 128, r1, &p1);
+    write(&d, 256, r2, &p2);
+    // Part 0 lives in the first pack, right after its header.
+    d.corrupt("pack-00000000000000000128.pack", 44);
+    let (loaded, _, rejected) = load(&d);
+    assert_eq!(loaded, None, "the state must come from peers");
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
 }

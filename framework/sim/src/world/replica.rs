@@ -11,11 +11,11 @@ use crate::service::SimService;
 use palisade_core::exec::Executed;
 use palisade_core::replica::{Record, Restart};
 use palisade_core::{Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, RequestId, SeqNo};
-use palisade_host::durable::recover;
+use palisade_host::durable::{recover, SNAPSHOTS_KEPT};
 use palisade_host::{
     ClientMail, ConsensusHost, ConsensusIo, Durability, ExecCommand, ExecutionConfig, ExecutionHost, ExecutionIo,
 };
-use palisade_storage::snapshot::write_snapshot;
+use palisade_storage::snapshot::Snapshots;
 use palisade_storage::{CrashKind, Dir, Entry, Journal, MemDir, WalOptions};
 use palisade_wire::envelope::RejectReason;
 use parking_lot::RwLock;
@@ -28,6 +28,8 @@ pub(crate) struct Disk {
     pub dir: MemDir,
     /// The open journal; `None` while the replica is down.
     pub journal: Option<Journal<MemDir>>,
+    /// The snapshot files' writer; `None` while the replica is down.
+    pub snapshots: Option<Snapshots<MemDir>>,
     /// The newest snapshot written: the log keeps the batches after the
     /// one before it, so that the fallback can replay to it.
     pub newest_snapshot: SeqNo,
@@ -41,7 +43,8 @@ impl Disk {
     pub(crate) fn new() -> Disk {
         let dir = MemDir::new();
         let (journal, _) = Journal::open(Arc::new(dir.clone()), SIM_WAL).expect("an empty disk opens");
-        Disk { dir, journal: Some(journal), newest_snapshot: SeqNo(0) }
+        let (snapshots, _) = Snapshots::open(Arc::new(dir.clone()), SNAPSHOTS_KEPT).expect("an empty disk opens");
+        Disk { dir, journal: Some(journal), snapshots: Some(snapshots), newest_snapshot: SeqNo(0) }
     }
 
     /// Writes `entry` durably (one group).
@@ -270,8 +273,11 @@ impl World {
             let Some(kept) = exec.store().get(seq) else { continue };
             let disk = &mut self.replicas[r].disk;
             let fallback = std::mem::replace(&mut disk.newest_snapshot, seq);
-            let written = write_snapshot(&disk.dir, seq, kept.root, &kept.parts, 2)
-                .and_then(|_| disk.journal.as_mut().map_or(Ok(()), |j| j.snapshot_durable(fallback)));
+            let written = match &mut disk.snapshots {
+                Some(s) => s.write(seq, kept.root, &kept.parts, &kept.digests).map(drop),
+                None => Ok(()),
+            }
+            .and_then(|_| disk.journal.as_mut().map_or(Ok(()), |j| j.snapshot_durable(fallback)));
             if let Err(e) = written {
                 self.checker.violations.push(format!("replica {r}: the snapshot at {seq}: {e}"));
             }
@@ -304,9 +310,10 @@ impl World {
         }
         rep.execution = None;
         rep.disk.journal = None;
+        rep.disk.snapshots = None;
         if amnesia {
             // The disk goes too: the replica will restart without its votes.
-            rep.disk = Disk { dir: MemDir::new(), journal: None, newest_snapshot: SeqNo(0) };
+            rep.disk = Disk { dir: MemDir::new(), journal: None, snapshots: None, newest_snapshot: SeqNo(0) };
             return;
         }
         if disk_faults && seed.is_multiple_of(2) {
@@ -365,6 +372,7 @@ impl World {
         let rep = &mut self.replicas[r];
         let core = Replica::recover(self.core_cfg.clone(), rep.id, rep.crypto.clone(), genesis, restart);
         rep.disk.journal = Some(rec.journal);
+        rep.disk.snapshots = Some(rec.snapshots);
         rep.disk.newest_snapshot = rec.report.snapshot.map_or(SeqNo(0), |(s, _)| s);
         rep.execution = Some(rec.execution);
         rep.consensus = Some(ConsensusHost::new(core));
