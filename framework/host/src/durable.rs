@@ -7,10 +7,11 @@ use crate::consensus::ExecCommand;
 use crate::execution::{ClientMail, ExecutionConfig, ExecutionHost, ExecutionIo};
 use palisade_core::replica::Restart;
 use palisade_core::state::Part;
-use palisade_core::{Digest, Executor, PeerMessage, ReplicaId, SeqNo, Service};
+use palisade_core::{Batch, Digest, Executor, PeerMessage, ReplicaId, SeqNo, Service, ViewNo};
 use palisade_storage::snapshot::{Rejected, Snapshots};
 use palisade_storage::{Cut, CutKind, Dir, Journal, WalOptions};
 use parking_lot::RwLock;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::str::FromStr;
@@ -177,7 +178,7 @@ pub fn recover<S: Service, D: Dir>(
     ecfg: ExecutionConfig,
     nonce: u64,
 ) -> io::Result<Recovered<S, D>> {
-    let checkpoint_interval = ecfg.checkpoint_interval;
+    let checkpoint_interval = ecfg.checkpoint_interval.max(1);
     let (mut snapshots, rejected) = Snapshots::open(dir.clone(), SNAPSHOTS_KEPT)?;
     let mut report = RecoveryReport { rejected, ..RecoveryReport::default() };
     // The genesis parts, to put back should every snapshot fail part way
@@ -205,35 +206,45 @@ pub fn recover<S: Service, D: Dir>(
     });
     let mut execution = ExecutionHost::new(exec, ecfg, restored)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the snapshot does not install: {e}")))?;
-    let (mut journal, rec) = Journal::open(dir, wal)?;
+    let (mut executed, mut state) = execution.restored();
+    // Replay the decided batches that follow as the log is read, a whole
+    // checkpoint interval at a time once all of it has been read: the core
+    // restarts at a checkpoint, and learns anything later again from its
+    // records and its peers. Only batches not yet replayed are held.
+    let mut waiting: BTreeMap<SeqNo, (ViewNo, Arc<Batch>)> = BTreeMap::new();
+    let mut replayed_to = executed;
+    let mut quiet = Quiet { checkpoints: Vec::new() };
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+    let (mut journal, rec) = Journal::open_with(dir, wal, |seq, view, batch| {
+        if seq <= replayed_to {
+            return Ok(());
+        }
+        waiting.entry(seq).or_insert((view, batch));
+        loop {
+            let next = replayed_to.next();
+            let boundary = SeqNo(next.0.div_ceil(checkpoint_interval) * checkpoint_interval);
+            if waiting.range(next..=boundary).count() as u64 != boundary.0 - next.0 + 1 {
+                return Ok(());
+            }
+            for _ in next.0..=boundary.0 {
+                let (seq, (view, batch)) = waiting.pop_first().expect("counted");
+                execution.handle(ExecCommand::Deliver { seq, view, batch }, &mut quiet).map_err(invalid)?;
+                report.replayed += 1;
+            }
+            replayed_to = boundary;
+            if let Some(&(s, d)) = quiet.checkpoints.last() {
+                (executed, state) = (s, d);
+                // Only the newest state need stay in memory.
+                let _ = execution.handle(ExecCommand::ForgetBelow(s), &mut quiet);
+            }
+        }
+    })?;
+    drop(waiting);
     if let Some((seq, _)) = report.snapshot {
         journal.snapshot_durable(seq)?;
     }
     report.entries = rec.entries;
     report.cut = rec.cut.clone();
-    let (mut executed, mut state) = execution.restored();
-    // Replay the decided batches that follow, as far as the last checkpoint
-    // they reach: the core restarts at a checkpoint, and learns anything
-    // later again from its records and its peers.
-    let mut next = executed.next();
-    let mut run = Vec::new();
-    while let Some((view, batch)) = rec.decided.get(&next) {
-        run.push((next, *view, batch.clone()));
-        next = next.next();
-    }
-    let reach = run.last().map_or(executed.0, |(s, _, _)| s.0 / checkpoint_interval * checkpoint_interval);
-    let mut quiet = Quiet { checkpoints: Vec::new() };
-    for (seq, view, batch) in run.into_iter().take_while(|(s, _, _)| s.0 <= reach) {
-        execution
-            .handle(ExecCommand::Deliver { seq, view, batch }, &mut quiet)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        report.replayed += 1;
-        if let Some(&(s, d)) = quiet.checkpoints.last() {
-            (executed, state) = (s, d);
-            // Only the newest state need stay in memory.
-            let _ = execution.handle(ExecCommand::ForgetBelow(s), &mut quiet);
-        }
-    }
     report.executed = executed;
     let damaged = report.cut.as_ref().is_some_and(|c| c.kind == CutKind::Corrupt);
     report.votes_lost = !mode.logs_votes() || damaged;

@@ -125,12 +125,30 @@ struct Held {
 impl<D: Dir> Journal<D> {
     /// Opens the journal in `dir` and reads back what it holds.
     pub fn open(dir: Arc<D>, opts: WalOptions) -> io::Result<(Journal<D>, Recovered)> {
+        let mut decided = BTreeMap::new();
+        let (j, mut rec) = Self::open_with(dir, opts, |seq, view, batch| {
+            decided.entry(seq).or_insert((view, batch));
+            Ok(())
+        })?;
+        rec.decided = decided;
+        Ok((j, rec))
+    }
+
+    /// [`Journal::open`], handing each decided batch to `on_decided` as it
+    /// is read (in log order, a sequence number possibly more than once)
+    /// instead of collecting them, so that a replica replays a long log
+    /// without holding it; [`Recovered::decided`] stays empty.
+    pub fn open_with(
+        dir: Arc<D>,
+        opts: WalOptions,
+        mut on_decided: impl FnMut(SeqNo, ViewNo, Arc<Batch>) -> io::Result<()>,
+    ) -> io::Result<(Journal<D>, Recovered)> {
         let mut j = Held::default();
         let mut rec = Recovered::default();
         let mut first = None;
         // Batches of pre-prepare records, for the decided entries that
-        // refer to them (held only while the log is read). Entries are
-        // decoded as they are read, so the log is never held twice.
+        // refer to them, each dropped once referred to (a later reference
+        // to the same batch repeats a decision already handed on).
         let mut batches: BTreeMap<(SeqNo, Digest), Arc<Batch>> = BTreeMap::new();
         let (wal, replay) = Wal::open_with(dir, opts, |lsn, payload| {
             first.get_or_insert(lsn);
@@ -141,13 +159,10 @@ impl<D: Dir> Journal<D> {
                 Entry::Record(Record::PrePrepared { seq, digest, batch: Some(b), .. }) => {
                     batches.insert((*seq, *digest), b.clone());
                 }
-                Entry::Decided { seq, view, batch } => {
-                    rec.decided.insert(*seq, (*view, batch.clone()));
-                }
+                Entry::Decided { seq, view, batch } => on_decided(*seq, *view, batch.clone())?,
                 Entry::DecidedRef { seq, view, digest } => {
-                    // Always found: the reference keeps the record's segment.
-                    if let Some(b) = batches.get(&(*seq, *digest)) {
-                        rec.decided.insert(*seq, (*view, b.clone()));
+                    if let Some(b) = batches.remove(&(*seq, *digest)) {
+                        on_decided(*seq, *view, b)?;
                     }
                 }
                 Entry::Record(_) => {}

@@ -1,0 +1,135 @@
+//! `test-replica --config DIR --id N [--lying] [--rejoin]`: runs replica N
+//! exactly as `palisade replica --service kv` does (same code, data in
+//! `DIR/data-N`, durability `full`), and every 100 ms writes its counters
+//! to `DIR/counters-N.txt` (`name value` lines) for the process tests.
+//!
+//! With `--lying` the replica is a Byzantine chunk server: it votes and
+//! executes correctly, and certifies correct checkpoint digests, but every
+//! record of state it serves to a fetching peer has a flipped bit.
+
+use bytes::Bytes;
+use palisade::registry::Registered;
+use palisade_core::state::{Part, PartedState, RecordSource};
+use palisade_core::{Digest, ExecContext, ReplicaId, Service};
+use palisade_runtime::{spawn_replica, ReplicaHandle, RuntimeConfig};
+use palisade_services::kv::KvStore;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+static COUNTERS: OnceLock<PathBuf> = OnceLock::new();
+
+/// The key-value store, serving corrupt records.
+#[derive(Default)]
+struct Lying(KvStore);
+
+struct Flipped(Part);
+
+impl RecordSource for Flipped {
+    fn record(&self, j: usize) -> Bytes {
+        let mut b = self.0.record(j).to_vec();
+        if let Some(x) = b.last_mut() {
+            *x ^= 1;
+        }
+        b.into()
+    }
+}
+
+impl PartedState for Lying {
+    fn part_count(&self) -> u32 {
+        self.0.part_count()
+    }
+    fn take_changed(&mut self) -> Vec<u32> {
+        self.0.take_changed()
+    }
+    fn part(&self, i: u32) -> Part {
+        let p = self.0.part(i);
+        Part::new(p.record_digests().to_vec(), Arc::new(Flipped(p)))
+    }
+    fn part_digest(&self, i: u32) -> Digest {
+        self.0.part_digest(i)
+    }
+    fn install_part(&mut self, i: u32, records: Vec<Bytes>) -> Result<(), String> {
+        self.0.install_part(i, records)
+    }
+}
+
+impl Service for Lying {
+    fn execute(&mut self, ctx: &ExecContext, operation: &[u8]) -> Bytes {
+        self.0.execute(ctx, operation)
+    }
+    fn execute_unordered(&self, operation: &[u8]) -> Bytes {
+        self.0.execute_unordered(operation)
+    }
+    fn snapshot(&self) -> Bytes {
+        self.0.snapshot()
+    }
+    fn install(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.0.install(snapshot)
+    }
+    fn parted(&self) -> Option<&dyn PartedState> {
+        Some(self)
+    }
+    fn parted_mut(&mut self) -> Option<&mut dyn PartedState> {
+        Some(self)
+    }
+}
+
+/// Writes the replica's counters to the file the tests read, until the
+/// process ends.
+fn report(handle: &ReplicaHandle) {
+    let Some(path) = COUNTERS.get().cloned() else { return };
+    let metrics = handle.metrics().clone();
+    std::thread::spawn(move || loop {
+        let core = metrics.core.lock().clone();
+        let mut out = format!(
+            "delivered {}\nstable {}\nview {}\nrejoining {}\n",
+            core.delivered, core.stable, core.view, core.rejoining as u8
+        );
+        for (k, v) in metrics.counters.snapshot() {
+            out.push_str(&format!("{k} {v}\n"));
+        }
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, out).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    });
+}
+
+fn spawn<S: Service + Default + Send + Sync + 'static>(
+    cluster: &palisade::wire::ClusterConfig,
+    me: ReplicaId,
+    key: ed25519_dalek::SigningKey,
+    cfg: RuntimeConfig,
+) -> Result<ReplicaHandle, String> {
+    let handle = spawn_replica(cluster, me, key, S::default(), cfg)?;
+    report(&handle);
+    Ok(handle)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let (Some(config), Some(id)) = (value("--config"), value("--id").and_then(|s| s.parse::<u32>().ok())) else {
+        eprintln!("usage: test-replica --config DIR --id N [--lying] [--rejoin]");
+        return ExitCode::from(2);
+    };
+    let config = PathBuf::from(config);
+    let _ = COUNTERS.set(config.join(format!("counters-{id}.txt")));
+    let service = if args.iter().any(|a| a == "--lying") {
+        Registered { name: "lying-kv", about: "kv serving corrupt state", spawn: spawn::<Lying> }
+    } else {
+        Registered { name: "kv", about: "kv", spawn: spawn::<KvStore> }
+    };
+    palisade::commands::replica(
+        &config,
+        id,
+        &service,
+        false,
+        &config.join(format!("data-{id}")),
+        args.iter().any(|a| a == "--rejoin"),
+        palisade_host::Durability::Full,
+    )
+}

@@ -1,0 +1,274 @@
+//! Replicas as separate processes on loopback, killed with SIGKILL: a
+//! replica restarted from its disk catches up and is then needed for
+//! progress; a bit flipped in its snapshot and its log is found and
+//! repaired from its peers; a replica restarted with an empty disk fetches
+//! 200 MB of state, refusing the corrupt chunks a lying peer serves.
+//!
+//! The replicas run `test-replica`, which is `palisade replica --service kv`
+//! (the same code) writing its counters to a file these tests read.
+
+use palisade::keygen::{keygen, KeygenOptions};
+use palisade_client::{Client, ClientOptions};
+use palisade_core::Mode;
+use palisade_services::kv::KvClient;
+use palisade_wire::{keys, ClusterConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_test-replica");
+
+/// A replica process; SIGKILLed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Cluster {
+    dir: PathBuf,
+    procs: BTreeMap<u32, Proc>,
+}
+
+impl Cluster {
+    fn new(tag: &str, port: u16) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("palisade-proc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = KeygenOptions {
+            replicas: 4,
+            out: dir.clone(),
+            mode: Mode::Bft,
+            f: None,
+            addresses: vec![],
+            base_port: port,
+            cluster_id: None,
+            client_signatures: false,
+        };
+        keygen(&opts).unwrap();
+        Cluster { dir, procs: BTreeMap::new() }
+    }
+
+    /// Starts replica `id` with `flags`; its stderr goes to `stderr-<id>.txt`.
+    fn start(&mut self, id: u32, flags: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("stderr-{id}.txt")))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["--config", self.dir.to_str().unwrap(), "--id", &id.to_string()])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a replica");
+        self.procs.insert(id, Proc(child));
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self, id: u32) {
+        drop(self.procs.remove(&id));
+    }
+
+    fn stderr(&self, id: u32) -> String {
+        std::fs::read_to_string(self.dir.join(format!("stderr-{id}.txt"))).unwrap_or_default()
+    }
+
+    fn counters(&self, id: u32) -> BTreeMap<String, u64> {
+        let text = std::fs::read_to_string(self.dir.join(format!("counters-{id}.txt"))).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn counter(&self, id: u32, name: &str) -> u64 {
+        self.counters(id).get(name).copied().unwrap_or(0)
+    }
+
+    /// Keeps the cluster busy (small puts, so that checkpoints keep coming)
+    /// until replica `id` has delivered as far as replica 0 and votes again
+    /// (a replica that restarted without its votes rejoins once its stable
+    /// checkpoint passes what it may have voted on).
+    fn wait_ready(&self, id: u32, within: Duration) {
+        let start = Instant::now();
+        rt().block_on(async {
+            let kv = self.client();
+            for n in 0.. {
+                let (mine, theirs) = (self.counter(id, "delivered"), self.counter(0, "delivered"));
+                if theirs > 0 && mine >= theirs && self.counter(id, "rejoining") == 0 {
+                    return;
+                }
+                assert!(
+                    start.elapsed() < within,
+                    "replica {id} at {mine} (rejoining: {}) while replica 0 is at {theirs}:\n{}",
+                    self.counter(id, "rejoining"),
+                    self.stderr(id)
+                );
+                kv.put(format!("tick{n}"), "t").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
+    fn client(&self) -> KvClient {
+        let config = ClusterConfig::load(&self.dir).unwrap();
+        let opts = ClientOptions { timeout_ms: 60_000, ..ClientOptions::default() };
+        KvClient::new(Client::connect(config, keys::generate(&mut rand_core::OsRng), opts))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.procs.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn value(i: usize, len: usize) -> Vec<u8> {
+    let mut v = format!("value {i} ").into_bytes();
+    v.resize(len, b'a' + (i % 26) as u8);
+    v
+}
+
+/// Puts keys `range` with values of `len` bytes from `clients` clients
+/// (one client: one sequence number a put).
+fn put_from(c: &Cluster, clients: usize, range: std::ops::Range<usize>, len: usize) {
+    rt().block_on(async {
+        let tasks: Vec<_> = (0..clients)
+            .map(|t| {
+                let kv = c.client();
+                let range = range.clone();
+                tokio::spawn(async move {
+                    for i in range.filter(|i| i % clients == t) {
+                        kv.put(format!("k{i}"), value(i, len)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+fn put(c: &Cluster, range: std::ops::Range<usize>, len: usize) {
+    put_from(c, 4, range, len)
+}
+
+/// Reads keys `range` back (every `step`-th), checking each value.
+fn check(c: &Cluster, range: std::ops::Range<usize>, step: usize, len: usize) {
+    rt().block_on(async {
+        let kv = c.client();
+        for i in range.step_by(step) {
+            let got = kv.get(format!("k{i}")).await.unwrap();
+            assert_eq!(got.as_deref(), Some(&value(i, len)[..]), "k{i}");
+        }
+    });
+}
+
+/// Flips one bit of `file` at `offset`.
+fn flip(file: &Path, offset: usize) {
+    let mut b = std::fs::read(file).unwrap();
+    b[offset] ^= 0x10;
+    std::fs::write(file, b).unwrap();
+}
+
+fn newest(dir: &Path, prefix: &str, oldest: bool) -> PathBuf {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect();
+    names.sort();
+    let pick = if oldest { names.first() } else { names.last() };
+    pick.unwrap_or_else(|| panic!("no {prefix} file in {}", dir.display())).clone()
+}
+
+fn port(offset: u16) -> u16 {
+    24_000 + (std::process::id() % 100 * 40) as u16 + offset
+}
+
+#[test]
+fn a_killed_replica_restarts_from_disk_catches_up_and_a_flipped_bit_is_repaired_from_peers() {
+    let mut c = Cluster::new("repair", port(0));
+    for id in 0..4 {
+        c.start(id, &[]);
+    }
+    // The 7 MB scenario: 140 values of 60 KB.
+    const LEN: usize = 60_000;
+    put(&c, 0..140, LEN);
+    c.kill(3);
+    // 300 sequence numbers: the others' stable checkpoint passes whatever
+    // replica 3 logged, so it must fetch the state (18 MB, larger than a
+    // frame) from them.
+    put_from(&c, 1, 140..440, LEN);
+    c.start(3, &[]);
+    c.wait_ready(3, Duration::from_secs(60));
+    let log = c.stderr(3);
+    assert!(log.contains("recovered from"), "{log}");
+    assert!(c.counter(3, "state_parts_installed") > 0, "it fetched the state it missed");
+    // It is now needed: with replica 2 gone, 0, 1 and 3 make the quorum.
+    c.kill(2);
+    put(&c, 440..460, LEN);
+    check(&c, 0..460, 1, LEN);
+    c.start(2, &[]);
+    c.wait_ready(2, Duration::from_secs(60));
+
+    // A bit flips in replica 3's newest snapshot pack and in its log while
+    // it is down, and the cluster goes on without it.
+    c.kill(3);
+    let data = c.dir.join("data-3");
+    let pack = newest(&data, "pack-", false);
+    let len = std::fs::metadata(&pack).unwrap().len() as usize;
+    flip(&pack, len / 2);
+    flip(&newest(&data, "wal-", true), 40);
+    put(&c, 460..540, LEN);
+    c.start(3, &[]);
+    c.wait_ready(3, Duration::from_secs(60));
+    let log = c.stderr(3);
+    assert!(log.contains("discarded snap-"), "the damaged snapshot is found: {log}");
+    assert!(log.contains("DAMAGED log"), "the damaged log is found: {log}");
+    assert!(log.contains("rejoining without its votes"), "{log}");
+    assert!(c.counter(3, "state_parts_installed") > 0, "the state came from peers");
+    c.kill(2);
+    put(&c, 540..560, LEN);
+    check(&c, 0..560, 1, LEN);
+}
+
+#[test]
+fn a_replica_restarted_empty_fetches_200_mb_refusing_a_lying_peers_chunks_and_is_then_needed() {
+    let mut c = Cluster::new("transfer", port(20));
+    // Replica 1 votes correctly but serves corrupt state.
+    for id in 0..4 {
+        c.start(id, if id == 1 { &["--lying"] } else { &[] });
+    }
+    const LEN: usize = 500 << 10;
+    put(&c, 0..400, LEN);
+    // Replica 3 loses its disk and starts empty.
+    c.kill(3);
+    std::fs::remove_dir_all(c.dir.join("data-3")).unwrap();
+    c.start(3, &["--rejoin"]);
+    c.wait_ready(3, Duration::from_secs(180));
+    let parts = c.counter(3, "state_parts_installed");
+    let bad = c.counter(3, "state_data_bad");
+    assert!(parts > 100, "it fetched the state ({parts} parts)");
+    assert!(bad > 0, "the lying peer's chunks were refused and counted");
+    eprintln!("replica 3 installed {parts} parts, refused {bad} bad pieces");
+    // It is now needed: with replica 2 gone, 0, 1 (the liar) and 3 make the
+    // quorum.
+    c.kill(2);
+    put(&c, 400..410, 1000);
+    check(&c, 0..400, 37, LEN);
+    check(&c, 400..410, 1, 1000);
+}
