@@ -116,12 +116,7 @@ impl Report {
     pub(crate) fn print_table(&self) {
         let a = &self.args;
         println!();
-        let workload = match a.service {
-            crate::cli::ServiceArg::Echo => format!("echo {}/{} bytes", a.request_bytes, a.reply_bytes),
-            crate::cli::ServiceArg::Kv => {
-                format!("kv {} keys of {} bytes, {}% reads", a.keys, a.value_bytes, a.read_percent)
-            }
-        };
+        let workload = self.workload();
         println!(
             "palisade-bench: n={} {:?} f={}, {workload}, durability {}, signatures {}, {:.0} s after {:.0} s warm-up, on {} cores ({})",
             self.n,
@@ -275,7 +270,17 @@ impl Report {
     }
 
     fn shape(&self) -> String {
+        format!("n={} {:?}, {}", self.n, self.args.mode, self.workload())
+    }
+
+    /// The service and its workload, in words.
+    fn workload(&self) -> String {
         let a = &self.args;
-        format!("n={} {:?}, {}/{} bytes", self.n, a.mode, a.request_bytes, a.reply_bytes)
+        match a.service {
+            crate::cli::ServiceArg::Echo => format!("echo {}/{} bytes", a.request_bytes, a.reply_bytes),
+            crate::cli::ServiceArg::Kv => {
+                format!("kv {} keys of {} bytes, {}% reads", a.keys, a.value_bytes, a.read_percent)
+            }
+        }
     }
 }
