@@ -68,6 +68,39 @@ fn a_request_timeout_that_never_doubles_is_caught_on_a_slow_network() {
 }
 
 #[test]
+fn backups_that_trust_the_primary_with_requests_are_caught() {
+    let planted = PlantedBugs { trust_proposed_requests: true, ..PlantedBugs::default() };
+    for strategy in ["tampered-requests", "forged-requests"] {
+        let found = sweep(planted, 0..100, named(strategy)).safety_violations;
+        assert!(found > 0, "{strategy}: executed requests no client sent went unnoticed over 100 seeds");
+        assert_eq!(sweep(PlantedBugs::default(), 0..100, named(strategy)).safety_violations, 0);
+    }
+}
+
+/// Without the primary's signature check, a faulty client whose MACs are
+/// valid for some replicas only splits the correct replicas and changes
+/// views at will (Aardvark's attack); with it, the views stay put.
+#[test]
+fn a_primary_that_proposes_unchecked_requests_lets_a_faulty_client_change_views() {
+    let views = |planted: PlantedBugs| -> u64 {
+        let configs = (0..40)
+            .map(|seed| {
+                let mut c = SimConfig::new(seed);
+                c.planted = planted;
+                c.byzantine = ByzantineChoice::None;
+                c.byzantine_clients = Some(1);
+                c
+            })
+            .collect();
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        run_many(configs, threads).iter().map(|r| r.max_view).sum()
+    };
+    let (with_bug, without) =
+        (views(PlantedBugs { unchecked_proposals: true, ..PlantedBugs::default() }), views(PlantedBugs::default()));
+    assert!(with_bug > 4 * without.max(1), "{with_bug} views with the bug, {without} without");
+}
+
+#[test]
 fn the_same_seeds_are_clean_without_the_bugs() {
     // The control: what the planted runs flag is the bug, not the seeds.
     let clean = |s: Summary| s.safety_violations + s.liveness_failures;

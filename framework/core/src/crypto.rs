@@ -15,10 +15,21 @@ pub trait Crypto {
     fn sign(&self, payload: &[u8]) -> Signature;
     /// Whether `signature` is `signer`'s over `payload`.
     fn verify(&self, signer: ReplicaId, payload: &[u8], signature: &Signature) -> bool;
-    /// Whether the request carries valid client authentication. Called for
-    /// every request inside a PRE-PREPARE and for forwarded requests, since
-    /// those reach a replica through another replica.
+    /// Whether the request carries its client's valid signature: the
+    /// verdict every correct replica reaches alike. The primary asks it of
+    /// every request before proposing it (so that a faulty client cannot
+    /// get a correct primary's proposal refused), and a backup asks it of a
+    /// request it would otherwise blame the primary for not ordering.
     fn verify_request(&self, request: &Request) -> bool;
+
+    /// Whether a request inside a PRE-PREPARE came from its client: this
+    /// replica's own MAC in the request's authenticator checks, or else its
+    /// signature does (PBFT's authenticators, with Aardvark's signature
+    /// as the fallback, so a client cannot split the correct replicas).
+    /// Implementations without authenticators check the signature.
+    fn accept_proposed(&self, request: &Request) -> bool {
+        self.verify_request(request)
+    }
 }
 
 /// Domain separation: a signature for one kind of statement can never be

@@ -20,6 +20,13 @@ pub struct PlantedBugs {
     pub evicting_q: bool,
     /// The request timeout never doubles (the review's fixed timer).
     pub fixed_request_timeout: bool,
+    /// Backups accept any request inside a PRE-PREPARE: the primary is
+    /// trusted to have authenticated it (the unsigned mode's hole).
+    pub trust_proposed_requests: bool,
+    /// The primary proposes requests without checking their signatures,
+    /// and backups blame it for any request it does not order (the split
+    /// a faulty client can cause without the primary's check).
+    pub unchecked_proposals: bool,
 }
 
 /// The planted eviction: keeps `cap` digests at a slot's Q set, dropping

@@ -82,6 +82,11 @@ impl Checker {
         }
     }
 
+    /// Distinct client requests executed so far.
+    pub fn executed_count(&self) -> usize {
+        self.position.len()
+    }
+
     /// A correct replica's state digest at checkpoint `seq`.
     pub fn on_checkpoint(&mut self, replica: ReplicaId, seq: SeqNo, state: Digest) {
         match self.checkpoints.get(&seq) {

@@ -196,6 +196,9 @@ pub enum Discard {
     ForwardToNonPrimary,
     /// A forwarded request whose client authentication fails.
     ForwardUnauthenticated,
+    /// A client request whose signature does not check: never proposed,
+    /// and never held against the primary.
+    ClientUnauthenticated,
     /// A forwarded request larger than a batch may be.
     ForwardTooLarge,
     /// A CHECKPOINT whose signature or signer does not check.
@@ -246,6 +249,7 @@ impl Discard {
             Discard::AlreadyDelivered => "request already delivered",
             Discard::ForwardToNonPrimary => "forward to a non-primary",
             Discard::ForwardUnauthenticated => "forwarded request fails authentication",
+            Discard::ClientUnauthenticated => "client request with a bad signature",
             Discard::ForwardTooLarge => "forwarded request larger than a batch",
             Discard::BadCheckpoint => "checkpoint with a bad signature",
             Discard::ViewChangeRelayed => "view-change relayed by another replica",
@@ -287,6 +291,9 @@ pub struct Metrics {
     /// Request timers that expired while this replica was catching up, and
     /// were restarted instead of starting a view change.
     pub timers_restarted: u64,
+    /// PRE-PREPAREs holding a request with neither this replica's MAC nor
+    /// a valid signature: proof the primary invented or altered it.
+    pub primary_evidence: u64,
     /// Messages dropped, by reason.
     pub dropped: BTreeMap<Discard, u64>,
     /// Evidence of a safety bug or of a corrupted local state; must stay 0.

@@ -67,8 +67,19 @@ impl<C: Crypto> Replica<C> {
                 self.discard(Discard::TimestampOutOfTolerance);
                 return;
             }
-            if pp.batch.requests.iter().any(|r| r.read_only || !self.crypto.verify_request(r)) {
+            #[cfg(feature = "planted-bugs")]
+            let trusted = self.cfg.planted.trust_proposed_requests;
+            #[cfg(not(feature = "planted-bugs"))]
+            let trusted = false;
+            if pp.batch.requests.iter().any(|r| r.read_only || !(trusted || self.crypto.accept_proposed(r))) {
                 self.discard(Discard::UnauthenticatedRequest);
+                // A correct primary checks every signature before proposing,
+                // and this request has neither a MAC for this replica nor a
+                // valid signature: the primary invented or altered it.
+                if bft {
+                    self.metrics.primary_evidence += 1;
+                    self.start_view_change(self.view.next());
+                }
                 return;
             }
         }

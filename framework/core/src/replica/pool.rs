@@ -21,6 +21,9 @@ pub(super) struct Pending {
     order: u64,
     /// Inside some PRE-PREPARE of this view: out of the primary's queue.
     proposed: bool,
+    /// Its signature was checked when it arrived (forwarded by a peer), so
+    /// proposing it needs no second check.
+    verified: bool,
 }
 
 pub(super) struct RequestPool {
@@ -78,13 +81,16 @@ impl RequestPool {
         self.pending.get(key).map(|p| p.arrival_ms)
     }
 
-    pub fn add(&mut self, request: Request, now_ms: u64) {
+    pub fn add(&mut self, request: Request, now_ms: u64, verified: bool) {
         let key = (request.client, request.id);
         let order = self.order_counter;
         self.order_counter += 1;
         self.by_arrival.insert((now_ms, key.0, key.1));
         self.queue.insert(order, key);
-        self.pending.insert(key, Pending { request, arrival_ms: now_ms, forwarded_ms: now_ms, order, proposed: false });
+        self.pending.insert(
+            key,
+            Pending { request, arrival_ms: now_ms, forwarded_ms: now_ms, order, proposed: false, verified },
+        );
     }
 
     pub fn remove(&mut self, key: Key) {
@@ -125,11 +131,25 @@ impl RequestPool {
     /// Takes the next batch's requests off the queue, oldest first, within
     /// the limits (one request always fits, however large: the core refuses
     /// requests larger than a batch before they get here).
-    pub fn take_batch(&mut self, max_requests: usize, max_bytes: usize) -> Vec<Request> {
+    pub fn take_batch(
+        &mut self,
+        max_requests: usize,
+        max_bytes: usize,
+        mut accept: impl FnMut(&Request) -> bool,
+    ) -> (Vec<Request>, usize) {
         let mut requests = Vec::new();
+        let mut refused = 0;
         let mut bytes = 0usize;
         while let Some((&order, &key)) = self.queue.first_key_value() {
             let p = self.pending.get_mut(&key).expect("queued requests are pending");
+            if !p.verified && !accept(&p.request) {
+                let arrival = p.arrival_ms;
+                self.queue.remove(&order);
+                self.pending.remove(&key);
+                self.by_arrival.remove(&(arrival, key.0, key.1));
+                refused += 1;
+                continue;
+            }
             let size = p.request.size_bytes();
             if !requests.is_empty() && (requests.len() >= max_requests || bytes + size > max_bytes) {
                 break;
@@ -139,7 +159,25 @@ impl RequestPool {
             requests.push(p.request.clone());
             self.queue.remove(&order);
         }
-        requests
+        (requests, refused)
+    }
+
+    /// Drops the pending requests `reject` says no client sent, so that
+    /// they neither wait in the queue nor keep a timer running; returns how
+    /// many went.
+    pub fn drop_unauthentic(&mut self, mut reject: impl FnMut(&Request) -> bool) -> usize {
+        let gone: Vec<(Key, u64, u64)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.proposed && !p.verified && reject(&p.request))
+            .map(|(k, p)| (*k, p.arrival_ms, p.order))
+            .collect();
+        for (key, arrival, order) in &gone {
+            self.pending.remove(key);
+            self.by_arrival.remove(&(*arrival, key.0, key.1));
+            self.queue.remove(order);
+        }
+        gone.len()
     }
 
     /// A new view starts: every pending request's timer starts again from

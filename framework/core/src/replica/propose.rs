@@ -36,7 +36,7 @@ impl<C: Crypto> Replica<C> {
             }
             return;
         }
-        if !self.add_pending(req.clone()) {
+        if !self.add_pending(req.clone(), false) {
             return;
         }
         if !am_primary {
@@ -49,12 +49,12 @@ impl<C: Crypto> Replica<C> {
         self.actions.push(Action::Dropped { client: req.client, request: req.id, reason });
     }
 
-    fn add_pending(&mut self, req: Request) -> bool {
+    fn add_pending(&mut self, req: Request, verified: bool) -> bool {
         if self.pool.len() >= self.cfg.pending_max {
             self.refuse(&req, DropReason::PendingFull);
             return false;
         }
-        self.pool.add(req, self.clock.now_ms);
+        self.pool.add(req, self.clock.now_ms, verified);
         true
     }
 
@@ -63,19 +63,22 @@ impl<C: Crypto> Replica<C> {
             self.discard(Discard::ForwardToNonPrimary);
             return;
         }
-        if req.read_only || !self.crypto.verify_request(&req) {
-            self.discard(Discard::ForwardUnauthenticated);
-            return;
-        }
         if req.size_bytes() > self.cfg.batch_max_bytes {
             self.discard(Discard::ForwardTooLarge);
             return;
         }
+        // A copy of what it already has costs no signature check; a new one
+        // is checked before it takes room in the pool (a faulty peer could
+        // otherwise fill the pool with requests no client sent).
         let key = (req.client, req.id);
         if self.pool.is_delivered(key) || self.pool.contains(&key) {
             return;
         }
-        if self.add_pending(req) {
+        if req.read_only || !self.crypto.verify_request(&req) {
+            self.discard(Discard::ForwardUnauthenticated);
+            return;
+        }
+        if self.add_pending(req, true) {
             self.try_propose();
         }
     }
@@ -98,7 +101,24 @@ impl<C: Crypto> Replica<C> {
             if in_flight > 0 && self.pool.queued() < self.cfg.pipeline_min_batch.min(self.cfg.batch_max_requests) {
                 break;
             }
-            let requests = self.pool.take_batch(self.cfg.batch_max_requests, self.cfg.batch_max_bytes);
+            // Every signature is checked before proposing: a request whose
+            // signature fails would be refused by the backups its MACs do
+            // not cover, and a faulty client could change views at will.
+            let crypto = &self.crypto;
+            #[cfg(feature = "planted-bugs")]
+            let unchecked = self.cfg.planted.unchecked_proposals;
+            #[cfg(not(feature = "planted-bugs"))]
+            let unchecked = false;
+            let (requests, refused) =
+                self.pool.take_batch(self.cfg.batch_max_requests, self.cfg.batch_max_bytes, |r| {
+                    unchecked || crypto.verify_request(r)
+                });
+            for _ in 0..refused {
+                self.discard(Discard::ClientUnauthenticated);
+            }
+            if requests.is_empty() {
+                continue;
+            }
             // The primary-chosen non-determinism: its wall clock, never
             // earlier than the batch before.
             let timestamp_ms = self.clock.wall_ms.max(self.log.last_timestamp_ms);

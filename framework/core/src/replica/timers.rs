@@ -2,7 +2,7 @@
 //! expires. Time comes only from ticks: the monotonic clock drives all of
 //! them.
 
-use super::Replica;
+use super::{Discard, Replica};
 use crate::crypto::Crypto;
 use crate::message::{null_digest, Batch, PeerMessage, PrePrepare, Status, Vote};
 
@@ -93,6 +93,25 @@ impl<C: Crypto> Replica<C> {
             // vote decide whether the primary is slow.
             self.catch_up.restarted_ms = now;
         } else {
+            // Before blaming the primary, check the signatures of what it
+            // did not order: it was right to refuse a request whose
+            // signature fails (a backup got it straight from a faulty
+            // client), and only then does this cost a signature check.
+            let crypto = &self.crypto;
+            #[cfg(feature = "planted-bugs")]
+            let unchecked = self.cfg.planted.unchecked_proposals;
+            #[cfg(not(feature = "planted-bugs"))]
+            let unchecked = false;
+            let dropped = self.pool.drop_unauthentic(|r| !unchecked && !crypto.verify_request(r));
+            for _ in 0..dropped {
+                self.discard(Discard::ClientUnauthenticated);
+            }
+            if dropped > 0 {
+                let still_late = self.pool.oldest_arrival_ms().is_some_and(|o| now >= o + timeout);
+                if !still_late {
+                    return;
+                }
+            }
             self.timers.request_shift = (self.timers.request_shift + 1).min(self.cfg.view_change_backoff_max);
             #[cfg(feature = "planted-bugs")]
             if self.cfg.planted.fixed_request_timeout {

@@ -5,7 +5,7 @@ use palisade_sim::{byzantine, run_many, summarize, ByzantineChoice, SimConfig};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: palisade-sim --seeds START..END [--replicas N] [--mode bft|cft] \
-[--byzantine random|none|NAME] [--threads T] [--verbose] [--trace] [--plant weak-quorum|skip-new-view-check|torn-new-view|amnesiac-votes|evicting-q|fixed-request-timeout]
+[--byzantine random|none|NAME] [--threads T] [--verbose] [--trace] [--plant weak-quorum|skip-new-view-check|torn-new-view|amnesiac-votes|evicting-q|fixed-request-timeout|trust-proposed-requests|unchecked-proposals]
        [--amnesia yes|no] [--crash-all yes|no] [--disk-faults yes|no] [--slow-network MS]
        palisade-sim --list-strategies";
 
@@ -147,6 +147,8 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
             "amnesiac-votes" => cfg.planted.amnesiac_votes = true,
             "evicting-q" => cfg.planted.evicting_q = true,
             "fixed-request-timeout" => cfg.planted.fixed_request_timeout = true,
+            "trust-proposed-requests" => cfg.planted.trust_proposed_requests = true,
+            "unchecked-proposals" => cfg.planted.unchecked_proposals = true,
             other => return Err(format!("unknown planted bug {other:?}")),
         }
     }
@@ -259,6 +261,13 @@ fn main() -> ExitCode {
         "disks: {} crashes of every replica, {} recoveries, {} torn tails cut, {} damaged logs, \
          {} snapshots refused, {} batches replayed",
         d.crash_alls, d.recoveries, d.torn_tails, d.damaged_logs, d.rejected_snapshots, d.replayed
+    );
+    let (checks, executed) =
+        reports.iter().fold((0u64, 0u64), |(c, e), r| (c + r.signature_checks, e + r.requests_executed));
+    eprintln!(
+        "authenticators: {checks} client signatures checked for {executed} requests executed ({:.2} a request; \
+         with signatures alone every replica checks each one)",
+        checks as f64 / executed.max(1) as f64
     );
     println!("SIM runs={} safety_violations={} liveness_failures={}", s.runs, s.safety_violations, s.liveness_failures);
     if s.safety_violations == 0 && s.liveness_failures == 0 {

@@ -100,6 +100,11 @@ pub const STRATEGIES: &[(&str, Placement, &str)] = &[
         "as primary, adds requests with forged client signatures to its batches",
     ),
     (
+        "tampered-requests",
+        Placement::InitialPrimary,
+        "as primary, alters a client's request in each batch, or replays it under another client's id, keeping its authenticator",
+    ),
+    (
         "plausible-view-change",
         Placement::Any,
         "view-changes omit its own prepared entries and claim, in the latest view, batches it really saw pre-prepared",
@@ -146,6 +151,7 @@ pub fn make(name: &str) -> Option<Box<dyn Strategy>> {
         "withheld-replies" => Box::new(replies::WithheldReplies),
         "misdirected-replies" => Box::new(replies::MisdirectedReplies),
         "forged-requests" => Box::new(peers::ForgedRequests),
+        "tampered-requests" => Box::new(peers::TamperedRequests),
         "plausible-view-change" => Box::new(peers::PlausibleViewChange),
         "two-new-views" => Box::new(peers::TwoNewViews::default()),
         "partial-pre-prepare" => Box::new(peers::PartialPrePrepare),

@@ -337,6 +337,38 @@ impl Strategy for ForgedRequests {
     }
 }
 
+/// As primary, tampers with a real client request in each batch it
+/// proposes: alters its operation, or replays it under another client's id,
+/// keeping the client's authenticator. The same batch goes to everyone, so
+/// only the authenticator saves the backups.
+pub(super) struct TamperedRequests;
+
+impl Strategy for TamperedRequests {
+    fn name(&self) -> &'static str {
+        "tampered-requests"
+    }
+    fn outgoing(&mut self, _ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let PeerMessage::PrePrepare(pp) = msg else {
+            return vec![Outgoing::now(to, msg)];
+        };
+        let mut b: Batch = (*pp.batch).clone();
+        let seq = pp.seq.0;
+        if let Some(r) = b.requests.first_mut() {
+            if seq % 2 == 0 {
+                let mut op = r.operation.to_vec();
+                match op.last_mut() {
+                    Some(x) => *x ^= 1,
+                    None => op.push(1),
+                }
+                r.operation = Bytes::from(op);
+            } else {
+                r.client = ClientId(r.client.0 ^ 1);
+            }
+        }
+        vec![Outgoing::now(to, PeerMessage::PrePrepare(PrePrepare { batch: Arc::new(b), ..pp }))]
+    }
+}
+
 /// Omits its own P entries and promotes digests it really saw pre-prepared
 /// (so a correct replica holds them) to P entries of the latest view: the
 /// most believable lie, which the decision rule's vouchers must still see

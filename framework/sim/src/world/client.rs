@@ -6,6 +6,7 @@ use super::network::Payload;
 use super::World;
 use crate::checker::OpRecord;
 use crate::config::CLIENT_RETRY_MS;
+use crate::crypto::Authenticity;
 use crate::rng::Rng;
 use crate::service::SimOp;
 use palisade_core::{ClientId, ReplicaId, Request, RequestId, ViewNo};
@@ -113,10 +114,12 @@ impl World {
         }
     }
 
-    /// A faulty client: every so often it sends a request either with the
-    /// same id but a different operation to each replica, or to the backups
-    /// of view 0 only. Its requests are properly signed: it is a client of
-    /// the cluster, just not an honest one.
+    /// A faulty client: every so often it sends a request with the same id
+    /// but a different operation to each replica, or to the backups of view
+    /// 0 only (both properly authenticated: it is a client of the cluster,
+    /// just not an honest one), or to every replica with MACs valid for
+    /// some replicas only and a bad signature (Aardvark's attack on
+    /// authenticators), or with every MAC valid and a bad signature.
     fn byzantine_client_tick(&mut self, c: usize) {
         let n = self.n();
         let cl = &mut self.clients[c];
@@ -126,18 +129,21 @@ impl World {
         cl.next_op_at = self.now + cl.rng.range(20, 120);
         let id = RequestId(cl.next_request);
         cl.next_request += 1;
-        let split = cl.rng.chance(0.5);
+        let kind = cl.rng.range(0, 4);
+        let mask = cl.rng.next_u64();
         let client = cl.id;
         let primary = self.membership.primary(ViewNo(0)).0 as usize;
         for r in 0..n {
-            let op =
-                if split { SimOp::Counter(CounterOp::Add(r as u64 + 1)) } else { SimOp::Counter(CounterOp::Add(7)) };
-            if !split && r == primary {
-                continue;
-            }
+            let (op, how) = match kind {
+                0 => (SimOp::Counter(CounterOp::Add(r as u64 + 1)), Authenticity::Honest),
+                1 if r == primary => continue,
+                1 => (SimOp::Counter(CounterOp::Add(7)), Authenticity::Honest),
+                2 => (SimOp::Counter(CounterOp::Add(11)), Authenticity::SplitMacs(mask)),
+                _ => (SimOp::Counter(CounterOp::Add(13)), Authenticity::BadSignature),
+            };
             let mut request =
                 Request { client, id, read_only: false, operation: op.encode(), auth: Default::default() };
-            self.keys.sign_request(&mut request);
+            self.keys.authenticate(&mut request, how);
             self.send(n + c, r, Payload::Request(request), 0);
         }
     }

@@ -181,7 +181,15 @@ impl ExecutionIo for SimExecIo<'_> {
                     .unwrap_or_default(),
                 result: e.result.clone(),
             })
-            .collect();
+            .collect::<Vec<FreshExec>>();
+        for e in &fresh {
+            if !w.keys.issued(e.client, e.request.0, &e.operation) {
+                w.checker.violations.push(format!(
+                    "authenticity: replica {} executed request {} of client {} at seq {seq}, which the client never sent",
+                    self.r, e.request, e.client
+                ));
+            }
+        }
         w.checker.on_deliver(ReplicaId(self.r as u32), seq, batch.digest(), fresh);
     }
 }

@@ -38,6 +38,11 @@ pub struct Report {
     pub messages: u64,
     /// What restarts found on disk.
     pub disk: DiskStats,
+    /// Client signatures checked by replicas (the rest were accepted on
+    /// their MACs).
+    pub signature_checks: u64,
+    /// Distinct client requests executed.
+    pub requests_executed: u64,
     /// Each replica's state at the end, for diagnosing failures.
     pub replica_states: Vec<String>,
 }
@@ -164,6 +169,8 @@ impl World {
             rejoins,
             messages: self.messages,
             disk: self.disk_stats,
+            signature_checks: self.keys.signature_checks(),
+            requests_executed: self.checker.executed_count() as u64,
         }
     }
 }
