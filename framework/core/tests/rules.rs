@@ -659,3 +659,43 @@ fn a_backup_does_not_blame_the_primary_for_refusing_a_badly_signed_request() {
     let out = r1.take_actions();
     assert!(broadcasts(&out).iter().any(|m| matches!(m, PeerMessage::ViewChange(_))));
 }
+
+/// A faulty client sends the primary a badly signed copy of a request and
+/// the backups a good one: the good copy a backup forwards takes the bad
+/// one's place, so the primary proposes it instead of losing it (and then
+/// being blamed for it).
+#[test]
+fn a_good_copy_forwarded_by_a_backup_replaces_a_badly_signed_one() {
+    let mut cfg = config(Mode::Bft, 4);
+    // One batch in flight, so that later requests wait in the queue.
+    cfg.max_in_flight = 1;
+    let mut r0 = replica(0, &cfg);
+    r0.step(Input::Tick { now_ms: 1, wall_ms: 1 });
+    r0.step(Input::Request(request(9, 1)));
+    let mut bad = request(1, 1);
+    bad.auth = Bytes::from_static(b"not a signature");
+    r0.step(Input::Request(bad));
+    r0.take_actions();
+    let out = peer(&mut r0, 2, PeerMessage::Forward(request(1, 1)));
+    assert!(broadcasts(&out).is_empty(), "still waiting for the batch in flight");
+    // Deliver the first batch so the queued request goes out.
+    let first = batch(vec![request(9, 1)]);
+    let d = first.digest();
+    let mut out = Vec::new();
+    for from in [1, 2, 3] {
+        out.extend(peer(&mut r0, from, PeerMessage::Prepare(vote(0, 1, d))));
+    }
+    for from in [1, 2, 3] {
+        out.extend(peer(&mut r0, from, PeerMessage::Commit(vote(0, 1, d))));
+    }
+    let proposed: Vec<_> = broadcasts(&out)
+        .iter()
+        .filter_map(|m| match m {
+            PeerMessage::PrePrepare(pp) => Some(pp.batch.requests.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(proposed, vec![request(1, 1)], "the good copy is proposed");
+    assert_eq!(r0.metrics().dropped(Discard::ClientUnauthenticated), 0);
+}

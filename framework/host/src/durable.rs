@@ -190,7 +190,8 @@ pub fn recover<S: Service, D: Dir>(
     let max_record = ecfg.max_record_bytes.min(usize::MAX as u64) as usize;
     // Installed part by part as the files are read: a gigabyte state is
     // never held twice.
-    let (loaded, rejected) = snapshots.load(max_record, |i, records| exec.write().install_part(i, records))?;
+    let (loaded, rejected) =
+        snapshots.load(genesis.len(), max_record, |i, records| exec.write().install_part(i, records))?;
     if loaded.is_none() && !rejected.is_empty() {
         let mut e = exec.write();
         for (i, p) in genesis.iter().enumerate() {
@@ -210,34 +211,37 @@ pub fn recover<S: Service, D: Dir>(
     // Replay the decided batches that follow as the log is read, a whole
     // checkpoint interval at a time once all of it has been read: the core
     // restarts at a checkpoint, and learns anything later again from its
-    // records and its peers. Only batches not yet replayed are held.
+    // records and its peers. At most one interval's batches are held.
     let mut waiting: BTreeMap<SeqNo, (ViewNo, Arc<Batch>)> = BTreeMap::new();
     let mut replayed_to = executed;
     let mut quiet = Quiet { checkpoints: Vec::new() };
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
     let (mut journal, rec) = Journal::open_with(dir, wal, |seq, view, batch| {
-        if seq <= replayed_to {
+        // A life of the replica logs decisions in order, so the batches
+        // that can still be replayed run on from the last one held; a batch
+        // past a gap (a state fetched and not yet snapshotted, snapshots
+        // refused) can never be reached, and is not held.
+        let run_end = waiting.last_key_value().map_or(replayed_to, |(s, _)| *s);
+        if seq <= replayed_to || seq > run_end.next() {
             return Ok(());
         }
         waiting.entry(seq).or_insert((view, batch));
-        loop {
-            let next = replayed_to.next();
-            let boundary = SeqNo(next.0.div_ceil(checkpoint_interval) * checkpoint_interval);
-            if waiting.range(next..=boundary).count() as u64 != boundary.0 - next.0 + 1 {
-                return Ok(());
-            }
-            for _ in next.0..=boundary.0 {
-                let (seq, (view, batch)) = waiting.pop_first().expect("counted");
-                execution.handle(ExecCommand::Deliver { seq, view, batch }, &mut quiet).map_err(invalid)?;
-                report.replayed += 1;
-            }
-            replayed_to = boundary;
-            if let Some(&(s, d)) = quiet.checkpoints.last() {
-                (executed, state) = (s, d);
-                // Only the newest state need stay in memory.
-                let _ = execution.handle(ExecCommand::ForgetBelow(s), &mut quiet);
-            }
+        let next = replayed_to.next();
+        let boundary = SeqNo(next.0.div_ceil(checkpoint_interval) * checkpoint_interval);
+        if seq != boundary {
+            return Ok(());
         }
+        while let Some((seq, (view, batch))) = waiting.pop_first() {
+            execution.handle(ExecCommand::Deliver { seq, view, batch }, &mut quiet).map_err(invalid)?;
+            report.replayed += 1;
+        }
+        replayed_to = boundary;
+        if let Some(&(s, d)) = quiet.checkpoints.last() {
+            (executed, state) = (s, d);
+            // Only the newest state need stay in memory.
+            let _ = execution.handle(ExecCommand::ForgetBelow(s), &mut quiet);
+        }
+        Ok(())
     })?;
     drop(waiting);
     if let Some((seq, _)) = report.snapshot {

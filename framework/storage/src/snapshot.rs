@@ -288,15 +288,7 @@ impl<D: Dir> Snapshots<D> {
                 dir.remove(&name)?;
                 continue;
             }
-            let len = dir.len(&name)?;
-            let decoded = if len > (1 << 32) {
-                Err(format!("{len} bytes is too long for a manifest"))
-            } else {
-                let mut b = vec![0u8; len as usize];
-                let got = dir.read_at(&name, 0, &mut b)?;
-                b.truncate(got);
-                Manifest::decode(&b, seq)
-            };
+            let decoded = read_manifest(&*dir, &name, seq)?;
             match decoded {
                 Ok(m) => kept.push_front(m),
                 Err(reason) => {
@@ -349,16 +341,23 @@ impl<D: Dir> Snapshots<D> {
     /// besides the service's own copy). A snapshot that fails part way is
     /// deleted and reported, and the next older one installs every part
     /// again; when none loads, parts may have been installed and the
-    /// caller must put its state back. Errors are the disk's or
-    /// `install`'s.
+    /// caller must put its state back. A snapshot with another number of
+    /// parts than the service's `parts` is refused too. Errors are the
+    /// disk's or `install`'s.
     pub fn load(
         &mut self,
+        parts: usize,
         max_record_bytes: usize,
         mut install: impl FnMut(u32, Vec<Bytes>) -> Result<(), String>,
     ) -> io::Result<(Option<Loaded>, Vec<Rejected>)> {
         let mut rejected = Vec::new();
         while let Some(m) = self.kept.back().cloned() {
-            match self.load_one(&m, max_record_bytes, &mut install)? {
+            let loaded = if m.parts.len() == parts {
+                self.load_one(&m, max_record_bytes, &mut install)?
+            } else {
+                Err(format!("it has {} parts where the service has {parts}", m.parts.len()))
+            };
+            match loaded {
                 Ok(bytes) => {
                     let digests = m.parts.iter().map(|l| l.digest).collect();
                     return Ok((Some(Loaded { seq: m.seq, root: m.root, digests, bytes }), rejected));
@@ -531,6 +530,27 @@ impl<D: Dir> Snapshots<D> {
         self.prune()?;
         Ok(written)
     }
+}
+
+/// Reads and checks manifest `name`: its header first, so that a damaged
+/// file costs no more memory than the parts its checked header announces.
+fn read_manifest<D: Dir>(dir: &D, name: &str, seq: SeqNo) -> io::Result<Result<Manifest, String>> {
+    let len = dir.len(name)?;
+    let mut h = [0u8; SNAPSHOT_HEADER_BYTES];
+    if dir.read_at(name, 0, &mut h)? < SNAPSHOT_HEADER_BYTES || &h[0..8] != MAGIC {
+        return Ok(Err("not a snapshot file".into()));
+    }
+    if u32_at(&h, 56) != crc32c::crc32c(&h[0..56]) {
+        return Ok(Err("its header does not check".into()));
+    }
+    let want = SNAPSHOT_HEADER_BYTES as u64 + u64::from(u32_at(&h, 12)) * ENTRY_BYTES as u64 + 4;
+    if len != want {
+        return Ok(Err(format!("{len} bytes where its header says {want}")));
+    }
+    let mut b = vec![0u8; len as usize];
+    let got = dir.read_at(name, 0, &mut b)?;
+    b.truncate(got);
+    Ok(Manifest::decode(&b, seq))
 }
 
 /// A part's records from its encoding, each checked against its checksum.

@@ -346,11 +346,11 @@ fn state(records_per_part: &[&[&str]]) -> (Digest, Vec<Part>) {
 /// the snapshots refused.
 type Found = (Option<(SeqNo, Digest)>, Vec<Vec<Bytes>>, Vec<palisade_storage::snapshot::Rejected>);
 
-fn load(d: &MemDir) -> Found {
+fn load(d: &MemDir, parts: usize) -> Found {
     let (mut snaps, mut rejected) = Snapshots::open(Arc::new(d.clone()), 2).unwrap();
     let mut got: Vec<Vec<Bytes>> = Vec::new();
     let (loaded, more) = snaps
-        .load(1 << 20, |i, records| {
+        .load(parts, 1 << 20, |i, records| {
             let i = i as usize;
             if got.len() <= i {
                 got.resize(i + 1, Vec::new());
@@ -391,7 +391,7 @@ fn snapshots_load_checked_keep_one_fallback_and_a_damaged_one_is_refused() {
             "snap-00000000000000000384.snap"
         ]
     );
-    let (loaded, parts, rejected) = load(&d);
+    let (loaded, parts, rejected) = load(&d, 3);
     assert!(rejected.is_empty());
     assert_eq!(loaded, Some((SeqNo(384), r3)));
     assert_eq!(parts[1], vec![Bytes::from("a=9")]);
@@ -399,7 +399,7 @@ fn snapshots_load_checked_keep_one_fallback_and_a_damaged_one_is_refused() {
     // A bit flips in the newest pack: refused and deleted, the fallback
     // loads (and installs every part again).
     d.corrupt("pack-00000000000000000384.pack", 40);
-    let (loaded, parts, rejected) = load(&d);
+    let (loaded, parts, rejected) = load(&d, 3);
     assert_eq!(loaded, Some((SeqNo(256), r2)));
     assert_eq!(parts[1], vec![Bytes::from("a=1"), Bytes::from("b=3")]);
     assert_eq!(rejected.len(), 1);
@@ -410,12 +410,12 @@ fn snapshots_load_checked_keep_one_fallback_and_a_damaged_one_is_refused() {
     d.create("pack-00000000000000000512.pack", 0).unwrap();
     d.create("snap-00000000000000000512.snap.tmp", 0).unwrap();
     d.write_at("snap-00000000000000000512.snap.tmp", 0, b"partial").unwrap();
-    let (loaded, _, _) = load(&d);
+    let (loaded, _, _) = load(&d, 3);
     assert_eq!(loaded.map(|l| l.0), Some(SeqNo(256)));
     assert_eq!(d.list().unwrap(), vec!["pack-00000000000000000256.pack", "snap-00000000000000000256.snap"]);
     // A rotten manifest is refused as soon as the snapshots are opened.
     d.corrupt("snap-00000000000000000256.snap", 100);
-    let (loaded, _, rejected) = load(&d);
+    let (loaded, _, rejected) = load(&d, 3);
     assert_eq!(loaded, None);
     assert!(rejected[0].reason.contains("table of parts does not check"), "{:?}", rejected[0]);
     assert!(d.list().unwrap().is_empty(), "nothing left that could be trusted");
@@ -454,7 +454,7 @@ fn a_snapshot_writes_only_what_changed_and_disk_use_stays_bounded() {
         assert!(snaps.pack_bytes() <= 4 * state_bytes, "round {round}: {} bytes of packs", snaps.pack_bytes());
         let last = (SeqNo(round * 128), root);
         if round % 50 == 0 {
-            let (loaded, got, rejected) = load(&d);
+            let (loaded, got, rejected) = load(&d, 64);
             assert!(rejected.is_empty(), "{rejected:?}");
             assert_eq!(loaded, Some(last));
             for (i, p) in parts.iter().enumerate() {
@@ -477,7 +477,25 @@ fn a_rotten_part_shared_by_both_snapshots_refuses_both() {
     write(&d, 256, r2, &p2);
     // Part 0 lives in the first pack, right after its header.
     d.corrupt("pack-00000000000000000128.pack", 44);
-    let (loaded, _, rejected) = load(&d);
+    let (loaded, _, rejected) = load(&d, 2);
     assert_eq!(loaded, None, "the state must come from peers");
     assert_eq!(rejected.len(), 2, "{rejected:?}");
+}
+
+#[test]
+fn a_snapshot_of_another_shape_or_a_manifest_longer_than_its_header_says_is_refused() {
+    let d = MemDir::new();
+    let (r, p) = state(&[&["a"], &["b"]]);
+    write(&d, 128, r, &p);
+    let (loaded, _, rejected) = load(&d, 3);
+    assert_eq!(loaded, None);
+    assert!(rejected[0].reason.contains("2 parts where the service has 3"), "{rejected:?}");
+    // A manifest padded with garbage is refused from its header alone.
+    write(&d, 256, r, &p);
+    let name = "snap-00000000000000000256.snap";
+    let len = d.len(name).unwrap();
+    d.write_at(name, len, &[0u8; 4096]).unwrap();
+    let (loaded, _, rejected) = load(&d, 2);
+    assert_eq!(loaded, None);
+    assert!(rejected[0].reason.contains("where its header says"), "{rejected:?}");
 }

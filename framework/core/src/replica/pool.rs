@@ -142,13 +142,16 @@ impl RequestPool {
         let mut bytes = 0usize;
         while let Some((&order, &key)) = self.queue.first_key_value() {
             let p = self.pending.get_mut(&key).expect("queued requests are pending");
-            if !p.verified && !accept(&p.request) {
-                let arrival = p.arrival_ms;
-                self.queue.remove(&order);
-                self.pending.remove(&key);
-                self.by_arrival.remove(&(arrival, key.0, key.1));
-                refused += 1;
-                continue;
+            if !p.verified {
+                if !accept(&p.request) {
+                    let arrival = p.arrival_ms;
+                    self.queue.remove(&order);
+                    self.pending.remove(&key);
+                    self.by_arrival.remove(&(arrival, key.0, key.1));
+                    refused += 1;
+                    continue;
+                }
+                p.verified = true;
             }
             let size = p.request.size_bytes();
             if !requests.is_empty() && (requests.len() >= max_requests || bytes + size > max_bytes) {
@@ -162,22 +165,39 @@ impl RequestPool {
         (requests, refused)
     }
 
-    /// Drops the pending requests `reject` says no client sent, so that
-    /// they neither wait in the queue nor keep a timer running; returns how
-    /// many went.
-    pub fn drop_unauthentic(&mut self, mut reject: impl FnMut(&Request) -> bool) -> usize {
-        let gone: Vec<(Key, u64, u64)> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| !p.proposed && !p.verified && reject(&p.request))
-            .map(|(k, p)| (*k, p.arrival_ms, p.order))
-            .collect();
+    /// Drops the pending requests not yet checked that `authentic` says
+    /// no client sent (and marks the rest checked), so that they neither
+    /// wait in the queue nor keep a timer running; returns how many went.
+    pub fn drop_unauthentic(&mut self, mut authentic: impl FnMut(&Request) -> bool) -> usize {
+        let mut gone = Vec::new();
+        for (k, p) in self.pending.iter_mut().filter(|(_, p)| !p.proposed && !p.verified) {
+            if authentic(&p.request) {
+                p.verified = true;
+            } else {
+                gone.push((*k, p.arrival_ms, p.order));
+            }
+        }
         for (key, arrival, order) in &gone {
             self.pending.remove(key);
             self.by_arrival.remove(&(*arrival, key.0, key.1));
             self.queue.remove(order);
         }
         gone.len()
+    }
+
+    /// Whether the pending copy of `key` has had its signature checked.
+    pub fn is_verified(&self, key: &Key) -> bool {
+        self.pending.get(key).is_some_and(|p| p.verified)
+    }
+
+    /// Puts `request`, whose signature checked, in the place of the pending
+    /// copy with its key (a faulty client may have sent this replica a
+    /// badly signed copy and the others a good one).
+    pub fn replace_verified(&mut self, request: Request) {
+        if let Some(p) = self.pending.get_mut(&(request.client, request.id)) {
+            p.request = request;
+            p.verified = true;
+        }
     }
 
     /// A new view starts: every pending request's timer starts again from

@@ -67,15 +67,23 @@ impl<C: Crypto> Replica<C> {
             self.discard(Discard::ForwardTooLarge);
             return;
         }
-        // A copy of what it already has costs no signature check; a new one
-        // is checked before it takes room in the pool (a faulty peer could
-        // otherwise fill the pool with requests no client sent).
+        // A copy of a checked request costs nothing; anything else is
+        // checked before it takes room in the pool (a faulty peer could
+        // otherwise fill the pool with requests no client sent). A good copy
+        // replaces an unchecked one: a faulty client may have sent this
+        // replica a badly signed copy and the backups a good one, which
+        // would otherwise be lost here and blamed on this primary.
         let key = (req.client, req.id);
-        if self.pool.is_delivered(key) || self.pool.contains(&key) {
+        if self.pool.is_delivered(key) || self.pool.is_verified(&key) {
             return;
         }
         if req.read_only || !self.crypto.verify_request(&req) {
             self.discard(Discard::ForwardUnauthenticated);
+            return;
+        }
+        if self.pool.contains(&key) {
+            self.pool.replace_verified(req);
+            self.try_propose();
             return;
         }
         if self.add_pending(req, true) {

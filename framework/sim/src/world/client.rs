@@ -119,7 +119,9 @@ impl World {
     /// 0 only (both properly authenticated: it is a client of the cluster,
     /// just not an honest one), or to every replica with MACs valid for
     /// some replicas only and a bad signature (Aardvark's attack on
-    /// authenticators), or with every MAC valid and a bad signature.
+    /// authenticators), or with every MAC valid and a bad signature, or a
+    /// badly signed copy to the primary of view 0 and good ones to the
+    /// others.
     fn byzantine_client_tick(&mut self, c: usize) {
         let n = self.n();
         let cl = &mut self.clients[c];
@@ -129,7 +131,7 @@ impl World {
         cl.next_op_at = self.now + cl.rng.range(20, 120);
         let id = RequestId(cl.next_request);
         cl.next_request += 1;
-        let kind = cl.rng.range(0, 4);
+        let kind = cl.rng.range(0, 5);
         let mask = cl.rng.next_u64();
         let client = cl.id;
         let primary = self.membership.primary(ViewNo(0)).0 as usize;
@@ -139,7 +141,12 @@ impl World {
                 1 if r == primary => continue,
                 1 => (SimOp::Counter(CounterOp::Add(7)), Authenticity::Honest),
                 2 => (SimOp::Counter(CounterOp::Add(11)), Authenticity::SplitMacs(mask)),
-                _ => (SimOp::Counter(CounterOp::Add(13)), Authenticity::BadSignature),
+                3 => (SimOp::Counter(CounterOp::Add(13)), Authenticity::BadSignature),
+                // A badly signed copy for the primary, good ones for the
+                // backups: the primary must not lose the good copy the
+                // backups forward, or it would be blamed for it.
+                _ if r == primary => (SimOp::Counter(CounterOp::Add(17)), Authenticity::BadSignature),
+                _ => (SimOp::Counter(CounterOp::Add(17)), Authenticity::Honest),
             };
             let mut request =
                 Request { client, id, read_only: false, operation: op.encode(), auth: Default::default() };
