@@ -5,7 +5,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use palisade_core::Mode;
 use palisade_host::Durability;
 use palisade_runtime::StageThreads;
+use palisade_wire::RequestAuth;
 use serde::Serialize;
+
+/// Serializes a value by its `Display` form.
+pub(crate) fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -77,9 +83,13 @@ pub(crate) struct RunArgs {
     /// Warm-up before measuring, in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub(crate) warmup: f64,
-    /// Clients sign every request (ed25519, verified in rayon batches).
-    #[arg(long)]
-    pub(crate) client_signatures: bool,
+    /// How replicas know a proposed request came from its client:
+    /// authenticators (the default of `keygen`), signatures (every replica
+    /// checks every one) or trust-primary (clients do not sign; a faulty
+    /// primary could forge requests).
+    #[arg(long, default_value = "authenticators")]
+    #[serde(serialize_with = "crate::cli::display")]
+    pub(crate) request_auth: RequestAuth,
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) tuning: ReplicaTuning,
@@ -95,7 +105,12 @@ pub(crate) struct RunArgs {
     /// first mode's, pair by pair.
     #[arg(long, value_delimiter = ',')]
     pub(crate) compare_durability: Vec<Durability>,
-    /// Rounds of `--compare-durability`.
+    /// Like `--compare-durability`, for request authentication modes (for
+    /// example trust-primary,authenticators,signatures).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip)]
+    pub(crate) compare_auth: Vec<RequestAuth>,
+    /// Rounds of `--compare-durability` or `--compare-auth`.
     #[arg(long, default_value_t = 3)]
     pub(crate) rounds: usize,
     /// Kill the current primary this many seconds into the measurement.

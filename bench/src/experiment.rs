@@ -20,8 +20,17 @@ use std::time::{Duration, Instant};
 
 /// Runs the experiment `a` describes; exit code 2 on a usage or setup error.
 pub(crate) fn run(a: RunArgs) -> ExitCode {
+    if !a.compare_durability.is_empty() && !a.compare_auth.is_empty() {
+        eprintln!("palisade-bench: compare durability or request authentication, not both at once");
+        return ExitCode::from(2);
+    }
     if !a.compare_durability.is_empty() {
-        return compare_durability(a);
+        let variants = a.compare_durability.iter().map(|d| Variant::Durability(*d)).collect();
+        return compare(a, variants);
+    }
+    if !a.compare_auth.is_empty() {
+        let variants = a.compare_auth.iter().map(|m| Variant::Auth(*m)).collect();
+        return compare(a, variants);
     }
     let work = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -41,19 +50,52 @@ pub(crate) fn run(a: RunArgs) -> ExitCode {
     }
 }
 
-/// The same load on a fresh cluster per durability mode, the modes in turn
-/// for several rounds, so that a drifting machine affects every mode alike;
-/// ratios are taken within a round, to the first mode.
-fn compare_durability(a: RunArgs) -> ExitCode {
-    let modes = a.compare_durability.clone();
+/// One setting a comparison varies.
+#[derive(Clone, Copy, Debug)]
+enum Variant {
+    Durability(palisade_host::Durability),
+    Auth(palisade_wire::RequestAuth),
+}
+
+impl Variant {
+    fn kind(&self) -> &'static str {
+        match self {
+            Variant::Durability(_) => "durability",
+            Variant::Auth(_) => "request_auth",
+        }
+    }
+
+    fn apply(&self, run: &mut RunArgs) {
+        match *self {
+            Variant::Durability(d) => run.tuning.durability = d,
+            Variant::Auth(m) => run.request_auth = m,
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Variant::Durability(d) => d.fmt(f),
+            Variant::Auth(m) => m.fmt(f),
+        }
+    }
+}
+
+/// The same load on a fresh cluster per variant (durability mode, or
+/// request authentication), the variants in turn for several rounds, so
+/// that a drifting machine affects every one alike; ratios are taken within
+/// a round, to the first.
+fn compare(a: RunArgs, modes: Vec<Variant>) -> ExitCode {
     let mut ops: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let mut p99: Vec<Vec<u64>> = vec![Vec::new(); modes.len()];
     for round in 0..a.rounds.max(1) {
         for (i, mode) in modes.iter().enumerate() {
             let mut run = a.clone();
-            run.tuning.durability = *mode;
+            mode.apply(&mut run);
             run.no_baseline = true;
             run.compare_durability.clear();
+            run.compare_auth.clear();
             let work = std::env::temp_dir().join(format!("palisade-bench-{}-{round}-{i}", std::process::id()));
             let _ = std::fs::remove_dir_all(&work);
             let result = experiment(&run, &work);
@@ -61,7 +103,7 @@ fn compare_durability(a: RunArgs) -> ExitCode {
             match result {
                 Ok(report) => {
                     let best = Report::best(&report.levels).expect("at least one level");
-                    println!("round {round} durability {mode}: {}", report.bench_line());
+                    println!("round {round} {} {mode}: {}", mode.kind(), report.bench_line());
                     ops[i].push(best.palisade.ops_per_sec);
                     p99[i].push(best.palisade.latency.p99_us);
                 }
@@ -77,7 +119,8 @@ fn compare_durability(a: RunArgs) -> ExitCode {
         v[v.len() / 2]
     };
     println!();
-    println!("{:<10} {:>12} {:>10} {:>28}", "durability", "ops/s (med)", "p99 us", "ratio to first (min med max)");
+    let kind = modes.first().map_or("variant", Variant::kind);
+    println!("{:<14} {:>12} {:>10} {:>28}", kind, "ops/s (med)", "p99 us", "ratio to first (min med max)");
     for (i, mode) in modes.iter().enumerate() {
         let ratios: Vec<f64> = ops[i].iter().zip(&ops[0]).map(|(x, b)| x / b.max(1.0)).collect();
         let mut sorted = ratios.clone();
@@ -85,7 +128,7 @@ fn compare_durability(a: RunArgs) -> ExitCode {
         let mut lat = p99[i].clone();
         lat.sort();
         println!(
-            "{:<10} {:>12.0} {:>10} {:>10.3} {:>8.3} {:>8.3}",
+            "{:<14} {:>12.0} {:>10} {:>10.3} {:>8.3} {:>8.3}",
             mode.to_string(),
             median(ops[i].clone()),
             lat[lat.len() / 2],
@@ -93,11 +136,7 @@ fn compare_durability(a: RunArgs) -> ExitCode {
             sorted[sorted.len() / 2],
             sorted[sorted.len() - 1]
         );
-        println!(
-            "BENCH durability={mode} ops_per_sec={:.0} ratio={:.3}",
-            median(ops[i].clone()),
-            sorted[sorted.len() / 2]
-        );
+        println!("BENCH {kind}={mode} ops_per_sec={:.0} ratio={:.3}", median(ops[i].clone()), sorted[sorted.len() / 2]);
     }
     ExitCode::SUCCESS
 }
@@ -126,7 +165,7 @@ fn configure(
         addresses: vec![],
         base_port,
         cluster_id: None,
-        client_signatures: a.client_signatures,
+        request_auth: a.request_auth,
     };
     keygen(&opts).map(drop).map_err(|e| e.to_string())
 }

@@ -118,12 +118,12 @@ impl Report {
         println!();
         let workload = self.workload();
         println!(
-            "palisade-bench: n={} {:?} f={}, {workload}, durability {}, signatures {}, {:.0} s after {:.0} s warm-up, on {} cores ({})",
+            "palisade-bench: n={} {:?} f={}, {workload}, durability {}, request auth {}, {:.0} s after {:.0} s warm-up, on {} cores ({})",
             self.n,
             a.mode,
             self.f,
             a.tuning.durability,
-            if a.client_signatures { "on" } else { "off" },
+            a.request_auth,
             a.duration,
             a.warmup,
             self.cores,

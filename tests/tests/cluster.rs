@@ -10,7 +10,7 @@ use palisade_runtime::{spawn_replica, ReplicaHandle, RuntimeConfig, StageThreads
 use palisade_services::counter::{Counter, CounterClient};
 use palisade_services::kv::{KvClient, KvStore};
 use palisade_testkit::wait;
-use palisade_wire::config::ClusterConfig;
+use palisade_wire::config::{ClusterConfig, RequestAuth};
 use palisade_wire::keys::generate;
 use rand_core::OsRng;
 use std::time::Duration;
@@ -26,8 +26,8 @@ struct Cluster {
     snapshot_interval: u64,
 }
 
-fn cluster(n: usize, mode: Mode, signatures: bool) -> Cluster {
-    let (config, keys) = palisade_testkit::loopback::cluster(n, mode, signatures);
+fn cluster(n: usize, mode: Mode, auth: RequestAuth) -> Cluster {
+    let (config, keys) = palisade_testkit::loopback::cluster(n, mode, auth);
     Cluster {
         config,
         keys,
@@ -108,7 +108,7 @@ fn rt() -> tokio::runtime::Runtime {
 #[test]
 fn four_replicas_serve_a_counter_and_a_key_value_store() {
     let rt = rt();
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     c.start_with(Counter::default);
     rt.block_on(async {
         let counter = CounterClient::new(c.client());
@@ -125,7 +125,7 @@ fn four_replicas_serve_a_counter_and_a_key_value_store() {
     assert_eq!(view_changes, vec![0; 4]);
     drop(c);
 
-    let mut c = cluster(4, Mode::Bft, true);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Signatures);
     c.start_with(KvStore::default);
     rt.block_on(async {
         let kv = KvClient::new(c.client());
@@ -155,7 +155,7 @@ fn results_larger_than_a_frame_are_paged_or_refused_at_once() {
     use palisade_client::InvokeError;
     use palisade_services::kv::KvOp;
     let rt = rt();
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     c.config.max_frame_bytes = 64 << 10;
     c.start_with(KvStore::default);
     rt.block_on(async {
@@ -191,7 +191,7 @@ fn scratch(name: &str) -> std::path::PathBuf {
 fn in_full_mode_every_replica_crashing_at_once_loses_no_acknowledged_operation() {
     let rt = rt();
     let root = scratch("crash-all");
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     c.disk = Some((root.clone(), Durability::Full));
     c.start_with(KvStore::default);
     let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -252,7 +252,7 @@ fn in_full_mode_every_replica_crashing_at_once_loses_no_acknowledged_operation()
 fn in_log_mode_a_restarted_replica_recovers_its_state_and_rejoins() {
     let rt = rt();
     let root = scratch("log-mode");
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     c.disk = Some((root.clone(), Durability::Log));
     c.start_with(Counter::default);
     rt.block_on(async {
@@ -294,7 +294,7 @@ fn in_log_mode_a_restarted_replica_recovers_its_state_and_rejoins() {
 fn kill_under_load(victim: usize, stage_threads: StageThreads) {
     const PER_CLIENT: u64 = 100;
     let rt = rt();
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     c.stage_threads = stage_threads;
     c.start_with(Counter::default);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -352,7 +352,7 @@ fn any_backup_dies_under_load_and_no_acknowledged_operation_is_lost() {
 #[test]
 fn a_restarted_replica_catches_up_by_state_transfer_rejoins_and_is_then_needed() {
     let rt = rt();
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     c.start_with(Counter::default);
     c.kill(3);
     rt.block_on(async {
@@ -388,7 +388,7 @@ fn a_restarted_replica_catches_up_by_state_transfer_rejoins_and_is_then_needed()
 #[test]
 fn three_cft_replicas_survive_a_crashed_primary() {
     let rt = rt();
-    let mut c = cluster(3, Mode::Cft, false);
+    let mut c = cluster(3, Mode::Cft, RequestAuth::Authenticators);
     c.start_with(Counter::default);
     rt.block_on(async {
         let counter = CounterClient::new(c.client());
@@ -432,7 +432,7 @@ fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
     use tokio::io::AsyncWriteExt;
 
     let rt = rt();
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     c.start_with(Counter::default);
     let config = c.config.clone();
     rt.block_on(async {
@@ -522,7 +522,7 @@ fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
 fn a_peer_that_stops_reading_costs_bounded_memory_and_no_service() {
     use palisade_wire::handshake::Keyring;
     let rt = rt();
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     // Replica 3 is an impostor holding replica 3's key: it accepts every
     // connection, completes the handshake, and then never reads a byte.
     let address = c.config.replicas[&ReplicaId(3)].address;
@@ -585,7 +585,7 @@ fn a_client_flooding_requests_and_never_reading_replies_is_pushed_back() {
     use tokio::io::AsyncWriteExt;
 
     let rt = rt();
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     for i in 0..4 {
         let mut cfg = runtime_config(&c.config, c.stage_threads);
         cfg.verify_queue = 256;
@@ -643,7 +643,7 @@ fn a_client_flooding_requests_and_never_reading_replies_is_pushed_back() {
 #[test]
 fn a_client_created_before_the_cluster_waits_and_connects() {
     let rt = rt();
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     let client = rt.block_on(async { c.client() });
     let pending = rt.spawn({
         let counter = CounterClient::new(client.clone());
@@ -660,7 +660,7 @@ fn a_client_created_before_the_cluster_waits_and_connects() {
 #[test]
 fn a_flood_of_idle_connections_is_capped_at_the_handshake_limit() {
     let rt = rt();
-    let mut c = cluster(4, Mode::Bft, false);
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     for i in 0..4 {
         let mut cfg = runtime_config(&c.config, c.stage_threads);
         cfg.max_handshakes = 16;
@@ -690,4 +690,43 @@ fn a_flood_of_idle_connections_is_capped_at_the_handshake_limit() {
         .connections_refused
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(refused >= 50, "connections beyond the handshake limit are closed and counted: {refused}");
+}
+
+/// With authenticators (the default) only the primary checks client
+/// signatures; backups accept the requests it proposes on their own MACs.
+/// With signatures every replica checks every one.
+#[test]
+fn with_authenticators_backups_accept_proposals_on_their_macs_and_only_the_primary_checks_signatures() {
+    let rt = rt();
+    let counters = |c: &Cluster, name: &str| -> Vec<u64> {
+        c.handles
+            .iter()
+            .flatten()
+            .map(|h| h.metrics().counters.snapshot().into_iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| v))
+            .collect()
+    };
+    for auth in [RequestAuth::Authenticators, RequestAuth::Signatures] {
+        let mut c = cluster(4, Mode::Bft, auth);
+        c.start_with(Counter::default);
+        rt.block_on(async {
+            let counter = CounterClient::new(c.client());
+            for _ in 0..40 {
+                counter.add(1).await.unwrap();
+            }
+            assert_eq!(counter.get().await.unwrap(), 40);
+        });
+        let checked = counters(&c, "request_signatures_checked");
+        let on_mac = counters(&c, "request_macs_accepted");
+        assert!(checked[0] >= 40, "{auth}: the primary checks every signature: {checked:?}");
+        match auth {
+            RequestAuth::Authenticators => {
+                // The first requests may leave before the client's channel
+                // to every replica is up: those carry fewer MACs, and the
+                // replicas without one check the signature instead.
+                assert!(checked[1..].iter().all(|n| *n <= 5), "backups check almost none: {checked:?}");
+                assert!(on_mac[1..].iter().all(|n| *n >= 35), "backups accept on MACs: {on_mac:?}");
+            }
+            _ => assert!(checked[1..].iter().all(|n| *n >= 40), "every replica checks each: {checked:?}"),
+        }
+    }
 }

@@ -46,7 +46,7 @@ impl Cluster {
             addresses: vec![],
             base_port: port,
             cluster_id: None,
-            client_signatures: false,
+            request_auth: palisade_wire::RequestAuth::default(),
         };
         keygen(&opts).unwrap();
         Cluster { dir, procs: BTreeMap::new() }

@@ -19,7 +19,7 @@ use palisade_host::client::{Invocation, Verdict};
 use palisade_wire::envelope::{self, Answer, ClientMessage, RejectReason, ReplicaMessage, Role};
 use palisade_wire::frame::FrameDecoder;
 use palisade_wire::handshake::{Initiator, Keyring};
-use palisade_wire::{keys, verify, ClusterConfig};
+use palisade_wire::{keys, verify, ClusterConfig, RequestAuth};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -140,6 +140,9 @@ struct Inner {
     pending: Mutex<HashMap<RequestId, Pending>>,
     outboxes: BTreeMap<ReplicaId, mpsc::Sender<Request>>,
     connected: Mutex<BTreeMap<ReplicaId, bool>>,
+    /// The request-MAC key of the latest channel to each replica (kept
+    /// after a disconnect: the replica honours it for a grace period).
+    request_keys: Mutex<BTreeMap<ReplicaId, [u8; 32]>>,
     /// Connection attempts that failed, to any replica.
     failed_dials: AtomicU64,
     /// Replicas that recently let a full result's grace period run out,
@@ -182,6 +185,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             outboxes,
             connected: Mutex::new(BTreeMap::new()),
+            request_keys: Mutex::new(BTreeMap::new()),
             failed_dials: AtomicU64::new(0),
             slow: Mutex::new(BTreeMap::new()),
         });
@@ -229,8 +233,14 @@ impl Client {
         let inner = &self.inner;
         let id = RequestId(inner.next_request.fetch_add(1, Ordering::Relaxed));
         let mut req = Request { client: inner.id, id, read_only, operation, auth: Bytes::new() };
-        if inner.cluster.client_signatures {
-            verify::sign_request(&inner.key, &mut req);
+        match inner.cluster.request_auth {
+            RequestAuth::Authenticators => {
+                let macs: Vec<(ReplicaId, [u8; 32])> =
+                    inner.request_keys.lock().iter().map(|(r, k)| (*r, *k)).collect();
+                verify::authenticate_request(&inner.key, &macs, &mut req);
+            }
+            RequestAuth::Signatures => verify::sign_request(&inner.key, &mut req),
+            RequestAuth::TrustPrimary => {}
         }
         let decide = Invocation::new(&inner.membership, inner.id, id, read_only);
         let designated = decide.designated();
@@ -446,6 +456,7 @@ async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mp
         };
         backoff = Duration::from_millis(50);
         if let Some(me) = inner.upgrade() {
+            me.request_keys.lock().insert(to, session.request_key);
             me.connected.lock().insert(to, true);
         }
         let (mut read, mut write) = stream.into_split();

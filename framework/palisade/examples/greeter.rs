@@ -38,7 +38,7 @@ fn main() {
     let cluster = ClusterConfig {
         cluster_id: 1,
         membership: Membership::with_size(4, Mode::Bft).unwrap(),
-        client_signatures: false,
+        request_auth: palisade::wire::RequestAuth::Authenticators,
         max_frame_bytes: 1 << 20,
         view_manager: generate(&mut OsRng).verifying_key(),
         replicas: (0..4u32)

@@ -291,7 +291,7 @@ pub fn cluster_up(
             addresses: vec![],
             base_port,
             cluster_id: None,
-            client_signatures: false,
+            request_auth: palisade_wire::RequestAuth::default(),
         };
         if let Err(e) = crate::keygen::keygen(&opts) {
             return fail(EXIT_USAGE, e);

@@ -9,6 +9,7 @@ use palisade_core::{Membership, Mode, ReplicaId};
 use palisade_wire::config::{ClusterConfig, ReplicaInfo, CLUSTER_FILE};
 use palisade_wire::frame::DEFAULT_MAX_FRAME_BYTES;
 use palisade_wire::keys;
+use palisade_wire::RequestAuth;
 use rand_core::{OsRng, RngCore};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,8 +32,8 @@ pub struct KeygenOptions {
     pub base_port: u16,
     /// Cluster id; random when `None`.
     pub cluster_id: Option<u64>,
-    /// Whether clients sign requests.
-    pub client_signatures: bool,
+    /// How backups know a proposed request came from its client.
+    pub request_auth: RequestAuth,
 }
 
 /// Secret key file of replica `id`.
@@ -92,7 +93,7 @@ pub fn keygen(opts: &KeygenOptions) -> Result<ClusterConfig, String> {
     let config = ClusterConfig {
         cluster_id: opts.cluster_id.unwrap_or_else(|| rng.next_u64() >> 11),
         membership,
-        client_signatures: opts.client_signatures,
+        request_auth: opts.request_auth,
         max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
         view_manager: vm.verifying_key(),
         replicas,
@@ -122,7 +123,7 @@ mod tests {
             addresses: vec![],
             base_port: 7000,
             cluster_id: Some(77),
-            client_signatures: false,
+            request_auth: RequestAuth::default(),
         }
     }
 

@@ -108,9 +108,12 @@ enum Command {
         /// Cluster id [default: random].
         #[arg(long)]
         cluster_id: Option<u64>,
-        /// Make clients sign every request (ed25519).
-        #[arg(long)]
-        client_signatures: bool,
+        /// How backups know a request the primary proposes came from its
+        /// client: authenticators (a MAC per replica, signatures checked by
+        /// the primary), signatures (checked by every replica), or
+        /// trust-primary (nothing: a faulty primary can forge requests).
+        #[arg(long, default_value = "authenticators")]
+        request_auth: palisade_wire::RequestAuth,
     },
     /// Run one replica until SIGINT or SIGTERM.
     Replica {
@@ -178,7 +181,7 @@ fn service_names() -> clap::builder::PossibleValuesParser {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen { replicas, out, mode, f, addresses, base_port, cluster_id, client_signatures } => {
+        Command::Keygen { replicas, out, mode, f, addresses, base_port, cluster_id, request_auth } => {
             let opts = KeygenOptions {
                 replicas,
                 out: out.clone(),
@@ -187,7 +190,7 @@ fn main() -> ExitCode {
                 addresses,
                 base_port,
                 cluster_id,
-                client_signatures,
+                request_auth,
             };
             match keygen(&opts) {
                 Ok(c) => {

@@ -4,10 +4,98 @@
 use bytes::Bytes;
 use ed25519_dalek::{Signature as EdSignature, Signer, SigningKey, VerifyingKey};
 use palisade_core::message::Signature;
-use palisade_core::{Crypto, Digest, ReplicaId, Request};
+use palisade_core::{ClientId, Crypto, Digest, ReplicaId, Request};
+use palisade_wire::RequestAuth;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a client's request-MAC key stays good after its channel
+/// closes: requests MACed under it may still be retransmitted, or proposed
+/// by the primary, a while after a reconnect.
+pub const CLIENT_KEY_GRACE: Duration = Duration::from_secs(30);
+
+/// Keys one client may hold at once with this replica (its live channels
+/// and those in their grace period).
+const KEYS_PER_CLIENT: usize = 4;
+
+/// A client's key, and when it stops being good (`None` while its channel
+/// is open).
+type HeldKey = ([u8; 32], Option<Instant>);
+
+/// The request-MAC key each client shares with this replica, one per
+/// channel (derived in its handshake). A key outlives its channel by a
+/// grace period, so that a request MACed under it (retransmitted, or
+/// proposed later by the primary) still checks after a reconnect. Bounded:
+/// beyond `capacity` clients, expired keys go first, and a new key that
+/// still finds no room is not kept (that client's requests then fall back
+/// to their signatures).
+pub struct ClientKeys {
+    inner: Mutex<HashMap<ClientId, Vec<HeldKey>>>,
+    grace: Duration,
+    capacity: usize,
+}
+
+impl ClientKeys {
+    /// A table of at most `capacity` clients, keeping keys `grace` after
+    /// their channel closes.
+    pub fn new(capacity: usize, grace: Duration) -> ClientKeys {
+        ClientKeys { inner: Mutex::new(HashMap::new()), grace, capacity: capacity.max(1) }
+    }
+
+    /// A channel with `client` opened with `key`.
+    pub fn connected(&self, client: ClientId, key: [u8; 32]) {
+        let now = Instant::now();
+        let mut g = self.inner.lock();
+        if !g.contains_key(&client) && g.len() >= self.capacity {
+            g.retain(|_, keys| {
+                keys.retain(|(_, until)| until.is_none_or(|t| t > now));
+                !keys.is_empty()
+            });
+            if g.len() >= self.capacity {
+                return;
+            }
+        }
+        let keys = g.entry(client).or_default();
+        keys.retain(|(_, until)| until.is_none_or(|t| t > now));
+        if keys.len() >= KEYS_PER_CLIENT {
+            keys.remove(0);
+        }
+        keys.push((key, None));
+    }
+
+    /// The channel with `client` that used `key` closed: the key is good
+    /// for the grace period more.
+    pub fn disconnected(&self, client: ClientId, key: &[u8; 32]) {
+        let until = Instant::now() + self.grace;
+        if let Some(keys) = self.inner.lock().get_mut(&client) {
+            for (_, t) in keys.iter_mut().filter(|(k, _)| k == key) {
+                *t = Some(until);
+            }
+        }
+    }
+
+    /// Whether `request`'s MAC for `me` checks under a key its client holds.
+    pub fn check(&self, request: &Request, me: ReplicaId) -> bool {
+        let now = Instant::now();
+        let keys: Vec<[u8; 32]> = match self.inner.lock().get(&request.client) {
+            Some(keys) => keys.iter().filter(|(_, t)| t.is_none_or(|t| t > now)).map(|(k, _)| *k).collect(),
+            None => return false,
+        };
+        keys.iter().any(|k| palisade_wire::verify::mac_checks(request, me, k))
+    }
+
+    /// Clients with keys held.
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Whether no client has a key held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Requests whose client signature the verification stage has checked, so
 /// the consensus stage need not check them again. Keyed by a digest of the
@@ -50,22 +138,27 @@ impl VerifiedRequests {
 
 /// One replica's keys and its view of everyone else's.
 pub struct Ed25519Crypto {
+    me: ReplicaId,
     key: SigningKey,
     replicas: BTreeMap<ReplicaId, VerifyingKey>,
-    client_signatures: bool,
+    auth: RequestAuth,
     verified: Arc<VerifiedRequests>,
+    client_keys: Arc<ClientKeys>,
 }
 
 impl Ed25519Crypto {
-    /// A replica's crypto from its key, the cluster's public keys and the
-    /// verification stage's cache of checked requests.
+    /// Replica `me`'s crypto from its key, the cluster's public keys, how
+    /// requests are authenticated, the verification stage's cache of
+    /// checked requests and the clients' request-MAC keys.
     pub fn new(
+        me: ReplicaId,
         key: SigningKey,
         replicas: BTreeMap<ReplicaId, VerifyingKey>,
-        client_signatures: bool,
+        auth: RequestAuth,
         verified: Arc<VerifiedRequests>,
+        client_keys: Arc<ClientKeys>,
     ) -> Self {
-        Ed25519Crypto { key, replicas, client_signatures, verified }
+        Ed25519Crypto { me, key, replicas, auth, verified, client_keys }
     }
 }
 
@@ -86,12 +179,17 @@ impl Crypto for Ed25519Crypto {
     }
 
     fn verify_request(&self, request: &Request) -> bool {
-        // Without client signatures a request inside a PRE-PREPARE is
-        // trusted to come from the primary (docs/security.md). With them,
-        // the verification stage has usually checked it already, in a batch.
-        !self.client_signatures
+        // With `trust-primary` a request inside a PRE-PREPARE is trusted to
+        // come from the primary (docs/security.md). Otherwise the
+        // verification stage has usually checked it already, in a batch.
+        !self.auth.clients_sign()
             || self.verified.contains(request)
             || palisade_wire::verify::verify_request(request).is_ok()
+    }
+
+    fn accept_proposed(&self, request: &Request) -> bool {
+        (self.auth == RequestAuth::Authenticators && self.client_keys.check(request, self.me))
+            || self.verify_request(request)
     }
 }
 

@@ -29,6 +29,12 @@ counters! {
     requests_busy,
     /// Client requests refused by verification (size, signature, id).
     requests_invalid,
+    /// Client signatures this replica checked (in the verification
+    /// stages; with authenticators mostly on the primary alone).
+    request_signatures_checked,
+    /// Requests inside PRE-PREPAREs accepted on this replica's own MAC,
+    /// with no signature check.
+    request_macs_accepted,
     /// Retransmitted requests answered from the reply cache.
     requests_cached,
     /// Requests below their client's window.

@@ -226,6 +226,8 @@ pub struct Net {
     /// is up, so there is no reason to wait out the reconnection backoff.
     redial: RwLock<HashMap<ReplicaId, Arc<tokio::sync::Notify>>>,
     next_id: AtomicU64,
+    /// Each client's request-MAC keys, from its channels.
+    pub client_keys: Arc<crate::crypto::ClientKeys>,
 }
 
 impl Net {
@@ -240,6 +242,7 @@ impl Net {
         tx_verify: Tx<Request>,
         tx_preprepare: Option<Tx<(ReplicaId, PeerMessage)>>,
         metrics: Arc<RuntimeMetrics>,
+        client_keys: Arc<crate::crypto::ClientKeys>,
     ) -> Net {
         Net {
             me,
@@ -258,6 +261,7 @@ impl Net {
             tx_preprepare,
             metrics,
             redial: RwLock::new(HashMap::new()),
+            client_keys,
             next_id: AtomicU64::new(1),
         }
     }
@@ -315,6 +319,8 @@ enum Kind {
 pub struct Connection {
     id: u64,
     kind: Kind,
+    /// The channel's request-MAC key (used on client channels).
+    request_key: [u8; 32],
     writer: FramedWrite<Bytes, OwnedWriteHalf, SealCodec>,
     net: Arc<Net>,
 }
@@ -323,7 +329,7 @@ impl Connection {
     fn start(net: Arc<Net>, kind: Kind, stream: TcpStream, session: Session) -> Addr<Connection> {
         let id = net.next_id.fetch_add(1, Ordering::Relaxed);
         let (read, write) = stream.into_split();
-        let Session { sealer, opener, .. } = session;
+        let Session { sealer, opener, request_key, .. } = session;
         let mailbox = net.mailbox;
         let (low, high) = net.write_buffer;
         let max = net.max_frame_bytes;
@@ -333,11 +339,14 @@ impl Connection {
             ctx.add_stream(FramedRead::new(read, OpenCodec::new(max, opener)));
             let mut writer = FramedWrite::new(write, SealCodec::new(sealer), ctx);
             writer.set_buffer_capacity(low, high);
-            Connection { id, kind, writer, net: shared }
+            Connection { id, kind, request_key, writer, net: shared }
         });
         match kind {
             Kind::ToReplica(r) => net.peers.insert(r, id, addr.clone()),
-            Kind::Client(c) => net.clients.insert(c, id, addr.clone()),
+            Kind::Client(c) => {
+                net.client_keys.connected(c, request_key);
+                net.clients.insert(c, id, addr.clone())
+            }
             Kind::FromReplica(_) => {}
         }
         addr
@@ -412,7 +421,10 @@ impl Actor for Connection {
     fn stopped(&mut self, _: &mut Self::Context) {
         match self.kind {
             Kind::ToReplica(r) => self.net.peers.remove(r, self.id),
-            Kind::Client(c) => self.net.clients.remove(c, self.id),
+            Kind::Client(c) => {
+                self.net.client_keys.disconnected(c, &self.request_key);
+                self.net.clients.remove(c, self.id)
+            }
             Kind::FromReplica(_) => {}
         }
     }

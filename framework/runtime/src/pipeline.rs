@@ -2,7 +2,7 @@
 //! that run them, and the network stage.
 
 use crate::config::{RuntimeConfig, Start};
-use crate::crypto::{Ed25519Crypto, VerifiedRequests};
+use crate::crypto::{ClientKeys, Ed25519Crypto, VerifiedRequests, CLIENT_KEY_GRACE};
 use crate::egress::{Egress, Outbox};
 use crate::metrics::RuntimeMetrics;
 use crate::net::{self, Net};
@@ -10,7 +10,8 @@ use crate::queue::{queue, Bell, Outflow, Rx};
 use crate::runner::{run_stages, run_stages_on_network, Stage, StageThreads};
 use crate::shared::CurrentView;
 use crate::stages::{
-    Consensus, Delivery, DeliveryDisk, JournalLink, PrePrepareVerifier, Replier, RequestFilter, Ticker, Verifier,
+    Consensus, Delivery, DeliveryDisk, JournalLink, PrePrepareVerifier, PrimaryProbe, Replier, RequestFilter, Ticker,
+    Verifier,
 };
 use crate::storage::{DurableMarks, SnapshotPolicy, SnapshotWriter, StorageStage};
 use ed25519_dalek::SigningKey;
@@ -21,6 +22,7 @@ use palisade_storage::{FsDir, WalOptions};
 use palisade_wire::handshake::Keyring;
 use palisade_wire::verify::VerifyLimits;
 use palisade_wire::ClusterConfig;
+use palisade_wire::RequestAuth;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -149,10 +151,13 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     // Without client signatures the verification stage has nothing left to
     // check (connection actors check size and client id), so requests skip
     // that hop and go straight to the filter.
-    let tx_from_net = if cluster.client_signatures { tx_verify.clone() } else { tx_filter.clone() };
-    // With client signatures, PRE-PREPAREs pass through verification too,
-    // so the consensus stage never checks a signature one at a time.
+    let signing = cluster.request_auth.clients_sign();
+    let tx_from_net = if signing { tx_verify.clone() } else { tx_filter.clone() };
+    // When clients sign, PRE-PREPAREs pass through verification too, so the
+    // consensus stage never checks a signature one at a time (with
+    // authenticators, only the requests whose MAC fails are checked).
     let verified = Arc::new(VerifiedRequests::new(cfg.verified_cache));
+    let client_keys = Arc::new(ClientKeys::new(cfg.max_client_connections.saturating_mul(2), CLIENT_KEY_GRACE));
     let net = Arc::new(Net::new(
         me,
         cluster.cluster_id,
@@ -160,8 +165,9 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         &cfg,
         tx_peer.clone(),
         tx_from_net,
-        cluster.client_signatures.then(|| tx_preprepare.clone()),
+        signing.then(|| tx_preprepare.clone()),
         metrics.clone(),
+        client_keys.clone(),
     ));
     let egress: Arc<dyn Egress> = net.clone();
     let listener =
@@ -209,7 +215,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
 
     // Request verification (when clients sign): client requests, and the
     // requests inside PRE-PREPAREs, on one rayon pool.
-    if cluster.client_signatures {
+    if signing {
         let pool = Arc::new(
             rayon::ThreadPoolBuilder::new()
                 .num_threads(cfg.verify_threads)
@@ -218,6 +224,11 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                 .map_err(|e| e.to_string())?,
         );
         let limits = VerifyLimits { max_operation_bytes: cfg.max_operation_bytes, ..VerifyLimits::default() };
+        // With authenticators only the primary checks client signatures (a
+        // backup knows a client by its channel, and a proposed request by
+        // its MAC); a backup that becomes primary checks what it holds as
+        // it proposes it.
+        let authenticators = cluster.request_auth == RequestAuth::Authenticators;
         stages.push((
             b_verify,
             Box::new(Verifier {
@@ -229,6 +240,11 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                 pool: pool.clone(),
                 metrics: metrics.clone(),
                 drain_max: cfg.drain_max,
+                primary_only: authenticators.then(|| PrimaryProbe {
+                    me,
+                    view: view.clone(),
+                    membership: cluster.membership.clone(),
+                }),
             }),
         ));
         stages.push((
@@ -241,6 +257,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                 pool,
                 metrics: metrics.clone(),
                 drain_max: cfg.drain_max,
+                macs: authenticators.then(|| (client_keys.clone(), me)),
             }),
         ));
     }
@@ -262,7 +279,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
 
     // Consensus: the pure core, hosted.
     let replicas = cluster.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect();
-    let crypto = Ed25519Crypto::new(key.clone(), replicas, cluster.client_signatures, verified);
+    let crypto = Ed25519Crypto::new(me, key.clone(), replicas, cluster.request_auth, verified, client_keys);
     let core = match (restart, cfg.start) {
         (Some(restart), _) => Replica::recover(cfg.protocol.clone(), me, crypto, genesis, restart),
         (None, Start::Fresh) => Replica::new(cfg.protocol.clone(), me, crypto, genesis),

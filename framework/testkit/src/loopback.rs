@@ -3,7 +3,7 @@
 
 use ed25519_dalek::SigningKey;
 use palisade_core::{Membership, Mode, ReplicaId};
-use palisade_wire::config::{ClusterConfig, ReplicaInfo};
+use palisade_wire::config::{ClusterConfig, ReplicaInfo, RequestAuth};
 use palisade_wire::keys::generate;
 use rand_core::OsRng;
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ pub fn ports(n: usize) -> Vec<u16> {
 }
 
 /// A cluster of `n` replicas on loopback in `mode`, and each replica's key.
-pub fn cluster(n: usize, mode: Mode, client_signatures: bool) -> (ClusterConfig, Vec<SigningKey>) {
+pub fn cluster(n: usize, mode: Mode, request_auth: RequestAuth) -> (ClusterConfig, Vec<SigningKey>) {
     let keys: Vec<SigningKey> = (0..n).map(|_| generate(&mut OsRng)).collect();
     let replicas: BTreeMap<ReplicaId, ReplicaInfo> = ports(n)
         .into_iter()
@@ -35,7 +35,7 @@ pub fn cluster(n: usize, mode: Mode, client_signatures: bool) -> (ClusterConfig,
     let config = ClusterConfig {
         cluster_id: 99,
         membership: Membership::with_size(n, mode).expect("a valid cluster size"),
-        client_signatures,
+        request_auth,
         max_frame_bytes: 4 << 20,
         view_manager: generate(&mut OsRng).verifying_key(),
         replicas,

@@ -5,7 +5,7 @@
 //! cluster_id = 7316482649032155
 //! mode = "bft"              # or "cft"
 //! f = 1
-//! client_signatures = false # clients sign every request when true
+//! request_auth = "authenticators" # or "signatures", or "trust-primary"
 //! max_frame_bytes = 4194304
 //!
 //! [view_manager]
@@ -48,6 +48,57 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// How a backup knows that a request inside a PRE-PREPARE came from its
+/// client (docs/security.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestAuth {
+    /// Clients sign and add one MAC per replica; the primary checks the
+    /// signature before proposing, a backup its own MAC (the signature
+    /// only when the MAC fails). Byzantine fault tolerant end to end at
+    /// about one signature check a request.
+    #[default]
+    Authenticators,
+    /// Clients sign, and every replica checks every signature.
+    Signatures,
+    /// Clients do not sign, and backups trust the primary with the
+    /// requests it proposes: a faulty primary can order requests no client
+    /// sent. For trusted deployments and measurements only.
+    TrustPrimary,
+}
+
+impl RequestAuth {
+    /// Whether clients sign their requests.
+    pub fn clients_sign(self) -> bool {
+        self != RequestAuth::TrustPrimary
+    }
+}
+
+impl std::str::FromStr for RequestAuth {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "authenticators" => Ok(RequestAuth::Authenticators),
+            "signatures" => Ok(RequestAuth::Signatures),
+            "trust-primary" => Ok(RequestAuth::TrustPrimary),
+            other => Err(format!(
+                "unknown request authentication {other:?}: use authenticators, signatures or trust-primary"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RequestAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RequestAuth::Authenticators => "authenticators",
+            RequestAuth::Signatures => "signatures",
+            RequestAuth::TrustPrimary => "trust-primary",
+        })
+    }
+}
+
 /// The file as written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,9 +109,13 @@ pub struct ClusterFile {
     pub mode: String,
     /// Faults tolerated.
     pub f: usize,
-    /// Whether clients sign each request.
-    #[serde(default)]
-    pub client_signatures: bool,
+    /// How backups know a proposed request came from its client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_auth: Option<RequestAuth>,
+    /// The older setting: `true` reads as `signatures`, `false` as
+    /// `trust-primary` (a file with neither gets `authenticators`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_signatures: Option<bool>,
     /// Largest frame payload in bytes.
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: usize,
@@ -110,8 +165,8 @@ pub struct ClusterConfig {
     pub cluster_id: u64,
     /// Members, f and mode.
     pub membership: Membership,
-    /// Whether clients sign requests.
-    pub client_signatures: bool,
+    /// How backups know a proposed request came from its client.
+    pub request_auth: RequestAuth,
     /// Largest frame payload.
     pub max_frame_bytes: usize,
     /// The view manager's key.
@@ -191,7 +246,11 @@ impl ClusterConfig {
         Ok(ClusterConfig {
             cluster_id: raw.cluster_id,
             membership,
-            client_signatures: raw.client_signatures,
+            request_auth: raw.request_auth.unwrap_or(match raw.client_signatures {
+                Some(true) => RequestAuth::Signatures,
+                Some(false) => RequestAuth::TrustPrimary,
+                None => RequestAuth::Authenticators,
+            }),
             max_frame_bytes: raw.max_frame_bytes,
             view_manager,
             replicas,
@@ -207,7 +266,8 @@ impl ClusterConfig {
                 Mode::Cft => "cft".into(),
             },
             f: self.membership.f(),
-            client_signatures: self.client_signatures,
+            request_auth: Some(self.request_auth),
+            client_signatures: None,
             max_frame_bytes: self.max_frame_bytes,
             view_manager: ViewManagerEntry { public_key: public_hex(&self.view_manager) },
             replicas: self

@@ -121,6 +121,10 @@ pub struct Session {
     pub sealer: Sealer,
     /// For frames we receive.
     pub opener: Opener,
+    /// The key for request MACs between a client and a replica (both ends
+    /// derive it; a replica-to-replica session has one too, unused): the
+    /// replica's entry in a request's authenticator is computed with it.
+    pub request_key: [u8; 32],
 }
 
 /// Largest frame accepted before a connection is authenticated. Handshake
@@ -141,13 +145,15 @@ fn signed_bytes(role: &[u8], t: &Digest) -> Vec<u8> {
     v
 }
 
-fn derive(t: &Digest, shared: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
+fn derive(t: &Digest, shared: &[u8; 32]) -> ([u8; 32], [u8; 32], [u8; 32]) {
     let hk = Hkdf::<Sha256>::new(Some(&t.0), shared);
     let mut i2r = [0u8; 32];
     let mut r2i = [0u8; 32];
+    let mut request = [0u8; 32];
     hk.expand(b"palisade/v1/initiator-to-responder", &mut i2r).expect("32 bytes is a valid length");
     hk.expand(b"palisade/v1/responder-to-initiator", &mut r2i).expect("32 bytes is a valid length");
-    (i2r, r2i)
+    hk.expand(b"palisade/v1/request-mac", &mut request).expect("32 bytes is a valid length");
+    (i2r, r2i, request)
 }
 
 fn signature(bytes: &Bytes) -> Result<Signature, HandshakeError> {
@@ -212,13 +218,14 @@ impl Initiator {
         if !shared.was_contributory() {
             return Err(HandshakeError::WeakEphemeral);
         }
-        let (i2r, r2i) = derive(&t, shared.as_bytes());
+        let (i2r, r2i, request_key) = derive(&t, shared.as_bytes());
         let mine = self.key.sign(&signed_bytes(AS_INITIATOR, &t));
         let finish = envelope::encode(
             self.cluster,
             &HandshakeMessage::Finish { signature: Bytes::copy_from_slice(&mine.to_bytes()) },
         );
-        let session = Session { peer: Peer::Replica(replica), sealer: Sealer::new(&i2r), opener: Opener::new(&r2i) };
+        let session =
+            Session { peer: Peer::Replica(replica), sealer: Sealer::new(&i2r), opener: Opener::new(&r2i), request_key };
         Ok((session, finish))
     }
 }
@@ -228,7 +235,7 @@ pub struct Responder {
     peer: Peer,
     identity: VerifyingKey,
     transcript: Digest,
-    keys: ([u8; 32], [u8; 32]),
+    keys: ([u8; 32], [u8; 32], [u8; 32]),
     cluster: u64,
 }
 
@@ -302,7 +309,7 @@ impl Responder {
         self.identity
             .verify(&signed_bytes(AS_INITIATOR, &self.transcript), &signature(&sig)?)
             .map_err(|_| HandshakeError::BadSignature)?;
-        let (i2r, r2i) = self.keys;
-        Ok(Session { peer: self.peer, sealer: Sealer::new(&r2i), opener: Opener::new(&i2r) })
+        let (i2r, r2i, request_key) = self.keys;
+        Ok(Session { peer: self.peer, sealer: Sealer::new(&r2i), opener: Opener::new(&i2r), request_key })
     }
 }

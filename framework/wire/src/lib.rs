@@ -21,7 +21,7 @@ pub mod handshake;
 pub mod keys;
 pub mod verify;
 
-pub use config::{ClusterConfig, ConfigError};
+pub use config::{ClusterConfig, ConfigError, RequestAuth};
 pub use envelope::{ClientMessage, HandshakeMessage, ReplicaMessage, Role};
 
 use std::fmt;

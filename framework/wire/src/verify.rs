@@ -1,13 +1,17 @@
-//! Client request signatures, verified in parallel batches.
+//! Client request signatures and authenticators, verified in parallel
+//! batches.
 //!
-//! With `client_signatures = true` a request's `auth` field is
+//! When clients sign, a request's `auth` field is
 //! `client_public_key[32] || ed25519_signature[64]` over
 //! [`Request::signing_bytes`], and the request's client id must be the one
-//! derived from that key ([`crate::keys::client_id`]). Every replica checks
-//! this on every request it sees, including requests inside a primary's
-//! batch, so a faulty client cannot get a request accepted by some replicas
-//! and refused by others (the Aardvark "MAC attack"), and a faulty primary
-//! cannot invent requests.
+//! derived from that key ([`crate::keys::client_id`]). With authenticators
+//! (`request_auth = "authenticators"`) it is followed by
+//! `count:u8 (replica:u32 mac[16]){count}`: one MAC per replica the client
+//! shares a channel with, HMAC-SHA256 under the channel's request key,
+//! truncated to 16 bytes ([`request_mac`]). A backup accepts a request a
+//! primary proposes on its own MAC, or else on the signature, which the
+//! primary checked before proposing (docs/protocol.md, *Client
+//! authenticity*).
 //!
 //! **One validity rule everywhere.** Single ed25519 verification is
 //! cofactorless and batch verification is cofactored, so a crafted
@@ -19,12 +23,67 @@
 use crate::keys::client_id;
 use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use palisade_core::{ClientId, Request, RequestId};
+use palisade_core::{ClientId, ReplicaId, Request, RequestId};
 use rayon::prelude::*;
 use std::collections::BTreeSet;
 
-/// Bytes of a signed request's `auth` field.
+/// Bytes of a signed request's `auth` field without MACs.
 pub const AUTH_BYTES: usize = 96;
+/// Bytes of one MAC in an authenticator.
+pub const MAC_BYTES: usize = 16;
+const MAC_ENTRY_BYTES: usize = 4 + MAC_BYTES;
+const MAC_DOMAIN: &[u8] = b"palisade/request-mac/v1";
+
+/// The MAC of `request` under a client-replica request key.
+pub fn request_mac(key: &[u8; 32], request: &Request) -> [u8; MAC_BYTES] {
+    use hmac::Mac;
+    let full = keyed_mac(key, request).finalize().into_bytes();
+    full[..MAC_BYTES].try_into().expect("16 bytes")
+}
+
+fn keyed_mac(key: &[u8; 32], request: &Request) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256>>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(MAC_DOMAIN);
+    m.update(&request.signing_bytes());
+    m
+}
+
+/// Signs `request` as the client holding `key` (setting its client id) and
+/// appends one MAC for each `(replica, request key)`.
+pub fn authenticate_request(key: &SigningKey, macs: &[(ReplicaId, [u8; 32])], request: &mut Request) {
+    sign_request(key, request);
+    let count = macs.len().min(u8::MAX as usize);
+    let mut auth = Vec::with_capacity(AUTH_BYTES + 1 + count * MAC_ENTRY_BYTES);
+    auth.extend_from_slice(&request.auth);
+    auth.push(count as u8);
+    for (replica, k) in &macs[..count] {
+        auth.extend_from_slice(&replica.0.to_le_bytes());
+        auth.extend_from_slice(&request_mac(k, request));
+    }
+    request.auth = Bytes::from(auth);
+}
+
+/// The MAC `request`'s authenticator holds for `replica`, if any (and if
+/// the authenticator is well formed).
+pub fn mac_for(request: &Request, replica: ReplicaId) -> Option<[u8; MAC_BYTES]> {
+    let rest = request.auth.get(AUTH_BYTES..)?;
+    let (&count, entries) = rest.split_first()?;
+    if entries.len() != count as usize * MAC_ENTRY_BYTES {
+        return None;
+    }
+    entries.chunks_exact(MAC_ENTRY_BYTES).find_map(|e| {
+        (u32::from_le_bytes(e[..4].try_into().expect("4 bytes")) == replica.0)
+            .then(|| e[4..].try_into().expect("16 bytes"))
+    })
+}
+
+/// Whether `request`'s MAC for `replica` checks under `key` (in constant
+/// time).
+pub fn mac_checks(request: &Request, replica: ReplicaId, key: &[u8; 32]) -> bool {
+    use hmac::Mac;
+    mac_for(request, replica).is_some_and(|m| keyed_mac(key, request).verify_truncated_left(&m).is_ok())
+}
 
 /// Signs `request` as the client holding `key`, setting its client id too.
 pub fn sign_request(key: &SigningKey, request: &mut Request) {
@@ -42,7 +101,8 @@ pub fn sign_request(key: &SigningKey, request: &mut Request) {
 pub enum Rejection {
     /// The operation is larger than allowed.
     Oversized,
-    /// `auth` is not 96 bytes, or its key is not a valid, non-weak point.
+    /// `auth` is not 96 bytes (plus a well-formed MAC section), or its key
+    /// is not a valid, non-weak point.
     BadAuthFormat,
     /// The client id is not the one derived from the key.
     ClientIdMismatch,
@@ -76,8 +136,13 @@ struct Parsed {
 }
 
 fn parse(request: &Request) -> Result<Parsed, Rejection> {
-    if request.auth.len() != AUTH_BYTES {
+    if request.auth.len() < AUTH_BYTES {
         return Err(Rejection::BadAuthFormat);
+    }
+    if let Some((&count, entries)) = request.auth[AUTH_BYTES..].split_first() {
+        if entries.len() != count as usize * MAC_ENTRY_BYTES {
+            return Err(Rejection::BadAuthFormat);
+        }
     }
     let public: [u8; 32] = request.auth[..32].try_into().expect("32 bytes");
     if client_id(&public) != request.client {
@@ -87,7 +152,7 @@ fn parse(request: &Request) -> Result<Parsed, Rejection> {
     if key.is_weak() {
         return Err(Rejection::BadAuthFormat);
     }
-    let sig_bytes: [u8; 64] = request.auth[32..].try_into().expect("64 bytes");
+    let sig_bytes: [u8; 64] = request.auth[32..AUTH_BYTES].try_into().expect("64 bytes");
     Ok(Parsed { key, sig: Signature::from_bytes(&sig_bytes), message: request.signing_bytes() })
 }
 
@@ -208,6 +273,32 @@ mod tests {
         let mut short = r.clone();
         short.auth = r.auth.slice(..95);
         assert_eq!(verify_request(&short), Err(Rejection::BadAuthFormat));
+    }
+
+    #[test]
+    fn an_authenticator_holds_one_mac_per_replica_each_good_only_under_its_key() {
+        let key = crate::keys::generate(&mut rand_core::OsRng);
+        let (k0, k1) = ([1u8; 32], [2u8; 32]);
+        let mut r = Request {
+            client: ClientId(0),
+            id: RequestId(9),
+            read_only: false,
+            operation: Bytes::from_static(b"add 1"),
+            auth: Bytes::new(),
+        };
+        authenticate_request(&key, &[(ReplicaId(0), k0), (ReplicaId(1), k1)], &mut r);
+        assert_eq!(r.auth.len(), AUTH_BYTES + 1 + 2 * (4 + MAC_BYTES));
+        assert_eq!(verify_request(&r), Ok(()), "the signature still checks");
+        assert!(mac_checks(&r, ReplicaId(0), &k0) && mac_checks(&r, ReplicaId(1), &k1));
+        assert!(!mac_checks(&r, ReplicaId(0), &k1), "another replica's key");
+        assert!(!mac_checks(&r, ReplicaId(2), &k0), "no MAC for replica 2");
+        let mut altered = r.clone();
+        altered.operation = Bytes::from_static(b"add 9");
+        assert!(!mac_checks(&altered, ReplicaId(0), &k0));
+        let mut cut = r.clone();
+        cut.auth = r.auth.slice(..r.auth.len() - 1);
+        assert_eq!(verify_request(&cut), Err(Rejection::BadAuthFormat));
+        assert_eq!(mac_for(&cut, ReplicaId(0)), None);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use delivery::{Delivery, DeliveryDisk};
 pub use filter::RequestFilter;
 pub use reply::Replier;
 pub use ticker::{clocks, wall_clock_ms, Ticker};
-pub use verify::{PrePrepareVerifier, Verifier};
+pub use verify::{PrePrepareVerifier, PrimaryProbe, Verifier};
 
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{Ended, Tx};

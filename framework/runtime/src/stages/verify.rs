@@ -3,11 +3,12 @@
 //! rayon pool, cheap checks first.
 
 use super::{notify, pass_on, ReplyBatch};
-use crate::crypto::VerifiedRequests;
+use crate::crypto::{ClientKeys, VerifiedRequests};
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{offer_peer, Ended, Rx, Tx};
 use crate::runner::Stage;
-use palisade_core::{PeerMessage, ReplicaId, Request};
+use crate::shared::CurrentView;
+use palisade_core::{Membership, PeerMessage, ReplicaId, Request};
 use palisade_host::ClientMail;
 use palisade_wire::envelope::RejectReason;
 use palisade_wire::verify::{self, VerifyLimits};
@@ -34,6 +35,25 @@ pub struct Verifier {
     pub metrics: Arc<RuntimeMetrics>,
     /// Requests per wake-up.
     pub drain_max: usize,
+    /// With authenticators: check signatures only while this replica is
+    /// the primary (the others pass requests on unchecked).
+    pub primary_only: Option<PrimaryProbe>,
+}
+
+/// Whether this replica is the primary of the view last published.
+pub struct PrimaryProbe {
+    /// This replica.
+    pub me: ReplicaId,
+    /// The current view.
+    pub view: Arc<CurrentView>,
+    /// The cluster.
+    pub membership: Membership,
+}
+
+impl PrimaryProbe {
+    fn is_primary(&self) -> bool {
+        self.membership.primary(self.view.get()) == self.me
+    }
 }
 
 impl Stage for Verifier {
@@ -46,6 +66,13 @@ impl Stage for Verifier {
         if batch.is_empty() {
             return Ok(false);
         }
+        if self.primary_only.as_ref().is_some_and(|p| !p.is_primary()) {
+            for r in batch {
+                pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?;
+            }
+            return Ok(true);
+        }
+        RuntimeMetrics::add(&self.metrics.counters.request_signatures_checked, batch.len() as u64);
         for verdict in verify::verify_batch(batch, self.limits, |_, _| true, &self.pool) {
             match verdict {
                 Ok(r) => {
@@ -83,6 +110,9 @@ pub struct PrePrepareVerifier {
     pub metrics: Arc<RuntimeMetrics>,
     /// Messages per wake-up.
     pub drain_max: usize,
+    /// With authenticators: the client keys and this replica, so that only
+    /// requests whose MAC for it fails have their signatures checked.
+    pub macs: Option<(Arc<ClientKeys>, ReplicaId)>,
 }
 
 impl Stage for PrePrepareVerifier {
@@ -97,8 +127,13 @@ impl Stage for PrePrepareVerifier {
         }
         for (from, msg) in batch {
             if let PeerMessage::PrePrepare(pp) = &msg {
+                let mac_ok = |r: &Request| self.macs.as_ref().is_some_and(|(keys, me)| keys.check(r, *me));
+                let on_mac = pp.batch.requests.iter().filter(|r| mac_ok(r)).count();
                 let unchecked: Vec<Request> =
-                    pp.batch.requests.iter().filter(|r| !self.verified.contains(r)).cloned().collect();
+                    pp.batch.requests.iter().filter(|r| !mac_ok(r) && !self.verified.contains(r)).cloned().collect();
+                let c = &self.metrics.counters;
+                RuntimeMetrics::add(&c.request_macs_accepted, on_mac as u64);
+                RuntimeMetrics::add(&c.request_signatures_checked, unchecked.len() as u64);
                 let verdicts = verify::verify_batch(unchecked, self.limits, |_, _| true, &self.pool);
                 if verdicts.iter().any(|v| v.is_err()) {
                     RuntimeMetrics::add(&self.metrics.counters.peer_messages_dropped, 1);
