@@ -148,12 +148,33 @@ fn parse(request: &Request) -> Result<Parsed, Rejection> {
     if client_id(&public) != request.client {
         return Err(Rejection::ClientIdMismatch);
     }
-    let key = VerifyingKey::from_bytes(&public).map_err(|_| Rejection::BadAuthFormat)?;
+    let key = client_key(&public)?;
+    let sig_bytes: [u8; 64] = request.auth[32..AUTH_BYTES].try_into().expect("64 bytes");
+    Ok(Parsed { key, sig: Signature::from_bytes(&sig_bytes), message: request.signing_bytes() })
+}
+
+/// Client keys already decompressed and checked: a point decompression
+/// costs about as much as a third of a signature check, and a client signs
+/// many requests with one key. Bounded: emptied when full.
+fn client_key(public: &[u8; 32]) -> Result<VerifyingKey, Rejection> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    const KEYS_MAX: usize = 1 << 16;
+    static KEYS: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(k) = keys.lock().unwrap_or_else(|e| e.into_inner()).get(public) {
+        return Ok(*k);
+    }
+    let key = VerifyingKey::from_bytes(public).map_err(|_| Rejection::BadAuthFormat)?;
     if key.is_weak() {
         return Err(Rejection::BadAuthFormat);
     }
-    let sig_bytes: [u8; 64] = request.auth[32..AUTH_BYTES].try_into().expect("64 bytes");
-    Ok(Parsed { key, sig: Signature::from_bytes(&sig_bytes), message: request.signing_bytes() })
+    let mut g = keys.lock().unwrap_or_else(|e| e.into_inner());
+    if g.len() >= KEYS_MAX {
+        g.clear();
+    }
+    g.insert(*public, key);
+    Ok(key)
 }
 
 fn batch_ok(items: &[&Parsed]) -> bool {
