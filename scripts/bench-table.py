@@ -3,6 +3,13 @@
 markdown table of docs/benchmarks.md (numbers are copied, never typed)."""
 import json, os, sys
 
+
+def auth(a):
+    """The run's request authentication (older results said only whether clients signed)."""
+    if "request_auth" in a:
+        return a["request_auth"]
+    return "signatures" if a.get("client_signatures") else "trust-primary"
+
 root = sys.argv[1]
 rows = []
 meta = None
@@ -24,7 +31,7 @@ for name in sorted(os.listdir(root)):
         base = r["baseline"]["ops_per_sec"] if r.get("baseline") else None
         rows.append("| {} | {} n={} | {}/{} | {} | {}x{} | {:,.0f} | {} | {} | {} | {} | {} | {:.0f}% | {:.0f} |".format(
             name, a["mode"].upper(), a["replicas"], a["request_bytes"], a["reply_bytes"],
-            "on" if a["client_signatures"] else "off", lvl["level"]["clients"], lvl["level"]["outstanding"],
+            auth(a), lvl["level"]["clients"], lvl["level"]["outstanding"],
             p["ops_per_sec"], l["p50_us"], l["p99_us"],
             "{:,.0f}".format(base) if base else "-", "{:.3f}".format(ratio) if ratio else "-",
             "{:.1f}".format(lvl["mean_batch_size"]) if lvl.get("mean_batch_size") else "-",
@@ -35,6 +42,6 @@ if meta:
     print("Machine: {} cores, {}; git revision {}; {} s per run after a 3 s warm-up.".format(
         meta["cores"], meta["cpu_model"], revs, meta["args"]["duration"]))
 print()
-print("| run | cluster | req/reply B | sigs | load | ops/s | p50 us | p99 us | baseline ops/s | ratio | batch | replica CPU (sum) | peak RSS MiB |")
+print("| run | cluster | req/reply B | request auth | load | ops/s | p50 us | p99 us | baseline ops/s | ratio | batch | replica CPU (sum) | peak RSS MiB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 print("\n".join(rows))
