@@ -2,7 +2,8 @@
 //! replica restarted from its disk catches up and is then needed for
 //! progress; a bit flipped in its snapshot and its log is found and
 //! repaired from its peers; a replica restarted with an empty disk fetches
-//! 200 MB of state, refusing the corrupt chunks a lying peer serves.
+//! 200 MB of state, refusing the corrupt chunks a lying peer serves; a
+//! primary that forges requests gets none of them executed.
 //!
 //! The replicas run `test-replica`, which is `palisade replica --service kv`
 //! (the same code) writing its counters to a file these tests read.
@@ -271,4 +272,47 @@ fn a_replica_restarted_empty_fetches_200_mb_refusing_a_lying_peers_chunks_and_is
     put(&c, 400..410, 1000);
     check(&c, 0..400, 37, LEN);
     check(&c, 400..410, 1, 1000);
+}
+
+/// The primary of view 0 adds a request no client sent (adding 1000) to
+/// every batch it proposes. With the default request authentication every
+/// correct backup refuses those batches, the cluster changes view, and the
+/// counter holds exactly the increments clients were told had happened.
+#[test]
+fn a_primary_that_forges_requests_gets_none_executed() {
+    let mut c = Cluster::new("forge", port(40));
+    for id in 0..4 {
+        c.start(id, if id == 0 { &["--service", "counter", "--forge"] } else { &["--service", "counter"] });
+    }
+    let config = ClusterConfig::load(&c.dir).unwrap();
+    assert_eq!(config.request_auth, palisade_wire::RequestAuth::Authenticators, "the default");
+    let acked = rt().block_on(async {
+        let opts = ClientOptions { timeout_ms: 60_000, ..ClientOptions::default() };
+        let counter = palisade_services::counter::CounterClient::new(Client::connect(
+            config,
+            keys::generate(&mut rand_core::OsRng),
+            opts,
+        ));
+        let mut acked = 0u64;
+        for _ in 0..30 {
+            counter.add(1).await.unwrap();
+            acked += 1;
+        }
+        let value = counter.get().await.unwrap();
+        assert_eq!(value, acked, "only the acknowledged increments, none forged");
+        acked
+    });
+    assert_eq!(acked, 30);
+    // The counters files are rewritten every 100 ms.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in 1..4 {
+        while c.counter(id, "view") < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "replica {id} never left the forging primary's view: {:?}",
+                c.counters(id)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

@@ -94,6 +94,10 @@ pub struct RuntimeConfig {
     /// holds the overflow and takes no peer message or request until it
     /// has gone (nothing is dropped: each entry is a promise to a peer).
     pub storage_queue: usize,
+    /// Tests only: as primary, add this request, which no client sent, to
+    /// every PRE-PREPARE it sends (a Byzantine primary forging requests).
+    #[cfg(feature = "byzantine")]
+    pub forged_request: Option<palisade_core::Request>,
 }
 
 /// Whether a replica process may vote at once.
@@ -139,6 +143,8 @@ impl RuntimeConfig {
             data_dir: None,
             snapshot_interval: 0,
             snapshot_duty_percent: 10,
+            #[cfg(feature = "byzantine")]
+            forged_request: None,
             wal_segment_bytes: 64 << 20,
             storage_queue: 4_096,
         }

@@ -354,6 +354,8 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             drain_max: cfg.drain_max,
             outbox: Outbox::new(),
             started: false,
+            #[cfg(feature = "byzantine")]
+            forged_request: cfg.forged_request.clone(),
         }),
     ));
 

@@ -1,11 +1,14 @@
-//! `test-replica --config DIR --id N [--lying] [--rejoin]`: runs replica N
-//! exactly as `palisade replica --service kv` does (same code, data in
-//! `DIR/data-N`, durability `full`), and every 100 ms writes its counters
-//! to `DIR/counters-N.txt` (`name value` lines) for the process tests.
+//! `test-replica --config DIR --id N [--service kv|counter] [--lying]
+//! [--forge] [--rejoin]`: runs replica N exactly as `palisade replica`
+//! does (same code, data in `DIR/data-N`, durability `full`), and every
+//! 100 ms writes its counters to `DIR/counters-N.txt` (`name value` lines)
+//! for the process tests.
 //!
-//! With `--lying` the replica is a Byzantine chunk server: it votes and
-//! executes correctly, and certifies correct checkpoint digests, but every
-//! record of state it serves to a fetching peer has a flipped bit.
+//! With `--lying` (kv) the replica is a Byzantine chunk server: it votes
+//! and executes correctly, and certifies correct checkpoint digests, but
+//! every record of state it serves to a fetching peer has a flipped bit.
+//! With `--forge` (counter) it is a Byzantine primary: every PRE-PREPARE it
+//! sends carries an extra request, adding 1000, that no client sent.
 
 use bytes::Bytes;
 use palisade::registry::Registered;
@@ -19,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 static COUNTERS: OnceLock<PathBuf> = OnceLock::new();
+static FORGE: OnceLock<bool> = OnceLock::new();
 
 /// The key-value store, serving corrupt records.
 #[derive(Default)]
@@ -102,8 +106,17 @@ fn spawn<S: Service + Default + Send + Sync + 'static>(
     cluster: &palisade::wire::ClusterConfig,
     me: ReplicaId,
     key: ed25519_dalek::SigningKey,
-    cfg: RuntimeConfig,
+    mut cfg: RuntimeConfig,
 ) -> Result<ReplicaHandle, String> {
+    if FORGE.get().copied().unwrap_or(false) {
+        cfg.forged_request = Some(palisade_core::Request {
+            client: palisade_core::ClientId(0x0f0f_0f0f),
+            id: palisade_core::RequestId(1),
+            read_only: false,
+            operation: palisade_services::counter::CounterOp::Add(1000).encode(),
+            auth: Bytes::from(vec![0x5a; 96]),
+        });
+    }
     let handle = spawn_replica(cluster, me, key, S::default(), cfg)?;
     report(&handle);
     Ok(handle)
@@ -113,13 +126,16 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let (Some(config), Some(id)) = (value("--config"), value("--id").and_then(|s| s.parse::<u32>().ok())) else {
-        eprintln!("usage: test-replica --config DIR --id N [--lying] [--rejoin]");
+        eprintln!("usage: test-replica --config DIR --id N [--service kv|counter] [--lying] [--forge] [--rejoin]");
         return ExitCode::from(2);
     };
     let config = PathBuf::from(config);
     let _ = COUNTERS.set(config.join(format!("counters-{id}.txt")));
+    let _ = FORGE.set(args.iter().any(|a| a == "--forge"));
     let service = if args.iter().any(|a| a == "--lying") {
         Registered { name: "lying-kv", about: "kv serving corrupt state", spawn: spawn::<Lying> }
+    } else if value("--service").as_deref() == Some("counter") {
+        Registered { name: "counter", about: "counter", spawn: spawn::<palisade_services::counter::Counter> }
     } else {
         Registered { name: "kv", about: "kv", spawn: spawn::<KvStore> }
     };

@@ -96,6 +96,9 @@ pub struct Consensus<C: Crypto> {
     pub outbox: Outbox<ReplicaId>,
     /// Whether the core has had its first tick.
     pub started: bool,
+    /// Tests only: the request a Byzantine primary adds to its batches.
+    #[cfg(feature = "byzantine")]
+    pub forged_request: Option<Request>,
 }
 
 /// What the host's actions touch, borrowed from the stage for one step.
@@ -107,6 +110,8 @@ struct Wiring<'a> {
     tx_reply: &'a Tx<ReplyBatch>,
     metrics: &'a RuntimeMetrics,
     ended: bool,
+    #[cfg(feature = "byzantine")]
+    forged_request: Option<&'a Request>,
 }
 
 impl Wiring<'_> {
@@ -140,6 +145,19 @@ impl ConsensusIo for Wiring<'_> {
     }
 
     fn broadcast(&mut self, to: &[ReplicaId], msg: &PeerMessage) {
+        #[cfg(feature = "byzantine")]
+        if let (Some(forged), PeerMessage::PrePrepare(pp)) = (self.forged_request, msg) {
+            let mut batch = (*pp.batch).clone();
+            let mut r = forged.clone();
+            r.id = palisade_core::RequestId(pp.seq.0);
+            batch.requests.push(r);
+            let pp = palisade_core::message::PrePrepare { batch: std::sync::Arc::new(batch), ..pp.clone() };
+            let body = self.egress.peer_body(&PeerMessage::PrePrepare(pp));
+            for &r in to {
+                self.queue(r, body.clone());
+            }
+            return;
+        }
         let body = self.egress.peer_body(msg);
         for &r in to {
             self.queue(r, body.clone());
@@ -179,6 +197,8 @@ impl<C: Crypto> Consensus<C> {
             tx_reply: &self.tx_reply,
             metrics: &self.metrics,
             ended: false,
+            #[cfg(feature = "byzantine")]
+            forged_request: self.forged_request.as_ref(),
         };
         self.host.step(input, &mut io);
         if io.ended {
