@@ -211,6 +211,13 @@ impl ClusterConfig {
                 .unwrap_or_else(|| "(syntax)".into());
             err(&field, problem, "see docs/configuration.md for every field")
         })?;
+        if let (Some(auth), Some(signatures)) = (raw.request_auth, raw.client_signatures) {
+            return Err(err(
+                "client_signatures",
+                format!("set together with request_auth = \"{auth}\" (client_signatures = {signatures})"),
+                "keep request_auth and remove client_signatures, the older setting",
+            ));
+        }
         let mode = match raw.mode.as_str() {
             "bft" => Mode::Bft,
             "cft" => Mode::Cft,
@@ -316,6 +323,24 @@ mod tests {
         assert_eq!(c.membership.n(), 4);
         assert_eq!(c.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
         assert_eq!(ClusterConfig::parse(&c.to_toml(), "t").unwrap(), c);
+    }
+
+    #[test]
+    fn request_authentication_reads_old_files_as_they_were_meant_and_refuses_both_settings() {
+        let with = |extra: &str| sample(4).replacen("f = 1\n", &format!("f = 1\n{extra}\n"), 1);
+        let auth = |extra: &str| ClusterConfig::parse(&with(extra), "t").map(|c| c.request_auth);
+        assert_eq!(auth(""), Ok(RequestAuth::Authenticators), "a file that says nothing gets the safe default");
+        assert_eq!(auth("client_signatures = true"), Ok(RequestAuth::Signatures));
+        assert_eq!(auth("client_signatures = false"), Ok(RequestAuth::TrustPrimary));
+        assert_eq!(auth("request_auth = \"trust-primary\""), Ok(RequestAuth::TrustPrimary));
+        let e =
+            ClusterConfig::parse(&with("request_auth = \"signatures\"\nclient_signatures = false"), "t").unwrap_err();
+        assert_eq!(e.field, "client_signatures");
+        // An old file is written back in the new form, meaning the same.
+        let old = ClusterConfig::parse(&with("client_signatures = false"), "t").unwrap();
+        let text = old.to_toml();
+        assert!(text.contains("request_auth = \"trust-primary\"") && !text.contains("client_signatures"), "{text}");
+        assert_eq!(ClusterConfig::parse(&text, "t").unwrap(), old);
     }
 
     #[test]

@@ -94,6 +94,9 @@ fn report(handle: &ReplicaHandle) {
         for (k, v) in metrics.counters.snapshot() {
             out.push_str(&format!("{k} {v}\n"));
         }
+        for (k, v) in &core.dropped {
+            out.push_str(&format!("dropped:{} {v}\n", k.replace(' ', "-")));
+        }
         let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, out).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
