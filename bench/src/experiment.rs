@@ -32,11 +32,7 @@ pub(crate) fn run(a: RunArgs) -> ExitCode {
         let variants = a.compare_auth.iter().map(|m| Variant::Auth(*m)).collect();
         return compare(a, variants);
     }
-    let work = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let result = experiment(&a, &work);
-    let _ = std::fs::remove_dir_all(&work);
-    match result {
+    match in_scratch(&a, "") {
         Ok(report) => {
             report.print_table();
             report.write_outputs(&a.out);
@@ -48,6 +44,16 @@ pub(crate) fn run(a: RunArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Runs the experiment `a` describes in a fresh scratch directory (named
+/// with `tag`), removed afterwards.
+fn in_scratch(a: &RunArgs, tag: &str) -> Result<Report, String> {
+    let work = std::env::temp_dir().join(format!("palisade-bench-{}{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let result = experiment(a, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
 }
 
 /// One setting a comparison varies.
@@ -96,11 +102,7 @@ fn compare(a: RunArgs, modes: Vec<Variant>) -> ExitCode {
             run.no_baseline = true;
             run.compare_durability.clear();
             run.compare_auth.clear();
-            let work = std::env::temp_dir().join(format!("palisade-bench-{}-{round}-{i}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&work);
-            let result = experiment(&run, &work);
-            let _ = std::fs::remove_dir_all(&work);
-            match result {
+            match in_scratch(&run, &format!("-{round}-{i}")) {
                 Ok(report) => {
                     let best = Report::best(&report.levels).expect("at least one level");
                     println!("round {round} {} {mode}: {}", mode.kind(), report.bench_line());

@@ -119,6 +119,11 @@ impl Part {
         self.source.record(j)
     }
 
+    /// Every record's bytes, produced now.
+    pub fn records(&self) -> Vec<Bytes> {
+        (0..self.len()).map(|j| self.record(j)).collect()
+    }
+
     /// Its digest.
     pub fn digest(&self) -> Digest {
         part_digest(&self.digests)

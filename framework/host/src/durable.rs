@@ -195,7 +195,7 @@ pub fn recover<S: Service, D: Dir>(
     if loaded.is_none() && !rejected.is_empty() {
         let mut e = exec.write();
         for (i, p) in genesis.iter().enumerate() {
-            e.install_part(i as u32, (0..p.len()).map(|j| p.record(j)).collect())
+            e.install_part(i as u32, p.records())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the genesis state: {e}")))?;
         }
     }

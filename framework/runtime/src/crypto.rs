@@ -85,16 +85,6 @@ impl ClientKeys {
         };
         keys.iter().any(|k| palisade_wire::verify::mac_checks(request, me, k))
     }
-
-    /// Clients with keys held.
-    pub fn len(&self) -> usize {
-        self.inner.lock().len()
-    }
-
-    /// Whether no client has a key held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Requests whose client signature the verification stage has checked, so

@@ -161,7 +161,7 @@ mod tests {
         for i in 0..a.part_count() {
             let part = a.part(i);
             assert_eq!(part.digest(), a.part_digest(i));
-            let records = (0..part.len()).map(|j| part.record(j)).collect();
+            let records = part.records();
             b.install_part(i, records).unwrap();
         }
         assert_eq!(a.state_digest(), b.state_digest());

@@ -190,6 +190,23 @@ impl<C: Crypto> Replica<C> {
         }
         self.rejoin.is_some()
     }
+    /// Planted bug (tests only): the primary proposes requests without
+    /// checking their signatures, and backups blame it for any it does not
+    /// order.
+    fn unchecked_proposals(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.cfg.planted.unchecked_proposals;
+        #[cfg(not(feature = "planted-bugs"))]
+        false
+    }
+    /// Planted bug (tests only): backups accept any request a primary
+    /// proposes.
+    fn trusts_proposed_requests(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.cfg.planted.trust_proposed_requests;
+        #[cfg(not(feature = "planted-bugs"))]
+        false
+    }
     /// The sequence number this replica's stable checkpoint must reach
     /// before it votes again, once enough peers have said how far they got.
     pub fn rejoin_mark(&self) -> Option<SeqNo> {

@@ -67,10 +67,7 @@ impl<C: Crypto> Replica<C> {
                 self.discard(Discard::TimestampOutOfTolerance);
                 return;
             }
-            #[cfg(feature = "planted-bugs")]
-            let trusted = self.cfg.planted.trust_proposed_requests;
-            #[cfg(not(feature = "planted-bugs"))]
-            let trusted = false;
+            let trusted = self.trusts_proposed_requests();
             if pp.batch.requests.iter().any(|r| r.read_only || !(trusted || self.crypto.accept_proposed(r))) {
                 self.discard(Discard::UnauthenticatedRequest);
                 // A correct primary checks every signature before proposing,

@@ -144,10 +144,7 @@ impl RequestPool {
             let p = self.pending.get_mut(&key).expect("queued requests are pending");
             if !p.verified {
                 if !accept(&p.request) {
-                    let arrival = p.arrival_ms;
-                    self.queue.remove(&order);
-                    self.pending.remove(&key);
-                    self.by_arrival.remove(&(arrival, key.0, key.1));
+                    self.remove(key);
                     refused += 1;
                     continue;
                 }
@@ -174,13 +171,11 @@ impl RequestPool {
             if authentic(&p.request) {
                 p.verified = true;
             } else {
-                gone.push((*k, p.arrival_ms, p.order));
+                gone.push(*k);
             }
         }
-        for (key, arrival, order) in &gone {
-            self.pending.remove(key);
-            self.by_arrival.remove(&(*arrival, key.0, key.1));
-            self.queue.remove(order);
+        for key in &gone {
+            self.remove(*key);
         }
         gone.len()
     }

@@ -112,11 +112,8 @@ impl<C: Crypto> Replica<C> {
             // Every signature is checked before proposing: a request whose
             // signature fails would be refused by the backups its MACs do
             // not cover, and a faulty client could change views at will.
+            let unchecked = self.unchecked_proposals();
             let crypto = &self.crypto;
-            #[cfg(feature = "planted-bugs")]
-            let unchecked = self.cfg.planted.unchecked_proposals;
-            #[cfg(not(feature = "planted-bugs"))]
-            let unchecked = false;
             let (requests, refused) =
                 self.pool.take_batch(self.cfg.batch_max_requests, self.cfg.batch_max_bytes, |r| {
                     unchecked || crypto.verify_request(r)

@@ -97,11 +97,8 @@ impl<C: Crypto> Replica<C> {
             // did not order: it was right to refuse a request whose
             // signature fails (a backup got it straight from a faulty
             // client), and only then does this cost a signature check.
+            let unchecked = self.unchecked_proposals();
             let crypto = &self.crypto;
-            #[cfg(feature = "planted-bugs")]
-            let unchecked = self.cfg.planted.unchecked_proposals;
-            #[cfg(not(feature = "planted-bugs"))]
-            let unchecked = false;
             let dropped = self.pool.drop_unauthentic(|r| unchecked || crypto.verify_request(r));
             for _ in 0..dropped {
                 self.discard(Discard::ClientUnauthenticated);

@@ -31,14 +31,6 @@ impl std::fmt::Debug for Kept {
     }
 }
 
-impl Kept {
-    /// Every record of part `i`, encoded now.
-    pub fn records(&self, i: usize) -> Vec<Bytes> {
-        let part = &self.parts[i];
-        (0..part.len()).map(|j| part.record(j)).collect()
-    }
-}
-
 /// A record of a kept state: checkpoint, part, record.
 type RecordAt = (SeqNo, u32, u32);
 
