@@ -10,7 +10,8 @@
 //!
 //! Modules follow the sub-protocols: quorum arithmetic ([`types`]),
 //! checkpoints ([`checkpoint`]), the view-change decision rule
-//! ([`view_change`]), exactly-once execution ([`exec`]) and the replica that
+//! ([`view_change`]), exactly-once execution ([`exec`]), membership epochs
+//! ([`reconfig`]) and the replica that
 //! ties them together ([`replica`]).
 
 #![deny(missing_docs)]
@@ -23,6 +24,7 @@ pub mod exec;
 pub mod message;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
+pub mod reconfig;
 pub mod replica;
 pub mod state;
 pub mod types;

@@ -44,6 +44,15 @@ id_type!(
     ViewNo(u64)
 );
 
+impl ClientId {
+    /// The id of the client holding the secret of `public`: a hash, so that
+    /// nobody without the key can claim it.
+    pub fn of_key(public: &[u8; 32]) -> ClientId {
+        let d = Digest::of_parts(&[b"palisade/client-id/v1", public]);
+        ClientId(u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes")))
+    }
+}
+
 impl SeqNo {
     /// The next sequence number.
     pub fn next(self) -> SeqNo {

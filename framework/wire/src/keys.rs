@@ -5,7 +5,7 @@
 //! configuration as 64 hex digits.
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use palisade_core::{ClientId, Digest};
+use palisade_core::ClientId;
 use rand_core::{CryptoRng, RngCore};
 use std::fmt;
 use std::path::Path;
@@ -69,8 +69,7 @@ pub fn public_hex(key: &VerifyingKey) -> String {
 /// public key. Nobody can act as a client id without the matching secret
 /// key, so short-lived clients need no registration.
 pub fn client_id(public: &[u8; 32]) -> ClientId {
-    let d = Digest::of_parts(&[b"palisade/client-id/v1", public]);
-    ClientId(u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes")))
+    ClientId::of_key(public)
 }
 
 /// Writes a secret key file readable by its owner only. Refuses to overwrite.

@@ -194,6 +194,30 @@ pub fn verify_request(request: &Request) -> Result<(), Rejection> {
     }
 }
 
+/// The view manager's signatures and added members' keys, judged with the
+/// same rule as client signatures: execution must reach the same verdict on
+/// every replica.
+pub struct AdminCrypto;
+
+impl palisade_core::reconfig::AdminVerify for AdminCrypto {
+    fn signature_checks(&self, key: &[u8; 32], message: &[u8], signature: &[u8]) -> bool {
+        let (Ok(key), Ok(sig)) = (client_key(key), <[u8; 64]>::try_from(signature)) else {
+            return false;
+        };
+        ed25519_dalek::verify_batch(&[message], &[Signature::from_bytes(&sig)], &[key]).is_ok()
+    }
+
+    fn key_is_valid(&self, key: &[u8; 32]) -> bool {
+        client_key(key).is_ok()
+    }
+}
+
+/// Signs a reconfiguration request as the view manager.
+pub fn sign_admin(key: &SigningKey, body: palisade_core::reconfig::AdminBody) -> palisade_core::reconfig::AdminRequest {
+    let signature = Bytes::copy_from_slice(&key.sign(&body.signing_bytes()).to_bytes());
+    palisade_core::reconfig::AdminRequest { body, signature }
+}
+
 /// Marks the bad members of `items` by bisection; `bad[i]` answers for `items[i]`.
 fn find_bad(items: &[&Parsed], bad: &mut [bool]) {
     if batch_ok(items) {
@@ -278,6 +302,31 @@ mod tests {
 
     fn pool(threads: usize) -> rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
+    }
+
+    #[test]
+    fn an_admin_request_checks_under_the_view_managers_key_only_and_weak_keys_are_invalid() {
+        use palisade_core::reconfig::{AdminBody, AdminOp, AdminVerify};
+        let vm = crate::keys::generate(&mut rand_core::OsRng);
+        let other = crate::keys::generate(&mut rand_core::OsRng);
+        let body = AdminBody { cluster: 1, epoch: 0, nonce: 1, ops: vec![AdminOp::Remove { id: ReplicaId(0) }] };
+        let req = sign_admin(&vm, body.clone());
+        let vm_pub = vm.verifying_key().to_bytes();
+        assert!(AdminCrypto.signature_checks(&vm_pub, &body.signing_bytes(), &req.signature));
+        assert!(!AdminCrypto.signature_checks(
+            &other.verifying_key().to_bytes(),
+            &body.signing_bytes(),
+            &req.signature
+        ));
+        let mut changed = body.clone();
+        changed.nonce = 2;
+        assert!(!AdminCrypto.signature_checks(&vm_pub, &changed.signing_bytes(), &req.signature));
+        assert!(!AdminCrypto.signature_checks(&vm_pub, &body.signing_bytes(), &req.signature[..63]));
+        assert!(AdminCrypto.key_is_valid(&vm_pub));
+        // The identity point is a valid encoding but a weak key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(!AdminCrypto.key_is_valid(&identity));
     }
 
     #[test]

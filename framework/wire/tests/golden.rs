@@ -229,3 +229,46 @@ fn request_authenticator() {
         "authenticator changed; got\n{got}"
     );
 }
+
+/// A reconfiguration request (the operation bytes of a request from the
+/// view manager) and its answer.
+#[test]
+fn admin_request_and_outcome() {
+    use palisade_core::reconfig::{AdminBody, AdminOp, AdminOutcome, AdminRequest, Configuration, Member, Rejection};
+    use palisade_core::Mode;
+    let body = AdminBody {
+        cluster: CLUSTER,
+        epoch: 3,
+        nonce: 9,
+        ops: vec![
+            AdminOp::Add { id: ReplicaId(4), address: "h:1".into(), public_key: [5; 32] },
+            AdminOp::Remove { id: ReplicaId(0) },
+            AdminOp::SetF { f: 1 },
+        ],
+    };
+    let signed = palisade_wire::verify::sign_admin(&ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]), body);
+    raw("admin request", &signed.encode(), "888e98a8c0e0808101030903000403683a3105050505050505050505050505050505050505050505050505050505050505050100020140bba85c337099dad00174746a5f20eaf53ec4adfa356f11052d79180579ffefa70c9a2d69936e7435389d0a769c38d69993f43cb8f4cb974fead17ed31c264802");
+    assert_eq!(postcard::from_bytes::<AdminRequest>(&signed.encode()).unwrap(), signed);
+    let next = Configuration::new(
+        4,
+        CLUSTER,
+        (1..5).map(|i| Member { id: ReplicaId(i), address: format!("h:{i}"), public_key: [i as u8; 32] }).collect(),
+        1,
+        Mode::Bft,
+        [9; 32],
+    )
+    .unwrap();
+    for (name, outcome, hex) in [
+        ("admin accepted", AdminOutcome::Accepted { next, boundary: SeqNo(128) }, "0004888e98a8c0e0808101040103683a3101010101010101010101010101010101010101010101010101010101010101010203683a3202020202020202020202020202020202020202020202020202020202020202020303683a3303030303030303030303030303030303030303030303030303030303030303030403683a340404040404040404040404040404040404040404040404040404040404040404010009090909090909090909090909090909090909090909090909090909090909098001"),
+        ("admin rejected", AdminOutcome::Rejected(Rejection::WrongEpoch { current: 4 }), "010404"),
+    ] {
+        raw(name, &outcome.encode(), hex);
+        assert_eq!(AdminOutcome::decode(&outcome.encode()), Some(outcome));
+    }
+}
+
+/// Bytes carried inside a request or a reply, without an envelope.
+fn raw(name: &str, bytes: &[u8], expected_hex: &str) {
+    let got = hex::encode(bytes);
+    assert_eq!(got, expected_hex, "{name}: encoding changed; got\n{got}");
+}

@@ -8,6 +8,7 @@
 mod parts;
 
 use crate::message::{Batch, Request};
+use crate::reconfig::{AdminVerify, Configuration, Reconfig};
 use crate::state::PartedState;
 use crate::types::{ClientId, Digest, RequestId, SeqNo, ViewNo};
 use bytes::Bytes;
@@ -138,6 +139,7 @@ struct SnapshotRepr {
     last_timestamp_ms: u64,
     clients: Vec<(ClientId, ClientRecord)>,
     service: Bytes,
+    reconfig: Option<Reconfig>,
 }
 
 /// [`SnapshotRepr`] by reference: encodes to the same bytes.
@@ -147,6 +149,7 @@ struct SnapshotRef<'a> {
     last_timestamp_ms: u64,
     clients: Vec<(ClientId, &'a ClientRecord)>,
     service: Bytes,
+    reconfig: Option<&'a Reconfig>,
 }
 
 /// Runs a [`Service`] over delivered batches with exactly-once semantics.
@@ -165,6 +168,17 @@ pub struct Executor<S> {
     frozen: BTreeMap<ClientId, (Digest, std::sync::Arc<ClientRecord>)>,
     /// Clients whose record changed since then.
     dirty: std::collections::BTreeSet<ClientId>,
+    /// The membership, when the cluster can be reconfigured.
+    reconfig: Option<Reconfig>,
+    /// What admin requests need: the view manager's client id (fixed for
+    /// the cluster's life), signature checks and the checkpoint interval.
+    admin: Option<Admin>,
+}
+
+struct Admin {
+    client: ClientId,
+    verify: std::sync::Arc<dyn AdminVerify>,
+    checkpoint_interval: u64,
 }
 
 impl<S: Service> Executor<S> {
@@ -177,7 +191,34 @@ impl<S: Service> Executor<S> {
             last_timestamp_ms: 0,
             frozen: BTreeMap::new(),
             dirty: Default::default(),
+            reconfig: None,
+            admin: None,
         }
+    }
+
+    /// Makes the membership part of the replicated state, starting from
+    /// `genesis`: requests from the view manager's client id are then
+    /// reconfiguration requests, judged with `verify`, taking effect at the
+    /// first checkpoint (every `checkpoint_interval`) at or after them.
+    pub fn with_reconfiguration(
+        mut self,
+        genesis: Configuration,
+        verify: std::sync::Arc<dyn AdminVerify>,
+        checkpoint_interval: u64,
+    ) -> Self {
+        self.admin = Some(Admin { client: genesis.view_manager_client(), verify, checkpoint_interval });
+        self.reconfig = Some(Reconfig::new(genesis));
+        self
+    }
+
+    /// The configuration in force, when the cluster can be reconfigured.
+    pub fn configuration(&self) -> Option<&Configuration> {
+        self.reconfig.as_ref().map(|r| r.current())
+    }
+
+    /// An accepted change waiting for its boundary, and the boundary.
+    pub fn pending_configuration(&self) -> Option<(&Configuration, SeqNo)> {
+        self.reconfig.as_ref().and_then(|r| r.pending())
     }
 
     /// The service, for inspection.
@@ -203,7 +244,19 @@ impl<S: Service> Executor<S> {
 
     /// Executes a committed batch. Duplicates yield their cached reply;
     /// stale requests and read-only requests smuggled into a batch are skipped.
+    ///
+    /// With reconfiguration on, the view manager's requests are judged here
+    /// instead of by the service, and the batch at a pending change's
+    /// boundary (null or not) installs the new configuration.
     pub fn execute_batch(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch) -> Vec<Executed> {
+        let out = self.execute_requests(seq, view, batch);
+        if let Some(r) = &mut self.reconfig {
+            r.after_batch(seq);
+        }
+        out
+    }
+
+    fn execute_requests(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch) -> Vec<Executed> {
         if batch.is_null() {
             return Vec::new();
         }
@@ -213,6 +266,7 @@ impl<S: Service> Executor<S> {
         // once), then hand the fresh ones to the service in one call.
         enum Slot {
             Fresh(usize),
+            Admin(Bytes),
             Cached(Bytes),
             Again(usize),
         }
@@ -230,6 +284,14 @@ impl<S: Service> Executor<S> {
             match self.lookup(req.client, req.id) {
                 Lookup::Stale => {}
                 Lookup::Cached(result) => slots.push((req, Slot::Cached(result))),
+                Lookup::New if self.admin.as_ref().is_some_and(|a| a.client == req.client) => {
+                    let (Some(admin), Some(reconfig)) = (&self.admin, &mut self.reconfig) else {
+                        unreachable!("set together")
+                    };
+                    let outcome =
+                        reconfig.execute(seq, admin.checkpoint_interval, &req.operation, admin.verify.as_ref());
+                    slots.push((req, Slot::Admin(outcome.encode())));
+                }
                 Lookup::New => {
                     let ctx = ExecContext {
                         seq,
@@ -253,6 +315,10 @@ impl<S: Service> Executor<S> {
                 Slot::Fresh(i) => {
                     self.record(req.client, req.id, results[i].clone());
                     (results[i].clone(), true)
+                }
+                Slot::Admin(result) => {
+                    self.record(req.client, req.id, result.clone());
+                    (result, true)
                 }
                 Slot::Again(i) => (results[i].clone(), false),
                 Slot::Cached(r) => (r, false),
@@ -292,6 +358,7 @@ impl<S: Service> Executor<S> {
             last_timestamp_ms: self.last_timestamp_ms,
             clients: self.clients.iter().map(|(c, r)| (*c, r)).collect(),
             service: self.service.snapshot(),
+            reconfig: self.reconfig.as_ref(),
         };
         // Sized up front (ids and lengths; results beyond that grow it):
         // growing a buffer of megabytes by doubling copies it.
@@ -308,6 +375,7 @@ impl<S: Service> Executor<S> {
         self.window = repr.window.max(1);
         self.last_timestamp_ms = repr.last_timestamp_ms;
         self.clients = repr.clients.into_iter().collect();
+        self.reconfig = repr.reconfig;
         self.forget_frozen();
         Ok(())
     }
@@ -405,6 +473,87 @@ mod tests {
 
     pub(super) fn batch(reqs: Vec<Request>) -> Batch {
         Batch { timestamp_ms: 1, requests: reqs }
+    }
+
+    fn reconfigurable() -> Executor<Log> {
+        use crate::reconfig::tests::{genesis, TestVerify};
+        Executor::new(Log::default(), 4).with_reconfiguration(
+            genesis(4, crate::Mode::Bft),
+            std::sync::Arc::new(TestVerify),
+            8,
+        )
+    }
+
+    fn admin_req(id: u64, operation: Bytes) -> Request {
+        let client = ClientId::of_key(&crate::reconfig::tests::VM);
+        Request { client, id: RequestId(id), read_only: false, operation, auth: Bytes::new() }
+    }
+
+    #[test]
+    fn the_view_managers_requests_change_the_membership_not_the_service_and_only_at_the_boundary() {
+        use crate::reconfig::tests::{add, signed};
+        use crate::reconfig::AdminOutcome;
+        let mut ex = reconfigurable();
+        let genesis_digest = ex.state_digest();
+        let out = ex.execute_batch(
+            SeqNo(3),
+            ViewNo(0),
+            &batch(vec![req(1, 1, b'a'), admin_req(1, signed(0, 1, vec![add(4)]))]),
+        );
+        assert_eq!(ex.service().0, b"a", "the admin request never reached the service");
+        let Some(AdminOutcome::Accepted { next, boundary }) = AdminOutcome::decode(&out[1].result) else {
+            panic!("not accepted: {:?}", out[1])
+        };
+        assert_eq!((next.epoch, boundary), (1, SeqNo(8)));
+        assert_eq!(ex.pending_configuration().map(|(c, s)| (c.epoch, s)), Some((1, SeqNo(8))));
+        // The retransmitted request gets the same answer, and is not judged
+        // again (which would now say a change is pending).
+        let again = ex.execute_batch(SeqNo(4), ViewNo(0), &batch(vec![admin_req(1, signed(0, 1, vec![add(4)]))]));
+        assert!(!again[0].fresh);
+        assert_eq!(again[0].result, out[1].result);
+        for seq in 5..8 {
+            ex.execute_batch(SeqNo(seq), ViewNo(0), &Batch { timestamp_ms: 1, requests: vec![] });
+            assert_eq!(ex.configuration().unwrap().epoch, 0);
+        }
+        // A null batch at the boundary hands over all the same.
+        ex.execute_batch(SeqNo(8), ViewNo(0), &Batch { timestamp_ms: 1, requests: vec![] });
+        assert_eq!(ex.configuration().unwrap().members.len(), 5);
+        assert!(ex.pending_configuration().is_none());
+        assert_ne!(ex.state_digest(), genesis_digest);
+    }
+
+    #[test]
+    fn the_membership_travels_in_snapshots_and_parts_and_is_covered_by_the_digest() {
+        use crate::reconfig::tests::{add, signed};
+        let mut a = reconfigurable();
+        a.execute_batch(SeqNo(1), ViewNo(0), &batch(vec![admin_req(1, signed(0, 1, vec![add(4)]))]));
+        let mut b = reconfigurable();
+        b.execute_batch(SeqNo(1), ViewNo(0), &batch(vec![req(1, 1, b'x')]));
+        b.execute_batch(SeqNo(2), ViewNo(0), &batch(vec![]));
+        assert_ne!(a.state_digest(), reconfigurable().state_digest(), "a pending change is in the digest");
+        // Install by parts: same digest, same pending change.
+        for i in 0..a.part_count() {
+            b.install_part(i, a.part(i).records()).unwrap();
+        }
+        assert_eq!(b.state_digest(), a.state_digest());
+        assert_eq!(b.pending_configuration().map(|(c, s)| (c.epoch, s)), Some((1, SeqNo(8))));
+        // And by whole snapshot.
+        let mut c = reconfigurable();
+        c.install(&a.snapshot()).unwrap();
+        assert_eq!(c.state_digest(), a.state_digest());
+        // Without reconfiguration the settings hash as they always did.
+        assert_eq!(Executor::new(Log::default(), 4).part(0).records()[0].len(), 2);
+    }
+
+    #[test]
+    fn a_request_from_any_other_client_is_the_services_even_if_it_looks_like_an_admin_request() {
+        use crate::reconfig::tests::{add, signed};
+        let mut ex = reconfigurable();
+        let mut r = admin_req(1, signed(0, 1, vec![add(4)]));
+        r.client = ClientId(99);
+        ex.execute_batch(SeqNo(1), ViewNo(0), &batch(vec![r]));
+        assert!(ex.pending_configuration().is_none());
+        assert_eq!(ex.service().0.len(), 1);
     }
 
     #[test]

@@ -59,8 +59,14 @@ impl<S: Service> Executor<S> {
         changed
     }
 
+    /// The window and timestamp, then the membership when the cluster can
+    /// be reconfigured (absent otherwise, so such states hash as before).
     fn settings(&self) -> Bytes {
-        Bytes::from(postcard::to_allocvec(&(self.window, self.last_timestamp_ms)).expect("settings encode"))
+        let mut out = postcard::to_allocvec(&(self.window, self.last_timestamp_ms)).expect("settings encode");
+        if let Some(r) = &self.reconfig {
+            out = postcard::to_extend(r, out).expect("membership encodes");
+        }
+        Bytes::from(out)
     }
 
     /// Part `i` as it is now.
@@ -123,8 +129,12 @@ impl<S: Service> Executor<S> {
     fn install_client_part(&mut self, records: Vec<Bytes>) -> Result<(), String> {
         let mut it = records.into_iter();
         let settings = it.next().ok_or("the client table has no settings record")?;
-        let (window, last_timestamp_ms): (u64, u64) =
-            postcard::from_bytes(&settings).map_err(|e| format!("client table settings: {e}"))?;
+        let ((window, last_timestamp_ms), rest): ((u64, u64), &[u8]) =
+            postcard::take_from_bytes(&settings).map_err(|e| format!("client table settings: {e}"))?;
+        let reconfig = match rest {
+            [] => None,
+            rest => Some(postcard::from_bytes(rest).map_err(|e| format!("client table membership: {e}"))?),
+        };
         let mut clients = std::collections::BTreeMap::new();
         for r in it {
             let (client, rec): (ClientId, ClientRecord) =
@@ -134,6 +144,7 @@ impl<S: Service> Executor<S> {
         self.window = window.max(1);
         self.last_timestamp_ms = last_timestamp_ms;
         self.clients = clients;
+        self.reconfig = reconfig;
         self.forget_frozen();
         Ok(())
     }
