@@ -8,13 +8,39 @@ use std::collections::BTreeSet;
 /// The certificate every replica starts from: sequence number 0, the state
 /// of a freshly created service, no proof needed.
 pub fn genesis(state: Digest) -> CheckpointCert {
-    CheckpointCert { seq: SeqNo(0), state, proof: Vec::new() }
+    Genesis::new(state).cert()
+}
+
+/// Where a replica's log starts: the checkpoint it takes on trust because it
+/// computed or verified it itself. For the first epoch that is sequence
+/// number 0 and the fresh service's state; for a later epoch, the handover
+/// checkpoint the previous epoch's members certified (docs/reconfiguration.md):
+/// no certificate of one epoch is ever checked against another's members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Genesis {
+    /// Its sequence number.
+    pub seq: SeqNo,
+    /// The state there.
+    pub state: Digest,
+}
+
+impl Genesis {
+    /// Sequence number 0 with `state`.
+    pub fn new(state: Digest) -> Genesis {
+        Genesis { seq: SeqNo(0), state }
+    }
+
+    /// The certificate standing for it: no proof.
+    pub fn cert(self) -> CheckpointCert {
+        CheckpointCert { seq: self.seq, state: self.state, proof: Vec::new() }
+    }
 }
 
 /// Why a checkpoint certificate was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CertError {
-    /// Sequence number 0 with a state other than this replica's genesis.
+    /// The genesis sequence number with another state, or a sequence
+    /// number below it.
     WrongGenesis,
     /// Not a multiple of the checkpoint interval.
     NotACheckpoint,
@@ -34,11 +60,14 @@ pub fn verify_cert<C: Crypto + ?Sized>(
     membership: &Membership,
     quorum: usize,
     interval: u64,
-    genesis_state: Digest,
+    genesis: Genesis,
     cert: &CheckpointCert,
 ) -> Result<(), CertError> {
-    if cert.seq == SeqNo(0) {
-        return if cert.state == genesis_state && cert.proof.is_empty() {
+    if cert.seq < genesis.seq {
+        return Err(CertError::WrongGenesis);
+    }
+    if cert.seq == genesis.seq {
+        return if cert.state == genesis.state && cert.proof.is_empty() {
             Ok(())
         } else {
             Err(CertError::WrongGenesis)

@@ -30,6 +30,13 @@ pub trait Crypto {
     fn accept_proposed(&self, request: &Request) -> bool {
         self.verify_request(request)
     }
+
+    /// The epoch this replica's statements belong to: signed into every
+    /// CHECKPOINT, VIEW-CHANGE and NEW-VIEW, so that none can be replayed
+    /// in another epoch, where views start again from 0.
+    fn epoch(&self) -> u64 {
+        0
+    }
 }
 
 /// Domain separation: a signature for one kind of statement can never be
@@ -54,16 +61,21 @@ impl Domain {
     }
 }
 
-/// The bytes signed for `body` in `domain`.
-pub fn signing_bytes<T: Serialize>(domain: Domain, body: &T) -> Vec<u8> {
+/// The bytes signed for `body` in `domain` and `epoch`. Epoch 0 adds
+/// nothing, so a cluster that was never reconfigured signs as before.
+pub fn signing_bytes<T: Serialize>(domain: Domain, epoch: u64, body: &T) -> Vec<u8> {
     let mut out = domain.tag().to_vec();
+    if epoch > 0 {
+        out.extend_from_slice(b"/epoch/");
+        out.extend_from_slice(&epoch.to_le_bytes());
+    }
     out.extend_from_slice(&canonical_bytes(body));
     out
 }
 
-/// Signs `body` in `domain`.
+/// Signs `body` in `domain`, for the signer's epoch.
 pub fn sign<C: Crypto + ?Sized, T: Serialize>(crypto: &C, domain: Domain, body: T) -> Signed<T> {
-    let signature = crypto.sign(&signing_bytes(domain, &body));
+    let signature = crypto.sign(&signing_bytes(domain, crypto.epoch(), &body));
     Signed { body, signature }
 }
 
@@ -74,5 +86,5 @@ pub fn verify<C: Crypto + ?Sized, T: Serialize>(
     signer: ReplicaId,
     signed: &Signed<T>,
 ) -> bool {
-    crypto.verify(signer, &signing_bytes(domain, &signed.body), &signed.signature)
+    crypto.verify(signer, &signing_bytes(domain, crypto.epoch(), &signed.body), &signed.signature)
 }

@@ -385,6 +385,21 @@ pub enum StateItem {
 }
 
 impl PeerMessage {
+    /// Whether this is ordering work (a vote, a proposal, a view change or
+    /// a request to order), as opposed to a laggard's question or its
+    /// answer: an epoch that is over takes no more of it.
+    pub fn orders(&self) -> bool {
+        matches!(
+            self,
+            PeerMessage::PrePrepare(_)
+                | PeerMessage::Prepare(_)
+                | PeerMessage::Commit(_)
+                | PeerMessage::ViewChange(_)
+                | PeerMessage::NewView(_)
+                | PeerMessage::Forward(_)
+        )
+    }
+
     /// Short name for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -71,7 +71,7 @@ pub fn verify_view_change<C: Crypto + ?Sized>(
     membership: &Membership,
     quorum: usize,
     limits: Limits,
-    genesis_state: Digest,
+    genesis: checkpoint::Genesis,
     vc: &Signed<ViewChangeBody>,
 ) -> Result<(), ViewChangeError> {
     let body = &vc.body;
@@ -82,7 +82,7 @@ pub fn verify_view_change<C: Crypto + ?Sized>(
     if !crypto::verify(crypto, Domain::ViewChange, body.replica, vc) {
         return Err(ViewChangeError::BadSignature);
     }
-    checkpoint::verify_cert(crypto, membership, quorum, limits.checkpoint_interval, genesis_state, &body.checkpoint)
+    checkpoint::verify_cert(crypto, membership, quorum, limits.checkpoint_interval, genesis, &body.checkpoint)
         .map_err(ViewChangeError::BadCheckpoint)
 }
 

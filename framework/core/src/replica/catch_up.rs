@@ -61,7 +61,7 @@ impl<C: Crypto> Replica<C> {
             self.catch_up.peer_progress.remove(&from);
         }
         let stable = self.checkpoints.stable.seq;
-        if st.stable < stable && stable > SeqNo(0) && self.may_answer(from, AnswerKind::CheckpointProof) {
+        if st.stable < stable && stable > self.genesis.seq && self.may_answer(from, AnswerKind::CheckpointProof) {
             // Their stable checkpoint is below ours (CHECKPOINT messages are
             // not retransmitted, so a lost one leaves a peer behind): give
             // them its proof; each vote is signed by its author, so relaying

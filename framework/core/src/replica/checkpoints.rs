@@ -2,7 +2,7 @@
 //! certificates, and the log truncation they allow.
 
 use super::{Action, Discard, Record, Replica};
-use crate::checkpoint::{self, genesis};
+use crate::checkpoint::{self, Genesis};
 use crate::crypto::{self, Crypto, Domain};
 use crate::message::{CheckpointBody, CheckpointCert, PeerMessage, Signed};
 use crate::types::{Digest, ReplicaId, SeqNo};
@@ -25,12 +25,12 @@ pub(super) struct Checkpoints {
 }
 
 impl Checkpoints {
-    pub fn new(genesis_state: Digest) -> Checkpoints {
+    pub fn new(genesis: Genesis) -> Checkpoints {
         Checkpoints {
-            stable: genesis(genesis_state),
-            prev_stable: SeqNo(0),
+            stable: genesis.cert(),
+            prev_stable: genesis.seq,
             votes: BTreeMap::new(),
-            own: BTreeMap::from([(SeqNo(0), genesis_state)]),
+            own: BTreeMap::from([(genesis.seq, genesis.state)]),
         }
     }
 

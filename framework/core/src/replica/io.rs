@@ -41,6 +41,13 @@ pub enum Input {
         /// The state's digest.
         state: Digest,
     },
+    /// The executor accepted a reconfiguration: this core's epoch ends at
+    /// `last`, the first checkpoint at or after the request
+    /// (docs/reconfiguration.md).
+    EpochEnds {
+        /// The epoch's last sequence number.
+        last: SeqNo,
+    },
     /// The executor now holds the state of checkpoint `seq`, fetched from
     /// peers and checked against `state`, the digest asked for in
     /// [`Action::FetchState`].
@@ -222,6 +229,10 @@ pub enum Discard {
     InvalidRejoinReply,
     /// A question asked faster than a correct peer would ask it.
     OverAnswerRate,
+    /// A PRE-PREPARE past the end of this epoch.
+    PrePreparePastEnd,
+    /// Ordering work for an epoch that is over.
+    EpochOver,
 }
 
 impl Discard {
@@ -261,6 +272,8 @@ impl Discard {
             Discard::Obsolete => "obsolete message kind",
             Discard::InvalidRejoinReply => "rejoin reply with an invalid checkpoint",
             Discard::OverAnswerRate => "question over its answer rate",
+            Discard::PrePreparePastEnd => "pre-prepare past the end of the epoch",
+            Discard::EpochOver => "ordering work for an epoch that is over",
         }
     }
 }

@@ -37,6 +37,7 @@
 
 mod catch_up;
 mod checkpoints;
+mod epoch;
 mod io;
 mod log;
 mod new_view;
@@ -56,6 +57,7 @@ pub use io::{Action, Discard, DropReason, Input, Metrics};
 pub use records::{Record, RecordLog, Restart};
 
 use crate::answers::{AnswerKind, AnswerLimiter};
+use crate::checkpoint::Genesis;
 use crate::config::Config;
 use crate::crypto::Crypto;
 use crate::message::{CheckpointCert, PeerMessage};
@@ -85,7 +87,9 @@ pub struct Replica<C> {
     id: ReplicaId,
     cfg: Config,
     crypto: C,
-    genesis_state: Digest,
+    /// Where this replica's log starts: sequence number 0, or the handover
+    /// checkpoint of the epoch this core serves.
+    genesis: Genesis,
     clock: Clock,
     view: ViewNo,
     normal: bool,
@@ -99,6 +103,8 @@ pub struct Replica<C> {
     timers: Timers,
     /// Set while this replica rejoins after losing its votes.
     rejoin: Option<Rejoin>,
+    /// The end of this core's epoch, once the executor has said it.
+    end: Option<epoch::EpochEnd>,
     answers: AnswerLimiter,
     actions: Vec<Action>,
     metrics: Metrics,
@@ -112,27 +118,51 @@ impl<C: Crypto> Replica<C> {
     /// caller that runs on real clocks must feed a tick before any other
     /// input, or the first requests will look long overdue.
     pub fn new(cfg: Config, id: ReplicaId, crypto: C, genesis_state: Digest) -> Self {
+        Self::starting_at(cfg, id, crypto, Genesis::new(genesis_state))
+    }
+
+    /// A replica of a later epoch, starting in view 0 at the handover
+    /// checkpoint `genesis` with that state executed: its log, watermarks
+    /// and certificates all start there (docs/reconfiguration.md).
+    pub fn starting_at(cfg: Config, id: ReplicaId, crypto: C, genesis: Genesis) -> Self {
+        let mut log = Log::new();
+        log.delivered = genesis.seq;
+        log.next_seq = genesis.seq.next();
         Replica {
             id,
             crypto,
-            genesis_state,
+            genesis,
             clock: Clock::default(),
             view: ViewNo(0),
             normal: true,
-            log: Log::new(),
+            log,
             pool: RequestPool::new(cfg.client_window),
             reads: ReadQueue::default(),
-            checkpoints: Checkpoints::new(genesis_state),
+            checkpoints: Checkpoints::new(genesis),
             changes: ViewChanges::default(),
             transfer: None,
             catch_up: CatchUp::default(),
             timers: Timers::default(),
             rejoin: None,
+            end: None,
             answers: AnswerLimiter::default(),
             actions: Vec::new(),
             metrics: Metrics::default(),
             cfg,
         }
+    }
+
+    /// A replica joining an epoch at its handover checkpoint `genesis`
+    /// whose executor holds only the state of `executed` (below it): it
+    /// fetches the state first, as a laggard would, and votes meanwhile
+    /// (it has no earlier votes to forget).
+    pub fn joining(cfg: Config, id: ReplicaId, crypto: C, genesis: Genesis, executed: SeqNo) -> Self {
+        let mut r = Self::starting_at(cfg, id, crypto, genesis);
+        if executed < genesis.seq {
+            r.log.delivered = executed;
+            r.start_transfer(genesis.seq, genesis.state);
+        }
+        r
     }
 
     // ----- accessors -------------------------------------------------------
@@ -237,16 +267,20 @@ impl<C: Crypto> Replica<C> {
                 self.clock.wall_ms = wall_ms;
                 self.on_tick();
             }
+            Input::Request(_) if self.epoch_over() => self.discard(Discard::EpochOver),
             Input::Request(req) => self.on_client_request(req),
             Input::Peer { from, msg } => {
                 if from == self.id || !self.membership().contains(from) {
                     self.discard(Discard::UnknownSender);
+                } else if self.epoch_over() && msg.orders() {
+                    self.discard(Discard::EpochOver);
                 } else {
                     self.on_peer(from, msg);
                 }
             }
             Input::CheckpointReady { seq, state } => self.on_checkpoint_ready(seq, state),
             Input::StateFetched { seq, state } => self.on_state_fetched(seq, state),
+            Input::EpochEnds { last } => self.on_epoch_ends(last),
         }
     }
 

@@ -71,7 +71,7 @@ impl<C: Crypto> Replica<C> {
             if vc.body.new_view != b.view {
                 return None;
             }
-            rule::verify_view_change(&self.crypto, m, q, self.limits(), self.genesis_state, vc).ok()?;
+            rule::verify_view_change(&self.crypto, m, q, self.limits(), self.genesis, vc).ok()?;
         }
         let bodies: Vec<&ViewChangeBody> = b.view_changes.iter().map(|vc| &vc.body).collect();
         let plan = rule::decide_up_to(&bodies, q, m.voucher_quorum(), self.cover_q())?;

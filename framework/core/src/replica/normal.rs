@@ -26,6 +26,10 @@ impl<C: Crypto> Replica<C> {
             self.discard(Discard::PrePrepareOutsideWindow);
             return;
         }
+        if self.past_end(pp.seq) {
+            self.discard(Discard::PrePreparePastEnd);
+            return;
+        }
         if pp.batch.requests.len() > self.cfg.batch_max_requests || pp.batch.size_bytes() > self.cfg.batch_max_bytes {
             self.discard(Discard::BatchOverLimits);
             return;
@@ -243,6 +247,9 @@ impl<C: Crypto> Replica<C> {
         let now = self.clock.now_ms;
         loop {
             let seq = self.log.delivered.next();
+            if self.past_end(seq) {
+                break;
+            }
             let Some(slot) = self.log.slots.get(&seq) else {
                 break;
             };
@@ -256,6 +263,7 @@ impl<C: Crypto> Replica<C> {
                 break;
             };
             self.log.delivered = seq;
+            self.end_progress();
             self.metrics.delivered_batches += 1;
             self.metrics.delivered_requests += batch.requests.len() as u64;
             if !batch.is_null() {

@@ -96,17 +96,24 @@ impl<C: Crypto> Replica<C> {
     /// light load never waits; with batches in flight, only once enough
     /// requests wait for a batch to be worth its messages.
     pub(super) fn try_propose(&mut self) {
-        if !self.normal || !self.is_primary() || self.transfer.is_some() || self.rejoining() {
+        if !self.normal || !self.is_primary() || self.transfer.is_some() || self.rejoining() || self.epoch_over() {
             return;
         }
         let floor = self.checkpoints.stable.seq.next().max(self.log.delivered.next());
         self.log.next_seq = self.log.next_seq.max(floor);
-        while self.pool.queued() > 0 {
+        while self.pool.queued() > 0 || self.must_fill() {
             let in_flight = self.log.next_seq.0 - 1 - self.log.delivered.0;
-            if in_flight >= self.cfg.max_in_flight || !self.in_window(self.log.next_seq) {
+            if in_flight >= self.cfg.max_in_flight
+                || !self.in_window(self.log.next_seq)
+                || self.past_end(self.log.next_seq)
+            {
                 break;
             }
-            if in_flight > 0 && self.pool.queued() < self.cfg.pipeline_min_batch.min(self.cfg.batch_max_requests) {
+            let fill = self.must_fill();
+            if in_flight > 0
+                && !fill
+                && self.pool.queued() < self.cfg.pipeline_min_batch.min(self.cfg.batch_max_requests)
+            {
                 break;
             }
             // Every signature is checked before proposing: a request whose
@@ -121,14 +128,18 @@ impl<C: Crypto> Replica<C> {
             for _ in 0..refused {
                 self.discard(Discard::ClientUnauthenticated);
             }
-            if requests.is_empty() {
+            let batch = if !requests.is_empty() {
+                // The primary-chosen non-determinism: its wall clock, never
+                // earlier than the batch before.
+                let timestamp_ms = self.clock.wall_ms.max(self.log.last_timestamp_ms);
+                self.log.last_timestamp_ms = timestamp_ms;
+                Arc::new(Batch { timestamp_ms, requests })
+            } else if fill && self.pool.queued() == 0 {
+                // Nothing waits, but the epoch must reach its end.
+                self.log.null_batch.clone()
+            } else {
                 continue;
-            }
-            // The primary-chosen non-determinism: its wall clock, never
-            // earlier than the batch before.
-            let timestamp_ms = self.clock.wall_ms.max(self.log.last_timestamp_ms);
-            self.log.last_timestamp_ms = timestamp_ms;
-            let batch = Arc::new(Batch { timestamp_ms, requests });
+            };
             let seq = self.log.next_seq;
             self.log.next_seq = seq.next();
             self.metrics.proposed_batches += 1;

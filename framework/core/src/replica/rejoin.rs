@@ -64,7 +64,7 @@ impl<C: Crypto> Replica<C> {
         if rejoin.nonce != nonce || rejoin.until.is_some() || rejoin.answers.contains_key(&from) {
             return;
         }
-        let (q, k, genesis) = (self.quorum(), self.cfg.checkpoint_interval, self.genesis_state);
+        let (q, k, genesis) = (self.quorum(), self.cfg.checkpoint_interval, self.genesis);
         if checkpoint::verify_cert(&self.crypto, self.membership(), q, k, genesis, &checkpoint).is_err() {
             self.discard(Discard::InvalidRejoinReply);
             return;

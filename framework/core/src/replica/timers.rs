@@ -34,8 +34,17 @@ pub(super) struct Timers {
 impl<C: Crypto> Replica<C> {
     pub(super) fn on_tick(&mut self) {
         let now = self.clock.now_ms;
+        if self.epoch_over() {
+            // Only laggards' questions are answered now (see `epoch`).
+            if self.timers.transfer_at_ms.is_some_and(|t| now >= t) {
+                self.on_transfer_timeout();
+            }
+            self.answers.forget_older_than(now, self.cfg.retransmit_ms.max(self.cfg.status_interval_ms));
+            return;
+        }
         if self.normal {
             self.check_request_timer(now);
+            self.check_end_timer(now);
         } else if self.timers.view_change.deadline_ms.is_some_and(|d| now >= d) {
             self.start_view_change(self.view.next());
         }
@@ -116,6 +125,19 @@ impl<C: Crypto> Replica<C> {
             }
             self.start_view_change(self.view.next());
         }
+    }
+
+    /// The epoch's end is known but not reached in time: the primary is
+    /// suspected as for a late request (with the same backoff), because no
+    /// client request may be waiting to time it.
+    fn check_end_timer(&mut self, now: u64) {
+        let timeout = self.cfg.request_timeout_ms << self.timers.request_shift;
+        if !self.end_overdue(now, timeout) || self.rejoining() {
+            return;
+        }
+        self.end_progress();
+        self.timers.request_shift = (self.timers.request_shift + 1).min(self.cfg.view_change_backoff_max);
+        self.start_view_change(self.view.next());
     }
 
     /// Requests execute again: the request timeout comes back down, as

@@ -113,7 +113,7 @@ impl<C: Crypto> Replica<C> {
             return;
         }
         let q = self.quorum();
-        let (limits, genesis) = (self.limits(), self.genesis_state);
+        let (limits, genesis) = (self.limits(), self.genesis);
         if rule::verify_view_change(&self.crypto, self.membership(), q, limits, genesis, &vc).is_err() {
             self.discard(Discard::InvalidViewChange);
             return;
