@@ -286,6 +286,8 @@ pub trait AdminVerify: Send + Sync {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reconfig {
     current: Configuration,
+    /// The handover checkpoint the current configuration started at.
+    since: SeqNo,
     pending: Option<(Configuration, SeqNo)>,
     last_nonce: u64,
 }
@@ -293,12 +295,18 @@ pub struct Reconfig {
 impl Reconfig {
     /// Starts from the genesis configuration.
     pub fn new(genesis: Configuration) -> Reconfig {
-        Reconfig { current: genesis, pending: None, last_nonce: 0 }
+        Reconfig { current: genesis, since: SeqNo(0), pending: None, last_nonce: 0 }
     }
 
     /// The configuration in force.
     pub fn current(&self) -> &Configuration {
         &self.current
+    }
+
+    /// The handover checkpoint the current configuration started at (0 for
+    /// the genesis configuration).
+    pub fn since(&self) -> SeqNo {
+        self.since
     }
 
     /// An accepted change and the sequence number it takes effect after.
@@ -409,8 +417,9 @@ impl Reconfig {
     pub fn after_batch(&mut self, seq: SeqNo) -> Option<&Configuration> {
         match &self.pending {
             Some((_, boundary)) if *boundary <= seq => {
-                let (next, _) = self.pending.take().expect("just matched");
+                let (next, boundary) = self.pending.take().expect("just matched");
                 self.current = next;
+                self.since = boundary;
                 Some(&self.current)
             }
             _ => None,

@@ -14,6 +14,9 @@ use std::sync::Arc;
 pub enum ExecCommand {
     /// Execute a committed batch.
     Deliver {
+        /// The epoch whose core decided it: a batch an epoch's core
+        /// delivers past that epoch's end is void and not executed.
+        epoch: u64,
         /// Sequence number.
         seq: SeqNo,
         /// The deciding replica's view.
@@ -30,6 +33,8 @@ pub enum ExecCommand {
     },
     /// Answer a peer's question about a kept checkpoint's state.
     Serve {
+        /// The epoch of the core that was asked (the answer says it).
+        epoch: u64,
         /// Who asked.
         to: ReplicaId,
         /// Which checkpoint.
@@ -39,6 +44,10 @@ pub enum ExecCommand {
     },
     /// Fetch the state of a certified checkpoint (again: a nudge).
     Fetch {
+        /// The epoch of the core that wants it: its members are asked.
+        epoch: u64,
+        /// Those members, but this replica.
+        peers: Arc<[ReplicaId]>,
         /// Its checkpoint.
         seq: SeqNo,
         /// Its certified digest.
@@ -63,12 +72,13 @@ pub trait ConsensusIo {
     /// Makes `record` durable before anything sent after it leaves
     /// (the core's ordering rule 1).
     fn persist(&mut self, record: Record);
-    /// Sends `msg` to replica `to`.
-    fn send(&mut self, to: ReplicaId, msg: &PeerMessage);
+    /// Sends `msg`, a statement of the core serving `epoch`, to replica
+    /// `to`.
+    fn send(&mut self, to: ReplicaId, epoch: u64, msg: &PeerMessage);
     /// Sends `msg` to every replica in `to`. Override to encode once.
-    fn broadcast(&mut self, to: &[ReplicaId], msg: &PeerMessage) {
+    fn broadcast(&mut self, to: &[ReplicaId], epoch: u64, msg: &PeerMessage) {
         for &r in to {
-            self.send(r, msg);
+            self.send(r, epoch, msg);
         }
     }
     /// Hands work to the execution side, in order; decisions must never be
@@ -87,8 +97,8 @@ pub trait ConsensusIo {
 /// A replica's core and the loop that carries out what it asks.
 pub struct ConsensusHost<C> {
     core: Replica<C>,
-    /// Everyone else, for broadcasts.
-    peers: Vec<ReplicaId>,
+    /// Everyone else in the core's epoch, for broadcasts.
+    peers: Arc<[ReplicaId]>,
 }
 
 impl<C: Crypto> ConsensusHost<C> {
@@ -118,18 +128,21 @@ impl<C: Crypto> ConsensusHost<C> {
 
     /// Carries out actions the core holds without a new input.
     pub fn carry_out(&mut self, io: &mut impl ConsensusIo) {
+        let epoch = self.core.epoch();
         for action in self.core.take_actions() {
             if io.stopped() {
                 return;
             }
             match action {
                 Action::Persist(r) => io.persist(r),
-                Action::Send { to, msg } => io.send(to, &msg),
-                Action::Broadcast(msg) => io.broadcast(&self.peers, &msg),
-                Action::Deliver { seq, view, batch } => io.execute(ExecCommand::Deliver { seq, view, batch }),
+                Action::Send { to, msg } => io.send(to, epoch, &msg),
+                Action::Broadcast(msg) => io.broadcast(&self.peers, epoch, &msg),
+                Action::Deliver { seq, view, batch } => io.execute(ExecCommand::Deliver { epoch, seq, view, batch }),
                 Action::ExecuteReadOnly { request, view } => io.execute(ExecCommand::Read { request, view }),
-                Action::ServeState { to, seq, query } => io.execute(ExecCommand::Serve { to, seq, query }),
-                Action::FetchState { seq, state } => io.execute(ExecCommand::Fetch { seq, state }),
+                Action::ServeState { to, seq, query } => io.execute(ExecCommand::Serve { epoch, to, seq, query }),
+                Action::FetchState { seq, state } => {
+                    io.execute(ExecCommand::Fetch { epoch, peers: self.peers.clone(), seq, state })
+                }
                 Action::StateData { from, seq, answer } => io.execute(ExecCommand::StateData { from, seq, answer }),
                 Action::StableCheckpoint { keep_from, .. } => io.execute(ExecCommand::ForgetBelow(keep_from)),
                 Action::Dropped { client, request, reason } => {

@@ -143,7 +143,7 @@ impl ExecutionIo for Quiet {
         self.checkpoints.push((seq, state));
     }
     fn state_fetched(&mut self, _seq: SeqNo, _state: Digest) {}
-    fn send(&mut self, _to: ReplicaId, _msg: PeerMessage) {}
+    fn send(&mut self, _to: ReplicaId, _epoch: u64, _msg: PeerMessage) {}
 }
 
 /// Snapshots kept on disk: the newest and one fallback, in case the
@@ -232,7 +232,11 @@ pub fn recover<S: Service, D: Dir>(
             return Ok(());
         }
         while let Some((seq, (view, batch))) = waiting.pop_first() {
-            execution.handle(ExecCommand::Deliver { seq, view, batch }, &mut quiet).map_err(invalid)?;
+            // Logged batches carry no epoch yet, so replay takes each as
+            // the executor's current epoch's (docs/reconfiguration.md,
+            // "Status", says what that leaves out).
+            let epoch = execution.epoch();
+            execution.handle(ExecCommand::Deliver { epoch, seq, view, batch }, &mut quiet).map_err(invalid)?;
             report.replayed += 1;
         }
         replayed_to = boundary;

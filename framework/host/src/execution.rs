@@ -5,6 +5,7 @@ use crate::consensus::ExecCommand;
 use crate::state::{FetchStep, Fetcher, PartStore};
 use bytes::Bytes;
 use palisade_core::exec::Executed;
+use palisade_core::reconfig::Configuration;
 use palisade_core::{
     Batch, ClientId, Digest, Executor, Membership, PeerMessage, ReplicaId, RequestId, SeqNo, Service, ViewNo,
 };
@@ -55,6 +56,29 @@ pub enum ExecEvent {
     PartInstalled,
     /// A peer sent state that failed a check.
     BadStateData,
+    /// A batch an epoch's core delivered past that epoch's end was not
+    /// executed (see `palisade_core::replica` on epochs).
+    VoidBatch,
+}
+
+/// What the executor's membership did, for the consensus side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reconfigured {
+    /// A change was accepted: epoch `epoch` ends at `last`.
+    EpochEnds {
+        /// The epoch that ends.
+        epoch: u64,
+        /// Its last sequence number.
+        last: SeqNo,
+    },
+    /// The state is now in a new epoch, which started at the handover
+    /// checkpoint `since` (executed here, or installed from peers).
+    NewEpoch {
+        /// Its configuration.
+        config: Configuration,
+        /// Its handover checkpoint.
+        since: SeqNo,
+    },
 }
 
 /// What an execution host needs from the world around it.
@@ -67,8 +91,11 @@ pub trait ExecutionIo {
     /// The state of checkpoint `seq` was fetched and installed: for the
     /// core (as `Input::StateFetched`), never dropped.
     fn state_fetched(&mut self, seq: SeqNo, state: Digest);
-    /// Sends a state-transfer message to replica `to`.
-    fn send(&mut self, to: ReplicaId, msg: PeerMessage);
+    /// Sends a state-transfer message to replica `to`, on behalf of the
+    /// core serving `epoch`.
+    fn send(&mut self, to: ReplicaId, epoch: u64, msg: PeerMessage);
+    /// The membership changed; never dropped.
+    fn reconfigured(&mut self, _event: Reconfigured) {}
     /// Counts what happened.
     fn note(&mut self, _event: ExecEvent) {}
     /// A batch was executed; `executed` says what each request did (for
@@ -94,7 +121,8 @@ pub fn answer(result: Bytes, full: bool, max: usize) -> Answer {
 pub struct ExecutionConfig {
     /// This replica.
     pub me: ReplicaId,
-    /// The cluster: whom to fetch state from, who answers in full.
+    /// The cluster, until the executor's own configuration says otherwise:
+    /// who answers in full.
     pub membership: Membership,
     /// Take the state every this many sequence numbers.
     pub checkpoint_interval: u64,
@@ -141,6 +169,13 @@ pub struct ExecutionHost<S> {
     /// finds no peer keeping its checkpoint): a fetch restarted at every
     /// new checkpoint would never finish on a slow network.
     next: Option<(SeqNo, Digest)>,
+    /// The epoch of the core the fetch under way is for, and that epoch's
+    /// members but this replica.
+    fetch_epoch: u64,
+    fetch_peers: Vec<ReplicaId>,
+    /// What the consensus side was last told of the membership: the
+    /// current epoch, and the epoch a pending change starts.
+    told: (u64, Option<u64>),
 }
 
 impl<S: Service> ExecutionHost<S> {
@@ -154,7 +189,16 @@ impl<S: Service> ExecutionHost<S> {
         cfg: ExecutionConfig,
         restored: Option<(SeqNo, Digest)>,
     ) -> Result<Self, String> {
-        let mut host = ExecutionHost { exec, cfg, store: PartStore::default(), fetch: None, next: None };
+        let mut host = ExecutionHost {
+            exec,
+            cfg,
+            store: PartStore::default(),
+            fetch: None,
+            next: None,
+            fetch_epoch: 0,
+            fetch_peers: Vec::new(),
+            told: (0, None),
+        };
         {
             let mut exec = host.exec.write();
             exec.take_changed();
@@ -163,8 +207,37 @@ impl<S: Service> ExecutionHost<S> {
             if restored.is_some_and(|(_, want)| root != want) {
                 return Err(format!("the state restored at {seq} does not have its recorded digest"));
             }
+            host.told =
+                (exec.configuration().map_or(0, |c| c.epoch), exec.pending_configuration().map(|(c, _)| c.epoch));
         }
         Ok(host)
+    }
+
+    /// The epoch of the executor's state (0 without reconfiguration).
+    pub fn epoch(&self) -> u64 {
+        self.told.0
+    }
+
+    /// Tells the consensus side what changed in the membership since it
+    /// was last told.
+    fn tell_reconfigured(&mut self, io: &mut impl ExecutionIo) {
+        let exec = self.exec.read();
+        let Some((config, since)) = exec.configuration_since() else { return };
+        if config.epoch > self.told.0 {
+            self.told = (config.epoch, None);
+            io.reconfigured(Reconfigured::NewEpoch { config: config.clone(), since });
+        }
+        if let Some((next, last)) = exec.pending_configuration() {
+            if self.told.1 != Some(next.epoch) {
+                self.told.1 = Some(next.epoch);
+                io.reconfigured(Reconfigured::EpochEnds { epoch: config.epoch, last });
+            }
+        }
+    }
+
+    /// Who answers in full: the members of the state's epoch.
+    fn repliers(&self) -> Membership {
+        self.exec.read().configuration().map_or_else(|| self.cfg.membership.clone(), |c| c.membership())
     }
 
     /// The checkpoint the executor was restored to, and its digest.
@@ -192,18 +265,25 @@ impl<S: Service> ExecutionHost<S> {
     /// install: this build cannot read its own cluster's state.
     pub fn handle(&mut self, cmd: ExecCommand, io: &mut impl ExecutionIo) -> Result<(), String> {
         match cmd {
-            ExecCommand::Deliver { seq, view, batch } => self.deliver(seq, view, &batch, io),
+            ExecCommand::Deliver { epoch, seq, view, batch } => {
+                if epoch != self.told.0 {
+                    io.note(ExecEvent::VoidBatch);
+                    return Ok(());
+                }
+                self.deliver(seq, view, &batch, io);
+                self.tell_reconfigured(io);
+            }
             ExecCommand::Read { request, view } => {
                 let result = self.exec.read().execute_read_only(&request);
                 let answer = answer(result, true, self.cfg.max_result_bytes);
                 io.replies(vec![ClientMail::Answer { client: request.client, view, request: request.id, answer }]);
             }
-            ExecCommand::Serve { to, seq, query } => {
+            ExecCommand::Serve { epoch, to, seq, query } => {
                 let answer = self.store.answer(seq, &query, self.cfg.max_answer_bytes);
                 io.note(ExecEvent::StateServed);
-                io.send(to, PeerMessage::StateData { seq, answer });
+                io.send(to, epoch, PeerMessage::StateData { seq, answer });
             }
-            ExecCommand::Fetch { seq, state } => return self.fetch(seq, state, io),
+            ExecCommand::Fetch { epoch, peers, seq, state } => return self.fetch(epoch, &peers, seq, state, io),
             ExecCommand::StateData { from, seq, answer } => {
                 let mut steps = Vec::new();
                 match &mut self.fetch {
@@ -220,7 +300,14 @@ impl<S: Service> ExecutionHost<S> {
         Ok(())
     }
 
-    fn fetch(&mut self, seq: SeqNo, state: Digest, io: &mut impl ExecutionIo) -> Result<(), String> {
+    fn fetch(
+        &mut self,
+        epoch: u64,
+        peers: &[ReplicaId],
+        seq: SeqNo,
+        state: Digest,
+        io: &mut impl ExecutionIo,
+    ) -> Result<(), String> {
         let mut steps = Vec::new();
         match &mut self.fetch {
             Some(f) if f.target() == (seq, state) => f.nudge(&mut steps),
@@ -228,15 +315,19 @@ impl<S: Service> ExecutionHost<S> {
                 self.next = Some((seq, state));
                 f.nudge(&mut steps);
             }
-            _ => self.start_fetch(seq, state, &mut steps),
+            _ => {
+                self.fetch_epoch = epoch;
+                self.fetch_peers = peers.to_vec();
+                self.start_fetch(seq, state, &mut steps)
+            }
         }
         self.carry_out(steps, io)
     }
 
     fn start_fetch(&mut self, seq: SeqNo, state: Digest, steps: &mut Vec<FetchStep>) {
-        let me = self.cfg.me;
-        let peers: Vec<ReplicaId> = self.cfg.membership.members().iter().copied().filter(|r| *r != me).collect();
-        let turn = self.cfg.membership.index_of(me).unwrap_or(0);
+        let peers = self.fetch_peers.clone();
+        // Replicas start their rotations at different peers.
+        let turn = self.cfg.me.0 as usize;
         let (window, max_record) = (self.cfg.fetch_window, self.cfg.max_record_bytes);
         self.next = self.next.filter(|(s, _)| *s > seq);
         self.fetch = Some(Fetcher::start(seq, state, peers, turn, window, max_record, steps));
@@ -251,7 +342,7 @@ impl<S: Service> ExecutionHost<S> {
             match step {
                 FetchStep::Ask(to, query) => {
                     let seq = self.fetch.as_ref().map_or(SeqNo(0), |f| f.target().0);
-                    io.send(to, PeerMessage::StateFetch { seq, query });
+                    io.send(to, self.fetch_epoch, PeerMessage::StateFetch { seq, query });
                 }
                 FetchStep::Install(part, records) => {
                     self.exec.write().install_part(part, records).map_err(|e| format!("fetched part {part}: {e}"))?;
@@ -269,6 +360,7 @@ impl<S: Service> ExecutionHost<S> {
                     self.store.take_all(seq, &exec);
                     drop(exec);
                     io.state_fetched(seq, root);
+                    self.tell_reconfigured(io);
                     if let Some((seq, state)) = self.next.take() {
                         let mut more = Vec::new();
                         self.start_fetch(seq, state, &mut more);
@@ -294,7 +386,8 @@ impl<S: Service> ExecutionHost<S> {
         let mut replies = Vec::with_capacity(executed.len());
         let (mut fresh, mut digests) = (0, 0);
         let me = self.cfg.me;
-        let digest_replies = self.cfg.reply_digests.then_some(&self.cfg.membership);
+        let repliers = self.repliers();
+        let digest_replies = self.cfg.reply_digests.then_some(&repliers);
         for e in executed {
             fresh += u64::from(e.fresh);
             let full = digest_replies.is_none_or(|m| designated_replier(m, e.client, e.request) == me);

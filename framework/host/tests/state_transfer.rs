@@ -98,7 +98,7 @@ impl ExecutionIo for Out {
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
         self.fetched.push((seq, state));
     }
-    fn send(&mut self, to: ReplicaId, msg: PeerMessage) {
+    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: PeerMessage) {
         self.sent.push((to, msg));
     }
     fn note(&mut self, e: ExecEvent) {
@@ -129,7 +129,7 @@ fn run(h: &mut ExecutionHost<Buckets>, ops: impl Fn(u64) -> Vec<Request>) -> Dig
     let mut out = Out::default();
     for seq in 1..=4 {
         let batch = Arc::new(Batch { timestamp_ms: seq, requests: ops(seq) });
-        h.handle(ExecCommand::Deliver { seq: SeqNo(seq), view: ViewNo(0), batch }, &mut out).unwrap();
+        h.handle(ExecCommand::Deliver { epoch: 0, seq: SeqNo(seq), view: ViewNo(0), batch }, &mut out).unwrap();
     }
     assert_eq!(out.checkpoints.len(), 1);
     out.checkpoints[0].1
@@ -147,9 +147,15 @@ struct Net {
 }
 
 impl Net {
+    /// Everyone but host 0.
+    fn peers(&self) -> std::sync::Arc<[ReplicaId]> {
+        (1..self.hosts.len() as u32).map(ReplicaId).collect()
+    }
+
     /// Runs host 0's fetch until nothing is in flight.
     fn fetch(&mut self, seq: SeqNo, root: Digest) {
-        let mut queue: VecDeque<(usize, ExecCommand)> = VecDeque::from([(0, ExecCommand::Fetch { seq, state: root })]);
+        let mut queue: VecDeque<(usize, ExecCommand)> =
+            VecDeque::from([(0, ExecCommand::Fetch { epoch: 0, peers: self.peers(), seq, state: root })]);
         while let Some((at, cmd)) = queue.pop_front() {
             let mut out = Out::default();
             self.hosts[at].handle(cmd, &mut out).unwrap();
@@ -159,7 +165,7 @@ impl Net {
                 let to = to.0 as usize;
                 match msg {
                     PeerMessage::StateFetch { seq, query } => {
-                        queue.push_back((to, ExecCommand::Serve { to: ReplicaId(at as u32), seq, query }))
+                        queue.push_back((to, ExecCommand::Serve { epoch: 0, to: ReplicaId(at as u32), seq, query }))
                     }
                     PeerMessage::StateData { seq, answer } => {
                         if self.silent.contains(&at) {
@@ -253,7 +259,7 @@ fn a_lagging_replica_fetches_only_the_parts_that_changed() {
         let mut out = Out::default();
         for seq in 5..=8 {
             let batch = Arc::new(Batch { timestamp_ms: seq, requests: more(seq) });
-            h.handle(ExecCommand::Deliver { seq: SeqNo(seq), view: ViewNo(0), batch }, &mut out).unwrap();
+            h.handle(ExecCommand::Deliver { epoch: 0, seq: SeqNo(seq), view: ViewNo(0), batch }, &mut out).unwrap();
         }
         root = out.checkpoints[0].1;
     }

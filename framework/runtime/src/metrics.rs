@@ -71,6 +71,9 @@ counters! {
     /// Pieces of state from peers that failed a check (the piece is asked
     /// of another peer).
     state_data_bad,
+    /// Batches an epoch's core delivered past that epoch's end, not
+    /// executed (the next epoch orders those sequence numbers again).
+    batches_void,
     /// Groups written to the log (one write and one fdatasync each).
     log_groups,
     /// Entries written to the log.

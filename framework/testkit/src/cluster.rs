@@ -113,7 +113,7 @@ impl ExecutionIo for Sink<'_> {
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
         self.inputs.push_back(Input::StateFetched { seq, state });
     }
-    fn send(&mut self, to: ReplicaId, msg: PeerMessage) {
+    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: PeerMessage) {
         self.queue.push_back((self.r as u32, to.0, msg));
     }
     fn executed(&mut self, seq: SeqNo, batch: &Batch, _: &[Executed]) {
@@ -126,7 +126,7 @@ impl<S: Service> ConsensusIo for Step<'_, S> {
     fn persist(&mut self, record: Record) {
         self.records.push(record);
     }
-    fn send(&mut self, to: ReplicaId, msg: &PeerMessage) {
+    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: &PeerMessage) {
         self.queue.push_back((self.r as u32, to.0, msg.clone()));
     }
     fn execute(&mut self, cmd: ExecCommand) {

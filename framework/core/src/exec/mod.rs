@@ -216,6 +216,12 @@ impl<S: Service> Executor<S> {
         self.reconfig.as_ref().map(|r| r.current())
     }
 
+    /// The configuration in force and the handover checkpoint it started
+    /// at, when the cluster can be reconfigured.
+    pub fn configuration_since(&self) -> Option<(&Configuration, SeqNo)> {
+        self.reconfig.as_ref().map(|r| (r.current(), r.since()))
+    }
+
     /// An accepted change waiting for its boundary, and the boundary.
     pub fn pending_configuration(&self) -> Option<(&Configuration, SeqNo)> {
         self.reconfig.as_ref().and_then(|r| r.pending())

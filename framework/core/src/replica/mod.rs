@@ -171,6 +171,10 @@ impl<C: Crypto> Replica<C> {
     pub fn id(&self) -> ReplicaId {
         self.id
     }
+    /// The epoch this core serves (its signatures say which).
+    pub fn epoch(&self) -> u64 {
+        self.crypto.epoch()
+    }
     /// Current view (or the view being changed to).
     pub fn view(&self) -> ViewNo {
         self.view

@@ -139,12 +139,12 @@ impl ConsensusIo for Wiring<'_> {
         }
     }
 
-    fn send(&mut self, to: ReplicaId, msg: &PeerMessage) {
+    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: &PeerMessage) {
         let body = self.egress.peer_body(msg);
         self.queue(to, body);
     }
 
-    fn broadcast(&mut self, to: &[ReplicaId], msg: &PeerMessage) {
+    fn broadcast(&mut self, to: &[ReplicaId], _epoch: u64, msg: &PeerMessage) {
         #[cfg(feature = "byzantine")]
         if let (Some(forged), PeerMessage::PrePrepare(pp)) = (self.forged_request, msg) {
             let mut batch = (*pp.batch).clone();
@@ -165,7 +165,7 @@ impl ConsensusIo for Wiring<'_> {
     }
 
     fn execute(&mut self, cmd: ExecCommand) {
-        if let (ExecCommand::Deliver { seq, view, batch }, Some(j)) = (&cmd, self.journal.as_deref_mut()) {
+        if let (ExecCommand::Deliver { seq, view, batch, .. }, Some(j)) = (&cmd, self.journal.as_deref_mut()) {
             if j.batches {
                 // Logged while delivery executes it (Durable-SMaRt's
                 // parallel logging).

@@ -92,7 +92,7 @@ impl ExecutionIo for Wiring<'_> {
         }
     }
 
-    fn send(&mut self, to: ReplicaId, msg: PeerMessage) {
+    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: PeerMessage) {
         let body = self.egress.peer_body(&msg);
         send_to_peer(self.egress, self.metrics, to, vec![body]);
     }
@@ -107,6 +107,7 @@ impl ExecutionIo for Wiring<'_> {
             ExecEvent::StateServed => RuntimeMetrics::add(&c.state_answers_served, 1),
             ExecEvent::PartInstalled => RuntimeMetrics::add(&c.state_parts_installed, 1),
             ExecEvent::BadStateData => RuntimeMetrics::add(&c.state_data_bad, 1),
+            ExecEvent::VoidBatch => RuntimeMetrics::add(&c.batches_void, 1),
         }
     }
 }
@@ -244,10 +245,10 @@ mod tests {
         let requests: Vec<Request> = (1..=8).map(|c| add(c, 1)).collect();
         for seq in 1..=2 {
             let batch = Arc::new(Batch { timestamp_ms: 1, requests: requests.clone() });
-            tx_cmd.try_send(ExecCommand::Deliver { seq: SeqNo(seq), view: ViewNo(0), batch }).unwrap();
+            tx_cmd.try_send(ExecCommand::Deliver { epoch: 0, seq: SeqNo(seq), view: ViewNo(0), batch }).unwrap();
         }
         let query = StateQuery::Manifest { from: 0 };
-        tx_cmd.try_send(ExecCommand::Serve { to: ReplicaId(2), seq: SeqNo(2), query }).unwrap();
+        tx_cmd.try_send(ExecCommand::Serve { epoch: 0, to: ReplicaId(2), seq: SeqNo(2), query }).unwrap();
         assert!(delivery.poll().unwrap());
         let replies: Vec<ReplyBatch> = rx_reply.take_up_to(8);
         assert_eq!(replies.len(), 2, "one reply batch per delivered batch");

@@ -96,12 +96,12 @@ impl ConsensusIo for SimIo<'_> {
         self.crashed
     }
 
-    fn send(&mut self, to: ReplicaId, msg: &PeerMessage) {
+    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: &PeerMessage) {
         self.world.note_said(self.r, msg);
         self.world.replica_send(self.r, to, msg.clone());
     }
 
-    fn broadcast(&mut self, to: &[ReplicaId], msg: &PeerMessage) {
+    fn broadcast(&mut self, to: &[ReplicaId], _epoch: u64, msg: &PeerMessage) {
         self.world.note_said(self.r, msg);
         if let (true, PeerMessage::NewView(nv)) = (self.world.cfg.trace, msg) {
             eprintln!("{:>6} r{} new-view {} chosen {:?}", self.world.now, self.r, nv.body.view, nv.body.chosen);
@@ -149,7 +149,7 @@ impl ExecutionIo for SimExecIo<'_> {
         self.taken.push((seq, true));
     }
 
-    fn send(&mut self, to: ReplicaId, msg: PeerMessage) {
+    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: PeerMessage) {
         self.world.replica_send(self.r, to, msg);
     }
 
@@ -258,7 +258,7 @@ impl World {
 
     fn execute(&mut self, r: usize, cmd: ExecCommand, inputs: &mut VecDeque<Input>) {
         let Some(mut exec) = self.replicas[r].execution.take() else { return };
-        if let ExecCommand::Deliver { seq, view, batch } = &cmd {
+        if let ExecCommand::Deliver { seq, view, batch, .. } = &cmd {
             // Logged as it is delivered (the runtime does it in parallel).
             let entry = Entry::Decided { seq: *seq, view: *view, batch: batch.clone() };
             if let Err(e) = self.replicas[r].disk.write(entry) {
