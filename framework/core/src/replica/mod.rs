@@ -171,6 +171,16 @@ impl<C: Crypto> Replica<C> {
     pub fn id(&self) -> ReplicaId {
         self.id
     }
+    /// Where this core's log starts: sequence number 0, or its epoch's
+    /// handover checkpoint.
+    pub fn genesis(&self) -> Genesis {
+        self.genesis
+    }
+    /// The clocks as the last tick gave them, as a tick: a core that takes
+    /// over from this one starts on the same time.
+    pub fn last_tick(&self) -> Input {
+        Input::Tick { now_ms: self.clock.now_ms, wall_ms: self.clock.wall_ms }
+    }
     /// The epoch this core serves (its signatures say which).
     pub fn epoch(&self) -> u64 {
         self.crypto.epoch()
