@@ -158,6 +158,11 @@ impl AdminRequest {
     pub fn encode(&self) -> Bytes {
         Bytes::from(postcard::to_allocvec(self).expect("admin requests encode"))
     }
+
+    /// Reads operation bytes.
+    pub fn decode(bytes: &[u8]) -> Option<AdminRequest> {
+        postcard::from_bytes(bytes).ok()
+    }
 }
 
 /// Why a reconfiguration was rejected. Every correct replica gives the same.
@@ -339,7 +344,7 @@ impl Reconfig {
         operation: &[u8],
         verify: &dyn AdminVerify,
     ) -> Result<(Configuration, SeqNo, u64), Rejection> {
-        let req: AdminRequest = postcard::from_bytes(operation).map_err(|_| Rejection::Malformed)?;
+        let req = AdminRequest::decode(operation).ok_or(Rejection::Malformed)?;
         let body = &req.body;
         if !verify.signature_checks(&self.current.view_manager, &body.signing_bytes(), &req.signature) {
             return Err(Rejection::BadSignature);

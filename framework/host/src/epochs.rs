@@ -94,6 +94,12 @@ impl<C: Crypto> EpochHost<C> {
         self.counters
     }
 
+    /// Carries out actions the current core holds without a new input (a
+    /// recovered replica's first words).
+    pub fn carry_out(&mut self, io: &mut impl ConsensusIo) {
+        self.current.carry_out(io);
+    }
+
     /// Feeds an input that is not a peer's message (see [`Self::peer`]):
     /// time to every core, a client's request to the current one, news of
     /// the state to the core whose sequence numbers it concerns.

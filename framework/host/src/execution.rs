@@ -224,6 +224,11 @@ impl<S: Service> ExecutionHost<S> {
         let exec = self.exec.read();
         let Some((config, since)) = exec.configuration_since() else { return };
         if config.epoch > self.told.0 {
+            // A change accepted at a checkpoint is handed over in the same
+            // batch: the end of the epoch before is news too.
+            if self.told.1 != Some(config.epoch) && config.epoch == self.told.0 + 1 {
+                io.reconfigured(Reconfigured::EpochEnds { epoch: self.told.0, last: since });
+            }
             self.told = (config.epoch, None);
             io.reconfigured(Reconfigured::NewEpoch { config: config.clone(), since });
         }

@@ -48,6 +48,9 @@ pub struct SimConfig {
     /// Whether every correct replica crashes at once during the fault
     /// phase (only where disks survive); `None` draws it.
     pub crash_all: Option<bool>,
+    /// Whether the view manager changes the membership during the run
+    /// (crashes are then left out: the log does not record epochs yet).
+    pub reconfigure: bool,
     /// Extra one-way delay of every message after the heal: a network
     /// slower than the protocol's timeouts, which must still make progress.
     pub slow_network_ms: u64,
@@ -73,6 +76,7 @@ impl SimConfig {
             byzantine_clients: None,
             disk_faults: None,
             crash_all: None,
+            reconfigure: false,
             slow_network_ms: 0,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),

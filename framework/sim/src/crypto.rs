@@ -15,6 +15,7 @@
 
 use bytes::Bytes;
 use palisade_core::message::Signature;
+use palisade_core::reconfig::{AdminBody, AdminRequest, AdminVerify};
 use palisade_core::{ClientId, Crypto, Digest, ReplicaId, Request};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +27,8 @@ const TAG: usize = 32;
 /// Every secret of one simulated cluster.
 pub struct Keys {
     replicas: Vec<[u8; 32]>,
+    /// The view manager's secret; its client id is that of [`Keys::view_manager_public`].
+    view_manager: [u8; 32],
     clients: BTreeMap<ClientId, [u8; 32]>,
     /// Every request a client authenticated: (client, id, operation digest).
     issued: Mutex<BTreeSet<(ClientId, u64, Digest)>>,
@@ -46,12 +49,18 @@ pub enum Authenticity {
 }
 
 impl Keys {
-    /// Secrets for `n` replicas and the given clients, derived from `seed`.
+    /// Secrets for `n` replicas (members and spares that may join), the
+    /// given clients and the view manager, derived from `seed`.
     pub fn new(seed: u64, n: usize, clients: &[ClientId]) -> Arc<Keys> {
         let key = |tag: &[u8], i: u64| Digest::of_parts(&[b"sim-key", tag, &seed.to_le_bytes(), &i.to_le_bytes()]).0;
+        let view_manager = key(b"view-manager", 0);
+        let mut client_keys: BTreeMap<ClientId, [u8; 32]> = clients.iter().map(|c| (*c, key(b"client", c.0))).collect();
+        // The view manager sends its requests as a client too.
+        client_keys.insert(ClientId::of_key(&Self::public_of(&view_manager)), key(b"vm-client", 0));
         Arc::new(Keys {
             replicas: (0..n as u64).map(|i| key(b"replica", i)).collect(),
-            clients: clients.iter().map(|c| (*c, key(b"client", c.0))).collect(),
+            view_manager,
+            clients: client_keys,
             issued: Mutex::new(BTreeSet::new()),
             signature_checks: AtomicU64::new(0),
         })
@@ -101,6 +110,26 @@ impl Keys {
         self.issued.lock().insert((req.client, req.id.0, Digest::of(&req.operation)));
     }
 
+    fn public_of(secret: &[u8; 32]) -> [u8; 32] {
+        Digest::of_parts(&[b"sim-public", secret]).0
+    }
+
+    /// Replica `r`'s public key, as a configuration lists it.
+    pub fn replica_public(&self, r: usize) -> [u8; 32] {
+        Self::public_of(&self.replicas[r])
+    }
+
+    /// The view manager's public key.
+    pub fn view_manager_public(&self) -> [u8; 32] {
+        Self::public_of(&self.view_manager)
+    }
+
+    /// Signs a reconfiguration request as the view manager.
+    pub fn sign_admin(&self, body: AdminBody) -> AdminRequest {
+        let signature = Bytes::copy_from_slice(&Digest::of_parts(&[&self.view_manager, &body.signing_bytes()]).0);
+        AdminRequest { body, signature }
+    }
+
     /// Whether client `client` sent request `id` with this operation.
     pub fn issued(&self, client: ClientId, id: u64, operation: &[u8]) -> bool {
         self.issued.lock().contains(&(client, id, Digest::of(operation)))
@@ -112,17 +141,39 @@ impl Keys {
     }
 }
 
-/// One replica's view of the keys: it signs only as itself.
+/// Checks the view manager's signatures as every replica would: the
+/// verdict is the same everywhere. A key of all zeroes stands for one that
+/// is not a valid point.
+pub struct SimAdmin(pub Arc<Keys>);
+
+impl AdminVerify for SimAdmin {
+    fn signature_checks(&self, key: &[u8; 32], message: &[u8], signature: &[u8]) -> bool {
+        *key == self.0.view_manager_public()
+            && signature == Digest::of_parts(&[&self.0.view_manager, message]).0.as_slice()
+    }
+
+    fn key_is_valid(&self, key: &[u8; 32]) -> bool {
+        *key != [0; 32]
+    }
+}
+
+/// One replica's view of the keys, in one epoch: it signs only as itself.
 #[derive(Clone)]
 pub struct SimCrypto {
     me: ReplicaId,
     keys: Arc<Keys>,
+    epoch: u64,
 }
 
 impl SimCrypto {
     /// The handle of replica `me`.
     pub fn new(me: ReplicaId, keys: Arc<Keys>) -> SimCrypto {
-        SimCrypto { me, keys }
+        SimCrypto { me, keys, epoch: 0 }
+    }
+
+    /// The same replica's handle in `epoch`.
+    pub fn in_epoch(&self, epoch: u64) -> SimCrypto {
+        SimCrypto { epoch, ..self.clone() }
     }
 
     fn tag(&self, who: ReplicaId, payload: &[u8]) -> Option<[u8; 32]> {
@@ -156,5 +207,9 @@ impl Crypto for SimCrypto {
             _ => false,
         };
         mac_ok || self.verify_request(request)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
     }
 }

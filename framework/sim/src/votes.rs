@@ -3,7 +3,8 @@
 //! included. Per view and sequence number it sends at most one
 //! PRE-PREPARE digest (a NEW-VIEW's choices count as its primary's
 //! PRE-PREPAREs), one PREPARE digest and one COMMIT digest, and per view at
-//! most one NEW-VIEW. Agreement failures need several such slips to line
+//! most one NEW-VIEW; views are counted per membership epoch, since each
+//! epoch starts again at view 0. Agreement failures need several such slips to line
 //! up; this checker sees the first one.
 
 use palisade_core::message::canonical_bytes;
@@ -21,36 +22,40 @@ enum Said {
 /// Everything each correct replica has said that it must not contradict.
 #[derive(Default)]
 pub struct Votes {
-    said: BTreeMap<(ReplicaId, Said), Digest>,
+    said: BTreeMap<(ReplicaId, u64, Said), Digest>,
     /// Every contradiction found, in words.
     pub violations: Vec<String>,
 }
 
 impl Votes {
-    /// Replica `from` (correct) sends `msg`.
-    pub fn on_send(&mut self, from: ReplicaId, msg: &PeerMessage) {
+    /// Replica `from` (correct) sends `msg` from its core of `epoch`.
+    pub fn on_send(&mut self, from: ReplicaId, epoch: u64, msg: &PeerMessage) {
+        let mut note = |what, digest| self.note((from, epoch, what), digest);
         match msg {
-            PeerMessage::PrePrepare(pp) => self.note(from, Said::PrePrepare(pp.view, pp.seq), pp.batch.digest()),
-            PeerMessage::Prepare(v) => self.note(from, Said::Prepare(v.view, v.seq), v.digest),
-            PeerMessage::Commit(v) => self.note(from, Said::Commit(v.view, v.seq), v.digest),
+            PeerMessage::PrePrepare(pp) => note(Said::PrePrepare(pp.view, pp.seq), pp.batch.digest()),
+            PeerMessage::Prepare(v) => note(Said::Prepare(v.view, v.seq), v.digest),
+            PeerMessage::Commit(v) => note(Said::Commit(v.view, v.seq), v.digest),
             PeerMessage::NewView(nv) if nv.body.replica == from => {
                 let view = nv.body.view;
-                self.note(from, Said::NewView(view), Digest::of(&canonical_bytes(&nv.body)));
+                note(Said::NewView(view), Digest::of(&canonical_bytes(&nv.body)));
                 for &(seq, d) in &nv.body.chosen {
-                    self.note(from, Said::PrePrepare(view, seq), d);
+                    note(Said::PrePrepare(view, seq), d);
                 }
             }
             _ => {}
         }
     }
 
-    fn note(&mut self, from: ReplicaId, what: Said, digest: Digest) {
-        match self.said.get(&(from, what)) {
+    fn note(&mut self, key: (ReplicaId, u64, Said), digest: Digest) {
+        match self.said.get(&key) {
             None => {
-                self.said.insert((from, what), digest);
+                self.said.insert(key, digest);
             }
             Some(d) if *d != digest => {
-                self.violations.push(format!("equivocation: replica {from} said {what:?} with {d} and with {digest}"))
+                let (from, epoch, what) = key;
+                self.violations.push(format!(
+                    "equivocation: replica {from} said {what:?} in epoch {epoch} with {d} and with {digest}"
+                ))
             }
             Some(_) => {}
         }
@@ -66,11 +71,12 @@ mod tests {
     fn two_different_prepares_for_one_view_and_sequence_number_are_caught() {
         let mut v = Votes::default();
         let vote = |d: u8| PeerMessage::Prepare(Vote { view: ViewNo(1), seq: SeqNo(2), digest: Digest([d; 32]) });
-        v.on_send(ReplicaId(0), &vote(1));
-        v.on_send(ReplicaId(0), &vote(1));
-        v.on_send(ReplicaId(1), &vote(2));
-        assert!(v.violations.is_empty(), "retransmissions and other replicas are fine");
-        v.on_send(ReplicaId(0), &vote(2));
+        v.on_send(ReplicaId(0), 0, &vote(1));
+        v.on_send(ReplicaId(0), 0, &vote(1));
+        v.on_send(ReplicaId(1), 0, &vote(2));
+        v.on_send(ReplicaId(0), 1, &vote(2));
+        assert!(v.violations.is_empty(), "retransmissions, other replicas and other epochs are fine");
+        v.on_send(ReplicaId(0), 0, &vote(2));
         assert_eq!(v.violations.len(), 1);
     }
 }

@@ -49,6 +49,11 @@ impl Checkpoints {
         }
     }
 
+    /// `replica`'s vote at `seq`, if held.
+    pub fn own_vote(&self, seq: SeqNo, replica: ReplicaId) -> Option<Signed<CheckpointBody>> {
+        self.votes.get(&seq)?.get(&replica).cloned()
+    }
+
     /// A quorum of matching votes at `seq`, if there is one.
     fn certificate(&self, seq: SeqNo, quorum: usize) -> Option<CheckpointCert> {
         let votes = self.votes.get(&seq)?;

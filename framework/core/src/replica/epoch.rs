@@ -18,6 +18,7 @@
 
 use super::Replica;
 use crate::crypto::Crypto;
+use crate::message::PeerMessage;
 use crate::types::SeqNo;
 
 /// The end of this core's epoch, once known.
@@ -66,6 +67,24 @@ impl<C: Crypto> Replica<C> {
         let now = self.clock.now_ms;
         if let Some(e) = &mut self.end {
             e.progress_ms = now;
+        }
+    }
+
+    /// Whether every sequence number of the epoch is delivered here: its
+    /// requests still waiting belong to the next epoch, and time nobody.
+    pub(super) fn end_reached(&self) -> bool {
+        self.end.is_some_and(|e| self.log.delivered >= e.last)
+    }
+
+    /// The CHECKPOINT at the end goes out again until it is stable: no
+    /// later checkpoint of this epoch will ever make up for lost votes.
+    pub(super) fn retransmit_end_vote(&mut self) {
+        let Some(e) = self.end else { return };
+        if self.checkpoints.stable.seq >= e.last {
+            return;
+        }
+        if let Some(vote) = self.checkpoints.own_vote(e.last, self.id) {
+            self.broadcast(PeerMessage::Checkpoint(vote));
         }
     }
 

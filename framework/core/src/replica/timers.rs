@@ -43,7 +43,9 @@ impl<C: Crypto> Replica<C> {
             return;
         }
         if self.normal {
-            self.check_request_timer(now);
+            if !self.end_reached() {
+                self.check_request_timer(now);
+            }
             self.check_end_timer(now);
         } else if self.timers.view_change.deadline_ms.is_some_and(|d| now >= d) {
             self.start_view_change(self.view.next());
@@ -170,6 +172,7 @@ impl<C: Crypto> Replica<C> {
     /// VIEW-CHANGE; while rejoining, its question to the peers.
     fn retransmit(&mut self) {
         let now = self.clock.now_ms;
+        self.retransmit_end_vote();
         if let Some(r) = &self.rejoin {
             if r.until.is_none() {
                 let nonce = r.nonce;

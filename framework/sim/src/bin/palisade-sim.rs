@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: palisade-sim --seeds START..END [--replicas N] [--mode bft|cft] \
 [--byzantine random|none|NAME] [--threads T] [--verbose] [--trace] [--plant weak-quorum|skip-new-view-check|torn-new-view|amnesiac-votes|evicting-q|fixed-request-timeout|trust-proposed-requests|unchecked-proposals]
-       [--amnesia yes|no] [--crash-all yes|no] [--disk-faults yes|no] [--slow-network MS]
+       [--amnesia yes|no] [--crash-all yes|no] [--disk-faults yes|no] [--slow-network MS] [--reconfigure yes|no]
        palisade-sim --list-strategies";
 
 struct Args {
@@ -22,6 +22,7 @@ struct Args {
     crash_all: Option<bool>,
     disk_faults: Option<bool>,
     slow_network_ms: u64,
+    reconfigure: bool,
 }
 
 fn yes_no(flag: &str, v: &str) -> Result<Option<bool>, String> {
@@ -47,6 +48,7 @@ fn parse() -> Result<Option<Args>, String> {
         crash_all: None,
         disk_faults: None,
         slow_network_ms: 0,
+        reconfigure: false,
     };
     let mut seeds_given = false;
     while let Some(a) = args.next() {
@@ -102,6 +104,9 @@ fn parse() -> Result<Option<Args>, String> {
             }
             "--crash-all" => out.crash_all = yes_no("--crash-all", &value("--crash-all")?)?,
             "--disk-faults" => out.disk_faults = yes_no("--disk-faults", &value("--disk-faults")?)?,
+            "--reconfigure" => {
+                out.reconfigure = yes_no("--reconfigure", &value("--reconfigure")?)?.unwrap_or(false);
+            }
             "--slow-network" => {
                 let v = value("--slow-network")?;
                 out.slow_network_ms = v.parse().map_err(|_| format!("bad delay {v:?}"))?;
@@ -135,6 +140,7 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
     cfg.crash_all = args.crash_all;
     cfg.disk_faults = args.disk_faults;
     cfg.slow_network_ms = args.slow_network_ms;
+    cfg.reconfigure = args.reconfigure;
     if args.slow_network_ms > 0 {
         cfg.liveness_bound_ms = palisade_sim::config::slow_network_bound_ms(args.slow_network_ms);
     }
@@ -185,7 +191,7 @@ fn main() -> ExitCode {
         let failed = !r.safety.is_empty() || !r.liveness.is_empty();
         if failed || args.verbose {
             println!(
-                "seed {}: strategy={} byzantine={:?} {} | ops={} batches={} max_view={} transfers={} msgs={} recovery_ms={:?}",
+                "seed {}: strategy={} byzantine={:?} {} | ops={} batches={} max_view={} epoch={} transfers={} msgs={} recovery_ms={:?}",
                 r.seed,
                 r.strategy.as_deref().unwrap_or("none"),
                 r.byzantine.iter().map(|b| b.0).collect::<Vec<_>>(),
@@ -193,6 +199,7 @@ fn main() -> ExitCode {
                 r.ops_completed,
                 r.batches,
                 r.max_view,
+                r.max_epoch,
                 r.state_transfers,
                 r.messages,
                 r.recovery_ms
@@ -225,6 +232,9 @@ fn main() -> ExitCode {
             }
             if args.slow_network_ms > 0 {
                 extra.push_str(&format!(" --slow-network {}", args.slow_network_ms));
+            }
+            if args.reconfigure {
+                extra.push_str(" --reconfigure yes");
             }
             println!(
                 "  reproduce: palisade-sim --seeds {}..{} --replicas {} --mode {mode} --byzantine {byz}{extra}",

@@ -28,6 +28,8 @@ pub(crate) struct Current {
     backoff: u32,
     /// Waiting for the designated replica's full result until then.
     full_due: Option<u64>,
+    /// The epoch whose members `decide` counts.
+    epoch: u64,
 }
 
 pub(crate) struct SimClient {
@@ -57,6 +59,13 @@ impl World {
                 let req = cur.request.clone();
                 self.broadcast_request(c, req);
             } else if now >= cur.retransmit_at {
+                if cur.epoch != self.epoch_known {
+                    // The membership changed under it: count the new
+                    // members' answers from here on.
+                    cur.decide =
+                        Invocation::new(&self.membership, cur.request.client, cur.request.id, cur.request.read_only);
+                    cur.epoch = self.epoch_known;
+                }
                 if cur.request.read_only {
                     self.fallback_to_ordered(c);
                 } else {
@@ -106,6 +115,7 @@ impl World {
             retransmit_at: self.now + CLIENT_RETRY_MS,
             backoff: 0,
             full_due: None,
+            epoch: self.epoch_known,
         });
         if read_only {
             self.broadcast_request(c, request);
@@ -135,7 +145,8 @@ impl World {
         let mask = cl.rng.next_u64();
         let client = cl.id;
         let primary = self.membership.primary(ViewNo(0)).0 as usize;
-        for r in 0..n {
+        let members: Vec<usize> = self.membership.members().iter().map(|r| r.0 as usize).collect();
+        for r in members {
             let (op, how) = match kind {
                 0 => (SimOp::Counter(CounterOp::Add(r as u64 + 1)), Authenticity::Honest),
                 1 if r == primary => continue,
@@ -157,7 +168,8 @@ impl World {
 
     fn broadcast_request(&mut self, c: usize, req: Request) {
         let n = self.n();
-        for r in 0..n {
+        let members: Vec<usize> = self.membership.members().iter().map(|r| r.0 as usize).collect();
+        for r in members {
             self.send(n + c, r, Payload::Request(req.clone()), 0);
         }
     }
@@ -174,6 +186,7 @@ impl World {
         self.keys.sign_request(&mut request);
         cur.request = request.clone();
         cur.decide = Invocation::new(&self.membership, cl.id, id, false);
+        cur.epoch = self.epoch_known;
         cur.retransmit_at = self.now + CLIENT_RETRY_MS;
         cur.backoff = 0;
         cur.full_due = None;

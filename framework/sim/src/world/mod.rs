@@ -8,6 +8,7 @@
 //! crashed replicas restart (Byzantine replicas stay Byzantine), and every
 //! operation must complete within the liveness bound.
 
+mod admin;
 mod client;
 mod faults;
 mod network;
@@ -21,12 +22,14 @@ use crate::crypto::{Keys, SimCrypto};
 use crate::rng::Rng;
 use crate::service::SimService;
 use crate::votes::Votes;
+use admin::ViewManager;
 use client::SimClient;
 use faults::Faults;
 use network::Payload;
+use palisade_core::reconfig::{Configuration, Member};
 use palisade_core::{ClientId, Config, Digest, Executor, Input, Membership, Mode, Replica, ReplicaId, ViewNo};
-use palisade_host::ConsensusHost;
-use replica::{Disk, SimReplica};
+use palisade_host::EpochHost;
+use replica::{crypto_for, Disk, SimReplica};
 pub use report::{DiskStats, Report};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -41,6 +44,7 @@ pub(crate) enum Event {
     },
     ReplicaTick(usize),
     ClientTick(usize),
+    ViewManagerTick,
     Crash(usize),
     Restart(usize),
     /// Every correct replica crashes at once.
@@ -77,7 +81,13 @@ impl Ord for Scheduled {
 pub(crate) struct World {
     pub cfg: SimConfig,
     pub core_cfg: Config,
+    /// The membership clients know: the newest epoch a correct replica's
+    /// state has entered.
     pub membership: Membership,
+    pub epoch_known: u64,
+    pub genesis_config: Configuration,
+    pub cluster: u64,
+    pub view_manager: Option<ViewManager>,
     pub rng: Rng,
     pub now: u64,
     order: u64,
@@ -122,8 +132,25 @@ impl World {
         }
         let f = membership.f();
         let n = cfg.replicas;
+        let spares = if cfg.reconfigure { admin::spares(n) } else { 0 };
         let client_ids: Vec<ClientId> = (0..cfg.clients as u64).map(|i| ClientId(i + 1)).collect();
-        let keys = Keys::new(cfg.seed, n, &client_ids);
+        let keys = Keys::new(cfg.seed, n + spares, &client_ids);
+        let cluster = cfg.seed ^ 0x5eed;
+        let genesis_config = Configuration::new(
+            0,
+            cluster,
+            (0..n)
+                .map(|i| Member {
+                    id: ReplicaId(i as u32),
+                    address: format!("sim:{i}"),
+                    public_key: keys.replica_public(i),
+                })
+                .collect(),
+            membership.f(),
+            cfg.mode,
+            keys.view_manager_public(),
+        )
+        .expect("the genesis membership is valid");
         let faults = Faults::draw(&mut rng, f, &cfg);
 
         // Byzantine replicas: f of them (one when n = 4), BFT mode only.
@@ -162,16 +189,31 @@ impl World {
             }
         }
 
-        let genesis = Executor::new(SimService::default(), core_cfg.client_window).state_digest();
-        let replicas = (0..n)
+        let genesis = Executor::new(SimService::default(), core_cfg.client_window)
+            .with_reconfiguration(
+                genesis_config.clone(),
+                Arc::new(crate::crypto::SimAdmin(keys.clone())),
+                core_cfg.checkpoint_interval,
+            )
+            .state_digest();
+        let view_manager = cfg.reconfigure.then(|| {
+            let id = ClientId::of_key(&keys.view_manager_public());
+            ViewManager::draw(&mut rng, n, f, cfg.mode, id, cfg.fault_phase_ms / 5)
+        });
+        let replicas = (0..n + spares)
             .map(|i| {
                 let id = ReplicaId(i as u32);
                 let crypto = SimCrypto::new(id, keys.clone());
                 let strategy = byz.get(&i).and_then(|name| byzantine::make(name));
-                let core = Replica::new(core_cfg.clone(), id, crypto.clone(), genesis);
+                let joined = i < n;
+                let consensus = joined.then(|| {
+                    let core = Replica::new(core_cfg.clone(), id, crypto.clone(), genesis);
+                    EpochHost::new(core, core_cfg.clone(), crypto_for(&crypto))
+                });
                 SimReplica {
                     id,
-                    consensus: Some(ConsensusHost::new(core)),
+                    joined,
+                    consensus,
                     execution: None,
                     disk: Disk::new(),
                     crypto,
@@ -200,6 +242,10 @@ impl World {
         let mut world = World {
             core_cfg,
             membership,
+            epoch_known: 0,
+            genesis_config,
+            cluster,
+            view_manager,
             rng,
             now: 0,
             order: 0,
@@ -252,6 +298,9 @@ impl World {
             let at = self.rng.below(50);
             self.schedule(at, Event::ClientTick(c));
         }
+        if self.view_manager.is_some() {
+            self.schedule(0, Event::ViewManagerTick);
+        }
         self.schedule_faults();
         self.schedule(self.heal_at, Event::Heal);
         // Each operation after the heal has the liveness bound to complete,
@@ -267,11 +316,12 @@ impl World {
                 Event::ReplicaTick(r) => {
                     let now = self.now + self.replicas[r].skew_ms;
                     self.replica_step(r, Input::Tick { now_ms: now, wall_ms: now });
-                    if self.replicas[r].strategy.is_some() && self.replicas[r].consensus.is_some() {
+                    if let (Some(host), true) = (&self.replicas[r].consensus, self.replicas[r].strategy.is_some()) {
+                        let epoch = host.epoch();
                         let outs = self.with_strategy(r, |s, ctx| s.on_tick(ctx));
                         for o in outs {
                             if (o.to.0 as usize) < n && o.to.0 as usize != r {
-                                self.send(r, o.to.0 as usize, Payload::Peer(o.msg), o.delay_ms);
+                                self.send(r, o.to.0 as usize, Payload::Peer(epoch, o.msg), o.delay_ms);
                             }
                         }
                     }
@@ -280,6 +330,10 @@ impl World {
                 Event::ClientTick(c) => {
                     self.client_tick(c);
                     self.schedule(self.now + TICK_MS, Event::ClientTick(c));
+                }
+                Event::ViewManagerTick => {
+                    self.view_manager_tick();
+                    self.schedule(self.now + TICK_MS, Event::ViewManagerTick);
                 }
                 Event::Crash(r) => self.crash(r),
                 Event::CrashAll => self.crash_all(),
@@ -291,13 +345,17 @@ impl World {
                     self.blocked.clear();
                     self.clogged.clear();
                     for r in 0..n {
-                        if self.replicas[r].consensus.is_none() {
+                        if self.replicas[r].joined && self.replicas[r].consensus.is_none() {
                             self.restart(r);
                         }
                     }
                 }
             }
-            if !self.faulty_phase && self.clients.iter().all(|c| c.ops_after_heal == 0 && c.current.is_none()) {
+            let admin_done = self.view_manager.as_ref().is_none_or(|vm| vm.done());
+            if !self.faulty_phase
+                && admin_done
+                && self.clients.iter().all(|c| c.ops_after_heal == 0 && c.current.is_none())
+            {
                 break;
             }
         }

@@ -1,6 +1,7 @@
 //! The simulated network: loss, duplication and late replay, delays and
 //! reordering, partitions and clogged links; and what arrives where.
 
+use super::replica::Feed;
 use super::{Event, World};
 use crate::config::REQUEST_TIMEOUT_MS;
 use palisade_core::exec::Lookup;
@@ -11,7 +12,8 @@ use palisade_wire::envelope::{Answer, RejectReason};
 /// What travels between nodes (replicas are nodes 0..n, clients n..).
 #[derive(Clone, Debug)]
 pub(crate) enum Payload {
-    Peer(PeerMessage),
+    /// A replica's message, from its core of that epoch.
+    Peer(u64, PeerMessage),
     Request(Request),
     /// An answer or a refusal, for a client.
     Mail(ClientMail),
@@ -54,7 +56,11 @@ impl World {
         let n = self.n();
         if to >= n {
             if let (Payload::Mail(mail), true) = (payload, from < n) {
-                self.client_mail(to - n, ReplicaId(from as u32), mail);
+                if to == self.view_manager_node() {
+                    self.view_manager_mail(ReplicaId(from as u32), mail);
+                } else {
+                    self.client_mail(to - n, ReplicaId(from as u32), mail);
+                }
             }
             return;
         }
@@ -62,12 +68,12 @@ impl World {
             return;
         }
         match payload {
-            Payload::Peer(msg) if from < n => {
+            Payload::Peer(epoch, msg) if from < n => {
                 if self.replicas[to].strategy.is_some() {
                     let from = ReplicaId(from as u32);
                     self.with_strategy(to, |s, ctx| s.observe(ctx, from, &msg));
                 }
-                self.replica_step(to, Input::Peer { from: ReplicaId(from as u32), msg });
+                self.replica_feed(to, Feed::Peer(ReplicaId(from as u32), epoch, msg));
             }
             Payload::Request(req) if from >= n => self.on_request(to, req),
             _ => {}
@@ -101,6 +107,9 @@ impl World {
     }
 
     pub(crate) fn client_node(&self, client: ClientId) -> Option<usize> {
+        if self.view_manager.as_ref().is_some_and(|vm| vm.id == client) {
+            return Some(self.view_manager_node());
+        }
         let i = client.0.checked_sub(1)? as usize;
         (i < self.clients.len()).then_some(self.n() + i)
     }

@@ -13,7 +13,8 @@ use palisade_core::replica::{Record, Restart};
 use palisade_core::{Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, RequestId, SeqNo};
 use palisade_host::durable::{recover, SNAPSHOTS_KEPT};
 use palisade_host::{
-    ClientMail, ConsensusHost, ConsensusIo, Durability, ExecCommand, ExecutionConfig, ExecutionHost, ExecutionIo,
+    ClientMail, ConsensusIo, Durability, EpochHost, ExecCommand, ExecutionConfig, ExecutionHost, ExecutionIo,
+    Reconfigured,
 };
 use palisade_storage::snapshot::Snapshots;
 use palisade_storage::{CrashKind, Dir, Entry, Journal, MemDir, WalOptions};
@@ -56,10 +57,19 @@ impl Disk {
     }
 }
 
+/// Something for a replica's consensus side, in the order it happened.
+pub(crate) enum Feed {
+    Input(Input),
+    Peer(ReplicaId, u64, PeerMessage),
+    Reconfigured(Reconfigured),
+}
+
 pub(crate) struct SimReplica {
     pub id: ReplicaId,
-    /// The core and the host driver; `None` while crashed.
-    pub consensus: Option<ConsensusHost<SimCrypto>>,
+    /// Whether it has been a member (spares wait to be added).
+    pub joined: bool,
+    /// The epochs' cores and the host driver; `None` while crashed.
+    pub consensus: Option<EpochHost<SimCrypto>>,
     /// The service and its snapshots; `None` while crashed.
     pub execution: Option<ExecutionHost<SimService>>,
     pub disk: Disk,
@@ -73,7 +83,7 @@ pub(crate) struct SimReplica {
 struct SimIo<'w> {
     world: &'w mut World,
     r: usize,
-    inputs: &'w mut VecDeque<Input>,
+    inputs: &'w mut VecDeque<Feed>,
     crashed: bool,
 }
 
@@ -96,18 +106,18 @@ impl ConsensusIo for SimIo<'_> {
         self.crashed
     }
 
-    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: &PeerMessage) {
-        self.world.note_said(self.r, msg);
-        self.world.replica_send(self.r, to, msg.clone());
+    fn send(&mut self, to: ReplicaId, epoch: u64, msg: &PeerMessage) {
+        self.world.note_said(self.r, epoch, msg);
+        self.world.replica_send(self.r, to, epoch, msg.clone());
     }
 
-    fn broadcast(&mut self, to: &[ReplicaId], _epoch: u64, msg: &PeerMessage) {
-        self.world.note_said(self.r, msg);
+    fn broadcast(&mut self, to: &[ReplicaId], epoch: u64, msg: &PeerMessage) {
+        self.world.note_said(self.r, epoch, msg);
         if let (true, PeerMessage::NewView(nv)) = (self.world.cfg.trace, msg) {
             eprintln!("{:>6} r{} new-view {} chosen {:?}", self.world.now, self.r, nv.body.view, nv.body.chosen);
         }
         for &r in to {
-            self.world.replica_send(self.r, r, msg.clone());
+            self.world.replica_send(self.r, r, epoch, msg.clone());
         }
     }
 
@@ -124,9 +134,11 @@ impl ConsensusIo for SimIo<'_> {
 struct SimExecIo<'w> {
     world: &'w mut World,
     r: usize,
-    inputs: &'w mut VecDeque<Input>,
+    inputs: &'w mut VecDeque<Feed>,
     /// States taken (false) or fetched (true) during this command.
     taken: Vec<(SeqNo, bool)>,
+    /// The last state taken or fetched, and its digest.
+    last: Option<(SeqNo, Digest)>,
 }
 
 impl ExecutionIo for SimExecIo<'_> {
@@ -140,17 +152,27 @@ impl ExecutionIo for SimExecIo<'_> {
         if !self.world.is_byzantine(self.r) {
             self.world.checker.on_checkpoint(ReplicaId(self.r as u32), seq, state);
         }
-        self.inputs.push_back(Input::CheckpointReady { seq, state });
+        self.inputs.push_back(Feed::Input(Input::CheckpointReady { seq, state }));
         self.taken.push((seq, false));
+        self.last = Some((seq, state));
     }
 
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
-        self.inputs.push_back(Input::StateFetched { seq, state });
+        self.inputs.push_back(Feed::Input(Input::StateFetched { seq, state }));
         self.taken.push((seq, true));
+        self.last = Some((seq, state));
     }
 
-    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: PeerMessage) {
-        self.world.replica_send(self.r, to, msg);
+    fn send(&mut self, to: ReplicaId, epoch: u64, msg: PeerMessage) {
+        self.world.replica_send(self.r, to, epoch, msg);
+    }
+
+    fn reconfigured(&mut self, event: Reconfigured) {
+        if let (Reconfigured::NewEpoch { config, since }, false) = (&event, self.world.is_byzantine(self.r)) {
+            let state = self.last.filter(|(s, _)| s == since).map(|(_, d)| d);
+            self.world.on_new_epoch(config, *since, state);
+        }
+        self.inputs.push_back(Feed::Reconfigured(event));
     }
 
     fn executed(&mut self, seq: SeqNo, batch: &Batch, executed: &[Executed]) {
@@ -201,7 +223,13 @@ impl World {
     }
 
     fn new_executor(&self) -> Arc<RwLock<Executor<SimService>>> {
-        Arc::new(RwLock::new(Executor::new(SimService::default(), self.core_cfg.client_window)))
+        let admin = Arc::new(crate::crypto::SimAdmin(self.keys.clone()));
+        let exec = Executor::new(SimService::default(), self.core_cfg.client_window).with_reconfiguration(
+            self.genesis_config.clone(),
+            admin,
+            self.core_cfg.checkpoint_interval,
+        );
+        Arc::new(RwLock::new(exec))
     }
 
     fn execution_config(&self, r: usize) -> ExecutionConfig {
@@ -217,12 +245,20 @@ impl World {
     }
 
     pub(crate) fn replica_step(&mut self, r: usize, input: Input) {
-        let mut inputs = VecDeque::from([input]);
-        while let Some(input) = inputs.pop_front() {
+        self.replica_feed(r, Feed::Input(input));
+    }
+
+    pub(crate) fn replica_feed(&mut self, r: usize, feed: Feed) {
+        let mut inputs = VecDeque::from([feed]);
+        while let Some(feed) = inputs.pop_front() {
             let Some(mut host) = self.replicas[r].consensus.take() else { return };
             let before = (host.core().view(), host.core().is_normal());
             let mut io = SimIo { world: self, r, inputs: &mut inputs, crashed: false };
-            host.step(input, &mut io);
+            match feed {
+                Feed::Input(input) => host.step(input, &mut io),
+                Feed::Peer(from, epoch, msg) => host.peer(from, epoch, msg, &mut io),
+                Feed::Reconfigured(event) => host.reconfigured(event, &mut io),
+            }
             let crashed = io.crashed;
             let after = (host.core().view(), host.core().is_normal());
             if self.cfg.trace && before != after {
@@ -245,18 +281,18 @@ impl World {
 
     /// Carries out what a replica's core holds without a new input (a
     /// recovered replica's first words).
-    fn drain(&mut self, r: usize) {
+    pub(crate) fn drain(&mut self, r: usize) {
         let Some(mut host) = self.replicas[r].consensus.take() else { return };
         let mut inputs = VecDeque::new();
         let mut io = SimIo { world: self, r, inputs: &mut inputs, crashed: false };
         host.carry_out(&mut io);
         self.replicas[r].consensus = Some(host);
         while let Some(i) = inputs.pop_front() {
-            self.replica_step(r, i);
+            self.replica_feed(r, i);
         }
     }
 
-    fn execute(&mut self, r: usize, cmd: ExecCommand, inputs: &mut VecDeque<Input>) {
+    fn execute(&mut self, r: usize, cmd: ExecCommand, inputs: &mut VecDeque<Feed>) {
         let Some(mut exec) = self.replicas[r].execution.take() else { return };
         if let ExecCommand::Deliver { seq, view, batch, .. } = &cmd {
             // Logged as it is delivered (the runtime does it in parallel).
@@ -265,7 +301,7 @@ impl World {
                 self.checker.violations.push(format!("replica {r}: {e}"));
             }
         }
-        let mut io = SimExecIo { world: self, r, inputs, taken: Vec::new() };
+        let mut io = SimExecIo { world: self, r, inputs, taken: Vec::new(), last: None };
         let result = exec.handle(cmd, &mut io);
         let taken = io.taken;
         if let Err(e) = result {
@@ -311,7 +347,7 @@ impl World {
         let seed = self.rng.next_u64();
         let rep = &mut self.replicas[r];
         if let Some(host) = rep.consensus.take() {
-            let alarms = host.core().metrics().alarms;
+            let alarms = host.core().metrics().alarms + host.previous().map_or(0, |p| p.metrics().alarms);
             if alarms > 0 && rep.strategy.is_none() {
                 self.checker.on_alarm(rep.id, alarms);
             }
@@ -379,11 +415,12 @@ impl World {
         }
         let rep = &mut self.replicas[r];
         let core = Replica::recover(self.core_cfg.clone(), rep.id, rep.crypto.clone(), genesis, restart);
+        let host = EpochHost::new(core, self.core_cfg.clone(), crypto_for(&rep.crypto));
         rep.disk.journal = Some(rec.journal);
         rep.disk.snapshots = Some(rec.snapshots);
         rep.disk.newest_snapshot = rec.report.snapshot.map_or(SeqNo(0), |(s, _)| s);
         rep.execution = Some(rec.execution);
-        rep.consensus = Some(ConsensusHost::new(core));
+        rep.consensus = Some(host);
         self.drain(r);
     }
 
@@ -403,16 +440,16 @@ impl World {
     }
 
     /// A correct replica said `msg`: the equivocation checker notes it.
-    fn note_said(&mut self, r: usize, msg: &PeerMessage) {
+    fn note_said(&mut self, r: usize, epoch: u64, msg: &PeerMessage) {
         if let (true, PeerMessage::PrePrepare(pp)) = (self.cfg.trace, msg) {
             eprintln!("{:>6} r{r} pre-prepare {} {} {}", self.now, pp.view, pp.seq, pp.batch.digest());
         }
         if !self.is_byzantine(r) {
-            self.votes.on_send(ReplicaId(r as u32), msg);
+            self.votes.on_send(ReplicaId(r as u32), epoch, msg);
         }
     }
 
-    pub(crate) fn replica_send(&mut self, r: usize, to: ReplicaId, msg: PeerMessage) {
+    pub(crate) fn replica_send(&mut self, r: usize, to: ReplicaId, epoch: u64, msg: PeerMessage) {
         if self.cfg.trace {
             match &msg {
                 PeerMessage::StateFetch { seq, query } => {
@@ -432,13 +469,13 @@ impl World {
             }
         }
         if self.replicas[r].strategy.is_none() {
-            self.send(r, to.0 as usize, Payload::Peer(msg), 0);
+            self.send(r, to.0 as usize, Payload::Peer(epoch, msg), 0);
             return;
         }
         let outs = self.with_strategy(r, |s, ctx| s.outgoing(ctx, to, msg));
         for o in outs {
             if (o.to.0 as usize) < self.n() && o.to.0 as usize != r {
-                self.send(r, o.to.0 as usize, Payload::Peer(o.msg), o.delay_ms);
+                self.send(r, o.to.0 as usize, Payload::Peer(epoch, o.msg), o.delay_ms);
             }
         }
     }
@@ -461,6 +498,12 @@ impl World {
             self.send(r, node, Payload::Mail(mail), 0);
         }
     }
+}
+
+/// Each epoch's core signs with the replica's key for that epoch.
+pub(crate) fn crypto_for(crypto: &SimCrypto) -> palisade_host::epochs::CryptoFor<SimCrypto> {
+    let crypto = crypto.clone();
+    Box::new(move |c: &palisade_core::reconfig::Configuration| crypto.in_epoch(c.epoch))
 }
 
 /// Writes part of a would-be group after the newest segment's entries,

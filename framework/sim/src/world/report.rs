@@ -30,6 +30,8 @@ pub struct Report {
     pub batches: usize,
     /// Highest view any correct replica reached.
     pub max_view: u64,
+    /// Highest membership epoch any correct replica reached.
+    pub max_epoch: u64,
     /// Snapshots installed by state transfer.
     pub state_transfers: u64,
     /// Times a correct replica that lost its votes finished rejoining.
@@ -69,11 +71,15 @@ impl World {
         let history = std::mem::take(&mut self.history);
         self.checker.check_linearizable(&history);
         let mut max_view = 0;
+        let mut max_epoch = 0;
         let mut state_transfers = 0;
         let mut rejoins = 0;
         for (r, rep) in self.replicas.iter().enumerate() {
             if rep.strategy.is_some() {
                 continue;
+            }
+            if let Some(host) = &rep.consensus {
+                max_epoch = max_epoch.max(host.epoch());
             }
             if let Some(core) = rep.consensus.as_ref().map(|h| h.core()) {
                 max_view = max_view.max(core.view().0);
@@ -110,6 +116,14 @@ impl World {
                     self.heal_at
                 )),
             }
+        }
+        if let Some(vm) = self.view_manager.as_ref().filter(|vm| !vm.done()) {
+            liveness.push(format!(
+                "the view manager's plan {} did not finish: epochs {:?} started, {} steps left",
+                vm.name,
+                vm.accepted,
+                vm.plan.len() + usize::from(vm.current.is_some())
+            ));
         }
         for cl in &self.clients {
             if cl.ops_after_heal > 0 && cl.current.is_none() {
@@ -158,13 +172,17 @@ impl World {
             },
             byzantine,
             beyond_model,
-            faults: self.faults.describe(),
+            faults: match &self.view_manager {
+                Some(vm) => format!("{} reconfigure={}", self.faults.describe(), vm.name),
+                None => self.faults.describe(),
+            },
             safety: std::mem::take(&mut self.checker.violations),
             liveness,
             recovery_ms,
             ops_completed: history.iter().filter(|o| o.complete_ms.is_some()).count(),
             batches: self.checker.decided_count(),
             max_view,
+            max_epoch,
             state_transfers,
             rejoins,
             messages: self.messages,
