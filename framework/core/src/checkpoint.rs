@@ -80,8 +80,9 @@ pub fn verify_cert<C: Crypto + ?Sized>(
         return Err(CertError::BadSigner);
     }
     let mut signers = BTreeSet::new();
+    let config = cert.proof.first().map(|v| v.body.config);
     for vote in &cert.proof {
-        if vote.body.seq != cert.seq || vote.body.state != cert.state {
+        if vote.body.seq != cert.seq || vote.body.state != cert.state || Some(vote.body.config) != config {
             return Err(CertError::Mismatch);
         }
         if !membership.contains(vote.body.replica) || !signers.insert(vote.body.replica) {

@@ -137,6 +137,11 @@ pub struct CheckpointBody {
     pub seq: SeqNo,
     /// Digest of the snapshot after executing `seq`.
     pub state: Digest,
+    /// Digest of the membership configuration in that state (zero for a
+    /// cluster that cannot be reconfigured): a certificate at an epoch's
+    /// handover checkpoint then proves the next configuration without the
+    /// state (docs/reconfiguration.md).
+    pub config: Digest,
     /// Author.
     pub replica: ReplicaId,
 }

@@ -17,7 +17,7 @@
 //! operations, so it cannot be replayed in another cluster, another epoch or
 //! twice in the same one.
 
-use crate::types::{ClientId, Membership, MembershipError, Mode, ReplicaId, SeqNo};
+use crate::types::{ClientId, Digest, Membership, MembershipError, Mode, ReplicaId, SeqNo};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,11 @@ impl Configuration {
     /// The member with id `id`.
     pub fn member(&self, id: ReplicaId) -> Option<&Member> {
         self.members.iter().find(|m| m.id == id)
+    }
+
+    /// The digest CHECKPOINT statements carry for it.
+    pub fn digest(&self) -> Digest {
+        Digest::of_parts(&[b"palisade/configuration/v1", &postcard::to_allocvec(self).expect("configurations encode")])
     }
 
     /// The client id the view manager's requests arrive under.

@@ -95,7 +95,8 @@ fn state_data_nobody_asked_for_is_dropped_and_costs_nothing() {
     // Fetching checkpoint 4: data about another checkpoint is dropped too.
     let state = palisade_core::Digest::of(b"the state at 4");
     for who in [0, 2, 3] {
-        let body = CheckpointBody { seq: SeqNo(4), state, replica: ReplicaId(who) };
+        let body =
+            CheckpointBody { seq: SeqNo(4), state, config: palisade_core::Digest::default(), replica: ReplicaId(who) };
         let vote = crypto::sign(&TestCrypto(ReplicaId(who)), Domain::Checkpoint, body);
         peer(&mut r1, who, PeerMessage::Checkpoint(vote));
     }

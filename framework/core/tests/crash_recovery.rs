@@ -127,7 +127,12 @@ fn certificate(seq: u64, state: palisade_core::Digest) -> palisade_core::message
     let proof = [0u32, 2, 3]
         .iter()
         .map(|&who| {
-            let body = CheckpointBody { seq: SeqNo(seq), state, replica: ReplicaId(who) };
+            let body = CheckpointBody {
+                seq: SeqNo(seq),
+                state,
+                config: palisade_core::Digest::default(),
+                replica: ReplicaId(who),
+            };
             crypto::sign(&TestCrypto(ReplicaId(who)), Domain::Checkpoint, body)
         })
         .collect();

@@ -165,7 +165,7 @@ fn a_checkpoint_with_one_dissenting_digest_still_becomes_stable_on_the_quorum() 
         crypto::sign(
             &TestCrypto(ReplicaId(who)),
             Domain::Checkpoint,
-            CheckpointBody { seq: SeqNo(4), state, replica: ReplicaId(who) },
+            CheckpointBody { seq: SeqNo(4), state, config: palisade_core::Digest::default(), replica: ReplicaId(who) },
         )
     };
     let good = Digest([4; 32]);
@@ -396,7 +396,7 @@ fn state_transfer_fetches_the_certified_state_and_only_what_the_fetcher_reports_
         let vote = crypto::sign(
             &TestCrypto(ReplicaId(who)),
             Domain::Checkpoint,
-            CheckpointBody { seq: SeqNo(4), state, replica: ReplicaId(who) },
+            CheckpointBody { seq: SeqNo(4), state, config: palisade_core::Digest::default(), replica: ReplicaId(who) },
         );
         out.extend(peer(&mut r1, who, PeerMessage::Checkpoint(vote)));
     }

@@ -14,7 +14,12 @@ use palisade_testkit::fixtures::*;
 fn certify(r: &mut palisade_core::Replica<TestCrypto>, seq: u64, state: Digest) -> Vec<Action> {
     let mut out = Vec::new();
     for who in [0u32, 2, 3] {
-        let body = CheckpointBody { seq: SeqNo(seq), state, replica: ReplicaId(who) };
+        let body = CheckpointBody {
+            seq: SeqNo(seq),
+            state,
+            config: palisade_core::Digest::default(),
+            replica: ReplicaId(who),
+        };
         let vote = crypto::sign(&TestCrypto(ReplicaId(who)), Domain::Checkpoint, body);
         out.extend(peer(r, who, PeerMessage::Checkpoint(vote)));
     }

@@ -139,7 +139,7 @@ struct Quiet {
 
 impl ExecutionIo for Quiet {
     fn replies(&mut self, _mails: Vec<ClientMail>) {}
-    fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
+    fn checkpoint(&mut self, seq: SeqNo, state: Digest, _config: Digest) {
         self.checkpoints.push((seq, state));
     }
     fn state_fetched(&mut self, _seq: SeqNo, _state: Digest) {}

@@ -85,9 +85,10 @@ pub enum Reconfigured {
 pub trait ExecutionIo {
     /// Answers for clients: one call per delivered batch, never dropped.
     fn replies(&mut self, mails: Vec<ClientMail>);
-    /// The state at checkpoint `seq` has digest `state`: for the core
-    /// (as `Input::CheckpointReady`), never dropped.
-    fn checkpoint(&mut self, seq: SeqNo, state: Digest);
+    /// The state at checkpoint `seq` has digest `state`, and its
+    /// configuration digest `config`: for the core (as
+    /// `Input::CheckpointReady`), never dropped.
+    fn checkpoint(&mut self, seq: SeqNo, state: Digest, config: Digest);
     /// The state of checkpoint `seq` was fetched and installed: for the
     /// core (as `Input::StateFetched`), never dropped.
     fn state_fetched(&mut self, seq: SeqNo, state: Digest);
@@ -413,9 +414,10 @@ impl<S: Service> ExecutionHost<S> {
             let mut exec = self.exec.write();
             let changed = exec.take_changed();
             let state = self.store.take(seq, &exec, &changed);
+            let config = exec.configuration().map_or_else(Digest::default, |c| c.digest());
             drop(exec);
             io.note(ExecEvent::CheckpointTaken);
-            io.checkpoint(seq, state);
+            io.checkpoint(seq, state, config);
         }
     }
 }

@@ -155,8 +155,8 @@ impl ExecutionIo for Sink<'_> {
             }
         }
     }
-    fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
-        self.inputs.push_back(Input::CheckpointReady { seq, state });
+    fn checkpoint(&mut self, seq: SeqNo, state: Digest, config: Digest) {
+        self.inputs.push_back(Input::CheckpointReady { seq, state, config });
     }
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
         self.inputs.push_back(Input::StateFetched { seq, state });

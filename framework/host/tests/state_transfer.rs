@@ -92,7 +92,7 @@ struct Out {
 
 impl ExecutionIo for Out {
     fn replies(&mut self, _: Vec<ClientMail>) {}
-    fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
+    fn checkpoint(&mut self, seq: SeqNo, state: Digest, _config: Digest) {
         self.checkpoints.push((seq, state));
     }
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {

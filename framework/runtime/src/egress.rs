@@ -26,8 +26,9 @@ pub trait Egress: Send + Sync {
     fn me(&self) -> ReplicaId;
     /// The largest frame body a connection carries.
     fn max_frame_bytes(&self) -> usize;
-    /// Encodes `msg` once for the peer channel.
-    fn peer_body(&self, msg: &PeerMessage) -> Bytes;
+    /// Encodes `msg`, from this replica's core of `epoch`, once for the
+    /// peer channel.
+    fn peer_body(&self, epoch: u64, msg: &PeerMessage) -> Bytes;
     /// Encodes `msg` once for the client channel.
     fn client_body(&self, msg: &ReplicaMessage) -> Bytes;
     /// Hands frame bodies to replica `to`'s connection; false if it is
@@ -103,8 +104,8 @@ pub(crate) mod tests {
         fn max_frame_bytes(&self) -> usize {
             1 << 20
         }
-        fn peer_body(&self, msg: &PeerMessage) -> Bytes {
-            palisade_wire::envelope::encode(1, msg)
+        fn peer_body(&self, epoch: u64, msg: &PeerMessage) -> Bytes {
+            palisade_wire::envelope::encode_peer(1, epoch, msg)
         }
         fn client_body(&self, msg: &ReplicaMessage) -> Bytes {
             palisade_wire::envelope::encode(1, msg)

@@ -74,6 +74,9 @@ counters! {
     /// Batches an epoch's core delivered past that epoch's end, not
     /// executed (the next epoch orders those sequence numbers again).
     batches_void,
+    /// Peer messages from a core of another epoch than this replica's,
+    /// dropped.
+    peer_messages_other_epoch,
     /// Groups written to the log (one write and one fdatasync each).
     log_groups,
     /// Entries written to the log.

@@ -215,11 +215,11 @@ pub struct Net {
     /// Connections from clients.
     pub clients: Routes<ClientId>,
     /// Peer messages to the consensus stage.
-    pub tx_peer: Tx<(ReplicaId, PeerMessage)>,
+    pub tx_peer: Tx<crate::queue::PeerItem>,
     /// Client requests to the verification stage (or to the request filter).
     pub tx_verify: Tx<Request>,
     /// PRE-PREPAREs to the verification stage, when clients sign requests.
-    pub tx_preprepare: Option<Tx<(ReplicaId, PeerMessage)>>,
+    pub tx_preprepare: Option<Tx<crate::queue::PeerItem>>,
     /// Counters.
     pub metrics: Arc<RuntimeMetrics>,
     /// Wakes the dialer of a peer as soon as that peer connects to us: it
@@ -238,9 +238,9 @@ impl Net {
         cluster: u64,
         max_frame_bytes: usize,
         cfg: &crate::RuntimeConfig,
-        tx_peer: Tx<(ReplicaId, PeerMessage)>,
+        tx_peer: Tx<crate::queue::PeerItem>,
         tx_verify: Tx<Request>,
-        tx_preprepare: Option<Tx<(ReplicaId, PeerMessage)>>,
+        tx_preprepare: Option<Tx<crate::queue::PeerItem>>,
         metrics: Arc<RuntimeMetrics>,
         client_keys: Arc<crate::crypto::ClientKeys>,
     ) -> Net {
@@ -276,8 +276,8 @@ impl Egress for Net {
         self.max_frame_bytes
     }
 
-    fn peer_body(&self, msg: &PeerMessage) -> Bytes {
-        envelope::encode(self.cluster, msg)
+    fn peer_body(&self, epoch: u64, msg: &PeerMessage) -> Bytes {
+        envelope::encode_peer(self.cluster, epoch, msg)
     }
 
     fn client_body(&self, msg: &ReplicaMessage) -> Bytes {
@@ -356,7 +356,7 @@ impl Connection {
         let net = self.net.clone();
         match self.kind {
             Kind::FromReplica(from) => match envelope::decode_peer(net.cluster, &body) {
-                Ok(msg) => {
+                Ok((epoch, msg)) => {
                     RuntimeMetrics::add(&net.metrics.counters.peer_messages_received, 1);
                     // With client signatures, a PRE-PREPARE's requests are
                     // checked in the verification stage before consensus.
@@ -364,7 +364,7 @@ impl Connection {
                         (PeerMessage::PrePrepare(_), Some(tx)) => tx,
                         _ => &net.tx_peer,
                     };
-                    if !offer_peer(tx, (from, msg), &net.metrics) {
+                    if !offer_peer(tx, (from, epoch, msg), &net.metrics) {
                         ctx.stop();
                     }
                 }

@@ -168,9 +168,13 @@ impl<T> Outflow<T> {
 #[derive(Debug)]
 pub struct Ended;
 
+/// A peer's message: its sender, the epoch of the core that sent it, and
+/// the message.
+pub type PeerItem = (ReplicaId, u64, PeerMessage);
+
 /// Hands a peer message to the next stage. A full queue drops it and counts
 /// the drop (the protocol retransmits); false when the stage is gone.
-pub fn offer_peer(tx: &Tx<(ReplicaId, PeerMessage)>, item: (ReplicaId, PeerMessage), metrics: &RuntimeMetrics) -> bool {
+pub fn offer_peer(tx: &Tx<PeerItem>, item: PeerItem, metrics: &RuntimeMetrics) -> bool {
     match tx.try_send(item) {
         Ok(()) => true,
         Err(TrySendError::Full(_)) => {

@@ -107,8 +107,8 @@ impl ExecutionIo for Sink<'_> {
             answers.extend(mails.into_iter().map(|m| (ReplicaId(self.r as u32), m)));
         }
     }
-    fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
-        self.inputs.push_back(Input::CheckpointReady { seq, state });
+    fn checkpoint(&mut self, seq: SeqNo, state: Digest, config: Digest) {
+        self.inputs.push_back(Input::CheckpointReady { seq, state, config });
     }
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
         self.inputs.push_back(Input::StateFetched { seq, state });

@@ -47,14 +47,14 @@ fn frames(c: &mut Criterion) {
             let mut out = BytesMut::with_capacity(1 << 16);
             b.iter(|| {
                 out.clear();
-                sealer.seal_message(CLUSTER, black_box(&msg), &mut out);
+                sealer.seal_message(CLUSTER, black_box(&(0u64, &msg)), &mut out);
             });
         });
         let mut sealer = Sealer::new(&[1; 32]);
         let mut stream = BytesMut::new();
         const N: usize = 1_000;
         for _ in 0..N {
-            sealer.seal_message(CLUSTER, &msg, &mut stream);
+            sealer.seal_message(CLUSTER, &(0u64, &msg), &mut stream);
         }
         let stream = stream.freeze();
         g.throughput(Throughput::Elements(N as u64));

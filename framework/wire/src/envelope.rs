@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The format version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Bytes before the postcard-encoded message.
 pub const HEADER_BYTES: usize = 9;
@@ -241,8 +241,15 @@ pub fn decode<T: DeserializeOwned>(cluster: u64, body: &[u8]) -> Result<T, WireE
     Ok(value)
 }
 
-/// Decodes a replica-to-replica body.
-pub fn decode_peer(cluster: u64, body: &[u8]) -> Result<PeerMessage, WireError> {
+/// Encodes a replica-to-replica body: the epoch of the sending core, then
+/// the message.
+pub fn encode_peer(cluster: u64, epoch: u64, message: &PeerMessage) -> Bytes {
+    encode(cluster, &(epoch, message))
+}
+
+/// Decodes a replica-to-replica body: the epoch of the core that sent it,
+/// and the message.
+pub fn decode_peer(cluster: u64, body: &[u8]) -> Result<(u64, PeerMessage), WireError> {
     decode(cluster, body)
 }
 

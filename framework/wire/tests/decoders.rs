@@ -60,20 +60,23 @@ fn samples() -> Vec<Bytes> {
         auth: Bytes::from(vec![2u8; 96]),
     };
     vec![
-        envelope::encode(
+        envelope::encode_peer(
             CLUSTER,
+            0,
             &PeerMessage::PrePrepare(PrePrepare {
                 view: ViewNo(1),
                 seq: SeqNo(2),
                 batch: Arc::new(Batch { timestamp_ms: 5, requests: vec![req.clone(); 8] }),
             }),
         ),
-        envelope::encode(
+        envelope::encode_peer(
             CLUSTER,
+            3,
             &PeerMessage::Commit(Vote { view: ViewNo(1), seq: SeqNo(9), digest: Digest([4; 32]) }),
         ),
-        envelope::encode(
+        envelope::encode_peer(
             CLUSTER,
+            0,
             &PeerMessage::Status(Status { view: ViewNo(2), normal: false, delivered: SeqNo(3), stable: SeqNo(0) }),
         ),
         envelope::encode(CLUSTER, &ClientMessage::Request(req)),
@@ -170,10 +173,10 @@ proptest! {
 
 #[test]
 fn a_huge_length_claim_inside_a_message_does_not_allocate_it() {
-    // A PRE-PREPARE whose batch claims 2^32 requests in a 20-byte body.
+    // A PRE-PREPARE (epoch 0) whose batch claims 2^32 requests in a 20-byte body.
     let mut body = envelope::encode(CLUSTER, &PeerMessage::StateRequest { seq: SeqNo(1) }).to_vec();
     body.truncate(envelope::HEADER_BYTES);
-    body.extend_from_slice(&[0, 1, 1, 5, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+    body.extend_from_slice(&[0, 0, 1, 1, 5, 0xff, 0xff, 0xff, 0xff, 0x0f]);
     let peak = peak_during(|| {
         assert!(envelope::decode_peer(CLUSTER, &body).is_err());
     });

@@ -35,31 +35,40 @@ fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, value:
     assert_eq!(&back, value, "{name}: does not round-trip");
 }
 
+/// A peer frame: the sending core's epoch (here 0), then the message.
+fn check_peer(name: &str, value: &PeerMessage, expected_hex: &str) {
+    let bytes = envelope::encode_peer(CLUSTER, 0, value);
+    let got = hex::encode(&bytes);
+    assert_eq!(got, expected_hex, "{name}: encoding changed; got\n{got}");
+    let (epoch, back) = envelope::decode_peer(CLUSTER, &bytes).unwrap();
+    assert_eq!((epoch, &back), (0, value), "{name}: does not round-trip");
+}
+
 #[test]
 fn peer_messages() {
-    check(
+    check_peer(
         "prepare",
         &PeerMessage::Prepare(Vote { view: ViewNo(1), seq: SeqNo(2), digest: Digest([0xab; 32]) }),
-        "010807060504030201010102abababababababababababababababababababababababababababababababab",
+        "02080706050403020100010102abababababababababababababababababababababababababababababababab",
     );
-    check(
+    check_peer(
         "pre-prepare",
         &PeerMessage::PrePrepare(PrePrepare {
             view: ViewNo(3),
             seq: SeqNo(300),
             batch: Arc::new(Batch { timestamp_ms: 1_700_000_000_000, requests: vec![request()] }),
         }),
-        "0108070605040302010003ac0280d095ffbc310107ac0200026f7003736967",
+        "020807060504030201000003ac0280d095ffbc310107ac0200026f7003736967",
     );
-    check(
+    check_peer(
         "checkpoint",
         &PeerMessage::Checkpoint(Signed {
-            body: CheckpointBody { seq: SeqNo(128), state: Digest([1; 32]), replica: ReplicaId(2) },
+            body: CheckpointBody { seq: SeqNo(128), state: Digest([1; 32]), config: Digest([3; 32]), replica: ReplicaId(2) },
             signature: Signature(Bytes::from_static(b"s")),
         }),
-        "0108070605040302010380010101010101010101010101010101010101010101010101010101010101010101020173",
+        "0208070605040302010003800101010101010101010101010101010101010101010101010101010101010101010303030303030303030303030303030303030303030303030303030303030303020173",
     );
-    check(
+    check_peer(
         "view-change",
         &PeerMessage::ViewChange(Signed {
             body: ViewChangeBody {
@@ -71,33 +80,33 @@ fn peer_messages() {
             },
             signature: Signature(Bytes::from_static(b"v")),
         }),
-        "010807060504030201040501000202020202020202020202020202020202020202020202020202020202020202000101040303030303030303030303030303030303030303030303030303030303030303000176",
+        "02080706050403020100040501000202020202020202020202020202020202020202020202020202020202020202000101040303030303030303030303030303030303030303030303030303030303030303000176",
     );
-    check(
+    check_peer(
         "status",
         &PeerMessage::Status(Status { view: ViewNo(9), normal: true, delivered: SeqNo(1000), stable: SeqNo(896) }),
-        "010807060504030201070901e8078007",
+        "02080706050403020100070901e8078007",
     );
-    check("state-request", &PeerMessage::StateRequest { seq: SeqNo(128) }, "0108070605040302010b8001");
-    check("rejoin-query", &PeerMessage::RejoinQuery { nonce: 0x1234 }, "0108070605040302010db424");
-    check(
+    check_peer("state-request", &PeerMessage::StateRequest { seq: SeqNo(128) }, "020807060504030201000b8001");
+    check_peer("rejoin-query", &PeerMessage::RejoinQuery { nonce: 0x1234 }, "020807060504030201000db424");
+    check_peer(
         "rejoin-reply",
         &PeerMessage::RejoinReply {
             nonce: 0x1234,
             delivered: SeqNo(300),
             checkpoint: palisade_core::checkpoint::genesis(Digest([2; 32])),
         },
-        "0108070605040302010eb424ac0200020202020202020202020202020202020202020202020202020202020202020200",
+        "020807060504030201000eb424ac0200020202020202020202020202020202020202020202020202020202020202020200",
     );
-    check(
+    check_peer(
         "state-fetch",
         &PeerMessage::StateFetch {
             seq: SeqNo(128),
             query: StateQuery::Parts { parts: vec![1, 300], digests_from: 2, record: 3, offset: 4 },
         },
-        "0108070605040302010f8001010201ac02020304",
+        "020807060504030201000f8001010201ac02020304",
     );
-    check(
+    check_peer(
         "state-data",
         &PeerMessage::StateData {
             seq: SeqNo(128),
@@ -106,21 +115,21 @@ fn peer_messages() {
                 StateItem::Bytes { part: 1, record: 0, offset: 0, len: 2, bytes: Bytes::from_static(b"hi") },
             ]),
         },
-        "0108070605040302011080010102000100010105050505050505050505050505050505050505050505050505050505050505050101000002026869",
+        "020807060504030201001080010102000100010105050505050505050505050505050505050505050505050505050505050505050101000002026869",
     );
-    check(
+    check_peer(
         "state-manifest",
         &PeerMessage::StateData {
             seq: SeqNo(8),
             answer: StateAnswer::Manifest { from: 0, total: 1, digests: vec![Digest([6; 32])] },
         },
-        "0108070605040302011008000001010606060606060606060606060606060606060606060606060606060606060606",
+        "020807060504030201001008000001010606060606060606060606060606060606060606060606060606060606060606",
     );
 }
 
 #[test]
 fn client_and_replica_messages() {
-    check("request", &ClientMessage::Request(request()), "0108070605040302010007ac0200026f7003736967");
+    check("request", &ClientMessage::Request(request()), "0208070605040302010007ac0200026f7003736967");
     check(
         "reply",
         &ReplicaMessage::Reply(Reply {
@@ -130,7 +139,7 @@ fn client_and_replica_messages() {
             request: RequestId(300),
             result: Bytes::from_static(b"ok"),
         }),
-        "01080706050403020100010307ac02026f6b",
+        "02080706050403020100010307ac02026f6b",
     );
     check(
         "reply-digest",
@@ -141,12 +150,12 @@ fn client_and_replica_messages() {
             request: RequestId(300),
             digest: Digest([9; 32]),
         },
-        "01080706050403020102010307ac020909090909090909090909090909090909090909090909090909090909090909",
+        "02080706050403020102010307ac020909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
         "requests",
         &ClientMessage::Requests(vec![request(), request()]),
-        "010807060504030201010207ac0200026f700373696707ac0200026f7003736967",
+        "020807060504030201010207ac0200026f700373696707ac0200026f7003736967",
     );
     check(
         "replies",
@@ -159,7 +168,7 @@ fn client_and_replica_messages() {
                 (RequestId(301), Answer::Digest(Digest([9; 32]))),
             ],
         },
-        "0108070605040302010301030702ac0200026f6bad02010909090909090909090909090909090909090909090909090909090909090909",
+        "0208070605040302010301030702ac0200026f6bad02010909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
         "replies-too-large",
@@ -169,17 +178,17 @@ fn client_and_replica_messages() {
             client: ClientId(7),
             answers: vec![(RequestId(301), Answer::TooLarge { len: 5_000_000, digest: Digest([9; 32]) })],
         },
-        "0108070605040302010301030701ad0202c096b1020909090909090909090909090909090909090909090909090909090909090909",
+        "0208070605040302010301030701ad0202c096b1020909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
         "rejected",
         &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::Busy },
-        "01080706050403020101000100",
+        "02080706050403020101000100",
     );
     check(
         "rejected-too-large",
         &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::TooLarge },
-        "01080706050403020101000103",
+        "02080706050403020101000103",
     );
 }
 
@@ -193,9 +202,9 @@ fn handshake_messages() {
             ephemeral: [5; 32],
             nonce: [6; 32],
         },
-        "010807060504030201000002040404040404040404040404040404040404040404040404040404040404040405050505050505050505050505050505050505050505050505050505050505050606060606060606060606060606060606060606060606060606060606060606",
+        "020807060504030201000002040404040404040404040404040404040404040404040404040404040404040405050505050505050505050505050505050505050505050505050505050505050606060606060606060606060606060606060606060606060606060606060606",
     );
-    check("finish", &HandshakeMessage::Finish { signature: Bytes::from(vec![7u8; 64]) }, "010807060504030201024007070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707");
+    check("finish", &HandshakeMessage::Finish { signature: Bytes::from(vec![7u8; 64]) }, "020807060504030201024007070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707");
 }
 
 #[test]

@@ -57,11 +57,11 @@ impl Checkpoints {
     /// A quorum of matching votes at `seq`, if there is one.
     fn certificate(&self, seq: SeqNo, quorum: usize) -> Option<CheckpointCert> {
         let votes = self.votes.get(&seq)?;
-        let mut by_state: BTreeMap<Digest, Vec<Signed<CheckpointBody>>> = BTreeMap::new();
+        let mut by_state: BTreeMap<(Digest, Digest), Vec<Signed<CheckpointBody>>> = BTreeMap::new();
         for v in votes.values() {
-            by_state.entry(v.body.state).or_default().push(v.clone());
+            by_state.entry((v.body.state, v.body.config)).or_default().push(v.clone());
         }
-        let (state, proof) = by_state.into_iter().find(|(_, p)| p.len() >= quorum)?;
+        let ((state, _), proof) = by_state.into_iter().find(|(_, p)| p.len() >= quorum)?;
         Some(CheckpointCert { seq, state, proof })
     }
 
@@ -77,7 +77,7 @@ impl Checkpoints {
 
 impl<C: Crypto> Replica<C> {
     /// The executor took the snapshot at `seq`: sign and send CHECKPOINT.
-    pub(super) fn on_checkpoint_ready(&mut self, seq: SeqNo, state: Digest) {
+    pub(super) fn on_checkpoint_ready(&mut self, seq: SeqNo, state: Digest, config: Digest) {
         if seq.0 % self.cfg.checkpoint_interval != 0 {
             return;
         }
@@ -90,7 +90,8 @@ impl<C: Crypto> Replica<C> {
         if seq <= self.checkpoints.stable.seq {
             return;
         }
-        let vote = crypto::sign(&self.crypto, Domain::Checkpoint, CheckpointBody { seq, state, replica: self.id });
+        let vote =
+            crypto::sign(&self.crypto, Domain::Checkpoint, CheckpointBody { seq, state, config, replica: self.id });
         self.checkpoints.insert_vote(vote.clone());
         self.broadcast(PeerMessage::Checkpoint(vote));
         self.check_stable(seq);

@@ -40,6 +40,9 @@ pub enum Input {
         seq: SeqNo,
         /// The state's digest.
         state: Digest,
+        /// The digest of the state's membership configuration (zero
+        /// without reconfiguration).
+        config: Digest,
     },
     /// The executor accepted a reconfiguration: this core's epoch ends at
     /// `last`, the first checkpoint at or after the request

@@ -292,7 +292,7 @@ impl<C: Crypto> Replica<C> {
                     self.on_peer(from, msg);
                 }
             }
-            Input::CheckpointReady { seq, state } => self.on_checkpoint_ready(seq, state),
+            Input::CheckpointReady { seq, state, config } => self.on_checkpoint_ready(seq, state, config),
             Input::StateFetched { seq, state } => self.on_state_fetched(seq, state),
             Input::EpochEnds { last } => self.on_epoch_ends(last),
         }

@@ -72,7 +72,7 @@ pub struct Consensus<C: Crypto> {
     /// The journal, when the replica keeps one.
     pub journal: Option<JournalLink>,
     /// Peer messages in.
-    pub rx_peer: Rx<(ReplicaId, PeerMessage)>,
+    pub rx_peer: Rx<crate::queue::PeerItem>,
     /// Requests in.
     pub rx_requests: Rx<Request>,
     /// From delivery: checkpoint digests and fetched states.
@@ -139,12 +139,12 @@ impl ConsensusIo for Wiring<'_> {
         }
     }
 
-    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: &PeerMessage) {
-        let body = self.egress.peer_body(msg);
+    fn send(&mut self, to: ReplicaId, epoch: u64, msg: &PeerMessage) {
+        let body = self.egress.peer_body(epoch, msg);
         self.queue(to, body);
     }
 
-    fn broadcast(&mut self, to: &[ReplicaId], _epoch: u64, msg: &PeerMessage) {
+    fn broadcast(&mut self, to: &[ReplicaId], epoch: u64, msg: &PeerMessage) {
         #[cfg(feature = "byzantine")]
         if let (Some(forged), PeerMessage::PrePrepare(pp)) = (self.forged_request, msg) {
             let mut batch = (*pp.batch).clone();
@@ -152,13 +152,13 @@ impl ConsensusIo for Wiring<'_> {
             r.id = palisade_core::RequestId(pp.seq.0);
             batch.requests.push(r);
             let pp = palisade_core::message::PrePrepare { batch: std::sync::Arc::new(batch), ..pp.clone() };
-            let body = self.egress.peer_body(&PeerMessage::PrePrepare(pp));
+            let body = self.egress.peer_body(epoch, &PeerMessage::PrePrepare(pp));
             for &r in to {
                 self.queue(r, body.clone());
             }
             return;
         }
-        let body = self.egress.peer_body(msg);
+        let body = self.egress.peer_body(epoch, msg);
         for &r in to {
             self.queue(r, body.clone());
         }
@@ -284,7 +284,13 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
         let mut budget = if clear { self.drain_max } else { 0 };
         while budget > 0 && self.tx_delivery.backlog() == 0 && self.journal.as_ref().is_none_or(|j| j.tx.backlog() == 0)
         {
-            let next = if let Some((from, msg)) = self.rx_peer.take() {
+            let next = if let Some((from, epoch, msg)) = self.rx_peer.take() {
+                if epoch != self.host.core().epoch() {
+                    // This replica serves one epoch: the cluster is never
+                    // reconfigured while the runtime runs a single core.
+                    RuntimeMetrics::add(&self.metrics.counters.peer_messages_other_epoch, 1);
+                    continue;
+                }
                 Input::Peer { from, msg }
             } else if let Some(r) = self.rx_requests.take() {
                 Input::Request(r)

@@ -78,9 +78,9 @@ impl ExecutionIo for Wiring<'_> {
         }
     }
 
-    fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
+    fn checkpoint(&mut self, seq: SeqNo, state: Digest, config: Digest) {
         self.taken.push((seq, false));
-        if self.tx_control.push(Input::CheckpointReady { seq, state }).is_err() {
+        if self.tx_control.push(Input::CheckpointReady { seq, state, config }).is_err() {
             self.ended = true;
         }
     }
@@ -92,8 +92,8 @@ impl ExecutionIo for Wiring<'_> {
         }
     }
 
-    fn send(&mut self, to: ReplicaId, _epoch: u64, msg: PeerMessage) {
-        let body = self.egress.peer_body(&msg);
+    fn send(&mut self, to: ReplicaId, epoch: u64, msg: PeerMessage) {
+        let body = self.egress.peer_body(epoch, &msg);
         send_to_peer(self.egress, self.metrics, to, vec![body]);
     }
 

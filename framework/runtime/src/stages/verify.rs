@@ -99,9 +99,9 @@ impl Stage for Verifier {
 /// the primary it is.
 pub struct PrePrepareVerifier {
     /// PRE-PREPAREs from the network.
-    pub rx: Rx<(ReplicaId, PeerMessage)>,
+    pub rx: Rx<crate::queue::PeerItem>,
     /// Checked PRE-PREPAREs to consensus.
-    pub tx_peer: Tx<(ReplicaId, PeerMessage)>,
+    pub tx_peer: Tx<crate::queue::PeerItem>,
     /// Requests known to be verified.
     pub verified: Arc<VerifiedRequests>,
     /// Size limits.
@@ -127,7 +127,7 @@ impl Stage for PrePrepareVerifier {
         if batch.is_empty() {
             return Ok(false);
         }
-        for (from, msg) in batch {
+        for (from, epoch, msg) in batch {
             if let PeerMessage::PrePrepare(pp) = &msg {
                 let mac_ok = |r: &Request| self.macs.as_ref().is_some_and(|(keys, me)| keys.check(r, *me));
                 let mut unchecked = Vec::new();
@@ -151,7 +151,7 @@ impl Stage for PrePrepareVerifier {
                     self.verified.insert(&r);
                 }
             }
-            if !offer_peer(&self.tx_peer, (from, msg), &self.metrics) {
+            if !offer_peer(&self.tx_peer, (from, epoch, msg), &self.metrics) {
                 return Err(Ended);
             }
         }

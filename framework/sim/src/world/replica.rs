@@ -148,11 +148,11 @@ impl ExecutionIo for SimExecIo<'_> {
         }
     }
 
-    fn checkpoint(&mut self, seq: SeqNo, state: Digest) {
+    fn checkpoint(&mut self, seq: SeqNo, state: Digest, config: Digest) {
         if !self.world.is_byzantine(self.r) {
             self.world.checker.on_checkpoint(ReplicaId(self.r as u32), seq, state);
         }
-        self.inputs.push_back(Feed::Input(Input::CheckpointReady { seq, state }));
+        self.inputs.push_back(Feed::Input(Input::CheckpointReady { seq, state, config }));
         self.taken.push((seq, false));
         self.last = Some((seq, state));
     }

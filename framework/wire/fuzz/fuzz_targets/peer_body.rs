@@ -6,9 +6,9 @@ use palisade_wire::envelope;
 const CLUSTER: u64 = 0x0102_0304_0506_0708;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(value) = envelope::decode_peer(CLUSTER, data) {
-        let again = envelope::encode(CLUSTER, &value);
-        let back: palisade_core::PeerMessage = envelope::decode(CLUSTER, &again).expect("a re-encoded value decodes");
-        assert_eq!(back, value);
+    if let Ok((epoch, value)) = envelope::decode_peer(CLUSTER, data) {
+        let again = envelope::encode_peer(CLUSTER, epoch, &value);
+        let back = envelope::decode_peer(CLUSTER, &again).expect("a re-encoded value decodes");
+        assert_eq!(back, (epoch, value));
     }
 });
