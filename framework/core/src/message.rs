@@ -315,6 +315,17 @@ pub enum PeerMessage {
         /// The answer.
         answer: StateAnswer,
     },
+    /// Links of the chain of membership epochs, in epoch order: the answer
+    /// to a message from an older epoch, or to a [`PeerMessage::HandoverQuery`].
+    /// Each is checked against the configuration before it, so they can be
+    /// relayed by anyone (see [`crate::reconfig::Handover`]).
+    Handovers(Vec<crate::reconfig::Handover>),
+    /// From a replica that is not a member of any epoch it knows of yet (a
+    /// joiner): which epochs came after `after`?
+    HandoverQuery {
+        /// The newest epoch the asker knows.
+        after: u64,
+    },
 }
 
 /// What a replica fetching a checkpoint's state asks a peer for (see
@@ -425,6 +436,8 @@ impl PeerMessage {
             PeerMessage::RejoinReply { .. } => "rejoin-reply",
             PeerMessage::StateFetch { .. } => "state-fetch",
             PeerMessage::StateData { .. } => "state-data",
+            PeerMessage::Handovers(_) => "handovers",
+            PeerMessage::HandoverQuery { .. } => "handover-query",
         }
     }
 }

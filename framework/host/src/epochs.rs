@@ -1,4 +1,5 @@
-//! One core per membership epoch, and the handover between them
+//! One core per membership epoch, the handover between them, and the chain
+//! of handovers that lets a joiner or a laggard find its way
 //! (docs/reconfiguration.md).
 //!
 //! Inside an epoch the protocol is PBFT with fixed members; across epochs
@@ -12,27 +13,44 @@
 //! The next epoch's core starts once both are true: the execution side says
 //! the state has entered that epoch (it executed, or installed, the
 //! handover checkpoint), and the current core holds that checkpoint as
-//! stable, certified by a quorum of the old members. A replica that is not
-//! a member of the new configuration starts no core: its last one keeps
-//! answering laggards until the runtime lets it go.
+//! stable, certified by a quorum of the old members. That certificate and
+//! the new configuration are a link of the *chain*, which the host keeps. A
+//! replica that is not a member of the new configuration starts no core:
+//! its last one keeps answering laggards until the runtime lets it go.
+//!
+//! A message from an epoch older than any core kept here is answered with
+//! the links after it; a replica that is not a member of any epoch it knows
+//! (a joiner) asks for them. The receiver checks each link against the
+//! configuration before it, from its own, and when the chain leads to an
+//! epoch it is a member of, starts that epoch's core at its handover
+//! checkpoint, fetching the state there first.
 
 use crate::consensus::{ConsensusHost, ConsensusIo};
 use crate::execution::Reconfigured;
 use palisade_core::checkpoint::Genesis;
-use palisade_core::reconfig::Configuration;
+use palisade_core::reconfig::{Configuration, Handover};
 use palisade_core::{Config, Crypto, Input, PeerMessage, Replica, ReplicaId, SeqNo};
+use std::collections::BTreeMap;
 
 /// Makes the signing and verification of one epoch's core: the keys are
 /// that configuration's, and the epoch is signed into every statement.
 pub type CryptoFor<C> = Box<dyn FnMut(&Configuration) -> C + Send>;
 
-/// Messages that reached no core.
+/// Links sent in one answer; a replica further behind asks again.
+pub const LINKS_PER_ANSWER: usize = 16;
+
+/// Peers whose last answer time is kept; more and the table starts over.
+const ANSWERED_MAX: usize = 1024;
+
+/// Messages that reached no core, and links refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EpochCounters {
     /// From an epoch older than any core kept here.
     pub stale: u64,
     /// From an epoch this replica has not reached.
     pub ahead: u64,
+    /// Links of the chain that did not check.
+    pub bad_links: u64,
 }
 
 /// The cores of a replica's current epoch and of the one before.
@@ -41,30 +59,58 @@ pub struct EpochHost<C> {
     /// Protocol parameters; each epoch's core gets its own membership.
     template: Config,
     crypto: CryptoFor<C>,
+    /// The configuration of the current core's epoch.
+    config: Configuration,
+    /// The newest configuration known: past `config` when a chain showed
+    /// this replica epochs it is not a member of.
+    newest: Configuration,
     current: ConsensusHost<C>,
     previous: Option<ConsensusHost<C>>,
+    /// Links for the epochs after the first one this replica knew, in order.
+    chain: Vec<Handover>,
+    /// Not a member of `config`: the core is not run, and the host asks
+    /// the members for the epochs that followed.
+    standby: bool,
     /// A configuration the state has entered, with its handover checkpoint,
     /// waiting for that checkpoint to be stable here.
     next: Option<(Configuration, SeqNo)>,
     /// The epoch whose configuration no longer lists this replica.
     removed: Option<u64>,
     counters: EpochCounters,
+    now_ms: u64,
+    /// When each peer was last sent links.
+    answered: BTreeMap<ReplicaId, u64>,
+    /// When each peer was last asked for links.
+    asked: BTreeMap<ReplicaId, u64>,
+    /// When a standby replica next asks for links.
+    ask_at_ms: u64,
 }
 
 impl<C: Crypto> EpochHost<C> {
-    /// Hosts `core` (of any epoch: the genesis one, or one joined at a
-    /// handover). Later epochs' cores get `template`'s parameters and
-    /// `crypto` for their configuration.
-    pub fn new(core: Replica<C>, template: Config, crypto: CryptoFor<C>) -> Self {
+    /// Hosts `core`, which serves `config`'s epoch (the genesis one, or one
+    /// joined at a handover). Later epochs' cores get `template`'s
+    /// parameters and `crypto` for their configuration. A replica that is
+    /// not a member of `config` waits on standby for the links that make
+    /// it one; its `core` is never run.
+    pub fn new(core: Replica<C>, config: Configuration, template: Config, crypto: CryptoFor<C>) -> Self {
+        let me = core.id();
         EpochHost {
-            me: core.id(),
+            me,
             template,
             crypto,
+            standby: config.member(me).is_none(),
+            newest: config.clone(),
+            config,
             current: ConsensusHost::new(core),
             previous: None,
+            chain: Vec::new(),
             next: None,
             removed: None,
             counters: EpochCounters::default(),
+            now_ms: 0,
+            answered: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            ask_at_ms: 0,
         }
     }
 
@@ -80,7 +126,27 @@ impl<C: Crypto> EpochHost<C> {
 
     /// The current epoch.
     pub fn epoch(&self) -> u64 {
-        self.current.core().epoch()
+        self.config.epoch
+    }
+
+    /// The configuration of the current core's epoch.
+    pub fn config(&self) -> &Configuration {
+        &self.config
+    }
+
+    /// The newest configuration this replica knows of.
+    pub fn newest(&self) -> &Configuration {
+        &self.newest
+    }
+
+    /// The links this replica holds, in epoch order.
+    pub fn chain(&self) -> &[Handover] {
+        &self.chain
+    }
+
+    /// Whether this replica waits to be made a member.
+    pub fn standby(&self) -> bool {
+        self.standby
     }
 
     /// The epoch whose configuration removed this replica, if one did: it
@@ -89,7 +155,7 @@ impl<C: Crypto> EpochHost<C> {
         self.removed
     }
 
-    /// Messages that reached no core.
+    /// Messages that reached no core, and links refused.
     pub fn counters(&self) -> EpochCounters {
         self.counters
     }
@@ -97,7 +163,9 @@ impl<C: Crypto> EpochHost<C> {
     /// Carries out actions the current core holds without a new input (a
     /// recovered replica's first words).
     pub fn carry_out(&mut self, io: &mut impl ConsensusIo) {
-        self.current.carry_out(io);
+        if !self.standby {
+            self.current.carry_out(io);
+        }
     }
 
     /// Feeds an input that is not a peer's message (see [`Self::peer`]):
@@ -109,12 +177,18 @@ impl<C: Crypto> EpochHost<C> {
                 let epoch = self.epoch();
                 self.peer(from, epoch, msg, io)
             }
-            Input::Tick { .. } => {
+            Input::Tick { now_ms, .. } => {
+                self.now_ms = self.now_ms.max(now_ms);
+                if self.standby {
+                    self.ask_for_links(io);
+                    return;
+                }
                 if let Some(p) = &mut self.previous {
                     p.step(input.clone(), io);
                 }
                 self.current.step(input, io);
             }
+            _ if self.standby => {}
             Input::CheckpointReady { seq, .. } | Input::StateFetched { seq, .. } | Input::EpochEnds { last: seq } => {
                 match &mut self.previous {
                     Some(p) if seq <= self.current.core().genesis().seq => p.step(input, io),
@@ -128,21 +202,41 @@ impl<C: Crypto> EpochHost<C> {
 
     /// A message from `from`, sent by its core of `epoch`.
     pub fn peer(&mut self, from: ReplicaId, epoch: u64, msg: PeerMessage, io: &mut impl ConsensusIo) {
+        match msg {
+            PeerMessage::HandoverQuery { after } => return self.answer(from, after, io),
+            PeerMessage::Handovers(links) => return self.follow(links, io),
+            _ => {}
+        }
+        if self.standby {
+            self.counters.ahead += 1;
+            return;
+        }
         let input = Input::Peer { from, msg };
         if epoch == self.epoch() {
             self.current.step(input, io);
         } else if let Some(p) = self.previous.as_mut().filter(|p| p.core().epoch() == epoch) {
             p.step(input, io);
         } else if epoch > self.epoch() {
+            // The sender is in an epoch this replica has not reached: ask
+            // it for the links (the one ending this epoch may be all this
+            // replica's core lacks).
             self.counters.ahead += 1;
+            if epoch > self.newest.epoch || self.removed.is_none() {
+                self.ask(from, io);
+            }
         } else {
+            // A laggard no core here can help: show it the way.
             self.counters.stale += 1;
+            self.answer(from, epoch, io);
         }
         self.advance(io);
     }
 
     /// What the execution side said of the membership.
     pub fn reconfigured(&mut self, event: Reconfigured, io: &mut impl ConsensusIo) {
+        if self.standby {
+            return;
+        }
         match event {
             Reconfigured::EpochEnds { epoch, last } => {
                 let input = Input::EpochEnds { last };
@@ -163,14 +257,21 @@ impl<C: Crypto> EpochHost<C> {
 
     /// Starts the next epoch's core once its handover checkpoint is stable.
     fn advance(&mut self, io: &mut impl ConsensusIo) {
-        let Some((_, since)) = &self.next else { return };
+        let Some((config, since)) = &self.next else { return };
         let stable = self.current.core().stable_checkpoint();
         // The current core's epoch ends at the handover checkpoint, so its
         // stable checkpoint reaches it and goes no further.
-        if stable.seq != *since {
+        if stable.seq != *since || config.epoch != self.epoch() + 1 {
             return;
         }
         let (config, since) = self.next.take().expect("just matched");
+        let link = Handover { config: config.clone(), cert: stable.clone() };
+        if self.chain.last().is_none_or(|l| l.config.epoch < config.epoch) {
+            self.chain.push(link);
+        }
+        if config.epoch > self.newest.epoch {
+            self.newest = config.clone();
+        }
         if config.member(self.me).is_none() {
             // Not a member any more: order nothing more, keep answering
             // laggards.
@@ -178,13 +279,143 @@ impl<C: Crypto> EpochHost<C> {
             return;
         }
         let genesis = Genesis { seq: since, state: stable.state };
-        let mut cfg = self.template.clone();
-        cfg.membership = config.membership();
-        let crypto = (self.crypto)(&config);
-        let mut core = Replica::starting_at(cfg, self.me, crypto, genesis);
-        core.step(self.current.core().last_tick());
+        let core = self.core_for(&config, |cfg, me, crypto| Replica::starting_at(cfg, me, crypto, genesis));
         let old = std::mem::replace(&mut self.current, ConsensusHost::new(core));
         self.previous = Some(old);
+        self.config = config;
+        self.removed = None;
+        self.current.carry_out(io);
+    }
+
+    fn core_for(
+        &mut self,
+        config: &Configuration,
+        make: impl FnOnce(Config, ReplicaId, C) -> Replica<C>,
+    ) -> Replica<C> {
+        let mut cfg = self.template.clone();
+        cfg.membership = config.membership();
+        let crypto = (self.crypto)(config);
+        let mut core = make(cfg, self.me, crypto);
+        core.step(Input::Tick { now_ms: self.now_ms, wall_ms: self.wall_ms() });
+        core
+    }
+
+    fn wall_ms(&self) -> u64 {
+        match self.current.core().last_tick() {
+            Input::Tick { wall_ms, .. } => wall_ms,
+            _ => 0,
+        }
+    }
+
+    /// Sends `to` the links after epoch `after`, at most once per
+    /// retransmission period.
+    fn answer(&mut self, to: ReplicaId, after: u64, io: &mut impl ConsensusIo) {
+        let links: Vec<Handover> =
+            self.chain.iter().filter(|h| h.config.epoch > after).take(LINKS_PER_ANSWER).cloned().collect();
+        if links.is_empty() || to == self.me {
+            return;
+        }
+        let now = self.now_ms;
+        if self.answered.get(&to).is_some_and(|&t| now < t + self.template.retransmit_ms) {
+            return;
+        }
+        if self.answered.len() >= ANSWERED_MAX {
+            self.answered.clear();
+        }
+        self.answered.insert(to, now);
+        io.send(to, self.epoch(), &PeerMessage::Handovers(links));
+    }
+
+    /// Asks `to` for the links after the newest epoch known here, at most
+    /// once per retransmission period.
+    fn ask(&mut self, to: ReplicaId, io: &mut impl ConsensusIo) {
+        let now = self.now_ms;
+        if self.asked.get(&to).is_some_and(|&t| now < t + self.template.retransmit_ms) {
+            return;
+        }
+        if self.asked.len() >= ANSWERED_MAX {
+            self.asked.clear();
+        }
+        self.asked.insert(to, now);
+        let after = self.newest.epoch;
+        io.send(to, self.epoch(), &PeerMessage::HandoverQuery { after });
+    }
+
+    /// On standby: ask the members of the newest epoch known here.
+    fn ask_for_links(&mut self, io: &mut impl ConsensusIo) {
+        if self.now_ms < self.ask_at_ms {
+            return;
+        }
+        self.ask_at_ms = self.now_ms + self.template.status_interval_ms;
+        let after = self.newest.epoch;
+        for m in &self.newest.members {
+            io.send(m.id, after, &PeerMessage::HandoverQuery { after });
+        }
+    }
+
+    /// Checks links from the newest configuration known on, keeps the good
+    /// ones, and acts on them: a link that ends the current core's epoch
+    /// gives that core the certificate of its last checkpoint (its quorum
+    /// may be short of correct votes, the link has them); a chain two or
+    /// more epochs ahead, or one that makes a waiting replica a member,
+    /// moves this replica to the newest epoch it is a member of.
+    fn follow(&mut self, mut links: Vec<Handover>, io: &mut impl ConsensusIo) {
+        links.sort_by_key(|h| h.config.epoch);
+        let interval = self.template.checkpoint_interval;
+        let mut good: Vec<Handover> = Vec::new();
+        for link in links {
+            let prev = good.last().map_or(&self.newest, |h| &h.config);
+            if link.config.epoch <= prev.epoch {
+                continue;
+            }
+            let crypto = (self.crypto)(prev);
+            if link.verify(prev, &crypto, interval).is_err() {
+                self.counters.bad_links += 1;
+                break;
+            }
+            good.push(link);
+        }
+        let Some(last) = good.last() else { return };
+        let newest = last.config.clone();
+        self.chain.extend(good.iter().cloned());
+        self.newest = newest;
+        // The newest epoch listing this replica.
+        let target = self.chain.iter().rev().find(|l| l.config.member(self.me).is_some()).cloned();
+        let far = self.newest.epoch >= self.config.epoch + 2;
+        match target {
+            Some(t) if t.config.epoch > self.config.epoch && (far || self.standby) => self.jump(t, io),
+            _ => {}
+        }
+        // The end of the current core's epoch, certified: the core can
+        // relay it to its peers as a stable checkpoint's proof.
+        if let Some(end) = self.chain.iter().find(|l| l.config.epoch == self.config.epoch + 1).cloned() {
+            if !self.standby && self.current.core().stable_checkpoint().seq < end.cert.seq {
+                for vote in end.cert.proof {
+                    let from = vote.body.replica;
+                    self.current.step(Input::Peer { from, msg: PeerMessage::Checkpoint(vote) }, io);
+                }
+            }
+        }
+        if !self.standby && self.newest.member(self.me).is_none() {
+            self.removed = Some(self.newest.epoch);
+        }
+        self.advance(io);
+    }
+
+    /// Moves to the epoch `link` starts: its core fetches the state at the
+    /// handover checkpoint first (only the parts that differ). The cores of
+    /// older epochs are dropped: this replica was too far behind for
+    /// laggards of those epochs to need it.
+    fn jump(&mut self, link: Handover, io: &mut impl ConsensusIo) {
+        self.next = None;
+        self.previous = None;
+        let config = link.config;
+        let genesis = Genesis { seq: link.cert.seq, state: link.cert.state };
+        let core = self.core_for(&config, |cfg, me, crypto| Replica::joining(cfg, me, crypto, genesis, SeqNo(0)));
+        self.current = ConsensusHost::new(core);
+        self.config = config;
+        self.standby = false;
+        self.removed = None;
         self.current.carry_out(io);
     }
 }

@@ -316,6 +316,13 @@ impl<S: Service> ExecutionHost<S> {
     ) -> Result<(), String> {
         let mut steps = Vec::new();
         match &mut self.fetch {
+            // A core of another epoch asks: its members are the ones to ask.
+            Some(_) if epoch != self.fetch_epoch => {
+                self.fetch_epoch = epoch;
+                self.fetch_peers = peers.to_vec();
+                self.next = None;
+                self.start_fetch(seq, state, &mut steps)
+            }
             Some(f) if f.target() == (seq, state) => f.nudge(&mut steps),
             Some(f) if f.target().0 < seq => {
                 self.next = Some((seq, state));

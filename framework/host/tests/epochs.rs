@@ -4,7 +4,6 @@
 //! the next epoch's cores there and order on, and the removed member stops.
 
 use bytes::Bytes;
-use palisade_core::checkpoint::Genesis;
 use palisade_core::message::Signature;
 use palisade_core::reconfig::{AdminBody, AdminOp, AdminOutcome, AdminRequest, AdminVerify, Configuration, Member};
 use palisade_core::{
@@ -179,6 +178,8 @@ struct Net {
     wire: Wire,
     now: u64,
     next_id: u64,
+    /// Cut off: they neither hear nor are heard, and their clocks stop.
+    down: std::collections::BTreeSet<u32>,
 }
 
 fn executor() -> Arc<RwLock<Executor<Log>>> {
@@ -200,32 +201,35 @@ fn crypto_for(me: u32) -> palisade_host::epochs::CryptoFor<Keys> {
 
 impl Net {
     fn new() -> Net {
-        let mut net = Net { nodes: BTreeMap::new(), wire: VecDeque::new(), now: 1, next_id: 1 };
+        let mut net =
+            Net { nodes: BTreeMap::new(), wire: VecDeque::new(), now: 1, next_id: 1, down: Default::default() };
         for me in 0..4 {
             let exec = exec_host(me);
             let genesis = exec.restored().1;
             let core = Replica::new(protocol(), ReplicaId(me), Keys { me: ReplicaId(me), epoch: 0 }, genesis);
-            let host = EpochHost::new(core, protocol(), crypto_for(me));
+            let host = EpochHost::new(core, genesis_config(), protocol(), crypto_for(me));
             net.nodes.insert(me, Node { host, exec, answers: Vec::new() });
         }
         net.tick(0);
         net
     }
 
-    /// Adds replica `me`, joining the epoch of `config` at its handover
-    /// `genesis` (what a verified chain of handover certificates gives it).
-    fn join(&mut self, me: u32, config: &Configuration, genesis: Genesis) {
+    /// Starts replica `me`, which knows only the genesis configuration and
+    /// is not in it: it waits, asking the members which epochs followed.
+    fn standby(&mut self, me: u32) {
         let exec = exec_host(me);
-        let mut cfg = protocol();
-        cfg.membership = config.membership();
-        let keys = Keys { me: ReplicaId(me), epoch: config.epoch };
-        let core = Replica::joining(cfg, ReplicaId(me), keys, genesis, SeqNo(0));
-        let host = EpochHost::new(core, protocol(), crypto_for(me));
+        let genesis = exec.restored().1;
+        let core = Replica::new(protocol(), ReplicaId(me), Keys { me: ReplicaId(me), epoch: 0 }, genesis);
+        let host = EpochHost::new(core, genesis_config(), protocol(), crypto_for(me));
+        assert!(host.standby());
         self.nodes.insert(me, Node { host, exec, answers: Vec::new() });
         self.feed(me, Feed::Input(Input::Tick { now_ms: self.now, wall_ms: self.now }));
     }
 
     fn feed(&mut self, me: u32, first: Feed) {
+        if self.down.contains(&me) {
+            return;
+        }
         let Some(node) = self.nodes.get_mut(&me) else { return };
         let mut inputs = VecDeque::new();
         let mut events = VecDeque::new();
@@ -266,7 +270,9 @@ impl Net {
 
     fn run(&mut self) {
         while let Some((from, to, epoch, msg)) = self.wire.pop_front() {
-            self.feed(to, Feed::Peer(ReplicaId(from), epoch, msg));
+            if !self.down.contains(&from) {
+                self.feed(to, Feed::Peer(ReplicaId(from), epoch, msg));
+            }
         }
     }
 
@@ -317,6 +323,8 @@ fn reconfiguration(epoch: u64, nonce: u64, ops: Vec<AdminOp>) -> Bytes {
 #[test]
 fn a_replica_is_replaced_at_a_checkpoint_and_the_new_epoch_orders_on_without_the_old_primary() {
     let mut net = Net::new();
+    // Replica 4 is started before it is added, and waits.
+    net.standby(4);
     let user = ClientId(77);
     for op in b"ab" {
         net.submit(user, Bytes::from(vec![*op]));
@@ -350,11 +358,13 @@ fn a_replica_is_replaced_at_a_checkpoint_and_the_new_epoch_orders_on_without_the
         assert_eq!(net.nodes[&me].host.core().genesis().seq, boundary);
     }
 
-    // Replica 4 joins at the handover checkpoint and fetches the state.
-    let handover = net.nodes[&1].host.core().genesis();
-    net.join(4, &next, handover);
-    net.settle();
-    assert_eq!(net.nodes[&4].host.core().delivered(), boundary, "the joiner fetched the state at the handover");
+    // Replica 4 learned the chain, checked it, joined at the handover
+    // checkpoint and fetched the state there.
+    let node4 = &net.nodes[&4].host;
+    assert!(!node4.standby());
+    assert_eq!((node4.epoch(), node4.core().genesis().seq), (1, boundary));
+    assert_eq!(node4.chain().len(), 1);
+    assert!(node4.core().delivered() >= boundary, "the joiner fetched the state at the handover");
     assert_eq!(net.state(4), net.state(1));
 
     // Epoch 1 orders with 1, 2, 3 and 4; replica 0 takes no part.
@@ -371,4 +381,83 @@ fn a_replica_is_replaced_at_a_checkpoint_and_the_new_epoch_orders_on_without_the
     let stable = net.nodes[&4].host.core().stable_checkpoint().clone();
     assert!(stable.seq > boundary);
     assert!(stable.proof.iter().all(|v| v.body.replica != ReplicaId(0)));
+}
+
+fn change(net: &mut Net, epoch: u64, nonce: u64, ops: Vec<AdminOp>) -> Configuration {
+    let vm = ClientId::of_key(&VM);
+    let req = net.submit(vm, reconfiguration(epoch, nonce, ops));
+    net.settle();
+    let me = *net.nodes.keys().find(|m| !net.down.contains(m) && net.answer(**m, vm, req).is_some()).expect("answered");
+    let Some(Answer::Full(bytes)) = net.answer(me, vm, req) else { panic!("no full answer") };
+    match AdminOutcome::decode(bytes) {
+        Some(AdminOutcome::Accepted { next, .. }) => next,
+        other => panic!("not accepted: {other:?}"),
+    }
+}
+
+fn add(id: u32) -> AdminOp {
+    AdminOp::Add { id: ReplicaId(id), address: format!("h{id}:1"), public_key: [id as u8; 32] }
+}
+
+#[test]
+fn a_replica_two_epochs_behind_is_shown_the_chain_checks_it_and_catches_up() {
+    let mut net = Net::new();
+    net.standby(4);
+    net.standby(5);
+    let user = ClientId(77);
+    net.submit(user, Bytes::from_static(b"a"));
+    net.settle();
+    // Replica 3 is cut off while two changes go through.
+    net.down.insert(3);
+    let first = change(&mut net, 0, 1, vec![add(4)]);
+    assert_eq!(first.epoch, 1);
+    net.submit(user, Bytes::from_static(b"b"));
+    net.settle();
+    let second = change(&mut net, 1, 2, vec![add(5)]);
+    assert_eq!(second.epoch, 2);
+    net.submit(user, Bytes::from_static(b"c"));
+    net.settle();
+    assert_eq!(net.nodes[&3].host.epoch(), 0);
+    // Back: its epoch-0 messages are older than any core the others keep,
+    // so they answer with the links; it checks both and jumps to epoch 2.
+    net.down.remove(&3);
+    net.settle();
+    let node3 = &net.nodes[&3].host;
+    assert_eq!(node3.epoch(), 2);
+    assert_eq!(node3.chain().iter().map(|h| h.config.epoch).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(net.nodes[&0].host.counters().stale > 0);
+    net.submit(user, Bytes::from_static(b"d"));
+    net.settle();
+    for me in 0..6 {
+        assert_eq!(net.state(me), b"abcd", "replica {me}");
+    }
+}
+
+#[test]
+fn a_link_that_does_not_check_is_refused_and_counted() {
+    let mut net = Net::new();
+    net.standby(4);
+    let next = change(&mut net, 0, 1, vec![add(4)]);
+    let good = net.nodes[&1].host.chain()[0].clone();
+    assert_eq!(good.config, next);
+    // Three ways to lie to a replica that knows only epoch 0.
+    let mut other_members = good.clone();
+    other_members.config.members.retain(|m| m.id != ReplicaId(4));
+    other_members.config.f = 0;
+    let mut too_few = good.clone();
+    too_few.cert.proof.truncate(2);
+    let mut skipped = good.clone();
+    skipped.config.epoch = 2;
+    let mut probe = Net::new();
+    probe.standby(4);
+    for (i, bad) in [other_members, too_few, skipped].into_iter().enumerate() {
+        probe.feed(4, Feed::Peer(ReplicaId(1), 0, PeerMessage::Handovers(vec![bad])));
+        let host = &probe.nodes[&4].host;
+        assert!(host.standby(), "lie {i} was believed");
+        assert_eq!(host.counters().bad_links, i as u64 + 1);
+    }
+    // The true link is followed.
+    probe.feed(4, Feed::Peer(ReplicaId(1), 0, PeerMessage::Handovers(vec![good])));
+    assert!(!probe.nodes[&4].host.standby());
+    assert_eq!(probe.nodes[&4].host.epoch(), 1);
 }

@@ -312,6 +312,8 @@ impl<C: Crypto> Replica<C> {
             PeerMessage::BatchRequest { seq, digest } => self.on_batch_request(from, seq, digest),
             PeerMessage::BatchReply { seq, batch } => self.on_batch_reply(seq, batch),
             PeerMessage::StateRequest { .. } | PeerMessage::StateReply { .. } => self.discard(Discard::Obsolete),
+            // The host keeps the chain of epochs; a core has no use for it.
+            PeerMessage::Handovers(_) | PeerMessage::HandoverQuery { .. } => self.discard(Discard::Obsolete),
             PeerMessage::StateFetch { seq, query } => self.on_state_fetch(from, seq, query),
             PeerMessage::StateData { seq, answer } => self.on_state_data(from, seq, answer),
             PeerMessage::RejoinQuery { nonce } => self.on_rejoin_query(from, nonce),

@@ -180,9 +180,23 @@ impl Fetcher {
     /// one and is still unanswered is asked of another peer as well (an
     /// answer is taken from whoever gives it first, so a slow network
     /// costs duplicates, never progress).
+    ///
+    /// A peer that left a question unanswered that long counts as lacking
+    /// the checkpoint: when every peer lacks it or is silent (a faulty peer
+    /// may never answer), the fetch is stuck and a newer target can take
+    /// over.
     pub fn nudge(&mut self, out: &mut Vec<FetchStep>) {
         self.round += 1;
         let stale = self.round.saturating_sub(1);
+        let silent: Vec<ReplicaId> = match &self.phase {
+            Phase::Manifest { asked, peer, .. } if *asked < stale => vec![*peer],
+            Phase::Parts { active, .. } => active.iter().filter(|r| r.asked < stale).map(|r| r.peer).collect(),
+            _ => Vec::new(),
+        };
+        self.lacking.extend(silent);
+        if !self.peers.is_empty() && self.peers.iter().all(|p| self.lacking.contains(p) || self.bad.contains(p)) {
+            out.push(FetchStep::Stuck);
+        }
         let manifest_stale = match &self.phase {
             Phase::Manifest { asked, digests, .. } if *asked < stale => Some(digests.len() as u32),
             _ => None,

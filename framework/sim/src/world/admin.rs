@@ -7,20 +7,20 @@
 //! changes it sends a request signed with the wrong key and replays an
 //! accepted one, both of which every replica must reject.
 //!
-//! Clients learn each new configuration as soon as a correct replica's state
-//! enters it, and so does a spare that joins: they stand in for the chain of
-//! handover certificates the runtime's clients and joiners verify.
+//! Spares run from the start, on standby: they know only the genesis
+//! configuration, ask its members for the chain of handovers, check it, and
+//! join when it makes them members. Clients learn each new configuration as
+//! soon as a correct replica's state enters it (standing in for the chain
+//! the runtime's clients will verify).
 
 use super::network::Payload;
-use super::replica::crypto_for;
 use super::World;
 use crate::config::CLIENT_RETRY_MS;
 use crate::rng::Rng;
-use palisade_core::checkpoint::Genesis;
 use palisade_core::reconfig::{AdminBody, AdminOp, AdminOutcome, Configuration, Rejection};
-use palisade_core::{ClientId, Digest, Mode, Replica, ReplicaId, Request, RequestId, SeqNo};
+use palisade_core::{ClientId, Digest, Mode, ReplicaId, Request, RequestId};
 use palisade_host::client::{Invocation, Verdict};
-use palisade_host::{ClientMail, EpochHost};
+use palisade_host::ClientMail;
 use std::collections::VecDeque;
 
 /// One thing the view manager does.
@@ -254,38 +254,14 @@ impl World {
         }
     }
 
-    /// A correct replica's state entered `config`'s epoch at `since`, with
-    /// state digest `state` there if it took that checkpoint itself: clients
-    /// learn the configuration, and spares it adds join at that checkpoint.
-    pub(crate) fn on_new_epoch(&mut self, config: &Configuration, since: SeqNo, state: Option<Digest>) {
+    /// A correct replica's state entered `config`'s epoch: clients learn
+    /// the configuration (standing in for the chain they will verify).
+    /// Spares learn it the replicas' way, from the chain of handovers.
+    pub(crate) fn on_new_epoch(&mut self, config: &Configuration) {
         if config.epoch > self.epoch_known {
             self.epoch_known = config.epoch;
             self.membership = config.membership();
         }
-        let Some(state) = state else { return };
-        for m in &config.members {
-            let r = m.id.0 as usize;
-            if r >= self.n() || self.replicas[r].joined {
-                continue;
-            }
-            self.join(r, config, Genesis { seq: since, state });
-        }
-    }
-
-    fn join(&mut self, r: usize, config: &Configuration, genesis: Genesis) {
-        if self.cfg.trace {
-            eprintln!("{:>6} r{r} joins epoch {} at {}", self.now, config.epoch, genesis.seq);
-        }
-        let exec = self.execution_host(r);
-        let mut cfg = self.core_cfg.clone();
-        cfg.membership = config.membership();
-        let rep = &mut self.replicas[r];
-        let crypto = rep.crypto.in_epoch(config.epoch);
-        let core = Replica::joining(cfg, rep.id, crypto, genesis, SeqNo(0));
-        rep.consensus = Some(EpochHost::new(core, self.core_cfg.clone(), crypto_for(&rep.crypto)));
-        rep.execution = Some(exec);
-        rep.joined = true;
-        self.drain(r);
     }
 }
 

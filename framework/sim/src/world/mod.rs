@@ -205,15 +205,13 @@ impl World {
                 let id = ReplicaId(i as u32);
                 let crypto = SimCrypto::new(id, keys.clone());
                 let strategy = byz.get(&i).and_then(|name| byzantine::make(name));
-                let joined = i < n;
-                let consensus = joined.then(|| {
-                    let core = Replica::new(core_cfg.clone(), id, crypto.clone(), genesis);
-                    EpochHost::new(core, core_cfg.clone(), crypto_for(&crypto))
-                });
+                // Spares start too, on standby: they know only the genesis
+                // configuration and ask its members for the epochs after it.
+                let core = Replica::new(core_cfg.clone(), id, crypto.clone(), genesis);
+                let host = EpochHost::new(core, genesis_config.clone(), core_cfg.clone(), crypto_for(&crypto));
                 SimReplica {
                     id,
-                    joined,
-                    consensus,
+                    consensus: Some(host),
                     execution: None,
                     disk: Disk::new(),
                     crypto,
@@ -269,7 +267,7 @@ impl World {
             messages: 0,
             cfg,
         };
-        for r in 0..n {
+        for r in 0..n + spares {
             let exec = world.execution_host(r);
             world.replicas[r].execution = Some(exec);
         }
@@ -345,7 +343,7 @@ impl World {
                     self.blocked.clear();
                     self.clogged.clear();
                     for r in 0..n {
-                        if self.replicas[r].joined && self.replicas[r].consensus.is_none() {
+                        if self.replicas[r].consensus.is_none() {
                             self.restart(r);
                         }
                     }

@@ -66,8 +66,6 @@ pub(crate) enum Feed {
 
 pub(crate) struct SimReplica {
     pub id: ReplicaId,
-    /// Whether it has been a member (spares wait to be added).
-    pub joined: bool,
     /// The epochs' cores and the host driver; `None` while crashed.
     pub consensus: Option<EpochHost<SimCrypto>>,
     /// The service and its snapshots; `None` while crashed.
@@ -137,8 +135,6 @@ struct SimExecIo<'w> {
     inputs: &'w mut VecDeque<Feed>,
     /// States taken (false) or fetched (true) during this command.
     taken: Vec<(SeqNo, bool)>,
-    /// The last state taken or fetched, and its digest.
-    last: Option<(SeqNo, Digest)>,
 }
 
 impl ExecutionIo for SimExecIo<'_> {
@@ -154,13 +150,11 @@ impl ExecutionIo for SimExecIo<'_> {
         }
         self.inputs.push_back(Feed::Input(Input::CheckpointReady { seq, state, config }));
         self.taken.push((seq, false));
-        self.last = Some((seq, state));
     }
 
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
         self.inputs.push_back(Feed::Input(Input::StateFetched { seq, state }));
         self.taken.push((seq, true));
-        self.last = Some((seq, state));
     }
 
     fn send(&mut self, to: ReplicaId, epoch: u64, msg: PeerMessage) {
@@ -168,9 +162,8 @@ impl ExecutionIo for SimExecIo<'_> {
     }
 
     fn reconfigured(&mut self, event: Reconfigured) {
-        if let (Reconfigured::NewEpoch { config, since }, false) = (&event, self.world.is_byzantine(self.r)) {
-            let state = self.last.filter(|(s, _)| s == since).map(|(_, d)| d);
-            self.world.on_new_epoch(config, *since, state);
+        if let (Reconfigured::NewEpoch { config, .. }, false) = (&event, self.world.is_byzantine(self.r)) {
+            self.world.on_new_epoch(config);
         }
         self.inputs.push_back(Feed::Reconfigured(event));
     }
@@ -301,7 +294,7 @@ impl World {
                 self.checker.violations.push(format!("replica {r}: {e}"));
             }
         }
-        let mut io = SimExecIo { world: self, r, inputs, taken: Vec::new(), last: None };
+        let mut io = SimExecIo { world: self, r, inputs, taken: Vec::new() };
         let result = exec.handle(cmd, &mut io);
         let taken = io.taken;
         if let Err(e) = result {
@@ -415,7 +408,7 @@ impl World {
         }
         let rep = &mut self.replicas[r];
         let core = Replica::recover(self.core_cfg.clone(), rep.id, rep.crypto.clone(), genesis, restart);
-        let host = EpochHost::new(core, self.core_cfg.clone(), crypto_for(&rep.crypto));
+        let host = EpochHost::new(core, self.genesis_config.clone(), self.core_cfg.clone(), crypto_for(&rep.crypto));
         rep.disk.journal = Some(rec.journal);
         rep.disk.snapshots = Some(rec.snapshots);
         rep.disk.newest_snapshot = rec.report.snapshot.map_or(SeqNo(0), |(s, _)| s);
