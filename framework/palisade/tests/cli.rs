@@ -114,9 +114,16 @@ fn a_counter_cluster_in_cft_mode() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Starts replica `id` again with `extra` arguments; returns its process and
-/// whether its stderr said `expect` (and never `never`) within ten seconds.
-fn restart_saying(d: &str, id: &str, extra: &[&str], expect: &str, never: &str) -> (std::process::Child, bool) {
+/// Starts replica `id` again with `extra` arguments; returns its process,
+/// whether its stderr said `expect` (and never `never`) within ten seconds,
+/// and what it said meanwhile (for the failure message).
+fn restart_saying(
+    d: &str,
+    id: &str,
+    extra: &[&str],
+    expect: &str,
+    never: &str,
+) -> (std::process::Child, bool, Vec<String>) {
     let mut again = Command::new(BIN)
         .args(["replica", "--config", d, "--id", id, "--service", "counter"])
         .args(extra)
@@ -132,15 +139,29 @@ fn restart_saying(d: &str, id: &str, extra: &[&str], expect: &str, never: &str) 
         }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
     let said = loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.contains(never) => break false,
+            Ok(line) if line.contains(never) => {
+                lines.push(line);
+                break false;
+            }
             Ok(line) if line.contains(expect) => break true,
-            Ok(_) => {}
+            Ok(line) => lines.push(line),
             Err(_) => break false,
         }
     };
-    (again, said)
+    (again, said, lines)
+}
+
+/// Whether a log segment in `data` holds at least one entry.
+fn has_log_entries(data: &std::path::Path) -> bool {
+    let Ok(files) = std::fs::read_dir(data) else { return false };
+    files.filter_map(Result::ok).any(|f| {
+        f.file_name().to_string_lossy().starts_with("wal-")
+            && std::fs::read(f.path())
+                .is_ok_and(|bytes| palisade_storage::wal::entries_end(&bytes) > palisade_storage::wal::HEADER_BYTES)
+    })
 }
 
 #[test]
@@ -152,20 +173,27 @@ fn a_restarted_replica_recovers_its_votes_from_disk_and_without_a_disk_rejoins_w
     let mut replicas = start(&dir, 4, "counter");
     assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "1");
     assert!(dir.join("data-3").join("started").exists(), "the first start leaves its mark in the data directory");
+    // Replica 3 need not be in the quorum that answered: wait until it has
+    // logged something, or a restart rightly finds no votes to recover.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !has_log_entries(&dir.join("data-3")) {
+        assert!(Instant::now() < deadline, "replica 3 logged nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The default keeps everything: a kill -9 and a restart lose no vote.
     replicas.0[3].kill().unwrap();
     let _ = replicas.0[3].wait();
-    let (again, said) = restart_saying(d, "3", &[], "recovered from", "without its votes");
+    let (again, said, lines) = restart_saying(d, "3", &[], "recovered from", "without its votes");
     replicas.0[3] = again;
-    assert!(said, "the restarted replica did not say what it recovered, or said it lost its votes");
+    assert!(said, "the restarted replica did not say what it recovered, or said it lost its votes: {lines:?}");
     assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "2");
     // Without durability the same restart must rejoin without its votes.
     replicas.0[3].kill().unwrap();
     let _ = replicas.0[3].wait();
-    let (again, said) =
+    let (again, said, lines) =
         restart_saying(d, "3", &["--durability", "none"], "restarted without its votes", "recovered from");
     replicas.0[3] = again;
-    assert!(said, "the restarted replica did not say it rejoins without its votes");
+    assert!(said, "the restarted replica did not say it rejoins without its votes: {lines:?}");
     assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "3");
     drop(replicas);
     std::fs::remove_dir_all(&dir).unwrap();
