@@ -24,6 +24,15 @@ fn named(strategy: &str) -> impl Fn(&mut SimConfig) + '_ {
 }
 
 #[test]
+fn executing_batches_ordered_past_an_epochs_end_is_caught() {
+    let planted = PlantedBugs { execute_void_batches: true, ..PlantedBugs::default() };
+    let reconfigure = |c: &mut SimConfig| c.reconfigure = true;
+    let found = sweep(planted, 0..300, reconfigure).safety_violations;
+    assert!(found > 0, "batches of an ended epoch executed unnoticed over 300 seeds");
+    assert_eq!(sweep(PlantedBugs::default(), 0..300, reconfigure).safety_violations, 0);
+}
+
+#[test]
 fn quorums_of_2f_are_caught() {
     let planted = PlantedBugs { weak_quorum: true, ..PlantedBugs::default() };
     let found = sweep(planted, 0..300, |_| {}).safety_violations;

@@ -27,6 +27,10 @@ pub struct PlantedBugs {
     /// and backups blame it for any request it does not order (the split
     /// a faulty client can cause without the primary's check).
     pub unchecked_proposals: bool,
+    /// The execution side executes every batch a core delivers, including
+    /// those an epoch's core delivered past that epoch's end, which the
+    /// next epoch orders again (reconfiguration's void rule, reverted).
+    pub execute_void_batches: bool,
 }
 
 /// The planted eviction: keeps `cap` digests at a slot's Q set, dropping

@@ -141,6 +141,9 @@ pub struct ExecutionConfig {
     /// [`Answer::TooLarge`] (it would not fit a frame). The same on every
     /// replica, so that they all answer alike.
     pub max_result_bytes: usize,
+    /// Test-only planted bugs.
+    #[cfg(feature = "planted-bugs")]
+    pub planted: palisade_core::planted::PlantedBugs,
 }
 
 impl ExecutionConfig {
@@ -155,6 +158,8 @@ impl ExecutionConfig {
             fetch_window: 8,
             max_record_bytes: 1 << 31,
             max_result_bytes: usize::MAX,
+            #[cfg(feature = "planted-bugs")]
+            planted: Default::default(),
         }
     }
 }
@@ -272,7 +277,11 @@ impl<S: Service> ExecutionHost<S> {
     pub fn handle(&mut self, cmd: ExecCommand, io: &mut impl ExecutionIo) -> Result<(), String> {
         match cmd {
             ExecCommand::Deliver { epoch, seq, view, batch } => {
-                if epoch != self.told.0 {
+                #[cfg(feature = "planted-bugs")]
+                let void = epoch != self.told.0 && !self.cfg.planted.execute_void_batches;
+                #[cfg(not(feature = "planted-bugs"))]
+                let void = epoch != self.told.0;
+                if void {
                     io.note(ExecEvent::VoidBatch);
                     return Ok(());
                 }

@@ -112,6 +112,9 @@ pub(crate) struct World {
     pub history: Vec<OpRecord>,
     pub heal_at: u64,
     pub messages: u64,
+    /// Batches correct replicas' cores delivered past their epoch's end
+    /// (never executed).
+    pub void_batches: u64,
 }
 
 /// Runs one seed and judges it.
@@ -265,6 +268,7 @@ impl World {
             history: Vec::new(),
             heal_at,
             messages: 0,
+            void_batches: 0,
             cfg,
         };
         for r in 0..n + spares {

@@ -13,8 +13,8 @@ use palisade_core::replica::{Record, Restart};
 use palisade_core::{Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, RequestId, SeqNo};
 use palisade_host::durable::{recover, SNAPSHOTS_KEPT};
 use palisade_host::{
-    ClientMail, ConsensusIo, Durability, EpochHost, ExecCommand, ExecutionConfig, ExecutionHost, ExecutionIo,
-    Reconfigured,
+    ClientMail, ConsensusIo, Durability, EpochHost, ExecCommand, ExecEvent, ExecutionConfig, ExecutionHost,
+    ExecutionIo, Reconfigured,
 };
 use palisade_storage::snapshot::Snapshots;
 use palisade_storage::{CrashKind, Dir, Entry, Journal, MemDir, WalOptions};
@@ -161,6 +161,12 @@ impl ExecutionIo for SimExecIo<'_> {
         self.world.replica_send(self.r, to, epoch, msg);
     }
 
+    fn note(&mut self, event: ExecEvent) {
+        if event == ExecEvent::VoidBatch && !self.world.is_byzantine(self.r) {
+            self.world.void_batches += 1;
+        }
+    }
+
     fn reconfigured(&mut self, event: Reconfigured) {
         if let (Reconfigured::NewEpoch { config, .. }, false) = (&event, self.world.is_byzantine(self.r)) {
             self.world.on_new_epoch(config);
@@ -233,6 +239,8 @@ impl World {
             // questions.
             max_answer_bytes: 4096,
             fetch_window: self.core_cfg.state_fetch_window,
+            #[cfg(feature = "planted-bugs")]
+            planted: self.cfg.planted,
             ..ExecutionConfig::new(ReplicaId(r as u32), self.membership.clone())
         }
     }

@@ -32,6 +32,9 @@ pub struct Report {
     pub max_view: u64,
     /// Highest membership epoch any correct replica reached.
     pub max_epoch: u64,
+    /// Batches correct replicas' cores delivered past their epoch's end,
+    /// and so did not execute.
+    pub void_batches: u64,
     /// Snapshots installed by state transfer.
     pub state_transfers: u64,
     /// Times a correct replica that lost its votes finished rejoining.
@@ -183,6 +186,7 @@ impl World {
             batches: self.checker.decided_count(),
             max_view,
             max_epoch,
+            void_batches: self.void_batches,
             state_transfers,
             rejoins,
             messages: self.messages,
