@@ -42,6 +42,20 @@ pub const LINKS_PER_ANSWER: usize = 16;
 /// Peers whose last answer time is kept; more and the table starts over.
 const ANSWERED_MAX: usize = 1024;
 
+/// Whether `to` may be sent another message of a kind whose last sending
+/// times `last` keeps, at most one per `period`; notes it if so. The table
+/// starts over when it holds too many peers.
+fn due(last: &mut BTreeMap<ReplicaId, u64>, to: ReplicaId, now: u64, period: u64) -> bool {
+    if last.get(&to).is_some_and(|&t| now < t + period) {
+        return false;
+    }
+    if last.len() >= ANSWERED_MAX {
+        last.clear();
+    }
+    last.insert(to, now);
+    true
+}
+
 /// Messages that reached no core, and links refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EpochCounters {
@@ -315,28 +329,18 @@ impl<C: Crypto> EpochHost<C> {
         if links.is_empty() || to == self.me {
             return;
         }
-        let now = self.now_ms;
-        if self.answered.get(&to).is_some_and(|&t| now < t + self.template.retransmit_ms) {
+        if !due(&mut self.answered, to, self.now_ms, self.template.retransmit_ms) {
             return;
         }
-        if self.answered.len() >= ANSWERED_MAX {
-            self.answered.clear();
-        }
-        self.answered.insert(to, now);
         io.send(to, self.epoch(), &PeerMessage::Handovers(links));
     }
 
     /// Asks `to` for the links after the newest epoch known here, at most
     /// once per retransmission period.
     fn ask(&mut self, to: ReplicaId, io: &mut impl ConsensusIo) {
-        let now = self.now_ms;
-        if self.asked.get(&to).is_some_and(|&t| now < t + self.template.retransmit_ms) {
+        if !due(&mut self.asked, to, self.now_ms, self.template.retransmit_ms) {
             return;
         }
-        if self.asked.len() >= ANSWERED_MAX {
-            self.asked.clear();
-        }
-        self.asked.insert(to, now);
         let after = self.newest.epoch;
         io.send(to, self.epoch(), &PeerMessage::HandoverQuery { after });
     }

@@ -171,6 +171,7 @@ impl ExecutionIo for Sink<'_> {
 enum Feed {
     Input(Input),
     Peer(ReplicaId, u64, PeerMessage),
+    Reconfigured(Reconfigured),
 }
 
 struct Net {
@@ -234,7 +235,7 @@ impl Net {
         let mut inputs = VecDeque::new();
         let mut events = VecDeque::new();
         let mut next = Some(first);
-        loop {
+        while let Some(feed) = next.take() {
             let mut io = Io {
                 me,
                 wire: &mut self.wire,
@@ -243,28 +244,13 @@ impl Net {
                 inputs: &mut inputs,
                 events: &mut events,
             };
-            match next.take() {
-                Some(Feed::Input(i)) => node.host.step(i, &mut io),
-                Some(Feed::Peer(from, epoch, msg)) => node.host.peer(from, epoch, msg, &mut io),
-                None => {}
+            match feed {
+                Feed::Input(i) => node.host.step(i, &mut io),
+                Feed::Peer(from, epoch, msg) => node.host.peer(from, epoch, msg, &mut io),
+                Feed::Reconfigured(e) => node.host.reconfigured(e, &mut io),
             }
-            if let Some(e) = events.pop_front() {
-                let mut io = Io {
-                    me,
-                    wire: &mut self.wire,
-                    exec: &mut node.exec,
-                    answers: &mut node.answers,
-                    inputs: &mut inputs,
-                    events: &mut events,
-                };
-                node.host.reconfigured(e, &mut io);
-                continue;
-            }
-            match inputs.pop_front() {
-                Some(i) => next = Some(Feed::Input(i)),
-                None if events.is_empty() => break,
-                None => {}
-            }
+            // What execution said of the membership first, then its inputs.
+            next = events.pop_front().map(Feed::Reconfigured).or_else(|| inputs.pop_front().map(Feed::Input));
         }
     }
 
