@@ -8,10 +8,6 @@ use palisade_runtime::StageThreads;
 use palisade_wire::RequestAuth;
 use serde::Serialize;
 
-/// Serializes a value by its `Display` form.
-pub(crate) fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -87,8 +83,7 @@ pub(crate) struct RunArgs {
     /// authenticators (the default of `keygen`), signatures (every replica
     /// checks every one) or trust-primary (clients do not sign; a faulty
     /// primary could forge requests).
-    #[arg(long, default_value = "authenticators")]
-    #[serde(serialize_with = "crate::cli::display")]
+    #[arg(long, default_value_t = RequestAuth::default())]
     pub(crate) request_auth: RequestAuth,
     #[command(flatten)]
     #[serde(flatten)]

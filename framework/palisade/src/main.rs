@@ -112,7 +112,7 @@ enum Command {
         /// client: authenticators (a MAC per replica, signatures checked by
         /// the primary), signatures (checked by every replica), or
         /// trust-primary (nothing: a faulty primary can forge requests).
-        #[arg(long, default_value = "authenticators")]
+        #[arg(long, default_value_t = palisade_wire::RequestAuth::default())]
         request_auth: palisade_wire::RequestAuth,
     },
     /// Run one replica until SIGINT or SIGTERM.

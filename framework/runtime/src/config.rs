@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// What a request adds to its operation inside a batch at most: the ids and
 /// flags `Request::size_bytes` counts, plus an authenticator (the client's
 /// key and signature, and up to 255 replica MACs).
-pub const REQUEST_OVERHEAD_BYTES: usize = 24 + 96 + 1 + 255 * 20;
+pub const REQUEST_OVERHEAD_BYTES: usize = 24 + palisade_wire::verify::MAX_AUTH_BYTES;
 
 /// Capacities of the pipeline's queues and the runtime's periods. Each
 /// queue's overload policy is on its field.

@@ -50,7 +50,7 @@ impl ClientKeys {
         let mut g = self.inner.lock();
         if !g.contains_key(&client) && g.len() >= self.capacity {
             g.retain(|_, keys| {
-                keys.retain(|(_, until)| until.is_none_or(|t| t > now));
+                keys.retain(|(_, until)| live(until, now));
                 !keys.is_empty()
             });
             if g.len() >= self.capacity {
@@ -58,7 +58,7 @@ impl ClientKeys {
             }
         }
         let keys = g.entry(client).or_default();
-        keys.retain(|(_, until)| until.is_none_or(|t| t > now));
+        keys.retain(|(_, until)| live(until, now));
         if keys.len() >= KEYS_PER_CLIENT {
             keys.remove(0);
         }
@@ -79,12 +79,27 @@ impl ClientKeys {
     /// Whether `request`'s MAC for `me` checks under a key its client holds.
     pub fn check(&self, request: &Request, me: ReplicaId) -> bool {
         let now = Instant::now();
-        let keys: Vec<[u8; 32]> = match self.inner.lock().get(&request.client) {
-            Some(keys) => keys.iter().filter(|(_, t)| t.is_none_or(|t| t > now)).map(|(k, _)| *k).collect(),
+        // At most `KEYS_PER_CLIENT` keys, copied out so that no MAC is
+        // computed under the lock.
+        let mut keys = [[0u8; 32]; KEYS_PER_CLIENT];
+        let mut n = 0;
+        match self.inner.lock().get(&request.client) {
+            Some(held) => {
+                for (k, _) in held.iter().filter(|(_, t)| live(t, now)).take(KEYS_PER_CLIENT) {
+                    keys[n] = *k;
+                    n += 1;
+                }
+            }
             None => return false,
-        };
-        keys.iter().any(|k| palisade_wire::verify::mac_checks(request, me, k))
+        }
+        palisade_wire::verify::mac_checks_any(request, me, &keys[..n])
     }
+}
+
+/// Whether a key that expires at `until` (never, while its channel is
+/// open) is still good at `now`.
+fn live(until: &Option<Instant>, now: Instant) -> bool {
+    until.is_none_or(|t| t > now)
 }
 
 /// Requests whose client signature the verification stage has checked, so

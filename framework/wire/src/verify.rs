@@ -32,34 +32,43 @@ pub const AUTH_BYTES: usize = 96;
 /// Bytes of one MAC in an authenticator.
 pub const MAC_BYTES: usize = 16;
 const MAC_ENTRY_BYTES: usize = 4 + MAC_BYTES;
+/// Bytes of the largest `auth` field: the key and signature, then a count
+/// and up to 255 replica MACs.
+pub const MAX_AUTH_BYTES: usize = AUTH_BYTES + 1 + u8::MAX as usize * MAC_ENTRY_BYTES;
 const MAC_DOMAIN: &[u8] = b"palisade/request-mac/v1";
 
 /// The MAC of `request` under a client-replica request key.
 pub fn request_mac(key: &[u8; 32], request: &Request) -> [u8; MAC_BYTES] {
+    mac_of(key, &request.signing_bytes())
+}
+
+/// The MAC of a request's signing bytes `signed`.
+fn mac_of(key: &[u8; 32], signed: &[u8]) -> [u8; MAC_BYTES] {
     use hmac::Mac;
-    let full = keyed_mac(key, request).finalize().into_bytes();
+    let full = keyed_mac(key, signed).finalize().into_bytes();
     full[..MAC_BYTES].try_into().expect("16 bytes")
 }
 
-fn keyed_mac(key: &[u8; 32], request: &Request) -> hmac::Hmac<sha2::Sha256> {
+fn keyed_mac(key: &[u8; 32], signed: &[u8]) -> hmac::Hmac<sha2::Sha256> {
     use hmac::Mac;
     let mut m = <hmac::Hmac<sha2::Sha256>>::new_from_slice(key).expect("HMAC takes any key length");
     m.update(MAC_DOMAIN);
-    m.update(&request.signing_bytes());
+    m.update(signed);
     m
 }
 
 /// Signs `request` as the client holding `key` (setting its client id) and
 /// appends one MAC for each `(replica, request key)`.
 pub fn authenticate_request(key: &SigningKey, macs: &[(ReplicaId, [u8; 32])], request: &mut Request) {
-    sign_request(key, request);
     let count = macs.len().min(u8::MAX as usize);
     let mut auth = Vec::with_capacity(AUTH_BYTES + 1 + count * MAC_ENTRY_BYTES);
-    auth.extend_from_slice(&request.auth);
+    // The signed bytes do not cover `auth`: built once, for the signature
+    // and every MAC.
+    let signed = signed_as(key, request, &mut auth);
     auth.push(count as u8);
     for (replica, k) in &macs[..count] {
         auth.extend_from_slice(&replica.0.to_le_bytes());
-        auth.extend_from_slice(&request_mac(k, request));
+        auth.extend_from_slice(&mac_of(k, &signed));
     }
     request.auth = Bytes::from(auth);
 }
@@ -78,22 +87,38 @@ pub fn mac_for(request: &Request, replica: ReplicaId) -> Option<[u8; MAC_BYTES]>
     })
 }
 
+/// Whether `request`'s MAC for `replica` checks under one of `keys` (in
+/// constant time). The signed bytes are built once, and not at all when the
+/// request holds no MAC for `replica`.
+pub fn mac_checks_any(request: &Request, replica: ReplicaId, keys: &[[u8; 32]]) -> bool {
+    use hmac::Mac;
+    let Some(m) = mac_for(request, replica) else { return false };
+    let signed = request.signing_bytes();
+    keys.iter().any(|k| keyed_mac(k, &signed).verify_truncated_left(&m).is_ok())
+}
+
 /// Whether `request`'s MAC for `replica` checks under `key` (in constant
 /// time).
 pub fn mac_checks(request: &Request, replica: ReplicaId, key: &[u8; 32]) -> bool {
-    use hmac::Mac;
-    mac_for(request, replica).is_some_and(|m| keyed_mac(key, request).verify_truncated_left(&m).is_ok())
+    mac_checks_any(request, replica, std::slice::from_ref(key))
 }
 
 /// Signs `request` as the client holding `key`, setting its client id too.
 pub fn sign_request(key: &SigningKey, request: &mut Request) {
+    let mut auth = Vec::with_capacity(AUTH_BYTES);
+    signed_as(key, request, &mut auth);
+    request.auth = Bytes::from(auth);
+}
+
+/// Sets `request`'s client id to `key`'s, appends the key and the
+/// signature to `auth`, and returns the signed bytes.
+fn signed_as(key: &SigningKey, request: &mut Request, auth: &mut Vec<u8>) -> Vec<u8> {
     let public = key.verifying_key().to_bytes();
     request.client = client_id(&public);
-    let sig = key.sign(&request.signing_bytes());
-    let mut auth = Vec::with_capacity(AUTH_BYTES);
+    let signed = request.signing_bytes();
     auth.extend_from_slice(&public);
-    auth.extend_from_slice(&sig.to_bytes());
-    request.auth = Bytes::from(auth);
+    auth.extend_from_slice(&key.sign(&signed).to_bytes());
+    signed
 }
 
 /// Why a request was refused before execution.

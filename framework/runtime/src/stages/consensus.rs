@@ -146,18 +146,20 @@ impl ConsensusIo for Wiring<'_> {
 
     fn broadcast(&mut self, to: &[ReplicaId], epoch: u64, msg: &PeerMessage) {
         #[cfg(feature = "byzantine")]
-        if let (Some(forged), PeerMessage::PrePrepare(pp)) = (self.forged_request, msg) {
-            let mut batch = (*pp.batch).clone();
-            let mut r = forged.clone();
-            r.id = palisade_core::RequestId(pp.seq.0);
-            batch.requests.push(r);
-            let pp = palisade_core::message::PrePrepare { batch: std::sync::Arc::new(batch), ..pp.clone() };
-            let body = self.egress.peer_body(epoch, &PeerMessage::PrePrepare(pp));
-            for &r in to {
-                self.queue(r, body.clone());
+        let forged;
+        #[cfg(feature = "byzantine")]
+        let msg = match (self.forged_request, msg) {
+            (Some(extra), PeerMessage::PrePrepare(pp)) => {
+                let mut batch = (*pp.batch).clone();
+                let mut r = extra.clone();
+                r.id = palisade_core::RequestId(pp.seq.0);
+                batch.requests.push(r);
+                let batch = std::sync::Arc::new(batch);
+                forged = PeerMessage::PrePrepare(palisade_core::message::PrePrepare { batch, ..pp.clone() });
+                &forged
             }
-            return;
-        }
+            _ => msg,
+        };
         let body = self.egress.peer_body(epoch, msg);
         for &r in to {
             self.queue(r, body.clone());

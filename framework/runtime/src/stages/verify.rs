@@ -21,7 +21,8 @@ use std::sync::Arc;
 pub struct Verifier {
     /// Requests from the network.
     pub rx: Rx<Request>,
-    /// Verified requests to the request filter.
+    /// Requests to the request filter: verified, except on a backup with
+    /// authenticators, which leaves signatures to the primary.
     pub tx: Tx<Request>,
     /// Refusals.
     pub tx_reply: Tx<ReplyBatch>,
