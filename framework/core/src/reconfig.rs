@@ -94,14 +94,6 @@ impl Configuration {
     }
 }
 
-/// The largest f that `n` replicas tolerate in `mode`.
-pub fn max_f(n: usize, mode: Mode) -> usize {
-    match mode {
-        Mode::Bft => n.saturating_sub(1) / 3,
-        Mode::Cft => n.saturating_sub(1) / 2,
-    }
-}
-
 /// One change a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminOp {
@@ -403,7 +395,7 @@ impl Reconfig {
         let f = match set_f {
             Some(f) => f,
             None => {
-                let allowed = max_f(n, mode);
+                let allowed = mode.max_f(n);
                 if n > 0 && allowed < self.current.f {
                     return Err(Rejection::WouldLowerF { from: self.current.f, to: allowed });
                 }
@@ -531,7 +523,7 @@ pub(crate) mod tests {
 
     pub(crate) fn genesis(n: u32, mode: Mode) -> Configuration {
         let n_usize = n as usize;
-        Configuration::new(0, CLUSTER, (0..n).map(member).collect(), max_f(n_usize, mode), mode, VM).unwrap()
+        Configuration::new(0, CLUSTER, (0..n).map(member).collect(), mode.max_f(n_usize), mode, VM).unwrap()
     }
 
     pub(crate) fn signed(epoch: u64, nonce: u64, ops: Vec<AdminOp>) -> Bytes {

@@ -116,6 +116,16 @@ pub enum Mode {
     Cft,
 }
 
+impl Mode {
+    /// The largest f that `n` replicas tolerate in this mode.
+    pub fn max_f(self, n: usize) -> usize {
+        match self {
+            Mode::Bft => n.saturating_sub(1) / 3,
+            Mode::Cft => n.saturating_sub(1) / 2,
+        }
+    }
+}
+
 /// Why a membership is not usable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MembershipError {
@@ -181,11 +191,7 @@ impl Membership {
 
     /// Replicas `0..n` with the largest f the mode allows.
     pub fn with_size(n: usize, mode: Mode) -> Result<Self, MembershipError> {
-        let f = match mode {
-            Mode::Bft => n.saturating_sub(1) / 3,
-            Mode::Cft => n.saturating_sub(1) / 2,
-        };
-        Membership::new((0..n as u32).map(ReplicaId).collect(), f, mode)
+        Membership::new((0..n as u32).map(ReplicaId).collect(), mode.max_f(n), mode)
     }
 
     /// The replicas, sorted by id.

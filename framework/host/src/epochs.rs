@@ -183,7 +183,8 @@ impl<C: Crypto> EpochHost<C> {
     }
 
     /// Feeds an input that is not a peer's message (see [`Self::peer`]):
-    /// time to every core, a client's request to the current one, news of
+    /// time to every running core (none on standby), a client's request to
+    /// the current one, news of
     /// the state to the core whose sequence numbers it concerns.
     pub fn step(&mut self, input: Input, io: &mut impl ConsensusIo) {
         match input {
@@ -226,10 +227,8 @@ impl<C: Crypto> EpochHost<C> {
             return;
         }
         let input = Input::Peer { from, msg };
-        if epoch == self.epoch() {
-            self.current.step(input, io);
-        } else if let Some(p) = self.previous.as_mut().filter(|p| p.core().epoch() == epoch) {
-            p.step(input, io);
+        if let Some(host) = self.host_for(epoch) {
+            host.step(input, io);
         } else if epoch > self.epoch() {
             // The sender is in an epoch this replica has not reached: ask
             // it for the links (the one ending this epoch may be all this
@@ -254,10 +253,8 @@ impl<C: Crypto> EpochHost<C> {
         match event {
             Reconfigured::EpochEnds { epoch, last } => {
                 let input = Input::EpochEnds { last };
-                if epoch == self.epoch() {
-                    self.current.step(input, io);
-                } else if let Some(p) = self.previous.as_mut().filter(|p| p.core().epoch() == epoch) {
-                    p.step(input, io);
+                if let Some(host) = self.host_for(epoch) {
+                    host.step(input, io);
                 }
             }
             Reconfigured::NewEpoch { config, since } => {
@@ -310,14 +307,16 @@ impl<C: Crypto> EpochHost<C> {
         cfg.membership = config.membership();
         let crypto = (self.crypto)(config);
         let mut core = make(cfg, self.me, crypto);
-        core.step(Input::Tick { now_ms: self.now_ms, wall_ms: self.wall_ms() });
+        core.step(Input::Tick { now_ms: self.now_ms, wall_ms: self.current.core().wall_ms() });
         core
     }
 
-    fn wall_ms(&self) -> u64 {
-        match self.current.core().last_tick() {
-            Input::Tick { wall_ms, .. } => wall_ms,
-            _ => 0,
+    /// The core of `epoch`, if one is kept here.
+    fn host_for(&mut self, epoch: u64) -> Option<&mut ConsensusHost<C>> {
+        if epoch == self.epoch() {
+            Some(&mut self.current)
+        } else {
+            self.previous.as_mut().filter(|p| p.core().epoch() == epoch)
         }
     }
 

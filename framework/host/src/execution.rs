@@ -182,6 +182,9 @@ pub struct ExecutionHost<S> {
     /// What the consensus side was last told of the membership: the
     /// current epoch, and the epoch a pending change starts.
     told: (u64, Option<u64>),
+    /// Who answers in full, and the epoch it was taken from: refreshed when
+    /// the state's epoch changes, not built per batch.
+    repliers: (u64, Membership),
 }
 
 impl<S: Service> ExecutionHost<S> {
@@ -197,13 +200,14 @@ impl<S: Service> ExecutionHost<S> {
     ) -> Result<Self, String> {
         let mut host = ExecutionHost {
             exec,
-            cfg,
             store: PartStore::default(),
             fetch: None,
             next: None,
             fetch_epoch: 0,
             fetch_peers: Vec::new(),
             told: (0, None),
+            repliers: (0, cfg.membership.clone()),
+            cfg,
         };
         {
             let mut exec = host.exec.write();
@@ -215,6 +219,9 @@ impl<S: Service> ExecutionHost<S> {
             }
             host.told =
                 (exec.configuration().map_or(0, |c| c.epoch), exec.pending_configuration().map(|(c, _)| c.epoch));
+            if let Some(c) = exec.configuration() {
+                host.repliers = (c.epoch, c.membership());
+            }
         }
         Ok(host)
     }
@@ -244,11 +251,6 @@ impl<S: Service> ExecutionHost<S> {
                 io.reconfigured(Reconfigured::EpochEnds { epoch: config.epoch, last });
             }
         }
-    }
-
-    /// Who answers in full: the members of the state's epoch.
-    fn repliers(&self) -> Membership {
-        self.exec.read().configuration().map_or_else(|| self.cfg.membership.clone(), |c| c.membership())
     }
 
     /// The checkpoint the executor was restored to, and its digest.
@@ -402,14 +404,19 @@ impl<S: Service> ExecutionHost<S> {
     }
 
     fn deliver(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch, io: &mut impl ExecutionIo) {
-        let executed = self.exec.write().execute_batch(seq, view, batch);
+        let mut exec = self.exec.write();
+        let executed = exec.execute_batch(seq, view, batch);
+        // Who answers in full: the members of the state's epoch.
+        if let Some(c) = exec.configuration().filter(|c| c.epoch != self.repliers.0) {
+            self.repliers = (c.epoch, c.membership());
+        }
+        drop(exec);
         io.note(ExecEvent::BatchDelivered);
         io.executed(seq, batch, &executed);
         let mut replies = Vec::with_capacity(executed.len());
         let (mut fresh, mut digests) = (0, 0);
         let me = self.cfg.me;
-        let repliers = self.repliers();
-        let digest_replies = self.cfg.reply_digests.then_some(&repliers);
+        let digest_replies = self.cfg.reply_digests.then_some(&self.repliers.1);
         for e in executed {
             fresh += u64::from(e.fresh);
             let full = digest_replies.is_none_or(|m| designated_replier(m, e.client, e.request) == me);

@@ -54,11 +54,7 @@ pub fn client_key_file(dir: &Path) -> PathBuf {
 /// Generates keys and writes the directory; returns the configuration.
 pub fn keygen(opts: &KeygenOptions) -> Result<ClusterConfig, String> {
     let n = opts.replicas;
-    let max_f = match opts.mode {
-        Mode::Bft => n.saturating_sub(1) / 3,
-        Mode::Cft => n.saturating_sub(1) / 2,
-    };
-    let f = opts.f.unwrap_or(max_f);
+    let f = opts.f.unwrap_or(opts.mode.max_f(n));
     let ids: Vec<ReplicaId> = (0..n as u32).map(ReplicaId).collect();
     let membership = Membership::new(ids.clone(), f, opts.mode).map_err(|e| format!("--replicas {n}: {e}"))?;
     if !opts.addresses.is_empty() && opts.addresses.len() != n {

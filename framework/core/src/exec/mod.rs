@@ -290,9 +290,11 @@ impl<S: Service> Executor<S> {
             match self.lookup(req.client, req.id) {
                 Lookup::Stale => {}
                 Lookup::Cached(result) => slots.push((req, Slot::Cached(result))),
-                Lookup::New if self.admin.as_ref().is_some_and(|a| a.client == req.client) => {
+                Lookup::New
+                    if self.reconfig.is_some() && self.admin.as_ref().is_some_and(|a| a.client == req.client) =>
+                {
                     let (Some(admin), Some(reconfig)) = (&self.admin, &mut self.reconfig) else {
-                        unreachable!("set together")
+                        unreachable!("both checked just above")
                     };
                     let outcome =
                         reconfig.execute(seq, admin.checkpoint_interval, &req.operation, admin.verify.as_ref());

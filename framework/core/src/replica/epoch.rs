@@ -26,7 +26,8 @@ use crate::types::SeqNo;
 pub(super) struct EpochEnd {
     /// The last sequence number of the epoch (a checkpoint).
     pub last: SeqNo,
-    /// When delivery last moved towards it: the deadline for the primary.
+    /// When delivery last moved towards it: the primary has the request
+    /// timeout from here to reach the end.
     pub progress_ms: u64,
 }
 

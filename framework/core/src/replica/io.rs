@@ -226,7 +226,8 @@ pub enum Discard {
     NewViewContradictsDecision,
     /// State data for a checkpoint this replica is not fetching.
     StateUnasked,
-    /// A message of an obsolete kind (whole-snapshot state transfer).
+    /// A message of an obsolete kind (whole-snapshot state transfer), or
+    /// one for the host rather than a core (the chain of epochs).
     Obsolete,
     /// A rejoin answer with an invalid checkpoint certificate.
     InvalidRejoinReply,

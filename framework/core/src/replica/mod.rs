@@ -176,10 +176,10 @@ impl<C: Crypto> Replica<C> {
     pub fn genesis(&self) -> Genesis {
         self.genesis
     }
-    /// The clocks as the last tick gave them, as a tick: a core that takes
-    /// over from this one starts on the same time.
-    pub fn last_tick(&self) -> Input {
-        Input::Tick { now_ms: self.clock.now_ms, wall_ms: self.clock.wall_ms }
+    /// The wall clock as the last tick gave it: a core that takes over
+    /// from this one starts on the same time.
+    pub fn wall_ms(&self) -> u64 {
+        self.clock.wall_ms
     }
     /// The epoch this core serves (its signatures say which).
     pub fn epoch(&self) -> u64 {

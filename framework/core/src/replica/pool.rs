@@ -21,8 +21,8 @@ pub(super) struct Pending {
     order: u64,
     /// Inside some PRE-PREPARE of this view: out of the primary's queue.
     proposed: bool,
-    /// Its signature was checked when it arrived (forwarded by a peer), so
-    /// proposing it needs no second check.
+    /// Its signature was checked (forwarded by a peer, or already by the
+    /// primary's check or a timer's), so proposing it needs no second check.
     verified: bool,
 }
 
