@@ -1,7 +1,10 @@
 //! The `palisade` binary as an operator uses it: keygen, one process per
 //! replica, the CLI as a client, and a replica killed with SIGKILL.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::Scratch;
+use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
@@ -26,10 +29,8 @@ impl Drop for Processes {
     }
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("palisade-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tempdir(tag: &str) -> Scratch {
+    Scratch::new("cli", tag)
 }
 
 fn start(dir: &Path, n: usize, service: &str) -> Processes {
@@ -76,7 +77,6 @@ fn a_four_process_cluster_serves_the_cli_and_survives_kill_9_of_its_primary() {
     assert_eq!(stuck.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&stuck.stderr).contains("no answer from the cluster"));
     drop(replicas);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -85,14 +85,13 @@ fn configuration_mistakes_get_a_clear_message_and_exit_code_2() {
     let out = palisade(&["kv", "get", "k", "--config", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("palisade keygen"));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&*dir).unwrap();
     std::fs::write(dir.join("cluster.toml"), "cluster_id = 1\nmode = \"bft\"\nf = 1\n").unwrap();
     let out = palisade(&["counter", "get", "--config", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cluster.toml"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = palisade(&["replica", "--config", dir.to_str().unwrap(), "--id", "0", "--service", "kv"]);
     assert_eq!(out.status.code(), Some(2));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -111,7 +110,6 @@ fn a_counter_cluster_in_cft_mode() {
     assert_eq!(stdout(&palisade(&["counter", "inc", "--by", "10", "--config", d])), "15");
     assert_eq!(stdout(&palisade(&["counter", "get", "--config", d])), "15");
     drop(replicas);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Starts replica `id` again with `extra` arguments; returns its process,
@@ -196,5 +194,4 @@ fn a_restarted_replica_recovers_its_votes_from_disk_and_without_a_disk_rejoins_w
     assert!(said, "the restarted replica did not say it rejoins without its votes: {lines:?}");
     assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "3");
     drop(replicas);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

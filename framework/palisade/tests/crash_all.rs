@@ -2,13 +2,16 @@
 //! durability: started again from their data directories, the replicas hold
 //! every acknowledged operation, in every stateful service, and serve on.
 
+mod common;
+
+use common::Scratch;
 use palisade_client::{Client, ClientOptions};
 use palisade_services::counter::CounterClient;
 use palisade_services::kv::KvClient;
 use palisade_services::register::{decode_result, RegisterOp};
 use palisade_wire::{keys, ClusterConfig};
 use parking_lot::Mutex;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,9 +53,8 @@ impl Drop for Processes {
     }
 }
 
-fn setup(tag: &str, port: u16) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("palisade-crash-all-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn setup(tag: &str, port: u16) -> Scratch {
+    let dir = Scratch::new("crash-all", tag);
     let out = Command::new(BIN)
         .args(["keygen", "--replicas", "4", "--out", dir.to_str().unwrap(), "--base-port", &port.to_string()])
         .output()
@@ -175,9 +177,4 @@ fn every_acknowledged_operation_survives_kill_9_of_every_replica_in_every_servic
         assert!(value == last || value == last + 1, "read {value} after write {last} was acknowledged");
     });
     drop(replicas);
-    for tag in ["kv", "counter", "register"] {
-        let _ = std::fs::remove_dir_all(
-            std::env::temp_dir().join(format!("palisade-crash-all-{tag}-{}", std::process::id())),
-        );
-    }
 }
