@@ -16,11 +16,12 @@ use bytes::{Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
 use palisade_core::{ClientId, Membership, ReplicaId, Request, RequestId, ViewNo};
 use palisade_host::client::{Invocation, Verdict};
-use palisade_wire::envelope::{self, Answer, ClientMessage, RejectReason, ReplicaMessage, Role};
+use palisade_wire::chain::Chain;
+use palisade_wire::envelope::{self, Answer, ClientMessage, RejectReason, ReplicaMessage, Role, StatusReport};
 use palisade_wire::frame::FrameDecoder;
 use palisade_wire::handshake::{Initiator, Keyring};
 use palisade_wire::{keys, verify, ClusterConfig, RequestAuth};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,10 @@ pub struct ClientOptions {
     /// How long to wait for the full result once f+1 replicas agree on its
     /// digest, before asking every replica for it in full.
     pub full_reply_grace_ms: u64,
+    /// Where to keep the links of the chain of epochs the client adopts
+    /// (its configuration directory), so that its next start knows the
+    /// membership without asking.
+    pub keep_chain_in: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -54,6 +59,7 @@ impl Default for ClientOptions {
             read_timeout_ms: 1_000,
             outbox: 4_096,
             full_reply_grace_ms: 20,
+            keep_chain_in: None,
         }
     }
 }
@@ -121,25 +127,49 @@ enum Outcome {
         /// Whether every replica has answered.
         now: bool,
     },
+    /// The client adopted a new membership: send again, to its members.
+    Moved,
 }
 
 /// An operation in flight: its decisions, and where to tell the caller.
 struct Pending {
+    request: RequestId,
+    read_only: bool,
     decide: Invocation,
     done: Option<mpsc::Sender<Outcome>>,
 }
 
-struct Inner {
+/// The membership a client talks to, and its connections' outboxes; it
+/// changes when the client adopts links of the chain of epochs.
+struct Members {
+    /// `cluster.toml`: the template each epoch's members are put into.
+    genesis: ClusterConfig,
+    /// The chain from it, every link checked.
+    chain: Chain,
+    /// The newest epoch's replicas.
     cluster: ClusterConfig,
     membership: Membership,
+    outboxes: BTreeMap<ReplicaId, mpsc::Sender<Out>>,
+}
+
+/// What a connection sends: requests (batched into frames), or another
+/// message alone.
+enum Out {
+    Request(Request),
+    Message(ClientMessage),
+}
+
+struct Inner {
+    members: RwLock<Members>,
     key: SigningKey,
     id: ClientId,
     opts: ClientOptions,
     next_request: AtomicU64,
     view: AtomicU64,
     pending: Mutex<HashMap<RequestId, Pending>>,
-    outboxes: BTreeMap<ReplicaId, mpsc::Sender<Request>>,
     connected: Mutex<BTreeMap<ReplicaId, bool>>,
+    /// Where status answers go while [`Client::status`] waits for them.
+    status: Mutex<Option<mpsc::Sender<StatusReport>>>,
     /// The request-MAC key of the latest channel to each replica (kept
     /// after a disconnect: the replica honours it for a grace period).
     request_keys: Mutex<BTreeMap<ReplicaId, [u8; 32]>>,
@@ -164,17 +194,20 @@ impl Client {
     /// Starts connecting to every replica of `cluster` as the client holding
     /// `key`, on the current tokio runtime. Returns at once.
     pub fn connect(cluster: ClusterConfig, key: SigningKey, opts: ClientOptions) -> Client {
+        let chain = Chain::new(cluster.genesis());
+        Self::connect_at(cluster, chain, key, opts)
+    }
+
+    /// [`Client::connect`] to the newest epoch of `chain`, which starts at
+    /// `cluster`'s genesis configuration (see
+    /// [`palisade_wire::chain::load_current`]).
+    pub fn connect_at(genesis: ClusterConfig, chain: Chain, key: SigningKey, opts: ClientOptions) -> Client {
         let id = keys::client_id(key.verifying_key().as_bytes());
-        let mut outboxes = BTreeMap::new();
-        let mut receivers = Vec::new();
-        for (&r, _) in cluster.replicas.iter() {
-            let (tx, rx) = mpsc::channel(opts.outbox);
-            outboxes.insert(r, tx);
-            receivers.push((r, rx));
-        }
+        let cluster = genesis.at(chain.newest()).unwrap_or_else(|_| genesis.clone());
+        let members =
+            Members { membership: cluster.membership.clone(), genesis, chain, cluster, outboxes: BTreeMap::new() };
         let inner = Arc::new(Inner {
-            membership: cluster.membership.clone(),
-            cluster,
+            members: RwLock::new(members),
             key,
             id,
             opts,
@@ -183,16 +216,47 @@ impl Client {
             next_request: AtomicU64::new(now_micros()),
             view: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
-            outboxes,
             connected: Mutex::new(BTreeMap::new()),
+            status: Mutex::new(None),
             request_keys: Mutex::new(BTreeMap::new()),
             failed_dials: AtomicU64::new(0),
             slow: Mutex::new(BTreeMap::new()),
         });
-        for (r, rx) in receivers {
-            tokio::spawn(connection(Arc::downgrade(&inner), r, rx));
-        }
+        inner.connect_members();
         Client { inner }
+    }
+
+    /// The epoch of the membership this client talks to.
+    pub fn epoch(&self) -> u64 {
+        self.inner.members.read().chain.newest().epoch
+    }
+
+    /// The membership this client talks to: ids, f and mode.
+    pub fn membership(&self) -> Membership {
+        self.inner.members.read().membership.clone()
+    }
+
+    /// Asks every replica it is connected to for its status.
+    pub async fn status(&self, wait: Duration) -> Vec<StatusReport> {
+        let (tx, mut rx) = mpsc::channel(256);
+        *self.inner.status.lock() = Some(tx);
+        let outboxes: Vec<mpsc::Sender<Out>> = self.inner.members.read().outboxes.values().cloned().collect();
+        for o in outboxes {
+            let _ = o.try_send(Out::Message(ClientMessage::Status));
+        }
+        let mut reports: BTreeMap<ReplicaId, StatusReport> = BTreeMap::new();
+        let deadline = Instant::now() + wait;
+        let n = self.inner.members.read().membership.n();
+        while reports.len() < n {
+            match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), rx.recv()).await {
+                Ok(Some(r)) => {
+                    reports.insert(r.replica, r);
+                }
+                _ => break,
+            }
+        }
+        *self.inner.status.lock() = None;
+        reports.into_values().collect()
     }
 
     /// This client's id (derived from its key).
@@ -233,7 +297,11 @@ impl Client {
         let inner = &self.inner;
         let id = RequestId(inner.next_request.fetch_add(1, Ordering::Relaxed));
         let mut req = Request { client: inner.id, id, read_only, operation, auth: Bytes::new() };
-        match inner.cluster.request_auth {
+        let (auth, membership) = {
+            let m = inner.members.read();
+            (m.cluster.request_auth, m.membership.clone())
+        };
+        match auth {
             RequestAuth::Authenticators => {
                 let macs: Vec<(ReplicaId, [u8; 32])> =
                     inner.request_keys.lock().iter().map(|(r, k)| (*r, *k)).collect();
@@ -242,10 +310,10 @@ impl Client {
             RequestAuth::Signatures => verify::sign_request(&inner.key, &mut req),
             RequestAuth::TrustPrimary => {}
         }
-        let decide = Invocation::new(&inner.membership, inner.id, id, read_only);
-        let designated = decide.designated();
+        let decide = Invocation::new(&membership, inner.id, id, read_only);
+        let mut designated = decide.designated();
         let (tx, mut rx) = mpsc::channel(4);
-        inner.pending.lock().insert(id, Pending { decide, done: Some(tx) });
+        inner.pending.lock().insert(id, Pending { request: id, read_only, decide, done: Some(tx) });
         let _guard = PendingGuard { inner: inner.clone(), id };
         let started = Instant::now();
         let deadline =
@@ -253,7 +321,7 @@ impl Client {
         if read_only {
             self.send_all(&req);
         } else {
-            let primary = inner.membership.primary(ViewNo(inner.view.load(Ordering::Relaxed)));
+            let primary = membership.primary(ViewNo(inner.view.load(Ordering::Relaxed)));
             if inner.connected.lock().get(&primary).copied().unwrap_or(false) {
                 self.send_to(primary, req.clone());
             } else {
@@ -283,6 +351,15 @@ impl Client {
                 Ok(Some(Outcome::NeedFull { now: false })) => {
                     full_due = Some(Instant::now() + Duration::from_millis(inner.opts.full_reply_grace_ms));
                 }
+                Ok(Some(Outcome::Moved)) => {
+                    // A new membership: its members have not seen the
+                    // request yet.
+                    full_due = None;
+                    if let Some(p) = inner.pending.lock().get(&id) {
+                        designated = p.decide.designated();
+                    }
+                    self.send_all(&req);
+                }
                 Ok(None) => return Err(InvokeError::Closed),
                 Err(_) if full_due.take().is_some() => {
                     // The designated replica missed its grace period.
@@ -303,21 +380,21 @@ impl Client {
         InvokeError::Timeout {
             waited_ms: started.elapsed().as_millis() as u64,
             connected: self.connected(),
-            replicas: self.inner.membership.n(),
+            replicas: self.inner.members.read().membership.n(),
         }
     }
 
     fn send_to(&self, r: ReplicaId, body: Request) {
-        if let Some(tx) = self.inner.outboxes.get(&r) {
+        if let Some(tx) = self.inner.members.read().outboxes.get(&r) {
             // A full outbox means that replica is unreachable or slow; the
             // retransmission to all covers for it.
-            let _ = tx.try_send(body);
+            let _ = tx.try_send(Out::Request(body));
         }
     }
 
     fn send_all(&self, body: &Request) {
-        for &r in self.inner.outboxes.keys() {
-            self.send_to(r, body.clone());
+        for tx in self.inner.members.read().outboxes.values() {
+            let _ = tx.try_send(Out::Request(body.clone()));
         }
     }
 }
@@ -335,6 +412,55 @@ impl Drop for PendingGuard {
 }
 
 impl Inner {
+    /// Starts a connection to every member that has none, and lets the
+    /// connections of replicas no longer members end.
+    fn connect_members(self: &Arc<Self>) {
+        let mut m = self.members.write();
+        let wanted: Vec<ReplicaId> = m.cluster.replicas.keys().copied().collect();
+        m.outboxes.retain(|r, _| wanted.contains(r));
+        for r in wanted {
+            if let std::collections::btree_map::Entry::Vacant(slot) = m.outboxes.entry(r) {
+                let (tx, rx) = mpsc::channel(self.opts.outbox);
+                slot.insert(tx);
+                tokio::spawn(connection(Arc::downgrade(self), r, rx));
+            }
+        }
+        let members = m.membership.members().to_vec();
+        drop(m);
+        self.connected.lock().retain(|r, _| members.contains(r));
+        self.request_keys.lock().retain(|r, _| members.contains(r));
+    }
+
+    /// Checks `links` from the membership held and, when any is new, moves
+    /// to the newest epoch: connects to its members, keeps the chain if
+    /// asked to, and sends the operations in flight again to the new
+    /// members. A link that does not check changes nothing.
+    fn adopt(self: &Arc<Self>, links: Vec<palisade_core::reconfig::Handover>) {
+        let mut m = self.members.write();
+        if !matches!(m.chain.extend(links), Ok(n) if n > 0) {
+            return;
+        }
+        let Ok(cluster) = m.genesis.at(m.chain.newest()) else { return };
+        m.membership = cluster.membership.clone();
+        m.cluster = cluster;
+        if let Some(dir) = &self.opts.keep_chain_in {
+            // Best effort: a client that cannot write there asks again at
+            // its next start.
+            let _ = m.chain.save(dir);
+        }
+        let membership = m.membership.clone();
+        drop(m);
+        self.view.store(0, Ordering::Relaxed);
+        self.connect_members();
+        let mut pending = self.pending.lock();
+        for p in pending.values_mut() {
+            p.decide = Invocation::new(&membership, self.id, p.request, p.read_only);
+            if let Some(tx) = &p.done {
+                let _ = tx.try_send(Outcome::Moved);
+            }
+        }
+    }
+
     /// Whether waiting a grace period for `designated`'s full result makes
     /// sense: it is connected and has not recently let one run out.
     fn wait_for(&self, designated: ReplicaId) -> bool {
@@ -403,6 +529,15 @@ impl Inner {
                     self.on_answer(&mut pending, from, view, request, answer);
                 }
             }
+            ReplicaMessage::Status(report) => {
+                if report.replica == from {
+                    if let Some(tx) = &*self.status.lock() {
+                        let _ = tx.try_send(report);
+                    }
+                }
+            }
+            // Handled by the connection, which can start new ones.
+            ReplicaMessage::Chain(_) => {}
             ReplicaMessage::Rejected { replica, request, reason } => {
                 if replica != from {
                     return;
@@ -424,15 +559,23 @@ const SLOW_FOR: Duration = Duration::from_secs(1);
 /// A connection that wrote this recently counts as busy.
 const BUSY: Duration = Duration::from_micros(200);
 
-async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mpsc::Receiver<Request>) {
+async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mpsc::Receiver<Out>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(me) = inner.upgrade() else { return };
-        let address = me.cluster.replicas[&to].address;
-        let keyring = Keyring::from_config(&me.cluster);
+        let (address, keyring, cluster, max_frame, epoch) = {
+            let m = me.members.read();
+            // No longer a member: this connection ends.
+            let Some(r) = m.cluster.replicas.get(&to) else { return };
+            (
+                r.address,
+                Keyring::from_config(&m.cluster),
+                m.cluster.cluster_id,
+                m.cluster.max_frame_bytes,
+                m.chain.newest().epoch,
+            )
+        };
         let key = me.key.clone();
-        let cluster = me.cluster.cluster_id;
-        let max_frame = me.cluster.max_frame_bytes;
         drop(me);
         let attempt = async {
             let mut stream = TcpStream::connect(address).await?;
@@ -462,6 +605,12 @@ async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mp
         let (mut read, mut write) = stream.into_split();
         let mut sealer = session.sealer;
         let mut opener = session.opener;
+        // First, ask whether the membership moved on since the epoch known.
+        let mut out = BytesMut::new();
+        sealer.seal_message(cluster, &ClientMessage::ChainQuery { after: epoch }, &mut out);
+        if write.write_all(&out).await.is_err() {
+            continue;
+        }
         let weak = inner.clone();
         let reader = async move {
             let frames = FrameDecoder::new(max_frame + palisade_wire::channel::MAC_BYTES);
@@ -473,7 +622,10 @@ async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mp
                     let Some(me) = weak.upgrade() else {
                         return Err(());
                     };
-                    me.on_message(to, msg);
+                    match msg {
+                        ReplicaMessage::Chain(links) => me.adopt(links),
+                        msg => me.on_message(to, msg),
+                    }
                 }
                 if read.read_buf(&mut buf).await.map_err(|_| ())? == 0 {
                     return Err::<(), ()>(());
@@ -487,7 +639,24 @@ async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mp
             // frame limit.
             let max_bytes = (max_frame / 2).min(256 << 10);
             let mut last_write = Instant::now() - BUSY;
-            while let Some(first) = outbox.recv().await {
+            // A message that is not a request, taken while batching: it
+            // goes right after the batch.
+            let mut next: Option<Out> = None;
+            while let Some(first) = match next.take() {
+                Some(o) => Some(o),
+                None => outbox.recv().await,
+            } {
+                let first = match first {
+                    Out::Request(r) => r,
+                    Out::Message(msg) => {
+                        out.clear();
+                        sealer.seal_message(cluster, &msg, &mut out);
+                        if write.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
                 // On a busy connection, let the tasks that are ready run
                 // first: operations invoked together then leave together, in
                 // one frame and one write. An idle one sends at once.
@@ -498,9 +667,13 @@ async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mp
                 let mut batch = vec![first];
                 while batch.len() < envelope::MAX_LIST && bytes < max_bytes {
                     match outbox.try_recv() {
-                        Ok(more) => {
+                        Ok(Out::Request(more)) => {
                             bytes += more.size_bytes();
                             batch.push(more);
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
                         }
                         Err(_) => break,
                     }

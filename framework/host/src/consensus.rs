@@ -86,6 +86,10 @@ pub trait ConsensusIo {
     fn execute(&mut self, cmd: ExecCommand);
     /// Tells a client its request was turned away.
     fn refuse(&mut self, client: ClientId, request: RequestId, reason: RejectReason);
+    /// The core of a later epoch starts at the handover `link` certifies:
+    /// the records persisted after this are that core's, so a durable host
+    /// marks the switch before them.
+    fn epoch_started(&mut self, _link: &palisade_core::reconfig::Handover) {}
     /// Whether the replica stopped in the middle of the step (the
     /// simulator's crash right after a record became durable): the rest of
     /// the step's actions never happen.

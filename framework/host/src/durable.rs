@@ -163,6 +163,9 @@ pub struct Recovered<S: Service, D: Dir> {
     pub restart: Option<Restart>,
     /// What was found.
     pub report: RecoveryReport,
+    /// The link of the epoch whose core the records are (none: epoch 0):
+    /// the core to restart is that epoch's.
+    pub epoch: Option<palisade_core::reconfig::Handover>,
 }
 
 /// Recovers from `dir`. A snapshot that does not check is deleted and the
@@ -179,6 +182,7 @@ pub fn recover<S: Service, D: Dir>(
     nonce: u64,
 ) -> io::Result<Recovered<S, D>> {
     let checkpoint_interval = ecfg.checkpoint_interval.max(1);
+    let log_window = ecfg.log_window;
     let (mut snapshots, rejected) = Snapshots::open(dir.clone(), SNAPSHOTS_KEPT)?;
     let mut report = RecoveryReport { rejected, ..RecoveryReport::default() };
     // The genesis parts, to put back should every snapshot fail part way
@@ -188,10 +192,22 @@ pub fn recover<S: Service, D: Dir>(
         (0..e.part_count()).map(|i| e.part(i)).collect()
     };
     let max_record = ecfg.max_record_bytes.min(usize::MAX as u64) as usize;
+    // A first read of the log finds the stable checkpoint (and cuts a torn
+    // or damaged tail): the replica must be able to serve that state to a
+    // peer fetching it, so the state is rebuilt from a snapshot at or
+    // before it (the log keeps the batches after the older snapshot).
+    let (first, scan) = Journal::open_with(dir.clone(), wal, |_, _, _, _| Ok(()))?;
+    drop(first);
+    // (A core of a later epoch starts stable at its handover checkpoint.)
+    let stable = scan.records.iter().filter_map(|r| match r {
+        palisade_core::Record::Stable(cert) => Some(cert.seq),
+        _ => None,
+    });
+    let stable = stable.chain(scan.epoch.as_ref().map(|l| l.cert.seq)).max();
     // Installed part by part as the files are read: a gigabyte state is
     // never held twice.
-    let (loaded, rejected) =
-        snapshots.load(genesis.len(), max_record, |i, records| exec.write().install_part(i, records))?;
+    let (loaded, rejected) = snapshots
+        .load_not_after(stable, genesis.len(), max_record, |i, records| exec.write().install_part(i, records))?;
     if loaded.is_none() && !rejected.is_empty() {
         let mut e = exec.write();
         for (i, p) in genesis.iter().enumerate() {
@@ -212,51 +228,73 @@ pub fn recover<S: Service, D: Dir>(
     // checkpoint interval at a time once all of it has been read: the core
     // restarts at a checkpoint, and learns anything later again from its
     // records and its peers. At most one interval's batches are held.
-    let mut waiting: BTreeMap<SeqNo, (ViewNo, Arc<Batch>)> = BTreeMap::new();
+    let mut waiting: BTreeMap<SeqNo, Vec<(u64, ViewNo, Arc<Batch>)>> = BTreeMap::new();
     let mut replayed_to = executed;
+    // Set when an interval cannot be replayed (a batch of the state's
+    // epoch missing): nothing after it can be either.
+    let mut stuck = false;
     let mut quiet = Quiet { checkpoints: Vec::new() };
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
-    let (mut journal, rec) = Journal::open_with(dir, wal, |seq, view, batch| {
+    let (mut journal, rec) = Journal::open_with(dir, wal, |epoch, seq, view, batch| {
         // A life of the replica logs decisions in order, so the batches
         // that can still be replayed run on from the last one held; a batch
         // past a gap (a state fetched and not yet snapshotted, snapshots
         // refused) can never be reached, and is not held.
         let run_end = waiting.last_key_value().map_or(replayed_to, |(s, _)| *s);
-        if seq <= replayed_to || seq > run_end.next() {
+        if stuck || seq <= replayed_to || seq > run_end.next() {
             return Ok(());
         }
-        waiting.entry(seq).or_insert((view, batch));
+        let held = waiting.entry(seq).or_default();
+        if !held.iter().any(|(e, _, _)| *e == epoch) {
+            held.push((epoch, view, batch));
+        }
         let next = replayed_to.next();
         let boundary = SeqNo(next.0.div_ceil(checkpoint_interval) * checkpoint_interval);
         if seq != boundary {
             return Ok(());
         }
-        while let Some((seq, (view, batch))) = waiting.pop_first() {
-            // Logged batches carry no epoch yet, so replay takes each as
-            // the executor's current epoch's (docs/reconfiguration.md,
-            // "Status", says what that leaves out).
-            let epoch = execution.epoch();
+        // Epochs change only at checkpoints, so one interval's batches are
+        // all of the epoch the state is in at its start; one an epoch's
+        // core delivered past that epoch's end is void, as in execution.
+        let epoch = execution.epoch();
+        let interval: Vec<(SeqNo, ViewNo, Arc<Batch>)> = std::mem::take(&mut waiting)
+            .into_iter()
+            .filter_map(|(s, held)| held.into_iter().find(|(e, _, _)| *e == epoch).map(|(_, v, b)| (s, v, b)))
+            .collect();
+        if interval.len() as u64 != boundary.0 - replayed_to.0 {
+            stuck = true;
+            return Ok(());
+        }
+        for (seq, view, batch) in interval {
             execution.handle(ExecCommand::Deliver { epoch, seq, view, batch }, &mut quiet).map_err(invalid)?;
             report.replayed += 1;
         }
         replayed_to = boundary;
         if let Some(&(s, d)) = quiet.checkpoints.last() {
             (executed, state) = (s, d);
-            // Only the newest state need stay in memory.
-            let _ = execution.handle(ExecCommand::ForgetBelow(s), &mut quiet);
+            // The stable checkpoint is at most a log window behind the
+            // newest state: keep what may be it, so that peers can still
+            // fetch it (parts unchanged since are shared, not copied).
+            let _ = execution.handle(ExecCommand::ForgetBelow(SeqNo(s.0.saturating_sub(log_window))), &mut quiet);
         }
         Ok(())
     })?;
+    // Nothing older than the stable checkpoint is needed.
+    if let Some(stable) = stable {
+        let _ = execution.handle(ExecCommand::ForgetBelow(stable.min(executed)), &mut quiet);
+    }
     drop(waiting);
     if let Some((seq, _)) = report.snapshot {
         journal.snapshot_durable(seq)?;
     }
     report.entries = rec.entries;
-    report.cut = rec.cut.clone();
+    // The first read cut the log where it was torn or damaged.
+    report.cut = scan.cut.clone();
     report.executed = executed;
     let damaged = report.cut.as_ref().is_some_and(|c| c.kind == CutKind::Corrupt);
     report.votes_lost = !mode.logs_votes() || damaged;
     report.records = if report.votes_lost { 0 } else { rec.records.len() };
+    let epoch = rec.epoch;
     let restart = report.found_anything().then(|| Restart {
         records: if report.votes_lost { Vec::new() } else { rec.records },
         votes_lost: report.votes_lost,
@@ -264,5 +302,5 @@ pub fn recover<S: Service, D: Dir>(
         executed_state: state,
         nonce,
     });
-    Ok(Recovered { journal, snapshots, execution, restart, report })
+    Ok(Recovered { journal, snapshots, execution, restart, report, epoch })
 }

@@ -29,7 +29,8 @@ use crate::consensus::{ConsensusHost, ConsensusIo};
 use crate::execution::Reconfigured;
 use palisade_core::checkpoint::Genesis;
 use palisade_core::reconfig::{Configuration, Handover};
-use palisade_core::{Config, Crypto, Input, PeerMessage, Replica, ReplicaId, SeqNo};
+use palisade_core::replica::Restart;
+use palisade_core::{Config, Crypto, Digest, Input, PeerMessage, Replica, ReplicaId, SeqNo};
 use std::collections::BTreeMap;
 
 /// Makes the signing and verification of one epoch's core: the keys are
@@ -56,6 +57,92 @@ fn due(last: &mut BTreeMap<ReplicaId, u64>, to: ReplicaId, now: u64, period: u64
     true
 }
 
+/// Which epoch's core a replica restarts from its disk, and how.
+#[derive(Debug)]
+pub struct RestartPlan {
+    /// The configuration of that core's epoch.
+    pub config: Configuration,
+    /// The checkpoint it started at.
+    pub genesis: Genesis,
+    /// Its records (none when they are not its own: it then rejoins
+    /// without its votes).
+    pub restart: Restart,
+    /// The next epoch, when the recovered state has entered it but that
+    /// epoch's core never started: the host hands over to it at the
+    /// checkpoint it starts at.
+    pub entering: Option<(Configuration, SeqNo)>,
+    /// Where the core's epoch ends, when the state says it does (a change
+    /// accepted before the crash): the core is told again, since the
+    /// previous life's core was told and this one was not.
+    pub ends: Option<SeqNo>,
+    /// The digest of the configuration the recovered state is in: what the
+    /// checkpoint of the state executed names. Its vote is signed again
+    /// (the previous life's went with it), since at an epoch's end no
+    /// later checkpoint makes up for a lost one.
+    pub executed_config: Digest,
+}
+
+/// Plans a restart from what survived: `restart` (records and the state
+/// executed), `records_of`, the link of the epoch whose core wrote the
+/// records (none: epoch 0), `state`, the configuration the recovered state
+/// is in, the checkpoint it started at and the boundary of a change it has
+/// accepted, and the links known. Epochs
+/// change only at checkpoints, and a core's records are its own:
+///
+/// - records of the state's epoch: that core restarts with them;
+/// - records of the epoch before (the state executed the handover
+///   checkpoint, the next core had not started): the old core restarts
+///   with them and hands over as it would have;
+/// - records of a later epoch (a joiner whose fetched state was not on
+///   disk yet): that core restarts with them and fetches the state;
+/// - otherwise, or when the votes were lost, the state's epoch's core
+///   rejoins without votes.
+pub fn plan_restart(
+    restart: Restart,
+    records_of: Option<&Handover>,
+    state: (&Configuration, SeqNo, Option<SeqNo>),
+    genesis: (&Configuration, Digest),
+    links: &[Handover],
+) -> Result<RestartPlan, String> {
+    let start_of = |epoch: u64| -> Option<(Configuration, Genesis)> {
+        if epoch == 0 {
+            return Some((genesis.0.clone(), Genesis::new(genesis.1)));
+        }
+        records_of
+            .into_iter()
+            .chain(links)
+            .find(|l| l.config.epoch == epoch)
+            .map(|l| (l.config.clone(), Genesis { seq: l.cert.seq, state: l.cert.state }))
+    };
+    let (state_config, since, pending) = state;
+    let records_epoch = records_of.map_or(0, |l| l.config.epoch);
+    // Without records there is no old core to finish: the state's epoch's
+    // core rejoins at once.
+    if !restart.votes_lost && records_epoch + 1 >= state_config.epoch {
+        let (config, genesis) = start_of(records_epoch)
+            .ok_or_else(|| format!("the records are of epoch {records_epoch}, whose start is unknown"))?;
+        let entering = (state_config.epoch == records_epoch + 1).then(|| (state_config.clone(), since));
+        let ends = match entering {
+            Some(_) => Some(since),
+            None => pending.filter(|_| records_epoch == state_config.epoch),
+        };
+        let executed_config = state_config.digest();
+        return Ok(RestartPlan { config, genesis, restart, entering, ends, executed_config });
+    }
+    let epoch = state_config.epoch;
+    let restart = Restart { votes_lost: true, records: Vec::new(), ..restart };
+    let executed_config = state_config.digest();
+    if let Some((config, genesis)) = start_of(epoch) {
+        return Ok(RestartPlan { config, genesis, restart, entering: None, ends: pending, executed_config });
+    }
+    // The state executed the handover checkpoint, but the link of its
+    // epoch was never certified here: the epoch before hands over to it.
+    let before = epoch.checked_sub(1).and_then(start_of);
+    let (config, genesis) = before.ok_or_else(|| format!("the state is in epoch {epoch}, whose start is unknown"))?;
+    let entering = Some((state_config.clone(), since));
+    Ok(RestartPlan { config, genesis, restart, entering, ends: Some(since), executed_config })
+}
+
 /// Messages that reached no core, and links refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EpochCounters {
@@ -79,7 +166,8 @@ pub struct EpochHost<C> {
     /// this replica epochs it is not a member of.
     newest: Configuration,
     current: ConsensusHost<C>,
-    previous: Option<ConsensusHost<C>>,
+    /// The previous epoch's core and configuration, kept for its laggards.
+    previous: Option<(ConsensusHost<C>, Configuration)>,
     /// Links for the epochs after the first one this replica knew, in order.
     chain: Vec<Handover>,
     /// Not a member of `config`: the core is not run, and the host asks
@@ -98,6 +186,10 @@ pub struct EpochHost<C> {
     asked: BTreeMap<ReplicaId, u64>,
     /// When a standby replica next asks for links.
     ask_at_ms: u64,
+    /// Set when this life of the replica started without the votes of the
+    /// one before: a core it jumps to rejoins without voting until that is
+    /// safe, since the previous life may have voted in that epoch.
+    amnesia: Option<u64>,
 }
 
 impl<C: Crypto> EpochHost<C> {
@@ -125,7 +217,61 @@ impl<C: Crypto> EpochHost<C> {
             answered: BTreeMap::new(),
             asked: BTreeMap::new(),
             ask_at_ms: 0,
+            amnesia: None,
         }
+    }
+
+    /// Restarts a replica's host as `plan` says (see [`plan_restart`]).
+    pub fn restarting(plan: RestartPlan, me: ReplicaId, template: Config, mut crypto: CryptoFor<C>) -> Self {
+        let mut cfg = template.clone();
+        cfg.membership = plan.config.membership();
+        let votes_lost = plan.restart.votes_lost;
+        let nonce = plan.restart.nonce;
+        let (executed, state) = (plan.restart.executed, plan.restart.executed_state);
+        let mut core = Replica::recover_at(cfg, me, crypto(&plan.config), plan.genesis, plan.restart);
+        if let Some(last) = plan.ends {
+            core.step(Input::EpochEnds { last });
+        }
+        core.step(Input::CheckpointReady { seq: executed, state, config: plan.executed_config });
+        let mut host = EpochHost::new(core, plan.config, template, crypto);
+        if let Some((next, since)) = plan.entering {
+            host = host.entering(next, since);
+        }
+        if votes_lost {
+            host = host.amnesiac(nonce);
+        }
+        host
+    }
+
+    /// Adds links this replica kept or was given (already checked): it
+    /// answers laggards with them, and on standby asks the newest members.
+    pub fn knowing(mut self, links: Vec<Handover>) -> Self {
+        for link in links {
+            if self.chain.last().is_none_or(|l| l.config.epoch < link.config.epoch) {
+                if link.config.epoch > self.newest.epoch {
+                    self.newest = link.config.clone();
+                }
+                self.chain.push(link);
+            }
+        }
+        self
+    }
+
+    /// Marks this life as started without its previous votes: `nonce`
+    /// identifies it to peers when a core it jumps to asks to rejoin.
+    pub fn amnesiac(mut self, nonce: u64) -> Self {
+        self.amnesia = Some(nonce);
+        self
+    }
+
+    /// Hosts the core of the epoch before the one the state has entered:
+    /// it restarts with its records, and hands over to `next`, which
+    /// starts at `since`, once that checkpoint is stable.
+    pub fn entering(mut self, next: Configuration, since: SeqNo) -> Self {
+        if next.epoch == self.epoch() + 1 {
+            self.next = Some((next, since));
+        }
+        self
     }
 
     /// The current epoch's core.
@@ -135,7 +281,21 @@ impl<C: Crypto> EpochHost<C> {
 
     /// The previous epoch's core, while kept.
     pub fn previous(&self) -> Option<&Replica<C>> {
-        self.previous.as_ref().map(|h| h.core())
+        self.previous.as_ref().map(|(h, _)| h.core())
+    }
+
+    /// The configurations this replica deals with: the previous epoch's
+    /// (while its core is kept), the current one, one the state has
+    /// entered but whose core has not started, and the newest known. The
+    /// runtime keeps connections with their members.
+    pub fn configurations(&self) -> Vec<&Configuration> {
+        let mut all: Vec<&Configuration> = self.previous.iter().map(|(_, c)| c).collect();
+        all.push(&self.config);
+        all.extend(self.next.iter().map(|(c, _)| c));
+        all.push(&self.newest);
+        all.sort_by_key(|c| c.epoch);
+        all.dedup_by_key(|c| c.epoch);
+        all
     }
 
     /// The current epoch.
@@ -198,7 +358,7 @@ impl<C: Crypto> EpochHost<C> {
                     self.ask_for_links(io);
                     return;
                 }
-                if let Some(p) = &mut self.previous {
+                if let Some((p, _)) = &mut self.previous {
                     p.step(input.clone(), io);
                 }
                 self.current.step(input, io);
@@ -206,7 +366,7 @@ impl<C: Crypto> EpochHost<C> {
             _ if self.standby => {}
             Input::CheckpointReady { seq, .. } | Input::StateFetched { seq, .. } | Input::EpochEnds { last: seq } => {
                 match &mut self.previous {
-                    Some(p) if seq <= self.current.core().genesis().seq => p.step(input, io),
+                    Some((p, _)) if seq <= self.current.core().genesis().seq => p.step(input, io),
                     _ => self.current.step(input, io),
                 }
             }
@@ -278,7 +438,7 @@ impl<C: Crypto> EpochHost<C> {
         let (config, since) = self.next.take().expect("just matched");
         let link = Handover { config: config.clone(), cert: stable.clone() };
         if self.chain.last().is_none_or(|l| l.config.epoch < config.epoch) {
-            self.chain.push(link);
+            self.chain.push(link.clone());
         }
         if config.epoch > self.newest.epoch {
             self.newest = config.clone();
@@ -290,12 +450,30 @@ impl<C: Crypto> EpochHost<C> {
             return;
         }
         let genesis = Genesis { seq: since, state: stable.state };
-        let core = self.core_for(&config, |cfg, me, crypto| Replica::starting_at(cfg, me, crypto, genesis));
+        io.epoch_started(&link);
+        // The state is at the handover checkpoint.
+        let core = self.start_core(&config, genesis, genesis.seq, genesis.state);
         let old = std::mem::replace(&mut self.current, ConsensusHost::new(core));
-        self.previous = Some(old);
-        self.config = config;
+        let old_config = std::mem::replace(&mut self.config, config);
+        self.previous = Some((old, old_config));
         self.removed = None;
         self.current.carry_out(io);
+    }
+
+    /// The core of `config`'s epoch, starting at `genesis` with the state
+    /// at `executed` (it fetches the state at `genesis` when that is
+    /// older). In a life that lost its previous votes every core rejoins
+    /// without voting until that is safe: the previous life may have voted
+    /// in any epoch that existed before it crashed, and this life cannot
+    /// tell which.
+    fn start_core(&mut self, config: &Configuration, genesis: Genesis, executed: SeqNo, state: Digest) -> Replica<C> {
+        match self.amnesia {
+            Some(nonce) => self.core_for(config, |cfg, me, crypto| {
+                let restart = Restart { votes_lost: true, executed, executed_state: state, nonce, records: Vec::new() };
+                Replica::recover_at(cfg, me, crypto, genesis, restart)
+            }),
+            None => self.core_for(config, |cfg, me, crypto| Replica::joining(cfg, me, crypto, genesis, executed)),
+        }
     }
 
     fn core_for(
@@ -316,7 +494,7 @@ impl<C: Crypto> EpochHost<C> {
         if epoch == self.epoch() {
             Some(&mut self.current)
         } else {
-            self.previous.as_mut().filter(|p| p.core().epoch() == epoch)
+            self.previous.as_mut().filter(|(p, _)| p.core().epoch() == epoch).map(|(p, _)| p)
         }
     }
 
@@ -385,8 +563,13 @@ impl<C: Crypto> EpochHost<C> {
         // The newest epoch listing this replica.
         let target = self.chain.iter().rev().find(|l| l.config.member(self.me).is_some()).cloned();
         let far = self.newest.epoch >= self.config.epoch + 2;
+        // The current epoch ended at a checkpoint this replica's state has
+        // not reached: the members have moved on and may no longer hold
+        // that state, so fetch the next epoch's instead of finishing this one.
+        let end = self.chain.iter().find(|l| l.config.epoch == self.config.epoch + 1).map(|l| l.cert.seq);
+        let behind = self.next.is_none() && end.is_some_and(|e| self.current.core().delivered() < e);
         match target {
-            Some(t) if t.config.epoch > self.config.epoch && (far || self.standby) => self.jump(t, io),
+            Some(t) if t.config.epoch > self.config.epoch && (far || behind || self.standby) => self.jump(t, io),
             _ => {}
         }
         // The end of the current core's epoch, certified: the core can
@@ -412,9 +595,11 @@ impl<C: Crypto> EpochHost<C> {
     fn jump(&mut self, link: Handover, io: &mut impl ConsensusIo) {
         self.next = None;
         self.previous = None;
+        io.epoch_started(&link);
         let config = link.config;
         let genesis = Genesis { seq: link.cert.seq, state: link.cert.state };
-        let core = self.core_for(&config, |cfg, me, crypto| Replica::joining(cfg, me, crypto, genesis, SeqNo(0)));
+        // Executed nothing of this epoch: the state is fetched first.
+        let core = self.start_core(&config, genesis, SeqNo(0), Digest::default());
         self.current = ConsensusHost::new(core);
         self.config = config;
         self.standby = false;

@@ -5,7 +5,7 @@ use crate::consensus::ExecCommand;
 use crate::state::{FetchStep, Fetcher, PartStore};
 use bytes::Bytes;
 use palisade_core::exec::Executed;
-use palisade_core::reconfig::Configuration;
+use palisade_core::reconfig::{AdminOutcome, Configuration};
 use palisade_core::{
     Batch, ClientId, Digest, Executor, Membership, PeerMessage, ReplicaId, RequestId, SeqNo, Service, ViewNo,
 };
@@ -59,6 +59,12 @@ pub enum ExecEvent {
     /// A batch an epoch's core delivered past that epoch's end was not
     /// executed (see `palisade_core::replica` on epochs).
     VoidBatch,
+    /// A reconfiguration request executed for the first time: accepted,
+    /// or rejected (forged, replayed, stale, or against a rule).
+    Admin {
+        /// Whether it was accepted.
+        accepted: bool,
+    },
 }
 
 /// What the executor's membership did, for the consensus side.
@@ -127,6 +133,10 @@ pub struct ExecutionConfig {
     pub membership: Membership,
     /// Take the state every this many sequence numbers.
     pub checkpoint_interval: u64,
+    /// How far execution runs ahead of the stable checkpoint at most (the
+    /// core's log window): a restart replaying its log keeps the states
+    /// this close to the newest, so that the stable one is still served.
+    pub log_window: u64,
     /// PBFT's digest replies: one replica per request sends the result,
     /// the others its digest.
     pub reply_digests: bool,
@@ -153,6 +163,7 @@ impl ExecutionConfig {
             me,
             membership,
             checkpoint_interval: 128,
+            log_window: 512,
             reply_digests: true,
             max_answer_bytes: 1 << 20,
             fetch_window: 8,
@@ -405,12 +416,18 @@ impl<S: Service> ExecutionHost<S> {
 
     fn deliver(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch, io: &mut impl ExecutionIo) {
         let mut exec = self.exec.write();
+        let admin = exec.configuration().map(|c| c.view_manager_client());
         let executed = exec.execute_batch(seq, view, batch);
         // Who answers in full: the members of the state's epoch.
         if let Some(c) = exec.configuration().filter(|c| c.epoch != self.repliers.0) {
             self.repliers = (c.epoch, c.membership());
         }
         drop(exec);
+        for e in executed.iter().filter(|e| e.fresh && Some(e.client) == admin) {
+            if let Some(outcome) = AdminOutcome::decode(&e.result) {
+                io.note(ExecEvent::Admin { accepted: matches!(outcome, AdminOutcome::Accepted { .. }) });
+            }
+        }
         io.note(ExecEvent::BatchDelivered);
         io.executed(seq, batch, &executed);
         let mut replies = Vec::with_capacity(executed.len());

@@ -26,5 +26,5 @@ pub mod state;
 
 pub use consensus::{ConsensusHost, ConsensusIo, ExecCommand};
 pub use durable::{Durability, RecoveryReport};
-pub use epochs::EpochHost;
+pub use epochs::{CryptoFor, EpochCounters, EpochHost};
 pub use execution::{answer, ClientMail, ExecEvent, ExecutionConfig, ExecutionHost, ExecutionIo, Reconfigured};

@@ -9,6 +9,7 @@ use palisade_host::Durability;
 use palisade_runtime::{RuntimeConfig, Start};
 use palisade_services::counter::CounterClient;
 use palisade_services::kv::{KvClient, KvError};
+use palisade_wire::envelope::MemberRole;
 use palisade_wire::{keys, ClusterConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code when a replica's disk failed (full, read-only, unreadable).
 pub const EXIT_DISK: u8 = 4;
 
-fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("palisade: {msg}");
     ExitCode::from(code)
 }
@@ -64,19 +65,34 @@ fn start_mode(data_dir: &Path, rejoin: bool) -> Result<Start, String> {
     Ok(if started_before || rejoin { Start::LostVotes } else { Start::Fresh })
 }
 
-/// `palisade replica`: runs one replica until SIGINT or SIGTERM.
-pub fn replica(
-    config: &Path,
-    id: u32,
-    service: &Registered,
-    verbose: bool,
-    data_dir: &Path,
-    rejoin: bool,
-    durability: Durability,
-) -> ExitCode {
+/// How `palisade replica` runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaOptions {
+    /// Print the replica's state every 10 seconds.
+    pub verbose: bool,
+    /// Rejoin without votes when the data directory is empty.
+    pub rejoin: bool,
+    /// What the replica writes to disk.
+    pub durability: Durability,
+    /// Not a member yet: wait to be admitted.
+    pub join: bool,
+    /// How long a removed replica serves on before exiting.
+    pub leave_grace_ms: u64,
+}
+
+/// `palisade replica`: runs one replica until SIGINT or SIGTERM, or until
+/// a reconfiguration removed it and its grace period ended.
+pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, opts: ReplicaOptions) -> ExitCode {
+    let ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms } = opts;
     let cluster = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
+    };
+    // Links a client saved beside the configuration: a joiner asks the
+    // newest members first.
+    let chain = match palisade_wire::chain::Chain::load(config, cluster.genesis()) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
     };
     let me = ReplicaId(id);
     let key_file = crate::keygen::replica_key_file(config, me);
@@ -92,17 +108,26 @@ pub fn replica(
     let start = rt_cfg.start;
     rt_cfg.durability = durability;
     rt_cfg.data_dir = Some(data_dir.to_path_buf());
+    rt_cfg.links = chain.links().to_vec();
+    rt_cfg.leave_grace_ms = leave_grace_ms;
+    if join {
+        rt_cfg.listen = match crate::admin::joining_address(config, me) {
+            Ok(a) => Some(a),
+            Err(e) => return fail(EXIT_USAGE, e),
+        };
+    }
     let handle = (service.spawn)(&cluster, me, key, rt_cfg);
     let handle = match handle {
         Ok(h) => h,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    let c = handle.metrics().core.lock().clone();
     eprintln!(
-        "palisade: replica {me} of cluster {} listening on {} ({} replicas, f = {})",
+        "palisade: replica {me} of cluster {} started in epoch {} ({} replicas, f = {})",
         cluster.cluster_id,
-        cluster.replicas[&me].address,
-        cluster.membership.n(),
-        cluster.membership.f()
+        c.epoch,
+        c.members.len(),
+        c.f
     );
     let report = handle.recovery().cloned().filter(|r| r.found_anything());
     if let Some(r) = &report {
@@ -137,7 +162,8 @@ pub fn replica(
                     (true, None) => " (rejoining: asking peers how far they got)".to_string(),
                 };
                 eprintln!(
-                    "palisade: replica {me}: view {}{}{}{rejoining} delivered {} stable {} pending {} | queues {} | {}",
+                    "palisade: replica {me}: epoch {} view {}{}{}{rejoining} delivered {} stable {} pending {} | queues {} | {}",
+                    c.epoch,
                     c.view,
                     if c.primary { " (primary)" } else { "" },
                     if c.normal { "" } else { " (changing view)" },
@@ -157,30 +183,72 @@ pub fn replica(
                 }
             }
         };
+        // Says what a joiner waits for, once, then when it is admitted;
+        // returns when a removed replica's grace period is over.
+        let membership = async {
+            let mut said = None;
+            loop {
+                let c = handle.metrics().core.lock().clone();
+                let now = (c.role, c.epoch);
+                if said != Some(now) {
+                    match c.role {
+                        MemberRole::Joining => eprintln!(
+                            "palisade: replica {me} is not a member yet: waiting to be admitted \
+                             (palisade admin add --id {id} ...), asking the members of the newest epoch known"
+                        ),
+                        MemberRole::Member if said.is_some() => eprintln!(
+                            "palisade: replica {me} is a member of epoch {} ({} replicas, f = {})",
+                            c.epoch,
+                            c.members.len(),
+                            c.f
+                        ),
+                        MemberRole::Removed => eprintln!(
+                            "palisade: replica {me} was removed in epoch {}: it serves laggards and \
+                             redirects clients for {} ms, then exits",
+                            c.removed_in.unwrap_or(c.epoch + 1),
+                            leave_grace_ms
+                        ),
+                        MemberRole::Member => {}
+                    }
+                    said = Some(now);
+                }
+                if handle.removed().is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
         if verbose {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = status => {}
                 _ = failed => {}
+                _ = membership => {}
             }
         } else {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = failed => {}
+                _ = membership => {}
             }
         }
     });
     let failure = handle.failure();
+    let removed = handle.removed();
     eprintln!("palisade: replica {me} stopping");
     handle.stop();
-    match failure {
-        Some(why) => fail(EXIT_DISK, format!("replica {me} stopped: {why}")),
-        None => ExitCode::SUCCESS,
+    match (failure, removed) {
+        (Some(why), _) => fail(EXIT_DISK, format!("replica {me} stopped: {why}")),
+        (None, Some(epoch)) => {
+            eprintln!("palisade: replica {me} left the cluster (removed in epoch {epoch}); its grace period is over");
+            ExitCode::SUCCESS
+        }
+        (None, None) => ExitCode::SUCCESS,
     }
 }
 
 /// The client identity: `DIR/client.key` when present, else a fresh one.
-fn client_key(config: &Path) -> Result<SigningKey, ExitCode> {
+pub(crate) fn client_key(config: &Path) -> Result<SigningKey, ExitCode> {
     let path = crate::keygen::client_key_file(config);
     if path.exists() {
         keys::read_secret(&path).map_err(|e| fail(EXIT_USAGE, e))
@@ -191,14 +259,17 @@ fn client_key(config: &Path) -> Result<SigningKey, ExitCode> {
 
 fn connect(config: &Path, timeout_ms: u64) -> Result<(tokio::runtime::Runtime, Client), ExitCode> {
     let cluster = load(config)?;
+    // The membership may have moved on since cluster.toml: the links saved
+    // beside it say where, and the client keeps any it learns.
+    let chain = palisade_wire::chain::Chain::load(config, cluster.genesis()).map_err(|e| fail(EXIT_USAGE, e))?;
     let key = client_key(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| fail(EXIT_USAGE, e))?;
-    let opts = ClientOptions { timeout_ms, ..ClientOptions::default() };
-    let client = runtime.block_on(async { Client::connect(cluster, key, opts) });
+    let opts = ClientOptions { timeout_ms, keep_chain_in: Some(config.to_path_buf()), ..ClientOptions::default() };
+    let client = runtime.block_on(async { Client::connect_at(cluster, chain, key, opts) });
     Ok((runtime, client))
 }
 

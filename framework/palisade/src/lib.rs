@@ -6,6 +6,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod commands;
 pub mod keygen;
 pub mod registry;

@@ -1,6 +1,7 @@
 //! The `palisade` command.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use palisade::admin::AdminCommand;
 use palisade::commands::{self, KvCommand};
 use palisade::keygen::{keygen, KeygenOptions};
 use palisade::registry;
@@ -47,6 +48,36 @@ enum KvOp {
 }
 
 #[derive(Subcommand)]
+enum AdminOp {
+    /// Admit a replica; prints the new epoch's members and f.
+    Add {
+        /// Its id.
+        #[arg(long)]
+        id: u32,
+        /// Where it listens, host:port.
+        #[arg(long)]
+        address: String,
+        /// Its public key, hex (printed by `keygen --new-replica`).
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Remove a member; prints the new epoch's members and f.
+    Remove {
+        /// Its id.
+        #[arg(long)]
+        id: u32,
+    },
+    /// Set the faults the cluster tolerates (f follows n otherwise).
+    SetF {
+        /// The new f.
+        f: usize,
+    },
+    /// Every replica's epoch, view, primary, delivered and stable sequence
+    /// numbers; exits non-zero when fewer than a quorum are healthy.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum CounterOp {
     /// Add to the counter (1 by default); prints the new value.
     Inc {
@@ -88,8 +119,18 @@ enum Command {
     /// Generate keys and a ready-to-run cluster configuration directory.
     Keygen {
         /// Number of replicas.
+        #[arg(long, required_unless_present = "new_replica")]
+        replicas: Option<usize>,
+        /// Write only the key of a replica to add to a running cluster
+        /// (with --id and --address), and print the command that admits it.
+        #[arg(long, requires_all = ["id", "address"], conflicts_with = "replicas")]
+        new_replica: bool,
+        /// The new replica's id (with --new-replica).
         #[arg(long)]
-        replicas: usize,
+        id: Option<u32>,
+        /// Where the new replica listens, host:port (with --new-replica).
+        #[arg(long)]
+        address: Option<String>,
         /// Directory to write (created if missing; never overwritten).
         #[arg(long)]
         out: PathBuf,
@@ -141,6 +182,26 @@ enum Command {
         /// once).
         #[arg(long, default_value = "full")]
         durability: Durability,
+        /// Start a replica that is not a member yet: it listens where
+        /// `keygen --new-replica` said, waits for `admin add` to admit it,
+        /// fetches the state and serves.
+        #[arg(long)]
+        join: bool,
+        /// Once removed from the cluster, serve laggards and redirect
+        /// clients this long before exiting.
+        #[arg(long, default_value_t = 30_000)]
+        leave_grace_ms: u64,
+    },
+    /// Change the membership, signed with view-manager.key, or show it.
+    Admin {
+        #[command(subcommand)]
+        op: AdminOp,
+        /// Configuration directory.
+        #[arg(long, global = true, default_value = "palisade-cluster")]
+        config: PathBuf,
+        /// Give up after this many milliseconds.
+        #[arg(long, global = true, default_value_t = 10_000)]
+        timeout_ms: u64,
     },
     /// Use a key-value cluster.
     Kv {
@@ -181,9 +242,12 @@ fn service_names() -> clap::builder::PossibleValuesParser {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen { replicas, out, mode, f, addresses, base_port, cluster_id, request_auth } => {
+        Command::Keygen { new_replica: true, id: Some(id), address: Some(address), out, .. } => {
+            palisade::admin::new_replica(&out, id, &address, &out)
+        }
+        Command::Keygen { replicas, out, mode, f, addresses, base_port, cluster_id, request_auth, .. } => {
             let opts = KeygenOptions {
-                replicas,
+                replicas: replicas.unwrap_or(0),
                 out: out.clone(),
                 mode: mode.into(),
                 f,
@@ -217,10 +281,20 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Replica { config, id, service, verbose, data_dir, rejoin, durability } => {
+        Command::Replica { config, id, service, verbose, data_dir, rejoin, durability, join, leave_grace_ms } => {
             let data_dir = data_dir.unwrap_or_else(|| config.join(format!("data-{id}")));
             let service = registry::find(&service).expect("clap checked the name");
-            commands::replica(&config, id, service, verbose, &data_dir, rejoin, durability)
+            let opts = commands::ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms };
+            commands::replica(&config, id, service, &data_dir, opts)
+        }
+        Command::Admin { op, config, timeout_ms } => {
+            let cmd = match op {
+                AdminOp::Add { id, address, public_key } => AdminCommand::Add { id, address, public_key },
+                AdminOp::Remove { id } => AdminCommand::Remove { id },
+                AdminOp::SetF { f } => AdminCommand::SetF { f },
+                AdminOp::Status => AdminCommand::Status,
+            };
+            palisade::admin::admin(&config, cmd, timeout_ms)
         }
         Command::Kv { op, config, timeout_ms } => {
             let cmd = match op {

@@ -195,3 +195,64 @@ fn a_restarted_replica_recovers_its_votes_from_disk_and_without_a_disk_rejoins_w
     assert_eq!(stdout(&palisade(&["counter", "inc", "--config", d])), "3");
     drop(replicas);
 }
+
+#[test]
+fn admin_commands_change_the_membership_and_explain_refusals() {
+    let dir = tempdir("admin");
+    let port = (18_000 + std::process::id() % 200 * 10) as u16;
+    let d = dir.to_str().unwrap();
+    assert!(palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]).status.success());
+    let mut replicas = start(&dir, 4, "kv");
+    assert!(palisade(&["kv", "put", "k", "v", "--config", d]).status.success());
+
+    // A new replica: its key and address, then it waits to be admitted.
+    let address = format!("127.0.0.1:{}", port + 4);
+    let keygen = palisade(&["keygen", "--new-replica", "--id", "4", "--address", &address, "--out", d]);
+    assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
+    assert!(stdout(&keygen).contains("palisade admin add --id 4"), "{}", stdout(&keygen));
+    let joiner = Command::new(BIN)
+        .args(["replica", "--config", d, "--id", "4", "--service", "kv", "--join", "--leave-grace-ms", "1000"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    replicas.0.push(joiner);
+    let public = std::fs::read_to_string(dir.join("replica-4.pub")).unwrap();
+    let add =
+        palisade(&["admin", "add", "--id", "4", "--address", &address, "--public-key", public.trim(), "--config", d]);
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    assert!(stdout(&add).contains("epoch 1: 5 members, f = 1"), "{}", stdout(&add));
+
+    // Refusals say why, with exit code 1; usage errors exit with 2.
+    let again =
+        palisade(&["admin", "add", "--id", "4", "--address", &address, "--public-key", public.trim(), "--config", d]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already"), "{}", String::from_utf8_lossy(&again.stderr));
+    let nobody = palisade(&["admin", "remove", "--id", "9", "--config", d]);
+    assert_eq!(nobody.status.code(), Some(1));
+    let too_many_faults = palisade(&["admin", "set-f", "3", "--config", d]);
+    assert_eq!(too_many_faults.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&too_many_faults.stderr).contains("rejected"));
+    let bad_key = palisade(&["admin", "add", "--id", "5", "--address", &address, "--public-key", "zz", "--config", d]);
+    assert_eq!(bad_key.status.code(), Some(2));
+
+    // Every member answers the status question, in the new epoch.
+    let status = palisade(&["admin", "status", "--config", d]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let table = stdout(&status);
+    assert!(table.starts_with("epoch 1: 5 members, f = 1"), "{table}");
+    assert_eq!(table.lines().filter(|l| l.ends_with("member")).count(), 5, "{table}");
+
+    // Remove replica 0; the CLI's clients follow to the new membership.
+    let remove = palisade(&["admin", "remove", "--id", "0", "--config", d]);
+    assert!(remove.status.success(), "{}", String::from_utf8_lossy(&remove.stderr));
+    assert!(stdout(&remove).contains("epoch 2: 4 members, f = 1"), "{}", stdout(&remove));
+    assert_eq!(stdout(&palisade(&["kv", "get", "k", "--config", d])), "v");
+    assert!(dir.join("chain.bin").exists(), "the CLI keeps the chain beside cluster.toml");
+
+    // Without the view manager's key nothing can be changed.
+    std::fs::remove_file(dir.join("view-manager.key")).unwrap();
+    let unsigned = palisade(&["admin", "remove", "--id", "1", "--config", d]);
+    assert_eq!(unsigned.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unsigned.stderr).contains("view manager"));
+    drop(replicas);
+}

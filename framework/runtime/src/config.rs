@@ -95,6 +95,17 @@ pub struct RuntimeConfig {
     /// holds the overflow and takes no peer message or request until it
     /// has gone (nothing is dropped: each entry is a promise to a peer).
     pub storage_queue: usize,
+    /// Links of the chain of epochs known before the replica starts (from
+    /// its configuration directory): a joiner asks the newest members
+    /// first. Checked from `cluster.toml` like any link.
+    pub links: Vec<palisade_core::reconfig::Handover>,
+    /// How long a replica that a reconfiguration removed keeps answering
+    /// laggards and clients before [`crate::ReplicaHandle::removed`] says
+    /// it may exit.
+    pub leave_grace_ms: u64,
+    /// Where to listen when no configuration known lists this replica yet
+    /// (a replica started to join).
+    pub listen: Option<std::net::SocketAddr>,
     /// Tests only: as primary, add this request, which no client sent, to
     /// every PRE-PREPARE it sends (a Byzantine primary forging requests).
     #[cfg(feature = "byzantine")]
@@ -148,6 +159,9 @@ impl RuntimeConfig {
             forged_request: None,
             wal_segment_bytes: 64 << 20,
             storage_queue: 4_096,
+            links: Vec::new(),
+            leave_grace_ms: 30_000,
+            listen: None,
         }
     }
 

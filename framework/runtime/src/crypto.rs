@@ -2,12 +2,14 @@
 //! statements, client signatures checked with the cluster-wide rule.
 
 use bytes::Bytes;
-use ed25519_dalek::{Signature as EdSignature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
 use palisade_core::message::Signature;
+use palisade_core::reconfig::Configuration;
 use palisade_core::{ClientId, Crypto, Digest, ReplicaId, Request};
+use palisade_wire::chain::EpochKeys;
 use palisade_wire::RequestAuth;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -141,29 +143,29 @@ impl VerifiedRequests {
     }
 }
 
-/// One replica's keys and its view of everyone else's.
+/// One replica's keys and its view of everyone else's, in one epoch.
 pub struct Ed25519Crypto {
     me: ReplicaId,
     key: SigningKey,
-    replicas: BTreeMap<ReplicaId, VerifyingKey>,
+    peers: EpochKeys,
     auth: RequestAuth,
     verified: Arc<VerifiedRequests>,
     client_keys: Arc<ClientKeys>,
 }
 
 impl Ed25519Crypto {
-    /// Replica `me`'s crypto from its key, the cluster's public keys, how
+    /// Replica `me`'s crypto in `config`'s epoch, from its key, how
     /// requests are authenticated, the verification stage's cache of
     /// checked requests and the clients' request-MAC keys.
     pub fn new(
         me: ReplicaId,
         key: SigningKey,
-        replicas: BTreeMap<ReplicaId, VerifyingKey>,
+        config: &Configuration,
         auth: RequestAuth,
         verified: Arc<VerifiedRequests>,
         client_keys: Arc<ClientKeys>,
     ) -> Self {
-        Ed25519Crypto { me, key, replicas, auth, verified, client_keys }
+        Ed25519Crypto { me, key, peers: EpochKeys::of(config), auth, verified, client_keys }
     }
 }
 
@@ -173,14 +175,7 @@ impl Crypto for Ed25519Crypto {
     }
 
     fn verify(&self, signer: ReplicaId, payload: &[u8], signature: &Signature) -> bool {
-        let Some(key) = self.replicas.get(&signer) else {
-            return false;
-        };
-        let Ok(bytes) = <[u8; 64]>::try_from(signature.0.as_ref()) else {
-            return false;
-        };
-        // The cofactored rule, as for clients, so every replica agrees.
-        ed25519_dalek::verify_batch(&[payload], &[EdSignature::from_bytes(&bytes)], &[*key]).is_ok()
+        self.peers.verify(signer, payload, signature)
     }
 
     fn verify_request(&self, request: &Request) -> bool {
@@ -195,6 +190,10 @@ impl Crypto for Ed25519Crypto {
     fn accept_proposed(&self, request: &Request) -> bool {
         (self.auth == RequestAuth::Authenticators && self.client_keys.check(request, self.me))
             || self.verify_request(request)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.peers.epoch()
     }
 }
 

@@ -36,6 +36,24 @@ pub trait Egress: Send + Sync {
     fn to_peer(&self, to: ReplicaId, bodies: Vec<Bytes>) -> bool;
     /// Hands frame bodies to `client`'s connection; false as above.
     fn to_client(&self, client: ClientId, bodies: Vec<Bytes>) -> bool;
+    /// Hands one frame body to every connected client; returns how many
+    /// took it.
+    fn to_all_clients(&self, body: Bytes) -> usize;
+    /// The replicas to keep connections with, and to accept connections
+    /// from: those of the epochs this replica is concerned with. Called
+    /// when that set changes.
+    fn set_peers(&self, peers: Vec<PeerAddress>);
+}
+
+/// A replica to keep a connection with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddress {
+    /// Its id.
+    pub id: ReplicaId,
+    /// Where it listens.
+    pub address: std::net::SocketAddr,
+    /// Its identity key.
+    pub key: ed25519_dalek::VerifyingKey,
 }
 
 /// Frame bodies for several connections, gathered during one wake-up so that
@@ -86,6 +104,7 @@ pub(crate) mod tests {
     pub(crate) struct Collect {
         peers: Mutex<BTreeMap<ReplicaId, usize>>,
         clients: Mutex<BTreeMap<ClientId, usize>>,
+        pub peer_set: Mutex<Vec<ReplicaId>>,
     }
 
     impl Collect {
@@ -117,6 +136,12 @@ pub(crate) mod tests {
         fn to_client(&self, to: ClientId, bodies: Vec<Bytes>) -> bool {
             *self.clients.lock().entry(to).or_default() += bodies.len();
             true
+        }
+        fn to_all_clients(&self, _body: Bytes) -> usize {
+            0
+        }
+        fn set_peers(&self, peers: Vec<PeerAddress>) {
+            *self.peer_set.lock() = peers.iter().map(|p| p.id).collect();
         }
     }
 

@@ -74,9 +74,14 @@ counters! {
     /// Batches an epoch's core delivered past that epoch's end, not
     /// executed (the next epoch orders those sequence numbers again).
     batches_void,
-    /// Peer messages from a core of another epoch than this replica's,
-    /// dropped.
-    peer_messages_other_epoch,
+    /// Links of the chain of epochs sent to clients (asked for, or
+    /// pushed when an epoch starts).
+    chain_links_sent,
+    /// Reconfiguration requests the execution refused (forged, replayed,
+    /// for another epoch, or breaking a rule; each answered with why).
+    admin_requests_rejected,
+    /// Reconfiguration requests accepted.
+    admin_requests_accepted,
     /// Groups written to the log (one write and one fdatasync each).
     log_groups,
     /// Entries written to the log.
@@ -139,6 +144,21 @@ pub struct CoreSnapshot {
     pub rejoining: bool,
     /// The stable checkpoint it must reach before it votes again.
     pub rejoin_mark: Option<u64>,
+    /// The epoch of the current core.
+    pub epoch: u64,
+    /// Its members.
+    pub members: Vec<palisade_core::ReplicaId>,
+    /// The faults that epoch tolerates.
+    pub f: usize,
+    /// The primary of the current view.
+    pub primary_id: palisade_core::ReplicaId,
+    /// Member, joining, or removed.
+    pub role: palisade_wire::envelope::MemberRole,
+    /// The epoch whose configuration removed this replica, if one did.
+    pub removed_in: Option<u64>,
+    /// Peer messages that reached no core: from an epoch older than any
+    /// kept here, from one not reached yet, and links that did not check.
+    pub epoch_counters: palisade_host::EpochCounters,
 }
 
 impl RuntimeMetrics {

@@ -11,20 +11,22 @@
 //! messages to that peer, the one it accepts carries the peer's messages to
 //! it. Clients dial every replica and get replies on the same connection.
 
-use crate::egress::Egress;
+use crate::egress::{Egress, PeerAddress};
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{offer_peer, Tx};
+use crate::shared::PublishedChain;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
 use palisade_core::{ClientId, PeerMessage, ReplicaId, Request};
+use palisade_host::epochs::LINKS_PER_ANSWER;
 use palisade_wire::channel::{Opener, Sealer};
-use palisade_wire::envelope::{self, ClientMessage, RejectReason, ReplicaMessage, Role};
+use palisade_wire::envelope::{self, ClientMessage, RejectReason, ReplicaMessage, Role, StatusReport};
 use palisade_wire::frame::FrameDecoder;
 use palisade_wire::handshake::{Initiator, Keyring, Peer, Responder, Session, HANDSHAKE_MAX_FRAME_BYTES};
 use parking_lot::RwLock;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -179,6 +181,11 @@ impl<K: std::hash::Hash + Eq + Copy> Routes<K> {
         }
     }
 
+    /// Queues a body for every connection; returns how many took it.
+    pub fn send_all(&self, body: Bytes) -> usize {
+        self.map.read().values().filter(|(_, addr)| addr.try_send(Outgoing(body.clone())).is_ok()).count()
+    }
+
     /// Live connections.
     pub fn len(&self) -> usize {
         self.map.read().len()
@@ -228,6 +235,13 @@ pub struct Net {
     next_id: AtomicU64,
     /// Each client's request-MAC keys, from its channels.
     pub client_keys: Arc<crate::crypto::ClientKeys>,
+    /// Whose identities handshakes accept: the replicas of the epochs
+    /// this replica deals with (it follows the membership).
+    pub keyring: RwLock<Keyring>,
+    /// The replicas to keep a connection to, and where they listen.
+    wanted: tokio::sync::watch::Sender<BTreeMap<ReplicaId, SocketAddr>>,
+    /// The chain of epochs, for clients that ask.
+    pub chain: Arc<PublishedChain>,
 }
 
 impl Net {
@@ -243,6 +257,8 @@ impl Net {
         tx_preprepare: Option<Tx<crate::queue::PeerItem>>,
         metrics: Arc<RuntimeMetrics>,
         client_keys: Arc<crate::crypto::ClientKeys>,
+        keyring: Keyring,
+        chain: Arc<PublishedChain>,
     ) -> Net {
         Net {
             me,
@@ -263,6 +279,26 @@ impl Net {
             redial: RwLock::new(HashMap::new()),
             client_keys,
             next_id: AtomicU64::new(1),
+            keyring: RwLock::new(keyring),
+            wanted: tokio::sync::watch::Sender::new(BTreeMap::new()),
+            chain,
+        }
+    }
+
+    /// What a connection answers an operator's status question with.
+    fn status(&self) -> StatusReport {
+        let core = self.metrics.core.lock();
+        StatusReport {
+            replica: self.me,
+            role: core.role,
+            epoch: core.epoch,
+            view: palisade_core::ViewNo(core.view),
+            primary: core.primary_id,
+            normal: core.normal,
+            delivered: core.delivered,
+            stable: core.stable,
+            members: core.members.clone(),
+            f: core.f as u64,
         }
     }
 }
@@ -290,6 +326,22 @@ impl Egress for Net {
 
     fn to_client(&self, client: ClientId, bodies: Vec<Bytes>) -> bool {
         self.clients.send_batch(client, bodies)
+    }
+
+    fn to_all_clients(&self, body: Bytes) -> usize {
+        self.clients.send_all(body)
+    }
+
+    fn set_peers(&self, peers: Vec<PeerAddress>) {
+        {
+            let mut keyring = self.keyring.write();
+            let mine = keyring.replicas.get(&self.me).copied();
+            keyring.replicas = peers.iter().map(|p| (p.id, p.key)).collect();
+            if let Some(k) = mine {
+                keyring.replicas.insert(self.me, k);
+            }
+        }
+        self.wanted.send_replace(peers.iter().map(|p| (p.id, p.address)).collect());
     }
 }
 
@@ -377,6 +429,17 @@ impl Connection {
                         self.on_request(client, req, ctx);
                     }
                 }
+                Ok(ClientMessage::ChainQuery { after }) => {
+                    let links = net.chain.after(after, LINKS_PER_ANSWER);
+                    if !links.is_empty() {
+                        RuntimeMetrics::add(&net.metrics.counters.chain_links_sent, links.len() as u64);
+                        self.writer.write(net.client_body(&ReplicaMessage::Chain(links)));
+                    }
+                }
+                Ok(ClientMessage::Status) => {
+                    let report = net.status();
+                    self.writer.write(net.client_body(&ReplicaMessage::Status(report)));
+                }
                 Err(_) => self.bad_frame(ctx),
             },
             // Nothing may arrive on a connection we opened to send on.
@@ -462,9 +525,8 @@ impl Handler<OutgoingBatch> for Connection {
 // ----- accepting and dialling ---------------------------------------------------------
 
 /// Accepts connections forever.
-pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey, keyring: Keyring) {
+pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey) {
     let key = Arc::new(key);
-    let keyring = Arc::new(keyring);
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -476,7 +538,8 @@ pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey, keyri
             RuntimeMetrics::add(&net.metrics.counters.connections_refused, 1);
             continue;
         };
-        let (net, key, keyring) = (net.clone(), key.clone(), keyring.clone());
+        let (net, key) = (net.clone(), key.clone());
+        let keyring = net.keyring.read().clone();
         actix_rt::spawn(async move {
             let _ = stream.set_nodelay(true);
             let session =
@@ -497,32 +560,52 @@ pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey, keyri
                     }
                     Connection::start(net, Kind::FromReplica(r), stream, session);
                 }
-                Peer::Client(c, _) => {
+                // The view manager's requests are ordered like a client's,
+                // under the client id of its key.
+                Peer::Client(..) | Peer::ViewManager => {
+                    let c = match session.peer {
+                        Peer::Client(c, _) => c,
+                        _ => ClientId::of_key(keyring.view_manager.as_bytes()),
+                    };
                     if net.clients.len() >= net.max_client_connections {
                         RuntimeMetrics::add(&net.metrics.counters.connections_refused, 1);
                         return;
                     }
                     Connection::start(net, Kind::Client(c), stream, session);
                 }
-                // Reconfiguration by the view manager arrives with that feature.
-                Peer::ViewManager => {}
             }
         });
     }
 }
 
-/// Keeps a connection to replica `to` open, redialling with backoff.
-pub async fn dial_forever(
-    net: Arc<Net>,
-    to: ReplicaId,
-    address: SocketAddr,
-    key: Arc<SigningKey>,
-    keyring: Arc<Keyring>,
-) {
+/// Keeps a connection to every wanted replica: starts a dialer for each
+/// one that becomes wanted (or moves), as the membership changes.
+pub async fn dial_members(net: Arc<Net>, key: Arc<SigningKey>) {
+    let mut changes = net.wanted.subscribe();
+    let mut running: BTreeMap<ReplicaId, SocketAddr> = BTreeMap::new();
+    loop {
+        let wanted = changes.borrow_and_update().clone();
+        running.retain(|id, address| wanted.get(id) == Some(address));
+        for (id, address) in wanted {
+            if running.insert(id, address) != Some(address) {
+                actix_rt::spawn(dial_while_wanted(net.clone(), id, address, key.clone()));
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps a connection to replica `to` at `address` open, redialling with
+/// backoff, for as long as it is wanted there.
+async fn dial_while_wanted(net: Arc<Net>, to: ReplicaId, address: SocketAddr, key: Arc<SigningKey>) {
+    let wanted = || net.wanted.borrow().get(&to) == Some(&address);
     let wake = Arc::new(tokio::sync::Notify::new());
     net.redial.write().insert(to, wake.clone());
     let mut backoff = Duration::from_millis(50);
-    loop {
+    while wanted() {
+        let keyring = net.keyring.read().clone();
         let attempt = async {
             let mut stream = TcpStream::connect(address).await?;
             stream.set_nodelay(true)?;

@@ -8,17 +8,20 @@ use crate::metrics::RuntimeMetrics;
 use crate::net::{self, Net};
 use crate::queue::{queue, Bell, Outflow, Rx};
 use crate::runner::{run_stages, run_stages_on_network, Stage, StageThreads};
-use crate::shared::CurrentView;
+use crate::shared::{CurrentView, PublishedChain};
 use crate::stages::{
-    Consensus, Delivery, DeliveryDisk, JournalLink, PrePrepareVerifier, PrimaryProbe, Replier, RequestFilter, Ticker,
-    Verifier,
+    Consensus, ConsensusMembership, Delivery, DeliveryDisk, JournalLink, PrePrepareVerifier, Replier, RequestFilter,
+    Ticker, Verifier,
 };
 use crate::storage::{DurableMarks, SnapshotPolicy, SnapshotWriter, StorageStage};
 use ed25519_dalek::SigningKey;
+use palisade_core::reconfig::Configuration;
 use palisade_core::replica::Restart;
 use palisade_core::{Executor, Replica, ReplicaId, SeqNo, Service};
-use palisade_host::{ConsensusHost, Durability, ExecutionConfig, ExecutionHost, RecoveryReport};
+use palisade_host::epochs::plan_restart;
+use palisade_host::{CryptoFor, Durability, EpochHost, ExecutionConfig, ExecutionHost, RecoveryReport};
 use palisade_storage::{FsDir, WalOptions};
+use palisade_wire::chain::Chain;
 use palisade_wire::handshake::Keyring;
 use palisade_wire::verify::VerifyLimits;
 use palisade_wire::ClusterConfig;
@@ -38,6 +41,10 @@ pub struct ReplicaHandle {
     threads: Vec<JoinHandle<()>>,
     recovery: Option<RecoveryReport>,
     marks: Option<Arc<DurableMarks>>,
+    /// How long a removed replica serves on.
+    leave_grace: Duration,
+    /// When this replica was first seen removed, and by which epoch.
+    removed_at: parking_lot::Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl ReplicaHandle {
@@ -50,6 +57,25 @@ impl ReplicaHandle {
     /// it never runs on without the durability it was configured for).
     pub fn failure(&self) -> Option<String> {
         self.marks.as_ref().and_then(|m| m.failure.lock().clone())
+    }
+
+    /// The epoch that removed this replica from the cluster, once the
+    /// replica has served laggards and redirected clients for its grace
+    /// period (`leave_grace_ms`): the caller may then stop it.
+    pub fn removed(&self) -> Option<u64> {
+        let removed_in = self.metrics.core.lock().removed_in;
+        let mut at = self.removed_at.lock();
+        match (removed_in, *at) {
+            (None, _) => {
+                *at = None;
+                None
+            }
+            (Some(epoch), None) => {
+                *at = Some((epoch, std::time::Instant::now()));
+                None
+            }
+            (Some(_), Some((epoch, since))) => (since.elapsed() >= self.leave_grace).then_some(epoch),
+        }
     }
 
     /// This replica's id.
@@ -96,6 +122,20 @@ impl Drop for ReplicaHandle {
     }
 }
 
+/// The identities handshakes accept before the consensus stage says whom
+/// to deal with: the members `cluster.toml` and the newest configuration
+/// known list, and this replica.
+fn keyring_of(cluster: &ClusterConfig, newest: &Configuration, me: ReplicaId, key: &SigningKey) -> Keyring {
+    let mut keyring = Keyring::from_config(cluster);
+    for m in &newest.members {
+        if let Ok(k) = ed25519_dalek::VerifyingKey::from_bytes(&m.public_key) {
+            keyring.replicas.insert(m.id, k);
+        }
+    }
+    keyring.replicas.insert(me, key.verifying_key());
+    keyring
+}
+
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new().name(name.to_string()).spawn(f).expect("spawn a stage thread")
 }
@@ -114,15 +154,42 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     cfg: RuntimeConfig,
 ) -> Result<ReplicaHandle, String> {
     cfg.validate()?;
-    let info = cluster.replicas.get(&me).ok_or_else(|| format!("replica {me} is not in cluster.toml"))?;
-    if info.public_key != key.verifying_key() {
-        return Err(format!(
-            "the key file does not belong to replica {me}: its public key is not the one in cluster.toml"
-        ));
+    // The membership as far as this replica knows it before recovery:
+    // `cluster.toml`, then the links it was given and those it kept.
+    let genesis_config = cluster.genesis();
+    let mut chain = Chain::new(genesis_config.clone());
+    let mut known = cfg.links.clone();
+    if let (Some(dir), true) = (&cfg.data_dir, cfg.durability != Durability::None) {
+        known.extend(Chain::load(dir, genesis_config.clone()).map_err(|e| e.to_string())?.links().iter().cloned());
     }
+    chain.extend(known).map_err(|e| format!("a link of the chain of epochs: {e}"))?;
+    // Where this replica listens: the newest configuration listing it, or
+    // the address it was started with to join.
+    let listed = chain
+        .links()
+        .iter()
+        .rev()
+        .map(|l| &l.config)
+        .chain(std::iter::once(&genesis_config))
+        .find_map(|c| c.member(me).cloned());
+    let address = match (&listed, cfg.listen) {
+        (Some(m), _) => {
+            if m.public_key != key.verifying_key().to_bytes() {
+                return Err(format!(
+                    "the key file does not belong to replica {me}: its public key is not the one the configuration lists"
+                ));
+            }
+            palisade_wire::chain::resolve(&m.address).ok_or_else(|| format!("cannot resolve {}", m.address))?
+        }
+        (None, Some(a)) => a,
+        (None, None) => {
+            return Err(format!("replica {me} is not in cluster.toml (start it with --join to have it admitted)"))
+        }
+    };
     let metrics = Arc::new(RuntimeMetrics::default());
     let stop = Arc::new(AtomicBool::new(false));
     let view = Arc::new(CurrentView::default());
+    let published = Arc::new(PublishedChain::default());
 
     // One bell per runner thread: shared by every CPU stage, or one each.
     let shared = Bell::default();
@@ -168,22 +235,27 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         signing.then(|| tx_preprepare.clone()),
         metrics.clone(),
         client_keys.clone(),
+        keyring_of(cluster, chain.newest(), me, &key),
+        published.clone(),
     ));
     let egress: Arc<dyn Egress> = net.clone();
-    let listener =
-        std::net::TcpListener::bind(info.address).map_err(|e| format!("cannot listen on {}: {e}", info.address))?;
+    let listener = std::net::TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let keyring = Keyring::from_config(cluster);
-    let peers: Vec<(ReplicaId, std::net::SocketAddr)> =
-        cluster.replicas.iter().filter(|(id, _)| **id != me).map(|(id, r)| (*id, r.address)).collect();
 
     // Execution state, shared by the filter (reply cache) and delivery.
-    let exec = Arc::new(RwLock::new(Executor::new(service, cfg.protocol.client_window)));
+    // The membership is part of it: reconfiguration requests signed by the
+    // view manager change it (docs/reconfiguration.md).
+    let exec = Arc::new(RwLock::new(Executor::new(service, cfg.protocol.client_window).with_reconfiguration(
+        genesis_config.clone(),
+        Arc::new(palisade_wire::verify::AdminCrypto),
+        cfg.protocol.checkpoint_interval,
+    )));
     // A result must fit one frame with the reply's envelope and header.
     let max_result_bytes = cluster.max_frame_bytes.saturating_sub(1024);
     let ecfg = ExecutionConfig {
         max_result_bytes,
         checkpoint_interval: cfg.protocol.checkpoint_interval,
+        log_window: cfg.protocol.log_window,
         reply_digests: cfg.reply_digests,
         // An answer about the state must fit one frame with the envelope.
         max_answer_bytes: cluster.max_frame_bytes.saturating_sub(1024).max(4096),
@@ -197,6 +269,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         rand_core::OsRng.next_u64()
     };
     let mut disk = None;
+    let mut records_link = None;
     let (execution, restart, recovery) = match (&cfg.data_dir, cfg.durability) {
         (Some(path), mode) if mode != Durability::None => {
             let dir = Arc::new(FsDir::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?);
@@ -205,6 +278,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             let rec = palisade_host::durable::recover(dir.clone(), mode, wal, exec.clone(), ecfg, nonce)
                 .map_err(|e| format!("cannot recover from {}: {e}", path.display()))?;
             disk = Some((rec.snapshots, rec.journal));
+            records_link = rec.epoch;
             (rec.execution, rec.restart, Some(rec.report))
         }
         _ => (ExecutionHost::new(exec.clone(), ecfg, None)?, None, None),
@@ -240,11 +314,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                 pool: pool.clone(),
                 metrics: metrics.clone(),
                 drain_max: cfg.drain_max,
-                primary_only: authenticators.then(|| PrimaryProbe {
-                    me,
-                    view: view.clone(),
-                    membership: cluster.membership.clone(),
-                }),
+                primary_only: authenticators.then(|| view.clone()),
             }),
         ));
         stages.push((
@@ -269,7 +339,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             rx: rx_filter,
             tx: tx_requests,
             tx_reply: tx_reply.clone(),
-            exec,
+            exec: exec.clone(),
             view: view.clone(),
             metrics: metrics.clone(),
             drain_max: cfg.drain_max,
@@ -277,18 +347,42 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         }),
     ));
 
-    // Consensus: the pure core, hosted.
-    let replicas = cluster.replicas.iter().map(|(id, r)| (*id, r.public_key)).collect();
-    let crypto = Ed25519Crypto::new(me, key.clone(), replicas, cluster.request_auth, verified, client_keys);
-    let core = match (restart, cfg.start) {
-        (Some(restart), _) => Replica::recover(cfg.protocol.clone(), me, crypto, genesis, restart),
-        (None, Start::Fresh) => Replica::new(cfg.protocol.clone(), me, crypto, genesis),
+    // Consensus: the pure core of the epoch this replica restarts in,
+    // hosted with the cores of the epochs to come.
+    let auth = cluster.request_auth;
+    let mut crypto_for: CryptoFor<Ed25519Crypto> = {
+        let (key, verified, client_keys) = (key.clone(), verified.clone(), client_keys.clone());
+        Box::new(move |c: &Configuration| {
+            Ed25519Crypto::new(me, key.clone(), c, auth, verified.clone(), client_keys.clone())
+        })
+    };
+    if let Some(link) = &records_link {
+        chain.extend(vec![link.clone()]).map_err(|e| format!("the epoch the log names: {e}"))?;
+    }
+    let restart = match (restart, cfg.start) {
+        (Some(restart), _) => Some(restart),
+        (None, Start::Fresh) => None,
         (None, Start::LostVotes) => {
-            let restart =
-                Restart { votes_lost: true, executed: SeqNo(0), executed_state: genesis, nonce, records: Vec::new() };
-            Replica::recover(cfg.protocol.clone(), me, crypto, genesis, restart)
+            Some(Restart { votes_lost: true, executed: SeqNo(0), executed_state: genesis, nonce, records: Vec::new() })
         }
     };
+    let host = match restart {
+        Some(restart) => {
+            let e = exec.read();
+            let (config, since) = e.configuration_since().unwrap_or((&genesis_config, SeqNo(0)));
+            let state = (config, since, e.pending_configuration().map(|(_, b)| b));
+            let plan = plan_restart(restart, records_link.as_ref(), state, (&genesis_config, genesis), chain.links())?;
+            drop(e);
+            EpochHost::restarting(plan, me, cfg.protocol.clone(), crypto_for)
+        }
+        None => {
+            let mut protocol = cfg.protocol.clone();
+            protocol.membership = genesis_config.membership();
+            let core = Replica::new(protocol, me, crypto_for(&genesis_config), genesis);
+            EpochHost::new(core, genesis_config.clone(), cfg.protocol.clone(), crypto_for)
+        }
+    }
+    .knowing(chain.links().to_vec());
     // The storage stage and the snapshot writer, when the replica keeps a disk.
     let mut threads = Vec::new();
     let marks = disk.as_ref().map(|_| Arc::new(DurableMarks::default()));
@@ -340,7 +434,14 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     stages.push((
         b_consensus,
         Box::new(Consensus {
-            host: ConsensusHost::new(core),
+            host,
+            membership: ConsensusMembership {
+                cluster: cluster.clone(),
+                chain: published,
+                keep_in: cfg.data_dir.clone().filter(|_| cfg.durability != Durability::None),
+                peer_epochs: Vec::new(),
+                published: 0,
+            },
             journal: journal_link,
             rx_peer,
             rx_requests,
@@ -413,18 +514,15 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     };
     let (tx_system, rx_system) = std::sync::mpsc::channel();
     {
-        let (net, key, keyring, stop) = (net.clone(), key.clone(), keyring.clone(), stop.clone());
+        let (net, key, stop) = (net.clone(), key.clone(), stop.clone());
         threads.push(spawn("net", move || {
             let system = actix_rt::System::new();
             system.block_on(async move {
                 let _ = tx_system.send(actix_rt::System::current());
                 let listener = tokio::net::TcpListener::from_std(listener).expect("a bound listener converts");
                 let key = Arc::new(key);
-                let keyring = Arc::new(keyring);
-                actix_rt::spawn(net::listen(listener, net.clone(), (*key).clone(), (*keyring).clone()));
-                for (id, address) in peers {
-                    actix_rt::spawn(net::dial_forever(net.clone(), id, address, key.clone(), keyring.clone()));
-                }
+                actix_rt::spawn(net::listen(listener, net.clone(), (*key).clone()));
+                actix_rt::spawn(net::dial_members(net.clone(), key.clone()));
                 if let Some(stages) = on_network {
                     actix_rt::spawn(run_stages_on_network(stages, shared, stop));
                 }
@@ -435,5 +533,15 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     let system =
         rx_system.recv_timeout(Duration::from_secs(10)).map_err(|_| "the network stage did not start".to_string())?;
 
-    Ok(ReplicaHandle { id: me, metrics, stop, system: Some(system), threads, recovery, marks })
+    Ok(ReplicaHandle {
+        id: me,
+        metrics,
+        stop,
+        system: Some(system),
+        threads,
+        recovery,
+        marks,
+        leave_grace: Duration::from_millis(cfg.leave_grace_ms),
+        removed_at: parking_lot::Mutex::new(None),
+    })
 }

@@ -1,23 +1,62 @@
 //! Values one stage publishes for others, kept apart from the metrics so
 //! that counters never double as a control channel.
 
+use palisade_core::reconfig::Handover;
 use palisade_core::ViewNo;
-use std::sync::atomic::{AtomicU64, Ordering};
+use parking_lot::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The current view, set by the consensus stage after each wake-up and read
 /// by the stages that answer clients without the core (cached replies
-/// carry it, so clients learn who is primary).
+/// carry it, so clients learn who is primary), with whether this replica
+/// is its primary (the verification stage checks signatures only then).
 #[derive(Debug, Default)]
-pub struct CurrentView(AtomicU64);
+pub struct CurrentView {
+    view: AtomicU64,
+    primary: AtomicBool,
+}
 
 impl CurrentView {
     /// The view as last published.
     pub fn get(&self) -> ViewNo {
-        ViewNo(self.0.load(Ordering::Relaxed))
+        ViewNo(self.view.load(Ordering::Relaxed))
     }
 
-    /// Publishes `view`.
-    pub fn set(&self, view: ViewNo) {
-        self.0.store(view.0, Ordering::Relaxed);
+    /// Whether this replica was the primary when last published.
+    pub fn is_primary(&self) -> bool {
+        self.primary.load(Ordering::Relaxed)
+    }
+
+    /// Publishes `view`, and whether this replica is its primary.
+    pub fn set(&self, view: ViewNo, primary: bool) {
+        self.view.store(view.0, Ordering::Relaxed);
+        self.primary.store(primary, Ordering::Relaxed);
+    }
+}
+
+/// The chain of epochs this replica holds, for the connections that answer
+/// clients' questions about it without the consensus stage.
+#[derive(Debug, Default)]
+pub struct PublishedChain(RwLock<Vec<Handover>>);
+
+impl PublishedChain {
+    /// How many links are published.
+    pub fn len(&self) -> usize {
+        self.0.read().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.0.read().is_empty()
+    }
+
+    /// Publishes `links`, the whole chain held.
+    pub fn set(&self, links: &[Handover]) {
+        *self.0.write() = links.to_vec();
+    }
+
+    /// At most `max` links after epoch `after`.
+    pub fn after(&self, after: u64, max: usize) -> Vec<Handover> {
+        self.0.read().iter().filter(|l| l.config.epoch > after).take(max).cloned().collect()
     }
 }

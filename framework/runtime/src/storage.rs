@@ -118,7 +118,7 @@ impl<D: Dir> Stage for StorageStage<D> {
             .iter()
             .filter_map(|e| match e {
                 Entry::Decided { seq, .. } | Entry::DecidedRef { seq, .. } => Some(seq.0),
-                Entry::Record(_) => None,
+                Entry::Record(_) | Entry::Epoch(_) => None,
             })
             .max();
         if !entries.is_empty() {
@@ -272,7 +272,7 @@ mod tests {
     }
 
     fn decided(seq: u64) -> Entry {
-        Entry::Decided { seq: SeqNo(seq), view: ViewNo(0), batch: Arc::new(Batch::null()) }
+        Entry::Decided { epoch: 0, seq: SeqNo(seq), view: ViewNo(0), batch: Arc::new(Batch::null()) }
     }
 
     #[test]

@@ -1,14 +1,21 @@
 //! A replica's journal: its durable protocol records and its decided
 //! batches, in one write-ahead log, kept no longer than they are needed.
 //!
-//! Entry payloads (format version 1): one kind byte, then the postcard
-//! encoding of the body.
+//! Entry payloads (log format version 2): one kind byte, then the
+//! postcard encoding of the body.
 //!
 //! | kind | body |
 //! |---|---|
 //! | 1 | a protocol record (`palisade_core::Record`) |
-//! | 2 | a decided batch: `(seq: u64, view: u64, batch: Batch)` |
-//! | 3 | a decided batch this log already holds in a pre-prepare record: `(seq: u64, view: u64, digest: [u8; 32])` |
+//! | 2 | a decided batch: `(epoch: u64, seq: u64, view: u64, batch: Batch)` |
+//! | 3 | a decided batch this log already holds in a pre-prepare record: `(epoch: u64, seq: u64, view: u64, digest: [u8; 32])` |
+//! | 4 | the start of a membership epoch's core: its link of the chain (`Handover`); the records after it are that core's |
+//!
+//! A decided batch carries the epoch whose core decided it: replay, like
+//! execution, runs a batch only in its own epoch (one an epoch's core
+//! delivered past that epoch's end is void). Records belong to the core of
+//! the epoch last started in the log, so the epoch's link is written again
+//! before the long-lived records at the start of every segment.
 //!
 //! What may be dropped: a protocol record once the compacted record log
 //! no longer holds it, a decided batch once a snapshot at or above its
@@ -18,6 +25,7 @@
 
 use crate::dir::Dir;
 use crate::wal::{Cut, Lsn, Wal, WalOptions};
+use palisade_core::reconfig::Handover;
 use palisade_core::replica::RecordLog;
 use palisade_core::{Batch, Digest, Record, SeqNo, ViewNo};
 use std::collections::BTreeMap;
@@ -27,6 +35,7 @@ use std::sync::Arc;
 const KIND_RECORD: u8 = 1;
 const KIND_DECIDED: u8 = 2;
 const KIND_DECIDED_REF: u8 = 3;
+const KIND_EPOCH: u8 = 4;
 
 /// One journal entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +46,8 @@ pub enum Entry {
     /// pre-prepare record of this log holds (`full` mode writes a batch
     /// once): what [`Journal::write`] makes of a `Decided` it can.
     DecidedRef {
+        /// The epoch whose core decided it.
+        epoch: u64,
         /// Its sequence number.
         seq: SeqNo,
         /// The view it was decided in.
@@ -46,6 +57,8 @@ pub enum Entry {
     },
     /// A batch decided at `seq` in `view`, for replay after a restart.
     Decided {
+        /// The epoch whose core decided it.
+        epoch: u64,
         /// Its sequence number.
         seq: SeqNo,
         /// The view it was decided in.
@@ -53,6 +66,9 @@ pub enum Entry {
         /// The batch.
         batch: Arc<Batch>,
     },
+    /// The core of a later epoch starts, at the handover this link
+    /// certifies: the records after it are that core's.
+    Epoch(Handover),
 }
 
 impl Entry {
@@ -60,8 +76,13 @@ impl Entry {
     pub fn encode(&self) -> Vec<u8> {
         let (kind, body) = match self {
             Entry::Record(r) => (KIND_RECORD, postcard::to_allocvec(r)),
-            Entry::Decided { seq, view, batch } => (KIND_DECIDED, postcard::to_allocvec(&(seq, view, &**batch))),
-            Entry::DecidedRef { seq, view, digest } => (KIND_DECIDED_REF, postcard::to_allocvec(&(seq, view, digest))),
+            Entry::Decided { epoch, seq, view, batch } => {
+                (KIND_DECIDED, postcard::to_allocvec(&(epoch, seq, view, &**batch)))
+            }
+            Entry::DecidedRef { epoch, seq, view, digest } => {
+                (KIND_DECIDED_REF, postcard::to_allocvec(&(epoch, seq, view, digest)))
+            }
+            Entry::Epoch(link) => (KIND_EPOCH, postcard::to_allocvec(link)),
         };
         let body = body.expect("records and batches always encode");
         let mut out = Vec::with_capacity(body.len() + 1);
@@ -76,12 +97,13 @@ impl Entry {
         let (kind, body) = payload.split_first().ok_or("an empty entry")?;
         match *kind {
             KIND_RECORD => postcard::from_bytes(body).map(Entry::Record).map_err(|e| format!("a record: {e}")),
-            KIND_DECIDED => postcard::from_bytes::<(SeqNo, ViewNo, Batch)>(body)
-                .map(|(seq, view, batch)| Entry::Decided { seq, view, batch: Arc::new(batch) })
+            KIND_DECIDED => postcard::from_bytes::<(u64, SeqNo, ViewNo, Batch)>(body)
+                .map(|(epoch, seq, view, batch)| Entry::Decided { epoch, seq, view, batch: Arc::new(batch) })
                 .map_err(|e| format!("a decided batch: {e}")),
-            KIND_DECIDED_REF => postcard::from_bytes::<(SeqNo, ViewNo, Digest)>(body)
-                .map(|(seq, view, digest)| Entry::DecidedRef { seq, view, digest })
+            KIND_DECIDED_REF => postcard::from_bytes::<(u64, SeqNo, ViewNo, Digest)>(body)
+                .map(|(epoch, seq, view, digest)| Entry::DecidedRef { epoch, seq, view, digest })
                 .map_err(|e| format!("a decided batch reference: {e}")),
+            KIND_EPOCH => postcard::from_bytes(body).map(Entry::Epoch).map_err(|e| format!("an epoch's start: {e}")),
             k => Err(format!("an entry of unknown kind {k}")),
         }
     }
@@ -92,6 +114,8 @@ impl Entry {
 pub struct Recovered {
     /// The protocol records still needed, in order (for `Replica::recover`).
     pub records: Vec<Record>,
+    /// The link of the epoch whose core wrote `records`; none for epoch 0.
+    pub epoch: Option<Handover>,
     /// Decided batches by sequence number.
     pub decided: BTreeMap<SeqNo, (ViewNo, Arc<Batch>)>,
     /// Entries read.
@@ -120,13 +144,15 @@ struct Held {
     /// Where the last rewrite of the long-lived records starts.
     refreshed_at: Lsn,
     snapshot: SeqNo,
+    /// The link of the epoch the records belong to (none: epoch 0).
+    epoch: Option<Handover>,
 }
 
 impl<D: Dir> Journal<D> {
     /// Opens the journal in `dir` and reads back what it holds.
     pub fn open(dir: Arc<D>, opts: WalOptions) -> io::Result<(Journal<D>, Recovered)> {
         let mut decided = BTreeMap::new();
-        let (j, mut rec) = Self::open_with(dir, opts, |seq, view, batch| {
+        let (j, mut rec) = Self::open_with(dir, opts, |_, seq, view, batch| {
             decided.entry(seq).or_insert((view, batch));
             Ok(())
         })?;
@@ -134,14 +160,16 @@ impl<D: Dir> Journal<D> {
         Ok((j, rec))
     }
 
-    /// [`Journal::open`], handing each decided batch to `on_decided` as it
-    /// is read (in log order, a sequence number possibly more than once)
-    /// instead of collecting them, so that a replica replays a long log
-    /// without holding it; [`Recovered::decided`] stays empty.
+    /// [`Journal::open`], handing each decided batch to `on_decided` with
+    /// the epoch that decided it as it is read (in log order, a sequence
+    /// number possibly more than once) instead of collecting them, so that
+    /// a replica replays a long log without holding it;
+    /// [`Recovered::decided`] stays empty (and holds the batches
+    /// [`Journal::open`] collects of any epoch, the first at each number).
     pub fn open_with(
         dir: Arc<D>,
         opts: WalOptions,
-        mut on_decided: impl FnMut(SeqNo, ViewNo, Arc<Batch>) -> io::Result<()>,
+        mut on_decided: impl FnMut(u64, SeqNo, ViewNo, Arc<Batch>) -> io::Result<()>,
     ) -> io::Result<(Journal<D>, Recovered)> {
         let mut j = Held::default();
         let mut rec = Recovered::default();
@@ -159,13 +187,13 @@ impl<D: Dir> Journal<D> {
                 Entry::Record(Record::PrePrepared { seq, digest, batch: Some(b), .. }) => {
                     batches.insert((*seq, *digest), b.clone());
                 }
-                Entry::Decided { seq, view, batch } => on_decided(*seq, *view, batch.clone())?,
-                Entry::DecidedRef { seq, view, digest } => {
+                Entry::Decided { epoch, seq, view, batch } => on_decided(*epoch, *seq, *view, batch.clone())?,
+                Entry::DecidedRef { epoch, seq, view, digest } => {
                     if let Some(b) = batches.remove(&(*seq, *digest)) {
-                        on_decided(*seq, *view, b)?;
+                        on_decided(*epoch, *seq, *view, b)?;
                     }
                 }
-                Entry::Record(_) => {}
+                Entry::Record(_) | Entry::Epoch(_) => {}
             }
             j.track(lsn, entry);
             Ok(())
@@ -174,6 +202,7 @@ impl<D: Dir> Journal<D> {
         rec.entries = replay.read;
         rec.cut = replay.cut;
         rec.records = j.log.records().to_vec();
+        rec.epoch = j.epoch.clone();
         Ok((Journal { wal, held: j }, rec))
     }
 
@@ -185,25 +214,27 @@ impl<D: Dir> Journal<D> {
             return Ok(());
         }
         for e in &mut entries {
-            if let Entry::Decided { seq, view, batch } = e {
+            if let Entry::Decided { epoch, seq, view, batch } = e {
                 // The same batch the record holds (the core shares one copy).
                 if let Some((_, digest, _)) = self.held.batch_records.get(seq).filter(|(_, _, b)| Arc::ptr_eq(b, batch))
                 {
-                    *e = Entry::DecidedRef { seq: *seq, view: *view, digest: *digest };
+                    *e = Entry::DecidedRef { epoch: *epoch, seq: *seq, view: *view, digest: *digest };
                 }
             }
         }
         let mut payloads: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
         let bytes = Wal::<D>::group_bytes(&payloads);
         if !self.wal.fits(bytes) {
-            // A new segment starts with the long-lived records again.
+            // A new segment starts with the long-lived records again, after
+            // the link of the epoch they belong to.
+            let records =
+                self.held.log.records().iter().filter(|r| !matches!(r, Record::PrePrepared { batch: Some(_), .. }));
             let refresh: Vec<Vec<u8>> = self
                 .held
-                .log
-                .records()
+                .epoch
                 .iter()
-                .filter(|r| !matches!(r, Record::PrePrepared { batch: Some(_), .. }))
-                .map(|r| Entry::Record(r.clone()).encode())
+                .map(|l| Entry::Epoch(l.clone()).encode())
+                .chain(records.map(|r| Entry::Record(r.clone()).encode()))
                 .collect();
             let refresh_bytes = Wal::<D>::group_bytes(&refresh);
             self.wal.rotate(bytes + refresh_bytes)?;
@@ -257,6 +288,11 @@ impl<D: Dir> Journal<D> {
     pub fn records(&self) -> &[Record] {
         self.held.log.records()
     }
+
+    /// The link of the epoch the records belong to (none: epoch 0).
+    pub fn epoch(&self) -> Option<&Handover> {
+        self.held.epoch.as_ref()
+    }
 }
 
 impl Held {
@@ -274,6 +310,15 @@ impl Held {
                     _ => {}
                 }
                 self.log.append(r);
+            }
+            Entry::Epoch(link) => {
+                // The new core starts with no records; the old core's are
+                // of no use to it, nor its proposals' batches.
+                if self.epoch.as_ref().is_none_or(|l| l.config.epoch < link.config.epoch) {
+                    self.epoch = Some(link);
+                    self.log = RecordLog::default();
+                    self.batch_records.clear();
+                }
             }
             Entry::Decided { seq, .. } => {
                 if seq > self.snapshot {

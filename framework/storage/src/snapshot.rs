@@ -348,9 +348,35 @@ impl<D: Dir> Snapshots<D> {
         &mut self,
         parts: usize,
         max_record_bytes: usize,
+        install: impl FnMut(u32, Vec<Bytes>) -> Result<(), String>,
+    ) -> io::Result<(Option<Loaded>, Vec<Rejected>)> {
+        self.load_not_after(None, parts, max_record_bytes, install)
+    }
+
+    /// [`Self::load`], preferring the newest snapshot at or before
+    /// `not_after` when one is kept (a restart that must serve its stable
+    /// checkpoint starts from before it and replays the log through it);
+    /// newer ones stay on disk.
+    pub fn load_not_after(
+        &mut self,
+        not_after: Option<SeqNo>,
+        parts: usize,
+        max_record_bytes: usize,
         mut install: impl FnMut(u32, Vec<Bytes>) -> Result<(), String>,
     ) -> io::Result<(Option<Loaded>, Vec<Rejected>)> {
         let mut rejected = Vec::new();
+        if let Some(limit) = not_after {
+            let older: Vec<Manifest> = self.kept.iter().rev().filter(|m| m.seq <= limit).cloned().collect();
+            for m in older {
+                if m.parts.len() != parts {
+                    continue;
+                }
+                if let Ok(bytes) = self.load_one(&m, max_record_bytes, &mut install)? {
+                    let digests = m.parts.iter().map(|l| l.digest).collect();
+                    return Ok((Some(Loaded { seq: m.seq, root: m.root, digests, bytes }), rejected));
+                }
+            }
+        }
         while let Some(m) = self.kept.back().cloned() {
             let loaded = if m.parts.len() == parts {
                 self.load_one(&m, max_record_bytes, &mut install)?

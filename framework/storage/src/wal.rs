@@ -2,7 +2,8 @@
 //! each entry checksummed, written in groups of one write and one
 //! `fdatasync`.
 //!
-//! Format version 1 (little-endian; see docs/storage.md):
+//! Format version 2 (little-endian; see docs/storage.md; version 2 changed
+//! the journal's entries, not this framing):
 //!
 //! ```text
 //! segment  = header(32) entry* zero-fill
@@ -28,7 +29,7 @@ use std::io;
 use std::sync::Arc;
 
 /// The log's format version.
-pub const WAL_VERSION: u32 = 1;
+pub const WAL_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"PLSDWAL\n";
 /// Bytes of a segment header.
 pub const HEADER_BYTES: usize = 32;

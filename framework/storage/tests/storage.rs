@@ -179,14 +179,14 @@ fn libc_enospc() -> i32 {
 #[test]
 fn the_on_disk_format_is_stable() {
     // A segment starting at entry 1 with 4096 bytes reserved.
-    assert_eq!(hex::encode(encode_header(1, 4096)), "504c534457414c0a0100000001000000000000000010000000000000e2c58e77");
+    assert_eq!(hex::encode(encode_header(1, 4096)), "504c534457414c0a020000000100000000000000001000000000000025dd4a2e");
     // Entry 5 holding "ok".
     let mut e = Vec::new();
     encode_entry(&mut e, 5, b"ok");
     assert_eq!(hex::encode(&e), "020000003ff6bb3305000000000000006f6b");
-    // A decided null batch at sequence number 9 in view 2.
-    let entry = Entry::Decided { seq: SeqNo(9), view: ViewNo(2), batch: Arc::new(Batch::null()) };
-    assert_eq!(hex::encode(entry.encode()), "0209020000");
+    // A null batch decided at sequence number 9 in view 2 of epoch 3.
+    let entry = Entry::Decided { epoch: 3, seq: SeqNo(9), view: ViewNo(2), batch: Arc::new(Batch::null()) };
+    assert_eq!(hex::encode(entry.encode()), "020309020000");
     // A stable checkpoint record.
     let cert = CheckpointCert { seq: SeqNo(4), state: Digest([7; 32]), proof: vec![] };
     assert_eq!(
@@ -224,7 +224,12 @@ fn stable(seq: u64) -> Record {
 }
 
 fn decided(seq: u64) -> Entry {
-    Entry::Decided { seq: SeqNo(seq), view: ViewNo(0), batch: Arc::new(Batch { timestamp_ms: seq, requests: vec![] }) }
+    Entry::Decided {
+        epoch: 0,
+        seq: SeqNo(seq),
+        view: ViewNo(0),
+        batch: Arc::new(Batch { timestamp_ms: seq, requests: vec![] }),
+    }
 }
 
 #[test]
@@ -280,19 +285,19 @@ fn a_decided_batch_the_log_holds_in_a_pre_prepare_is_written_once_and_replays() 
     let pp = Record::PrePrepared { view: ViewNo(0), seq: SeqNo(1), digest: big.digest(), batch: Some(big.clone()) };
     j.write(vec![Entry::Record(pp)]).unwrap();
     let before = palisade_storage::wal::entries_end(&d.contents(&segments(&d)[0]).unwrap());
-    j.write(vec![Entry::Decided { seq: SeqNo(1), view: ViewNo(0), batch: big.clone() }]).unwrap();
+    j.write(vec![Entry::Decided { epoch: 0, seq: SeqNo(1), view: ViewNo(0), batch: big.clone() }]).unwrap();
     let after = palisade_storage::wal::entries_end(&d.contents(&segments(&d)[0]).unwrap());
     assert!(after - before < 100, "the batch was written again: {} bytes", after - before);
     // A different batch under the same number is written in full.
     let other = Arc::new(Batch { timestamp_ms: 2, requests: vec![] });
-    j.write(vec![Entry::Decided { seq: SeqNo(2), view: ViewNo(0), batch: other.clone() }]).unwrap();
+    j.write(vec![Entry::Decided { epoch: 0, seq: SeqNo(2), view: ViewNo(0), batch: other.clone() }]).unwrap();
     drop(j);
     let (_, rec) = Journal::open(Arc::new(d.clone()), small()).unwrap();
     assert_eq!(rec.decided.get(&SeqNo(1)).map(|(_, b)| b.clone()), Some(big));
     assert_eq!(rec.decided.get(&SeqNo(2)).map(|(_, b)| b.clone()), Some(other));
-    // Its encoding: kind 3, seq, view, digest.
-    let r = Entry::DecidedRef { seq: SeqNo(9), view: ViewNo(2), digest: Digest([5; 32]) };
-    assert_eq!(hex::encode(r.encode()), format!("030902{}", "05".repeat(32)));
+    // Its encoding: kind 3, epoch, seq, view, digest.
+    let r = Entry::DecidedRef { epoch: 3, seq: SeqNo(9), view: ViewNo(2), digest: Digest([5; 32]) };
+    assert_eq!(hex::encode(r.encode()), format!("03030902{}", "05".repeat(32)));
 }
 
 #[test]

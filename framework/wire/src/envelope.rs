@@ -13,6 +13,7 @@
 use crate::WireError;
 use bytes::{BufMut, Bytes, BytesMut};
 use palisade_core::message::Reply;
+use palisade_core::reconfig::Handover;
 use palisade_core::{PeerMessage, ReplicaId, Request, RequestId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,16 @@ pub enum ClientMessage {
     /// in flight sends, so a replica checks one MAC and decodes one frame
     /// for all of them. At most [`MAX_LIST`].
     Requests(#[serde(deserialize_with = "bounded_list")] Vec<Request>),
+    /// Asks for the links of the chain of epochs after `after`: a client
+    /// that knows only an old membership learns every later one from any
+    /// single replica, because each link is certified
+    /// (docs/reconfiguration.md).
+    ChainQuery {
+        /// The newest epoch the client knows.
+        after: u64,
+    },
+    /// Asks for the replica's status, for operators' tools.
+    Status,
 }
 
 /// Most items a list message may carry; a longer list is malformed, so a
@@ -137,6 +148,50 @@ pub enum ReplicaMessage {
         #[serde(deserialize_with = "bounded_list")]
         answers: Vec<(RequestId, Answer)>,
     },
+    /// Links of the chain of epochs, in epoch order: the answer to a
+    /// [`ClientMessage::ChainQuery`], and what a replica tells every
+    /// connected client when an epoch starts.
+    Chain(#[serde(deserialize_with = "bounded_list")] Vec<Handover>),
+    /// The answer to [`ClientMessage::Status`].
+    Status(StatusReport),
+}
+
+/// What a replica says of itself to an operator's tool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The replica answering.
+    pub replica: ReplicaId,
+    /// Its membership role.
+    pub role: MemberRole,
+    /// The epoch of its current core.
+    pub epoch: u64,
+    /// Its view in that epoch.
+    pub view: palisade_core::ViewNo,
+    /// The primary of that view.
+    pub primary: ReplicaId,
+    /// Whether it is in normal operation (not changing view).
+    pub normal: bool,
+    /// The last sequence number it delivered.
+    pub delivered: u64,
+    /// Its last stable checkpoint.
+    pub stable: u64,
+    /// The members of its epoch.
+    pub members: Vec<ReplicaId>,
+    /// The faults its epoch tolerates.
+    pub f: u64,
+}
+
+/// Where a replica stands in the membership.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberRole {
+    /// It orders requests in its epoch.
+    #[default]
+    Member,
+    /// It waits to be admitted (started with `--join`).
+    Joining,
+    /// A later epoch removed it: it serves laggards until its grace
+    /// period ends.
+    Removed,
 }
 
 /// The replica that sends the full result of `request` when replies use

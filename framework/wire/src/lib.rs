@@ -6,13 +6,15 @@
 //! - [`keys`] and [`config`]: ed25519 identities and the cluster configuration;
 //! - [`handshake`]: mutual authentication with fresh per-connection keys;
 //! - [`channel`]: HMAC-SHA256 on every frame, over a per-direction counter;
-//! - [`verify`]: client request signatures, checked in parallel batches.
+//! - [`verify`]: client request signatures, checked in parallel batches;
+//! - [`chain`]: the chain of membership epochs, checked from `cluster.toml`.
 //!
 //! Everything here is sans-IO: the runtime moves the bytes. docs/wire.md
 //! specifies the format byte by byte and docs/security.md the threat model.
 
 #![deny(missing_docs)]
 
+pub mod chain;
 pub mod channel;
 pub mod config;
 pub mod envelope;

@@ -281,3 +281,24 @@ fn raw(name: &str, bytes: &[u8], expected_hex: &str) {
     let got = hex::encode(bytes);
     assert_eq!(got, expected_hex, "{name}: encoding changed; got\n{got}");
 }
+
+#[test]
+fn chain_and_status() {
+    use palisade_wire::envelope::{MemberRole, StatusReport};
+    check("chain query", &ClientMessage::ChainQuery { after: 3 }, "0208070605040302010203");
+    check("status query", &ClientMessage::Status, "02080706050403020103");
+    check("no links", &ReplicaMessage::Chain(vec![]), "0208070605040302010400");
+    let report = StatusReport {
+        replica: ReplicaId(2),
+        role: MemberRole::Removed,
+        epoch: 3,
+        view: ViewNo(1),
+        primary: ReplicaId(1),
+        normal: true,
+        delivered: 300,
+        stable: 256,
+        members: vec![ReplicaId(1), ReplicaId(3)],
+        f: 1,
+    };
+    check("status", &ReplicaMessage::Status(report), "02080706050403020105020203010101ac02800202010301");
+}

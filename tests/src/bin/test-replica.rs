@@ -1,5 +1,6 @@
 //! `test-replica --config DIR --id N [--service kv|counter] [--lying]
-//! [--forge] [--rejoin]`: runs replica N exactly as `palisade replica`
+//! [--forge] [--rejoin] [--join] [--leave-grace-ms MS]`: runs replica N
+//! exactly as `palisade replica`
 //! does (same code, data in `DIR/data-N`, durability `full`), and every
 //! 100 ms writes its counters to `DIR/counters-N.txt` (`name value` lines)
 //! for the process tests.
@@ -88,8 +89,13 @@ fn report(handle: &ReplicaHandle) {
     std::thread::spawn(move || loop {
         let core = metrics.core.lock().clone();
         let mut out = format!(
-            "delivered {}\nstable {}\nview {}\nrejoining {}\n",
-            core.delivered, core.stable, core.view, core.rejoining as u8
+            "delivered {}\nstable {}\nview {}\nrejoining {}\nepoch {}\nmembers {}\n",
+            core.delivered,
+            core.stable,
+            core.view,
+            core.rejoining as u8,
+            core.epoch,
+            core.members.len()
         );
         for (k, v) in metrics.counters.snapshot() {
             out.push_str(&format!("{k} {v}\n"));
@@ -142,13 +148,12 @@ fn main() -> ExitCode {
     } else {
         Registered { name: "kv", about: "kv", spawn: spawn::<KvStore> }
     };
-    palisade::commands::replica(
-        &config,
-        id,
-        &service,
-        false,
-        &config.join(format!("data-{id}")),
-        args.iter().any(|a| a == "--rejoin"),
-        palisade_host::Durability::Full,
-    )
+    let opts = palisade::commands::ReplicaOptions {
+        verbose: false,
+        rejoin: args.iter().any(|a| a == "--rejoin"),
+        durability: palisade_host::Durability::Full,
+        join: args.iter().any(|a| a == "--join"),
+        leave_grace_ms: value("--leave-grace-ms").and_then(|s| s.parse().ok()).unwrap_or(30_000),
+    };
+    palisade::commands::replica(&config, id, &service, &config.join(format!("data-{id}")), opts)
 }

@@ -54,6 +54,20 @@ impl Checkpoints {
         self.votes.get(&seq)?.get(&replica).cloned()
     }
 
+    /// The newest checkpoint above `above` with `weak` matching votes (f+1:
+    /// at least one from a correct replica, which executed committed
+    /// batches to that state): its sequence number, state and
+    /// configuration digests.
+    pub fn weak_certificate(&self, above: SeqNo, weak: usize) -> Option<(SeqNo, Digest, Digest)> {
+        self.votes.range(above.next()..).rev().find_map(|(seq, votes)| {
+            let mut count: BTreeMap<(Digest, Digest), usize> = BTreeMap::new();
+            for v in votes.values() {
+                *count.entry((v.body.state, v.body.config)).or_default() += 1;
+            }
+            count.into_iter().find(|(_, n)| *n >= weak).map(|((state, config), _)| (*seq, state, config))
+        })
+    }
+
     /// A quorum of matching votes at `seq`, if there is one.
     fn certificate(&self, seq: SeqNo, quorum: usize) -> Option<CheckpointCert> {
         let votes = self.votes.get(&seq)?;
@@ -108,6 +122,7 @@ impl<C: Crypto> Replica<C> {
         }
         self.checkpoints.insert_vote(vote);
         self.check_stable(b.seq);
+        self.check_vouched_checkpoint();
     }
 
     fn check_stable(&mut self, seq: SeqNo) {

@@ -263,6 +263,7 @@ impl<C: Crypto> Replica<C> {
                 break;
             };
             self.log.delivered = seq;
+            self.timers.delivered_at_ms = now;
             self.end_progress();
             self.metrics.delivered_batches += 1;
             self.metrics.delivered_requests += batch.requests.len() as u64;

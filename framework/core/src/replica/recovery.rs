@@ -2,6 +2,7 @@
 
 use super::rejoin::Rejoin;
 use super::{Record, Replica, Restart};
+use crate::checkpoint::Genesis;
 use crate::config::Config;
 use crate::crypto::Crypto;
 use crate::message::{null_digest, PeerMessage};
@@ -20,7 +21,13 @@ impl<C: Crypto> Replica<C> {
     /// (see docs/protocol.md, "Recovery"). Until then it counts as one of
     /// the f faulty replicas, but it cannot make anyone decide anything.
     pub fn recover(cfg: Config, id: ReplicaId, crypto: C, genesis_state: Digest, restart: Restart) -> Self {
-        let mut r = Replica::new(cfg, id, crypto, genesis_state);
+        Self::recover_at(cfg, id, crypto, Genesis::new(genesis_state), restart)
+    }
+
+    /// [`Self::recover`] for a core of a later epoch, which started at the
+    /// handover checkpoint `genesis`; its records are that core's own.
+    pub fn recover_at(cfg: Config, id: ReplicaId, crypto: C, genesis: Genesis, restart: Restart) -> Self {
+        let mut r = Replica::starting_at(cfg, id, crypto, genesis);
         let mut preprepared_in: Vec<(ViewNo, SeqNo, Digest)> = Vec::new();
         let mut rejoin_until = restart.votes_lost.then_some(None);
         for record in restart.records {

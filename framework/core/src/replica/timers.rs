@@ -29,6 +29,8 @@ pub(super) struct Timers {
     pub status_at_ms: u64,
     /// When to ask the next peer for the snapshot being fetched.
     pub transfer_at_ms: Option<u64>,
+    /// When delivery last moved (or the core started).
+    pub delivered_at_ms: u64,
 }
 
 impl<C: Crypto> Replica<C> {
@@ -66,6 +68,7 @@ impl<C: Crypto> Replica<C> {
         if self.timers.transfer_at_ms.is_some_and(|t| now >= t) {
             self.on_transfer_timeout();
         }
+        self.check_vouched_checkpoint();
         let horizon = self.cfg.retransmit_ms.max(self.cfg.status_interval_ms).max(self.cfg.state_transfer_timeout_ms);
         self.answers.forget_older_than(now, horizon);
         self.try_propose();

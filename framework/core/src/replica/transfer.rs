@@ -16,15 +16,46 @@ use crate::types::{Digest, ReplicaId, SeqNo};
 pub(super) struct Transfer {
     seq: SeqNo,
     state: Digest,
+    /// Set when the target is vouched for by f+1 votes but not yet stable:
+    /// the configuration digest this replica's own vote names once the
+    /// state is in (the quorum that makes it stable may need that vote).
+    vouched: Option<Digest>,
 }
 
 impl<C: Crypto> Replica<C> {
     pub(super) fn start_transfer(&mut self, seq: SeqNo, state: Digest) {
+        self.start_transfer_of(seq, state, None);
+    }
+
+    fn start_transfer_of(&mut self, seq: SeqNo, state: Digest, vouched: Option<Digest>) {
         if self.transfer.as_ref().is_some_and(|t| t.seq >= seq) {
             return;
         }
-        self.transfer = Some(Transfer { seq, state });
+        self.transfer = Some(Transfer { seq, state, vouched });
         self.ask_for_state();
+    }
+
+    /// A replica that cannot get further by itself fetches the newest
+    /// checkpoint f+1 replicas vouch for, stable or not. f+1 matching
+    /// CHECKPOINT votes include a correct replica's, which executed
+    /// committed batches to that state, so the state is the right one; and
+    /// the replicas that voted hold it. This breaks a deadlock the stable
+    /// checkpoint alone cannot: when no peer still holds the stable state
+    /// (restarted from a newer snapshot) and the next checkpoint needs this
+    /// replica's vote to become stable (f peers silent). "Cannot get
+    /// further": it is fetching already, or nothing was delivered for a
+    /// request timeout.
+    pub(super) fn check_vouched_checkpoint(&mut self) {
+        let stalled =
+            self.transfer.is_some() || self.clock.now_ms >= self.timers.delivered_at_ms + self.cfg.request_timeout_ms;
+        if !stalled {
+            return;
+        }
+        let above = self.log.delivered.max(self.transfer.as_ref().map_or(SeqNo(0), |t| t.seq));
+        let weak = self.membership().weak_quorum();
+        if let Some((seq, state, config)) = self.checkpoints.weak_certificate(above, weak) {
+            self.start_transfer_of(seq, state, Some(config));
+        }
     }
 
     /// Tells the fetcher what to fetch; again after every timeout, so that
@@ -81,13 +112,18 @@ impl<C: Crypto> Replica<C> {
         }
         self.metrics.state_transfers += 1;
         self.log.delivered = seq;
+        self.timers.delivered_at_ms = self.clock.now_ms;
         self.checkpoints.own.insert(seq, state);
         // Requests executed inside the transferred range would wait here
         // forever; clients retransmit whatever still needs ordering.
         self.pool.clear();
         if self.transfer.as_ref().is_some_and(|t| t.seq <= seq) {
-            self.transfer = None;
+            let vouched = self.transfer.take().and_then(|t| t.vouched.filter(|_| t.seq == seq));
             self.timers.transfer_at_ms = None;
+            if let Some(config) = vouched {
+                // Its vote may be the one the checkpoint needs to be stable.
+                self.on_checkpoint_ready(seq, state, config);
+            }
             self.try_deliver();
         }
     }

@@ -2,19 +2,47 @@
 //! one driver every host shares ([`ConsensusHost`]).
 
 use super::{notify, ReplyBatch};
-use crate::egress::{send_to_peer, Egress, Outbox};
+use crate::egress::{send_to_peer, Egress, Outbox, PeerAddress};
 use crate::metrics::{CoreSnapshot, RuntimeMetrics};
 use crate::queue::{Ended, Outflow, Rx, Tx};
 use crate::runner::Stage;
-use crate::shared::CurrentView;
+use crate::shared::{CurrentView, PublishedChain};
 use crate::storage::{DurableMarks, StorageCmd};
 use bytes::Bytes;
 use palisade_core::{ClientId, Crypto, Input, PeerMessage, Record, ReplicaId, Request, RequestId};
-use palisade_host::{ClientMail, ConsensusHost, ConsensusIo, ExecCommand};
+use palisade_host::{ClientMail, ConsensusIo, EpochHost, ExecCommand, Reconfigured};
 use palisade_storage::Entry;
-use palisade_wire::envelope::RejectReason;
+use palisade_wire::envelope::{MemberRole, RejectReason, ReplicaMessage};
+use palisade_wire::ClusterConfig;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// What delivery tells the consensus stage.
+#[derive(Clone, Debug)]
+pub enum Control {
+    /// An input for the core: a checkpoint's digest, a fetched state.
+    Input(Input),
+    /// News of the membership from the executed state.
+    Reconfigured(Reconfigured),
+}
+
+/// How the consensus stage follows the membership: who to connect to, and
+/// where the chain of epochs is published and kept.
+pub struct Membership {
+    /// The cluster as `cluster.toml` has it: the template each epoch's
+    /// members are put into.
+    pub cluster: ClusterConfig,
+    /// The chain, for connections that answer clients.
+    pub chain: Arc<PublishedChain>,
+    /// Where the chain is kept across restarts, when the replica keeps a
+    /// data directory.
+    pub keep_in: Option<PathBuf>,
+    /// The epochs whose members the network stage was last told of.
+    pub peer_epochs: Vec<u64>,
+    /// Links of the chain already published.
+    pub published: usize,
+}
 
 /// The consensus stage's line to the storage stage.
 pub struct JournalLink {
@@ -67,16 +95,18 @@ impl JournalLink {
 /// Feeds the core peer messages, requests, ticks and checkpoint digests,
 /// and carries out what it decides.
 pub struct Consensus<C: Crypto> {
-    /// The core and its driver.
-    pub host: ConsensusHost<C>,
+    /// The cores of this replica's epochs, and their driver.
+    pub host: EpochHost<C>,
+    /// Connections and the chain, following the membership.
+    pub membership: Membership,
     /// The journal, when the replica keeps one.
     pub journal: Option<JournalLink>,
     /// Peer messages in.
     pub rx_peer: Rx<crate::queue::PeerItem>,
     /// Requests in.
     pub rx_requests: Rx<Request>,
-    /// From delivery: checkpoint digests and fetched states.
-    pub rx_control: Rx<Input>,
+    /// From delivery: checkpoint digests, fetched states, membership news.
+    pub rx_control: Rx<Control>,
     /// Ticks in: the monotonic and the wall clock.
     pub rx_tick: Rx<(u64, u64)>,
     /// Decisions out (never dropped: while any wait for room, the stage
@@ -167,11 +197,11 @@ impl ConsensusIo for Wiring<'_> {
     }
 
     fn execute(&mut self, cmd: ExecCommand) {
-        if let (ExecCommand::Deliver { seq, view, batch, .. }, Some(j)) = (&cmd, self.journal.as_deref_mut()) {
+        if let (ExecCommand::Deliver { epoch, seq, view, batch }, Some(j)) = (&cmd, self.journal.as_deref_mut()) {
             if j.batches {
                 // Logged while delivery executes it (Durable-SMaRt's
                 // parallel logging).
-                j.pending.push(Entry::Decided { seq: *seq, view: *view, batch: batch.clone() });
+                j.pending.push(Entry::Decided { epoch: *epoch, seq: *seq, view: *view, batch: batch.clone() });
             }
         }
         if self.tx_delivery.push(cmd).is_err() {
@@ -189,8 +219,19 @@ impl ConsensusIo for Wiring<'_> {
     }
 }
 
+/// What the consensus stage feeds its host.
+enum Feed {
+    Input(Input),
+    Peer(ReplicaId, u64, PeerMessage),
+    Reconfigured(Reconfigured),
+}
+
 impl<C: Crypto> Consensus<C> {
     fn step(&mut self, input: Input) -> Result<(), Ended> {
+        self.feed(Feed::Input(input))
+    }
+
+    fn feed(&mut self, feed: Feed) -> Result<(), Ended> {
         let mut io = Wiring {
             journal: self.journal.as_mut(),
             outbox: &mut self.outbox,
@@ -202,7 +243,11 @@ impl<C: Crypto> Consensus<C> {
             #[cfg(feature = "byzantine")]
             forged_request: self.forged_request.as_ref(),
         };
-        self.host.step(input, &mut io);
+        match feed {
+            Feed::Input(input) => self.host.step(input, &mut io),
+            Feed::Peer(from, epoch, msg) => self.host.peer(from, epoch, msg, &mut io),
+            Feed::Reconfigured(event) => self.host.reconfigured(event, &mut io),
+        }
         if io.ended {
             Err(Ended)
         } else {
@@ -230,10 +275,58 @@ impl<C: Crypto> Consensus<C> {
         Ok(())
     }
 
+    /// Tells the network stage which replicas to keep connections with,
+    /// publishes new links of the chain, keeps them on disk, and pushes
+    /// them to every connected client.
+    fn follow_membership(&mut self) {
+        let ms = &mut self.membership;
+        let configs = self.host.configurations();
+        let epochs: Vec<u64> = configs.iter().map(|c| c.epoch).collect();
+        if epochs != ms.peer_epochs {
+            let me = self.host.core().id();
+            let mut peers: Vec<PeerAddress> = Vec::new();
+            for c in configs {
+                for m in &c.members {
+                    let Some(address) = palisade_wire::chain::resolve(&m.address) else { continue };
+                    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&m.public_key) else { continue };
+                    if m.id != me && !peers.iter().any(|p| p.id == m.id) {
+                        peers.push(PeerAddress { id: m.id, address, key });
+                    }
+                }
+            }
+            self.egress.set_peers(peers);
+            ms.peer_epochs = epochs;
+        }
+        let chain = self.host.chain();
+        if chain.len() > ms.published {
+            ms.chain.set(chain);
+            if let Some(dir) = &ms.keep_in {
+                // Once per epoch, and small: kept so that a restarted
+                // replica knows its epoch's members and certificate.
+                if let Err(e) = palisade_wire::chain::save_links(dir, chain) {
+                    eprintln!("palisade: cannot keep the chain of epochs in {}: {e}", dir.display());
+                }
+            }
+            let new = chain[ms.published..].to_vec();
+            let n = new.len() as u64;
+            let clients = self.egress.to_all_clients(self.egress.client_body(&ReplicaMessage::Chain(new)));
+            RuntimeMetrics::add(&self.metrics.counters.chain_links_sent, clients as u64 * n);
+            ms.published = chain.len();
+        }
+    }
+
     fn publish(&self) {
         let core = self.host.core();
         let m = core.metrics();
-        self.view.set(core.view());
+        self.view.set(core.view(), core.is_primary() && !self.host.standby() && self.host.removed().is_none());
+        let config = self.host.config();
+        let role = if self.host.standby() {
+            MemberRole::Joining
+        } else if self.host.removed().is_some() {
+            MemberRole::Removed
+        } else {
+            MemberRole::Member
+        };
         *self.metrics.core.lock() = CoreSnapshot {
             view: core.view().0,
             normal: core.is_normal(),
@@ -249,6 +342,13 @@ impl<C: Crypto> Consensus<C> {
             dropped: m.dropped.iter().map(|(reason, n)| (reason.name(), *n)).collect(),
             rejoining: core.rejoining(),
             rejoin_mark: core.rejoin_mark().map(|s| s.0),
+            epoch: config.epoch,
+            members: config.members.iter().map(|m| m.id).collect(),
+            f: config.f,
+            primary_id: config.membership().primary(core.view()),
+            role,
+            removed_in: self.host.removed(),
+            epoch_counters: self.host.counters(),
         };
     }
 }
@@ -274,8 +374,11 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
         }
         // Checkpoint completions and ticks never wait: they produce little
         // for delivery, and delivery may be waiting on them.
-        while let Some(input) = self.rx_control.take() {
-            self.step(input)?;
+        while let Some(control) = self.rx_control.take() {
+            match control {
+                Control::Input(input) => self.step(input)?,
+                Control::Reconfigured(event) => self.feed(Feed::Reconfigured(event))?,
+            }
             busy = true;
         }
         if let Some((now_ms, wall_ms)) = std::iter::from_fn(|| self.rx_tick.take()).last() {
@@ -287,23 +390,20 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
         while budget > 0 && self.tx_delivery.backlog() == 0 && self.journal.as_ref().is_none_or(|j| j.tx.backlog() == 0)
         {
             let next = if let Some((from, epoch, msg)) = self.rx_peer.take() {
-                if epoch != self.host.core().epoch() {
-                    // This replica serves one epoch: the cluster is never
-                    // reconfigured while the runtime runs a single core.
-                    RuntimeMetrics::add(&self.metrics.counters.peer_messages_other_epoch, 1);
-                    continue;
-                }
-                Input::Peer { from, msg }
+                Feed::Peer(from, epoch, msg)
             } else if let Some(r) = self.rx_requests.take() {
-                Input::Request(r)
+                Feed::Input(Input::Request(r))
             } else {
                 break;
             };
-            self.step(next)?;
+            self.feed(next)?;
             busy = true;
             budget -= 1;
         }
         if busy {
+            // The chain is kept before anything a new epoch's core says
+            // leaves: a restart then knows every epoch it spoke in.
+            self.follow_membership();
             self.flush()?;
             self.publish();
         }

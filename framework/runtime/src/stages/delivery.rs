@@ -2,14 +2,14 @@
 //! transfer, answers to clients; hosted by the one driver every host
 //! shares ([`ExecutionHost`]).
 
-use super::ReplyBatch;
+use super::{Control, ReplyBatch};
 use crate::egress::{send_to_peer, Egress};
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{Ended, Outflow, Rx};
 use crate::runner::Stage;
 use crate::storage::{DurableMarks, SnapshotWriter};
 use palisade_core::{Digest, Input, PeerMessage, ReplicaId, SeqNo, Service};
-use palisade_host::{ClientMail, ExecCommand, ExecEvent, ExecutionHost, ExecutionIo};
+use palisade_host::{ClientMail, ExecCommand, ExecEvent, ExecutionHost, ExecutionIo, Reconfigured};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,8 +40,9 @@ pub struct Delivery<S: Service> {
     pub rx: Rx<ExecCommand>,
     /// The service, its snapshots and who answers in full.
     pub host: ExecutionHost<S>,
-    /// Checkpoint digests and fetched states back to consensus.
-    pub tx_control: Outflow<Input>,
+    /// Checkpoint digests, fetched states and membership news back to
+    /// consensus.
+    pub tx_control: Outflow<Control>,
     /// Replies out, one batch per delivered batch.
     pub tx_reply: Outflow<ReplyBatch>,
     /// Where snapshots for peers go.
@@ -60,7 +61,7 @@ struct Wiring<'a> {
     held: Option<&'a mut VecDeque<(u64, Vec<ClientMail>)>>,
     seq: u64,
     taken: Vec<(SeqNo, bool)>,
-    tx_control: &'a mut Outflow<Input>,
+    tx_control: &'a mut Outflow<Control>,
     tx_reply: &'a mut Outflow<ReplyBatch>,
     egress: &'a dyn Egress,
     metrics: &'a RuntimeMetrics,
@@ -80,14 +81,20 @@ impl ExecutionIo for Wiring<'_> {
 
     fn checkpoint(&mut self, seq: SeqNo, state: Digest, config: Digest) {
         self.taken.push((seq, false));
-        if self.tx_control.push(Input::CheckpointReady { seq, state, config }).is_err() {
+        if self.tx_control.push(Control::Input(Input::CheckpointReady { seq, state, config })).is_err() {
             self.ended = true;
         }
     }
 
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
         self.taken.push((seq, true));
-        if self.tx_control.push(Input::StateFetched { seq, state }).is_err() {
+        if self.tx_control.push(Control::Input(Input::StateFetched { seq, state })).is_err() {
+            self.ended = true;
+        }
+    }
+
+    fn reconfigured(&mut self, event: Reconfigured) {
+        if self.tx_control.push(Control::Reconfigured(event)).is_err() {
             self.ended = true;
         }
     }
@@ -108,6 +115,8 @@ impl ExecutionIo for Wiring<'_> {
             ExecEvent::PartInstalled => RuntimeMetrics::add(&c.state_parts_installed, 1),
             ExecEvent::BadStateData => RuntimeMetrics::add(&c.state_data_bad, 1),
             ExecEvent::VoidBatch => RuntimeMetrics::add(&c.batches_void, 1),
+            ExecEvent::Admin { accepted: true } => RuntimeMetrics::add(&c.admin_requests_accepted, 1),
+            ExecEvent::Admin { accepted: false } => RuntimeMetrics::add(&c.admin_requests_rejected, 1),
         }
     }
 }
@@ -260,7 +269,7 @@ mod tests {
             .take_up_to(8)
             .iter()
             .map(|i| match i {
-                Input::CheckpointReady { seq, .. } => seq.0,
+                Control::Input(Input::CheckpointReady { seq, .. }) => seq.0,
                 other => panic!("{other:?}"),
             })
             .collect();

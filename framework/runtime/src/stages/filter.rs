@@ -108,7 +108,7 @@ mod tests {
         let done =
             exec.write().execute_batch(SeqNo(1), ViewNo(0), &Batch { timestamp_ms: 1, requests: vec![request(10)] });
         let view = Arc::new(CurrentView::default());
-        view.set(ViewNo(3));
+        view.set(ViewNo(3), false);
         let mut filter = RequestFilter {
             rx,
             tx,

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | [`Verifier`], [`PrePrepareVerifier`] | requests; PRE-PREPAREs (when clients sign) | verified requests; checked PRE-PREPAREs |
 //! | [`RequestFilter`] | requests | new ones to consensus; cached replies and stale refusals to reply sending |
-//! | [`Consensus`] | peer messages, requests, ticks, checkpoint digests | messages to peers; decisions to delivery |
+//! | [`Consensus`] | peer messages, requests, ticks, checkpoint digests, membership news | messages to peers; decisions to delivery; the peers to connect to |
 //! | [`Delivery`] | decisions | replies; checkpoint digests back to consensus; snapshots to peers |
 //! | [`Replier`] | replies | frames to clients |
 //! | [`Ticker`] | (its clock) | ticks to consensus |
@@ -21,12 +21,12 @@ mod reply;
 mod ticker;
 mod verify;
 
-pub use consensus::{Consensus, JournalLink};
+pub use consensus::{Consensus, Control, JournalLink, Membership as ConsensusMembership};
 pub use delivery::{Delivery, DeliveryDisk};
 pub use filter::RequestFilter;
 pub use reply::Replier;
 pub use ticker::{clocks, wall_clock_ms, Ticker};
-pub use verify::{PrePrepareVerifier, PrimaryProbe, Verifier};
+pub use verify::{PrePrepareVerifier, Verifier};
 
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{Ended, Tx};

@@ -8,7 +8,7 @@ use crate::metrics::RuntimeMetrics;
 use crate::queue::{offer_peer, Ended, Rx, Tx};
 use crate::runner::Stage;
 use crate::shared::CurrentView;
-use palisade_core::{Membership, PeerMessage, ReplicaId, Request};
+use palisade_core::{PeerMessage, ReplicaId, Request};
 use palisade_host::ClientMail;
 use palisade_wire::envelope::RejectReason;
 use palisade_wire::verify::{self, VerifyLimits};
@@ -38,23 +38,7 @@ pub struct Verifier {
     pub drain_max: usize,
     /// With authenticators: check signatures only while this replica is
     /// the primary (the others pass requests on unchecked).
-    pub primary_only: Option<PrimaryProbe>,
-}
-
-/// Whether this replica is the primary of the view last published.
-pub struct PrimaryProbe {
-    /// This replica.
-    pub me: ReplicaId,
-    /// The current view.
-    pub view: Arc<CurrentView>,
-    /// The cluster.
-    pub membership: Membership,
-}
-
-impl PrimaryProbe {
-    fn is_primary(&self) -> bool {
-        self.membership.primary(self.view.get()) == self.me
-    }
+    pub primary_only: Option<Arc<CurrentView>>,
 }
 
 impl Stage for Verifier {
@@ -67,7 +51,7 @@ impl Stage for Verifier {
         if batch.is_empty() {
             return Ok(false);
         }
-        if self.primary_only.as_ref().is_some_and(|p| !p.is_primary()) {
+        if self.primary_only.as_ref().is_some_and(|v| !v.is_primary()) {
             for r in batch {
                 pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?;
             }

@@ -39,20 +39,15 @@ impl Faults {
         let byzantine_clients = usize::from(rng.chance(0.3));
         let disk_faults = rng.chance(0.5);
         let crash_all = rng.chance(0.15);
-        // Restarts from disk do not follow epochs yet: no crashes in runs
-        // that reconfigure (the draws above still happen, so the other
-        // faults of a seed stay what they were).
-        let (crashes, crash_all, amnesia) =
-            if cfg.reconfigure { (0, false, false) } else { (crashes, crash_all, amnesia) };
         Faults {
             loss: if rng.chance(0.7) { rng.unit() * 0.3 } else { 0.0 },
             duplicate: if rng.chance(0.5) { rng.unit() * 0.5 } else { 0.0 },
             delay_max_ms: *[2u64, 10, 40, 120].get(rng.below(4) as usize).expect("index"),
             partitions: rng.chance(0.6),
             one_way: rng.chance(0.5),
-            crashes: if cfg.amnesia == Some(true) && !cfg.reconfigure { crashes.max(1) } else { crashes },
-            amnesia: !cfg.reconfigure && cfg.amnesia.unwrap_or(amnesia),
-            torn_steps: if rng.chance(0.5) && !cfg.reconfigure { 0.05 + rng.unit() * 0.25 } else { 0.0 },
+            crashes: if cfg.amnesia == Some(true) { crashes.max(1) } else { crashes },
+            amnesia: cfg.amnesia.unwrap_or(amnesia),
+            torn_steps: if rng.chance(0.5) { 0.05 + rng.unit() * 0.25 } else { 0.0 },
             clogged: rng.chance(0.3),
             asynchrony: rng.chance(0.2),
             byzantine_clients: cfg.byzantine_clients.unwrap_or(byzantine_clients).min(cfg.clients),
@@ -60,7 +55,7 @@ impl Faults {
             disk_rot: rng.chance(0.5),
             // Only when disks survive: replicas that all lost their votes
             // could never rejoin.
-            crash_all: !cfg.reconfigure && cfg.crash_all.unwrap_or(crash_all) && !cfg.amnesia.unwrap_or(amnesia),
+            crash_all: cfg.crash_all.unwrap_or(crash_all) && !cfg.amnesia.unwrap_or(amnesia),
         }
     }
 

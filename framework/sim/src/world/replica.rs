@@ -9,9 +9,11 @@ use crate::crypto::SimCrypto;
 use crate::rng::Rng;
 use crate::service::SimService;
 use palisade_core::exec::Executed;
+use palisade_core::reconfig::Handover;
 use palisade_core::replica::{Record, Restart};
-use palisade_core::{Batch, ClientId, Digest, Executor, Input, PeerMessage, Replica, ReplicaId, RequestId, SeqNo};
+use palisade_core::{Batch, ClientId, Digest, Executor, Input, PeerMessage, ReplicaId, RequestId, SeqNo};
 use palisade_host::durable::{recover, SNAPSHOTS_KEPT};
+use palisade_host::epochs::plan_restart;
 use palisade_host::{
     ClientMail, ConsensusIo, Durability, EpochHost, ExecCommand, ExecEvent, ExecutionConfig, ExecutionHost,
     ExecutionIo, Reconfigured,
@@ -34,6 +36,9 @@ pub(crate) struct Disk {
     /// The newest snapshot written: the log keeps the batches after the
     /// one before it, so that the fallback can replay to it.
     pub newest_snapshot: SeqNo,
+    /// The chain of epochs the replica keeps beside its log (the runtime's
+    /// `chain.bin`, written whole and synced when it grows).
+    pub chain: Vec<Handover>,
 }
 
 /// Small segments, so that runs rotate and trim the log.
@@ -45,7 +50,7 @@ impl Disk {
         let dir = MemDir::new();
         let (journal, _) = Journal::open(Arc::new(dir.clone()), SIM_WAL).expect("an empty disk opens");
         let (snapshots, _) = Snapshots::open(Arc::new(dir.clone()), SNAPSHOTS_KEPT).expect("an empty disk opens");
-        Disk { dir, journal: Some(journal), snapshots: Some(snapshots), newest_snapshot: SeqNo(0) }
+        Disk { dir, journal: Some(journal), snapshots: Some(snapshots), newest_snapshot: SeqNo(0), chain: Vec::new() }
     }
 
     /// Writes `entry` durably (one group).
@@ -102,6 +107,12 @@ impl ConsensusIo for SimIo<'_> {
 
     fn stopped(&self) -> bool {
         self.crashed
+    }
+
+    fn epoch_started(&mut self, link: &Handover) {
+        if let Err(e) = self.world.replicas[self.r].disk.write(Entry::Epoch(link.clone())) {
+            self.world.checker.violations.push(format!("replica {}: {e}", self.r));
+        }
     }
 
     fn send(&mut self, to: ReplicaId, epoch: u64, msg: &PeerMessage) {
@@ -234,6 +245,7 @@ impl World {
     fn execution_config(&self, r: usize) -> ExecutionConfig {
         ExecutionConfig {
             checkpoint_interval: self.core_cfg.checkpoint_interval,
+            log_window: self.core_cfg.log_window,
             reply_digests: true,
             // Small answers, so that fetches of larger states take several
             // questions.
@@ -261,6 +273,10 @@ impl World {
                 Feed::Reconfigured(event) => host.reconfigured(event, &mut io),
             }
             let crashed = io.crashed;
+            let disk = &mut self.replicas[r].disk;
+            if host.chain().len() > disk.chain.len() {
+                disk.chain = host.chain().to_vec();
+            }
             let after = (host.core().view(), host.core().is_normal());
             if self.cfg.trace && before != after {
                 let (now, (v0, n0), (v1, n1)) = (self.now, before, after);
@@ -295,9 +311,9 @@ impl World {
 
     fn execute(&mut self, r: usize, cmd: ExecCommand, inputs: &mut VecDeque<Feed>) {
         let Some(mut exec) = self.replicas[r].execution.take() else { return };
-        if let ExecCommand::Deliver { seq, view, batch, .. } = &cmd {
+        if let ExecCommand::Deliver { epoch, seq, view, batch } = &cmd {
             // Logged as it is delivered (the runtime does it in parallel).
-            let entry = Entry::Decided { seq: *seq, view: *view, batch: batch.clone() };
+            let entry = Entry::Decided { epoch: *epoch, seq: *seq, view: *view, batch: batch.clone() };
             if let Err(e) = self.replicas[r].disk.write(entry) {
                 self.checker.violations.push(format!("replica {r}: {e}"));
             }
@@ -358,7 +374,13 @@ impl World {
         rep.disk.snapshots = None;
         if amnesia {
             // The disk goes too: the replica will restart without its votes.
-            rep.disk = Disk { dir: MemDir::new(), journal: None, snapshots: None, newest_snapshot: SeqNo(0) };
+            rep.disk = Disk {
+                dir: MemDir::new(),
+                journal: None,
+                snapshots: None,
+                newest_snapshot: SeqNo(0),
+                chain: Vec::new(),
+            };
             return;
         }
         if disk_faults && seed.is_multiple_of(2) {
@@ -379,7 +401,7 @@ impl World {
         let nonce = self.rng.next_u64();
         let dir = Arc::new(self.replicas[r].disk.dir.clone());
         let exec = self.new_executor();
-        let recovered = recover(dir, Durability::Full, SIM_WAL, exec, self.execution_config(r), nonce);
+        let recovered = recover(dir, Durability::Full, SIM_WAL, exec.clone(), self.execution_config(r), nonce);
         let rec = match recovered {
             Ok(rec) => rec,
             Err(e) => {
@@ -396,9 +418,6 @@ impl World {
             nonce,
             records: Vec::new(),
         });
-        if restart.votes_lost {
-            self.lost_votes.insert(r);
-        }
         if !self.is_byzantine(r) {
             let (d, rep) = (&mut self.disk_stats, &rec.report);
             d.recoveries += 1;
@@ -415,8 +434,26 @@ impl World {
             eprintln!("{:>6} r{r} restart{how}: {}", self.now, rec.report);
         }
         let rep = &mut self.replicas[r];
-        let core = Replica::recover(self.core_cfg.clone(), rep.id, rep.crypto.clone(), genesis, restart);
-        let host = EpochHost::new(core, self.genesis_config.clone(), self.core_cfg.clone(), crypto_for(&rep.crypto));
+        let plan = {
+            let e = exec.read();
+            let (config, since) = e.configuration_since().unwrap_or((&self.genesis_config, SeqNo(0)));
+            let state = (config, since, e.pending_configuration().map(|(_, b)| b));
+            plan_restart(restart, rec.epoch.as_ref(), state, (&self.genesis_config, genesis), &rep.disk.chain)
+        };
+        let plan = match plan {
+            Ok(p) => {
+                if p.restart.votes_lost {
+                    self.lost_votes.insert(r);
+                }
+                p
+            }
+            Err(e) => {
+                self.checker.violations.push(format!("replica {r} cannot restart: {e}"));
+                return;
+            }
+        };
+        let host = EpochHost::restarting(plan, rep.id, self.core_cfg.clone(), crypto_for(&rep.crypto))
+            .knowing(rep.disk.chain.clone());
         rep.disk.journal = Some(rec.journal);
         rep.disk.snapshots = Some(rec.snapshots);
         rep.disk.newest_snapshot = rec.report.snapshot.map_or(SeqNo(0), |(s, _)| s);

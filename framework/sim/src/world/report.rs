@@ -128,6 +128,32 @@ impl World {
                 vm.plan.len() + usize::from(vm.current.is_some())
             ));
         }
+        if !liveness.is_empty() {
+            // Where every replica stands, to start the diagnosis from.
+            let states: Vec<String> = self
+                .replicas
+                .iter()
+                .map(|r| match &r.consensus {
+                    None => format!("{}: down", r.id),
+                    Some(h) => {
+                        let c = h.core();
+                        format!(
+                            "{}: epoch {} view {}{} delivered {} stable {}{}{}{}",
+                            r.id,
+                            h.epoch(),
+                            c.view(),
+                            if c.is_normal() { "" } else { " (changing)" },
+                            c.delivered(),
+                            c.stable_checkpoint().seq,
+                            if c.rejoining() { " rejoining" } else { "" },
+                            if h.standby() { " standby" } else { "" },
+                            h.removed().map_or(String::new(), |e| format!(" removed in {e}")),
+                        )
+                    }
+                })
+                .collect();
+            liveness.insert(0, format!("replicas at the end: {}", states.join("; ")));
+        }
         for cl in &self.clients {
             if cl.ops_after_heal > 0 && cl.current.is_none() {
                 liveness.push(format!("client {} still had {} operations to run", cl.id, cl.ops_after_heal));

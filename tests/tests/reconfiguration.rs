@@ -1,0 +1,288 @@
+//! Membership changes on replica processes on loopback, under load, with
+//! nothing acknowledged lost: a replica joins (started with `--join`,
+//! admitted by `palisade admin add`), the primary is removed and exits
+//! after its grace period, the cluster grows to f = 2 and shrinks back, and
+//! a client that only ever read the epoch-0 `cluster.toml` finds the
+//! cluster through the chain of epochs. Forged and replayed requests are
+//! refused and counted.
+//!
+//! The replicas run `test-replica` (`palisade replica --service kv`).
+
+use palisade::admin::{new_replica, reconfigure};
+use palisade::keygen::{keygen, KeygenOptions};
+use palisade_client::{Client, ClientOptions};
+use palisade_core::reconfig::{AdminBody, AdminOp, AdminOutcome, Rejection};
+use palisade_core::{Mode, ReplicaId};
+use palisade_services::kv::KvClient;
+use palisade_wire::{keys, ClusterConfig};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_test-replica");
+
+/// A replica process; SIGKILLed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    procs: BTreeMap<u32, Proc>,
+}
+
+impl Cluster {
+    fn new(tag: &str, n: usize, mode: Mode, port: u16) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("palisade-reconf-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = KeygenOptions {
+            replicas: n,
+            out: dir.clone(),
+            mode,
+            f: None,
+            addresses: vec![],
+            base_port: port,
+            cluster_id: None,
+            request_auth: palisade_wire::RequestAuth::default(),
+        };
+        keygen(&opts).unwrap();
+        let mut c = Cluster { dir, port, procs: BTreeMap::new() };
+        for id in 0..n as u32 {
+            c.start(id, &[]);
+        }
+        c
+    }
+
+    fn start(&mut self, id: u32, flags: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("stderr-{id}.txt")))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["--config", self.dir.to_str().unwrap(), "--id", &id.to_string(), "--leave-grace-ms", "2000"])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a replica");
+        self.procs.insert(id, Proc(child));
+    }
+
+    /// Writes replica `id`'s key, starts it to join, and admits it.
+    fn add(&mut self, id: u32) -> AdminOutcome {
+        let address = format!("127.0.0.1:{}", self.port + id as u16);
+        let _ = new_replica(&self.dir, id, &address, &self.dir);
+        self.start(id, &["--join"]);
+        let key = keys::read_secret(&self.dir.join(format!("replica-{id}.key"))).unwrap();
+        let op = AdminOp::Add { id: ReplicaId(id), address, public_key: key.verifying_key().to_bytes() };
+        reconfigure(&self.dir, vec![op], 30_000).unwrap()
+    }
+
+    fn stderr(&self, id: u32) -> String {
+        std::fs::read_to_string(self.dir.join(format!("stderr-{id}.txt"))).unwrap_or_default()
+    }
+
+    fn counter(&self, id: u32, name: &str) -> u64 {
+        let text = std::fs::read_to_string(self.dir.join(format!("counters-{id}.txt"))).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until every replica in `ids` reports epoch `epoch`.
+    fn wait_epoch(&self, ids: &[u32], epoch: u64, within: Duration) {
+        let start = Instant::now();
+        while !ids.iter().all(|id| self.counter(*id, "epoch") >= epoch) {
+            let at: Vec<(u32, u64)> = ids.iter().map(|id| (*id, self.counter(*id, "epoch"))).collect();
+            assert!(
+                start.elapsed() < within,
+                "epochs {at:?}, waiting for {epoch}; last replica's log:\n{}",
+                self.stderr(*ids.last().unwrap())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A client that knows only `cluster.toml` (and keeps no chain).
+    fn client(&self) -> KvClient {
+        let config = ClusterConfig::load(&self.dir).unwrap();
+        let opts = ClientOptions { timeout_ms: 60_000, ..ClientOptions::default() };
+        KvClient::new(Client::connect(config, keys::generate(&mut rand_core::OsRng), opts))
+    }
+
+    /// Whether process `id` has exited, and how.
+    fn exited(&mut self, id: u32) -> Option<std::process::ExitStatus> {
+        self.procs.get_mut(&id).and_then(|p| p.0.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.procs.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Writers that keep putting keys until stopped; every put acknowledged is
+/// recorded, to be read back at the end.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(c: &Cluster, writers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..writers)
+            .map(|w| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                let config = ClusterConfig::load(&c.dir).unwrap();
+                std::thread::spawn(move || {
+                    let rt = rt();
+                    rt.block_on(async {
+                        let opts = ClientOptions { timeout_ms: 60_000, ..ClientOptions::default() };
+                        let kv = KvClient::new(Client::connect(config, keys::generate(&mut rand_core::OsRng), opts));
+                        let mut i = 0;
+                        while !stop.load(Ordering::Relaxed) {
+                            let key = format!("w{w}-{i}");
+                            if kv.put(key.clone(), "v").await.is_ok() {
+                                acked.lock().push(key);
+                            }
+                            i += 1;
+                        }
+                    });
+                })
+            })
+            .collect();
+        Load { stop, acked, threads }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().len()
+    }
+
+    /// Stops the writers; returns every acknowledged key.
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let keys = self.acked.lock().clone();
+        keys
+    }
+}
+
+/// Waits until the load has made `more` acknowledged puts since now.
+fn progress(load: &Load, more: usize, within: Duration, what: &str) {
+    let (start, base) = (Instant::now(), load.acked());
+    while load.acked() < base + more {
+        assert!(start.elapsed() < within, "no progress {what}: {} acknowledged", load.acked() - base);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_replica_joins_the_primary_leaves_and_nothing_acknowledged_is_lost() {
+    let port = 24_000 + (std::process::id() % 200 * 20) as u16;
+    let mut c = Cluster::new("replace", 4, Mode::Bft, port);
+    let load = Load::start(&c, 2);
+    progress(&load, 50, Duration::from_secs(30), "before any change");
+
+    // Add replica 4: it waits for admission, then fetches the state.
+    match c.add(4) {
+        AdminOutcome::Accepted { next, .. } => assert_eq!((next.epoch, next.members.len(), next.f), (1, 5, 1)),
+        other => panic!("add 4: {other:?}"),
+    }
+    c.wait_epoch(&[0, 1, 2, 3, 4], 1, Duration::from_secs(30));
+    assert!(c.stderr(4).contains("waiting to be admitted"), "the joiner said what it waits for");
+    progress(&load, 50, Duration::from_secs(30), "after adding replica 4");
+
+    // Remove replica 0, the primary of epoch 1's view 0.
+    let outcome = reconfigure(&c.dir, vec![AdminOp::Remove { id: ReplicaId(0) }], 30_000).unwrap();
+    assert!(
+        matches!(&outcome, AdminOutcome::Accepted { next, .. } if next.epoch == 2 && next.member(ReplicaId(0)).is_none()),
+        "{outcome:?}"
+    );
+    c.wait_epoch(&[1, 2, 3, 4], 2, Duration::from_secs(30));
+    progress(&load, 50, Duration::from_secs(30), "after removing the primary");
+
+    // Replica 0 serves laggards for its grace period, then exits cleanly.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = c.exited(0) {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "replica 0 did not exit:\n{}", c.stderr(0));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "replica 0 exited with {status}:\n{}", c.stderr(0));
+    assert!(c.stderr(0).contains("left the cluster"), "{}", c.stderr(0));
+
+    // A replayed request (the same signed bytes again) and a forged one
+    // change nothing, and the replicas count them.
+    let vm = keys::read_secret(&c.dir.join("view-manager.key")).unwrap();
+    let cluster = ClusterConfig::load(&c.dir).unwrap().cluster_id;
+    let forged = {
+        let thief = keys::generate(&mut rand_core::OsRng);
+        let body = AdminBody { cluster, epoch: 2, nonce: u64::MAX, ops: vec![AdminOp::Remove { id: ReplicaId(1) }] };
+        palisade_wire::verify::sign_admin(&thief, body)
+    };
+    let stale = palisade_wire::verify::sign_admin(
+        &vm,
+        AdminBody { cluster, epoch: 0, nonce: u64::MAX, ops: vec![AdminOp::Remove { id: ReplicaId(1) }] },
+    );
+    rt().block_on(async {
+        let (genesis, chain) = {
+            let g = ClusterConfig::load(&c.dir).unwrap();
+            let chain = palisade_wire::chain::Chain::load(&c.dir, g.genesis()).unwrap();
+            (g, chain)
+        };
+        let client = Client::connect_at(genesis, chain, vm.clone(), ClientOptions::default());
+        for (request, why) in [(forged, "forged"), (stale, "stale")] {
+            let got = client.invoke_ordered(request.encode()).await.unwrap();
+            match AdminOutcome::decode(&got) {
+                Some(AdminOutcome::Rejected(r)) => match why {
+                    "forged" => assert_eq!(r, Rejection::BadSignature),
+                    _ => assert_eq!(r, Rejection::WrongEpoch { current: 2 }),
+                },
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+    });
+    // Counted by every member (the counters file is written every 100 ms).
+    let start = Instant::now();
+    while c.counter(1, "admin_requests_rejected") < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5), "rejections are counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.counter(1, "admin_requests_accepted"), 2);
+
+    let acked = load.finish();
+    // A client that only read cluster.toml finds the current members.
+    rt().block_on(async {
+        let kv = c.client();
+        for key in &acked {
+            assert!(kv.get(key.clone()).await.unwrap().is_some(), "acknowledged {key} was lost");
+        }
+    });
+    assert!(acked.len() > 150);
+}
