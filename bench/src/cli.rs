@@ -43,6 +43,10 @@ pub(crate) enum RoleCmd {
         /// This replica ran before and lost its votes: it rejoins before voting.
         #[arg(long)]
         rejoin: bool,
+        /// Not a member yet: listen where `joining-<id>.toml` says and wait
+        /// to be admitted.
+        #[arg(long)]
+        join: bool,
         #[command(flatten)]
         tuning: ReplicaTuning,
     },
@@ -122,6 +126,22 @@ pub(crate) struct RunArgs {
     /// disk): it fetches the whole state from its peers and rejoins.
     #[arg(long)]
     pub(crate) restart_empty: bool,
+    /// Admit a new replica (id = `--replicas`, started to join) this many
+    /// seconds into the measurement, with a request signed by the view
+    /// manager.
+    #[arg(long)]
+    pub(crate) add_at: Option<f64>,
+    /// Remove replica `--remove-id` this many seconds into the measurement.
+    #[arg(long)]
+    pub(crate) remove_at: Option<f64>,
+    /// The replica `--remove-at` removes.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) remove_id: u32,
+    /// Grow the cluster to this many replicas before the measurement, by
+    /// one request of the view manager (to compare with a cluster started
+    /// that size).
+    #[arg(long)]
+    pub(crate) grow_to: Option<usize>,
     /// Run the load against an existing cluster (its configuration directory) instead of starting one.
     #[arg(long)]
     pub(crate) cluster: Option<PathBuf>,

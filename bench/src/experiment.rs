@@ -4,12 +4,14 @@
 
 use crate::cli::{parse_sweep, Level, RunArgs};
 use crate::load::{run_load, LoadResult};
-use crate::processes::{current_primary, read_metrics, start_baseline, start_replica, Procs};
-use crate::report::{git_revision, Events, LevelReport, ReplicaStat, Report, WindowStats};
+use crate::processes::{current_primary, read_metrics, start_baseline, start_joiner, start_replica, Procs};
+use crate::report::{git_revision, Change, Events, LevelReport, ReplicaStat, Report, WindowStats};
 use palisade::keygen::{keygen, KeygenOptions};
 use palisade_bench::metrics_file::ReplicaMetrics;
 use palisade_bench::procstat;
+use palisade_core::reconfig::AdminOp;
 use palisade_core::Mode;
+use palisade_core::ReplicaId;
 use palisade_wire::ClusterConfig;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -181,13 +183,61 @@ fn cluster(a: &RunArgs, work: &Path) -> Result<(PathBuf, Option<Procs>), String>
     let dir = work.join("cluster");
     configure(&dir, a.replicas, a.mode.into(), None, a.base_port, a)?;
     let children = (0..a.replicas as u32).map(|i| (i, start_replica(&dir, i, a, false))).collect();
-    Ok((dir, Some(Procs { children })))
+    let mut procs = Procs { children };
+    if let Some(n) = a.grow_to.filter(|n| *n > a.replicas) {
+        grow(&dir, a, &mut procs, n)?;
+    }
+    Ok((dir, Some(procs)))
+}
+
+/// The newest membership the replicas' kept chains show (`cluster.toml`'s
+/// when none moved on).
+fn newest_membership(dir: &Path, cluster: &ClusterConfig) -> palisade_core::Membership {
+    let genesis = cluster.genesis();
+    let newest = (0..256u32)
+        .filter_map(|id| palisade_wire::chain::Chain::load(&dir.join(format!("data-{id}")), genesis.clone()).ok())
+        .map(|c| c.newest().clone())
+        .max_by_key(|c| c.epoch);
+    newest.map_or_else(|| cluster.membership.clone(), |c| c.membership())
+}
+
+/// Grows the cluster in `dir` to `n` replicas with one request of the view
+/// manager, and waits until every member serves the new epoch.
+fn grow(dir: &Path, a: &RunArgs, procs: &mut Procs, n: usize) -> Result<(), String> {
+    let new: Vec<u32> = (a.replicas as u32..n as u32).collect();
+    let ops = new.iter().map(|id| joiner(dir, *id, a, procs)).collect::<Result<Vec<_>, _>>()?;
+    let next = match palisade::admin::reconfigure(dir, ops, 60_000).map_err(|e| e.to_string())? {
+        palisade_core::reconfig::AdminOutcome::Accepted { next, .. } => next,
+        palisade_core::reconfig::AdminOutcome::Rejected(why) => return Err(format!("growing to {n}: {why}")),
+    };
+    let start = Instant::now();
+    let all: Vec<u32> = next.members.iter().map(|m| m.id.0).collect();
+    while !all.iter().all(|id| read_metrics(dir, *id).is_some_and(|m| m.epoch == next.epoch)) {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!("the members of epoch {} did not all start it within 60 s", next.epoch));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Writes replica `id`'s key and starts it to join; returns the operation
+/// that admits it.
+fn joiner(dir: &Path, id: u32, a: &RunArgs, procs: &mut Procs) -> Result<AdminOp, String> {
+    let address = format!("127.0.0.1:{}", a.base_port + id as u16);
+    let (_, public) = palisade::admin::write_new_replica(dir, id, &address)?;
+    let key = palisade_wire::keys::parse_public(&public, "key").map_err(|e| e.to_string())?;
+    procs.children.insert(id, start_joiner(dir, id, a));
+    Ok(AdminOp::Add { id: ReplicaId(id), address, public_key: key.to_bytes() })
 }
 
 fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
     let levels = levels(a)?;
     let (dir, procs) = cluster(a, work)?;
+    // Clients start from cluster.toml and learn any later membership (a
+    // grown cluster's) from the replicas; the report names the newest.
     let cluster = ClusterConfig::load(&dir).map_err(|e| e.to_string())?;
+    let newest = newest_membership(&dir, &cluster);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.client_threads.max(1))
         .enable_all()
@@ -199,6 +249,7 @@ fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
         killed: Arc::new(Mutex::new(None)),
         killed_all: Arc::new(Mutex::new(false)),
         caught_up_at: Arc::new(Mutex::new(None)),
+        changes: Arc::new(Mutex::new(Vec::new())),
     };
     let ids: Vec<u32> = cluster.replicas.keys().map(|r| r.0).collect();
     let mut reports = Vec::new();
@@ -207,7 +258,7 @@ fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
         None => None,
     };
     for level in levels {
-        let label = format!("palisade n={} {}x{}", cluster.membership.n(), level.clients, level.outstanding);
+        let label = format!("palisade n={} {}x{}", newest.n(), level.clients, level.outstanding);
         let pids = shared.procs.lock().as_ref().map(Procs::pids).unwrap_or_default();
         let sampler = Sampler { dir: dir.clone(), ids: ids.clone(), pids, args: a.clone(), shared: shared.clone() };
         let sampler = rt.spawn(sampler.run());
@@ -221,6 +272,7 @@ fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
         killed: *shared.killed.lock(),
         restart_at_s: a.restart_at,
         caught_up_at_s: *shared.caught_up_at.lock(),
+        changes: shared.changes.lock().clone(),
     };
     drop(shared.procs.lock().take());
 
@@ -229,20 +281,22 @@ fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
     let with_baseline = !a.no_baseline && a.service == crate::cli::ServiceArg::Echo;
     let baseline = if with_baseline { Some(baseline(a, work, best.level, &rt)?) } else { None };
     let baseline_ratio = baseline.as_ref().map(|b| best.palisade.ops_per_sec / b.ops_per_sec.max(1.0));
-    Ok(Report {
+    let mut report = Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         git_revision: git_revision(),
         date_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         cpu_model,
         cores,
-        n: cluster.membership.n(),
-        f: cluster.membership.f(),
+        n: newest.n(),
+        f: newest.f(),
         args: a.clone(),
         levels: reports,
         baseline,
         baseline_ratio,
         events,
-    })
+    };
+    report.measure_stalls();
+    Ok(report)
 }
 
 /// The unreplicated baseline at `level`, in the same invocation.
@@ -262,6 +316,8 @@ struct Shared {
     killed: Arc<Mutex<Option<u32>>>,
     killed_all: Arc<Mutex<bool>>,
     caught_up_at: Arc<Mutex<Option<f64>>>,
+    /// Membership changes made during the measurement.
+    changes: Arc<Mutex<Vec<Change>>>,
 }
 
 /// Samples the replicas over one level's measurement window and injects
@@ -287,6 +343,7 @@ impl Sampler {
         let mut queue_depth_max: BTreeMap<String, u64> = BTreeMap::new();
         let (mut kill_at, mut restart_at) = (self.args.kill_primary_at, self.args.restart_at);
         let mut kill_all_at = self.args.kill_all_at;
+        let (mut add_at, mut remove_at) = (self.args.add_at, self.args.remove_at);
         while t0.elapsed() < duration {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let t = t0.elapsed().as_secs_f64();
@@ -301,6 +358,24 @@ impl Sampler {
             if restart_at.is_some_and(|at| t >= at) {
                 restart_at = None;
                 self.restart_killed();
+            }
+            if add_at.is_some_and(|at| t >= at) {
+                add_at = None;
+                let id = self.args.replicas as u32;
+                let op = {
+                    let mut procs = self.shared.procs.lock();
+                    procs.as_mut().map(|p| joiner(&self.dir, id, &self.args, p))
+                };
+                match op {
+                    Some(Ok(op)) => self.change(t, format!("r{id} added"), op),
+                    Some(Err(e)) => eprintln!("palisade-bench: cannot add replica {id}: {e}"),
+                    None => {}
+                }
+            }
+            if remove_at.is_some_and(|at| t >= at) {
+                remove_at = None;
+                let id = self.args.remove_id;
+                self.change(t, format!("r{id} removed"), AdminOp::Remove { id: ReplicaId(id) });
             }
             if self.args.restart_at.is_some_and(|at| t > at) && self.shared.caught_up_at.lock().is_none() {
                 self.note_caught_up(t);
@@ -326,6 +401,30 @@ impl Sampler {
             }
             *self.shared.killed.lock() = Some(p);
         }
+    }
+
+    /// Sends `op` for the view manager in the background (the sampler keeps
+    /// its beat), and notes when it was sent and what the cluster said.
+    fn change(&self, t: f64, label: String, op: AdminOp) {
+        let (dir, changes) = (self.dir.clone(), self.shared.changes.clone());
+        let sent = Instant::now();
+        std::thread::spawn(move || {
+            let outcome = match palisade::admin::reconfigure(&dir, vec![op], 30_000) {
+                Ok(palisade_core::reconfig::AdminOutcome::Accepted { next, boundary }) => {
+                    format!(
+                        "accepted: epoch {} after {}, {} members, f = {}",
+                        next.epoch,
+                        boundary.0,
+                        next.members.len(),
+                        next.f
+                    )
+                }
+                Ok(palisade_core::reconfig::AdminOutcome::Rejected(why)) => format!("rejected: {why}"),
+                Err(e) => format!("no outcome: {e}"),
+            };
+            let answered_s = sent.elapsed().as_secs_f64();
+            changes.lock().push(Change { at_s: t, label, outcome, answered_s, stall_s: None });
+        });
     }
 
     /// SIGKILL to every replica at once.

@@ -20,8 +20,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.role {
-        Some(RoleCmd::Server { config, id, service, metrics_file, rejoin, tuning }) => {
-            server::replica(&config, id, &service, metrics_file, rejoin, &tuning)
+        Some(RoleCmd::Server { config, id, service, metrics_file, rejoin, join, tuning }) => {
+            server::replica(&config, id, &service, metrics_file, (rejoin, join), &tuning)
         }
         Some(RoleCmd::BaselineServer { config }) => server::baseline(&config),
         None => experiment::run(cli.run),

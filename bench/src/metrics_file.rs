@@ -9,6 +9,9 @@ use std::path::Path;
 /// A replica's state and counters at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaMetrics {
+    /// Membership epoch of its current core.
+    #[serde(default)]
+    pub epoch: u64,
     /// Current view.
     pub view: u64,
     /// Whether this replica is the primary of it.

@@ -41,11 +41,20 @@ fn metrics_path(dir: &Path, id: u32) -> PathBuf {
 /// Starts replica `id` of the cluster in `dir` as a server process;
 /// `again` when it ran before and so lost its votes.
 pub(crate) fn start_replica(dir: &Path, id: u32, a: &RunArgs, again: bool) -> Child {
+    start_server(dir, id, a, if again { Some("--rejoin") } else { None })
+}
+
+/// Starts replica `id`, not yet a member, to join the cluster in `dir`.
+pub(crate) fn start_joiner(dir: &Path, id: u32, a: &RunArgs) -> Child {
+    start_server(dir, id, a, Some("--join"))
+}
+
+fn start_server(dir: &Path, id: u32, a: &RunArgs, flag: Option<&str>) -> Child {
     Command::new(std::env::current_exe().expect("own path"))
         .args(["server", "--config", dir.to_str().expect("utf-8 path"), "--id", &id.to_string()])
         .args(["--metrics-file", metrics_path(dir, id).to_str().expect("utf-8 path")])
         .args(["--service", a.service.name()])
-        .args(again.then_some("--rejoin"))
+        .args(flag)
         .args(a.tuning.to_args())
         .stderr(Stdio::null())
         .spawn()

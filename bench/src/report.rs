@@ -61,6 +61,23 @@ pub(crate) struct Events {
     /// When the restarted replica had caught up with the others (and, if it
     /// had lost its votes, rejoined), seconds into the measurement.
     pub(crate) caught_up_at_s: Option<f64>,
+    /// Membership changes made during the measurement.
+    pub(crate) changes: Vec<Change>,
+}
+
+/// A membership change the run made, and what clients saw of it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct Change {
+    /// When the view manager sent it, seconds into the measurement.
+    pub(crate) at_s: f64,
+    pub(crate) label: String,
+    /// What the cluster answered.
+    pub(crate) outcome: String,
+    /// How long the view manager waited for that answer.
+    pub(crate) answered_s: f64,
+    /// The longest time no client operation completed, from the change on
+    /// (see [`Report::stall_after`]).
+    pub(crate) stall_s: Option<f64>,
 }
 
 /// Everything a run measured, as written to results.json.
@@ -186,12 +203,44 @@ impl Report {
             );
         }
         if let Some(k) = self.events.killed {
+            let at = self.events.kill_primary_at_s.unwrap_or(0.0);
             println!(
-                "killed the primary (replica {k}) at {:.1} s; restart at {:?} s; caught up and voting at {:?} s",
-                self.events.kill_primary_at_s.unwrap_or(0.0),
+                "killed the primary (replica {k}) at {at:.1} s (clients stalled {:?} s); restart at {:?} s (stalled {:?} s); caught up and voting at {:?} s",
+                self.stall_after(at),
                 self.events.restart_at_s,
+                self.events.restart_at_s.and_then(|r| self.stall_after(r)),
                 self.events.caught_up_at_s
             );
+        }
+        for c in &self.events.changes {
+            println!(
+                "{} at {:.1} s: {} after {:.2} s; clients stalled {:?} s",
+                c.label, c.at_s, c.outcome, c.answered_s, c.stall_s
+            );
+        }
+    }
+
+    /// The client-visible stall after an event at `t`: the longest run of
+    /// 100 ms buckets without a completed operation (of the first level's
+    /// timeline) that starts within 5 s of `t`. A stall shorter than one
+    /// bucket reads 0.
+    pub(crate) fn stall_after(&self, t: f64) -> Option<f64> {
+        let timeline = &self.levels.first()?.palisade.timeline;
+        let from = ((self.args.warmup + t) * 10.0) as usize;
+        let (mut best, mut i) = (0usize, from);
+        while i < timeline.len().min(from + 50) {
+            let run = timeline[i..].iter().take_while(|c| **c == 0).count();
+            best = best.max(run);
+            i += run.max(1);
+        }
+        Some(best as f64 / 10.0)
+    }
+
+    /// Fills in each membership change's stall.
+    pub(crate) fn measure_stalls(&mut self) {
+        let stalls: Vec<Option<f64>> = self.events.changes.iter().map(|c| self.stall_after(c.at_s)).collect();
+        for (c, s) in self.events.changes.iter_mut().zip(stalls) {
+            c.stall_s = s;
         }
     }
 
@@ -251,6 +300,9 @@ impl Report {
         }
         if let (Some(_), Some(at)) = (self.events.killed, self.events.caught_up_at_s) {
             events.push(svg::Event { x: warmup + at, label: "caught up, voting".into() });
+        }
+        for c in &self.events.changes {
+            events.push(svg::Event { x: warmup + c.at_s, label: c.label.clone() });
         }
         let title = format!("Throughput over time: {}", self.shape());
         svg::line_chart(&title, "time (s)", "ops/s (100 ms buckets)", &series, &events)

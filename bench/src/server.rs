@@ -20,13 +20,13 @@ fn fail(role: &str, e: impl std::fmt::Display) -> ExitCode {
 /// Runs replica `id` of the cluster in `config`, writing its metrics to
 /// `metrics_file` every 250 ms, until killed. `rejoin` says it ran before:
 /// unless its data directory brings its votes back, it rejoins before
-/// voting again.
+/// voting again. `join`: it is not a member yet, and waits to be admitted.
 pub(crate) fn replica(
     config: &Path,
     id: u32,
     service: &str,
     metrics_file: Option<PathBuf>,
-    rejoin: bool,
+    (rejoin, join): (bool, bool),
     s: &ReplicaTuning,
 ) -> ExitCode {
     let cluster = match ClusterConfig::load(config) {
@@ -49,6 +49,12 @@ pub(crate) fn replica(
     }
     cfg.durability = s.durability;
     cfg.data_dir = Some(config.join(format!("data-{id}")));
+    if join {
+        cfg.listen = match palisade::admin::joining_address(config, me) {
+            Ok(a) => Some(a),
+            Err(e) => return fail("server", e),
+        };
+    }
     let service = registry::find(service).expect("clap checked the name");
     let handle = match (service.spawn)(&cluster, me, key, cfg) {
         Ok(h) => h,
@@ -59,6 +65,7 @@ pub(crate) fn replica(
         if let Some(path) = &metrics_file {
             let c = handle.metrics().core.lock().clone();
             let metrics = ReplicaMetrics {
+                epoch: c.epoch,
                 view: c.view,
                 primary: c.primary,
                 normal: c.normal,

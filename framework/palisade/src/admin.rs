@@ -25,34 +25,38 @@ pub fn joining_file(dir: &Path, id: ReplicaId) -> PathBuf {
 /// `palisade keygen --new-replica`: a key for a replica that is not a
 /// member yet, and the line that admits it.
 pub fn new_replica(out: &Path, id: u32, address: &str, config: &Path) -> ExitCode {
-    let me = ReplicaId(id);
-    if resolve(address).is_none() {
-        return fail(EXIT_USAGE, format!("--address {address:?} is not host:port"));
-    }
-    if let Err(e) = std::fs::create_dir_all(out) {
-        return fail(EXIT_USAGE, format!("{}: {e}", out.display()));
-    }
-    let key_file = crate::keygen::replica_key_file(out, me);
-    let key = keys::generate(&mut rand_core::OsRng);
-    if let Err(e) = keys::write_secret(&key_file, &key) {
-        return fail(EXIT_USAGE, e);
-    }
-    let joining = joining_file(out, me);
-    if let Err(e) = std::fs::write(&joining, format!("id = {id}\naddress = {address:?}\n")) {
-        return fail(EXIT_USAGE, format!("{}: {e}", joining.display()));
-    }
-    let public = keys::public_hex(&key.verifying_key());
-    let public_file = out.join(format!("replica-{id}.pub"));
-    if let Err(e) = std::fs::write(&public_file, format!("{public}\n")) {
-        return fail(EXIT_USAGE, format!("{}: {e}", public_file.display()));
-    }
-    println!("wrote {}, {} and {}", key_file.display(), public_file.display(), joining.display());
+    let (key_file, public) = match write_new_replica(out, id, address) {
+        Ok(x) => x,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    println!("wrote {} with replica-{id}.pub and joining-{id}.toml", key_file.display());
     println!("start it:  palisade replica --config {} --id {id} --service SERVICE --join", config.display());
     println!(
         "admit it:  palisade admin add --id {id} --address {address} --public-key {public} --config {}",
         config.display()
     );
     ExitCode::SUCCESS
+}
+
+/// Writes a new replica's secret key (`replica-<id>.key`, never
+/// overwritten), its public key (`replica-<id>.pub`, hex) and where it
+/// listens (`joining-<id>.toml`); returns the key file and the public key.
+pub fn write_new_replica(out: &Path, id: u32, address: &str) -> Result<(PathBuf, String), String> {
+    let me = ReplicaId(id);
+    if resolve(address).is_none() {
+        return Err(format!("--address {address:?} is not host:port"));
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let key_file = crate::keygen::replica_key_file(out, me);
+    let key = keys::generate(&mut rand_core::OsRng);
+    keys::write_secret(&key_file, &key).map_err(|e| e.to_string())?;
+    let joining = joining_file(out, me);
+    std::fs::write(&joining, format!("id = {id}\naddress = {address:?}\n"))
+        .map_err(|e| format!("{}: {e}", joining.display()))?;
+    let public = keys::public_hex(&key.verifying_key());
+    let public_file = out.join(format!("replica-{id}.pub"));
+    std::fs::write(&public_file, format!("{public}\n")).map_err(|e| format!("{}: {e}", public_file.display()))?;
+    Ok((key_file, public))
 }
 
 /// Where a replica started with `--join` listens, from its joining file.
