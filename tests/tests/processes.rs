@@ -8,89 +8,20 @@
 //! The replicas run `test-replica`, which is `palisade replica --service kv`
 //! (the same code) writing its counters to a file these tests read.
 
-use palisade::keygen::{keygen, KeygenOptions};
 use palisade_client::{Client, ClientOptions};
 use palisade_core::Mode;
 use palisade_services::kv::KvClient;
 use palisade_wire::{keys, ClusterConfig};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_test-replica");
+mod common;
 
-/// A replica process; SIGKILLed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Cluster {
-    dir: PathBuf,
-    procs: BTreeMap<u32, Proc>,
-}
+use common::Cluster;
 
 impl Cluster {
     fn new(tag: &str, port: u16) -> Cluster {
-        let dir = std::env::temp_dir().join(format!("palisade-proc-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let opts = KeygenOptions {
-            replicas: 4,
-            out: dir.clone(),
-            mode: Mode::Bft,
-            f: None,
-            addresses: vec![],
-            base_port: port,
-            cluster_id: None,
-            request_auth: palisade_wire::RequestAuth::default(),
-        };
-        keygen(&opts).unwrap();
-        Cluster { dir, procs: BTreeMap::new() }
-    }
-
-    /// Starts replica `id` with `flags`; its stderr goes to `stderr-<id>.txt`.
-    fn start(&mut self, id: u32, flags: &[&str]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("stderr-{id}.txt")))
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["--config", self.dir.to_str().unwrap(), "--id", &id.to_string()])
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start a replica");
-        self.procs.insert(id, Proc(child));
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self, id: u32) {
-        drop(self.procs.remove(&id));
-    }
-
-    fn stderr(&self, id: u32) -> String {
-        std::fs::read_to_string(self.dir.join(format!("stderr-{id}.txt"))).unwrap_or_default()
-    }
-
-    fn counters(&self, id: u32) -> BTreeMap<String, u64> {
-        let text = std::fs::read_to_string(self.dir.join(format!("counters-{id}.txt"))).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect()
-    }
-
-    fn counter(&self, id: u32, name: &str) -> u64 {
-        self.counters(id).get(name).copied().unwrap_or(0)
+        Cluster::configure(tag, 4, Mode::Bft, port)
     }
 
     /// Keeps the cluster busy (small puts, so that checkpoints keep coming)
@@ -122,13 +53,6 @@ impl Cluster {
         let config = ClusterConfig::load(&self.dir).unwrap();
         let opts = ClientOptions { timeout_ms: 60_000, ..ClientOptions::default() };
         KvClient::new(Client::connect(config, keys::generate(&mut rand_core::OsRng), opts))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.procs.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -8,78 +8,31 @@
 //!
 //! The replicas run `test-replica` (`palisade replica --service kv`).
 
-use palisade::admin::{new_replica, reconfigure};
-use palisade::keygen::{keygen, KeygenOptions};
+use palisade::admin::{reconfigure, write_new_replica};
 use palisade_client::{Client, ClientOptions};
 use palisade_core::reconfig::{AdminBody, AdminOp, AdminOutcome, Rejection};
 use palisade_core::{Mode, ReplicaId};
 use palisade_services::kv::KvClient;
 use palisade_wire::{keys, ClusterConfig};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_test-replica");
+mod common;
 
-/// A replica process; SIGKILLed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Cluster {
-    dir: PathBuf,
-    port: u16,
-    procs: BTreeMap<u32, Proc>,
-    /// How long removed replicas serve on.
-    grace_ms: u64,
-}
+use common::Cluster;
 
 impl Cluster {
+    /// `n` replicas started, each serving laggards `grace_ms` after it is
+    /// removed.
     fn new(tag: &str, n: usize, mode: Mode, port: u16, grace_ms: u64) -> Cluster {
-        let dir = std::env::temp_dir().join(format!("palisade-reconf-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let opts = KeygenOptions {
-            replicas: n,
-            out: dir.clone(),
-            mode,
-            f: None,
-            addresses: vec![],
-            base_port: port,
-            cluster_id: None,
-            request_auth: palisade_wire::RequestAuth::default(),
-        };
-        keygen(&opts).unwrap();
-        let mut c = Cluster { dir, port, procs: BTreeMap::new(), grace_ms };
+        let mut c = Cluster::configure(&format!("reconf-{tag}"), n, mode, port);
+        c.flags = vec!["--leave-grace-ms".into(), grace_ms.to_string()];
         for id in 0..n as u32 {
             c.start(id, &[]);
         }
         c
-    }
-
-    fn start(&mut self, id: u32, flags: &[&str]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("stderr-{id}.txt")))
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["--config", self.dir.to_str().unwrap(), "--id", &id.to_string()])
-            .args(["--leave-grace-ms", &self.grace_ms.to_string()])
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start a replica");
-        self.procs.insert(id, Proc(child));
     }
 
     /// Writes replica `id`'s key, starts it to join, and admits it.
@@ -92,7 +45,7 @@ impl Cluster {
     /// operation that admits it.
     fn joiner(&mut self, id: u32) -> AdminOp {
         let address = format!("127.0.0.1:{}", self.port + id as u16);
-        let _ = new_replica(&self.dir, id, &address, &self.dir);
+        write_new_replica(&self.dir, id, &address).unwrap();
         self.start(id, &["--join"]);
         let key = keys::read_secret(&self.dir.join(format!("replica-{id}.key"))).unwrap();
         AdminOp::Add { id: ReplicaId(id), address, public_key: key.verifying_key().to_bytes() }
@@ -104,19 +57,6 @@ impl Cluster {
             AdminOutcome::Accepted { next, .. } => (next.epoch, next.members.len(), next.f),
             other => panic!("{ops:?}: {other:?}"),
         }
-    }
-
-    fn stderr(&self, id: u32) -> String {
-        std::fs::read_to_string(self.dir.join(format!("stderr-{id}.txt"))).unwrap_or_default()
-    }
-
-    fn counter(&self, id: u32, name: &str) -> u64 {
-        let text = std::fs::read_to_string(self.dir.join(format!("counters-{id}.txt"))).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| l.split_once(' '))
-            .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0)
     }
 
     /// Waits until every replica in `ids` reports epoch `epoch`.
@@ -143,13 +83,6 @@ impl Cluster {
     /// Whether process `id` has exited, and how.
     fn exited(&mut self, id: u32) -> Option<std::process::ExitStatus> {
         self.procs.get_mut(&id).and_then(|p| p.0.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.procs.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -293,6 +226,22 @@ fn a_replica_joins_the_primary_leaves_and_nothing_acknowledged_is_lost() {
     }
     assert_eq!(c.counter(1, "admin_requests_accepted"), 2);
 
+    // A member restarted from its disk comes back in epoch 2 with its
+    // votes, and is then needed: with replica 3 gone too, epoch 2's
+    // quorum of 3 includes it.
+    c.kill(2);
+    c.start(2, &[]);
+    c.wait_epoch(&[2], 2, Duration::from_secs(30));
+    let start = Instant::now();
+    while c.counter(2, "delivered") < c.counter(1, "delivered") || c.counter(2, "rejoining") == 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "replica 2 did not catch up:\n{}", c.stderr(2));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.stderr(2).contains("recovered from"), "{}", c.stderr(2));
+    assert!(!c.stderr(2).contains("without its votes"), "{}", c.stderr(2));
+    c.kill(3);
+    progress(&load, 30, Duration::from_secs(30), "with the restarted replica needed for a quorum");
+
     let acked = load.finish();
     // A client that only read cluster.toml finds the current members.
     rt().block_on(async {
@@ -352,16 +301,22 @@ fn a_crash_tolerant_cluster_grows_and_replaces_every_original_member() {
     progress(&load, 30, Duration::from_secs(30), "before any change");
 
     // 3 to 5 replicas: f goes from 1 to 2.
+    // (One change at a time: the next is sent once the last is handed
+    // over, or it is refused with ChangePending.)
     let add3 = c.joiner(3);
     assert_eq!(c.change(vec![add3]), (1, 4, 1));
+    c.wait_epoch(&[1, 2, 3], 1, Duration::from_secs(30));
     let add4 = c.joiner(4);
     assert_eq!(c.change(vec![add4]), (2, 5, 2));
     settled(&c, &load, &[0, 1, 2, 3, 4], 2, "at 5 replicas");
     // Then every original member goes.
     assert_eq!(c.change(vec![AdminOp::Remove { id: ReplicaId(0) }, AdminOp::SetF { f: 1 }]), (3, 4, 1));
+    c.wait_epoch(&[1, 2, 3, 4], 3, Duration::from_secs(30));
     assert_eq!(c.change(vec![AdminOp::Remove { id: ReplicaId(1) }]), (4, 3, 1));
+    c.wait_epoch(&[2, 3, 4], 4, Duration::from_secs(30));
     let add5 = c.joiner(5);
     assert_eq!(c.change(vec![add5]), (5, 4, 1));
+    c.wait_epoch(&[2, 3, 4, 5], 5, Duration::from_secs(30));
     assert_eq!(c.change(vec![AdminOp::Remove { id: ReplicaId(2) }]), (6, 3, 1));
     settled(&c, &load, &[3, 4, 5], 6, "with no original member");
 
@@ -389,6 +344,7 @@ fn a_crashed_primary_is_replaced_by_a_change_ordered_during_the_view_change() {
     drop(c.procs.remove(&0));
     let add4 = c.joiner(4);
     assert_eq!(c.change(vec![add4]), (1, 5, 1));
+    c.wait_epoch(&[1, 2, 3, 4], 1, Duration::from_secs(30));
     assert_eq!(c.change(vec![AdminOp::Remove { id: ReplicaId(0) }]), (2, 4, 1));
     settled(&c, &load, &[1, 2, 3, 4], 2, "without the crashed primary");
     let acked = load.finish();

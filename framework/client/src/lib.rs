@@ -437,10 +437,13 @@ impl Inner {
     /// members. A link that does not check changes nothing.
     fn adopt(self: &Arc<Self>, links: Vec<palisade_core::reconfig::Handover>) {
         let mut m = self.members.write();
-        if !matches!(m.chain.extend(links), Ok(n) if n > 0) {
+        let mut chain = m.chain.clone();
+        if !matches!(chain.extend(links), Ok(n) if n > 0) {
             return;
         }
-        let Ok(cluster) = m.genesis.at(m.chain.newest()) else { return };
+        // Nothing changes unless the new members can be reached.
+        let Ok(cluster) = m.genesis.at(chain.newest()) else { return };
+        m.chain = chain;
         m.membership = cluster.membership.clone();
         m.cluster = cluster;
         if let Some(dir) = &self.opts.keep_chain_in {
@@ -562,6 +565,11 @@ const BUSY: Duration = Duration::from_micros(200);
 async fn connection(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox: mpsc::Receiver<Out>) {
     let mut backoff = Duration::from_millis(50);
     loop {
+        // A replica no longer a member had its outbox dropped: this
+        // connection's task ends (a new one starts if it is added again).
+        if outbox.is_closed() {
+            return;
+        }
         let Some(me) = inner.upgrade() else { return };
         let (address, keyring, cluster, max_frame, epoch) = {
             let m = me.members.read();

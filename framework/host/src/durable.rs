@@ -230,9 +230,6 @@ pub fn recover<S: Service, D: Dir>(
     // records and its peers. At most one interval's batches are held.
     let mut waiting: BTreeMap<SeqNo, Vec<(u64, ViewNo, Arc<Batch>)>> = BTreeMap::new();
     let mut replayed_to = executed;
-    // Set when an interval cannot be replayed (a batch of the state's
-    // epoch missing): nothing after it can be either.
-    let mut stuck = false;
     let mut quiet = Quiet { checkpoints: Vec::new() };
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
     let (mut journal, rec) = Journal::open_with(dir, wal, |epoch, seq, view, batch| {
@@ -241,7 +238,7 @@ pub fn recover<S: Service, D: Dir>(
         // past a gap (a state fetched and not yet snapshotted, snapshots
         // refused) can never be reached, and is not held.
         let run_end = waiting.last_key_value().map_or(replayed_to, |(s, _)| *s);
-        if stuck || seq <= replayed_to || seq > run_end.next() {
+        if seq <= replayed_to || seq > run_end.next() {
             return Ok(());
         }
         let held = waiting.entry(seq).or_default();
@@ -256,15 +253,18 @@ pub fn recover<S: Service, D: Dir>(
         // Epochs change only at checkpoints, so one interval's batches are
         // all of the epoch the state is in at its start; one an epoch's
         // core delivered past that epoch's end is void, as in execution.
+        // An interval whose batches of the state's epoch are not all in yet
+        // (the previous epoch's core logged void ones first) waits for them.
         let epoch = execution.epoch();
-        let interval: Vec<(SeqNo, ViewNo, Arc<Batch>)> = std::mem::take(&mut waiting)
+        let complete = waiting.range(..=boundary).filter(|(_, held)| held.iter().any(|(e, _, _)| *e == epoch)).count();
+        if complete as u64 != boundary.0 - replayed_to.0 {
+            return Ok(());
+        }
+        let later = waiting.split_off(&boundary.next());
+        let interval: Vec<(SeqNo, ViewNo, Arc<Batch>)> = std::mem::replace(&mut waiting, later)
             .into_iter()
             .filter_map(|(s, held)| held.into_iter().find(|(e, _, _)| *e == epoch).map(|(_, v, b)| (s, v, b)))
             .collect();
-        if interval.len() as u64 != boundary.0 - replayed_to.0 {
-            stuck = true;
-            return Ok(());
-        }
         for (seq, view, batch) in interval {
             execution.handle(ExecCommand::Deliver { epoch, seq, view, batch }, &mut quiet).map_err(invalid)?;
             report.replayed += 1;

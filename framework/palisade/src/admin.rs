@@ -157,8 +157,9 @@ impl std::fmt::Display for Failure {
 /// Asks the cluster configured in `config` to carry out `ops`, signed with
 /// `config/view-manager.key`, in the newest epoch known (the links saved
 /// beside the configuration, and any the replicas tell), and waits for
-/// the outcome. A request the cluster finds written for an older epoch is
-/// written again, at most twice, once the client has learned the newer one.
+/// the outcome. A request the cluster finds written for an older epoch, or
+/// with a nonce not above the last one used, is written again (at most
+/// twice) for the epoch the client has learned by then, above that nonce.
 pub fn reconfigure(config: &Path, ops: Vec<AdminOp>, timeout_ms: u64) -> Result<AdminOutcome, Failure> {
     let genesis = palisade_wire::ClusterConfig::load(config).map_err(|e| Failure::Usage(e.to_string()))?;
     let chain = Chain::load(config, genesis.genesis()).map_err(|e| Failure::Usage(e.to_string()))?;
@@ -175,11 +176,13 @@ pub fn reconfigure(config: &Path, ops: Vec<AdminOp>, timeout_ms: u64) -> Result<
     rt.block_on(async {
         let client = Client::connect_at(genesis, chain, vm.clone(), opts);
         settle(&client, timeout_ms).await;
-        let mut tries = 0;
+        let (mut tries, mut above) = (0, 0);
         loop {
             tries += 1;
             let epoch = client.epoch();
-            let body = AdminBody { cluster: cluster_id, epoch, nonce: nonce(), ops: ops.clone() };
+            // Above the clock, and above the last nonce the cluster saw (a
+            // view manager whose clock is behind catches up on the retry).
+            let body = AdminBody { cluster: cluster_id, epoch, nonce: nonce().max(above + 1), ops: ops.clone() };
             let request = palisade_wire::verify::sign_admin(&vm, body);
             let result =
                 client.invoke_ordered(request.encode()).await.map_err(|e| Failure::Unavailable(e.to_string()))?;
@@ -187,6 +190,7 @@ pub fn reconfigure(config: &Path, ops: Vec<AdminOp>, timeout_ms: u64) -> Result<
                 Some(AdminOutcome::Rejected(Rejection::WrongEpoch { current })) if tries < 3 && current > epoch => {
                     settle(&client, timeout_ms).await;
                 }
+                Some(AdminOutcome::Rejected(Rejection::NonceReused { last })) if tries < 3 => above = last,
                 Some(outcome) => return Ok(outcome),
                 None => return Err(Failure::Unavailable("the answer is not a reconfiguration outcome".into())),
             }

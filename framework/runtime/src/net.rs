@@ -615,7 +615,7 @@ async fn dial_while_wanted(net: Arc<Net>, to: ReplicaId, address: SocketAddr, ke
         if let Ok(Ok((stream, session))) = tokio::time::timeout(net.handshake_timeout, attempt).await {
             backoff = Duration::from_millis(50);
             let addr = Connection::start(net.clone(), Kind::ToReplica(to), stream, session);
-            while addr.connected() {
+            while addr.connected() && wanted() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -9,6 +9,7 @@ use crate::runner::Stage;
 use crate::shared::{CurrentView, PublishedChain};
 use crate::storage::{DurableMarks, StorageCmd};
 use bytes::Bytes;
+use palisade_core::reconfig::Handover;
 use palisade_core::{ClientId, Crypto, Input, PeerMessage, Record, ReplicaId, Request, RequestId};
 use palisade_host::{ClientMail, ConsensusIo, EpochHost, ExecCommand, Reconfigured};
 use palisade_storage::Entry;
@@ -174,6 +175,15 @@ impl ConsensusIo for Wiring<'_> {
         self.queue(to, body);
     }
 
+    fn epoch_started(&mut self, link: &Handover) {
+        // Before the new core's records, in every mode that keeps a
+        // journal: a restart must know whose records follow, and which
+        // epoch's core to bring back.
+        if let Some(j) = self.journal.as_deref_mut() {
+            j.pending.push(Entry::Epoch(link.clone()));
+        }
+    }
+
     fn broadcast(&mut self, to: &[ReplicaId], epoch: u64, msg: &PeerMessage) {
         #[cfg(feature = "byzantine")]
         let forged;
@@ -285,7 +295,9 @@ impl<C: Crypto> Consensus<C> {
         if epochs != ms.peer_epochs {
             let me = self.host.core().id();
             let mut peers: Vec<PeerAddress> = Vec::new();
-            for c in configs {
+            // Newest first: a replica removed and added again under the same
+            // id is reached at its new address, with its new key.
+            for c in configs.iter().rev() {
                 for m in &c.members {
                     let Some(address) = palisade_wire::chain::resolve(&m.address) else { continue };
                     let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&m.public_key) else { continue };
@@ -307,7 +319,9 @@ impl<C: Crypto> Consensus<C> {
                     eprintln!("palisade: cannot keep the chain of epochs in {}: {e}", dir.display());
                 }
             }
-            let new = chain[ms.published..].to_vec();
+            // At most one answer's worth: a client that needs older links asks.
+            let from = ms.published.max(chain.len().saturating_sub(palisade_host::epochs::LINKS_PER_ANSWER));
+            let new = chain[from..].to_vec();
             let n = new.len() as u64;
             let clients = self.egress.to_all_clients(self.egress.client_body(&ReplicaMessage::Chain(new)));
             RuntimeMetrics::add(&self.metrics.counters.chain_links_sent, clients as u64 * n);
