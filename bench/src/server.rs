@@ -50,7 +50,7 @@ pub(crate) fn replica(
     cfg.durability = s.durability;
     cfg.data_dir = Some(config.join(format!("data-{id}")));
     if join {
-        cfg.listen = match palisade::admin::joining_address(config, me) {
+        cfg.listen = match palisade::keygen::joining_address(config, me) {
             Ok(a) => Some(a),
             Err(e) => return fail("server", e),
         };

@@ -16,12 +16,6 @@ use std::time::{Duration, Instant};
 /// Exit code when the cluster refused a reconfiguration.
 pub const EXIT_REJECTED: u8 = 1;
 
-/// The file `keygen --new-replica` writes beside the key: where the new
-/// replica listens, for `palisade replica --join`.
-pub fn joining_file(dir: &Path, id: ReplicaId) -> PathBuf {
-    dir.join(format!("joining-{}.toml", id.0))
-}
-
 /// `palisade keygen --new-replica`: a key for a replica that is not a
 /// member yet, and the line that admits it.
 pub fn new_replica(out: &Path, id: u32, address: &str, config: &Path) -> ExitCode {
@@ -50,32 +44,13 @@ pub fn write_new_replica(out: &Path, id: u32, address: &str) -> Result<(PathBuf,
     let key_file = crate::keygen::replica_key_file(out, me);
     let key = keys::generate(&mut rand_core::OsRng);
     keys::write_secret(&key_file, &key).map_err(|e| e.to_string())?;
-    let joining = joining_file(out, me);
+    let joining = crate::keygen::joining_file(out, me);
     std::fs::write(&joining, format!("id = {id}\naddress = {address:?}\n"))
         .map_err(|e| format!("{}: {e}", joining.display()))?;
     let public = keys::public_hex(&key.verifying_key());
     let public_file = out.join(format!("replica-{id}.pub"));
     std::fs::write(&public_file, format!("{public}\n")).map_err(|e| format!("{}: {e}", public_file.display()))?;
     Ok((key_file, public))
-}
-
-/// Where a replica started with `--join` listens, from its joining file.
-pub fn joining_address(dir: &Path, id: ReplicaId) -> Result<std::net::SocketAddr, String> {
-    let path = joining_file(dir, id);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "{}: {e} (write it with `palisade keygen --new-replica --id {} --address HOST:PORT`)",
-            path.display(),
-            id.0
-        )
-    })?;
-    let address = text
-        .lines()
-        .find_map(|l| {
-            l.trim().strip_prefix("address").map(|r| r.trim_start_matches([' ', '=']).trim().trim_matches('"'))
-        })
-        .ok_or_else(|| format!("{}: no address line", path.display()))?;
-    resolve(address).ok_or_else(|| format!("{}: {address:?} is not host:port", path.display()))
 }
 
 /// What `palisade admin` asks of the cluster.

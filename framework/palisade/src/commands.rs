@@ -111,7 +111,7 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
     rt_cfg.links = chain.links().to_vec();
     rt_cfg.leave_grace_ms = leave_grace_ms;
     if join {
-        rt_cfg.listen = match crate::admin::joining_address(config, me) {
+        rt_cfg.listen = match crate::keygen::joining_address(config, me) {
             Ok(a) => Some(a),
             Err(e) => return fail(EXIT_USAGE, e),
         };

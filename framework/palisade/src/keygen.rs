@@ -6,6 +6,7 @@
 //! identity for command-line clients).
 
 use palisade_core::{Membership, Mode, ReplicaId};
+use palisade_wire::chain::resolve;
 use palisade_wire::config::{ClusterConfig, ReplicaInfo, CLUSTER_FILE};
 use palisade_wire::frame::DEFAULT_MAX_FRAME_BYTES;
 use palisade_wire::keys;
@@ -49,6 +50,31 @@ pub fn view_manager_key_file(dir: &Path) -> PathBuf {
 /// Secret key file of the default command-line client.
 pub fn client_key_file(dir: &Path) -> PathBuf {
     dir.join("client.key")
+}
+
+/// The file `keygen --new-replica` writes beside the key: where the new
+/// replica listens, for `palisade replica --join`.
+pub fn joining_file(dir: &Path, id: ReplicaId) -> PathBuf {
+    dir.join(format!("joining-{}.toml", id.0))
+}
+
+/// Where a replica started with `--join` listens, from its joining file.
+pub fn joining_address(dir: &Path, id: ReplicaId) -> Result<std::net::SocketAddr, String> {
+    let path = joining_file(dir, id);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{}: {e} (write it with `palisade keygen --new-replica --id {} --address HOST:PORT`)",
+            path.display(),
+            id.0
+        )
+    })?;
+    let address = text
+        .lines()
+        .find_map(|l| {
+            l.trim().strip_prefix("address").map(|r| r.trim_start_matches([' ', '=']).trim().trim_matches('"'))
+        })
+        .ok_or_else(|| format!("{}: no address line", path.display()))?;
+    resolve(address).ok_or_else(|| format!("{}: {address:?} is not host:port", path.display()))
 }
 
 /// Generates keys and writes the directory; returns the configuration.
