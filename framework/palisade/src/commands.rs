@@ -121,7 +121,13 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
         Ok(h) => h,
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let c = handle.metrics().core.lock().clone();
+    // The consensus stage publishes its epoch after its first wake-up.
+    let since = std::time::Instant::now();
+    let mut c = handle.metrics().core.lock().clone();
+    while c.members.is_empty() && since.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+        c = handle.metrics().core.lock().clone();
+    }
     eprintln!(
         "palisade: replica {me} of cluster {} started in epoch {} ({} replicas, f = {})",
         cluster.cluster_id,
