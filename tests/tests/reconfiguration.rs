@@ -244,13 +244,18 @@ fn a_replica_joins_the_primary_leaves_and_nothing_acknowledged_is_lost() {
 
     let acked = load.finish();
     // A client that only read cluster.toml finds the current members.
+    all_readable(&c, &acked);
+    assert!(acked.len() > 150);
+}
+
+/// A client that knows only `cluster.toml` reads every acknowledged key.
+fn all_readable(c: &Cluster, acked: &[String]) {
     rt().block_on(async {
         let kv = c.client();
-        for key in &acked {
+        for key in acked {
             assert!(kv.get(key.clone()).await.unwrap().is_some(), "acknowledged {key} was lost");
         }
     });
-    assert!(acked.len() > 150);
 }
 
 /// Every replica of `epoch`'s members reports it, then the load moves on.
@@ -284,12 +289,7 @@ fn a_cluster_grows_to_f_2_and_shrinks_back_under_load() {
     settled(&c, &load, &[0, 1, 2, 3], 4, "back at 4 replicas");
 
     let acked = load.finish();
-    rt().block_on(async {
-        let kv = c.client();
-        for key in &acked {
-            assert!(kv.get(key.clone()).await.unwrap().is_some(), "acknowledged {key} was lost");
-        }
-    });
+    all_readable(&c, &acked);
 }
 
 #[test]
@@ -324,12 +324,7 @@ fn a_crash_tolerant_cluster_grows_and_replaces_every_original_member() {
     // A client that knows only the epoch-0 cluster.toml, where no member of
     // today is listed, learns the chain from a removed replica and reads
     // every acknowledged write from the members of epoch 6.
-    rt().block_on(async {
-        let kv = c.client();
-        for key in &acked {
-            assert!(kv.get(key.clone()).await.unwrap().is_some(), "acknowledged {key} was lost");
-        }
-    });
+    all_readable(&c, &acked);
     assert!(acked.len() > 100);
 }
 
@@ -348,10 +343,5 @@ fn a_crashed_primary_is_replaced_by_a_change_ordered_during_the_view_change() {
     assert_eq!(c.change(vec![AdminOp::Remove { id: ReplicaId(0) }]), (2, 4, 1));
     settled(&c, &load, &[1, 2, 3, 4], 2, "without the crashed primary");
     let acked = load.finish();
-    rt().block_on(async {
-        let kv = c.client();
-        for key in &acked {
-            assert!(kv.get(key.clone()).await.unwrap().is_some(), "acknowledged {key} was lost");
-        }
-    });
+    all_readable(&c, &acked);
 }
