@@ -60,7 +60,7 @@ pub async fn serve(cluster: ClusterConfig, key: SigningKey) -> std::io::Result<(
                     continue;
                 }
                 let s = SeqNo(seq.fetch_add(1, Ordering::Relaxed));
-                let batch = Batch { timestamp_ms: 0, requests };
+                let batch = Batch { timestamp_ms: 0, proposed_in: ViewNo(0), requests };
                 let executed = exec.lock().execute_batch(s, ViewNo(0), &batch);
                 // Answered as a replica answers: one frame per client per batch.
                 out.clear();

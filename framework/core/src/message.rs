@@ -55,6 +55,12 @@ pub struct Batch {
     /// check it is within tolerance of theirs, and execution makes it
     /// monotonic (see [`crate::exec`]).
     pub timestamp_ms: u64,
+    /// The view whose primary first proposed it (0 for the null batch); a
+    /// re-proposal after a view change keeps it, and backups refuse a
+    /// PRE-PREPARE naming a later view than its own. Execution keeps the
+    /// largest, so every replica agrees on who last proposed requests in
+    /// an epoch, and the next epoch starts with that replica as primary.
+    pub proposed_in: ViewNo,
     /// The requests, executed in this order.
     pub requests: Vec<Request>,
 }
@@ -62,7 +68,12 @@ pub struct Batch {
 impl Batch {
     /// The null batch.
     pub fn null() -> Batch {
-        Batch { timestamp_ms: 0, requests: Vec::new() }
+        Batch { timestamp_ms: 0, proposed_in: ViewNo(0), requests: Vec::new() }
+    }
+
+    /// A batch of `requests` proposed in `view` at `timestamp_ms`.
+    pub fn new(timestamp_ms: u64, proposed_in: ViewNo, requests: Vec<Request>) -> Batch {
+        Batch { timestamp_ms, proposed_in, requests }
     }
 
     /// Digest over the canonical encoding.
@@ -470,7 +481,7 @@ mod tests {
             operation: Bytes::from_static(b"op"),
             auth: Bytes::new(),
         };
-        let a = Batch { timestamp_ms: 5, requests: vec![req.clone()] };
+        let a = Batch { timestamp_ms: 5, proposed_in: ViewNo(0), requests: vec![req.clone()] };
         let mut b = a.clone();
         b.timestamp_ms = 6;
         let mut c = a.clone();

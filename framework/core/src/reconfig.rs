@@ -17,7 +17,7 @@
 //! operations, so it cannot be replayed in another cluster, another epoch or
 //! twice in the same one.
 
-use crate::types::{ClientId, Digest, Membership, MembershipError, Mode, ReplicaId, SeqNo};
+use crate::types::{ClientId, Digest, Membership, MembershipError, Mode, ReplicaId, SeqNo, ViewNo};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,12 @@ pub struct Configuration {
     pub mode: Mode,
     /// Whose signature changes the configuration.
     pub view_manager: [u8; 32],
+    /// View 0's primary: the lowest id in the genesis configuration; in a
+    /// later one, the member that proposed the newest view's batches at
+    /// the end of the epoch before (or the next id after it, when it left).
+    /// A configuration reported when its request is accepted still names
+    /// the lowest id here; the boundary decides.
+    pub first_primary: ReplicaId,
 }
 
 impl Configuration {
@@ -69,13 +75,23 @@ impl Configuration {
     ) -> Result<Configuration, MembershipError> {
         members.sort_by_key(|m| m.id);
         Membership::new(members.iter().map(|m| m.id).collect(), f, mode)?;
-        Ok(Configuration { epoch, cluster, members, f, mode, view_manager })
+        let first_primary = members[0].id;
+        Ok(Configuration { epoch, cluster, members, f, mode, view_manager, first_primary })
     }
 
-    /// Ids, f and mode: what quorums are computed from.
+    /// Ids, f, mode and view 0's primary: what quorums and primaries are
+    /// computed from.
     pub fn membership(&self) -> Membership {
         Membership::new(self.members.iter().map(|m| m.id).collect(), self.f, self.mode)
             .expect("configurations are checked when made")
+            .starting_with(self.first_primary)
+    }
+
+    /// The member that leads view 0 after `proposer` led the end of the
+    /// epoch before: `proposer` itself, or the next id after it when it is
+    /// gone, wrapping around.
+    fn successor_of(&self, proposer: ReplicaId) -> ReplicaId {
+        self.members.iter().map(|m| m.id).find(|id| *id >= proposer).unwrap_or(self.members[0].id)
     }
 
     /// The member with id `id`.
@@ -292,12 +308,14 @@ pub struct Reconfig {
     since: SeqNo,
     pending: Option<(Configuration, SeqNo)>,
     last_nonce: u64,
+    /// The largest view any batch executed in this epoch was proposed in.
+    newest_view: ViewNo,
 }
 
 impl Reconfig {
     /// Starts from the genesis configuration.
     pub fn new(genesis: Configuration) -> Reconfig {
-        Reconfig { current: genesis, since: SeqNo(0), pending: None, last_nonce: 0 }
+        Reconfig { current: genesis, since: SeqNo(0), pending: None, last_nonce: 0, newest_view: ViewNo(0) }
     }
 
     /// The configuration in force.
@@ -414,14 +432,21 @@ impl Reconfig {
         Ok((next, boundary_of(seq, k), body.nonce))
     }
 
-    /// Called after the batch at `seq` executed: at the boundary the
-    /// pending configuration takes over. Returns it when it did.
-    pub fn after_batch(&mut self, seq: SeqNo) -> Option<&Configuration> {
+    /// Called after the batch at `seq`, proposed in view `proposed_in`,
+    /// executed: at the boundary the pending configuration takes over,
+    /// led first by the primary of the newest view that proposed in this
+    /// epoch (every replica executed the same batches, so they agree).
+    /// Returns it when it did.
+    pub fn after_batch(&mut self, seq: SeqNo, proposed_in: ViewNo) -> Option<&Configuration> {
+        self.newest_view = self.newest_view.max(proposed_in);
         match &self.pending {
             Some((_, boundary)) if *boundary <= seq => {
-                let (next, boundary) = self.pending.take().expect("just matched");
+                let (mut next, boundary) = self.pending.take().expect("just matched");
+                let proposer = self.current.membership().primary(self.newest_view);
+                next.first_primary = next.successor_of(proposer);
                 self.current = next;
                 self.since = boundary;
+                self.newest_view = ViewNo(0);
                 Some(&self.current)
             }
             _ => None,
@@ -557,12 +582,36 @@ pub(crate) mod tests {
         let (next, boundary) = accepted(r.execute(SeqNo(130), 128, &signed(0, 1, vec![add(4)]), &TestVerify));
         assert_eq!((next.epoch, next.members.len(), next.f, boundary), (1, 5, 1, SeqNo(256)));
         assert_eq!(r.current().epoch, 0, "not before the boundary");
-        assert!(r.after_batch(SeqNo(255)).is_none());
-        assert_eq!(r.after_batch(SeqNo(256)).map(|c| c.epoch), Some(1));
+        assert!(r.after_batch(SeqNo(255), ViewNo(0)).is_none());
+        assert_eq!(r.after_batch(SeqNo(256), ViewNo(0)).map(|c| c.epoch), Some(1));
         let (next, boundary) = accepted(r.execute(SeqNo(256), 128, &signed(1, 2, vec![add(5), add(6)]), &TestVerify));
         assert_eq!((next.members.len(), next.f, boundary), (7, 2, SeqNo(256)), "a checkpoint is its own boundary");
-        r.after_batch(SeqNo(256));
+        r.after_batch(SeqNo(256), ViewNo(0));
         assert_eq!(r.current().membership().quorum(), 5);
+    }
+
+    #[test]
+    fn a_new_epoch_is_led_first_by_whoever_proposed_in_the_newest_view_of_the_last() {
+        let remove = |id| AdminOp::Remove { id: ReplicaId(id) };
+        let mut r = Reconfig::new(genesis(4, Mode::Bft));
+        // r0 led view 0, crashed; r1 proposed in view 1, r2 in view 2 (a
+        // re-proposal from view 1 executes later but does not lower it).
+        accepted(r.execute(SeqNo(10), 128, &signed(0, 1, vec![add(4)]), &TestVerify));
+        r.after_batch(SeqNo(10), ViewNo(2));
+        r.after_batch(SeqNo(11), ViewNo(1));
+        let c = r.after_batch(SeqNo(128), ViewNo(0)).expect("the boundary").clone();
+        assert_eq!((c.epoch, c.first_primary), (1, ReplicaId(2)));
+        assert_eq!(c.membership().primary(ViewNo(0)), ReplicaId(2));
+        assert_eq!(c.membership().primary(ViewNo(3)), ReplicaId(0), "then in id order, wrapping");
+        // In epoch 1 views restart: view 1's primary is r3, which then leaves;
+        // its successor in id order, r4, leads epoch 2.
+        accepted(r.execute(SeqNo(130), 128, &signed(1, 2, vec![remove(3)]), &TestVerify));
+        let c = r.after_batch(SeqNo(256), ViewNo(1)).expect("the boundary").clone();
+        assert_eq!(c.first_primary, ReplicaId(4));
+        // The last member leaving wraps around to the lowest id.
+        accepted(r.execute(SeqNo(260), 128, &signed(2, 3, vec![remove(4), add(3)]), &TestVerify));
+        let c = r.after_batch(SeqNo(384), ViewNo(0)).expect("the boundary").clone();
+        assert_eq!((c.first_primary, c.membership().primary(ViewNo(0))), (ReplicaId(0), ReplicaId(0)));
     }
 
     #[test]
@@ -616,7 +665,7 @@ pub(crate) mod tests {
             rejected(r.execute(SeqNo(6), 128, &signed(0, 11, vec![add(5)]), &TestVerify)),
             Rejection::ChangePending { epoch: 1, boundary: SeqNo(128) }
         );
-        r.after_batch(SeqNo(128));
+        r.after_batch(SeqNo(128), ViewNo(0));
         // The captured request, replayed in the new epoch: wrong epoch.
         assert_eq!(
             rejected(r.execute(SeqNo(130), 128, &signed(0, 10, vec![add(4)]), &TestVerify)),

@@ -167,6 +167,10 @@ pub struct Membership {
     members: Vec<ReplicaId>,
     f: usize,
     mode: Mode,
+    /// Index of view 0's primary in `members`: an epoch after the first
+    /// starts with the replica that led the end of the epoch before, so a
+    /// crashed lowest id does not cost every new epoch a view change.
+    first: usize,
 }
 
 impl Membership {
@@ -186,7 +190,15 @@ impl Membership {
         if members.len() < needed {
             return Err(MembershipError::TooSmall { n: members.len(), f, needed });
         }
-        Ok(Membership { members, f, mode })
+        Ok(Membership { members, f, mode, first: 0 })
+    }
+
+    /// The same membership with `r` as view 0's primary (and the others
+    /// following in id order, wrapping around); the lowest id when `r` is
+    /// not a member.
+    pub fn starting_with(mut self, r: ReplicaId) -> Self {
+        self.first = self.index_of(r).unwrap_or(0);
+        self
     }
 
     /// Replicas `0..n` with the largest f the mode allows.
@@ -224,9 +236,11 @@ impl Membership {
         self.members.binary_search(&r).ok()
     }
 
-    /// The primary of view `v`: the (v mod n)-th member.
+    /// The primary of view `v`: the ((first + v) mod n)-th member, where
+    /// `first` is the lowest id unless [`Membership::starting_with`] chose.
     pub fn primary(&self, v: ViewNo) -> ReplicaId {
-        self.members[(v.0 % self.members.len() as u64) as usize]
+        let n = self.members.len() as u64;
+        self.members[((self.first as u64 + v.0 % n) % n) as usize]
     }
 
     /// The size of a quorum: any two quorums intersect in at least one
@@ -289,6 +303,12 @@ mod tests {
         let m = Membership::new(vec![ReplicaId(7), ReplicaId(3), ReplicaId(9), ReplicaId(5)], 1, Mode::Bft).unwrap();
         assert_eq!(m.primary(ViewNo(0)), ReplicaId(3));
         assert_eq!(m.primary(ViewNo(5)), ReplicaId(5));
+        let m = m.starting_with(ReplicaId(7));
+        assert_eq!(
+            (m.primary(ViewNo(0)), m.primary(ViewNo(1)), m.primary(ViewNo(2))),
+            (ReplicaId(7), ReplicaId(9), ReplicaId(3))
+        );
+        assert_eq!(m.clone().starting_with(ReplicaId(4)).primary(ViewNo(0)), ReplicaId(3));
     }
 
     proptest! {

@@ -25,7 +25,11 @@ fn a_pre_prepare_with_an_unsigned_request_or_a_wild_timestamp_is_refused() {
     assert_eq!(r1.metrics().primary_evidence, 1);
     // A wild timestamp is refused, but is no proof: clocks differ.
     let mut r2 = replica(2, &cfg);
-    let late = Arc::new(Batch { timestamp_ms: cfg.timestamp_tolerance_ms + 10, requests: vec![request(1, 1)] });
+    let late = Arc::new(Batch {
+        timestamp_ms: cfg.timestamp_tolerance_ms + 10,
+        proposed_in: palisade_core::ViewNo(0),
+        requests: vec![request(1, 1)],
+    });
     assert!(broadcasts(&peer(&mut r2, 0, pre_prepare(0, 1, late))).is_empty());
 }
 

@@ -26,7 +26,7 @@ fn a_crash_anywhere_while_entering_a_new_view_keeps_the_re_proposals_of_that_vie
     assert!(!records.is_empty());
     for k in 0..=records.len() {
         let mut back = recover(2, &cfg, records[..k].to_vec());
-        let other = batch(vec![request(1, 2)]);
+        let other = batch_in(1, vec![request(1, 2)]);
         let out = peer(&mut back, 1, pre_prepare(1, 1, other.clone()));
         assert!(
             !votes_for(&out, other.digest()),

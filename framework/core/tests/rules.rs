@@ -576,7 +576,7 @@ fn each_new_view_allows_its_own_catch_up_restarts() {
         }
         restarts_in_view_1 = r2.metrics().timers_restarted - restarted_before;
         // Catching up in view 1: one more batch decided and delivered each time.
-        let b = batch(vec![request(9, k)]);
+        let b = batch_in(1, vec![request(9, k)]);
         let d = b.digest();
         peer(&mut r2, 1, pre_prepare(1, k, b));
         for from in [0, 3] {

@@ -420,6 +420,44 @@ fn a_replica_two_epochs_behind_is_shown_the_chain_checks_it_and_catches_up() {
 }
 
 #[test]
+fn a_new_epoch_starts_with_the_primary_that_led_the_last_one_not_a_crashed_lowest_id() {
+    let mut net = Net::new();
+    net.standby(4);
+    let user = ClientId(77);
+    net.submit(user, Bytes::from_static(b"a"));
+    net.settle();
+    // Replica 0, primary of view 0, crashes; a request times out and the
+    // others move to view 1, led by replica 1.
+    net.down.insert(0);
+    net.submit(user, Bytes::from_static(b"b"));
+    for _ in 0..60 {
+        net.tick(50);
+    }
+    assert_eq!(net.nodes[&1].host.core().view(), palisade_core::ViewNo(1));
+    assert_eq!(net.state(1), b"ab");
+    // Replica 0 is still down when replica 4 is added: view 0 of epoch 1
+    // is led by replica 1, which proposed the last requests of epoch 0.
+    let next = change(&mut net, 0, 1, vec![add(4)]);
+    assert_eq!(next.epoch, 1);
+    for me in 1..5 {
+        let core = net.nodes[&me].host.core();
+        assert_eq!(net.nodes[&me].host.epoch(), 1, "replica {me}");
+        assert_eq!(core.view(), palisade_core::ViewNo(0), "replica {me} needed no view change");
+        assert_eq!(core.primary(), ReplicaId(1), "replica {me}");
+    }
+    // And it orders at once, without waiting out a request timeout.
+    net.submit(user, Bytes::from_static(b"c"));
+    net.tick(50);
+    for me in 1..4 {
+        assert_eq!(net.state(me), b"abc", "replica {me}");
+    }
+    for _ in 0..200 {
+        net.tick(50);
+    }
+    assert_eq!(net.state(4), b"abc", "the joiner caught up");
+}
+
+#[test]
 fn a_link_that_does_not_check_is_refused_and_counted() {
     let mut net = Net::new();
     net.standby(4);

@@ -128,7 +128,7 @@ fn put(key: u32, value_len: usize, id: u64) -> Request {
 fn run(h: &mut ExecutionHost<Buckets>, ops: impl Fn(u64) -> Vec<Request>) -> Digest {
     let mut out = Out::default();
     for seq in 1..=4 {
-        let batch = Arc::new(Batch { timestamp_ms: seq, requests: ops(seq) });
+        let batch = Arc::new(Batch { timestamp_ms: seq, proposed_in: ViewNo(0), requests: ops(seq) });
         h.handle(ExecCommand::Deliver { epoch: 0, seq: SeqNo(seq), view: ViewNo(0), batch }, &mut out).unwrap();
     }
     assert_eq!(out.checkpoints.len(), 1);
@@ -258,7 +258,7 @@ fn a_lagging_replica_fetches_only_the_parts_that_changed() {
     for h in hosts.iter_mut().skip(1) {
         let mut out = Out::default();
         for seq in 5..=8 {
-            let batch = Arc::new(Batch { timestamp_ms: seq, requests: more(seq) });
+            let batch = Arc::new(Batch { timestamp_ms: seq, proposed_in: ViewNo(0), requests: more(seq) });
             h.handle(ExecCommand::Deliver { epoch: 0, seq: SeqNo(seq), view: ViewNo(0), batch }, &mut out).unwrap();
         }
         root = out.checkpoints[0].1;

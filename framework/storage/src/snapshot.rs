@@ -40,7 +40,7 @@ use std::io;
 use std::sync::Arc;
 
 /// The snapshot format's version.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 const MAGIC: &[u8; 8] = b"PLSDSNAP";
 const PACK_MAGIC: &[u8; 8] = b"PLSDPACK";
 /// Bytes of a manifest's header.

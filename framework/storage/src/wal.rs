@@ -29,7 +29,7 @@ use std::io;
 use std::sync::Arc;
 
 /// The log's format version.
-pub const WAL_VERSION: u32 = 2;
+pub const WAL_VERSION: u32 = 3;
 const MAGIC: &[u8; 8] = b"PLSDWAL\n";
 /// Bytes of a segment header.
 pub const HEADER_BYTES: usize = 32;

@@ -179,14 +179,14 @@ fn libc_enospc() -> i32 {
 #[test]
 fn the_on_disk_format_is_stable() {
     // A segment starting at entry 1 with 4096 bytes reserved.
-    assert_eq!(hex::encode(encode_header(1, 4096)), "504c534457414c0a020000000100000000000000001000000000000025dd4a2e");
+    assert_eq!(hex::encode(encode_header(1, 4096)), "504c534457414c0a0300000001000000000000000010000000000000982a0919");
     // Entry 5 holding "ok".
     let mut e = Vec::new();
     encode_entry(&mut e, 5, b"ok");
     assert_eq!(hex::encode(&e), "020000003ff6bb3305000000000000006f6b");
     // A null batch decided at sequence number 9 in view 2 of epoch 3.
     let entry = Entry::Decided { epoch: 3, seq: SeqNo(9), view: ViewNo(2), batch: Arc::new(Batch::null()) };
-    assert_eq!(hex::encode(entry.encode()), "020309020000");
+    assert_eq!(hex::encode(entry.encode()), "02030902000000");
     // A stable checkpoint record.
     let cert = CheckpointCert { seq: SeqNo(4), state: Digest([7; 32]), proof: vec![] };
     assert_eq!(
@@ -195,11 +195,11 @@ fn the_on_disk_format_is_stable() {
     );
     assert_eq!(
         hex::encode(palisade_storage::snapshot::encode_header(SeqNo(128), Digest([1; 32]), 2)),
-        "504c5344534e4150020000000200000080000000000000000101010101010101010101010101010101010101010101010101010101010101349bd346"
+        "504c5344534e41500300000002000000800000000000000001010101010101010101010101010101010101010101010101010101010101013086fa5a"
     );
     assert_eq!(
         hex::encode(palisade_storage::snapshot::encode_pack_header(128)),
-        "504c53445041434b02000000000000008000000000000000000000005dc6db9b"
+        "504c53445041434b0300000000000000800000000000000000000000e03198ac"
     );
     // A manifest of one part, 4 bytes at offset 32 of pack 128.
     let m = Manifest {
@@ -209,13 +209,13 @@ fn the_on_disk_format_is_stable() {
     };
     assert_eq!(
         hex::encode(m.encode()),
-        "504c5344534e415002000000010000008000000000000000010101010101010101010101010101010101010101010101010101010101010175f720e6\
+        "504c5344534e415003000000010000008000000000000000010101010101010101010101010101010101010101010101010101010101010171ea09fa\
          8000000000000000200000000000000004000000000000000202020202020202020202020202020202020202020202020202020202020202566488b4"
     );
 }
 
 fn pp(view: u64, seq: u64, batch: bool) -> Record {
-    let b = batch.then(|| Arc::new(Batch { timestamp_ms: seq, requests: vec![] }));
+    let b = batch.then(|| Arc::new(Batch { timestamp_ms: seq, proposed_in: ViewNo(0), requests: vec![] }));
     Record::PrePrepared { view: ViewNo(view), seq: SeqNo(seq), digest: Digest([seq as u8; 32]), batch: b }
 }
 
@@ -228,7 +228,7 @@ fn decided(seq: u64) -> Entry {
         epoch: 0,
         seq: SeqNo(seq),
         view: ViewNo(0),
-        batch: Arc::new(Batch { timestamp_ms: seq, requests: vec![] }),
+        batch: Arc::new(Batch { timestamp_ms: seq, proposed_in: ViewNo(0), requests: vec![] }),
     }
 }
 
@@ -274,6 +274,7 @@ fn a_decided_batch_the_log_holds_in_a_pre_prepare_is_written_once_and_replays() 
     let (mut j, _) = Journal::open(Arc::new(d.clone()), small()).unwrap();
     let big = Arc::new(Batch {
         timestamp_ms: 1,
+        proposed_in: palisade_core::ViewNo(0),
         requests: vec![palisade_core::Request {
             client: palisade_core::ClientId(1),
             id: palisade_core::RequestId(1),
@@ -289,7 +290,7 @@ fn a_decided_batch_the_log_holds_in_a_pre_prepare_is_written_once_and_replays() 
     let after = palisade_storage::wal::entries_end(&d.contents(&segments(&d)[0]).unwrap());
     assert!(after - before < 100, "the batch was written again: {} bytes", after - before);
     // A different batch under the same number is written in full.
-    let other = Arc::new(Batch { timestamp_ms: 2, requests: vec![] });
+    let other = Arc::new(Batch { timestamp_ms: 2, proposed_in: ViewNo(0), requests: vec![] });
     j.write(vec![Entry::Decided { epoch: 0, seq: SeqNo(2), view: ViewNo(0), batch: other.clone() }]).unwrap();
     drop(j);
     let (_, rec) = Journal::open(Arc::new(d.clone()), small()).unwrap();

@@ -35,6 +35,7 @@ pub fn check<S: Service>(make: impl Fn() -> S, ordered: &[Bytes], unordered: &[B
         .enumerate()
         .map(|(i, ops)| Batch {
             timestamp_ms: 1_000 + i as u64,
+            proposed_in: palisade_core::ViewNo(0),
             requests: ops
                 .iter()
                 .enumerate()

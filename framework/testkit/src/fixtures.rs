@@ -61,7 +61,12 @@ pub fn request(client: u64, id: u64) -> Request {
 
 /// A batch of `reqs`, stamped at 1 ms.
 pub fn batch(reqs: Vec<Request>) -> Arc<Batch> {
-    Arc::new(Batch { timestamp_ms: 1, requests: reqs })
+    batch_in(0, reqs)
+}
+
+/// A batch as the primary of `view` proposes it.
+pub fn batch_in(view: u64, reqs: Vec<Request>) -> Arc<Batch> {
+    Arc::new(Batch { timestamp_ms: 1, proposed_in: ViewNo(view), requests: reqs })
 }
 
 /// Feeds `msg` from replica `from` to `r`; returns what it did.

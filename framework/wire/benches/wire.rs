@@ -32,7 +32,11 @@ fn messages() -> Vec<(&'static str, PeerMessage)> {
             PeerMessage::PrePrepare(PrePrepare {
                 view: ViewNo(1),
                 seq: SeqNo(1_000),
-                batch: Arc::new(Batch { timestamp_ms: 1, requests: (0..64).map(|i| request(i, 100)).collect() }),
+                batch: Arc::new(Batch {
+                    timestamp_ms: 1,
+                    proposed_in: ViewNo(0),
+                    requests: (0..64).map(|i| request(i, 100)).collect(),
+                }),
             }),
         ),
     ]

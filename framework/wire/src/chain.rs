@@ -20,7 +20,7 @@ use std::path::Path;
 pub const CHAIN_FILE: &str = "chain.bin";
 
 /// First bytes of a chain file, with its format version.
-const CHAIN_MAGIC: &[u8; 8] = b"PLSCHN01";
+const CHAIN_MAGIC: &[u8; 8] = b"PLSCHN02";
 
 /// Whether `signature` is the holder of `key`'s over `payload`, by the
 /// cofactored rule every replica uses (see [`crate::verify`]).

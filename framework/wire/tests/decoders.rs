@@ -66,7 +66,7 @@ fn samples() -> Vec<Bytes> {
             &PeerMessage::PrePrepare(PrePrepare {
                 view: ViewNo(1),
                 seq: SeqNo(2),
-                batch: Arc::new(Batch { timestamp_ms: 5, requests: vec![req.clone(); 8] }),
+                batch: Arc::new(Batch { timestamp_ms: 5, proposed_in: ViewNo(0), requests: vec![req.clone(); 8] }),
             }),
         ),
         envelope::encode_peer(

@@ -49,16 +49,20 @@ fn peer_messages() {
     check_peer(
         "prepare",
         &PeerMessage::Prepare(Vote { view: ViewNo(1), seq: SeqNo(2), digest: Digest([0xab; 32]) }),
-        "02080706050403020100010102abababababababababababababababababababababababababababababababab",
+        "03080706050403020100010102abababababababababababababababababababababababababababababababab",
     );
     check_peer(
         "pre-prepare",
         &PeerMessage::PrePrepare(PrePrepare {
             view: ViewNo(3),
             seq: SeqNo(300),
-            batch: Arc::new(Batch { timestamp_ms: 1_700_000_000_000, requests: vec![request()] }),
+            batch: Arc::new(Batch {
+                timestamp_ms: 1_700_000_000_000,
+                proposed_in: ViewNo(3),
+                requests: vec![request()],
+            }),
         }),
-        "020807060504030201000003ac0280d095ffbc310107ac0200026f7003736967",
+        "030807060504030201000003ac0280d095ffbc31030107ac0200026f7003736967",
     );
     check_peer(
         "checkpoint",
@@ -66,7 +70,7 @@ fn peer_messages() {
             body: CheckpointBody { seq: SeqNo(128), state: Digest([1; 32]), config: Digest([3; 32]), replica: ReplicaId(2) },
             signature: Signature(Bytes::from_static(b"s")),
         }),
-        "0208070605040302010003800101010101010101010101010101010101010101010101010101010101010101010303030303030303030303030303030303030303030303030303030303030303020173",
+        "0308070605040302010003800101010101010101010101010101010101010101010101010101010101010101010303030303030303030303030303030303030303030303030303030303030303020173",
     );
     check_peer(
         "view-change",
@@ -80,15 +84,15 @@ fn peer_messages() {
             },
             signature: Signature(Bytes::from_static(b"v")),
         }),
-        "02080706050403020100040501000202020202020202020202020202020202020202020202020202020202020202000101040303030303030303030303030303030303030303030303030303030303030303000176",
+        "03080706050403020100040501000202020202020202020202020202020202020202020202020202020202020202000101040303030303030303030303030303030303030303030303030303030303030303000176",
     );
     check_peer(
         "status",
         &PeerMessage::Status(Status { view: ViewNo(9), normal: true, delivered: SeqNo(1000), stable: SeqNo(896) }),
-        "02080706050403020100070901e8078007",
+        "03080706050403020100070901e8078007",
     );
-    check_peer("state-request", &PeerMessage::StateRequest { seq: SeqNo(128) }, "020807060504030201000b8001");
-    check_peer("rejoin-query", &PeerMessage::RejoinQuery { nonce: 0x1234 }, "020807060504030201000db424");
+    check_peer("state-request", &PeerMessage::StateRequest { seq: SeqNo(128) }, "030807060504030201000b8001");
+    check_peer("rejoin-query", &PeerMessage::RejoinQuery { nonce: 0x1234 }, "030807060504030201000db424");
     check_peer(
         "rejoin-reply",
         &PeerMessage::RejoinReply {
@@ -96,7 +100,7 @@ fn peer_messages() {
             delivered: SeqNo(300),
             checkpoint: palisade_core::checkpoint::genesis(Digest([2; 32])),
         },
-        "020807060504030201000eb424ac0200020202020202020202020202020202020202020202020202020202020202020200",
+        "030807060504030201000eb424ac0200020202020202020202020202020202020202020202020202020202020202020200",
     );
     check_peer(
         "state-fetch",
@@ -104,7 +108,7 @@ fn peer_messages() {
             seq: SeqNo(128),
             query: StateQuery::Parts { parts: vec![1, 300], digests_from: 2, record: 3, offset: 4 },
         },
-        "020807060504030201000f8001010201ac02020304",
+        "030807060504030201000f8001010201ac02020304",
     );
     check_peer(
         "state-data",
@@ -115,7 +119,7 @@ fn peer_messages() {
                 StateItem::Bytes { part: 1, record: 0, offset: 0, len: 2, bytes: Bytes::from_static(b"hi") },
             ]),
         },
-        "020807060504030201001080010102000100010105050505050505050505050505050505050505050505050505050505050505050101000002026869",
+        "030807060504030201001080010102000100010105050505050505050505050505050505050505050505050505050505050505050101000002026869",
     );
     check_peer(
         "state-manifest",
@@ -123,13 +127,13 @@ fn peer_messages() {
             seq: SeqNo(8),
             answer: StateAnswer::Manifest { from: 0, total: 1, digests: vec![Digest([6; 32])] },
         },
-        "020807060504030201001008000001010606060606060606060606060606060606060606060606060606060606060606",
+        "030807060504030201001008000001010606060606060606060606060606060606060606060606060606060606060606",
     );
 }
 
 #[test]
 fn client_and_replica_messages() {
-    check("request", &ClientMessage::Request(request()), "0208070605040302010007ac0200026f7003736967");
+    check("request", &ClientMessage::Request(request()), "0308070605040302010007ac0200026f7003736967");
     check(
         "reply",
         &ReplicaMessage::Reply(Reply {
@@ -139,7 +143,7 @@ fn client_and_replica_messages() {
             request: RequestId(300),
             result: Bytes::from_static(b"ok"),
         }),
-        "02080706050403020100010307ac02026f6b",
+        "03080706050403020100010307ac02026f6b",
     );
     check(
         "reply-digest",
@@ -150,12 +154,12 @@ fn client_and_replica_messages() {
             request: RequestId(300),
             digest: Digest([9; 32]),
         },
-        "02080706050403020102010307ac020909090909090909090909090909090909090909090909090909090909090909",
+        "03080706050403020102010307ac020909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
         "requests",
         &ClientMessage::Requests(vec![request(), request()]),
-        "020807060504030201010207ac0200026f700373696707ac0200026f7003736967",
+        "030807060504030201010207ac0200026f700373696707ac0200026f7003736967",
     );
     check(
         "replies",
@@ -168,7 +172,7 @@ fn client_and_replica_messages() {
                 (RequestId(301), Answer::Digest(Digest([9; 32]))),
             ],
         },
-        "0208070605040302010301030702ac0200026f6bad02010909090909090909090909090909090909090909090909090909090909090909",
+        "0308070605040302010301030702ac0200026f6bad02010909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
         "replies-too-large",
@@ -178,17 +182,17 @@ fn client_and_replica_messages() {
             client: ClientId(7),
             answers: vec![(RequestId(301), Answer::TooLarge { len: 5_000_000, digest: Digest([9; 32]) })],
         },
-        "0208070605040302010301030701ad0202c096b1020909090909090909090909090909090909090909090909090909090909090909",
+        "0308070605040302010301030701ad0202c096b1020909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
         "rejected",
         &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::Busy },
-        "02080706050403020101000100",
+        "03080706050403020101000100",
     );
     check(
         "rejected-too-large",
         &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::TooLarge },
-        "02080706050403020101000103",
+        "03080706050403020101000103",
     );
 }
 
@@ -202,9 +206,9 @@ fn handshake_messages() {
             ephemeral: [5; 32],
             nonce: [6; 32],
         },
-        "020807060504030201000002040404040404040404040404040404040404040404040404040404040404040405050505050505050505050505050505050505050505050505050505050505050606060606060606060606060606060606060606060606060606060606060606",
+        "030807060504030201000002040404040404040404040404040404040404040404040404040404040404040405050505050505050505050505050505050505050505050505050505050505050606060606060606060606060606060606060606060606060606060606060606",
     );
-    check("finish", &HandshakeMessage::Finish { signature: Bytes::from(vec![7u8; 64]) }, "020807060504030201024007070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707");
+    check("finish", &HandshakeMessage::Finish { signature: Bytes::from(vec![7u8; 64]) }, "030807060504030201024007070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707");
 }
 
 #[test]
@@ -268,7 +272,7 @@ fn admin_request_and_outcome() {
     )
     .unwrap();
     for (name, outcome, hex) in [
-        ("admin accepted", AdminOutcome::Accepted { next, boundary: SeqNo(128) }, "0004888e98a8c0e0808101040103683a3101010101010101010101010101010101010101010101010101010101010101010203683a3202020202020202020202020202020202020202020202020202020202020202020303683a3303030303030303030303030303030303030303030303030303030303030303030403683a340404040404040404040404040404040404040404040404040404040404040404010009090909090909090909090909090909090909090909090909090909090909098001"),
+        ("admin accepted", AdminOutcome::Accepted { next, boundary: SeqNo(128) }, "0004888e98a8c0e0808101040103683a3101010101010101010101010101010101010101010101010101010101010101010203683a3202020202020202020202020202020202020202020202020202020202020202020303683a3303030303030303030303030303030303030303030303030303030303030303030403683a34040404040404040404040404040404040404040404040404040404040404040401000909090909090909090909090909090909090909090909090909090909090909018001"),
         ("admin rejected", AdminOutcome::Rejected(Rejection::WrongEpoch { current: 4 }), "010404"),
     ] {
         raw(name, &outcome.encode(), hex);
@@ -285,9 +289,9 @@ fn raw(name: &str, bytes: &[u8], expected_hex: &str) {
 #[test]
 fn chain_and_status() {
     use palisade_wire::envelope::{MemberRole, StatusReport};
-    check("chain query", &ClientMessage::ChainQuery { after: 3 }, "0208070605040302010203");
-    check("status query", &ClientMessage::Status, "02080706050403020103");
-    check("no links", &ReplicaMessage::Chain(vec![]), "0208070605040302010400");
+    check("chain query", &ClientMessage::ChainQuery { after: 3 }, "0308070605040302010203");
+    check("status query", &ClientMessage::Status, "03080706050403020103");
+    check("no links", &ReplicaMessage::Chain(vec![]), "0308070605040302010400");
     let report = StatusReport {
         replica: ReplicaId(2),
         role: MemberRole::Removed,
@@ -300,5 +304,5 @@ fn chain_and_status() {
         members: vec![ReplicaId(1), ReplicaId(3)],
         f: 1,
     };
-    check("status", &ReplicaMessage::Status(report), "02080706050403020105020203010101ac02800202010301");
+    check("status", &ReplicaMessage::Status(report), "03080706050403020105020203010101ac02800202010301");
 }

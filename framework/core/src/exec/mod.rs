@@ -257,7 +257,7 @@ impl<S: Service> Executor<S> {
     pub fn execute_batch(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch) -> Vec<Executed> {
         let out = self.execute_requests(seq, view, batch);
         if let Some(r) = &mut self.reconfig {
-            r.after_batch(seq);
+            r.after_batch(seq, batch.proposed_in);
         }
         out
     }
@@ -480,7 +480,7 @@ mod tests {
     }
 
     pub(super) fn batch(reqs: Vec<Request>) -> Batch {
-        Batch { timestamp_ms: 1, requests: reqs }
+        Batch { timestamp_ms: 1, proposed_in: ViewNo(0), requests: reqs }
     }
 
     fn reconfigurable() -> Executor<Log> {
@@ -520,11 +520,15 @@ mod tests {
         assert!(!again[0].fresh);
         assert_eq!(again[0].result, out[1].result);
         for seq in 5..8 {
-            ex.execute_batch(SeqNo(seq), ViewNo(0), &Batch { timestamp_ms: 1, requests: vec![] });
+            ex.execute_batch(
+                SeqNo(seq),
+                ViewNo(0),
+                &Batch { timestamp_ms: 1, proposed_in: ViewNo(0), requests: vec![] },
+            );
             assert_eq!(ex.configuration().unwrap().epoch, 0);
         }
         // A null batch at the boundary hands over all the same.
-        ex.execute_batch(SeqNo(8), ViewNo(0), &Batch { timestamp_ms: 1, requests: vec![] });
+        ex.execute_batch(SeqNo(8), ViewNo(0), &Batch { timestamp_ms: 1, proposed_in: ViewNo(0), requests: vec![] });
         assert_eq!(ex.configuration().unwrap().members.len(), 5);
         assert!(ex.pending_configuration().is_none());
         assert_ne!(ex.state_digest(), genesis_digest);
@@ -603,13 +607,13 @@ mod tests {
 
     #[test]
     fn the_per_batch_seed_cannot_be_ground_by_the_primary_through_timestamp_or_order() {
-        let a = Batch { timestamp_ms: 100, requests: vec![req(1, 1, 0), req(2, 1, 0)] };
+        let a = Batch { timestamp_ms: 100, proposed_in: ViewNo(0), requests: vec![req(1, 1, 0), req(2, 1, 0)] };
         let later = Batch { timestamp_ms: 101, ..a.clone() };
-        let swapped = Batch { timestamp_ms: 100, requests: vec![req(2, 1, 0), req(1, 1, 0)] };
+        let swapped = Batch { timestamp_ms: 100, proposed_in: ViewNo(0), requests: vec![req(2, 1, 0), req(1, 1, 0)] };
         assert_eq!(batch_seed(SeqNo(3), &a), batch_seed(SeqNo(3), &later));
         assert_eq!(batch_seed(SeqNo(3), &a), batch_seed(SeqNo(3), &swapped));
         assert_ne!(batch_seed(SeqNo(3), &a), batch_seed(SeqNo(4), &a));
-        let other = Batch { timestamp_ms: 100, requests: vec![req(1, 2, 0), req(2, 1, 0)] };
+        let other = Batch { timestamp_ms: 100, proposed_in: ViewNo(0), requests: vec![req(1, 2, 0), req(2, 1, 0)] };
         assert_ne!(batch_seed(SeqNo(3), &a), batch_seed(SeqNo(3), &other));
     }
 
@@ -632,7 +636,7 @@ mod tests {
             }
         }
         let mut ex = Executor::new(Ts(vec![]), 4);
-        let b = |ts, id| Batch { timestamp_ms: ts, requests: vec![req(1, id, 0)] };
+        let b = |ts, id| Batch { timestamp_ms: ts, proposed_in: ViewNo(0), requests: vec![req(1, id, 0)] };
         ex.execute_batch(SeqNo(1), ViewNo(0), &b(100, 1));
         ex.execute_batch(SeqNo(2), ViewNo(0), &b(50, 2));
         ex.execute_batch(SeqNo(3), ViewNo(0), &b(200, 3));
@@ -671,6 +675,7 @@ mod tests {
         let mut ex = Executor::new(Batched::default(), 16);
         let b = Batch {
             timestamp_ms: 1,
+            proposed_in: ViewNo(0),
             requests: vec![req(1, 1, b'a'), req(2, 1, b'b'), req(1, 1, b'a'), req(1, 2, b'c')],
         };
         let out = ex.execute_batch(SeqNo(1), ViewNo(0), &b);

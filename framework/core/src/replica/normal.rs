@@ -35,6 +35,13 @@ impl<C: Crypto> Replica<C> {
             return;
         }
         let digest = pp.batch.digest();
+        if pp.batch.proposed_in > pp.view {
+            // A batch names the view that first proposed it (a re-proposal
+            // after a view change keeps its older one); a later view is a
+            // lie about who leads the end of the epoch.
+            self.discard(Discard::PrePrepareOtherView);
+            return;
+        }
         let (view, seq) = (pp.view, pp.seq);
         let bft = self.bft();
         let (second_fresh_allowed, q_cap) = self.planted_q_eviction();

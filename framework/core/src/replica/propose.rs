@@ -133,7 +133,7 @@ impl<C: Crypto> Replica<C> {
                 // earlier than the batch before.
                 let timestamp_ms = self.clock.wall_ms.max(self.log.last_timestamp_ms);
                 self.log.last_timestamp_ms = timestamp_ms;
-                Arc::new(Batch { timestamp_ms, requests })
+                Arc::new(Batch::new(timestamp_ms, self.view, requests))
             } else if fill && self.pool.queued() == 0 {
                 // Nothing waits, but the epoch must reach its end.
                 self.log.null_batch.clone()

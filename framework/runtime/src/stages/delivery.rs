@@ -253,7 +253,8 @@ mod tests {
         };
         let requests: Vec<Request> = (1..=8).map(|c| add(c, 1)).collect();
         for seq in 1..=2 {
-            let batch = Arc::new(Batch { timestamp_ms: 1, requests: requests.clone() });
+            let batch =
+                Arc::new(Batch { timestamp_ms: 1, proposed_in: palisade_core::ViewNo(0), requests: requests.clone() });
             tx_cmd.try_send(ExecCommand::Deliver { epoch: 0, seq: SeqNo(seq), view: ViewNo(0), batch }).unwrap();
         }
         let query = StateQuery::Manifest { from: 0 };

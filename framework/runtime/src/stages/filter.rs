@@ -105,8 +105,11 @@ mod tests {
         let (tx_reply, rx_reply) = queue(16, &bell, None);
         let exec = Arc::new(RwLock::new(Executor::new(Counter::default(), 4)));
         // Request 10 executed; with a window of 4, ids up to 6 are stale.
-        let done =
-            exec.write().execute_batch(SeqNo(1), ViewNo(0), &Batch { timestamp_ms: 1, requests: vec![request(10)] });
+        let done = exec.write().execute_batch(
+            SeqNo(1),
+            ViewNo(0),
+            &Batch { timestamp_ms: 1, proposed_in: palisade_core::ViewNo(0), requests: vec![request(10)] },
+        );
         let view = Arc::new(CurrentView::default());
         view.set(ViewNo(3), false);
         let mut filter = RequestFilter {

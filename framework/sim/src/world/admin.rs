@@ -261,6 +261,7 @@ impl World {
         if config.epoch > self.epoch_known {
             self.epoch_known = config.epoch;
             self.membership = config.membership();
+            self.least_f = self.least_f.min(config.f);
         }
     }
 }

@@ -85,6 +85,9 @@ pub(crate) struct World {
     /// state has entered.
     pub membership: Membership,
     pub epoch_known: u64,
+    /// The smallest f of any epoch a correct replica's state entered: the
+    /// faults a run may have and still be promised progress.
+    pub least_f: usize,
     pub genesis_config: Configuration,
     pub cluster: u64,
     pub view_manager: Option<ViewManager>,
@@ -242,6 +245,7 @@ impl World {
         let heal_at = cfg.fault_phase_ms;
         let mut world = World {
             core_cfg,
+            least_f: membership.f(),
             membership,
             epoch_known: 0,
             genesis_config,

@@ -162,11 +162,13 @@ impl World {
         // f Byzantine replicas plus replicas that lost their votes are more
         // faults than the protocol tolerates: it must stay safe, but it is
         // not promised to make progress (a replica without its votes waits
-        // for progress to rejoin, and progress waits for its votes).
+        // for progress to rejoin, and progress waits for its votes). The f
+        // is the smallest of any epoch the run went through: a run that
+        // grew to f = 2 may still be stuck in an epoch with f = 1.
         let byzantine_count = self.replicas.iter().filter(|r| r.strategy.is_some()).count();
         let amnesiac = if self.faults.amnesia { self.victims.clone() } else { Default::default() };
         let amnesiac_count = amnesiac.union(&self.lost_votes).count();
-        let beyond_model = byzantine_count + amnesiac_count > self.membership.f();
+        let beyond_model = byzantine_count + amnesiac_count > self.least_f;
         if beyond_model {
             liveness.clear();
         }
