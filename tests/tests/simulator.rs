@@ -171,3 +171,15 @@ fn a_seed_reproduces_its_run_exactly() {
     let c = run(&SimConfig::new(43));
     assert_ne!((a.messages, a.ops_completed), (c.messages, c.ops_completed));
 }
+
+#[test]
+fn runs_that_once_failed_stay_clean() {
+    // Seed 2854 with reconfiguration: a replica whose log was damaged
+    // restarted without its votes, crashed again while still rejoining,
+    // and came back with a sound log that said so; when the next epoch
+    // began with it as primary, its new core did not rejoin and proposed
+    // a second batch at a sequence number its earlier life had proposed.
+    let reconfigure = |c: &mut SimConfig| c.reconfigure = true;
+    let reports = sweep_with(2854..2855, 4, Mode::Bft, ByzantineChoice::Random, reconfigure);
+    assert_clean(&reports, 4, "bft --reconfigure yes");
+}

@@ -229,6 +229,10 @@ impl<C: Crypto> EpochHost<C> {
         let nonce = plan.restart.nonce;
         let (executed, state) = (plan.restart.executed, plan.restart.executed_state);
         let mut core = Replica::recover_at(cfg, me, crypto(&plan.config), plan.genesis, plan.restart);
+        // A log whose records say the core is still rejoining comes from a
+        // life after one that lost its votes: that life may have voted in
+        // a later epoch too, so every core this one starts rejoins as well.
+        let votes_lost = votes_lost || core.rejoining();
         if let Some(last) = plan.ends {
             core.step(Input::EpochEnds { last });
         }
