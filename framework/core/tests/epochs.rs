@@ -180,7 +180,7 @@ fn a_replica_joining_at_a_handover_fetches_that_state_before_anything_else() {
     let mut r = Replica::joining(cfg, ReplicaId(3), TestCrypto(ReplicaId(3)), handover, SeqNo(0));
     let out = r.take_actions();
     assert!(
-        out.iter().any(|a| matches!(a, Action::FetchState { seq: SeqNo(8), state } if *state == handover.state)),
+        out.iter().any(|a| matches!(a, Action::FetchState { seq: SeqNo(8), state, .. } if *state == handover.state)),
         "{out:?}"
     );
     assert!(r.transferring());

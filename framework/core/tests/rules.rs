@@ -402,7 +402,7 @@ fn state_transfer_fetches_the_certified_state_and_only_what_the_fetcher_reports_
     }
     assert!(r1.transferring());
     assert!(
-        out.iter().any(|a| matches!(a, Action::FetchState { seq: SeqNo(4), state: s } if *s == state)),
+        out.iter().any(|a| matches!(a, Action::FetchState { seq: SeqNo(4), state: s, .. } if *s == state)),
         "it asks its fetcher for the certified state"
     );
     // Pieces from peers go to the fetcher, whatever they say.

@@ -51,7 +51,7 @@ fn a_laggard_that_learns_a_newer_checkpoint_keeps_the_older_state_it_fetched_and
     let mut r1 = replica(1, &cfg);
     let (at4, at8) = (Digest::of(b"the state at 4"), Digest::of(b"the state at 8"));
     let out = certify(&mut r1, 4, at4);
-    assert!(out.iter().any(|a| matches!(a, Action::FetchState { seq: SeqNo(4), state } if *state == at4)));
+    assert!(out.iter().any(|a| matches!(a, Action::FetchState { seq: SeqNo(4), state, .. } if *state == at4)));
     let out = certify(&mut r1, 8, at8);
     assert!(out.iter().any(|a| matches!(a, Action::FetchState { seq: SeqNo(8), .. })), "the target moves on");
     // The fetch of 4 finished before the fetcher heard of 8.

@@ -46,8 +46,11 @@ pub enum ExecCommand {
     Fetch {
         /// The epoch of the core that wants it: its members are asked.
         epoch: u64,
-        /// Those members, but this replica.
+        /// Those members, but this replica, the ones known to hold the
+        /// state first.
         peers: Arc<[ReplicaId]>,
+        /// How many of `peers`, from the first, are known to hold it.
+        holders: usize,
         /// Its checkpoint.
         seq: SeqNo,
         /// Its certified digest.
@@ -144,8 +147,12 @@ impl<C: Crypto> ConsensusHost<C> {
                 Action::Deliver { seq, view, batch } => io.execute(ExecCommand::Deliver { epoch, seq, view, batch }),
                 Action::ExecuteReadOnly { request, view } => io.execute(ExecCommand::Read { request, view }),
                 Action::ServeState { to, seq, query } => io.execute(ExecCommand::Serve { epoch, to, seq, query }),
-                Action::FetchState { seq, state } => {
-                    io.execute(ExecCommand::Fetch { epoch, peers: self.peers.clone(), seq, state })
+                Action::FetchState { seq, state, holders } => {
+                    let (first, rest): (Vec<ReplicaId>, Vec<ReplicaId>) =
+                        self.peers.iter().partition(|p| holders.contains(p));
+                    let count = first.len();
+                    let peers: Arc<[ReplicaId]> = first.into_iter().chain(rest).collect();
+                    io.execute(ExecCommand::Fetch { epoch, peers, holders: count, seq, state })
                 }
                 Action::StateData { from, seq, answer } => io.execute(ExecCommand::StateData { from, seq, answer }),
                 Action::StableCheckpoint { keep_from, .. } => io.execute(ExecCommand::ForgetBelow(keep_from)),

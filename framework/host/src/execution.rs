@@ -190,6 +190,8 @@ pub struct ExecutionHost<S> {
     /// members but this replica.
     fetch_epoch: u64,
     fetch_peers: Vec<ReplicaId>,
+    /// How many of `fetch_peers`, from the first, hold the state wanted.
+    fetch_holders: usize,
     /// What the consensus side was last told of the membership: the
     /// current epoch, and the epoch a pending change starts.
     told: (u64, Option<u64>),
@@ -216,6 +218,7 @@ impl<S: Service> ExecutionHost<S> {
             next: None,
             fetch_epoch: 0,
             fetch_peers: Vec::new(),
+            fetch_holders: 0,
             told: (0, None),
             repliers: (0, cfg.membership.clone()),
             cfg,
@@ -311,7 +314,9 @@ impl<S: Service> ExecutionHost<S> {
                 io.note(ExecEvent::StateServed);
                 io.send(to, epoch, PeerMessage::StateData { seq, answer });
             }
-            ExecCommand::Fetch { epoch, peers, seq, state } => return self.fetch(epoch, &peers, seq, state, io),
+            ExecCommand::Fetch { epoch, peers, holders, seq, state } => {
+                return self.fetch(epoch, &peers, holders, seq, state, io)
+            }
             ExecCommand::StateData { from, seq, answer } => {
                 let mut steps = Vec::new();
                 match &mut self.fetch {
@@ -332,16 +337,23 @@ impl<S: Service> ExecutionHost<S> {
         &mut self,
         epoch: u64,
         peers: &[ReplicaId],
+        holders: usize,
         seq: SeqNo,
         state: Digest,
         io: &mut impl ExecutionIo,
     ) -> Result<(), String> {
         let mut steps = Vec::new();
+        let same_epoch = epoch == self.fetch_epoch;
+        if self.fetch.as_ref().is_none_or(|f| f.target() != (seq, state)) {
+            // The peers, those that hold the state first, for the fetch this
+            // starts, now or when the one under way ends.
+            self.fetch_epoch = epoch;
+            self.fetch_peers = peers.to_vec();
+            self.fetch_holders = holders;
+        }
         match &mut self.fetch {
             // A core of another epoch asks: its members are the ones to ask.
-            Some(_) if epoch != self.fetch_epoch => {
-                self.fetch_epoch = epoch;
-                self.fetch_peers = peers.to_vec();
+            Some(_) if !same_epoch => {
                 self.next = None;
                 self.start_fetch(seq, state, &mut steps)
             }
@@ -350,22 +362,24 @@ impl<S: Service> ExecutionHost<S> {
                 self.next = Some((seq, state));
                 f.nudge(&mut steps);
             }
-            _ => {
-                self.fetch_epoch = epoch;
-                self.fetch_peers = peers.to_vec();
-                self.start_fetch(seq, state, &mut steps)
-            }
+            _ => self.start_fetch(seq, state, &mut steps),
         }
         self.carry_out(steps, io)
     }
 
     fn start_fetch(&mut self, seq: SeqNo, state: Digest, steps: &mut Vec<FetchStep>) {
         let peers = self.fetch_peers.clone();
-        // Replicas start their rotations at different peers.
-        let turn = self.cfg.me.0 as usize;
+        // Replicas start their rotations at different peers, among those
+        // known to hold the state when any are.
+        let span = match self.fetch_holders {
+            0 => peers.len(),
+            n => n.min(peers.len()),
+        };
+        let turn = self.cfg.me.0 as usize % span.max(1);
         let (window, max_record) = (self.cfg.fetch_window, self.cfg.max_record_bytes);
         self.next = self.next.filter(|(s, _)| *s > seq);
-        self.fetch = Some(Fetcher::start(seq, state, peers, turn, window, max_record, steps));
+        let holders = self.fetch_holders;
+        self.fetch = Some(Fetcher::start(seq, state, peers, holders, turn, window, max_record, steps));
     }
 
     fn carry_out(&mut self, mut steps: Vec<FetchStep>, io: &mut impl ExecutionIo) -> Result<(), String> {

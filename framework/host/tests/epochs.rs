@@ -485,3 +485,38 @@ fn a_link_that_does_not_check_is_refused_and_counted() {
     assert!(!probe.nodes[&4].host.standby());
     assert_eq!(probe.nodes[&4].host.epoch(), 1);
 }
+
+#[test]
+fn a_joiner_a_quorum_needs_while_a_member_is_down_catches_up_at_once_under_load() {
+    let mut net = Net::new();
+    net.standby(4);
+    net.submit(ClientId(77), Bytes::from_static(b"a"));
+    net.settle();
+    // Replica 0 crashes for good; the others move to view 1.
+    net.down.insert(0);
+    net.submit(ClientId(77), Bytes::from_static(b"b"));
+    for _ in 0..60 {
+        net.tick(50);
+    }
+    // With replica 4 added, epoch 1 has five members and quorums of four:
+    // nothing commits without replica 4, which starts from nothing while
+    // the others order on. It fetches the state at the handover, then the
+    // newest checkpoint the others vouch for (its own vote is what makes
+    // that checkpoint stable), from the replicas that signed it rather
+    // than from the dead one.
+    assert_eq!(change(&mut net, 0, 1, vec![add(4)]).epoch, 1);
+    for _ in 0..40 {
+        for k in 0..3u64 {
+            net.submit(ClientId(100 + k), Bytes::from(vec![b'x' + k as u8]));
+        }
+        net.tick(50);
+    }
+    let reference = net.nodes[&1].host.core().delivered();
+    assert!(reference.0 > 3 * 40, "ordering went on: {reference:?}");
+    for me in 1..5 {
+        let core = net.nodes[&me].host.core();
+        assert_eq!(core.metrics().view_changes, 0, "replica {me} changed views in epoch 1");
+        assert!(core.delivered().0 + 6 >= reference.0, "replica {me} at {:?}", core.delivered());
+    }
+    assert_eq!(net.state(4), net.state(1));
+}

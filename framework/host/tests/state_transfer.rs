@@ -155,7 +155,7 @@ impl Net {
     /// Runs host 0's fetch until nothing is in flight.
     fn fetch(&mut self, seq: SeqNo, root: Digest) {
         let mut queue: VecDeque<(usize, ExecCommand)> =
-            VecDeque::from([(0, ExecCommand::Fetch { epoch: 0, peers: self.peers(), seq, state: root })]);
+            VecDeque::from([(0, ExecCommand::Fetch { epoch: 0, peers: self.peers(), holders: 0, seq, state: root })]);
         while let Some((at, cmd)) = queue.pop_front() {
             let mut out = Out::default();
             self.hosts[at].handle(cmd, &mut out).unwrap();

@@ -68,6 +68,32 @@ impl Checkpoints {
         })
     }
 
+    /// The replicas known to have signed `state` at `seq`.
+    pub fn holders(&self, seq: SeqNo, state: Digest) -> Vec<ReplicaId> {
+        let mut who: Vec<ReplicaId> = self
+            .votes
+            .get(&seq)
+            .into_iter()
+            .flat_map(|votes| votes.values())
+            .chain(self.stable.proof.iter().filter(|_| self.stable.seq == seq))
+            .filter(|v| v.body.state == state)
+            .map(|v| v.body.replica)
+            .collect();
+        who.sort_unstable();
+        who.dedup();
+        who
+    }
+
+    /// The configuration digest f+1 (`weak`) votes for `state` at `seq`
+    /// name, if that many match.
+    pub fn vouched_config(&self, seq: SeqNo, state: Digest, weak: usize) -> Option<Digest> {
+        let mut count: BTreeMap<Digest, usize> = BTreeMap::new();
+        for v in self.votes.get(&seq)?.values().filter(|v| v.body.state == state) {
+            *count.entry(v.body.config).or_default() += 1;
+        }
+        count.into_iter().find(|(_, n)| *n >= weak).map(|(config, _)| config)
+    }
+
     /// A quorum of matching votes at `seq`, if there is one.
     fn certificate(&self, seq: SeqNo, quorum: usize) -> Option<CheckpointCert> {
         let votes = self.votes.get(&seq)?;

@@ -112,6 +112,9 @@ pub enum Action {
         seq: SeqNo,
         /// Its certified digest.
         state: Digest,
+        /// The replicas that signed this state, so hold it: asked first,
+        /// before members that may be down or behind.
+        holders: Vec<ReplicaId>,
     },
     /// A peer's answer for the fetch under way.
     StateData {

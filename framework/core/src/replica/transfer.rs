@@ -44,10 +44,12 @@ impl<C: Crypto> Replica<C> {
     /// (restarted from a newer snapshot) and the next checkpoint needs this
     /// replica's vote to become stable (f peers silent). "Cannot get
     /// further": it is fetching already, or nothing was delivered for a
-    /// request timeout.
+    /// quarter of a request timeout while f+1 replicas are past it (a
+    /// joiner whose vote a quorum needs holds the whole cluster back for as
+    /// long as it waits here).
     pub(super) fn check_vouched_checkpoint(&mut self) {
-        let stalled =
-            self.transfer.is_some() || self.clock.now_ms >= self.timers.delivered_at_ms + self.cfg.request_timeout_ms;
+        let stalled = self.transfer.is_some()
+            || self.clock.now_ms >= self.timers.delivered_at_ms + self.cfg.request_timeout_ms / 4;
         if !stalled {
             return;
         }
@@ -64,7 +66,8 @@ impl<C: Crypto> Replica<C> {
         let Some(t) = &self.transfer else { return };
         let (seq, state) = (t.seq, t.state);
         self.timers.transfer_at_ms = Some(self.clock.now_ms + self.cfg.state_transfer_timeout_ms);
-        self.actions.push(Action::FetchState { seq, state });
+        let holders = self.checkpoints.holders(seq, state);
+        self.actions.push(Action::FetchState { seq, state, holders });
     }
 
     /// The transfer's timeout expired.
@@ -117,13 +120,25 @@ impl<C: Crypto> Replica<C> {
         // Requests executed inside the transferred range would wait here
         // forever; clients retransmit whatever still needs ordering.
         self.pool.clear();
+        // A state f+1 replicas vouch for, and not yet stable: its vote may
+        // be the one the checkpoint needs to become stable, even when the
+        // transfer has a newer target by now (a joiner needed for a quorum
+        // while a member is down must not wait for a checkpoint that can
+        // only become stable with its own vote).
+        let weak = self.membership().weak_quorum();
+        let vouched = if seq > self.checkpoints.stable.seq {
+            self.checkpoints
+                .vouched_config(seq, state, weak)
+                .or_else(|| self.transfer.as_ref().filter(|t| t.seq == seq && t.state == state).and_then(|t| t.vouched))
+        } else {
+            None
+        };
+        if let Some(config) = vouched {
+            self.on_checkpoint_ready(seq, state, config);
+        }
         if self.transfer.as_ref().is_some_and(|t| t.seq <= seq) {
-            let vouched = self.transfer.take().and_then(|t| t.vouched.filter(|_| t.seq == seq));
+            self.transfer = None;
             self.timers.transfer_at_ms = None;
-            if let Some(config) = vouched {
-                // Its vote may be the one the checkpoint needs to be stable.
-                self.on_checkpoint_ready(seq, state, config);
-            }
             self.try_deliver();
         }
     }

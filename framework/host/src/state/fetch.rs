@@ -109,6 +109,9 @@ pub struct Fetcher {
     seq: SeqNo,
     root: Digest,
     peers: Vec<ReplicaId>,
+    /// How many of `peers`, from the first, are known to hold the state:
+    /// the others are asked only once none of these can answer.
+    holders: usize,
     turn: usize,
     /// Peers that sent something false, passed over while others remain.
     bad: BTreeSet<ReplicaId>,
@@ -122,11 +125,14 @@ pub struct Fetcher {
 
 impl Fetcher {
     /// Starts fetching the state at `seq`, whose digest is `root`, from
-    /// `peers`; `turn` spreads the first questions of different fetchers.
+    /// `peers`, of which the first `holders` are known to hold it; `turn`
+    /// spreads the first questions of different fetchers.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         seq: SeqNo,
         root: Digest,
         peers: Vec<ReplicaId>,
+        holders: usize,
         turn: usize,
         window: usize,
         max_record_bytes: u64,
@@ -135,6 +141,7 @@ impl Fetcher {
         let mut f = Fetcher {
             seq,
             root,
+            holders: holders.min(peers.len()),
             peers,
             turn,
             bad: BTreeSet::new(),
@@ -160,13 +167,22 @@ impl Fetcher {
             self.bad.clear();
             self.lacking.clear();
         }
-        loop {
-            let p = self.peers[self.turn % self.peers.len()];
-            self.turn += 1;
-            if !self.bad.contains(&p) && !self.lacking.contains(&p) {
-                return p;
+        let (bad, lacking) = (&self.bad, &self.lacking);
+        let usable = |p: &ReplicaId| !bad.contains(p) && !lacking.contains(p);
+        let among = match self.peers[..self.holders].iter().any(usable) {
+            true => self.holders,
+            false => self.peers.len(),
+        };
+        let mut t = self.turn;
+        let p = loop {
+            let p = self.peers[t % among];
+            t += 1;
+            if usable(&p) {
+                break p;
             }
-        }
+        };
+        self.turn = t;
+        p
     }
 
     fn ask_manifest(&mut self, out: &mut Vec<FetchStep>) {
