@@ -56,9 +56,26 @@ fn start_server(dir: &Path, id: u32, a: &RunArgs, flag: Option<&str>) -> Child {
         .args(["--service", a.service.name()])
         .args(flag)
         .args(a.tuning.to_args())
-        .stderr(Stdio::null())
+        .stderr(replica_log(id))
         .spawn()
         .expect("start a replica process")
+}
+
+/// Where a replica's messages go: nowhere, unless `PALISADE_BENCH_LOGS`
+/// names a directory, where each replica appends to `replica-ID.log` (a
+/// restarted replica's lines follow its first life's).
+fn replica_log(id: u32) -> Stdio {
+    let Some(dir) = std::env::var_os("PALISADE_BENCH_LOGS") else { return Stdio::null() };
+    let path = std::path::Path::new(&dir).join(format!("replica-{id}.log"));
+    let file =
+        std::fs::create_dir_all(&dir).and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(&path));
+    match file {
+        Ok(f) => Stdio::from(f),
+        Err(e) => {
+            eprintln!("palisade-bench: cannot write {}: {e}", path.display());
+            Stdio::null()
+        }
+    }
 }
 
 /// Starts the unreplicated baseline server of the configuration in `dir`.

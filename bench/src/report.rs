@@ -222,18 +222,27 @@ impl Report {
 
     /// The client-visible stall after an event at `t`: the longest run of
     /// 100 ms buckets without a completed operation (of the first level's
-    /// timeline) that starts within 5 s of `t`. A stall shorter than one
-    /// bucket reads 0.
+    /// timeline) that starts within 5 s of `t` and before the next event,
+    /// so that one stall is not counted against two events. A stall
+    /// shorter than one bucket reads 0.
     pub(crate) fn stall_after(&self, t: f64) -> Option<f64> {
         let timeline = &self.levels.first()?.palisade.timeline;
         let from = ((self.args.warmup + t) * 10.0) as usize;
+        let next = self.event_times().into_iter().filter(|e| *e > t + 0.05).fold(t + 5.0, f64::min);
+        let until = ((self.args.warmup + next) * 10.0) as usize;
         let (mut best, mut i) = (0usize, from);
-        while i < timeline.len().min(from + 50) {
+        while i < timeline.len().min(until) {
             let run = timeline[i..].iter().take_while(|c| **c == 0).count();
             best = best.max(run);
             i += run.max(1);
         }
         Some(best as f64 / 10.0)
+    }
+
+    /// When the run's events happened, seconds into the measurement.
+    fn event_times(&self) -> Vec<f64> {
+        let e = &self.events;
+        e.kill_primary_at_s.into_iter().chain(e.restart_at_s).chain(e.changes.iter().map(|c| c.at_s)).collect()
     }
 
     /// Fills in each membership change's stall.
