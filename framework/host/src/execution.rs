@@ -344,7 +344,7 @@ impl<S: Service> ExecutionHost<S> {
     ) -> Result<(), String> {
         let mut steps = Vec::new();
         let same_epoch = epoch == self.fetch_epoch;
-        if self.fetch.as_ref().is_none_or(|f| f.target() != (seq, state)) {
+        if !same_epoch || self.fetch.as_ref().is_none_or(|f| f.target() != (seq, state)) {
             // The peers, those that hold the state first, for the fetch this
             // starts, now or when the one under way ends.
             self.fetch_epoch = epoch;

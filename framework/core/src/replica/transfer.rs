@@ -125,20 +125,19 @@ impl<C: Crypto> Replica<C> {
         // transfer has a newer target by now (a joiner needed for a quorum
         // while a member is down must not wait for a checkpoint that can
         // only become stable with its own vote).
+        let target = self.transfer.as_ref().filter(|t| t.seq <= seq).map(|t| t.vouched.filter(|_| t.seq == seq));
+        if target.is_some() {
+            self.transfer = None;
+            self.timers.transfer_at_ms = None;
+        }
         let weak = self.membership().weak_quorum();
-        let vouched = if seq > self.checkpoints.stable.seq {
-            self.checkpoints
-                .vouched_config(seq, state, weak)
-                .or_else(|| self.transfer.as_ref().filter(|t| t.seq == seq && t.state == state).and_then(|t| t.vouched))
-        } else {
-            None
-        };
+        let vouched = target.flatten().or_else(|| {
+            (seq > self.checkpoints.stable.seq).then(|| self.checkpoints.vouched_config(seq, state, weak)).flatten()
+        });
         if let Some(config) = vouched {
             self.on_checkpoint_ready(seq, state, config);
         }
-        if self.transfer.as_ref().is_some_and(|t| t.seq <= seq) {
-            self.transfer = None;
-            self.timers.transfer_at_ms = None;
+        if target.is_some() {
             self.try_deliver();
         }
     }
