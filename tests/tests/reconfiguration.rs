@@ -4,7 +4,7 @@
 //! after its grace period, the cluster grows to f = 2 and shrinks back, and
 //! a client that only ever read the epoch-0 `cluster.toml` finds the
 //! cluster through the chain of epochs. Forged and replayed requests are
-//! refused and counted.
+//! refused and counted, and two concurrent requests both get an answer.
 //!
 //! The replicas run `test-replica` (`palisade replica --service kv`).
 
@@ -287,6 +287,28 @@ fn a_cluster_grows_to_f_2_and_shrinks_back_under_load() {
     settled(&c, &load, &[0, 1, 2, 3, 4], 3, "back at 5 replicas");
     assert_eq!(c.change(vec![AdminOp::Remove { id: ReplicaId(4) }]), (4, 4, 1));
     settled(&c, &load, &[0, 1, 2, 3], 4, "back at 4 replicas");
+
+    // Two view managers at once (BFT-SMaRt's #58 hung one of them): each
+    // gets an answer; while one change is pending the other is refused
+    // as such, or, once it took effect, retried in the new epoch.
+    let answers: Vec<AdminOutcome> = std::thread::scope(|s| {
+        let dir = &c.dir;
+        let both: Vec<_> =
+            (0..2).map(|_| s.spawn(move || reconfigure(dir, vec![AdminOp::SetF { f: 1 }], 30_000).unwrap())).collect();
+        both.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted: Vec<u64> = answers
+        .iter()
+        .filter_map(|a| match a {
+            AdminOutcome::Accepted { next, .. } => Some(next.epoch),
+            AdminOutcome::Rejected(Rejection::ChangePending { .. }) => None,
+            other => panic!("concurrent change answered {other:?}"),
+        })
+        .collect();
+    assert!(!accepted.is_empty(), "{answers:?}");
+    let last = *accepted.iter().max().unwrap();
+    assert_eq!(last, 4 + accepted.len() as u64, "{answers:?}");
+    settled(&c, &load, &[0, 1, 2, 3], last, "after two concurrent changes");
 
     let acked = load.finish();
     all_readable(&c, &acked);

@@ -143,31 +143,50 @@ impl Encoder<Bytes> for SealCodec {
 
 // ----- routing ------------------------------------------------------------------
 
+/// A connection's id and mailbox.
+type Route = (u64, Addr<Connection>);
+
 /// Live connections by peer, so stages can reach them.
 pub struct Routes<K> {
-    map: RwLock<HashMap<K, (u64, Addr<Connection>)>>,
+    map: RwLock<HashMap<K, Vec<Route>>>,
+    /// Whether a message goes to every connection of its key (clients: two
+    /// processes may share a key, as two view managers do, and each takes
+    /// the answers to its own requests) or to the newest only (peers: a
+    /// reconnecting peer's old connection is on its way out).
+    fan_out: bool,
 }
 
 impl<K: std::hash::Hash + Eq + Copy> Routes<K> {
-    fn new() -> Self {
-        Routes { map: RwLock::new(HashMap::new()) }
+    fn new(fan_out: bool) -> Self {
+        Routes { map: RwLock::new(HashMap::new()), fan_out }
     }
 
     fn insert(&self, k: K, id: u64, addr: Addr<Connection>) {
-        self.map.write().insert(k, (id, addr));
+        let mut m = self.map.write();
+        let routes = m.entry(k).or_default();
+        if !self.fan_out {
+            routes.clear();
+        }
+        routes.push((id, addr));
     }
 
     fn remove(&self, k: K, id: u64) {
         let mut m = self.map.write();
-        if m.get(&k).is_some_and(|(i, _)| *i == id) {
-            m.remove(&k);
+        if let Some(routes) = m.get_mut(&k) {
+            routes.retain(|(i, _)| *i != id);
+            if routes.is_empty() {
+                m.remove(&k);
+            }
         }
     }
 
-    /// Queues a body for `k`; false if there is no connection or its mailbox is full.
+    /// Queues a body for `k`; false if there is no connection or every
+    /// mailbox is full.
     pub fn send(&self, k: K, body: Bytes) -> bool {
         match self.map.read().get(&k) {
-            Some((_, addr)) => addr.try_send(Outgoing(body)).is_ok(),
+            Some(routes) => {
+                routes.iter().fold(false, |ok, (_, addr)| addr.try_send(Outgoing(body.clone())).is_ok() | ok)
+            }
             None => false,
         }
     }
@@ -176,19 +195,21 @@ impl<K: std::hash::Hash + Eq + Copy> Routes<K> {
     /// connection wakes and writes once for all of them.
     pub fn send_batch(&self, k: K, bodies: Vec<Bytes>) -> bool {
         match self.map.read().get(&k) {
-            Some((_, addr)) => addr.try_send(OutgoingBatch(bodies)).is_ok(),
+            Some(routes) => {
+                routes.iter().fold(false, |ok, (_, addr)| addr.try_send(OutgoingBatch(bodies.clone())).is_ok() | ok)
+            }
             None => false,
         }
     }
 
     /// Queues a body for every connection; returns how many took it.
     pub fn send_all(&self, body: Bytes) -> usize {
-        self.map.read().values().filter(|(_, addr)| addr.try_send(Outgoing(body.clone())).is_ok()).count()
+        self.map.read().values().flatten().filter(|(_, addr)| addr.try_send(Outgoing(body.clone())).is_ok()).count()
     }
 
     /// Live connections.
     pub fn len(&self) -> usize {
-        self.map.read().len()
+        self.map.read().values().map(Vec::len).sum()
     }
 
     /// Whether there are none.
@@ -270,8 +291,8 @@ impl Net {
             handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms),
             max_client_connections: cfg.max_client_connections,
             handshakes: Arc::new(tokio::sync::Semaphore::new(cfg.max_handshakes)),
-            peers: Routes::new(),
-            clients: Routes::new(),
+            peers: Routes::new(false),
+            clients: Routes::new(true),
             tx_peer,
             tx_verify,
             tx_preprepare,

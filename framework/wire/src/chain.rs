@@ -212,7 +212,11 @@ impl Chain {
 pub fn save_links(dir: &Path, links: &[Handover]) -> std::io::Result<()> {
     let mut bytes = CHAIN_MAGIC.to_vec();
     bytes.extend(postcard::to_allocvec(links).map_err(std::io::Error::other)?);
-    let tmp = dir.join(format!("{CHAIN_FILE}.tmp-{}", std::process::id()));
+    // Unique per write: two clients of one process (two view managers at
+    // once) may save the same directory's chain together.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{CHAIN_FILE}.tmp-{}-{n}", std::process::id()));
     std::fs::write(&tmp, &bytes)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, dir.join(CHAIN_FILE))?;
