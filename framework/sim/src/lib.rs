@@ -40,6 +40,8 @@ pub struct Summary {
     pub ops_completed: usize,
     /// State transfers completed by correct replicas, over all runs.
     pub state_transfers: u64,
+    /// Chain links correct replicas refused, over all runs.
+    pub bad_links: u64,
 }
 
 /// Runs `configs` on `threads` threads; reports come back in input order.
@@ -77,6 +79,7 @@ pub fn summarize(reports: &[Report]) -> Summary {
         s.ops_completed += r.ops_completed;
         s.beyond_model += usize::from(r.beyond_model);
         s.state_transfers += r.state_transfers;
+        s.bad_links += r.bad_links;
         if let Some(ms) = r.recovery_ms.filter(|_| !r.beyond_model) {
             s.recovery_ms.push(ms);
         }

@@ -252,12 +252,13 @@ fn main() -> ExitCode {
     let p = |q: f64| s.recovery_ms.get(((s.recovery_ms.len() as f64 - 1.0) * q).round() as usize).copied();
     eprintln!(
         "{} runs in {:.1}s ({} beyond the fault model, judged on safety only); {} operations completed; \
-         {} state transfers; recovery after heal p50={:?} ms p99={:?} ms max={:?} ms",
+         {} state transfers; {} forged chain links refused; recovery after heal p50={:?} ms p99={:?} ms max={:?} ms",
         s.runs,
         started.elapsed().as_secs_f64(),
         s.beyond_model,
         s.ops_completed,
         s.state_transfers,
+        s.bad_links,
         p(0.5),
         p(0.99),
         s.recovery_ms.last()

@@ -74,6 +74,21 @@ pub trait Strategy {
     }
 }
 
+/// How many of [`STRATEGIES`], from the first, a random run draws from the
+/// run's main random stream. Later strategies are drawn from a side stream
+/// (see [`draw`]), so adding one leaves every earlier seed's run, and the
+/// seeds of failures pinned in tests, exactly as they were.
+pub const MAIN_STREAM_STRATEGIES: usize = 20;
+
+/// A strategy drawn uniformly from all of [`STRATEGIES`]: one draw from
+/// `main` among the first [`MAIN_STREAM_STRATEGIES`] as ever, and one from
+/// `side` that replaces it with a later strategy in the right proportion.
+pub fn draw(main: &mut Rng, side: &mut Rng) -> &'static str {
+    let i = main.below(MAIN_STREAM_STRATEGIES as u64) as usize;
+    let j = side.below(STRATEGIES.len() as u64) as usize;
+    STRATEGIES[if j >= MAIN_STREAM_STRATEGIES { j } else { i }].0
+}
+
 /// Every strategy: name, placement, and what it does.
 pub const STRATEGIES: &[(&str, Placement, &str)] = &[
     (
@@ -132,6 +147,11 @@ pub const STRATEGIES: &[(&str, Placement, &str)] = &[
         "never sends a result in full, even when designated to or asked again: only its digest",
     ),
     ("misdirected-replies", Placement::Any, "answers with another request's id, or to another client"),
+    (
+        "lying-chain",
+        Placement::Any,
+        "tampers with the chain links it relays and sends joiners and members forged links of a newer epoch",
+    ),
 ];
 
 /// The strategy called `name`.
@@ -157,6 +177,7 @@ pub fn make(name: &str) -> Option<Box<dyn Strategy>> {
         "partial-pre-prepare" => Box::new(peers::PartialPrePrepare),
         "withhold-batches" => Box::new(peers::WithholdBatches::default()),
         "status-flood" => Box::new(peers::StatusFlood::default()),
+        "lying-chain" => Box::new(peers::LyingChain::default()),
         _ => return None,
     })
 }

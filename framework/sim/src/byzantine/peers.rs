@@ -4,9 +4,10 @@ use super::{random_digest, ByzCtx, Outgoing, Strategy};
 use bytes::Bytes;
 use palisade_core::crypto::{self, Domain};
 use palisade_core::message::{
-    null_digest, Batch, CheckpointBody, NewViewBody, PrePrepare, PrePreparedEntry, PreparedEntry, Request, Signed,
-    StateAnswer, StateItem, StateQuery, ViewChangeBody,
+    null_digest, Batch, CheckpointBody, CheckpointCert, NewViewBody, PrePrepare, PrePreparedEntry, PreparedEntry,
+    Request, Signed, StateAnswer, StateItem, StateQuery, ViewChangeBody,
 };
+use palisade_core::reconfig::{Handover, Member};
 use palisade_core::{ClientId, Digest, PeerMessage, ReplicaId, RequestId, SeqNo, ViewNo};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -588,5 +589,83 @@ impl Strategy for StatusFlood {
             out.push(Outgoing::now(to, PeerMessage::RejoinQuery { nonce: ctx.rng.next_u64() }));
         }
         out
+    }
+}
+
+/// Lies about the chain of membership epochs: tampers with the links it
+/// relays (a member's address changed, the newest link dropped, a forged
+/// link appended), and sends forged links unasked to every replica that
+/// asked anyone for the chain (joiners) and to the members.
+#[derive(Default)]
+pub(super) struct LyingChain {
+    /// Replicas seen asking for links: joiners and laggards.
+    askers: std::collections::BTreeSet<ReplicaId>,
+    /// The newest genuine link it has seen.
+    newest: Option<Handover>,
+    ticks: u64,
+}
+
+impl LyingChain {
+    fn remember(&mut self, links: &[Handover]) {
+        if let Some(last) = links.iter().max_by_key(|l| l.config.epoch) {
+            if self.newest.as_ref().is_none_or(|n| n.config.epoch < last.config.epoch) {
+                self.newest = Some(last.clone());
+            }
+        }
+    }
+
+    /// A link for the epoch after `after`'s, which only this replica signed:
+    /// a made-up member is added, so it would matter if it were believed.
+    fn forged_after(ctx: &mut ByzCtx<'_>, after: &Handover) -> Handover {
+        let mut config = after.config.clone();
+        config.epoch += 1;
+        config.members.push(Member { id: ReplicaId(200), address: "forged:1".into(), public_key: [7; 32] });
+        let (seq, state) = (SeqNo(after.cert.seq.0 + 8), random_digest(ctx.rng));
+        let body = CheckpointBody { seq, state, config: config.digest(), replica: ctx.me };
+        let vote = crypto::sign(ctx.crypto, Domain::Checkpoint, body);
+        Handover { config, cert: CheckpointCert { seq, state, proof: vec![vote] } }
+    }
+}
+
+impl Strategy for LyingChain {
+    fn name(&self) -> &'static str {
+        "lying-chain"
+    }
+    fn observe(&mut self, _ctx: &mut ByzCtx<'_>, from: ReplicaId, msg: &PeerMessage) {
+        match msg {
+            PeerMessage::HandoverQuery { .. } => {
+                self.askers.insert(from);
+            }
+            PeerMessage::Handovers(links) => self.remember(links),
+            _ => {}
+        }
+    }
+    fn outgoing(&mut self, ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        let PeerMessage::Handovers(mut links) = msg else { return vec![Outgoing::now(to, msg)] };
+        self.remember(&links);
+        match ctx.rng.below(3) {
+            0 => {
+                if let Some(first) = links.first_mut().and_then(|l| l.config.members.first_mut()) {
+                    first.address = "evil:1".into();
+                }
+            }
+            1 => {
+                links.pop();
+            }
+            _ => {
+                if let Some(last) = links.last().cloned() {
+                    links.push(Self::forged_after(ctx, &last));
+                }
+            }
+        }
+        vec![Outgoing::now(to, PeerMessage::Handovers(links))]
+    }
+    fn on_tick(&mut self, ctx: &mut ByzCtx<'_>) -> Vec<Outgoing> {
+        self.ticks += 1;
+        let Some(newest) = self.newest.clone().filter(|_| self.ticks.is_multiple_of(10)) else { return Vec::new() };
+        let forged = Self::forged_after(ctx, &newest);
+        let to: std::collections::BTreeSet<ReplicaId> =
+            self.askers.iter().chain(ctx.membership.members()).copied().filter(|r| *r != ctx.me).collect();
+        to.into_iter().map(|r| Outgoing::now(r, PeerMessage::Handovers(vec![forged.clone()]))).collect()
     }
 }

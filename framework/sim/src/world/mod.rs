@@ -162,13 +162,11 @@ impl World {
         // Byzantine replicas: f of them (one when n = 4), BFT mode only.
         // With several, each draws its own strategy (the first one the
         // named or drawn one), so different attacks combine in one run.
+        let mut side = Rng::new(cfg.seed ^ 0x51de_57a7_e915_0000);
         let strategy_name: Option<String> = match (&cfg.byzantine, cfg.mode) {
             (_, Mode::Cft) | (ByzantineChoice::None, _) => None,
             (ByzantineChoice::Named(s), _) => Some(s.clone()),
-            (ByzantineChoice::Random, _) => {
-                let i = rng.below(byzantine::STRATEGIES.len() as u64) as usize;
-                Some(byzantine::STRATEGIES[i].0.to_string())
-            }
+            (ByzantineChoice::Random, _) => Some(byzantine::draw(&mut rng, &mut side).to_string()),
         };
         let mut byz: BTreeMap<usize, String> = BTreeMap::new();
         if let Some(name) = &strategy_name {
@@ -188,8 +186,7 @@ impl World {
                 let other = if byz.is_empty() || cfg.byzantine != ByzantineChoice::Random {
                     name.clone()
                 } else {
-                    let i = rng.below(byzantine::STRATEGIES.len() as u64) as usize;
-                    byzantine::STRATEGIES[i].0.to_string()
+                    byzantine::draw(&mut rng, &mut side).to_string()
                 };
                 byz.insert(r, other);
             }

@@ -39,6 +39,9 @@ pub struct Report {
     pub state_transfers: u64,
     /// Times a correct replica that lost its votes finished rejoining.
     pub rejoins: u64,
+    /// Links of the chain of epochs correct replicas refused as not
+    /// certified (a Byzantine replica's forgeries).
+    pub bad_links: u64,
     /// Messages put on the network.
     pub messages: u64,
     /// What restarts found on disk.
@@ -77,12 +80,14 @@ impl World {
         let mut max_epoch = 0;
         let mut state_transfers = 0;
         let mut rejoins = 0;
+        let mut bad_links = 0;
         for (r, rep) in self.replicas.iter().enumerate() {
             if rep.strategy.is_some() {
                 continue;
             }
             if let Some(host) = &rep.consensus {
                 max_epoch = max_epoch.max(host.epoch());
+                bad_links += host.counters().bad_links;
             }
             if let Some(core) = rep.consensus.as_ref().map(|h| h.core()) {
                 max_view = max_view.max(core.view().0);
@@ -217,6 +222,7 @@ impl World {
             void_batches: self.void_batches,
             state_transfers,
             rejoins,
+            bad_links,
             messages: self.messages,
             disk: self.disk_stats,
             signature_checks: self.keys.signature_checks(),
