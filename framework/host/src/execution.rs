@@ -369,17 +369,12 @@ impl<S: Service> ExecutionHost<S> {
 
     fn start_fetch(&mut self, seq: SeqNo, state: Digest, steps: &mut Vec<FetchStep>) {
         let peers = self.fetch_peers.clone();
-        // Replicas start their rotations at different peers, among those
-        // known to hold the state when any are.
-        let span = match self.fetch_holders {
-            0 => peers.len(),
-            n => n.min(peers.len()),
-        };
-        let turn = self.cfg.me.0 as usize % span.max(1);
+        // Replicas start their rotations at different peers (the fetcher
+        // keeps them among the holders while any can answer).
+        let turn = self.cfg.me.0 as usize;
         let (window, max_record) = (self.cfg.fetch_window, self.cfg.max_record_bytes);
         self.next = self.next.filter(|(s, _)| *s > seq);
-        let holders = self.fetch_holders;
-        self.fetch = Some(Fetcher::start(seq, state, peers, holders, turn, window, max_record, steps));
+        self.fetch = Some(Fetcher::start(seq, state, peers, self.fetch_holders, turn, window, max_record, steps));
     }
 
     fn carry_out(&mut self, mut steps: Vec<FetchStep>, io: &mut impl ExecutionIo) -> Result<(), String> {

@@ -183,23 +183,22 @@ impl<K: std::hash::Hash + Eq + Copy> Routes<K> {
     /// Queues a body for `k`; false if there is no connection or every
     /// mailbox is full.
     pub fn send(&self, k: K, body: Bytes) -> bool {
-        match self.map.read().get(&k) {
-            Some(routes) => {
-                routes.iter().fold(false, |ok, (_, addr)| addr.try_send(Outgoing(body.clone())).is_ok() | ok)
-            }
-            None => false,
-        }
+        self.each(k, body, |addr, body| addr.try_send(Outgoing(body)).is_ok())
     }
 
     /// Queues several bodies for `k` as one mailbox message, so that the
     /// connection wakes and writes once for all of them.
     pub fn send_batch(&self, k: K, bodies: Vec<Bytes>) -> bool {
-        match self.map.read().get(&k) {
-            Some(routes) => {
-                routes.iter().fold(false, |ok, (_, addr)| addr.try_send(OutgoingBatch(bodies.clone())).is_ok() | ok)
-            }
-            None => false,
-        }
+        self.each(k, bodies, |addr, bodies| addr.try_send(OutgoingBatch(bodies)).is_ok())
+    }
+
+    /// Offers `msg` to each connection of `k`, copying it only for the
+    /// extra ones; whether any took it.
+    fn each<M: Clone>(&self, k: K, msg: M, offer: impl Fn(&Addr<Connection>, M) -> bool) -> bool {
+        let map = self.map.read();
+        let Some(((_, last), rest)) = map.get(&k).and_then(|r| r.split_last()) else { return false };
+        let others = rest.iter().fold(false, |ok, (_, addr)| offer(addr, msg.clone()) | ok);
+        offer(last, msg) | others
     }
 
     /// Queues a body for every connection; returns how many took it.

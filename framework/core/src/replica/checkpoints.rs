@@ -60,11 +60,7 @@ impl Checkpoints {
     /// configuration digests.
     pub fn weak_certificate(&self, above: SeqNo, weak: usize) -> Option<(SeqNo, Digest, Digest)> {
         self.votes.range(above.next()..).rev().find_map(|(seq, votes)| {
-            let mut count: BTreeMap<(Digest, Digest), usize> = BTreeMap::new();
-            for v in votes.values() {
-                *count.entry((v.body.state, v.body.config)).or_default() += 1;
-            }
-            count.into_iter().find(|(_, n)| *n >= weak).map(|((state, config), _)| (*seq, state, config))
+            tally(votes).into_iter().find(|(_, n)| *n >= weak).map(|((state, config), _)| (*seq, state, config))
         })
     }
 
@@ -87,11 +83,7 @@ impl Checkpoints {
     /// The configuration digest f+1 (`weak`) votes for `state` at `seq`
     /// name, if that many match.
     pub fn vouched_config(&self, seq: SeqNo, state: Digest, weak: usize) -> Option<Digest> {
-        let mut count: BTreeMap<Digest, usize> = BTreeMap::new();
-        for v in self.votes.get(&seq)?.values().filter(|v| v.body.state == state) {
-            *count.entry(v.body.config).or_default() += 1;
-        }
-        count.into_iter().find(|(_, n)| *n >= weak).map(|(config, _)| config)
+        tally(self.votes.get(&seq)?).into_iter().find(|((s, _), n)| *s == state && *n >= weak).map(|((_, c), _)| c)
     }
 
     /// A quorum of matching votes at `seq`, if there is one.
@@ -182,4 +174,13 @@ impl<C: Crypto> Replica<C> {
         // No proposing from here: while entering a new view the primary must
         // not assign sequence numbers before it has laid out the re-proposals.
     }
+}
+
+/// How many of `votes` name each (state, configuration) pair.
+fn tally(votes: &BTreeMap<ReplicaId, Signed<CheckpointBody>>) -> BTreeMap<(Digest, Digest), usize> {
+    let mut count = BTreeMap::new();
+    for v in votes.values() {
+        *count.entry((v.body.state, v.body.config)).or_default() += 1;
+    }
+    count
 }

@@ -125,19 +125,20 @@ impl<C: Crypto> Replica<C> {
         // transfer has a newer target by now (a joiner needed for a quorum
         // while a member is down must not wait for a checkpoint that can
         // only become stable with its own vote).
-        let target = self.transfer.as_ref().filter(|t| t.seq <= seq).map(|t| t.vouched.filter(|_| t.seq == seq));
-        if target.is_some() {
+        let done = self.transfer.as_ref().is_some_and(|t| t.seq <= seq);
+        let target_vouched = self.transfer.as_ref().filter(|t| t.seq == seq).and_then(|t| t.vouched);
+        if done {
             self.transfer = None;
             self.timers.transfer_at_ms = None;
         }
         let weak = self.membership().weak_quorum();
-        let vouched = target.flatten().or_else(|| {
+        let vouched = target_vouched.or_else(|| {
             (seq > self.checkpoints.stable.seq).then(|| self.checkpoints.vouched_config(seq, state, weak)).flatten()
         });
         if let Some(config) = vouched {
             self.on_checkpoint_ready(seq, state, config);
         }
-        if target.is_some() {
+        if done {
             self.try_deliver();
         }
     }

@@ -79,6 +79,7 @@ pub trait Strategy {
 /// (see [`draw`]), so adding one leaves every earlier seed's run, and the
 /// seeds of failures pinned in tests, exactly as they were.
 pub const MAIN_STREAM_STRATEGIES: usize = 20;
+const _: () = assert!(MAIN_STREAM_STRATEGIES <= STRATEGIES.len());
 
 /// A strategy drawn uniformly from all of [`STRATEGIES`]: one draw from
 /// `main` among the first [`MAIN_STREAM_STRATEGIES`] as ever, and one from
