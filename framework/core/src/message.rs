@@ -31,13 +31,19 @@ pub struct Request {
 impl Request {
     /// The bytes a client signs: everything but the signature itself.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.operation.len());
-        out.extend_from_slice(b"palisade/request/v1");
-        out.extend_from_slice(&self.client.0.to_le_bytes());
-        out.extend_from_slice(&self.id.0.to_le_bytes());
-        out.push(self.read_only as u8);
-        out.extend_from_slice(&self.operation);
+        let mut out = Vec::with_capacity(40 + self.operation.len());
+        self.signing_parts(|part| out.extend_from_slice(part));
         out
+    }
+
+    /// [`Request::signing_bytes`] in the pieces they are made of, so that
+    /// a hash can take them without a copy of the operation.
+    pub fn signing_parts(&self, mut take: impl FnMut(&[u8])) {
+        take(b"palisade/request/v1");
+        take(&self.client.0.to_le_bytes());
+        take(&self.id.0.to_le_bytes());
+        take(&[self.read_only as u8]);
+        take(&self.operation);
     }
 
     /// Approximate size in a batch, for the batch byte limit.

@@ -2,99 +2,262 @@
 //! batches.
 //!
 //! When clients sign, a request's `auth` field is
-//! `client_public_key[32] || ed25519_signature[64]` over
-//! [`Request::signing_bytes`], and the request's client id must be the one
-//! derived from that key ([`crate::keys::client_id`]). With authenticators
-//! (`request_auth = "authenticators"`) it is followed by
-//! `count:u8 (replica:u32 mac[16]){count}`: one MAC per replica the client
-//! shares a channel with, HMAC-SHA256 under the channel's request key,
-//! truncated to 16 bytes ([`request_mac`]). A backup accepts a request a
-//! primary proposes on its own MAC, or else on the signature, which the
-//! primary checked before proposing (docs/protocol.md, *Client
-//! authenticity*).
+//! `client_public_key[32] || ed25519_signature[64] || depth:u8 || sides:u8
+//! || sibling[32]{depth}`. One signature covers a *group* of requests a
+//! client issued together: the signature is over the root of a hash tree
+//! whose leaves are the requests' [`Request::signing_bytes`], and each
+//! request carries the sibling hashes from its leaf to that root (bit `j` of
+//! `sides` set when sibling `j` is the left one). A client with many
+//! requests in flight thus signs once per group instead of once per
+//! request, and a replica checks each distinct signature once. A lone
+//! request is a group of one: depth 0, and the root is its leaf. The
+//! request's client id must be the one derived from the key
+//! ([`crate::keys::client_id`]).
+//!
+//! With authenticators (`request_auth = "authenticators"`) the proof is
+//! followed by `count:u8 (replica:u32 mac[16]){count}`: one MAC per replica
+//! the client shares a channel with, HMAC-SHA256 under the channel's
+//! request key over the request's leaf hash (so the request is hashed once
+//! however many replicas it is MACed for), truncated to 16 bytes
+//! ([`request_mac`]). A backup accepts a request a primary proposes on its
+//! own MAC, or else on the signature, which the primary checked before
+//! proposing (docs/protocol.md, *Client authenticity*).
 //!
 //! **One validity rule everywhere.** Single ed25519 verification is
 //! cofactorless and batch verification is cofactored, so a crafted
 //! signature can pass one and fail the other. Replicas must agree on
 //! validity, so Palisade always uses the cofactored rule (dalek's batch
 //! verifier, a batch of one when alone) and refuses small-order keys. A batch
-//! that fails is split and re-verified to find the culprits.
+//! that fails is split and re-verified to find the culprits. Verdicts are
+//! remembered per exact (key, signature, root), never per root alone: a
+//! faulty client that sends one request of a group with a bad signature
+//! gets it refused by every replica, whether or not that replica saw the
+//! group's good signature first.
 
 use crate::keys::client_id;
 use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use palisade_core::{ClientId, ReplicaId, Request, RequestId};
 use rayon::prelude::*;
-use std::collections::BTreeSet;
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, OnceLock};
 
-/// Bytes of a signed request's `auth` field without MACs.
+/// Bytes of the client's key and signature at the start of a signed
+/// request's `auth` field.
 pub const AUTH_BYTES: usize = 96;
+/// Bytes of the proof header (depth and sides) after the signature.
+const PROOF_HEADER: usize = 2;
+/// Deepest proof a request may carry: one signature covers at most
+/// [`MAX_GROUP`] requests.
+pub const MAX_GROUP_DEPTH: usize = 8;
+/// Most requests one client signature may cover.
+pub const MAX_GROUP: usize = 1 << MAX_GROUP_DEPTH;
+const HASH_BYTES: usize = 32;
 /// Bytes of one MAC in an authenticator.
 pub const MAC_BYTES: usize = 16;
 const MAC_ENTRY_BYTES: usize = 4 + MAC_BYTES;
-/// Bytes of the largest `auth` field: the key and signature, then a count
-/// and up to 255 replica MACs.
-pub const MAX_AUTH_BYTES: usize = AUTH_BYTES + 1 + u8::MAX as usize * MAC_ENTRY_BYTES;
+/// Bytes of the largest `auth` field: the key and signature, the deepest
+/// proof, then a count and up to 255 replica MACs.
+pub const MAX_AUTH_BYTES: usize =
+    AUTH_BYTES + PROOF_HEADER + MAX_GROUP_DEPTH * HASH_BYTES + 1 + u8::MAX as usize * MAC_ENTRY_BYTES;
 const MAC_DOMAIN: &[u8] = b"palisade/request-mac/v1";
+const GROUP_DOMAIN: &[u8] = b"palisade/request-group/v1";
+const SIGNED_BYTES: usize = GROUP_DOMAIN.len() + HASH_BYTES;
+/// Distinct verified signatures remembered (each is a key, a signature and
+/// a root: 128 bytes).
+const MEMO_MAX: usize = 1 << 15;
 
 /// The MAC of `request` under a client-replica request key.
 pub fn request_mac(key: &[u8; 32], request: &Request) -> [u8; MAC_BYTES] {
-    mac_of(key, &request.signing_bytes())
+    mac_of(key, &request_leaf(request))
 }
 
-/// The MAC of a request's signing bytes `signed`.
-fn mac_of(key: &[u8; 32], signed: &[u8]) -> [u8; MAC_BYTES] {
+/// The MAC of a request's leaf hash: the request is hashed once, for its
+/// group's tree, however many replicas it carries a MAC for.
+fn mac_of(key: &[u8; 32], leaf: &[u8; HASH_BYTES]) -> [u8; MAC_BYTES] {
     use hmac::Mac;
-    let full = keyed_mac(key, signed).finalize().into_bytes();
+    let full = keyed_mac(key, leaf).finalize().into_bytes();
     full[..MAC_BYTES].try_into().expect("16 bytes")
 }
 
-fn keyed_mac(key: &[u8; 32], signed: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+fn keyed_mac(key: &[u8; 32], leaf: &[u8; HASH_BYTES]) -> hmac::Hmac<sha2::Sha256> {
     use hmac::Mac;
     let mut m = <hmac::Hmac<sha2::Sha256>>::new_from_slice(key).expect("HMAC takes any key length");
     m.update(MAC_DOMAIN);
-    m.update(signed);
+    m.update(leaf);
     m
 }
 
-/// Signs `request` as the client holding `key` (setting its client id) and
-/// appends one MAC for each `(replica, request key)`.
-pub fn authenticate_request(key: &SigningKey, macs: &[(ReplicaId, [u8; 32])], request: &mut Request) {
-    let count = macs.len().min(u8::MAX as usize);
-    let mut auth = Vec::with_capacity(AUTH_BYTES + 1 + count * MAC_ENTRY_BYTES);
-    // The signed bytes do not cover `auth`: built once, for the signature
-    // and every MAC.
-    let signed = signed_as(key, request, &mut auth);
-    auth.push(count as u8);
-    for (replica, k) in &macs[..count] {
-        auth.extend_from_slice(&replica.0.to_le_bytes());
-        auth.extend_from_slice(&mac_of(k, &signed));
+/// A leaf of a group's hash tree: SHA-256 of 0x00 and one request's
+/// signing bytes (hashed where they lie, not copied into one buffer
+/// first). The prefix byte keeps leaves and inner nodes apart, so that no
+/// inner node can pass as a request.
+fn request_leaf(request: &Request) -> [u8; HASH_BYTES] {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    request.signing_parts(|part| h.update(part));
+    h.finalize().into()
+}
+
+fn node(left: &[u8; HASH_BYTES], right: &[u8; HASH_BYTES]) -> [u8; HASH_BYTES] {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+/// The bytes the client signs for a group with hash-tree `root`.
+fn group_message(root: &[u8; HASH_BYTES]) -> [u8; SIGNED_BYTES] {
+    let mut m = [0u8; SIGNED_BYTES];
+    m[..GROUP_DOMAIN.len()].copy_from_slice(GROUP_DOMAIN);
+    m[GROUP_DOMAIN.len()..].copy_from_slice(root);
+    m
+}
+
+/// Signs `requests` as the client holding `key`, with one signature for
+/// every [`MAX_GROUP`] of them, setting their client id.
+pub fn sign_group(key: &SigningKey, requests: &mut [Request]) {
+    for group in requests.chunks_mut(MAX_GROUP) {
+        sign_chunk(key, &[], group);
     }
-    request.auth = Bytes::from(auth);
+}
+
+/// [`sign_group`], then one MAC per `(replica, request key)` on each
+/// request.
+pub fn authenticate_group(key: &SigningKey, macs: &[(ReplicaId, [u8; 32])], requests: &mut [Request]) {
+    let macs = &macs[..macs.len().min(u8::MAX as usize)];
+    for group in requests.chunks_mut(MAX_GROUP) {
+        sign_chunk(key, macs, group);
+    }
+    if macs.is_empty() {
+        // An empty MAC section still says "authenticators".
+        for r in requests.iter_mut() {
+            let mut auth = r.auth.to_vec();
+            auth.push(0);
+            r.auth = Bytes::from(auth);
+        }
+    }
+}
+
+/// Signs one request alone (a group of one) and appends one MAC for each
+/// `(replica, request key)`.
+pub fn authenticate_request(key: &SigningKey, macs: &[(ReplicaId, [u8; 32])], request: &mut Request) {
+    authenticate_group(key, macs, std::slice::from_mut(request));
+}
+
+/// Signs `request` alone (a group of one) as the client holding `key`,
+/// setting its client id too.
+pub fn sign_request(key: &SigningKey, request: &mut Request) {
+    sign_group(key, std::slice::from_mut(request));
+}
+
+/// Signs at most [`MAX_GROUP`] requests with one signature over their
+/// hash tree's root, and writes each one's `auth`: key, signature, proof,
+/// then the MAC section when `macs` is not empty.
+fn sign_chunk(key: &SigningKey, macs: &[(ReplicaId, [u8; 32])], requests: &mut [Request]) {
+    let public = key.verifying_key().to_bytes();
+    let id = client_id(&public);
+    let leaves: Vec<[u8; HASH_BYTES]> = requests
+        .iter_mut()
+        .map(|r| {
+            r.client = id;
+            request_leaf(r)
+        })
+        .collect();
+    // Levels of the tree, leaves first; an odd node out is carried up as it is.
+    let mut levels: Vec<Vec<[u8; HASH_BYTES]>> = vec![leaves];
+    while levels.last().map_or(0, Vec::len) > 1 {
+        let below = levels.last().expect("a level");
+        let above = below.chunks(2).map(|p| if p.len() == 2 { node(&p[0], &p[1]) } else { p[0] }).collect();
+        levels.push(above);
+    }
+    let root = levels.last().and_then(|l| l.first()).copied().unwrap_or([0; HASH_BYTES]);
+    let signature = key.sign(&group_message(&root)).to_bytes();
+    let mac_bytes = if macs.is_empty() { 0 } else { 1 + macs.len() * MAC_ENTRY_BYTES };
+    for (i, r) in requests.iter_mut().enumerate() {
+        let mut auth = Vec::with_capacity(AUTH_BYTES + PROOF_HEADER + (levels.len() - 1) * HASH_BYTES + mac_bytes);
+        auth.extend_from_slice(&public);
+        auth.extend_from_slice(&signature);
+        auth.extend_from_slice(&[0, 0]);
+        let (mut at, mut depth, mut sides) = (i, 0u8, 0u8);
+        for level in &levels[..levels.len() - 1] {
+            let sibling = at ^ 1;
+            if let Some(h) = level.get(sibling) {
+                if sibling < at {
+                    sides |= 1 << depth;
+                }
+                auth.extend_from_slice(h);
+                depth += 1;
+            }
+            at >>= 1;
+        }
+        auth[AUTH_BYTES] = depth;
+        auth[AUTH_BYTES + 1] = sides;
+        if !macs.is_empty() {
+            auth.push(macs.len() as u8);
+            for (replica, k) in macs {
+                auth.extend_from_slice(&replica.0.to_le_bytes());
+                auth.extend_from_slice(&mac_of(k, &levels[0][i]));
+            }
+        }
+        r.auth = Bytes::from(auth);
+    }
+}
+
+/// The parts of a well-formed signed `auth` field.
+struct Layout<'a> {
+    public: [u8; 32],
+    signature: [u8; 64],
+    sides: u8,
+    siblings: &'a [u8],
+    /// The MAC entries, when the field has a MAC section.
+    macs: Option<&'a [u8]>,
+}
+
+/// Splits a signed `auth` field, or `None` when it is malformed: too
+/// short, too deep a proof, stray bits in `sides`, or a MAC section whose
+/// count does not match its length.
+fn layout(auth: &[u8]) -> Option<Layout<'_>> {
+    let (&depth, rest) = auth.get(AUTH_BYTES..)?.split_first()?;
+    let (&sides, rest) = rest.split_first()?;
+    let depth = depth as usize;
+    if depth > MAX_GROUP_DEPTH || (depth < 8 && sides >> depth != 0) {
+        return None;
+    }
+    let siblings = rest.get(..depth * HASH_BYTES)?;
+    let macs = match rest[depth * HASH_BYTES..].split_first() {
+        None => None,
+        Some((&count, entries)) if entries.len() == count as usize * MAC_ENTRY_BYTES => Some(entries),
+        Some(_) => return None,
+    };
+    Some(Layout {
+        public: auth[..32].try_into().expect("32 bytes"),
+        signature: auth[32..AUTH_BYTES].try_into().expect("64 bytes"),
+        sides,
+        siblings,
+        macs,
+    })
 }
 
 /// The MAC `request`'s authenticator holds for `replica`, if any (and if
 /// the authenticator is well formed).
 pub fn mac_for(request: &Request, replica: ReplicaId) -> Option<[u8; MAC_BYTES]> {
-    let rest = request.auth.get(AUTH_BYTES..)?;
-    let (&count, entries) = rest.split_first()?;
-    if entries.len() != count as usize * MAC_ENTRY_BYTES {
-        return None;
-    }
-    entries.chunks_exact(MAC_ENTRY_BYTES).find_map(|e| {
+    layout(&request.auth)?.macs?.chunks_exact(MAC_ENTRY_BYTES).find_map(|e| {
         (u32::from_le_bytes(e[..4].try_into().expect("4 bytes")) == replica.0)
             .then(|| e[4..].try_into().expect("16 bytes"))
     })
 }
 
 /// Whether `request`'s MAC for `replica` checks under one of `keys` (in
-/// constant time). The signed bytes are built once, and not at all when the
-/// request holds no MAC for `replica`.
+/// constant time). The request is hashed once, and not at all when it
+/// holds no MAC for `replica`.
 pub fn mac_checks_any(request: &Request, replica: ReplicaId, keys: &[[u8; 32]]) -> bool {
     use hmac::Mac;
     let Some(m) = mac_for(request, replica) else { return false };
-    let signed = request.signing_bytes();
-    keys.iter().any(|k| keyed_mac(k, &signed).verify_truncated_left(&m).is_ok())
+    let leaf = request_leaf(request);
+    keys.iter().any(|k| keyed_mac(k, &leaf).verify_truncated_left(&m).is_ok())
 }
 
 /// Whether `request`'s MAC for `replica` checks under `key` (in constant
@@ -103,31 +266,13 @@ pub fn mac_checks(request: &Request, replica: ReplicaId, key: &[u8; 32]) -> bool
     mac_checks_any(request, replica, std::slice::from_ref(key))
 }
 
-/// Signs `request` as the client holding `key`, setting its client id too.
-pub fn sign_request(key: &SigningKey, request: &mut Request) {
-    let mut auth = Vec::with_capacity(AUTH_BYTES);
-    signed_as(key, request, &mut auth);
-    request.auth = Bytes::from(auth);
-}
-
-/// Sets `request`'s client id to `key`'s, appends the key and the
-/// signature to `auth`, and returns the signed bytes.
-fn signed_as(key: &SigningKey, request: &mut Request, auth: &mut Vec<u8>) -> Vec<u8> {
-    let public = key.verifying_key().to_bytes();
-    request.client = client_id(&public);
-    let signed = request.signing_bytes();
-    auth.extend_from_slice(&public);
-    auth.extend_from_slice(&key.sign(&signed).to_bytes());
-    signed
-}
-
 /// Why a request was refused before execution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// The operation is larger than allowed.
     Oversized,
-    /// `auth` is not 96 bytes (plus a well-formed MAC section), or its key
-    /// is not a valid, non-weak point.
+    /// `auth` is not a key, a signature and a well-formed proof (plus a
+    /// well-formed MAC section), or its key is not a valid, non-weak point.
     BadAuthFormat,
     /// The client id is not the one derived from the key.
     ClientIdMismatch,
@@ -154,36 +299,38 @@ impl Default for VerifyLimits {
     }
 }
 
+/// What a signature check needs: who, what signature, and over which root.
+/// Also the memo's key: a verdict holds for these exact bytes only.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Claim {
+    public: [u8; 32],
+    signature: [u8; 64],
+    root: [u8; HASH_BYTES],
+}
+
 struct Parsed {
     key: VerifyingKey,
-    sig: Signature,
-    message: Vec<u8>,
+    claim: Claim,
 }
 
 fn parse(request: &Request) -> Result<Parsed, Rejection> {
-    if request.auth.len() < AUTH_BYTES {
-        return Err(Rejection::BadAuthFormat);
-    }
-    if let Some((&count, entries)) = request.auth[AUTH_BYTES..].split_first() {
-        if entries.len() != count as usize * MAC_ENTRY_BYTES {
-            return Err(Rejection::BadAuthFormat);
-        }
-    }
-    let public: [u8; 32] = request.auth[..32].try_into().expect("32 bytes");
-    if client_id(&public) != request.client {
+    let l = layout(&request.auth).ok_or(Rejection::BadAuthFormat)?;
+    if client_id(&l.public) != request.client {
         return Err(Rejection::ClientIdMismatch);
     }
-    let key = client_key(&public)?;
-    let sig_bytes: [u8; 64] = request.auth[32..AUTH_BYTES].try_into().expect("64 bytes");
-    Ok(Parsed { key, sig: Signature::from_bytes(&sig_bytes), message: request.signing_bytes() })
+    let key = client_key(&l.public)?;
+    let mut root = request_leaf(request);
+    for (j, sibling) in l.siblings.chunks_exact(HASH_BYTES).enumerate() {
+        let sibling: &[u8; HASH_BYTES] = sibling.try_into().expect("32 bytes");
+        root = if l.sides >> j & 1 == 1 { node(sibling, &root) } else { node(&root, sibling) };
+    }
+    Ok(Parsed { key, claim: Claim { public: l.public, signature: l.signature, root } })
 }
 
 /// Client keys already decompressed and checked: a point decompression
 /// costs about as much as a third of a signature check, and a client signs
 /// many requests with one key. Bounded: emptied when full.
 fn client_key(public: &[u8; 32]) -> Result<VerifyingKey, Rejection> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
     const KEYS_MAX: usize = 1 << 16;
     static KEYS: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
     let keys = KEYS.get_or_init(|| Mutex::new(HashMap::new()));
@@ -202,9 +349,46 @@ fn client_key(public: &[u8; 32]) -> Result<VerifyingKey, Rejection> {
     Ok(key)
 }
 
+/// Signatures already found valid, by their exact claim: the requests of
+/// a group arrive in several frames and PRE-PREPAREs, and each needs its
+/// signature checked once. Verification is a pure function of the claim,
+/// so remembering it cannot change a verdict. Bounded: the oldest go first.
+#[derive(Default)]
+struct Memo {
+    known: HashSet<Claim>,
+    order: VecDeque<Claim>,
+}
+
+fn memo() -> std::sync::MutexGuard<'static, Memo> {
+    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
+    MEMO.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Memo {
+    fn insert(&mut self, claim: Claim) {
+        if self.known.insert(claim.clone()) {
+            self.order.push_back(claim);
+            while self.order.len() > MEMO_MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.known.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Forgets every signature found valid, so that the next checks are done
+/// in full: for benchmarks that measure the check itself.
+pub fn forget_verified_signatures() {
+    let mut m = memo();
+    m.known.clear();
+    m.order.clear();
+}
+
 fn batch_ok(items: &[&Parsed]) -> bool {
-    let messages: Vec<&[u8]> = items.iter().map(|p| p.message.as_slice()).collect();
-    let sigs: Vec<Signature> = items.iter().map(|p| p.sig).collect();
+    let messages: Vec<[u8; SIGNED_BYTES]> = items.iter().map(|p| group_message(&p.claim.root)).collect();
+    let messages: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
+    let sigs: Vec<Signature> = items.iter().map(|p| Signature::from_bytes(&p.claim.signature)).collect();
     let keys: Vec<VerifyingKey> = items.iter().map(|p| p.key).collect();
     ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok()
 }
@@ -212,7 +396,11 @@ fn batch_ok(items: &[&Parsed]) -> bool {
 /// Verifies one request's client signature with the cluster-wide rule.
 pub fn verify_request(request: &Request) -> Result<(), Rejection> {
     let p = parse(request)?;
+    if memo().known.contains(&p.claim) {
+        return Ok(());
+    }
     if batch_ok(&[&p]) {
+        memo().insert(p.claim);
         Ok(())
     } else {
         Err(Rejection::BadSignature)
@@ -259,15 +447,16 @@ fn find_bad(items: &[&Parsed], bad: &mut [bool]) {
 }
 
 /// The verification stage's work on one inbox drain: cheap checks first
-/// (size, format, client id, range, duplicates), then signatures in
-/// chunks of `limits.chunk`, one rayon task per chunk, on `pool`.
-/// Results come back in input order.
+/// (size, format, client id, range, duplicates, and each request's proof
+/// up to its group's root), then each distinct signature not already known
+/// once, in chunks of `limits.chunk`, one rayon task per chunk, on `pool`.
+/// Verdicts come back in input order.
 pub fn verify_batch(
     requests: Vec<Request>,
     limits: VerifyLimits,
     in_range: impl Fn(ClientId, RequestId) -> bool + Sync,
     pool: &rayon::ThreadPool,
-) -> Vec<Result<Request, (Request, Rejection)>> {
+) -> Verdicts {
     let mut seen = BTreeSet::new();
     let mut parsed: Vec<Result<Parsed, Rejection>> = Vec::with_capacity(requests.len());
     for r in &requests {
@@ -282,31 +471,63 @@ pub fn verify_batch(
         };
         parsed.push(verdict);
     }
-    let candidates: Vec<(usize, &Parsed)> =
-        parsed.iter().enumerate().filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p))).collect();
+    // Each distinct claim not already known is checked once, however many
+    // requests of its group this drain holds.
+    let mut unique: Vec<&Parsed> = Vec::new();
+    let mut claim_of: Vec<Option<usize>> = vec![None; parsed.len()];
+    {
+        let memo = memo();
+        let mut seen_claims: HashMap<&Claim, usize> = HashMap::new();
+        for (i, p) in parsed.iter().enumerate() {
+            let Ok(p) = p else { continue };
+            if memo.known.contains(&p.claim) {
+                continue;
+            }
+            let at = *seen_claims.entry(&p.claim).or_insert_with(|| {
+                unique.push(p);
+                unique.len() - 1
+            });
+            claim_of[i] = Some(at);
+        }
+    }
     let chunk = limits.chunk.max(1);
-    let bad_indices: Vec<usize> = pool.install(|| {
-        candidates
+    let bad: Vec<bool> = pool.install(|| {
+        unique
             .par_chunks(chunk)
-            .flat_map_iter(|c| {
-                let items: Vec<&Parsed> = c.iter().map(|(_, p)| *p).collect();
+            .flat_map_iter(|items| {
                 let mut bad = vec![false; items.len()];
-                find_bad(&items, &mut bad);
-                c.iter().zip(bad).filter(|(_, b)| *b).map(|((i, _), _)| *i).collect::<Vec<_>>()
+                find_bad(items, &mut bad);
+                bad
             })
             .collect()
     });
-    let bad: BTreeSet<usize> = bad_indices.into_iter().collect();
-    requests
+    {
+        let mut memo = memo();
+        for (p, _) in unique.iter().zip(&bad).filter(|(_, b)| !**b) {
+            memo.insert(p.claim.clone());
+        }
+    }
+    let signatures_checked = bad.len();
+    let verdicts = requests
         .into_iter()
         .zip(parsed)
-        .enumerate()
-        .map(|(i, (r, p))| match p {
+        .zip(claim_of)
+        .map(|((r, p), claim)| match p {
             Err(why) => Err((r, why)),
-            Ok(_) if bad.contains(&i) => Err((r, Rejection::BadSignature)),
+            Ok(_) if claim.is_some_and(|c| bad[c]) => Err((r, Rejection::BadSignature)),
             Ok(_) => Ok(r),
         })
-        .collect()
+        .collect();
+    Verdicts { verdicts, signatures_checked }
+}
+
+/// What [`verify_batch`] found.
+pub struct Verdicts {
+    /// Each request, accepted or refused with the reason, in input order.
+    pub verdicts: Vec<Result<Request, (Request, Rejection)>>,
+    /// Distinct signatures it checked: fewer than the requests when
+    /// clients sign in groups, or when their signatures were known.
+    pub signatures_checked: usize,
 }
 
 #[cfg(test)]
@@ -382,7 +603,7 @@ mod tests {
             auth: Bytes::new(),
         };
         authenticate_request(&key, &[(ReplicaId(0), k0), (ReplicaId(1), k1)], &mut r);
-        assert_eq!(r.auth.len(), AUTH_BYTES + 1 + 2 * (4 + MAC_BYTES));
+        assert_eq!(r.auth.len(), AUTH_BYTES + PROOF_HEADER + 1 + 2 * (4 + MAC_BYTES));
         assert_eq!(verify_request(&r), Ok(()), "the signature still checks");
         assert!(mac_checks(&r, ReplicaId(0), &k0) && mac_checks(&r, ReplicaId(1), &k1));
         assert!(!mac_checks(&r, ReplicaId(0), &k1), "another replica's key");
@@ -402,9 +623,10 @@ mod tests {
         let mallory = crate::keys::generate(&mut rand_core::OsRng);
         let mut r = signed(&alice, 1);
         // Mallory signs with her key but claims Alice's id and key.
-        let sig = mallory.sign(&r.signing_bytes());
+        let sig = mallory.sign(&group_message(&request_leaf(&r)));
         let mut auth = r.auth[..32].to_vec();
         auth.extend_from_slice(&sig.to_bytes());
+        auth.extend_from_slice(&[0, 0]);
         r.auth = Bytes::from(auth);
         assert_eq!(verify_request(&r), Err(Rejection::BadSignature));
     }
@@ -422,7 +644,7 @@ mod tests {
         reqs.push(reqs[0].clone());
         let limits = VerifyLimits { chunk: 16, ..VerifyLimits::default() };
         for threads in [1, 2] {
-            let out = verify_batch(reqs.clone(), limits, |_, id| id.0 != 150, &pool(threads));
+            let out = verify_batch(reqs.clone(), limits, |_, id| id.0 != 150, &pool(threads)).verdicts;
             assert_eq!(out.len(), reqs.len());
             let verdicts: Vec<(usize, Rejection)> =
                 out.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|(_, why)| (i, *why))).collect();
@@ -444,5 +666,123 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn unsigned(id: u64, len: usize) -> Request {
+        Request {
+            client: ClientId(0),
+            id: RequestId(id),
+            read_only: id % 3 == 0,
+            operation: Bytes::from(vec![id as u8; len]),
+            auth: Bytes::new(),
+        }
+    }
+
+    fn with_auth(r: &Request, auth: Vec<u8>) -> Request {
+        Request { auth: Bytes::from(auth), ..r.clone() }
+    }
+
+    #[test]
+    fn one_signature_covers_a_group_and_binds_each_request_to_its_own_place() {
+        let key = crate::keys::generate(&mut rand_core::OsRng);
+        for size in [1usize, 2, 3, 5, 8, 33, MAX_GROUP, MAX_GROUP + 3] {
+            let mut group: Vec<Request> = (0..size as u64).map(|i| unsigned(i + 1, (i % 7) as usize)).collect();
+            sign_group(&key, &mut group);
+            for r in &group {
+                assert_eq!(verify_request(r), Ok(()), "group of {size}, request {}", r.id.0);
+            }
+            let depth = |r: &Request| r.auth[AUTH_BYTES] as usize;
+            let deepest = group.iter().map(depth).max().unwrap();
+            assert_eq!(deepest, (size.min(MAX_GROUP) as f64).log2().ceil() as usize, "a balanced tree");
+            assert!(group.len() <= MAX_GROUP || group[0].auth[32..96] != group[MAX_GROUP].auth[32..96]);
+            if size < 2 {
+                continue;
+            }
+            let sigs: std::collections::BTreeSet<&[u8]> = group.iter().map(|r| &r.auth[32..96]).collect();
+            assert_eq!(sigs.len(), size.div_ceil(MAX_GROUP), "one signature per group of at most {MAX_GROUP}");
+            // Any change to a request, or a proof moved to another request, fails.
+            let mut altered = group[1].clone();
+            altered.operation = Bytes::from_static(b"forged");
+            assert_eq!(verify_request(&altered), Err(Rejection::BadSignature));
+            let moved = with_auth(&group[0], group[1].auth.to_vec());
+            assert_eq!(verify_request(&moved), Err(Rejection::BadSignature));
+            let mut flipped = group[1].auth.to_vec();
+            flipped[AUTH_BYTES + 1] ^= 1;
+            assert_eq!(verify_request(&with_auth(&group[1], flipped)), Err(Rejection::BadSignature));
+            let mut sibling = group[1].auth.to_vec();
+            sibling[AUTH_BYTES + PROOF_HEADER] ^= 1;
+            assert_eq!(verify_request(&with_auth(&group[1], sibling)), Err(Rejection::BadSignature));
+        }
+    }
+
+    #[test]
+    fn a_leaf_hashed_in_place_is_the_leaf_of_the_signing_bytes() {
+        for r in [unsigned(3, 0), unsigned(4, 1), unsigned(5, 5000)] {
+            let whole: [u8; HASH_BYTES] =
+                Sha256::new().chain_update([0u8]).chain_update(r.signing_bytes()).finalize().into();
+            assert_eq!(request_leaf(&r), whole);
+        }
+    }
+
+    #[test]
+    fn malformed_proofs_are_refused_by_their_format() {
+        let key = crate::keys::generate(&mut rand_core::OsRng);
+        let mut group: Vec<Request> = (1..=4).map(|i| unsigned(i, 3)).collect();
+        sign_group(&key, &mut group);
+        let r = &group[0];
+        let base = r.auth.to_vec();
+        let mut too_deep = base.clone();
+        too_deep[AUTH_BYTES] = MAX_GROUP_DEPTH as u8 + 1;
+        too_deep.extend(vec![0; 32 * 8]);
+        let mut stray_side = base.clone();
+        stray_side[AUTH_BYTES + 1] |= 0x80;
+        let mut short_proof = base.clone();
+        short_proof.truncate(AUTH_BYTES + PROOF_HEADER + 40);
+        let mut bad_macs = base.clone();
+        bad_macs.extend_from_slice(&[2, 0, 0]);
+        for (what, auth) in [
+            ("too deep", too_deep),
+            ("stray side bit", stray_side),
+            ("proof cut short", short_proof),
+            ("MAC count and length disagree", bad_macs),
+            ("no proof header", base[..AUTH_BYTES].to_vec()),
+        ] {
+            let bad = with_auth(r, auth);
+            assert_eq!(verify_request(&bad), Err(Rejection::BadAuthFormat), "{what}");
+            assert_eq!(mac_for(&bad, ReplicaId(0)), None, "{what}");
+        }
+        let mut no_macs = base.clone();
+        no_macs.push(0);
+        assert_eq!(verify_request(&with_auth(r, no_macs)), Ok(()), "an empty MAC section is well formed");
+    }
+
+    /// Aardvark's split, tried through the memo: a faulty client sends one
+    /// request of a good group under a bad signature. Every replica must
+    /// refuse it, whether or not it already checked the group's good one.
+    #[test]
+    fn a_bad_signature_on_a_known_root_is_refused_whatever_was_seen_first() {
+        let key = crate::keys::generate(&mut rand_core::OsRng);
+        let mut group: Vec<Request> = (1..=40).map(|i| unsigned(1000 + i, 5)).collect();
+        sign_group(&key, &mut group);
+        let mut sig = group[7].auth.to_vec();
+        sig[40] ^= 0x10;
+        let forged = with_auth(&group[7], sig);
+        let limits = VerifyLimits { chunk: 8, ..VerifyLimits::default() };
+        let p = pool(2);
+        // Bad one first, then the group; then the bad one again after.
+        let first = verify_batch(vec![forged.clone()], limits, |_, _| true, &p).verdicts;
+        assert!(matches!(first[0], Err((_, Rejection::BadSignature))));
+        let mut mixed = group.clone();
+        mixed.insert(3, forged.clone());
+        mixed.remove(8);
+        let out = verify_batch(mixed.clone(), limits, |_, _| true, &p);
+        assert_eq!(out.signatures_checked, 2, "the group's good signature once for its 39 requests, and the bad one");
+        let out = out.verdicts;
+        for (r, v) in mixed.iter().zip(&out) {
+            assert_eq!(v.is_ok(), r.auth != forged.auth || r.id != forged.id, "request {}", r.id.0);
+        }
+        assert_eq!(verify_request(&forged), Err(Rejection::BadSignature));
+        assert!(verify_batch(vec![forged], limits, |_, _| true, &p).verdicts[0].is_err());
+        assert_eq!(verify_request(&group[7]), Ok(()));
     }
 }

@@ -49,7 +49,7 @@ fn peer_messages() {
     check_peer(
         "prepare",
         &PeerMessage::Prepare(Vote { view: ViewNo(1), seq: SeqNo(2), digest: Digest([0xab; 32]) }),
-        "03080706050403020100010102abababababababababababababababababababababababababababababababab",
+        "04080706050403020100010102abababababababababababababababababababababababababababababababab",
     );
     check_peer(
         "pre-prepare",
@@ -62,7 +62,7 @@ fn peer_messages() {
                 requests: vec![request()],
             }),
         }),
-        "030807060504030201000003ac0280d095ffbc31030107ac0200026f7003736967",
+        "040807060504030201000003ac0280d095ffbc31030107ac0200026f7003736967",
     );
     check_peer(
         "checkpoint",
@@ -70,7 +70,7 @@ fn peer_messages() {
             body: CheckpointBody { seq: SeqNo(128), state: Digest([1; 32]), config: Digest([3; 32]), replica: ReplicaId(2) },
             signature: Signature(Bytes::from_static(b"s")),
         }),
-        "0308070605040302010003800101010101010101010101010101010101010101010101010101010101010101010303030303030303030303030303030303030303030303030303030303030303020173",
+        "0408070605040302010003800101010101010101010101010101010101010101010101010101010101010101010303030303030303030303030303030303030303030303030303030303030303020173",
     );
     check_peer(
         "view-change",
@@ -84,15 +84,15 @@ fn peer_messages() {
             },
             signature: Signature(Bytes::from_static(b"v")),
         }),
-        "03080706050403020100040501000202020202020202020202020202020202020202020202020202020202020202000101040303030303030303030303030303030303030303030303030303030303030303000176",
+        "04080706050403020100040501000202020202020202020202020202020202020202020202020202020202020202000101040303030303030303030303030303030303030303030303030303030303030303000176",
     );
     check_peer(
         "status",
         &PeerMessage::Status(Status { view: ViewNo(9), normal: true, delivered: SeqNo(1000), stable: SeqNo(896) }),
-        "03080706050403020100070901e8078007",
+        "04080706050403020100070901e8078007",
     );
-    check_peer("state-request", &PeerMessage::StateRequest { seq: SeqNo(128) }, "030807060504030201000b8001");
-    check_peer("rejoin-query", &PeerMessage::RejoinQuery { nonce: 0x1234 }, "030807060504030201000db424");
+    check_peer("state-request", &PeerMessage::StateRequest { seq: SeqNo(128) }, "040807060504030201000b8001");
+    check_peer("rejoin-query", &PeerMessage::RejoinQuery { nonce: 0x1234 }, "040807060504030201000db424");
     check_peer(
         "rejoin-reply",
         &PeerMessage::RejoinReply {
@@ -100,7 +100,7 @@ fn peer_messages() {
             delivered: SeqNo(300),
             checkpoint: palisade_core::checkpoint::genesis(Digest([2; 32])),
         },
-        "030807060504030201000eb424ac0200020202020202020202020202020202020202020202020202020202020202020200",
+        "040807060504030201000eb424ac0200020202020202020202020202020202020202020202020202020202020202020200",
     );
     check_peer(
         "state-fetch",
@@ -108,7 +108,7 @@ fn peer_messages() {
             seq: SeqNo(128),
             query: StateQuery::Parts { parts: vec![1, 300], digests_from: 2, record: 3, offset: 4 },
         },
-        "030807060504030201000f8001010201ac02020304",
+        "040807060504030201000f8001010201ac02020304",
     );
     check_peer(
         "state-data",
@@ -119,7 +119,7 @@ fn peer_messages() {
                 StateItem::Bytes { part: 1, record: 0, offset: 0, len: 2, bytes: Bytes::from_static(b"hi") },
             ]),
         },
-        "030807060504030201001080010102000100010105050505050505050505050505050505050505050505050505050505050505050101000002026869",
+        "040807060504030201001080010102000100010105050505050505050505050505050505050505050505050505050505050505050101000002026869",
     );
     check_peer(
         "state-manifest",
@@ -127,13 +127,13 @@ fn peer_messages() {
             seq: SeqNo(8),
             answer: StateAnswer::Manifest { from: 0, total: 1, digests: vec![Digest([6; 32])] },
         },
-        "030807060504030201001008000001010606060606060606060606060606060606060606060606060606060606060606",
+        "040807060504030201001008000001010606060606060606060606060606060606060606060606060606060606060606",
     );
 }
 
 #[test]
 fn client_and_replica_messages() {
-    check("request", &ClientMessage::Request(request()), "0308070605040302010007ac0200026f7003736967");
+    check("request", &ClientMessage::Request(request()), "0408070605040302010007ac0200026f7003736967");
     check(
         "reply",
         &ReplicaMessage::Reply(Reply {
@@ -143,7 +143,7 @@ fn client_and_replica_messages() {
             request: RequestId(300),
             result: Bytes::from_static(b"ok"),
         }),
-        "03080706050403020100010307ac02026f6b",
+        "04080706050403020100010307ac02026f6b",
     );
     check(
         "reply-digest",
@@ -154,12 +154,12 @@ fn client_and_replica_messages() {
             request: RequestId(300),
             digest: Digest([9; 32]),
         },
-        "03080706050403020102010307ac020909090909090909090909090909090909090909090909090909090909090909",
+        "04080706050403020102010307ac020909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
         "requests",
         &ClientMessage::Requests(vec![request(), request()]),
-        "030807060504030201010207ac0200026f700373696707ac0200026f7003736967",
+        "040807060504030201010207ac0200026f700373696707ac0200026f7003736967",
     );
     check(
         "replies",
@@ -172,7 +172,7 @@ fn client_and_replica_messages() {
                 (RequestId(301), Answer::Digest(Digest([9; 32]))),
             ],
         },
-        "0308070605040302010301030702ac0200026f6bad02010909090909090909090909090909090909090909090909090909090909090909",
+        "0408070605040302010301030702ac0200026f6bad02010909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
         "replies-too-large",
@@ -182,17 +182,17 @@ fn client_and_replica_messages() {
             client: ClientId(7),
             answers: vec![(RequestId(301), Answer::TooLarge { len: 5_000_000, digest: Digest([9; 32]) })],
         },
-        "0308070605040302010301030701ad0202c096b1020909090909090909090909090909090909090909090909090909090909090909",
+        "0408070605040302010301030701ad0202c096b1020909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
         "rejected",
         &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::Busy },
-        "03080706050403020101000100",
+        "04080706050403020101000100",
     );
     check(
         "rejected-too-large",
         &ReplicaMessage::Rejected { replica: ReplicaId(0), request: RequestId(1), reason: RejectReason::TooLarge },
-        "03080706050403020101000103",
+        "04080706050403020101000103",
     );
 }
 
@@ -206,9 +206,9 @@ fn handshake_messages() {
             ephemeral: [5; 32],
             nonce: [6; 32],
         },
-        "030807060504030201000002040404040404040404040404040404040404040404040404040404040404040405050505050505050505050505050505050505050505050505050505050505050606060606060606060606060606060606060606060606060606060606060606",
+        "040807060504030201000002040404040404040404040404040404040404040404040404040404040404040405050505050505050505050505050505050505050505050505050505050505050606060606060606060606060606060606060606060606060606060606060606",
     );
-    check("finish", &HandshakeMessage::Finish { signature: Bytes::from(vec![7u8; 64]) }, "030807060504030201024007070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707");
+    check("finish", &HandshakeMessage::Finish { signature: Bytes::from(vec![7u8; 64]) }, "040807060504030201024007070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707");
 }
 
 #[test]
@@ -220,9 +220,12 @@ fn a_sealed_frame() {
     assert_eq!(hex::encode(&out), "24000000626f6479f52087b8dda9acb25654e4d961743ac0d4c9e88812e20fed2bacdb17aa8047c424000000626f6479f35cf8a1b515d043274312511d629ab94aca1a27ad8b957890d0be4d33e8d040", "sealed frames changed");
 }
 
-/// A request's authenticator: the client's key and signature, then one
-/// (replica, MAC) entry per replica. The signature is deterministic
-/// (ed25519), and the MACs are HMAC-SHA256 truncated to 16 bytes.
+/// A request's authenticator: the client's key and its group signature,
+/// an empty proof (a group of one), then one (replica, MAC) entry per
+/// replica. The signature is deterministic (ed25519), and the MACs are
+/// HMAC-SHA256 over the domain and the request's leaf hash, truncated to
+/// 16 bytes (checked outside Rust: the leaf is `leaf0` of
+/// `request_group_signature`, the same request).
 #[test]
 fn request_authenticator() {
     let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
@@ -237,10 +240,49 @@ fn request_authenticator() {
     let got = hex::encode(&r.auth);
     assert_eq!(
         got,
-        "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c2ffa5d9a40102d91c81670eeb101a5c8d79014079bb05ce37bc62cb17943b927b6a1a2b7449e66a30ea7f957579a9980e3fb41f6393b86a4f7cc9a5442f1430d\
-         02000000008bed6522e699c620de7868d1b831c14e0300000066308a016cb93396bd8d3ddbe74c380b",
+        "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c4cf6610cdcfd9d7e8355393f09967497e1fd183d1efbb4231191e11021cb6092a5a0bf46f0c801742d8809d952ce4f1276d4589758f7f4cbb55f6e2a8776950c\
+         0000\
+         02000000004e19375ac260c9606ce51b47cadd88f903000000c6b0201ff5ef2c9344928faa2b5304b1",
         "authenticator changed; got\n{got}"
     );
+}
+
+/// Three requests signed as one group: the same key and signature on
+/// each, then depth, sides and the siblings on the path to the root (the
+/// third request's leaf is carried up alone, so its proof is one hash).
+#[test]
+fn request_group_signature() {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let mut group: Vec<Request> = (0..3u64)
+        .map(|i| Request {
+            client: ClientId(0),
+            id: RequestId(300 + i),
+            read_only: false,
+            operation: Bytes::from_static(b"op"),
+            auth: Bytes::new(),
+        })
+        .collect();
+    palisade_wire::verify::sign_group(&key, &mut group);
+    let got: Vec<String> = group.iter().map(|r| hex::encode(&r.auth)).collect();
+    // Checked outside Rust: the leaves are SHA-256(0x00 || signed bytes),
+    // the root SHA-256(0x01 || SHA-256(0x01 || leaf0 || leaf1) || leaf2), and
+    // the signature verifies over "palisade/request-group/v1" || root.
+    let (key, signature) = ("ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c", "41173342cfa575e60754b6a63d04c8b1e1f0cfbd46f3b4603ffc904fdf90475c4196c04c33981da91ed763167f036cca9e740f055a10792eeb3e63337d6e0800");
+    let (leaf0, leaf1, leaf2, node01) = (
+        "b949accc8f0224559222e9ab7b0c2549383c5f3cd1d49e1e14d899261539f457",
+        "bb6778ae36193693fc34edc54b4ae62ecf34e1bd14ab16ea7bef3511c2808852",
+        "8e3d699d8add37abe74bd54f1fc1eaf8834040b06b8b22c6ae985253e845e058",
+        "276eefb2d17b06a2562eb31ee464ccd7772f3f1d50e715761e7ed29fa74617a7",
+    );
+    let expected = [
+        format!("{key}{signature}0200{leaf1}{leaf2}"),
+        format!("{key}{signature}0201{leaf0}{leaf2}"),
+        format!("{key}{signature}0101{node01}"),
+    ];
+    assert_eq!(got, expected, "group signature changed");
+    for r in &group {
+        assert_eq!(palisade_wire::verify::verify_request(r), Ok(()));
+    }
 }
 
 /// A reconfiguration request (the operation bytes of a request from the
@@ -289,9 +331,9 @@ fn raw(name: &str, bytes: &[u8], expected_hex: &str) {
 #[test]
 fn chain_and_status() {
     use palisade_wire::envelope::{MemberRole, StatusReport};
-    check("chain query", &ClientMessage::ChainQuery { after: 3 }, "0308070605040302010203");
-    check("status query", &ClientMessage::Status, "03080706050403020103");
-    check("no links", &ReplicaMessage::Chain(vec![]), "0308070605040302010400");
+    check("chain query", &ClientMessage::ChainQuery { after: 3 }, "0408070605040302010203");
+    check("status query", &ClientMessage::Status, "04080706050403020103");
+    check("no links", &ReplicaMessage::Chain(vec![]), "0408070605040302010400");
     let report = StatusReport {
         replica: ReplicaId(2),
         role: MemberRole::Removed,
@@ -304,5 +346,5 @@ fn chain_and_status() {
         members: vec![ReplicaId(1), ReplicaId(3)],
         f: 1,
     };
-    check("status", &ReplicaMessage::Status(report), "03080706050403020105020203010101ac02800202010301");
+    check("status", &ReplicaMessage::Status(report), "04080706050403020105020203010101ac02800202010301");
 }
