@@ -89,6 +89,10 @@ pub(crate) struct RunArgs {
     /// primary could forge requests).
     #[arg(long, default_value_t = RequestAuth::default())]
     pub(crate) request_auth: RequestAuth,
+    /// Most requests a client covers with one signature (requests issued
+    /// together are signed as a group); 1 signs each request alone.
+    #[arg(long, default_value_t = palisade_client::ClientOptions::default().sign_group_max)]
+    pub(crate) sign_group_max: usize,
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) tuning: ReplicaTuning,

@@ -123,7 +123,7 @@ impl Workload {
 /// sampler's clock starts); returns how long it took, or `None` for echo.
 pub(crate) async fn preload(cluster: &ClusterConfig, a: &RunArgs, level: Level) -> Option<f64> {
     let Workload::Kv { keys, value, .. } = Workload::of(a) else { return None };
-    let opts = ClientOptions { timeout_ms: 30_000, ..ClientOptions::default() };
+    let opts = ClientOptions { timeout_ms: 30_000, sign_group_max: a.sign_group_max, ..ClientOptions::default() };
     let clients: Vec<Client> = (0..level.clients.max(1))
         .map(|_| Client::connect(cluster.clone(), keys::generate(&mut rand_core::OsRng), opts.clone()))
         .collect();
@@ -201,7 +201,7 @@ fn show_progress(w: Window, label: String, total: f64) -> tokio::task::JoinHandl
 /// Drives the cluster at `level` for the warm-up and measurement of `a`.
 pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level, progress_label: &str) -> LoadResult {
     let work = Workload::of(a);
-    let opts = ClientOptions { timeout_ms: 30_000, ..ClientOptions::default() };
+    let opts = ClientOptions { timeout_ms: 30_000, sign_group_max: a.sign_group_max, ..ClientOptions::default() };
     let clients: Vec<Client> = (0..level.clients)
         .map(|_| Client::connect(cluster.clone(), keys::generate(&mut rand_core::OsRng), opts.clone()))
         .collect();

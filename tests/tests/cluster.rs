@@ -730,3 +730,46 @@ fn with_authenticators_backups_accept_proposals_on_their_macs_and_only_the_prima
         }
     }
 }
+
+/// A client with many operations in flight signs the requests it issues
+/// together as one group: the primary checks one signature per group, each
+/// request is still bound to it (every add executes once), and the
+/// backups, on their MACs, check none.
+#[test]
+fn requests_issued_together_share_one_signature_and_each_still_executes_once() {
+    let rt = rt();
+    let counters = |c: &Cluster, name: &str| -> Vec<u64> {
+        c.handles
+            .iter()
+            .flatten()
+            .map(|h| h.metrics().counters.snapshot().into_iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| v))
+            .collect()
+    };
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
+    c.start_with(Counter::default);
+    let adds = 160u64;
+    rt.block_on(async {
+        let counter = CounterClient::new(c.client());
+        // Every replica connected before the burst, so that each request
+        // carries a MAC for every replica.
+        counter.add(0).await.unwrap();
+        let tasks: Vec<_> = (0..adds)
+            .map(|_| {
+                let counter = counter.clone();
+                tokio::spawn(async move { counter.add(1).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(counter.get().await.unwrap(), adds);
+    });
+    let checked = counters(&c, "request_signatures_checked");
+    let verified = counters(&c, "client_signatures_verified");
+    assert!(checked[0] > adds, "the primary checks every request: {checked:?}");
+    assert!(
+        verified[0] * 4 <= checked[0],
+        "the primary verifies one signature per group, not per request: {verified:?} for {checked:?}"
+    );
+    assert!(verified[1..].iter().all(|n| *n <= 5), "backups accept on their MACs: {verified:?}");
+}

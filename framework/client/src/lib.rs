@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod connection;
+mod signer;
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
@@ -20,7 +21,7 @@ use palisade_core::{ClientId, Membership, ReplicaId, Request, RequestId, ViewNo}
 use palisade_host::client::{Invocation, Verdict};
 use palisade_wire::chain::Chain;
 use palisade_wire::envelope::{Answer, ClientMessage, RejectReason, ReplicaMessage, StatusReport};
-use palisade_wire::{keys, verify, ClusterConfig, RequestAuth};
+use palisade_wire::{keys, ClusterConfig};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -47,6 +48,10 @@ pub struct ClientOptions {
     /// (its configuration directory), so that its next start knows the
     /// membership without asking.
     pub keep_chain_in: Option<std::path::PathBuf>,
+    /// Most requests one client signature covers: requests issued together
+    /// (many in flight) are signed as a group, so that the client signs
+    /// once and the primary checks once per group. 1 signs each alone.
+    pub sign_group_max: usize,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +63,7 @@ impl Default for ClientOptions {
             outbox: 4_096,
             full_reply_grace_ms: 20,
             keep_chain_in: None,
+            sign_group_max: 32,
         }
     }
 }
@@ -171,6 +177,8 @@ struct Inner {
     /// The request-MAC key of the latest channel to each replica (kept
     /// after a disconnect: the replica honours it for a grace period).
     request_keys: Mutex<BTreeMap<ReplicaId, [u8; 32]>>,
+    /// Signs requests issued together with one signature.
+    signer: signer::Signer,
     /// Connection attempts that failed, to any replica.
     failed_dials: AtomicU64,
     /// Replicas that recently let a full result's grace period run out,
@@ -204,6 +212,7 @@ impl Client {
         let cluster = genesis.at(chain.newest()).unwrap_or_else(|_| genesis.clone());
         let members =
             Members { membership: cluster.membership.clone(), genesis, chain, cluster, outboxes: BTreeMap::new() };
+        let signer = signer::Signer::new(opts.sign_group_max);
         let inner = Arc::new(Inner {
             members: RwLock::new(members),
             key,
@@ -217,6 +226,7 @@ impl Client {
             connected: Mutex::new(BTreeMap::new()),
             status: Mutex::new(None),
             request_keys: Mutex::new(BTreeMap::new()),
+            signer,
             failed_dials: AtomicU64::new(0),
             slow: Mutex::new(BTreeMap::new()),
         });
@@ -294,20 +304,12 @@ impl Client {
     async fn invoke(&self, operation: Bytes, read_only: bool) -> Result<Bytes, InvokeError> {
         let inner = &self.inner;
         let id = RequestId(inner.next_request.fetch_add(1, Ordering::Relaxed));
-        let mut req = Request { client: inner.id, id, read_only, operation, auth: Bytes::new() };
+        let req = Request { client: inner.id, id, read_only, operation, auth: Bytes::new() };
         let (auth, membership) = {
             let m = inner.members.read();
             (m.cluster.request_auth, m.membership.clone())
         };
-        match auth {
-            RequestAuth::Authenticators => {
-                let macs: Vec<(ReplicaId, [u8; 32])> =
-                    inner.request_keys.lock().iter().map(|(r, k)| (*r, *k)).collect();
-                verify::authenticate_request(&inner.key, &macs, &mut req);
-            }
-            RequestAuth::Signatures => verify::sign_request(&inner.key, &mut req),
-            RequestAuth::TrustPrimary => {}
-        }
+        let req = inner.signer.sign(&inner.key, &inner.request_keys, req, auth).await.ok_or(InvokeError::Closed)?;
         let decide = Invocation::new(&membership, inner.id, id, read_only);
         let mut designated = decide.designated();
         let (tx, mut rx) = mpsc::channel(4);

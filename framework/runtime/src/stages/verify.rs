@@ -58,7 +58,9 @@ impl Stage for Verifier {
             return Ok(true);
         }
         RuntimeMetrics::add(&self.metrics.counters.request_signatures_checked, batch.len() as u64);
-        for verdict in verify::verify_batch(batch, self.limits, |_, _| true, &self.pool) {
+        let checked = verify::verify_batch(batch, self.limits, |_, _| true, &self.pool);
+        RuntimeMetrics::add(&self.metrics.counters.client_signatures_verified, checked.signatures_checked as u64);
+        for verdict in checked.verdicts {
             match verdict {
                 Ok(r) => {
                     self.verified.insert(&r);
@@ -132,7 +134,9 @@ impl Stage for PrePrepareVerifier {
                 // the core refuses it there and, since a correct primary
                 // never proposes such a request, starts a view change at
                 // once (at the cost of one more check of the bad request).
-                for r in verify::verify_batch(unchecked, self.limits, |_, _| true, &self.pool).into_iter().flatten() {
+                let checked = verify::verify_batch(unchecked, self.limits, |_, _| true, &self.pool);
+                RuntimeMetrics::add(&c.client_signatures_verified, checked.signatures_checked as u64);
+                for r in checked.verdicts.into_iter().flatten() {
                     self.verified.insert(&r);
                 }
             }
