@@ -89,8 +89,15 @@ impl<C: Crypto> Replica<C> {
         }
     }
 
-    /// Whether the primary has taken too long to reach the end.
+    /// Whether the epoch has taken too long to end: the boundary not
+    /// reached, or reached here but its checkpoint still not stable. The
+    /// second happens when this replica delivered the last batches with a
+    /// quorum that included faulty replicas, and the other correct ones,
+    /// which missed them (a crash), cannot learn them from one correct
+    /// replica's word; no client request times them, since clients have
+    /// moved to the next epoch. A view change re-proposes what was
+    /// prepared, and they catch up.
     pub(super) fn end_overdue(&self, now: u64, timeout: u64) -> bool {
-        self.end.is_some_and(|e| self.log.delivered < e.last && now >= e.progress_ms + timeout)
+        self.end.is_some_and(|e| self.checkpoints.stable.seq < e.last && now >= e.progress_ms + timeout)
     }
 }
