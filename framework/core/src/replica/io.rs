@@ -321,6 +321,36 @@ pub struct Metrics {
     /// Times this replica finished rejoining after a restart without its
     /// votes, and voted again.
     pub rejoined: u64,
+    /// Why this replica last started or joined a view change.
+    pub last_view_change: Option<ViewChangeReason>,
+}
+
+/// Why a replica moved to a new view: for an operator's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewChangeReason {
+    /// A request waited longer than the request timeout.
+    RequestTimeout,
+    /// The epoch's end was known but not reached in time.
+    EndTimeout,
+    /// The view change itself took longer than its timeout.
+    ViewChangeTimeout,
+    /// The primary proposed a request its client did not authenticate.
+    PrimaryEvidence,
+    /// f+1 other replicas had moved to a later view.
+    Joined,
+}
+
+impl ViewChangeReason {
+    /// A short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewChangeReason::RequestTimeout => "request-timeout",
+            ViewChangeReason::EndTimeout => "epoch-end-timeout",
+            ViewChangeReason::ViewChangeTimeout => "view-change-timeout",
+            ViewChangeReason::PrimaryEvidence => "primary-evidence",
+            ViewChangeReason::Joined => "joined-peers",
+        }
+    }
 }
 
 impl Metrics {

@@ -53,7 +53,7 @@ mod transfer;
 mod view_change;
 
 pub use catch_up::MAX_CATCH_UP_RESTARTS;
-pub use io::{Action, Discard, DropReason, Input, Metrics};
+pub use io::{Action, Discard, DropReason, Input, Metrics, ViewChangeReason};
 pub use records::{Record, RecordLog, Restart};
 
 use crate::answers::{AnswerKind, AnswerLimiter};

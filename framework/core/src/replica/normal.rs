@@ -1,7 +1,7 @@
 //! The normal case (PBFT 4.2): PRE-PREPARE, PREPARE, COMMIT, decisions,
 //! and delivery in sequence order; fetching and serving batches.
 
-use super::{Action, Discard, Record, Replica};
+use super::{Action, Discard, Record, Replica, ViewChangeReason};
 use crate::answers::AnswerKind;
 use crate::crypto::Crypto;
 use crate::message::{Batch, PeerMessage, PrePrepare, Vote};
@@ -86,7 +86,7 @@ impl<C: Crypto> Replica<C> {
                 // valid signature: the primary invented or altered it.
                 if bft {
                     self.metrics.primary_evidence += 1;
-                    self.start_view_change(self.view.next());
+                    self.start_view_change(self.view.next(), ViewChangeReason::PrimaryEvidence);
                 }
                 return;
             }

@@ -2,7 +2,7 @@
 //! expires. Time comes only from ticks: the monotonic clock drives all of
 //! them.
 
-use super::{Discard, Replica};
+use super::{Discard, Replica, ViewChangeReason};
 use crate::crypto::Crypto;
 use crate::message::{null_digest, Batch, PeerMessage, PrePrepare, Status, Vote};
 
@@ -50,7 +50,7 @@ impl<C: Crypto> Replica<C> {
             }
             self.check_end_timer(now);
         } else if self.timers.view_change.deadline_ms.is_some_and(|d| now >= d) {
-            self.start_view_change(self.view.next());
+            self.start_view_change(self.view.next(), ViewChangeReason::ViewChangeTimeout);
         }
         if now >= self.timers.retransmit_at_ms {
             self.timers.retransmit_at_ms = now + self.cfg.retransmit_ms;
@@ -128,13 +128,14 @@ impl<C: Crypto> Replica<C> {
             if self.cfg.planted.fixed_request_timeout {
                 self.timers.request_shift = 0;
             }
-            self.start_view_change(self.view.next());
+            self.start_view_change(self.view.next(), ViewChangeReason::RequestTimeout);
         }
     }
 
-    /// The epoch's end is known but not reached in time: the primary is
-    /// suspected as for a late request (with the same backoff), because no
-    /// client request may be waiting to time it.
+    /// The epoch's end is known but not reached (or its checkpoint not
+    /// stable) in time: the primary is suspected as for a late request
+    /// (with the same backoff), because no client request may be waiting
+    /// to time it.
     fn check_end_timer(&mut self, now: u64) {
         let timeout = self.cfg.request_timeout_ms << self.timers.request_shift;
         if !self.end_overdue(now, timeout) || self.rejoining() {
@@ -142,7 +143,7 @@ impl<C: Crypto> Replica<C> {
         }
         self.end_progress();
         self.timers.request_shift = (self.timers.request_shift + 1).min(self.cfg.view_change_backoff_max);
-        self.start_view_change(self.view.next());
+        self.start_view_change(self.view.next(), ViewChangeReason::EndTimeout);
     }
 
     /// Requests execute again: the request timeout comes back down, as

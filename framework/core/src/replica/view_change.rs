@@ -3,7 +3,7 @@
 //! timer. The decision rule is `crate::view_change`; entering the new view
 //! is `new_view`.
 
-use super::{Discard, Record, Replica};
+use super::{Discard, Record, Replica, ViewChangeReason};
 use crate::crypto::{self, Crypto, Domain};
 use crate::message::{NewViewBody, PeerMessage, PrePreparedEntry, PreparedEntry, Signed, ViewChangeBody};
 use crate::types::{ReplicaId, ViewNo};
@@ -47,13 +47,14 @@ impl<C: Crypto> Replica<C> {
 
     /// Moves to `target`, changing views: persists it, and (unless
     /// rejoining) sends this replica's VIEW-CHANGE.
-    pub(super) fn start_view_change(&mut self, target: ViewNo) {
+    pub(super) fn start_view_change(&mut self, target: ViewNo, why: ViewChangeReason) {
         if target <= self.view {
             return;
         }
         self.view = target;
         self.normal = false;
         self.metrics.view_changes += 1;
+        self.metrics.last_view_change = Some(why);
         self.persist(Record::ViewChange { view: target });
         if !self.rejoining() {
             self.send_own_view_change();
@@ -132,7 +133,7 @@ impl<C: Crypto> Replica<C> {
         let weak = self.membership().weak_quorum();
         if higher.len() >= weak {
             higher.sort_by(|a, b| b.cmp(a));
-            self.start_view_change(higher[weak - 1]);
+            self.start_view_change(higher[weak - 1], ViewChangeReason::Joined);
         }
         self.arm_view_change_timer();
         self.try_new_view();
