@@ -226,8 +226,8 @@ fn status(config: &Path, timeout_ms: u64) -> ExitCode {
     });
     println!("epoch {epoch}: {} members, f = {}", membership.n(), membership.f());
     println!(
-        "{:>8} {:>9} {:>6} {:>8} {:>8} {:>10} {:>10}  role",
-        "replica", "reachable", "epoch", "view", "primary", "delivered", "stable"
+        "{:>8} {:>9} {:>6} {:>8} {:>8} {:>10} {:>10} {:>6} {:>8}  {:<28} role",
+        "replica", "reachable", "epoch", "view", "primary", "delivered", "stable", "peers", "clients", "fullest queue"
     );
     let mut healthy = 0;
     for id in membership.members() {
@@ -261,8 +261,15 @@ fn print_report(r: &StatusReport) {
         MemberRole::Joining => "joining",
         MemberRole::Removed => "removed",
     };
+    // The queue nearest its bound says where a slow replica is stuck.
+    let fullest = r
+        .queues
+        .iter()
+        .filter(|q| q.depth > 0)
+        .max_by(|a, b| (a.depth * b.capacity.max(1)).cmp(&(b.depth * a.capacity.max(1))))
+        .map_or("-".to_string(), |q| format!("{} {}/{}", q.name, q.depth, q.capacity));
     println!(
-        "{:>8} {:>9} {:>6} {:>8} {:>8} {:>10} {:>10}  {role}{}",
+        "{:>8} {:>9} {:>6} {:>8} {:>8} {:>10} {:>10} {:>6} {:>8}  {:<28} {role}{}",
         r.replica.0,
         "yes",
         r.epoch,
@@ -270,6 +277,9 @@ fn print_report(r: &StatusReport) {
         r.primary.0,
         r.delivered,
         r.stable,
+        r.peers_connected,
+        r.clients_connected,
+        fullest,
         if r.normal { "" } else { " (changing view)" }
     );
 }

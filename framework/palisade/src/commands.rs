@@ -15,6 +15,32 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// How a replica writes its log to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line an event.
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+/// Structured logs on stderr, filtered by RUST_LOG (default `info`).
+/// Call once, before starting a replica.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => logs.try_init(),
+        LogFormat::Json => logs.json().flatten_event(true).try_init(),
+    };
+}
+
 /// Exit code when the cluster could not answer.
 pub const EXIT_UNAVAILABLE: u8 = 3;
 /// Exit code for usage and configuration errors.
@@ -78,12 +104,14 @@ pub struct ReplicaOptions {
     pub join: bool,
     /// How long a removed replica serves on before exiting.
     pub leave_grace_ms: u64,
+    /// Where to serve Prometheus metrics and health probes.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `palisade replica`: runs one replica until SIGINT or SIGTERM, or until
 /// a reconfiguration removed it and its grace period ended.
 pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, opts: ReplicaOptions) -> ExitCode {
-    let ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms } = opts;
+    let ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms, metrics_addr } = opts;
     let cluster = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -128,25 +156,41 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
         std::thread::sleep(Duration::from_millis(10));
         c = handle.metrics().core.lock().clone();
     }
-    eprintln!(
-        "palisade: replica {me} of cluster {} started in epoch {} ({} replicas, f = {})",
-        cluster.cluster_id,
-        c.epoch,
-        c.members.len(),
-        c.f
+    tracing::info!(
+        replica = me.0,
+        cluster = cluster.cluster_id,
+        epoch = c.epoch,
+        replicas = c.members.len(),
+        f = c.f,
+        durability = %durability,
+        "replica started"
     );
     let report = handle.recovery().cloned().filter(|r| r.found_anything());
     if let Some(r) = &report {
-        eprintln!("palisade: replica {me} recovered from {} ({durability}): {r}", data_dir.display());
+        tracing::info!(replica = me.0, %durability, "recovered from {}: {r}", data_dir.display());
     }
     // Without anything on disk, the start mode says; else what recovery found.
     let votes_lost = report.as_ref().map_or(start == Start::LostVotes, |r| r.votes_lost);
     if votes_lost {
-        eprintln!(
-            "palisade: replica {me} restarted without its votes: it catches up and votes again once its \
-             stable checkpoint passes what it may have voted on before"
+        tracing::warn!(
+            replica = me.0,
+            "restarted without its votes: it catches up and votes again once its stable checkpoint passes \
+             what it may have voted on before"
         );
     }
+    let _metrics_server = match metrics_addr {
+        None => None,
+        Some(addr) => match palisade_runtime::exporter::MetricsServer::start(addr, handle.metrics().clone()) {
+            Ok(server) => {
+                tracing::info!(replica = me.0, addr = %server.local_addr(), "serving metrics on /metrics, probes on /healthz and /readyz");
+                Some(server)
+            }
+            Err(e) => {
+                handle.stop();
+                return fail(EXIT_USAGE, format!("cannot serve metrics on {addr}: {e}"));
+            }
+        },
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a signal runtime");
     runtime.block_on(async {
         let status = async {
@@ -167,8 +211,8 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
                     (true, Some(mark)) => format!(" (rejoining until stable {mark})"),
                     (true, None) => " (rejoining: asking peers how far they got)".to_string(),
                 };
-                eprintln!(
-                    "palisade: replica {me}: epoch {} view {}{}{}{rejoining} delivered {} stable {} pending {} | queues {} | {}",
+                tracing::info!(
+                    "replica {me}: epoch {} view {}{}{}{rejoining} delivered {} stable {} pending {} | queues {} | {}",
                     c.epoch,
                     c.view,
                     if c.primary { " (primary)" } else { "" },
@@ -198,21 +242,23 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
                 let now = (c.role, c.epoch);
                 if said != Some(now) {
                     match c.role {
-                        MemberRole::Joining => eprintln!(
-                            "palisade: replica {me} is not a member yet: waiting to be admitted \
-                             (palisade admin add --id {id} ...), asking the members of the newest epoch known"
+                        MemberRole::Joining => tracing::info!(
+                            replica = me.0,
+                            "not a member yet: waiting to be admitted (palisade admin add --id {id} ...), \
+                             asking the members of the newest epoch known"
                         ),
-                        MemberRole::Member if said.is_some() => eprintln!(
-                            "palisade: replica {me} is a member of epoch {} ({} replicas, f = {})",
-                            c.epoch,
-                            c.members.len(),
-                            c.f
+                        MemberRole::Member if said.is_some() => tracing::info!(
+                            replica = me.0,
+                            epoch = c.epoch,
+                            replicas = c.members.len(),
+                            f = c.f,
+                            "a member"
                         ),
-                        MemberRole::Removed => eprintln!(
-                            "palisade: replica {me} was removed in epoch {}: it serves laggards and \
-                             redirects clients for {} ms, then exits",
-                            c.removed_in.unwrap_or(c.epoch + 1),
-                            leave_grace_ms
+                        MemberRole::Removed => tracing::warn!(
+                            replica = me.0,
+                            removed_in = c.removed_in.unwrap_or(c.epoch + 1),
+                            leave_grace_ms,
+                            "removed: it serves laggards and redirects clients for the grace period, then exits"
                         ),
                         MemberRole::Member => {}
                     }
@@ -241,12 +287,12 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
     });
     let failure = handle.failure();
     let removed = handle.removed();
-    eprintln!("palisade: replica {me} stopping");
+    tracing::info!(replica = me.0, "stopping");
     handle.stop();
     match (failure, removed) {
         (Some(why), _) => fail(EXIT_DISK, format!("replica {me} stopped: {why}")),
         (None, Some(epoch)) => {
-            eprintln!("palisade: replica {me} left the cluster (removed in epoch {epoch}); its grace period is over");
+            tracing::info!(replica = me.0, removed_in = epoch, "left the cluster: its grace period is over");
             ExitCode::SUCCESS
         }
         (None, None) => ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use palisade::admin::AdminCommand;
-use palisade::commands::{self, KvCommand};
+use palisade::commands::{self, KvCommand, LogFormat};
 use palisade::keygen::{keygen, KeygenOptions};
 use palisade::registry;
 use palisade_core::Mode;
@@ -191,6 +191,28 @@ enum Command {
         /// clients this long before exiting.
         #[arg(long, default_value_t = 30_000)]
         leave_grace_ms: u64,
+        /// Serve Prometheus metrics (`/metrics`) and health probes
+        /// (`/healthz`, `/readyz`) over HTTP on this address.
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
+        /// How the replica logs to stderr: text, or json (one object a
+        /// line). RUST_LOG filters, as `info` (the default), `debug`, or
+        /// `palisade_runtime=debug`.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// One line per replica: reachable, epoch, view, primary, delivered
+    /// and stable sequence numbers, connections and the fullest queue, read
+    /// over the authenticated channel. Exits 3 when fewer than a quorum of
+    /// members are healthy (in the newest epoch, in normal operation), so
+    /// that it serves as a health check.
+    Status {
+        /// Configuration directory.
+        #[arg(long, default_value = "palisade-cluster")]
+        config: PathBuf,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
     },
     /// Change the membership, signed with view-manager.key, or show it.
     Admin {
@@ -281,12 +303,26 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Replica { config, id, service, verbose, data_dir, rejoin, durability, join, leave_grace_ms } => {
+        Command::Replica {
+            config,
+            id,
+            service,
+            verbose,
+            data_dir,
+            rejoin,
+            durability,
+            join,
+            leave_grace_ms,
+            metrics_addr,
+            log_format,
+        } => {
+            commands::init_logging(log_format);
             let data_dir = data_dir.unwrap_or_else(|| config.join(format!("data-{id}")));
             let service = registry::find(&service).expect("clap checked the name");
-            let opts = commands::ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms };
+            let opts = commands::ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms, metrics_addr };
             commands::replica(&config, id, service, &data_dir, opts)
         }
+        Command::Status { config, timeout_ms } => palisade::admin::admin(&config, AdminCommand::Status, timeout_ms),
         Command::Admin { op, config, timeout_ms } => {
             let cmd = match op {
                 AdminOp::Add { id, address, public_key } => AdminCommand::Add { id, address, public_key },

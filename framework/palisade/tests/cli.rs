@@ -256,3 +256,114 @@ fn admin_commands_change_the_membership_and_explain_refusals() {
     assert!(String::from_utf8_lossy(&unsigned.stderr).contains("view manager"));
     drop(replicas);
 }
+
+/// `GET path` from a replica's metrics endpoint: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("the metrics endpoint listens");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// The value of the sample `name` (with its labels, if any) in a scrape.
+fn sample(scrape: &str, name: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// What an operator watches: the metrics endpoint, the JSON log and
+/// `palisade status`, before and after the primary is killed.
+#[test]
+fn an_operator_scrapes_metrics_reads_json_logs_and_checks_health_through_a_primary_crash() {
+    let dir = tempdir("ops");
+    let port = (14_000 + std::process::id() % 400 * 10) as u16;
+    let d = dir.to_str().unwrap();
+    let keygen = palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]);
+    assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
+    let metrics: Vec<String> = (0..4).map(|i| format!("127.0.0.1:{}", port + 5 + i)).collect();
+    let log = |i: usize| dir.join(format!("log-{i}.json"));
+    let mut replicas = Processes(
+        (0..4)
+            .map(|i| {
+                Command::new(BIN)
+                    .args(["replica", "--config", d, "--id", &i.to_string(), "--service", "kv"])
+                    .args(["--metrics-addr", &metrics[i], "--log-format", "json"])
+                    .stderr(std::fs::File::create(log(i)).unwrap())
+                    .spawn()
+                    .expect("start a replica")
+            })
+            .collect(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let config = palisade_wire::ClusterConfig::load(&dir).unwrap();
+    let _in_runtime = rt.enter();
+    let kv = palisade_services::kv::KvClient::new(palisade_client::Client::connect(
+        config,
+        palisade_wire::keys::generate(&mut rand_core::OsRng),
+        palisade_client::ClientOptions { timeout_ms: 30_000, ..Default::default() },
+    ));
+    let puts = |from: usize, to: usize| {
+        rt.block_on(async {
+            for i in from..to {
+                kv.put(format!("k{i}"), "v").await.unwrap();
+            }
+        })
+    };
+    puts(0, 200);
+
+    let (status, scrape) = http_get(&metrics[0], "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(sample(&scrape, "palisade_is_primary"), Some(1.0), "{scrape}");
+    assert_eq!(sample(&scrape, "palisade_view"), Some(0.0));
+    assert_eq!(sample(&scrape, "palisade_peers_connected"), Some(3.0));
+    assert!(sample(&scrape, "palisade_delivered_seq").unwrap() > 0.0);
+    assert!(sample(&scrape, "palisade_requests_executed_total").unwrap() >= 200.0);
+    // One request in 16 is timed from arrival to execution.
+    assert!(sample(&scrape, "palisade_ordering_seconds_count").unwrap() >= 200.0 / 16.0 - 1.0, "{scrape}");
+    assert!(sample(&scrape, "palisade_stage_seconds_count{stage=\"consensus\"}").unwrap() > 0.0);
+    assert_eq!(sample(&scrape, "palisade_queue_capacity{queue=\"peer_queue\"}").map(|c| c > 0.0), Some(true));
+    for m in &metrics {
+        assert_eq!(http_get(m, "/readyz").0, 200);
+    }
+    let status = palisade(&["status", "--config", d]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert_eq!(stdout(&status).lines().filter(|l| l.contains(" yes ")).count(), 4, "{}", stdout(&status));
+
+    // SIGKILL the primary: the others change view, and say so.
+    replicas.0[0].kill().unwrap();
+    puts(200, 210);
+    let (_, scrape) = http_get(&metrics[1], "/metrics");
+    assert!(sample(&scrape, "palisade_view").unwrap() >= 1.0, "{scrape}");
+    assert!(sample(&scrape, "palisade_view_changes_total").unwrap() >= 1.0);
+    assert_eq!(sample(&scrape, "palisade_normal"), Some(1.0));
+    assert_eq!(sample(&scrape, "palisade_peers_connected"), Some(2.0));
+    let status = palisade(&["status", "--config", d]);
+    assert!(status.status.success(), "three of four are a quorum: {}", stdout(&status));
+    assert!(stdout(&status).lines().any(|l| l.trim() == "0        no"), "{}", stdout(&status));
+
+    // Every log line is a JSON object, and the view change is in it once
+    // started and once completed, with its reason.
+    let text = std::fs::read_to_string(log(1)).unwrap();
+    let events: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let said = |msg: &str| events.iter().filter(|e| e["message"] == msg).collect::<Vec<_>>();
+    let started = said("view change started");
+    assert!(!started.is_empty(), "{text}");
+    assert_eq!(started[0]["from"], 0);
+    assert!(started[0]["reason"].is_string());
+    assert!(!said("view change completed").is_empty(), "{text}");
+    assert!(
+        said("connection to a replica").iter().any(|e| e["peer"] == 0 && e["state"] == "down"),
+        "the lost connection is logged: {text}"
+    );
+    assert!(said("replica started").iter().all(|e| e["replica"] == 1));
+
+    // A second failure leaves two healthy replicas of four: not a quorum.
+    replicas.0[1].kill().unwrap();
+    let status = palisade(&["status", "--config", d, "--timeout-ms", "3000"]);
+    assert_eq!(status.status.code(), Some(3), "{}", stdout(&status));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("fewer than a quorum"));
+    drop(replicas);
+}

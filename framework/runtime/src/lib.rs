@@ -26,6 +26,8 @@
 pub mod config;
 pub mod crypto;
 pub mod egress;
+pub mod events;
+pub mod exporter;
 pub mod metrics;
 pub mod net;
 pub mod pipeline;

@@ -1,22 +1,30 @@
 //! Counters and queue-depth gauges that an operator or a benchmark reads
 //! while the replica runs.
 
+use palisade_core::{ClientId, RequestId};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:expr])* $name:ident),* $(,)?) => {
         /// Monotonic counters, updated by the stages without locks.
         #[derive(Debug, Default)]
         pub struct Counters {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
         }
 
         impl Counters {
             /// Name and value of every counter.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+
+            /// Name, description (its doc comment) and value of every
+            /// counter, for the metrics endpoint's help text.
+            pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), concat!($($doc),*).trim(), self.$name.load(Ordering::Relaxed)),)*]
             }
         }
     };
@@ -106,6 +114,13 @@ counters! {
 /// A queue-depth probe.
 pub(crate) type Gauge = Box<dyn Fn() -> usize + Send>;
 
+/// A queue: its name, a probe of its depth, and its bound.
+pub(crate) struct QueueGauge {
+    pub(crate) name: &'static str,
+    pub(crate) depth: Gauge,
+    pub(crate) capacity: usize,
+}
+
 /// Everything observable about a running replica.
 #[derive(Default)]
 pub struct RuntimeMetrics {
@@ -115,7 +130,94 @@ pub struct RuntimeMetrics {
     /// and its own drop counters, published by the consensus stage.
     pub core: Mutex<CoreSnapshot>,
     /// Queue depths, sampled by [`crate::ReplicaHandle::queue_depths`].
-    pub(crate) gauges: Mutex<Vec<(&'static str, Gauge)>>,
+    pub(crate) gauges: Mutex<Vec<QueueGauge>>,
+    /// Other levels read when asked (connected peers and clients).
+    pub(crate) levels: Mutex<Vec<(&'static str, Gauge)>>,
+    /// Latency histograms.
+    pub latency: Latencies,
+}
+
+/// Upper bounds of the latency buckets, in seconds: 10 us to about 10 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(10e-6, 2.0, 21)
+}
+
+/// How long things take: each stage's work per wake-up, and ordering.
+pub struct Latencies {
+    /// Time a stage spent on one wake-up that found work, by stage.
+    pub stages: prometheus_client::metrics::family::Family<StageLabel, Histogram>,
+    /// From a request's arrival at this replica's request filter to its
+    /// answer from execution, for one request in [`ORDERING_SAMPLE`].
+    pub ordering: Histogram,
+    /// Arrival times of the sampled requests still being ordered.
+    pub(crate) arrivals: Mutex<HashMap<(ClientId, RequestId), Instant>>,
+}
+
+/// One request in this many (by client and request id) has its ordering
+/// latency measured, so that the bookkeeping costs nothing measurable.
+pub const ORDERING_SAMPLE: u64 = 16;
+/// Sampled requests waiting at most; beyond it new ones are not sampled
+/// (a flood of requests that never execute cannot grow the table).
+const ARRIVALS_MAX: usize = 4096;
+/// A sampled request not answered within this long is forgotten when the
+/// table is full.
+const ARRIVAL_FORGET: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A histogram of latencies in seconds.
+pub type Histogram = prometheus_client::metrics::histogram::Histogram;
+
+/// The label that tells stages apart.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct StageLabel {
+    /// The stage's name.
+    pub stage: &'static str,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            stages: prometheus_client::metrics::family::Family::new_with_constructor(|| {
+                Histogram::new(latency_buckets())
+            }),
+            ordering: Histogram::new(latency_buckets()),
+            arrivals: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn sampled(client: ClientId, id: RequestId) -> bool {
+    (client.0 ^ id.0) % ORDERING_SAMPLE == 0
+}
+
+impl Latencies {
+    /// The histogram of `stage`'s work per wake-up (looked up once, by the
+    /// thread that runs it).
+    pub(crate) fn stage(&self, stage: &'static str) -> Histogram {
+        self.stages.get_or_create(&StageLabel { stage }).clone()
+    }
+
+    /// A request reached the request filter.
+    pub(crate) fn arrived(&self, client: ClientId, id: RequestId) {
+        if sampled(client, id) {
+            let mut a = self.arrivals.lock();
+            if a.len() >= ARRIVALS_MAX {
+                // Requests refused or lost after the filter never answer.
+                a.retain(|_, t| t.elapsed() < ARRIVAL_FORGET);
+            }
+            if a.len() < ARRIVALS_MAX {
+                a.entry((client, id)).or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// Execution answered a request.
+    pub(crate) fn answered(&self, client: ClientId, id: RequestId) {
+        if sampled(client, id) {
+            if let Some(t) = self.arrivals.lock().remove(&(client, id)) {
+                self.ordering.observe(t.elapsed().as_secs_f64());
+            }
+        }
+    }
 }
 
 /// What the consensus stage publishes about the core after each wake-up.
@@ -165,6 +267,8 @@ pub struct CoreSnapshot {
     /// Peer messages that reached no core: from an epoch older than any
     /// kept here, from one not reached yet, and links that did not check.
     pub epoch_counters: palisade_host::EpochCounters,
+    /// Why the replica last started or joined a view change.
+    pub last_view_change: Option<&'static str>,
 }
 
 impl RuntimeMetrics {
@@ -172,7 +276,21 @@ impl RuntimeMetrics {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn gauge(&self, name: &'static str, f: impl Fn() -> usize + Send + 'static) {
-        self.gauges.lock().push((name, Box::new(f)));
+    pub(crate) fn gauge(&self, name: &'static str, capacity: usize, f: impl Fn() -> usize + Send + 'static) {
+        self.gauges.lock().push(QueueGauge { name, depth: Box::new(f), capacity });
+    }
+
+    pub(crate) fn level(&self, name: &'static str, f: impl Fn() -> usize + Send + 'static) {
+        self.levels.lock().push((name, Box::new(f)));
+    }
+
+    /// Every queue's name, depth and bound.
+    pub fn queues(&self) -> Vec<(&'static str, usize, usize)> {
+        self.gauges.lock().iter().map(|g| (g.name, (g.depth)(), g.capacity)).collect()
+    }
+
+    /// Every level's name and value (connected peers and clients).
+    pub fn levels(&self) -> Vec<(&'static str, usize)> {
+        self.levels.lock().iter().map(|(n, f)| (*n, f())).collect()
     }
 }

@@ -161,6 +161,11 @@ impl<K: std::hash::Hash + Eq + Copy> Routes<K> {
         Routes { map: RwLock::new(HashMap::new()), fan_out }
     }
 
+    /// How many distinct peers or clients have a live connection.
+    pub fn distinct(&self) -> usize {
+        self.map.read().values().filter(|routes| !routes.is_empty()).count()
+    }
+
     fn insert(&self, k: K, id: u64, addr: Addr<Connection>) {
         let mut m = self.map.write();
         let routes = m.entry(k).or_default();
@@ -307,7 +312,7 @@ impl Net {
 
     /// What a connection answers an operator's status question with.
     fn status(&self) -> StatusReport {
-        let core = self.metrics.core.lock();
+        let core = self.metrics.core.lock().clone();
         StatusReport {
             replica: self.me,
             role: core.role,
@@ -317,8 +322,20 @@ impl Net {
             normal: core.normal,
             delivered: core.delivered,
             stable: core.stable,
-            members: core.members.clone(),
+            members: core.members,
             f: core.f as u64,
+            peers_connected: self.peers.distinct() as u64,
+            clients_connected: self.clients.distinct() as u64,
+            queues: self
+                .metrics
+                .queues()
+                .into_iter()
+                .map(|(name, depth, capacity)| palisade_wire::envelope::QueueDepth {
+                    name: name.to_string(),
+                    depth: depth as u64,
+                    capacity: capacity.min(u64::MAX as usize) as u64,
+                })
+                .collect(),
         }
     }
 }
@@ -391,6 +408,8 @@ enum Kind {
 pub struct Connection {
     id: u64,
     kind: Kind,
+    /// The other end's address, for the log.
+    peer: Option<SocketAddr>,
     /// The channel's request-MAC key (used on client channels).
     request_key: [u8; 32],
     writer: FramedWrite<Bytes, OwnedWriteHalf, SealCodec>,
@@ -400,6 +419,7 @@ pub struct Connection {
 impl Connection {
     fn start(net: Arc<Net>, kind: Kind, stream: TcpStream, session: Session) -> Addr<Connection> {
         let id = net.next_id.fetch_add(1, Ordering::Relaxed);
+        let peer = stream.peer_addr().ok();
         let (read, write) = stream.into_split();
         let Session { sealer, opener, request_key, .. } = session;
         let mailbox = net.mailbox;
@@ -411,8 +431,9 @@ impl Connection {
             ctx.add_stream(FramedRead::new(read, OpenCodec::new(max, opener)));
             let mut writer = FramedWrite::new(write, SealCodec::new(sealer), ctx);
             writer.set_buffer_capacity(low, high);
-            Connection { id, kind, request_key, writer, net: shared }
+            Connection { id, kind, peer, request_key, writer, net: shared }
         });
+        log_connection(net.me, kind, peer, "up");
         match kind {
             Kind::ToReplica(r) => net.peers.insert(r, id, addr.clone()),
             Kind::Client(c) => {
@@ -494,6 +515,11 @@ impl Connection {
 
     fn bad_frame(&mut self, ctx: &mut Context<Self>) {
         RuntimeMetrics::add(&self.net.metrics.counters.bad_frames, 1);
+        crate::events::warn_limited!(
+            replica = self.net.me.0,
+            from = %shown(self.peer),
+            "closed a connection that sent a frame that did not open, decode or fit"
+        );
         ctx.stop();
     }
 }
@@ -502,6 +528,7 @@ impl Actor for Connection {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        log_connection(self.net.me, self.kind, self.peer, "down");
         match self.kind {
             Kind::ToReplica(r) => self.net.peers.remove(r, self.id),
             Kind::Client(c) => {
@@ -556,6 +583,11 @@ pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey) {
         // 1 KiB frames and `handshake_timeout_ms`.
         let Ok(permit) = net.handshakes.clone().try_acquire_owned() else {
             RuntimeMetrics::add(&net.metrics.counters.connections_refused, 1);
+            crate::events::warn_limited!(
+                replica = net.me.0,
+                from = %shown(stream.peer_addr().ok()),
+                "refused a connection: every handshake slot is taken"
+            );
             continue;
         };
         let (net, key) = (net.clone(), key.clone());
@@ -568,8 +600,23 @@ pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey) {
             drop(permit);
             let session = match session {
                 Ok(Ok(s)) => s,
-                _ => {
+                Ok(Err(e)) => {
                     RuntimeMetrics::add(&net.metrics.counters.handshakes_failed, 1);
+                    crate::events::warn_limited!(
+                        replica = net.me.0,
+                        from = %shown(stream.peer_addr().ok()),
+                        error = %e,
+                        "a handshake failed"
+                    );
+                    return;
+                }
+                Err(_) => {
+                    RuntimeMetrics::add(&net.metrics.counters.handshakes_failed, 1);
+                    crate::events::warn_limited!(
+                        replica = net.me.0,
+                        from = %shown(stream.peer_addr().ok()),
+                        "a handshake took longer than handshake_timeout_ms"
+                    );
                     return;
                 }
             };
@@ -589,12 +636,38 @@ pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey) {
                     };
                     if net.clients.len() >= net.max_client_connections {
                         RuntimeMetrics::add(&net.metrics.counters.connections_refused, 1);
+                        crate::events::warn_limited!(
+                            replica = net.me.0,
+                            client = c.0,
+                            limit = net.max_client_connections,
+                            "refused a client connection: max_client_connections reached"
+                        );
                         return;
                     }
                     Connection::start(net, Kind::Client(c), stream, session);
                 }
             }
         });
+    }
+}
+
+/// An address for the log ("?" when the socket no longer knows it).
+fn shown(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "?".to_string(), |a| a.to_string())
+}
+
+/// Logs a connection going up or down: replicas at info level, clients
+/// (many, and coming and going) at debug level.
+fn log_connection(me: ReplicaId, kind: Kind, peer: Option<SocketAddr>, state: &'static str) {
+    let peer = shown(peer);
+    match kind {
+        Kind::ToReplica(r) => {
+            tracing::info!(replica = me.0, peer = r.0, addr = %peer, state, "connection to a replica")
+        }
+        Kind::FromReplica(r) => {
+            tracing::info!(replica = me.0, peer = r.0, addr = %peer, state, "connection from a replica")
+        }
+        Kind::Client(c) => tracing::debug!(replica = me.0, client = c.0, addr = %peer, state, "client connection"),
     }
 }
 

@@ -7,7 +7,7 @@ use crate::egress::{Egress, Outbox};
 use crate::metrics::RuntimeMetrics;
 use crate::net::{self, Net};
 use crate::queue::{queue, Bell, Outflow, Rx};
-use crate::runner::{run_stages, run_stages_on_network, Stage, StageThreads};
+use crate::runner::{run_stages, run_stages_on_network, Stage, StageThreads, Timed};
 use crate::shared::{CurrentView, PublishedChain};
 use crate::stages::{
     Consensus, ConsensusMembership, Delivery, DeliveryDisk, JournalLink, PrePrepareVerifier, Replier, RequestFilter,
@@ -90,7 +90,7 @@ impl ReplicaHandle {
 
     /// Current depth of every queue, by name.
     pub fn queue_depths(&self) -> Vec<(&'static str, usize)> {
-        self.metrics.gauges.lock().iter().map(|(n, f)| (*n, f())).collect()
+        self.metrics.queues().into_iter().map(|(n, d, _)| (n, d)).collect()
     }
 
     /// Stops every stage and closes every connection, then waits for them.
@@ -141,7 +141,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 }
 
 fn gauge<T: Send + 'static>(metrics: &RuntimeMetrics, name: &'static str, rx: &Rx<T>) {
-    metrics.gauge(name, rx.depth_probe());
+    metrics.gauge(name, rx.capacity(), rx.depth_probe());
 }
 
 /// Starts replica `me` of `cluster` running `service`: binds its address,
@@ -238,6 +238,11 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         keyring_of(cluster, chain.newest(), me, &key),
         published.clone(),
     ));
+    {
+        let (peers, clients) = (Arc::downgrade(&net), Arc::downgrade(&net));
+        metrics.level("peers_connected", move || peers.upgrade().map_or(0, |n| n.peers.distinct()));
+        metrics.level("clients_connected", move || clients.upgrade().map_or(0, |n| n.clients.distinct()));
+    }
     let egress: Arc<dyn Egress> = net.clone();
     let listener = std::net::TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -429,7 +434,8 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             snapshot_applied: last.0,
         };
         let stop = stop.clone();
-        threads.push(spawn("storage", move || run_stages(vec![Box::new(stage)], b_storage, stop)));
+        let stage = Timed::wrap(Box::new(stage), &metrics);
+        threads.push(spawn("storage", move || run_stages(vec![stage], b_storage, stop)));
     }
     stages.push((
         b_consensus,
@@ -473,6 +479,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             drain_max: cfg.drain_max,
             disk: delivery_disk,
             delivered: 0,
+            fetch_logged: 0,
         }),
     ));
 
@@ -494,6 +501,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         Box::new(Ticker { tx: tx_tick, period: Duration::from_millis(cfg.tick_ms), next: std::time::Instant::now() }),
     ));
 
+    let stages: Vec<(Bell, Box<dyn Stage>)> = stages.into_iter().map(|(b, s)| (b, Timed::wrap(s, &metrics))).collect();
     // The network stage, on its own actix system thread (with the CPU
     // stages when they run there).
     let on_network = if cfg.stage_threads == StageThreads::Dedicated {

@@ -102,6 +102,11 @@ impl<T> Rx<T> {
         out
     }
 
+    /// The queue's bound.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity().unwrap_or(usize::MAX)
+    }
+
     /// Reads the queue's depth from anywhere (for gauges).
     pub fn depth_probe(&self) -> impl Fn() -> usize + Send + 'static
     where

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 /// How long a stage blocks before looking at the stop flag again.
 const POLL: Duration = Duration::from_millis(50);
 
+/// A stage's wake-up that takes this long is logged (rate-limited).
+const SLOW_WAKE_UP: Duration = Duration::from_millis(250);
+
 /// A stage of the pipeline: an actor that owns its state, takes from its
 /// inboxes without blocking and reports whether it did anything. A runner
 /// thread parks only when every stage it runs is idle, so a stage may run
@@ -47,6 +50,49 @@ impl StageThreads {
             n if n < 4 => StageThreads::Network,
             _ => StageThreads::Dedicated,
         }
+    }
+}
+
+/// A stage whose wake-ups that find work are timed into a histogram (the
+/// `stage_seconds` metric): one clock read before and after, nothing when
+/// the stage is idle.
+pub struct Timed {
+    inner: Box<dyn Stage>,
+    clock: crate::metrics::Histogram,
+}
+
+impl Timed {
+    /// `inner`, timed into its stage's histogram in `metrics`.
+    pub fn wrap(inner: Box<dyn Stage>, metrics: &crate::metrics::RuntimeMetrics) -> Box<dyn Stage> {
+        let clock = metrics.latency.stage(inner.name());
+        Box::new(Timed { inner, clock })
+    }
+}
+
+impl Stage for Timed {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn poll(&mut self) -> Result<bool, Ended> {
+        let t0 = Instant::now();
+        let busy = self.inner.poll()?;
+        if busy {
+            let took = t0.elapsed();
+            self.clock.observe(took.as_secs_f64());
+            if took >= SLOW_WAKE_UP {
+                crate::events::warn_limited!(
+                    stage = self.inner.name(),
+                    ms = took.as_millis() as u64,
+                    "a stage took long over one wake-up (a large state, a slow disk, or an overloaded machine)"
+                );
+            }
+        }
+        Ok(busy)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.inner.next_deadline()
     }
 }
 

@@ -179,6 +179,23 @@ pub struct StatusReport {
     pub members: Vec<ReplicaId>,
     /// The faults its epoch tolerates.
     pub f: u64,
+    /// Peers it has a live connection to.
+    pub peers_connected: u64,
+    /// Distinct clients connected to it.
+    pub clients_connected: u64,
+    /// Its bounded queues: how full each is.
+    pub queues: Vec<QueueDepth>,
+}
+
+/// How full one of a replica's queues is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDepth {
+    /// Its name (docs/operations.md, *Queues*).
+    pub name: String,
+    /// Items waiting.
+    pub depth: u64,
+    /// Its bound.
+    pub capacity: u64,
 }
 
 /// Where a replica stands in the membership.

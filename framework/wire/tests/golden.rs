@@ -345,6 +345,13 @@ fn chain_and_status() {
         stable: 256,
         members: vec![ReplicaId(1), ReplicaId(3)],
         f: 1,
+        peers_connected: 2,
+        clients_connected: 5,
+        queues: vec![palisade_wire::envelope::QueueDepth { name: "peer_queue".into(), depth: 3, capacity: 4096 }],
     };
-    check("status", &ReplicaMessage::Status(report), "04080706050403020105020203010101ac02800202010301");
+    check(
+        "status",
+        &ReplicaMessage::Status(report),
+        "04080706050403020105020203010101ac028002020103010205010a706565725f7175657565038020",
+    );
 }

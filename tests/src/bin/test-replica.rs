@@ -1,5 +1,6 @@
 //! `test-replica --config DIR --id N [--service kv|counter] [--lying]
-//! [--forge] [--rejoin] [--join] [--leave-grace-ms MS]`: runs replica N
+//! [--forge] [--rejoin] [--join] [--leave-grace-ms MS] [--metrics-addr A]
+//! [--log-format text|json]`: runs replica N
 //! exactly as `palisade replica`
 //! does (same code, data in `DIR/data-N`, durability `full`), and every
 //! 100 ms writes its counters to `DIR/counters-N.txt` (`name value` lines)
@@ -154,6 +155,13 @@ fn main() -> ExitCode {
         durability: palisade_host::Durability::Full,
         join: args.iter().any(|a| a == "--join"),
         leave_grace_ms: value("--leave-grace-ms").and_then(|s| s.parse().ok()).unwrap_or(30_000),
+        metrics_addr: value("--metrics-addr").and_then(|s| s.parse().ok()),
     };
+    let json = value("--log-format").as_deref() == Some("json");
+    palisade::commands::init_logging(if json {
+        palisade::commands::LogFormat::Json
+    } else {
+        palisade::commands::LogFormat::Text
+    });
     palisade::commands::replica(&config, id, &service, &config.join(format!("data-{id}")), opts)
 }

@@ -341,7 +341,7 @@ impl<C: Crypto> Consensus<C> {
         } else {
             MemberRole::Member
         };
-        *self.metrics.core.lock() = CoreSnapshot {
+        let next = CoreSnapshot {
             view: core.view().0,
             normal: core.is_normal(),
             primary: core.is_primary(),
@@ -363,7 +363,11 @@ impl<C: Crypto> Consensus<C> {
             role,
             removed_in: self.host.removed(),
             epoch_counters: self.host.counters(),
+            last_view_change: m.last_view_change.map(|r| r.name()),
         };
+        let mut published = self.metrics.core.lock();
+        crate::events::core_changed(core.id(), &published, &next);
+        *published = next;
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Delivery<S: Service> {
     pub disk: Option<DeliveryDisk>,
     /// The last batch delivered (what a read's answer reflects).
     pub delivered: u64,
+    /// The last state transfer target logged.
+    pub fetch_logged: u64,
 }
 
 struct Wiring<'a> {
@@ -70,6 +72,11 @@ struct Wiring<'a> {
 
 impl ExecutionIo for Wiring<'_> {
     fn replies(&mut self, mails: Vec<ClientMail>) {
+        for m in &mails {
+            if let ClientMail::Answer { client, request, .. } = m {
+                self.metrics.latency.answered(*client, *request);
+            }
+        }
         if let Some(held) = self.held.as_deref_mut() {
             held.push_back((self.seq, mails));
             return;
@@ -137,8 +144,21 @@ impl<S: Service + Send + Sync> Stage for Delivery<S> {
                 break;
             }
             let Some(cmd) = self.rx.take() else { break };
-            if let ExecCommand::Deliver { seq, .. } = &cmd {
-                self.delivered = seq.0;
+            match &cmd {
+                ExecCommand::Deliver { seq, .. } => self.delivered = seq.0,
+                // Logged once a target: the core asks again while it waits.
+                ExecCommand::Fetch { epoch, seq, holders, .. } if seq.0 != self.fetch_logged => {
+                    self.fetch_logged = seq.0;
+                    tracing::info!(
+                        replica = self.egress.me().0,
+                        epoch = *epoch,
+                        seq = seq.0,
+                        delivered = self.delivered,
+                        holders = *holders,
+                        "state transfer started"
+                    );
+                }
+                _ => {}
             }
             let hold = self.disk.as_ref().is_some_and(|d| d.hold_replies);
             let mut io = Wiring {
@@ -250,6 +270,7 @@ mod tests {
             drain_max: 8,
             disk: None,
             delivered: 0,
+            fetch_logged: 0,
         };
         let requests: Vec<Request> = (1..=8).map(|c| add(c, 1)).collect();
         for seq in 1..=2 {

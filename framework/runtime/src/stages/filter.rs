@@ -60,7 +60,12 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
         };
         for (r, lookup) in verdicts {
             match lookup {
-                Lookup::New => pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?,
+                Lookup::New => {
+                    if !r.read_only {
+                        self.metrics.latency.arrived(r.client, r.id);
+                    }
+                    pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?
+                }
                 Lookup::Cached(result) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_cached, 1);
                     let answer = palisade_host::answer(result, true, self.max_result_bytes);

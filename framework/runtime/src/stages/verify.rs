@@ -66,8 +66,14 @@ impl Stage for Verifier {
                     self.verified.insert(&r);
                     pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?;
                 }
-                Err((r, _why)) => {
+                Err((r, why)) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_invalid, 1);
+                    crate::events::warn_limited!(
+                        client = r.client.0,
+                        request = r.id.0,
+                        reason = ?why,
+                        "refused a request that failed verification"
+                    );
                     let invalid =
                         ClientMail::Refusal { client: r.client, request: r.id, reason: RejectReason::Invalid };
                     notify(&self.tx_reply, invalid, &self.metrics);
