@@ -8,7 +8,7 @@
 //! without trusting whoever sent it.
 
 use crate::config::{ClusterConfig, ReplicaInfo};
-use ed25519_dalek::{Signature as EdSignature, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use palisade_core::message::Signature;
 use palisade_core::reconfig::{Configuration, Handover, Member};
 use palisade_core::{Crypto, ReplicaId, Request};
@@ -25,10 +25,8 @@ const CHAIN_MAGIC: &[u8; 8] = b"PLSCHN02";
 /// Whether `signature` is the holder of `key`'s over `payload`, by the
 /// cofactored rule every replica uses (see [`crate::verify`]).
 pub fn signature_checks(key: &VerifyingKey, payload: &[u8], signature: &Signature) -> bool {
-    let Ok(bytes) = <[u8; 64]>::try_from(signature.0.as_ref()) else {
-        return false;
-    };
-    ed25519_dalek::verify_batch(&[payload], &[EdSignature::from_bytes(&bytes)], &[*key]).is_ok()
+    <[u8; 64]>::try_from(signature.0.as_ref())
+        .is_ok_and(|bytes| crate::verify::signature_checks(key.as_bytes(), payload, &bytes))
 }
 
 /// The replicas' public keys in one epoch: enough to check that epoch's

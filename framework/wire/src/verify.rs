@@ -23,16 +23,20 @@
 //! own MAC, or else on the signature, which the primary checked before
 //! proposing (docs/protocol.md, *Client authenticity*).
 //!
-//! **One validity rule everywhere.** Single ed25519 verification is
-//! cofactorless and batch verification is cofactored, so a crafted
-//! signature can pass one and fail the other. Replicas must agree on
-//! validity, so Palisade always uses the cofactored rule (dalek's batch
-//! verifier, a batch of one when alone) and refuses small-order keys. A batch
-//! that fails is split and re-verified to find the culprits. Verdicts are
-//! remembered per exact (key, signature, root), never per root alone: a
-//! faulty client that sends one request of a group with a bad signature
-//! gets it refused by every replica, whether or not that replica saw the
-//! group's good signature first.
+//! **One validity rule everywhere.** Replicas must agree on every
+//! signature's validity, whichever other signatures share its batch. Plain
+//! ed25519 verification does not promise that: the usual single check is
+//! cofactorless, and a batch check without the cofactor (dalek's) weighs
+//! each signature by a random scalar, so a crafted signature whose R has a
+//! small-order component passes or fails depending on its batch mates.
+//! Palisade therefore checks client and replica signatures with the
+//! cofactored equation of ZIP 215 (`ed25519-zebra`), alone and in batches
+//! alike, and refuses small-order keys. A batch that fails is split and
+//! re-verified to find the culprits. Verdicts are remembered per exact
+//! (key, signature, root), never per root alone: a faulty client that
+//! sends one request of a group with a bad signature gets it refused by
+//! every replica, whether or not that replica saw the group's good
+//! signature first.
 
 use crate::keys::client_id;
 use bytes::Bytes;
@@ -309,7 +313,6 @@ struct Claim {
 }
 
 struct Parsed {
-    key: VerifyingKey,
     claim: Claim,
 }
 
@@ -318,35 +321,49 @@ fn parse(request: &Request) -> Result<Parsed, Rejection> {
     if client_id(&l.public) != request.client {
         return Err(Rejection::ClientIdMismatch);
     }
-    let key = client_key(&l.public)?;
+    client_key(&l.public)?;
     let mut root = request_leaf(request);
     for (j, sibling) in l.siblings.chunks_exact(HASH_BYTES).enumerate() {
         let sibling: &[u8; HASH_BYTES] = sibling.try_into().expect("32 bytes");
         root = if l.sides >> j & 1 == 1 { node(sibling, &root) } else { node(&root, sibling) };
     }
-    Ok(Parsed { key, claim: Claim { public: l.public, signature: l.signature, root } })
+    Ok(Parsed { claim: Claim { public: l.public, signature: l.signature, root } })
 }
 
-/// Client keys already decompressed and checked: a point decompression
-/// costs about as much as a third of a signature check, and a client signs
-/// many requests with one key. Bounded: emptied when full.
-fn client_key(public: &[u8; 32]) -> Result<VerifyingKey, Rejection> {
+/// Client keys already checked: a point decompression costs about as much
+/// as a third of a signature check, and a client signs many requests with
+/// one key. Bounded: emptied when full.
+fn client_key(public: &[u8; 32]) -> Result<(), Rejection> {
     const KEYS_MAX: usize = 1 << 16;
-    static KEYS: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
-    let keys = KEYS.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(k) = keys.lock().unwrap_or_else(|e| e.into_inner()).get(public) {
-        return Ok(*k);
+    static KEYS: OnceLock<Mutex<HashSet<[u8; 32]>>> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| Mutex::new(HashSet::new()));
+    if keys.lock().unwrap_or_else(|e| e.into_inner()).contains(public) {
+        return Ok(());
     }
-    let key = VerifyingKey::from_bytes(public).map_err(|_| Rejection::BadAuthFormat)?;
-    if key.is_weak() {
+    if !key_is_valid(public) {
         return Err(Rejection::BadAuthFormat);
     }
     let mut g = keys.lock().unwrap_or_else(|e| e.into_inner());
     if g.len() >= KEYS_MAX {
         g.clear();
     }
-    g.insert(*public, key);
-    Ok(key)
+    g.insert(*public);
+    Ok(())
+}
+
+/// The rule for keys, the same on every replica: a valid point that is not
+/// of small order (a small-order key would let anyone sign for it).
+pub fn key_is_valid(public: &[u8; 32]) -> bool {
+    VerifyingKey::from_bytes(public).is_ok_and(|k| !k.is_weak())
+}
+
+/// Whether `signature` is `public`'s over `message` by the cluster-wide
+/// rule (ZIP 215's cofactored equation; the key must also pass
+/// [`key_is_valid`]).
+pub fn signature_checks(public: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {
+    key_is_valid(public)
+        && ed25519_zebra::VerificationKey::try_from(*public)
+            .is_ok_and(|k| k.verify(&Signature::from_bytes(signature), message).is_ok())
 }
 
 /// Signatures already found valid, by their exact claim: the requests of
@@ -385,12 +402,17 @@ pub fn forget_verified_signatures() {
     m.order.clear();
 }
 
+/// One cofactored batch check (ZIP 215): it accepts exactly when every
+/// signature alone would (but with negligible probability), whatever the
+/// batch holds.
 fn batch_ok(items: &[&Parsed]) -> bool {
-    let messages: Vec<[u8; SIGNED_BYTES]> = items.iter().map(|p| group_message(&p.claim.root)).collect();
-    let messages: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
-    let sigs: Vec<Signature> = items.iter().map(|p| Signature::from_bytes(&p.claim.signature)).collect();
-    let keys: Vec<VerifyingKey> = items.iter().map(|p| p.key).collect();
-    ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok()
+    let mut batch = ed25519_zebra::batch::Verifier::new();
+    for p in items {
+        let message = group_message(&p.claim.root);
+        let key = ed25519_zebra::VerificationKeyBytes::from(p.claim.public);
+        batch.queue((key, Signature::from_bytes(&p.claim.signature), &message[..]));
+    }
+    batch.verify(rand_core::OsRng).is_ok()
 }
 
 /// Verifies one request's client signature with the cluster-wide rule.
@@ -414,14 +436,11 @@ pub struct AdminCrypto;
 
 impl palisade_core::reconfig::AdminVerify for AdminCrypto {
     fn signature_checks(&self, key: &[u8; 32], message: &[u8], signature: &[u8]) -> bool {
-        let (Ok(key), Ok(sig)) = (client_key(key), <[u8; 64]>::try_from(signature)) else {
-            return false;
-        };
-        ed25519_dalek::verify_batch(&[message], &[Signature::from_bytes(&sig)], &[key]).is_ok()
+        <[u8; 64]>::try_from(signature).is_ok_and(|sig| signature_checks(key, message, &sig))
     }
 
     fn key_is_valid(&self, key: &[u8; 32]) -> bool {
-        client_key(key).is_ok()
+        key_is_valid(key)
     }
 }
 
@@ -784,5 +803,45 @@ mod tests {
         assert_eq!(verify_request(&forged), Err(Rejection::BadSignature));
         assert!(verify_batch(vec![forged], limits, |_, _| true, &p).verdicts[0].is_err());
         assert_eq!(verify_request(&group[7]), Ok(()));
+    }
+
+    /// A signature crafted with a small-order component in R: valid by the
+    /// cofactored equation, invalid by the cofactorless one. With a batch
+    /// check that leaves the cofactor out, its verdict followed its batch
+    /// mates (one batch in eight accepted it), so a faulty client could
+    /// split replicas that batch differently. Every verdict must now be
+    /// the same: alone, and in every batch.
+    #[test]
+    fn a_signature_with_a_small_order_component_gets_one_verdict_in_every_batch() {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        let a = Scalar::from_bytes_mod_order([7u8; 32]);
+        let public = (a * ED25519_BASEPOINT_POINT).compress().to_bytes();
+        let mut r = unsigned(77, 9);
+        r.client = client_id(&public);
+        let message = group_message(&request_leaf(&r));
+        let nonce = Scalar::from_bytes_mod_order([9u8; 32]);
+        let big_r = (nonce * ED25519_BASEPOINT_POINT + EIGHT_TORSION[1]).compress().to_bytes();
+        let k = Scalar::from_hash(Sha512::new().chain_update(big_r).chain_update(public).chain_update(message));
+        let s = nonce + k * a;
+        let mut auth = public.to_vec();
+        auth.extend_from_slice(&big_r);
+        auth.extend_from_slice(s.as_bytes());
+        auth.extend_from_slice(&[0, 0]);
+        r.auth = Bytes::from(auth);
+        forget_verified_signatures();
+        let alone = verify_request(&r);
+        assert_eq!(alone, Ok(()), "valid by the cofactored equation");
+        let key = crate::keys::generate(&mut rand_core::OsRng);
+        let p = pool(1);
+        for mates in 0..24u64 {
+            forget_verified_signatures();
+            let mut batch: Vec<Request> = (0..mates).map(|i| signed(&key, 1000 + 100 * mates + i)).collect();
+            batch.insert((mates / 2) as usize, r.clone());
+            let limits = VerifyLimits { chunk: 1 + mates as usize % 5, ..VerifyLimits::default() };
+            let out = verify_batch(batch, limits, |_, _| true, &p);
+            assert!(out.verdicts.iter().all(|v| v.is_ok()), "batch with {mates} mates: the same verdict");
+        }
     }
 }
