@@ -16,6 +16,11 @@ use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use tokio::sync::oneshot;
 
+/// How long an invocation waits for the leader of its burst before it signs
+/// what is queued itself: far longer than a leader's one yield, far shorter
+/// than any timeout a caller sets.
+const TAKE_OVER_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A request waiting for its group's signature.
 struct Waiting {
     request: Request,
@@ -75,7 +80,7 @@ impl Signer {
             sign(key, request_keys, auth, std::slice::from_mut(&mut request));
             return Some(request);
         }
-        let (done, signed) = oneshot::channel();
+        let (done, mut signed) = oneshot::channel();
         let lead = {
             let mut q = self.queue.lock();
             q.waiting.push(Waiting { request, auth, done });
@@ -85,13 +90,23 @@ impl Signer {
             let lead = Lead { signer: self, key, request_keys };
             tokio::task::yield_now().await;
             drop(lead);
+            return signed.await.ok();
         }
-        signed.await.ok()
+        // A leader's caller may stop polling it without dropping it: never
+        // wait on a leader for long, take over its duty instead.
+        match tokio::time::timeout(TAKE_OVER_AFTER, &mut signed).await {
+            Ok(r) => r.ok(),
+            Err(_) => {
+                self.sign_queued(key, request_keys);
+                signed.await.ok()
+            }
+        }
     }
 
     /// Signs everything queued, group by group, until the queue is empty;
     /// then stops leading (under the same lock, so nothing queued is left
-    /// without a leader).
+    /// without a leader). An invocation that takes over from a stalled
+    /// leader runs it too: two signers at once take disjoint groups.
     fn sign_queued(&self, key: &SigningKey, request_keys: &Mutex<BTreeMap<ReplicaId, [u8; 32]>>) {
         loop {
             let group: Vec<Waiting> = {

@@ -266,7 +266,10 @@ fn print_report(r: &StatusReport) {
         .queues
         .iter()
         .filter(|q| q.depth > 0)
-        .max_by(|a, b| (a.depth * b.capacity.max(1)).cmp(&(b.depth * a.capacity.max(1))))
+        .max_by(|a, b| {
+            // Reports come from replicas, which may be faulty: no overflow.
+            (a.depth as u128 * b.capacity.max(1) as u128).cmp(&(b.depth as u128 * a.capacity.max(1) as u128))
+        })
         .map_or("-".to_string(), |q| format!("{} {}/{}", q.name, q.depth, q.capacity));
     println!(
         "{:>8} {:>9} {:>6} {:>8} {:>8} {:>10} {:>10} {:>6} {:>8}  {:<28} {role}{}",

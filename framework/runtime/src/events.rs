@@ -65,6 +65,19 @@ macro_rules! warn_limited {
 }
 pub(crate) use warn_limited;
 
+/// Whether anything [`core_changed`] logs differs between two snapshots
+/// (cheap: the consensus stage asks at every wake-up).
+pub(crate) fn worth_logging(before: &CoreSnapshot, after: &CoreSnapshot) -> bool {
+    before.epoch != after.epoch
+        || before.role != after.role
+        || before.view != after.view
+        || before.normal != after.normal
+        || before.view_changes != after.view_changes
+        || before.stable != after.stable
+        || before.state_transfers != after.state_transfers
+        || before.rejoining != after.rejoining
+}
+
 /// Logs what changed in the core between two of the consensus stage's
 /// snapshots: epochs, membership, views, checkpoints, state transfers and
 /// rejoining. Each happens rarely, or (checkpoints) logs at debug level.

@@ -4,9 +4,10 @@
 //!
 //! Paths: `/metrics` (OpenMetrics text), `/healthz` (200 while the process
 //! serves), `/readyz` (200 while the replica is a member in normal
-//! operation, 503 with the reason otherwise). Requests are read with a
-//! size bound and a timeout and answered one at a time: the endpoint is
-//! for a scraper and a probe on a trusted network, not for the public.
+//! operation, 503 with the reason otherwise). Each connection gets a thread
+//! of its own, at most 8 at once (more are closed at once), and 2 s in all
+//! for its request head of at most 8 KiB: the endpoint is for a scraper
+//! and probes on a trusted network, not for the public.
 
 use crate::metrics::RuntimeMetrics;
 use palisade_wire::envelope::MemberRole;
@@ -50,7 +51,7 @@ impl MetricsServer {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let registry = registry(metrics.clone());
+        let registry = Arc::new(registry(metrics.clone()));
         let thread = {
             let stop = stop.clone();
             std::thread::Builder::new()
@@ -185,11 +186,28 @@ impl Collector for Snapshot {
     }
 }
 
-fn serve(listener: TcpListener, stop: &AtomicBool, registry: &Registry, metrics: &RuntimeMetrics) {
+/// Connections served at once; more are closed at once, so that a few
+/// slow or silent clients cannot keep a probe waiting.
+const CONNECTIONS_MAX: usize = 8;
+
+fn serve(listener: TcpListener, stop: &AtomicBool, registry: &Arc<Registry>, metrics: &Arc<RuntimeMetrics>) {
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((s, _)) => {
-                let _ = answer(s, registry, metrics);
+                if active.fetch_add(1, Ordering::Relaxed) >= CONNECTIONS_MAX {
+                    active.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+                let (registry, metrics, done) = (registry.clone(), metrics.clone(), active.clone());
+                // Each connection ends within its deadline; nothing waits for it.
+                let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
+                    let _ = answer(s, &registry, &metrics);
+                    done.fetch_sub(1, Ordering::Relaxed);
+                });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -216,11 +234,17 @@ fn readiness(metrics: &RuntimeMetrics) -> (u16, String) {
 
 fn answer(mut s: TcpStream, registry: &Registry, metrics: &RuntimeMetrics) -> io::Result<()> {
     s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
+    // One deadline for the whole request head, however it trickles in.
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
     let mut head = vec![0u8; HEAD_MAX];
     let mut n = 0;
     while n < head.len() && !head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        s.set_read_timeout(Some(left))?;
         match s.read(&mut head[n..])? {
             0 => break,
             k => n += k,
@@ -333,10 +357,23 @@ mod tests {
         assert_eq!(get(server.local_addr(), "GET /other HTTP/1.1\r\n\r\n").0, 404);
         assert_eq!(get(server.local_addr(), "POST /metrics HTTP/1.1\r\n\r\n").0, 405);
         assert_eq!(get(server.local_addr(), &format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(10_000))).0, 400);
-        // A scraper that connects and says nothing costs a timeout, then
-        // the next is served.
-        let idle = TcpStream::connect(server.local_addr()).unwrap();
+        // Silent and trickling scrapers do not hold up a probe, and are
+        // cut off at the deadline.
+        let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(server.local_addr()).unwrap()).collect();
+        let started = std::time::Instant::now();
         assert_eq!(get(server.local_addr(), "GET /healthz HTTP/1.1\r\n\r\n").0, 200);
+        assert!(started.elapsed() < IO_TIMEOUT, "the probe did not wait for the silent ones");
+        let mut trickle = TcpStream::connect(server.local_addr()).unwrap();
+        let started = std::time::Instant::now();
+        let mut closed = false;
+        while started.elapsed() < IO_TIMEOUT * 3 {
+            if trickle.write_all(b"G").is_err() {
+                closed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(closed, "a request head that trickles in is cut off at the deadline");
         drop(idle);
     }
 }

@@ -365,9 +365,17 @@ impl<C: Crypto> Consensus<C> {
             epoch_counters: self.host.counters(),
             last_view_change: m.last_view_change.map(|r| r.name()),
         };
-        let mut published = self.metrics.core.lock();
-        crate::events::core_changed(core.id(), &published, &next);
-        *published = next;
+        // Logged after the lock is released: a slow stderr must not hold
+        // up the network thread's status answers.
+        let changed = {
+            let mut published = self.metrics.core.lock();
+            let changed = crate::events::worth_logging(&published, &next).then(|| (published.clone(), next.clone()));
+            *published = next;
+            changed
+        };
+        if let Some((before, after)) = changed {
+            crate::events::core_changed(core.id(), &before, &after);
+        }
     }
 }
 
