@@ -222,9 +222,28 @@ fn admin_commands_change_the_membership_and_explain_refusals() {
     assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
     assert!(stdout(&add).contains("epoch 1: 5 members, f = 1"), "{}", stdout(&add));
 
-    // Refusals say why, with exit code 1; usage errors exit with 2.
-    let again =
-        palisade(&["admin", "add", "--id", "4", "--address", &address, "--public-key", public.trim(), "--config", d]);
+    // Refusals say why, with exit code 1; usage errors exit with 2. Until
+    // epoch 1 starts (the primary fills epoch 0 up to its boundary first),
+    // any change is refused as pending; an operator retries, as here.
+    let started = Instant::now();
+    let again = loop {
+        let again = palisade(&[
+            "admin",
+            "add",
+            "--id",
+            "4",
+            "--address",
+            &address,
+            "--public-key",
+            public.trim(),
+            "--config",
+            d,
+        ]);
+        if !String::from_utf8_lossy(&again.stderr).contains("pending") || started.elapsed() > Duration::from_secs(20) {
+            break again;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already"), "{}", String::from_utf8_lossy(&again.stderr));
     let nobody = palisade(&["admin", "remove", "--id", "9", "--config", d]);
