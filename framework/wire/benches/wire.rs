@@ -1,5 +1,5 @@
 //! The wire's costs: framing and encoding, the per-frame MAC, and client
-//! signature verification (single, one dalek batch, rayon-parallel batches).
+//! signature verification (single, one batch, rayon-parallel batches).
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

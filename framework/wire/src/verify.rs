@@ -293,7 +293,7 @@ pub enum Rejection {
 pub struct VerifyLimits {
     /// Largest operation, in bytes.
     pub max_operation_bytes: usize,
-    /// Signatures per dalek batch (each batch is one rayon task).
+    /// Signatures per batch (each batch is one rayon task).
     pub chunk: usize,
 }
 

@@ -1,5 +1,5 @@
 //! Request verification (when clients sign): client requests, and the
-//! requests inside PRE-PREPAREs, checked in parallel dalek batches on a
+//! requests inside PRE-PREPAREs, checked in parallel batches on a
 //! rayon pool, cheap checks first.
 
 use super::{notify, pass_on, ReplyBatch};
@@ -15,7 +15,7 @@ use palisade_wire::verify::{self, VerifyLimits};
 use std::sync::Arc;
 
 /// Request verification (when clients sign): cheap checks, then client
-/// signatures in parallel dalek batches on a rayon pool. Takes only as many
+/// signatures in parallel batches on a rayon pool. Takes only as many
 /// requests as the filter's queue has room for, so a slow pipeline fills
 /// the verify queue and the network pushes clients back.
 pub struct Verifier {
@@ -86,7 +86,7 @@ impl Stage for Verifier {
 
 /// Request verification for PRE-PREPAREs (when clients sign): checks the
 /// requests of a batch not already known (with authenticators, only those
-/// whose MAC for this replica fails) in parallel dalek batches, records
+/// whose MAC for this replica fails) in parallel batches, records
 /// those that check as verified for the consensus stage, and passes the
 /// PRE-PREPARE on, so that the core sees a bad request as the proof against
 /// the primary it is.
