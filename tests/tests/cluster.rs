@@ -95,6 +95,15 @@ impl Cluster {
         self.handles[i] = Some(h);
     }
 
+    /// Counter `name` of each running replica, in id order.
+    fn counter_of_each(&self, name: &str) -> Vec<u64> {
+        self.handles
+            .iter()
+            .flatten()
+            .map(|h| h.metrics().counters.snapshot().into_iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| v))
+            .collect()
+    }
+
     fn client(&self) -> Client {
         let opts = ClientOptions { timeout_ms: 20_000, ..ClientOptions::default() };
         Client::connect(self.config.clone(), generate(&mut OsRng), opts)
@@ -698,13 +707,6 @@ fn a_flood_of_idle_connections_is_capped_at_the_handshake_limit() {
 #[test]
 fn with_authenticators_backups_accept_proposals_on_their_macs_and_only_the_primary_checks_signatures() {
     let rt = rt();
-    let counters = |c: &Cluster, name: &str| -> Vec<u64> {
-        c.handles
-            .iter()
-            .flatten()
-            .map(|h| h.metrics().counters.snapshot().into_iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| v))
-            .collect()
-    };
     for auth in [RequestAuth::Authenticators, RequestAuth::Signatures] {
         let mut c = cluster(4, Mode::Bft, auth);
         c.start_with(Counter::default);
@@ -715,8 +717,8 @@ fn with_authenticators_backups_accept_proposals_on_their_macs_and_only_the_prima
             }
             assert_eq!(counter.get().await.unwrap(), 40);
         });
-        let checked = counters(&c, "request_signatures_checked");
-        let on_mac = counters(&c, "request_macs_accepted");
+        let checked = c.counter_of_each("request_signatures_checked");
+        let on_mac = c.counter_of_each("request_macs_accepted");
         assert!(checked[0] >= 40, "{auth}: the primary checks every signature: {checked:?}");
         match auth {
             RequestAuth::Authenticators => {
@@ -738,13 +740,6 @@ fn with_authenticators_backups_accept_proposals_on_their_macs_and_only_the_prima
 #[test]
 fn requests_issued_together_share_one_signature_and_each_still_executes_once() {
     let rt = rt();
-    let counters = |c: &Cluster, name: &str| -> Vec<u64> {
-        c.handles
-            .iter()
-            .flatten()
-            .map(|h| h.metrics().counters.snapshot().into_iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| v))
-            .collect()
-    };
     let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     c.start_with(Counter::default);
     let adds = 160u64;
@@ -764,16 +759,18 @@ fn requests_issued_together_share_one_signature_and_each_still_executes_once() {
         }
         assert_eq!(counter.get().await.unwrap(), adds);
     });
-    let checked = counters(&c, "request_signatures_checked");
-    let verified = counters(&c, "client_signatures_verified");
+    let checked = c.counter_of_each("request_signatures_checked");
+    let verified = c.counter_of_each("client_signatures_verified");
     assert!(checked[0] > adds, "the primary checks every request: {checked:?}");
     assert!(
         verified[0] * 4 <= checked[0],
         "the primary verifies one signature per group, not per request: {verified:?} for {checked:?}"
     );
     // The memo of valid signatures is shared by the replicas of this one
-    // process, so the backups' own counts tell: they accepted on MACs.
-    let on_mac = counters(&c, "request_macs_accepted");
-    assert!(on_mac[1..].iter().all(|n| *n >= adds), "backups accept on their MACs: {on_mac:?}");
+    // process, so the backups' own counts tell: they accepted on MACs. A
+    // quorum needs two backups; a third that lags learns the decisions
+    // from its peers instead of from PRE-PREPAREs.
+    let on_mac = c.counter_of_each("request_macs_accepted");
+    assert!(on_mac[1..].iter().filter(|n| **n >= adds).count() >= 2, "backups accept on their MACs: {on_mac:?}");
     assert!(checked[1..].iter().all(|n| *n <= 5), "backups check almost no signature: {checked:?}");
 }
