@@ -8,7 +8,7 @@ use std::process::Command;
 #[test]
 fn a_short_default_run_prints_its_table_summary_line_and_results() {
     let out = std::env::temp_dir().join(format!("palisade-bench-test-{}", std::process::id()));
-    let base_port = 31_000 + (std::process::id() % 200) as u16 * 20;
+    let base_port = palisade_testkit::loopback::port_block(20);
     let run = Command::new(env!("CARGO_BIN_EXE_palisade-bench"))
         .args(["--duration", "1", "--warmup", "0.5", "--clients", "2", "--outstanding", "8"])
         .args(["--base-port", &base_port.to_string(), "--out", out.to_str().unwrap()])
@@ -42,7 +42,7 @@ fn a_short_default_run_prints_its_table_summary_line_and_results() {
 #[test]
 fn a_run_that_kills_and_restarts_the_primary_loses_no_operation_and_marks_both_events() {
     let out = std::env::temp_dir().join(format!("palisade-bench-kill-{}", std::process::id()));
-    let base_port = 35_000 + (std::process::id() % 200) as u16 * 20;
+    let base_port = palisade_testkit::loopback::port_block(20);
     let run = Command::new(env!("CARGO_BIN_EXE_palisade-bench"))
         .args(["--duration", "4", "--warmup", "0.5", "--clients", "2", "--outstanding", "4", "--no-baseline"])
         .args(["--kill-primary-at", "0.5", "--restart-at", "1"])

@@ -120,13 +120,13 @@ fn newest(dir: &Path, prefix: &str, oldest: bool) -> PathBuf {
     pick.unwrap_or_else(|| panic!("no {prefix} file in {}", dir.display())).clone()
 }
 
-fn port(offset: u16) -> u16 {
-    24_000 + (std::process::id() % 100 * 40) as u16 + offset
+fn port() -> u16 {
+    palisade_testkit::loopback::port_block(10)
 }
 
 #[test]
 fn a_killed_replica_restarts_from_disk_catches_up_and_a_flipped_bit_is_repaired_from_peers() {
-    let mut c = Cluster::new("repair", port(0));
+    let mut c = Cluster::new("repair", port());
     for id in 0..4 {
         c.start(id, &[]);
     }
@@ -173,7 +173,7 @@ fn a_killed_replica_restarts_from_disk_catches_up_and_a_flipped_bit_is_repaired_
 
 #[test]
 fn a_replica_restarted_empty_fetches_200_mb_refusing_a_lying_peers_chunks_and_is_then_needed() {
-    let mut c = Cluster::new("transfer", port(20));
+    let mut c = Cluster::new("transfer", port());
     // Replica 1 votes correctly but serves corrupt state.
     for id in 0..4 {
         c.start(id, if id == 1 { &["--lying"] } else { &[] });
@@ -204,7 +204,7 @@ fn a_replica_restarted_empty_fetches_200_mb_refusing_a_lying_peers_chunks_and_is
 /// counter holds exactly the increments clients were told had happened.
 #[test]
 fn a_primary_that_forges_requests_gets_none_executed() {
-    let mut c = Cluster::new("forge", port(40));
+    let mut c = Cluster::new("forge", port());
     for id in 0..4 {
         c.start(id, if id == 0 { &["--service", "counter", "--forge"] } else { &["--service", "counter"] });
     }

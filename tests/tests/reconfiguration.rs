@@ -152,7 +152,7 @@ fn progress(load: &Load, more: usize, within: Duration, what: &str) {
 
 #[test]
 fn a_replica_joins_the_primary_leaves_and_nothing_acknowledged_is_lost() {
-    let port = 24_000 + (std::process::id() % 200 * 20) as u16;
+    let port = palisade_testkit::loopback::port_block(20);
     let mut c = Cluster::new("replace", 4, Mode::Bft, port, 2_000);
     let load = Load::start(&c, 2);
     progress(&load, 50, Duration::from_secs(30), "before any change");
@@ -266,7 +266,7 @@ fn settled(c: &Cluster, load: &Load, members: &[u32], epoch: u64, what: &str) {
 
 #[test]
 fn a_cluster_grows_to_f_2_and_shrinks_back_under_load() {
-    let port = 28_000 + (std::process::id() % 200 * 20) as u16;
+    let port = palisade_testkit::loopback::port_block(20);
     let mut c = Cluster::new("grow", 4, Mode::Bft, port, 2_000);
     let load = Load::start(&c, 2);
     progress(&load, 30, Duration::from_secs(30), "before any change");
@@ -316,7 +316,7 @@ fn a_cluster_grows_to_f_2_and_shrinks_back_under_load() {
 
 #[test]
 fn a_crash_tolerant_cluster_grows_and_replaces_every_original_member() {
-    let port = 32_000 + (std::process::id() % 200 * 20) as u16;
+    let port = palisade_testkit::loopback::port_block(20);
     // Removed replicas stay long enough to show a stale client the way.
     let mut c = Cluster::new("cft", 3, Mode::Cft, port, 30_000);
     let load = Load::start(&c, 2);
@@ -352,7 +352,7 @@ fn a_crash_tolerant_cluster_grows_and_replaces_every_original_member() {
 
 #[test]
 fn a_crashed_primary_is_replaced_by_a_change_ordered_during_the_view_change() {
-    let port = 36_000 + (std::process::id() % 200 * 20) as u16;
+    let port = palisade_testkit::loopback::port_block(20);
     let mut c = Cluster::new("viewchange", 4, Mode::Bft, port, 2_000);
     let load = Load::start(&c, 2);
     progress(&load, 30, Duration::from_secs(30), "before the crash");

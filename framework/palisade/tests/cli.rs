@@ -50,7 +50,7 @@ fn start(dir: &Path, n: usize, service: &str) -> Processes {
 #[test]
 fn a_four_process_cluster_serves_the_cli_and_survives_kill_9_of_its_primary() {
     let dir = tempdir("kv");
-    let port = (10_000 + std::process::id() % 400 * 10) as u16;
+    let port = palisade_testkit::loopback::port_block(10);
     let d = dir.to_str().unwrap();
     let keygen = palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]);
     assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
@@ -97,7 +97,7 @@ fn configuration_mistakes_get_a_clear_message_and_exit_code_2() {
 #[test]
 fn a_counter_cluster_in_cft_mode() {
     let dir = tempdir("cft");
-    let port = (14_000 + std::process::id() % 400 * 10) as u16;
+    let port = palisade_testkit::loopback::port_block(10);
     let d = dir.to_str().unwrap();
     assert!(palisade(&["keygen", "--replicas", "3", "--mode", "cft", "--out", d, "--base-port", &port.to_string()])
         .status
@@ -165,7 +165,7 @@ fn has_log_entries(data: &std::path::Path) -> bool {
 #[test]
 fn a_restarted_replica_recovers_its_votes_from_disk_and_without_a_disk_rejoins_without_them() {
     let dir = tempdir("rejoin");
-    let port = (16_000 + std::process::id() % 400 * 10) as u16;
+    let port = palisade_testkit::loopback::port_block(10);
     let d = dir.to_str().unwrap();
     assert!(palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]).status.success());
     let mut replicas = start(&dir, 4, "counter");
@@ -199,7 +199,7 @@ fn a_restarted_replica_recovers_its_votes_from_disk_and_without_a_disk_rejoins_w
 #[test]
 fn admin_commands_change_the_membership_and_explain_refusals() {
     let dir = tempdir("admin");
-    let port = (18_000 + std::process::id() % 200 * 10) as u16;
+    let port = palisade_testkit::loopback::port_block(10);
     let d = dir.to_str().unwrap();
     assert!(palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]).status.success());
     let mut replicas = start(&dir, 4, "kv");
@@ -297,7 +297,7 @@ fn sample(scrape: &str, name: &str) -> Option<f64> {
 #[test]
 fn an_operator_scrapes_metrics_reads_json_logs_and_checks_health_through_a_primary_crash() {
     let dir = tempdir("ops");
-    let port = (14_000 + std::process::id() % 400 * 10) as u16;
+    let port = palisade_testkit::loopback::port_block(10);
     let d = dir.to_str().unwrap();
     let keygen = palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]);
     assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));

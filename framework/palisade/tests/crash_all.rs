@@ -97,7 +97,7 @@ where
 
 #[test]
 fn every_acknowledged_operation_survives_kill_9_of_every_replica_in_every_service() {
-    let port = 20_000 + (std::process::id() % 200 * 20) as u16;
+    let port = palisade_testkit::loopback::port_block(15);
 
     // Key-value map: every acknowledged put is there.
     let dir = setup("kv", port);

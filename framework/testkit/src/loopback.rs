@@ -12,13 +12,40 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
-/// `n` ports for one test: each process gets its own range (by process
-/// id), and each test in it the next ports of that range, so tests and
-/// test binaries can run in parallel.
+/// Where test ports live: below Linux's ephemeral range (32768 and up), so
+/// that no outgoing connection's local port can take a port a replica is
+/// about to listen on.
+const PORTS_FROM: u16 = 10_000;
+/// Each process (test binary) gets a window of this many ports, chosen by
+/// its process id; 22 windows fit below the ephemeral range.
+const WINDOW: u16 = 1_000;
+
+/// The first of `n` consecutive ports for one test, free when chosen.
+/// Each process draws from its own window (by process id) and each test in
+/// it takes the next block, so tests and test binaries can run in parallel;
+/// a block with a port something else holds is skipped.
+pub fn port_block(n: usize) -> u16 {
+    let n = u16::try_from(n).expect("fewer than a window of ports");
+    assert!(n > 0 && n <= WINDOW / 4, "{n} ports is more than a test needs");
+    let base = PORTS_FROM + (std::process::id() % 22) as u16 * WINDOW;
+    for _ in 0..2 * WINDOW / n + 2 {
+        let offset = NEXT_PORT.fetch_add(n, Ordering::Relaxed) % WINDOW;
+        if offset + n > WINDOW {
+            continue;
+        }
+        let first = base + offset;
+        let free = (first..first + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return first;
+        }
+    }
+    panic!("no {n} free consecutive ports in {base}..{}", base + WINDOW)
+}
+
+/// `n` ports for one test (see [`port_block`]).
 pub fn ports(n: usize) -> Vec<u16> {
-    let base = 20_000 + (std::process::id() % 100) as u16 * 100;
-    let first = NEXT_PORT.fetch_add(n as u16, Ordering::Relaxed);
-    (0..n as u16).map(|i| base + first + i).collect()
+    let first = port_block(n);
+    (first..first + n as u16).collect()
 }
 
 /// A cluster of `n` replicas on loopback in `mode`, and each replica's key.
