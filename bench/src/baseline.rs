@@ -21,7 +21,10 @@ use tokio::net::TcpListener;
 /// Serves `cluster`'s single "replica" forever.
 pub async fn serve(cluster: ClusterConfig, key: SigningKey) -> std::io::Result<()> {
     let me = ReplicaId(0);
-    let address = cluster.replicas[&me].address;
+    let address = cluster.replicas[&me]
+        .address
+        .resolve()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the server's address does not resolve"))?;
     let listener = TcpListener::bind(address).await?;
     let keyring = Arc::new(Keyring::from_config(&cluster));
     let key = Arc::new(key);

@@ -423,7 +423,7 @@ async fn raw_client(
 ) -> (tokio::net::TcpStream, palisade_wire::handshake::Session) {
     use palisade_wire::envelope::Role;
     use palisade_wire::handshake::{Initiator, Keyring};
-    let mut s = tokio::net::TcpStream::connect(c.replicas[&ReplicaId(to)].address).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(c.replicas[&ReplicaId(to)].address.as_str()).await.unwrap();
     let keyring = Keyring::from_config(c);
     let (init, hello) = Initiator::start(c.cluster_id, Role::Client, key, ReplicaId(to), &mut OsRng);
     palisade_runtime::net::write_raw_frame(&mut s, &hello).await.unwrap();
@@ -449,7 +449,7 @@ fn garbage_oversized_frames_and_bad_macs_do_not_disturb_honest_clients() {
         let attack = tokio::spawn(async move {
             for round in 0..20u32 {
                 for to in 0..4u32 {
-                    let addr = config.replicas[&ReplicaId(to)].address;
+                    let addr = config.replicas[&ReplicaId(to)].address.literal().unwrap();
                     // Garbage before any handshake.
                     if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
                         let _ = s.write_all(&[0xde, 0xad, 0xbe, 0xef, round as u8, 1, 2, 3]).await;
@@ -534,7 +534,7 @@ fn a_peer_that_stops_reading_costs_bounded_memory_and_no_service() {
     let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     // Replica 3 is an impostor holding replica 3's key: it accepts every
     // connection, completes the handshake, and then never reads a byte.
-    let address = c.config.replicas[&ReplicaId(3)].address;
+    let address = c.config.replicas[&ReplicaId(3)].address.literal().unwrap();
     let key3 = c.keys[3].clone();
     let keyring = Keyring::from_config(&c.config);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -676,7 +676,7 @@ fn a_flood_of_idle_connections_is_capped_at_the_handshake_limit() {
         let h = spawn_replica(&c.config, ReplicaId(i), c.keys[i as usize].clone(), Counter::default(), cfg).unwrap();
         c.handles.push(Some(h));
     }
-    let target = c.config.replicas[&ReplicaId(0)].address;
+    let target = c.config.replicas[&ReplicaId(0)].address.literal().unwrap();
     rt.block_on(async {
         // A hundred connections that never say a word hold every slot of replica 0.
         let mut idle = Vec::new();

@@ -37,7 +37,7 @@ pub(crate) async fn run(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox
             // No longer a member: this connection ends.
             let Some(r) = m.cluster.replicas.get(&to) else { return };
             (
-                r.address,
+                r.address.clone(),
                 Keyring::from_config(&m.cluster),
                 m.cluster.cluster_id,
                 m.cluster.max_frame_bytes,
@@ -47,7 +47,7 @@ pub(crate) async fn run(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox
         let key = me.key.clone();
         drop(me);
         let attempt = async {
-            let mut stream = TcpStream::connect(address).await?;
+            let mut stream = TcpStream::connect(address.as_str()).await?;
             stream.set_nodelay(true)?;
             let (initiator, hello) = Initiator::start(cluster, Role::Client, &key, to, &mut rand_core::OsRng);
             write_frame(&mut stream, &hello).await?;

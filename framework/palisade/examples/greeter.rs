@@ -43,7 +43,7 @@ fn main() {
         view_manager: generate(&mut OsRng).verifying_key(),
         replicas: (0..4u32)
             .map(|i| {
-                let address = ([127, 0, 0, 1], 7400 + i as u16).into();
+                let address = std::net::SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16)).into();
                 (ReplicaId(i), ReplicaInfo { address, public_key: keys[i as usize].verifying_key() })
             })
             .collect(),

@@ -6,7 +6,8 @@ use crate::commands::{fail, EXIT_UNAVAILABLE, EXIT_USAGE};
 use palisade_client::{Client, ClientOptions};
 use palisade_core::reconfig::{AdminBody, AdminOp, AdminOutcome, Configuration, Rejection};
 use palisade_core::ReplicaId;
-use palisade_wire::chain::{resolve, Chain};
+use palisade_wire::address::HostPort;
+use palisade_wire::chain::Chain;
 use palisade_wire::envelope::{MemberRole, StatusReport};
 use palisade_wire::keys;
 use std::path::{Path, PathBuf};
@@ -37,9 +38,7 @@ pub fn new_replica(out: &Path, id: u32, address: &str, config: &Path) -> ExitCod
 /// listens (`joining-<id>.toml`); returns the key file and the public key.
 pub fn write_new_replica(out: &Path, id: u32, address: &str) -> Result<(PathBuf, String), String> {
     let me = ReplicaId(id);
-    if resolve(address).is_none() {
-        return Err(format!("--address {address:?} is not host:port"));
-    }
+    HostPort::parse(address).map_err(|e| format!("--address {e}"))?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let key_file = crate::keygen::replica_key_file(out, me);
     let key = keys::generate(&mut rand_core::OsRng);
@@ -92,8 +91,8 @@ pub fn admin(config: &Path, cmd: AdminCommand, timeout_ms: u64) -> ExitCode {
                 Ok(k) => k,
                 Err(e) => return fail(EXIT_USAGE, e),
             };
-            if resolve(&address).is_none() {
-                return fail(EXIT_USAGE, format!("--address {address:?} is not host:port"));
+            if let Err(e) = HostPort::parse(&address) {
+                return fail(EXIT_USAGE, format!("--address {e}"));
             }
             AdminOp::Add { id: ReplicaId(id), address, public_key: key.to_bytes() }
         }

@@ -106,12 +106,14 @@ pub struct ReplicaOptions {
     pub leave_grace_ms: u64,
     /// Where to serve Prometheus metrics and health probes.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where to listen, when not at the configured address.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `palisade replica`: runs one replica until SIGINT or SIGTERM, or until
 /// a reconfiguration removed it and its grace period ended.
 pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, opts: ReplicaOptions) -> ExitCode {
-    let ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms, metrics_addr } = opts;
+    let ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms, metrics_addr, listen } = opts;
     let cluster = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -138,7 +140,8 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
     rt_cfg.data_dir = Some(data_dir.to_path_buf());
     rt_cfg.links = chain.links().to_vec();
     rt_cfg.leave_grace_ms = leave_grace_ms;
-    if join {
+    rt_cfg.listen = listen;
+    if join && listen.is_none() {
         rt_cfg.listen = match crate::keygen::joining_address(config, me) {
             Ok(a) => Some(a),
             Err(e) => return fail(EXIT_USAGE, e),

@@ -6,7 +6,7 @@
 //! identity for command-line clients).
 
 use palisade_core::{Membership, Mode, ReplicaId};
-use palisade_wire::chain::resolve;
+use palisade_wire::address::HostPort;
 use palisade_wire::config::{ClusterConfig, ReplicaInfo, CLUSTER_FILE};
 use palisade_wire::frame::DEFAULT_MAX_FRAME_BYTES;
 use palisade_wire::keys;
@@ -28,7 +28,7 @@ pub struct KeygenOptions {
     /// Faults to tolerate; the most the mode allows when `None`.
     pub f: Option<usize>,
     /// Explicit `ip:port` per replica; loopback from `base_port` when empty.
-    pub addresses: Vec<SocketAddr>,
+    pub addresses: Vec<HostPort>,
     /// First port for loopback addresses.
     pub base_port: u16,
     /// Cluster id; random when `None`.
@@ -74,7 +74,8 @@ pub fn joining_address(dir: &Path, id: ReplicaId) -> Result<std::net::SocketAddr
             l.trim().strip_prefix("address").map(|r| r.trim_start_matches([' ', '=']).trim().trim_matches('"'))
         })
         .ok_or_else(|| format!("{}: no address line", path.display()))?;
-    resolve(address).ok_or_else(|| format!("{}: {address:?} is not host:port", path.display()))
+    let address = HostPort::parse(address).map_err(|e| format!("{}: {e}", path.display()))?;
+    address.resolve().ok_or_else(|| format!("{}: {address} does not resolve", path.display()))
 }
 
 /// Generates keys and writes the directory; returns the configuration.
@@ -86,11 +87,11 @@ pub fn keygen(opts: &KeygenOptions) -> Result<ClusterConfig, String> {
     if !opts.addresses.is_empty() && opts.addresses.len() != n {
         return Err(format!("--addresses lists {} addresses for {n} replicas", opts.addresses.len()));
     }
-    let addresses: Vec<SocketAddr> = if opts.addresses.is_empty() {
+    let addresses: Vec<HostPort> = if opts.addresses.is_empty() {
         (0..n)
             .map(|i| {
                 let port = opts.base_port.checked_add(i as u16).ok_or("--base-port too high for this many replicas")?;
-                Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+                Ok(HostPort::from(SocketAddr::from(([127, 0, 0, 1], port))))
             })
             .collect::<Result<_, String>>()?
     } else {

@@ -7,6 +7,7 @@ use palisade::keygen::{keygen, KeygenOptions};
 use palisade::registry;
 use palisade_core::Mode;
 use palisade_host::Durability;
+use palisade_wire::address::HostPort;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -140,9 +141,9 @@ enum Command {
         /// Faults to tolerate [default: the most the mode allows].
         #[arg(long)]
         f: Option<usize>,
-        /// Comma-separated ip:port per replica [default: 127.0.0.1 from --base-port].
-        #[arg(long, value_delimiter = ',')]
-        addresses: Vec<SocketAddr>,
+        /// Comma-separated ip:port or host:port per replica [default: 127.0.0.1 from --base-port].
+        #[arg(long, value_delimiter = ',', value_parser = HostPort::parse)]
+        addresses: Vec<HostPort>,
         /// First port of the loopback addresses.
         #[arg(long, default_value_t = 7000)]
         base_port: u16,
@@ -159,10 +160,11 @@ enum Command {
     /// Run one replica until SIGINT or SIGTERM.
     Replica {
         /// Configuration directory (cluster.toml and replica-<id>.key).
-        #[arg(long)]
+        #[arg(long, env = "PALISADE_CONFIG")]
         config: PathBuf,
-        /// This replica's id.
-        #[arg(long)]
+        /// This replica's id (in a Kubernetes StatefulSet, the pod's
+        /// ordinal through the downward API).
+        #[arg(long, env = "PALISADE_ID")]
         id: u32,
         /// Service to run.
         #[arg(long, value_parser = service_names())]
@@ -195,6 +197,11 @@ enum Command {
         /// (`/healthz`, `/readyz`) over HTTP on this address.
         #[arg(long)]
         metrics_addr: Option<SocketAddr>,
+        /// Listen here instead of at the address the configuration lists,
+        /// as a container binding 0.0.0.0:7000 while peers reach it by
+        /// its host name.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// How the replica logs to stderr: text, or json (one object a
         /// line). RUST_LOG filters, as `info` (the default), `debug`, or
         /// `palisade_runtime=debug`.
@@ -208,7 +215,7 @@ enum Command {
     /// that it serves as a health check.
     Status {
         /// Configuration directory.
-        #[arg(long, default_value = "palisade-cluster")]
+        #[arg(long, env = "PALISADE_CONFIG", default_value = "palisade-cluster")]
         config: PathBuf,
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 10_000)]
@@ -219,7 +226,7 @@ enum Command {
         #[command(subcommand)]
         op: AdminOp,
         /// Configuration directory.
-        #[arg(long, global = true, default_value = "palisade-cluster")]
+        #[arg(long, global = true, env = "PALISADE_CONFIG", default_value = "palisade-cluster")]
         config: PathBuf,
         /// Give up after this many milliseconds.
         #[arg(long, global = true, default_value_t = 10_000)]
@@ -230,7 +237,7 @@ enum Command {
         #[command(subcommand)]
         op: KvOp,
         /// Configuration directory.
-        #[arg(long, global = true, default_value = "palisade-cluster")]
+        #[arg(long, global = true, env = "PALISADE_CONFIG", default_value = "palisade-cluster")]
         config: PathBuf,
         /// Give up after this many milliseconds.
         #[arg(long, global = true, default_value_t = 10_000)]
@@ -241,7 +248,7 @@ enum Command {
         #[command(subcommand)]
         op: CounterOp,
         /// Configuration directory.
-        #[arg(long, global = true, default_value = "palisade-cluster")]
+        #[arg(long, global = true, env = "PALISADE_CONFIG", default_value = "palisade-cluster")]
         config: PathBuf,
         /// Give up after this many milliseconds.
         #[arg(long, global = true, default_value_t = 10_000)]
@@ -314,12 +321,14 @@ fn main() -> ExitCode {
             join,
             leave_grace_ms,
             metrics_addr,
+            listen,
             log_format,
         } => {
             commands::init_logging(log_format);
             let data_dir = data_dir.unwrap_or_else(|| config.join(format!("data-{id}")));
             let service = registry::find(&service).expect("clap checked the name");
-            let opts = commands::ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms, metrics_addr };
+            let opts =
+                commands::ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms, metrics_addr, listen };
             commands::replica(&config, id, service, &data_dir, opts)
         }
         Command::Status { config, timeout_ms } => palisade::admin::admin(&config, AdminCommand::Status, timeout_ms),

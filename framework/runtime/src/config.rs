@@ -103,8 +103,10 @@ pub struct RuntimeConfig {
     /// laggards and clients before [`crate::ReplicaHandle::removed`] says
     /// it may exit.
     pub leave_grace_ms: u64,
-    /// Where to listen when no configuration known lists this replica yet
-    /// (a replica started to join).
+    /// Where to listen: required when no configuration known lists this
+    /// replica yet (a replica started to join); otherwise it overrides the
+    /// listed address, as a container binding `0.0.0.0` does while peers
+    /// reach it by name.
     pub listen: Option<std::net::SocketAddr>,
     /// Tests only: as primary, add this request, which no client sent, to
     /// every PRE-PREPARE it sends (a Byzantine primary forging requests).

@@ -50,8 +50,8 @@ pub trait Egress: Send + Sync {
 pub struct PeerAddress {
     /// Its id.
     pub id: ReplicaId,
-    /// Where it listens.
-    pub address: std::net::SocketAddr,
+    /// Where it listens; a host name is looked up at each dial.
+    pub address: palisade_wire::address::HostPort,
     /// Its identity key.
     pub key: ed25519_dalek::VerifyingKey,
 }

@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
 use palisade_core::{ClientId, PeerMessage, ReplicaId, Request};
 use palisade_host::epochs::LINKS_PER_ANSWER;
+use palisade_wire::address::HostPort;
 use palisade_wire::channel::{Opener, Sealer};
 use palisade_wire::envelope::{self, ClientMessage, RejectReason, ReplicaMessage, Role, StatusReport};
 use palisade_wire::frame::FrameDecoder;
@@ -264,7 +265,7 @@ pub struct Net {
     /// this replica deals with (it follows the membership).
     pub keyring: RwLock<Keyring>,
     /// The replicas to keep a connection to, and where they listen.
-    wanted: tokio::sync::watch::Sender<BTreeMap<ReplicaId, SocketAddr>>,
+    wanted: tokio::sync::watch::Sender<BTreeMap<ReplicaId, HostPort>>,
     /// The chain of epochs, for clients that ask.
     pub chain: Arc<PublishedChain>,
 }
@@ -378,7 +379,7 @@ impl Egress for Net {
                 keyring.replicas.insert(self.me, k);
             }
         }
-        self.wanted.send_replace(peers.iter().map(|p| (p.id, p.address)).collect());
+        self.wanted.send_replace(peers.iter().map(|p| (p.id, p.address.clone())).collect());
     }
 }
 
@@ -675,12 +676,12 @@ fn log_connection(me: ReplicaId, kind: Kind, peer: Option<SocketAddr>, state: &'
 /// one that becomes wanted (or moves), as the membership changes.
 pub async fn dial_members(net: Arc<Net>, key: Arc<SigningKey>) {
     let mut changes = net.wanted.subscribe();
-    let mut running: BTreeMap<ReplicaId, SocketAddr> = BTreeMap::new();
+    let mut running: BTreeMap<ReplicaId, HostPort> = BTreeMap::new();
     loop {
         let wanted = changes.borrow_and_update().clone();
         running.retain(|id, address| wanted.get(id) == Some(address));
         for (id, address) in wanted {
-            if running.insert(id, address) != Some(address) {
+            if running.insert(id, address.clone()).as_ref() != Some(&address) {
                 actix_rt::spawn(dial_while_wanted(net.clone(), id, address, key.clone()));
             }
         }
@@ -691,8 +692,10 @@ pub async fn dial_members(net: Arc<Net>, key: Arc<SigningKey>) {
 }
 
 /// Keeps a connection to replica `to` at `address` open, redialling with
-/// backoff, for as long as it is wanted there.
-async fn dial_while_wanted(net: Arc<Net>, to: ReplicaId, address: SocketAddr, key: Arc<SigningKey>) {
+/// backoff, for as long as it is wanted there. A host name is looked up
+/// at each attempt, so a peer that restarts under a new IP address (a
+/// rescheduled pod) is found again.
+async fn dial_while_wanted(net: Arc<Net>, to: ReplicaId, address: HostPort, key: Arc<SigningKey>) {
     let wanted = || net.wanted.borrow().get(&to) == Some(&address);
     let wake = Arc::new(tokio::sync::Notify::new());
     net.redial.write().insert(to, wake.clone());
@@ -700,7 +703,7 @@ async fn dial_while_wanted(net: Arc<Net>, to: ReplicaId, address: SocketAddr, ke
     while wanted() {
         let keyring = net.keyring.read().clone();
         let attempt = async {
-            let mut stream = TcpStream::connect(address).await?;
+            let mut stream = TcpStream::connect(address.as_str()).await?;
             stream.set_nodelay(true)?;
             let session = dial_handshake(&mut stream, Role::Replica(net.me), &key, to, &keyring).await?;
             Ok::<_, io::Error>((stream, session))

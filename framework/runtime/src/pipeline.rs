@@ -173,13 +173,19 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         .chain(std::iter::once(&genesis_config))
         .find_map(|c| c.member(me).cloned());
     let address = match (&listed, cfg.listen) {
-        (Some(m), _) => {
+        (Some(m), listen) => {
             if m.public_key != key.verifying_key().to_bytes() {
                 return Err(format!(
                     "the key file does not belong to replica {me}: its public key is not the one the configuration lists"
                 ));
             }
-            palisade_wire::chain::resolve(&m.address).ok_or_else(|| format!("cannot resolve {}", m.address))?
+            match listen {
+                Some(a) => a,
+                None => palisade_wire::address::HostPort::parse(&m.address)
+                    .ok()
+                    .and_then(|a| a.resolve())
+                    .ok_or_else(|| format!("cannot resolve {}", m.address))?,
+            }
         }
         (None, Some(a)) => a,
         (None, None) => {

@@ -56,7 +56,7 @@ pub fn cluster(n: usize, mode: Mode, request_auth: RequestAuth) -> (ClusterConfi
         .enumerate()
         .map(|(i, p)| {
             let address: SocketAddr = ([127, 0, 0, 1], p).into();
-            (ReplicaId(i as u32), ReplicaInfo { address, public_key: keys[i].verifying_key() })
+            (ReplicaId(i as u32), ReplicaInfo { address: address.into(), public_key: keys[i].verifying_key() })
         })
         .collect();
     let config = ClusterConfig {

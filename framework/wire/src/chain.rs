@@ -7,13 +7,13 @@
 //! checked from `cluster.toml` alone: a client or a joiner adopts it
 //! without trusting whoever sent it.
 
+use crate::address::HostPort;
 use crate::config::{ClusterConfig, ReplicaInfo};
 use ed25519_dalek::VerifyingKey;
 use palisade_core::message::Signature;
 use palisade_core::reconfig::{Configuration, Handover, Member};
 use palisade_core::{Crypto, ReplicaId, Request};
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 
 /// The chain file's name inside a configuration or data directory.
@@ -90,14 +90,14 @@ impl ClusterConfig {
 
     /// This cluster with `config`'s members, f and mode: what a client or
     /// the network stage connects to in that epoch. A member whose address
-    /// does not resolve, or whose key is not a valid point, is left out
+    /// is malformed, or whose key is not a valid point, is left out
     /// (and named in the error when none is left).
     pub fn at(&self, config: &Configuration) -> Result<ClusterConfig, String> {
         let mut replicas = BTreeMap::new();
         let mut bad = Vec::new();
         for m in &config.members {
-            match (resolve(&m.address), VerifyingKey::from_bytes(&m.public_key)) {
-                (Some(address), Ok(public_key)) => {
+            match (HostPort::parse(&m.address), VerifyingKey::from_bytes(&m.public_key)) {
+                (Ok(address), Ok(public_key)) => {
                     replicas.insert(m.id, ReplicaInfo { address, public_key });
                 }
                 _ => bad.push(m.id),
@@ -108,11 +108,6 @@ impl ClusterConfig {
         }
         Ok(ClusterConfig { membership: config.membership(), replicas, ..self.clone() })
     }
-}
-
-/// `host:port` as a socket address: parsed, or looked up once.
-pub fn resolve(address: &str) -> Option<SocketAddr> {
-    address.parse().ok().or_else(|| address.to_socket_addrs().ok()?.next())
 }
 
 /// Why links were refused.

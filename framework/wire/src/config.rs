@@ -17,6 +17,7 @@
 //! public_key = "64 hex digits"
 //! ```
 
+use crate::address::HostPort;
 use crate::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::keys::{self, public_hex};
 use ed25519_dalek::VerifyingKey;
@@ -24,7 +25,6 @@ use palisade_core::{Membership, Mode, ReplicaId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::Path;
 
 /// A configuration problem, naming the field and how to fix it.
@@ -143,7 +143,8 @@ pub struct ViewManagerEntry {
 pub struct ReplicaEntry {
     /// Replica id.
     pub id: u32,
-    /// `ip:port` it listens on, for replicas and clients alike.
+    /// `ip:port` or `host:port` it listens on, for replicas and clients
+    /// alike; a host name is looked up at each connection attempt.
     pub address: String,
     /// Hex ed25519 public key.
     pub public_key: String,
@@ -153,7 +154,7 @@ pub struct ReplicaEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaInfo {
     /// Where it listens.
-    pub address: SocketAddr,
+    pub address: HostPort,
     /// Its identity key.
     pub public_key: VerifyingKey,
 }
@@ -235,8 +236,8 @@ impl ClusterConfig {
         let mut replicas = BTreeMap::new();
         for (i, r) in raw.replicas.iter().enumerate() {
             let field = |name: &str| format!("replicas[{i}].{name}");
-            let address: SocketAddr = r.address.parse().map_err(|_| {
-                err(&field("address"), format!("{:?} is not ip:port", r.address), "write it like \"127.0.0.1:7000\"")
+            let address = HostPort::parse(&r.address).map_err(|problem| {
+                err(&field("address"), problem, "write it like \"127.0.0.1:7000\" or \"replica-0.example:7000\"")
             })?;
             let public_key = keys::parse_public(&r.public_key, &field("public_key"))
                 .map_err(|e| err(&field("public_key"), e.to_string(), "copy the key printed by `palisade keygen`"))?;

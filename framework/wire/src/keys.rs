@@ -28,9 +28,11 @@ impl fmt::Display for KeyError {
         match self {
             KeyError::Io(path, e) => write!(f, "{path}: {e}"),
             KeyError::Format(what) => write!(f, "{what}: expected 64 hex digits (a 32-byte key)"),
-            KeyError::Permissions(path, mode) => {
-                write!(f, "{path}: secret key is readable by others (mode {mode:o}); run `chmod 600 {path}`")
-            }
+            KeyError::Permissions(path, mode) => write!(
+                f,
+                "{path}: secret key is readable by others (mode {mode:o}); run `chmod 600 {path}` \
+                 (a root-owned file may also be read by its group: mode 640 or less)"
+            ),
             KeyError::BadPublicKey(what) => write!(f, "{what}: not a valid ed25519 public key"),
         }
     }
@@ -92,10 +94,10 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, KeyError> {
     let name = path.display().to_string();
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let meta = std::fs::metadata(path).map_err(|e| KeyError::Io(name.clone(), e))?;
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if !private_enough(mode, meta.uid()) {
             return Err(KeyError::Permissions(name, mode));
         }
     }
@@ -103,9 +105,37 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, KeyError> {
     Ok(SigningKey::from_bytes(&parse_hex32(&text, &name)?))
 }
 
+/// Whether a secret key file with `mode`, owned by `uid`, is private
+/// enough: readable by its owner alone, or, when root owns it, by its group
+/// too, never writable by the group. The second case is how orchestrators
+/// hand secrets to a process that runs as neither root nor the file's
+/// owner (a Kubernetes Secret volume with `fsGroup`), and the rule
+/// PostgreSQL applies to its key file.
+#[cfg(unix)]
+fn private_enough(mode: u32, uid: u32) -> bool {
+    mode & 0o077 == 0 || (uid == 0 && mode & 0o037 == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_is_private_to_its_owner_or_to_roots_group() {
+        for (mode, uid, ok) in [
+            (0o600, 1000, true),
+            (0o400, 0, true),
+            (0o640, 0, true),
+            (0o440, 0, true),
+            (0o640, 1000, false),
+            (0o660, 0, false),
+            (0o604, 0, false),
+            (0o644, 1000, false),
+        ] {
+            assert_eq!(private_enough(mode, uid), ok, "mode {mode:o} owned by {uid}");
+        }
+    }
 
     #[test]
     fn secret_keys_round_trip_through_owner_only_files() {

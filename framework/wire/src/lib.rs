@@ -14,6 +14,7 @@
 
 #![deny(missing_docs)]
 
+pub mod address;
 pub mod chain;
 pub mod channel;
 pub mod config;

@@ -156,6 +156,7 @@ fn main() -> ExitCode {
         join: args.iter().any(|a| a == "--join"),
         leave_grace_ms: value("--leave-grace-ms").and_then(|s| s.parse().ok()).unwrap_or(30_000),
         metrics_addr: value("--metrics-addr").and_then(|s| s.parse().ok()),
+        listen: value("--listen").and_then(|s| s.parse().ok()),
     };
     let json = value("--log-format").as_deref() == Some("json");
     palisade::commands::init_logging(if json {

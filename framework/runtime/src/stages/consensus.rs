@@ -299,7 +299,7 @@ impl<C: Crypto> Consensus<C> {
             // id is reached at its new address, with its new key.
             for c in configs.iter().rev() {
                 for m in &c.members {
-                    let Some(address) = palisade_wire::chain::resolve(&m.address) else { continue };
+                    let Ok(address) = palisade_wire::address::HostPort::parse(&m.address) else { continue };
                     let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&m.public_key) else { continue };
                     if m.id != me && !peers.iter().any(|p| p.id == m.id) {
                         peers.push(PeerAddress { id: m.id, address, key });
