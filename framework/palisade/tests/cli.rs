@@ -4,6 +4,7 @@
 mod common;
 
 use common::Scratch;
+use palisade_testkit::scrape::{http_get, sample};
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -274,22 +275,6 @@ fn admin_commands_change_the_membership_and_explain_refusals() {
     assert_eq!(unsigned.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unsigned.stderr).contains("view manager"));
     drop(replicas);
-}
-
-/// `GET path` from a replica's metrics endpoint: (status, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("the metrics endpoint listens");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
-}
-
-/// The value of the sample `name` (with its labels, if any) in a scrape.
-fn sample(scrape: &str, name: &str) -> Option<f64> {
-    scrape.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// What an operator watches: the metrics endpoint, the JSON log and

@@ -10,6 +10,7 @@
 //! - [`loopback`]: cluster configurations and keys for replicas on 127.0.0.1;
 //! - [`conformance`]: what every service must satisfy (determinism across
 //!   replicas, snapshots that round-trip, reads that change nothing);
+//! - [`scrape`]: one sample from a replica's metrics endpoint;
 //! - [`wait`]: waiting for a condition under a deadline, never for a time.
 
 #![deny(missing_docs)]
@@ -19,4 +20,5 @@ pub mod conformance;
 pub mod crypto;
 pub mod fixtures;
 pub mod loopback;
+pub mod scrape;
 pub mod wait;
