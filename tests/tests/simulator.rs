@@ -56,7 +56,7 @@ fn assert_clean(reports: &[Report], replicas: usize, mode: &str) {
 
 #[test]
 fn four_replicas_with_a_random_byzantine_replica_stay_safe_and_live() {
-    let reports = sweep(0..300, 4, Mode::Bft, ByzantineChoice::Random);
+    let reports = sweep(0..150, 4, Mode::Bft, ByzantineChoice::Random);
     assert_clean(&reports, 4, "bft");
     // The sweep must actually exercise the interesting paths.
     assert!(reports.iter().filter(|r| r.max_view > 0).count() > 100, "too few view changes");
@@ -74,7 +74,7 @@ fn every_byzantine_strategy_is_survived() {
 
 #[test]
 fn seven_replicas_with_two_byzantine_replicas_running_different_attacks_stay_safe_and_live() {
-    let reports = sweep(2_000..2_080, 7, Mode::Bft, ByzantineChoice::Random);
+    let reports = sweep(2_000..2_050, 7, Mode::Bft, ByzantineChoice::Random);
     assert!(reports.iter().all(|r| r.byzantine.len() == 2));
     let mixed = reports
         .iter()
@@ -92,7 +92,7 @@ fn a_replica_that_lost_its_votes_rejoins_and_the_cluster_stays_safe_and_live() {
         c.amnesia = Some(true);
         c.ops_after_heal = 30;
     };
-    let reports = sweep_with(5_000..5_200, 4, Mode::Bft, ByzantineChoice::None, amnesiac);
+    let reports = sweep_with(5_000..5_120, 4, Mode::Bft, ByzantineChoice::None, amnesiac);
     assert!(reports.iter().all(|r| !r.beyond_model), "one replica without its votes is within f = 1");
     assert_clean(&reports, 4, "bft");
     let rejoined = reports.iter().filter(|r| r.rejoins > 0).count();
@@ -104,8 +104,8 @@ fn losing_votes_beside_a_byzantine_replica_is_beyond_the_model_yet_never_unsafe(
     // f Byzantine replicas plus one that lost its votes are more faults than
     // n = 4 tolerates: progress is not promised, but agreement is, because
     // the replica that lost its votes casts none until it is safe to.
-    let reports = sweep_with(6_000..6_300, 4, Mode::Bft, ByzantineChoice::Random, |c| c.amnesia = Some(true));
-    assert!(reports.iter().filter(|r| r.beyond_model).count() > 250);
+    let reports = sweep_with(6_000..6_150, 4, Mode::Bft, ByzantineChoice::Random, |c| c.amnesia = Some(true));
+    assert!(reports.iter().filter(|r| r.beyond_model).count() > 125);
     let unsafe_runs: Vec<_> = reports.iter().filter(|r| !r.safety.is_empty()).map(|r| (r.seed, &r.safety[0])).collect();
     assert!(unsafe_runs.is_empty(), "{unsafe_runs:?}");
     // And with seven replicas, one Byzantine and one without its votes are within f = 2.
@@ -141,7 +141,7 @@ fn every_replica_crashing_at_once_with_torn_and_rotten_disks_loses_nothing_ackno
 
 #[test]
 fn faulty_clients_split_requests_and_bypass_the_primary_without_effect() {
-    let reports = sweep_with(7_000..7_150, 4, Mode::Bft, ByzantineChoice::Random, |c| c.byzantine_clients = Some(1));
+    let reports = sweep_with(7_000..7_100, 4, Mode::Bft, ByzantineChoice::Random, |c| c.byzantine_clients = Some(1));
     assert_clean(&reports, 4, "bft");
 }
 
@@ -151,13 +151,13 @@ fn a_network_slower_than_the_request_timeout_still_makes_progress() {
         c.slow_network_ms = 700;
         c.liveness_bound_ms = palisade_sim::config::slow_network_bound_ms(700);
     };
-    let reports = sweep_with(8_000..8_060, 4, Mode::Bft, ByzantineChoice::None, slow);
+    let reports = sweep_with(8_000..8_040, 4, Mode::Bft, ByzantineChoice::None, slow);
     assert_clean(&reports, 4, "bft");
 }
 
 #[test]
 fn cft_clusters_survive_crashes_partitions_and_loss() {
-    assert_clean(&sweep(3_000..3_200, 3, Mode::Cft, ByzantineChoice::None), 3, "cft");
+    assert_clean(&sweep(3_000..3_120, 3, Mode::Cft, ByzantineChoice::None), 3, "cft");
     assert_clean(&sweep(4_000..4_080, 5, Mode::Cft, ByzantineChoice::None), 5, "cft");
     let amnesiac = |c: &mut SimConfig| c.amnesia = Some(true);
     assert_clean(&sweep_with(4_100..4_200, 3, Mode::Cft, ByzantineChoice::None, amnesiac), 3, "cft");
