@@ -50,21 +50,3 @@ pub fn find(name: &str) -> Option<&'static Registered> {
 pub fn names() -> Vec<&'static str> {
     SERVICES.iter().map(|s| s.name).collect()
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_unique_and_found() {
-        let names = names();
-        let mut sorted = names.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), names.len(), "duplicate service name");
-        for n in names {
-            assert_eq!(find(n).map(|s| s.name), Some(n));
-        }
-        assert!(find("nope").is_none());
-    }
-}

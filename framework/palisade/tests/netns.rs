@@ -4,7 +4,8 @@
 //! a backup's cable is pulled and plugged back, then the primary is
 //! partitioned from the other replicas (clients still reach it) and
 //! healed. The cluster serves throughout and loses nothing, and `palisade
-//! status` and the metrics show what happened.
+//! status` and the metrics show what happened (a pulled cable sends no FIN:
+//! the peers notice the silence within seconds).
 //!
 //! It needs root, iproute2 and nft; `.ci/run` runs it with
 //! `cargo test -p palisade --test netns -- --ignored`.
@@ -140,6 +141,10 @@ fn replicas_on_separate_hosts_serve_through_a_cut_cable_and_a_partitioned_primar
     h.netns(&["cut", "2"]);
     load.progress(300, logs);
     assert_eq!(h.status(), (Some(0), vec![0, 1, 3]));
+    // The cable sends no FIN: the others notice the silence and say so.
+    wait_for("the cut backup counted as disconnected", Duration::from_secs(30), logs, || {
+        h.metric(0, "palisade_peers_connected") == Some(2.0)
+    });
     h.netns(&["heal", "2"]);
     wait_for("the reconnected backup caught up", Duration::from_secs(60), logs, || {
         let at = h.metric(2, "palisade_delivered_seq").unwrap_or(0.0);

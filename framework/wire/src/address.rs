@@ -1,4 +1,5 @@
-//! Where a replica listens, as the configuration writes it.
+//! Where a replica listens, as the configuration writes it, and how a
+//! connection to it notices that it is gone.
 //!
 //! An address is `ip:port` or `host:port`. A host name is kept as written
 //! and looked up at each connection attempt, not once at start: in a
@@ -7,6 +8,30 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// How long a connection may go without any sign of its peer (no ACK for
+/// data sent, no answer to keepalive probes) before it is closed and
+/// redialled.
+pub const PEER_SILENCE: Duration = Duration::from_secs(8);
+
+/// Settings for every connection between replicas, and from clients:
+/// no Nagle delay, and a bounded wait for a peer that vanished without a
+/// word. A host that loses power, a container whose network namespace is
+/// removed or a pulled cable sends no FIN or RST; without keepalive probes
+/// and `TCP_USER_TIMEOUT` the connection would look open for the kernel's
+/// default of about fifteen minutes, and nobody would redial a replica
+/// rescheduled at a new address.
+pub fn tune_connection<S: std::os::fd::AsFd>(stream: &S) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_nodelay(true)?;
+    let probes =
+        socket2::TcpKeepalive::new().with_time(PEER_SILENCE / 4).with_interval(PEER_SILENCE / 8).with_retries(6);
+    socket.set_tcp_keepalive(&probes)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    socket.set_tcp_user_timeout(Some(PEER_SILENCE))?;
+    Ok(())
+}
 
 /// `ip:port` or `host:port`, checked for form; resolved when used.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
