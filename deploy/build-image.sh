@@ -37,10 +37,17 @@ for bin in palisade palisade-bench; do
 done
 # Every library either binary loads, and the loader itself.
 libs=$(ldd "$out/palisade" "$out/palisade-bench" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u)
+# Host names are looked up through glibc's NSS, which loads its modules at
+# run time (ldd cannot see them; glibc 2.34 and later build them in, older
+# ones need the files), as nsswitch.conf says.
+nss=$(dirname "$(echo "$libs" | grep '/libc\.so' | head -1)")
+libs="$libs $(ls "$nss"/libnss_dns.so.2 "$nss"/libnss_files.so.2 2>/dev/null || true)"
 for lib in $libs; do
     mkdir -p "$stage/rootfs$(dirname "$lib")"
     cp -L "$lib" "$stage/rootfs$lib"
 done
+mkdir -p "$stage/rootfs/etc"
+printf 'hosts: files dns\n' > "$stage/rootfs/etc/nsswitch.conf"
 cp deploy/Dockerfile "$stage/Dockerfile"
 docker build --quiet --tag "$tag" "$stage"
 echo "built $tag: $(docker image inspect --format '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1 / 1e6}')"

@@ -7,7 +7,8 @@
 #   deploy/netns/bench.sh 100 0 1024 -- --duration 10 --warmup 2
 #
 # SIZE is the request and reply size in bytes (default: 0 and 1024).
-# Results go to bench-results/netns-<MBIT>mbit-<SIZE>/. Needs root,
+# Results go to bench-results/netns-<MBIT>mbit-<SIZE>/ (no unreplicated
+# baseline: it would run unshaped on loopback). Needs root,
 # iproute2 and release builds of palisade-bench (cargo build --release).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,6 +23,8 @@ bench=${PALISADE_BENCH:-target/release/palisade-bench}
 palisade=${PALISADE_BIN:-target/release/palisade}
 netns=deploy/netns/netns.sh
 net=${PALISADE_NETNS_NET:-10.77.0}
+# Namespaces of this run's own, so that cleaning up touches no other.
+export PALISADE_NETNS=${PALISADE_NETNS:-pb$(($$ % 100000))}
 
 work=$(mktemp -d)
 pids=()
@@ -45,7 +48,7 @@ for size in "${sizes[@]}"; do
         pids+=($!)
     done
     "$bench" --cluster "$dir" --request-bytes "$size" --reply-bytes "$size" \
-        --out "bench-results/netns-${mbit}mbit-$size" "$@"
+        --no-baseline --out "bench-results/netns-${mbit}mbit-$size" "$@"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
 done

@@ -15,21 +15,24 @@
 #   netns.sh exec I CMD... run CMD inside replica I's namespace
 #   netns.sh down          remove every namespace, link and the bridge
 #
-# Names carry a prefix (PALISADE_NETNS, default "pal") so that two runs can
-# coexist; addresses use 10.77.0.0/24, or PALISADE_NETNS_NET (3 octets).
+# Names carry a prefix (PALISADE_NETNS, default "pal", at most 8 characters)
+# so that two runs can coexist; addresses use 10.77.0.0/24, or
+# PALISADE_NETNS_NET (3 octets).
 set -euo pipefail
 
 prefix=${PALISADE_NETNS:-pal}
 net=${PALISADE_NETNS_NET:-10.77.0}
-bridge="${prefix}br"
+if [ ${#prefix} -gt 8 ]; then echo "PALISADE_NETNS: at most 8 characters" >&2; exit 2; fi
+bridge="${prefix}-br"
 
-ns() { echo "${prefix}$1"; }
+ns() { echo "${prefix}-$1"; }
 addr() { echo "$net.$((10 + $1))"; }
 # The root-namespace end of replica I's cable, on the bridge.
-outer() { echo "${prefix}v$1"; }
+outer() { echo "${prefix}-v$1"; }
 
-count() {
-    ip netns list | awk '{print $1}' | grep -c "^${prefix}[0-9][0-9]*$" || true
+# The ids of this prefix's namespaces.
+ids() {
+    ip netns list | awk '{print $1}' | sed -n "s/^${prefix}-\([0-9][0-9]*\)$/\1/p" | sort -n
 }
 
 # Token bucket on both ends of replica I's cable (egress of each side is
@@ -72,7 +75,7 @@ up() {
 }
 
 down() {
-    for i in $(seq 0 63); do
+    for i in $(ids); do
         ip netns del "$(ns "$i")" 2>/dev/null || true
     done
     ip link del "$bridge" 2>/dev/null || true
@@ -84,17 +87,17 @@ down() {
 case "${1:-}" in
     up) shift; up "$@" ;;
     down) down ;;
-    shape) for i in $(seq 0 $(($(count) - 1))); do limit "$i" "$2"; done ;;
+    shape) for i in $(ids); do limit "$i" "$2"; done ;;
     cut) ip link set "$(outer "$2")" down ;;
     heal) ip link set "$(outer "$2")" up ;;
     partition)
-        # Drop replica-to-replica traffic in I's namespace; the bridge
-        # address (clients) still gets through.
+        # Drop replica-to-replica traffic on I's cable; the bridge address
+        # (clients) still gets through, and so does I's own loopback.
         ip netns exec "$(ns "$2")" nft add table inet palisade_partition
         ip netns exec "$(ns "$2")" nft add chain inet palisade_partition out '{ type filter hook output priority 0; }'
         ip netns exec "$(ns "$2")" nft add chain inet palisade_partition in '{ type filter hook input priority 0; }'
-        ip netns exec "$(ns "$2")" nft add rule inet palisade_partition out ip daddr "$net.0/24" ip daddr != "$net.1" drop
-        ip netns exec "$(ns "$2")" nft add rule inet palisade_partition in ip saddr "$net.0/24" ip saddr != "$net.1" drop
+        ip netns exec "$(ns "$2")" nft add rule inet palisade_partition out oifname "eth0" ip daddr != "$net.1" drop
+        ip netns exec "$(ns "$2")" nft add rule inet palisade_partition in iifname "eth0" ip saddr != "$net.1" drop
         ;;
     unpartition) ip netns exec "$(ns "$2")" nft delete table inet palisade_partition ;;
     exec) i=$2; shift 2; exec ip netns exec "$(ns "$i")" "$@" ;;

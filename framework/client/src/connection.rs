@@ -48,7 +48,7 @@ pub(crate) async fn run(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox
         drop(me);
         let attempt = async {
             let mut stream = TcpStream::connect(address.as_str()).await?;
-            palisade_wire::address::tune_connection(&stream)?;
+            palisade_wire::address::tune_connection(&stream);
             let (initiator, hello) = Initiator::start(cluster, Role::Client, &key, to, &mut rand_core::OsRng);
             write_frame(&mut stream, &hello).await?;
             let reply = read_frame(&mut stream, palisade_wire::handshake::HANDSHAKE_MAX_FRAME_BYTES).await?;

@@ -140,9 +140,11 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
     rt_cfg.data_dir = Some(data_dir.to_path_buf());
     rt_cfg.links = chain.links().to_vec();
     rt_cfg.leave_grace_ms = leave_grace_ms;
-    rt_cfg.listen = listen;
-    if join && listen.is_none() {
-        rt_cfg.listen = match crate::keygen::joining_address(config, me) {
+    rt_cfg.bind = listen;
+    if join {
+        // A joiner binds at --listen when given (its admitted address is
+        // its name); otherwise where its joining file says.
+        rt_cfg.listen = match listen.map(Ok).unwrap_or_else(|| crate::keygen::joining_address(config, me)) {
             Ok(a) => Some(a),
             Err(e) => return fail(EXIT_USAGE, e),
         };

@@ -197,9 +197,9 @@ enum Command {
         /// (`/healthz`, `/readyz`) over HTTP on this address.
         #[arg(long)]
         metrics_addr: Option<SocketAddr>,
-        /// Listen here instead of at the address the configuration lists,
-        /// as a container binding 0.0.0.0:7000 while peers reach it by
-        /// its host name.
+        /// Bind here instead of at the address the configuration lists
+        /// (or, with --join, the joining file): a container binds
+        /// 0.0.0.0:7000 while peers reach it by its host name.
         #[arg(long)]
         listen: Option<SocketAddr>,
         /// How the replica logs to stderr: text, or json (one object a

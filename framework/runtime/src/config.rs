@@ -103,11 +103,14 @@ pub struct RuntimeConfig {
     /// laggards and clients before [`crate::ReplicaHandle::removed`] says
     /// it may exit.
     pub leave_grace_ms: u64,
-    /// Where to listen: required when no configuration known lists this
-    /// replica yet (a replica started to join); otherwise it overrides the
-    /// listed address, as a container binding `0.0.0.0` does while peers
-    /// reach it by name.
+    /// Where to listen when no configuration known lists this replica yet
+    /// (a replica started to join). A replica that is listed is never
+    /// moved by it.
     pub listen: Option<std::net::SocketAddr>,
+    /// Where to bind instead of the address peers and clients are given
+    /// (a container binding `0.0.0.0` while they reach it by name), listed
+    /// or joining.
+    pub bind: Option<std::net::SocketAddr>,
     /// Tests only: as primary, add this request, which no client sent, to
     /// every PRE-PREPARE it sends (a Byzantine primary forging requests).
     #[cfg(feature = "byzantine")]
@@ -164,6 +167,7 @@ impl RuntimeConfig {
             links: Vec::new(),
             leave_grace_ms: 30_000,
             listen: None,
+            bind: None,
         }
     }
 

@@ -594,7 +594,7 @@ pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey) {
         let (net, key) = (net.clone(), key.clone());
         let keyring = net.keyring.read().clone();
         actix_rt::spawn(async move {
-            let _ = palisade_wire::address::tune_connection(&stream);
+            palisade_wire::address::tune_connection(&stream);
             let session =
                 tokio::time::timeout(net.handshake_timeout, accept_handshake(&mut stream, net.me, &key, &keyring))
                     .await;
@@ -704,7 +704,7 @@ async fn dial_while_wanted(net: Arc<Net>, to: ReplicaId, address: HostPort, key:
         let keyring = net.keyring.read().clone();
         let attempt = async {
             let mut stream = TcpStream::connect(address.as_str()).await?;
-            palisade_wire::address::tune_connection(&stream)?;
+            palisade_wire::address::tune_connection(&stream);
             let session = dial_handshake(&mut stream, Role::Replica(net.me), &key, to, &keyring).await?;
             Ok::<_, io::Error>((stream, session))
         };

@@ -173,13 +173,13 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         .chain(std::iter::once(&genesis_config))
         .find_map(|c| c.member(me).cloned());
     let address = match (&listed, cfg.listen) {
-        (Some(m), listen) => {
+        (Some(m), _) => {
             if m.public_key != key.verifying_key().to_bytes() {
                 return Err(format!(
                     "the key file does not belong to replica {me}: its public key is not the one the configuration lists"
                 ));
             }
-            match listen {
+            match cfg.bind {
                 Some(a) => a,
                 None => palisade_wire::address::HostPort::parse(&m.address)
                     .ok()
@@ -187,7 +187,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                     .ok_or_else(|| format!("cannot resolve {}", m.address))?,
             }
         }
-        (None, Some(a)) => a,
+        (None, Some(a)) => cfg.bind.unwrap_or(a),
         (None, None) => {
             return Err(format!("replica {me} is not in cluster.toml (start it with --join to have it admitted)"))
         }

@@ -22,15 +22,20 @@ pub const PEER_SILENCE: Duration = Duration::from_secs(8);
 /// and `TCP_USER_TIMEOUT` the connection would look open for the kernel's
 /// default of about fifteen minutes, and nobody would redial a replica
 /// rescheduled at a new address.
-pub fn tune_connection<S: std::os::fd::AsFd>(stream: &S) -> std::io::Result<()> {
+///
+/// Best effort: a platform that refuses one of the options still gets the
+/// connection, with the kernel's default for that option. A peer that
+/// stops reading for longer is cut off too (Linux applies the timeout to a
+/// zero window), which bounds what it holds, as the outbound queues do.
+#[cfg(unix)]
+pub fn tune_connection<S: std::os::fd::AsFd>(stream: &S) {
     let socket = socket2::SockRef::from(stream);
-    socket.set_tcp_nodelay(true)?;
+    let _ = socket.set_tcp_nodelay(true);
     let probes =
         socket2::TcpKeepalive::new().with_time(PEER_SILENCE / 4).with_interval(PEER_SILENCE / 8).with_retries(6);
-    socket.set_tcp_keepalive(&probes)?;
+    let _ = socket.set_tcp_keepalive(&probes);
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    socket.set_tcp_user_timeout(Some(PEER_SILENCE))?;
-    Ok(())
+    let _ = socket.set_tcp_user_timeout(Some(PEER_SILENCE));
 }
 
 /// `ip:port` or `host:port`, checked for form; resolved when used.

@@ -31,7 +31,7 @@ impl fmt::Display for KeyError {
             KeyError::Permissions(path, mode) => write!(
                 f,
                 "{path}: secret key is readable by others (mode {mode:o}); run `chmod 600 {path}` \
-                 (a root-owned file may also be read by its group: mode 640 or less)"
+                 (a file root owns may also be readable by its group, as with chmod 440 or 640)"
             ),
             KeyError::BadPublicKey(what) => write!(f, "{what}: not a valid ed25519 public key"),
         }
