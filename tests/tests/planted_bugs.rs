@@ -30,9 +30,9 @@ fn named(strategy: &str) -> impl Fn(&mut SimConfig) + '_ {
 fn executing_batches_ordered_past_an_epochs_end_is_caught() {
     let planted = PlantedBugs { execute_void_batches: true, ..PlantedBugs::default() };
     let reconfigure = |c: &mut SimConfig| c.reconfigure = true;
-    let found = sweep(planted, 0..300, reconfigure).safety_violations;
-    assert!(found > 0, "batches of an ended epoch executed unnoticed over 300 seeds");
-    assert_eq!(sweep(PlantedBugs::default(), 0..300, reconfigure).safety_violations, 0);
+    let found = sweep(planted, 0..160, reconfigure).safety_violations;
+    assert!(found > 0, "batches of an ended epoch executed unnoticed over 160 seeds");
+    assert_eq!(sweep(PlantedBugs::default(), 0..160, reconfigure).safety_violations, 0);
 }
 
 #[test]
@@ -55,8 +55,8 @@ fn a_new_view_written_as_separate_records_is_caught() {
     // back in the view without them: as primary it proposes something else
     // where its own NEW-VIEW chose a batch.
     let planted = PlantedBugs { torn_new_view: true, ..PlantedBugs::default() };
-    let found = sweep(planted, 0..300, |c| c.amnesia = Some(false)).safety_violations;
-    assert!(found > 0, "a torn NEW-VIEW went unnoticed over 300 seeds");
+    let found = sweep(planted, 0..120, |c| c.amnesia = Some(false)).safety_violations;
+    assert!(found > 0, "a torn NEW-VIEW went unnoticed over 120 seeds");
 }
 
 #[test]
@@ -118,6 +118,6 @@ fn the_same_seeds_are_clean_without_the_bugs() {
     let clean = |s: Summary| s.safety_violations + s.liveness_failures;
     assert_eq!(clean(sweep(PlantedBugs::default(), 0..80, |_| {})), 0);
     assert_eq!(clean(sweep(PlantedBugs::default(), 0..80, named("new-view-tamper"))), 0);
-    assert_eq!(clean(sweep(PlantedBugs::default(), 0..300, |c| c.amnesia = Some(false))), 0);
+    assert_eq!(clean(sweep(PlantedBugs::default(), 0..120, |c| c.amnesia = Some(false))), 0);
     assert_eq!(clean(sweep(PlantedBugs::default(), 0..150, |c| c.amnesia = Some(true))), 0);
 }

@@ -66,7 +66,7 @@ fn four_replicas_with_a_random_byzantine_replica_stay_safe_and_live() {
 #[test]
 fn every_byzantine_strategy_is_survived() {
     for (name, _, _) in byzantine::STRATEGIES {
-        let reports = sweep(1_000..1_030, 4, Mode::Bft, ByzantineChoice::Named(name.to_string()));
+        let reports = sweep(1_000..1_015, 4, Mode::Bft, ByzantineChoice::Named(name.to_string()));
         assert!(reports.iter().all(|r| r.strategy.as_deref() == Some(*name)));
         assert_clean(&reports, 4, "bft");
     }
@@ -109,7 +109,7 @@ fn losing_votes_beside_a_byzantine_replica_is_beyond_the_model_yet_never_unsafe(
     let unsafe_runs: Vec<_> = reports.iter().filter(|r| !r.safety.is_empty()).map(|r| (r.seed, &r.safety[0])).collect();
     assert!(unsafe_runs.is_empty(), "{unsafe_runs:?}");
     // And with seven replicas, one Byzantine and one without its votes are within f = 2.
-    let reports = sweep_with(6_500..6_560, 7, Mode::Bft, ByzantineChoice::Random, |c| c.amnesia = Some(true));
+    let reports = sweep_with(6_500..6_530, 7, Mode::Bft, ByzantineChoice::Random, |c| c.amnesia = Some(true));
     assert_clean(&reports, 7, "bft");
 }
 
