@@ -7,6 +7,9 @@
 #   deploy/netns/bench.sh 100 0 1024 -- --duration 10 --warmup 2
 #
 # SIZE is the request and reply size in bytes (default: 0 and 1024).
+# PALISADE_SERVER_ARGS adds options to each replica (for example
+# "--durability none"), PALISADE_KEYGEN_ARGS to the cluster's keygen (for
+# example "--request-auth trust-primary").
 # Results go to bench-results/netns-<MBIT>mbit-<SIZE>/ (no unreplicated
 # baseline: it would run unshaped on loopback). Needs root,
 # iproute2 and release builds of palisade-bench (cargo build --release).
@@ -40,11 +43,12 @@ trap cleanup EXIT
 addresses=$(for i in 0 1 2 3; do printf '%s.%d:7000,' "$net" $((10 + i)); done)
 for size in "${sizes[@]}"; do
     dir="$work/cluster-$size"
-    "$palisade" keygen --replicas 4 --out "$dir" --addresses "${addresses%,}" >/dev/null
+    "$palisade" keygen --replicas 4 --out "$dir" --addresses "${addresses%,}" ${PALISADE_KEYGEN_ARGS:-} >/dev/null
     pids=()
     for i in 0 1 2 3; do
         "$netns" exec "$i" "$bench" server --config "$dir" --id "$i" \
-            --metrics-file "$dir/metrics-$i.json" --service echo 2>"$work/replica-$size-$i.log" &
+            --metrics-file "$dir/metrics-$i.json" --service echo ${PALISADE_SERVER_ARGS:-} \
+            2>"$work/replica-$size-$i.log" &
         pids+=($!)
     done
     "$bench" --cluster "$dir" --request-bytes "$size" --reply-bytes "$size" \
