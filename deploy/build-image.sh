@@ -41,7 +41,13 @@ libs=$(ldd "$out/palisade" "$out/palisade-bench" | awk '$2 == "=>" && $3 ~ /^\//
 # run time (ldd cannot see them; glibc 2.34 and later build them in, older
 # ones need the files), as nsswitch.conf says.
 nss=$(dirname "$(echo "$libs" | grep '/libc\.so' | head -1)")
-libs="$libs $(ls "$nss"/libnss_dns.so.2 "$nss"/libnss_files.so.2 2>/dev/null || true)"
+modules=$(ls "$nss"/libnss_dns.so.2 "$nss"/libnss_files.so.2 2>/dev/null || true)
+if [ -n "$modules" ]; then
+    # ... and what they load in turn (libresolv, before glibc 2.34).
+    # shellcheck disable=SC2086
+    libs="$libs $modules $(ldd $modules | awk '$2 == "=>" && $3 ~ /^\// { print $3 }')"
+    libs=$(echo "$libs" | tr ' ' '\n' | sort -u)
+fi
 for lib in $libs; do
     mkdir -p "$stage/rootfs$(dirname "$lib")"
     cp -L "$lib" "$stage/rootfs$lib"

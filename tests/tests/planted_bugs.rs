@@ -30,9 +30,9 @@ fn named(strategy: &str) -> impl Fn(&mut SimConfig) + '_ {
 fn executing_batches_ordered_past_an_epochs_end_is_caught() {
     let planted = PlantedBugs { execute_void_batches: true, ..PlantedBugs::default() };
     let reconfigure = |c: &mut SimConfig| c.reconfigure = true;
-    let found = sweep(planted, 0..160, reconfigure).safety_violations;
-    assert!(found > 0, "batches of an ended epoch executed unnoticed over 160 seeds");
-    assert_eq!(sweep(PlantedBugs::default(), 0..160, reconfigure).safety_violations, 0);
+    let found = sweep(planted, 0..250, reconfigure).safety_violations;
+    assert!(found > 0, "batches of an ended epoch executed unnoticed over 250 seeds");
+    assert_eq!(sweep(PlantedBugs::default(), 0..250, reconfigure).safety_violations, 0);
 }
 
 #[test]

@@ -95,6 +95,41 @@ fn configuration_mistakes_get_a_clear_message_and_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `--listen` moves where a replica binds, never whether it may join: one
+/// that no configuration lists is refused without `--join`, and with it
+/// waits to be admitted at the `--listen` address, no joining file needed
+/// (how a pod added to a Kubernetes StatefulSet starts).
+#[test]
+fn a_replica_not_in_the_configuration_joins_only_when_told_even_with_listen() {
+    let dir = tempdir("listen");
+    let port = palisade_testkit::loopback::port_block(10);
+    let d = dir.to_str().unwrap();
+    assert!(palisade(&["keygen", "--replicas", "4", "--out", d, "--base-port", &port.to_string()]).status.success());
+    let name = format!("localhost:{}", port + 9);
+    let new = palisade(&["keygen", "--new-replica", "--id", "9", "--address", &name, "--out", d]);
+    assert!(new.status.success(), "{}", String::from_utf8_lossy(&new.stderr));
+    std::fs::remove_file(dir.join("joining-9.toml")).unwrap();
+    let bind = format!("127.0.0.1:{}", port + 8);
+    let refused = palisade(&["replica", "--config", d, "--id", "9", "--service", "kv", "--listen", &bind]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--join"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let joiner = Processes(vec![Command::new(BIN)
+        .args(["replica", "--config", d, "--id", "9", "--service", "kv", "--join", "--listen", &bind])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()]);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&bind).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the joiner never listened at {bind}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(joiner);
+}
+
 #[test]
 fn a_counter_cluster_in_cft_mode() {
     let dir = tempdir("cft");

@@ -181,6 +181,11 @@ fn a_compose_cluster_survives_a_killed_primary_a_cut_cable_and_restarts_and_lose
     let container = p.container(cut);
     docker(&["network", "disconnect", &p.network(), &container]);
     load.progress(200, logs);
+    // Its peers notice the silence and drop their connections to the old
+    // address, so that a count of three below means new connections.
+    wait_for("the cut replica counted as disconnected", Duration::from_secs(30), logs, || {
+        (0..N).filter(|i| *i != cut).all(|i| metric(&metrics(i), "palisade_peers_connected") == Some(2.0))
+    });
     let moved = format!("172.30.77.{}", 30 + cut);
     let alias = format!("replica-{cut}");
     docker(&["network", "connect", "--ip", &moved, "--alias", &alias, &p.network(), &container]);
