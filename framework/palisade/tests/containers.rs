@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{wait_for, Load};
+use common::{run_ok, wait_for, Load};
 use palisade::keygen::{keygen, KeygenOptions};
 use palisade_core::Mode;
 use palisade_testkit::scrape::{http_get, metric};
@@ -44,14 +44,12 @@ struct Project {
 impl Project {
     fn compose(&self, args: &[&str]) -> Output {
         let file = self.dir.join("compose.yaml");
-        let out = Command::new("docker-compose")
-            .args(["-f", file.to_str().unwrap(), "-p", &self.name])
-            .args(args)
-            .env("PALISADE_USER", &self.user)
-            .output()
-            .expect("docker-compose runs");
-        assert!(out.status.success(), "docker-compose {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        out
+        run_ok(
+            Command::new("docker-compose")
+                .args(["-f", file.to_str().unwrap(), "-p", &self.name])
+                .args(args)
+                .env("PALISADE_USER", &self.user),
+        )
     }
 
     /// The container id of replica `i`.
@@ -82,8 +80,7 @@ impl Drop for Project {
 }
 
 fn docker(args: &[&str]) {
-    let out = Command::new("docker").args(args).output().expect("docker runs");
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    run_ok(Command::new("docker").args(args));
 }
 
 fn setup() -> (Project, ClusterConfig) {

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{wait_for, Load, Scratch};
+use common::{run_ok, wait_for, Load, Scratch};
 use palisade_testkit::scrape::metric;
 use palisade_wire::ClusterConfig;
 use std::process::{Child, Command, Output, Stdio};
@@ -35,14 +35,9 @@ struct Hosts {
 
 impl Hosts {
     fn netns(&self, args: &[&str]) -> Output {
-        let out = Command::new(script())
-            .args(args)
-            .env("PALISADE_NETNS", &self.prefix)
-            .env("PALISADE_NETNS_NET", &self.net)
-            .output()
-            .expect("netns.sh runs");
-        assert!(out.status.success(), "netns.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        out
+        run_ok(
+            Command::new(script()).args(args).env("PALISADE_NETNS", &self.prefix).env("PALISADE_NETNS_NET", &self.net),
+        )
     }
 
     fn addr(&self, i: usize) -> String {

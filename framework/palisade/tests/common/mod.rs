@@ -39,6 +39,13 @@ impl Drop for Scratch {
     }
 }
 
+/// Runs `cmd` to its end and asserts that it succeeded; its output.
+pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
 /// Writers that put keys until stopped, each in its own thread with its
 /// own client, recording every acknowledged put: what must be there at
 /// the end, whatever happened to the cluster meanwhile.
