@@ -151,11 +151,11 @@ impl KvStore {
         (u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes")) % self.parts.len() as u64) as usize
     }
 
-    fn get(&self, key: &Bytes) -> Option<Bytes> {
+    pub(crate) fn get(&self, key: &Bytes) -> Option<Bytes> {
         self.parts[self.part_of(key)].get(key).map(|e| e.value.clone())
     }
 
-    fn put(&mut self, key: Bytes, value: Bytes) -> Option<Bytes> {
+    pub(crate) fn put(&mut self, key: Bytes, value: Bytes) -> Option<Bytes> {
         let p = self.part_of(&key);
         let digest = Digest::of(&record(&key, &value));
         self.changed.insert(p as u32);
@@ -163,12 +163,23 @@ impl KvStore {
         self.parts[p].insert(key, Entry { value, digest }).map(|e| e.value)
     }
 
-    fn remove(&mut self, key: &Bytes) -> Option<Bytes> {
+    pub(crate) fn remove(&mut self, key: &Bytes) -> Option<Bytes> {
         let p = self.part_of(key);
         let old = self.parts[p].remove(key)?;
         self.changed.insert(p as u32);
         self.index.remove(key);
         Some(old.value)
+    }
+
+    /// The keys from `start` on, in order (for services built on the store).
+    pub(crate) fn keys_from<'a>(&'a self, start: &[u8]) -> impl Iterator<Item = &'a Bytes> + 'a {
+        use std::ops::Bound;
+        self.index.range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+    }
+
+    /// How many keys it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
     }
 
     fn read(&self, op: &KvOp) -> KvResult {

@@ -9,6 +9,7 @@
 
 pub mod counter;
 pub mod echo;
+pub mod fs;
 pub mod kv;
 pub mod register;
 

@@ -7,6 +7,7 @@ use palisade_core::{ReplicaId, Service};
 use palisade_runtime::{spawn_replica, ReplicaHandle, RuntimeConfig};
 use palisade_services::counter::Counter;
 use palisade_services::echo::Echo;
+use palisade_services::fs::FsService;
 use palisade_services::kv::KvStore;
 use palisade_services::register::Register;
 use palisade_wire::ClusterConfig;
@@ -38,6 +39,7 @@ pub const SERVICES: &[Registered] = &[
     Registered { name: "kv", about: "a key-value map (palisade kv)", spawn: spawn::<KvStore> },
     Registered { name: "counter", about: "a counter (palisade counter)", spawn: spawn::<Counter> },
     Registered { name: "register", about: "a read/write register", spawn: spawn::<Register> },
+    Registered { name: "fs", about: "a file system (palisade fs mount)", spawn: spawn::<FsService> },
     Registered { name: "echo", about: "replies of a requested size (the benchmark's service)", spawn: spawn::<Echo> },
 ];
 
