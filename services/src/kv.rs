@@ -177,11 +177,6 @@ impl KvStore {
         self.index.range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
     }
 
-    /// How many keys it holds.
-    pub(crate) fn len(&self) -> usize {
-        self.index.len()
-    }
-
     fn read(&self, op: &KvOp) -> KvResult {
         match op {
             KvOp::Get(k) => KvResult::Value(self.get(k)),

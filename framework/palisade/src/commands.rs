@@ -330,6 +330,61 @@ fn connect(config: &Path, timeout_ms: u64) -> Result<(tokio::runtime::Runtime, C
     Ok((runtime, client))
 }
 
+/// Mounts the file system of the cluster in `config` at `mountpoint` and
+/// serves it until it is unmounted or the process is told to stop (then
+/// it unmounts). Each mount is a client of its own, with a fresh key.
+pub fn fs_mount(config: &Path, mountpoint: &Path, opts: crate::fsmount::MountOptions, timeout_ms: u64) -> ExitCode {
+    let cluster = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let chain = match palisade_wire::chain::Chain::load(config, cluster.genesis()) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let key = keys::generate(&mut rand_core::OsRng);
+    let copts = ClientOptions { timeout_ms, keep_chain_in: Some(config.to_path_buf()), ..ClientOptions::default() };
+    let client = runtime.block_on(async { Client::connect_at(cluster, chain, key, copts) });
+    let fs = palisade_services::fs::FsClient::new(client);
+    // Fail early, with a reason, rather than mount something that answers EIO.
+    if let Err(e) = runtime.block_on(fs.statfs()) {
+        return fail(EXIT_USAGE, format!("the cluster in {} does not answer as a file system: {e}", config.display()));
+    }
+    let mounted = match crate::fsmount::mount(fs, runtime.handle().clone(), mountpoint, opts) {
+        Ok(m) => m,
+        Err(e) => return fail(EXIT_USAGE, format!("cannot mount at {}: {e}", mountpoint.display())),
+    };
+    eprintln!("mounted at {}; Ctrl-C or `palisade fs umount {0}` unmounts", mountpoint.display());
+    runtime.block_on(async {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = async {
+                while !mounted.ended() {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            } => {}
+        }
+    });
+    match mounted.unmount() {
+        Ok(()) => ExitCode::SUCCESS,
+        // Unmounted from outside already.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_USAGE, format!("unmounting {}: {e}", mountpoint.display())),
+    }
+}
+
+/// Unmounts a file system `palisade fs mount` mounted.
+pub fn fs_umount(mountpoint: &Path) -> ExitCode {
+    match crate::fsmount::unmount(mountpoint) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_USAGE, format!("cannot unmount {}: {e}", mountpoint.display())),
+    }
+}
+
 /// A key-value command.
 #[derive(Clone, Debug)]
 pub enum KvCommand {

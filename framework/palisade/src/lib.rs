@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod commands;
+pub mod fsmount;
 pub mod keygen;
 pub mod registry;
 

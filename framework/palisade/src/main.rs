@@ -79,6 +79,34 @@ enum AdminOp {
 }
 
 #[derive(Subcommand)]
+enum FsOp {
+    /// Mount the replicated file system and serve it until unmounted or
+    /// interrupted (Ctrl-C, SIGTERM): then it unmounts.
+    Mount {
+        /// Where to mount it (an existing, empty directory).
+        mountpoint: PathBuf,
+        /// Milliseconds the kernel may use attributes before asking again;
+        /// 0 keeps close-to-open consistency for sizes (docs/fs.md).
+        #[arg(long, default_value_t = 0)]
+        attr_ttl_ms: u64,
+        /// Milliseconds the kernel may resolve a name before asking again.
+        #[arg(long, default_value_t = 1000)]
+        entry_ttl_ms: u64,
+        /// Kernel requests served at once.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Let other users use the mount (root only; permissions are still checked).
+        #[arg(long)]
+        allow_other: bool,
+    },
+    /// Unmount a mounted file system.
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum CounterOp {
     /// Add to the counter (1 by default); prints the new value.
     Inc {
@@ -243,6 +271,18 @@ enum Command {
         #[arg(long, global = true, default_value_t = 10_000)]
         timeout_ms: u64,
     },
+    /// Mount a file system cluster (`--service fs`) with FUSE.
+    Fs {
+        #[command(subcommand)]
+        op: FsOp,
+        /// Configuration directory.
+        #[arg(long, global = true, env = "PALISADE_CONFIG", default_value = "palisade-cluster")]
+        config: PathBuf,
+        /// Give up on a file system call after this many milliseconds
+        /// (the program then sees EIO).
+        #[arg(long, global = true, default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
     /// Use a counter cluster.
     Counter {
         #[command(subcommand)]
@@ -350,6 +390,21 @@ fn main() -> ExitCode {
                 KvOp::Size => KvCommand::Size,
             };
             commands::kv(&config, cmd, timeout_ms)
+        }
+        Command::Fs { op: FsOp::Umount { mountpoint }, .. } => commands::fs_umount(&mountpoint),
+        Command::Fs {
+            op: FsOp::Mount { mountpoint, attr_ttl_ms, entry_ttl_ms, threads, allow_other },
+            config,
+            timeout_ms,
+        } => {
+            let opts = palisade::fsmount::MountOptions {
+                attr_ttl: std::time::Duration::from_millis(attr_ttl_ms),
+                entry_ttl: std::time::Duration::from_millis(entry_ttl_ms),
+                threads,
+                allow_other,
+                ..palisade::fsmount::MountOptions::default()
+            };
+            commands::fs_mount(&config, &mountpoint, opts, timeout_ms)
         }
         Command::Counter { op, config, timeout_ms } => {
             let add = match op {

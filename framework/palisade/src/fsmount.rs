@@ -1,0 +1,445 @@
+//! `palisade fs mount`: the replicated file system as a FUSE mount, so
+//! that ordinary programs (`cp`, `find`, `make`, `git`) can use it.
+//!
+//! Each kernel request becomes one call on the cluster through
+//! [`FsClient`]: reads on the read-only path, everything else ordered.
+//! What the kernel may cache is set here, and is what docs/fs.md calls the
+//! consistency model:
+//!
+//! - file data is dropped from the page cache at every open (no
+//!   `keep_cache`), and attributes are asked for again once
+//!   [`MountOptions::attr_ttl`] has passed (0 by default): a program that
+//!   opens a file after another client closed it reads what was written
+//!   (close-to-open);
+//! - names are cached for [`MountOptions::entry_ttl`], as NFS clients cache
+//!   them; a name another client removed may resolve for that long, and
+//!   then answers ESTALE, which the kernel takes as a cue to look it up again;
+//! - writes are not buffered: `write(2)` returns once the cluster has
+//!   ordered and executed it, so `fsync` has nothing left to do.
+//!
+//! Permissions are checked by the kernel from the replicated attributes
+//! (`default_permissions`), with the caller's uid and gid as the kernel
+//! gives them: the mounting host is trusted with its users' identities,
+//! as an NFS server trusts its clients' AUTH_SYS credentials.
+
+use bytes::Bytes;
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+use palisade_services::fs::{Attr, FsClient, FsError, Kind, SetAttr, SetTime};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How a mount caches and how many requests it serves at once.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// How long the kernel may use attributes without asking again. 0
+    /// gives close-to-open consistency for sizes as well as data.
+    pub attr_ttl: Duration,
+    /// How long the kernel may resolve a name without asking again.
+    pub entry_ttl: Duration,
+    /// Kernel requests served at once (each waits on the cluster).
+    pub threads: usize,
+    /// Let users other than the mounting one use it (root only).
+    pub allow_other: bool,
+    /// Largest write the kernel sends in one request.
+    pub max_write: u32,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            attr_ttl: Duration::ZERO,
+            entry_ttl: Duration::from_secs(1),
+            threads: 4,
+            allow_other: false,
+            max_write: 1 << 20,
+        }
+    }
+}
+
+/// Bytes of names asked for per listing call.
+const LISTING_BYTES: u32 = 16 << 10;
+
+struct Fuse {
+    fs: FsClient,
+    rt: tokio::runtime::Handle,
+    opts: MountOptions,
+}
+
+fn time(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+fn kind(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.ctime_ns),
+        kind: kind(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    if !matches!(e, FsError::Errno(_)) {
+        tracing::warn!(error = %e, "a file system call failed");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)),
+    }
+}
+
+impl Fuse {
+    fn run<T>(&self, call: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
+        self.rt.block_on(call).map_err(|e| errno(&e))
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&self.opts.entry_ttl, &file_attr(&a), Generation(a.generation)),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+impl Filesystem for Fuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let mut w = self.opts.max_write;
+        while config.set_max_write(w).is_err() && w > 4096 {
+            w /= 2;
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.run(self.fs.lookup(parent.0, name.as_bytes())));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.run(self.fs.getattr(ino.0)) {
+            Ok(a) => reply.attr(&self.opts.attr_ttl, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
+        match self.run(self.fs.setattr(ino.0, set)) {
+            Ok(a) => reply.attr(&self.opts.attr_ttl, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.run(self.fs.readlink(ino.0)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Regular files only: devices, fifos and sockets have no meaning
+        // on other hosts.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::from_i32(libc::EPERM));
+        }
+        let call = self.fs.create(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()), true);
+        self.entry(reply, self.run(call));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.entry(reply, self.run(self.fs.mkdir(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()))));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.run(self.fs.unlink(parent.0, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.run(self.fs.rmdir(parent.0, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let call =
+            self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), (req.uid(), req.gid()));
+        self.entry(reply, self.run(call));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.intersects(!RenameFlags::RENAME_NOREPLACE) {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        match self.run(self.fs.rename((parent.0, name.as_bytes()), (newparent.0, newname.as_bytes()), no_replace)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.run(self.fs.link(ino.0, newparent.0, newname.as_bytes())));
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No keep_cache: the kernel drops cached data at every open.
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.run(self.fs.read(ino.0, offset, size)) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.run(self.fs.write(ino.0, offset, Bytes::copy_from_slice(data))) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.run(self.fs.fsync(ino.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        // Offsets 1 and 2 are `.` and `..`; an entry's offset is its cookie plus 2.
+        if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset < 2 {
+            let parent = match self.run(self.fs.lookup(ino.0, b"..")) {
+                Ok(a) => a.ino,
+                Err(e) => return reply.error(e),
+            };
+            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+        }
+        let mut cookie = offset.saturating_sub(2);
+        loop {
+            let (entries, more) = match self.run(self.fs.readdir(ino.0, cookie, LISTING_BYTES)) {
+                Ok(page) => page,
+                Err(e) => return reply.error(e),
+            };
+            for e in entries {
+                if reply.add(INodeNo(e.ino), e.cookie + 2, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                    return reply.ok();
+                }
+                cookie = e.cookie;
+            }
+            if !more {
+                return reply.ok();
+            }
+        }
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.run(self.fs.statfs()) {
+            Ok(s) => {
+                let (blocks, free) = (s.total_bytes / 4096, s.free_bytes / 4096);
+                reply.statfs(blocks, free, free, s.total_inodes, s.free_inodes, 4096, s.max_name, 4096)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let exclusive = flags & libc::O_EXCL != 0;
+        let call = self.fs.create(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()), exclusive);
+        match self.run(call) {
+            Ok(a) => reply.created(
+                &self.opts.entry_ttl,
+                &file_attr(&a),
+                Generation(a.generation),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// A mounted file system; dropping it unmounts.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl Mounted {
+    /// Unmounts (lazily, see [`unmount`]) and waits for the session to end.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        let result = unmount(&self.mountpoint);
+        let joined = self.session.take().map_or(Ok(()), |s| s.join());
+        result.and(joined)
+    }
+
+    /// Waits until the file system is unmounted from outside
+    /// (`palisade fs umount`, `umount`).
+    pub fn wait(mut self) -> std::io::Result<()> {
+        self.session.take().map_or(Ok(()), |s| s.join())
+    }
+
+    /// Whether the session has ended (the mount is gone).
+    pub fn ended(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = unmount(&self.mountpoint);
+            let _ = s.join();
+        }
+    }
+}
+
+/// Mounts the file system `fs` at `mountpoint`, serving kernel requests on
+/// background threads that call the cluster through `rt`.
+pub fn mount(
+    fs: FsClient,
+    rt: tokio::runtime::Handle,
+    mountpoint: &Path,
+    opts: MountOptions,
+) -> std::io::Result<Mounted> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("palisade".into()),
+        MountOption::Subtype("palisade".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    let mountpoint = mountpoint.canonicalize()?;
+    let session = fuser::spawn_mount(Fuse { fs, rt, opts }, &mountpoint, &config)?;
+    Ok(Mounted { session: Some(session), mountpoint })
+}
+
+/// Unmounts whatever is mounted at `mountpoint` (lazily: programs still
+/// inside it keep working until they leave).
+pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: a valid NUL-terminated path, and flags umount2 defines.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
