@@ -4,9 +4,8 @@
 
 use bytes::BytesMut;
 use ed25519_dalek::SigningKey;
-use palisade_core::{Batch, ClientId, Executor, ReplicaId, RequestId, SeqNo, ViewNo};
+use palisade_core::{Batch, ClientId, Executor, ReplicaId, RequestId, SeqNo, Service, ViewNo};
 use palisade_runtime::net::accept_handshake;
-use palisade_services::echo::Echo;
 use palisade_wire::envelope::{self, Answer, ClientMessage, ReplicaMessage};
 use palisade_wire::frame::FrameDecoder;
 use palisade_wire::handshake::Keyring;
@@ -18,8 +17,13 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Serves `cluster`'s single "replica" forever.
-pub async fn serve(cluster: ClusterConfig, key: SigningKey) -> std::io::Result<()> {
+/// Serves `cluster`'s single "replica" forever, running `service`.
+/// Timestamps come from this server's clock, as a primary's would.
+pub async fn serve<S: Service + Send + 'static>(
+    cluster: ClusterConfig,
+    key: SigningKey,
+    service: S,
+) -> std::io::Result<()> {
     let me = ReplicaId(0);
     let address = cluster.replicas[&me]
         .address
@@ -28,7 +32,7 @@ pub async fn serve(cluster: ClusterConfig, key: SigningKey) -> std::io::Result<(
     let listener = TcpListener::bind(address).await?;
     let keyring = Arc::new(Keyring::from_config(&cluster));
     let key = Arc::new(key);
-    let exec = Arc::new(Mutex::new(Executor::new(Echo, 1024)));
+    let exec = Arc::new(Mutex::new(Executor::new(service, 1024)));
     let seq = Arc::new(AtomicU64::new(1));
     let cluster_id = cluster.cluster_id;
     let max_frame = cluster.max_frame_bytes + palisade_wire::channel::MAC_BYTES;
@@ -62,12 +66,28 @@ pub async fn serve(cluster: ClusterConfig, key: SigningKey) -> std::io::Result<(
                 if requests.is_empty() {
                     continue;
                 }
-                let s = SeqNo(seq.fetch_add(1, Ordering::Relaxed));
-                let batch = Batch { timestamp_ms: 0, proposed_in: ViewNo(0), requests };
-                let executed = exec.lock().execute_batch(s, ViewNo(0), &batch);
+                // Reads are answered at once from the state, as replicas answer
+                // them on the read-only path; the rest is one batch.
+                let mut by_client: BTreeMap<ClientId, Vec<(RequestId, Answer)>> = BTreeMap::new();
+                let (reads, requests): (Vec<_>, Vec<_>) = requests.into_iter().partition(|r| r.read_only);
+                {
+                    let exec = exec.lock();
+                    for r in &reads {
+                        by_client.entry(r.client).or_default().push((r.id, Answer::Full(exec.execute_read_only(r))));
+                    }
+                }
+                let executed = if requests.is_empty() {
+                    Vec::new()
+                } else {
+                    let s = SeqNo(seq.fetch_add(1, Ordering::Relaxed));
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let batch = Batch { timestamp_ms: now, proposed_in: ViewNo(0), requests };
+                    exec.lock().execute_batch(s, ViewNo(0), &batch)
+                };
                 // Answered as a replica answers: one frame per client per batch.
                 out.clear();
-                let mut by_client: BTreeMap<ClientId, Vec<(RequestId, Answer)>> = BTreeMap::new();
                 for e in executed {
                     by_client.entry(e.client).or_default().push((e.request, Answer::Full(e.result)));
                 }

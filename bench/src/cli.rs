@@ -50,10 +50,16 @@ pub(crate) enum RoleCmd {
         #[command(flatten)]
         tuning: ReplicaTuning,
     },
+    /// The Andrew-style file system benchmark: local directory, and the
+    /// FUSE mount over one unreplicated server, BFT and CFT clusters.
+    Andrew(crate::andrew::AndrewArgs),
     /// Run the unreplicated baseline server of a 1-replica configuration.
     BaselineServer {
         #[arg(long)]
         config: PathBuf,
+        /// The service it runs.
+        #[arg(long, default_value = "echo", value_parser = clap::builder::PossibleValuesParser::new(palisade::registry::names()))]
+        service: String,
     },
 }
 

@@ -6,6 +6,7 @@
 //! baseline the same way, prints a table and the `BENCH` line, writes
 //! results.json and SVG charts, and stops everything it started.
 
+mod andrew;
 mod cli;
 mod experiment;
 mod load;
@@ -23,7 +24,8 @@ fn main() -> ExitCode {
         Some(RoleCmd::Server { config, id, service, metrics_file, rejoin, join, tuning }) => {
             server::replica(&config, id, &service, metrics_file, (rejoin, join), &tuning)
         }
-        Some(RoleCmd::BaselineServer { config }) => server::baseline(&config),
+        Some(RoleCmd::BaselineServer { config, service }) => server::baseline(&config, &service),
+        Some(RoleCmd::Andrew(a)) => andrew::run(a),
         None => experiment::run(cli.run),
     }
 }

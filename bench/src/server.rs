@@ -85,7 +85,7 @@ pub(crate) fn replica(
 }
 
 /// Runs the unreplicated baseline server of a 1-replica configuration.
-pub(crate) fn baseline(config: &Path) -> ExitCode {
+pub(crate) fn baseline(config: &Path, service: &str) -> ExitCode {
     let cluster = match ClusterConfig::load(config) {
         Ok(c) => c,
         Err(e) => return fail("baseline-server", e),
@@ -95,7 +95,16 @@ pub(crate) fn baseline(config: &Path) -> ExitCode {
         Err(e) => return fail("baseline-server", e),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    match rt.block_on(baseline::serve(cluster, key)) {
+    use palisade_services::*;
+    let served = match service {
+        "echo" => rt.block_on(baseline::serve(cluster, key, echo::Echo)),
+        "kv" => rt.block_on(baseline::serve(cluster, key, kv::KvStore::default())),
+        "counter" => rt.block_on(baseline::serve(cluster, key, counter::Counter::default())),
+        "register" => rt.block_on(baseline::serve(cluster, key, register::Register::default())),
+        "fs" => rt.block_on(baseline::serve(cluster, key, fs::FsService::default())),
+        other => return fail("baseline-server", format!("no baseline for the service {other}")),
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail("baseline-server", e),
     }

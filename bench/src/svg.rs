@@ -120,6 +120,88 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
     o
 }
 
+/// One group member of a bar chart: a value per group.
+pub struct Bars {
+    /// Legend.
+    pub name: String,
+    /// One value per group, in the groups' order.
+    pub values: Vec<f64>,
+}
+
+/// Renders a grouped bar chart: one group per label, one bar per series.
+pub fn bar_chart(title: &str, y_label: &str, groups: &[String], series: &[Bars]) -> String {
+    let y_max = nice_max(series.iter().flat_map(|s| s.values.iter().copied()).fold(0.0, f64::max));
+    let py = |y: f64| H - B - y / y_max * (H - T - B);
+    let group_w = (W - L - R) / groups.len().max(1) as f64;
+    let bar_w = group_w * 0.8 / series.len().max(1) as f64;
+    let mut o = String::new();
+    let _ = write!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        W / 2.0,
+        esc(title)
+    );
+    for i in 0..=5 {
+        let v = i as f64 / 5.0 * y_max;
+        let y = py(v);
+        let _ = write!(
+            o,
+            r##"<line x1="{L}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            W - R,
+            L - 6.0,
+            y + 4.0,
+            fmt_num(v)
+        );
+    }
+    for (g, label) in groups.iter().enumerate() {
+        let x0 = L + g as f64 * group_w + group_w * 0.1;
+        for (i, s) in series.iter().enumerate() {
+            let v = s.values.get(g).copied().unwrap_or(0.0);
+            let (x, y) = (x0 + i as f64 * bar_w, py(v));
+            let _ = write!(
+                o,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{}: {v:.2}</title></rect>"#,
+                bar_w * 0.9,
+                H - B - y,
+                COLORS[i % COLORS.len()],
+                esc(&s.name)
+            );
+        }
+        let _ = write!(
+            o,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            L + (g as f64 + 0.5) * group_w,
+            H - B + 18.0,
+            esc(label)
+        );
+    }
+    let _ = write!(
+        o,
+        r##"<line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="#333"/><line x1="{L}" y1="{T}" x2="{L}" y2="{}" stroke="#333"/><text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">{}</text>"##,
+        H - B,
+        W - R,
+        H - B,
+        H - B,
+        (T + H - B) / 2.0,
+        (T + H - B) / 2.0,
+        esc(y_label)
+    );
+    for (i, s) in series.iter().enumerate() {
+        let _ = write!(
+            o,
+            r#"<rect x="{}" y="{}" width="12" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+            L + 12.0,
+            T + 4.0 + 16.0 * i as f64,
+            COLORS[i % COLORS.len()],
+            L + 30.0,
+            T + 13.0 + 16.0 * i as f64,
+            esc(&s.name)
+        );
+    }
+    o.push_str("</svg>\n");
+    o
+}
+
 fn fmt_num(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.1}M", v / 1e6)
@@ -144,5 +226,17 @@ mod tests {
         assert!(svg.contains("polyline") && svg.contains("primary killed") && svg.contains("t &lt;1&gt;"));
         assert_eq!(nice_max(13.0), 20.0);
         assert_eq!(nice_max(0.0), 1.0);
+    }
+
+    #[test]
+    fn a_bar_chart_has_a_bar_per_series_and_group() {
+        let groups = vec!["copy".to_string(), "total".to_string()];
+        let series = [
+            Bars { name: "local".into(), values: vec![1.0, 3.0] },
+            Bars { name: "bft".into(), values: vec![2.0, 5.0] },
+        ];
+        let svg = bar_chart("andrew", "seconds", &groups, &series);
+        assert_eq!(svg.matches("<title>").count(), 4);
+        assert!(svg.contains("bft: 5.00") && svg.contains(">total<"));
     }
 }

@@ -75,6 +75,7 @@ pub(crate) fn worth_logging(before: &CoreSnapshot, after: &CoreSnapshot) -> bool
         || before.view_changes != after.view_changes
         || before.stable != after.stable
         || before.state_transfers != after.state_transfers
+        || before.alarms != after.alarms
         || before.rejoining != after.rejoining
 }
 
@@ -127,6 +128,14 @@ pub(crate) fn core_changed(me: ReplicaId, before: &CoreSnapshot, after: &CoreSna
     }
     if after.stable > before.stable {
         tracing::debug!(replica = me, seq = after.stable, "checkpoint stable");
+    }
+    if after.alarms > before.alarms {
+        tracing::error!(
+            replica = me,
+            alarms = after.alarms,
+            stable = after.stable,
+            "ALARM: this replica's state differs from what a quorum certified (or a safety check failed)"
+        );
     }
     if after.state_transfers > before.state_transfers {
         tracing::info!(replica = me, delivered = after.delivered, stable = after.stable, "state transfer finished");

@@ -163,6 +163,7 @@ impl Collector for Snapshot {
         gauge(&mut enc, "role", "0 member, 1 waiting to be admitted, 2 removed", role)?;
         counter(&mut enc, "view_changes", "View changes started or joined", c.view_changes)?;
         counter(&mut enc, "state_transfers", "State transfers completed", c.state_transfers)?;
+        counter(&mut enc, "alarms", "Evidence of divergent state or a safety bug; must stay 0", c.alarms)?;
         counter(
             &mut enc,
             "timers_restarted",

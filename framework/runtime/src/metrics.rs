@@ -237,6 +237,10 @@ pub struct CoreSnapshot {
     pub view_changes: u64,
     /// State transfers completed.
     pub state_transfers: u64,
+    /// Evidence that this replica's state diverged from what a quorum
+    /// certified (a non-deterministic service, corrupted storage) or of a
+    /// safety bug: must stay 0.
+    pub alarms: u64,
     /// Request timers restarted because this replica was behind its peers.
     pub timers_restarted: u64,
     /// Batches proposed as primary.

@@ -349,6 +349,7 @@ impl<C: Crypto> Consensus<C> {
             stable: core.stable_checkpoint().seq.0,
             view_changes: m.view_changes,
             state_transfers: m.state_transfers,
+            alarms: m.alarms,
             timers_restarted: m.timers_restarted,
             proposed_batches: m.proposed_batches,
             delivered_requests: m.delivered_requests,
