@@ -378,6 +378,7 @@ fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs)
         let dir = here.join("cluster");
         servers = Some(start_servers(t, &dir, a)?);
         let cluster = ClusterConfig::load(&dir).map_err(|e| e.to_string())?;
+        let mount_opts = MountOptions::for_cluster(&cluster);
         let key = palisade_wire::keys::generate(&mut rand_core::OsRng);
         let opts = ClientOptions { timeout_ms: 30_000, ..ClientOptions::default() };
         let fs = FsClient::new(rt.block_on(async { Client::connect(cluster, key, opts) }));
@@ -393,7 +394,7 @@ fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs)
         let opts = MountOptions {
             attr_ttl: Duration::from_millis(a.attr_ttl_ms),
             entry_ttl: Duration::from_millis(a.entry_ttl_ms),
-            ..MountOptions::default()
+            ..mount_opts
         };
         mounted = Some(
             palisade::fsmount::mount(fs.clone(), rt.handle().clone(), &mnt, opts)

@@ -333,11 +333,15 @@ fn connect(config: &Path, timeout_ms: u64) -> Result<(tokio::runtime::Runtime, C
 /// Mounts the file system of the cluster in `config` at `mountpoint` and
 /// serves it until it is unmounted or the process is told to stop (then
 /// it unmounts). Each mount is a client of its own, with a fresh key.
-pub fn fs_mount(config: &Path, mountpoint: &Path, opts: crate::fsmount::MountOptions, timeout_ms: u64) -> ExitCode {
+/// A `max_write` of 0 takes the largest write the cluster accepts.
+pub fn fs_mount(config: &Path, mountpoint: &Path, mut opts: crate::fsmount::MountOptions, timeout_ms: u64) -> ExitCode {
     let cluster = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if opts.max_write == 0 {
+        opts.max_write = crate::fsmount::MountOptions::for_cluster(&cluster).max_write;
+    }
     let chain = match palisade_wire::chain::Chain::load(config, cluster.genesis()) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),

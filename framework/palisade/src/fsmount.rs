@@ -62,6 +62,16 @@ impl Default for MountOptions {
     }
 }
 
+impl MountOptions {
+    /// The defaults, with writes as large as `cluster` accepts in one
+    /// operation: a replica refuses operations over a quarter of its frame
+    /// limit, and a write carries a few dozen bytes besides its data.
+    pub fn for_cluster(cluster: &palisade_wire::ClusterConfig) -> MountOptions {
+        let room = (cluster.max_frame_bytes / 4).saturating_sub(1024).max(4096) as u32;
+        MountOptions { max_write: 1 << (31 - room.leading_zeros()).min(20), ..MountOptions::default() }
+    }
+}
+
 /// Bytes of names asked for per listing call.
 const LISTING_BYTES: u32 = 16 << 10;
 

@@ -402,7 +402,7 @@ fn main() -> ExitCode {
                 entry_ttl: std::time::Duration::from_millis(entry_ttl_ms),
                 threads,
                 allow_other,
-                ..palisade::fsmount::MountOptions::default()
+                max_write: 0,
             };
             commands::fs_mount(&config, &mountpoint, opts, timeout_ms)
         }

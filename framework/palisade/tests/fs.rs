@@ -1,0 +1,318 @@
+//! The replicated file system on a real FUSE mount over a real 4-replica
+//! cluster, used by ordinary programs: every case of a conformance suite
+//! gives the same result (or errno) as on a local directory; after a copy
+//! and a compile every replica computed the same state digest; and a
+//! `kill -9` of the primary during a copy loses nothing.
+//!
+//! They need root and `/dev/fuse`; `.ci/run` runs them with
+//! `cargo test -p palisade --test fs -- --ignored`.
+
+mod common;
+
+use common::{run_ok, wait_for, Scratch};
+use palisade_testkit::scrape::metric;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, UNIX_EPOCH};
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+const N: usize = 4;
+
+/// A cluster of file system replicas and a mount of it; all stopped and
+/// unmounted when dropped.
+struct Mounted {
+    dir: Scratch,
+    metrics_port: u16,
+    replicas: Vec<Option<Child>>,
+    mount: Option<Child>,
+}
+
+impl Mounted {
+    fn start(tag: &str) -> Mounted {
+        let dir = Scratch::new("fs", tag);
+        let ports = palisade_testkit::loopback::port_block(2 * N);
+        run_ok(
+            Command::new(BIN)
+                .args(["keygen", "--replicas", "4", "--base-port", &ports.to_string(), "--out"])
+                .arg(&*dir),
+        );
+        let mut m = Mounted { dir, metrics_port: ports + N as u16, replicas: Vec::new(), mount: None };
+        for i in 0..N {
+            let r = m.replica(i);
+            m.replicas.push(Some(r));
+        }
+        let mnt = m.mnt();
+        fs::create_dir(&mnt).unwrap();
+        let log = File::create(m.dir.join("mount.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["fs", "mount", "--allow-other", "--config"])
+            .arg(&*m.dir)
+            .arg(&mnt)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        m.mount = Some(child);
+        let dir = m.dir.to_path_buf();
+        wait_for(
+            "the mount",
+            Duration::from_secs(60),
+            || fs::read_to_string(dir.join("mount.log")).unwrap_or_default(),
+            || fs::read_to_string("/proc/mounts").unwrap().contains(mnt.to_str().unwrap()),
+        );
+        m
+    }
+
+    fn replica(&self, i: usize) -> Child {
+        let log = OpenOptions::new().create(true).append(true).open(self.dir.join(format!("replica-{i}.log"))).unwrap();
+        Command::new(BIN)
+            .args(["replica", "--service", "fs", "--id", &i.to_string(), "--config"])
+            .arg(&*self.dir)
+            .args(["--metrics-addr", &self.metrics(i)])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.join("mnt")
+    }
+
+    fn metrics(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.metrics_port + i as u16)
+    }
+
+    fn metric(&self, i: usize, name: &str) -> f64 {
+        metric(&self.metrics(i), name).unwrap_or(-1.0)
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.replicas[i].take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn logs(&self) -> String {
+        (0..N).map(|i| fs::read_to_string(self.dir.join(format!("replica-{i}.log"))).unwrap_or_default()).collect()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN).args(["fs", "umount"]).arg(self.mnt()).output();
+        if let Some(mut m) = self.mount.take() {
+            let _ = m.wait();
+        }
+        for i in 0..N {
+            self.kill(i);
+        }
+    }
+}
+
+/// Cargo's registry copy of the Lua sources (the benchmark's tree; a
+/// dependency of the harness, so present once the workspace is built).
+fn lua_sources() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cargo"));
+    let mut found: Vec<PathBuf> = fs::read_dir(home.join("registry/src"))
+        .unwrap()
+        .flatten()
+        .flat_map(|index| fs::read_dir(index.path()).unwrap().flatten().map(|e| e.path()))
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("lua-src-"))
+        .collect();
+    found.sort();
+    found.pop().expect("the lua-src crate in Cargo's registry")
+}
+
+fn show<T: std::fmt::Debug>(r: std::io::Result<T>) -> String {
+    match r {
+        Ok(v) => format!("ok {v:?}"),
+        Err(e) => format!("errno {:?}", e.raw_os_error()),
+    }
+}
+
+/// The conformance suite: each step's name and outcome, on `b`.
+fn suite(b: &Path) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut step = |name: &'static str, outcome: String| out.push((name, outcome));
+    let (a, d) = (b.join("a"), b.join("d"));
+    let open_rw = |p: &Path| OpenOptions::new().write(true).open(p);
+    step("create and write", show(fs::write(&a, b"hello")));
+    step("read", show(fs::read_to_string(&a)));
+    step("append", show(OpenOptions::new().append(true).open(&a).and_then(|mut f| f.write_all(b" world"))));
+    step(
+        "overwrite in the middle",
+        show(open_rw(&a).and_then(|mut f| f.seek(SeekFrom::Start(2)).and(f.write_all(b"XY")))),
+    );
+    step("read after writes", show(fs::read_to_string(&a)));
+    step("extend with zeros", show(open_rw(&a).and_then(|f| f.set_len(100_000))));
+    step("a sparse tail reads as zeros", show(fs::read(&a).map(|v| (v.len(), v[50_000], v[99_999], v[..4].to_vec()))));
+    step("truncate", show(open_rw(&a).and_then(|f| f.set_len(3))));
+    step("read after truncating", show(fs::read_to_string(&a)));
+    step("truncate on open", show(File::create(&a).and_then(|mut f| f.write_all(b"new"))));
+    step("read after O_TRUNC", show(fs::read_to_string(&a)));
+    step("exclusive create of an existing file", show(OpenOptions::new().write(true).create_new(true).open(&a)));
+    step("mkdir", show(fs::create_dir(&d)));
+    step("mkdir again", show(fs::create_dir(&d)));
+    step("a file in a missing directory", show(fs::write(b.join("missing/x"), b"")));
+    step("open a directory for writing", show(open_rw(&d)));
+    step("open a missing file", show(File::open(b.join("missing"))));
+    step("mkdir under a file", show(fs::create_dir(a.join("x"))));
+    step("file in a directory", show(fs::write(d.join("f"), b"in d")));
+    step("rmdir a non-empty directory", show(fs::remove_dir(&d)));
+    step("unlink a directory", show(fs::remove_file(&d)));
+    step("rmdir a file", show(fs::remove_dir(&a)));
+    step("directory links", show(fs::metadata(b).map(|m| m.nlink())));
+    step("mkdir a subdirectory", show(fs::create_dir(d.join("sub"))));
+    step("links after a subdirectory", show(fs::metadata(&d).map(|m| m.nlink())));
+    step("rename a directory into itself", show(fs::rename(&d, d.join("sub/inside"))));
+    step("rename a file over a directory", show(fs::rename(&a, d.join("sub"))));
+    step("rename a directory over a file", show(fs::rename(d.join("sub"), &a)));
+    step("rename a directory over a non-empty one", show(fs::create_dir(b.join("e")).and(fs::rename(b.join("e"), &d))));
+    step("rename a directory over an empty one", show(fs::rename(&d, b.join("e"))));
+    step("the moved tree", show(fs::read_to_string(b.join("e/f"))));
+    step("rename a file over a file", show(fs::write(b.join("g"), b"g").and(fs::rename(b.join("g"), &a))));
+    step("the replaced file", show(fs::read_to_string(&a)));
+    step("hard link", show(fs::hard_link(&a, b.join("l"))));
+    step("links of a linked file", show(fs::metadata(&a).map(|m| m.nlink())));
+    step("a write through one name", show(fs::write(b.join("l"), b"via l")));
+    step("is read through the other", show(fs::read_to_string(&a)));
+    step("hard link to a directory", show(fs::hard_link(b.join("e"), b.join("le"))));
+    step("unlink one name", show(fs::remove_file(b.join("l")).and(fs::metadata(&a).map(|m| m.nlink()))));
+    step("symlink", show(std::os::unix::fs::symlink("a", b.join("s"))));
+    step("readlink", show(fs::read_link(b.join("s"))));
+    step("read through a symlink", show(fs::read_to_string(b.join("s"))));
+    step("a symlink is a symlink", show(fs::symlink_metadata(b.join("s")).map(|m| m.file_type().is_symlink())));
+    step("a dangling symlink", show(std::os::unix::fs::symlink("nowhere", b.join("t")).and(fs::read(b.join("t")))));
+    step("chmod", show(fs::set_permissions(&a, fs::Permissions::from_mode(0o640))));
+    step("mode", show(fs::metadata(&a).map(|m| m.permissions().mode() & 0o7777)));
+    let when = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    step("set the modification time", show(open_rw(&a).and_then(|f| f.set_modified(when))));
+    step("modification time", show(fs::metadata(&a).and_then(|m| m.modified())));
+    step("a name too long", show(fs::write(b.join("n".repeat(256)), b"")));
+    step("a name as long as allowed", show(fs::write(b.join("n".repeat(255)), b"")));
+    // Permissions, for a user who is not root.
+    fs::write(b.join("private"), b"secret").unwrap();
+    fs::set_permissions(b.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    let nobody = Command::new("runuser").args(["-u", "nobody", "--", "cat"]).arg(b.join("private")).output().unwrap();
+    step(
+        "another user reads a 0600 file",
+        format!("{} {}", nobody.status, String::from_utf8_lossy(&nobody.stderr).contains("Permission denied")),
+    );
+    let nobody = Command::new("runuser").args(["-u", "nobody", "--", "cat"]).arg(&a).output().unwrap();
+    step("another user reads a 0640 file", format!("{}", nobody.status));
+    // A file of tens of MiB, and a directory of thousands of files.
+    let big: Vec<u8> = (0..24 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    step("write 24 MiB", show(fs::write(b.join("big"), &big)));
+    step("read 24 MiB back", show(fs::read(b.join("big")).map(|v| v == big)));
+    step(
+        "a read at an offset",
+        show(File::open(b.join("big")).and_then(|mut f| {
+            use std::io::Read;
+            f.seek(SeekFrom::Start(20 << 20))?;
+            let mut buf = vec![0; 100];
+            f.read_exact(&mut buf)?;
+            Ok(buf == big[20 << 20..(20 << 20) + 100])
+        })),
+    );
+    let many = b.join("many");
+    fs::create_dir(&many).unwrap();
+    step(
+        "create 2000 files",
+        show((0..2000).try_for_each(|i| fs::write(many.join(format!("file-{i:04}")), i.to_string()))),
+    );
+    step(
+        "list them",
+        show(fs::read_dir(&many).and_then(|r| r.map(|e| e.map(|e| e.file_name())).collect::<Result<Vec<_>, _>>()).map(
+            |mut v| {
+                v.sort();
+                (v.len(), v[0].clone(), v[1999].clone())
+            },
+        )),
+    );
+    step(
+        "remove them",
+        show((0..2000).try_for_each(|i| fs::remove_file(many.join(format!("file-{i:04}")))).and(fs::remove_dir(&many))),
+    );
+    let mut names: Vec<String> =
+        fs::read_dir(b).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    step("the names left", format!("{names:?}"));
+    out
+}
+
+#[test]
+#[ignore = "needs root and /dev/fuse; .ci/run runs it"]
+fn a_mounted_cluster_answers_like_a_local_directory_and_every_replica_computes_the_same_state() {
+    let m = Mounted::start("conformance");
+    let local = m.dir.join("local");
+    fs::create_dir(&local).unwrap();
+    let mounted = m.mnt().join("suite");
+    fs::create_dir(&mounted).unwrap();
+    let want = suite(&local);
+    let got = suite(&mounted);
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(g, w, "step `{}`: the mount answered differently from a local directory", w.0);
+    }
+    assert_eq!(got.len(), want.len());
+    // A copy and a compile, as the Andrew benchmark does them.
+    let src = lua_sources().join("lua-5.4.9");
+    run_ok(Command::new("cp").arg("-r").arg(&src).arg(m.mnt().join("lua")));
+    run_ok(Command::new("diff").arg("-r").arg(&src).arg(m.mnt().join("lua")));
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("for f in *.c; do cc -O0 -w -c $f || exit 1; done && ar rcs liblua.a *.o")
+            .current_dir(m.mnt().join("lua")),
+    );
+    assert!(fs::metadata(m.mnt().join("lua/liblua.a")).unwrap().len() > 100_000);
+    // Every replica's state digest at a checkpoint after all of it: write
+    // until every replica has a stable checkpoint past what it had
+    // delivered, then none may have raised a divergence alarm, and none
+    // may have fetched its state (which would have hidden one).
+    let end = (0..N).map(|i| m.metric(i, "palisade_delivered_seq")).fold(0.0, f64::max);
+    let mut k = 0;
+    wait_for(
+        "a checkpoint after the workload",
+        Duration::from_secs(60),
+        || m.logs(),
+        || {
+            k += 1;
+            fs::write(m.mnt().join("tick"), k.to_string()).unwrap();
+            (0..N).all(|i| m.metric(i, "palisade_stable_seq") >= end)
+        },
+    );
+    for i in 0..N {
+        assert_eq!(m.metric(i, "palisade_alarms_total"), 0.0, "replica {i} diverged:\n{}", m.logs());
+        assert_eq!(m.metric(i, "palisade_state_transfers_total"), 0.0, "replica {i} fetched its state");
+    }
+}
+
+#[test]
+#[ignore = "needs root and /dev/fuse; .ci/run runs it"]
+fn a_copy_survives_a_killed_primary_and_every_byte_arrives() {
+    let mut m = Mounted::start("kill");
+    let src = lua_sources();
+    let dst = m.mnt().join("copy");
+    let mut cp = Command::new("cp").arg("-r").arg(&src).arg(&dst).spawn().unwrap();
+    // Once part of the tree has arrived, kill the primary.
+    wait_for("the copy to start", Duration::from_secs(30), String::new, || {
+        fs::read_dir(&dst).map(|r| r.count() >= 3).unwrap_or(false)
+    });
+    let primary = (0..N).find(|i| m.metric(*i, "palisade_is_primary") == 1.0).expect("a primary");
+    m.kill(primary);
+    assert!(cp.wait().unwrap().success(), "cp failed:\n{}", m.logs());
+    run_ok(Command::new("diff").arg("-r").arg(&src).arg(&dst));
+    let others: Vec<usize> = (0..N).filter(|i| *i != primary).collect();
+    assert!(others.iter().all(|i| m.metric(*i, "palisade_view") >= 1.0), "no view change:\n{}", m.logs());
+    // And the mount keeps working, the killed replica back or not.
+    fs::write(m.mnt().join("after"), b"still here").unwrap();
+    m.replicas[primary] = Some(m.replica(primary));
+    fs::write(m.mnt().join("after"), b"and again").unwrap();
+    assert_eq!(fs::read_to_string(m.mnt().join("after")).unwrap(), "and again");
+}
