@@ -389,6 +389,15 @@ fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs)
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        // The replicas report where they stand every 250 ms; the kill
+        // during the copy reads it.
+        let ids: Vec<u32> = servers.as_ref().map(|s| s.children.keys().copied().collect()).unwrap_or_default();
+        while t != Target::Unreplicated && !ids.iter().all(|id| read_metrics(&dir, *id).is_some()) {
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(format!("the {} replicas wrote no metrics within 30 s", t.name()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let mnt = here.join("mnt");
         std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
         let opts = MountOptions {
