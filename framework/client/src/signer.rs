@@ -64,8 +64,8 @@ impl Signer {
     }
 
     /// `request` signed as `auth` says (with a MAC for every replica in
-    /// `request_keys` when `auth` is authenticators), or `None` if the
-    /// leader signing it panicked.
+    /// `request_keys` when `auth` is authenticators; a read-only request
+    /// unsigned), or `None` if the leader signing it panicked.
     pub(crate) async fn sign(
         &self,
         key: &SigningKey,
@@ -73,7 +73,9 @@ impl Signer {
         mut request: Request,
         auth: RequestAuth,
     ) -> Option<Request> {
-        if !auth.clients_sign() {
+        // A read is answered to this client's authenticated channel and is
+        // never proposed or relayed, so nobody needs proof that it sent it.
+        if !auth.clients_sign() || request.read_only {
             return Some(request);
         }
         if self.max == 1 {

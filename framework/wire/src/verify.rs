@@ -510,16 +510,28 @@ pub fn verify_batch(
         }
     }
     let chunk = limits.chunk.max(1);
-    let bad: Vec<bool> = pool.install(|| {
-        unique
-            .par_chunks(chunk)
-            .flat_map_iter(|items| {
-                let mut bad = vec![false; items.len()];
-                find_bad(items, &mut bad);
-                bad
-            })
-            .collect()
-    });
+    // One chunk or less is checked here: the caller would wait for it on
+    // the pool all the same, and waking the pool costs two thread hops
+    // and its workers' spinning before they sleep again, which on a busy
+    // machine is CPU taken from everything else.
+    let bad: Vec<bool> = if unique.len() <= chunk {
+        let mut bad = vec![false; unique.len()];
+        if !unique.is_empty() {
+            find_bad(&unique, &mut bad);
+        }
+        bad
+    } else {
+        pool.install(|| {
+            unique
+                .par_chunks(chunk)
+                .flat_map_iter(|items| {
+                    let mut bad = vec![false; items.len()];
+                    find_bad(items, &mut bad);
+                    bad
+                })
+                .collect()
+        })
+    };
     {
         let mut memo = memo();
         for (p, _) in unique.iter().zip(&bad).filter(|(_, b)| !**b) {

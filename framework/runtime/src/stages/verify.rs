@@ -15,9 +15,10 @@ use palisade_wire::verify::{self, VerifyLimits};
 use std::sync::Arc;
 
 /// Request verification (when clients sign): cheap checks, then client
-/// signatures in parallel batches on a rayon pool. Takes only as many
-/// requests as the filter's queue has room for, so a slow pipeline fills
-/// the verify queue and the network pushes clients back.
+/// signatures (of requests to order; reads need none) in parallel batches
+/// on a rayon pool. Takes only as many requests as the filter's queue has
+/// room for, so a slow pipeline fills the verify queue and the network
+/// pushes clients back.
 pub struct Verifier {
     /// Requests from the network.
     pub rx: Rx<Request>,
@@ -55,6 +56,16 @@ impl Stage for Verifier {
             for r in batch {
                 pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?;
             }
+            return Ok(true);
+        }
+        // Reads carry no signature: the network stage has bound each to its
+        // client's authenticated channel, their answers go back on it, and
+        // the core never proposes or relays one.
+        let (reads, batch): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(|r| r.read_only);
+        for r in reads {
+            pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?;
+        }
+        if batch.is_empty() {
             return Ok(true);
         }
         RuntimeMetrics::add(&self.metrics.counters.request_signatures_checked, batch.len() as u64);
@@ -151,5 +162,62 @@ impl Stage for PrePrepareVerifier {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{queue, Bell};
+    use bytes::Bytes;
+    use palisade_core::{ClientId, RequestId};
+
+    fn request(id: u64, read_only: bool) -> Request {
+        Request {
+            client: ClientId(3),
+            id: RequestId(id),
+            read_only,
+            operation: Bytes::from_static(b"op"),
+            auth: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn reads_pass_unsigned_and_requests_to_order_need_a_valid_signature() {
+        let bell = Bell::default();
+        let (tx_in, rx) = queue(16, &bell, None);
+        let (tx, rx_out) = queue(16, &bell, None);
+        let (tx_reply, rx_reply) = queue(16, &bell, None);
+        let key = palisade_wire::keys::generate(&mut rand_core::OsRng);
+        let mut signed = [request(3, false)];
+        verify::sign_group(&key, &mut signed);
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let mut verifier = Verifier {
+            rx,
+            tx,
+            tx_reply,
+            verified: Arc::new(VerifiedRequests::new(16)),
+            limits: VerifyLimits::default(),
+            pool: Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap()),
+            metrics: metrics.clone(),
+            drain_max: 16,
+            primary_only: None,
+        };
+        for r in [request(1, true), request(2, false), signed[0].clone()] {
+            tx_in.try_send(r).unwrap();
+        }
+        assert!(verifier.poll().unwrap());
+        let passed: Vec<(u64, bool)> = rx_out.take_up_to(10).iter().map(|r| (r.id.0, r.read_only)).collect();
+        assert_eq!(passed, vec![(1, true), (3, false)]);
+        let refused: Vec<ClientMail> = rx_reply.take_up_to(10).into_iter().flatten().collect();
+        assert_eq!(
+            refused,
+            vec![ClientMail::Refusal { client: ClientId(3), request: RequestId(2), reason: RejectReason::Invalid }]
+        );
+        assert_eq!(
+            metrics.counters.request_signatures_checked.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "the read was not checked"
+        );
     }
 }

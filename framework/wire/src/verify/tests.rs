@@ -106,8 +106,9 @@ fn batch_verification_finds_exactly_the_bad_requests_in_order() {
     }
     reqs[10].operation = Bytes::from(vec![0u8; 2 << 20]);
     reqs.push(reqs[0].clone());
-    let limits = VerifyLimits { chunk: 16, ..VerifyLimits::default() };
-    for threads in [1, 2] {
+    // Chunks of 16 on the pool, and one chunk of everything checked inline.
+    for (threads, chunk) in [(1, 16), (2, 16), (2, 512)] {
+        let limits = VerifyLimits { chunk, ..VerifyLimits::default() };
         let out = verify_batch(reqs.clone(), limits, |_, id| id.0 != 150, &pool(threads)).verdicts;
         assert_eq!(out.len(), reqs.len());
         let verdicts: Vec<(usize, Rejection)> =
