@@ -16,9 +16,9 @@
 
 use crate::processes::read_metrics;
 use clap::{Args, ValueEnum};
-use palisade::fsmount::{MountOptions, Mounted};
+use palisade::fsmount::{MountOptions, MountStats, Mounted};
 use palisade::keygen::{keygen, KeygenOptions};
-use palisade_bench::procstat;
+use palisade_bench::procstat::{self, MachineTimes};
 use palisade_bench::svg;
 use palisade_client::{Client, ClientOptions};
 use palisade_core::Mode;
@@ -291,6 +291,11 @@ impl Drop for Servers {
 }
 
 impl Servers {
+    /// CPU seconds the running servers have used.
+    fn cpu_seconds(&self) -> f64 {
+        self.children.values().filter_map(|c| procstat::cpu_seconds(c.id())).sum()
+    }
+
     /// Kills the replica that says it is primary; returns its id.
     fn kill_primary(&mut self) -> Option<u32> {
         let id = self.children.keys().copied().find(|id| read_metrics(&self.dir, *id).is_some_and(|m| m.primary))?;
@@ -357,6 +362,38 @@ pub(crate) struct TargetRun {
     digest: Option<String>,
     /// The replica killed during the copy.
     killed: Option<u32>,
+    /// What the mount asked of the servers, per phase.
+    calls: [PhaseCalls; 5],
+    /// CPU seconds the servers used, from their start to the end of the
+    /// compile (a killed replica's are lost with it).
+    server_cpu_seconds: Option<f64>,
+    /// CPU seconds of this process over the phases: the mount, its client,
+    /// and the copy and read phases' own work (not the compiler's).
+    harness_cpu_seconds: f64,
+    /// Percent of the machine idle over the phases, and stolen by its host.
+    idle_percent: f64,
+    steal_percent: f64,
+}
+
+/// The calls of one phase, and their mean wait.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub(crate) struct PhaseCalls {
+    ordered: u64,
+    ordered_mean_ms: f64,
+    reads: u64,
+    reads_mean_ms: f64,
+}
+
+impl From<MountStats> for PhaseCalls {
+    fn from(m: MountStats) -> Self {
+        let mean = |ns: u64, n: u64| if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1e6 };
+        PhaseCalls {
+            ordered: m.ordered,
+            ordered_mean_ms: mean(m.ordered_ns, m.ordered),
+            reads: m.reads,
+            reads_mean_ms: mean(m.reads_ns, m.reads),
+        }
+    }
 }
 
 fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs) -> Result<TargetRun, String> {
@@ -413,11 +450,23 @@ fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs)
         mnt
     };
     let io = |phase: &str, e: std::io::Error| format!("{} phase {phase}: {e}", t.name());
+    let machine_before = MachineTimes::now().unwrap_or_default();
+    let harness_before = procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let mut calls = [PhaseCalls::default(); 5];
+    let mut last = MountStats::default();
+    let mut count_calls = |p: usize, m: &Option<Mounted>| {
+        if let Some(m) = m {
+            let now = m.stats();
+            calls[p] = PhaseCalls::from(now.since(&last));
+            last = now;
+        }
+    };
     let mut seconds = [0.0; 5];
     let mut killed = None;
     let t0 = Instant::now();
     mkdirs(&root, tree, a.scale).map_err(|e| io(PHASES[0], e))?;
     seconds[0] = t0.elapsed().as_secs_f64();
+    count_calls(0, &mounted);
     let t0 = Instant::now();
     let mut kill = |n: usize| {
         if a.kill_primary_after_files == Some(n) && killed.is_none() {
@@ -426,24 +475,45 @@ fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs)
     };
     copy(&root, tree, a, &mut kill).map_err(|e| io(PHASES[1], e))?;
     seconds[1] = t0.elapsed().as_secs_f64();
+    count_calls(1, &mounted);
     let t0 = Instant::now();
     let files = stat_all(&root).map_err(|e| io(PHASES[2], e))?;
     seconds[2] = t0.elapsed().as_secs_f64();
+    count_calls(2, &mounted);
     let t0 = Instant::now();
     let bytes_read = read_all(&root, tree, a.scale).map_err(|e| io(PHASES[3], e))?;
     seconds[3] = t0.elapsed().as_secs_f64();
+    count_calls(3, &mounted);
     let t0 = Instant::now();
     compile(&root, a.jobs).map_err(|e| io(PHASES[4], e))?;
     seconds[4] = t0.elapsed().as_secs_f64();
+    count_calls(4, &mounted);
     let digest = match &client {
         Some(fs) => Some(rt.block_on(fs.digest()).map(hex::encode).map_err(|e| format!("digest: {e}"))?),
         None => None,
     };
+    let (idle_percent, steal_percent) =
+        MachineTimes::now().map_or((0.0, 0.0), |now| now.percent_since(&machine_before));
+    let harness_cpu_seconds = procstat::cpu_seconds(std::process::id()).unwrap_or(0.0) - harness_before;
+    let server_cpu_seconds = servers.as_ref().map(Servers::cpu_seconds);
     if let Some(m) = mounted {
         m.unmount().map_err(|e| format!("unmounting: {e}"))?;
     }
     drop(servers);
-    Ok(TargetRun { target: t, round, seconds, files, bytes_read, digest, killed })
+    Ok(TargetRun {
+        target: t,
+        round,
+        seconds,
+        files,
+        bytes_read,
+        digest,
+        killed,
+        calls,
+        server_cpu_seconds,
+        harness_cpu_seconds,
+        idle_percent,
+        steal_percent,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -519,6 +589,7 @@ fn andrew(a: &AndrewArgs) -> Result<(), String> {
                         r.seconds.iter().sum::<f64>(),
                         r.killed.map_or(String::new(), |k| format!(" (replica {k} killed during the copy)"))
                     );
+                    print_costs(&r);
                     runs.push(r);
                 }
                 Err(e) => {
@@ -599,6 +670,26 @@ fn print_table(medians: &BTreeMap<Target, [f64; 6]>) {
         }
         println!("{line}");
     }
+}
+
+/// What a target's run cost besides time: round trips by phase and CPU.
+fn print_costs(r: &TargetRun) {
+    if r.target != Target::Local {
+        let calls: Vec<String> = r
+            .calls
+            .iter()
+            .map(|c| format!("{}o {:.2}ms + {}r {:.2}ms", c.ordered, c.ordered_mean_ms, c.reads, c.reads_mean_ms))
+            .collect();
+        println!("{:>21} calls by phase: {}", "", calls.join(" / "));
+    }
+    println!(
+        "{:>21} CPU s: servers {}, harness {:.2}; machine idle {:.0}%, steal {:.0}%",
+        "",
+        r.server_cpu_seconds.map_or("-".into(), |s| format!("{s:.2}")),
+        r.harness_cpu_seconds,
+        r.idle_percent,
+        r.steal_percent
+    );
 }
 
 fn short(t: Target) -> &'static str {

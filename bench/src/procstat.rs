@@ -21,6 +21,49 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The machine's CPU time so far, in ticks summed over its cores, from the
+/// first line of /proc/stat: what a run's figures need beside them to be
+/// read on a shared machine (a hypervisor's steal slows everything).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MachineTimes {
+    /// Every tick counted.
+    pub total: u64,
+    /// Idle, and waiting on I/O.
+    pub idle: u64,
+    /// Taken by the hypervisor for other guests.
+    pub steal: u64,
+}
+
+impl MachineTimes {
+    /// Now, or `None` off Linux.
+    pub fn now() -> Option<MachineTimes> {
+        MachineTimes::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    fn parse(stat: &str) -> Option<MachineTimes> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        // user nice system idle iowait irq softirq steal (guest times are
+        // already inside user and nice).
+        let f: Vec<u64> = line.split_whitespace().skip(1).take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+        let &[user, nice, system, idle, iowait, irq, softirq, steal] = f.as_slice() else { return None };
+        Some(MachineTimes {
+            total: user + nice + system + idle + iowait + irq + softirq + steal,
+            idle: idle + iowait,
+            steal,
+        })
+    }
+
+    /// Percent of the machine's time between `earlier` and `self` that was
+    /// idle, and that was stolen.
+    pub fn percent_since(&self, earlier: &MachineTimes) -> (f64, f64) {
+        let total = self.total.saturating_sub(earlier.total).max(1) as f64;
+        (
+            100.0 * self.idle.saturating_sub(earlier.idle) as f64 / total,
+            100.0 * self.steal.saturating_sub(earlier.steal) as f64 / total,
+        )
+    }
+}
+
 /// The CPU model and core count of this machine.
 pub fn machine() -> (String, usize) {
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -50,5 +93,16 @@ mod tests {
         }
         assert!(peak_rss_kib(me).unwrap() > 100);
         assert!(machine().1 >= 1);
+    }
+
+    #[test]
+    fn machine_times_read_idle_and_steal() {
+        let a = MachineTimes::parse("cpu  100 5 50 800 20 3 2 20 0 0\ncpu0 1 2 3\n").unwrap();
+        assert_eq!(a, MachineTimes { total: 1000, idle: 820, steal: 20 });
+        let b = MachineTimes { total: 1200, idle: 900, steal: 60 };
+        assert_eq!(b.percent_since(&a), (40.0, 20.0));
+        assert_eq!(MachineTimes::parse("cpu  1 2 3\n"), None);
+        assert_eq!(MachineTimes::parse("intr 5\n"), None);
+        assert!(MachineTimes::now().is_some());
     }
 }

@@ -32,7 +32,9 @@ use palisade_services::fs::{Attr, FsClient, FsError, Kind, SetAttr, SetTime};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How a mount caches and how many requests it serves at once.
 #[derive(Clone, Debug)]
@@ -79,6 +81,42 @@ struct Fuse {
     fs: FsClient,
     rt: tokio::runtime::Handle,
     opts: MountOptions,
+    stats: Arc<Counters>,
+}
+
+/// Calls made and the time spent waiting on them, by kind.
+#[derive(Default)]
+struct Counters {
+    ordered: AtomicU64,
+    ordered_ns: AtomicU64,
+    reads: AtomicU64,
+    reads_ns: AtomicU64,
+}
+
+/// What a mount has asked of the cluster so far: the profile of a
+/// workload in round trips, which is what replication costs it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MountStats {
+    /// Calls that were ordered (everything that changes state).
+    pub ordered: u64,
+    /// Nanoseconds spent waiting on them, summed.
+    pub ordered_ns: u64,
+    /// Calls that took the read-only path.
+    pub reads: u64,
+    /// Nanoseconds spent waiting on them, summed.
+    pub reads_ns: u64,
+}
+
+impl MountStats {
+    /// The calls made between `earlier` and `self`.
+    pub fn since(&self, earlier: &MountStats) -> MountStats {
+        MountStats {
+            ordered: self.ordered - earlier.ordered,
+            ordered_ns: self.ordered_ns - earlier.ordered_ns,
+            reads: self.reads - earlier.reads,
+            reads_ns: self.reads_ns - earlier.reads_ns,
+        }
+    }
 }
 
 fn time(ns: u64) -> SystemTime {
@@ -128,8 +166,26 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 impl Fuse {
-    fn run<T>(&self, call: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
-        self.rt.block_on(call).map_err(|e| errno(&e))
+    fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, FsError>>,
+        (count, ns): (&AtomicU64, &AtomicU64),
+    ) -> Result<T, Errno> {
+        let started = Instant::now();
+        let r = self.rt.block_on(call).map_err(|e| errno(&e));
+        count.fetch_add(1, Ordering::Relaxed);
+        ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+
+    /// A call on the read-only path.
+    fn ask<T>(&self, call: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
+        self.timed(call, (&self.stats.reads, &self.stats.reads_ns))
+    }
+
+    /// A call the cluster orders.
+    fn order<T>(&self, call: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
+        self.timed(call, (&self.stats.ordered, &self.stats.ordered_ns))
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
@@ -150,11 +206,11 @@ impl Filesystem for Fuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.run(self.fs.lookup(parent.0, name.as_bytes())));
+        self.entry(reply, self.ask(self.fs.lookup(parent.0, name.as_bytes())));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.run(self.fs.getattr(ino.0)) {
+        match self.ask(self.fs.getattr(ino.0)) {
             Ok(a) => reply.attr(&self.opts.attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
@@ -179,14 +235,14 @@ impl Filesystem for Fuse {
         reply: ReplyAttr,
     ) {
         let set = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
-        match self.run(self.fs.setattr(ino.0, set)) {
+        match self.order(self.fs.setattr(ino.0, set)) {
             Ok(a) => reply.attr(&self.opts.attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.run(self.fs.readlink(ino.0)) {
+        match self.ask(self.fs.readlink(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -208,22 +264,22 @@ impl Filesystem for Fuse {
             return reply.error(Errno::from_i32(libc::EPERM));
         }
         let call = self.fs.create(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()), true);
-        self.entry(reply, self.run(call));
+        self.entry(reply, self.order(call));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        self.entry(reply, self.run(self.fs.mkdir(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()))));
+        self.entry(reply, self.order(self.fs.mkdir(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()))));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run(self.fs.unlink(parent.0, name.as_bytes())) {
+        match self.order(self.fs.unlink(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run(self.fs.rmdir(parent.0, name.as_bytes())) {
+        match self.order(self.fs.rmdir(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -232,7 +288,7 @@ impl Filesystem for Fuse {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let call =
             self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), (req.uid(), req.gid()));
-        self.entry(reply, self.run(call));
+        self.entry(reply, self.order(call));
     }
 
     fn rename(
@@ -249,14 +305,14 @@ impl Filesystem for Fuse {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match self.run(self.fs.rename((parent.0, name.as_bytes()), (newparent.0, newname.as_bytes()), no_replace)) {
+        match self.order(self.fs.rename((parent.0, name.as_bytes()), (newparent.0, newname.as_bytes()), no_replace)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.run(self.fs.link(ino.0, newparent.0, newname.as_bytes())));
+        self.entry(reply, self.order(self.fs.link(ino.0, newparent.0, newname.as_bytes())));
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -275,7 +331,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.run(self.fs.read(ino.0, offset, size)) {
+        match self.ask(self.fs.read(ino.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }
@@ -293,7 +349,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.run(self.fs.write(ino.0, offset, Bytes::copy_from_slice(data))) {
+        match self.order(self.fs.write(ino.0, offset, Bytes::copy_from_slice(data))) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
@@ -304,7 +360,7 @@ impl Filesystem for Fuse {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.run(self.fs.fsync(ino.0)) {
+        match self.order(self.fs.fsync(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -316,7 +372,7 @@ impl Filesystem for Fuse {
             return reply.ok();
         }
         if offset < 2 {
-            let parent = match self.run(self.fs.lookup(ino.0, b"..")) {
+            let parent = match self.ask(self.fs.lookup(ino.0, b"..")) {
                 Ok(a) => a.ino,
                 Err(e) => return reply.error(e),
             };
@@ -326,7 +382,7 @@ impl Filesystem for Fuse {
         }
         let mut cookie = offset.saturating_sub(2);
         loop {
-            let (entries, more) = match self.run(self.fs.readdir(ino.0, cookie, LISTING_BYTES)) {
+            let (entries, more) = match self.ask(self.fs.readdir(ino.0, cookie, LISTING_BYTES)) {
                 Ok(page) => page,
                 Err(e) => return reply.error(e),
             };
@@ -347,7 +403,7 @@ impl Filesystem for Fuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.run(self.fs.statfs()) {
+        match self.ask(self.fs.statfs()) {
             Ok(s) => {
                 let (blocks, free) = (s.total_bytes / 4096, s.free_bytes / 4096);
                 reply.statfs(blocks, free, free, s.total_inodes, s.free_inodes, 4096, s.max_name, 4096)
@@ -368,7 +424,7 @@ impl Filesystem for Fuse {
     ) {
         let exclusive = flags & libc::O_EXCL != 0;
         let call = self.fs.create(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()), exclusive);
-        match self.run(call) {
+        match self.order(call) {
             Ok(a) => reply.created(
                 &self.opts.entry_ttl,
                 &file_attr(&a),
@@ -385,9 +441,21 @@ impl Filesystem for Fuse {
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
+    stats: Arc<Counters>,
 }
 
 impl Mounted {
+    /// The calls this mount has made on the cluster so far.
+    pub fn stats(&self) -> MountStats {
+        let s = &self.stats;
+        MountStats {
+            ordered: s.ordered.load(Ordering::Relaxed),
+            ordered_ns: s.ordered_ns.load(Ordering::Relaxed),
+            reads: s.reads.load(Ordering::Relaxed),
+            reads_ns: s.reads_ns.load(Ordering::Relaxed),
+        }
+    }
+
     /// Unmounts (lazily, see [`unmount`]) and waits for the session to end.
     pub fn unmount(mut self) -> std::io::Result<()> {
         let result = unmount(&self.mountpoint);
@@ -437,8 +505,9 @@ pub fn mount(
     }
     config.n_threads = Some(opts.threads.max(1));
     let mountpoint = mountpoint.canonicalize()?;
-    let session = fuser::spawn_mount(Fuse { fs, rt, opts }, &mountpoint, &config)?;
-    Ok(Mounted { session: Some(session), mountpoint })
+    let stats = Arc::new(Counters::default());
+    let session = fuser::spawn_mount(Fuse { fs, rt, opts, stats: stats.clone() }, &mountpoint, &config)?;
+    Ok(Mounted { session: Some(session), mountpoint, stats })
 }
 
 /// Unmounts whatever is mounted at `mountpoint` (lazily: programs still
