@@ -16,7 +16,7 @@
 
 use crate::processes::read_metrics;
 use clap::{Args, ValueEnum};
-use palisade::fsmount::{MountOptions, MountStats, Mounted};
+use palisade::fsmount::{MountOptions, MountStats, Mounted, Op};
 use palisade::keygen::{keygen, KeygenOptions};
 use palisade_bench::procstat::{self, MachineTimes};
 use palisade_bench::svg;
@@ -67,7 +67,7 @@ pub(crate) struct AndrewArgs {
     #[arg(long)]
     pub(crate) kill_primary_after_files: Option<usize>,
     /// Milliseconds the kernel may cache attributes (see `palisade fs mount`).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 1000)]
     pub(crate) attr_ttl_ms: u64,
     /// Milliseconds the kernel may cache names.
     #[arg(long, default_value_t = 1000)]
@@ -376,22 +376,26 @@ pub(crate) struct TargetRun {
 }
 
 /// The calls of one phase, and their mean wait.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct PhaseCalls {
     ordered: u64,
     ordered_mean_ms: f64,
     reads: u64,
     reads_mean_ms: f64,
+    /// Calls by kind (those made at all).
+    by_kind: BTreeMap<&'static str, u64>,
 }
 
 impl From<MountStats> for PhaseCalls {
     fn from(m: MountStats) -> Self {
-        let mean = |ns: u64, n: u64| if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1e6 };
+        let mean = |(n, ns): (u64, u64)| if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1e6 };
+        let (ordered, reads) = (m.sum(|op| !op.is_read()), m.sum(Op::is_read));
         PhaseCalls {
-            ordered: m.ordered,
-            ordered_mean_ms: mean(m.ordered_ns, m.ordered),
-            reads: m.reads,
-            reads_mean_ms: mean(m.reads_ns, m.reads),
+            ordered: ordered.0,
+            ordered_mean_ms: mean(ordered),
+            reads: reads.0,
+            reads_mean_ms: mean(reads),
+            by_kind: Op::ALL.iter().zip(m.calls).filter(|(_, n)| *n > 0).map(|(op, n)| (op.name(), n)).collect(),
         }
     }
 }
@@ -452,7 +456,7 @@ fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs)
     let io = |phase: &str, e: std::io::Error| format!("{} phase {phase}: {e}", t.name());
     let machine_before = MachineTimes::now().unwrap_or_default();
     let harness_before = procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
-    let mut calls = [PhaseCalls::default(); 5];
+    let mut calls: [PhaseCalls; 5] = Default::default();
     let mut last = MountStats::default();
     let mut count_calls = |p: usize, m: &Option<Mounted>| {
         if let Some(m) = m {
@@ -681,6 +685,12 @@ fn print_costs(r: &TargetRun) {
             .map(|c| format!("{}o {:.2}ms + {}r {:.2}ms", c.ordered, c.ordered_mean_ms, c.reads, c.reads_mean_ms))
             .collect();
         println!("{:>21} calls by phase: {}", "", calls.join(" / "));
+        let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+        for (k, n) in r.calls.iter().flat_map(|c| c.by_kind.iter()) {
+            *kinds.entry(k).or_default() += n;
+        }
+        let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("{:>21} calls by kind: {}", "", kinds.join(", "));
     }
     println!(
         "{:>21} CPU s: servers {}, harness {:.2}; machine idle {:.0}%, steal {:.0}%",

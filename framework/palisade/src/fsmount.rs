@@ -6,11 +6,12 @@
 //! What the kernel may cache is set here, and is what docs/fs.md calls the
 //! consistency model:
 //!
-//! - file data is dropped from the page cache at every open (no
-//!   `keep_cache`), and attributes are asked for again once
-//!   [`MountOptions::attr_ttl`] has passed (0 by default): a program that
-//!   opens a file after another client closed it reads what was written
-//!   (close-to-open);
+//! - at every open the file's attributes are fetched: if it changed since
+//!   this mount last opened it, the kernel drops its cached pages and
+//!   attributes, otherwise it keeps them. A program that opens a file after
+//!   another client closed it reads what was written (close-to-open, as
+//!   NFS); between opens, attributes may be [`MountOptions::attr_ttl`] old
+//!   (1 s by default, NFS's minimum is 3 s; 0 asks at every use);
 //! - names are cached for [`MountOptions::entry_ttl`], as NFS clients cache
 //!   them; a name another client removed may resolve for that long, and
 //!   then answers ESTALE, which the kernel takes as a cue to look it up again;
@@ -29,18 +30,21 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use palisade_services::fs::{Attr, FsClient, FsError, Kind, SetAttr, SetTime};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How a mount caches and how many requests it serves at once.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
-    /// How long the kernel may use attributes without asking again. 0
-    /// gives close-to-open consistency for sizes as well as data.
+    /// How long the kernel may use attributes between opens without asking
+    /// again (an open always asks). 0 makes every `stat` see other
+    /// clients' changes at once, at a round trip per use.
     pub attr_ttl: Duration,
     /// How long the kernel may resolve a name without asking again.
     pub entry_ttl: Duration,
@@ -55,7 +59,7 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
-            attr_ttl: Duration::ZERO,
+            attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
             threads: 4,
             allow_other: false,
@@ -82,40 +86,146 @@ struct Fuse {
     rt: tokio::runtime::Handle,
     opts: MountOptions,
     stats: Arc<Counters>,
+    /// The version of each file at its last open by this mount: what the
+    /// kernel's cached pages of it can be (see [`Fuse::open`]).
+    opened: Mutex<HashMap<u64, Version>>,
+    /// Tells the kernel to drop what it caches of an inode.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
-/// Calls made and the time spent waiting on them, by kind.
+/// What tells a file's versions apart: the service moves the change time
+/// at every change, even within one millisecond.
+type Version = (u64, u64, u64);
+
+fn version(a: &Attr) -> Version {
+    (a.ctime_ns, a.mtime_ns, a.size)
+}
+
+/// Files whose version at open a mount remembers; past this it forgets
+/// them all, which only costs each a re-read at its next open.
+const OPENED_MAX: usize = 1 << 20;
+
+/// The kinds of call a mount makes on the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A name in a directory.
+    Lookup,
+    /// Attributes.
+    Getattr,
+    /// Mode, owner, size or times.
+    Setattr,
+    /// A symbolic link's target.
+    Readlink,
+    /// A new file.
+    Create,
+    /// A new directory.
+    Mkdir,
+    /// A name removed.
+    Unlink,
+    /// A directory removed.
+    Rmdir,
+    /// A new symbolic link.
+    Symlink,
+    /// A name moved.
+    Rename,
+    /// A new hard link.
+    Link,
+    /// File data.
+    Read,
+    /// File data written.
+    Write,
+    /// A file made durable.
+    Fsync,
+    /// A directory's names.
+    Readdir,
+    /// The file system's totals.
+    Statfs,
+}
+
+impl Op {
+    /// Every kind, in the order [`MountStats`] counts them.
+    pub const ALL: [Op; 16] = [
+        Op::Lookup,
+        Op::Getattr,
+        Op::Setattr,
+        Op::Readlink,
+        Op::Create,
+        Op::Mkdir,
+        Op::Unlink,
+        Op::Rmdir,
+        Op::Symlink,
+        Op::Rename,
+        Op::Link,
+        Op::Read,
+        Op::Write,
+        Op::Fsync,
+        Op::Readdir,
+        Op::Statfs,
+    ];
+
+    /// Its name, as NFS calls it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Lookup => "lookup",
+            Op::Getattr => "getattr",
+            Op::Setattr => "setattr",
+            Op::Readlink => "readlink",
+            Op::Create => "create",
+            Op::Mkdir => "mkdir",
+            Op::Unlink => "unlink",
+            Op::Rmdir => "rmdir",
+            Op::Symlink => "symlink",
+            Op::Rename => "rename",
+            Op::Link => "link",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Fsync => "fsync",
+            Op::Readdir => "readdir",
+            Op::Statfs => "statfs",
+        }
+    }
+
+    /// Whether it takes the read-only path (everything else is ordered).
+    pub fn is_read(self) -> bool {
+        matches!(self, Op::Lookup | Op::Getattr | Op::Readlink | Op::Read | Op::Readdir | Op::Statfs)
+    }
+}
+
+/// Calls made and the time spent waiting on them, by [`Op`].
 #[derive(Default)]
 struct Counters {
-    ordered: AtomicU64,
-    ordered_ns: AtomicU64,
-    reads: AtomicU64,
-    reads_ns: AtomicU64,
+    calls: [AtomicU64; Op::ALL.len()],
+    ns: [AtomicU64; Op::ALL.len()],
 }
 
 /// What a mount has asked of the cluster so far: the profile of a
 /// workload in round trips, which is what replication costs it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MountStats {
-    /// Calls that were ordered (everything that changes state).
-    pub ordered: u64,
-    /// Nanoseconds spent waiting on them, summed.
-    pub ordered_ns: u64,
-    /// Calls that took the read-only path.
-    pub reads: u64,
-    /// Nanoseconds spent waiting on them, summed.
-    pub reads_ns: u64,
+    /// Calls by [`Op`], in the order of [`Op::ALL`].
+    pub calls: [u64; Op::ALL.len()],
+    /// Nanoseconds spent waiting on them, summed, in the same order.
+    pub ns: [u64; Op::ALL.len()],
 }
 
 impl MountStats {
     /// The calls made between `earlier` and `self`.
     pub fn since(&self, earlier: &MountStats) -> MountStats {
-        MountStats {
-            ordered: self.ordered - earlier.ordered,
-            ordered_ns: self.ordered_ns - earlier.ordered_ns,
-            reads: self.reads - earlier.reads,
-            reads_ns: self.reads_ns - earlier.reads_ns,
+        let mut d = MountStats::default();
+        for i in 0..Op::ALL.len() {
+            d.calls[i] = self.calls[i] - earlier.calls[i];
+            d.ns[i] = self.ns[i] - earlier.ns[i];
         }
+        d
+    }
+
+    /// Calls and nanoseconds summed over the kinds `pick` selects.
+    pub fn sum(&self, pick: impl Fn(Op) -> bool) -> (u64, u64) {
+        Op::ALL
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| pick(**op))
+            .fold((0, 0), |(c, n), (i, _)| (c + self.calls[i], n + self.ns[i]))
     }
 }
 
@@ -166,26 +276,14 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 impl Fuse {
-    fn timed<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, FsError>>,
-        (count, ns): (&AtomicU64, &AtomicU64),
-    ) -> Result<T, Errno> {
+    /// One call on the cluster, counted.
+    fn call<T>(&self, op: Op, call: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
         let started = Instant::now();
         let r = self.rt.block_on(call).map_err(|e| errno(&e));
-        count.fetch_add(1, Ordering::Relaxed);
-        ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let i = op as usize;
+        self.stats.calls[i].fetch_add(1, Ordering::Relaxed);
+        self.stats.ns[i].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         r
-    }
-
-    /// A call on the read-only path.
-    fn ask<T>(&self, call: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
-        self.timed(call, (&self.stats.reads, &self.stats.reads_ns))
-    }
-
-    /// A call the cluster orders.
-    fn order<T>(&self, call: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
-        self.timed(call, (&self.stats.ordered, &self.stats.ordered_ns))
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
@@ -206,11 +304,11 @@ impl Filesystem for Fuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.ask(self.fs.lookup(parent.0, name.as_bytes())));
+        self.entry(reply, self.call(Op::Lookup, self.fs.lookup(parent.0, name.as_bytes())));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.ask(self.fs.getattr(ino.0)) {
+        match self.call(Op::Getattr, self.fs.getattr(ino.0)) {
             Ok(a) => reply.attr(&self.opts.attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
@@ -235,14 +333,14 @@ impl Filesystem for Fuse {
         reply: ReplyAttr,
     ) {
         let set = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
-        match self.order(self.fs.setattr(ino.0, set)) {
+        match self.call(Op::Setattr, self.fs.setattr(ino.0, set)) {
             Ok(a) => reply.attr(&self.opts.attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.ask(self.fs.readlink(ino.0)) {
+        match self.call(Op::Readlink, self.fs.readlink(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -264,22 +362,25 @@ impl Filesystem for Fuse {
             return reply.error(Errno::from_i32(libc::EPERM));
         }
         let call = self.fs.create(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()), true);
-        self.entry(reply, self.order(call));
+        self.entry(reply, self.call(Op::Create, call));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        self.entry(reply, self.order(self.fs.mkdir(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()))));
+        self.entry(
+            reply,
+            self.call(Op::Mkdir, self.fs.mkdir(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()))),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.order(self.fs.unlink(parent.0, name.as_bytes())) {
+        match self.call(Op::Unlink, self.fs.unlink(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.order(self.fs.rmdir(parent.0, name.as_bytes())) {
+        match self.call(Op::Rmdir, self.fs.rmdir(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -288,7 +389,7 @@ impl Filesystem for Fuse {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let call =
             self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), (req.uid(), req.gid()));
-        self.entry(reply, self.order(call));
+        self.entry(reply, self.call(Op::Symlink, call));
     }
 
     fn rename(
@@ -305,19 +406,52 @@ impl Filesystem for Fuse {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match self.order(self.fs.rename((parent.0, name.as_bytes()), (newparent.0, newname.as_bytes()), no_replace)) {
+        match self.call(
+            Op::Rename,
+            self.fs.rename((parent.0, name.as_bytes()), (newparent.0, newname.as_bytes()), no_replace),
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.order(self.fs.link(ino.0, newparent.0, newname.as_bytes())));
+        self.entry(reply, self.call(Op::Link, self.fs.link(ino.0, newparent.0, newname.as_bytes())));
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // No keep_cache: the kernel drops cached data at every open.
+    /// Close-to-open as NFS does it: the attributes are fetched at every
+    /// open. If the file is the version it was at this mount's last open
+    /// of it, the kernel keeps its cached pages; otherwise they are
+    /// dropped, and so are its cached attributes, so that the size is
+    /// asked for again.
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let a = match self.call(Op::Getattr, self.fs.getattr(ino.0)) {
+            Ok(a) => a,
+            Err(e) => return reply.error(e),
+        };
+        let unchanged = {
+            let mut opened = self.opened.lock();
+            if opened.len() >= OPENED_MAX {
+                opened.clear();
+            }
+            opened.insert(ino.0, version(&a)) == Some(version(&a))
+        };
+        if unchanged {
+            return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        }
+        // Attributes only (a negative offset): the pages go at this open.
+        // An open is none of the calls during which the kernel forbids this.
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                tracing::debug!(ino = ino.0, error = %e, "the kernel refused an attribute invalidation");
+            }
+        }
         reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // The kernel dropped the inode, and its pages with it.
+        self.opened.lock().remove(&ino.0);
     }
 
     fn read(
@@ -331,7 +465,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.ask(self.fs.read(ino.0, offset, size)) {
+        match self.call(Op::Read, self.fs.read(ino.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }
@@ -349,7 +483,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.order(self.fs.write(ino.0, offset, Bytes::copy_from_slice(data))) {
+        match self.call(Op::Write, self.fs.write(ino.0, offset, Bytes::copy_from_slice(data))) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
@@ -360,7 +494,7 @@ impl Filesystem for Fuse {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.order(self.fs.fsync(ino.0)) {
+        match self.call(Op::Fsync, self.fs.fsync(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -372,7 +506,7 @@ impl Filesystem for Fuse {
             return reply.ok();
         }
         if offset < 2 {
-            let parent = match self.ask(self.fs.lookup(ino.0, b"..")) {
+            let parent = match self.call(Op::Lookup, self.fs.lookup(ino.0, b"..")) {
                 Ok(a) => a.ino,
                 Err(e) => return reply.error(e),
             };
@@ -382,7 +516,7 @@ impl Filesystem for Fuse {
         }
         let mut cookie = offset.saturating_sub(2);
         loop {
-            let (entries, more) = match self.ask(self.fs.readdir(ino.0, cookie, LISTING_BYTES)) {
+            let (entries, more) = match self.call(Op::Readdir, self.fs.readdir(ino.0, cookie, LISTING_BYTES)) {
                 Ok(page) => page,
                 Err(e) => return reply.error(e),
             };
@@ -403,7 +537,7 @@ impl Filesystem for Fuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.ask(self.fs.statfs()) {
+        match self.call(Op::Statfs, self.fs.statfs()) {
             Ok(s) => {
                 let (blocks, free) = (s.total_bytes / 4096, s.free_bytes / 4096);
                 reply.statfs(blocks, free, free, s.total_inodes, s.free_inodes, 4096, s.max_name, 4096)
@@ -424,7 +558,7 @@ impl Filesystem for Fuse {
     ) {
         let exclusive = flags & libc::O_EXCL != 0;
         let call = self.fs.create(parent.0, name.as_bytes(), mode & !umask, (req.uid(), req.gid()), exclusive);
-        match self.order(call) {
+        match self.call(Op::Create, call) {
             Ok(a) => reply.created(
                 &self.opts.entry_ttl,
                 &file_attr(&a),
@@ -447,13 +581,12 @@ pub struct Mounted {
 impl Mounted {
     /// The calls this mount has made on the cluster so far.
     pub fn stats(&self) -> MountStats {
-        let s = &self.stats;
-        MountStats {
-            ordered: s.ordered.load(Ordering::Relaxed),
-            ordered_ns: s.ordered_ns.load(Ordering::Relaxed),
-            reads: s.reads.load(Ordering::Relaxed),
-            reads_ns: s.reads_ns.load(Ordering::Relaxed),
+        let mut m = MountStats::default();
+        for i in 0..Op::ALL.len() {
+            m.calls[i] = self.stats.calls[i].load(Ordering::Relaxed);
+            m.ns[i] = self.stats.ns[i].load(Ordering::Relaxed);
         }
+        m
     }
 
     /// Unmounts (lazily, see [`unmount`]) and waits for the session to end.
@@ -506,7 +639,11 @@ pub fn mount(
     config.n_threads = Some(opts.threads.max(1));
     let mountpoint = mountpoint.canonicalize()?;
     let stats = Arc::new(Counters::default());
-    let session = fuser::spawn_mount(Fuse { fs, rt, opts, stats: stats.clone() }, &mountpoint, &config)?;
+    let notifier = Arc::new(OnceLock::new());
+    let fuse = Fuse { fs, rt, opts, stats: stats.clone(), opened: Mutex::default(), notifier: notifier.clone() };
+    let session = fuser::Session::new(fuse, &mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
+    let session = session.spawn()?;
     Ok(Mounted { session: Some(session), mountpoint, stats })
 }
 

@@ -85,9 +85,9 @@ enum FsOp {
     Mount {
         /// Where to mount it (an existing, empty directory).
         mountpoint: PathBuf,
-        /// Milliseconds the kernel may use attributes before asking again;
-        /// 0 keeps close-to-open consistency for sizes (docs/fs.md).
-        #[arg(long, default_value_t = 0)]
+        /// Milliseconds the kernel may use attributes between opens before
+        /// asking again (every open asks; docs/fs.md); 0 asks at every use.
+        #[arg(long, default_value_t = 1000)]
         attr_ttl_ms: u64,
         /// Milliseconds the kernel may resolve a name before asking again.
         #[arg(long, default_value_t = 1000)]

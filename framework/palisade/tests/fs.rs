@@ -28,6 +28,8 @@ struct Mounted {
     metrics_port: u16,
     replicas: Vec<Option<Child>>,
     mount: Option<Child>,
+    /// More mounts of the same cluster: other clients.
+    others: Vec<(PathBuf, Child)>,
 }
 
 impl Mounted {
@@ -39,30 +41,42 @@ impl Mounted {
                 .args(["keygen", "--replicas", "4", "--base-port", &ports.to_string(), "--out"])
                 .arg(&*dir),
         );
-        let mut m = Mounted { dir, metrics_port: ports + N as u16, replicas: Vec::new(), mount: None };
+        let mut m =
+            Mounted { dir, metrics_port: ports + N as u16, replicas: Vec::new(), mount: None, others: Vec::new() };
         for i in 0..N {
             let r = m.replica(i);
             m.replicas.push(Some(r));
         }
-        let mnt = m.mnt();
-        fs::create_dir(&mnt).unwrap();
-        let log = File::create(m.dir.join("mount.log")).unwrap();
+        m.mount = Some(m.mount_at(&m.mnt(), "mount.log"));
+        m
+    }
+
+    /// Starts `palisade fs mount` at `mnt` and waits until it is mounted.
+    fn mount_at(&self, mnt: &Path, log: &str) -> Child {
+        fs::create_dir(mnt).unwrap();
+        let log = self.dir.join(log);
         let child = Command::new(BIN)
             .args(["fs", "mount", "--allow-other", "--config"])
-            .arg(&*m.dir)
-            .arg(&mnt)
-            .stderr(log)
+            .arg(&*self.dir)
+            .arg(mnt)
+            .stderr(File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        m.mount = Some(child);
-        let dir = m.dir.to_path_buf();
         wait_for(
             "the mount",
             Duration::from_secs(60),
-            || fs::read_to_string(dir.join("mount.log")).unwrap_or_default(),
+            || fs::read_to_string(&log).unwrap_or_default(),
             || fs::read_to_string("/proc/mounts").unwrap().contains(mnt.to_str().unwrap()),
         );
-        m
+        child
+    }
+
+    /// A second mount of the cluster, another client, at `name`.
+    fn another_mount(&mut self, name: &str) -> PathBuf {
+        let mnt = self.dir.join(name);
+        let child = self.mount_at(&mnt, &format!("{name}.log"));
+        self.others.push((mnt.clone(), child));
+        mnt
     }
 
     fn replica(&self, i: usize) -> Child {
@@ -106,6 +120,10 @@ impl Drop for Mounted {
         let _ = Command::new(BIN).args(["fs", "umount"]).arg(self.mnt()).output();
         if let Some(mut m) = self.mount.take() {
             let _ = m.wait();
+        }
+        for (mnt, mut child) in self.others.drain(..) {
+            let _ = Command::new(BIN).args(["fs", "umount"]).arg(&mnt).output();
+            let _ = child.wait();
         }
         for i in 0..N {
             self.kill(i);
@@ -315,4 +333,36 @@ fn a_copy_survives_a_killed_primary_and_every_byte_arrives() {
     m.replicas[primary] = Some(m.replica(primary));
     fs::write(m.mnt().join("after"), b"and again").unwrap();
     assert_eq!(fs::read_to_string(m.mnt().join("after")).unwrap(), "and again");
+}
+
+#[test]
+#[ignore = "needs root and /dev/fuse; .ci/run runs it"]
+fn a_second_client_reads_at_open_what_the_first_wrote_and_keeps_its_cache_otherwise() {
+    let mut m = Mounted::start("close-to-open");
+    let a = m.mnt();
+    let b = m.another_mount("mnt-b");
+    let (fa, fb) = (a.join("shared"), b.join("shared"));
+    fs::write(&fa, b"version one").unwrap();
+    assert_eq!(fs::read(&fb).unwrap(), b"version one");
+    // B has the pages now. Rewrites of the same size, at once (within a
+    // millisecond, in one batch or not), and a longer one: B's next open
+    // sees each.
+    for text in ["version two", "version 3!!", "version four, which is longer"] {
+        fs::write(&fa, text).unwrap();
+        assert_eq!(fs::read_to_string(&fb).unwrap(), text, "B read a stale copy after A closed");
+    }
+    // A write in place, through an open handle, after B cached the file.
+    let mut f = OpenOptions::new().write(true).open(&fa).unwrap();
+    f.seek(SeekFrom::Start(8)).unwrap();
+    f.write_all(b"FOUR").unwrap();
+    drop(f);
+    assert_eq!(fs::read_to_string(&fb).unwrap(), "version FOUR, which is longer");
+    // Unchanged, it reads the same again (from the kept pages), and B's own
+    // writes are what A reads.
+    assert_eq!(fs::read_to_string(&fb).unwrap(), "version FOUR, which is longer");
+    fs::write(&fb, b"from b").unwrap();
+    assert_eq!(fs::read_to_string(&fa).unwrap(), "from b");
+    // Removed by A: B's open fails, its name cache notwithstanding.
+    fs::remove_file(&fa).unwrap();
+    assert!(fs::read(&fb).is_err(), "B opened a file A removed");
 }

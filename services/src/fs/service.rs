@@ -111,6 +111,14 @@ pub struct FsService {
     limits: FsLimits,
 }
 
+/// An inode's new change time: `now`, or a nanosecond past the last one if
+/// that is not earlier. Batches share a millisecond timestamp, and a
+/// client that caches data (the mount) tells a file's versions apart by
+/// their change time, so every change must move it.
+fn changed(ctime_ns: u64, now: u64) -> u64 {
+    now.max(ctime_ns.saturating_add(1))
+}
+
 impl Default for FsService {
     fn default() -> Self {
         FsService::new(FsLimits::default())
@@ -192,7 +200,7 @@ impl FsService {
         d.next_cookie += 1;
         d.entries += 1;
         d.attr.mtime_ns = now;
-        d.attr.ctime_ns = now;
+        d.attr.ctime_ns = changed(d.attr.ctime_ns, now);
         self.put_inode(&d);
         self.store.put(k_entry(dir, name), encode(&Entry { ino, cookie, kind }));
         self.store.put(k_listing(dir, cookie), Bytes::copy_from_slice(name));
@@ -204,7 +212,7 @@ impl FsService {
         let mut d = self.dir(dir)?;
         d.entries -= 1;
         d.attr.mtime_ns = now;
-        d.attr.ctime_ns = now;
+        d.attr.ctime_ns = changed(d.attr.ctime_ns, now);
         self.put_inode(&d);
         self.store.remove(&k_entry(dir, name));
         self.store.remove(&k_listing(dir, e.cookie));
@@ -271,7 +279,7 @@ impl FsService {
         if i.attr.nlink == 0 {
             self.free(ino);
         } else {
-            i.attr.ctime_ns = now;
+            i.attr.ctime_ns = changed(i.attr.ctime_ns, now);
             self.put_inode(&i);
         }
         Ok(())
@@ -347,7 +355,7 @@ impl FsService {
                 }
                 self.add_entry(dir, &name, ino, i.attr.kind, now)?;
                 i.attr.nlink += 1;
-                i.attr.ctime_ns = now;
+                i.attr.ctime_ns = changed(i.attr.ctime_ns, now);
                 self.put_inode(&i);
                 Ok(FsResult::Attr(i.attr))
             }
@@ -446,7 +454,7 @@ impl FsService {
         if let Some(t) = set.mtime {
             i.attr.mtime_ns = at(t);
         }
-        i.attr.ctime_ns = now;
+        i.attr.ctime_ns = changed(i.attr.ctime_ns, now);
         self.put_inode(&i);
         Ok(FsResult::Attr(i.attr))
     }
@@ -508,7 +516,7 @@ impl FsService {
         self.remove_entry(from_dir, from, now)?;
         self.add_entry(to_dir, to, src.ino, src.kind, now)?;
         let mut i = self.inode(src.ino)?;
-        i.attr.ctime_ns = now;
+        i.attr.ctime_ns = changed(i.attr.ctime_ns, now);
         if moves_dir {
             i.parent = to_dir;
             let mut f = self.dir(from_dir)?;
@@ -557,7 +565,7 @@ impl FsService {
         }
         i.attr.size = i.attr.size.max(end);
         i.attr.mtime_ns = now;
-        i.attr.ctime_ns = now;
+        i.attr.ctime_ns = changed(i.attr.ctime_ns, now);
         self.put_inode(&i);
         Ok(FsResult::Written(data.len() as u32))
     }

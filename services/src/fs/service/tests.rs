@@ -345,3 +345,27 @@ fn the_read_only_path_refuses_writes_and_garbage_is_an_error() {
     let mut fs = small();
     assert_eq!(FsResult::decode(&fs.execute(&ctx(1), b"\xff\xff\xff")).unwrap(), FsResult::BadOperation);
 }
+
+#[test]
+fn every_change_moves_the_change_time_within_one_millisecond() {
+    // `run` executes everything at the same timestamp, as one batch would.
+    let mut fs = small();
+    let f = create(&mut fs, ROOT, "f");
+    let mut seen = vec![f.ctime_ns];
+    let getattr = |fs: &mut FsService| attr(fs, FsOp::GetAttr { ino: f.ino }).ctime_ns;
+    write(&mut fs, f.ino, 0, b"one");
+    seen.push(getattr(&mut fs));
+    write(&mut fs, f.ino, 0, b"two");
+    seen.push(getattr(&mut fs));
+    truncate(&mut fs, f.ino, 3);
+    seen.push(getattr(&mut fs));
+    attr(&mut fs, FsOp::SetAttr { ino: f.ino, set: SetAttr { mode: Some(0o600), ..SetAttr::default() } });
+    seen.push(getattr(&mut fs));
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "change times {seen:?}");
+    assert_eq!(seen[0], 1000 * 1_000_000, "the first change is at the batch's time");
+    // Time moving on takes over again.
+    let later =
+        FsResult::decode(&fs.execute(&ctx(5000), &FsOp::Write { ino: f.ino, offset: 0, data: b("x") }.encode()));
+    assert!(matches!(later, Ok(FsResult::Written(1))));
+    assert_eq!(getattr(&mut fs), 5000 * 1_000_000);
+}
