@@ -69,6 +69,9 @@ pub(crate) struct AndrewArgs {
     /// Milliseconds the kernel may cache attributes (see `palisade fs mount`).
     #[arg(long, default_value_t = 1000)]
     pub(crate) attr_ttl_ms: u64,
+    /// Send every write(2) before it returns (see `palisade fs mount`).
+    #[arg(long)]
+    pub(crate) sync_writes: bool,
     /// Milliseconds the kernel may cache names.
     #[arg(long, default_value_t = 1000)]
     pub(crate) entry_ttl_ms: u64,
@@ -444,6 +447,7 @@ fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs)
         let opts = MountOptions {
             attr_ttl: Duration::from_millis(a.attr_ttl_ms),
             entry_ttl: Duration::from_millis(a.entry_ttl_ms),
+            write_behind: !a.sync_writes,
             ..mount_opts
         };
         mounted = Some(

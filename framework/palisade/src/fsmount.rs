@@ -15,8 +15,10 @@
 //! - names are cached for [`MountOptions::entry_ttl`], as NFS clients cache
 //!   them; a name another client removed may resolve for that long, and
 //!   then answers ESTALE, which the kernel takes as a cue to look it up again;
-//! - writes are not buffered: `write(2)` returns once the cluster has
-//!   ordered and executed it, so `fsync` has nothing left to do.
+//! - a file's contiguous writes are held back and sent as one call when
+//!   it is closed or synced, or before anything reads or changes it
+//!   ([`MountOptions::write_behind`]); an error the cluster returns for
+//!   them is reported by the next close or fsync, as NFS reports it.
 //!
 //! Permissions are checked by the kernel from the replicated attributes
 //! (`default_permissions`), with the caller's uid and gid as the kernel
@@ -52,8 +54,13 @@ pub struct MountOptions {
     pub threads: usize,
     /// Let users other than the mounting one use it (root only).
     pub allow_other: bool,
-    /// Largest write the kernel sends in one request.
+    /// Largest write the kernel sends in one request, and the most a
+    /// file's held-back writes gather before they are sent.
     pub max_write: u32,
+    /// Hold back a file's contiguous writes and send them as one, at the
+    /// latest when the file is closed, synced or looked at (NFS's
+    /// write-behind). Off, every `write(2)` waits for the cluster.
+    pub write_behind: bool,
 }
 
 impl Default for MountOptions {
@@ -64,6 +71,7 @@ impl Default for MountOptions {
             threads: 4,
             allow_other: false,
             max_write: 1 << 20,
+            write_behind: true,
         }
     }
 }
@@ -91,6 +99,19 @@ struct Fuse {
     opened: Mutex<HashMap<u64, Version>>,
     /// Tells the kernel to drop what it caches of an inode.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Writes held back, by file (see [`MountOptions::write_behind`]).
+    /// Every call about a file holds its run while it sends, so a file's
+    /// writes reach the cluster in order and before anything that reads it.
+    runs: Mutex<HashMap<u64, Arc<Mutex<Run>>>>,
+}
+
+/// A file's held-back writes: one contiguous range, and the first error
+/// sending one met, for the next close or fsync to report (as NFS does).
+#[derive(Default)]
+struct Run {
+    offset: u64,
+    data: Vec<u8>,
+    error: Option<Errno>,
 }
 
 /// What tells a file's versions apart: the service moves the change time
@@ -286,6 +307,46 @@ impl Fuse {
         r
     }
 
+    fn run_of(&self, ino: u64) -> Arc<Mutex<Run>> {
+        self.runs.lock().entry(ino).or_default().clone()
+    }
+
+    /// Sends what `run` holds of `ino`. A file removed meanwhile takes its
+    /// data with it, as a local file system would; any other refusal is
+    /// kept for the next close or fsync.
+    fn send(&self, ino: u64, run: &mut Run) {
+        if run.data.is_empty() {
+            return;
+        }
+        let data = Bytes::from(std::mem::take(&mut run.data));
+        let len = data.len();
+        let failed = match self.call(Op::Write, self.fs.write(ino, run.offset, data)) {
+            Ok(n) if n as usize == len => None,
+            Ok(_) => Some(Errno::from_i32(libc::EIO)),
+            Err(e) if [libc::ENOENT, libc::ESTALE].contains(&e.code()) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            run.error.get_or_insert(e);
+        }
+    }
+
+    /// Sends `ino`'s held-back writes, if any, before a call that reads or
+    /// changes it; returns the first error any of them met.
+    fn settle(&self, ino: u64) -> Result<(), Errno> {
+        let Some(run) = self.runs.lock().get(&ino).cloned() else { return Ok(()) };
+        let mut run = run.lock();
+        self.send(ino, &mut run);
+        run.error.take().map_or(Ok(()), Err)
+    }
+
+    /// [`Fuse::settle`] where nobody can be told of an error: it stays for
+    /// the next close or fsync.
+    fn settle_quietly(&self, ino: u64) {
+        let Some(run) = self.runs.lock().get(&ino).cloned() else { return };
+        self.send(ino, &mut run.lock());
+    }
+
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
         match r {
             Ok(a) => reply.entry(&self.opts.entry_ttl, &file_attr(&a), Generation(a.generation)),
@@ -304,10 +365,20 @@ impl Filesystem for Fuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.call(Op::Lookup, self.fs.lookup(parent.0, name.as_bytes())));
+        let mut found = self.call(Op::Lookup, self.fs.lookup(parent.0, name.as_bytes()));
+        // A file with writes held back: its size and times are those after them.
+        if let Ok(a) = &found {
+            let held = self.runs.lock().get(&a.ino).is_some_and(|r| !r.lock().data.is_empty());
+            if held {
+                self.settle_quietly(a.ino);
+                found = self.call(Op::Getattr, self.fs.getattr(a.ino));
+            }
+        }
+        self.entry(reply, found);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.settle_quietly(ino.0);
         match self.call(Op::Getattr, self.fs.getattr(ino.0)) {
             Ok(a) => reply.attr(&self.opts.attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(e),
@@ -333,6 +404,7 @@ impl Filesystem for Fuse {
         reply: ReplyAttr,
     ) {
         let set = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
+        self.settle_quietly(ino.0);
         match self.call(Op::Setattr, self.fs.setattr(ino.0, set)) {
             Ok(a) => reply.attr(&self.opts.attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(e),
@@ -416,6 +488,7 @@ impl Filesystem for Fuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.settle_quietly(ino.0);
         self.entry(reply, self.call(Op::Link, self.fs.link(ino.0, newparent.0, newname.as_bytes())));
     }
 
@@ -425,6 +498,7 @@ impl Filesystem for Fuse {
     /// dropped, and so are its cached attributes, so that the size is
     /// asked for again.
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.settle_quietly(ino.0);
         let a = match self.call(Op::Getattr, self.fs.getattr(ino.0)) {
             Ok(a) => a,
             Err(e) => return reply.error(e),
@@ -450,8 +524,18 @@ impl Filesystem for Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
-        // The kernel dropped the inode, and its pages with it.
+        // The kernel dropped the inode, and its pages with it. Nothing is
+        // held back for it (its last close sent it), but make sure.
         self.opened.lock().remove(&ino.0);
+        self.settle_quietly(ino.0);
+        self.runs.lock().remove(&ino.0);
+    }
+
+    fn destroy(&mut self) {
+        let inos: Vec<u64> = self.runs.lock().keys().copied().collect();
+        for ino in inos {
+            self.settle_quietly(ino);
+        }
     }
 
     fn read(
@@ -465,6 +549,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        self.settle_quietly(ino.0);
         match self.call(Op::Read, self.fs.read(ino.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
@@ -483,17 +568,55 @@ impl Filesystem for Fuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.call(Op::Write, self.fs.write(ino.0, offset, Bytes::copy_from_slice(data))) {
-            Ok(n) => reply.written(n),
+        if !self.opts.write_behind {
+            return match self.call(Op::Write, self.fs.write(ino.0, offset, Bytes::copy_from_slice(data))) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            };
+        }
+        let max = self.opts.max_write as usize;
+        let run = self.run_of(ino.0);
+        let mut run = run.lock();
+        let follows = run.offset.checked_add(run.data.len() as u64) == Some(offset);
+        if !run.data.is_empty() && (!follows || run.data.len() + data.len() > max) {
+            self.send(ino.0, &mut run);
+        }
+        if run.data.is_empty() {
+            run.offset = offset;
+        }
+        run.data.extend_from_slice(data);
+        if run.data.len() >= max {
+            self.send(ino.0, &mut run);
+        }
+        reply.written(data.len() as u32);
+    }
+
+    /// A close: what was held back is sent, and its first error reported.
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+        match self.settle(ino.0) {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.settle_quietly(ino.0);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if let Err(e) = self.settle(ino.0) {
+            return reply.error(e);
+        }
         match self.call(Op::Fsync, self.fs.fsync(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -640,7 +763,15 @@ pub fn mount(
     let mountpoint = mountpoint.canonicalize()?;
     let stats = Arc::new(Counters::default());
     let notifier = Arc::new(OnceLock::new());
-    let fuse = Fuse { fs, rt, opts, stats: stats.clone(), opened: Mutex::default(), notifier: notifier.clone() };
+    let fuse = Fuse {
+        fs,
+        rt,
+        opts,
+        stats: stats.clone(),
+        opened: Mutex::default(),
+        notifier: notifier.clone(),
+        runs: Mutex::default(),
+    };
     let session = fuser::Session::new(fuse, &mountpoint, &config)?;
     let _ = notifier.set(session.notifier());
     let session = session.spawn()?;

@@ -98,6 +98,11 @@ enum FsOp {
         /// Let other users use the mount (root only; permissions are still checked).
         #[arg(long)]
         allow_other: bool,
+        /// Send every write(2) to the cluster before it returns, instead of
+        /// gathering a file's writes until it is closed, synced or looked
+        /// at (docs/fs.md).
+        #[arg(long)]
+        sync_writes: bool,
     },
     /// Unmount a mounted file system.
     Umount {
@@ -393,7 +398,7 @@ fn main() -> ExitCode {
         }
         Command::Fs { op: FsOp::Umount { mountpoint }, .. } => commands::fs_umount(&mountpoint),
         Command::Fs {
-            op: FsOp::Mount { mountpoint, attr_ttl_ms, entry_ttl_ms, threads, allow_other },
+            op: FsOp::Mount { mountpoint, attr_ttl_ms, entry_ttl_ms, threads, allow_other, sync_writes },
             config,
             timeout_ms,
         } => {
@@ -403,6 +408,7 @@ fn main() -> ExitCode {
                 threads,
                 allow_other,
                 max_write: 0,
+                write_behind: !sync_writes,
             };
             commands::fs_mount(&config, &mountpoint, opts, timeout_ms)
         }

@@ -366,3 +366,36 @@ fn a_second_client_reads_at_open_what_the_first_wrote_and_keeps_its_cache_otherw
     fs::remove_file(&fa).unwrap();
     assert!(fs::read(&fb).is_err(), "B opened a file A removed");
 }
+
+#[test]
+#[ignore = "needs root and /dev/fuse; .ci/run runs it"]
+fn held_back_writes_report_their_errors_at_close_and_fsync() {
+    use std::os::fd::IntoRawFd;
+    let m = Mounted::start("write-behind");
+    // Past the largest file the service allows (4 GiB): the kernel lets the
+    // write through, the mount holds it back, the cluster refuses it.
+    let beyond = 5u64 << 30;
+    let mut f = File::create(m.mnt().join("closed")).unwrap();
+    f.seek(SeekFrom::Start(beyond)).unwrap();
+    f.write_all(b"x").unwrap();
+    let fd = f.into_raw_fd();
+    // SAFETY: a descriptor this test owns, closed once.
+    let closed = unsafe { libc::close(fd) };
+    assert_eq!((closed, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EFBIG)));
+    let mut f = File::create(m.mnt().join("synced")).unwrap();
+    f.write_all(b"kept").unwrap();
+    f.seek(SeekFrom::Start(beyond)).unwrap();
+    f.write_all(b"x").unwrap();
+    assert_eq!(f.sync_all().unwrap_err().raw_os_error(), Some(libc::EFBIG));
+    drop(f);
+    // What the cluster accepted is there; what it refused is not.
+    assert_eq!(fs::read(m.mnt().join("synced")).unwrap(), b"kept");
+    assert_eq!(fs::metadata(m.mnt().join("closed")).unwrap().len(), 0);
+    // Writes held back are what a reader on the same mount sees, at once.
+    let mut f = File::create(m.mnt().join("growing")).unwrap();
+    f.write_all(b"abc").unwrap();
+    assert_eq!(fs::metadata(m.mnt().join("growing")).unwrap().len(), 3);
+    assert_eq!(fs::read(m.mnt().join("growing")).unwrap(), b"abc");
+    f.write_all(b"def").unwrap();
+    assert_eq!(fs::read(m.mnt().join("growing")).unwrap(), b"abcdef");
+}
