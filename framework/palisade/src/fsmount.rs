@@ -103,7 +103,16 @@ struct Fuse {
     /// Every call about a file holds its run while it sends, so a file's
     /// writes reach the cluster in order and before anything that reads it.
     runs: Mutex<HashMap<u64, Arc<Mutex<Run>>>>,
+    /// Sends of held-back writes so far, of any file: a lookup that raced
+    /// one asks for the attributes again.
+    sends: AtomicU64,
+    /// Bytes held back across all files, bounded by [`HELD_MAX`].
+    held: AtomicU64,
 }
+
+/// Bytes a mount holds back across all its files; past this, writes are
+/// sent as they come.
+const HELD_MAX: u64 = 64 << 20;
 
 /// A file's held-back writes: one contiguous range, and the first error
 /// sending one met, for the next close or fsync to report (as NFS does).
@@ -112,6 +121,9 @@ struct Run {
     offset: u64,
     data: Vec<u8>,
     error: Option<Errno>,
+    /// The run began at the end of the file on the cluster (an append), so
+    /// its end is the file's end.
+    at_end: bool,
 }
 
 /// What tells a file's versions apart: the service moves the change time
@@ -320,14 +332,19 @@ impl Fuse {
         }
         let data = Bytes::from(std::mem::take(&mut run.data));
         let len = data.len();
+        self.held.fetch_sub(len as u64, Ordering::Relaxed);
         let failed = match self.call(Op::Write, self.fs.write(ino, run.offset, data)) {
             Ok(n) if n as usize == len => None,
             Ok(_) => Some(Errno::from_i32(libc::EIO)),
             Err(e) if [libc::ENOENT, libc::ESTALE].contains(&e.code()) => None,
             Err(e) => Some(e),
         };
+        self.sends.fetch_add(1, Ordering::Release);
         if let Some(e) = failed {
             run.error.get_or_insert(e);
+            // The kernel's pages hold data the cluster refused: the next
+            // open must drop them, though the file's version did not move.
+            self.opened.lock().remove(&ino);
         }
     }
 
@@ -365,13 +382,18 @@ impl Filesystem for Fuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let sends = self.sends.load(Ordering::Acquire);
         let mut found = self.call(Op::Lookup, self.fs.lookup(parent.0, name.as_bytes()));
-        // A file with writes held back: its size and times are those after them.
+        // A file this mount writes to: if writes of it are held back, or a
+        // send raced the lookup, its attributes are asked for after them.
         if let Ok(a) = &found {
-            let held = self.runs.lock().get(&a.ino).is_some_and(|r| !r.lock().data.is_empty());
-            if held {
-                self.settle_quietly(a.ino);
-                found = self.call(Op::Getattr, self.fs.getattr(a.ino));
+            let run = self.runs.lock().get(&a.ino).cloned();
+            if let Some(run) = run {
+                let held = !run.lock().data.is_empty();
+                if held || self.sends.load(Ordering::Acquire) != sends {
+                    self.settle_quietly(a.ino);
+                    found = self.call(Op::Getattr, self.fs.getattr(a.ino));
+                }
             }
         }
         self.entry(reply, found);
@@ -494,41 +516,54 @@ impl Filesystem for Fuse {
 
     /// Close-to-open as NFS does it: the attributes are fetched at every
     /// open. If the file is the version it was at this mount's last open
-    /// of it, the kernel keeps its cached pages; otherwise they are
-    /// dropped, and so are its cached attributes, so that the size is
-    /// asked for again.
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    /// of it, the kernel keeps its cached pages; otherwise its pages and
+    /// attributes are dropped here, before the new version is recorded,
+    /// so that a concurrent open that finds it recorded finds the pages
+    /// gone as well. (Dropping pages waits for reads of them in flight,
+    /// which other threads of the mount answer.) A file opened to append
+    /// bypasses the page cache: its writes go where the cluster says the
+    /// file ends, not where the kernel thinks it does.
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.settle_quietly(ino.0);
         let a = match self.call(Op::Getattr, self.fs.getattr(ino.0)) {
             Ok(a) => a,
             Err(e) => return reply.error(e),
         };
-        let unchanged = {
+        let append = flags.0 & libc::O_APPEND != 0;
+        let unchanged = self.opened.lock().get(&ino.0) == Some(&version(&a));
+        if !unchanged {
+            if let Some(n) = self.notifier.get() {
+                if let Err(e) = n.inval_inode(ino, 0, 0) {
+                    tracing::debug!(ino = ino.0, error = %e, "the kernel refused an invalidation");
+                }
+            }
             let mut opened = self.opened.lock();
             if opened.len() >= OPENED_MAX {
                 opened.clear();
             }
-            opened.insert(ino.0, version(&a)) == Some(version(&a))
+            opened.insert(ino.0, version(&a));
+        }
+        let reply_flags = match (append, unchanged) {
+            (true, _) => FopenFlags::FOPEN_DIRECT_IO,
+            (false, true) => FopenFlags::FOPEN_KEEP_CACHE,
+            (false, false) => FopenFlags::empty(),
         };
-        if unchanged {
-            return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
-        }
-        // Attributes only (a negative offset): the pages go at this open.
-        // An open is none of the calls during which the kernel forbids this.
-        if let Some(n) = self.notifier.get() {
-            if let Err(e) = n.inval_inode(ino, -1, 0) {
-                tracing::debug!(ino = ino.0, error = %e, "the kernel refused an attribute invalidation");
-            }
-        }
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        reply.opened(FileHandle(0), reply_flags);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
         // The kernel dropped the inode, and its pages with it. Nothing is
-        // held back for it (its last close sent it), but make sure.
+        // held back for it (its last close sent it), but make sure. A
+        // forget can arrive after a new lookup of the same inode: its run
+        // goes only if nobody is using it and it has nothing to report.
         self.opened.lock().remove(&ino.0);
         self.settle_quietly(ino.0);
-        self.runs.lock().remove(&ino.0);
+        let mut runs = self.runs.lock();
+        let idle =
+            runs.get(&ino.0).is_some_and(|r| r.try_lock().is_some_and(|r| r.data.is_empty() && r.error.is_none()));
+        if idle {
+            runs.remove(&ino.0);
+        }
     }
 
     fn destroy(&mut self) {
@@ -564,11 +599,25 @@ impl Filesystem for Fuse {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        // O_APPEND: the kernel places the write at the size it caches,
+        // which another client may have moved since; the end of the file on
+        // the cluster is where it goes (as an NFS client appends: not
+        // atomically against another client appending at the same moment).
+        let append = flags.0 & libc::O_APPEND != 0;
+        let end_of = |ino: u64| self.call(Op::Getattr, self.fs.getattr(ino)).map(|a| a.size);
         if !self.opts.write_behind {
+            let offset = if append {
+                match end_of(ino.0) {
+                    Ok(size) => size,
+                    Err(e) => return reply.error(e),
+                }
+            } else {
+                offset
+            };
             return match self.call(Op::Write, self.fs.write(ino.0, offset, Bytes::copy_from_slice(data))) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
@@ -577,15 +626,28 @@ impl Filesystem for Fuse {
         let max = self.opts.max_write as usize;
         let run = self.run_of(ino.0);
         let mut run = run.lock();
-        let follows = run.offset.checked_add(run.data.len() as u64) == Some(offset);
-        if !run.data.is_empty() && (!follows || run.data.len() + data.len() > max) {
+        let run_end = run.offset.checked_add(run.data.len() as u64);
+        let offset = match (append, run.at_end && !run.data.is_empty()) {
+            (false, _) => offset,
+            (true, true) => run_end.unwrap_or(offset),
+            (true, false) => {
+                self.send(ino.0, &mut run);
+                match end_of(ino.0) {
+                    Ok(size) => size,
+                    Err(e) => return reply.error(e),
+                }
+            }
+        };
+        if !run.data.is_empty() && (run_end != Some(offset) || run.data.len() + data.len() > max) {
             self.send(ino.0, &mut run);
         }
         if run.data.is_empty() {
             run.offset = offset;
+            run.at_end = append;
         }
         run.data.extend_from_slice(data);
-        if run.data.len() >= max {
+        let held = self.held.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+        if run.data.len() >= max || held > HELD_MAX {
             self.send(ino.0, &mut run);
         }
         reply.written(data.len() as u32);
@@ -771,6 +833,8 @@ pub fn mount(
         opened: Mutex::default(),
         notifier: notifier.clone(),
         runs: Mutex::default(),
+        sends: AtomicU64::new(0),
+        held: AtomicU64::new(0),
     };
     let session = fuser::Session::new(fuse, &mountpoint, &config)?;
     let _ = notifier.set(session.notifier());

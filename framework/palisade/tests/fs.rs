@@ -362,6 +362,18 @@ fn a_second_client_reads_at_open_what_the_first_wrote_and_keeps_its_cache_otherw
     assert_eq!(fs::read_to_string(&fb).unwrap(), "version FOUR, which is longer");
     fs::write(&fb, b"from b").unwrap();
     assert_eq!(fs::read_to_string(&fa).unwrap(), "from b");
+    // Appends from both, each within a second of the other's: B's kernel
+    // still caches the size its own append left, yet B's next append lands
+    // after A's, at the end of the file on the cluster.
+    let log = |dir: &Path, text: &str| {
+        OpenOptions::new().append(true).create(true).open(dir.join("log")).unwrap().write_all(text.as_bytes()).unwrap()
+    };
+    log(&b, "b1 ");
+    log(&a, "a1 ");
+    log(&b, "b2 ");
+    log(&a, "a2");
+    assert_eq!(fs::read_to_string(b.join("log")).unwrap(), "b1 a1 b2 a2");
+    assert_eq!(fs::read_to_string(a.join("log")).unwrap(), "b1 a1 b2 a2");
     // Removed by A: B's open fails, its name cache notwithstanding.
     fs::remove_file(&fa).unwrap();
     assert!(fs::read(&fb).is_err(), "B opened a file A removed");
