@@ -425,7 +425,8 @@ fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs)
         let mount_opts = MountOptions::for_cluster(&cluster);
         let key = palisade_wire::keys::generate(&mut rand_core::OsRng);
         let opts = ClientOptions { timeout_ms: 30_000, ..ClientOptions::default() };
-        let fs = FsClient::new(rt.block_on(async { Client::connect(cluster, key, opts) }));
+        let fs = FsClient::new(rt.block_on(async { Client::connect(cluster, key, opts) }))
+            .with_max_write(mount_opts.max_write as usize);
         let start = Instant::now();
         while let Err(e) = rt.block_on(fs.statfs()) {
             if start.elapsed() > Duration::from_secs(30) {

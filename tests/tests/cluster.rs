@@ -774,3 +774,36 @@ fn requests_issued_together_share_one_signature_and_each_still_executes_once() {
     assert!(on_mac[1..].iter().filter(|n| **n >= adds).count() >= 2, "backups accept on their MACs: {on_mac:?}");
     assert!(checked[1..].iter().all(|n| *n <= 5), "backups check almost no signature: {checked:?}");
 }
+
+/// A file write larger than one operation may carry goes in pieces, in
+/// order, and a refusal part of the way reports what was written, as
+/// `write(2)` does.
+#[test]
+fn a_file_write_larger_than_an_operation_is_split_and_a_late_refusal_is_a_short_write() {
+    use palisade_services::fs::{FsClient, FsService, ROOT};
+    let rt = rt();
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
+    c.config.max_frame_bytes = 64 << 10;
+    c.start_with(FsService::default);
+    rt.block_on(async {
+        // A quarter of the frame, less a kilobyte: what one operation carries.
+        let fs = FsClient::new(c.client()).with_max_write(8 << 10);
+        let f = fs.create(ROOT, b"big", 0o644, (0, 0), true).await.unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(fs.write(f.ino, 0, Bytes::from(data.clone())).await.unwrap(), 100_000);
+        let mut back = Vec::new();
+        while back.len() < data.len() {
+            back.extend_from_slice(&fs.read(f.ino, back.len() as u64, 8 << 10).await.unwrap());
+        }
+        assert_eq!(back, data);
+        // Files end at 4 GiB: of 20 KiB written 10 KiB before the end,
+        // the first 8 KiB piece fits and the second is refused.
+        let end = 4u64 << 30;
+        let written = fs.write(f.ino, end - (10 << 10), Bytes::from(vec![7u8; 20 << 10])).await.unwrap();
+        assert_eq!(written, 8 << 10);
+        assert_eq!(fs.getattr(f.ino).await.unwrap().size, end - (2 << 10));
+        // Refused on the first piece: an error.
+        let err = fs.write(f.ino, end, Bytes::from(vec![7u8; 20 << 10])).await.unwrap_err();
+        assert_eq!(err.errno(), palisade_services::fs::errno::EFBIG);
+    });
+}

@@ -353,7 +353,7 @@ pub fn fs_mount(config: &Path, mountpoint: &Path, mut opts: crate::fsmount::Moun
     let key = keys::generate(&mut rand_core::OsRng);
     let copts = ClientOptions { timeout_ms, keep_chain_in: Some(config.to_path_buf()), ..ClientOptions::default() };
     let client = runtime.block_on(async { Client::connect_at(cluster, chain, key, copts) });
-    let fs = palisade_services::fs::FsClient::new(client);
+    let fs = palisade_services::fs::FsClient::new(client).with_max_write(opts.max_write as usize);
     // Fail early, with a reason, rather than mount something that answers EIO.
     if let Err(e) = runtime.block_on(fs.statfs()) {
         return fail(EXIT_USAGE, format!("the cluster in {} does not answer as a file system: {e}", config.display()));

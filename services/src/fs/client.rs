@@ -44,7 +44,13 @@ impl std::error::Error for FsError {}
 #[derive(Clone)]
 pub struct FsClient {
     client: Client,
+    max_write: usize,
 }
+
+/// The most one write call carries unless told otherwise: a replica
+/// refuses operations over a quarter of its frame limit (4 MiB by default),
+/// and a write carries a few dozen bytes besides its data.
+pub const DEFAULT_MAX_WRITE: usize = 512 << 10;
 
 macro_rules! expect {
     ($result:expr, $pat:pat => $out:expr) => {
@@ -59,7 +65,15 @@ macro_rules! expect {
 impl FsClient {
     /// Wraps a client.
     pub fn new(client: Client) -> FsClient {
-        FsClient { client }
+        FsClient { client, max_write: DEFAULT_MAX_WRITE }
+    }
+
+    /// The most one write call carries; [`FsClient::write`] splits larger
+    /// ones. Set it from the cluster's frame limit when that is not the
+    /// default (a quarter of it, less a kilobyte, is safe).
+    pub fn with_max_write(mut self, bytes: usize) -> FsClient {
+        self.max_write = bytes.max(1);
+        self
     }
 
     /// The client underneath.
@@ -160,9 +174,35 @@ impl FsClient {
         expect!(self.call(FsOp::Read { ino, offset, len }).await?, FsResult::Data(d) => d)
     }
 
-    /// Writes `data` at `offset`; returns the bytes written.
+    /// Writes `data` at `offset`; returns the bytes written. Data larger
+    /// than one call may carry goes in several, in order; as with
+    /// `write(2)`, an error after some of them succeeded returns what was
+    /// written, and only an error on the first is an error.
     pub async fn write(&self, ino: Ino, offset: u64, data: Bytes) -> Result<u32, FsError> {
-        expect!(self.call(FsOp::Write { ino, offset, data }).await?, FsResult::Written(n) => n)
+        if data.len() <= self.max_write {
+            return expect!(self.call(FsOp::Write { ino, offset, data }).await?, FsResult::Written(n) => n);
+        }
+        let mut written: u32 = 0;
+        for start in (0..data.len()).step_by(self.max_write) {
+            let piece = data.slice(start..(start + self.max_write).min(data.len()));
+            let len = piece.len();
+            let at = offset.saturating_add(start as u64);
+            let done = match self.call(FsOp::Write { ino, offset: at, data: piece }).await {
+                Ok(r) => expect!(r, FsResult::Written(n) => n),
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(n) => {
+                    written = written.saturating_add(n);
+                    if n as usize != len {
+                        break;
+                    }
+                }
+                Err(e) if written == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(written)
     }
 
     /// A page of a directory's entries after `cookie`, and whether more follow.

@@ -16,7 +16,7 @@
 mod client;
 mod service;
 
-pub use client::{FsClient, FsError};
+pub use client::{FsClient, FsError, DEFAULT_MAX_WRITE};
 pub use service::FsService;
 
 use crate::DecodeError;
