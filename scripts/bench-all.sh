@@ -2,16 +2,21 @@
 # Runs every configuration docs/benchmarks.md reports, one after another, on
 # an otherwise idle machine, then renders the table from the results.
 # Usage: scripts/bench-all.sh [SECONDS] [OUT]   (default 10 s per run, bench-results/all)
+# REPEAT=N (default 3) repeats every run that has a baseline N times, A B A B,
+# and the table shows the median ratio with its spread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 out=${2:-bench-results/all}
 cargo build --release -p palisade-bench --quiet
 bench=./target/release/palisade-bench
+repeat=${REPEAT:-3}
 run() {
     local name=$1; shift
+    local times=(--repeat "$repeat")
+    [[ " $* " == *" --no-baseline "* ]] && times=()
     echo "=== $name: $*" >&2
-    "$bench" --duration "$secs" --warmup 3 --out "$out/$name" "$@" 2>/dev/null | tail -1
+    "$bench" --duration "$secs" --warmup 3 --out "$out/$name" "${times[@]}" "$@" 2>/dev/null | tail -1
 }
 # The table's runs keep the replicas in memory and trust the primary with
 # requests, as the table was first measured (both named in the table); the

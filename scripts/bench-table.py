@@ -29,11 +29,22 @@ for name in sorted(os.listdir(root)):
         rss = max([x["peak_rss_mib"] for x in lvl["replicas"]] or [0])
         ratio = r["baseline_ratio"]
         base = r["baseline"]["ops_per_sec"] if r.get("baseline") else None
+        ops = p["ops_per_sec"]
+        rep = r.get("repeat")
+        if rep and rep.get("ops_per_sec") and len(r["levels"]) == 1:
+            ops = rep["ops_per_sec"]["median"]
+        if rep and rep.get("baseline_ratio"):
+            # Repeated runs: the medians, and the ratio's spread pair by pair.
+            x = rep["baseline_ratio"]
+            ratio_text = "{:.3f} ({:.3f}-{:.3f}, {} runs)".format(x["median"], x["min"], x["max"], len(rep["rows"]))
+            base = rep["baseline_ops_per_sec"]["median"]
+        else:
+            ratio_text = "{:.3f}".format(ratio) if ratio else "-"
         rows.append("| {} | {} n={} | {}/{} | {} | {}x{} | {:,.0f} | {} | {} | {} | {} | {} | {:.0f}% | {:.0f} |".format(
             name, a["mode"].upper(), a["replicas"], a["request_bytes"], a["reply_bytes"],
             auth(a), lvl["level"]["clients"], lvl["level"]["outstanding"],
-            p["ops_per_sec"], l["p50_us"], l["p99_us"],
-            "{:,.0f}".format(base) if base else "-", "{:.3f}".format(ratio) if ratio else "-",
+            ops, l["p50_us"], l["p99_us"],
+            "{:,.0f}".format(base) if base else "-", ratio_text,
             "{:.1f}".format(lvl["mean_batch_size"]) if lvl.get("mean_batch_size") else "-",
             cpu, rss))
 if meta:

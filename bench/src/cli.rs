@@ -119,6 +119,12 @@ pub(crate) struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip)]
     pub(crate) compare_auth: Vec<RequestAuth>,
+    /// Run the experiment (the replicated run, then the unreplicated
+    /// baseline) this many times in a row, A B A B ..., and report the
+    /// median and spread of each and of their ratio, pair by pair: one run
+    /// on a shared machine can be off by half.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) repeat: usize,
     /// Rounds of `--compare-durability` or `--compare-auth`.
     #[arg(long, default_value_t = 3)]
     pub(crate) rounds: usize,

@@ -5,7 +5,9 @@
 use crate::cli::{parse_sweep, Level, RunArgs};
 use crate::load::{run_load, LoadResult};
 use crate::processes::{current_primary, read_metrics, start_baseline, start_joiner, start_replica, Procs};
-use crate::report::{git_revision, Change, Events, LevelReport, ReplicaStat, Report, WindowStats};
+use crate::report::{
+    git_revision, Change, Events, LevelReport, RepeatRow, RepeatSummary, ReplicaStat, Report, WindowStats,
+};
 use palisade::keygen::{keygen, KeygenOptions};
 use palisade_bench::metrics_file::ReplicaMetrics;
 use palisade_bench::procstat;
@@ -34,6 +36,9 @@ pub(crate) fn run(a: RunArgs) -> ExitCode {
         let variants = a.compare_auth.iter().map(|m| Variant::Auth(*m)).collect();
         return compare(a, variants);
     }
+    if a.repeat > 1 {
+        return repeat(a);
+    }
     match in_scratch(&a, "") {
         Ok(report) => {
             report.print_table();
@@ -46,6 +51,41 @@ pub(crate) fn run(a: RunArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The experiment `a.repeat` times in a row, each a replicated run and then
+/// its baseline (A B A B ...), each on a fresh cluster; reports every
+/// repetition and the spread, and writes the last one's outputs with the
+/// repetitions in results.json.
+fn repeat(a: RunArgs) -> ExitCode {
+    let mut rows = Vec::new();
+    let mut last = None;
+    for i in 0..a.repeat {
+        match in_scratch(&a, &format!("-r{i}")) {
+            Ok(report) => {
+                println!("repeat {i}: {}", report.bench_line());
+                let best = Report::best(&report.levels).expect("at least one level");
+                rows.push(RepeatRow {
+                    ops_per_sec: best.palisade.ops_per_sec,
+                    baseline_ops_per_sec: report.baseline.as_ref().map(|b| b.ops_per_sec),
+                    baseline_ratio: report.baseline_ratio,
+                    machine: best.palisade.machine,
+                    baseline_machine: report.baseline.as_ref().and_then(|b| b.machine),
+                });
+                last = Some(report);
+            }
+            Err(e) => {
+                eprintln!("palisade-bench: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(mut report) = last else { return ExitCode::from(2) };
+    report.repeat = Some(RepeatSummary::new(rows));
+    report.print_table();
+    report.write_outputs(&a.out);
+    println!("{}", report.bench_line());
+    ExitCode::SUCCESS
 }
 
 /// Runs the experiment `a` describes in a fresh scratch directory (named
@@ -294,6 +334,7 @@ fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
         baseline,
         baseline_ratio,
         events,
+        repeat: None,
     };
     report.measure_stalls();
     Ok(report)

@@ -5,6 +5,7 @@
 use crate::cli::{Level, RunArgs, ServiceArg};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use palisade_bench::procstat::{self, MachineTimes};
 use palisade_client::{Client, ClientOptions};
 use palisade_services::echo;
 use palisade_services::kv::KvOp;
@@ -36,6 +37,20 @@ pub(crate) struct LoadResult {
     pub(crate) timeline: Vec<u64>,
     /// kv: seconds it took to write every key before the warm-up.
     pub(crate) preload_s: Option<f64>,
+    /// The machine over the measurement window.
+    pub(crate) machine: Option<MachineWindow>,
+}
+
+/// What else the machine did while a run was measured: figures from a
+/// shared machine mean little without them.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub(crate) struct MachineWindow {
+    /// Percent of all cores idle (or waiting on I/O).
+    pub(crate) idle_percent: f64,
+    /// Percent of all cores the hypervisor gave to other guests.
+    pub(crate) steal_percent: f64,
+    /// CPU of this process, the load generator, in percent of one core.
+    pub(crate) generator_cpu_percent: f64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -225,11 +240,13 @@ pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level,
         }
     }
     let progress = show_progress(window.clone(), progress_label.to_string(), (warmup + duration).as_secs_f64());
+    let machine = tokio::spawn(measure_machine(window.clone()));
     for t in tasks {
         let _ = t.await;
     }
     progress.abort();
     eprintln!();
+    let machine = machine.await.ok().flatten();
     let hist = hist.lock();
     let completed = hist.len();
     LoadResult {
@@ -245,5 +262,19 @@ pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level,
         },
         timeline: window.timeline.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
         preload_s: None,
+        machine,
     }
+}
+
+/// The machine's idle and stolen time and this process's CPU over the
+/// measurement window of `w`.
+async fn measure_machine(w: Window) -> Option<MachineWindow> {
+    let me = std::process::id();
+    tokio::time::sleep_until(tokio::time::Instant::from_std(w.measure_from)).await;
+    let (m0, c0, t0) = (MachineTimes::now()?, procstat::cpu_seconds(me)?, Instant::now());
+    tokio::time::sleep_until(tokio::time::Instant::from_std(w.end)).await;
+    let (m1, c1) = (MachineTimes::now()?, procstat::cpu_seconds(me)?);
+    let (idle_percent, steal_percent) = m1.percent_since(&m0);
+    let generator_cpu_percent = 100.0 * (c1 - c0) / t0.elapsed().as_secs_f64().max(1e-3);
+    Some(MachineWindow { idle_percent, steal_percent, generator_cpu_percent })
 }

@@ -2,7 +2,7 @@
 //! line, all from one [`Report`].
 
 use crate::cli::{Level, RunArgs};
-use crate::load::LoadResult;
+use crate::load::{LoadResult, MachineWindow};
 use palisade_bench::svg;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -96,6 +96,67 @@ pub(crate) struct Report {
     pub(crate) baseline: Option<LoadResult>,
     pub(crate) baseline_ratio: Option<f64>,
     pub(crate) events: Events,
+    /// With `--repeat`: every repetition's figures and their spread (the
+    /// rest of the report is the last repetition's).
+    pub(crate) repeat: Option<RepeatSummary>,
+}
+
+/// The figures of one repetition of a `--repeat` run.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct RepeatRow {
+    pub(crate) ops_per_sec: f64,
+    pub(crate) baseline_ops_per_sec: Option<f64>,
+    pub(crate) baseline_ratio: Option<f64>,
+    pub(crate) machine: Option<MachineWindow>,
+    pub(crate) baseline_machine: Option<MachineWindow>,
+}
+
+/// Median, smallest and largest of a figure over the repetitions.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct Spread {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+}
+
+impl Spread {
+    /// `None` for no values.
+    pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Some(Spread { median, min: v[0], max: v[n - 1] })
+    }
+}
+
+/// The repetitions of a `--repeat` run, and the spread of each figure;
+/// ratios are taken pair by pair, each replicated run against the baseline
+/// measured right after it.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct RepeatSummary {
+    pub(crate) rows: Vec<RepeatRow>,
+    pub(crate) ops_per_sec: Option<Spread>,
+    pub(crate) baseline_ops_per_sec: Option<Spread>,
+    pub(crate) baseline_ratio: Option<Spread>,
+    pub(crate) steal_percent: Option<Spread>,
+}
+
+impl RepeatSummary {
+    pub(crate) fn new(rows: Vec<RepeatRow>) -> RepeatSummary {
+        RepeatSummary {
+            ops_per_sec: Spread::of(rows.iter().map(|r| r.ops_per_sec)),
+            baseline_ops_per_sec: Spread::of(rows.iter().filter_map(|r| r.baseline_ops_per_sec)),
+            baseline_ratio: Spread::of(rows.iter().filter_map(|r| r.baseline_ratio)),
+            steal_percent: Spread::of(
+                rows.iter().flat_map(|r| [r.machine, r.baseline_machine]).flatten().map(|m| m.steal_percent),
+            ),
+            rows,
+        }
+    }
 }
 
 /// The revision of the working directory's repository, for results.json.
@@ -119,12 +180,28 @@ impl Report {
     /// The one line scripts read.
     pub(crate) fn bench_line(&self) -> String {
         let h = Report::best(&self.levels).expect("at least one level");
+        if let Some(r) = &self.repeat {
+            let mut line = format!("BENCH repeat={}", r.rows.len());
+            if let Some(o) = r.ops_per_sec {
+                line += &format!(" ops_per_sec={:.0}", o.median);
+            }
+            if let Some(x) = r.baseline_ratio {
+                line += &format!(" baseline_ratio={:.3} ratio_min={:.3} ratio_max={:.3}", x.median, x.min, x.max);
+            }
+            if let Some(s) = r.steal_percent {
+                line += &format!(" steal_pct_max={:.1}", s.max);
+            }
+            return line;
+        }
         let mut line = format!(
             "BENCH ops_per_sec={:.0} p50_us={} p99_us={}",
             h.palisade.ops_per_sec, h.palisade.latency.p50_us, h.palisade.latency.p99_us
         );
         if let Some(r) = self.baseline_ratio {
             line += &format!(" baseline_ratio={r:.3}");
+        }
+        if let Some(m) = h.palisade.machine {
+            line += &format!(" steal_pct={:.1} idle_pct={:.1}", m.steal_percent, m.idle_percent);
         }
         line
     }
@@ -175,6 +252,33 @@ impl Report {
         }
         if let Some(r) = self.baseline_ratio {
             println!("replicated / unreplicated throughput: {r:.3}");
+        }
+        let machine = |what: &str, m: Option<MachineWindow>| {
+            if let Some(m) = m {
+                println!(
+                    "machine during {what}: {:.0}% idle, {:.1}% stolen; load generator {:.0}% of a core",
+                    m.idle_percent, m.steal_percent, m.generator_cpu_percent
+                );
+            }
+        };
+        if let Some(best) = Report::best(&self.levels) {
+            machine("the best level", best.palisade.machine);
+        }
+        machine("the baseline", self.baseline.as_ref().and_then(|b| b.machine));
+        if let Some(r) = &self.repeat {
+            let show = |name: &str, s: Option<Spread>, digits: usize| {
+                if let Some(s) = s {
+                    println!(
+                        "{name:<34} median {:>12.digits$}   min {:>12.digits$}   max {:>12.digits$}",
+                        s.median, s.min, s.max
+                    );
+                }
+            };
+            println!("over {} repetitions (A B A B ...):", r.rows.len());
+            show("replicated ops/s", r.ops_per_sec, 0);
+            show("unreplicated ops/s", r.baseline_ops_per_sec, 0);
+            show("ratio (pair by pair)", r.baseline_ratio, 3);
+            show("steal %", r.steal_percent, 1);
         }
         if let Some(r) = self.levels.last() {
             let stats: Vec<String> = r
@@ -343,5 +447,42 @@ impl Report {
                 format!("kv {} keys of {} bytes, {}% reads", a.keys, a.value_bytes, a.read_percent)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(ops: f64, baseline: Option<f64>, steal: f64) -> RepeatRow {
+        let m = MachineWindow { idle_percent: 10.0, steal_percent: steal, generator_cpu_percent: 50.0 };
+        RepeatRow {
+            ops_per_sec: ops,
+            baseline_ops_per_sec: baseline,
+            baseline_ratio: baseline.map(|b| ops / b),
+            machine: Some(m),
+            baseline_machine: baseline.map(|_| m),
+        }
+    }
+
+    #[test]
+    fn repetitions_report_median_and_spread_with_ratios_taken_pair_by_pair() {
+        // The baseline swings; each ratio is to the baseline measured
+        // right after its run, so a fast baseline next to a fast run cancels.
+        let s = RepeatSummary::new(vec![
+            row(100.0, Some(400.0), 0.0),
+            row(50.0, Some(100.0), 30.0),
+            row(80.0, Some(200.0), 5.0),
+        ]);
+        let r = s.baseline_ratio.unwrap();
+        assert_eq!((r.min, r.median, r.max), (0.25, 0.4, 0.5));
+        let o = s.ops_per_sec.unwrap();
+        assert_eq!((o.min, o.median, o.max), (50.0, 80.0, 100.0));
+        assert_eq!(s.steal_percent.unwrap().max, 30.0);
+        // An even count takes the mean of the middle two; none, nothing.
+        assert_eq!(Spread::of([1.0, 3.0, 2.0, 10.0]).unwrap().median, 2.5);
+        assert!(Spread::of([]).is_none());
+        let no_baseline = RepeatSummary::new(vec![row(10.0, None, 0.0)]);
+        assert!(no_baseline.baseline_ratio.is_none());
     }
 }
