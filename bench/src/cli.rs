@@ -53,6 +53,8 @@ pub(crate) enum RoleCmd {
     /// The Andrew-style file system benchmark: local directory, and the
     /// FUSE mount over one unreplicated server, BFT and CFT clusters.
     Andrew(crate::andrew::AndrewArgs),
+    /// One load generator's share of a run (what `--generators` starts).
+    Generate(GenerateArgs),
     /// Run the unreplicated baseline server of a 1-replica configuration.
     BaselineServer {
         #[arg(long)]
@@ -170,6 +172,12 @@ pub(crate) struct RunArgs {
     /// Threads of the load generator.
     #[arg(long, default_value_t = 1)]
     pub(crate) client_threads: usize,
+    /// Load generator processes: with more than one, the clients are split
+    /// between that many processes of this harness, so that the generator
+    /// scales out (and is measured apart) instead of sharing the harness's
+    /// process.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) generators: usize,
     /// The workload: echo (request and reply of the sizes above) or kv
     /// (YCSB-style reads and updates of random keys).
     #[arg(long, value_enum, default_value = "echo")]
@@ -227,6 +235,46 @@ impl From<StageThreadsArg> for StageThreads {
             StageThreadsArg::Shared => StageThreads::Shared,
             StageThreadsArg::Network => StageThreads::Network,
         }
+    }
+}
+
+/// What a generator process is given besides the workload options.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct GenerateArgs {
+    /// The cluster's configuration directory.
+    #[arg(long)]
+    pub(crate) config: PathBuf,
+    /// Clients of this process.
+    #[arg(long)]
+    pub(crate) clients: usize,
+    /// Requests each keeps outstanding.
+    #[arg(long)]
+    pub(crate) outstanding: usize,
+    /// Wall-clock time (Unix milliseconds) at which every generator starts
+    /// its warm-up.
+    #[arg(long)]
+    pub(crate) start_unix_ms: u64,
+    /// Where to write what it measured (JSON).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}
+
+impl RunArgs {
+    /// The options a generator process needs to send the same requests
+    /// for as long.
+    pub(crate) fn workload_args(&self) -> Vec<String> {
+        vec![
+            format!("--service={}", format!("{:?}", self.service).to_lowercase()),
+            format!("--request-bytes={}", self.request_bytes),
+            format!("--reply-bytes={}", self.reply_bytes),
+            format!("--keys={}", self.keys),
+            format!("--value-bytes={}", self.value_bytes),
+            format!("--read-percent={}", self.read_percent),
+            format!("--sign-group-max={}", self.sign_group_max),
+            format!("--warmup={}", self.warmup),
+            format!("--duration={}", self.duration),
+            format!("--client-threads={}", self.client_threads),
+        ]
     }
 }
 
@@ -295,6 +343,42 @@ pub(crate) fn parse_sweep(s: &str) -> Result<Vec<Level>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generator_process_parses_the_workload_it_was_given() {
+        let parent = Cli::try_parse_from([
+            "palisade-bench",
+            "--service",
+            "kv",
+            "--keys",
+            "77",
+            "--value-bytes",
+            "9",
+            "--read-percent",
+            "95",
+            "--duration",
+            "2.5",
+            "--warmup",
+            "0.5",
+            "--sign-group-max",
+            "3",
+        ])
+        .unwrap()
+        .run;
+        let mut argv = vec!["palisade-bench".to_string()];
+        argv.extend(parent.workload_args());
+        argv.extend(
+            ["generate", "--config", "c", "--clients", "2", "--outstanding", "8", "--start-unix-ms", "5", "--out", "o"]
+                .map(String::from),
+        );
+        let child = Cli::try_parse_from(argv).unwrap();
+        let Some(RoleCmd::Generate(g)) = child.role else { panic!("not a generator") };
+        assert_eq!((g.clients, g.outstanding, g.start_unix_ms), (2, 8, 5));
+        let c = child.run;
+        assert_eq!(c.service, ServiceArg::Kv);
+        assert_eq!((c.keys, c.value_bytes, c.read_percent, c.sign_group_max), (77, 9, 95, 3));
+        assert_eq!((c.duration, c.warmup), (2.5, 0.5));
+    }
 
     #[test]
     fn load_levels_parse_and_bad_ones_say_why() {

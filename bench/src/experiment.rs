@@ -302,7 +302,7 @@ fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
         let pids = shared.procs.lock().as_ref().map(Procs::pids).unwrap_or_default();
         let sampler = Sampler { dir: dir.clone(), ids: ids.clone(), pids, args: a.clone(), shared: shared.clone() };
         let sampler = rt.spawn(sampler.run());
-        let mut result = rt.block_on(run_load(&cluster, a, level, &label));
+        let mut result = rt.block_on(run_load(&dir, &cluster, a, level, &label));
         result.preload_s = preload_s;
         let window = rt.block_on(sampler).unwrap_or_default();
         reports.push(LevelReport::new(level, result, window));
@@ -346,7 +346,8 @@ fn baseline(a: &RunArgs, work: &Path, level: Level, rt: &tokio::runtime::Runtime
     configure(&dir, 1, Mode::Cft, Some(0), a.base_port + 100, a)?;
     let _server = start_baseline(&dir);
     let cluster = ClusterConfig::load(&dir).map_err(|e| e.to_string())?;
-    Ok(rt.block_on(run_load(&cluster, a, level, &format!("baseline {}x{}", level.clients, level.outstanding))))
+    let label = format!("baseline {}x{}", level.clients, level.outstanding);
+    Ok(rt.block_on(run_load(&dir, &cluster, a, level, &label)))
 }
 
 /// What the levels of a run share: the replica processes (a fault may

@@ -2,7 +2,7 @@
 //! outstanding (echo requests, or YCSB-style reads and updates of a
 //! key-value store), timed into a latency histogram and a 100 ms timeline.
 
-use crate::cli::{Level, RunArgs, ServiceArg};
+use crate::cli::{GenerateArgs, Level, RunArgs, ServiceArg};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use palisade_bench::procstat::{self, MachineTimes};
@@ -11,10 +11,12 @@ use palisade_services::echo;
 use palisade_services::kv::KvOp;
 use palisade_wire::{keys, ClusterConfig};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Latency quantiles of the measurement window, in microseconds.
 #[derive(Debug, Default, Serialize)]
@@ -37,13 +39,16 @@ pub(crate) struct LoadResult {
     pub(crate) timeline: Vec<u64>,
     /// kv: seconds it took to write every key before the warm-up.
     pub(crate) preload_s: Option<f64>,
-    /// The machine over the measurement window.
+    /// The machine over the measurement window (the generators' CPU
+    /// summed over their processes).
     pub(crate) machine: Option<MachineWindow>,
+    /// Load generator processes (1: the harness itself).
+    pub(crate) generators: usize,
 }
 
 /// What else the machine did while a run was measured: figures from a
 /// shared machine mean little without them.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct MachineWindow {
     /// Percent of all cores idle (or waiting on I/O).
     pub(crate) idle_percent: f64,
@@ -213,8 +218,48 @@ fn show_progress(w: Window, label: String, total: f64) -> tokio::task::JoinHandl
     })
 }
 
-/// Drives the cluster at `level` for the warm-up and measurement of `a`.
-pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level, progress_label: &str) -> LoadResult {
+/// What one process's request loops measured.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Share {
+    /// Latencies recorded in the window, as (microseconds, count).
+    latencies: Vec<(u64, u64)>,
+    errors: u64,
+    /// Completions per 100 ms from the shared start.
+    timeline: Vec<u64>,
+    machine: Option<MachineWindow>,
+    /// Milliseconds this process started after the shared start (its
+    /// clients were still connecting).
+    late_ms: u64,
+}
+
+/// Drives the cluster at `level` for the warm-up and measurement of `a`:
+/// in this process, or with `--generators N` in N processes of this
+/// harness that split the clients between them (on this machine; the same
+/// command drives a cluster elsewhere with `--cluster`).
+pub(crate) async fn run_load(
+    dir: &Path,
+    cluster: &ClusterConfig,
+    a: &RunArgs,
+    level: Level,
+    progress_label: &str,
+) -> LoadResult {
+    let shares = if a.generators > 1 {
+        generate_elsewhere(dir, a, level, progress_label).await
+    } else {
+        vec![drive(cluster, a, level, Some(progress_label), None).await]
+    };
+    summarize(shares, a)
+}
+
+/// This process's part of a run: `level`'s clients, from `start` (a wall
+/// clock time every generator process shares) or at once.
+async fn drive(
+    cluster: &ClusterConfig,
+    a: &RunArgs,
+    level: Level,
+    progress_label: Option<&str>,
+    start: Option<SystemTime>,
+) -> Share {
     let work = Workload::of(a);
     let opts = ClientOptions { timeout_ms: 30_000, sign_group_max: a.sign_group_max, ..ClientOptions::default() };
     let clients: Vec<Client> = (0..level.clients)
@@ -223,6 +268,13 @@ pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level,
     // Wait until every client gets an answer: the cluster is up and connected.
     for c in &clients {
         let _ = work.invoke(c, &mut 1).await;
+    }
+    let mut late_ms = 0;
+    if let Some(start) = start {
+        match start.duration_since(SystemTime::now()) {
+            Ok(wait) => tokio::time::sleep(wait).await,
+            Err(e) => late_ms = e.duration().as_millis() as u64,
+        }
     }
     let (warmup, duration) = (Duration::from_secs_f64(a.warmup), Duration::from_secs_f64(a.duration));
     let window = Window::new(warmup, duration);
@@ -239,20 +291,54 @@ pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level,
             }));
         }
     }
-    let progress = show_progress(window.clone(), progress_label.to_string(), (warmup + duration).as_secs_f64());
+    let progress =
+        progress_label.map(|l| show_progress(window.clone(), l.to_string(), (warmup + duration).as_secs_f64()));
     let machine = tokio::spawn(measure_machine(window.clone()));
     for t in tasks {
         let _ = t.await;
     }
-    progress.abort();
-    eprintln!();
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
     let machine = machine.await.ok().flatten();
-    let hist = hist.lock();
+    let latencies = hist.lock().iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+    Share {
+        latencies,
+        errors: errors.load(Ordering::Relaxed),
+        timeline: window.timeline.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+        machine,
+        late_ms,
+    }
+}
+
+/// The shares of every generator process, as one result: latencies merged,
+/// timelines added, the generators' CPU summed.
+fn summarize(shares: Vec<Share>, a: &RunArgs) -> LoadResult {
+    let mut hist = histogram();
+    let mut timeline: Vec<u64> = Vec::new();
+    let mut errors = 0;
+    for s in &shares {
+        for &(v, n) in &s.latencies {
+            let _ = hist.record_n(v, n);
+        }
+        if timeline.len() < s.timeline.len() {
+            timeline.resize(s.timeline.len(), 0);
+        }
+        for (t, x) in timeline.iter_mut().zip(&s.timeline) {
+            *t += x;
+        }
+        errors += s.errors;
+    }
+    let machine = shares.iter().filter_map(|s| s.machine).reduce(|mut m, o| {
+        m.generator_cpu_percent += o.generator_cpu_percent;
+        m
+    });
     let completed = hist.len();
     LoadResult {
-        ops_per_sec: completed as f64 / duration.as_secs_f64(),
+        ops_per_sec: completed as f64 / a.duration.max(1e-9),
         completed,
-        errors: errors.load(Ordering::Relaxed),
+        errors,
         latency: Latency {
             p50_us: hist.value_at_quantile(0.5),
             p90_us: hist.value_at_quantile(0.9),
@@ -260,9 +346,91 @@ pub(crate) async fn run_load(cluster: &ClusterConfig, a: &RunArgs, level: Level,
             p999_us: hist.value_at_quantile(0.999),
             mean_us: hist.mean(),
         },
-        timeline: window.timeline.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+        timeline,
         preload_s: None,
         machine,
+        generators: shares.len(),
+    }
+}
+
+/// Runs `level` in `a.generators` processes of this harness against the
+/// cluster configured in `dir`, the clients split between them, all
+/// starting their windows at the same wall-clock time.
+async fn generate_elsewhere(dir: &Path, a: &RunArgs, level: Level, label: &str) -> Vec<Share> {
+    let n = a.generators.clamp(1, level.clients.max(1));
+    // Time for every process to start and connect its clients.
+    let lead = Duration::from_millis(2_000 + 20 * level.clients as u64);
+    let start = SystemTime::now() + lead;
+    let start_ms = start.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let exe = std::env::current_exe().expect("own path");
+    let scratch = std::env::temp_dir().join(format!("palisade-bench-gen-{}-{start_ms}", std::process::id()));
+    let _ = std::fs::create_dir_all(&scratch);
+    eprintln!("{label}: {n} generator processes, {} clients", level.clients);
+    let mut children = Vec::new();
+    for i in 0..n {
+        let clients = level.clients / n + usize::from(i < level.clients % n);
+        let out = scratch.join(format!("share-{i}.json"));
+        let child = std::process::Command::new(&exe)
+            .args(a.workload_args())
+            .arg("generate")
+            .arg("--config")
+            .arg(dir)
+            .args(["--clients", &clients.to_string(), "--outstanding", &level.outstanding.to_string()])
+            .args(["--start-unix-ms", &start_ms.to_string(), "--out"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn();
+        children.push((i, out, child));
+    }
+    let mut shares = Vec::new();
+    for (i, out, child) in children {
+        let ok = match child {
+            Ok(mut c) => {
+                tokio::task::spawn_blocking(move || c.wait()).await.is_ok_and(|r| r.is_ok_and(|s| s.success()))
+            }
+            Err(_) => false,
+        };
+        let share = std::fs::read(&out).ok().and_then(|b| serde_json::from_slice::<Share>(&b).ok());
+        match share {
+            Some(s) if ok => {
+                if s.late_ms > 0 {
+                    eprintln!("{label}: generator {i} started {} ms late", s.late_ms);
+                }
+                shares.push(s);
+            }
+            _ => eprintln!("{label}: generator {i} failed; its share is missing"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    shares
+}
+
+/// `palisade-bench generate`: one generator process's share of a run, for
+/// a harness that runs several.
+pub(crate) fn generate(a: &RunArgs, g: &GenerateArgs) -> ExitCode {
+    let cluster = match ClusterConfig::load(&g.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("palisade-bench generate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Ok(rt) =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(a.client_threads.max(1)).enable_all().build()
+    else {
+        return ExitCode::from(2);
+    };
+    let level = Level { clients: g.clients, outstanding: g.outstanding };
+    let start = UNIX_EPOCH + Duration::from_millis(g.start_unix_ms);
+    let share = rt.block_on(drive(&cluster, a, level, None, Some(start)));
+    let json = serde_json::to_vec(&share).expect("a share serializes");
+    match std::fs::write(&g.out, json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade-bench generate: writing {}: {e}", g.out.display());
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -277,4 +445,32 @@ async fn measure_machine(w: Window) -> Option<MachineWindow> {
     let (idle_percent, steal_percent) = m1.percent_since(&m0);
     let generator_cpu_percent = 100.0 * (c1 - c0) / t0.elapsed().as_secs_f64().max(1e-3);
     Some(MachineWindow { idle_percent, steal_percent, generator_cpu_percent })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn share(latencies: Vec<(u64, u64)>, timeline: Vec<u64>, cpu: f64) -> Share {
+        let machine = MachineWindow { idle_percent: 20.0, steal_percent: 1.0, generator_cpu_percent: cpu };
+        Share { latencies, errors: 1, timeline, machine: Some(machine), late_ms: 0 }
+    }
+
+    #[test]
+    fn generator_shares_merge_into_one_result() {
+        let a = crate::cli::Cli::try_parse_from(["palisade-bench", "--duration", "2"]).unwrap().run;
+        let r = summarize(
+            vec![share(vec![(100, 3), (1000, 1)], vec![5, 5], 30.0), share(vec![(100, 4)], vec![1, 2, 3], 50.0)],
+            &a,
+        );
+        assert_eq!(r.completed, 8);
+        assert_eq!(r.ops_per_sec, 4.0);
+        assert_eq!(r.errors, 2);
+        assert_eq!(r.timeline, vec![6, 7, 3]);
+        assert_eq!(r.latency.p50_us, 100);
+        assert!(r.latency.p999_us >= 999, "{}", r.latency.p999_us);
+        assert_eq!(r.generators, 2);
+        assert_eq!(r.machine.unwrap().generator_cpu_percent, 80.0);
+    }
 }

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         }
         Some(RoleCmd::BaselineServer { config, service }) => server::baseline(&config, &service),
         Some(RoleCmd::Andrew(a)) => andrew::run(a),
+        Some(RoleCmd::Generate(g)) => load::generate(&cli.run, &g),
         None => experiment::run(cli.run),
     }
 }

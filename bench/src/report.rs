@@ -253,18 +253,19 @@ impl Report {
         if let Some(r) = self.baseline_ratio {
             println!("replicated / unreplicated throughput: {r:.3}");
         }
-        let machine = |what: &str, m: Option<MachineWindow>| {
-            if let Some(m) = m {
+        let machine = |what: &str, r: Option<&LoadResult>| {
+            if let Some((m, n)) = r.and_then(|r| r.machine.map(|m| (m, r.generators))) {
+                let processes = if n > 1 { format!(" in {n} processes") } else { String::new() };
                 println!(
-                    "machine during {what}: {:.0}% idle, {:.1}% stolen; load generator {:.0}% of a core",
+                    "machine during {what}: {:.0}% idle, {:.1}% stolen; load generator {:.0}% of a core{processes}",
                     m.idle_percent, m.steal_percent, m.generator_cpu_percent
                 );
             }
         };
         if let Some(best) = Report::best(&self.levels) {
-            machine("the best level", best.palisade.machine);
+            machine("the best level", Some(&best.palisade));
         }
-        machine("the baseline", self.baseline.as_ref().and_then(|b| b.machine));
+        machine("the baseline", self.baseline.as_ref());
         if let Some(r) = &self.repeat {
             let show = |name: &str, s: Option<Spread>, digits: usize| {
                 if let Some(s) = s {
