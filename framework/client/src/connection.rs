@@ -165,6 +165,7 @@ pub(crate) async fn run(inner: std::sync::Weak<Inner>, to: ReplicaId, mut outbox
         }
         if let Some(me) = inner.upgrade() {
             me.connected.lock().insert(to, false);
+            me.connection_lost(to);
         } else {
             return;
         }

@@ -133,6 +133,9 @@ enum Outcome {
     },
     /// The client adopted a new membership: send again, to its members.
     Moved,
+    /// The connection to the primary closed: send to every replica now,
+    /// so that the backups hold the request when they change views.
+    PrimaryLost,
 }
 
 /// An operation in flight: its decisions, and where to tell the caller.
@@ -351,6 +354,7 @@ impl Client {
                 Ok(Some(Outcome::NeedFull { now: false })) => {
                     full_due = Some(Instant::now() + Duration::from_millis(inner.opts.full_reply_grace_ms));
                 }
+                Ok(Some(Outcome::PrimaryLost)) => self.send_all(&req),
                 Ok(Some(Outcome::Moved)) => {
                     // A new membership: its members have not seen the
                     // request yet.
@@ -460,6 +464,22 @@ impl Inner {
             p.decide = Invocation::new(&membership, self.id, p.request, p.read_only);
             if let Some(tx) = &p.done {
                 let _ = tx.try_send(Outcome::Moved);
+            }
+        }
+    }
+
+    /// The connection to `r` closed. If `r` is the primary this client
+    /// believes in, its ordered invocations go to every replica at once
+    /// instead of at their next retransmission: a crashed primary's
+    /// backups then hold them when they change views.
+    pub(crate) fn connection_lost(&self, r: ReplicaId) {
+        let primary = self.members.read().membership.primary(ViewNo(self.view.load(Ordering::Relaxed)));
+        if r != primary {
+            return;
+        }
+        for p in self.pending.lock().values().filter(|p| !p.read_only) {
+            if let Some(tx) = &p.done {
+                let _ = tx.try_send(Outcome::PrimaryLost);
             }
         }
     }

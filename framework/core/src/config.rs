@@ -30,6 +30,12 @@ pub struct Config {
     /// change that executes nothing (up to `view_change_backoff_max`), so a
     /// network slower than this still makes progress.
     pub request_timeout_ms: u64,
+    /// The request timeout while this replica's connection from the primary
+    /// is closed: a crashed primary's process closes its connections at
+    /// once, so its backups need not wait the whole request timeout. It
+    /// doubles with the request timeout, and a connection that comes back
+    /// in time costs nothing.
+    pub primary_down_timeout_ms: u64,
     /// Base time to wait for a NEW-VIEW before moving to the next view.
     pub view_change_timeout_ms: u64,
     /// The view-change and request timeouts double per failed attempt, up
@@ -76,6 +82,7 @@ impl Config {
             max_in_flight: 4,
             pipeline_min_batch: 64,
             request_timeout_ms: 2_000,
+            primary_down_timeout_ms: 200,
             view_change_timeout_ms: 2_000,
             view_change_backoff_max: 5,
             retransmit_ms: 200,

@@ -122,6 +122,46 @@ fn the_request_timeout_doubles_until_a_request_executes_and_then_resets() {
 }
 
 #[test]
+fn a_backup_whose_connection_from_the_primary_closed_suspects_it_after_the_shorter_timeout() {
+    use palisade_core::{ReplicaId, ViewChangeReason};
+    let cfg = config(Mode::Bft, 4);
+    let quick = cfg.primary_down_timeout_ms;
+    assert!(quick * 2 < cfg.request_timeout_ms);
+    let down = |peer: u32| Input::PeerLink { peer: ReplicaId(peer), up: false };
+    // A connection that comes back in time costs nothing: the request
+    // waits the whole request timeout.
+    let mut r = replica(2, &cfg);
+    r.step(Input::Request(request(1, 1)));
+    r.step(down(0));
+    r.step(tick(quick - 1));
+    r.step(Input::PeerLink { peer: ReplicaId(0), up: true });
+    r.step(tick(quick + 10));
+    r.step(tick(cfg.request_timeout_ms - 10));
+    assert_eq!(r.view(), ViewNo(0), "a connection that came back made the primary suspect");
+    r.step(tick(cfg.request_timeout_ms + 10));
+    assert_eq!(r.view(), ViewNo(1));
+    // Another backup's connection closing says nothing of the primary.
+    let mut r = replica(2, &cfg);
+    r.step(Input::Request(request(1, 1)));
+    r.step(down(1));
+    r.step(tick(2 * quick));
+    assert_eq!(r.view(), ViewNo(0), "a backup's closed connection made the primary suspect");
+    // The primary's closed: with nothing waiting, nothing happens; a
+    // request that arrives then waits `quick`, not the request timeout.
+    let mut r = replica(2, &cfg);
+    r.step(tick(5));
+    r.step(down(0));
+    r.step(tick(quick + 100));
+    assert_eq!(r.view(), ViewNo(0), "nothing waited, yet the primary was suspected");
+    r.step(Input::Request(request(1, 1)));
+    r.step(tick(2 * quick + 99));
+    assert_eq!(r.view(), ViewNo(0), "suspected before the request waited primary_down_timeout_ms");
+    r.step(tick(2 * quick + 101));
+    assert_eq!(r.view(), ViewNo(1), "a request waited primary_down_timeout_ms on an unreachable primary");
+    assert_eq!(r.metrics().last_view_change, Some(ViewChangeReason::PrimaryUnreachable));
+}
+
+#[test]
 fn a_re_proposal_gets_this_replicas_vote_only_once_it_holds_the_batch() {
     // In CFT one replica's word is enough to re-propose a batch; if that
     // replica then lost its disk, nobody could ever execute the batch. A

@@ -375,6 +375,13 @@ impl<C: Crypto> EpochHost<C> {
                 }
             }
             Input::Request(_) => self.current.step(input, io),
+            // Links are the same for every epoch's core.
+            Input::PeerLink { .. } => {
+                if let Some((p, _)) = &mut self.previous {
+                    p.step(input.clone(), io);
+                }
+                self.current.step(input, io);
+            }
         }
         self.advance(io);
     }

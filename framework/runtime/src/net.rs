@@ -258,6 +258,8 @@ pub struct Net {
     pub tx_preprepare: Option<Tx<crate::queue::PeerItem>>,
     /// Counters.
     pub metrics: Arc<RuntimeMetrics>,
+    /// Connections open from each peer, for the consensus stage.
+    pub links: Arc<crate::shared::PeerLinks>,
     /// Wakes the dialer of a peer as soon as that peer connects to us: it
     /// is up, so there is no reason to wait out the reconnection backoff.
     redial: RwLock<HashMap<ReplicaId, Arc<tokio::sync::Notify>>>,
@@ -305,6 +307,7 @@ impl Net {
             tx_verify,
             tx_preprepare,
             metrics,
+            links: Arc::default(),
             redial: RwLock::new(HashMap::new()),
             client_keys,
             next_id: AtomicU64::new(1),
@@ -444,7 +447,7 @@ impl Connection {
                 net.client_keys.connected(c, request_key);
                 net.clients.insert(c, id, addr.clone())
             }
-            Kind::FromReplica(_) => {}
+            Kind::FromReplica(r) => net.links.opened(r),
         }
         addr
     }
@@ -539,7 +542,7 @@ impl Actor for Connection {
                 self.net.client_keys.disconnected(c, &self.request_key);
                 self.net.clients.remove(c, self.id)
             }
-            Kind::FromReplica(_) => {}
+            Kind::FromReplica(r) => self.net.links.closed(r),
         }
     }
 }

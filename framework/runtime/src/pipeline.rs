@@ -467,6 +467,8 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             drain_max: cfg.drain_max,
             outbox: Outbox::new(),
             started: false,
+            links: net.links.clone(),
+            links_told: Default::default(),
             #[cfg(feature = "byzantine")]
             forged_request: cfg.forged_request.clone(),
         }),

@@ -60,3 +60,38 @@ impl PublishedChain {
         self.0.read().iter().filter(|l| l.config.epoch > after).take(max).cloned().collect()
     }
 }
+
+/// Connections open from each peer, as the network stage sees them: the
+/// consensus stage tells the core when a peer's last one closes or a first
+/// one opens (`Input::PeerLink`), so that a crashed primary is suspected
+/// without waiting out the whole request timeout.
+#[derive(Default)]
+pub struct PeerLinks {
+    open: parking_lot::Mutex<std::collections::BTreeMap<palisade_core::ReplicaId, u32>>,
+    changed: AtomicBool,
+}
+
+impl PeerLinks {
+    /// A connection from `peer` opened.
+    pub fn opened(&self, peer: palisade_core::ReplicaId) {
+        *self.open.lock().entry(peer).or_default() += 1;
+        self.changed.store(true, Ordering::Release);
+    }
+
+    /// A connection from `peer` closed.
+    pub fn closed(&self, peer: palisade_core::ReplicaId) {
+        if let Some(n) = self.open.lock().get_mut(&peer) {
+            *n = n.saturating_sub(1);
+        }
+        self.changed.store(true, Ordering::Release);
+    }
+
+    /// Whether each peer ever connected has a connection open now, if
+    /// anything changed since the last call.
+    pub fn changes(&self) -> Option<Vec<(palisade_core::ReplicaId, bool)>> {
+        if !self.changed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(self.open.lock().iter().map(|(p, n)| (*p, *n > 0)).collect())
+    }
+}

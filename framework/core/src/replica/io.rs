@@ -51,6 +51,17 @@ pub enum Input {
         /// The epoch's last sequence number.
         last: SeqNo,
     },
+    /// This replica's connection from `peer` closed (`up` false) or opened
+    /// again (`up` true), as the caller's network saw it. A crashed
+    /// process's connections close at once, so a primary whose connection
+    /// is down is suspected sooner (see `Config::primary_down_timeout_ms`).
+    /// Only the replica's own links count: no peer can report another's.
+    PeerLink {
+        /// The peer.
+        peer: ReplicaId,
+        /// Whether a connection from it is open now.
+        up: bool,
+    },
     /// The executor now holds the state of checkpoint `seq`, fetched from
     /// peers and checked against `state`, the digest asked for in
     /// [`Action::FetchState`].
@@ -336,6 +347,9 @@ pub enum ViewChangeReason {
     ViewChangeTimeout,
     /// The primary proposed a request its client did not authenticate.
     PrimaryEvidence,
+    /// The primary's connection closed and stayed closed while a request
+    /// waited.
+    PrimaryUnreachable,
     /// f+1 other replicas had moved to a later view.
     Joined,
 }
@@ -348,6 +362,7 @@ impl ViewChangeReason {
             ViewChangeReason::EndTimeout => "epoch-end-timeout",
             ViewChangeReason::ViewChangeTimeout => "view-change-timeout",
             ViewChangeReason::PrimaryEvidence => "primary-evidence",
+            ViewChangeReason::PrimaryUnreachable => "primary-unreachable",
             ViewChangeReason::Joined => "joined-peers",
         }
     }

@@ -295,6 +295,7 @@ impl<C: Crypto> Replica<C> {
             Input::CheckpointReady { seq, state, config } => self.on_checkpoint_ready(seq, state, config),
             Input::StateFetched { seq, state } => self.on_state_fetched(seq, state),
             Input::EpochEnds { last } => self.on_epoch_ends(last),
+            Input::PeerLink { peer, up } => self.on_peer_link(peer, up),
         }
     }
 

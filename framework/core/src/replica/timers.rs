@@ -31,6 +31,8 @@ pub(super) struct Timers {
     pub transfer_at_ms: Option<u64>,
     /// When delivery last moved (or the core started).
     pub delivered_at_ms: u64,
+    /// Peers whose connection to this replica is closed, and since when.
+    pub links_down: std::collections::BTreeMap<crate::types::ReplicaId, u64>,
 }
 
 impl<C: Crypto> Replica<C> {
@@ -93,7 +95,19 @@ impl<C: Crypto> Replica<C> {
     /// since the last (PBFT 4.5.2), so a network slower than the configured
     /// timeout still lets some view finish its work.
     fn check_request_timer(&mut self, now: u64) {
-        let timeout = self.cfg.request_timeout_ms << self.timers.request_shift;
+        let mut timeout = self.cfg.request_timeout_ms << self.timers.request_shift;
+        let mut reason = ViewChangeReason::RequestTimeout;
+        // The primary's connection closed: once it has stayed closed for the
+        // shorter timeout, requests wait only that long.
+        let quick = self.cfg.primary_down_timeout_ms << self.timers.request_shift;
+        let primary = self.primary();
+        if primary != self.id
+            && quick < timeout
+            && self.timers.links_down.get(&primary).is_some_and(|since| now >= since + quick)
+        {
+            timeout = quick;
+            reason = ViewChangeReason::PrimaryUnreachable;
+        }
         let Some(oldest) = self.pool.oldest_arrival_ms() else { return };
         if now < oldest.max(self.catch_up.restarted_ms) + timeout {
             return;
@@ -128,7 +142,17 @@ impl<C: Crypto> Replica<C> {
             if self.cfg.planted.fixed_request_timeout {
                 self.timers.request_shift = 0;
             }
-            self.start_view_change(self.view.next(), ViewChangeReason::RequestTimeout);
+            self.start_view_change(self.view.next(), reason);
+        }
+    }
+
+    /// A connection from `peer` closed or opened (see [`crate::Input::PeerLink`]).
+    pub(super) fn on_peer_link(&mut self, peer: crate::types::ReplicaId, up: bool) {
+        if up {
+            self.timers.links_down.remove(&peer);
+        } else if peer != self.id && self.membership().contains(peer) {
+            let now = self.clock.now_ms;
+            self.timers.links_down.entry(peer).or_insert(now);
         }
     }
 

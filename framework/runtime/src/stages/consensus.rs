@@ -127,6 +127,10 @@ pub struct Consensus<C: Crypto> {
     pub outbox: Outbox<ReplicaId>,
     /// Whether the core has had its first tick.
     pub started: bool,
+    /// Connections from peers, as the network stage sees them.
+    pub links: Arc<crate::shared::PeerLinks>,
+    /// What the core was last told of each peer's connection.
+    pub links_told: std::collections::BTreeMap<palisade_core::ReplicaId, bool>,
     /// Tests only: the request a Byzantine primary adds to its batches.
     #[cfg(feature = "byzantine")]
     pub forged_request: Option<Request>,
@@ -411,6 +415,12 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
         if let Some((now_ms, wall_ms)) = std::iter::from_fn(|| self.rx_tick.take()).last() {
             self.step(Input::Tick { now_ms, wall_ms })?;
             busy = true;
+        }
+        for (peer, up) in self.links.changes().unwrap_or_default() {
+            if self.links_told.insert(peer, up) != Some(up) {
+                self.step(Input::PeerLink { peer, up })?;
+                busy = true;
+            }
         }
         // Peer messages first, then requests, while decisions flow.
         let mut budget = if clear { self.drain_max } else { 0 };

@@ -359,6 +359,8 @@ impl World {
         if self.cfg.trace {
             eprintln!("{:>6} r{r} crash", self.now);
         }
+        // A crashed process's connections close: every peer sees it at once.
+        self.tell_links(r, false);
         let amnesia = self.faults.amnesia;
         let disk_faults = self.faults.disk_faults;
         let seed = self.rng.next_u64();
@@ -460,6 +462,18 @@ impl World {
         rep.execution = Some(rec.execution);
         rep.consensus = Some(host);
         self.drain(r);
+        self.tell_links(r, true);
+    }
+
+    /// Tells every other running replica that its connection from `r`
+    /// closed or opened.
+    fn tell_links(&mut self, r: usize, up: bool) {
+        let peer = self.replicas[r].id;
+        for q in 0..self.replicas.len() {
+            if q != r && self.replicas[q].consensus.is_some() {
+                self.replica_step(q, Input::PeerLink { peer, up });
+            }
+        }
     }
 
     /// Hands a Byzantine replica's strategy the context it may use: its own key only.
