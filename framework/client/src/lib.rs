@@ -175,6 +175,9 @@ struct Inner {
     view: AtomicU64,
     pending: Mutex<HashMap<RequestId, Pending>>,
     connected: Mutex<BTreeMap<ReplicaId, bool>>,
+    /// When pending requests were last sent to every replica because the
+    /// connection to the primary closed.
+    primary_lost_at: Mutex<Option<Instant>>,
     /// Where status answers go while [`Client::status`] waits for them.
     status: Mutex<Option<mpsc::Sender<StatusReport>>>,
     /// The request-MAC key of the latest channel to each replica (kept
@@ -227,6 +230,7 @@ impl Client {
             view: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             connected: Mutex::new(BTreeMap::new()),
+            primary_lost_at: Mutex::new(None),
             status: Mutex::new(None),
             request_keys: Mutex::new(BTreeMap::new()),
             signer,
@@ -476,6 +480,17 @@ impl Inner {
         let primary = self.members.read().membership.primary(ViewNo(self.view.load(Ordering::Relaxed)));
         if r != primary {
             return;
+        }
+        // A primary that accepts connections and drops them at once must not
+        // turn every reconnection into a broadcast: at most one per
+        // retransmission period.
+        {
+            let mut last = self.primary_lost_at.lock();
+            let period = Duration::from_millis(self.opts.retransmit_ms);
+            if last.is_some_and(|t| t.elapsed() < period) {
+                return;
+            }
+            *last = Some(Instant::now());
         }
         for p in self.pending.lock().values().filter(|p| !p.read_only) {
             if let Some(tx) = &p.done {

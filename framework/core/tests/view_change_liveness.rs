@@ -159,6 +159,16 @@ fn a_backup_whose_connection_from_the_primary_closed_suspects_it_after_the_short
     r.step(tick(2 * quick + 101));
     assert_eq!(r.view(), ViewNo(1), "a request waited primary_down_timeout_ms on an unreachable primary");
     assert_eq!(r.metrics().last_view_change, Some(ViewChangeReason::PrimaryUnreachable));
+    // A request that already waited longer than `quick` when the connection
+    // closed: the connection must stay closed `quick` first.
+    let mut r = replica(2, &cfg);
+    r.step(Input::Request(request(1, 1)));
+    r.step(tick(3 * quick));
+    r.step(down(0));
+    r.step(tick(4 * quick - 1));
+    assert_eq!(r.view(), ViewNo(0), "suspected before the connection had been closed primary_down_timeout_ms");
+    r.step(tick(4 * quick + 1));
+    assert_eq!(r.view(), ViewNo(1));
 }
 
 #[test]

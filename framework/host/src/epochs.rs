@@ -186,6 +186,9 @@ pub struct EpochHost<C> {
     asked: BTreeMap<ReplicaId, u64>,
     /// When a standby replica next asks for links.
     ask_at_ms: u64,
+    /// Peers whose connection to this replica is closed: a core started
+    /// for a new epoch is told, since the runtime reports only changes.
+    links_down: std::collections::BTreeSet<ReplicaId>,
     /// Set when this life of the replica started without the votes of the
     /// one before: a core it jumps to rejoins without voting until that is
     /// safe, since the previous life may have voted in that epoch.
@@ -217,6 +220,7 @@ impl<C: Crypto> EpochHost<C> {
             answered: BTreeMap::new(),
             asked: BTreeMap::new(),
             ask_at_ms: 0,
+            links_down: Default::default(),
             amnesia: None,
         }
     }
@@ -367,6 +371,20 @@ impl<C: Crypto> EpochHost<C> {
                 }
                 self.current.step(input, io);
             }
+            Input::PeerLink { peer, up } => {
+                if up {
+                    self.links_down.remove(&peer);
+                } else {
+                    self.links_down.insert(peer);
+                }
+                // Links are the same for every epoch's core.
+                if !self.standby {
+                    if let Some((p, _)) = &mut self.previous {
+                        p.step(input.clone(), io);
+                    }
+                    self.current.step(input, io);
+                }
+            }
             _ if self.standby => {}
             Input::CheckpointReady { seq, .. } | Input::StateFetched { seq, .. } | Input::EpochEnds { last: seq } => {
                 match &mut self.previous {
@@ -375,13 +393,6 @@ impl<C: Crypto> EpochHost<C> {
                 }
             }
             Input::Request(_) => self.current.step(input, io),
-            // Links are the same for every epoch's core.
-            Input::PeerLink { .. } => {
-                if let Some((p, _)) = &mut self.previous {
-                    p.step(input.clone(), io);
-                }
-                self.current.step(input, io);
-            }
         }
         self.advance(io);
     }
@@ -468,6 +479,7 @@ impl<C: Crypto> EpochHost<C> {
         let old_config = std::mem::replace(&mut self.config, config);
         self.previous = Some((old, old_config));
         self.removed = None;
+        self.tell_links(io);
         self.current.carry_out(io);
     }
 
@@ -615,6 +627,14 @@ impl<C: Crypto> EpochHost<C> {
         self.config = config;
         self.standby = false;
         self.removed = None;
+        self.tell_links(io);
         self.current.carry_out(io);
+    }
+
+    /// Tells a new current core which peers' connections are closed.
+    fn tell_links(&mut self, io: &mut impl ConsensusIo) {
+        for peer in self.links_down.clone() {
+            self.current.step(Input::PeerLink { peer, up: false }, io);
+        }
     }
 }
