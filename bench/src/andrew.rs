@@ -15,6 +15,7 @@
 //! machine affects all alike, and each phase reports its median.
 
 use crate::processes::read_metrics;
+use crate::report::median;
 use clap::{Args, ValueEnum};
 use palisade::fsmount::{MountOptions, MountStats, Mounted, Op};
 use palisade::keygen::{keygen, KeygenOptions};
@@ -523,15 +524,6 @@ fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs)
         idle_percent,
         steal_percent,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// The results file.

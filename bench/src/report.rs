@@ -122,14 +122,21 @@ pub(crate) struct Spread {
 impl Spread {
     /// `None` for no values.
     pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
-        let mut v: Vec<f64> = values.into_iter().collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-        Some(Spread { median, min: v[0], max: v[n - 1] })
+        let v: Vec<f64> = values.into_iter().collect();
+        let (min, max) = v
+            .iter()
+            .fold(None, |m: Option<(f64, f64)>, &x| Some(m.map_or((x, x), |(lo, hi)| (lo.min(x), hi.max(x)))))?;
+        Some(Spread { median: median(v), min, max })
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count; 0 for none).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
