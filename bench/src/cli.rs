@@ -121,6 +121,11 @@ pub(crate) struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip)]
     pub(crate) compare_auth: Vec<RequestAuth>,
+    /// Like `--compare-durability`, with tentative execution on and then
+    /// off: the latency it saves, side by side.
+    #[arg(long)]
+    #[serde(skip)]
+    pub(crate) compare_tentative: bool,
     /// Run the experiment (the replicated run, then the unreplicated
     /// baseline) this many times in a row, A B A B ..., and report the
     /// median and spread of each and of their ratio, pair by pair: one run
@@ -294,6 +299,9 @@ pub(crate) struct ReplicaTuning {
     /// `palisade replica`, and so of this harness).
     #[arg(long, default_value = "full")]
     pub(crate) durability: Durability,
+    /// Reply only once a batch has committed (no tentative execution).
+    #[arg(long)]
+    pub(crate) no_tentative: bool,
 }
 
 impl ReplicaTuning {
@@ -306,6 +314,9 @@ impl ReplicaTuning {
         ];
         if let Some(t) = self.stage_threads {
             args.push(format!("--stage-threads={}", format!("{t:?}").to_lowercase()));
+        }
+        if self.no_tentative {
+            args.push("--no-tentative".into());
         }
         args
     }

@@ -24,9 +24,15 @@ use std::time::{Duration, Instant};
 
 /// Runs the experiment `a` describes; exit code 2 on a usage or setup error.
 pub(crate) fn run(a: RunArgs) -> ExitCode {
-    if !a.compare_durability.is_empty() && !a.compare_auth.is_empty() {
-        eprintln!("palisade-bench: compare durability or request authentication, not both at once");
+    let comparisons = usize::from(!a.compare_durability.is_empty())
+        + usize::from(!a.compare_auth.is_empty())
+        + usize::from(a.compare_tentative);
+    if comparisons > 1 {
+        eprintln!("palisade-bench: compare durability, request authentication or tentative execution, one at a time");
         return ExitCode::from(2);
+    }
+    if a.compare_tentative {
+        return compare(a, vec![Variant::Tentative(true), Variant::Tentative(false)]);
     }
     if !a.compare_durability.is_empty() {
         let variants = a.compare_durability.iter().map(|d| Variant::Durability(*d)).collect();
@@ -103,6 +109,7 @@ fn in_scratch(a: &RunArgs, tag: &str) -> Result<Report, String> {
 enum Variant {
     Durability(palisade_host::Durability),
     Auth(palisade_wire::RequestAuth),
+    Tentative(bool),
 }
 
 impl Variant {
@@ -110,6 +117,7 @@ impl Variant {
         match self {
             Variant::Durability(_) => "durability",
             Variant::Auth(_) => "request_auth",
+            Variant::Tentative(_) => "tentative",
         }
     }
 
@@ -117,6 +125,7 @@ impl Variant {
         match *self {
             Variant::Durability(d) => run.tuning.durability = d,
             Variant::Auth(m) => run.request_auth = m,
+            Variant::Tentative(on) => run.tuning.no_tentative = !on,
         }
     }
 }
@@ -126,6 +135,7 @@ impl std::fmt::Display for Variant {
         match self {
             Variant::Durability(d) => d.fmt(f),
             Variant::Auth(m) => m.fmt(f),
+            Variant::Tentative(on) => f.write_str(if *on { "on" } else { "off" }),
         }
     }
 }
@@ -137,6 +147,7 @@ impl std::fmt::Display for Variant {
 fn compare(a: RunArgs, modes: Vec<Variant>) -> ExitCode {
     let mut ops: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let mut p99: Vec<Vec<u64>> = vec![Vec::new(); modes.len()];
+    let mut p50: Vec<Vec<u64>> = vec![Vec::new(); modes.len()];
     for round in 0..a.rounds.max(1) {
         for (i, mode) in modes.iter().enumerate() {
             let mut run = a.clone();
@@ -144,12 +155,14 @@ fn compare(a: RunArgs, modes: Vec<Variant>) -> ExitCode {
             run.no_baseline = true;
             run.compare_durability.clear();
             run.compare_auth.clear();
+            run.compare_tentative = false;
             match in_scratch(&run, &format!("-{round}-{i}")) {
                 Ok(report) => {
                     let best = Report::best(&report.levels).expect("at least one level");
                     println!("round {round} {} {mode}: {}", mode.kind(), report.bench_line());
                     ops[i].push(best.palisade.ops_per_sec);
                     p99[i].push(best.palisade.latency.p99_us);
+                    p50[i].push(best.palisade.latency.p50_us);
                 }
                 Err(e) => {
                     eprintln!("palisade-bench: {e}");
@@ -164,23 +177,38 @@ fn compare(a: RunArgs, modes: Vec<Variant>) -> ExitCode {
     };
     println!();
     let kind = modes.first().map_or("variant", Variant::kind);
-    println!("{:<14} {:>12} {:>10} {:>28}", kind, "ops/s (med)", "p99 us", "ratio to first (min med max)");
+    println!(
+        "{:<14} {:>12} {:>8} {:>8} {:>28} {:>10}",
+        kind, "ops/s (med)", "p50 us", "p99 us", "ratio to first (min med max)", "p50 ratio"
+    );
+    let mid = |mut v: Vec<u64>| {
+        v.sort();
+        v[v.len() / 2]
+    };
     for (i, mode) in modes.iter().enumerate() {
         let ratios: Vec<f64> = ops[i].iter().zip(&ops[0]).map(|(x, b)| x / b.max(1.0)).collect();
         let mut sorted = ratios.clone();
         sorted.sort_by(f64::total_cmp);
-        let mut lat = p99[i].clone();
-        lat.sort();
+        // Latency ratios round by round, as throughput's are.
+        let p50_ratio = median(p50[i].iter().zip(&p50[0]).map(|(x, b)| *x as f64 / (*b).max(1) as f64).collect());
         println!(
-            "{:<14} {:>12.0} {:>10} {:>10.3} {:>8.3} {:>8.3}",
+            "{:<14} {:>12.0} {:>8} {:>8} {:>10.3} {:>8.3} {:>8.3} {:>10.3}",
             mode.to_string(),
             median(ops[i].clone()),
-            lat[lat.len() / 2],
+            mid(p50[i].clone()),
+            mid(p99[i].clone()),
             sorted[0],
             sorted[sorted.len() / 2],
-            sorted[sorted.len() - 1]
+            sorted[sorted.len() - 1],
+            p50_ratio
         );
-        println!("BENCH {kind}={mode} ops_per_sec={:.0} ratio={:.3}", median(ops[i].clone()), sorted[sorted.len() / 2]);
+        println!(
+            "BENCH {kind}={mode} ops_per_sec={:.0} ratio={:.3} p50_us={} p50_ratio={:.3}",
+            median(ops[i].clone()),
+            sorted[sorted.len() / 2],
+            mid(p50[i].clone()),
+            p50_ratio
+        );
     }
     ExitCode::SUCCESS
 }

@@ -65,6 +65,12 @@ pub struct Config {
     /// Request ids per client below its highest executed one that are still
     /// filtered for duplicates; pass the same value to [`crate::Executor::new`].
     pub client_window: u64,
+    /// PBFT's tentative execution: a batch prepared here, with every
+    /// earlier one committed, executes at once and its replies say so; a
+    /// client takes a quorum of matching tentative replies. It saves the
+    /// COMMIT round on the client's path. The host must be able to roll a
+    /// tentative execution back (see [`crate::Action::RollBack`]).
+    pub tentative_execution: bool,
     /// Test-only planted bugs.
     #[cfg(feature = "planted-bugs")]
     pub planted: crate::planted::PlantedBugs,
@@ -94,6 +100,7 @@ impl Config {
             read_queue_max: 10_000,
             catch_up_max: 64,
             client_window: 1024,
+            tentative_execution: true,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }

@@ -480,7 +480,7 @@ fn a_read_waits_until_everything_this_replica_prepared_is_delivered() {
     assert!(!r1.take_actions().iter().any(|a| matches!(a, Action::ExecuteReadOnly { .. })));
     peer(&mut r1, 0, PeerMessage::Commit(vote(0, 1, d)));
     let out = peer(&mut r1, 2, PeerMessage::Commit(vote(0, 1, d)));
-    let deliver = out.iter().position(|a| matches!(a, Action::Deliver { .. })).unwrap();
+    let deliver = out.iter().position(|a| matches!(a, Action::Deliver { .. } | Action::Confirm { .. })).unwrap();
     let read_at = out.iter().position(|a| matches!(a, Action::ExecuteReadOnly { .. })).unwrap();
     assert!(deliver < read_at);
 }

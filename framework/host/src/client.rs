@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 /// What the answers so far mean for the operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Enough replicas agree on this result (f+1 for an ordered request,
-    /// a quorum for a read-only one); `view` is their median view, the
+    /// Enough replicas agree on this result (f+1 committed, or a quorum
+    /// counting tentative ones from one view, for an ordered request; a
+    /// quorum for a read-only one); `view` is their median view, the
     /// client's new idea of who is primary.
     Done {
         /// The result.
@@ -46,12 +47,12 @@ pub enum Verdict {
 pub struct Invocation {
     need: usize,
     weak_quorum: usize,
+    quorum: usize,
     n: usize,
     read_only: bool,
     designated: ReplicaId,
-    /// Each replica's answer: the result's digest, the result if sent in
-    /// full, and the replica's view.
-    replies: BTreeMap<ReplicaId, (Digest, Option<Bytes>, ViewNo)>,
+    /// Each replica's answer.
+    replies: BTreeMap<ReplicaId, Reply>,
     /// Replicas that said the result is too large: its length and digest.
     too_large: BTreeMap<ReplicaId, (u64, Digest)>,
     rejections: BTreeMap<ReplicaId, RejectReason>,
@@ -60,12 +61,26 @@ pub struct Invocation {
     settled: bool,
 }
 
+/// One replica's answer as far as it is known.
+#[derive(Clone, Debug)]
+struct Reply {
+    /// The result's digest.
+    digest: Digest,
+    /// The result, if sent in full.
+    full: Option<Bytes>,
+    /// The replica's view.
+    view: ViewNo,
+    /// Whether it came from a tentative execution.
+    tentative: bool,
+}
+
 impl Invocation {
     /// Starts deciding request `request` of `client`.
     pub fn new(membership: &Membership, client: ClientId, request: RequestId, read_only: bool) -> Invocation {
         Invocation {
             need: if read_only { membership.quorum() } else { membership.weak_quorum() },
             weak_quorum: membership.weak_quorum(),
+            quorum: membership.quorum(),
             n: membership.n(),
             read_only,
             designated: designated_replier(membership, client, request),
@@ -100,16 +115,11 @@ impl Invocation {
         if !matches!(answer, Answer::TooLarge { .. }) {
             self.too_large.remove(&from);
         }
-        match answer {
-            Answer::Full(result) => {
-                self.replies.insert(from, (Digest::of(&result), Some(result), view));
-            }
-            Answer::Digest(digest) => {
-                // Never let a digest replace a full result from the same replica.
-                if self.replies.get(&from).is_none_or(|(_, full, _)| full.is_none()) {
-                    self.replies.insert(from, (digest, None, view));
-                }
-            }
+        let (digest, full, tentative) = match answer {
+            Answer::Full(result) => (Digest::of(&result), Some(result), false),
+            Answer::TentativeFull(result) => (Digest::of(&result), Some(result), true),
+            Answer::Digest(digest) => (digest, None, false),
+            Answer::TentativeDigest(digest) => (digest, None, true),
             Answer::TooLarge { len, digest } => {
                 self.replies.remove(&from);
                 self.too_large.insert(from, (len, digest));
@@ -120,7 +130,27 @@ impl Invocation {
                 }
                 return None;
             }
-        }
+        };
+        let reply = match self.replies.remove(&from) {
+            // The same result again: keep the bytes if either had them,
+            // and the answer is committed if either says so.
+            Some(old) if old.digest == digest => Reply {
+                digest,
+                full: full.or(old.full),
+                view: if old.tentative && !tentative { view } else { old.view },
+                tentative: old.tentative && tentative,
+            },
+            // A tentative answer never replaces a committed one, and a
+            // digest never replaces a full result of the same standing.
+            Some(old)
+                if (tentative && !old.tentative)
+                    || (tentative == old.tentative && full.is_none() && old.full.is_some()) =>
+            {
+                old
+            }
+            _ => Reply { digest, full, view, tentative },
+        };
+        self.replies.insert(from, reply);
         self.settle(wait_for_designated)
     }
 
@@ -141,24 +171,44 @@ impl Invocation {
         None
     }
 
-    fn settle(&mut self, wait_for_designated: bool) -> Option<Verdict> {
-        let mut by_digest: BTreeMap<Digest, (usize, Option<&Bytes>, Vec<ViewNo>)> = BTreeMap::new();
-        for (digest, full, view) in self.replies.values() {
-            let e = by_digest.entry(*digest).or_insert((0, None, Vec::new()));
-            e.0 += 1;
-            if e.1.is_none() {
-                e.1 = full.as_ref();
-            }
-            e.2.push(*view);
+    /// Whether answers agreeing on one result settle it. A read counts
+    /// them all against a quorum. An ordered request needs f+1 committed
+    /// answers, or a quorum of committed ones and tentative ones from one
+    /// view: a quorum of replicas prepared it, so some correct replica in
+    /// every later view change's quorum prepared it too, and it is
+    /// re-proposed where it was (docs/protocol.md, "Tentative execution").
+    fn enough(&self, answers: &[&Reply]) -> bool {
+        if self.read_only {
+            return answers.len() >= self.need;
         }
-        match by_digest.into_iter().find(|(_, (count, _, _))| *count >= self.need) {
-            Some((_, (_, Some(result), mut views))) => {
+        let committed = answers.iter().filter(|r| !r.tentative).count();
+        if committed >= self.weak_quorum {
+            return true;
+        }
+        let mut per_view: BTreeMap<ViewNo, usize> = BTreeMap::new();
+        for r in answers.iter().filter(|r| r.tentative) {
+            *per_view.entry(r.view).or_default() += 1;
+        }
+        committed + per_view.values().max().copied().unwrap_or(0) >= self.quorum
+    }
+
+    fn settle(&mut self, wait_for_designated: bool) -> Option<Verdict> {
+        let mut by_digest: BTreeMap<Digest, Vec<&Reply>> = BTreeMap::new();
+        for r in self.replies.values() {
+            by_digest.entry(r.digest).or_default().push(r);
+        }
+        let found = by_digest.into_values().find(|answers| self.enough(answers)).map(|answers| {
+            let full = answers.iter().find_map(|r| r.full.clone());
+            (full, answers.iter().map(|r| r.view).collect::<Vec<_>>())
+        });
+        match found {
+            Some((Some(result), mut views)) => {
                 views.sort();
-                let (result, view) = (result.clone(), views[views.len() / 2]);
+                let view = views[views.len() / 2];
                 self.settled = true;
                 Some(Verdict::Done { result, view })
             }
-            Some((_, (_, None, _))) => {
+            Some((None, _)) => {
                 // Once when the digests agree, and once more if every
                 // replica has answered and none sent the result. Waiting is
                 // pointless when the designated replica cannot answer.
@@ -273,5 +323,48 @@ mod tests {
         assert_eq!(inv.on_answer(ReplicaId(1), ViewNo(0), big.clone(), true), None);
         assert_eq!(inv.on_answer(ReplicaId(2), ViewNo(0), full(b"a"), true), None);
         assert_eq!(inv.on_answer(ReplicaId(3), ViewNo(0), full(b"b"), true), Some(Verdict::NoQuorum));
+    }
+    fn tentative(b: &'static [u8]) -> Answer {
+        Answer::TentativeFull(Bytes::from_static(b))
+    }
+
+    #[test]
+    fn tentative_answers_settle_at_a_quorum_from_one_view_and_committed_ones_at_f_plus_1() {
+        // f+1 tentative answers are not enough: a quorum must have prepared.
+        let mut inv = Invocation::new(&four(), ClientId(1), RequestId(9), false);
+        assert_eq!(inv.on_answer(ReplicaId(0), ViewNo(0), tentative(b"ok"), true), None);
+        assert_eq!(inv.on_answer(ReplicaId(1), ViewNo(0), tentative(b"ok"), true), None);
+        let done = inv.on_answer(ReplicaId(2), ViewNo(0), tentative(b"ok"), true);
+        assert_eq!(done, Some(Verdict::Done { result: Bytes::from_static(b"ok"), view: ViewNo(0) }));
+        // Tentative answers from different views do not add up...
+        let mut inv = Invocation::new(&four(), ClientId(1), RequestId(10), false);
+        inv.on_answer(ReplicaId(0), ViewNo(0), tentative(b"ok"), true);
+        inv.on_answer(ReplicaId(1), ViewNo(1), tentative(b"ok"), true);
+        assert_eq!(inv.on_answer(ReplicaId(2), ViewNo(2), tentative(b"ok"), true), None);
+        // ...but a committed answer joins either, and one more committed
+        // answer makes f+1.
+        let done = inv.on_answer(ReplicaId(3), ViewNo(2), full(b"ok"), true);
+        assert!(done.is_none(), "1 committed + 1 tentative in view 2 is not a quorum");
+        let done = inv.on_answer(ReplicaId(1), ViewNo(2), full(b"ok"), true);
+        assert!(matches!(done, Some(Verdict::Done { .. })), "{done:?}");
+        // A committed answer then a tentative one from the same replica
+        // stays committed; two tentative plus one committed make a quorum.
+        let mut inv = Invocation::new(&four(), ClientId(1), RequestId(11), false);
+        inv.on_answer(ReplicaId(0), ViewNo(0), full(b"ok"), true);
+        assert_eq!(inv.on_answer(ReplicaId(0), ViewNo(0), tentative(b"ok"), true), None);
+        assert_eq!(inv.on_answer(ReplicaId(1), ViewNo(0), tentative(b"ok"), true), None);
+        assert!(matches!(inv.on_answer(ReplicaId(2), ViewNo(0), tentative(b"ok"), true), Some(Verdict::Done { .. })));
+    }
+
+    #[test]
+    fn a_liar_answering_tentatively_neither_settles_its_lie_nor_blocks_the_truth() {
+        let mut inv = Invocation::new(&four(), ClientId(1), RequestId(12), false);
+        assert_eq!(inv.on_answer(ReplicaId(3), ViewNo(0), tentative(b"lie"), true), None);
+        assert_eq!(inv.on_answer(ReplicaId(3), ViewNo(0), full(b"lie"), true), None, "one committed lie is not f+1");
+        assert_eq!(inv.on_answer(ReplicaId(0), ViewNo(0), tentative(b"ok"), true), None);
+        let d = Answer::TentativeDigest(Digest::of(b"ok"));
+        assert_eq!(inv.on_answer(ReplicaId(1), ViewNo(0), d, true), None, "two tentative answers are not a quorum");
+        let done = inv.on_answer(ReplicaId(2), ViewNo(0), full(b"ok"), true);
+        assert!(matches!(done, Some(Verdict::Done { result, .. }) if result == Bytes::from_static(b"ok")));
     }
 }

@@ -24,6 +24,44 @@ pub enum ExecCommand {
         /// The batch.
         batch: Arc<Batch>,
     },
+    /// Execute a prepared batch tentatively (`Action::ExecuteTentative`).
+    Tentative {
+        /// The epoch whose core prepared it.
+        epoch: u64,
+        /// Sequence number.
+        seq: SeqNo,
+        /// The view it prepared in.
+        view: ViewNo,
+        /// The batch.
+        batch: Arc<Batch>,
+        /// With durable votes: the answers wait until this many groups of
+        /// records are durable (the one saying it prepared among them), so
+        /// that a quorum of tentative answers survives every replica
+        /// crashing at once. Zero: send at once.
+        durable_group: u64,
+    },
+    /// The tentative batch at `seq` committed (`Action::Confirm`).
+    Confirm {
+        /// The epoch whose core decided it.
+        epoch: u64,
+        /// Sequence number.
+        seq: SeqNo,
+        /// The deciding replica's view.
+        view: ViewNo,
+        /// The batch, for the log of decided batches.
+        batch: Arc<Batch>,
+    },
+    /// Undo the tentative execution at `seq` (`Action::RollBack`).
+    RollBack {
+        /// The epoch whose core decided otherwise.
+        epoch: u64,
+        /// The tentative sequence number.
+        seq: SeqNo,
+        /// The replica's view.
+        view: ViewNo,
+        /// Delivered batches to execute again, in order.
+        replay: Vec<(SeqNo, Arc<Batch>)>,
+    },
     /// Answer a read-only request.
     Read {
         /// The request.
@@ -145,6 +183,13 @@ impl<C: Crypto> ConsensusHost<C> {
                 Action::Send { to, msg } => io.send(to, epoch, &msg),
                 Action::Broadcast(msg) => io.broadcast(&self.peers, epoch, &msg),
                 Action::Deliver { seq, view, batch } => io.execute(ExecCommand::Deliver { epoch, seq, view, batch }),
+                Action::ExecuteTentative { seq, view, batch } => {
+                    io.execute(ExecCommand::Tentative { epoch, seq, view, batch, durable_group: 0 })
+                }
+                Action::Confirm { seq, view, batch } => io.execute(ExecCommand::Confirm { epoch, seq, view, batch }),
+                Action::RollBack { seq, view, replay } => {
+                    io.execute(ExecCommand::RollBack { epoch, seq, view, replay })
+                }
                 Action::ExecuteReadOnly { request, view } => io.execute(ExecCommand::Read { request, view }),
                 Action::ServeState { to, seq, query } => io.execute(ExecCommand::Serve { epoch, to, seq, query }),
                 Action::FetchState { seq, state, holders } => {

@@ -44,6 +44,10 @@ pub enum ClientMail {
 pub enum ExecEvent {
     /// A batch was delivered.
     BatchDelivered,
+    /// A batch executed tentatively.
+    Tentative,
+    /// A tentative execution was undone.
+    RolledBack,
     /// Requests executed for the first time.
     Executed(u64),
     /// Results answered by digest (PBFT's digest replies).
@@ -91,6 +95,12 @@ pub enum Reconfigured {
 pub trait ExecutionIo {
     /// Answers for clients: one call per delivered batch, never dropped.
     fn replies(&mut self, mails: Vec<ClientMail>);
+    /// Tentative answers, to send once the first `durable_group` groups of
+    /// protocol records are durable (zero: at once).
+    fn tentative_replies(&mut self, mails: Vec<ClientMail>, durable_group: u64) {
+        let _ = durable_group;
+        self.replies(mails);
+    }
     /// The state at checkpoint `seq` has digest `state`, and its
     /// configuration digest `config`: for the core (as
     /// `Input::CheckpointReady`), never dropped.
@@ -198,6 +208,15 @@ pub struct ExecutionHost<S> {
     /// Who answers in full, and the epoch it was taken from: refreshed when
     /// the state's epoch changes, not built per batch.
     repliers: (u64, Membership),
+    /// The batch executed tentatively, until it commits or is undone.
+    tentative: Option<Tentative>,
+}
+
+/// A tentative execution waiting for its batch to commit.
+struct Tentative {
+    seq: SeqNo,
+    batch: Arc<Batch>,
+    executed: Vec<Executed>,
 }
 
 impl<S: Service> ExecutionHost<S> {
@@ -221,6 +240,7 @@ impl<S: Service> ExecutionHost<S> {
             fetch_holders: 0,
             told: (0, None),
             repliers: (0, cfg.membership.clone()),
+            tentative: None,
             cfg,
         };
         {
@@ -301,8 +321,44 @@ impl<S: Service> ExecutionHost<S> {
                     io.note(ExecEvent::VoidBatch);
                     return Ok(());
                 }
+                if let Some(t) = &self.tentative {
+                    return Err(format!("{seq} delivered over the tentative execution of {}", t.seq));
+                }
                 self.deliver(seq, view, &batch, io);
-                self.tell_reconfigured(io);
+            }
+            ExecCommand::Tentative { epoch, seq, view, batch, durable_group } => {
+                if epoch != self.told.0 {
+                    io.note(ExecEvent::VoidBatch);
+                    return Ok(());
+                }
+                self.execute_tentatively(seq, view, batch, durable_group, io);
+            }
+            ExecCommand::Confirm { epoch, seq, view, batch } => {
+                if epoch != self.told.0 {
+                    io.note(ExecEvent::VoidBatch);
+                    return Ok(());
+                }
+                match self.tentative.take() {
+                    Some(t)
+                        if t.seq == seq && (Arc::ptr_eq(&t.batch, &batch) || t.batch.digest() == batch.digest()) =>
+                    {
+                        self.exec.write().set_tentative(&[]);
+                        self.finish(seq, &t.batch, &t.executed, io);
+                    }
+                    Some(t) => {
+                        return Err(format!("{seq} committed, but {} executed tentatively", t.seq));
+                    }
+                    // Nothing executed here: execute it now.
+                    None => self.deliver(seq, view, &batch, io),
+                }
+            }
+            ExecCommand::RollBack { epoch, seq, view, replay } => {
+                if epoch != self.told.0 {
+                    return Ok(());
+                }
+                if self.tentative.take().is_some_and(|t| t.seq == seq) {
+                    self.roll_back(view, &replay, io)?;
+                }
             }
             ExecCommand::Read { request, view } => {
                 let result = self.exec.read().execute_read_only(&request);
@@ -315,7 +371,11 @@ impl<S: Service> ExecutionHost<S> {
                 io.send(to, epoch, PeerMessage::StateData { seq, answer });
             }
             ExecCommand::Fetch { epoch, peers, holders, seq, state } => {
-                return self.fetch(epoch, &peers, holders, seq, state, io)
+                // The fetched state replaces a tentative execution.
+                if self.tentative.take().is_some() {
+                    self.exec.write().set_tentative(&[]);
+                }
+                return self.fetch(epoch, &peers, holders, seq, state, io);
             }
             ExecCommand::StateData { from, seq, answer } => {
                 let mut steps = Vec::new();
@@ -424,40 +484,89 @@ impl<S: Service> ExecutionHost<S> {
     }
 
     fn deliver(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch, io: &mut impl ExecutionIo) {
+        let executed = self.execute(seq, view, batch);
+        let replies = self.answers(view, &executed, false, io);
+        if !replies.is_empty() {
+            io.replies(replies);
+        }
+        self.finish(seq, batch, &executed, io);
+    }
+
+    /// Executes a prepared batch and answers tentatively; what it executed
+    /// is kept until the batch commits or is undone.
+    fn execute_tentatively(
+        &mut self,
+        seq: SeqNo,
+        view: ViewNo,
+        batch: Arc<Batch>,
+        durable_group: u64,
+        io: &mut impl ExecutionIo,
+    ) {
+        let executed = self.execute(seq, view, &batch);
+        self.exec.write().set_tentative(&executed);
+        let replies = self.answers(view, &executed, true, io);
+        if !replies.is_empty() {
+            io.tentative_replies(replies, durable_group);
+        }
+        self.tentative = Some(Tentative { seq, batch, executed });
+        io.note(ExecEvent::Tentative);
+    }
+
+    fn execute(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch) -> Vec<Executed> {
         let mut exec = self.exec.write();
-        let admin = exec.configuration().map(|c| c.view_manager_client());
         let executed = exec.execute_batch(seq, view, batch);
         // Who answers in full: the members of the state's epoch.
         if let Some(c) = exec.configuration().filter(|c| c.epoch != self.repliers.0) {
             self.repliers = (c.epoch, c.membership());
         }
-        drop(exec);
+        executed
+    }
+
+    /// The answers to send for `executed`; tentative ones leave out a
+    /// result too large to send (it settles nothing until it commits).
+    fn answers(
+        &self,
+        view: ViewNo,
+        executed: &[Executed],
+        tentative: bool,
+        io: &mut impl ExecutionIo,
+    ) -> Vec<ClientMail> {
+        let mut replies = Vec::with_capacity(executed.len());
+        let mut digests = 0;
+        let me = self.cfg.me;
+        let digest_replies = self.cfg.reply_digests.then_some(&self.repliers.1);
+        for e in executed {
+            let full = digest_replies.is_none_or(|m| designated_replier(m, e.client, e.request) == me);
+            let mut answer = answer(e.result.clone(), full, self.cfg.max_result_bytes);
+            digests += u64::from(matches!(answer, Answer::Digest(_)));
+            if tentative {
+                if matches!(answer, Answer::TooLarge { .. }) {
+                    continue;
+                }
+                answer = answer.tentative();
+            }
+            replies.push(ClientMail::Answer { client: e.client, view, request: e.request, answer });
+        }
+        if digests > 0 {
+            io.note(ExecEvent::DigestReplies(digests));
+        }
+        replies
+    }
+
+    /// What follows a batch's commit: counters, observers, the membership,
+    /// and the state at a checkpoint.
+    fn finish(&mut self, seq: SeqNo, batch: &Batch, executed: &[Executed], io: &mut impl ExecutionIo) {
+        let admin = self.exec.read().configuration().map(|c| c.view_manager_client());
         for e in executed.iter().filter(|e| e.fresh && Some(e.client) == admin) {
             if let Some(outcome) = AdminOutcome::decode(&e.result) {
                 io.note(ExecEvent::Admin { accepted: matches!(outcome, AdminOutcome::Accepted { .. }) });
             }
         }
         io.note(ExecEvent::BatchDelivered);
-        io.executed(seq, batch, &executed);
-        let mut replies = Vec::with_capacity(executed.len());
-        let (mut fresh, mut digests) = (0, 0);
-        let me = self.cfg.me;
-        let digest_replies = self.cfg.reply_digests.then_some(&self.repliers.1);
-        for e in executed {
-            fresh += u64::from(e.fresh);
-            let full = digest_replies.is_none_or(|m| designated_replier(m, e.client, e.request) == me);
-            let answer = answer(e.result, full, self.cfg.max_result_bytes);
-            digests += u64::from(matches!(answer, Answer::Digest(_)));
-            replies.push(ClientMail::Answer { client: e.client, view, request: e.request, answer });
-        }
+        io.executed(seq, batch, executed);
+        let fresh = executed.iter().filter(|e| e.fresh).count() as u64;
         if fresh > 0 {
             io.note(ExecEvent::Executed(fresh));
-        }
-        if digests > 0 {
-            io.note(ExecEvent::DigestReplies(digests));
-        }
-        if !replies.is_empty() {
-            io.replies(replies);
         }
         if seq.0 % self.cfg.checkpoint_interval == 0 {
             let mut exec = self.exec.write();
@@ -468,5 +577,47 @@ impl<S: Service> ExecutionHost<S> {
             io.note(ExecEvent::CheckpointTaken);
             io.checkpoint(seq, state, config);
         }
+        self.tell_reconfigured(io);
+    }
+
+    /// Puts the state back as it was before the tentative execution: the
+    /// newest kept checkpoint's state, only in the parts that changed since
+    /// (the snapshot machinery's own change tracking), then the delivered
+    /// batches above it executed again, without answers. No service needs
+    /// undo code.
+    fn roll_back(
+        &mut self,
+        view: ViewNo,
+        replay: &[(SeqNo, Arc<Batch>)],
+        io: &mut impl ExecutionIo,
+    ) -> Result<(), String> {
+        let (from, kept) = self.store.newest().ok_or("no kept state to roll back to")?;
+        let kept = kept.clone();
+        let mut exec = self.exec.write();
+        exec.set_tentative(&[]);
+        let changed = exec.take_changed();
+        let parts: Vec<u32> = if kept.parts.len() == exec.part_count() as usize {
+            changed
+        } else {
+            (0..kept.parts.len() as u32).collect()
+        };
+        for i in parts {
+            let part = kept.parts.get(i as usize).ok_or_else(|| format!("roll-back: no part {i} kept at {from}"))?;
+            exec.install_part(i, part.records()).map_err(|e| format!("roll-back: part {i} of {from}: {e}"))?;
+        }
+        if exec.state_digest() != kept.root {
+            return Err(format!("roll-back: the state put back is not the one kept at {from}"));
+        }
+        let mut next = from.next();
+        for (seq, batch) in replay.iter().filter(|(s, _)| *s > from) {
+            if *seq != next {
+                return Err(format!("roll-back: replay from {from} misses {next}"));
+            }
+            exec.execute_batch(*seq, view, batch);
+            next = seq.next();
+        }
+        drop(exec);
+        io.note(ExecEvent::RolledBack);
+        Ok(())
     }
 }

@@ -324,7 +324,9 @@ fn a_replica_is_replaced_at_a_checkpoint_and_the_new_epoch_orders_on_without_the
     let remove0 = AdminOp::Remove { id: ReplicaId(0) };
     let req = net.submit(vm, reconfiguration(0, 1, vec![add4, remove0]));
     net.settle();
-    let Some(Answer::Full(bytes)) = net.answer(1, vm, req) else { panic!("no answer to the view manager") };
+    let Some(Answer::Full(bytes) | Answer::TentativeFull(bytes)) = net.answer(1, vm, req) else {
+        panic!("no answer to the view manager")
+    };
     let Some(AdminOutcome::Accepted { next, boundary }) = AdminOutcome::decode(bytes) else {
         panic!("not accepted: {bytes:?}")
     };
@@ -374,7 +376,9 @@ fn change(net: &mut Net, epoch: u64, nonce: u64, ops: Vec<AdminOp>) -> Configura
     let req = net.submit(vm, reconfiguration(epoch, nonce, ops));
     net.settle();
     let me = *net.nodes.keys().find(|m| !net.down.contains(m) && net.answer(**m, vm, req).is_some()).expect("answered");
-    let Some(Answer::Full(bytes)) = net.answer(me, vm, req) else { panic!("no full answer") };
+    let Some(Answer::Full(bytes) | Answer::TentativeFull(bytes)) = net.answer(me, vm, req) else {
+        panic!("no full answer")
+    };
     match AdminOutcome::decode(bytes) {
         Some(AdminOutcome::Accepted { next, .. }) => next,
         other => panic!("not accepted: {other:?}"),

@@ -317,3 +317,58 @@ fn a_peer_without_the_checkpoint_says_so_and_the_fetch_goes_elsewhere() {
     assert_eq!(net.fetched, vec![(SeqNo(4), root)]);
     assert_eq!(net.count(ExecEvent::BadStateData), 0, "lacking a checkpoint is not lying");
 }
+
+/// A tentative execution undone by the snapshot machinery: the parts it
+/// changed come back from the newest checkpoint, the batches above that
+/// checkpoint execute again, and the host ends where one that never
+/// executed it does.
+#[test]
+fn a_rolled_back_tentative_execution_leaves_the_state_a_host_that_never_ran_it_has() {
+    let batch =
+        |seq: u64, reqs: Vec<Request>| Arc::new(Batch { timestamp_ms: seq, proposed_in: ViewNo(0), requests: reqs });
+    let committed = |seq: u64| vec![put(seq as u32, 8, seq)];
+    let (mut a, mut b) = (host(0, 1 << 20), host(1, 1 << 20));
+    for h in [&mut a, &mut b] {
+        run(h, committed);
+        for seq in 5..=6 {
+            let cmd =
+                ExecCommand::Deliver { epoch: 0, seq: SeqNo(seq), view: ViewNo(0), batch: batch(seq, committed(seq)) };
+            h.handle(cmd, &mut Out::default()).unwrap();
+        }
+    }
+    // Host a executes at 7 tentatively what never commits: it overwrites
+    // keys that batches 5 and 6 wrote, and adds one in a part of its own.
+    let forged = batch(7, vec![put(5, 3, 100), put(6, 3, 101), put(11, 3, 102)]);
+    let mut out = Out::default();
+    let cmd = ExecCommand::Tentative { epoch: 0, seq: SeqNo(7), view: ViewNo(0), batch: forged, durable_group: 0 };
+    a.handle(cmd, &mut out).unwrap();
+    let lookup = |h: &ExecutionHost<Buckets>, id: u64| h.executor().read().lookup(ClientId(1), RequestId(id));
+    assert!(matches!(lookup(&a, 100), palisade_core::exec::Lookup::Tentative(_)), "its reply is tentative");
+    assert_ne!(a.executor().read().state_digest(), b.executor().read().state_digest());
+    let replay = (5..=6).map(|s| (SeqNo(s), batch(s, committed(s)))).collect();
+    a.handle(ExecCommand::RollBack { epoch: 0, seq: SeqNo(7), view: ViewNo(1), replay }, &mut out).unwrap();
+    assert!(out.events.contains(&ExecEvent::RolledBack));
+    assert_eq!(a.executor().read().state_digest(), b.executor().read().state_digest(), "back to after 6");
+    assert_eq!(lookup(&a, 100), palisade_core::exec::Lookup::New, "the undone request can execute again");
+    // What committed at 7 and 8 (a checkpoint) gives both the same state.
+    let (mut ca, mut cb) = (Out::default(), Out::default());
+    for seq in 7..=8 {
+        for (h, o) in [(&mut a, &mut ca), (&mut b, &mut cb)] {
+            let cmd =
+                ExecCommand::Deliver { epoch: 0, seq: SeqNo(seq), view: ViewNo(1), batch: batch(seq, committed(seq)) };
+            h.handle(cmd, o).unwrap();
+        }
+    }
+    assert_eq!(ca.checkpoints, cb.checkpoints);
+    assert_eq!(ca.checkpoints.len(), 1);
+    // A tentative execution that commits is confirmed without running again.
+    let t = batch(9, committed(9));
+    let mut out = Out::default();
+    let cmd = ExecCommand::Tentative { epoch: 0, seq: SeqNo(9), view: ViewNo(1), batch: t.clone(), durable_group: 0 };
+    a.handle(cmd, &mut out).unwrap();
+    a.handle(ExecCommand::Confirm { epoch: 0, seq: SeqNo(9), view: ViewNo(1), batch: t.clone() }, &mut out).unwrap();
+    b.handle(ExecCommand::Deliver { epoch: 0, seq: SeqNo(9), view: ViewNo(1), batch: t }, &mut Out::default()).unwrap();
+    assert_eq!(a.executor().read().state_digest(), b.executor().read().state_digest());
+    assert!(matches!(lookup(&a, 9), palisade_core::exec::Lookup::Cached(_)), "committed now");
+    assert_eq!(out.events.iter().filter(|e| **e == ExecEvent::BatchDelivered).count(), 1);
+}

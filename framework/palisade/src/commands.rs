@@ -100,6 +100,8 @@ pub struct ReplicaOptions {
     pub rejoin: bool,
     /// What the replica writes to disk.
     pub durability: Durability,
+    /// Whether prepared batches execute tentatively.
+    pub tentative: bool,
     /// Not a member yet: wait to be admitted.
     pub join: bool,
     /// How long a removed replica serves on before exiting.
@@ -113,7 +115,7 @@ pub struct ReplicaOptions {
 /// `palisade replica`: runs one replica until SIGINT or SIGTERM, or until
 /// a reconfiguration removed it and its grace period ended.
 pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, opts: ReplicaOptions) -> ExitCode {
-    let ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms, metrics_addr, listen } = opts;
+    let ReplicaOptions { verbose, rejoin, durability, tentative, join, leave_grace_ms, metrics_addr, listen } = opts;
     let cluster = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -137,6 +139,7 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
     };
     let start = rt_cfg.start;
     rt_cfg.durability = durability;
+    rt_cfg.protocol.tentative_execution = tentative;
     rt_cfg.data_dir = Some(data_dir.to_path_buf());
     rt_cfg.links = chain.links().to_vec();
     rt_cfg.leave_grace_ms = leave_grace_ms;

@@ -217,6 +217,11 @@ enum Command {
         /// once).
         #[arg(long, default_value = "full")]
         durability: Durability,
+        /// Reply only once a batch has committed: no tentative execution
+        /// (PBFT 5.1), which answers once a batch is prepared and saves a
+        /// round on every request's path. Every replica should agree.
+        #[arg(long)]
+        no_tentative: bool,
         /// Start a replica that is not a member yet: it listens where
         /// `keygen --new-replica` said, waits for `admin add` to admit it,
         /// fetches the state and serves.
@@ -363,6 +368,7 @@ fn main() -> ExitCode {
             data_dir,
             rejoin,
             durability,
+            no_tentative,
             join,
             leave_grace_ms,
             metrics_addr,
@@ -372,8 +378,16 @@ fn main() -> ExitCode {
             commands::init_logging(log_format);
             let data_dir = data_dir.unwrap_or_else(|| config.join(format!("data-{id}")));
             let service = registry::find(&service).expect("clap checked the name");
-            let opts =
-                commands::ReplicaOptions { verbose, rejoin, durability, join, leave_grace_ms, metrics_addr, listen };
+            let opts = commands::ReplicaOptions {
+                verbose,
+                rejoin,
+                durability,
+                tentative: !no_tentative,
+                join,
+                leave_grace_ms,
+                metrics_addr,
+                listen,
+            };
             commands::replica(&config, id, service, &data_dir, opts)
         }
         Command::Status { config, timeout_ms } => palisade::admin::admin(&config, AdminCommand::Status, timeout_ms),

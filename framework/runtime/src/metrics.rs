@@ -88,6 +88,11 @@ counters! {
     /// Batches an epoch's core delivered past that epoch's end, not
     /// executed (the next epoch orders those sequence numbers again).
     batches_void,
+    /// Batches executed tentatively (answered before they committed).
+    batches_tentative,
+    /// Tentative executions undone because another batch committed at
+    /// their sequence number (after a view change).
+    tentative_rollbacks,
     /// Links of the chain of epochs sent to clients (asked for, or
     /// pushed when an epoch starts).
     chain_links_sent,

@@ -377,6 +377,11 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             Some(Restart { votes_lost: true, executed: SeqNo(0), executed_state: genesis, nonce, records: Vec::new() })
         }
     };
+    // In `log` mode replies wait until their batch is logged as decided,
+    // which a tentative batch is not: tentative execution would only add
+    // work there.
+    let mut protocol_cfg = cfg.protocol.clone();
+    protocol_cfg.tentative_execution &= cfg.durability != Durability::Log;
     let host = match restart {
         Some(restart) => {
             let e = exec.read();
@@ -384,13 +389,13 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             let state = (config, since, e.pending_configuration().map(|(_, b)| b));
             let plan = plan_restart(restart, records_link.as_ref(), state, (&genesis_config, genesis), chain.links())?;
             drop(e);
-            EpochHost::restarting(plan, me, cfg.protocol.clone(), crypto_for)
+            EpochHost::restarting(plan, me, protocol_cfg, crypto_for)
         }
         None => {
-            let mut protocol = cfg.protocol.clone();
+            let mut protocol = protocol_cfg.clone();
             protocol.membership = genesis_config.membership();
             let core = Replica::new(protocol, me, crypto_for(&genesis_config), genesis);
-            EpochHost::new(core, genesis_config.clone(), cfg.protocol.clone(), crypto_for)
+            EpochHost::new(core, genesis_config.clone(), protocol_cfg, crypto_for)
         }
     }
     .knowing(chain.links().to_vec());
@@ -418,6 +423,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             marks: marks.clone(),
             snapshots,
             held: Default::default(),
+            held_tentative: Default::default(),
             forced: None,
         });
         journal_link = Some(JournalLink {

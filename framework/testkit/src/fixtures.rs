@@ -86,12 +86,13 @@ pub fn broadcasts(actions: &[Action]) -> Vec<&PeerMessage> {
         .collect()
 }
 
-/// The sequence numbers `actions` deliver.
+/// The sequence numbers `actions` deliver (a tentative execution
+/// confirmed is delivered too).
 pub fn delivered(actions: &[Action]) -> Vec<SeqNo> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Deliver { seq, .. } => Some(*seq),
+            Action::Deliver { seq, .. } | Action::Confirm { seq, .. } => Some(*seq),
             _ => None,
         })
         .collect()

@@ -91,6 +91,30 @@ pub enum Answer {
         /// Its SHA-256.
         digest: palisade_core::Digest,
     },
+    /// [`Answer::Full`] from a tentative execution (PBFT 5.1): the batch
+    /// is prepared at this replica but not committed. It counts towards a
+    /// quorum of matching tentative answers from one view, where a
+    /// committed answer counts towards f+1.
+    TentativeFull(Bytes),
+    /// [`Answer::Digest`] from a tentative execution.
+    TentativeDigest(palisade_core::Digest),
+}
+
+impl Answer {
+    /// Whether the answer comes from a tentative execution.
+    pub fn is_tentative(&self) -> bool {
+        matches!(self, Answer::TentativeFull(_) | Answer::TentativeDigest(_))
+    }
+
+    /// The same answer from a tentative execution (a result too large to
+    /// send stays as it is: it settles nothing tentatively).
+    pub fn tentative(self) -> Answer {
+        match self {
+            Answer::Full(b) => Answer::TentativeFull(b),
+            Answer::Digest(d) => Answer::TentativeDigest(d),
+            other => other,
+        }
+    }
 }
 
 /// Why a replica turned a client request away without executing it.

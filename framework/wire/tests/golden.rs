@@ -175,6 +175,19 @@ fn client_and_replica_messages() {
         "0408070605040302010301030702ac0200026f6bad02010909090909090909090909090909090909090909090909090909090909090909",
     );
     check(
+        "replies-tentative",
+        &ReplicaMessage::Replies {
+            view: ViewNo(1),
+            replica: ReplicaId(3),
+            client: ClientId(7),
+            answers: vec![
+                (RequestId(300), Answer::TentativeFull(Bytes::from_static(b"ok"))),
+                (RequestId(301), Answer::TentativeDigest(Digest([9; 32]))),
+            ],
+        },
+        "0408070605040302010301030702ac0203026f6bad02040909090909090909090909090909090909090909090909090909090909090909",
+    );
+    check(
         "replies-too-large",
         &ReplicaMessage::Replies {
             view: ViewNo(1),

@@ -89,6 +89,9 @@ pub enum Lookup {
     New,
     /// Executed already: resend this reply.
     Cached(Bytes),
+    /// Executed tentatively and not committed yet: resend this reply,
+    /// saying it is tentative.
+    Tentative(Bytes),
     /// Below the client's window: neither executable nor cached.
     Stale,
 }
@@ -173,6 +176,9 @@ pub struct Executor<S> {
     /// What admin requests need: the view manager's client id (fixed for
     /// the cluster's life), signature checks and the checkpoint interval.
     admin: Option<Admin>,
+    /// The requests of the batch executed tentatively: their cached
+    /// replies are tentative until it commits. Not replicated state.
+    tentative: std::collections::BTreeSet<(ClientId, RequestId)>,
 }
 
 struct Admin {
@@ -193,6 +199,7 @@ impl<S: Service> Executor<S> {
             dirty: Default::default(),
             reconfig: None,
             admin: None,
+            tentative: Default::default(),
         }
     }
 
@@ -238,7 +245,11 @@ impl<S: Service> Executor<S> {
             None => Lookup::New,
             Some(rec) => {
                 if let Some(r) = rec.done.get(&id.0) {
-                    Lookup::Cached(r.clone())
+                    if self.tentative.contains(&(client, id)) {
+                        Lookup::Tentative(r.clone())
+                    } else {
+                        Lookup::Cached(r.clone())
+                    }
                 } else if rec.high >= self.window && id.0 <= rec.high - self.window {
                     Lookup::Stale
                 } else {
@@ -246,6 +257,14 @@ impl<S: Service> Executor<S> {
                 }
             }
         }
+    }
+
+    /// Marks the fresh requests of `executed` as executed tentatively
+    /// (their cached replies are then [`Lookup::Tentative`]), or with an
+    /// empty slice, none.
+    pub fn set_tentative(&mut self, executed: &[Executed]) {
+        self.tentative.clear();
+        self.tentative.extend(executed.iter().filter(|e| e.fresh).map(|e| (e.client, e.request)));
     }
 
     /// Executes a committed batch. Duplicates yield their cached reply;
@@ -289,7 +308,7 @@ impl<S: Service> Executor<S> {
             }
             match self.lookup(req.client, req.id) {
                 Lookup::Stale => {}
-                Lookup::Cached(result) => slots.push((req, Slot::Cached(result))),
+                Lookup::Cached(result) | Lookup::Tentative(result) => slots.push((req, Slot::Cached(result))),
                 Lookup::New
                     if self.reconfig.is_some() && self.admin.as_ref().is_some_and(|a| a.client == req.client) =>
                 {

@@ -96,6 +96,45 @@ pub enum Action {
         /// The batch.
         batch: Arc<Batch>,
     },
+    /// Execute a batch tentatively (PBFT 5.1): it is prepared here and
+    /// every earlier sequence number is delivered, but it has not
+    /// committed. Answers say they are tentative. At most one is
+    /// outstanding; the next word about `seq` is [`Action::Confirm`], or
+    /// [`Action::RollBack`] followed by a [`Action::Deliver`] of what
+    /// committed there. It is never a checkpoint's sequence number.
+    ExecuteTentative {
+        /// Its sequence number.
+        seq: SeqNo,
+        /// This replica's view (the view it prepared in).
+        view: ViewNo,
+        /// The batch.
+        batch: Arc<Batch>,
+    },
+    /// The batch executed tentatively at `seq` committed: it is delivered
+    /// now, as it executed (log it as decided; nothing re-executes).
+    Confirm {
+        /// Its sequence number.
+        seq: SeqNo,
+        /// This replica's view.
+        view: ViewNo,
+        /// The batch.
+        batch: Arc<Batch>,
+    },
+    /// What committed at `seq` is not what executed tentatively there:
+    /// put the state back as it was after `seq - 1`, by installing the
+    /// newest kept checkpoint's state and executing again the batches of
+    /// `replay` above it (every delivered batch above the stable
+    /// checkpoint, in order). No answers go out for the replay: those
+    /// requests were answered when they were delivered.
+    RollBack {
+        /// The tentative sequence number being undone.
+        seq: SeqNo,
+        /// This replica's view (what the replayed batches' contexts say).
+        view: ViewNo,
+        /// Delivered batches, in order, from above the stable checkpoint
+        /// to `seq - 1`.
+        replay: Vec<(SeqNo, Arc<Batch>)>,
+    },
     /// Answer a read-only request now, saying this view (clients learn the
     /// primary from replies).
     ExecuteReadOnly {
@@ -334,6 +373,10 @@ pub struct Metrics {
     pub rejoined: u64,
     /// Why this replica last started or joined a view change.
     pub last_view_change: Option<ViewChangeReason>,
+    /// Batches executed tentatively.
+    pub tentative_batches: u64,
+    /// Tentative executions undone because something else committed.
+    pub rollbacks: u64,
 }
 
 /// Why a replica moved to a new view: for an operator's log.

@@ -59,6 +59,8 @@ pub(super) struct Log {
     /// The primary never stamps a batch earlier than the one before.
     pub last_timestamp_ms: u64,
     pub null_batch: Arc<Batch>,
+    /// The batch executed tentatively at `delivered + 1`, by digest.
+    pub tentative: Option<(SeqNo, Digest)>,
 }
 
 impl Log {
@@ -69,6 +71,7 @@ impl Log {
             next_seq: SeqNo(1),
             last_timestamp_ms: 0,
             null_batch: Arc::new(Batch::null()),
+            tentative: None,
         }
     }
 

@@ -24,8 +24,10 @@
 //! The caller processes the actions of one [`Replica::step`] in order, and:
 //! 1. makes every [`Action::Persist`] durable before sending any message that
 //!    follows it (a replica must never vote, then forget the vote in a crash);
-//! 2. executes [`Action::Deliver`] and [`Action::ExecuteReadOnly`] in order on
-//!    one executor, so a read sees every batch delivered before it;
+//! 2. executes [`Action::Deliver`], [`Action::ExecuteTentative`],
+//!    [`Action::Confirm`], [`Action::RollBack`] and
+//!    [`Action::ExecuteReadOnly`] in order on one executor, so a read sees
+//!    every batch executed before it;
 //! 3. after executing a sequence number that is a multiple of the checkpoint
 //!    interval, takes a snapshot, keeps it, and feeds back
 //!    [`Input::CheckpointReady`] with its digest;
@@ -204,6 +206,10 @@ impl<C: Crypto> Replica<C> {
     /// Highest sequence number delivered.
     pub fn delivered(&self) -> SeqNo {
         self.log.delivered
+    }
+    /// The sequence number executed tentatively and not yet committed.
+    pub fn tentative(&self) -> Option<SeqNo> {
+        self.log.tentative.map(|(s, _)| s)
     }
     /// The stable checkpoint.
     pub fn stable_checkpoint(&self) -> &CheckpointCert {

@@ -198,6 +198,7 @@ impl<C: Crypto> Replica<C> {
         slot.touched_ms = now;
         self.persist(Record::Prepared { view, seq, digest });
         self.broadcast(PeerMessage::Commit(Vote { view, seq, digest }));
+        self.try_tentative();
         self.check_committed(seq);
     }
 
@@ -269,6 +270,20 @@ impl<C: Crypto> Replica<C> {
                 }
                 break;
             };
+            // A tentative execution here either was what committed, or is
+            // undone before what committed executes.
+            let confirmed = match self.log.tentative {
+                Some((t, executed)) if t == seq => {
+                    self.log.tentative = None;
+                    if executed != digest {
+                        self.metrics.rollbacks += 1;
+                        let replay = self.replay_list();
+                        self.actions.push(Action::RollBack { seq, view: self.view, replay });
+                    }
+                    executed == digest
+                }
+                _ => false,
+            };
             self.log.delivered = seq;
             self.timers.delivered_at_ms = now;
             self.end_progress();
@@ -279,10 +294,72 @@ impl<C: Crypto> Replica<C> {
                 self.adapt_request_timeout(&batch);
             }
             self.pool.delivered(&batch);
-            self.actions.push(Action::Deliver { seq, view: self.view, batch });
+            let view = self.view;
+            self.actions.push(if confirmed {
+                Action::Confirm { seq, view, batch }
+            } else {
+                Action::Deliver { seq, view, batch }
+            });
         }
+        self.try_tentative();
         self.flush_reads();
         self.try_propose();
+    }
+
+    /// Executes the next batch tentatively if it is prepared in this view
+    /// and every earlier one is delivered (PBFT 5.1). Never at a checkpoint
+    /// (the state taken there must be committed) or past the epoch's end,
+    /// and only when a roll-back could replay every delivered batch above
+    /// the newest checkpoint.
+    pub(super) fn try_tentative(&mut self) {
+        if !self.cfg.tentative_execution
+            || self.log.tentative.is_some()
+            || self.transfer.is_some()
+            || !self.normal
+            || self.rejoining()
+        {
+            return;
+        }
+        let seq = self.log.delivered.next();
+        if seq.0 % self.cfg.checkpoint_interval == 0 || self.past_end(seq) {
+            return;
+        }
+        let Some(slot) = self.log.slots.get(&seq) else { return };
+        if slot.decided.is_some() || !slot.prepared_here || slot.view != self.view {
+            return;
+        }
+        let Some(digest) = slot.pre_prepare else { return };
+        let Some(batch) = self.log.batch_for(seq, digest) else { return };
+        if batch.is_null() || !self.replayable() {
+            return;
+        }
+        self.log.tentative = Some((seq, digest));
+        self.metrics.tentative_batches += 1;
+        self.actions.push(Action::ExecuteTentative { seq, view: self.view, batch });
+    }
+
+    /// Whether the log holds every delivered batch above the newest
+    /// checkpoint, which a roll-back executes again.
+    fn replayable(&self) -> bool {
+        let k = self.cfg.checkpoint_interval;
+        let newest = self.log.delivered.0 / k * k;
+        (newest + 1..=self.log.delivered.0).all(|s| {
+            let seq = SeqNo(s);
+            self.log.slots.get(&seq).and_then(|slot| slot.decided).and_then(|d| self.log.batch_for(seq, d)).is_some()
+        })
+    }
+
+    /// The delivered batches above the newest checkpoint, in order.
+    fn replay_list(&self) -> Vec<(SeqNo, Arc<Batch>)> {
+        let k = self.cfg.checkpoint_interval;
+        let newest = self.log.delivered.0 / k * k;
+        (newest + 1..=self.log.delivered.0)
+            .filter_map(|s| {
+                let seq = SeqNo(s);
+                let d = self.log.slots.get(&seq)?.decided?;
+                Some((seq, self.log.batch_for(seq, d)?))
+            })
+            .collect()
     }
 
     pub(super) fn on_batch_request(&mut self, from: ReplicaId, seq: SeqNo, digest: Digest) {

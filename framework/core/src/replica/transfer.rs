@@ -32,6 +32,8 @@ impl<C: Crypto> Replica<C> {
             return;
         }
         self.transfer = Some(Transfer { seq, state, vouched });
+        // The fetched state replaces whatever executed tentatively.
+        self.log.tentative = None;
         self.ask_for_state();
     }
 

@@ -210,12 +210,22 @@ impl ConsensusIo for Wiring<'_> {
         }
     }
 
-    fn execute(&mut self, cmd: ExecCommand) {
-        if let (ExecCommand::Deliver { epoch, seq, view, batch }, Some(j)) = (&cmd, self.journal.as_deref_mut()) {
-            if j.batches {
-                // Logged while delivery executes it (Durable-SMaRt's
-                // parallel logging).
-                j.pending.push(Entry::Decided { epoch: *epoch, seq: *seq, view: *view, batch: batch.clone() });
+    fn execute(&mut self, mut cmd: ExecCommand) {
+        if let Some(j) = self.journal.as_deref_mut() {
+            match &mut cmd {
+                ExecCommand::Deliver { epoch, seq, view, batch } | ExecCommand::Confirm { epoch, seq, view, batch }
+                    if j.batches =>
+                {
+                    // Logged while delivery executes it (Durable-SMaRt's
+                    // parallel logging).
+                    j.pending.push(Entry::Decided { epoch: *epoch, seq: *seq, view: *view, batch: batch.clone() });
+                }
+                ExecCommand::Tentative { durable_group, .. } if j.votes => {
+                    // Its answers wait for every record so far (the one
+                    // saying it prepared among them).
+                    *durable_group = j.submitted + u64::from(!j.pending.is_empty());
+                }
+                _ => {}
             }
         }
         if self.tx_delivery.push(cmd).is_err() {

@@ -28,6 +28,9 @@ pub struct DeliveryDisk {
     pub snapshots: SnapshotWriter,
     /// Replies waiting for their batch (its sequence number) to be durable.
     pub held: VecDeque<(u64, Vec<ClientMail>)>,
+    /// Tentative replies waiting for the records before them to be
+    /// durable (the group count they need).
+    pub held_tentative: VecDeque<(u64, Vec<ClientMail>)>,
     /// A fetched state that must be written (the log cannot replay to it)
     /// once the writer is free.
     pub forced: Option<SeqNo>,
@@ -59,8 +62,14 @@ pub struct Delivery<S: Service> {
     pub fetch_logged: u64,
 }
 
+/// Replies held until a mark (a sequence number, a group count) is durable.
+type Held = VecDeque<(u64, Vec<ClientMail>)>;
+
 struct Wiring<'a> {
-    held: Option<&'a mut VecDeque<(u64, Vec<ClientMail>)>>,
+    held: Option<&'a mut Held>,
+    /// Tentative replies held for durable records, and how many groups
+    /// of records are durable now.
+    held_tentative: Option<(&'a mut Held, u64)>,
     seq: u64,
     taken: Vec<(SeqNo, bool)>,
     tx_control: &'a mut Outflow<Control>,
@@ -80,6 +89,23 @@ impl ExecutionIo for Wiring<'_> {
         if let Some(held) = self.held.as_deref_mut() {
             held.push_back((self.seq, mails));
             return;
+        }
+        if self.tx_reply.push(mails).is_err() {
+            self.ended = true;
+        }
+    }
+
+    fn tentative_replies(&mut self, mails: Vec<ClientMail>, durable_group: u64) {
+        for m in &mails {
+            if let ClientMail::Answer { client, request, .. } = m {
+                self.metrics.latency.answered(*client, *request);
+            }
+        }
+        if let Some((held, done)) = self.held_tentative.as_mut() {
+            if durable_group > *done || !held.is_empty() {
+                held.push_back((durable_group, mails));
+                return;
+            }
         }
         if self.tx_reply.push(mails).is_err() {
             self.ended = true;
@@ -122,6 +148,8 @@ impl ExecutionIo for Wiring<'_> {
             ExecEvent::PartInstalled => RuntimeMetrics::add(&c.state_parts_installed, 1),
             ExecEvent::BadStateData => RuntimeMetrics::add(&c.state_data_bad, 1),
             ExecEvent::VoidBatch => RuntimeMetrics::add(&c.batches_void, 1),
+            ExecEvent::Tentative => RuntimeMetrics::add(&c.batches_tentative, 1),
+            ExecEvent::RolledBack => RuntimeMetrics::add(&c.tentative_rollbacks, 1),
             ExecEvent::Admin { accepted: true } => RuntimeMetrics::add(&c.admin_requests_accepted, 1),
             ExecEvent::Admin { accepted: false } => RuntimeMetrics::add(&c.admin_requests_rejected, 1),
         }
@@ -145,7 +173,7 @@ impl<S: Service + Send + Sync> Stage for Delivery<S> {
             }
             let Some(cmd) = self.rx.take() else { break };
             match &cmd {
-                ExecCommand::Deliver { seq, .. } => self.delivered = seq.0,
+                ExecCommand::Deliver { seq, .. } | ExecCommand::Confirm { seq, .. } => self.delivered = seq.0,
                 // Logged once a target: the core asks again while it waits.
                 ExecCommand::Fetch { epoch, seq, holders, .. } if seq.0 != self.fetch_logged => {
                     self.fetch_logged = seq.0;
@@ -161,8 +189,16 @@ impl<S: Service + Send + Sync> Stage for Delivery<S> {
                 _ => {}
             }
             let hold = self.disk.as_ref().is_some_and(|d| d.hold_replies);
+            let (held, held_tentative) = match self.disk.as_mut() {
+                Some(d) => {
+                    let done = d.marks.groups_done.load(Ordering::Acquire);
+                    (if hold { Some(&mut d.held) } else { None }, Some((&mut d.held_tentative, done)))
+                }
+                None => (None, None),
+            };
             let mut io = Wiring {
-                held: if hold { self.disk.as_mut().map(|d| &mut d.held) } else { None },
+                held,
+                held_tentative,
                 seq: self.delivered,
                 taken: Vec::new(),
                 tx_control: &mut self.tx_control,
@@ -197,6 +233,12 @@ impl<S: Service + Send + Sync> Delivery<S> {
         let mut any = false;
         while disk.held.front().is_some_and(|(seq, _)| *seq <= durable) {
             let (_, mails) = disk.held.pop_front().expect("a front");
+            self.tx_reply.push(mails)?;
+            any = true;
+        }
+        let groups = disk.marks.groups_done.load(Ordering::Acquire);
+        while disk.held_tentative.front().is_some_and(|(group, _)| *group <= groups) {
+            let (_, mails) = disk.held_tentative.pop_front().expect("a front");
             self.tx_reply.push(mails)?;
             any = true;
         }

@@ -59,6 +59,11 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
                 .collect()
         };
         for (r, lookup) in verdicts {
+            // A tentative execution's reply is resent as tentative.
+            let (lookup, tentative) = match lookup {
+                Lookup::Tentative(result) => (Lookup::Cached(result), true),
+                other => (other, false),
+            };
             match lookup {
                 Lookup::New => {
                     if !r.read_only {
@@ -68,11 +73,14 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
                 }
                 Lookup::Cached(result) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_cached, 1);
-                    let answer = palisade_host::answer(result, true, self.max_result_bytes);
+                    let mut answer = palisade_host::answer(result, true, self.max_result_bytes);
+                    if tentative {
+                        answer = answer.tentative();
+                    }
                     let cached = ClientMail::Answer { client: r.client, view, request: r.id, answer };
                     notify(&self.tx_reply, cached, &self.metrics);
                 }
-                Lookup::Stale => {
+                Lookup::Stale | Lookup::Tentative(_) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_stale, 1);
                     let stale = ClientMail::Refusal { client: r.client, request: r.id, reason: RejectReason::Stale };
                     notify(&self.tx_reply, stale, &self.metrics);

@@ -99,8 +99,8 @@ impl Stage for Replier {
                 };
                 let size = 48
                     + match &answer {
-                        Answer::Full(b) => b.len(),
-                        Answer::Digest(_) => 32,
+                        Answer::Full(b) | Answer::TentativeFull(b) => b.len(),
+                        Answer::Digest(_) | Answer::TentativeDigest(_) => 32,
                         Answer::TooLarge { .. } => 48,
                     };
                 let a = gathered.entry((client, view)).or_default();

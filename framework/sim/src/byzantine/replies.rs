@@ -13,7 +13,7 @@ use palisade_wire::envelope::Answer;
 /// to send.
 fn lie(answer: &Answer) -> Bytes {
     match answer {
-        Answer::Full(result) => {
+        Answer::Full(result) | Answer::TentativeFull(result) => {
             let mut v = result.to_vec();
             match v.first_mut() {
                 Some(b) => *b = b.wrapping_add(1),
@@ -21,7 +21,9 @@ fn lie(answer: &Answer) -> Bytes {
             }
             Bytes::from(v)
         }
-        Answer::Digest(d) | Answer::TooLarge { digest: d, .. } => Bytes::copy_from_slice(&d.0[..8]),
+        Answer::Digest(d) | Answer::TentativeDigest(d) | Answer::TooLarge { digest: d, .. } => {
+            Bytes::copy_from_slice(&d.0[..8])
+        }
     }
 }
 
@@ -43,7 +45,10 @@ impl Strategy for ForgedReplies {
     fn reply(&mut self, _: &mut ByzCtx<'_>, mail: ClientMail) -> Option<ClientMail> {
         Some(match mail {
             ClientMail::Answer { client, view, request, answer } => {
-                ClientMail::Answer { client, view, request, answer: Answer::Full(lie(&answer)) }
+                // A lie about a tentative execution says it is tentative.
+                let forged = Answer::Full(lie(&answer));
+                let forged = if answer.is_tentative() { forged.tentative() } else { forged };
+                ClientMail::Answer { client, view, request, answer: forged }
             }
             refusal => refusal,
         })
@@ -63,7 +68,8 @@ impl Strategy for WrongDigestReplies {
     fn reply(&mut self, _: &mut ByzCtx<'_>, mail: ClientMail) -> Option<ClientMail> {
         Some(match mail {
             ClientMail::Answer { client, view, request, answer } => {
-                let answer = Answer::Digest(Digest::of(&lie(&answer)));
+                let forged = Answer::Digest(Digest::of(&lie(&answer)));
+                let answer = if answer.is_tentative() { forged.tentative() } else { forged };
                 ClientMail::Answer { client, view, request, answer }
             }
             refusal => refusal,
@@ -92,6 +98,10 @@ impl Strategy for WithheldReplies {
                 } else {
                     Answer::Digest(digest)
                 };
+                ClientMail::Answer { client, view, request, answer }
+            }
+            ClientMail::Answer { client, view, request, answer: Answer::TentativeFull(result) } => {
+                let answer = Answer::TentativeDigest(Digest::of(&result));
                 ClientMail::Answer { client, view, request, answer }
             }
             other => other,

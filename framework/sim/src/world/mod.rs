@@ -308,7 +308,8 @@ impl World {
         self.schedule(self.heal_at, Event::Heal);
         // Each operation after the heal has the liveness bound to complete,
         // one after another: stop once none could still be within it.
-        let hard_end = self.heal_at + (u64::from(self.cfg.ops_after_heal) + 2) * self.cfg.liveness_bound_ms;
+        let mut hard_end = self.heal_at + (u64::from(self.cfg.ops_after_heal) + 2) * self.cfg.liveness_bound_ms;
+        let mut draining = false;
         while let Some(Reverse(ev)) = self.queue.pop() {
             if ev.time > hard_end {
                 break;
@@ -359,7 +360,20 @@ impl World {
                 && admin_done
                 && self.clients.iter().all(|c| c.ops_after_heal == 0 && c.current.is_none())
             {
-                break;
+                // A client may have accepted a quorum of tentative answers
+                // for a batch that has not committed yet: run on until no
+                // correct replica holds a tentative execution (within the
+                // liveness bound), so the checker judges committed history.
+                if !draining {
+                    draining = true;
+                    hard_end = hard_end.min(self.now + self.cfg.liveness_bound_ms);
+                }
+                let pending = self.replicas.iter().any(|r| {
+                    r.strategy.is_none() && r.consensus.as_ref().is_some_and(|c| c.core().tentative().is_some())
+                });
+                if !pending {
+                    break;
+                }
             }
         }
         self.report()

@@ -95,6 +95,11 @@ impl World {
                     self.replica_mail(r, ClientMail::Answer { client: req.client, view, request: req.id, answer });
                     return;
                 }
+                Lookup::Tentative(result) => {
+                    let answer = Answer::TentativeFull(result);
+                    self.replica_mail(r, ClientMail::Answer { client: req.client, view, request: req.id, answer });
+                    return;
+                }
                 Lookup::Stale => {
                     let reason = RejectReason::Stale;
                     self.replica_mail(r, ClientMail::Refusal { client: req.client, request: req.id, reason });

@@ -311,7 +311,9 @@ impl World {
 
     fn execute(&mut self, r: usize, cmd: ExecCommand, inputs: &mut VecDeque<Feed>) {
         let Some(mut exec) = self.replicas[r].execution.take() else { return };
-        if let ExecCommand::Deliver { epoch, seq, view, batch } = &cmd {
+        if let ExecCommand::Deliver { epoch, seq, view, batch } | ExecCommand::Confirm { epoch, seq, view, batch } =
+            &cmd
+        {
             // Logged as it is delivered (the runtime does it in parallel).
             let entry = Entry::Decided { epoch: *epoch, seq: *seq, view: *view, batch: batch.clone() };
             if let Err(e) = self.replicas[r].disk.write(entry) {
