@@ -121,8 +121,8 @@ pub(crate) struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip)]
     pub(crate) compare_auth: Vec<RequestAuth>,
-    /// Like `--compare-durability`, with tentative execution on and then
-    /// off: the latency it saves, side by side.
+    /// Like `--compare-durability`, with tentative execution off and then
+    /// on: the latency it saves, side by side.
     #[arg(long)]
     #[serde(skip)]
     pub(crate) compare_tentative: bool,
@@ -299,9 +299,9 @@ pub(crate) struct ReplicaTuning {
     /// `palisade replica`, and so of this harness).
     #[arg(long, default_value = "full")]
     pub(crate) durability: Durability,
-    /// Reply only once a batch has committed (no tentative execution).
+    /// Execute prepared batches tentatively (`palisade replica --tentative`).
     #[arg(long)]
-    pub(crate) no_tentative: bool,
+    pub(crate) tentative: bool,
 }
 
 impl ReplicaTuning {
@@ -315,8 +315,8 @@ impl ReplicaTuning {
         if let Some(t) = self.stage_threads {
             args.push(format!("--stage-threads={}", format!("{t:?}").to_lowercase()));
         }
-        if self.no_tentative {
-            args.push("--no-tentative".into());
+        if self.tentative {
+            args.push("--tentative".into());
         }
         args
     }

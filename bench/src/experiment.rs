@@ -32,7 +32,7 @@ pub(crate) fn run(a: RunArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     if a.compare_tentative {
-        return compare(a, vec![Variant::Tentative(true), Variant::Tentative(false)]);
+        return compare(a, vec![Variant::Tentative(false), Variant::Tentative(true)]);
     }
     if !a.compare_durability.is_empty() {
         let variants = a.compare_durability.iter().map(|d| Variant::Durability(*d)).collect();
@@ -125,7 +125,7 @@ impl Variant {
         match *self {
             Variant::Durability(d) => run.tuning.durability = d,
             Variant::Auth(m) => run.request_auth = m,
-            Variant::Tentative(on) => run.tuning.no_tentative = !on,
+            Variant::Tentative(on) => run.tuning.tentative = on,
         }
     }
 }

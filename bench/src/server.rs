@@ -48,7 +48,7 @@ pub(crate) fn replica(
         cfg.start = Start::LostVotes;
     }
     cfg.durability = s.durability;
-    cfg.protocol.tentative_execution = !s.no_tentative;
+    cfg.protocol.tentative_execution = s.tentative;
     cfg.data_dir = Some(config.join(format!("data-{id}")));
     if join {
         cfg.listen = match palisade::keygen::joining_address(config, me) {

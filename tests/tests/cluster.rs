@@ -24,6 +24,8 @@ struct Cluster {
     disk: Option<(std::path::PathBuf, Durability)>,
     /// Sequence numbers between snapshots written (0: every checkpoint).
     snapshot_interval: u64,
+    /// Replicas execute prepared batches tentatively.
+    tentative: bool,
 }
 
 fn cluster(n: usize, mode: Mode, auth: RequestAuth) -> Cluster {
@@ -35,6 +37,7 @@ fn cluster(n: usize, mode: Mode, auth: RequestAuth) -> Cluster {
         stage_threads: StageThreads::for_machine(),
         disk: None,
         snapshot_interval: 0,
+        tentative: false,
     }
 }
 
@@ -52,6 +55,7 @@ fn runtime_config(c: &ClusterConfig, stage_threads: StageThreads) -> RuntimeConf
 impl Cluster {
     fn config_of(&self, i: usize) -> RuntimeConfig {
         let mut cfg = runtime_config(&self.config, self.stage_threads);
+        cfg.protocol.tentative_execution = self.tentative;
         if let Some((root, mode)) = &self.disk {
             cfg.durability = *mode;
             cfg.data_dir = Some(root.join(format!("replica-{i}")));
@@ -198,9 +202,21 @@ fn scratch(name: &str) -> std::path::PathBuf {
 /// their disks, they hold every acknowledged operation and go on serving.
 #[test]
 fn in_full_mode_every_replica_crashing_at_once_loses_no_acknowledged_operation() {
+    crash_all(false);
+}
+
+/// Tentative answers wait until the replica's records (its PREPARED among
+/// them) are durable: a quorum of them survives every replica crashing.
+#[test]
+fn with_tentative_execution_every_replica_crashing_at_once_loses_no_acknowledged_operation() {
+    crash_all(true);
+}
+
+fn crash_all(tentative: bool) {
     let rt = rt();
-    let root = scratch("crash-all");
+    let root = scratch(if tentative { "crash-all-tentative" } else { "crash-all" });
     let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
+    c.tentative = tentative;
     c.disk = Some((root.clone(), Durability::Full));
     c.start_with(KvStore::default);
     let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -220,6 +236,10 @@ fn in_full_mode_every_replica_crashing_at_once_loses_no_acknowledged_operation()
             }));
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        if tentative {
+            let executed = c.counter_of_each("batches_tentative");
+            assert!(executed.iter().all(|n| *n > 0), "every replica executed tentatively: {executed:?}");
+        }
         for i in 0..4 {
             c.kill(i);
         }
@@ -230,6 +250,7 @@ fn in_full_mode_every_replica_crashing_at_once_loses_no_acknowledged_operation()
     });
     let acked = acked.lock().clone();
     assert!(acked.len() > 50, "the crash landed under load ({} acknowledged)", acked.len());
+
     let mut snapshots = 0;
     for i in 0..4 {
         c.recover(i, KvStore::default());
@@ -300,11 +321,12 @@ fn in_log_mode_a_restarted_replica_recovers_its_state_and_rejoins() {
 /// Kills replica `victim` while four clients add; checks that the kill
 /// landed mid-load, that every acknowledged add is in the final state and
 /// that the cluster kept serving.
-fn kill_under_load(victim: usize, stage_threads: StageThreads) {
+fn kill_under_load(victim: usize, stage_threads: StageThreads, tentative: bool) {
     const PER_CLIENT: u64 = 100;
     let rt = rt();
     let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     c.stage_threads = stage_threads;
+    c.tentative = tentative;
     c.start_with(Counter::default);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let tasks = rt.block_on(async {
@@ -347,14 +369,21 @@ fn kill_under_load(victim: usize, stage_threads: StageThreads) {
 fn the_primary_dies_under_load_and_no_acknowledged_operation_is_lost() {
     // In every placement of the stages on threads.
     for placement in [StageThreads::Dedicated, StageThreads::Shared, StageThreads::Network] {
-        kill_under_load(0, placement);
+        kill_under_load(0, placement, false);
     }
+}
+
+/// The primary dies with tentative executions outstanding: the view change
+/// confirms or undoes them, and every add a client saw lands exactly once.
+#[test]
+fn the_primary_dies_under_load_with_tentative_execution_and_no_acknowledged_operation_is_lost() {
+    kill_under_load(0, StageThreads::for_machine(), true);
 }
 
 #[test]
 fn any_backup_dies_under_load_and_no_acknowledged_operation_is_lost() {
     for victim in 1..4 {
-        kill_under_load(victim, StageThreads::for_machine());
+        kill_under_load(victim, StageThreads::for_machine(), false);
     }
 }
 

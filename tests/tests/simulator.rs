@@ -217,3 +217,23 @@ fn a_replica_lying_about_the_chain_of_epochs_is_refused_and_joiners_still_join()
     assert!(refused > 100, "forged links were sent and refused: {refused}");
     assert!(reports.iter().filter(|r| r.max_epoch >= 2).count() > 100, "the runs changed membership");
 }
+
+#[test]
+fn tentative_execution_under_byzantine_primaries_and_view_changes_stays_safe_and_is_rolled_back() {
+    // Primaries that equivocate, lie in view changes or go slow get some
+    // replicas to execute tentatively what the next view does not commit.
+    let mut reports = Vec::new();
+    for (name, seeds) in
+        [("equivocate", 7_000..7_060), ("lying-view-change", 7_100..7_160), ("slow-primary", 7_200..7_240)]
+    {
+        reports
+            .extend(sweep_with(seeds, 4, Mode::Bft, ByzantineChoice::Named(name.into()), |c| c.tentative = Some(true)));
+    }
+    assert_clean(&reports, 4, "bft");
+    let rolled_back: u64 = reports.iter().map(|r| r.rollbacks).sum();
+    let runs = reports.iter().filter(|r| r.rollbacks > 0).count();
+    assert!(runs >= 1, "view changes undid tentative executions in only {runs} runs ({rolled_back} in all)");
+    // And in CFT mode, where a tentative quorum is a majority.
+    let reports = sweep_with(7_300..7_400, 3, Mode::Cft, ByzantineChoice::None, |c| c.tentative = Some(true));
+    assert_clean(&reports, 3, "cft");
+}

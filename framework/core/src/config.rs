@@ -100,7 +100,7 @@ impl Config {
             read_queue_max: 10_000,
             catch_up_max: 64,
             client_window: 1024,
-            tentative_execution: true,
+            tentative_execution: false,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }

@@ -7,6 +7,13 @@ use palisade_core::{Action, Mode, PeerMessage, Replica, SeqNo, ViewNo};
 use palisade_testkit::crypto::TestCrypto;
 use palisade_testkit::fixtures::*;
 
+/// The test configuration with tentative execution on (it is off by default).
+fn on() -> palisade_core::Config {
+    let mut c = config(Mode::Bft, 4);
+    c.tentative_execution = true;
+    c
+}
+
 fn tentative(actions: &[Action]) -> Vec<SeqNo> {
     actions
         .iter()
@@ -37,7 +44,7 @@ fn commit_all(r: &mut Replica<TestCrypto>, view: u64, seq: u64, d: palisade_core
 
 #[test]
 fn a_prepared_batch_executes_tentatively_one_at_a_time_and_is_confirmed_when_it_commits() {
-    let cfg = config(Mode::Bft, 4);
+    let cfg = on();
     let mut r1 = replica(1, &cfg);
     let b1 = batch(vec![request(1, 1)]);
     let d1 = b1.digest();
@@ -66,7 +73,7 @@ fn a_prepared_batch_executes_tentatively_one_at_a_time_and_is_confirmed_when_it_
 
 #[test]
 fn a_checkpoint_never_executes_tentatively_and_neither_does_anything_with_it_off() {
-    let cfg = config(Mode::Bft, 4);
+    let cfg = on();
     let mut r1 = replica(1, &cfg);
     // Deliver 1..=3 through the normal path, then prepare 4 (K = 4).
     for seq in 1..=4u64 {
@@ -98,7 +105,7 @@ fn tentative_then_view_change(
     vcs: Vec<palisade_core::message::Signed<palisade_core::message::ViewChangeBody>>,
     chosen: Vec<(SeqNo, palisade_core::Digest)>,
 ) -> (Replica<TestCrypto>, Vec<Action>) {
-    let cfg = config(Mode::Bft, 4);
+    let cfg = on();
     let mut r2 = replica(2, &cfg);
     let b = batch(vec![request(1, 1)]);
     let d = b.digest();
@@ -155,4 +162,29 @@ fn a_view_change_that_re_proposes_the_same_batch_confirms_the_tentative_executio
     assert_eq!(confirmed(&out), vec![SeqNo(1)]);
     assert!(!out.iter().any(|a| matches!(a, Action::RollBack { .. } | Action::Deliver { .. })));
     assert_eq!(r2.metrics().rollbacks, 0);
+}
+
+#[test]
+fn a_read_never_sees_a_tentative_execution_it_waits_for_the_commit() {
+    let cfg = on();
+    let mut r1 = replica(1, &cfg);
+    let b = batch(vec![request(1, 1)]);
+    let d = b.digest();
+    peer(&mut r1, 0, pre_prepare(0, 1, b));
+    assert_eq!(tentative(&peer(&mut r1, 3, PeerMessage::Prepare(vote(0, 1, d)))), vec![SeqNo(1)]);
+    let mut read = request(2, 1);
+    read.read_only = true;
+    r1.step(palisade_core::Input::Request(read));
+    assert!(!r1.take_actions().iter().any(|a| matches!(a, Action::ExecuteReadOnly { .. })), "held");
+    // Seq 2 prepares meanwhile: it executes tentatively once 1 commits,
+    // and the read must be answered in between, from committed state.
+    let b2 = batch(vec![request(1, 2)]);
+    let d2 = b2.digest();
+    peer(&mut r1, 0, pre_prepare(0, 2, b2));
+    peer(&mut r1, 3, PeerMessage::Prepare(vote(0, 2, d2)));
+    let out = commit_all(&mut r1, 0, 1, d, &[0, 2]);
+    let c = out.iter().position(|a| matches!(a, Action::Confirm { .. })).unwrap();
+    let read_at = out.iter().position(|a| matches!(a, Action::ExecuteReadOnly { .. })).expect("answered now");
+    let next = out.iter().position(|a| matches!(a, Action::ExecuteTentative { .. })).expect("seq 2 executes");
+    assert!(c < read_at && read_at < next, "{out:?}");
 }

@@ -217,11 +217,12 @@ enum Command {
         /// once).
         #[arg(long, default_value = "full")]
         durability: Durability,
-        /// Reply only once a batch has committed: no tentative execution
-        /// (PBFT 5.1), which answers once a batch is prepared and saves a
-        /// round on every request's path. Every replica should agree.
+        /// Execute a prepared batch before it commits and answer at once
+        /// (PBFT's tentative execution): a round less on each request's
+        /// path where network hops dominate. Clients then need a quorum of
+        /// such answers. Every replica should agree.
         #[arg(long)]
-        no_tentative: bool,
+        tentative: bool,
         /// Start a replica that is not a member yet: it listens where
         /// `keygen --new-replica` said, waits for `admin add` to admit it,
         /// fetches the state and serves.
@@ -368,7 +369,7 @@ fn main() -> ExitCode {
             data_dir,
             rejoin,
             durability,
-            no_tentative,
+            tentative,
             join,
             leave_grace_ms,
             metrics_addr,
@@ -382,7 +383,7 @@ fn main() -> ExitCode {
                 verbose,
                 rejoin,
                 durability,
-                tentative: !no_tentative,
+                tentative,
                 join,
                 leave_grace_ms,
                 metrics_addr,

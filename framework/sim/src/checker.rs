@@ -51,28 +51,9 @@ pub struct Checker {
     /// end of a run beyond the fault model: accepted on tentative answers,
     /// neither committed nor lost.
     pub pending: std::collections::BTreeSet<(ClientId, RequestId)>,
-    /// The values those pending updates produce, per object (0 the
-    /// counter, 1 the register): a read may have seen one.
-    pending_values: std::collections::BTreeSet<(usize, u64)>,
 }
 
 impl Checker {
-    /// Records the value a pending update (see [`Checker::pending`])
-    /// produces, given its tentative result.
-    pub fn pending_update(&mut self, op: &SimOp, result: &[u8]) {
-        match op {
-            SimOp::Counter(CounterOp::Add(_)) => {
-                if let Some(v) = u64_of(result) {
-                    self.pending_values.insert((0, v));
-                }
-            }
-            SimOp::Register(RegisterOp::Write(v)) => {
-                self.pending_values.insert((1, *v));
-            }
-            _ => {}
-        }
-    }
-
     /// A correct replica delivered `seq` with batch `digest` and executed `fresh` for the first time.
     pub fn on_deliver(&mut self, replica: ReplicaId, seq: SeqNo, digest: Digest, fresh: Vec<FreshExec>) {
         match self.decided.get(&seq) {
@@ -188,9 +169,6 @@ impl Checker {
                     1
                 } else if let Some(i) = values.iter().position(|v| *v == value) {
                     2 * (i as u64 + 1) + 1
-                } else if self.pending_values.contains(&(object, value)) {
-                    // Read from a state holding a pending update.
-                    continue;
                 } else {
                     self.violations
                         .push(format!("linearizability: client {} read {} that no update produced", op.client, value));

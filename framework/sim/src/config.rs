@@ -39,6 +39,9 @@ pub struct SimConfig {
     /// Whether crashed replicas lose their disks and restart without
     /// their votes; `None` draws it from the seed.
     pub amnesia: Option<bool>,
+    /// Whether replicas execute prepared batches tentatively; `None`: on
+    /// for even seeds, so that sweeps cover both.
+    pub tentative: Option<bool>,
     /// Clients that misbehave (the same request id with different
     /// operations to different replicas, requests only backups see); `None`
     /// draws zero or one from the seed.
@@ -73,6 +76,7 @@ impl SimConfig {
             liveness_bound_ms: LIVENESS_BOUND_MS,
             trace: false,
             amnesia: None,
+            tentative: None,
             byzantine_clients: None,
             disk_faults: None,
             crash_all: None,

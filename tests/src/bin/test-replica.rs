@@ -153,7 +153,7 @@ fn main() -> ExitCode {
         verbose: false,
         rejoin: args.iter().any(|a| a == "--rejoin"),
         durability: palisade_host::Durability::Full,
-        tentative: !args.iter().any(|a| a == "--no-tentative"),
+        tentative: args.iter().any(|a| a == "--tentative"),
         join: args.iter().any(|a| a == "--join"),
         leave_grace_ms: value("--leave-grace-ms").and_then(|s| s.parse().ok()).unwrap_or(30_000),
         metrics_addr: value("--metrics-addr").and_then(|s| s.parse().ok()),

@@ -301,8 +301,10 @@ impl<C: Crypto> Replica<C> {
                 Action::Deliver { seq, view, batch }
             });
         }
-        self.try_tentative();
+        // Reads first: they answer from committed state, before the next
+        // tentative execution changes it.
         self.flush_reads();
+        self.try_tentative();
         self.try_propose();
     }
 

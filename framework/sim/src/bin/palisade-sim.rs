@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: palisade-sim --seeds START..END [--replicas N] [--mode bft|cft] \
 [--byzantine random|none|NAME] [--threads T] [--verbose] [--trace] [--plant weak-quorum|skip-new-view-check|torn-new-view|amnesiac-votes|evicting-q|fixed-request-timeout|trust-proposed-requests|unchecked-proposals|execute-void-batches]
-       [--amnesia yes|no] [--crash-all yes|no] [--disk-faults yes|no] [--slow-network MS] [--reconfigure yes|no]
+       [--amnesia yes|no] [--tentative yes|no] [--crash-all yes|no] [--disk-faults yes|no] [--slow-network MS] [--reconfigure yes|no]
        palisade-sim --list-strategies";
 
 struct Args {
@@ -19,6 +19,7 @@ struct Args {
     trace: bool,
     plant: Vec<String>,
     amnesia: Option<bool>,
+    tentative: Option<bool>,
     crash_all: Option<bool>,
     disk_faults: Option<bool>,
     slow_network_ms: u64,
@@ -45,6 +46,7 @@ fn parse() -> Result<Option<Args>, String> {
         trace: false,
         plant: Vec::new(),
         amnesia: None,
+        tentative: None,
         crash_all: None,
         disk_faults: None,
         slow_network_ms: 0,
@@ -102,6 +104,7 @@ fn parse() -> Result<Option<Args>, String> {
                     other => return Err(format!("--amnesia takes yes or no, not {other:?}")),
                 }
             }
+            "--tentative" => out.tentative = yes_no("--tentative", &value("--tentative")?)?,
             "--crash-all" => out.crash_all = yes_no("--crash-all", &value("--crash-all")?)?,
             "--disk-faults" => out.disk_faults = yes_no("--disk-faults", &value("--disk-faults")?)?,
             "--reconfigure" => {
@@ -137,6 +140,7 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
     cfg.byzantine = args.byzantine.clone();
     cfg.trace = args.trace;
     cfg.amnesia = args.amnesia;
+    cfg.tentative = args.tentative;
     cfg.crash_all = args.crash_all;
     cfg.disk_faults = args.disk_faults;
     cfg.slow_network_ms = args.slow_network_ms;
@@ -229,7 +233,9 @@ fn main() -> ExitCode {
             if let Some(a) = args.amnesia {
                 extra.push_str(if a { " --amnesia yes" } else { " --amnesia no" });
             }
-            for (flag, v) in [("--crash-all", args.crash_all), ("--disk-faults", args.disk_faults)] {
+            for (flag, v) in
+                [("--tentative", args.tentative), ("--crash-all", args.crash_all), ("--disk-faults", args.disk_faults)]
+            {
                 if let Some(v) = v {
                     extra.push_str(&format!(" {flag} {}", if v { "yes" } else { "no" }));
                 }

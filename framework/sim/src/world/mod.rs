@@ -130,8 +130,8 @@ impl World {
     fn new(cfg: SimConfig) -> World {
         let mut rng = Rng::new(cfg.seed);
         let membership = Membership::with_size(cfg.replicas, cfg.mode).expect("valid replica count");
-        #[allow(unused_mut)]
         let mut core_cfg = core_config(membership.clone());
+        core_cfg.tentative_execution = cfg.tentative.unwrap_or(cfg.seed.is_multiple_of(2));
         #[cfg(feature = "planted-bugs")]
         {
             core_cfg.planted = cfg.planted;

@@ -39,6 +39,9 @@ pub struct Report {
     pub state_transfers: u64,
     /// Times a correct replica that lost its votes finished rejoining.
     pub rejoins: u64,
+    /// Tentative executions correct replicas undid (a view change
+    /// committed something else where they had executed).
+    pub rollbacks: u64,
     /// Links of the chain of epochs correct replicas refused as not
     /// certified (a Byzantine replica's forgeries).
     pub bad_links: u64,
@@ -86,15 +89,14 @@ impl World {
         if byzantine_count + amnesiac.union(&self.lost_votes).count() > self.least_f {
             for op in &history {
                 let Some(&req) = op.requests.last() else { continue };
-                let held = self.replicas.iter().filter(|r| r.strategy.is_none()).find_map(|r| {
-                    match r.execution.as_ref()?.executor().read().lookup(op.client, req) {
-                        palisade_core::exec::Lookup::Tentative(result) => Some(result),
-                        _ => None,
-                    }
+                let held = self.replicas.iter().filter(|r| r.strategy.is_none()).any(|r| {
+                    r.execution.as_ref().is_some_and(|e| {
+                        let lookup = e.executor().read().lookup(op.client, req);
+                        matches!(lookup, palisade_core::exec::Lookup::Tentative(_))
+                    })
                 });
-                if let Some(result) = held {
+                if held {
                     self.checker.pending.insert((op.client, req));
-                    self.checker.pending_update(&op.op, &result);
                 }
             }
         }
@@ -103,6 +105,7 @@ impl World {
         let mut max_epoch = 0;
         let mut state_transfers = 0;
         let mut rejoins = 0;
+        let mut rollbacks = 0;
         let mut bad_links = 0;
         for (r, rep) in self.replicas.iter().enumerate() {
             if rep.strategy.is_some() {
@@ -116,6 +119,7 @@ impl World {
                 max_view = max_view.max(core.view().0);
                 state_transfers += core.metrics().state_transfers;
                 rejoins += core.metrics().rejoined;
+                rollbacks += core.metrics().rollbacks;
                 if core.metrics().alarms > 0 {
                     self.checker.on_alarm(ReplicaId(r as u32), core.metrics().alarms);
                 }
@@ -245,6 +249,7 @@ impl World {
             void_batches: self.void_batches,
             state_transfers,
             rejoins,
+            rollbacks,
             bad_links,
             messages: self.messages,
             disk: self.disk_stats,
