@@ -188,3 +188,21 @@ fn a_read_never_sees_a_tentative_execution_it_waits_for_the_commit() {
     let next = out.iter().position(|a| matches!(a, Action::ExecuteTentative { .. })).expect("seq 2 executes");
     assert!(c < read_at && read_at < next, "{out:?}");
 }
+
+#[test]
+fn an_epoch_end_learned_late_forgets_a_tentative_execution_past_it() {
+    let cfg = on();
+    let mut r1 = replica(1, &cfg);
+    for seq in 1..=5u64 {
+        let b = batch(vec![request(1, seq)]);
+        let d = b.digest();
+        peer(&mut r1, 0, pre_prepare(0, seq, b));
+        peer(&mut r1, 3, PeerMessage::Prepare(vote(0, seq, d)));
+        if seq < 5 {
+            commit_all(&mut r1, 0, seq, d, &[0, 2]);
+        }
+    }
+    assert_eq!(r1.tentative(), Some(SeqNo(5)));
+    r1.step(palisade_core::Input::EpochEnds { last: SeqNo(4) });
+    assert_eq!(r1.tentative(), None, "the host took seq 5 for void: nothing to undo or confirm");
+}

@@ -215,8 +215,12 @@ pub struct ExecutionHost<S> {
 /// A tentative execution waiting for its batch to commit.
 struct Tentative {
     seq: SeqNo,
+    /// The view it prepared in.
+    view: ViewNo,
     batch: Arc<Batch>,
     executed: Vec<Executed>,
+    /// Whether some answer was left out (a result too large to send).
+    withheld: bool,
 }
 
 impl<S: Service> ExecutionHost<S> {
@@ -343,6 +347,15 @@ impl<S: Service> ExecutionHost<S> {
                         if t.seq == seq && (Arc::ptr_eq(&t.batch, &batch) || t.batch.digest() == batch.digest()) =>
                     {
                         self.exec.write().set_tentative(&[]);
+                        // Answers from before a view change do not add up
+                        // with answers from after it, and a withheld one was
+                        // never sent: answer again, committed.
+                        if t.view != view || t.withheld {
+                            let replies = self.answers(view, &t.executed, false, io);
+                            if !replies.is_empty() {
+                                io.replies(replies);
+                            }
+                        }
                         self.finish(seq, &t.batch, &t.executed, io);
                     }
                     Some(t) => {
@@ -371,10 +384,10 @@ impl<S: Service> ExecutionHost<S> {
                 io.send(to, epoch, PeerMessage::StateData { seq, answer });
             }
             ExecCommand::Fetch { epoch, peers, holders, seq, state } => {
-                // The fetched state replaces a tentative execution.
-                if self.tentative.take().is_some() {
-                    self.exec.write().set_tentative(&[]);
-                }
+                // The fetched state replaces a tentative execution. Its
+                // requests stay marked tentative until that state is in:
+                // until then the state still holds their results.
+                self.tentative = None;
                 return self.fetch(epoch, &peers, holders, seq, state, io);
             }
             ExecCommand::StateData { from, seq, answer } => {
@@ -457,6 +470,7 @@ impl<S: Service> ExecutionHost<S> {
                     let Some(f) = self.fetch.take() else { continue };
                     let (seq, root) = f.target();
                     let mut exec = self.exec.write();
+                    exec.set_tentative(&[]);
                     exec.take_changed();
                     if exec.state_digest() != root {
                         return Err(format!("the state fetched for {seq} does not install to its digest"));
@@ -484,7 +498,7 @@ impl<S: Service> ExecutionHost<S> {
     }
 
     fn deliver(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch, io: &mut impl ExecutionIo) {
-        let executed = self.execute(seq, view, batch);
+        let executed = self.execute(seq, view, batch, false);
         let replies = self.answers(view, &executed, false, io);
         if !replies.is_empty() {
             io.replies(replies);
@@ -502,19 +516,24 @@ impl<S: Service> ExecutionHost<S> {
         durable_group: u64,
         io: &mut impl ExecutionIo,
     ) {
-        let executed = self.execute(seq, view, &batch);
-        self.exec.write().set_tentative(&executed);
+        let executed = self.execute(seq, view, &batch, true);
         let replies = self.answers(view, &executed, true, io);
+        let withheld = replies.len() < executed.len();
         if !replies.is_empty() {
             io.tentative_replies(replies, durable_group);
         }
-        self.tentative = Some(Tentative { seq, batch, executed });
+        self.tentative = Some(Tentative { seq, view, batch, executed, withheld });
         io.note(ExecEvent::Tentative);
     }
 
-    fn execute(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch) -> Vec<Executed> {
+    /// Executes `batch`; a tentative execution marks its requests under
+    /// the same lock, so no lookup sees its results as committed.
+    fn execute(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch, tentative: bool) -> Vec<Executed> {
         let mut exec = self.exec.write();
         let executed = exec.execute_batch(seq, view, batch);
+        if tentative {
+            exec.set_tentative(&executed);
+        }
         // Who answers in full: the members of the state's epoch.
         if let Some(c) = exec.configuration().filter(|c| c.epoch != self.repliers.0) {
             self.repliers = (c.epoch, c.membership());

@@ -88,10 +88,19 @@ struct Out {
     checkpoints: Vec<(SeqNo, Digest)>,
     fetched: Vec<(SeqNo, Digest)>,
     events: Vec<ExecEvent>,
+    /// Answers sent, and how many of them were tentative.
+    answers: (usize, usize),
 }
 
 impl ExecutionIo for Out {
-    fn replies(&mut self, _: Vec<ClientMail>) {}
+    fn replies(&mut self, mails: Vec<ClientMail>) {
+        for m in mails {
+            if let ClientMail::Answer { answer, .. } = m {
+                self.answers.0 += 1;
+                self.answers.1 += usize::from(answer.is_tentative());
+            }
+        }
+    }
     fn checkpoint(&mut self, seq: SeqNo, state: Digest, _config: Digest) {
         self.checkpoints.push((seq, state));
     }
@@ -371,4 +380,22 @@ fn a_rolled_back_tentative_execution_leaves_the_state_a_host_that_never_ran_it_h
     assert_eq!(a.executor().read().state_digest(), b.executor().read().state_digest());
     assert!(matches!(lookup(&a, 9), palisade_core::exec::Lookup::Cached(_)), "committed now");
     assert_eq!(out.events.iter().filter(|e| **e == ExecEvent::BatchDelivered).count(), 1);
+    assert_eq!(out.answers, (1, 1), "one tentative answer; the confirm in the same view adds none");
+    // Confirmed in a later view: answered again, committed (tentative
+    // answers from two views do not add up at the client).
+    let t = batch(10, committed(10));
+    let mut out = Out::default();
+    let cmd = ExecCommand::Tentative { epoch: 0, seq: SeqNo(10), view: ViewNo(1), batch: t.clone(), durable_group: 0 };
+    a.handle(cmd, &mut out).unwrap();
+    a.handle(ExecCommand::Confirm { epoch: 0, seq: SeqNo(10), view: ViewNo(2), batch: t }, &mut out).unwrap();
+    assert_eq!(out.answers, (2, 1));
+    // A state transfer replaces a tentative execution, but its requests
+    // stay tentative until the fetched state is in.
+    let t = batch(11, committed(11));
+    let cmd = ExecCommand::Tentative { epoch: 0, seq: SeqNo(11), view: ViewNo(2), batch: t, durable_group: 0 };
+    a.handle(cmd, &mut out).unwrap();
+    let peers: Arc<[ReplicaId]> = vec![ReplicaId(1)].into();
+    let fetch = ExecCommand::Fetch { epoch: 0, peers, holders: 1, seq: SeqNo(16), state: Digest([3; 32]) };
+    a.handle(fetch, &mut out).unwrap();
+    assert!(matches!(lookup(&a, 11), palisade_core::exec::Lookup::Tentative(_)), "still the state's, not committed");
 }

@@ -158,8 +158,14 @@ impl Checker {
                     }
                 }
             }
+            let pending = op.requests.last().is_some_and(|r| self.pending.contains(&(op.client, *r)));
             let point = if op.op.is_read_only() {
                 let Some(result) = &op.result else { continue };
+                if pending {
+                    // A read retried as an ordered request, answered by a
+                    // tentative execution that is still pending.
+                    continue;
+                }
                 let Some(value) = u64_of(result) else {
                     self.violations.push(format!("client {} accepted a malformed result {result:?}", op.client));
                     continue;
@@ -178,7 +184,6 @@ impl Checker {
                 match op.requests.last().and_then(|r| update_point.get(&(op.client, *r))) {
                     Some(p) => *p,
                     None => {
-                        let pending = op.requests.last().is_some_and(|r| self.pending.contains(&(op.client, *r)));
                         if op.complete_ms.is_some() && !pending {
                             self.violations.push(format!(
                                 "client {} accepted a result for request {:?} that no correct replica executed",

@@ -89,8 +89,8 @@ pub enum Lookup {
     New,
     /// Executed already: resend this reply.
     Cached(Bytes),
-    /// Executed tentatively and not committed yet: resend this reply,
-    /// saying it is tentative.
+    /// Executed tentatively and not committed yet: do not resend this
+    /// reply as committed; treat the request as not executed yet.
     Tentative(Bytes),
     /// Below the client's window: neither executable nor cached.
     Stale,

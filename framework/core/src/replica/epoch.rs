@@ -39,6 +39,12 @@ impl<C: Crypto> Replica<C> {
             return;
         }
         self.end = Some(EpochEnd { last, progress_ms: self.clock.now_ms });
+        // A batch executed tentatively past the end never commits in this
+        // epoch; the host took it for void (its state had moved to the next
+        // epoch at `last`), so nothing is left to undo.
+        if self.log.tentative.is_some_and(|(s, _)| s > last) {
+            self.log.tentative = None;
+        }
         self.try_propose();
     }
 

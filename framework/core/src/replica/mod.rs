@@ -211,6 +211,16 @@ impl<C: Crypto> Replica<C> {
     pub fn tentative(&self) -> Option<SeqNo> {
         self.log.tentative.map(|(s, _)| s)
     }
+    /// Whether a batch this replica prepared above what it delivered holds
+    /// `client`'s request `id`: not committed here, but not lost (for
+    /// checkers).
+    pub fn prepared_undelivered(&self, client: crate::types::ClientId, id: crate::types::RequestId) -> bool {
+        self.log.slots.range(self.log.delivered.next()..).any(|(seq, slot)| {
+            slot.prepared
+                .and_then(|(_, d)| self.log.batch_for(*seq, d))
+                .is_some_and(|b| b.requests.iter().any(|r| r.client == client && r.id == id))
+        })
+    }
     /// The stable checkpoint.
     pub fn stable_checkpoint(&self) -> &CheckpointCert {
         &self.checkpoints.stable

@@ -59,11 +59,6 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
                 .collect()
         };
         for (r, lookup) in verdicts {
-            // A tentative execution's reply is resent as tentative.
-            let (lookup, tentative) = match lookup {
-                Lookup::Tentative(result) => (Lookup::Cached(result), true),
-                other => (other, false),
-            };
             match lookup {
                 Lookup::New => {
                     if !r.read_only {
@@ -73,14 +68,18 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
                 }
                 Lookup::Cached(result) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_cached, 1);
-                    let mut answer = palisade_host::answer(result, true, self.max_result_bytes);
-                    if tentative {
-                        answer = answer.tentative();
-                    }
+                    let answer = palisade_host::answer(result, true, self.max_result_bytes);
                     let cached = ClientMail::Answer { client: r.client, view, request: r.id, answer };
                     notify(&self.tx_reply, cached, &self.metrics);
                 }
-                Lookup::Stale | Lookup::Tentative(_) => {
+                // Executed tentatively, not committed yet: not answered
+                // from here (it would skip the durability hold, and carry
+                // this view rather than the one it prepared in); a
+                // committed answer comes after the commit. It goes on to
+                // the core as a new request would, so that its timer runs
+                // and a batch that never commits is noticed.
+                Lookup::Tentative(_) => pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?,
+                Lookup::Stale => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_stale, 1);
                     let stale = ClientMail::Refusal { client: r.client, request: r.id, reason: RejectReason::Stale };
                     notify(&self.tx_reply, stale, &self.metrics);

@@ -95,11 +95,9 @@ impl World {
                     self.replica_mail(r, ClientMail::Answer { client: req.client, view, request: req.id, answer });
                     return;
                 }
-                Lookup::Tentative(result) => {
-                    let answer = Answer::TentativeFull(result);
-                    self.replica_mail(r, ClientMail::Answer { client: req.client, view, request: req.id, answer });
-                    return;
-                }
+                // As the runtime does: not answered until it commits, but
+                // timed by the core.
+                Lookup::Tentative(_) => {}
                 Lookup::Stale => {
                     let reason = RejectReason::Stale;
                     self.replica_mail(r, ClientMail::Refusal { client: req.client, request: req.id, reason });

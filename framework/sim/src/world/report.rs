@@ -89,11 +89,15 @@ impl World {
         if byzantine_count + amnesiac.union(&self.lost_votes).count() > self.least_f {
             for op in &history {
                 let Some(&req) = op.requests.last() else { continue };
+                // Executed tentatively, or (after every replica crashed,
+                // which forgets tentative executions) prepared and durable.
                 let held = self.replicas.iter().filter(|r| r.strategy.is_none()).any(|r| {
-                    r.execution.as_ref().is_some_and(|e| {
+                    let tentative = r.execution.as_ref().is_some_and(|e| {
                         let lookup = e.executor().read().lookup(op.client, req);
                         matches!(lookup, palisade_core::exec::Lookup::Tentative(_))
-                    })
+                    });
+                    let prepared = r.consensus.as_ref().is_some_and(|c| c.core().prepared_undelivered(op.client, req));
+                    tentative || prepared
                 });
                 if held {
                     self.checker.pending.insert((op.client, req));
@@ -212,12 +216,13 @@ impl World {
             .map(|rep| match rep.consensus.as_ref().map(|h| h.core()) {
                 None => format!("r{} down", rep.id),
                 Some(c) => format!(
-                    "r{}{} view={}{} delivered={} stable={} pending={} transfer={} {:?}",
+                    "r{}{} view={}{} delivered={} tentative={:?} stable={} pending={} transfer={} {:?}",
                     rep.id,
                     if rep.strategy.is_some() { "(byz)" } else { "" },
                     c.view(),
                     if c.is_normal() { "" } else { "(changing)" },
                     c.delivered(),
+                    c.tentative(),
                     c.stable_checkpoint().seq,
                     c.pending_requests(),
                     c.transferring(),
