@@ -317,12 +317,7 @@ impl<S: Service> ExecutionHost<S> {
     pub fn handle(&mut self, cmd: ExecCommand, io: &mut impl ExecutionIo) -> Result<(), String> {
         match cmd {
             ExecCommand::Deliver { epoch, seq, view, batch } => {
-                #[cfg(feature = "planted-bugs")]
-                let void = epoch != self.told.0 && !self.cfg.planted.execute_void_batches;
-                #[cfg(not(feature = "planted-bugs"))]
-                let void = epoch != self.told.0;
-                if void {
-                    io.note(ExecEvent::VoidBatch);
+                if self.void(epoch, io) {
                     return Ok(());
                 }
                 if let Some(t) = &self.tentative {
@@ -331,15 +326,13 @@ impl<S: Service> ExecutionHost<S> {
                 self.deliver(seq, view, &batch, io);
             }
             ExecCommand::Tentative { epoch, seq, view, batch, durable_group } => {
-                if epoch != self.told.0 {
-                    io.note(ExecEvent::VoidBatch);
+                if self.void(epoch, io) {
                     return Ok(());
                 }
                 self.execute_tentatively(seq, view, batch, durable_group, io);
             }
             ExecCommand::Confirm { epoch, seq, view, batch } => {
-                if epoch != self.told.0 {
-                    io.note(ExecEvent::VoidBatch);
+                if self.void(epoch, io) {
                     return Ok(());
                 }
                 match self.tentative.take() {
@@ -495,6 +488,19 @@ impl<S: Service> ExecutionHost<S> {
             }
         }
         Ok(())
+    }
+
+    /// Whether a batch the core of `epoch` ordered is void: the state has
+    /// moved to a later epoch (counted).
+    fn void(&self, epoch: u64, io: &mut impl ExecutionIo) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        let void = epoch != self.told.0 && !self.cfg.planted.execute_void_batches;
+        #[cfg(not(feature = "planted-bugs"))]
+        let void = epoch != self.told.0;
+        if void {
+            io.note(ExecEvent::VoidBatch);
+        }
+        void
     }
 
     fn deliver(&mut self, seq: SeqNo, view: ViewNo, batch: &Batch, io: &mut impl ExecutionIo) {

@@ -340,28 +340,27 @@ impl<C: Crypto> Replica<C> {
         self.actions.push(Action::ExecuteTentative { seq, view: self.view, batch });
     }
 
-    /// Whether the log holds every delivered batch above the newest
-    /// checkpoint, which a roll-back executes again.
-    fn replayable(&self) -> bool {
+    /// The delivered sequence numbers above the newest checkpoint: what a
+    /// roll-back executes again.
+    fn since_checkpoint(&self) -> impl Iterator<Item = SeqNo> {
         let k = self.cfg.checkpoint_interval;
-        let newest = self.log.delivered.0 / k * k;
-        (newest + 1..=self.log.delivered.0).all(|s| {
-            let seq = SeqNo(s);
-            self.log.slots.get(&seq).and_then(|slot| slot.decided).and_then(|d| self.log.batch_for(seq, d)).is_some()
-        })
+        let delivered = self.log.delivered.0;
+        (delivered / k * k + 1..=delivered).map(SeqNo)
     }
 
-    /// The delivered batches above the newest checkpoint, in order.
+    /// The batch decided at `seq`, while the log holds it.
+    fn decided_batch(&self, seq: SeqNo) -> Option<Arc<Batch>> {
+        self.log.batch_for(seq, self.log.decided(seq)?)
+    }
+
+    /// Whether the log holds every batch a roll-back executes again.
+    fn replayable(&self) -> bool {
+        self.since_checkpoint().all(|s| self.decided_batch(s).is_some())
+    }
+
+    /// The batches a roll-back executes again, in order.
     fn replay_list(&self) -> Vec<(SeqNo, Arc<Batch>)> {
-        let k = self.cfg.checkpoint_interval;
-        let newest = self.log.delivered.0 / k * k;
-        (newest + 1..=self.log.delivered.0)
-            .filter_map(|s| {
-                let seq = SeqNo(s);
-                let d = self.log.slots.get(&seq)?.decided?;
-                Some((seq, self.log.batch_for(seq, d)?))
-            })
-            .collect()
+        self.since_checkpoint().filter_map(|s| Some((s, self.decided_batch(s)?))).collect()
     }
 
     pub(super) fn on_batch_request(&mut self, from: ReplicaId, seq: SeqNo, digest: Digest) {

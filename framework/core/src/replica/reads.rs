@@ -41,10 +41,9 @@ impl<C: Crypto> Replica<C> {
             .map(|(&seq, _)| seq)
             .unwrap_or(SeqNo(0))
             .max(self.checkpoints.stable.seq);
-        // A read never sees a tentative execution: it waits for that batch
-        // to commit (or be undone), so it answers from committed state only.
-        let target = target.max(self.log.tentative.map_or(SeqNo(0), |(s, _)| s));
-        if self.log.delivered >= target && self.transfer.is_none() && self.log.tentative.is_none() {
+        // A tentative execution is prepared here, so `target` covers it:
+        // a read waits for that batch to commit (or be undone).
+        if self.log.delivered >= target && self.transfer.is_none() {
             self.actions.push(Action::ExecuteReadOnly { request: req, view: self.view });
         } else if self.reads.waiting.len() < self.cfg.read_queue_max {
             self.reads.waiting.push_back((target, req));
@@ -58,6 +57,8 @@ impl<C: Crypto> Replica<C> {
     }
 
     pub(super) fn flush_reads(&mut self) {
+        // Reads answer from committed state only (try_deliver flushes them
+        // before the next tentative execution).
         if self.transfer.is_some() || self.reads.waiting.is_empty() || self.log.tentative.is_some() {
             return;
         }

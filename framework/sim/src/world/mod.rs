@@ -364,6 +364,11 @@ impl World {
                 // for a batch that has not committed yet: run on until no
                 // correct replica holds a tentative execution (within the
                 // liveness bound), so the checker judges committed history.
+                // Beyond the fault model nothing promises the commit, and
+                // the checker counts such requests as pending instead.
+                if self.beyond_model() {
+                    break;
+                }
                 if !draining {
                     draining = true;
                     hard_end = hard_end.min(self.now + self.cfg.liveness_bound_ms);

@@ -76,6 +76,19 @@ pub struct DiskStats {
 }
 
 impl World {
+    /// f Byzantine replicas plus replicas that lost their votes are more
+    /// faults than the protocol tolerates: it must stay safe, but it is
+    /// not promised to make progress (a replica without its votes waits
+    /// for progress to rejoin, and progress waits for its votes). The f
+    /// is the smallest of any epoch the run went through: a run that
+    /// grew to f = 2 may still be stuck in an epoch with f = 1.
+    pub(crate) fn beyond_model(&self) -> bool {
+        let byzantine_count = self.replicas.iter().filter(|r| r.strategy.is_some()).count();
+        let amnesiac_count =
+            if self.faults.amnesia { self.victims.union(&self.lost_votes).count() } else { self.lost_votes.len() };
+        byzantine_count + amnesiac_count > self.least_f
+    }
+
     pub(crate) fn report(&mut self) -> Report {
         let history = std::mem::take(&mut self.history);
         // Beyond the fault model the cluster may be stuck for good with a
@@ -84,9 +97,8 @@ impl World {
         // not lost, while a correct replica holds it executed tentatively
         // (docs/protocol.md, "Tentative execution"). Within the model the
         // run drains until no tentative execution is left.
-        let byzantine_count = self.replicas.iter().filter(|r| r.strategy.is_some()).count();
-        let amnesiac = if self.faults.amnesia { self.victims.clone() } else { Default::default() };
-        if byzantine_count + amnesiac.union(&self.lost_votes).count() > self.least_f {
+        let beyond_model = self.beyond_model();
+        if beyond_model {
             for op in &history {
                 let Some(&req) = op.requests.last() else { continue };
                 // Executed tentatively, or (after every replica crashed,
@@ -195,16 +207,6 @@ impl World {
                 liveness.push(format!("client {} still had {} operations to run", cl.id, cl.ops_after_heal));
             }
         }
-        // f Byzantine replicas plus replicas that lost their votes are more
-        // faults than the protocol tolerates: it must stay safe, but it is
-        // not promised to make progress (a replica without its votes waits
-        // for progress to rejoin, and progress waits for its votes). The f
-        // is the smallest of any epoch the run went through: a run that
-        // grew to f = 2 may still be stuck in an epoch with f = 1.
-        let byzantine_count = self.replicas.iter().filter(|r| r.strategy.is_some()).count();
-        let amnesiac = if self.faults.amnesia { self.victims.clone() } else { Default::default() };
-        let amnesiac_count = amnesiac.union(&self.lost_votes).count();
-        let beyond_model = byzantine_count + amnesiac_count > self.least_f;
         if beyond_model {
             liveness.clear();
         }
