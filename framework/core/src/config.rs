@@ -30,6 +30,22 @@ pub struct Config {
     /// change that executes nothing (up to `view_change_backoff_max`), so a
     /// network slower than this still makes progress.
     pub request_timeout_ms: u64,
+    /// Once agreement has been timed here, the request timeout shrinks to
+    /// this many measured rounds (PRE-PREPARE accepted to commit decided)
+    /// for every full batch waiting, between `request_timeout_min_ms` and
+    /// `request_timeout_ms`. A primary cannot stretch those rounds by
+    /// delaying its proposals, so one that holds each batch just under the
+    /// configured timeout is suspected within a fraction of it. 0 keeps the
+    /// timeout fixed.
+    pub request_timeout_rounds: u64,
+    /// The shortest adaptive request timeout: room for scheduling hiccups
+    /// of a loaded host, which no round measurement sees.
+    pub request_timeout_min_ms: u64,
+    /// BFT-SMaRt's periodic leader change: every replica moves to the next
+    /// view once the current one has lasted this long, so a primary that
+    /// stays just fast enough to escape suspicion (tiny batches, a
+    /// starved client) leads only its share of the time. 0 turns it off.
+    pub leader_rotation_ms: u64,
     /// The request timeout while this replica's connection from the primary
     /// is closed: a crashed primary's process closes its connections at
     /// once, so its backups need not wait the whole request timeout. It
@@ -88,6 +104,9 @@ impl Config {
             max_in_flight: 4,
             pipeline_min_batch: 64,
             request_timeout_ms: 2_000,
+            request_timeout_rounds: 16,
+            request_timeout_min_ms: 250,
+            leader_rotation_ms: 0,
             primary_down_timeout_ms: 200,
             view_change_timeout_ms: 2_000,
             view_change_backoff_max: 5,

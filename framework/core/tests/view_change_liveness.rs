@@ -193,3 +193,97 @@ fn a_re_proposal_gets_this_replicas_vote_only_once_it_holds_the_batch() {
     let out = peer(&mut r2, 3, PeerMessage::BatchReply { seq: SeqNo(1), batch: b });
     assert!(votes_for(&out, d), "once it holds the batch it votes");
 }
+
+/// Backup 2 of view 0 takes the PRE-PREPARE of one request at `at` and
+/// decides it `round_ms` later.
+fn one_round_timed(r2: &mut palisade_core::Replica<palisade_testkit::crypto::TestCrypto>, at: u64, round_ms: u64) {
+    let b = batch(vec![request(1, 1)]);
+    let d = b.digest();
+    r2.step(tick(at));
+    peer(r2, 0, pre_prepare(0, 1, b));
+    r2.step(tick(at + round_ms));
+    for from in [1, 3] {
+        peer(r2, from, PeerMessage::Prepare(vote(0, 1, d)));
+    }
+    for from in [0, 1, 3] {
+        peer(r2, from, PeerMessage::Commit(vote(0, 1, d)));
+    }
+    assert_eq!(r2.delivered(), SeqNo(1));
+}
+
+#[test]
+fn once_rounds_are_timed_a_primary_that_holds_back_its_proposals_is_suspected_within_a_fraction_of_the_timeout() {
+    let cfg = config(Mode::Bft, 4);
+    let mut r2 = replica(2, &cfg);
+    assert_eq!(r2.request_timeout_ms(), cfg.request_timeout_ms, "nothing timed yet");
+    one_round_timed(&mut r2, 10, 5);
+    // 16 rounds of 5 ms are 80 ms: the floor for scheduling hiccups holds.
+    let timeout = r2.request_timeout_ms();
+    assert_eq!(timeout, cfg.request_timeout_min_ms);
+    // A request the primary never proposes (a client sent it to every
+    // replica) is suspected after the adaptive timeout, not the configured one.
+    r2.step(tick(100));
+    r2.step(Input::Request(request(1, 2)));
+    r2.step(tick(100 + timeout - 1));
+    assert_eq!(r2.view(), ViewNo(0), "not before the adaptive timeout");
+    r2.step(tick(100 + timeout + 1));
+    assert_eq!(r2.view(), ViewNo(1), "a primary holding its proposals back is suspected");
+    assert_eq!(r2.metrics().last_view_change, Some(palisade_core::ViewChangeReason::RequestTimeout));
+}
+
+#[test]
+fn the_adaptive_timeout_follows_slower_rounds_and_more_waiting_work_up_to_the_configured_one() {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.batch_max_requests = 3;
+    let mut r2 = replica(2, &cfg);
+    one_round_timed(&mut r2, 10, 20);
+    assert_eq!(r2.request_timeout_ms(), 16 * 20, "16 rounds of 20 ms");
+    // Six requests waiting are two full batches ahead of the last.
+    for id in 2..8 {
+        r2.step(Input::Request(request(1, id)));
+    }
+    assert_eq!(r2.request_timeout_ms(), 3 * 16 * 20);
+    for id in 8..20 {
+        r2.step(Input::Request(request(1, id)));
+    }
+    assert_eq!(r2.request_timeout_ms(), cfg.request_timeout_ms, "never above the configured timeout");
+    // Turned off, the timeout is the configured one whatever was timed.
+    cfg.request_timeout_rounds = 0;
+    let mut fixed = replica(2, &cfg);
+    one_round_timed(&mut fixed, 10, 5);
+    assert_eq!(fixed.request_timeout_ms(), cfg.request_timeout_ms);
+}
+
+#[test]
+fn with_leader_rotation_every_view_ends_after_its_period_and_the_next_primary_orders() {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.leader_rotation_ms = 500;
+    let mut c = palisade_testkit::cluster::MemCluster::new(&cfg, palisade_testkit::crypto::TestCrypto, || {
+        palisade_testkit::cluster::Log::default()
+    });
+    c.submit(0, request(1, 1));
+    c.tick(400);
+    assert!((0..4).all(|r| c.core(r).view() == ViewNo(0)), "no rotation before the period");
+    c.tick(200);
+    c.tick(10);
+    for r in 0..4 {
+        let core = c.core(r);
+        assert!(core.is_normal() && core.view() == ViewNo(1), "replica {r} rotated to view 1");
+        assert!(
+            core.metrics().rotations
+                + u64::from(core.metrics().last_view_change == Some(palisade_core::ViewChangeReason::Joined))
+                >= 1
+        );
+    }
+    // The new primary orders; the request timeout never had to act.
+    c.submit(1, request(1, 2));
+    assert!((0..4).all(|r| c.core(r).delivered() >= SeqNo(2)), "view 1's primary ordered");
+    // Without rotation the same cluster stays in view 0.
+    cfg.leader_rotation_ms = 0;
+    let mut still = palisade_testkit::cluster::MemCluster::new(&cfg, palisade_testkit::crypto::TestCrypto, || {
+        palisade_testkit::cluster::Log::default()
+    });
+    still.submit(0, request(1, 1));
+    still.tick(5_000);
+    assert!((0..4).all(|r| still.core(r).view() == ViewNo(0)));
+}

@@ -57,6 +57,8 @@ pub struct SimConfig {
     /// Extra one-way delay of every message after the heal: a network
     /// slower than the protocol's timeouts, which must still make progress.
     pub slow_network_ms: u64,
+    /// Periodic leader rotation (`Config::leader_rotation_ms`); 0: off.
+    pub rotation_ms: u64,
     /// Planted bugs to switch on.
     #[cfg(feature = "planted-bugs")]
     pub planted: palisade_core::planted::PlantedBugs,
@@ -82,6 +84,7 @@ impl SimConfig {
             crash_all: None,
             reconfigure: false,
             slow_network_ms: 0,
+            rotation_ms: 0,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }

@@ -377,6 +377,9 @@ pub struct Metrics {
     pub tentative_batches: u64,
     /// Tentative executions undone because something else committed.
     pub rollbacks: u64,
+    /// View changes this replica started because its view had lasted
+    /// `leader_rotation_ms`.
+    pub rotations: u64,
 }
 
 /// Why a replica moved to a new view: for an operator's log.
@@ -395,6 +398,8 @@ pub enum ViewChangeReason {
     PrimaryUnreachable,
     /// f+1 other replicas had moved to a later view.
     Joined,
+    /// The view had lasted `leader_rotation_ms`.
+    Rotation,
 }
 
 impl ViewChangeReason {
@@ -407,6 +412,7 @@ impl ViewChangeReason {
             ViewChangeReason::PrimaryEvidence => "primary-evidence",
             ViewChangeReason::PrimaryUnreachable => "primary-unreachable",
             ViewChangeReason::Joined => "joined-peers",
+            ViewChangeReason::Rotation => "leader-rotation",
         }
     }
 }

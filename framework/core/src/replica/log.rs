@@ -25,6 +25,9 @@ pub(super) struct Slot {
     pub decided_notices: BTreeMap<ReplicaId, Digest>,
     /// When this replica last sent or heard something here (retransmission).
     pub touched_ms: u64,
+    /// When this view's PRE-PREPARE was accepted (or sent) here: the start
+    /// of the round the request timeout is measured in.
+    pub accepted_ms: Option<u64>,
     pub batch_requested_ms: Option<u64>,
 }
 
@@ -85,6 +88,7 @@ impl Log {
             slot.prepares.clear();
             slot.commits.clear();
             slot.prepared_here = false;
+            slot.accepted_ms = None;
         }
         slot
     }

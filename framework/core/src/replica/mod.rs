@@ -229,6 +229,11 @@ impl<C: Crypto> Replica<C> {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+    /// The request timeout now in force, in ms, backoff included: the
+    /// configured one, or the adaptive one once rounds are timed.
+    pub fn request_timeout_ms(&self) -> u64 {
+        self.request_timeout() << self.timers.request_shift
+    }
     /// Requests waiting to be ordered.
     pub fn pending_requests(&self) -> usize {
         self.pool.len()

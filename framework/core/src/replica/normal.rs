@@ -97,6 +97,7 @@ impl<C: Crypto> Replica<C> {
         slot.pre_prepare = Some(digest);
         slot.batches.insert(digest, pp.batch.clone());
         slot.touched_ms = now;
+        slot.accepted_ms = Some(now);
         slot.add_q(digest, view);
         if let Some(cap) = q_cap {
             planted_evict_q(&mut slot.preprepared, digest, cap);
@@ -228,6 +229,9 @@ impl<C: Crypto> Replica<C> {
         }
         let Some(d) = slot.pre_prepare else { return };
         if slot.commits.values().filter(|x| **x == d).count() >= q {
+            if let Some(accepted) = slot.accepted_ms {
+                self.timers.time_round(self.clock.now_ms.saturating_sub(accepted));
+            }
             self.decide(seq, d);
         }
     }

@@ -149,6 +149,7 @@ impl<C: Crypto> Replica<C> {
             slot.pre_prepare = Some(digest);
             slot.batches.insert(digest, batch.clone());
             slot.touched_ms = now;
+            slot.accepted_ms = Some(now);
             slot.add_q(digest, view);
             self.persist(Record::PrePrepared { view, seq, digest, batch: Some(batch.clone()) });
             self.broadcast(PeerMessage::PrePrepare(PrePrepare { view, seq, batch }));

@@ -5,6 +5,7 @@
 use super::{Discard, Replica, ViewChangeReason};
 use crate::crypto::Crypto;
 use crate::message::{null_digest, Batch, PeerMessage, PrePrepare, Status, Vote};
+use crate::types::ViewNo;
 
 /// A deadline with exponential backoff.
 #[derive(Clone, Copy, Debug, Default)]
@@ -33,6 +34,23 @@ pub(super) struct Timers {
     pub delivered_at_ms: u64,
     /// Peers whose connection to this replica is closed, and since when.
     pub links_down: std::collections::BTreeMap<crate::types::ReplicaId, u64>,
+    /// Agreement's measured pace: a moving average of rounds (PRE-PREPARE
+    /// accepted here to commit decided here), in sixteenths of a
+    /// millisecond. The primary's delay before proposing is not in it.
+    pub round_x16: Option<u64>,
+    /// The view this replica last saw in normal operation, and since when.
+    pub view_since: Option<(ViewNo, u64)>,
+}
+
+impl Timers {
+    /// One more round, of `ms`, measured.
+    pub fn time_round(&mut self, ms: u64) {
+        let sample = ms.saturating_mul(16);
+        self.round_x16 = Some(match self.round_x16 {
+            None => sample,
+            Some(avg) => (avg.saturating_mul(7).saturating_add(sample)) / 8,
+        });
+    }
 }
 
 impl<C: Crypto> Replica<C> {
@@ -51,6 +69,7 @@ impl<C: Crypto> Replica<C> {
                 self.check_request_timer(now);
             }
             self.check_end_timer(now);
+            self.check_rotation(now);
         } else if self.timers.view_change.deadline_ms.is_some_and(|d| now >= d) {
             self.start_view_change(self.view.next(), ViewChangeReason::ViewChangeTimeout);
         }
@@ -95,7 +114,7 @@ impl<C: Crypto> Replica<C> {
     /// since the last (PBFT 4.5.2), so a network slower than the configured
     /// timeout still lets some view finish its work.
     fn check_request_timer(&mut self, now: u64) {
-        let mut timeout = self.cfg.request_timeout_ms << self.timers.request_shift;
+        let mut timeout = self.request_timeout() << self.timers.request_shift;
         let mut reason = ViewChangeReason::RequestTimeout;
         // The primary's connection closed: once it has stayed closed for the
         // shorter timeout, requests wait only that long.
@@ -161,7 +180,7 @@ impl<C: Crypto> Replica<C> {
     /// (with the same backoff), because no client request may be waiting
     /// to time it.
     fn check_end_timer(&mut self, now: u64) {
-        let timeout = self.cfg.request_timeout_ms << self.timers.request_shift;
+        let timeout = self.request_timeout() << self.timers.request_shift;
         if !self.end_overdue(now, timeout) || self.rejoining() {
             return;
         }
@@ -170,11 +189,50 @@ impl<C: Crypto> Replica<C> {
         self.start_view_change(self.view.next(), ViewChangeReason::EndTimeout);
     }
 
+    /// The request timeout before backoff: the configured one until rounds
+    /// have been timed here, then `request_timeout_rounds` rounds for
+    /// each full batch waiting (a correct primary's requests wait for the
+    /// batches in flight and those ahead of them, each a round), within
+    /// `request_timeout_min_ms..=request_timeout_ms`. Only a slower
+    /// network, or more work waiting, lengthens it; a primary that holds
+    /// its proposals back does neither.
+    pub(super) fn request_timeout(&self) -> u64 {
+        let configured = self.cfg.request_timeout_ms;
+        let rounds = self.cfg.request_timeout_rounds;
+        let Some(round_x16) = self.timers.round_x16.filter(|_| rounds > 0) else {
+            return configured;
+        };
+        let batches = 1 + self.pool.len() as u64 / self.cfg.batch_max_requests.max(1) as u64;
+        let adaptive = round_x16.saturating_mul(rounds).saturating_mul(batches).div_ceil(16);
+        adaptive.max(self.cfg.request_timeout_min_ms).min(configured)
+    }
+
+    /// Periodic leader change (BFT-SMaRt): a view that has lasted
+    /// `leader_rotation_ms` ends, whatever its primary does. Every correct
+    /// replica's clock runs from its own entry into the view, so they ask
+    /// for the next one within a message delay of each other; a replica
+    /// that is late joins once f+1 have asked.
+    fn check_rotation(&mut self, now: u64) {
+        let since = match self.timers.view_since {
+            Some((view, since)) if view == self.view => since,
+            _ => {
+                self.timers.view_since = Some((self.view, now));
+                now
+            }
+        };
+        let period = self.cfg.leader_rotation_ms;
+        if period == 0 || now < since + period || !self.normal || self.end_reached() || self.rejoining() {
+            return;
+        }
+        self.metrics.rotations += 1;
+        self.start_view_change(self.view.next(), ViewChangeReason::Rotation);
+    }
+
     /// Requests execute again: the request timeout comes back down, as
-    /// far as the time they took allows. Within the base timeout it is back
-    /// to the base; well inside the current one, one doubling less; slower
-    /// than that it stays, so a network slower than the base timeout does
-    /// not make every request after a success trip it again.
+    /// far as the time they took allows. Within the unshifted timeout it is
+    /// back to it; well inside the current one, one doubling less; slower
+    /// than that it stays, so a network slower than the timeout does not
+    /// make every request after a success trip it again.
     pub(super) fn adapt_request_timeout(&mut self, batch: &Batch) {
         let now = self.clock.now_ms;
         let waited = batch
@@ -184,7 +242,7 @@ impl<C: Crypto> Replica<C> {
             .map(|arrival| now.saturating_sub(arrival))
             .max();
         let Some(waited) = waited else { return };
-        let base = self.cfg.request_timeout_ms;
+        let base = self.request_timeout();
         let shift = &mut self.timers.request_shift;
         if waited <= base {
             *shift = 0;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: palisade-sim --seeds START..END [--replicas N] [--mode bft|cft] \
 [--byzantine random|none|NAME] [--threads T] [--verbose] [--trace] [--plant weak-quorum|skip-new-view-check|torn-new-view|amnesiac-votes|evicting-q|fixed-request-timeout|trust-proposed-requests|unchecked-proposals|execute-void-batches]
-       [--amnesia yes|no] [--tentative yes|no] [--crash-all yes|no] [--disk-faults yes|no] [--slow-network MS] [--reconfigure yes|no]
+       [--amnesia yes|no] [--tentative yes|no] [--crash-all yes|no] [--disk-faults yes|no] [--slow-network MS] [--reconfigure yes|no] [--rotation MS]
        palisade-sim --list-strategies";
 
 struct Args {
@@ -23,6 +23,7 @@ struct Args {
     crash_all: Option<bool>,
     disk_faults: Option<bool>,
     slow_network_ms: u64,
+    rotation_ms: u64,
     reconfigure: bool,
 }
 
@@ -50,6 +51,7 @@ fn parse() -> Result<Option<Args>, String> {
         crash_all: None,
         disk_faults: None,
         slow_network_ms: 0,
+        rotation_ms: 0,
         reconfigure: false,
     };
     let mut seeds_given = false;
@@ -114,6 +116,10 @@ fn parse() -> Result<Option<Args>, String> {
                 let v = value("--slow-network")?;
                 out.slow_network_ms = v.parse().map_err(|_| format!("bad delay {v:?}"))?;
             }
+            "--rotation" => {
+                let v = value("--rotation")?;
+                out.rotation_ms = v.parse().map_err(|_| format!("bad period {v:?}"))?;
+            }
             "--verbose" | "-v" => out.verbose = true,
             "--trace" => out.trace = true,
             "--help" | "-h" => {
@@ -144,6 +150,7 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
     cfg.crash_all = args.crash_all;
     cfg.disk_faults = args.disk_faults;
     cfg.slow_network_ms = args.slow_network_ms;
+    cfg.rotation_ms = args.rotation_ms;
     cfg.reconfigure = args.reconfigure;
     if args.slow_network_ms > 0 {
         cfg.liveness_bound_ms = palisade_sim::config::slow_network_bound_ms(args.slow_network_ms);
@@ -242,6 +249,9 @@ fn main() -> ExitCode {
             }
             if args.slow_network_ms > 0 {
                 extra.push_str(&format!(" --slow-network {}", args.slow_network_ms));
+            }
+            if args.rotation_ms > 0 {
+                extra.push_str(&format!(" --rotation {}", args.rotation_ms));
             }
             if args.reconfigure {
                 extra.push_str(" --reconfigure yes");

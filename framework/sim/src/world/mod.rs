@@ -132,6 +132,7 @@ impl World {
         let membership = Membership::with_size(cfg.replicas, cfg.mode).expect("valid replica count");
         let mut core_cfg = core_config(membership.clone());
         core_cfg.tentative_execution = cfg.tentative.unwrap_or(cfg.seed.is_multiple_of(2));
+        core_cfg.leader_rotation_ms = cfg.rotation_ms;
         #[cfg(feature = "planted-bugs")]
         {
             core_cfg.planted = cfg.planted;
