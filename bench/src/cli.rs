@@ -47,6 +47,12 @@ pub(crate) enum RoleCmd {
         /// to be admitted.
         #[arg(long)]
         join: bool,
+        /// Misbehave this way (builds with the `byzantine` feature only).
+        #[arg(long)]
+        byzantine: Option<String>,
+        /// With `--byzantine`: behave until this file exists.
+        #[arg(long)]
+        byzantine_trigger: Option<PathBuf>,
         #[command(flatten)]
         tuning: ReplicaTuning,
     },
@@ -132,6 +138,22 @@ pub(crate) struct RunArgs {
     /// on a shared machine can be off by half.
     #[arg(long, default_value_t = 1)]
     pub(crate) repeat: usize,
+    /// Make one replica Byzantine, as ID:MODE (for example 0:slow-primary;
+    /// modes: slow-primary, tiny-batches, starve:CLIENT, mute, equivocate,
+    /// wrong-replies, withhold-full, flood). Needs a build with
+    /// `--features byzantine`.
+    #[arg(long)]
+    pub(crate) byzantine_replica: Option<String>,
+    /// Start the `--byzantine-replica`'s misbehaviour this many seconds
+    /// into the measurement (tiny-batches always starts at once); without
+    /// it, from the start.
+    #[arg(long)]
+    pub(crate) byzantine_at: Option<f64>,
+    /// Like `--compare-durability`: a fault-free cluster, then one with the
+    /// `--byzantine-replica`, in turn for `--rounds`.
+    #[arg(long)]
+    #[serde(skip)]
+    pub(crate) compare_byzantine: bool,
     /// Rounds of `--compare-durability` or `--compare-auth`.
     #[arg(long, default_value_t = 3)]
     pub(crate) rounds: usize,
@@ -302,6 +324,13 @@ pub(crate) struct ReplicaTuning {
     /// Execute prepared batches tentatively (`palisade replica --tentative`).
     #[arg(long)]
     pub(crate) tentative: bool,
+    /// Periodic leader change: every view ends after this many ms (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) leader_rotation_ms: u64,
+    /// Keep the request timeout at its configured value instead of
+    /// adapting it to measured rounds (to measure what adaptation buys).
+    #[arg(long)]
+    pub(crate) fixed_request_timeout: bool,
 }
 
 impl ReplicaTuning {
@@ -317,6 +346,12 @@ impl ReplicaTuning {
         }
         if self.tentative {
             args.push("--tentative".into());
+        }
+        if self.leader_rotation_ms > 0 {
+            args.push(format!("--leader-rotation-ms={}", self.leader_rotation_ms));
+        }
+        if self.fixed_request_timeout {
+            args.push("--fixed-request-timeout".into());
         }
         args
     }

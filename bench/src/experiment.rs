@@ -26,10 +26,27 @@ use std::time::{Duration, Instant};
 pub(crate) fn run(a: RunArgs) -> ExitCode {
     let comparisons = usize::from(!a.compare_durability.is_empty())
         + usize::from(!a.compare_auth.is_empty())
-        + usize::from(a.compare_tentative);
+        + usize::from(a.compare_tentative)
+        + usize::from(a.compare_byzantine);
     if comparisons > 1 {
-        eprintln!("palisade-bench: compare durability, request authentication or tentative execution, one at a time");
+        eprintln!(
+            "palisade-bench: compare durability, request authentication, tentative execution or a Byzantine replica, one at a time"
+        );
         return ExitCode::from(2);
+    }
+    match crate::processes::byzantine_replica(&a) {
+        Err(e) => {
+            eprintln!("palisade-bench: {e}");
+            return ExitCode::from(2);
+        }
+        Ok(None) if a.compare_byzantine => {
+            eprintln!("palisade-bench: --compare-byzantine needs --byzantine-replica ID:MODE");
+            return ExitCode::from(2);
+        }
+        _ => {}
+    }
+    if a.compare_byzantine {
+        return compare(a, vec![Variant::Byzantine(false), Variant::Byzantine(true)]);
     }
     if a.compare_tentative {
         return compare(a, vec![Variant::Tentative(false), Variant::Tentative(true)]);
@@ -110,6 +127,8 @@ enum Variant {
     Durability(palisade_host::Durability),
     Auth(palisade_wire::RequestAuth),
     Tentative(bool),
+    /// Whether the `--byzantine-replica` misbehaves.
+    Byzantine(bool),
 }
 
 impl Variant {
@@ -118,6 +137,7 @@ impl Variant {
             Variant::Durability(_) => "durability",
             Variant::Auth(_) => "request_auth",
             Variant::Tentative(_) => "tentative",
+            Variant::Byzantine(_) => "byzantine",
         }
     }
 
@@ -126,6 +146,11 @@ impl Variant {
             Variant::Durability(d) => run.tuning.durability = d,
             Variant::Auth(m) => run.request_auth = m,
             Variant::Tentative(on) => run.tuning.tentative = on,
+            Variant::Byzantine(on) => {
+                if !on {
+                    run.byzantine_replica = None;
+                }
+            }
         }
     }
 }
@@ -135,7 +160,7 @@ impl std::fmt::Display for Variant {
         match self {
             Variant::Durability(d) => d.fmt(f),
             Variant::Auth(m) => m.fmt(f),
-            Variant::Tentative(on) => f.write_str(if *on { "on" } else { "off" }),
+            Variant::Tentative(on) | Variant::Byzantine(on) => f.write_str(if *on { "on" } else { "off" }),
         }
     }
 }
@@ -156,10 +181,20 @@ fn compare(a: RunArgs, modes: Vec<Variant>) -> ExitCode {
             run.compare_durability.clear();
             run.compare_auth.clear();
             run.compare_tentative = false;
+            run.compare_byzantine = false;
             match in_scratch(&run, &format!("-{round}-{i}")) {
                 Ok(report) => {
                     let best = Report::best(&report.levels).expect("at least one level");
                     println!("round {round} {} {mode}: {}", mode.kind(), report.bench_line());
+                    if let (Variant::Byzantine(true), Some(acted)) = (mode, report.events.view_change_at_s) {
+                        let after = report.mean_ops(acted + 0.5, a.duration).unwrap_or(0.0);
+                        let from = report.events.byzantine_at_s.unwrap_or(0.0);
+                        println!(
+                            "round {round} byzantine: acted {:.1} s after it began; {after:.0} ops/s after, {:.3} of fault-free",
+                            acted - from,
+                            after / ops[0].last().copied().unwrap_or(1.0).max(1.0)
+                        );
+                    }
                     ops[i].push(best.palisade.ops_per_sec);
                     p99[i].push(best.palisade.latency.p99_us);
                     p50[i].push(best.palisade.latency.p50_us);
@@ -318,6 +353,7 @@ fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
         killed_all: Arc::new(Mutex::new(false)),
         caught_up_at: Arc::new(Mutex::new(None)),
         changes: Arc::new(Mutex::new(Vec::new())),
+        view_change_at: Arc::new(Mutex::new(None)),
     };
     let ids: Vec<u32> = cluster.replicas.keys().map(|r| r.0).collect();
     let mut reports = Vec::new();
@@ -341,6 +377,9 @@ fn experiment(a: &RunArgs, work: &Path) -> Result<Report, String> {
         restart_at_s: a.restart_at,
         caught_up_at_s: *shared.caught_up_at.lock(),
         changes: shared.changes.lock().clone(),
+        byzantine: crate::processes::byzantine_replica(a).ok().flatten().map(|(id, mode)| format!("r{id} {mode}")),
+        byzantine_at_s: a.byzantine_at.filter(|_| a.byzantine_replica.is_some()),
+        view_change_at_s: *shared.view_change_at.lock(),
     };
     drop(shared.procs.lock().take());
 
@@ -388,6 +427,9 @@ struct Shared {
     caught_up_at: Arc<Mutex<Option<f64>>>,
     /// Membership changes made during the measurement.
     changes: Arc<Mutex<Vec<Change>>>,
+    /// When a replica first changed view during the measurement (after the
+    /// Byzantine replica began, if it began late).
+    view_change_at: Arc<Mutex<Option<f64>>>,
 }
 
 /// Samples the replicas over one level's measurement window and injects
@@ -414,9 +456,29 @@ impl Sampler {
         let (mut kill_at, mut restart_at) = (self.args.kill_primary_at, self.args.restart_at);
         let mut kill_all_at = self.args.kill_all_at;
         let (mut add_at, mut remove_at) = (self.args.add_at, self.args.remove_at);
+        let mut byzantine_at = self.args.byzantine_at.filter(|_| self.args.byzantine_replica.is_some());
+        let mut views_seen: BTreeMap<u32, u64> = m0.iter().map(|(i, m)| (*i, m.view_changes)).collect();
         while t0.elapsed() < duration {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             let t = t0.elapsed().as_secs_f64();
+            if byzantine_at.is_some_and(|at| t >= at) {
+                byzantine_at = None;
+                views_seen =
+                    self.ids.iter().filter_map(|i| read_metrics(&self.dir, *i).map(|m| (*i, m.view_changes))).collect();
+                if let Err(e) = std::fs::write(crate::processes::byzantine_trigger(&self.dir), b"") {
+                    eprintln!("palisade-bench: cannot start the Byzantine replica: {e}");
+                }
+            }
+            if byzantine_at.is_none() && self.shared.view_change_at.lock().is_none() {
+                let changed = self
+                    .ids
+                    .iter()
+                    .filter_map(|i| read_metrics(&self.dir, *i).map(|m| (*i, m.view_changes)))
+                    .any(|(i, v)| v > views_seen.get(&i).copied().unwrap_or(0));
+                if changed {
+                    *self.shared.view_change_at.lock() = Some(t);
+                }
+            }
             if kill_at.is_some_and(|at| t >= at) {
                 kill_at = None;
                 self.kill_primary();

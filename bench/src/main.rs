@@ -21,8 +21,19 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.role {
-        Some(RoleCmd::Server { config, id, service, metrics_file, rejoin, join, tuning }) => {
-            server::replica(&config, id, &service, metrics_file, (rejoin, join), &tuning)
+        Some(RoleCmd::Server {
+            config,
+            id,
+            service,
+            metrics_file,
+            rejoin,
+            join,
+            byzantine,
+            byzantine_trigger,
+            tuning,
+        }) => {
+            let byzantine = byzantine.map(|mode| (mode, byzantine_trigger));
+            server::replica(&config, id, &service, metrics_file, (rejoin, join), byzantine, &tuning)
         }
         Some(RoleCmd::BaselineServer { config, service }) => server::baseline(&config, &service),
         Some(RoleCmd::Andrew(a)) => andrew::run(a),

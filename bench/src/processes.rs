@@ -49,12 +49,36 @@ pub(crate) fn start_joiner(dir: &Path, id: u32, a: &RunArgs) -> Child {
     start_server(dir, id, a, Some("--join"))
 }
 
+/// The file whose creation starts a Byzantine replica's misbehaviour.
+pub(crate) fn byzantine_trigger(dir: &Path) -> PathBuf {
+    dir.join("byzantine.start")
+}
+
+/// The `--byzantine-replica` as (id, mode), if well formed.
+pub(crate) fn byzantine_replica(a: &RunArgs) -> Result<Option<(u32, String)>, String> {
+    let Some(spec) = &a.byzantine_replica else { return Ok(None) };
+    let (id, mode) = spec.split_once(':').ok_or_else(|| format!("--byzantine-replica takes ID:MODE, not {spec:?}"))?;
+    let id = id.parse().map_err(|_| format!("--byzantine-replica: bad replica id {id:?}"))?;
+    Ok(Some((id, mode.to_string())))
+}
+
 fn start_server(dir: &Path, id: u32, a: &RunArgs, flag: Option<&str>) -> Child {
+    let mut byzantine = Vec::new();
+    if let Ok(Some((bad, mode))) = byzantine_replica(a) {
+        if bad == id {
+            byzantine.extend(["--byzantine".to_string(), mode]);
+            if a.byzantine_at.is_some() {
+                let trigger = byzantine_trigger(dir);
+                byzantine.extend(["--byzantine-trigger".to_string(), trigger.to_str().expect("utf-8 path").into()]);
+            }
+        }
+    }
     Command::new(std::env::current_exe().expect("own path"))
         .args(["server", "--config", dir.to_str().expect("utf-8 path"), "--id", &id.to_string()])
         .args(["--metrics-file", metrics_path(dir, id).to_str().expect("utf-8 path")])
         .args(["--service", a.service.name()])
         .args(flag)
+        .args(byzantine)
         .args(a.tuning.to_args())
         .stderr(replica_log(id))
         .spawn()

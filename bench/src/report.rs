@@ -63,6 +63,13 @@ pub(crate) struct Events {
     pub(crate) caught_up_at_s: Option<f64>,
     /// Membership changes made during the measurement.
     pub(crate) changes: Vec<Change>,
+    /// The Byzantine replica and its mode (`--byzantine-replica`).
+    pub(crate) byzantine: Option<String>,
+    /// When it began to misbehave, if not from the start.
+    pub(crate) byzantine_at_s: Option<f64>,
+    /// When some replica first changed view after that (from the
+    /// measurement's start, or the Byzantine replica's): the defence acted.
+    pub(crate) view_change_at_s: Option<f64>,
 }
 
 /// A membership change the run made, and what clients saw of it.
@@ -330,6 +337,30 @@ impl Report {
                 c.label, c.at_s, c.outcome, c.answered_s, c.stall_s
             );
         }
+        if let Some(b) = &self.events.byzantine {
+            let from = self.events.byzantine_at_s;
+            let acted = self.events.view_change_at_s;
+            println!(
+                "Byzantine {b} from {} s; first view change at {} s ({} s to act); ops/s before it {}, after it {}",
+                from.map_or("the start".into(), |f| format!("{f:.1}")),
+                acted.map_or("-".into(), |a| format!("{a:.1}")),
+                acted.map_or("-".into(), |a| format!("{:.1}", a - from.unwrap_or(0.0))),
+                self.mean_ops(from.unwrap_or(0.0), acted.unwrap_or(self.args.duration))
+                    .map_or("-".into(), |o| format!("{o:.0}")),
+                acted
+                    .and_then(|a| self.mean_ops(a + 0.5, self.args.duration))
+                    .map_or("-".into(), |o| format!("{o:.0}")),
+            );
+        }
+    }
+
+    /// Mean throughput of the first level between `from` and `to` seconds
+    /// into the measurement (100 ms buckets).
+    pub(crate) fn mean_ops(&self, from: f64, to: f64) -> Option<f64> {
+        let timeline = &self.levels.first()?.palisade.timeline;
+        let (a, b) = (((self.args.warmup + from) * 10.0) as usize, ((self.args.warmup + to) * 10.0) as usize);
+        let b = b.min(timeline.len());
+        (b > a).then(|| timeline[a..b].iter().sum::<u64>() as f64 * 10.0 / (b - a) as f64)
     }
 
     /// The client-visible stall after an event at `t`: the longest run of
@@ -424,6 +455,12 @@ impl Report {
         }
         for c in &self.events.changes {
             events.push(svg::Event { x: warmup + c.at_s, label: c.label.clone() });
+        }
+        if let Some(b) = &self.events.byzantine {
+            events.push(svg::Event { x: warmup + self.events.byzantine_at_s.unwrap_or(0.0), label: b.clone() });
+        }
+        if let Some(at) = self.events.view_change_at_s {
+            events.push(svg::Event { x: warmup + at, label: "view change".into() });
         }
         let title = format!("Throughput over time: {}", self.shape());
         svg::line_chart(&title, "time (s)", "ops/s (100 ms buckets)", &series, &events)

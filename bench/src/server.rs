@@ -27,6 +27,7 @@ pub(crate) fn replica(
     service: &str,
     metrics_file: Option<PathBuf>,
     (rejoin, join): (bool, bool),
+    byzantine: Option<(String, Option<PathBuf>)>,
     s: &ReplicaTuning,
 ) -> ExitCode {
     let cluster = match ClusterConfig::load(config) {
@@ -49,6 +50,30 @@ pub(crate) fn replica(
     }
     cfg.durability = s.durability;
     cfg.protocol.tentative_execution = s.tentative;
+    cfg.protocol.leader_rotation_ms = s.leader_rotation_ms;
+    if s.fixed_request_timeout {
+        cfg.protocol.request_timeout_rounds = 0;
+    }
+    if let Some((mode, trigger)) = byzantine {
+        #[cfg(feature = "byzantine")]
+        {
+            match palisade_runtime::byzantine::Misbehaviour::parse(&mode) {
+                Ok(m) => cfg.misbehave = Some(m),
+                Err(e) => return fail("server", e),
+            }
+            cfg.misbehave_trigger = trigger;
+        }
+        #[cfg(not(feature = "byzantine"))]
+        {
+            let _ = trigger;
+            return fail(
+                "server",
+                format!(
+                    "Byzantine mode {mode:?} needs a build with the byzantine feature: cargo build --release -p palisade-bench --features byzantine"
+                ),
+            );
+        }
+    }
     cfg.data_dir = Some(config.join(format!("data-{id}")));
     if join {
         cfg.listen = match palisade::keygen::joining_address(config, me) {

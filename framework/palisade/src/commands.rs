@@ -102,6 +102,11 @@ pub struct ReplicaOptions {
     pub durability: Durability,
     /// Whether prepared batches execute tentatively.
     pub tentative: bool,
+    /// Periodic leader change period, ms (0: off).
+    pub leader_rotation_ms: u64,
+    /// Misbehave this way (test builds only).
+    #[cfg(feature = "byzantine")]
+    pub byzantine: Option<palisade_runtime::byzantine::Misbehaviour>,
     /// Not a member yet: wait to be admitted.
     pub join: bool,
     /// How long a removed replica serves on before exiting.
@@ -115,7 +120,8 @@ pub struct ReplicaOptions {
 /// `palisade replica`: runs one replica until SIGINT or SIGTERM, or until
 /// a reconfiguration removed it and its grace period ended.
 pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, opts: ReplicaOptions) -> ExitCode {
-    let ReplicaOptions { verbose, rejoin, durability, tentative, join, leave_grace_ms, metrics_addr, listen } = opts;
+    let ReplicaOptions { verbose, rejoin, durability, tentative, join, leave_grace_ms, metrics_addr, listen, .. } =
+        opts;
     let cluster = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -140,6 +146,11 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
     let start = rt_cfg.start;
     rt_cfg.durability = durability;
     rt_cfg.protocol.tentative_execution = tentative;
+    rt_cfg.protocol.leader_rotation_ms = opts.leader_rotation_ms;
+    #[cfg(feature = "byzantine")]
+    {
+        rt_cfg.misbehave = opts.byzantine;
+    }
     rt_cfg.data_dir = Some(data_dir.to_path_buf());
     rt_cfg.links = chain.links().to_vec();
     rt_cfg.leave_grace_ms = leave_grace_ms;

@@ -223,6 +223,17 @@ enum Command {
         /// such answers. Every replica should agree.
         #[arg(long)]
         tentative: bool,
+        /// Periodic leader change (BFT-SMaRt): every view ends after this
+        /// many ms, so a primary too subtle to be suspected leads only its
+        /// share of the time. 0 turns it off. Every replica should agree.
+        #[arg(long, default_value_t = 0)]
+        leader_rotation_ms: u64,
+        /// Misbehave, to measure what a faulty replica costs: slow-primary,
+        /// tiny-batches, starve:CLIENT, mute, equivocate, wrong-replies,
+        /// withhold-full or flood (docs/operations.md).
+        #[cfg(feature = "byzantine")]
+        #[arg(long, value_parser = palisade_runtime::byzantine::Misbehaviour::parse)]
+        byzantine: Option<palisade_runtime::byzantine::Misbehaviour>,
         /// Start a replica that is not a member yet: it listens where
         /// `keygen --new-replica` said, waits for `admin add` to admit it,
         /// fetches the state and serves.
@@ -370,6 +381,9 @@ fn main() -> ExitCode {
             rejoin,
             durability,
             tentative,
+            leader_rotation_ms,
+            #[cfg(feature = "byzantine")]
+            byzantine,
             join,
             leave_grace_ms,
             metrics_addr,
@@ -384,6 +398,9 @@ fn main() -> ExitCode {
                 rejoin,
                 durability,
                 tentative,
+                leader_rotation_ms,
+                #[cfg(feature = "byzantine")]
+                byzantine,
                 join,
                 leave_grace_ms,
                 metrics_addr,

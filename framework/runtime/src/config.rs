@@ -115,6 +115,12 @@ pub struct RuntimeConfig {
     /// every PRE-PREPARE it sends (a Byzantine primary forging requests).
     #[cfg(feature = "byzantine")]
     pub forged_request: Option<palisade_core::Request>,
+    /// Tests and benchmarks only: misbehave this way.
+    #[cfg(feature = "byzantine")]
+    pub misbehave: Option<crate::byzantine::Misbehaviour>,
+    /// With `misbehave`: behave until this file exists.
+    #[cfg(feature = "byzantine")]
+    pub misbehave_trigger: Option<std::path::PathBuf>,
 }
 
 /// Whether a replica process may vote at once.
@@ -162,6 +168,10 @@ impl RuntimeConfig {
             snapshot_duty_percent: 10,
             #[cfg(feature = "byzantine")]
             forged_request: None,
+            #[cfg(feature = "byzantine")]
+            misbehave: None,
+            #[cfg(feature = "byzantine")]
+            misbehave_trigger: None,
             wal_segment_bytes: 64 << 20,
             storage_queue: 4_096,
             links: Vec::new(),

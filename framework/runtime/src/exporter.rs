@@ -162,6 +162,13 @@ impl Collector for Snapshot {
         };
         gauge(&mut enc, "role", "0 member, 1 waiting to be admitted, 2 removed", role)?;
         counter(&mut enc, "view_changes", "View changes started or joined", c.view_changes)?;
+        counter(&mut enc, "rotations", "View changes started by periodic leader rotation", c.rotations)?;
+        gauge(
+            &mut enc,
+            "request_timeout_ms",
+            "Request timeout in force: adaptive, with backoff",
+            c.request_timeout_ms as i64,
+        )?;
         counter(&mut enc, "state_transfers", "State transfers completed", c.state_transfers)?;
         counter(&mut enc, "alarms", "Evidence of divergent state or a safety bug; must stay 0", c.alarms)?;
         counter(

@@ -23,6 +23,8 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "byzantine")]
+pub mod byzantine;
 pub mod config;
 pub mod crypto;
 pub mod egress;

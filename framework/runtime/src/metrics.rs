@@ -240,6 +240,10 @@ pub struct CoreSnapshot {
     pub stable: u64,
     /// View changes started or joined.
     pub view_changes: u64,
+    /// Of those, started because the view had lasted `leader_rotation_ms`.
+    pub rotations: u64,
+    /// The request timeout in force (adaptive once rounds are timed), ms.
+    pub request_timeout_ms: u64,
     /// State transfers completed.
     pub state_transfers: u64,
     /// Evidence that this replica's state diverged from what a quorum

@@ -250,6 +250,22 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
         metrics.level("clients_connected", move || clients.upgrade().map_or(0, |n| n.clients.distinct()));
     }
     let egress: Arc<dyn Egress> = net.clone();
+    #[cfg(feature = "byzantine")]
+    let (egress, misbehave): (Arc<dyn Egress>, _) = match cfg.misbehave {
+        Some(mode) => {
+            let trigger = cfg.misbehave_trigger.clone();
+            let m = crate::byzantine::Misbehaving::new(
+                egress,
+                mode,
+                cluster.cluster_id,
+                cfg.protocol.request_timeout_ms,
+                trigger,
+            );
+            let active = m.active();
+            (m, Some((mode, active)))
+        }
+        None => (egress, None),
+    };
     let listener = std::net::TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
 
@@ -382,6 +398,10 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     // work there.
     let mut protocol_cfg = cfg.protocol.clone();
     protocol_cfg.tentative_execution &= cfg.durability != Durability::Log;
+    #[cfg(feature = "byzantine")]
+    if let Some(mode) = cfg.misbehave {
+        mode.tune(&mut protocol_cfg);
+    }
     let host = match restart {
         Some(restart) => {
             let e = exec.read();
@@ -477,6 +497,8 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             links_told: Default::default(),
             #[cfg(feature = "byzantine")]
             forged_request: cfg.forged_request.clone(),
+            #[cfg(feature = "byzantine")]
+            misbehave,
         }),
     ));
 

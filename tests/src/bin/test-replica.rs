@@ -154,6 +154,9 @@ fn main() -> ExitCode {
         rejoin: args.iter().any(|a| a == "--rejoin"),
         durability: palisade_host::Durability::Full,
         tentative: args.iter().any(|a| a == "--tentative"),
+        leader_rotation_ms: value("--leader-rotation-ms").and_then(|s| s.parse().ok()).unwrap_or(0),
+        byzantine: value("--byzantine")
+            .map(|m| palisade_runtime::byzantine::Misbehaviour::parse(&m).expect("a Byzantine mode")),
         join: args.iter().any(|a| a == "--join"),
         leave_grace_ms: value("--leave-grace-ms").and_then(|s| s.parse().ok()).unwrap_or(30_000),
         metrics_addr: value("--metrics-addr").and_then(|s| s.parse().ok()),

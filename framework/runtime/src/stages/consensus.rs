@@ -134,6 +134,9 @@ pub struct Consensus<C: Crypto> {
     /// Tests only: the request a Byzantine primary adds to its batches.
     #[cfg(feature = "byzantine")]
     pub forged_request: Option<Request>,
+    /// Benchmarks only: how this replica misbehaves, once the flag is set.
+    #[cfg(feature = "byzantine")]
+    pub misbehave: Option<(crate::byzantine::Misbehaviour, Arc<std::sync::atomic::AtomicBool>)>,
 }
 
 /// What the host's actions touch, borrowed from the stage for one step.
@@ -362,6 +365,8 @@ impl<C: Crypto> Consensus<C> {
             delivered: core.delivered().0,
             stable: core.stable_checkpoint().seq.0,
             view_changes: m.view_changes,
+            rotations: m.rotations,
+            request_timeout_ms: core.request_timeout_ms(),
             state_transfers: m.state_transfers,
             alarms: m.alarms,
             timers_restarted: m.timers_restarted,
@@ -439,6 +444,11 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
             let next = if let Some((from, epoch, msg)) = self.rx_peer.take() {
                 Feed::Peer(from, epoch, msg)
             } else if let Some(r) = self.rx_requests.take() {
+                #[cfg(feature = "byzantine")]
+                if self.misbehave.as_ref().is_some_and(|(m, on)| on.load(Ordering::Relaxed) && !m.admits(r.client)) {
+                    budget -= 1;
+                    continue;
+                }
                 Feed::Input(Input::Request(r))
             } else {
                 break;
