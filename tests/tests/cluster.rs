@@ -26,6 +26,8 @@ struct Cluster {
     snapshot_interval: u64,
     /// Replicas execute prepared batches tentatively.
     tentative: bool,
+    /// A replica that misbehaves, and how.
+    byzantine: Option<(usize, palisade_runtime::byzantine::Misbehaviour)>,
 }
 
 fn cluster(n: usize, mode: Mode, auth: RequestAuth) -> Cluster {
@@ -38,6 +40,7 @@ fn cluster(n: usize, mode: Mode, auth: RequestAuth) -> Cluster {
         disk: None,
         snapshot_interval: 0,
         tentative: false,
+        byzantine: None,
     }
 }
 
@@ -56,6 +59,7 @@ impl Cluster {
     fn config_of(&self, i: usize) -> RuntimeConfig {
         let mut cfg = runtime_config(&self.config, self.stage_threads);
         cfg.protocol.tentative_execution = self.tentative;
+        cfg.misbehave = self.byzantine.filter(|(who, _)| *who == i).map(|(_, how)| how);
         if let Some((root, mode)) = &self.disk {
             cfg.durability = *mode;
             cfg.data_dir = Some(root.join(format!("replica-{i}")));
@@ -835,4 +839,71 @@ fn a_file_write_larger_than_an_operation_is_split_and_a_late_refusal_is_a_short_
         let err = fs.write(f.ino, end, Bytes::from(vec![7u8; 20 << 10])).await.unwrap_err();
         assert_eq!(err.errno(), palisade_services::fs::errno::EFBIG);
     });
+}
+
+/// One Byzantine replica process, in each mode, from the start: every
+/// client's operations complete exactly once, the honest replicas agree,
+/// and a primary that stalls progress (held-back, equivocated or missing
+/// proposals, a starved client) is replaced. A primary holding each
+/// PRE-PREPARE for 90% of the configured request timeout escapes that
+/// timeout (clients reach the backups only after their own retransmission
+/// period); only the timeout adapted to measured rounds catches it.
+#[test]
+fn a_byzantine_replica_in_any_mode_loses_no_operation_and_a_primary_that_stalls_is_replaced() {
+    use palisade_runtime::byzantine::Misbehaviour as M;
+    const PER_CLIENT: u64 = 20;
+    let rt = rt();
+    let _in_runtime = rt.enter();
+    let modes = [
+        M::SlowPrimary,
+        M::Equivocate,
+        M::Mute,
+        M::Starve(palisade_core::ClientId(0)),
+        M::WrongReplies,
+        M::WithholdFull,
+        M::Flood,
+    ];
+    for mode in modes {
+        let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
+        let starved = c.client();
+        let mode = match mode {
+            M::Starve(_) => M::Starve(starved.id()),
+            m => m,
+        };
+        c.byzantine = Some((0, mode));
+        c.start_with(Counter::default);
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            let clients = std::iter::once(starved).chain((0..2).map(|_| c.client()));
+            for client in clients {
+                let counter = CounterClient::new(client);
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..PER_CLIENT {
+                        counter.add(1).await.expect("every operation completes");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let counter = CounterClient::new(c.client());
+            assert_eq!(counter.get().await.unwrap(), 3 * PER_CLIENT, "{mode:?}: every add exactly once");
+        });
+        let honest: Vec<palisade_runtime::CoreSnapshot> =
+            c.handles[1..].iter().flatten().map(|h| h.metrics().core.lock().clone()).collect();
+        if matches!(mode, M::SlowPrimary | M::Equivocate | M::Mute | M::Starve(_)) {
+            assert!(honest.iter().all(|s| s.view >= 1), "{mode:?}: the primary was replaced: {honest:?}");
+        }
+        if mode == M::SlowPrimary {
+            assert!(
+                honest.iter().any(|s| s.request_timeout_ms < 1_000),
+                "{mode:?}: the request timeout adapted below the configured one: {honest:?}"
+            );
+        }
+        for h in c.handles.iter_mut() {
+            if let Some(h) = h.take() {
+                h.stop();
+            }
+        }
+    }
 }

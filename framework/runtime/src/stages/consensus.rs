@@ -282,6 +282,12 @@ impl<C: Crypto> Consensus<C> {
         }
     }
 
+    /// Whether this (Byzantine) replica keeps `client`'s requests from its core.
+    #[cfg(feature = "byzantine")]
+    fn starves(&self, client: ClientId) -> bool {
+        self.misbehave.as_ref().is_some_and(|(m, on)| on.load(Ordering::Relaxed) && !m.admits(client))
+    }
+
     /// Sends what this wake-up produced: one mailbox message per peer,
     /// behind the entries it depends on.
     fn flush(&mut self) -> Result<(), Ended> {
@@ -442,10 +448,17 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
         while budget > 0 && self.tx_delivery.backlog() == 0 && self.journal.as_ref().is_none_or(|j| j.tx.backlog() == 0)
         {
             let next = if let Some((from, epoch, msg)) = self.rx_peer.take() {
+                #[cfg(feature = "byzantine")]
+                if let PeerMessage::Forward(r) = &msg {
+                    if self.starves(r.client) {
+                        budget -= 1;
+                        continue;
+                    }
+                }
                 Feed::Peer(from, epoch, msg)
             } else if let Some(r) = self.rx_requests.take() {
                 #[cfg(feature = "byzantine")]
-                if self.misbehave.as_ref().is_some_and(|(m, on)| on.load(Ordering::Relaxed) && !m.admits(r.client)) {
+                if self.starves(r.client) {
                     budget -= 1;
                     continue;
                 }
