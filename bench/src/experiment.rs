@@ -43,7 +43,25 @@ pub(crate) fn run(a: RunArgs) -> ExitCode {
             eprintln!("palisade-bench: --compare-byzantine needs --byzantine-replica ID:MODE");
             return ExitCode::from(2);
         }
-        _ => {}
+        Ok(Some((id, mode))) => {
+            if id as usize >= a.replicas || a.cluster.is_some() {
+                eprintln!("palisade-bench: --byzantine-replica needs a replica this run starts (id below --replicas)");
+                return ExitCode::from(2);
+            }
+            #[cfg(feature = "byzantine")]
+            if let Err(e) = palisade_runtime::byzantine::Misbehaviour::parse(&mode) {
+                eprintln!("palisade-bench: {e}");
+                return ExitCode::from(2);
+            }
+            #[cfg(not(feature = "byzantine"))]
+            {
+                eprintln!(
+                    "palisade-bench: Byzantine mode {mode:?} needs a build with the byzantine feature: cargo build --release -p palisade-bench --features byzantine"
+                );
+                return ExitCode::from(2);
+            }
+        }
+        Ok(None) => {}
     }
     if a.compare_byzantine {
         return compare(a, vec![Variant::Byzantine(false), Variant::Byzantine(true)]);
@@ -470,9 +488,13 @@ impl Sampler {
                 }
             }
             if byzantine_at.is_none() && self.shared.view_change_at.lock().is_none() {
+                // The Byzantine replica's own view changes (a tiny-batch
+                // backup refuses every batch) say nothing of the defence.
+                let bad = crate::processes::byzantine_replica(&self.args).ok().flatten().map(|(id, _)| id);
                 let changed = self
                     .ids
                     .iter()
+                    .filter(|i| Some(**i) != bad)
                     .filter_map(|i| read_metrics(&self.dir, *i).map(|m| (*i, m.view_changes)))
                     .any(|(i, v)| v > views_seen.get(&i).copied().unwrap_or(0));
                 if changed {

@@ -278,6 +278,15 @@ fn with_leader_rotation_every_view_ends_after_its_period_and_the_next_primary_or
     // The new primary orders; the request timeout never had to act.
     c.submit(1, request(1, 2));
     assert!((0..4).all(|r| c.core(r).delivered() >= SeqNo(2)), "view 1's primary ordered");
+    // An idle cluster does not rotate: a rotation is always followed by a
+    // view that executes requests, which resets the view-change backoff.
+    let mut idle = palisade_testkit::cluster::MemCluster::new(&cfg, palisade_testkit::crypto::TestCrypto, || {
+        palisade_testkit::cluster::Log::default()
+    });
+    for _ in 0..10 {
+        idle.tick(500);
+    }
+    assert!((0..4).all(|r| idle.core(r).view() == ViewNo(0)), "an idle cluster keeps its view");
     // Without rotation the same cluster stays in view 0.
     cfg.leader_rotation_ms = 0;
     let mut still = palisade_testkit::cluster::MemCluster::new(&cfg, palisade_testkit::crypto::TestCrypto, || {

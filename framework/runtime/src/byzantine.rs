@@ -33,8 +33,8 @@ pub enum Misbehaviour {
     Starve(ClientId),
     /// Sends nothing to anyone.
     Mute,
-    /// As primary, gives half of its backups a different batch for each
-    /// sequence number.
+    /// As primary, gives its odd-numbered backups a different batch for
+    /// each sequence number (half of them when the primary is even).
     Equivocate,
     /// Answers clients with results nobody computed.
     WrongReplies,
@@ -123,10 +123,14 @@ impl Misbehaving {
         let active = Arc::new(AtomicBool::new(trigger.is_none()));
         if let Some(path) = trigger {
             let flag = active.clone();
+            let alive = Arc::downgrade(&inner);
             std::thread::Builder::new()
                 .name("byzantine-trigger".into())
                 .spawn(move || {
                     while !path.exists() {
+                        if alive.strong_count() == 0 {
+                            return;
+                        }
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     tracing::warn!(mode = ?mode, "misbehaving from now on");
@@ -190,7 +194,7 @@ impl Misbehaving {
     fn remember_vote(&self, body: &[u8]) {
         if let Some((_, PeerMessage::Prepare(v) | PeerMessage::Commit(v))) = self.decode_peer(body) {
             self.latest.0.store(v.view.0, Ordering::Relaxed);
-            self.latest.1.fetch_max(v.seq.0, Ordering::Relaxed);
+            self.latest.1.store(v.seq.0, Ordering::Relaxed);
         }
     }
 
@@ -303,9 +307,6 @@ impl Egress for Misbehaving {
 
     fn to_peer(&self, to: ReplicaId, bodies: Vec<Bytes>) -> bool {
         if !self.active.load(Ordering::Relaxed) {
-            if self.mode == Misbehaviour::Flood {
-                bodies.iter().for_each(|b| self.remember_vote(b));
-            }
             return self.inner.to_peer(to, bodies);
         }
         match self.mode {

@@ -38,8 +38,9 @@ pub(super) struct Timers {
     /// accepted here to commit decided here), in sixteenths of a
     /// millisecond. The primary's delay before proposing is not in it.
     pub round_x16: Option<u64>,
-    /// The view this replica last saw in normal operation, and since when.
-    pub view_since: Option<(ViewNo, u64)>,
+    /// The view this replica last saw in normal operation, since when,
+    /// and how many requests it had executed then.
+    pub view_since: Option<(ViewNo, u64, u64)>,
 }
 
 impl Timers {
@@ -180,7 +181,9 @@ impl<C: Crypto> Replica<C> {
     /// (with the same backoff), because no client request may be waiting
     /// to time it.
     fn check_end_timer(&mut self, now: u64) {
-        let timeout = self.request_timeout() << self.timers.request_shift;
+        // Checkpoints and snapshots, not rounds, are what it waits for: the
+        // configured timeout, not the adaptive one.
+        let timeout = self.cfg.request_timeout_ms << self.timers.request_shift;
         if !self.end_overdue(now, timeout) || self.rejoining() {
             return;
         }
@@ -199,7 +202,9 @@ impl<C: Crypto> Replica<C> {
     pub(super) fn request_timeout(&self) -> u64 {
         let configured = self.cfg.request_timeout_ms;
         let rounds = self.cfg.request_timeout_rounds;
-        let Some(round_x16) = self.timers.round_x16.filter(|_| rounds > 0) else {
+        // In CFT mode a backup decides on the PRE-PREPARE that carries the
+        // primary's COMMIT: its rounds do not measure the network.
+        let Some(round_x16) = self.timers.round_x16.filter(|_| rounds > 0 && self.bft()) else {
             return configured;
         };
         let batches = 1 + self.pool.len() as u64 / self.cfg.batch_max_requests.max(1) as u64;
@@ -212,16 +217,28 @@ impl<C: Crypto> Replica<C> {
     /// replica's clock runs from its own entry into the view, so they ask
     /// for the next one within a message delay of each other; a replica
     /// that is late joins once f+1 have asked.
+    ///
+    /// Only a view that executed requests rotates: an idle cluster keeps
+    /// its view, and every rotation is followed by a view that executes
+    /// requests, which resets the view-change backoff (PBFT 4.5.2), so
+    /// rotations never lengthen the wait after a real failure.
     fn check_rotation(&mut self, now: u64) {
-        let since = match self.timers.view_since {
-            Some((view, since)) if view == self.view => since,
+        let executed = self.metrics.delivered_requests;
+        let (since, executed_then) = match self.timers.view_since {
+            Some((view, since, then)) if view == self.view => (since, then),
             _ => {
-                self.timers.view_since = Some((self.view, now));
-                now
+                self.timers.view_since = Some((self.view, now, executed));
+                (now, executed)
             }
         };
         let period = self.cfg.leader_rotation_ms;
-        if period == 0 || now < since + period || !self.normal || self.end_reached() || self.rejoining() {
+        if period == 0
+            || now < since + period
+            || executed == executed_then
+            || !self.normal
+            || self.end_reached()
+            || self.rejoining()
+        {
             return;
         }
         self.metrics.rotations += 1;
