@@ -107,6 +107,10 @@ impl<C: Crypto> Replica<C> {
         // The view-change backoff stays until a request executes in this
         // view (PBFT 4.5.2); only the running timer stops.
         self.timers.view_change.deadline_ms = None;
+        // The new primary gets the whole (backed-off) timeout to reach the
+        // epoch's end: measured from the last delivery, a replica that
+        // only joined the view change would abandon the view at once.
+        self.end_progress();
         self.metrics.new_views += 1;
         self.adopt_stable(plan.checkpoint);
         self.persist_new_view(&nv);

@@ -280,7 +280,8 @@ impl World {
             let after = (host.core().view(), host.core().is_normal());
             if self.cfg.trace && before != after {
                 let (now, (v0, n0), (v1, n1)) = (self.now, before, after);
-                eprintln!("{now:>6} r{r} view {v0} normal={n0} -> view {v1} normal={n1}");
+                let why = host.core().metrics().last_view_change.map_or("-", |w| w.name());
+                eprintln!("{now:>6} r{r} view {v0} normal={n0} -> view {v1} normal={n1} (last change: {why})");
             }
             if crashed {
                 if self.cfg.trace {
