@@ -31,6 +31,9 @@ pub enum Misbehaviour {
     TinyBatches,
     /// Never orders, times or forwards this client's requests.
     Starve(ClientId),
+    /// Starves the first client whose request reaches it once it
+    /// misbehaves (for a harness that cannot know client ids in advance).
+    StarveFirst,
     /// Sends nothing to anyone.
     Mute,
     /// As primary, gives its odd-numbered backups a different batch for
@@ -50,6 +53,7 @@ impl Misbehaviour {
         "slow-primary",
         "tiny-batches",
         "starve:CLIENT",
+        "starve:first",
         "mute",
         "equivocate",
         "wrong-replies",
@@ -67,6 +71,7 @@ impl Misbehaviour {
             "wrong-replies" => Misbehaviour::WrongReplies,
             "withhold-full" => Misbehaviour::WithholdFull,
             "flood" => Misbehaviour::Flood,
+            "starve:first" => Misbehaviour::StarveFirst,
             other => match other.strip_prefix("starve:").map(str::parse::<u64>) {
                 Some(Ok(c)) => Misbehaviour::Starve(ClientId(c)),
                 _ => {
@@ -84,7 +89,9 @@ impl Misbehaviour {
         }
     }
 
-    /// Whether this replica's core should see `client`'s requests.
+    /// Whether this replica's core should see `client`'s requests
+    /// (`StarveFirst` decides with its first request: see the consensus
+    /// stage).
     pub fn admits(self, client: ClientId) -> bool {
         self != Misbehaviour::Starve(client)
     }
@@ -354,6 +361,10 @@ impl Egress for Misbehaving {
             Misbehaviour::Mute if self.active.load(Ordering::Relaxed) => 0,
             _ => self.inner.to_all_clients(body),
         }
+    }
+
+    fn close_client(&self, client: ClientId) {
+        self.inner.close_client(client);
     }
 
     fn set_peers(&self, peers: Vec<PeerAddress>) {

@@ -21,6 +21,13 @@ pub struct RuntimeConfig {
     /// Client requests waiting for verification (only when clients sign).
     /// Full: the client gets `Rejected { Busy }` (pushed back).
     pub verify_queue: usize,
+    /// Requests one client may have waiting for verification; more are
+    /// pushed back at once, and clients are served in turn, so a client
+    /// that floods gets its share and no more.
+    pub client_quota: usize,
+    /// A client whose requests fail verification this many times has its
+    /// connections closed.
+    pub verify_failures_max: u32,
     /// Requests waiting for the request filter. Without client signatures this is
     /// the first queue after the network, and when full the client gets
     /// `Rejected { Busy }`; with signatures the verifier takes no more than
@@ -145,6 +152,8 @@ impl RuntimeConfig {
             protocol,
             tick_ms: 10,
             verify_queue: 8_192,
+            client_quota: 1_024,
+            verify_failures_max: 16,
             filter_queue: 8_192,
             request_queue: 8_192,
             peer_queue: 16_384,

@@ -39,6 +39,8 @@ pub trait Egress: Send + Sync {
     /// Hands one frame body to every connected client; returns how many
     /// took it.
     fn to_all_clients(&self, body: Bytes) -> usize;
+    /// Closes `client`'s connections (it misbehaved).
+    fn close_client(&self, client: ClientId);
     /// The replicas to keep connections with, and to accept connections
     /// from: those of the epochs this replica is concerned with. Called
     /// when that set changes.
@@ -105,6 +107,7 @@ pub(crate) mod tests {
         peers: Mutex<BTreeMap<ReplicaId, usize>>,
         clients: Mutex<BTreeMap<ClientId, usize>>,
         pub peer_set: Mutex<Vec<ReplicaId>>,
+        pub closed: Mutex<Vec<ClientId>>,
     }
 
     impl Collect {
@@ -139,6 +142,9 @@ pub(crate) mod tests {
         }
         fn to_all_clients(&self, _body: Bytes) -> usize {
             0
+        }
+        fn close_client(&self, client: ClientId) {
+            self.closed.lock().push(client);
         }
         fn set_peers(&self, peers: Vec<PeerAddress>) {
             *self.peer_set.lock() = peers.iter().map(|p| p.id).collect();

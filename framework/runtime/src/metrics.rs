@@ -37,6 +37,12 @@ counters! {
     requests_busy,
     /// Client requests refused by verification (size, signature, id).
     requests_invalid,
+    /// Client requests pushed back because their client already had its
+    /// quota waiting for verification.
+    requests_over_quota,
+    /// Client connections closed because the client's requests kept
+    /// failing verification.
+    clients_closed,
     /// Requests whose client signature this replica checked (in the
     /// verification stages; with authenticators mostly on the primary
     /// alone).

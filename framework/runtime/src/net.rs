@@ -372,6 +372,10 @@ impl Egress for Net {
         self.clients.send_batch(client, bodies)
     }
 
+    fn close_client(&self, client: ClientId) {
+        self.clients.each(client, (), |addr, _| addr.try_send(Close).is_ok());
+    }
+
     fn to_all_clients(&self, body: Bytes) -> usize {
         self.clients.send_all(body)
     }
@@ -400,6 +404,19 @@ pub struct Outgoing(pub Bytes);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct OutgoingBatch(pub Vec<Bytes>);
+
+/// Close the connection (its client misbehaved).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {

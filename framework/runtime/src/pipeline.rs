@@ -342,6 +342,10 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                 metrics: metrics.clone(),
                 drain_max: cfg.drain_max,
                 primary_only: authenticators.then(|| view.clone()),
+                intake: crate::stages::FairIntake::new(cfg.client_quota, cfg.verify_queue),
+                failures: Default::default(),
+                failures_max: cfg.verify_failures_max.max(1),
+                egress: egress.clone(),
             }),
         ));
         stages.push((
@@ -499,6 +503,8 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             forged_request: cfg.forged_request.clone(),
             #[cfg(feature = "byzantine")]
             misbehave,
+            #[cfg(feature = "byzantine")]
+            starved: None,
         }),
     ));
 

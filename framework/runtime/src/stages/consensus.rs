@@ -137,6 +137,9 @@ pub struct Consensus<C: Crypto> {
     /// Benchmarks only: how this replica misbehaves, once the flag is set.
     #[cfg(feature = "byzantine")]
     pub misbehave: Option<(crate::byzantine::Misbehaviour, Arc<std::sync::atomic::AtomicBool>)>,
+    /// With `starve:first`: the client it chose.
+    #[cfg(feature = "byzantine")]
+    pub starved: Option<ClientId>,
 }
 
 /// What the host's actions touch, borrowed from the stage for one step.
@@ -284,8 +287,14 @@ impl<C: Crypto> Consensus<C> {
 
     /// Whether this (Byzantine) replica keeps `client`'s requests from its core.
     #[cfg(feature = "byzantine")]
-    fn starves(&self, client: ClientId) -> bool {
-        self.misbehave.as_ref().is_some_and(|(m, on)| on.load(Ordering::Relaxed) && !m.admits(client))
+    fn starves(&mut self, client: ClientId) -> bool {
+        use crate::byzantine::Misbehaviour;
+        match &self.misbehave {
+            Some((_, on)) if !on.load(Ordering::Relaxed) => false,
+            Some((Misbehaviour::StarveFirst, _)) => *self.starved.get_or_insert(client) == client,
+            Some((m, _)) => !m.admits(client),
+            None => false,
+        }
     }
 
     /// Sends what this wake-up produced: one mailbox message per peer,

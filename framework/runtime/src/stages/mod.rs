@@ -7,7 +7,7 @@
 //!
 //! | stage | takes | gives |
 //! |---|---|---|
-//! | [`Verifier`], [`PrePrepareVerifier`] | requests; PRE-PREPAREs (when clients sign) | verified requests; checked PRE-PREPAREs |
+//! | [`Verifier`], [`PrePrepareVerifier`] | requests, each client in turn within its quota ([`FairIntake`]); PRE-PREPAREs (when clients sign) | verified requests; checked PRE-PREPAREs; closes clients whose requests keep failing |
 //! | [`RequestFilter`] | requests | new ones to consensus; cached replies and stale refusals to reply sending |
 //! | [`Consensus`] | peer messages, requests, ticks, checkpoint digests, membership news | messages to peers; decisions to delivery; the peers to connect to |
 //! | [`Delivery`] | decisions | replies; checkpoint digests back to consensus; snapshots to peers |
@@ -16,6 +16,7 @@
 
 mod consensus;
 mod delivery;
+mod fair;
 mod filter;
 mod reply;
 mod ticker;
@@ -23,6 +24,7 @@ mod verify;
 
 pub use consensus::{Consensus, Control, JournalLink, Membership as ConsensusMembership};
 pub use delivery::{Delivery, DeliveryDisk};
+pub use fair::FairIntake;
 pub use filter::RequestFilter;
 pub use reply::Replier;
 pub use ticker::{clocks, wall_clock_ms, Ticker};

@@ -2,16 +2,19 @@
 //! requests inside PRE-PREPAREs, checked in parallel batches on a
 //! rayon pool, cheap checks first.
 
+use super::fair::FairIntake;
 use super::{notify, pass_on, ReplyBatch};
 use crate::crypto::{ClientKeys, VerifiedRequests};
+use crate::egress::Egress;
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{offer_peer, Ended, Rx, Tx};
 use crate::runner::Stage;
 use crate::shared::CurrentView;
-use palisade_core::{PeerMessage, ReplicaId, Request};
+use palisade_core::{ClientId, PeerMessage, ReplicaId, Request};
 use palisade_host::ClientMail;
 use palisade_wire::envelope::RejectReason;
 use palisade_wire::verify::{self, VerifyLimits};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Request verification (when clients sign): cheap checks, then client
@@ -40,6 +43,36 @@ pub struct Verifier {
     /// With authenticators: check signatures only while this replica is
     /// the primary (the others pass requests on unchecked).
     pub primary_only: Option<Arc<CurrentView>>,
+    /// Requests taken from the network, waiting their client's turn.
+    pub intake: FairIntake,
+    /// Failed verifications per client since its connections were last
+    /// closed for them.
+    pub failures: HashMap<ClientId, u32>,
+    /// Failed verifications after which a client's connections close.
+    pub failures_max: u32,
+    /// Where to close a client's connections.
+    pub egress: Arc<dyn Egress>,
+}
+
+impl Verifier {
+    /// A request failed verification: it costs its client, whose
+    /// connections close after `failures_max` (it must then shake hands
+    /// again, which is capped and costs it a signature).
+    fn failed(&mut self, client: ClientId) {
+        let n = self.failures.entry(client).or_default();
+        *n += 1;
+        if *n >= self.failures_max {
+            self.failures.remove(&client);
+            RuntimeMetrics::add(&self.metrics.counters.clients_closed, 1);
+            crate::events::warn_limited!(client = client.0, "closed a client whose requests kept failing verification");
+            self.egress.close_client(client);
+        }
+        // Bounded by the clients that failed since their last close; a
+        // table grown past the connection limit starts over.
+        if self.failures.len() > 65_536 {
+            self.failures.clear();
+        }
+    }
 }
 
 impl Stage for Verifier {
@@ -47,10 +80,31 @@ impl Stage for Verifier {
         "verify"
     }
 
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        // Requests left waiting while the next stage was full: look again
+        // soon, not only when more arrive.
+        (!self.intake.is_empty()).then(|| std::time::Instant::now() + std::time::Duration::from_millis(1))
+    }
+
     fn poll(&mut self) -> Result<bool, Ended> {
-        let batch = self.rx.take_up_to(self.drain_max.min(self.tx.room()));
+        // Into the intake, one queue per client; past a client's quota a
+        // request is pushed back at once, at no cost.
+        let room = self.drain_max.min(self.tx.room());
+        let arrived = self.rx.take_up_to(room.max(1) * 2);
+        let took = !arrived.is_empty();
+        for r in arrived {
+            if let Err(r) = self.intake.push(r) {
+                RuntimeMetrics::add(&self.metrics.counters.requests_over_quota, 1);
+                notify(
+                    &self.tx_reply,
+                    ClientMail::Refusal { client: r.client, request: r.id, reason: RejectReason::Busy },
+                    &self.metrics,
+                );
+            }
+        }
+        let batch = self.intake.take(room);
         if batch.is_empty() {
-            return Ok(false);
+            return Ok(took);
         }
         if self.primary_only.as_ref().is_some_and(|v| !v.is_primary()) {
             for r in batch {
@@ -79,6 +133,7 @@ impl Stage for Verifier {
                 }
                 Err((r, why)) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_invalid, 1);
+                    self.failed(r.client);
                     crate::events::warn_limited!(
                         client = r.client.0,
                         request = r.id.0,
@@ -202,6 +257,10 @@ mod tests {
             metrics: metrics.clone(),
             drain_max: 16,
             primary_only: None,
+            intake: FairIntake::new(16, 64),
+            failures: HashMap::new(),
+            failures_max: 16,
+            egress: Arc::new(crate::egress::tests::Collect::default()),
         };
         for r in [request(1, true), request(2, false), signed[0].clone()] {
             tx_in.try_send(r).unwrap();
@@ -219,5 +278,63 @@ mod tests {
             2,
             "the read was not checked"
         );
+    }
+
+    #[test]
+    fn a_client_that_floods_gets_its_turn_and_one_whose_requests_keep_failing_is_closed() {
+        let bell = Bell::default();
+        let (tx_in, rx) = queue(256, &bell, None);
+        let (tx, rx_out) = queue(256, &bell, None);
+        let (tx_reply, rx_reply) = queue(256, &bell, None);
+        let egress = Arc::new(crate::egress::tests::Collect::default());
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let honest = palisade_wire::keys::generate(&mut rand_core::OsRng);
+        let mut verifier = Verifier {
+            rx,
+            tx,
+            tx_reply,
+            verified: Arc::new(VerifiedRequests::new(256)),
+            limits: VerifyLimits::default(),
+            pool: Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap()),
+            metrics: metrics.clone(),
+            drain_max: 8,
+            primary_only: None,
+            intake: FairIntake::new(20, 256),
+            failures: HashMap::new(),
+            failures_max: 16,
+            egress: egress.clone(),
+        };
+        // Client 3 floods 40 unsigned requests before the honest client's 4.
+        for id in 0..40 {
+            tx_in.try_send(request(id, false)).unwrap();
+        }
+        let mut good: Vec<Request> = (0..4).map(|id| request(100 + id, false)).collect();
+        verify::sign_group(&honest, &mut good);
+        let honest_id = good[0].client;
+        for r in good {
+            tx_in.try_send(r).unwrap();
+        }
+        // A wake-up takes up to 16 into the intake and passes 8 on. Two
+        // wake-ups take client 3's first 32: its quota of 20 waiting is
+        // reached and 4 are pushed back at once, without a check.
+        assert!(verifier.poll().unwrap() && verifier.poll().unwrap());
+        assert!(rx_out.take().is_none());
+        // The third takes the rest: client 3 has 20 waiting, the honest
+        // client 4, and they are served in turn: all 4 honest pass now.
+        assert!(verifier.poll().unwrap());
+        let passed: Vec<_> = rx_out.take_up_to(100).into_iter().map(|r| r.client).collect();
+        assert_eq!(passed, vec![honest_id; 4], "the honest requests passed in the same wake-up");
+        while verifier.poll().unwrap() {}
+        assert!(rx_out.take().is_none(), "none of client 3's passed");
+        let refusals: Vec<ClientMail> = rx_reply.take_up_to(100).into_iter().flatten().collect();
+        let busy =
+            refusals.iter().filter(|m| matches!(m, ClientMail::Refusal { reason: RejectReason::Busy, .. })).count();
+        assert_eq!(busy, 4);
+        assert_eq!(metrics.counters.requests_over_quota.load(std::sync::atomic::Ordering::Relaxed), 4);
+        // 36 failed checks: its connections closed at the 16th and the
+        // 32nd, each time counted from zero again.
+        assert_eq!(*egress.closed.lock(), vec![ClientId(3), ClientId(3)]);
+        assert_eq!(verifier.failures.get(&ClientId(3)), Some(&4));
+        assert_eq!(metrics.counters.clients_closed.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }
