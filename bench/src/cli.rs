@@ -28,6 +28,19 @@ pub(crate) enum ModeArg {
 
 #[derive(Subcommand)]
 pub(crate) enum RoleCmd {
+    /// Flood a cluster as one client (what `--flood-client` starts).
+    Flood {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum)]
+        kind: crate::flood::FloodKind,
+        /// Wall-clock time (Unix milliseconds) to start at.
+        #[arg(long, default_value_t = 0)]
+        start_unix_ms: u64,
+        /// How long to flood.
+        #[arg(long)]
+        seconds: f64,
+    },
     /// Run one replica (what the harness starts; also for multi-machine runs).
     Server {
         #[arg(long)]
@@ -149,6 +162,16 @@ pub(crate) struct RunArgs {
     /// it, from the start.
     #[arg(long)]
     pub(crate) byzantine_at: Option<f64>,
+    /// One more client, in its own process, floods the replicas with
+    /// requests it never waits for: valid ones, or ones whose signatures
+    /// fail. The throughput reported is the honest clients'.
+    #[arg(long, value_enum)]
+    pub(crate) flood_client: Option<crate::flood::FloodKind>,
+    /// Like `--compare-durability`: without the `--flood-client`, then
+    /// with it, in turn for `--rounds`.
+    #[arg(long)]
+    #[serde(skip)]
+    pub(crate) compare_flood: bool,
     /// Like `--compare-durability`: a fault-free cluster, then one with the
     /// `--byzantine-replica`, in turn for `--rounds`.
     #[arg(long)]

@@ -27,7 +27,8 @@ pub(crate) fn run(a: RunArgs) -> ExitCode {
     let comparisons = usize::from(!a.compare_durability.is_empty())
         + usize::from(!a.compare_auth.is_empty())
         + usize::from(a.compare_tentative)
-        + usize::from(a.compare_byzantine);
+        + usize::from(a.compare_byzantine)
+        + usize::from(a.compare_flood);
     if comparisons > 1 {
         eprintln!(
             "palisade-bench: compare durability, request authentication, tentative execution or a Byzantine replica, one at a time"
@@ -65,6 +66,13 @@ pub(crate) fn run(a: RunArgs) -> ExitCode {
     }
     if a.compare_byzantine {
         return compare(a, vec![Variant::Byzantine(false), Variant::Byzantine(true)]);
+    }
+    if a.compare_flood {
+        if a.flood_client.is_none() {
+            eprintln!("palisade-bench: --compare-flood needs --flood-client valid|invalid");
+            return ExitCode::from(2);
+        }
+        return compare(a, vec![Variant::Flood(false), Variant::Flood(true)]);
     }
     if a.compare_tentative {
         return compare(a, vec![Variant::Tentative(false), Variant::Tentative(true)]);
@@ -147,6 +155,8 @@ enum Variant {
     Tentative(bool),
     /// Whether the `--byzantine-replica` misbehaves.
     Byzantine(bool),
+    /// Whether the `--flood-client` floods.
+    Flood(bool),
 }
 
 impl Variant {
@@ -156,6 +166,7 @@ impl Variant {
             Variant::Auth(_) => "request_auth",
             Variant::Tentative(_) => "tentative",
             Variant::Byzantine(_) => "byzantine",
+            Variant::Flood(_) => "flood",
         }
     }
 
@@ -169,6 +180,11 @@ impl Variant {
                     run.byzantine_replica = None;
                 }
             }
+            Variant::Flood(on) => {
+                if !on {
+                    run.flood_client = None;
+                }
+            }
         }
     }
 }
@@ -178,7 +194,9 @@ impl std::fmt::Display for Variant {
         match self {
             Variant::Durability(d) => d.fmt(f),
             Variant::Auth(m) => m.fmt(f),
-            Variant::Tentative(on) | Variant::Byzantine(on) => f.write_str(if *on { "on" } else { "off" }),
+            Variant::Tentative(on) | Variant::Byzantine(on) | Variant::Flood(on) => {
+                f.write_str(if *on { "on" } else { "off" })
+            }
         }
     }
 }
@@ -200,10 +218,19 @@ fn compare(a: RunArgs, modes: Vec<Variant>) -> ExitCode {
             run.compare_auth.clear();
             run.compare_tentative = false;
             run.compare_byzantine = false;
+            run.compare_flood = false;
             match in_scratch(&run, &format!("-{round}-{i}")) {
                 Ok(report) => {
                     let best = Report::best(&report.levels).expect("at least one level");
                     println!("round {round} {} {mode}: {}", mode.kind(), report.bench_line());
+                    if let (Variant::Byzantine(true) | Variant::Flood(true), Some((worst, median))) =
+                        (mode, report.client_p99_spread())
+                    {
+                        println!(
+                            "round {round} clients' p99: worst {worst} us, median {median} us ({:.2}x)",
+                            worst as f64 / median.max(1) as f64
+                        );
+                    }
                     if let (Variant::Byzantine(true), Some(acted)) = (mode, report.events.view_change_at_s) {
                         let after = report.mean_ops(acted + 0.5, a.duration).unwrap_or(0.0);
                         let from = report.events.byzantine_at_s.unwrap_or(0.0);
@@ -463,9 +490,19 @@ struct Sampler {
 
 impl Sampler {
     async fn run(self) -> WindowStats {
-        tokio::time::sleep(Duration::from_secs_f64(self.args.warmup + 0.5)).await;
+        // The clock starts where the load's timeline does: at the end of
+        // its warm-up (once every client had its first answer).
+        let created = Instant::now();
+        let started = loop {
+            match *crate::load::WINDOW_STARTED.lock() {
+                Some(t) if t >= created => break t,
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let t0 = started + Duration::from_secs_f64(self.args.warmup);
+        tokio::time::sleep(t0.saturating_duration_since(Instant::now())).await;
         let duration = Duration::from_secs_f64(self.args.duration);
-        let t0 = Instant::now();
         let cpu0: BTreeMap<u32, f64> =
             self.pids.iter().filter_map(|(i, p)| procstat::cpu_seconds(*p).map(|c| (*i, c))).collect();
         let m0: BTreeMap<u32, ReplicaMetrics> =

@@ -44,6 +44,9 @@ pub(crate) struct LoadResult {
     pub(crate) machine: Option<MachineWindow>,
     /// Load generator processes (1: the harness itself).
     pub(crate) generators: usize,
+    /// Each client's p99 latency, in microseconds, in the order of the
+    /// generators' clients.
+    pub(crate) client_p99_us: Vec<u64>,
 }
 
 /// What else the machine did while a run was measured: figures from a
@@ -61,6 +64,11 @@ pub(crate) struct MachineWindow {
 fn histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
+
+/// When the current level's window (its warm-up) started in this
+/// process: the sampler's clock starts from it, so that the events it
+/// injects and the timeline's buckets share one origin.
+pub(crate) static WINDOW_STARTED: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// The window a run measures, shared by every request loop.
 #[derive(Clone)]
@@ -230,6 +238,9 @@ pub(crate) struct Share {
     /// Milliseconds this process started after the shared start (its
     /// clients were still connecting).
     late_ms: u64,
+    /// Each client's p99, in microseconds.
+    #[serde(default)]
+    client_p99_us: Vec<u64>,
 }
 
 /// Drives the cluster at `level` for the warm-up and measurement of `a`:
@@ -243,11 +254,28 @@ pub(crate) async fn run_load(
     level: Level,
     progress_label: &str,
 ) -> LoadResult {
+    let flooder = a.flood_client.map(|kind| {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        std::process::Command::new(std::env::current_exe().expect("own path"))
+            .arg("flood")
+            .arg("--config")
+            .arg(dir)
+            .args(["--kind", &format!("{kind:?}").to_lowercase(), "--start-unix-ms", &now_ms.to_string()])
+            .args(["--seconds", &(a.warmup + a.duration + 60.0).to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+    });
+    *WINDOW_STARTED.lock() = None;
     let shares = if a.generators > 1 {
         generate_elsewhere(dir, a, level, progress_label).await
     } else {
         vec![drive(cluster, a, level, Some(progress_label), None).await]
     };
+    if let Some(Ok(mut child)) = flooder {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     summarize(shares, a)
 }
 
@@ -278,16 +306,23 @@ async fn drive(
     }
     let (warmup, duration) = (Duration::from_secs_f64(a.warmup), Duration::from_secs_f64(a.duration));
     let window = Window::new(warmup, duration);
+    if progress_label.is_some() {
+        *WINDOW_STARTED.lock() = Some(window.start);
+    }
     let errors = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(histogram()));
+    let per_client: Vec<Arc<Mutex<Histogram<u64>>>> =
+        (0..clients.len()).map(|_| Arc::new(Mutex::new(histogram()))).collect();
     let mut tasks = Vec::new();
     for (ci, c) in clients.iter().enumerate() {
         for o in 0..level.outstanding {
             let (c, work, w, errors, hist) = (c.clone(), work.clone(), window.clone(), errors.clone(), hist.clone());
+            let mine = per_client[ci].clone();
             let seed = 0x9e37_79b9_7f4a_7c15u64.wrapping_mul((ci * 1000 + o + 1) as u64);
             tasks.push(tokio::spawn(async move {
                 let local = request_loop(c, work, w, errors, seed).await;
                 hist.lock().add(&local).expect("same bounds");
+                mine.lock().add(&local).expect("same bounds");
             }));
         }
     }
@@ -309,6 +344,7 @@ async fn drive(
         timeline: window.timeline.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
         machine,
         late_ms,
+        client_p99_us: per_client.iter().map(|h| h.lock().value_at_quantile(0.99)).collect(),
     }
 }
 
@@ -350,6 +386,7 @@ fn summarize(shares: Vec<Share>, a: &RunArgs) -> LoadResult {
         preload_s: None,
         machine,
         generators: shares.len(),
+        client_p99_us: shares.iter().flat_map(|s| s.client_p99_us.iter().copied()).collect(),
     }
 }
 
@@ -362,6 +399,7 @@ async fn generate_elsewhere(dir: &Path, a: &RunArgs, level: Level, label: &str) 
     let lead = Duration::from_millis(2_000 + 20 * level.clients as u64);
     let start = SystemTime::now() + lead;
     let start_ms = start.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    *WINDOW_STARTED.lock() = Some(Instant::now() + start.duration_since(SystemTime::now()).unwrap_or_default());
     let exe = std::env::current_exe().expect("own path");
     let scratch = std::env::temp_dir().join(format!("palisade-bench-gen-{}-{start_ms}", std::process::id()));
     let _ = std::fs::create_dir_all(&scratch);
@@ -454,7 +492,7 @@ mod tests {
 
     fn share(latencies: Vec<(u64, u64)>, timeline: Vec<u64>, cpu: f64) -> Share {
         let machine = MachineWindow { idle_percent: 20.0, steal_percent: 1.0, generator_cpu_percent: cpu };
-        Share { latencies, errors: 1, timeline, machine: Some(machine), late_ms: 0 }
+        Share { latencies, errors: 1, timeline, machine: Some(machine), late_ms: 0, client_p99_us: vec![] }
     }
 
     #[test]

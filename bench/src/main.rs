@@ -9,6 +9,7 @@
 mod andrew;
 mod cli;
 mod experiment;
+mod flood;
 mod load;
 mod processes;
 mod report;
@@ -37,6 +38,9 @@ fn main() -> ExitCode {
         }
         Some(RoleCmd::BaselineServer { config, service }) => server::baseline(&config, &service),
         Some(RoleCmd::Andrew(a)) => andrew::run(a),
+        Some(RoleCmd::Flood { config, kind, start_unix_ms, seconds }) => {
+            flood::run(&config, kind, start_unix_ms, seconds)
+        }
         Some(RoleCmd::Generate(g)) => load::generate(&cli.run, &g),
         None => experiment::run(cli.run),
     }

@@ -351,7 +351,20 @@ impl Report {
                     .and_then(|a| self.mean_ops(a + 0.5, self.args.duration))
                     .map_or("-".into(), |o| format!("{o:.0}")),
             );
+            if let Some((worst, median)) = self.client_p99_spread() {
+                println!(
+                    "clients' p99: worst {worst} us, median {median} us ({:.2}x)",
+                    worst as f64 / median.max(1) as f64
+                );
+            }
         }
+    }
+
+    /// The first level's clients' p99s: the worst, and the median.
+    pub(crate) fn client_p99_spread(&self) -> Option<(u64, u64)> {
+        let mut v = self.levels.first()?.palisade.client_p99_us.clone();
+        v.sort_unstable();
+        Some((*v.last()?, v[v.len() / 2]))
     }
 
     /// Mean throughput of the first level between `from` and `to` seconds
