@@ -88,7 +88,19 @@ async fn flood(cluster: &ClusterConfig, kind: FloodKind, start_unix_ms: u64, sec
     let me = client_id(key.verifying_key().as_bytes());
     let mut conns = Vec::new();
     for id in cluster.replicas.keys() {
-        conns.push(connect(cluster, &key, *id).await?);
+        // The replicas may still be starting.
+        let mut tries = 0;
+        let conn = loop {
+            match connect(cluster, &key, *id).await {
+                Ok(c) => break c,
+                Err(e) if tries >= 100 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        conns.push(conn);
     }
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     tokio::time::sleep(Duration::from_millis(start_unix_ms.saturating_sub(now_ms))).await;

@@ -30,6 +30,8 @@ pub(crate) fn replica(
     byzantine: Option<(String, Option<PathBuf>)>,
     s: &ReplicaTuning,
 ) -> ExitCode {
+    // Its log goes where `PALISADE_BENCH_LOGS` sends its stderr (else nowhere).
+    palisade::commands::init_logging(palisade::commands::LogFormat::Text);
     let cluster = match ClusterConfig::load(config) {
         Ok(c) => c,
         Err(e) => return fail("server", e),

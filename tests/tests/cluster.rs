@@ -674,12 +674,19 @@ fn a_client_flooding_requests_and_never_reading_replies_is_pushed_back() {
     let mut pushed_back = 0;
     for h in c.handles.iter().flatten() {
         let counters: std::collections::BTreeMap<_, _> = h.metrics().counters.snapshot().into_iter().collect();
-        pushed_back += counters["requests_busy"] + counters["replies_dropped"];
+        // Pushed back, dropped over its quota, refused (its requests carry no
+        // authenticator) with its connections closed, or its unread replies
+        // dropped.
+        pushed_back += counters["requests_busy"]
+            + counters["requests_over_quota"]
+            + counters["requests_invalid"]
+            + counters["clients_closed"]
+            + counters["replies_dropped"];
         for (queue, depth) in h.queue_depths() {
             assert!(depth <= 16_384, "{queue} holds {depth}");
         }
     }
-    assert!(pushed_back > 0, "the flood was pushed back or its unread replies dropped, not buffered");
+    assert!(pushed_back > 0, "the flood was pushed back, refused or its unread replies dropped, not buffered");
 }
 
 #[test]

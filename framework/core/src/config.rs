@@ -74,6 +74,16 @@ pub struct Config {
     /// Requests waiting to be ordered, at most; more are dropped and the
     /// client retries (the runtime pushes back before this is reached).
     pub pending_max: usize,
+    /// Requests one client may have waiting to be ordered, at most; more
+    /// are refused as busy, so a client that floods holds a bounded part
+    /// of the pool (and batches are cut fairly between clients).
+    pub pending_per_client_max: usize,
+    /// A client with more requests than this waiting here is not timed: it
+    /// floods, and a correct primary, which orders each client's requests
+    /// a share of each batch at a time and drops what is past its quota,
+    /// cannot be held to a deadline for all of them. Only the oldest
+    /// pending request of each client is ever timed.
+    pub client_timed_max: usize,
     /// Read-only requests waiting for execution to catch up, at most.
     pub read_queue_max: usize,
     /// DECIDED notices sent per STATUS from a laggard.
@@ -116,6 +126,8 @@ impl Config {
             state_fetch_window: 8,
             timestamp_tolerance_ms: 60_000,
             pending_max: 100_000,
+            pending_per_client_max: 1_024,
+            client_timed_max: 256,
             read_queue_max: 10_000,
             catch_up_max: 64,
             client_window: 1024,
@@ -141,6 +153,9 @@ impl Config {
         }
         if self.state_fetch_window == 0 {
             return Err("state_fetch_window must be at least 1".into());
+        }
+        if self.pending_per_client_max == 0 {
+            return Err("pending_per_client_max must be at least 1".into());
         }
         if self.client_window == 0 {
             return Err("client_window must be at least 1".into());

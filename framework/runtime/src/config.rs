@@ -22,12 +22,17 @@ pub struct RuntimeConfig {
     /// Full: the client gets `Rejected { Busy }` (pushed back).
     pub verify_queue: usize,
     /// Requests one client may have waiting for verification; more are
-    /// pushed back at once, and clients are served in turn, so a client
+    /// dropped unanswered, and clients are served in turn, so a client
     /// that floods gets its share and no more.
     pub client_quota: usize,
     /// A client whose requests fail verification this many times has its
     /// connections closed.
     pub verify_failures_max: u32,
+    /// Requests of one client that verification hands on before the core
+    /// has taken them; the rest wait their turn in the intake. The queues
+    /// after verification are first come, first served, so this keeps a
+    /// client that floods from filling them ahead of everyone else.
+    pub client_in_flight_max: u32,
     /// Requests waiting for the request filter. Without client signatures this is
     /// the first queue after the network, and when full the client gets
     /// `Rejected { Busy }`; with signatures the verifier takes no more than
@@ -154,6 +159,7 @@ impl RuntimeConfig {
             verify_queue: 8_192,
             client_quota: 1_024,
             verify_failures_max: 16,
+            client_in_flight_max: 256,
             filter_queue: 8_192,
             request_queue: 8_192,
             peer_queue: 16_384,

@@ -37,8 +37,8 @@ counters! {
     requests_busy,
     /// Client requests refused by verification (size, signature, id).
     requests_invalid,
-    /// Client requests pushed back because their client already had its
-    /// quota waiting for verification.
+    /// Client requests dropped, unanswered, because their client already
+    /// had its quota waiting for verification.
     requests_over_quota,
     /// Client connections closed because the client's requests kept
     /// failing verification.

@@ -273,6 +273,12 @@ pub struct Net {
     wanted: tokio::sync::watch::Sender<BTreeMap<ReplicaId, HostPort>>,
     /// The chain of epochs, for clients that ask.
     pub chain: Arc<PublishedChain>,
+    /// Clients over their quota at verification: their reading pauses.
+    pub over_quota: Arc<crate::shared::OverQuota>,
+    /// Each client's requests waiting for verification (its queue and the
+    /// verifier's intake), at most its quota; when clients sign (else
+    /// there is no verification stage).
+    pub waiting: Option<Arc<crate::shared::ClientCredits>>,
 }
 
 impl Net {
@@ -291,6 +297,7 @@ impl Net {
         keyring: Keyring,
         chain: Arc<PublishedChain>,
     ) -> Net {
+        let signing = tx_preprepare.is_some();
         Net {
             me,
             cluster,
@@ -314,6 +321,8 @@ impl Net {
             keyring: RwLock::new(keyring),
             wanted: tokio::sync::watch::Sender::new(BTreeMap::new()),
             chain,
+            over_quota: Arc::default(),
+            waiting: signing.then(|| Arc::new(crate::shared::ClientCredits::new(cfg.client_quota as u32))),
         }
     }
 
@@ -488,6 +497,12 @@ impl Connection {
                 Err(_) => self.bad_frame(ctx),
             },
             Kind::Client(client) => match envelope::decode_client(net.cluster, &body) {
+                Ok(ClientMessage::Request(_) | ClientMessage::Requests(_)) if net.over_quota.is_over(client) => {
+                    // Its quota is full at verification: drop these and read
+                    // nothing more from it for a moment (TCP pushes back).
+                    RuntimeMetrics::add(&net.metrics.counters.requests_over_quota, 1);
+                    ctx.wait(actix::fut::wrap_future::<_, Self>(tokio::time::sleep(Duration::from_millis(20))));
+                }
                 Ok(ClientMessage::Request(req)) => self.on_request(client, req, ctx),
                 Ok(ClientMessage::Requests(reqs)) => {
                     for req in reqs {
@@ -522,9 +537,23 @@ impl Connection {
             return;
         }
         let id = req.id;
+        if net.waiting.as_ref().is_some_and(|w| !w.has_room(client)) {
+            // Its quota already waits for verification: a correct client
+            // keeps far fewer outstanding. Dropped unanswered, and this
+            // connection reads nothing more for a moment.
+            RuntimeMetrics::add(&net.metrics.counters.requests_over_quota, 1);
+            net.over_quota.mark(client);
+            return;
+        }
+        if let Some(w) = &net.waiting {
+            w.take(client);
+        }
         match net.tx_verify.try_send(req) {
             Ok(()) => {}
             Err(crossbeam_channel::TrySendError::Full(_)) => {
+                if let Some(w) = &net.waiting {
+                    w.give_back(client);
+                }
                 RuntimeMetrics::add(&net.metrics.counters.requests_busy, 1);
                 self.reject(id, RejectReason::Busy);
             }

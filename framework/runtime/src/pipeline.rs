@@ -230,6 +230,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     // consensus stage never checks a signature one at a time (with
     // authenticators, only the requests whose MAC fails are checked).
     let verified = Arc::new(VerifiedRequests::new(cfg.verified_cache));
+    let credits = Arc::new(crate::shared::ClientCredits::new(cfg.client_in_flight_max));
     let client_keys = Arc::new(ClientKeys::new(cfg.max_client_connections.saturating_mul(2), CLIENT_KEY_GRACE));
     let net = Arc::new(Net::new(
         me,
@@ -346,6 +347,10 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                 failures: Default::default(),
                 failures_max: cfg.verify_failures_max.max(1),
                 egress: egress.clone(),
+                macs: authenticators.then(|| (client_keys.clone(), me)),
+                credits: credits.clone(),
+                over_quota: net.over_quota.clone(),
+                waiting: net.waiting.clone(),
             }),
         ));
         stages.push((
@@ -375,6 +380,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             metrics: metrics.clone(),
             drain_max: cfg.drain_max,
             max_result_bytes,
+            credits: signing.then(|| credits.clone()),
         }),
     ));
 
@@ -499,6 +505,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             started: false,
             links: net.links.clone(),
             links_told: Default::default(),
+            credits: signing.then(|| credits.clone()),
             #[cfg(feature = "byzantine")]
             forged_request: cfg.forged_request.clone(),
             #[cfg(feature = "byzantine")]

@@ -2,8 +2,9 @@
 //! that counters never double as a control channel.
 
 use palisade_core::reconfig::Handover;
-use palisade_core::ViewNo;
-use parking_lot::RwLock;
+use palisade_core::{ClientId, ViewNo};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The current view, set by the consensus stage after each wake-up and read
@@ -93,5 +94,72 @@ impl PeerLinks {
             return None;
         }
         Some(self.open.lock().iter().map(|(p, n)| (*p, *n > 0)).collect())
+    }
+}
+
+/// Each client's requests between verification and the core (in the
+/// filter's and the consensus stage's queues), so that verification hands
+/// on no more than `max` of one client's at a time. Those queues are
+/// first come, first served: without this, a client that floods would fill
+/// them and every other client's request would wait behind its thousands,
+/// however fairly verification took turns.
+#[derive(Debug)]
+pub struct ClientCredits {
+    taken: Mutex<HashMap<ClientId, u32>>,
+    max: u32,
+}
+
+impl ClientCredits {
+    /// At most `max` of one client's requests downstream.
+    pub fn new(max: u32) -> ClientCredits {
+        ClientCredits { taken: Mutex::new(HashMap::new()), max: max.max(1) }
+    }
+
+    /// Whether `client` may hand on one more.
+    pub fn has_room(&self, client: ClientId) -> bool {
+        self.taken.lock().get(&client).is_none_or(|n| *n < self.max)
+    }
+
+    /// One of `client`'s requests went downstream.
+    pub fn take(&self, client: ClientId) {
+        *self.taken.lock().entry(client).or_default() += 1;
+    }
+
+    /// One of `client`'s requests left the queues.
+    pub fn give_back(&self, client: ClientId) {
+        let mut taken = self.taken.lock();
+        if let Some(n) = taken.get_mut(&client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                taken.remove(&client);
+            }
+        }
+    }
+}
+
+/// Clients whose requests verification lately dropped for their quota:
+/// their connections stop reading a moment, so that a flood waits in its
+/// sender's socket instead of costing this replica a read, a MAC and a
+/// decode per request.
+#[derive(Debug, Default)]
+pub struct OverQuota(Mutex<HashMap<ClientId, std::time::Instant>>);
+
+impl OverQuota {
+    /// How long a client counts as over its quota after a drop.
+    const FOR: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// `client` went over its quota just now.
+    pub fn mark(&self, client: ClientId) {
+        let now = std::time::Instant::now();
+        let mut m = self.0.lock();
+        if m.len() >= 4_096 {
+            m.retain(|_, at| now.duration_since(*at) < Self::FOR);
+        }
+        m.insert(client, now);
+    }
+
+    /// Whether `client` went over its quota lately.
+    pub fn is_over(&self, client: ClientId) -> bool {
+        self.0.lock().get(&client).is_some_and(|at| at.elapsed() < Self::FOR)
     }
 }

@@ -259,6 +259,9 @@ pub enum Discard {
     ForwardToNonPrimary,
     /// A forwarded request whose client authentication fails.
     ForwardUnauthenticated,
+    /// A forwarded request for which the pool, or its client's quota in
+    /// it, has no room (dropped before its signature is checked).
+    ForwardNoRoom,
     /// A client request whose signature does not check: never proposed,
     /// and never held against the primary.
     ClientUnauthenticated,
@@ -317,6 +320,7 @@ impl Discard {
             Discard::AlreadyDelivered => "request already delivered",
             Discard::ForwardToNonPrimary => "forward to a non-primary",
             Discard::ForwardUnauthenticated => "forwarded request fails authentication",
+            Discard::ForwardNoRoom => "forwarded request with no room in the pool or its client's quota",
             Discard::ClientUnauthenticated => "client request with a bad signature",
             Discard::ForwardTooLarge => "forwarded request larger than a batch",
             Discard::BadCheckpoint => "checkpoint with a bad signature",

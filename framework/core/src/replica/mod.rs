@@ -138,7 +138,11 @@ impl<C: Crypto> Replica<C> {
             view: ViewNo(0),
             normal: true,
             log,
-            pool: RequestPool::new(cfg.client_window),
+            pool: {
+                let mut pool = RequestPool::new(cfg.client_window);
+                pool.timed_max = cfg.client_timed_max;
+                pool
+            },
             reads: ReadQueue::default(),
             checkpoints: Checkpoints::new(genesis),
             changes: ViewChanges::default(),
@@ -296,10 +300,12 @@ impl<C: Crypto> Replica<C> {
 
     /// Feeds one input.
     pub fn step(&mut self, input: Input) {
+        self.pool.clock_ms = self.clock.now_ms;
         match input {
             Input::Tick { now_ms, wall_ms } => {
                 self.clock.now_ms = self.clock.now_ms.max(now_ms);
                 self.clock.wall_ms = wall_ms;
+                self.pool.clock_ms = self.clock.now_ms;
                 self.on_tick();
             }
             Input::Request(_) if self.epoch_over() => self.discard(Discard::EpochOver),

@@ -1,7 +1,14 @@
-//! The requests waiting to be ordered: each timed from when this replica
-//! first saw it (the request timer), queued in arrival order for the
-//! primary's batches, and remembered by id once delivered so that a late
-//! retransmission is neither ordered nor timed again.
+//! The requests waiting to be ordered: queued in arrival order for the
+//! primary's batches, each client's oldest timed (the request timer), and
+//! remembered by id once delivered so that a late retransmission is
+//! neither ordered nor timed again.
+//!
+//! Only a client's oldest pending request is timed, from when it became
+//! the oldest: batches are cut fairly between clients, so a client with
+//! many requests waiting sees them ordered a share at a time, and a correct
+//! primary owes each client progress, not all of a flood at once (a client
+//! flooding every replica would otherwise make the backups suspect a
+//! correct primary).
 
 use crate::exec::IdWindow;
 use crate::message::{Batch, Request};
@@ -14,8 +21,11 @@ pub(super) type Key = (ClientId, RequestId);
 #[derive(Clone, Debug)]
 pub(super) struct Pending {
     pub request: Request,
-    /// When its timer started: first seen, or the start of the current view.
+    /// When this replica first saw it, or the start of the current view.
     pub arrival_ms: u64,
+    /// When its timer started, while it is its client's oldest pending
+    /// request (and so timed).
+    timed_from: Option<u64>,
     /// When it was last forwarded to the primary.
     pub forwarded_ms: u64,
     order: u64,
@@ -28,13 +38,25 @@ pub(super) struct Pending {
 
 pub(super) struct RequestPool {
     pending: BTreeMap<Key, Pending>,
-    /// Pending requests by the start of their timers: the oldest first.
+    /// Timed requests (each client's oldest) by the start of their
+    /// timers: the oldest first.
     by_arrival: BTreeSet<(u64, ClientId, RequestId)>,
+    /// Each client's pending requests, in arrival order.
+    client_pending: BTreeMap<ClientId, BTreeSet<(u64, RequestId)>>,
+    /// The core's clock, for the timer of a request that becomes its
+    /// client's oldest.
+    pub clock_ms: u64,
+    /// Clients with more pending than this are not timed (see `time_head`).
+    pub timed_max: usize,
     /// Requests not yet proposed, in arrival order.
     queue: BTreeMap<u64, Key>,
     order_counter: u64,
     delivered: BTreeMap<ClientId, IdWindow>,
     client_window: u64,
+    /// Pending requests per client (for its quota).
+    per_client: BTreeMap<ClientId, usize>,
+    /// Queued requests per client (for fair batches).
+    queued_per_client: BTreeMap<ClientId, usize>,
 }
 
 impl RequestPool {
@@ -46,6 +68,57 @@ impl RequestPool {
             order_counter: 0,
             delivered: BTreeMap::new(),
             client_window,
+            per_client: BTreeMap::new(),
+            queued_per_client: BTreeMap::new(),
+            client_pending: BTreeMap::new(),
+            clock_ms: 0,
+            timed_max: usize::MAX,
+        }
+    }
+
+    /// Starts the timer of `client`'s oldest pending request, if any and
+    /// not yet timed.
+    /// A client with more than this many requests pending here is not
+    /// timed: it floods, and a correct primary, which orders each client a
+    /// share at a time and may drop what is past its quota, owes it no
+    /// deadline (a correct client keeps far fewer outstanding).
+    fn time_head(&mut self, client: ClientId, now_ms: u64) {
+        let Some(&(_, id)) = self.client_pending.get(&client).and_then(|s| s.first()) else { return };
+        let flooding = self.pending_of(client) > self.timed_max;
+        if let Some(p) = self.pending.get_mut(&(client, id)) {
+            match p.timed_from {
+                None if !flooding => {
+                    p.timed_from = Some(now_ms);
+                    self.by_arrival.insert((now_ms, client, id));
+                }
+                Some(t) if flooding => {
+                    p.timed_from = None;
+                    self.by_arrival.remove(&(t, client, id));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Requests `client` has pending.
+    pub fn pending_of(&self, client: ClientId) -> usize {
+        self.per_client.get(&client).copied().unwrap_or(0)
+    }
+
+    fn enqueue(&mut self, order: u64, key: Key) {
+        if self.queue.insert(order, key).is_none() {
+            *self.queued_per_client.entry(key.0).or_default() += 1;
+        }
+    }
+
+    fn dequeue(&mut self, order: u64) {
+        if let Some((client, _)) = self.queue.remove(&order) {
+            if let Some(n) = self.queued_per_client.get_mut(&client) {
+                *n -= 1;
+                if *n == 0 {
+                    self.queued_per_client.remove(&client);
+                }
+            }
         }
     }
 
@@ -85,18 +158,44 @@ impl RequestPool {
         let key = (request.client, request.id);
         let order = self.order_counter;
         self.order_counter += 1;
-        self.by_arrival.insert((now_ms, key.0, key.1));
-        self.queue.insert(order, key);
+        self.enqueue(order, key);
+        *self.per_client.entry(key.0).or_default() += 1;
+        self.client_pending.entry(key.0).or_default().insert((order, key.1));
         self.pending.insert(
             key,
-            Pending { request, arrival_ms: now_ms, forwarded_ms: now_ms, order, proposed: false, verified },
+            Pending {
+                request,
+                arrival_ms: now_ms,
+                timed_from: None,
+                forwarded_ms: now_ms,
+                order,
+                proposed: false,
+                verified,
+            },
         );
+        self.time_head(key.0, now_ms);
     }
 
     pub fn remove(&mut self, key: Key) {
         if let Some(p) = self.pending.remove(&key) {
-            self.by_arrival.remove(&(p.arrival_ms, key.0, key.1));
-            self.queue.remove(&p.order);
+            if let Some(t) = p.timed_from {
+                self.by_arrival.remove(&(t, key.0, key.1));
+            }
+            if let Some(set) = self.client_pending.get_mut(&key.0) {
+                set.remove(&(p.order, key.1));
+                if set.is_empty() {
+                    self.client_pending.remove(&key.0);
+                }
+            }
+            self.dequeue(p.order);
+            if let Some(n) = self.per_client.get_mut(&key.0) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_client.remove(&key.0);
+                }
+            }
+            // The client's next request is its oldest now: timed from here.
+            self.time_head(key.0, self.clock_ms);
         }
     }
 
@@ -114,7 +213,8 @@ impl RequestPool {
         for r in &batch.requests {
             if let Some(p) = self.pending.get_mut(&(r.client, r.id)) {
                 p.proposed = true;
-                self.queue.remove(&p.order);
+                let order = p.order;
+                self.dequeue(order);
             }
         }
     }
@@ -130,36 +230,68 @@ impl RequestPool {
 
     /// Takes the next batch's requests off the queue, oldest first, within
     /// the limits (one request always fits, however large: the core refuses
-    /// requests larger than a batch before they get here).
+    /// requests larger than a batch before they get here). Fair between
+    /// clients: a first pass takes at most an equal share of the batch per
+    /// client with requests queued, so a client that floods cannot crowd
+    /// the others out of a batch; a second pass fills what room is left,
+    /// oldest first, so a lone busy client still gets full batches.
     pub fn take_batch(
         &mut self,
         max_requests: usize,
         max_bytes: usize,
         mut accept: impl FnMut(&Request) -> bool,
     ) -> (Vec<Request>, usize) {
-        let mut requests = Vec::new();
-        let mut refused = 0;
+        let share = (max_requests / self.queued_per_client.len().max(1)).max(1);
+        let mut taken: Vec<(u64, Key)> = Vec::new();
+        let mut refused: Vec<Key> = Vec::new();
         let mut bytes = 0usize;
-        while let Some((&order, &key)) = self.queue.first_key_value() {
-            let p = self.pending.get_mut(&key).expect("queued requests are pending");
-            if !p.verified {
-                if !accept(&p.request) {
-                    self.remove(key);
-                    refused += 1;
+        let mut in_batch: BTreeMap<ClientId, usize> = BTreeMap::new();
+        let mut chosen = std::collections::BTreeSet::new();
+        let mut full = false;
+        for fair in [true, false] {
+            for (&order, &key) in self.queue.iter() {
+                if full {
+                    break;
+                }
+                if chosen.contains(&order) || refused.contains(&key) {
                     continue;
                 }
-                p.verified = true;
+                if fair && in_batch.get(&key.0).copied().unwrap_or(0) >= share {
+                    continue;
+                }
+                let p = self.pending.get_mut(&key).expect("queued requests are pending");
+                if !p.verified {
+                    if !accept(&p.request) {
+                        refused.push(key);
+                        continue;
+                    }
+                    p.verified = true;
+                }
+                let size = p.request.size_bytes();
+                if !taken.is_empty() && (taken.len() >= max_requests || bytes + size > max_bytes) {
+                    full = true;
+                    break;
+                }
+                bytes += size;
+                *in_batch.entry(key.0).or_default() += 1;
+                chosen.insert(order);
+                taken.push((order, key));
             }
-            let size = p.request.size_bytes();
-            if !requests.is_empty() && (requests.len() >= max_requests || bytes + size > max_bytes) {
-                break;
-            }
-            p.proposed = true;
-            bytes += size;
-            requests.push(p.request.clone());
-            self.queue.remove(&order);
         }
-        (requests, refused)
+        // In the order they arrived.
+        taken.sort_unstable_by_key(|(order, _)| *order);
+        let mut requests = Vec::with_capacity(taken.len());
+        for (order, key) in taken {
+            let p = self.pending.get_mut(&key).expect("queued requests are pending");
+            p.proposed = true;
+            requests.push(p.request.clone());
+            self.dequeue(order);
+        }
+        let n = refused.len();
+        for key in refused {
+            self.remove(key);
+        }
+        (requests, n)
     }
 
     /// Drops the pending requests not yet checked that `authentic` says
@@ -203,19 +335,110 @@ impl RequestPool {
     /// unless the new view re-proposes it: see `mark_proposed`).
     pub fn restart_view(&mut self, now_ms: u64, primary: bool) -> Vec<Request> {
         let mut forward = Vec::new();
+        let mut requeue = Vec::new();
         self.by_arrival.clear();
         for (&key, p) in self.pending.iter_mut() {
             p.arrival_ms = now_ms;
+            p.timed_from = None;
             p.forwarded_ms = now_ms;
             if !p.proposed || primary {
                 p.proposed = false;
-                self.queue.insert(p.order, key);
+                requeue.push((p.order, key));
             }
-            self.by_arrival.insert((now_ms, key.0, key.1));
             if !primary {
                 forward.push(p.request.clone());
             }
         }
+        for (order, key) in requeue {
+            self.enqueue(order, key);
+        }
+        let clients: Vec<ClientId> = self.client_pending.keys().copied().collect();
+        for c in clients {
+            self.time_head(c, now_ms);
+        }
         forward
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn req(client: u64, id: u64) -> Request {
+        Request {
+            client: ClientId(client),
+            id: RequestId(id),
+            read_only: false,
+            operation: Bytes::from_static(b"op"),
+            auth: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn batches_are_cut_fairly_between_clients_and_a_lone_client_still_fills_them() {
+        let mut pool = RequestPool::new(1024);
+        // Client 1 floods 10 requests before clients 2 and 3 send 2 each.
+        for id in 0..10 {
+            pool.add(req(1, id), 0, false);
+        }
+        for c in [2, 3] {
+            for id in 0..2 {
+                pool.add(req(c, id), 1, true);
+            }
+        }
+        assert_eq!(pool.pending_of(ClientId(1)), 10);
+        // A batch of 6 shared by 3 clients: 2 each, in arrival order.
+        let (batch, refused) = pool.take_batch(6, usize::MAX, |_| true);
+        assert_eq!(refused, 0);
+        let got: Vec<(u64, u64)> = batch.iter().map(|r| (r.client.0, r.id.0)).collect();
+        assert_eq!(got, vec![(1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]);
+        // Only client 1 is left: it fills the next batch alone.
+        let (batch, _) = pool.take_batch(6, usize::MAX, |_| true);
+        assert_eq!(batch.len(), 6);
+        assert!(batch.iter().all(|r| r.client == ClientId(1)));
+        // Still pending (proposed, not delivered) until they execute.
+        assert_eq!(pool.pending_of(ClientId(1)), 10);
+        assert_eq!(pool.queued(), 2);
+        // Refused requests leave the pool and count.
+        let (batch, refused) = pool.take_batch(6, usize::MAX, |r| r.id.0 != 9);
+        assert_eq!((batch.len(), refused), (1, 1));
+        assert_eq!(pool.pending_of(ClientId(1)), 9);
+    }
+
+    #[test]
+    fn only_each_clients_oldest_request_is_timed_from_when_it_became_the_oldest() {
+        let mut pool = RequestPool::new(1024);
+        for id in 0..3 {
+            pool.add(req(1, id), 10, true);
+        }
+        assert_eq!(pool.oldest_arrival_ms(), Some(10));
+        assert_eq!(pool.by_arrival.len(), 1, "client 1's later requests wait their turn untimed");
+        pool.add(req(2, 0), 50, true);
+        assert_eq!(pool.by_arrival.len(), 2);
+        // Client 1's oldest executes at 100: its next is timed from 100,
+        // and client 2's (from 50) is now the oldest timer.
+        pool.clock_ms = 100;
+        pool.remove((ClientId(1), RequestId(0)));
+        assert_eq!(pool.oldest_arrival_ms(), Some(50));
+        pool.remove((ClientId(2), RequestId(0)));
+        assert_eq!(pool.oldest_arrival_ms(), Some(100));
+        // A new view times every client's oldest from its start.
+        pool.restart_view(300, false);
+        assert_eq!(pool.oldest_arrival_ms(), Some(300));
+        assert_eq!(pool.by_arrival.len(), 1);
+        // A client with more pending than `timed_max` floods: not timed,
+        // until it is back within.
+        pool.timed_max = 2;
+        for id in 10..12 {
+            pool.add(req(3, id), 400, true);
+        }
+        assert_eq!(pool.by_arrival.len(), 2, "clients 1 and 3 timed");
+        pool.add(req(3, 12), 410, true);
+        assert_eq!(pool.by_arrival.len(), 1, "client 3, with 3 pending, is not");
+        pool.clock_ms = 500;
+        pool.remove((ClientId(3), RequestId(10)));
+        assert_eq!(pool.by_arrival.len(), 2);
+        assert!(pool.by_arrival.contains(&(500, ClientId(3), RequestId(11))));
     }
 }

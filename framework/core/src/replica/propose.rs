@@ -50,7 +50,12 @@ impl<C: Crypto> Replica<C> {
     }
 
     fn add_pending(&mut self, req: Request, verified: bool) -> bool {
-        if self.pool.len() >= self.cfg.pending_max {
+        // A client past its quota waits for its earlier requests: one that
+        // floods (even with valid requests) holds a bounded part of the
+        // pool, and of each batch (see `take_batch`).
+        if self.pool.len() >= self.cfg.pending_max
+            || self.pool.pending_of(req.client) >= self.cfg.pending_per_client_max
+        {
             self.refuse(&req, DropReason::PendingFull);
             return false;
         }
@@ -75,6 +80,16 @@ impl<C: Crypto> Replica<C> {
         // would otherwise be lost here and blamed on this primary.
         let key = (req.client, req.id);
         if self.pool.is_delivered(key) || self.pool.is_verified(&key) {
+            return;
+        }
+        // No room for it anyway: not worth a signature check (a client
+        // flooding every replica would otherwise make the backups' forwards
+        // cost the primary one check each).
+        if !self.pool.contains(&key)
+            && (self.pool.len() >= self.cfg.pending_max
+                || self.pool.pending_of(req.client) >= self.cfg.pending_per_client_max)
+        {
+            self.discard(Discard::ForwardNoRoom);
             return;
         }
         if req.read_only || !self.crypto.verify_request(&req) {

@@ -129,6 +129,9 @@ pub struct Consensus<C: Crypto> {
     pub started: bool,
     /// Connections from peers, as the network stage sees them.
     pub links: Arc<crate::shared::PeerLinks>,
+    /// Each client's requests between verification and the core (when
+    /// clients sign).
+    pub credits: Option<Arc<crate::shared::ClientCredits>>,
     /// What the core was last told of each peer's connection.
     pub links_told: std::collections::BTreeMap<palisade_core::ReplicaId, bool>,
     /// Tests only: the request a Byzantine primary adds to its batches.
@@ -466,6 +469,9 @@ impl<C: Crypto + Send> Stage for Consensus<C> {
                 }
                 Feed::Peer(from, epoch, msg)
             } else if let Some(r) = self.rx_requests.take() {
+                if let Some(c) = &self.credits {
+                    c.give_back(r.client);
+                }
                 #[cfg(feature = "byzantine")]
                 if self.starves(r.client) {
                     budget -= 1;

@@ -43,11 +43,16 @@ impl FairIntake {
     }
 
     /// Up to `max` requests, one client at a time in turn (each client's
-    /// in its order).
-    pub fn take(&mut self, max: usize) -> Vec<Request> {
+    /// in its order), from the clients `ready` admits.
+    pub fn take(&mut self, max: usize, mut ready: impl FnMut(ClientId) -> bool) -> Vec<Request> {
         let mut out = Vec::with_capacity(max.min(self.len));
+        let mut held = Vec::new();
         while out.len() < max {
             let Some(client) = self.turn.pop_front() else { break };
+            if !ready(client) {
+                held.push(client);
+                continue;
+            }
             let Some(q) = self.waiting.get_mut(&client) else { continue };
             if let Some(r) = q.pop_front() {
                 out.push(r);
@@ -58,6 +63,10 @@ impl FairIntake {
             } else {
                 self.turn.push_back(client);
             }
+        }
+        // Those held back keep their place at the front.
+        for c in held.into_iter().rev() {
+            self.turn.push_front(c);
         }
         out
     }
@@ -99,10 +108,13 @@ mod tests {
         f.push(req(2, 0)).unwrap();
         f.push(req(2, 1)).unwrap();
         f.push(req(3, 0)).unwrap();
-        let order: Vec<(u64, u64)> = f.take(5).iter().map(|r| (r.client.0, r.id.0)).collect();
+        let order: Vec<(u64, u64)> = f.take(5, |_| true).iter().map(|r| (r.client.0, r.id.0)).collect();
         assert_eq!(order, vec![(1, 0), (2, 0), (3, 0), (1, 1), (2, 1)], "in turn, each client's in order");
         assert_eq!(f.len(), 2);
-        let rest: Vec<(u64, u64)> = f.take(10).iter().map(|r| (r.client.0, r.id.0)).collect();
+        // A client held back (no room downstream) keeps its requests.
+        assert!(f.take(10, |c| c != ClientId(1)).is_empty());
+        assert_eq!(f.len(), 2);
+        let rest: Vec<(u64, u64)> = f.take(10, |_| true).iter().map(|r| (r.client.0, r.id.0)).collect();
         assert_eq!(rest, vec![(1, 2), (1, 3)]);
         assert!(f.is_empty());
         // The whole intake is bounded too.

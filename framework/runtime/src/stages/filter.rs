@@ -35,6 +35,9 @@ pub struct RequestFilter<S: Service> {
     pub drain_max: usize,
     /// Largest result sent in full (see `palisade_host::answer`).
     pub max_result_bytes: usize,
+    /// Each client's requests between verification and the core (when
+    /// clients sign: requests then come through verification).
+    pub credits: Option<Arc<crate::shared::ClientCredits>>,
 }
 
 impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
@@ -59,7 +62,12 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
                 .collect()
         };
         for (r, lookup) in verdicts {
-            match lookup {
+            // Out of the filter's queue; back in for the core's if passed on.
+            let client = r.client;
+            if let Some(c) = &self.credits {
+                c.give_back(client);
+            }
+            let passed = match lookup {
                 Lookup::New => {
                     if !r.read_only {
                         self.metrics.latency.arrived(r.client, r.id);
@@ -71,6 +79,7 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
                     let answer = palisade_host::answer(result, true, self.max_result_bytes);
                     let cached = ClientMail::Answer { client: r.client, view, request: r.id, answer };
                     notify(&self.tx_reply, cached, &self.metrics);
+                    false
                 }
                 // Executed tentatively, not committed yet: not answered
                 // from here (it would skip the durability hold, and carry
@@ -83,7 +92,11 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
                     RuntimeMetrics::add(&self.metrics.counters.requests_stale, 1);
                     let stale = ClientMail::Refusal { client: r.client, request: r.id, reason: RejectReason::Stale };
                     notify(&self.tx_reply, stale, &self.metrics);
+                    false
                 }
+            };
+            if let (true, Some(c)) = (passed, &self.credits) {
+                c.take(client);
             }
         }
         Ok(true)
@@ -133,6 +146,7 @@ mod tests {
             metrics: Arc::new(RuntimeMetrics::default()),
             drain_max: 16,
             max_result_bytes: usize::MAX,
+            credits: None,
         };
         for id in [11, 10, 2] {
             tx_in.try_send(request(id)).unwrap();

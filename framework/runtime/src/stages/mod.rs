@@ -51,14 +51,14 @@ fn notify(tx: &Tx<ReplyBatch>, mail: ClientMail, metrics: &RuntimeMetrics) {
 
 /// Passes a request to the next stage; if it has no room after all (another
 /// producer took it), the client is pushed back.
-fn pass_on(tx: &Tx<Request>, r: Request, tx_reply: &Tx<ReplyBatch>, metrics: &RuntimeMetrics) -> Result<(), Ended> {
+fn pass_on(tx: &Tx<Request>, r: Request, tx_reply: &Tx<ReplyBatch>, metrics: &RuntimeMetrics) -> Result<bool, Ended> {
     let (client, request) = (r.client, r.id);
     match tx.try_send(r) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(TrySendError::Full(_)) => {
             RuntimeMetrics::add(&metrics.counters.requests_busy, 1);
             notify(tx_reply, ClientMail::Refusal { client, request, reason: RejectReason::Busy }, metrics);
-            Ok(())
+            Ok(false)
         }
         Err(TrySendError::Disconnected(_)) => Err(Ended),
     }

@@ -9,6 +9,7 @@ use crate::egress::Egress;
 use crate::metrics::RuntimeMetrics;
 use crate::queue::{offer_peer, Ended, Rx, Tx};
 use crate::runner::Stage;
+use crate::shared::ClientCredits;
 use crate::shared::CurrentView;
 use palisade_core::{ClientId, PeerMessage, ReplicaId, Request};
 use palisade_host::ClientMail;
@@ -52,9 +53,28 @@ pub struct Verifier {
     pub failures_max: u32,
     /// Where to close a client's connections.
     pub egress: Arc<dyn Egress>,
+    /// With authenticators: the client keys and this replica, whose MAC a
+    /// backup checks on each request.
+    pub macs: Option<(Arc<ClientKeys>, ReplicaId)>,
+    /// Each client's requests handed on and not yet taken by the core.
+    pub credits: Arc<ClientCredits>,
+    /// Where clients over their quota are marked, for the network stage.
+    pub over_quota: Arc<crate::shared::OverQuota>,
+    /// Each client's requests waiting for verification, as the network
+    /// stage counts them: given back as they leave the intake.
+    pub waiting: Option<Arc<ClientCredits>>,
 }
 
 impl Verifier {
+    /// Hands `r` on to the filter, counting it against its client.
+    fn hand_on(&self, r: Request) -> Result<(), Ended> {
+        let client = r.client;
+        if pass_on(&self.tx, r, &self.tx_reply, &self.metrics)? {
+            self.credits.take(client);
+        }
+        Ok(())
+    }
+
     /// A request failed verification: it costs its client, whose
     /// connections close after `failures_max` (it must then shake hands
     /// again, which is capped and costs it a signature).
@@ -88,36 +108,57 @@ impl Stage for Verifier {
 
     fn poll(&mut self) -> Result<bool, Ended> {
         // Into the intake, one queue per client; past a client's quota a
-        // request is pushed back at once, at no cost.
+        // request is dropped at once, at no cost but the count.
+        // Everything that arrived, whatever the room downstream: the shared
+        // queue from the network must not stay full of one client's
+        // requests, or every other client is pushed back at the door.
         let room = self.drain_max.min(self.tx.room());
-        let arrived = self.rx.take_up_to(room.max(1) * 2);
+        let arrived = self.rx.take_up_to(self.drain_max.max(1) * 8);
         let took = !arrived.is_empty();
         for r in arrived {
             if let Err(r) = self.intake.push(r) {
+                if let Some(w) = &self.waiting {
+                    w.give_back(r.client);
+                }
+                // A correct client keeps far fewer outstanding: no answer
+                // (a refusal would cost a frame per request); it retransmits
+                // if it meant it.
+                self.over_quota.mark(r.client);
                 RuntimeMetrics::add(&self.metrics.counters.requests_over_quota, 1);
-                notify(
-                    &self.tx_reply,
-                    ClientMail::Refusal { client: r.client, request: r.id, reason: RejectReason::Busy },
-                    &self.metrics,
-                );
             }
         }
-        let batch = self.intake.take(room);
+        let credits = &self.credits;
+        let mut batch = self.intake.take(room, |c| credits.has_room(c));
+        if let Some(w) = &self.waiting {
+            batch.iter().for_each(|r| w.give_back(r.client));
+        }
         if batch.is_empty() {
             return Ok(took);
         }
         if self.primary_only.as_ref().is_some_and(|v| !v.is_primary()) {
-            for r in batch {
-                pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?;
+            // A backup leaves signatures to the primary, but checks its own
+            // MAC, which is cheap: a request without a valid one is checked
+            // in full below, so a client cannot fill the backups' pools
+            // with requests nobody will order, whose timers would blame
+            // the primary.
+            let macs = &self.macs;
+            let (on_mac, rest): (Vec<Request>, Vec<Request>) = batch
+                .into_iter()
+                .partition(|r| r.read_only || macs.as_ref().is_none_or(|(keys, me)| keys.check(r, *me)));
+            for r in on_mac {
+                self.hand_on(r)?;
             }
-            return Ok(true);
+            if rest.is_empty() {
+                return Ok(true);
+            }
+            batch = rest;
         }
         // Reads carry no signature: the network stage has bound each to its
         // client's authenticated channel, their answers go back on it, and
         // the core never proposes or relays one.
         let (reads, batch): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(|r| r.read_only);
         for r in reads {
-            pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?;
+            self.hand_on(r)?;
         }
         if batch.is_empty() {
             return Ok(true);
@@ -129,7 +170,7 @@ impl Stage for Verifier {
             match verdict {
                 Ok(r) => {
                     self.verified.insert(&r);
-                    pass_on(&self.tx, r, &self.tx_reply, &self.metrics)?;
+                    self.hand_on(r)?;
                 }
                 Err((r, why)) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_invalid, 1);
@@ -261,6 +302,10 @@ mod tests {
             failures: HashMap::new(),
             failures_max: 16,
             egress: Arc::new(crate::egress::tests::Collect::default()),
+            macs: None,
+            credits: Arc::new(ClientCredits::new(100)),
+            over_quota: Arc::default(),
+            waiting: None,
         };
         for r in [request(1, true), request(2, false), signed[0].clone()] {
             tx_in.try_send(r).unwrap();
@@ -303,6 +348,10 @@ mod tests {
             failures: HashMap::new(),
             failures_max: 16,
             egress: egress.clone(),
+            macs: None,
+            credits: Arc::new(ClientCredits::new(100)),
+            over_quota: Arc::default(),
+            waiting: None,
         };
         // Client 3 floods 40 unsigned requests before the honest client's 4.
         for id in 0..40 {
@@ -314,27 +363,24 @@ mod tests {
         for r in good {
             tx_in.try_send(r).unwrap();
         }
-        // A wake-up takes up to 16 into the intake and passes 8 on. Two
-        // wake-ups take client 3's first 32: its quota of 20 waiting is
-        // reached and 4 are pushed back at once, without a check.
-        assert!(verifier.poll().unwrap() && verifier.poll().unwrap());
-        assert!(rx_out.take().is_none());
-        // The third takes the rest: client 3 has 20 waiting, the honest
-        // client 4, and they are served in turn: all 4 honest pass now.
+        // A wake-up takes everything that arrived into the intake: client
+        // 3's quota of 20, the other 20 dropped at once without a check,
+        // and the honest 4. It passes 8 on, the clients in turn: all 4
+        // honest requests pass in this first wake-up.
         assert!(verifier.poll().unwrap());
         let passed: Vec<_> = rx_out.take_up_to(100).into_iter().map(|r| r.client).collect();
-        assert_eq!(passed, vec![honest_id; 4], "the honest requests passed in the same wake-up");
+        assert_eq!(passed, vec![honest_id; 4], "the honest requests passed in the first wake-up");
         while verifier.poll().unwrap() {}
         assert!(rx_out.take().is_none(), "none of client 3's passed");
         let refusals: Vec<ClientMail> = rx_reply.take_up_to(100).into_iter().flatten().collect();
         let busy =
             refusals.iter().filter(|m| matches!(m, ClientMail::Refusal { reason: RejectReason::Busy, .. })).count();
-        assert_eq!(busy, 4);
-        assert_eq!(metrics.counters.requests_over_quota.load(std::sync::atomic::Ordering::Relaxed), 4);
-        // 36 failed checks: its connections closed at the 16th and the
-        // 32nd, each time counted from zero again.
-        assert_eq!(*egress.closed.lock(), vec![ClientId(3), ClientId(3)]);
+        assert_eq!(busy, 0, "over its quota, dropped without an answer");
+        assert_eq!(metrics.counters.requests_over_quota.load(std::sync::atomic::Ordering::Relaxed), 20);
+        // 20 failed checks: its connections closed at the 16th, and its
+        // count started again from zero.
+        assert_eq!(*egress.closed.lock(), vec![ClientId(3)]);
         assert_eq!(verifier.failures.get(&ClientId(3)), Some(&4));
-        assert_eq!(metrics.counters.clients_closed.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(metrics.counters.clients_closed.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }
