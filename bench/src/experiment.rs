@@ -496,6 +496,9 @@ impl Sampler {
         let started = loop {
             match *crate::load::WINDOW_STARTED.lock() {
                 Some(t) if t >= created => break t,
+                // The load never started its window (it failed): measure
+                // from now rather than wait forever.
+                _ if created.elapsed() > Duration::from_secs(120) => break Instant::now(),
                 _ => {}
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

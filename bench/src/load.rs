@@ -272,9 +272,13 @@ pub(crate) async fn run_load(
     } else {
         vec![drive(cluster, a, level, Some(progress_label), None).await]
     };
-    if let Some(Ok(mut child)) = flooder {
-        let _ = child.kill();
-        let _ = child.wait();
+    match flooder {
+        Some(Ok(mut child)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Some(Err(e)) => eprintln!("palisade-bench: the flooding client did not start ({e}): this run had no flood"),
+        None => {}
     }
     summarize(shares, a)
 }
@@ -344,7 +348,19 @@ async fn drive(
         timeline: window.timeline.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
         machine,
         late_ms,
-        client_p99_us: per_client.iter().map(|h| h.lock().value_at_quantile(0.99)).collect(),
+        // A client that completed nothing in the window is starved: its
+        // p99 is the whole window.
+        client_p99_us: per_client
+            .iter()
+            .map(|h| {
+                let h = h.lock();
+                if h.is_empty() {
+                    (a.warmup + a.duration) as u64 * 1_000_000
+                } else {
+                    h.value_at_quantile(0.99)
+                }
+            })
+            .collect(),
     }
 }
 

@@ -15,6 +15,10 @@ use crate::message::{Batch, Request};
 use crate::types::{ClientId, RequestId};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A client with at most this many requests waiting has its oldest timed
+/// from its arrival (see `RequestPool::time_head`).
+const FEW_PENDING: usize = 64;
+
 /// A request, by its client and the client's number for it.
 pub(super) type Key = (ClientId, RequestId);
 
@@ -84,12 +88,19 @@ impl RequestPool {
     /// deadline (a correct client keeps far fewer outstanding).
     fn time_head(&mut self, client: ClientId, now_ms: u64) {
         let Some(&(_, id)) = self.client_pending.get(&client).and_then(|s| s.first()) else { return };
-        let flooding = self.pending_of(client) > self.timed_max;
+        let pending = self.pending_of(client);
+        let flooding = pending > self.timed_max;
         if let Some(p) = self.pending.get_mut(&(client, id)) {
             match p.timed_from {
                 None if !flooding => {
-                    p.timed_from = Some(now_ms);
-                    self.by_arrival.insert((now_ms, client, id));
+                    // A client with few waiting gets them all ordered within
+                    // a batch or two: its oldest is timed from its arrival,
+                    // so a primary cannot order it one request per timeout.
+                    // One with more is ordered a share at a time: timed from
+                    // when its previous request executed.
+                    let start = if pending <= FEW_PENDING { p.arrival_ms.min(now_ms) } else { now_ms };
+                    p.timed_from = Some(start);
+                    self.by_arrival.insert((start, client, id));
                 }
                 Some(t) if flooding => {
                     p.timed_from = None;
@@ -243,7 +254,7 @@ impl RequestPool {
     ) -> (Vec<Request>, usize) {
         let share = (max_requests / self.queued_per_client.len().max(1)).max(1);
         let mut taken: Vec<(u64, Key)> = Vec::new();
-        let mut refused: Vec<Key> = Vec::new();
+        let mut refused: std::collections::BTreeSet<Key> = std::collections::BTreeSet::new();
         let mut bytes = 0usize;
         let mut in_batch: BTreeMap<ClientId, usize> = BTreeMap::new();
         let mut chosen = std::collections::BTreeSet::new();
@@ -262,15 +273,20 @@ impl RequestPool {
                 let p = self.pending.get_mut(&key).expect("queued requests are pending");
                 if !p.verified {
                     if !accept(&p.request) {
-                        refused.push(key);
+                        refused.insert(key);
                         continue;
                     }
                     p.verified = true;
                 }
                 let size = p.request.size_bytes();
-                if !taken.is_empty() && (taken.len() >= max_requests || bytes + size > max_bytes) {
+                if !taken.is_empty() && taken.len() >= max_requests {
                     full = true;
                     break;
+                }
+                if !taken.is_empty() && bytes + size > max_bytes {
+                    // Too large for what is left: the next batch starts
+                    // with it, and smaller ones may still fit this one.
+                    continue;
                 }
                 bytes += size;
                 *in_batch.entry(key.0).or_default() += 1;
@@ -407,7 +423,7 @@ mod tests {
     }
 
     #[test]
-    fn only_each_clients_oldest_request_is_timed_from_when_it_became_the_oldest() {
+    fn only_each_clients_oldest_request_is_timed_and_a_busy_clients_from_when_it_became_the_oldest() {
         let mut pool = RequestPool::new(1024);
         for id in 0..3 {
             pool.add(req(1, id), 10, true);
@@ -416,29 +432,32 @@ mod tests {
         assert_eq!(pool.by_arrival.len(), 1, "client 1's later requests wait their turn untimed");
         pool.add(req(2, 0), 50, true);
         assert_eq!(pool.by_arrival.len(), 2);
-        // Client 1's oldest executes at 100: its next is timed from 100,
-        // and client 2's (from 50) is now the oldest timer.
+        // Client 1's oldest executes at 100. With few waiting, its next is
+        // timed from its own arrival: a primary owes it the lot at once.
         pool.clock_ms = 100;
         pool.remove((ClientId(1), RequestId(0)));
-        assert_eq!(pool.oldest_arrival_ms(), Some(50));
-        pool.remove((ClientId(2), RequestId(0)));
-        assert_eq!(pool.oldest_arrival_ms(), Some(100));
-        // A new view times every client's oldest from its start.
-        pool.restart_view(300, false);
-        assert_eq!(pool.oldest_arrival_ms(), Some(300));
-        assert_eq!(pool.by_arrival.len(), 1);
-        // A client with more pending than `timed_max` floods: not timed,
-        // until it is back within.
-        pool.timed_max = 2;
-        for id in 10..12 {
-            pool.add(req(3, id), 400, true);
+        assert!(pool.by_arrival.contains(&(10, ClientId(1), RequestId(1))));
+        // A busy client's next is timed from when its previous executed.
+        for id in 0..(FEW_PENDING as u64 + 2) {
+            pool.add(req(3, id), 200, true);
         }
-        assert_eq!(pool.by_arrival.len(), 2, "clients 1 and 3 timed");
-        pool.add(req(3, 12), 410, true);
-        assert_eq!(pool.by_arrival.len(), 1, "client 3, with 3 pending, is not");
+        pool.clock_ms = 300;
+        pool.remove((ClientId(3), RequestId(0)));
+        assert!(pool.by_arrival.contains(&(300, ClientId(3), RequestId(1))));
+        assert_eq!(pool.by_arrival.len(), 3);
+        // A new view times every client's oldest from its start.
+        pool.restart_view(400, false);
+        assert_eq!(pool.oldest_arrival_ms(), Some(400));
+        assert_eq!(pool.by_arrival.len(), 3);
+        // A client with more waiting than `timed_max` floods: not timed,
+        // until it is back within.
+        pool.timed_max = FEW_PENDING;
+        pool.add(req(3, 1000), 410, true);
+        assert_eq!(pool.by_arrival.len(), 2, "client 3, past timed_max, is not timed");
         pool.clock_ms = 500;
-        pool.remove((ClientId(3), RequestId(10)));
-        assert_eq!(pool.by_arrival.len(), 2);
-        assert!(pool.by_arrival.contains(&(500, ClientId(3), RequestId(11))));
+        pool.remove((ClientId(3), RequestId(1)));
+        pool.remove((ClientId(3), RequestId(2)));
+        assert_eq!(pool.by_arrival.len(), 3);
+        assert!(pool.by_arrival.contains(&(400, ClientId(3), RequestId(3))), "few again: timed from its arrival");
     }
 }

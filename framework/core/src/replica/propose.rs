@@ -52,10 +52,10 @@ impl<C: Crypto> Replica<C> {
     fn add_pending(&mut self, req: Request, verified: bool) -> bool {
         // A client past its quota waits for its earlier requests: one that
         // floods (even with valid requests) holds a bounded part of the
-        // pool, and of each batch (see `take_batch`).
-        if self.pool.len() >= self.cfg.pending_max
-            || self.pool.pending_of(req.client) >= self.cfg.pending_per_client_max
-        {
+        // pool, and of each batch (see `take_batch`). Forwards (`verified`)
+        // have twice the room (see `on_forward`).
+        let quota = self.cfg.pending_per_client_max * if verified { 2 } else { 1 };
+        if self.pool.len() >= self.cfg.pending_max || self.pool.pending_of(req.client) >= quota {
             self.refuse(&req, DropReason::PendingFull);
             return false;
         }
@@ -84,10 +84,13 @@ impl<C: Crypto> Replica<C> {
         }
         // No room for it anyway: not worth a signature check (a client
         // flooding every replica would otherwise make the backups' forwards
-        // cost the primary one check each).
+        // cost the primary one check each). A forward may take a client
+        // up to twice its quota: the backup that sent it times it, and a
+        // client that fills its quota here and sends other requests to the
+        // backups alone must not get a correct primary suspected.
         if !self.pool.contains(&key)
             && (self.pool.len() >= self.cfg.pending_max
-                || self.pool.pending_of(req.client) >= self.cfg.pending_per_client_max)
+                || self.pool.pending_of(req.client) >= 2 * self.cfg.pending_per_client_max)
         {
             self.discard(Discard::ForwardNoRoom);
             return;

@@ -71,6 +71,11 @@ impl FairIntake {
         out
     }
 
+    /// Most requests waiting in all.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Requests waiting.
     pub fn len(&self) -> usize {
         self.len

@@ -62,11 +62,9 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
                 .collect()
         };
         for (r, lookup) in verdicts {
-            // Out of the filter's queue; back in for the core's if passed on.
+            // A request passed on keeps its client's credit until the core
+            // takes it; one answered here, or pushed back, gives it back.
             let client = r.client;
-            if let Some(c) = &self.credits {
-                c.give_back(client);
-            }
             let passed = match lookup {
                 Lookup::New => {
                     if !r.read_only {
@@ -95,8 +93,8 @@ impl<S: Service + Send + Sync> Stage for RequestFilter<S> {
                     false
                 }
             };
-            if let (true, Some(c)) = (passed, &self.credits) {
-                c.take(client);
+            if let (false, Some(c)) = (passed, &self.credits) {
+                c.give_back(client);
             }
         }
         Ok(true)

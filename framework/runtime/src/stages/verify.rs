@@ -68,9 +68,12 @@ pub struct Verifier {
 impl Verifier {
     /// Hands `r` on to the filter, counting it against its client.
     fn hand_on(&self, r: Request) -> Result<(), Ended> {
+        // Taken before it is sent: the next stage, on its own thread, may
+        // give it back before this one would have taken it.
         let client = r.client;
-        if pass_on(&self.tx, r, &self.tx_reply, &self.metrics)? {
-            self.credits.take(client);
+        self.credits.take(client);
+        if !pass_on(&self.tx, r, &self.tx_reply, &self.metrics)? {
+            self.credits.give_back(client);
         }
         Ok(())
     }
@@ -113,7 +116,8 @@ impl Stage for Verifier {
         // queue from the network must not stay full of one client's
         // requests, or every other client is pushed back at the door.
         let room = self.drain_max.min(self.tx.room());
-        let arrived = self.rx.take_up_to(self.drain_max.max(1) * 8);
+        let fits = self.intake.capacity().saturating_sub(self.intake.len());
+        let arrived = self.rx.take_up_to((self.drain_max.max(1) * 8).min(fits));
         let took = !arrived.is_empty();
         for r in arrived {
             if let Err(r) = self.intake.push(r) {
@@ -172,9 +176,21 @@ impl Stage for Verifier {
                     self.verified.insert(&r);
                     self.hand_on(r)?;
                 }
+                // A second copy of a request in the same batch (a client's
+                // retransmission waited beside the original): the first
+                // goes on, and this one is no fault of the client's.
+                Err((_, verify::Rejection::Duplicate)) => {}
                 Err((r, why)) => {
                     RuntimeMetrics::add(&self.metrics.counters.requests_invalid, 1);
-                    self.failed(r.client);
+                    // An id out of range is a slow client, not a forgery.
+                    if matches!(
+                        why,
+                        verify::Rejection::BadSignature
+                            | verify::Rejection::BadAuthFormat
+                            | verify::Rejection::ClientIdMismatch
+                    ) {
+                        self.failed(r.client);
+                    }
                     crate::events::warn_limited!(
                         client = r.client.0,
                         request = r.id.0,
