@@ -275,6 +275,8 @@ pub struct Net {
     pub chain: Arc<PublishedChain>,
     /// Clients over their quota at verification: their reading pauses.
     pub over_quota: Arc<crate::shared::OverQuota>,
+    /// Clients closed for forged requests: refused for a while.
+    pub banned: Arc<crate::shared::Banned>,
     /// Each client's requests waiting for verification (its queue and the
     /// verifier's intake), at most its quota; when clients sign (else
     /// there is no verification stage).
@@ -322,6 +324,7 @@ impl Net {
             wanted: tokio::sync::watch::Sender::new(BTreeMap::new()),
             chain,
             over_quota: Arc::default(),
+            banned: Arc::default(),
             waiting: signing.then(|| Arc::new(crate::shared::ClientCredits::new(cfg.client_quota as u32))),
         }
     }
@@ -687,6 +690,15 @@ pub async fn listen(listener: TcpListener, net: Arc<Net>, key: SigningKey) {
                         Peer::Client(c, _) => c,
                         _ => ClientId::of_key(keyring.view_manager.as_bytes()),
                     };
+                    if net.banned.is_banned(c) {
+                        RuntimeMetrics::add(&net.metrics.counters.connections_refused, 1);
+                        crate::events::warn_limited!(
+                            replica = net.me.0,
+                            client = c.0,
+                            "refused a client connection: closed lately for forged requests"
+                        );
+                        return;
+                    }
                     if net.clients.len() >= net.max_client_connections {
                         RuntimeMetrics::add(&net.metrics.counters.connections_refused, 1);
                         crate::events::warn_limited!(

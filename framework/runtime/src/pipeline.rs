@@ -350,6 +350,7 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
                 macs: authenticators.then(|| (client_keys.clone(), me)),
                 credits: credits.clone(),
                 over_quota: net.over_quota.clone(),
+                banned: net.banned.clone(),
                 waiting: net.waiting.clone(),
             }),
         ));

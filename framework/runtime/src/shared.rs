@@ -163,3 +163,48 @@ impl OverQuota {
         self.0.lock().get(&client).is_some_and(|at| at.elapsed() < Self::FOR)
     }
 }
+
+/// Clients whose connections were closed for requests that kept failing
+/// verification: their next connections are refused for a while (1 s, then
+/// twice as long each time, up to a minute), so a forger that shakes hands
+/// again at once does not get another round of signature checks at once.
+/// By key only: addresses are shared (a NAT, or every client on one host).
+#[derive(Debug, Default)]
+pub struct Banned(Mutex<HashMap<ClientId, (std::time::Instant, u32)>>);
+
+impl Banned {
+    /// `client` was closed for its requests: refuse it for a while.
+    pub fn ban(&self, client: ClientId) {
+        let now = std::time::Instant::now();
+        let mut m = self.0.lock();
+        if m.len() >= 65_536 {
+            m.retain(|_, (until, _)| *until > now);
+        }
+        let strikes = m.get(&client).map_or(0, |(_, n)| *n) + 1;
+        let secs = 1u64 << (strikes - 1).min(6);
+        m.insert(client, (now + std::time::Duration::from_secs(secs), strikes));
+    }
+
+    /// Whether `client`'s connections are refused now.
+    pub fn is_banned(&self, client: ClientId) -> bool {
+        self.0.lock().get(&client).is_some_and(|(until, _)| *until > std::time::Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_banned_client_is_refused_for_a_while_and_others_never() {
+        let b = Banned::default();
+        assert!(!b.is_banned(ClientId(1)));
+        b.ban(ClientId(1));
+        assert!(b.is_banned(ClientId(1)));
+        assert!(!b.is_banned(ClientId(2)));
+        // Each ban lasts twice the one before.
+        b.ban(ClientId(1));
+        let until = b.0.lock()[&ClientId(1)].0;
+        assert!(until > std::time::Instant::now() + std::time::Duration::from_millis(1_500));
+    }
+}

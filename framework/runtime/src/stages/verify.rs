@@ -60,6 +60,9 @@ pub struct Verifier {
     pub credits: Arc<ClientCredits>,
     /// Where clients over their quota are marked, for the network stage.
     pub over_quota: Arc<crate::shared::OverQuota>,
+    /// Where clients closed for forged requests are kept, so that the
+    /// network stage refuses them a while.
+    pub banned: Arc<crate::shared::Banned>,
     /// Each client's requests waiting for verification, as the network
     /// stage counts them: given back as they leave the intake.
     pub waiting: Option<Arc<ClientCredits>>,
@@ -86,6 +89,7 @@ impl Verifier {
         *n += 1;
         if *n >= self.failures_max {
             self.failures.remove(&client);
+            self.banned.ban(client);
             RuntimeMetrics::add(&self.metrics.counters.clients_closed, 1);
             crate::events::warn_limited!(client = client.0, "closed a client whose requests kept failing verification");
             self.egress.close_client(client);
@@ -321,6 +325,7 @@ mod tests {
             macs: None,
             credits: Arc::new(ClientCredits::new(100)),
             over_quota: Arc::default(),
+            banned: Arc::default(),
             waiting: None,
         };
         for r in [request(1, true), request(2, false), signed[0].clone()] {
@@ -367,6 +372,7 @@ mod tests {
             macs: None,
             credits: Arc::new(ClientCredits::new(100)),
             over_quota: Arc::default(),
+            banned: Arc::default(),
             waiting: None,
         };
         // Client 3 floods 40 unsigned requests before the honest client's 4.
@@ -397,6 +403,8 @@ mod tests {
         // count started again from zero.
         assert_eq!(*egress.closed.lock(), vec![ClientId(3)]);
         assert_eq!(verifier.failures.get(&ClientId(3)), Some(&4));
+        assert!(verifier.banned.is_banned(ClientId(3)), "its next connections are refused a while");
+        assert!(!verifier.banned.is_banned(honest_id));
         assert_eq!(metrics.counters.clients_closed.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }
