@@ -57,8 +57,6 @@ pub(super) struct RequestPool {
     order_counter: u64,
     delivered: BTreeMap<ClientId, IdWindow>,
     client_window: u64,
-    /// Pending requests per client (for its quota).
-    per_client: BTreeMap<ClientId, usize>,
     /// Queued requests per client (for fair batches).
     queued_per_client: BTreeMap<ClientId, usize>,
 }
@@ -72,7 +70,6 @@ impl RequestPool {
             order_counter: 0,
             delivered: BTreeMap::new(),
             client_window,
-            per_client: BTreeMap::new(),
             queued_per_client: BTreeMap::new(),
             client_pending: BTreeMap::new(),
             clock_ms: 0,
@@ -113,7 +110,7 @@ impl RequestPool {
 
     /// Requests `client` has pending.
     pub fn pending_of(&self, client: ClientId) -> usize {
-        self.per_client.get(&client).copied().unwrap_or(0)
+        self.client_pending.get(&client).map_or(0, BTreeSet::len)
     }
 
     fn enqueue(&mut self, order: u64, key: Key) {
@@ -170,7 +167,6 @@ impl RequestPool {
         let order = self.order_counter;
         self.order_counter += 1;
         self.enqueue(order, key);
-        *self.per_client.entry(key.0).or_default() += 1;
         self.client_pending.entry(key.0).or_default().insert((order, key.1));
         self.pending.insert(
             key,
@@ -199,12 +195,6 @@ impl RequestPool {
                 }
             }
             self.dequeue(p.order);
-            if let Some(n) = self.per_client.get_mut(&key.0) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_client.remove(&key.0);
-                }
-            }
             // The client's next request is its oldest now: timed from here.
             self.time_head(key.0, self.clock_ms);
         }
