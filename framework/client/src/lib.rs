@@ -33,7 +33,10 @@ use tokio::sync::mpsc;
 /// Timing of a client.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// First wait before retransmitting to every replica; doubles up to 2 s.
+    /// Least wait before retransmitting to every replica. A client whose
+    /// requests usually take longer waits longer (their smoothed latency
+    /// plus four deviations, as TCP does); the wait doubles with every
+    /// retransmission, up to 2 s or that first wait.
     pub retransmit_ms: u64,
     /// Give up on an operation after this long.
     pub timeout_ms: u64,
@@ -42,7 +45,8 @@ pub struct ClientOptions {
     /// Requests queued per replica while its connection is down or slow.
     pub outbox: usize,
     /// How long to wait for the full result once f+1 replicas agree on its
-    /// digest, before asking every replica for it in full.
+    /// digest, before asking every replica for it in full; at least a
+    /// quarter of what the request has waited so far.
     pub full_reply_grace_ms: u64,
     /// Where to keep the links of the chain of epochs the client adopts
     /// (its configuration directory), so that its next start knows the
@@ -187,9 +191,74 @@ struct Inner {
     signer: signer::Signer,
     /// Connection attempts that failed, to any replica.
     failed_dials: AtomicU64,
+    /// Requests sent again to every replica, by cause.
+    resends: ResendCounters,
+    /// How long ordered requests take here: the retransmission period
+    /// follows it.
+    latency: Mutex<Rtt>,
     /// Replicas that recently let a full result's grace period run out,
     /// until when: their designated results are asked for at once.
     slow: Mutex<BTreeMap<ReplicaId, Instant>>,
+}
+
+/// A smoothed round trip and its deviation (TCP's estimator, RFC 6298),
+/// in microseconds, from ordered requests answered without a resend.
+#[derive(Default)]
+struct Rtt {
+    smoothed_us: u64,
+    deviation_us: u64,
+}
+
+impl Rtt {
+    fn sample(&mut self, us: u64) {
+        if self.smoothed_us == 0 {
+            self.smoothed_us = us;
+            self.deviation_us = us / 2;
+        } else {
+            self.deviation_us = (3 * self.deviation_us + self.smoothed_us.abs_diff(us)) / 4;
+            self.smoothed_us = (7 * self.smoothed_us + us) / 8;
+        }
+    }
+
+    /// The wait before a resend: at least `floor`, and long enough that a
+    /// request answered as fast as most are never resent. Past saturation
+    /// every request waits long in queues; resending them would add work
+    /// exactly when the cluster has none to spare.
+    fn retransmit_after(&self, floor: Duration) -> Duration {
+        floor.max(Duration::from_micros(self.smoothed_us + 4 * self.deviation_us))
+    }
+}
+
+#[derive(Default)]
+struct ResendCounters {
+    timeouts: AtomicU64,
+    full_result: AtomicU64,
+    primary_lost: AtomicU64,
+    moved: AtomicU64,
+}
+
+/// Requests a client sent again to every replica, by cause (see
+/// [`Client::resends`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resends {
+    /// No answer within the retransmission period.
+    pub timeouts: u64,
+    /// f+1 replicas agreed on a result's digest but its designated
+    /// replica did not send it in full in time.
+    pub full_result: u64,
+    /// The connection to the primary closed.
+    pub primary_lost: u64,
+    /// The client adopted a new membership.
+    pub moved: u64,
+}
+
+impl std::ops::AddAssign for Resends {
+    fn add_assign(&mut self, o: Resends) {
+        self.timeouts += o.timeouts;
+        self.full_result += o.full_result;
+        self.primary_lost += o.primary_lost;
+        self.moved += o.moved;
+    }
 }
 
 /// A handle on the cluster; cheap to clone, usable from many tasks.
@@ -235,6 +304,8 @@ impl Client {
             request_keys: Mutex::new(BTreeMap::new()),
             signer,
             failed_dials: AtomicU64::new(0),
+            resends: ResendCounters::default(),
+            latency: Mutex::new(Rtt::default()),
             slow: Mutex::new(BTreeMap::new()),
         });
         inner.connect_members();
@@ -292,6 +363,20 @@ impl Client {
         self.inner.failed_dials.load(Ordering::Relaxed)
     }
 
+    /// How often this client sent a request again to every replica, and
+    /// why. Every resend costs each replica a receive and a check, so a
+    /// count that grows with the load, rather than with failures, is a
+    /// cluster working on retransmissions instead of on new requests.
+    pub fn resends(&self) -> Resends {
+        let r = &self.inner.resends;
+        Resends {
+            timeouts: r.timeouts.load(Ordering::Relaxed),
+            full_result: r.full_result.load(Ordering::Relaxed),
+            primary_lost: r.primary_lost.load(Ordering::Relaxed),
+            moved: r.moved.load(Ordering::Relaxed),
+        }
+    }
+
     /// Executes `operation` in the total order; returns the result f+1
     /// replicas agree on.
     pub async fn invoke_ordered(&self, operation: Bytes) -> Result<Bytes, InvokeError> {
@@ -337,7 +422,9 @@ impl Client {
                 self.send_all(&req);
             }
         }
-        let mut wait = Duration::from_millis(inner.opts.retransmit_ms);
+        let mut wait = inner.latency.lock().retransmit_after(Duration::from_millis(inner.opts.retransmit_ms));
+        let wait_max = wait.max(Duration::from_secs(2));
+        let mut resent = false;
         // Set while waiting for a full result that is a moment behind its digests.
         let mut full_due: Option<Instant> = None;
         loop {
@@ -347,18 +434,35 @@ impl Client {
             }
             let wake = full_due.map_or(wait, |due| due.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(wake.min(left), rx.recv()).await {
-                Ok(Some(Outcome::Done(result))) => return Ok(result),
+                Ok(Some(Outcome::Done(result))) => {
+                    // Karn: a resent request's time says nothing certain.
+                    if !read_only && !resent {
+                        inner.latency.lock().sample(started.elapsed().as_micros() as u64);
+                    }
+                    return Ok(result);
+                }
                 Ok(Some(Outcome::Rejected(reason))) => return Err(InvokeError::Rejected(reason)),
                 Ok(Some(Outcome::NoQuorum)) => return Err(self.timeout(started)),
                 Ok(Some(Outcome::TooLarge(len))) => return Err(InvokeError::ResultTooLarge { len }),
                 Ok(Some(Outcome::NeedFull { now: true })) => {
                     full_due = None;
+                    inner.resends.full_result.fetch_add(1, Ordering::Relaxed);
+                    resent = true;
                     self.send_all(&req);
                 }
                 Ok(Some(Outcome::NeedFull { now: false })) => {
-                    full_due = Some(Instant::now() + Duration::from_millis(inner.opts.full_reply_grace_ms));
+                    // Replicas answer as far apart as their queues are
+                    // long: under load a correct designated replica trails
+                    // the digests by a share of the whole wait, and asking
+                    // everyone again then would only add to the load.
+                    let grace = Duration::from_millis(inner.opts.full_reply_grace_ms).max(started.elapsed() / 4);
+                    full_due = Some(Instant::now() + grace);
                 }
-                Ok(Some(Outcome::PrimaryLost)) => self.send_all(&req),
+                Ok(Some(Outcome::PrimaryLost)) => {
+                    inner.resends.primary_lost.fetch_add(1, Ordering::Relaxed);
+                    resent = true;
+                    self.send_all(&req);
+                }
                 Ok(Some(Outcome::Moved)) => {
                     // A new membership: its members have not seen the
                     // request yet.
@@ -366,19 +470,25 @@ impl Client {
                     if let Some(p) = inner.pending.lock().get(&id) {
                         designated = p.decide.designated();
                     }
+                    inner.resends.moved.fetch_add(1, Ordering::Relaxed);
+                    resent = true;
                     self.send_all(&req);
                 }
                 Ok(None) => return Err(InvokeError::Closed),
                 Err(_) if full_due.take().is_some() => {
                     // The designated replica missed its grace period.
                     inner.slow.lock().insert(designated, Instant::now() + connection::SLOW_FOR);
+                    inner.resends.full_result.fetch_add(1, Ordering::Relaxed);
+                    resent = true;
                     self.send_all(&req);
                 }
                 Err(_) => {
                     // No answer yet: make sure every replica has it (a
                     // backup forwards it and starts timing the primary).
+                    inner.resends.timeouts.fetch_add(1, Ordering::Relaxed);
+                    resent = true;
                     self.send_all(&req);
-                    wait = (wait * 2).min(Duration::from_secs(2));
+                    wait = (wait * 2).min(wait_max);
                 }
             }
         }
@@ -622,5 +732,35 @@ impl BlockingClient {
     /// See [`Client::invoke_unordered`].
     pub fn invoke_unordered(&self, operation: Bytes) -> Result<Bytes, InvokeError> {
         self.runtime.block_on(self.client.invoke_unordered(operation))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rtt;
+    use std::time::Duration;
+
+    #[test]
+    fn the_retransmission_wait_follows_the_latency_requests_get_and_never_goes_below_the_floor() {
+        let floor = Duration::from_millis(500);
+        let mut rtt = Rtt::default();
+        assert_eq!(rtt.retransmit_after(floor), floor, "nothing measured yet");
+        // Fast answers: the floor holds.
+        for _ in 0..50 {
+            rtt.sample(2_000);
+        }
+        assert_eq!(rtt.retransmit_after(floor), floor);
+        // Past saturation every request waits 300-400 ms in queues: the
+        // wait grows past them, so none of them is sent to everyone again.
+        for i in 0..200 {
+            rtt.sample(300_000 + (i % 2) * 100_000);
+        }
+        let wait = rtt.retransmit_after(floor);
+        assert!(wait > Duration::from_millis(400) && wait < Duration::from_millis(1_000), "{wait:?}");
+        // Back to fast answers: back down to the floor.
+        for _ in 0..200 {
+            rtt.sample(2_000);
+        }
+        assert_eq!(rtt.retransmit_after(floor), floor);
     }
 }

@@ -120,13 +120,22 @@ pub trait ExecutionIo {
     fn executed(&mut self, _seq: SeqNo, _batch: &Batch, _executed: &[Executed]) {}
 }
 
+/// Bytes of a result's digest.
+const DIGEST_BYTES: usize = std::mem::size_of::<Digest>();
+
 /// The answer to send a client for `result`: in full when this replica
 /// sends it in full (`full`), else its digest; and when it is larger than
 /// `max` bytes, only its length and digest, from every replica alike.
+///
+/// A result no larger than its digest goes in full from every replica:
+/// the digest would save nothing, and a client that has f+1 matching
+/// results in hand never waits for, or asks again for, the designated
+/// replica's (which, under saturation, sent every such client's request
+/// to every replica a second time).
 pub fn answer(result: Bytes, full: bool, max: usize) -> Answer {
     if result.len() > max {
         Answer::TooLarge { len: result.len() as u64, digest: Digest::of(&result) }
-    } else if full {
+    } else if full || result.len() <= DIGEST_BYTES {
         Answer::Full(result)
     } else {
         Answer::Digest(Digest::of(&result))
@@ -644,5 +653,21 @@ impl<S: Service> ExecutionHost<S> {
         drop(exec);
         io.note(ExecEvent::RolledBack);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_is_sent_as_a_digest_only_when_the_digest_is_smaller() {
+        let small = Bytes::from_static(&[7u8; 32]);
+        let large = Bytes::from(vec![7u8; 33]);
+        assert_eq!(answer(small.clone(), false, 1024), Answer::Full(small.clone()));
+        assert_eq!(answer(large.clone(), false, 1024), Answer::Digest(Digest::of(&large)));
+        assert_eq!(answer(large.clone(), true, 1024), Answer::Full(large.clone()));
+        assert_eq!(answer(large.clone(), true, 32), Answer::TooLarge { len: 33, digest: Digest::of(&large) });
+        assert_eq!(answer(Bytes::new(), false, 1024), Answer::Full(Bytes::new()));
     }
 }
