@@ -47,6 +47,9 @@ pub(crate) struct LoadResult {
     /// Each client's p99 latency, in microseconds, in the order of the
     /// generators' clients.
     pub(crate) client_p99_us: Vec<u64>,
+    /// Requests the clients sent again to every replica (warm-up included).
+    #[serde(default)]
+    pub(crate) resends: ResendCounts,
 }
 
 /// What else the machine did while a run was measured: figures from a
@@ -241,6 +244,50 @@ pub(crate) struct Share {
     /// Each client's p99, in microseconds.
     #[serde(default)]
     client_p99_us: Vec<u64>,
+    /// Requests its clients sent again to every replica, over the warm-up
+    /// and the window.
+    #[serde(default)]
+    resends: ResendCounts,
+}
+
+/// Requests the clients sent again to every replica, by cause (see
+/// `palisade_client::Resends`): work the cluster does on top of the load.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct ResendCounts {
+    pub(crate) timeouts: u64,
+    pub(crate) full_result: u64,
+    pub(crate) primary_lost: u64,
+    pub(crate) moved: u64,
+}
+
+impl ResendCounts {
+    fn of(clients: &[Client]) -> ResendCounts {
+        let mut r = palisade_client::Resends::default();
+        for c in clients {
+            r += c.resends();
+        }
+        ResendCounts { timeouts: r.timeouts, full_result: r.full_result, primary_lost: r.primary_lost, moved: r.moved }
+    }
+
+    fn since(self, before: ResendCounts) -> ResendCounts {
+        ResendCounts {
+            timeouts: self.timeouts - before.timeouts,
+            full_result: self.full_result - before.full_result,
+            primary_lost: self.primary_lost - before.primary_lost,
+            moved: self.moved - before.moved,
+        }
+    }
+
+    fn add(&mut self, o: ResendCounts) {
+        self.timeouts += o.timeouts;
+        self.full_result += o.full_result;
+        self.primary_lost += o.primary_lost;
+        self.moved += o.moved;
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.timeouts + self.full_result + self.primary_lost + self.moved
+    }
 }
 
 /// Drives the cluster at `level` for the warm-up and measurement of `a`:
@@ -314,6 +361,7 @@ async fn drive(
         *WINDOW_STARTED.lock() = Some(window.start);
     }
     let errors = Arc::new(AtomicU64::new(0));
+    let resends_before = ResendCounts::of(&clients);
     let hist = Arc::new(Mutex::new(histogram()));
     let per_client: Vec<Arc<Mutex<Histogram<u64>>>> =
         (0..clients.len()).map(|_| Arc::new(Mutex::new(histogram()))).collect();
@@ -348,6 +396,7 @@ async fn drive(
         timeline: window.timeline.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
         machine,
         late_ms,
+        resends: ResendCounts::of(&clients).since(resends_before),
         // A client that completed nothing in the window is starved: its
         // p99 is the whole window.
         client_p99_us: per_client
@@ -370,7 +419,9 @@ fn summarize(shares: Vec<Share>, a: &RunArgs) -> LoadResult {
     let mut hist = histogram();
     let mut timeline: Vec<u64> = Vec::new();
     let mut errors = 0;
+    let mut resends = ResendCounts::default();
     for s in &shares {
+        resends.add(s.resends);
         for &(v, n) in &s.latencies {
             let _ = hist.record_n(v, n);
         }
@@ -402,6 +453,7 @@ fn summarize(shares: Vec<Share>, a: &RunArgs) -> LoadResult {
         preload_s: None,
         machine,
         generators: shares.len(),
+        resends,
         client_p99_us: shares.iter().flat_map(|s| s.client_p99_us.iter().copied()).collect(),
     }
 }
@@ -508,7 +560,8 @@ mod tests {
 
     fn share(latencies: Vec<(u64, u64)>, timeline: Vec<u64>, cpu: f64) -> Share {
         let machine = MachineWindow { idle_percent: 20.0, steal_percent: 1.0, generator_cpu_percent: cpu };
-        Share { latencies, errors: 1, timeline, machine: Some(machine), late_ms: 0, client_p99_us: vec![] }
+        let resends = ResendCounts { timeouts: 1, full_result: 2, primary_lost: 0, moved: 0 };
+        Share { latencies, errors: 1, timeline, machine: Some(machine), late_ms: 0, client_p99_us: vec![], resends }
     }
 
     #[test]
@@ -525,6 +578,7 @@ mod tests {
         assert_eq!(r.latency.p50_us, 100);
         assert!(r.latency.p999_us >= 999, "{}", r.latency.p999_us);
         assert_eq!(r.generators, 2);
+        assert_eq!(r.resends, ResendCounts { timeouts: 2, full_result: 4, primary_lost: 0, moved: 0 });
         assert_eq!(r.machine.unwrap().generator_cpu_percent, 80.0);
     }
 }

@@ -309,6 +309,14 @@ impl Report {
             if !stats.is_empty() {
                 println!("replicas: {}", stats.join("; "));
             }
+            let rs = &r.palisade.resends;
+            if rs.total() > 0 {
+                let per_k = 1000.0 * rs.total() as f64 / (r.palisade.timeline.iter().sum::<u64>().max(1)) as f64;
+                println!(
+                    "clients resent to every replica: {} after no answer, {} for a full result, {} after losing the primary, {} for a new membership ({per_k:.1} per 1000 operations)",
+                    rs.timeouts, rs.full_result, rs.primary_lost, rs.moved
+                );
+            }
             let q: Vec<String> = r.queue_depth_max.iter().map(|(k, v)| format!("{k}={v}")).collect();
             if !q.is_empty() {
                 println!("largest queue depths seen: {}", q.join(" "));
