@@ -144,17 +144,24 @@ fn four_replicas_serve_a_counter_and_a_key_value_store() {
 
     let mut c = cluster(4, Mode::Bft, RequestAuth::Signatures);
     c.start_with(KvStore::default);
+    // Values longer than a digest: their results go in full from one
+    // replica and as digests from the others.
+    let (v1, v2, x) = ("v1".repeat(40), "v2".repeat(40), "x".repeat(40));
     rt.block_on(async {
         let kv = KvClient::new(c.client());
-        assert_eq!(kv.put("k1", "v1").await.unwrap(), None);
-        assert_eq!(kv.put("k1", "v2").await.unwrap(), Some(Bytes::from("v1")));
-        kv.put("k2", "x").await.unwrap();
-        assert_eq!(kv.get("k1").await.unwrap(), Some(Bytes::from("v2")));
+        assert_eq!(kv.put("k1", Bytes::from(v1.clone())).await.unwrap(), None);
+        assert_eq!(kv.put("k1", Bytes::from(v2.clone())).await.unwrap(), Some(Bytes::from(v1.clone())));
+        kv.put("k2", Bytes::from(x.clone())).await.unwrap();
+        assert_eq!(kv.get("k1").await.unwrap(), Some(Bytes::from(v2.clone())));
         assert_eq!(kv.keys().await.unwrap(), vec![Bytes::from("k1"), Bytes::from("k2")]);
-        assert_eq!(kv.remove("k2").await.unwrap(), Some(Bytes::from("x")));
+        assert_eq!(kv.remove("k2").await.unwrap(), Some(Bytes::from(x.clone())));
         assert_eq!(kv.size().await.unwrap(), 1);
+        for _ in 0..5 {
+            assert_eq!(kv.put("k1", Bytes::from(v2.clone())).await.unwrap(), Some(Bytes::from(v2.clone())));
+        }
     });
-    // Most ordered replies were digests, yet every result above was complete.
+    // The ordered replies of the long results were mostly digests, yet
+    // every result above was complete.
     let digests: u64 = c
         .handles
         .iter()
