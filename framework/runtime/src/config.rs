@@ -84,6 +84,13 @@ pub struct RuntimeConfig {
     /// full, the others its digest (retransmitted requests always get full
     /// replies from the reply cache).
     pub reply_digests: bool,
+    /// Under saturation, how long a client's answers may wait for the next
+    /// batch's so that they share its frame, in milliseconds; 0 sends each
+    /// batch's answers at once (see [`crate::stages::Linger`]).
+    pub reply_linger_ms: u64,
+    /// Answers in a batch from which a replica counts as saturated and
+    /// holds busy clients' answers for the next batch.
+    pub reply_linger_min_batch: usize,
     /// How this process starts when its data directory holds nothing (see
     /// [`Start`]); otherwise it recovers from what the directory holds.
     pub start: Start,
@@ -175,6 +182,8 @@ impl RuntimeConfig {
             max_operation_bytes: (cluster.max_frame_bytes / 4).max(1024),
             verify_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
             reply_digests: true,
+            reply_linger_ms: 10,
+            reply_linger_min_batch: 128,
             verified_cache: 65_536,
             start: Start::Fresh,
             durability: Durability::None,

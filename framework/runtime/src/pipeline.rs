@@ -542,6 +542,11 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
             metrics: metrics.clone(),
             drain_max: cfg.drain_max,
             outbox: Outbox::new(),
+            linger: crate::stages::Linger {
+                max: std::time::Duration::from_millis(cfg.reply_linger_ms),
+                min_batch: cfg.reply_linger_min_batch,
+            },
+            held: Default::default(),
         }),
     ));
 

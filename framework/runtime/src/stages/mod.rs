@@ -26,7 +26,7 @@ pub use consensus::{Consensus, Control, JournalLink, Membership as ConsensusMemb
 pub use delivery::{Delivery, DeliveryDisk};
 pub use fair::FairIntake;
 pub use filter::RequestFilter;
-pub use reply::Replier;
+pub use reply::{Linger, Replier};
 pub use ticker::{clocks, wall_clock_ms, Ticker};
 pub use verify::{PrePrepareVerifier, Verifier};
 

@@ -12,11 +12,13 @@ use palisade_host::ClientMail;
 use palisade_wire::envelope::{Answer, ReplicaMessage, MAX_LIST};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Reply sending: encodes replies and routes them to client connections.
 /// The answers one client gets from one wake-up travel as one
 /// `Replies` frame (split by count and size), and each client's frames as
-/// one mailbox message.
+/// one mailbox message; under saturation, a busy client's answers from two
+/// batches share a frame (see [`Linger`]).
 pub struct Replier {
     /// Replies in.
     pub rx: Rx<ReplyBatch>,
@@ -28,13 +30,46 @@ pub struct Replier {
     pub drain_max: usize,
     /// Bodies gathered per client during one wake-up.
     pub outbox: Outbox<ClientId>,
+    /// Under load, how long a busy client's answers may wait for the next
+    /// batch's (see [`Linger`]).
+    pub linger: Linger,
+    /// Answers held for the next batch's (empty but for a saturated
+    /// replica's busy clients).
+    pub held: BTreeMap<(ClientId, ViewNo), Answers>,
+}
+
+/// When a saturated replica holds a client's answers back to send them
+/// with the next batch's. Past saturation a batch holds only two or three
+/// requests of each of many clients: each then costs every replica a frame
+/// (and a MAC and a write) per batch, and its client a burst of new
+/// requests too small to share a signature, which the primary checks one
+/// by one. Holding a busy client's answers for one more batch halves
+/// both, at the cost of one batch interval on a wait that is, by then,
+/// mostly queueing. A client with one answer in a batch (one request
+/// outstanding, or a light load) is never held.
+#[derive(Clone, Copy, Debug)]
+pub struct Linger {
+    /// Longest hold; zero turns holding off.
+    pub max: Duration,
+    /// A batch of fewer answers than this is not a saturated replica's.
+    pub min_batch: usize,
+}
+
+impl Default for Linger {
+    fn default() -> Self {
+        Linger { max: Duration::from_millis(10), min_batch: 128 }
+    }
 }
 
 /// Answers for one client in one view, gathered for one frame.
 #[derive(Default)]
-struct Answers {
+pub struct Answers {
     list: Vec<(RequestId, Answer)>,
     bytes: usize,
+    /// Held for the next batch's answers, since when.
+    held_since: Option<Instant>,
+    /// Batches whose answers are in it.
+    batches: u32,
 }
 
 impl Replier {
@@ -78,11 +113,26 @@ impl Stage for Replier {
     fn poll(&mut self) -> Result<bool, Ended> {
         // Room for a frame's answers: well inside the frame limit.
         let max_bytes = (self.egress.max_frame_bytes() / 2).min(BATCH_BYTES);
-        let mut gathered: BTreeMap<(ClientId, ViewNo), Answers> = BTreeMap::new();
+        let mut held = std::mem::take(&mut self.held);
         let mut taken = 0;
+        let now = Instant::now();
+        let mut per_client: BTreeMap<ClientId, usize> = BTreeMap::new();
         while taken < self.drain_max {
             let Some(mails) = self.rx.take() else { break };
             taken += mails.len().max(1);
+            // A saturated replica's batch: its busy clients' answers may
+            // wait for the next batch's.
+            let saturated = !self.linger.max.is_zero() && mails.len() >= self.linger.min_batch;
+            per_client.clear();
+            if saturated {
+                for mail in &mails {
+                    if let ClientMail::Answer { client, .. } = mail {
+                        *per_client.entry(*client).or_default() += 1;
+                    }
+                }
+            }
+            // Clients and views this batch has answers for.
+            let mut touched: std::collections::BTreeSet<(ClientId, ViewNo)> = Default::default();
             for mail in mails {
                 let (client, view, request, answer) = match mail {
                     ClientMail::Answer { client, view, request, answer } => (client, view, request, answer),
@@ -103,24 +153,49 @@ impl Stage for Replier {
                         Answer::Digest(_) | Answer::TentativeDigest(_) => 32,
                         Answer::TooLarge { .. } => 48,
                     };
-                let a = gathered.entry((client, view)).or_default();
+                let a = held.entry((client, view)).or_default();
                 if !a.list.is_empty() && (a.list.len() >= MAX_LIST || a.bytes + size > max_bytes) {
-                    self.seal((client, view), std::mem::take(a).list);
+                    let full = std::mem::take(a);
+                    self.seal((client, view), full.list);
+                }
+                if a.list.is_empty() {
+                    a.batches = 0;
+                    a.held_since = None;
+                }
+                if touched.insert((client, view)) {
+                    a.batches += 1;
+                }
+                let busy = per_client.get(&client).is_some_and(|n| *n >= 2);
+                if busy && a.held_since.is_none() {
+                    a.held_since = Some(now);
+                } else if !busy {
+                    a.held_since = None;
                 }
                 a.bytes += size;
                 a.list.push((request, answer));
             }
         }
-        if taken == 0 {
-            return Ok(false);
+        let mut sent = false;
+        for (key, a) in held {
+            let keep = a.held_since.is_some_and(|since| a.batches < 2 && now < since + self.linger.max);
+            if keep {
+                self.held.insert(key, a);
+            } else if !a.list.is_empty() {
+                self.seal(key, a.list);
+                sent = true;
+            }
         }
-        for (key, a) in gathered {
-            self.seal(key, a.list);
+        if taken == 0 && !sent {
+            return Ok(false);
         }
         for (client, bodies) in self.outbox.drain() {
             self.send(client, bodies);
         }
         Ok(true)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.held.values().filter_map(|a| a.held_since).min().map(|since| since + self.linger.max)
     }
 }
 
@@ -137,8 +212,15 @@ mod tests {
         let (tx, rx) = queue(8, &bell, None);
         let egress = Arc::new(Collect::default());
         let metrics = Arc::new(RuntimeMetrics::default());
-        let mut replier =
-            Replier { rx, egress: egress.clone(), metrics: metrics.clone(), drain_max: 64, outbox: Outbox::new() };
+        let mut replier = Replier {
+            rx,
+            egress: egress.clone(),
+            metrics: metrics.clone(),
+            drain_max: 64,
+            outbox: Outbox::new(),
+            linger: Linger::default(),
+            held: BTreeMap::new(),
+        };
         let answer = |client: u64, request: u64| ClientMail::Answer {
             client: ClientId(client),
             view: ViewNo(1),
@@ -158,5 +240,54 @@ mod tests {
         assert_eq!(egress.client_bodies(ClientId(3)), 1);
         assert_eq!(metrics.counters.replies_sent.load(std::sync::atomic::Ordering::Relaxed), 4);
         assert!(!replier.poll().unwrap());
+    }
+
+    #[test]
+    fn a_saturated_replica_holds_a_busy_clients_answers_for_the_next_batch_and_never_a_lone_answer() {
+        let bell = Bell::default();
+        let (tx, rx) = queue(8, &bell, None);
+        let egress = Arc::new(Collect::default());
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let mut replier = Replier {
+            rx,
+            egress: egress.clone(),
+            metrics: metrics.clone(),
+            drain_max: 1,
+            outbox: Outbox::new(),
+            linger: Linger { max: Duration::from_secs(60), min_batch: 3 },
+            held: BTreeMap::new(),
+        };
+        let answer = |client: u64, request: u64| ClientMail::Answer {
+            client: ClientId(client),
+            view: ViewNo(1),
+            request: RequestId(request),
+            answer: Answer::Full(Bytes::from_static(b"ok")),
+        };
+        // A saturated batch: client 1 has two answers in it, client 2 one.
+        tx.try_send(vec![answer(1, 1), answer(2, 1), answer(1, 2)]).unwrap();
+        assert!(replier.poll().unwrap());
+        assert_eq!(egress.client_bodies(ClientId(1)), 0, "a busy client's answers wait for the next batch");
+        assert_eq!(egress.client_bodies(ClientId(2)), 1, "a lone answer goes at once");
+        assert!(replier.next_deadline().is_some(), "held no longer than the linger");
+        // The next batch: client 1's four answers leave in one frame.
+        tx.try_send(vec![answer(1, 3), answer(3, 1), answer(1, 4)]).unwrap();
+        assert!(replier.poll().unwrap());
+        assert_eq!(egress.client_bodies(ClientId(1)), 1);
+        assert_eq!(egress.client_bodies(ClientId(3)), 1);
+        assert_eq!(replier.next_deadline(), None);
+        // A batch too small to be a saturated replica's is never held.
+        tx.try_send(vec![answer(1, 5), answer(1, 6)]).unwrap();
+        assert!(replier.poll().unwrap());
+        assert_eq!(egress.client_bodies(ClientId(1)), 2);
+        // Held answers leave when the linger runs out, with no batch after.
+        replier.linger.max = Duration::from_millis(1);
+        tx.try_send(vec![answer(1, 7), answer(1, 8), answer(2, 2)]).unwrap();
+        assert!(replier.poll().unwrap());
+        assert_eq!(egress.client_bodies(ClientId(1)), 2);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(replier.poll().unwrap(), "the expired hold is work");
+        assert_eq!(egress.client_bodies(ClientId(1)), 3);
+        assert!(!replier.poll().unwrap());
+        assert_eq!(metrics.counters.replies_sent.load(std::sync::atomic::Ordering::Relaxed), 11);
     }
 }
