@@ -35,8 +35,8 @@ use tokio::sync::mpsc;
 pub struct ClientOptions {
     /// Least wait before retransmitting to every replica. A client whose
     /// requests usually take longer waits longer (their smoothed latency
-    /// plus four deviations, as TCP does); the wait doubles with every
-    /// retransmission, up to 2 s or that first wait.
+    /// plus four deviations, as TCP does, up to 2 s); the wait doubles with
+    /// every retransmission, up to 2 s or this floor.
     pub retransmit_ms: u64,
     /// Give up on an operation after this long.
     pub timeout_ms: u64,
@@ -201,8 +201,15 @@ struct Inner {
     slow: Mutex<BTreeMap<ReplicaId, Instant>>,
 }
 
+/// The longest first wait before a resend, whatever latency the client
+/// measured (see [`Rtt::retransmit_after`]); also where doubling stops.
+pub const RETRANSMIT_CEILING: Duration = Duration::from_secs(2);
+
 /// A smoothed round trip and its deviation (TCP's estimator, RFC 6298),
-/// in microseconds, from ordered requests answered without a resend.
+/// in microseconds, from ordered requests, each timed from its first send
+/// (a resent request's time is an upper bound of its latency: replicas
+/// execute it once, so there is no ambiguity to avoid as in TCP, and a
+/// client whose every request waits past the period must still learn).
 #[derive(Default)]
 struct Rtt {
     smoothed_us: u64,
@@ -224,8 +231,15 @@ impl Rtt {
     /// request answered as fast as most are never resent. Past saturation
     /// every request waits long in queues; resending them would add work
     /// exactly when the cluster has none to spare.
+    ///
+    /// Never above [`RETRANSMIT_CEILING`]: a request that went to the
+    /// primary alone reaches the backups, which time the primary, only when
+    /// it is resent, and a faulty primary controls the latencies a client
+    /// measures (it could answer some requests late on purpose to stretch
+    /// the period, then drop others unseen).
     fn retransmit_after(&self, floor: Duration) -> Duration {
-        floor.max(Duration::from_micros(self.smoothed_us + 4 * self.deviation_us))
+        let learned = Duration::from_micros(self.smoothed_us.saturating_add(self.deviation_us.saturating_mul(4)));
+        floor.max(learned.min(RETRANSMIT_CEILING))
     }
 }
 
@@ -423,8 +437,7 @@ impl Client {
             }
         }
         let mut wait = inner.latency.lock().retransmit_after(Duration::from_millis(inner.opts.retransmit_ms));
-        let wait_max = wait.max(Duration::from_secs(2));
-        let mut resent = false;
+        let wait_max = wait.max(RETRANSMIT_CEILING);
         // Set while waiting for a full result that is a moment behind its digests.
         let mut full_due: Option<Instant> = None;
         loop {
@@ -435,8 +448,7 @@ impl Client {
             let wake = full_due.map_or(wait, |due| due.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(wake.min(left), rx.recv()).await {
                 Ok(Some(Outcome::Done(result))) => {
-                    // Karn: a resent request's time says nothing certain.
-                    if !read_only && !resent {
+                    if !read_only {
                         inner.latency.lock().sample(started.elapsed().as_micros() as u64);
                     }
                     return Ok(result);
@@ -447,7 +459,6 @@ impl Client {
                 Ok(Some(Outcome::NeedFull { now: true })) => {
                     full_due = None;
                     inner.resends.full_result.fetch_add(1, Ordering::Relaxed);
-                    resent = true;
                     self.send_all(&req);
                 }
                 Ok(Some(Outcome::NeedFull { now: false })) => {
@@ -455,12 +466,12 @@ impl Client {
                     // long: under load a correct designated replica trails
                     // the digests by a share of the whole wait, and asking
                     // everyone again then would only add to the load.
-                    let grace = Duration::from_millis(inner.opts.full_reply_grace_ms).max(started.elapsed() / 4);
+                    let floor = Duration::from_millis(inner.opts.full_reply_grace_ms);
+                    let grace = floor.max((started.elapsed() / 4).min(RETRANSMIT_CEILING / 4));
                     full_due = Some(Instant::now() + grace);
                 }
                 Ok(Some(Outcome::PrimaryLost)) => {
                     inner.resends.primary_lost.fetch_add(1, Ordering::Relaxed);
-                    resent = true;
                     self.send_all(&req);
                 }
                 Ok(Some(Outcome::Moved)) => {
@@ -471,7 +482,6 @@ impl Client {
                         designated = p.decide.designated();
                     }
                     inner.resends.moved.fetch_add(1, Ordering::Relaxed);
-                    resent = true;
                     self.send_all(&req);
                 }
                 Ok(None) => return Err(InvokeError::Closed),
@@ -479,14 +489,12 @@ impl Client {
                     // The designated replica missed its grace period.
                     inner.slow.lock().insert(designated, Instant::now() + connection::SLOW_FOR);
                     inner.resends.full_result.fetch_add(1, Ordering::Relaxed);
-                    resent = true;
                     self.send_all(&req);
                 }
                 Err(_) => {
                     // No answer yet: make sure every replica has it (a
                     // backup forwards it and starts timing the primary).
                     inner.resends.timeouts.fetch_add(1, Ordering::Relaxed);
-                    resent = true;
                     self.send_all(&req);
                     wait = (wait * 2).min(wait_max);
                 }
@@ -762,5 +770,12 @@ mod tests {
             rtt.sample(2_000);
         }
         assert_eq!(rtt.retransmit_after(floor), floor);
+        // However slow the answers (a faulty primary may answer some late on
+        // purpose), a request not answered within the ceiling reaches every
+        // replica, and the backups start timing the primary.
+        for _ in 0..200 {
+            rtt.sample(30_000_000);
+        }
+        assert_eq!(rtt.retransmit_after(floor), super::RETRANSMIT_CEILING);
     }
 }
