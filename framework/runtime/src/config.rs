@@ -225,6 +225,10 @@ impl RuntimeConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        if self.reply_linger_ms > 1_000 {
+            // Clients time their requests in hundreds of milliseconds.
+            return Err("reply_linger_ms must be at most 1000".into());
+        }
         if self.durability != Durability::None && self.data_dir.is_none() {
             return Err(format!("durability = {} needs a data directory", self.durability));
         }

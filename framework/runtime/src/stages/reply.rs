@@ -122,13 +122,15 @@ impl Stage for Replier {
             taken += mails.len().max(1);
             // A saturated replica's batch: its busy clients' answers may
             // wait for the next batch's.
-            let saturated = !self.linger.max.is_zero() && mails.len() >= self.linger.min_batch;
             per_client.clear();
-            if saturated {
+            if !self.linger.max.is_zero() {
                 for mail in &mails {
                     if let ClientMail::Answer { client, .. } = mail {
                         *per_client.entry(*client).or_default() += 1;
                     }
+                }
+                if per_client.values().sum::<usize>() < self.linger.min_batch {
+                    per_client.clear();
                 }
             }
             // Clients and views this batch has answers for.
@@ -153,16 +155,29 @@ impl Stage for Replier {
                         Answer::Digest(_) | Answer::TentativeDigest(_) => 32,
                         Answer::TooLarge { .. } => 48,
                     };
+                // Answers of an older view held for this client leave first:
+                // the client takes the view of its latest settled answer.
+                let older: Vec<(ClientId, ViewNo)> = held
+                    .range((client, ViewNo(0))..(client, view))
+                    .filter(|(_, a)| !a.list.is_empty())
+                    .map(|(k, _)| *k)
+                    .collect();
+                for key in older {
+                    if let Some(a) = held.remove(&key) {
+                        self.seal(key, a.list);
+                    }
+                }
+                let first_in_batch = touched.insert((client, view));
                 let a = held.entry((client, view)).or_default();
                 if !a.list.is_empty() && (a.list.len() >= MAX_LIST || a.bytes + size > max_bytes) {
                     let full = std::mem::take(a);
                     self.seal((client, view), full.list);
                 }
                 if a.list.is_empty() {
-                    a.batches = 0;
+                    // A fresh frame: this batch's answers start it.
+                    a.batches = 1;
                     a.held_since = None;
-                }
-                if touched.insert((client, view)) {
+                } else if first_in_batch {
                     a.batches += 1;
                 }
                 let busy = per_client.get(&client).is_some_and(|n| *n >= 2);
@@ -177,7 +192,9 @@ impl Stage for Replier {
         }
         let mut sent = false;
         for (key, a) in held {
-            let keep = a.held_since.is_some_and(|since| a.batches < 2 && now < since + self.linger.max);
+            let keep = a
+                .held_since
+                .is_some_and(|since| a.batches < 2 && now.saturating_duration_since(since) < self.linger.max);
             if keep {
                 self.held.insert(key, a);
             } else if !a.list.is_empty() {
@@ -195,7 +212,8 @@ impl Stage for Replier {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.held.values().filter_map(|a| a.held_since).min().map(|since| since + self.linger.max)
+        let since = self.held.values().filter_map(|a| a.held_since).min()?;
+        Some(since.checked_add(self.linger.max).unwrap_or(since))
     }
 }
 
@@ -289,5 +307,21 @@ mod tests {
         assert_eq!(egress.client_bodies(ClientId(1)), 3);
         assert!(!replier.poll().unwrap());
         assert_eq!(metrics.counters.replies_sent.load(std::sync::atomic::Ordering::Relaxed), 11);
+        // Answers held from an older view leave as soon as answers of a newer
+        // one come: the client follows the view of the answer it settles last.
+        replier.linger.max = Duration::from_secs(60);
+        let in_view = |client: u64, request: u64, view: u64| ClientMail::Answer {
+            client: ClientId(client),
+            view: ViewNo(view),
+            request: RequestId(request),
+            answer: Answer::Full(Bytes::from_static(b"ok")),
+        };
+        tx.try_send(vec![in_view(1, 9, 1), in_view(1, 10, 1), in_view(2, 3, 1)]).unwrap();
+        assert!(replier.poll().unwrap());
+        assert_eq!(egress.client_bodies(ClientId(1)), 3, "held");
+        tx.try_send(vec![in_view(1, 11, 2), in_view(1, 12, 2), in_view(2, 4, 2)]).unwrap();
+        assert!(replier.poll().unwrap());
+        assert_eq!(egress.client_bodies(ClientId(1)), 4, "view 1's answers left; view 2's are held");
+        assert!(replier.next_deadline().is_some());
     }
 }
