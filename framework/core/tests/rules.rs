@@ -104,6 +104,28 @@ fn a_backup_forwards_a_client_request_to_the_primary() {
 }
 
 #[test]
+fn a_backup_forwards_no_more_of_a_clients_requests_than_it_times() {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.client_timed_max = 4;
+    let mut r2 = replica(2, &cfg);
+    let forwards = |out: &[Action]| {
+        out.iter().filter(|a| matches!(a, Action::Send { to: ReplicaId(0), msg: PeerMessage::Forward(_) })).count()
+    };
+    let mut sent = 0;
+    for id in 1..=10 {
+        r2.step(Input::Request(request(1, id)));
+        sent += forwards(&r2.take_actions());
+    }
+    // A client sending every replica more than is timed floods: the
+    // primary owes it no deadline, and forwarding the flood would triple it
+    // at the primary.
+    assert_eq!(sent, 4);
+    // Another client, with few pending, is still forwarded.
+    r2.step(Input::Request(request(2, 1)));
+    assert_eq!(forwards(&r2.take_actions()), 1);
+}
+
+#[test]
 fn a_whole_cluster_orders_and_delivers_the_same_batches() {
     let cfg = config(Mode::Bft, 4);
     let mut c = MemCluster::new(&cfg, TestCrypto, Log::default);

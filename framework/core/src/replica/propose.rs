@@ -26,10 +26,11 @@ impl<C: Crypto> Replica<C> {
         let now = self.clock.now_ms;
         let primary = self.primary();
         let am_primary = primary == self.id;
+        let timed = self.pool.pending_of(req.client) <= self.pool.timed_max;
         if let Some(p) = self.pool.get_mut(&key) {
             // A retransmission: the client has not heard back. Make sure the
             // primary has it (the forward may have been lost).
-            if !am_primary && now >= p.forwarded_ms + self.cfg.retransmit_ms {
+            if !am_primary && timed && now >= p.forwarded_ms + self.cfg.retransmit_ms {
                 p.forwarded_ms = now;
                 let r = p.request.clone();
                 self.send(primary, PeerMessage::Forward(r));
@@ -39,7 +40,12 @@ impl<C: Crypto> Replica<C> {
         if !self.add_pending(req.clone(), false) {
             return;
         }
-        if !am_primary {
+        // A client with more pending here than are timed floods: a correct
+        // primary owes it no deadline (see `RequestPool::time_head`), and
+        // forwarding a flood sent to every replica would triple it in the
+        // primary's peer queue, where it delays the forwards of correct
+        // clients (whose backups then time out) and the votes.
+        if !am_primary && self.pool.pending_of(req.client) <= self.pool.timed_max {
             self.send(primary, PeerMessage::Forward(req));
         }
         self.try_propose();
