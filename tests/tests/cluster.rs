@@ -921,3 +921,38 @@ fn a_byzantine_replica_in_any_mode_loses_no_operation_and_a_primary_that_stalls_
         }
     }
 }
+
+/// A replica that never sends a result in full when it is the designated
+/// replier: a client gets f+1 matching digests, waits its grace period,
+/// then asks every replica, and every operation still completes with the
+/// right result. (A result of a digest's size or less comes in full from
+/// every replica, so the values here are longer.)
+#[test]
+fn a_designated_replica_that_withholds_full_results_costs_a_grace_period_and_a_resend_never_the_operation() {
+    use palisade_runtime::byzantine::Misbehaviour as M;
+    let rt = rt();
+    let _in_runtime = rt.enter();
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
+    // A backup: the primary is correct, only the replies are withheld.
+    c.byzantine = Some((1, M::WithholdFull));
+    c.start_with(KvStore::default);
+    let client = c.client();
+    let long = |i: u64| Bytes::from(format!("{i:064}"));
+    rt.block_on(async {
+        let kv = KvClient::new(client.clone());
+        assert_eq!(kv.put("k", long(0)).await.unwrap(), None);
+        for i in 1..40 {
+            assert_eq!(kv.put("k", long(i)).await.unwrap(), Some(long(i - 1)), "put {i}");
+        }
+        assert_eq!(kv.get("k").await.unwrap(), Some(long(39)));
+    });
+    // About a quarter of the puts were the withholding replica's to answer
+    // in full: each cost a resend for the full result, nothing else.
+    let resends = client.resends();
+    assert!(resends.full_result > 0, "{resends:?}");
+    for h in c.handles.iter_mut() {
+        if let Some(h) = h.take() {
+            h.stop();
+        }
+    }
+}

@@ -202,7 +202,7 @@ struct Inner {
 }
 
 /// The longest first wait before a resend, whatever latency the client
-/// measured (see [`Rtt::retransmit_after`]); also where doubling stops.
+/// measured (see [`ClientOptions::retransmit_ms`]); also where doubling stops.
 pub const RETRANSMIT_CEILING: Duration = Duration::from_secs(2);
 
 /// A smoothed round trip and its deviation (TCP's estimator, RFC 6298),
