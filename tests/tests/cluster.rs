@@ -790,11 +790,16 @@ fn requests_issued_together_share_one_signature_and_each_still_executes_once() {
     let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
     c.start_with(Counter::default);
     let adds = 160u64;
+    let _in_runtime = rt.enter();
+    let client = c.client();
+    let counter = CounterClient::new(client.clone());
+    rt.block_on(async { counter.add(0).await.unwrap() });
+    // Every replica connected before the burst, so that each request
+    // carries a MAC for every replica (an answered add needs only f+1 of
+    // them, whose results come in full: the last channel may still be
+    // opening).
+    wait::until("the client's channel to every replica", || client.connected() == 4);
     rt.block_on(async {
-        let counter = CounterClient::new(c.client());
-        // Every replica connected before the burst, so that each request
-        // carries a MAC for every replica.
-        counter.add(0).await.unwrap();
         let tasks: Vec<_> = (0..adds)
             .map(|_| {
                 let counter = counter.clone();
