@@ -228,9 +228,12 @@ fn a_replica_lying_about_the_chain_of_epochs_is_refused_and_joiners_still_join()
 fn tentative_execution_under_byzantine_primaries_and_view_changes_stays_safe_and_is_rolled_back() {
     // Primaries that equivocate, lie in view changes or go slow get some
     // replicas to execute tentatively what the next view does not commit.
+    // It takes a view change at the wrong moment: about one run in seventy
+    // (11 of these 800; fewer since every replica sends small results in
+    // full, so clients settle sooner and resend less: hence many seeds).
     let mut reports = Vec::new();
     for (name, seeds) in
-        [("equivocate", 7_000..7_060), ("lying-view-change", 7_100..7_160), ("slow-primary", 7_200..7_240)]
+        [("equivocate", 7_000..7_300), ("lying-view-change", 7_300..7_600), ("slow-primary", 7_600..7_800)]
     {
         reports
             .extend(sweep_with(seeds, 4, Mode::Bft, ByzantineChoice::Named(name.into()), |c| c.tentative = Some(true)));
