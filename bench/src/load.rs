@@ -6,7 +6,7 @@ use crate::cli::{GenerateArgs, Level, RunArgs, ServiceArg};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use palisade_bench::procstat::{self, MachineTimes};
-use palisade_client::{Client, ClientOptions};
+use palisade_client::{Client, ClientOptions, Resends};
 use palisade_services::echo;
 use palisade_services::kv::KvOp;
 use palisade_wire::{keys, ClusterConfig};
@@ -49,7 +49,7 @@ pub(crate) struct LoadResult {
     pub(crate) client_p99_us: Vec<u64>,
     /// Requests the clients sent again to every replica (warm-up included).
     #[serde(default)]
-    pub(crate) resends: ResendCounts,
+    pub(crate) resends: Resends,
 }
 
 /// What else the machine did while a run was measured: figures from a
@@ -251,47 +251,16 @@ pub(crate) struct Share {
     /// Requests its clients sent again to every replica, over the warm-up
     /// and the window.
     #[serde(default)]
-    resends: ResendCounts,
+    resends: Resends,
 }
 
-/// Requests the clients sent again to every replica, by cause (see
-/// `palisade_client::Resends`): work the cluster does on top of the load.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct ResendCounts {
-    pub(crate) timeouts: u64,
-    pub(crate) full_result: u64,
-    pub(crate) primary_lost: u64,
-    pub(crate) moved: u64,
-}
-
-impl ResendCounts {
-    fn of(clients: &[Client]) -> ResendCounts {
-        let mut r = palisade_client::Resends::default();
-        for c in clients {
-            r += c.resends();
-        }
-        ResendCounts { timeouts: r.timeouts, full_result: r.full_result, primary_lost: r.primary_lost, moved: r.moved }
+/// The resends of `clients`, summed.
+fn resends_of(clients: &[Client]) -> Resends {
+    let mut r = Resends::default();
+    for c in clients {
+        r += c.resends();
     }
-
-    fn since(self, before: ResendCounts) -> ResendCounts {
-        ResendCounts {
-            timeouts: self.timeouts - before.timeouts,
-            full_result: self.full_result - before.full_result,
-            primary_lost: self.primary_lost - before.primary_lost,
-            moved: self.moved - before.moved,
-        }
-    }
-
-    fn add(&mut self, o: ResendCounts) {
-        self.timeouts += o.timeouts;
-        self.full_result += o.full_result;
-        self.primary_lost += o.primary_lost;
-        self.moved += o.moved;
-    }
-
-    pub(crate) fn total(&self) -> u64 {
-        self.timeouts + self.full_result + self.primary_lost + self.moved
-    }
+    r
 }
 
 /// Drives the cluster at `level` for the warm-up and measurement of `a`:
@@ -365,7 +334,7 @@ async fn drive(
         *WINDOW_STARTED.lock() = Some(window.start);
     }
     let errors = Arc::new(AtomicU64::new(0));
-    let resends_before = ResendCounts::of(&clients);
+    let resends_before = resends_of(&clients);
     let hist = Arc::new(Mutex::new(histogram()));
     let per_client: Vec<Arc<Mutex<Histogram<u64>>>> =
         (0..clients.len()).map(|_| Arc::new(Mutex::new(histogram()))).collect();
@@ -403,7 +372,7 @@ async fn drive(
         timeline: window.timeline.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
         machine,
         late_ms,
-        resends: ResendCounts::of(&clients).since(resends_before),
+        resends: resends_of(&clients).since(resends_before),
         // A client that completed nothing in the window is starved: its
         // p99 is the whole window.
         client_p99_us: per_client
@@ -426,9 +395,9 @@ fn summarize(shares: Vec<Share>, a: &RunArgs) -> LoadResult {
     let mut hist = histogram();
     let mut timeline: Vec<u64> = Vec::new();
     let mut errors = 0;
-    let mut resends = ResendCounts::default();
+    let mut resends = Resends::default();
     for s in &shares {
-        resends.add(s.resends);
+        resends += s.resends;
         for &(v, n) in &s.latencies {
             let _ = hist.record_n(v, n);
         }
@@ -567,7 +536,7 @@ mod tests {
 
     fn share(latencies: Vec<(u64, u64)>, timeline: Vec<u64>, cpu: f64) -> Share {
         let machine = MachineWindow { idle_percent: 20.0, steal_percent: 1.0, generator_cpu_percent: cpu };
-        let resends = ResendCounts { timeouts: 1, full_result: 2, primary_lost: 0, moved: 0 };
+        let resends = Resends { timeouts: 1, full_result: 2, primary_lost: 0, moved: 0 };
         Share { latencies, errors: 1, timeline, machine: Some(machine), late_ms: 0, client_p99_us: vec![], resends }
     }
 
@@ -585,7 +554,7 @@ mod tests {
         assert_eq!(r.latency.p50_us, 100);
         assert!(r.latency.p999_us >= 999, "{}", r.latency.p999_us);
         assert_eq!(r.generators, 2);
-        assert_eq!(r.resends, ResendCounts { timeouts: 2, full_result: 4, primary_lost: 0, moved: 0 });
+        assert_eq!(r.resends, Resends { timeouts: 2, full_result: 4, primary_lost: 0, moved: 0 });
         assert_eq!(r.machine.unwrap().generator_cpu_percent, 80.0);
     }
 }

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod connection;
+mod resend;
 mod signer;
 
 use bytes::Bytes;
@@ -23,6 +24,8 @@ use palisade_wire::chain::Chain;
 use palisade_wire::envelope::{Answer, ClientMessage, RejectReason, ReplicaMessage, StatusReport};
 use palisade_wire::{keys, ClusterConfig};
 use parking_lot::{Mutex, RwLock};
+use resend::{ResendCounters, Rtt};
+pub use resend::{Resends, RETRANSMIT_CEILING};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,80 +204,6 @@ struct Inner {
     slow: Mutex<BTreeMap<ReplicaId, Instant>>,
 }
 
-/// The longest first wait before a resend, whatever latency the client
-/// measured (see [`ClientOptions::retransmit_ms`]); also where doubling stops.
-pub const RETRANSMIT_CEILING: Duration = Duration::from_secs(2);
-
-/// A smoothed round trip and its deviation (TCP's estimator, RFC 6298),
-/// in microseconds, from ordered requests, each timed from its first send
-/// (a resent request's time is an upper bound of its latency: replicas
-/// execute it once, so there is no ambiguity to avoid as in TCP, and a
-/// client whose every request waits past the period must still learn).
-#[derive(Default)]
-struct Rtt {
-    smoothed_us: u64,
-    deviation_us: u64,
-}
-
-impl Rtt {
-    fn sample(&mut self, us: u64) {
-        if self.smoothed_us == 0 {
-            self.smoothed_us = us;
-            self.deviation_us = us / 2;
-        } else {
-            self.deviation_us = (3 * self.deviation_us + self.smoothed_us.abs_diff(us)) / 4;
-            self.smoothed_us = (7 * self.smoothed_us + us) / 8;
-        }
-    }
-
-    /// The wait before a resend: at least `floor`, and long enough that a
-    /// request answered as fast as most are never resent. Past saturation
-    /// every request waits long in queues; resending them would add work
-    /// exactly when the cluster has none to spare.
-    ///
-    /// Never above [`RETRANSMIT_CEILING`]: a request that went to the
-    /// primary alone reaches the backups, which time the primary, only when
-    /// it is resent, and a faulty primary controls the latencies a client
-    /// measures (it could answer some requests late on purpose to stretch
-    /// the period, then drop others unseen).
-    fn retransmit_after(&self, floor: Duration) -> Duration {
-        let learned = Duration::from_micros(self.smoothed_us.saturating_add(self.deviation_us.saturating_mul(4)));
-        floor.max(learned.min(RETRANSMIT_CEILING))
-    }
-}
-
-#[derive(Default)]
-struct ResendCounters {
-    timeouts: AtomicU64,
-    full_result: AtomicU64,
-    primary_lost: AtomicU64,
-    moved: AtomicU64,
-}
-
-/// Requests a client sent again to every replica, by cause (see
-/// [`Client::resends`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Resends {
-    /// No answer within the retransmission period.
-    pub timeouts: u64,
-    /// f+1 replicas agreed on a result's digest but its designated
-    /// replica did not send it in full in time.
-    pub full_result: u64,
-    /// The connection to the primary closed.
-    pub primary_lost: u64,
-    /// The client adopted a new membership.
-    pub moved: u64,
-}
-
-impl std::ops::AddAssign for Resends {
-    fn add_assign(&mut self, o: Resends) {
-        self.timeouts += o.timeouts;
-        self.full_result += o.full_result;
-        self.primary_lost += o.primary_lost;
-        self.moved += o.moved;
-    }
-}
-
 /// A handle on the cluster; cheap to clone, usable from many tasks.
 #[derive(Clone)]
 pub struct Client {
@@ -382,13 +311,7 @@ impl Client {
     /// count that grows with the load, rather than with failures, is a
     /// cluster working on retransmissions instead of on new requests.
     pub fn resends(&self) -> Resends {
-        let r = &self.inner.resends;
-        Resends {
-            timeouts: r.timeouts.load(Ordering::Relaxed),
-            full_result: r.full_result.load(Ordering::Relaxed),
-            primary_lost: r.primary_lost.load(Ordering::Relaxed),
-            moved: r.moved.load(Ordering::Relaxed),
-        }
+        self.inner.resends.snapshot()
     }
 
     /// Executes `operation` in the total order; returns the result f+1
@@ -740,42 +663,5 @@ impl BlockingClient {
     /// See [`Client::invoke_unordered`].
     pub fn invoke_unordered(&self, operation: Bytes) -> Result<Bytes, InvokeError> {
         self.runtime.block_on(self.client.invoke_unordered(operation))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Rtt;
-    use std::time::Duration;
-
-    #[test]
-    fn the_retransmission_wait_follows_the_latency_requests_get_and_never_goes_below_the_floor() {
-        let floor = Duration::from_millis(500);
-        let mut rtt = Rtt::default();
-        assert_eq!(rtt.retransmit_after(floor), floor, "nothing measured yet");
-        // Fast answers: the floor holds.
-        for _ in 0..50 {
-            rtt.sample(2_000);
-        }
-        assert_eq!(rtt.retransmit_after(floor), floor);
-        // Past saturation every request waits 300-400 ms in queues: the
-        // wait grows past them, so none of them is sent to everyone again.
-        for i in 0..200 {
-            rtt.sample(300_000 + (i % 2) * 100_000);
-        }
-        let wait = rtt.retransmit_after(floor);
-        assert!(wait > Duration::from_millis(400) && wait < Duration::from_millis(1_000), "{wait:?}");
-        // Back to fast answers: back down to the floor.
-        for _ in 0..200 {
-            rtt.sample(2_000);
-        }
-        assert_eq!(rtt.retransmit_after(floor), floor);
-        // However slow the answers (a faulty primary may answer some late on
-        // purpose), a request not answered within the ceiling reaches every
-        // replica, and the backups start timing the primary.
-        for _ in 0..200 {
-            rtt.sample(30_000_000);
-        }
-        assert_eq!(rtt.retransmit_after(floor), super::RETRANSMIT_CEILING);
     }
 }

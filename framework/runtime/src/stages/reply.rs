@@ -167,7 +167,8 @@ impl Stage for Replier {
                         self.seal(key, a.list);
                     }
                 }
-                let first_in_batch = touched.insert((client, view));
+                // Only a hold needs the count of batches (none when not saturated).
+                let first_in_batch = !per_client.is_empty() && touched.insert((client, view));
                 let a = held.entry((client, view)).or_default();
                 if !a.list.is_empty() && (a.list.len() >= MAX_LIST || a.bytes + size > max_bytes) {
                     let full = std::mem::take(a);
@@ -221,30 +222,47 @@ impl Stage for Replier {
 mod tests {
     use super::*;
     use crate::egress::tests::Collect;
+    use crate::queue::Tx;
     use crate::queue::{queue, Bell};
     use palisade_wire::envelope::RejectReason;
 
-    #[test]
-    fn one_clients_answers_from_one_wake_up_share_a_frame_and_each_client_gets_its_own() {
+    type Setup = (Tx<ReplyBatch>, Replier, Arc<Collect>, Arc<RuntimeMetrics>);
+
+    /// A reply stage that takes `drain_max` batches per wake-up and holds
+    /// as `linger` says, with its input queue, egress and counters.
+    fn replier(drain_max: usize, linger: Linger) -> Setup {
         let bell = Bell::default();
         let (tx, rx) = queue(8, &bell, None);
         let egress = Arc::new(Collect::default());
         let metrics = Arc::new(RuntimeMetrics::default());
-        let mut replier = Replier {
+        let replier = Replier {
             rx,
             egress: egress.clone(),
             metrics: metrics.clone(),
-            drain_max: 64,
+            drain_max,
             outbox: Outbox::new(),
-            linger: Linger::default(),
+            linger,
             held: BTreeMap::new(),
         };
-        let answer = |client: u64, request: u64| ClientMail::Answer {
+        (tx, replier, egress, metrics)
+    }
+
+    fn in_view(client: u64, request: u64, view: u64) -> ClientMail {
+        ClientMail::Answer {
             client: ClientId(client),
-            view: ViewNo(1),
+            view: ViewNo(view),
             request: RequestId(request),
             answer: Answer::Full(Bytes::from_static(b"ok")),
-        };
+        }
+    }
+
+    fn answer(client: u64, request: u64) -> ClientMail {
+        in_view(client, request, 1)
+    }
+
+    #[test]
+    fn one_clients_answers_from_one_wake_up_share_a_frame_and_each_client_gets_its_own() {
+        let (tx, mut replier, egress, metrics) = replier(64, Linger::default());
         tx.try_send(vec![answer(1, 1), answer(2, 1), answer(1, 2)]).unwrap();
         tx.try_send(vec![ClientMail::Refusal {
             client: ClientId(3),
@@ -262,25 +280,7 @@ mod tests {
 
     #[test]
     fn a_saturated_replica_holds_a_busy_clients_answers_for_the_next_batch_and_never_a_lone_answer() {
-        let bell = Bell::default();
-        let (tx, rx) = queue(8, &bell, None);
-        let egress = Arc::new(Collect::default());
-        let metrics = Arc::new(RuntimeMetrics::default());
-        let mut replier = Replier {
-            rx,
-            egress: egress.clone(),
-            metrics: metrics.clone(),
-            drain_max: 1,
-            outbox: Outbox::new(),
-            linger: Linger { max: Duration::from_secs(60), min_batch: 3 },
-            held: BTreeMap::new(),
-        };
-        let answer = |client: u64, request: u64| ClientMail::Answer {
-            client: ClientId(client),
-            view: ViewNo(1),
-            request: RequestId(request),
-            answer: Answer::Full(Bytes::from_static(b"ok")),
-        };
+        let (tx, mut replier, egress, metrics) = replier(1, Linger { max: Duration::from_secs(60), min_batch: 3 });
         // A saturated batch: client 1 has two answers in it, client 2 one.
         tx.try_send(vec![answer(1, 1), answer(2, 1), answer(1, 2)]).unwrap();
         assert!(replier.poll().unwrap());
@@ -310,12 +310,6 @@ mod tests {
         // Answers held from an older view leave as soon as answers of a newer
         // one come: the client follows the view of the answer it settles last.
         replier.linger.max = Duration::from_secs(60);
-        let in_view = |client: u64, request: u64, view: u64| ClientMail::Answer {
-            client: ClientId(client),
-            view: ViewNo(view),
-            request: RequestId(request),
-            answer: Answer::Full(Bytes::from_static(b"ok")),
-        };
         tx.try_send(vec![in_view(1, 9, 1), in_view(1, 10, 1), in_view(2, 3, 1)]).unwrap();
         assert!(replier.poll().unwrap());
         assert_eq!(egress.client_bodies(ClientId(1)), 3, "held");
