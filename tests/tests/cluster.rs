@@ -765,7 +765,6 @@ fn with_authenticators_backups_accept_proposals_on_their_macs_and_only_the_prima
             assert_eq!(counter.get().await.unwrap(), 40);
         });
         let checked = c.counter_of_each("request_signatures_checked");
-        let on_mac = c.counter_of_each("request_macs_accepted");
         assert!(checked[0] >= 40, "{auth}: the primary checks every signature: {checked:?}");
         match auth {
             RequestAuth::Authenticators => {
@@ -773,9 +772,20 @@ fn with_authenticators_backups_accept_proposals_on_their_macs_and_only_the_prima
                 // to every replica is up: those carry fewer MACs, and the
                 // replicas without one check the signature instead.
                 assert!(checked[1..].iter().all(|n| *n <= 5), "backups check almost none: {checked:?}");
-                assert!(on_mac[1..].iter().all(|n| *n >= 35), "backups accept on MACs: {on_mac:?}");
+                // (A quorum's two backups took every PRE-PREPARE; a third may lag.)
+                wait::until("two backups accepting on their MACs", || {
+                    c.counter_of_each("request_macs_accepted")[1..].iter().filter(|n| **n >= 35).count() >= 2
+                });
             }
-            _ => assert!(checked[1..].iter().all(|n| *n >= 40), "every replica checks each: {checked:?}"),
+            _ => {
+                // The client settles on f+1 answers, so a backup may still
+                // be working through the last batches; and one that lags
+                // learns decisions from its peers instead. A quorum needs
+                // two backups that took every PRE-PREPARE, each checking.
+                wait::until("two backups checking every signature", || {
+                    c.counter_of_each("request_signatures_checked")[1..].iter().filter(|n| **n >= 40).count() >= 2
+                });
+            }
         }
     }
 }
