@@ -25,6 +25,9 @@ pub(crate) struct WindowStats {
     pub(crate) replicas: Vec<ReplicaStat>,
     pub(crate) primary_ordered_per_sec: Option<f64>,
     pub(crate) mean_batch_size: Option<f64>,
+    /// Client signatures the primary verified per request it ordered: how
+    /// well clients' request groups amortise signing and checking.
+    pub(crate) signatures_per_request: Option<f64>,
     pub(crate) queue_depth_max: BTreeMap<String, u64>,
 }
 
@@ -35,6 +38,7 @@ pub(crate) struct LevelReport {
     pub(crate) palisade: LoadResult,
     pub(crate) primary_ordered_per_sec: Option<f64>,
     pub(crate) mean_batch_size: Option<f64>,
+    pub(crate) signatures_per_request: Option<f64>,
     pub(crate) replicas: Vec<ReplicaStat>,
     pub(crate) queue_depth_max: BTreeMap<String, u64>,
 }
@@ -46,6 +50,7 @@ impl LevelReport {
             palisade,
             primary_ordered_per_sec: w.primary_ordered_per_sec,
             mean_batch_size: w.mean_batch_size,
+            signatures_per_request: w.signatures_per_request,
             replicas: w.replicas,
             queue_depth_max: w.queue_depth_max,
         }
@@ -238,14 +243,14 @@ impl Report {
             self.cpu_model
         );
         println!(
-            "{:<18} {:>11} {:>9} {:>9} {:>9} {:>10} {:>8} {:>12} {:>10}",
-            "load", "ops/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "errors", "primary/s", "batch"
+            "{:<18} {:>11} {:>9} {:>9} {:>9} {:>10} {:>8} {:>12} {:>10} {:>9}",
+            "load", "ops/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "errors", "primary/s", "batch", "sigs/req"
         );
         let opt = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
         for r in &self.levels {
             let l = &r.palisade.latency;
             println!(
-                "{:<18} {:>11.0} {:>9} {:>9} {:>9} {:>10} {:>8} {:>12} {:>10}",
+                "{:<18} {:>11.0} {:>9} {:>9} {:>9} {:>10} {:>8} {:>12} {:>10} {:>9}",
                 format!("palisade {}x{}", r.level.clients, r.level.outstanding),
                 r.palisade.ops_per_sec,
                 l.p50_us,
@@ -255,6 +260,7 @@ impl Report {
                 r.palisade.errors,
                 opt(r.primary_ordered_per_sec, 0),
                 opt(r.mean_batch_size, 1),
+                opt(r.signatures_per_request, 3),
             );
         }
         if let Some(b) = &self.baseline {
