@@ -59,4 +59,10 @@ echo "=== kv 1 GiB: a replica restarted with an empty disk" >&2
 echo "=== kv 1 GiB: every replica killed at once" >&2
 "$bench" "${kv[@]}" --keys 262144 --duration 40 --kill-all-at 5 --restart-at 6 \
     --out "$out-kv-crash-all" 2>/dev/null | grep -E "killed|BENCH"
+# The file system (docs/benchmarks.md, "The file system"): the compiler and
+# the servers sharing every core, then on cores of their own as BFS ran them.
+for split in "" --split-cores; do
+    echo "=== andrew ${split:-(shared cores)}" >&2
+    "$bench" andrew --rounds 5 --durability none $split --out "$out-andrew${split:+-split}" 2>/dev/null | tail -10
+done
 echo "table: $out/table.md" >&2

@@ -14,6 +14,7 @@
 //! copied Andrew's. Targets alternate within a round, so that a drifting
 //! machine affects all alike, and each phase reports its median.
 
+use crate::cores::Split;
 use crate::processes::read_metrics;
 use crate::report::median;
 use clap::{Args, ValueEnum};
@@ -80,6 +81,14 @@ pub(crate) struct AndrewArgs {
     /// scratch directory removed afterwards.
     #[arg(long)]
     pub(crate) work: Option<PathBuf>,
+    /// Run the harness, its mount and the compiler on the first half of
+    /// the CPUs and every server on the rest, as BFS ran its client and
+    /// its servers on machines of their own (docs/benchmarks.md).
+    #[arg(long)]
+    pub(crate) split_cores: bool,
+    /// Replicas execute prepared batches tentatively (docs/protocol.md).
+    #[arg(long)]
+    pub(crate) tentative: bool,
 }
 
 /// Where the phases run.
@@ -315,7 +324,7 @@ fn server_log(dir: &Path, name: &str) -> Stdio {
 }
 
 /// Writes a configuration and starts the servers of `t`.
-fn start_servers(t: Target, dir: &Path, a: &AndrewArgs) -> Result<Servers, String> {
+fn start_servers(t: Target, dir: &Path, a: &AndrewArgs, split: Option<&Split>) -> Result<Servers, String> {
     let (n, mode) = match t {
         Target::Unreplicated => (1, Mode::Cft),
         Target::Bft => (4, Mode::Bft),
@@ -347,6 +356,12 @@ fn start_servers(t: Target, dir: &Path, a: &AndrewArgs) -> Result<Servers, Strin
                 .args(["--durability", &a.durability.to_string()])
                 .arg("--metrics-file")
                 .arg(metrics);
+            if a.tentative {
+                cmd.arg("--tentative");
+            }
+        }
+        if let Some(split) = split {
+            split.pin_server(&mut cmd);
         }
         let child = cmd.stderr(server_log(dir, &format!("server-{id}"))).spawn().map_err(|e| e.to_string())?;
         children.insert(id, child);
@@ -404,7 +419,14 @@ impl From<MountStats> for PhaseCalls {
     }
 }
 
-fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs) -> Result<TargetRun, String> {
+fn run_target(
+    t: Target,
+    round: usize,
+    work: &Path,
+    tree: &Tree,
+    a: &AndrewArgs,
+    split: Option<&Split>,
+) -> Result<TargetRun, String> {
     let here = work.join(format!("{}-{round}", t.name()));
     std::fs::create_dir_all(&here).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -421,7 +443,7 @@ fn run_target(t: Target, round: usize, work: &Path, tree: &Tree, a: &AndrewArgs)
         root
     } else {
         let dir = here.join("cluster");
-        servers = Some(start_servers(t, &dir, a)?);
+        servers = Some(start_servers(t, &dir, a, split)?);
         let cluster = ClusterConfig::load(&dir).map_err(|e| e.to_string())?;
         let mount_opts = MountOptions::for_cluster(&cluster);
         let key = palisade_wire::keys::generate(&mut rand_core::OsRng);
@@ -539,6 +561,36 @@ struct AndrewReport {
     runs: Vec<TargetRun>,
     /// Median seconds by target, per phase and in total.
     medians: BTreeMap<Target, [f64; 6]>,
+    /// Ratios of whole-benchmark times within each round (the targets of
+    /// a round run back to back, so they share the machine's mood).
+    paired_ratios: Vec<PairedRatio>,
+    /// The CPUs of each side, with `--split-cores`.
+    split: Option<Split>,
+}
+
+/// One ratio of totals, round by round.
+#[derive(Debug, Serialize)]
+struct PairedRatio {
+    target: Target,
+    to: Target,
+    per_round: Vec<f64>,
+    median: f64,
+}
+
+/// BFT and CFT to the unreplicated server, round by round, for the rounds
+/// that ran both.
+fn paired_ratios(runs: &[TargetRun]) -> Vec<((Target, Target), Vec<f64>)> {
+    let total = |t: Target, round: usize| {
+        runs.iter().find(|r| r.target == t && r.round == round).map(|r| r.seconds.iter().sum::<f64>())
+    };
+    let rounds = runs.iter().map(|r| r.round).max().map_or(0, |m| m + 1);
+    [(Target::Bft, Target::Unreplicated), (Target::Cft, Target::Unreplicated)]
+        .into_iter()
+        .filter_map(|(x, y)| {
+            let r: Vec<f64> = (0..rounds).filter_map(|i| Some(total(x, i)? / total(y, i)?.max(1e-9))).collect();
+            (!r.is_empty()).then_some(((x, y), r))
+        })
+        .collect()
 }
 
 /// Runs the benchmark; exit code 2 on a setup error or a failed phase.
@@ -577,11 +629,16 @@ fn andrew(a: &AndrewArgs) -> Result<(), String> {
         a.targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
         a.rounds
     );
+    let split = a.split_cores.then(Split::of_this_machine).transpose()?;
+    if let Some(split) = &split {
+        split.pin_this_process()?;
+        println!("client side on CPUs {:?}, servers on CPUs {:?}", split.client, split.servers);
+    }
     let mut runs = Vec::new();
     let mut failure = None;
     'rounds: for round in 0..a.rounds.max(1) {
         for &t in &a.targets {
-            match run_target(t, round, &work, &tree, a) {
+            match run_target(t, round, &work, &tree, a, split.as_ref()) {
                 Ok(r) => {
                     println!(
                         "round {round} {:>12}: {} total {:.2} s{}",
@@ -617,6 +674,17 @@ fn andrew(a: &AndrewArgs) -> Result<(), String> {
         medians.insert(t, m);
     }
     print_table(&medians);
+    let paired = paired_ratios(&runs);
+    for ((x, y), r) in &paired {
+        let each: Vec<String> = r.iter().map(|v| format!("{v:.2}")).collect();
+        println!(
+            "total {}/{} round by round: {} (median {:.2})",
+            short(*x),
+            short(*y),
+            each.join(", "),
+            median(r.clone())
+        );
+    }
     let (cpu_model, cores) = procstat::machine();
     let report = AndrewReport {
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -628,6 +696,11 @@ fn andrew(a: &AndrewArgs) -> Result<(), String> {
         args: a.clone(),
         runs,
         medians: medians.clone(),
+        split: split.clone(),
+        paired_ratios: paired
+            .into_iter()
+            .map(|((target, to), per_round)| PairedRatio { target, to, median: median(per_round.clone()), per_round })
+            .collect(),
     };
     std::fs::create_dir_all(&a.out).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
@@ -705,5 +778,48 @@ fn short(t: Target) -> &'static str {
         Target::Unreplicated => "nr",
         Target::Bft => "bft",
         Target::Cft => "cft",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(target: Target, round: usize, total: f64) -> TargetRun {
+        TargetRun {
+            target,
+            round,
+            seconds: [0.0, 0.0, 0.0, 0.0, total],
+            files: 0,
+            bytes_read: 0,
+            digest: None,
+            killed: None,
+            calls: Default::default(),
+            server_cpu_seconds: None,
+            harness_cpu_seconds: 0.0,
+            idle_percent: 0.0,
+            steal_percent: 0.0,
+        }
+    }
+
+    #[test]
+    fn ratios_are_paired_within_rounds_and_a_round_missing_a_target_is_left_out() {
+        let runs = vec![
+            run(Target::Unreplicated, 0, 10.0),
+            run(Target::Bft, 0, 12.0),
+            run(Target::Unreplicated, 1, 20.0),
+            run(Target::Bft, 1, 22.0),
+            run(Target::Cft, 1, 30.0),
+            run(Target::Bft, 2, 99.0),
+        ];
+        let paired = paired_ratios(&runs);
+        assert_eq!(paired.len(), 2);
+        let ((x, y), bft) = &paired[0];
+        assert_eq!((*x, *y), (Target::Bft, Target::Unreplicated));
+        assert_eq!(bft.len(), 2, "round 2 ran no unreplicated target");
+        assert!((bft[0] - 1.2).abs() < 1e-9 && (bft[1] - 1.1).abs() < 1e-9, "{bft:?}");
+        assert_eq!(paired[1].0, (Target::Cft, Target::Unreplicated));
+        assert!((paired[1].1[0] - 1.5).abs() < 1e-9);
+        assert!(paired_ratios(&[run(Target::Local, 0, 1.0)]).is_empty());
     }
 }

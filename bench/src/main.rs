@@ -8,6 +8,7 @@
 
 mod andrew;
 mod cli;
+mod cores;
 mod experiment;
 mod flood;
 mod load;
