@@ -126,6 +126,62 @@ fn a_backup_forwards_no_more_of_a_clients_requests_than_it_times() {
 }
 
 #[test]
+fn a_request_never_forwarded_is_forwarded_when_its_timer_expires_and_blames_the_primary_only_after_that() {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.client_timed_max = 4;
+    cfg.request_timeout_rounds = 0;
+    let timeout = cfg.request_timeout_ms;
+    let mut r2 = replica(2, &cfg);
+    let forwarded = |out: &[Action]| -> Vec<u64> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send { to: ReplicaId(0), msg: PeerMessage::Forward(r) } => Some(r.id.0),
+                _ => None,
+            })
+            .collect()
+    };
+    let view_change = |out: &[Action]| broadcasts(out).iter().any(|m| matches!(m, PeerMessage::ViewChange(_)));
+    let mut sent = Vec::new();
+    for id in 1..=10 {
+        r2.step(Input::Request(request(1, id)));
+        sent.extend(forwarded(&r2.take_actions()));
+    }
+    assert_eq!(sent, vec![1, 2, 3, 4], "a flood is not forwarded as it comes");
+    // The primary orders the client's first seven: three are left, few
+    // enough to be timed, the oldest of them never sent to the primary
+    // (which may have dropped its own copy over the client's quota).
+    let d = prepared(&mut r2, 1, batch((1..=7).map(|id| request(1, id)).collect()));
+    peer(&mut r2, 0, PeerMessage::Commit(vote(0, 1, d)));
+    let out = peer(&mut r2, 3, PeerMessage::Commit(vote(0, 1, d)));
+    assert_eq!(delivered(&out), vec![SeqNo(1)]);
+    assert!(forwarded(&out).is_empty(), "becoming timed sends nothing: a flood would follow");
+    // Its timer expires: it goes to the primary, with one more timeout.
+    r2.step(Input::Tick { now_ms: timeout + 1, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert_eq!(forwarded(&out), vec![8]);
+    assert!(!view_change(&out), "the primary never had it");
+    r2.step(Input::Tick { now_ms: 2 * timeout, wall_ms: 0 });
+    assert!(!view_change(&r2.take_actions()));
+    // Forwarded and still not ordered a timeout later: now the primary is
+    // to blame.
+    r2.step(Input::Tick { now_ms: 2 * timeout + 2, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert!(forwarded(&out).is_empty());
+    assert!(view_change(&out));
+}
+
+#[test]
+fn a_forwarded_request_that_times_out_blames_the_primary_at_once() {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.request_timeout_rounds = 0;
+    let mut r2 = replica(2, &cfg);
+    r2.step(Input::Request(request(1, 1)));
+    r2.take_actions();
+    r2.step(Input::Tick { now_ms: cfg.request_timeout_ms + 1, wall_ms: 0 });
+    assert!(broadcasts(&r2.take_actions()).iter().any(|m| matches!(m, PeerMessage::ViewChange(_))));
+}
+
+#[test]
 fn a_whole_cluster_orders_and_delivers_the_same_batches() {
     let cfg = config(Mode::Bft, 4);
     let mut c = MemCluster::new(&cfg, TestCrypto, Log::default);

@@ -32,6 +32,9 @@ pub(super) struct Pending {
     timed_from: Option<u64>,
     /// When it was last forwarded to the primary.
     pub forwarded_ms: u64,
+    /// Whether the primary of this view was sent it: at its arrival, when
+    /// its timer first expired, or at the view's start.
+    pub forwarded: bool,
     order: u64,
     /// Inside some PRE-PREPARE of this view: out of the primary's queue.
     proposed: bool,
@@ -175,6 +178,7 @@ impl RequestPool {
                 arrival_ms: now_ms,
                 timed_from: None,
                 forwarded_ms: now_ms,
+                forwarded: false,
                 order,
                 proposed: false,
                 verified,
@@ -198,6 +202,33 @@ impl RequestPool {
             // The client's next request is its oldest now: timed from here.
             self.time_head(key.0, self.clock_ms);
         }
+    }
+
+    /// `key` was sent to this view's primary.
+    pub fn mark_forwarded(&mut self, key: &Key, now_ms: u64) {
+        if let Some(p) = self.pending.get_mut(key) {
+            p.forwarded = true;
+            p.forwarded_ms = now_ms;
+        }
+    }
+
+    /// The requests whose timers started at or before `cutoff_ms` though
+    /// this view's primary was never sent them: each is counted as sent
+    /// and timed again from `now_ms`, for the caller to forward.
+    pub fn retime_unforwarded(&mut self, cutoff_ms: u64, now_ms: u64) -> Vec<Request> {
+        let overdue: Vec<(u64, ClientId, RequestId)> =
+            self.by_arrival.range(..=(cutoff_ms, ClientId(u64::MAX), RequestId(u64::MAX))).copied().collect();
+        let mut out = Vec::new();
+        for (start, client, id) in overdue {
+            let Some(p) = self.pending.get_mut(&(client, id)).filter(|p| !p.forwarded) else { continue };
+            p.forwarded = true;
+            p.forwarded_ms = now_ms;
+            p.timed_from = Some(now_ms);
+            out.push(p.request.clone());
+            self.by_arrival.remove(&(start, client, id));
+            self.by_arrival.insert((now_ms, client, id));
+        }
+        out
     }
 
     /// Forgets every pending request (after a state transfer jumped past
@@ -347,6 +378,8 @@ impl RequestPool {
             p.arrival_ms = now_ms;
             p.timed_from = None;
             p.forwarded_ms = now_ms;
+            // A backup sends the new primary everything (returned below).
+            p.forwarded = !primary;
             if !p.proposed || primary {
                 p.proposed = false;
                 requeue.push((p.order, key));

@@ -32,6 +32,7 @@ impl<C: Crypto> Replica<C> {
             // primary has it (the forward may have been lost).
             if !am_primary && timed && now >= p.forwarded_ms + self.cfg.retransmit_ms {
                 p.forwarded_ms = now;
+                p.forwarded = true;
                 let r = p.request.clone();
                 self.send(primary, PeerMessage::Forward(r));
             }
@@ -44,8 +45,11 @@ impl<C: Crypto> Replica<C> {
         // primary owes it no deadline (see `RequestPool::time_head`), and
         // forwarding a flood sent to every replica would triple it in the
         // primary's peer queue, where it delays the forwards of correct
-        // clients (whose backups then time out) and the votes.
+        // clients (whose backups then time out) and the votes. Its
+        // requests are still forwarded before their timers may blame the
+        // primary (see `check_request_timer`).
         if !am_primary && self.pool.pending_of(req.client) <= self.pool.timed_max {
+            self.pool.mark_forwarded(&key, now);
             self.send(primary, PeerMessage::Forward(req));
         }
         self.try_propose();
