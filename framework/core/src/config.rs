@@ -82,7 +82,10 @@ pub struct Config {
     /// floods, and a correct primary, which orders each client's requests
     /// a share of each batch at a time and drops what is past its quota,
     /// cannot be held to a deadline for all of them. Only the oldest
-    /// pending request of each client is ever timed.
+    /// pending request of each client is ever timed. Keep it at least the
+    /// most requests a correct client keeps outstanding: a backup forwards
+    /// a client's requests to the primary as they come only up to this
+    /// count, and one it did not forward gets the primary a second timeout.
     pub client_timed_max: usize,
     /// Read-only requests waiting for execution to catch up, at most.
     pub read_queue_max: usize,

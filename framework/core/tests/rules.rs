@@ -170,6 +170,109 @@ fn a_request_never_forwarded_is_forwarded_when_its_timer_expires_and_blames_the_
     assert!(view_change(&out));
 }
 
+/// Replica 2 with client 1 flooding (`client_timed_max` 4): it sent
+/// requests 1-10, of which 1-4 were forwarded, and the primary ordered 1-7
+/// at sequence number 1, so request 8, never forwarded, is timed from its
+/// arrival at 0.
+fn backup_after_a_flood() -> (Replica<TestCrypto>, u64) {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.client_timed_max = 4;
+    cfg.request_timeout_rounds = 0;
+    let mut r2 = replica(2, &cfg);
+    for id in 1..=10 {
+        r2.step(Input::Request(request(1, id)));
+    }
+    let d = prepared(&mut r2, 1, batch((1..=7).map(|id| request(1, id)).collect()));
+    peer(&mut r2, 0, PeerMessage::Commit(vote(0, 1, d)));
+    peer(&mut r2, 3, PeerMessage::Commit(vote(0, 1, d)));
+    r2.take_actions();
+    (r2, cfg.request_timeout_ms)
+}
+
+fn forwards_of(out: &[Action]) -> Vec<(u64, u64)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send { to: ReplicaId(0), msg: PeerMessage::Forward(r) } => Some((r.client.0, r.id.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn starts_view_change(out: &[Action]) -> bool {
+    broadcasts(out).iter().any(|m| matches!(m, PeerMessage::ViewChange(_)))
+}
+
+#[test]
+fn a_late_forward_does_not_excuse_a_forwarded_request_late_at_the_same_time() {
+    let (mut r2, timeout) = backup_after_a_flood();
+    // Another client's request, forwarded on arrival, waits as long.
+    r2.step(Input::Request(request(2, 1)));
+    assert_eq!(forwards_of(&r2.take_actions()), vec![(2, 1)]);
+    r2.step(Input::Tick { now_ms: timeout + 1, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert_eq!(forwards_of(&out), vec![(1, 8)]);
+    assert!(starts_view_change(&out), "the primary had client 2's request all along");
+}
+
+#[test]
+fn a_late_forward_keeps_its_new_start_when_its_timer_stops_and_starts_again() {
+    let (mut r2, timeout) = backup_after_a_flood();
+    let forwarded_at = timeout + 1;
+    r2.step(Input::Tick { now_ms: forwarded_at, wall_ms: 0 });
+    assert_eq!(forwards_of(&r2.take_actions()), vec![(1, 8)]);
+    // The client floods again (its timer stops), then its backlog shrinks
+    // (the primary orders 11 and 12) and request 8 is timed once more: from
+    // its forward, not from its arrival.
+    for id in 11..=13 {
+        r2.step(Input::Request(request(1, id)));
+    }
+    let d = prepared(&mut r2, 2, batch(vec![request(1, 11), request(1, 12)]));
+    peer(&mut r2, 0, PeerMessage::Commit(vote(0, 2, d)));
+    peer(&mut r2, 3, PeerMessage::Commit(vote(0, 2, d)));
+    r2.step(Input::Tick { now_ms: forwarded_at + 1, wall_ms: 0 });
+    assert!(!starts_view_change(&r2.take_actions()), "the primary has had it for a millisecond");
+    r2.step(Input::Tick { now_ms: forwarded_at + timeout, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert!(starts_view_change(&out));
+    assert!(forwards_of(&out).is_empty(), "forwarded once");
+}
+
+#[test]
+fn after_a_view_change_every_pending_request_counts_as_forwarded_to_the_new_primary() {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.client_timed_max = 4;
+    cfg.request_timeout_rounds = 0;
+    let timeout = cfg.request_timeout_ms;
+    let mut r2 = replica(2, &cfg);
+    for id in 1..=10 {
+        r2.step(Input::Request(request(1, id)));
+    }
+    r2.take_actions();
+    // View 1 starts: all ten go to its primary, replica 1.
+    let vcs: Vec<_> = [0u32, 1, 3].iter().map(|&r| view_change_from(r, 1)).collect();
+    let out = peer(&mut r2, 1, new_view(1, 4, vcs, vec![]));
+    assert!(r2.is_normal() && r2.view() == ViewNo(1));
+    let to_new_primary =
+        out.iter().filter(|a| matches!(a, Action::Send { to: ReplicaId(1), msg: PeerMessage::Forward(_) })).count();
+    assert_eq!(to_new_primary, 10);
+    // It orders 1-7; request 8 is timed, and when it expires the new
+    // primary, which was sent it, is to blame at once.
+    let b = batch_in(1, (1..=7).map(|id| request(1, id)).collect());
+    let d = b.digest();
+    peer(&mut r2, 1, pre_prepare(1, 1, b));
+    for from in [0, 3] {
+        peer(&mut r2, from, PeerMessage::Prepare(vote(1, 1, d)));
+    }
+    for from in [0, 3] {
+        peer(&mut r2, from, PeerMessage::Commit(vote(1, 1, d)));
+    }
+    r2.take_actions();
+    r2.step(Input::Tick { now_ms: timeout + 1, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert!(starts_view_change(&out));
+    assert!(!out.iter().any(|a| matches!(a, Action::Send { msg: PeerMessage::Forward(_), .. })));
+}
+
 #[test]
 fn a_forwarded_request_that_times_out_blames_the_primary_at_once() {
     let mut cfg = config(Mode::Bft, 4);

@@ -35,12 +35,21 @@ pub(super) struct Pending {
     /// Whether the primary of this view was sent it: at its arrival, when
     /// its timer first expired, or at the view's start.
     pub forwarded: bool,
+    /// When its timer first expired and it was forwarded then: the
+    /// primary's wait for it counts from here (see `retime_unforwarded`).
+    late_forward_ms: Option<u64>,
     order: u64,
     /// Inside some PRE-PREPARE of this view: out of the primary's queue.
     proposed: bool,
     /// Its signature was checked (forwarded by a peer, or already by the
     /// primary's check or a timer's), so proposing it needs no second check.
     verified: bool,
+}
+
+impl Pending {
+    fn since_ms(&self) -> u64 {
+        self.late_forward_ms.map_or(self.arrival_ms, |t| t.max(self.arrival_ms))
+    }
 }
 
 pub(super) struct RequestPool {
@@ -98,7 +107,7 @@ impl RequestPool {
                     // so a primary cannot order it one request per timeout.
                     // One with more is ordered a share at a time: timed from
                     // when its previous request executed.
-                    let start = if pending <= FEW_PENDING { p.arrival_ms.min(now_ms) } else { now_ms };
+                    let start = if pending <= FEW_PENDING { p.since_ms().min(now_ms) } else { now_ms };
                     p.timed_from = Some(start);
                     self.by_arrival.insert((start, client, id));
                 }
@@ -160,9 +169,10 @@ impl RequestPool {
         self.by_arrival.first().map(|(t, _, _)| *t)
     }
 
-    /// When `key`'s timer started, if it is pending.
+    /// Since when the primary could have ordered `key`, if it is pending:
+    /// its arrival, or its forward after a first expiry.
     pub fn arrival_ms(&self, key: &Key) -> Option<u64> {
-        self.pending.get(key).map(|p| p.arrival_ms)
+        self.pending.get(key).map(Pending::since_ms)
     }
 
     pub fn add(&mut self, request: Request, now_ms: u64, verified: bool) {
@@ -179,6 +189,7 @@ impl RequestPool {
                 timed_from: None,
                 forwarded_ms: now_ms,
                 forwarded: false,
+                late_forward_ms: None,
                 order,
                 proposed: false,
                 verified,
@@ -213,16 +224,20 @@ impl RequestPool {
     }
 
     /// The requests whose timers started at or before `cutoff_ms` though
-    /// this view's primary was never sent them: each is counted as sent
-    /// and timed again from `now_ms`, for the caller to forward.
+    /// this view's primary was never sent them nor proposed them: each is
+    /// counted as sent and timed again from `now_ms` (and from then on,
+    /// should its timer stop and start again), for the caller to forward.
     pub fn retime_unforwarded(&mut self, cutoff_ms: u64, now_ms: u64) -> Vec<Request> {
         let overdue: Vec<(u64, ClientId, RequestId)> =
             self.by_arrival.range(..=(cutoff_ms, ClientId(u64::MAX), RequestId(u64::MAX))).copied().collect();
         let mut out = Vec::new();
         for (start, client, id) in overdue {
-            let Some(p) = self.pending.get_mut(&(client, id)).filter(|p| !p.forwarded) else { continue };
+            let Some(p) = self.pending.get_mut(&(client, id)).filter(|p| !p.forwarded && !p.proposed) else {
+                continue;
+            };
             p.forwarded = true;
             p.forwarded_ms = now_ms;
+            p.late_forward_ms = Some(now_ms);
             p.timed_from = Some(now_ms);
             out.push(p.request.clone());
             self.by_arrival.remove(&(start, client, id));
@@ -378,6 +393,7 @@ impl RequestPool {
             p.arrival_ms = now_ms;
             p.timed_from = None;
             p.forwarded_ms = now_ms;
+            p.late_forward_ms = None;
             // A backup sends the new primary everything (returned below).
             p.forwarded = !primary;
             if !p.proposed || primary {

@@ -141,37 +141,37 @@ impl<C: Crypto> Replica<C> {
             // vote decide whether the primary is slow.
             self.catch_up.restarted_ms = now;
         } else {
-            // Before blaming the primary, make sure it was sent what it did
-            // not order: a request that arrived here while its client
-            // flooded was not forwarded, and the primary may have dropped
-            // its own copy over the client's quota. It goes now, with one
-            // more timeout to be ordered in. Forwarding such requests as
-            // they became timed would send the primary a flood's worth.
-            if primary != self.id {
-                let late = self.pool.retime_unforwarded(now.saturating_sub(timeout), now);
-                if !late.is_empty() {
-                    for r in late {
-                        self.send(primary, PeerMessage::Forward(r));
-                    }
-                    if self.pool.oldest_arrival_ms().is_none_or(|o| now < o + timeout) {
-                        return;
-                    }
-                }
-            }
-            // Then check the signatures of what it did not order: it was
-            // right to refuse a request whose signature fails (a backup got
-            // it straight from a faulty client), and only then does this
-            // cost a signature check.
+            // Before blaming the primary, check the signatures of what it
+            // did not order: it was right to refuse a request whose
+            // signature fails (a backup got it straight from a faulty
+            // client), and only then does this cost a signature check.
             let unchecked = self.unchecked_proposals();
             let crypto = &self.crypto;
             let dropped = self.pool.drop_unauthentic(|r| unchecked || crypto.verify_request(r));
             for _ in 0..dropped {
                 self.discard(Discard::ClientUnauthenticated);
             }
-            if dropped > 0 {
-                let still_late = self.pool.oldest_arrival_ms().is_some_and(|o| now >= o + timeout);
-                if !still_late {
-                    return;
+            let still_late =
+                |pool: &super::pool::RequestPool| pool.oldest_arrival_ms().is_some_and(|o| now >= o + timeout);
+            if dropped > 0 && !still_late(&self.pool) {
+                return;
+            }
+            // Then make sure it was sent what it did not order: a request
+            // that arrived here while its client flooded was not forwarded,
+            // and the primary may have dropped its own copy over the
+            // client's quota. It goes now (its signature checked above),
+            // with one more timeout to be ordered in. Forwarding such
+            // requests as they became timed would send the primary a
+            // flood's worth.
+            if primary != self.id {
+                let late = self.pool.retime_unforwarded(now.saturating_sub(timeout), now);
+                if !late.is_empty() {
+                    for r in late {
+                        self.send(primary, PeerMessage::Forward(r));
+                    }
+                    if !still_late(&self.pool) {
+                        return;
+                    }
                 }
             }
             self.timers.request_shift = (self.timers.request_shift + 1).min(self.cfg.view_change_backoff_max);
