@@ -699,8 +699,8 @@ impl Sampler {
         };
         let requests = a1.delivered_requests.saturating_sub(a0.delivered_requests) as f64;
         let batches = a1.delivered.saturating_sub(a0.delivered) as f64;
-        let signatures = |m: &ReplicaMetrics| m.counters.get("client_signatures_verified").copied().unwrap_or(0);
-        let signatures = signatures(&a1).saturating_sub(signatures(a0)) as f64;
+        let verified = |m: &ReplicaMetrics| m.counters.get("client_signatures_verified").copied().unwrap_or(0);
+        let signatures = verified(&a1).saturating_sub(verified(a0)) as f64;
         WindowStats {
             primary_ordered_per_sec: Some(requests / secs),
             mean_batch_size: (batches > 0.0).then(|| requests / batches),

@@ -1,0 +1,168 @@
+//! Client requests a backup receives (PBFT 4.1): forwarded to the primary,
+//! timed, and when a client floods, forwarded before their timers may
+//! blame the primary. Replicas are driven by hand, as in `rules.rs`.
+
+use palisade_core::{Action, Input, Mode, PeerMessage, Replica, ReplicaId, SeqNo, ViewNo};
+use palisade_testkit::crypto::TestCrypto;
+use palisade_testkit::fixtures::*;
+
+/// The requests (client, id) forwarded to replica 0 among `out`.
+fn forwards_of(out: &[Action]) -> Vec<(u64, u64)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send { to: ReplicaId(0), msg: PeerMessage::Forward(r) } => Some((r.client.0, r.id.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn starts_view_change(out: &[Action]) -> bool {
+    broadcasts(out).iter().any(|m| matches!(m, PeerMessage::ViewChange(_)))
+}
+
+/// Replica 2 with `client_timed_max` 4 and a fixed request timeout.
+fn backup() -> (Replica<TestCrypto>, palisade_core::Config) {
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.client_timed_max = 4;
+    cfg.request_timeout_rounds = 0;
+    (replica(2, &cfg), cfg)
+}
+
+/// Client 1 sends replica 2 requests 1-10; returns those forwarded.
+fn flood(r2: &mut Replica<TestCrypto>) -> Vec<(u64, u64)> {
+    let mut sent = Vec::new();
+    for id in 1..=10 {
+        r2.step(Input::Request(request(1, id)));
+        sent.extend(forwards_of(&r2.take_actions()));
+    }
+    sent
+}
+
+/// Replica 2 with client 1 flooding: it sent requests 1-10, of which 1-4
+/// were forwarded, and the primary ordered 1-7 at sequence number 1, so
+/// request 8, never forwarded, is timed from its arrival at 0. Returns the
+/// replica, the request timeout and what the deciding COMMIT produced.
+fn backup_after_a_flood() -> (Replica<TestCrypto>, u64, Vec<Action>) {
+    let (mut r2, cfg) = backup();
+    assert_eq!(flood(&mut r2), vec![(1, 1), (1, 2), (1, 3), (1, 4)], "a flood is not forwarded as it comes");
+    let d = prepared(&mut r2, 1, batch((1..=7).map(|id| request(1, id)).collect()));
+    peer(&mut r2, 0, PeerMessage::Commit(vote(0, 1, d)));
+    let out = peer(&mut r2, 3, PeerMessage::Commit(vote(0, 1, d)));
+    (r2, cfg.request_timeout_ms, out)
+}
+
+#[test]
+fn a_backup_forwards_a_client_request_to_the_primary() {
+    let cfg = config(Mode::Bft, 4);
+    let mut r2 = replica(2, &cfg);
+    r2.step(Input::Request(request(1, 1)));
+    assert_eq!(forwards_of(&r2.take_actions()), vec![(1, 1)]);
+}
+
+#[test]
+fn a_backup_forwards_no_more_of_a_clients_requests_than_it_times() {
+    let (mut r2, _) = backup();
+    // A client sending every replica more than is timed floods: the
+    // primary owes it no deadline, and forwarding the flood would triple it
+    // at the primary.
+    assert_eq!(flood(&mut r2).len(), 4);
+    // Another client, with few pending, is still forwarded.
+    r2.step(Input::Request(request(2, 1)));
+    assert_eq!(forwards_of(&r2.take_actions()).len(), 1);
+}
+
+#[test]
+fn a_request_never_forwarded_is_forwarded_when_its_timer_expires_and_blames_the_primary_only_after_that() {
+    // The primary orders the client's first seven: three are left, few
+    // enough to be timed, the oldest of them never sent to the primary
+    // (which may have dropped its own copy over the client's quota).
+    let (mut r2, timeout, out) = backup_after_a_flood();
+    assert_eq!(delivered(&out), vec![SeqNo(1)]);
+    assert!(forwards_of(&out).is_empty(), "becoming timed sends nothing: a flood would follow");
+    // Its timer expires: it goes to the primary, with one more timeout.
+    r2.step(Input::Tick { now_ms: timeout + 1, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert_eq!(forwards_of(&out), vec![(1, 8)]);
+    assert!(!starts_view_change(&out), "the primary never had it");
+    r2.step(Input::Tick { now_ms: 2 * timeout, wall_ms: 0 });
+    assert!(!starts_view_change(&r2.take_actions()));
+    // Forwarded and still not ordered a timeout later: now the primary is
+    // to blame.
+    r2.step(Input::Tick { now_ms: 2 * timeout + 2, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert!(forwards_of(&out).is_empty());
+    assert!(starts_view_change(&out));
+}
+
+#[test]
+fn a_late_forward_does_not_excuse_a_forwarded_request_late_at_the_same_time() {
+    let (mut r2, timeout, _) = backup_after_a_flood();
+    // Another client's request, forwarded on arrival, waits as long.
+    r2.step(Input::Request(request(2, 1)));
+    assert_eq!(forwards_of(&r2.take_actions()), vec![(2, 1)]);
+    r2.step(Input::Tick { now_ms: timeout + 1, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert_eq!(forwards_of(&out), vec![(1, 8)]);
+    assert!(starts_view_change(&out), "the primary had client 2's request all along");
+}
+
+#[test]
+fn a_late_forward_keeps_its_new_start_when_its_timer_stops_and_starts_again() {
+    let (mut r2, timeout, _) = backup_after_a_flood();
+    let forwarded_at = timeout + 1;
+    r2.step(Input::Tick { now_ms: forwarded_at, wall_ms: 0 });
+    assert_eq!(forwards_of(&r2.take_actions()), vec![(1, 8)]);
+    // The client floods again (its timer stops), then its backlog shrinks
+    // (the primary orders 11 and 12) and request 8 is timed once more: from
+    // its forward, not from its arrival.
+    for id in 11..=13 {
+        r2.step(Input::Request(request(1, id)));
+    }
+    let d = prepared(&mut r2, 2, batch(vec![request(1, 11), request(1, 12)]));
+    peer(&mut r2, 0, PeerMessage::Commit(vote(0, 2, d)));
+    peer(&mut r2, 3, PeerMessage::Commit(vote(0, 2, d)));
+    r2.step(Input::Tick { now_ms: forwarded_at + 1, wall_ms: 0 });
+    assert!(!starts_view_change(&r2.take_actions()), "the primary has had it for a millisecond");
+    r2.step(Input::Tick { now_ms: forwarded_at + timeout, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert!(starts_view_change(&out));
+    assert!(forwards_of(&out).is_empty(), "forwarded once");
+}
+
+#[test]
+fn after_a_view_change_every_pending_request_counts_as_forwarded_to_the_new_primary() {
+    let (mut r2, cfg) = backup();
+    flood(&mut r2);
+    // View 1 starts: all ten go to its primary, replica 1.
+    let vcs: Vec<_> = [0u32, 1, 3].iter().map(|&r| view_change_from(r, 1)).collect();
+    let out = peer(&mut r2, 1, new_view(1, 4, vcs, vec![]));
+    assert!(r2.is_normal() && r2.view() == ViewNo(1));
+    let to_new_primary =
+        out.iter().filter(|a| matches!(a, Action::Send { to: ReplicaId(1), msg: PeerMessage::Forward(_) })).count();
+    assert_eq!(to_new_primary, 10);
+    // It orders 1-7; request 8 is timed, and when it expires the new
+    // primary, which was sent it, is to blame at once.
+    let b = batch_in(1, (1..=7).map(|id| request(1, id)).collect());
+    let d = b.digest();
+    peer(&mut r2, 1, pre_prepare(1, 1, b));
+    for from in [0, 3] {
+        peer(&mut r2, from, PeerMessage::Prepare(vote(1, 1, d)));
+    }
+    for from in [0, 3] {
+        peer(&mut r2, from, PeerMessage::Commit(vote(1, 1, d)));
+    }
+    r2.take_actions();
+    r2.step(Input::Tick { now_ms: cfg.request_timeout_ms + 1, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert!(starts_view_change(&out));
+    assert!(!out.iter().any(|a| matches!(a, Action::Send { msg: PeerMessage::Forward(_), .. })));
+}
+
+#[test]
+fn a_forwarded_request_that_times_out_blames_the_primary_at_once() {
+    let (mut r2, cfg) = backup();
+    r2.step(Input::Request(request(1, 1)));
+    r2.take_actions();
+    r2.step(Input::Tick { now_ms: cfg.request_timeout_ms + 1, wall_ms: 0 });
+    assert!(starts_view_change(&r2.take_actions()));
+}
