@@ -87,6 +87,12 @@ pub struct Config {
     /// a client's requests to the primary as they come only up to this
     /// count, and one it did not forward gets the primary a second timeout.
     pub client_timed_max: usize,
+    /// A client that had more than `client_timed_max` requests waiting
+    /// stays untimed (and unforwarded) this long after it falls back
+    /// within: each replica keeps a different part of a flood sent to all,
+    /// so the request at its head here may wait deep in the primary's
+    /// backlog of it. A correct client never gets here.
+    pub client_flood_memory_ms: u64,
     /// Read-only requests waiting for execution to catch up, at most.
     pub read_queue_max: usize,
     /// DECIDED notices sent per STATUS from a laggard.
@@ -131,6 +137,7 @@ impl Config {
             pending_max: 100_000,
             pending_per_client_max: 1_024,
             client_timed_max: 256,
+            client_flood_memory_ms: 10_000,
             read_queue_max: 10_000,
             catch_up_max: 64,
             client_window: 1024,

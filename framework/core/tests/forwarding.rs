@@ -20,10 +20,13 @@ fn starts_view_change(out: &[Action]) -> bool {
     broadcasts(out).iter().any(|m| matches!(m, PeerMessage::ViewChange(_)))
 }
 
-/// Replica 2 with `client_timed_max` 4 and a fixed request timeout.
+/// Replica 2 with `client_timed_max` 4 and a fixed request timeout. It
+/// forgets a flood as soon as the client is back within `client_timed_max`,
+/// so that what follows a flood can be tested.
 fn backup() -> (Replica<TestCrypto>, palisade_core::Config) {
     let mut cfg = config(Mode::Bft, 4);
     cfg.client_timed_max = 4;
+    cfg.client_flood_memory_ms = 0;
     cfg.request_timeout_rounds = 0;
     (replica(2, &cfg), cfg)
 }
@@ -129,20 +132,36 @@ fn a_late_forward_keeps_its_new_start_when_its_timer_stops_and_starts_again() {
     assert!(forwards_of(&out).is_empty(), "forwarded once");
 }
 
+/// The requests (client, id) forwarded to replica 1 among `out`.
+fn forwards_to_1(out: &[Action]) -> Vec<(u64, u64)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send { to: ReplicaId(1), msg: PeerMessage::Forward(r) } => Some((r.client.0, r.id.0)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn after_a_view_change_every_pending_request_counts_as_forwarded_to_the_new_primary() {
+fn after_a_view_change_every_pending_request_but_a_flood_counts_as_forwarded_to_the_new_primary() {
     let (mut r2, cfg) = backup();
+    for id in 1..=3 {
+        r2.step(Input::Request(request(2, id)));
+    }
     flood(&mut r2);
-    // View 1 starts: all ten go to its primary, replica 1.
+    r2.take_actions();
+    // View 1 starts: client 2's three go to its primary, replica 1; client
+    // 1's flood does not (the primary has its own copy, or owes it nothing).
     let vcs: Vec<_> = [0u32, 1, 3].iter().map(|&r| view_change_from(r, 1)).collect();
     let out = peer(&mut r2, 1, new_view(1, 4, vcs, vec![]));
     assert!(r2.is_normal() && r2.view() == ViewNo(1));
-    let to_new_primary =
-        out.iter().filter(|a| matches!(a, Action::Send { to: ReplicaId(1), msg: PeerMessage::Forward(_) })).count();
-    assert_eq!(to_new_primary, 10);
-    // It orders 1-7; request 8 is timed, and when it expires the new
-    // primary, which was sent it, is to blame at once.
-    let b = batch_in(1, (1..=7).map(|id| request(1, id)).collect());
+    assert_eq!(forwards_to_1(&out), vec![(2, 1), (2, 2), (2, 3)]);
+    // It orders 1 and 2, and all of the flood but one; request 3 is timed,
+    // and when it expires the new primary, which was sent it, is to blame
+    // at once.
+    let mut ordered = vec![request(2, 1), request(2, 2)];
+    ordered.extend((1..=9).map(|id| request(1, id)));
+    let b = batch_in(1, ordered);
     let d = b.digest();
     peer(&mut r2, 1, pre_prepare(1, 1, b));
     for from in [0, 3] {
@@ -155,7 +174,43 @@ fn after_a_view_change_every_pending_request_counts_as_forwarded_to_the_new_prim
     r2.step(Input::Tick { now_ms: cfg.request_timeout_ms + 1, wall_ms: 0 });
     let out = r2.take_actions();
     assert!(starts_view_change(&out));
-    assert!(!out.iter().any(|a| matches!(a, Action::Send { msg: PeerMessage::Forward(_), .. })));
+    assert_eq!(forwards_to_1(&out), vec![(1, 10)], "the flood's last request goes late");
+}
+
+#[test]
+fn a_client_that_flooded_stays_untimed_for_a_while_after_its_backlog_here_shrinks() {
+    // The default memory of a flood.
+    let mut cfg = config(Mode::Bft, 4);
+    cfg.client_timed_max = 4;
+    cfg.request_timeout_rounds = 0;
+    let mut r2 = replica(2, &cfg);
+    flood(&mut r2);
+    // The primary orders 1-7: three are left, few enough to be timed, but
+    // the primary may hold a longer backlog of this client than this
+    // replica does, with request 8 deep in it.
+    let d = prepared(&mut r2, 1, batch((1..=7).map(|id| request(1, id)).collect()));
+    peer(&mut r2, 0, PeerMessage::Commit(vote(0, 1, d)));
+    let out = peer(&mut r2, 3, PeerMessage::Commit(vote(0, 1, d)));
+    assert_eq!(delivered(&out), vec![SeqNo(1)]);
+    let timeout = cfg.request_timeout_ms;
+    r2.step(Input::Tick { now_ms: 3 * timeout, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert!(!starts_view_change(&out) && forwards_of(&out).is_empty(), "untimed: the client flooded a moment ago");
+    // Its requests arriving now are not forwarded either.
+    r2.step(Input::Request(request(1, 11)));
+    assert!(forwards_of(&r2.take_actions()).is_empty());
+    // Once the flood is forgotten, request 8 is timed from then, forwarded
+    // at its first expiry, and blames the primary only at its second.
+    // (The fixture's replica starts at 1 ms, when the flood came.)
+    let forgotten = 1 + cfg.client_flood_memory_ms;
+    r2.step(Input::Tick { now_ms: forgotten, wall_ms: 0 });
+    assert!(!starts_view_change(&r2.take_actions()));
+    r2.step(Input::Tick { now_ms: forgotten + timeout + 1, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert_eq!(forwards_of(&out), vec![(1, 8)]);
+    assert!(!starts_view_change(&out));
+    r2.step(Input::Tick { now_ms: forgotten + 2 * timeout + 2, wall_ms: 0 });
+    assert!(starts_view_change(&r2.take_actions()));
 }
 
 #[test]

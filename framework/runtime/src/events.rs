@@ -108,14 +108,31 @@ pub(crate) fn core_changed(me: ReplicaId, before: &CoreSnapshot, after: &CoreSna
         }
     }
     if after.epoch == before.epoch && after.view_changes > before.view_changes {
-        tracing::info!(
-            replica = me,
-            epoch = after.epoch,
-            from = before.view,
-            to = after.view,
-            reason = after.last_view_change.unwrap_or("unknown"),
-            "view change started"
-        );
+        // A request timer that fired names the request: whether it was a
+        // lone client's or a flooding one's is the first thing to know.
+        match after.last_late_request.filter(|_| after.last_late_request != before.last_late_request) {
+            Some(late) => tracing::info!(
+                replica = me,
+                epoch = after.epoch,
+                from = before.view,
+                to = after.view,
+                reason = after.last_view_change.unwrap_or("unknown"),
+                client = late.client.0,
+                request = late.request.0,
+                waited_ms = late.waited_ms,
+                timeout_ms = late.timeout_ms,
+                client_pending = late.client_pending,
+                "view change started"
+            ),
+            None => tracing::info!(
+                replica = me,
+                epoch = after.epoch,
+                from = before.view,
+                to = after.view,
+                reason = after.last_view_change.unwrap_or("unknown"),
+                "view change started"
+            ),
+        }
     }
     if after.normal && (!before.normal || after.view != before.view) && after.epoch == before.epoch {
         tracing::info!(

@@ -288,6 +288,8 @@ pub struct CoreSnapshot {
     pub epoch_counters: palisade_host::EpochCounters,
     /// Why the replica last started or joined a view change.
     pub last_view_change: Option<&'static str>,
+    /// The request whose wait last made it suspect the primary.
+    pub last_late_request: Option<palisade_core::LateRequest>,
 }
 
 impl RuntimeMetrics {

@@ -377,6 +377,9 @@ pub struct Metrics {
     pub rejoined: u64,
     /// Why this replica last started or joined a view change.
     pub last_view_change: Option<ViewChangeReason>,
+    /// The request whose wait last made this replica suspect the primary:
+    /// an operator's first question after an unexpected view change.
+    pub last_late_request: Option<LateRequest>,
     /// Batches executed tentatively.
     pub tentative_batches: u64,
     /// Tentative executions undone because something else committed.
@@ -384,6 +387,22 @@ pub struct Metrics {
     /// View changes this replica started because its view had lasted
     /// `leader_rotation_ms`.
     pub rotations: u64,
+}
+
+/// The request that tripped the request timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LateRequest {
+    /// Its client.
+    pub client: crate::types::ClientId,
+    /// The client's number for it.
+    pub request: crate::types::RequestId,
+    /// How long it had been timed.
+    pub waited_ms: u64,
+    /// The timeout it exceeded, backoff included.
+    pub timeout_ms: u64,
+    /// Requests its client had pending here: many means a busy or flooding
+    /// client, whose requests a correct primary orders a share at a time.
+    pub client_pending: usize,
 }
 
 /// Why a replica moved to a new view: for an operator's log.

@@ -55,7 +55,7 @@ mod transfer;
 mod view_change;
 
 pub use catch_up::MAX_CATCH_UP_RESTARTS;
-pub use io::{Action, Discard, DropReason, Input, Metrics, ViewChangeReason};
+pub use io::{Action, Discard, DropReason, Input, LateRequest, Metrics, ViewChangeReason};
 pub use records::{Record, RecordLog, Restart};
 
 use crate::answers::{AnswerKind, AnswerLimiter};
@@ -141,6 +141,7 @@ impl<C: Crypto> Replica<C> {
             pool: {
                 let mut pool = RequestPool::new(cfg.client_window);
                 pool.timed_max = cfg.client_timed_max;
+                pool.flood_memory_ms = cfg.client_flood_memory_ms;
                 pool
             },
             reads: ReadQueue::default(),

@@ -64,6 +64,11 @@ pub(super) struct RequestPool {
     pub clock_ms: u64,
     /// Clients with more pending than this are not timed (see `time_head`).
     pub timed_max: usize,
+    /// How long a client that had more than `timed_max` pending stays
+    /// untimed after it falls back within (see `floods`).
+    pub flood_memory_ms: u64,
+    /// Clients that flooded lately, and until when they count as flooding.
+    flooded_until: BTreeMap<ClientId, u64>,
     /// Requests not yet proposed, in arrival order.
     queue: BTreeMap<u64, Key>,
     order_counter: u64,
@@ -86,6 +91,8 @@ impl RequestPool {
             client_pending: BTreeMap::new(),
             clock_ms: 0,
             timed_max: usize::MAX,
+            flood_memory_ms: 0,
+            flooded_until: BTreeMap::new(),
         }
     }
 
@@ -96,9 +103,18 @@ impl RequestPool {
     /// share at a time and may drop what is past its quota, owes it no
     /// deadline (a correct client keeps far fewer outstanding).
     fn time_head(&mut self, client: ClientId, now_ms: u64) {
-        let Some(&(_, id)) = self.client_pending.get(&client).and_then(|s| s.first()) else { return };
+        self.time_head_at(client, now_ms, true)
+    }
+
+    /// `time_head`, but a head that may not count its wait from its
+    /// arrival (`from_arrival` false) is timed from `now_ms`.
+    fn time_head_at(&mut self, client: ClientId, now_ms: u64, from_arrival: bool) {
         let pending = self.pending_of(client);
-        let flooding = pending > self.timed_max;
+        if pending > self.timed_max {
+            self.flooded_until.insert(client, now_ms.saturating_add(self.flood_memory_ms));
+        }
+        let Some(&(_, id)) = self.client_pending.get(&client).and_then(|s| s.first()) else { return };
+        let flooding = self.floods(client, now_ms);
         if let Some(p) = self.pending.get_mut(&(client, id)) {
             match p.timed_from {
                 None if !flooding => {
@@ -107,7 +123,7 @@ impl RequestPool {
                     // so a primary cannot order it one request per timeout.
                     // One with more is ordered a share at a time: timed from
                     // when its previous request executed.
-                    let start = if pending <= FEW_PENDING { p.since_ms().min(now_ms) } else { now_ms };
+                    let start = if pending <= FEW_PENDING && from_arrival { p.since_ms().min(now_ms) } else { now_ms };
                     p.timed_from = Some(start);
                     self.by_arrival.insert((start, client, id));
                 }
@@ -117,6 +133,29 @@ impl RequestPool {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Whether `client` floods: more than `timed_max` pending here now, or
+    /// within the last `flood_memory_ms`. A flooding client sending to
+    /// every replica has each keep a different part of its flood (each
+    /// drops what is past its quota at a different moment), so when its
+    /// backlog here dips, the request at its head here may sit deep in the
+    /// primary's: timing it then would blame a correct primary. A correct
+    /// client never has more than `timed_max` outstanding, so it is never
+    /// remembered as flooding.
+    pub fn floods(&self, client: ClientId, now_ms: u64) -> bool {
+        self.pending_of(client) > self.timed_max || self.flooded_until.get(&client).is_some_and(|&t| now_ms < t)
+    }
+
+    /// Forgets the floods older than `flood_memory_ms`: those clients'
+    /// oldest requests are timed from now (the primary may have been busy
+    /// with their backlog until then).
+    pub fn forget_floods(&mut self, now_ms: u64) {
+        let over: Vec<ClientId> = self.flooded_until.iter().filter(|&(_, &t)| now_ms >= t).map(|(&c, _)| c).collect();
+        for c in over {
+            self.flooded_until.remove(&c);
+            self.time_head_at(c, now_ms, false);
         }
     }
 
@@ -167,6 +206,11 @@ impl RequestPool {
     /// When the oldest pending request's timer started.
     pub fn oldest_arrival_ms(&self) -> Option<u64> {
         self.by_arrival.first().map(|(t, _, _)| *t)
+    }
+
+    /// The oldest timed request: when its timer started, and its key.
+    pub fn oldest_timed(&self) -> Option<(u64, Key)> {
+        self.by_arrival.first().map(|&(t, c, id)| (t, (c, id)))
     }
 
     /// Since when the primary could have ordered `key`, if it is pending:
@@ -389,18 +433,24 @@ impl RequestPool {
         let mut forward = Vec::new();
         let mut requeue = Vec::new();
         self.by_arrival.clear();
+        let flooding: BTreeSet<ClientId> =
+            self.client_pending.keys().copied().filter(|&c| self.floods(c, now_ms)).collect();
         for (&key, p) in self.pending.iter_mut() {
             p.arrival_ms = now_ms;
             p.timed_from = None;
             p.forwarded_ms = now_ms;
             p.late_forward_ms = None;
-            // A backup sends the new primary everything (returned below).
-            p.forwarded = !primary;
+            // A backup sends the new primary everything (returned below)
+            // but a flood, which the primary has its own copy of or owes
+            // nothing; a flooding client's request that becomes timed later
+            // is forwarded at its first expiry (`retime_unforwarded`).
+            let send = !primary && !flooding.contains(&key.0);
+            p.forwarded = send;
             if !p.proposed || primary {
                 p.proposed = false;
                 requeue.push((p.order, key));
             }
-            if !primary {
+            if send {
                 forward.push(p.request.clone());
             }
         }
@@ -489,14 +539,28 @@ mod tests {
         assert_eq!(pool.oldest_arrival_ms(), Some(400));
         assert_eq!(pool.by_arrival.len(), 3);
         // A client with more waiting than `timed_max` floods: not timed,
-        // until it is back within.
+        // until it has been back within for `flood_memory_ms`.
         pool.timed_max = FEW_PENDING;
+        pool.flood_memory_ms = 1_000;
         pool.add(req(3, 1000), 410, true);
         assert_eq!(pool.by_arrival.len(), 2, "client 3, past timed_max, is not timed");
         pool.clock_ms = 500;
         pool.remove((ClientId(3), RequestId(1)));
         pool.remove((ClientId(3), RequestId(2)));
+        assert!(pool.floods(ClientId(3), 500));
+        assert_eq!(pool.by_arrival.len(), 2, "back within, but it flooded a moment ago");
+        assert!(pool.restart_view(600, false).iter().all(|r| r.client != ClientId(3)), "a flood is not forwarded");
+        assert_eq!(pool.by_arrival.len(), 2);
+        // It was last past timed_max at 500, with 65 left after the first
+        // removal.
+        pool.forget_floods(1_499);
+        assert_eq!(pool.by_arrival.len(), 2, "remembered for flood_memory_ms after it was last past timed_max");
+        pool.forget_floods(1_500);
+        assert!(!pool.floods(ClientId(3), 1_500));
         assert_eq!(pool.by_arrival.len(), 3);
-        assert!(pool.by_arrival.contains(&(400, ClientId(3), RequestId(3))), "few again: timed from its arrival");
+        assert!(
+            pool.by_arrival.contains(&(1_500, ClientId(3), RequestId(3))),
+            "timed from when the flood was forgotten"
+        );
     }
 }

@@ -26,7 +26,7 @@ impl<C: Crypto> Replica<C> {
         let now = self.clock.now_ms;
         let primary = self.primary();
         let am_primary = primary == self.id;
-        let timed = self.pool.pending_of(req.client) <= self.pool.timed_max;
+        let timed = !self.pool.floods(req.client, now);
         if let Some(p) = self.pool.get_mut(&key) {
             // A retransmission: the client has not heard back. Make sure the
             // primary has it (the forward may have been lost).
@@ -41,14 +41,15 @@ impl<C: Crypto> Replica<C> {
         if !self.add_pending(req.clone(), false) {
             return;
         }
-        // A client with more pending here than are timed floods: a correct
-        // primary owes it no deadline (see `RequestPool::time_head`), and
+        // A client with more pending here than are timed floods (or did a
+        // moment ago): a correct primary owes it no deadline (see
+        // `RequestPool::floods`), and
         // forwarding a flood sent to every replica would triple it in the
         // primary's peer queue, where it delays the forwards of correct
         // clients (whose backups then time out) and the votes. Its
         // requests are still forwarded before their timers may blame the
         // primary (see `check_request_timer`).
-        if !am_primary && self.pool.pending_of(req.client) <= self.pool.timed_max {
+        if !am_primary && !self.pool.floods(req.client, now) {
             self.pool.mark_forwarded(&key, now);
             self.send(primary, PeerMessage::Forward(req));
         }

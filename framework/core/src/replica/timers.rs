@@ -65,6 +65,7 @@ impl<C: Crypto> Replica<C> {
             self.answers.forget_older_than(now, self.cfg.retransmit_ms.max(self.cfg.status_interval_ms));
             return;
         }
+        self.pool.forget_floods(now);
         if self.normal {
             if !self.end_reached() {
                 self.check_request_timer(now);
@@ -173,6 +174,15 @@ impl<C: Crypto> Replica<C> {
                         return;
                     }
                 }
+            }
+            if let Some((since, (client, request))) = self.pool.oldest_timed() {
+                self.metrics.last_late_request = Some(super::LateRequest {
+                    client,
+                    request,
+                    waited_ms: now.saturating_sub(since),
+                    timeout_ms: timeout,
+                    client_pending: self.pool.pending_of(client),
+                });
             }
             self.timers.request_shift = (self.timers.request_shift + 1).min(self.cfg.view_change_backoff_max);
             #[cfg(feature = "planted-bugs")]

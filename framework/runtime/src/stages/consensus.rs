@@ -402,6 +402,7 @@ impl<C: Crypto> Consensus<C> {
             removed_in: self.host.removed(),
             epoch_counters: self.host.counters(),
             last_view_change: m.last_view_change.map(|r| r.name()),
+            last_late_request: m.last_late_request,
         };
         // Logged after the lock is released: a slow stderr must not hold
         // up the network thread's status answers.
