@@ -354,6 +354,10 @@ pub(crate) struct ReplicaTuning {
     /// adapting it to measured rounds (to measure what adaptation buys).
     #[arg(long)]
     pub(crate) fixed_request_timeout: bool,
+    /// Under saturation, how long a busy client's answers may be held for
+    /// the next batch's (the runtime's `reply_linger_ms`; 0: never).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) reply_linger_ms: u64,
 }
 
 impl ReplicaTuning {
@@ -376,6 +380,7 @@ impl ReplicaTuning {
         if self.fixed_request_timeout {
             args.push("--fixed-request-timeout".into());
         }
+        args.push(format!("--reply-linger-ms={}", self.reply_linger_ms));
         args
     }
 }

@@ -53,6 +53,7 @@ pub(crate) fn replica(
     cfg.durability = s.durability;
     cfg.protocol.tentative_execution = s.tentative;
     cfg.protocol.leader_rotation_ms = s.leader_rotation_ms;
+    cfg.reply_linger_ms = s.reply_linger_ms;
     if s.fixed_request_timeout {
         cfg.protocol.request_timeout_rounds = 0;
     }
