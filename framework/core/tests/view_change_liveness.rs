@@ -229,6 +229,16 @@ fn once_rounds_are_timed_a_primary_that_holds_back_its_proposals_is_suspected_wi
     r2.step(tick(100 + timeout + 1));
     assert_eq!(r2.view(), ViewNo(1), "a primary holding its proposals back is suspected");
     assert_eq!(r2.metrics().last_view_change, Some(palisade_core::ViewChangeReason::RequestTimeout));
+    // The operator's log names the late request.
+    let late = palisade_core::LateRequest {
+        client: palisade_core::ClientId(1),
+        request: palisade_core::RequestId(2),
+        waited_ms: timeout + 1,
+        timeout_ms: timeout,
+        client_pending: 1,
+        proposed: false,
+    };
+    assert_eq!(r2.metrics().last_late_request, Some(late));
 }
 
 #[test]

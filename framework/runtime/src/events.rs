@@ -122,6 +122,7 @@ pub(crate) fn core_changed(me: ReplicaId, before: &CoreSnapshot, after: &CoreSna
                 waited_ms = late.waited_ms,
                 timeout_ms = late.timeout_ms,
                 client_pending = late.client_pending,
+                proposed = late.proposed,
                 "view change started"
             ),
             None => tracing::info!(

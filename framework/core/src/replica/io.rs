@@ -403,6 +403,9 @@ pub struct LateRequest {
     /// Requests its client had pending here: many means a busy or flooding
     /// client, whose requests a correct primary orders a share at a time.
     pub client_pending: usize,
+    /// Whether a PRE-PREPARE of this view held it: agreement, not the
+    /// primary's proposing, was what it waited for.
+    pub proposed: bool,
 }
 
 /// Why a replica moved to a new view: for an operator's log.

@@ -413,6 +413,11 @@ impl RequestPool {
         self.pending.get(key).is_some_and(|p| p.verified)
     }
 
+    /// Whether `key` is inside some PRE-PREPARE of this view.
+    pub fn is_proposed(&self, key: &Key) -> bool {
+        self.pending.get(key).is_some_and(|p| p.proposed)
+    }
+
     /// Puts `request`, whose signature checked, in the place of the pending
     /// copy with its key (a faulty client may have sent this replica a
     /// badly signed copy and the others a good one).

@@ -182,6 +182,7 @@ impl<C: Crypto> Replica<C> {
                     waited_ms: now.saturating_sub(since),
                     timeout_ms: timeout,
                     client_pending: self.pool.pending_of(client),
+                    proposed: self.pool.is_proposed(&(client, request)),
                 });
             }
             self.timers.request_shift = (self.timers.request_shift + 1).min(self.cfg.view_change_backoff_max);
