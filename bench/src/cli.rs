@@ -358,6 +358,10 @@ pub(crate) struct ReplicaTuning {
     /// the next batch's (the runtime's `reply_linger_ms`; 0: never).
     #[arg(long, default_value_t = 10)]
     pub(crate) reply_linger_ms: u64,
+    /// Requests a second one client may send each replica (the runtime's
+    /// `client_rate_max`; 0: unpaced).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) client_rate_max: u32,
 }
 
 impl ReplicaTuning {
@@ -381,6 +385,7 @@ impl ReplicaTuning {
             args.push("--fixed-request-timeout".into());
         }
         args.push(format!("--reply-linger-ms={}", self.reply_linger_ms));
+        args.push(format!("--client-rate-max={}", self.client_rate_max));
         args
     }
 }

@@ -54,6 +54,7 @@ pub(crate) fn replica(
     cfg.protocol.tentative_execution = s.tentative;
     cfg.protocol.leader_rotation_ms = s.leader_rotation_ms;
     cfg.reply_linger_ms = s.reply_linger_ms;
+    cfg.client_rate_max = s.client_rate_max;
     if s.fixed_request_timeout {
         cfg.protocol.request_timeout_rounds = 0;
     }

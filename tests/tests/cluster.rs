@@ -971,3 +971,38 @@ fn a_designated_replica_that_withholds_full_results_costs_a_grace_period_and_a_r
         }
     }
 }
+
+#[test]
+fn a_client_past_its_rate_is_paced_and_loses_no_operation() {
+    let rt = rt();
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
+    for i in 0..4 {
+        let mut cfg = runtime_config(&c.config, c.stage_threads);
+        // A burst of 64 at once, then 200 a second.
+        cfg.client_rate_max = 200;
+        let h = spawn_replica(&c.config, ReplicaId(i), c.keys[i as usize].clone(), Counter::default(), cfg).unwrap();
+        c.handles.push(Some(h));
+    }
+    let adds = 400u64;
+    let _in_runtime = rt.enter();
+    let client = c.client();
+    let counter = CounterClient::new(client.clone());
+    rt.block_on(async { counter.add(0).await.unwrap() });
+    wait::until("the client's channel to every replica", || client.connected() == 4);
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..adds)
+            .map(|_| {
+                let counter = counter.clone();
+                tokio::spawn(async move { counter.add(1).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().expect("a paced client's operation is delayed, never refused");
+        }
+        assert_eq!(counter.get().await.unwrap(), adds, "each executed once");
+    });
+    let paced = c.counter_of_each("client_reads_paced");
+    assert!(paced[0] > 0, "the primary paced the burst: {paced:?}");
+    let dropped = c.counter_of_each("requests_over_quota");
+    assert!(dropped.iter().all(|n| *n == 0), "pacing drops nothing: {dropped:?}");
+}

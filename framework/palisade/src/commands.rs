@@ -104,6 +104,8 @@ pub struct ReplicaOptions {
     pub tentative: bool,
     /// Periodic leader change period, ms (0: off).
     pub leader_rotation_ms: u64,
+    /// Requests a second per client, at most (0: unpaced).
+    pub client_rate_max: u32,
     /// Misbehave this way (test builds only).
     #[cfg(feature = "byzantine")]
     pub byzantine: Option<palisade_runtime::byzantine::Misbehaviour>,
@@ -147,6 +149,7 @@ pub fn replica(config: &Path, id: u32, service: &Registered, data_dir: &Path, op
     rt_cfg.durability = durability;
     rt_cfg.protocol.tentative_execution = tentative;
     rt_cfg.protocol.leader_rotation_ms = opts.leader_rotation_ms;
+    rt_cfg.client_rate_max = opts.client_rate_max;
     #[cfg(feature = "byzantine")]
     {
         rt_cfg.misbehave = opts.byzantine;

@@ -228,6 +228,12 @@ enum Command {
         /// share of the time. 0 turns it off. Every replica should agree.
         #[arg(long, default_value_t = 0)]
         leader_rotation_ms: u64,
+        /// Requests a second one client may send this replica; past it its
+        /// connections pause reading (nothing is dropped). Bounds what a
+        /// client flooding with valid requests takes of ordering; set it
+        /// above what any correct client sends. 0 paces nobody.
+        #[arg(long, default_value_t = 0)]
+        client_rate_max: u32,
         /// Misbehave, to measure what a faulty replica costs: slow-primary,
         /// tiny-batches, starve:CLIENT, mute, equivocate, wrong-replies,
         /// withhold-full or flood (docs/operations.md).
@@ -382,6 +388,7 @@ fn main() -> ExitCode {
             durability,
             tentative,
             leader_rotation_ms,
+            client_rate_max,
             #[cfg(feature = "byzantine")]
             byzantine,
             join,
@@ -399,6 +406,7 @@ fn main() -> ExitCode {
                 durability,
                 tentative,
                 leader_rotation_ms,
+                client_rate_max,
                 #[cfg(feature = "byzantine")]
                 byzantine,
                 join,

@@ -25,6 +25,13 @@ pub struct RuntimeConfig {
     /// dropped unanswered, and clients are served in turn, so a client
     /// that floods gets its share and no more.
     pub client_quota: usize,
+    /// Requests a second one client may send this replica, over all its
+    /// connections; past it (and a burst of a tenth of a second's worth)
+    /// its connections pause reading until it is back within, so nothing
+    /// is dropped. 0 (the default) paces nobody. Set it above what any
+    /// correct client sends: it bounds what a client flooding with valid
+    /// requests takes of ordering.
+    pub client_rate_max: u32,
     /// A client whose requests fail verification this many times has its
     /// connections closed.
     pub verify_failures_max: u32,
@@ -165,6 +172,7 @@ impl RuntimeConfig {
             tick_ms: 10,
             verify_queue: 8_192,
             client_quota: 1_024,
+            client_rate_max: 0,
             verify_failures_max: 16,
             client_in_flight_max: 256,
             filter_queue: 8_192,

@@ -40,6 +40,9 @@ counters! {
     /// Client requests dropped, unanswered, because their client already
     /// had its quota waiting for verification.
     requests_over_quota,
+    /// Times a client connection paused reading because its client was
+    /// past `client_rate_max`.
+    client_reads_paced,
     /// Client connections closed because the client's requests kept
     /// failing verification.
     clients_closed,

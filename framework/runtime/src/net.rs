@@ -277,6 +277,8 @@ pub struct Net {
     pub over_quota: Arc<crate::shared::OverQuota>,
     /// Clients closed for forged requests: refused for a while.
     pub banned: Arc<crate::shared::Banned>,
+    /// Each client's request rate.
+    pub pace: crate::shared::ClientPace,
     /// Each client's requests waiting for verification (its queue and the
     /// verifier's intake), at most its quota; when clients sign (else
     /// there is no verification stage).
@@ -325,6 +327,7 @@ impl Net {
             chain,
             over_quota: Arc::default(),
             banned: Arc::default(),
+            pace: crate::shared::ClientPace::new(cfg.client_rate_max),
             waiting: signing.then(|| Arc::new(crate::shared::ClientCredits::new(cfg.client_quota as u32))),
         }
     }
@@ -506,11 +509,16 @@ impl Connection {
                     RuntimeMetrics::add(&net.metrics.counters.requests_over_quota, 1);
                     ctx.wait(actix::fut::wrap_future::<_, Self>(tokio::time::sleep(Duration::from_millis(20))));
                 }
-                Ok(ClientMessage::Request(req)) => self.on_request(client, req, ctx),
+                Ok(ClientMessage::Request(req)) => {
+                    self.on_request(client, req, ctx);
+                    self.pace(client, 1, ctx);
+                }
                 Ok(ClientMessage::Requests(reqs)) => {
+                    let n = reqs.len();
                     for req in reqs {
                         self.on_request(client, req, ctx);
                     }
+                    self.pace(client, n, ctx);
                 }
                 Ok(ClientMessage::ChainQuery { after }) => {
                     let links = net.chain.after(after, LINKS_PER_ANSWER);
@@ -527,6 +535,15 @@ impl Connection {
             },
             // Nothing may arrive on a connection we opened to send on.
             Kind::ToReplica(_) => self.bad_frame(ctx),
+        }
+    }
+
+    /// A client past its rate: read nothing more from this connection
+    /// until it is back within.
+    fn pace(&mut self, client: ClientId, n: usize, ctx: &mut Context<Self>) {
+        if let Some(wait) = self.net.pace.take(client, n, std::time::Instant::now()) {
+            RuntimeMetrics::add(&self.net.metrics.counters.client_reads_paced, 1);
+            ctx.wait(actix::fut::wrap_future::<_, Self>(tokio::time::sleep(wait)));
         }
     }
 

@@ -208,3 +208,78 @@ mod tests {
         assert!(until > std::time::Instant::now() + std::time::Duration::from_millis(1_500));
     }
 }
+
+/// Each client's request rate, as a token bucket shared by all its
+/// connections to this replica (`RuntimeConfig::client_rate_max`). A client
+/// past its rate is not refused: its requests in hand are taken, and its
+/// connection reads nothing more until the bucket has paid off the debt,
+/// so TCP slows the client to the rate, and a correct client that bursts
+/// past it loses nothing. It bounds what a client that floods with valid
+/// requests takes of ordering, which fair batches alone do not: they give
+/// it the capacity honest clients leave, and the rounds it fills slow
+/// everyone's requests.
+#[derive(Debug)]
+pub struct ClientPace {
+    /// Requests per second; 0 paces nobody.
+    rate: f64,
+    /// Requests a client may send at once above its rate.
+    burst: f64,
+    buckets: Mutex<HashMap<ClientId, (f64, std::time::Instant)>>,
+}
+
+impl ClientPace {
+    /// Clients remembered at most; full buckets are forgotten first.
+    const CLIENTS_MAX: usize = 65_536;
+
+    /// A pace of `rate` requests a second per client, with a burst of a
+    /// tenth of a second's worth (at least 64).
+    pub fn new(rate: u32) -> ClientPace {
+        let rate = f64::from(rate);
+        ClientPace { rate, burst: (rate / 10.0).max(64.0), buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// `client` sent `n` requests at `now`: how long its connection should
+    /// read nothing more, if it is past its rate.
+    pub fn take(&self, client: ClientId, n: usize, now: std::time::Instant) -> Option<std::time::Duration> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let mut m = self.buckets.lock();
+        if m.len() >= Self::CLIENTS_MAX && !m.contains_key(&client) {
+            let (rate, burst) = (self.rate, self.burst);
+            m.retain(|_, (tokens, at)| *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = m.entry(client).or_insert((self.burst, now));
+        let refill = now.saturating_duration_since(*at).as_secs_f64() * self.rate;
+        *tokens = (*tokens + refill).min(self.burst) - n as f64;
+        *at = now;
+        (*tokens < 0.0).then(|| std::time::Duration::from_secs_f64(-*tokens / self.rate))
+    }
+}
+
+#[cfg(test)]
+mod pace_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_client_past_its_rate_pauses_for_its_debt_and_one_within_it_never() {
+        let pace = ClientPace::new(1_000);
+        let t0 = Instant::now();
+        // The burst (100, a tenth of a second's worth) goes at once.
+        assert_eq!(pace.take(ClientId(1), 100, t0), None);
+        // 50 more at once are 50 ms of debt.
+        let wait = pace.take(ClientId(1), 50, t0).expect("past its rate");
+        assert!((wait.as_secs_f64() - 0.050).abs() < 1e-6, "{wait:?}");
+        // Once the debt is paid, a request a millisecond stays within.
+        let mut t = t0 + Duration::from_millis(50);
+        for _ in 0..500 {
+            t += Duration::from_millis(1);
+            assert_eq!(pace.take(ClientId(1), 1, t), None);
+        }
+        // Another client has a bucket of its own.
+        assert_eq!(pace.take(ClientId(2), 100, t0), None);
+        // A rate of 0 paces nobody.
+        assert_eq!(ClientPace::new(0).take(ClientId(1), 1_000_000, t0), None);
+    }
+}

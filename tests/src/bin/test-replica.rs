@@ -155,6 +155,7 @@ fn main() -> ExitCode {
         durability: palisade_host::Durability::Full,
         tentative: args.iter().any(|a| a == "--tentative"),
         leader_rotation_ms: value("--leader-rotation-ms").and_then(|s| s.parse().ok()).unwrap_or(0),
+        client_rate_max: value("--client-rate-max").and_then(|s| s.parse().ok()).unwrap_or(0),
         byzantine: value("--byzantine")
             .map(|m| palisade_runtime::byzantine::Misbehaviour::parse(&m).expect("a Byzantine mode")),
         join: args.iter().any(|a| a == "--join"),
