@@ -221,3 +221,37 @@ fn a_forwarded_request_that_times_out_blames_the_primary_at_once() {
     r2.step(Input::Tick { now_ms: cfg.request_timeout_ms + 1, wall_ms: 0 });
     assert!(starts_view_change(&r2.take_actions()));
 }
+
+#[test]
+fn a_flooding_clients_request_an_older_view_proposed_is_forwarded_before_it_blames_the_new_primary() {
+    let (mut r2, cfg) = backup();
+    flood(&mut r2);
+    // View 0's primary proposes request 1 (at sequence number 2); it never
+    // prepares.
+    peer(&mut r2, 0, pre_prepare(0, 2, batch_in(0, vec![request(1, 1)])));
+    r2.take_actions();
+    // View 1 starts without it. The flood is not forwarded to replica 1.
+    let vcs: Vec<_> = [0u32, 1, 3].iter().map(|&r| view_change_from(r, 1)).collect();
+    let out = peer(&mut r2, 1, new_view(1, 4, vcs, vec![]));
+    assert!(r2.is_normal() && r2.view() == ViewNo(1));
+    assert!(forwards_to_1(&out).is_empty());
+    // The new primary orders 2-10; request 1, left alone, is timed. It was
+    // an older view's proposal, not this one's: the new primary may never
+    // have had it, so it is forwarded at its first expiry, not blamed.
+    let b = batch_in(1, (2..=10).map(|id| request(1, id)).collect());
+    let d = b.digest();
+    peer(&mut r2, 1, pre_prepare(1, 1, b));
+    for from in [0, 3] {
+        peer(&mut r2, from, PeerMessage::Prepare(vote(1, 1, d)));
+    }
+    for from in [0, 3] {
+        peer(&mut r2, from, PeerMessage::Commit(vote(1, 1, d)));
+    }
+    r2.take_actions();
+    r2.step(Input::Tick { now_ms: cfg.request_timeout_ms + 1, wall_ms: 0 });
+    let out = r2.take_actions();
+    assert_eq!(forwards_to_1(&out), vec![(1, 1)]);
+    assert!(!starts_view_change(&out));
+    r2.step(Input::Tick { now_ms: 2 * cfg.request_timeout_ms + 2, wall_ms: 0 });
+    assert!(starts_view_change(&r2.take_actions()), "a timeout after the forward, the new primary is to blame");
+}

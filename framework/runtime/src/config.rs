@@ -27,10 +27,11 @@ pub struct RuntimeConfig {
     pub client_quota: usize,
     /// Requests a second one client may send this replica, over all its
     /// connections; past it (and a burst of a tenth of a second's worth)
-    /// its connections pause reading until it is back within, so nothing
-    /// is dropped. 0 (the default) paces nobody. Set it above what any
-    /// correct client sends: it bounds what a client flooding with valid
-    /// requests takes of ordering.
+    /// its connections stop reading until it is back within, while its
+    /// replies keep flowing: TCP slows it, and pacing drops nothing. 0 (the
+    /// default) paces nobody. Set it above what any correct client sends:
+    /// it bounds what a client flooding with valid requests takes of
+    /// ordering.
     pub client_rate_max: u32,
     /// A client whose requests fail verification this many times has its
     /// connections closed.

@@ -39,7 +39,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, Encoder, FramedRead};
 
 mod dial;
+mod paced;
+
 pub use dial::dial_members;
+pub use paced::ClientPace;
 
 // ----- raw frames for the handshake -------------------------------------------
 
@@ -278,7 +281,7 @@ pub struct Net {
     /// Clients closed for forged requests: refused for a while.
     pub banned: Arc<crate::shared::Banned>,
     /// Each client's request rate.
-    pub pace: crate::shared::ClientPace,
+    pub pace: ClientPace,
     /// Each client's requests waiting for verification (its queue and the
     /// verifier's intake), at most its quota; when clients sign (else
     /// there is no verification stage).
@@ -327,7 +330,7 @@ impl Net {
             chain,
             over_quota: Arc::default(),
             banned: Arc::default(),
-            pace: crate::shared::ClientPace::new(cfg.client_rate_max),
+            pace: ClientPace::new(cfg.client_rate_max),
             waiting: signing.then(|| Arc::new(crate::shared::ClientCredits::new(cfg.client_quota as u32))),
         }
     }
@@ -467,7 +470,12 @@ impl Connection {
         let shared = net.clone();
         let addr = Connection::create(move |ctx| {
             ctx.set_mailbox_capacity(mailbox);
-            ctx.add_stream(FramedRead::new(read, OpenCodec::new(max, opener)));
+            let frames = FramedRead::new(read, OpenCodec::new(max, opener));
+            let paced = match kind {
+                Kind::Client(c) => Some((shared.clone(), c)),
+                _ => None,
+            };
+            ctx.add_stream(paced::PacedRead::new(frames, paced));
             let mut writer = FramedWrite::new(write, SealCodec::new(sealer), ctx);
             writer.set_buffer_capacity(low, high);
             Connection { id, kind, peer, request_key, writer, net: shared }
@@ -510,15 +518,15 @@ impl Connection {
                     ctx.wait(actix::fut::wrap_future::<_, Self>(tokio::time::sleep(Duration::from_millis(20))));
                 }
                 Ok(ClientMessage::Request(req)) => {
-                    self.on_request(client, req, ctx);
-                    self.pace(client, 1, ctx);
+                    let taken = self.on_request(client, req, ctx);
+                    net.pace.charge(client, usize::from(taken), std::time::Instant::now());
                 }
                 Ok(ClientMessage::Requests(reqs)) => {
-                    let n = reqs.len();
+                    let mut taken = 0;
                     for req in reqs {
-                        self.on_request(client, req, ctx);
+                        taken += usize::from(self.on_request(client, req, ctx));
                     }
-                    self.pace(client, n, ctx);
+                    net.pace.charge(client, taken, std::time::Instant::now());
                 }
                 Ok(ClientMessage::ChainQuery { after }) => {
                     let links = net.chain.after(after, LINKS_PER_ANSWER);
@@ -538,23 +546,16 @@ impl Connection {
         }
     }
 
-    /// A client past its rate: read nothing more from this connection
-    /// until it is back within.
-    fn pace(&mut self, client: ClientId, n: usize, ctx: &mut Context<Self>) {
-        if let Some(wait) = self.net.pace.take(client, n, std::time::Instant::now()) {
-            RuntimeMetrics::add(&self.net.metrics.counters.client_reads_paced, 1);
-            ctx.wait(actix::fut::wrap_future::<_, Self>(tokio::time::sleep(wait)));
-        }
-    }
-
-    fn on_request(&mut self, client: ClientId, req: Request, ctx: &mut Context<Self>) {
+    /// Whether the request went on to verification (what a client's rate
+    /// is charged for).
+    fn on_request(&mut self, client: ClientId, req: Request, ctx: &mut Context<Self>) -> bool {
         let net = &self.net;
         RuntimeMetrics::add(&net.metrics.counters.requests_received, 1);
         if req.client != client || req.operation.len() > net.max_operation_bytes {
             // A client may only speak for itself, within the size limit.
             RuntimeMetrics::add(&net.metrics.counters.requests_invalid, 1);
             self.reject(req.id, RejectReason::Invalid);
-            return;
+            return false;
         }
         let id = req.id;
         if net.waiting.as_ref().is_some_and(|w| !w.has_room(client)) {
@@ -563,21 +564,25 @@ impl Connection {
             // connection reads nothing more for a moment.
             RuntimeMetrics::add(&net.metrics.counters.requests_over_quota, 1);
             net.over_quota.mark(client);
-            return;
+            return false;
         }
         if let Some(w) = &net.waiting {
             w.take(client);
         }
         match net.tx_verify.try_send(req) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 if let Some(w) = &net.waiting {
                     w.give_back(client);
                 }
                 RuntimeMetrics::add(&net.metrics.counters.requests_busy, 1);
                 self.reject(id, RejectReason::Busy);
+                false
             }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => ctx.stop(),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                ctx.stop();
+                false
+            }
         }
     }
 

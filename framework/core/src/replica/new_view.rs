@@ -196,27 +196,27 @@ impl<C: Crypto> Replica<C> {
     }
 
     /// Gives the new primary a fresh request-timer window and makes sure it
-    /// has every request this replica waits for; on the primary, requests
-    /// an older view proposed go back in the queue unless the new view
-    /// re-proposes them.
+    /// has every request this replica waits for but a flood's; requests an
+    /// older view proposed go back in the queue unless the new view
+    /// re-proposes them. On a backup too, only this view's proposals count
+    /// as proposed: one an older view proposed and this one did not is owed
+    /// a forward before its timer may blame the new primary.
     fn restart_request_timers(&mut self) {
         let primary = self.is_primary();
         let to = self.primary();
         for r in self.pool.restart_view(self.clock.now_ms, primary) {
             self.send(to, PeerMessage::Forward(r));
         }
-        if primary {
-            let v = self.view;
-            let in_view: Vec<_> = self
-                .log
-                .slots
-                .range(self.checkpoints.stable.seq.next()..)
-                .filter(|(_, s)| s.view == v)
-                .filter_map(|(_, s)| s.pre_prepare.and_then(|d| s.batches.get(&d)).cloned())
-                .collect();
-            for b in in_view {
-                self.pool.mark_proposed(&b);
-            }
+        let v = self.view;
+        let in_view: Vec<_> = self
+            .log
+            .slots
+            .range(self.checkpoints.stable.seq.next()..)
+            .filter(|(_, s)| s.view == v)
+            .filter_map(|(_, s)| s.pre_prepare.and_then(|d| s.batches.get(&d)).cloned())
+            .collect();
+        for b in in_view {
+            self.pool.mark_proposed(&b);
         }
     }
 }

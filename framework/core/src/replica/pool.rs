@@ -108,7 +108,13 @@ impl RequestPool {
 
     /// `time_head`, but a head that may not count its wait from its
     /// arrival (`from_arrival` false) is timed from `now_ms`.
-    fn time_head_at(&mut self, client: ClientId, now_ms: u64, from_arrival: bool) {
+    fn time_head_at(&mut self, client: ClientId, now_ms: u64, mut from_arrival: bool) {
+        // A flood remembered until now ends here as in `forget_floods`,
+        // whichever comes first: its head counts from now.
+        if self.flooded_until.get(&client).is_some_and(|&t| now_ms >= t) {
+            self.flooded_until.remove(&client);
+            from_arrival = false;
+        }
         let pending = self.pending_of(client);
         if pending > self.timed_max {
             self.flooded_until.insert(client, now_ms.saturating_add(self.flood_memory_ms));
@@ -429,11 +435,12 @@ impl RequestPool {
     }
 
     /// A new view starts: every pending request's timer starts again from
-    /// `now_ms`. On a backup, requests not proposed in the new view go back
-    /// in the queue, and every pending request is returned to be forwarded
-    /// to the new primary. On the primary, every pending request goes back
-    /// in the queue (what an older view proposed must be proposed again
-    /// unless the new view re-proposes it: see `mark_proposed`).
+    /// `now_ms`, and every one goes back in the queue as not proposed: what
+    /// an older view proposed must be proposed again unless the new view
+    /// re-proposes it, which the caller marks next (`mark_proposed`), so
+    /// that `proposed` means a PRE-PREPARE of this view on every replica.
+    /// On a backup, every pending request but a flood's is returned to be
+    /// forwarded to the new primary.
     pub fn restart_view(&mut self, now_ms: u64, primary: bool) -> Vec<Request> {
         let mut forward = Vec::new();
         let mut requeue = Vec::new();
@@ -446,12 +453,12 @@ impl RequestPool {
             p.forwarded_ms = now_ms;
             p.late_forward_ms = None;
             // A backup sends the new primary everything (returned below)
-            // but a flood, which the primary has its own copy of or owes
-            // nothing; a flooding client's request that becomes timed later
-            // is forwarded at its first expiry (`retime_unforwarded`).
+            // but a flood: the primary has its own copy or owes it nothing,
+            // and a flooding client's request that becomes timed later is
+            // forwarded at its first expiry (`retime_unforwarded`).
             let send = !primary && !flooding.contains(&key.0);
             p.forwarded = send;
-            if !p.proposed || primary {
+            if p.proposed {
                 p.proposed = false;
                 requeue.push((p.order, key));
             }
@@ -567,5 +574,25 @@ mod tests {
             pool.by_arrival.contains(&(1_500, ClientId(3), RequestId(3))),
             "timed from when the flood was forgotten"
         );
+    }
+
+    #[test]
+    fn a_flood_whose_memory_ran_out_times_its_head_from_then_even_before_the_sweep() {
+        let mut pool = RequestPool::new(1024);
+        pool.timed_max = 2;
+        pool.flood_memory_ms = 1_000;
+        for id in 0..4 {
+            pool.add(req(1, id), 10, true);
+        }
+        pool.clock_ms = 20;
+        pool.remove((ClientId(1), RequestId(0)));
+        pool.remove((ClientId(1), RequestId(1)));
+        assert!(pool.by_arrival.is_empty(), "back within timed_max, but it flooded a moment ago");
+        // The memory ran out at 1,020; no tick has swept it yet when the
+        // next request executes: its successor counts from then, not from
+        // its arrival at 10.
+        pool.clock_ms = 2_000;
+        pool.remove((ClientId(1), RequestId(2)));
+        assert!(pool.by_arrival.contains(&(2_000, ClientId(1), RequestId(3))));
     }
 }
