@@ -512,10 +512,10 @@ impl Connection {
             },
             Kind::Client(client) => match envelope::decode_client(net.cluster, &body) {
                 Ok(ClientMessage::Request(_) | ClientMessage::Requests(_)) if net.over_quota.is_over(client) => {
-                    // Its quota is full at verification: drop these and read
-                    // nothing more from it for a moment (TCP pushes back).
+                    // Its quota is full at verification: drop these; its
+                    // connections read nothing more for a moment (TCP
+                    // pushes back; see `paced`), while replies still go.
                     RuntimeMetrics::add(&net.metrics.counters.requests_over_quota, 1);
-                    ctx.wait(actix::fut::wrap_future::<_, Self>(tokio::time::sleep(Duration::from_millis(20))));
                 }
                 Ok(ClientMessage::Request(req)) => {
                     let taken = self.on_request(client, req, ctx);
@@ -546,8 +546,9 @@ impl Connection {
         }
     }
 
-    /// Whether the request went on to verification (what a client's rate
-    /// is charged for).
+    /// Whether the request counts against its client's rate: it went on to
+    /// verification, or was refused as invalid (a correct client sends
+    /// none, and each costs this replica a rejection to write).
     fn on_request(&mut self, client: ClientId, req: Request, ctx: &mut Context<Self>) -> bool {
         let net = &self.net;
         RuntimeMetrics::add(&net.metrics.counters.requests_received, 1);
@@ -555,7 +556,7 @@ impl Connection {
             // A client may only speak for itself, within the size limit.
             RuntimeMetrics::add(&net.metrics.counters.requests_invalid, 1);
             self.reject(req.id, RejectReason::Invalid);
-            return false;
+            return true;
         }
         let id = req.id;
         if net.waiting.as_ref().is_some_and(|w| !w.has_room(client)) {

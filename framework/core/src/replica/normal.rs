@@ -388,8 +388,14 @@ impl<C: Crypto> Replica<C> {
         }
         slot.batches.insert(digest, batch.clone());
         let view = slot.view;
+        // A re-proposal of this view whose batch came late: its requests
+        // are in a PRE-PREPARE of this view, as `proposed` says.
+        let current = view == self.view && slot.pre_prepare == Some(digest);
         if slot.preprepared.contains_key(&digest) {
-            self.persist(Record::PrePrepared { view, seq, digest, batch: Some(batch) });
+            self.persist(Record::PrePrepared { view, seq, digest, batch: Some(batch.clone()) });
+        }
+        if current {
+            self.pool.mark_proposed(&batch);
         }
         if view == self.view {
             self.vote_when_held(seq);

@@ -1,6 +1,7 @@
 //! Each client's request rate (`RuntimeConfig::client_rate_max`): a token
 //! bucket per client, shared by all its connections to this replica, and
-//! a read side that pauses while the client is past its rate.
+//! a read side that pauses while the client is past its rate, or over its
+//! quota at verification.
 //!
 //! A client past its rate is not refused. What it sent is taken, and its
 //! connections read nothing more until the bucket has paid off the debt:
@@ -36,7 +37,8 @@ pub struct ClientPace {
 
 impl ClientPace {
     /// Clients remembered at most. Full buckets are forgotten first; if
-    /// every one is in debt, all are forgotten (they start full again).
+    /// too few are full, all are forgotten (and start full again, their
+    /// debts forgiven: reaching this takes that many keys sending).
     const CLIENTS_MAX: usize = 65_536;
 
     /// A pace of `rate` requests a second per client, with a burst of a
@@ -71,7 +73,8 @@ impl ClientPace {
     }
 
     /// How long `client`'s connections should read nothing more, if it is
-    /// past its rate at `now`.
+    /// past its rate at `now` by a millisecond's worth or more (the timer
+    /// cannot wait less).
     pub fn debt(&self, client: ClientId, now: Instant) -> Option<Duration> {
         if self.rate <= 0.0 {
             return None;
@@ -79,12 +82,18 @@ impl ClientPace {
         let mut m = self.buckets.lock();
         let bucket = m.get_mut(&client)?;
         self.refill(bucket, now);
-        (bucket.0 < 0.0).then(|| Duration::from_secs_f64(-bucket.0 / self.rate))
+        let wait = Duration::from_secs_f64((-bucket.0).max(0.0) / self.rate);
+        (wait >= Duration::from_millis(1)).then_some(wait)
     }
 }
 
+/// How long a client over its quota at verification reads nothing, before
+/// its connection looks again.
+const OVER_QUOTA_PAUSE: Duration = Duration::from_millis(20);
+
 /// A client connection's frames, read only while its client is within its
-/// rate. Peer connections read unpaced.
+/// rate and not over its quota at verification (then for 20 ms at a time,
+/// so TCP pushes back). Peer connections read unpaced.
 pub struct PacedRead<S> {
     inner: S,
     client: Option<(Arc<Net>, ClientId)>,
@@ -109,14 +118,16 @@ impl<S: Stream + Unpin> Stream for PacedRead<S> {
                 }
                 self.sleep = None;
             }
-            let wait = self.client.as_ref().and_then(|(net, c)| net.pace.debt(*c, Instant::now()));
-            match wait {
-                Some(wait) => {
-                    if let Some((net, _)) = &self.client {
-                        RuntimeMetrics::add(&net.metrics.counters.client_reads_paced, 1);
-                    }
-                    self.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+            let wait = self.client.as_ref().and_then(|(net, c)| {
+                if net.over_quota.is_over(*c) {
+                    return Some(OVER_QUOTA_PAUSE);
                 }
+                let wait = net.pace.debt(*c, Instant::now())?;
+                RuntimeMetrics::add(&net.metrics.counters.client_reads_paced, 1);
+                Some(wait)
+            });
+            match wait {
+                Some(wait) => self.sleep = Some(Box::pin(tokio::time::sleep(wait))),
                 None => return Pin::new(&mut self.inner).poll_next(cx),
             }
         }
