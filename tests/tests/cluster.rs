@@ -794,6 +794,21 @@ fn with_authenticators_backups_accept_proposals_on_their_macs_and_only_the_prima
 /// together as one group: the primary checks one signature per group, each
 /// request is still bound to it (every add executes once), and the
 /// backups, on their MACs, check none.
+/// `adds` concurrent adds of 1 from one client, each of which must succeed
+/// (a paced client's are delayed, never refused) and execute once.
+async fn adds_at_once(counter: &CounterClient, adds: u64) {
+    let tasks: Vec<_> = (0..adds)
+        .map(|_| {
+            let counter = counter.clone();
+            tokio::spawn(async move { counter.add(1).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("every add succeeds");
+    }
+    assert_eq!(counter.get().await.unwrap(), adds, "each executed once");
+}
+
 #[test]
 fn requests_issued_together_share_one_signature_and_each_still_executes_once() {
     let rt = rt();
@@ -809,18 +824,7 @@ fn requests_issued_together_share_one_signature_and_each_still_executes_once() {
     // them, whose results come in full: the last channel may still be
     // opening).
     wait::until("the client's channel to every replica", || client.connected() == 4);
-    rt.block_on(async {
-        let tasks: Vec<_> = (0..adds)
-            .map(|_| {
-                let counter = counter.clone();
-                tokio::spawn(async move { counter.add(1).await })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
-        assert_eq!(counter.get().await.unwrap(), adds);
-    });
+    rt.block_on(adds_at_once(&counter, adds));
     let checked = c.counter_of_each("request_signatures_checked");
     let verified = c.counter_of_each("client_signatures_verified");
     assert!(checked[0] > adds, "the primary checks every request: {checked:?}");
@@ -989,18 +993,7 @@ fn a_client_past_its_rate_is_paced_and_loses_no_operation() {
     let counter = CounterClient::new(client.clone());
     rt.block_on(async { counter.add(0).await.unwrap() });
     wait::until("the client's channel to every replica", || client.connected() == 4);
-    rt.block_on(async {
-        let tasks: Vec<_> = (0..adds)
-            .map(|_| {
-                let counter = counter.clone();
-                tokio::spawn(async move { counter.add(1).await })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().expect("a paced client's operation is delayed, never refused");
-        }
-        assert_eq!(counter.get().await.unwrap(), adds, "each executed once");
-    });
+    rt.block_on(adds_at_once(&counter, adds));
     let paced = c.counter_of_each("client_reads_paced");
     assert!(paced[0] > 0, "the primary paced the burst: {paced:?}");
     let dropped = c.counter_of_each("requests_over_quota");

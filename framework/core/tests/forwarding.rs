@@ -132,6 +132,30 @@ fn a_late_forward_keeps_its_new_start_when_its_timer_stops_and_starts_again() {
     assert!(forwards_of(&out).is_empty(), "forwarded once");
 }
 
+/// Replica 2 enters view 1 (primary: replica 1) with nothing re-proposed;
+/// returns what it sent.
+fn enter_view_1(r2: &mut Replica<TestCrypto>) -> Vec<Action> {
+    let vcs: Vec<_> = [0u32, 1, 3].iter().map(|&r| view_change_from(r, 1)).collect();
+    let out = peer(r2, 1, new_view(1, 4, vcs, vec![]));
+    assert!(r2.is_normal() && r2.view() == ViewNo(1));
+    out
+}
+
+/// View 1's primary orders `requests` at sequence number 1, and replica 2
+/// sees it prepared and committed.
+fn order_in_view_1(r2: &mut Replica<TestCrypto>, requests: Vec<palisade_core::Request>) {
+    let b = batch_in(1, requests);
+    let d = b.digest();
+    peer(r2, 1, pre_prepare(1, 1, b));
+    for from in [0, 3] {
+        peer(r2, from, PeerMessage::Prepare(vote(1, 1, d)));
+    }
+    for from in [0, 3] {
+        peer(r2, from, PeerMessage::Commit(vote(1, 1, d)));
+    }
+    r2.take_actions();
+}
+
 /// The requests (client, id) forwarded to replica 1 among `out`.
 fn forwards_to_1(out: &[Action]) -> Vec<(u64, u64)> {
     out.iter()
@@ -152,25 +176,14 @@ fn after_a_view_change_every_pending_request_but_a_flood_counts_as_forwarded_to_
     r2.take_actions();
     // View 1 starts: client 2's three go to its primary, replica 1; client
     // 1's flood does not (the primary has its own copy, or owes it nothing).
-    let vcs: Vec<_> = [0u32, 1, 3].iter().map(|&r| view_change_from(r, 1)).collect();
-    let out = peer(&mut r2, 1, new_view(1, 4, vcs, vec![]));
-    assert!(r2.is_normal() && r2.view() == ViewNo(1));
+    let out = enter_view_1(&mut r2);
     assert_eq!(forwards_to_1(&out), vec![(2, 1), (2, 2), (2, 3)]);
     // It orders 1 and 2, and all of the flood but one; request 3 is timed,
     // and when it expires the new primary, which was sent it, is to blame
     // at once.
     let mut ordered = vec![request(2, 1), request(2, 2)];
     ordered.extend((1..=9).map(|id| request(1, id)));
-    let b = batch_in(1, ordered);
-    let d = b.digest();
-    peer(&mut r2, 1, pre_prepare(1, 1, b));
-    for from in [0, 3] {
-        peer(&mut r2, from, PeerMessage::Prepare(vote(1, 1, d)));
-    }
-    for from in [0, 3] {
-        peer(&mut r2, from, PeerMessage::Commit(vote(1, 1, d)));
-    }
-    r2.take_actions();
+    order_in_view_1(&mut r2, ordered);
     r2.step(Input::Tick { now_ms: cfg.request_timeout_ms + 1, wall_ms: 0 });
     let out = r2.take_actions();
     assert!(starts_view_change(&out));
@@ -231,23 +244,12 @@ fn a_flooding_clients_request_an_older_view_proposed_is_forwarded_before_it_blam
     peer(&mut r2, 0, pre_prepare(0, 2, batch_in(0, vec![request(1, 1)])));
     r2.take_actions();
     // View 1 starts without it. The flood is not forwarded to replica 1.
-    let vcs: Vec<_> = [0u32, 1, 3].iter().map(|&r| view_change_from(r, 1)).collect();
-    let out = peer(&mut r2, 1, new_view(1, 4, vcs, vec![]));
-    assert!(r2.is_normal() && r2.view() == ViewNo(1));
+    let out = enter_view_1(&mut r2);
     assert!(forwards_to_1(&out).is_empty());
     // The new primary orders 2-10; request 1, left alone, is timed. It was
     // an older view's proposal, not this one's: the new primary may never
     // have had it, so it is forwarded at its first expiry, not blamed.
-    let b = batch_in(1, (2..=10).map(|id| request(1, id)).collect());
-    let d = b.digest();
-    peer(&mut r2, 1, pre_prepare(1, 1, b));
-    for from in [0, 3] {
-        peer(&mut r2, from, PeerMessage::Prepare(vote(1, 1, d)));
-    }
-    for from in [0, 3] {
-        peer(&mut r2, from, PeerMessage::Commit(vote(1, 1, d)));
-    }
-    r2.take_actions();
+    order_in_view_1(&mut r2, (2..=10).map(|id| request(1, id)).collect());
     r2.step(Input::Tick { now_ms: cfg.request_timeout_ms + 1, wall_ms: 0 });
     let out = r2.take_actions();
     assert_eq!(forwards_to_1(&out), vec![(1, 1)]);
