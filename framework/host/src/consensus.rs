@@ -103,9 +103,15 @@ pub enum ExecCommand {
         /// The answer, unchecked.
         answer: StateAnswer,
     },
-    /// A new stable checkpoint: forget states below this sequence number
-    /// (the previous stable checkpoint, still served to laggards).
-    ForgetBelow(SeqNo),
+    /// Checkpoint `seq` is stable: its state may go to disk, and states
+    /// below `keep_from` (the previous stable checkpoint, still served to
+    /// laggards) are forgotten.
+    Stable {
+        /// The stable checkpoint.
+        seq: SeqNo,
+        /// The oldest state still kept.
+        keep_from: SeqNo,
+    },
 }
 
 /// What a consensus host needs from the world around it.
@@ -200,7 +206,7 @@ impl<C: Crypto> ConsensusHost<C> {
                     io.execute(ExecCommand::Fetch { epoch, peers, holders: count, seq, state })
                 }
                 Action::StateData { from, seq, answer } => io.execute(ExecCommand::StateData { from, seq, answer }),
-                Action::StableCheckpoint { keep_from, .. } => io.execute(ExecCommand::ForgetBelow(keep_from)),
+                Action::StableCheckpoint { seq, keep_from } => io.execute(ExecCommand::Stable { seq, keep_from }),
                 Action::Dropped { client, request, reason } => {
                     let reason = match reason {
                         DropReason::RequestTooLarge => RejectReason::TooLarge,

@@ -275,13 +275,14 @@ pub fn recover<S: Service, D: Dir>(
             // The stable checkpoint is at most a log window behind the
             // newest state: keep what may be it, so that peers can still
             // fetch it (parts unchanged since are shared, not copied).
-            let _ = execution.handle(ExecCommand::ForgetBelow(SeqNo(s.0.saturating_sub(log_window))), &mut quiet);
+            let keep_from = SeqNo(s.0.saturating_sub(log_window));
+            let _ = execution.handle(ExecCommand::Stable { seq: stable.unwrap_or_default(), keep_from }, &mut quiet);
         }
         Ok(())
     })?;
     // Nothing older than the stable checkpoint is needed.
     if let Some(stable) = stable {
-        let _ = execution.handle(ExecCommand::ForgetBelow(stable.min(executed)), &mut quiet);
+        let _ = execution.handle(ExecCommand::Stable { seq: stable, keep_from: stable.min(executed) }, &mut quiet);
     }
     drop(waiting);
     if let Some((seq, _)) = report.snapshot {

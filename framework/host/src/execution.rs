@@ -403,7 +403,7 @@ impl<S: Service> ExecutionHost<S> {
                 }
                 return self.carry_out(steps, io);
             }
-            ExecCommand::ForgetBelow(keep_from) => self.store.forget_below(keep_from),
+            ExecCommand::Stable { seq, keep_from } => self.store.stable(seq, keep_from),
         }
         Ok(())
     }

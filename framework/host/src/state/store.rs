@@ -44,7 +44,9 @@ pub const PINNED_FOR: u64 = 64;
 #[derive(Default)]
 pub struct PartStore {
     kept: BTreeMap<SeqNo, Kept>,
-    /// Stable checkpoints seen (calls to `forget_below`).
+    /// The newest stable checkpoint this replica knows.
+    stable: SeqNo,
+    /// Stable checkpoints seen (calls to `stable`).
     stables: u64,
     /// When each state was last asked about, in `stables`.
     asked: Mutex<BTreeMap<SeqNo, u64>>,
@@ -99,11 +101,20 @@ impl PartStore {
         self.kept.iter().map(|(s, k)| (*s, k))
     }
 
-    /// Forgets the states below `keep_from`, except those a peer asked
-    /// about lately; with none left from there up (a fetch is about to
-    /// bring one), keeps the newest older one, so a restart still has
-    /// something to start from.
-    pub fn forget_below(&mut self, keep_from: SeqNo) {
+    /// The newest state kept whose checkpoint is stable: what goes to
+    /// disk. A snapshot of a checkpoint not yet stable would be all a
+    /// replica restarted from it could serve, and a peer fetching the
+    /// stable state could then find it nowhere.
+    pub fn newest_stable(&self) -> Option<(SeqNo, &Kept)> {
+        self.kept.range(..=self.stable).next_back().map(|(s, k)| (*s, k))
+    }
+
+    /// Checkpoint `seq` is stable: forgets the states below `keep_from`,
+    /// except those a peer asked about lately; with none left from there
+    /// up (a fetch is about to bring one), keeps the newest older one, so a
+    /// restart still has something to start from.
+    pub fn stable(&mut self, seq: SeqNo, keep_from: SeqNo) {
+        self.stable = self.stable.max(seq);
         self.stables += 1;
         let stables = self.stables;
         let mut asked = self.asked.lock();

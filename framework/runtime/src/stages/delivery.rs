@@ -71,7 +71,8 @@ struct Wiring<'a> {
     /// of records are durable now.
     held_tentative: Option<(&'a mut Held, u64)>,
     seq: u64,
-    taken: Vec<(SeqNo, bool)>,
+    /// States fetched from peers during this command.
+    fetched: Vec<SeqNo>,
     tx_control: &'a mut Outflow<Control>,
     tx_reply: &'a mut Outflow<ReplyBatch>,
     egress: &'a dyn Egress,
@@ -113,14 +114,13 @@ impl ExecutionIo for Wiring<'_> {
     }
 
     fn checkpoint(&mut self, seq: SeqNo, state: Digest, config: Digest) {
-        self.taken.push((seq, false));
         if self.tx_control.push(Control::Input(Input::CheckpointReady { seq, state, config })).is_err() {
             self.ended = true;
         }
     }
 
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
-        self.taken.push((seq, true));
+        self.fetched.push(seq);
         if self.tx_control.push(Control::Input(Input::StateFetched { seq, state })).is_err() {
             self.ended = true;
         }
@@ -163,7 +163,7 @@ impl<S: Service + Send + Sync> Stage for Delivery<S> {
 
     fn poll(&mut self) -> Result<bool, Ended> {
         let mut busy = self.release_held()?;
-        self.offer_forced();
+        self.offer_again();
         for _ in 0..self.drain_max {
             if !(self.tx_control.flush()? && self.tx_reply.flush()?) {
                 break;
@@ -200,7 +200,7 @@ impl<S: Service + Send + Sync> Stage for Delivery<S> {
                 held,
                 held_tentative,
                 seq: self.delivered,
-                taken: Vec::new(),
+                fetched: Vec::new(),
                 tx_control: &mut self.tx_control,
                 tx_reply: &mut self.tx_reply,
                 egress: &*self.egress,
@@ -216,8 +216,8 @@ impl<S: Service + Send + Sync> Stage for Delivery<S> {
             if io.ended {
                 return Err(Ended);
             }
-            let taken = std::mem::take(&mut io.taken);
-            self.offer(taken);
+            let fetched = std::mem::take(&mut io.fetched);
+            self.offer(fetched);
             busy = true;
         }
         busy |= self.release_held()?;
@@ -245,25 +245,31 @@ impl<S: Service + Send + Sync> Delivery<S> {
         Ok(any)
     }
 
-    /// Offers new checkpoints' states to the snapshot writer.
-    fn offer(&mut self, taken: Vec<(SeqNo, bool)>) {
+    /// Offers the snapshot writer the newest stable checkpoint's state,
+    /// and any state fetched (the log cannot replay up to it).
+    fn offer(&mut self, fetched: Vec<SeqNo>) {
         let Some(disk) = &mut self.disk else { return };
-        for (seq, fetched) in taken {
+        for seq in fetched {
             let Some(kept) = self.host.store().get(seq) else { continue };
-            if !disk.snapshots.offer(seq, kept, fetched) && fetched {
+            if !disk.snapshots.offer(seq, kept, true) {
                 disk.forced = Some(seq);
             }
         }
+        self.offer_again();
     }
 
-    /// Retries writing a fetched state the writer was too busy for.
-    fn offer_forced(&mut self) {
+    /// Retries writing a fetched state the writer was too busy for, and
+    /// offers the newest stable state (the writer rings when it is free).
+    fn offer_again(&mut self) {
         let Some(disk) = &mut self.disk else { return };
         if let Some(seq) = disk.forced {
             match self.host.store().get(seq) {
                 Some(kept) if !disk.snapshots.offer(seq, kept, true) => {}
                 _ => disk.forced = None,
             }
+        }
+        if let Some((seq, kept)) = self.host.store().newest_stable() {
+            disk.snapshots.offer(seq, kept, false);
         }
     }
 }
@@ -339,5 +345,84 @@ mod tests {
             .collect();
         assert_eq!(control, vec![2]);
         assert_eq!(egress.peer_bodies(ReplicaId(2)), 1, "the state at the checkpoint was served");
+    }
+
+    /// The checkpoints on `dir` that have a snapshot.
+    fn snapshots_on(dir: &palisade_storage::MemDir) -> Vec<u64> {
+        use palisade_storage::Dir;
+        let names = dir.list().unwrap();
+        names.iter().filter_map(|n| n.strip_prefix("snap-")?.strip_suffix(".snap")?.parse().ok()).collect()
+    }
+
+    #[test]
+    fn only_a_stable_checkpoints_state_goes_to_disk_so_a_restart_can_serve_it() {
+        use crate::storage::{DurableMarks, SnapshotPolicy, SnapshotWriter};
+        use palisade_storage::snapshot::Snapshots;
+        use palisade_storage::MemDir;
+        use std::sync::atomic::AtomicBool;
+        let bell = Bell::default();
+        let (tx_cmd, rx) = queue(16, &bell, None);
+        let (tx_control, _rx_control) = queue(16, &bell, None);
+        let (tx_reply, _rx_reply) = queue(16, &bell, None);
+        let membership = Membership::with_size(4, Mode::Bft).unwrap();
+        let exec = Arc::new(RwLock::new(Executor::new(Counter::default(), 16)));
+        let cfg = ExecutionConfig { checkpoint_interval: 2, ..ExecutionConfig::new(ReplicaId(0), membership) };
+        let host = ExecutionHost::new(exec, cfg, None).unwrap();
+        let dir = MemDir::new();
+        let (files, _) = Snapshots::open(Arc::new(dir.clone()), 2).unwrap();
+        let marks = Arc::new(DurableMarks::default());
+        let metrics = Arc::new(RuntimeMetrics::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let policy = SnapshotPolicy { interval: 1, last: SeqNo(0), duty_percent: 100 };
+        let (writer, thread) =
+            SnapshotWriter::spawn(files, policy, marks.clone(), metrics.clone(), stop.clone(), Bell::default());
+        let disk = DeliveryDisk {
+            hold_replies: false,
+            marks: marks.clone(),
+            snapshots: writer,
+            held: VecDeque::new(),
+            held_tentative: VecDeque::new(),
+            forced: None,
+        };
+        let mut delivery = Delivery {
+            rx,
+            host,
+            tx_control: Outflow::new(tx_control),
+            tx_reply: Outflow::new(tx_reply),
+            egress: Arc::new(Collect::default()),
+            metrics: metrics.clone(),
+            drain_max: 16,
+            disk: Some(disk),
+            delivered: 0,
+            fetch_logged: 0,
+        };
+        // Polls until the writer has written `count` snapshots and is idle.
+        let settle = |delivery: &mut Delivery<Counter>, count: u64| {
+            for _ in 0..1000 {
+                delivery.poll().unwrap();
+                let written = metrics.counters.snapshots_written.load(Ordering::Acquire);
+                if written >= count && !marks.snapshot_busy.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            panic!("the writer did not write {count} snapshots");
+        };
+        for seq in 1..=6 {
+            let batch = Arc::new(Batch { timestamp_ms: 1, proposed_in: ViewNo(0), requests: vec![add(1, seq)] });
+            tx_cmd.try_send(ExecCommand::Deliver { epoch: 0, seq: SeqNo(seq), view: ViewNo(0), batch }).unwrap();
+        }
+        settle(&mut delivery, 0);
+        assert_eq!(snapshots_on(&dir), Vec::<u64>::new(), "checkpoints 2, 4 and 6 are not stable yet");
+        // The cluster is slow to agree: 4 becomes stable while this
+        // replica has executed to 6.
+        tx_cmd.try_send(ExecCommand::Stable { seq: SeqNo(4), keep_from: SeqNo(2) }).unwrap();
+        settle(&mut delivery, 1);
+        assert_eq!(snapshots_on(&dir), vec![4], "the stable checkpoint, not the newer 6");
+        tx_cmd.try_send(ExecCommand::Stable { seq: SeqNo(6), keep_from: SeqNo(4) }).unwrap();
+        settle(&mut delivery, 2);
+        assert_eq!(snapshots_on(&dir), vec![4, 6]);
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
     }
 }

@@ -36,6 +36,8 @@ pub(crate) struct Disk {
     /// The newest snapshot written: the log keeps the batches after the
     /// one before it, so that the fallback can replay to it.
     pub newest_snapshot: SeqNo,
+    /// The newest stable checkpoint whose snapshot was skipped.
+    pub passed: SeqNo,
     /// The chain of epochs the replica keeps beside its log (the runtime's
     /// `chain.bin`, written whole and synced when it grows).
     pub chain: Vec<Handover>,
@@ -50,7 +52,14 @@ impl Disk {
         let dir = MemDir::new();
         let (journal, _) = Journal::open(Arc::new(dir.clone()), SIM_WAL).expect("an empty disk opens");
         let (snapshots, _) = Snapshots::open(Arc::new(dir.clone()), SNAPSHOTS_KEPT).expect("an empty disk opens");
-        Disk { dir, journal: Some(journal), snapshots: Some(snapshots), newest_snapshot: SeqNo(0), chain: Vec::new() }
+        Disk {
+            dir,
+            journal: Some(journal),
+            snapshots: Some(snapshots),
+            newest_snapshot: SeqNo(0),
+            passed: SeqNo(0),
+            chain: Vec::new(),
+        }
     }
 
     /// Writes `entry` durably (one group).
@@ -144,8 +153,8 @@ struct SimExecIo<'w> {
     world: &'w mut World,
     r: usize,
     inputs: &'w mut VecDeque<Feed>,
-    /// States taken (false) or fetched (true) during this command.
-    taken: Vec<(SeqNo, bool)>,
+    /// States fetched during this command.
+    fetched: Vec<SeqNo>,
 }
 
 impl ExecutionIo for SimExecIo<'_> {
@@ -160,12 +169,11 @@ impl ExecutionIo for SimExecIo<'_> {
             self.world.checker.on_checkpoint(ReplicaId(self.r as u32), seq, state);
         }
         self.inputs.push_back(Feed::Input(Input::CheckpointReady { seq, state, config }));
-        self.taken.push((seq, false));
     }
 
     fn state_fetched(&mut self, seq: SeqNo, state: Digest) {
         self.inputs.push_back(Feed::Input(Input::StateFetched { seq, state }));
-        self.taken.push((seq, true));
+        self.fetched.push(seq);
     }
 
     fn send(&mut self, to: ReplicaId, epoch: u64, msg: PeerMessage) {
@@ -321,21 +329,32 @@ impl World {
                 self.checker.violations.push(format!("replica {r}: {e}"));
             }
         }
-        let mut io = SimExecIo { world: self, r, inputs, taken: Vec::new() };
+        let mut io = SimExecIo { world: self, r, inputs, fetched: Vec::new() };
         let result = exec.handle(cmd, &mut io);
-        let taken = io.taken;
+        let fetched = io.fetched;
         if let Err(e) = result {
             self.checker.violations.push(format!("replica {r}: {e}"));
         }
-        // The runtime's writer skips checkpoints while it is busy: so do
-        // some here, and recovery replays the log from an older snapshot.
-        // A fetched state is always written (the log cannot reach it).
-        for (seq, fetched) in taken {
-            if !fetched && self.rng.chance(0.5) {
-                continue;
+        // As in the runtime, the newest stable checkpoint's state goes to
+        // disk, and a fetched state always (the log cannot reach it). The
+        // runtime's writer skips checkpoints while it is busy: so are some
+        // here, and recovery replays the log from an older snapshot.
+        let mut offered: Vec<SeqNo> = fetched;
+        if let Some((seq, _)) = exec.store().newest_stable() {
+            let disk = &mut self.replicas[r].disk;
+            if seq > disk.newest_snapshot && seq > disk.passed {
+                disk.passed = seq;
+                if self.rng.chance(0.5) {
+                    offered.push(seq);
+                }
             }
+        }
+        for seq in offered {
             let Some(kept) = exec.store().get(seq) else { continue };
             let disk = &mut self.replicas[r].disk;
+            if seq <= disk.newest_snapshot {
+                continue;
+            }
             let fallback = std::mem::replace(&mut disk.newest_snapshot, seq);
             let written = match &mut disk.snapshots {
                 Some(s) => s.write(seq, kept.root, &kept.parts, &kept.digests).map(drop),
@@ -384,6 +403,7 @@ impl World {
                 journal: None,
                 snapshots: None,
                 newest_snapshot: SeqNo(0),
+                passed: SeqNo(0),
                 chain: Vec::new(),
             };
             return;
@@ -462,6 +482,7 @@ impl World {
         rep.disk.journal = Some(rec.journal);
         rep.disk.snapshots = Some(rec.snapshots);
         rep.disk.newest_snapshot = rec.report.snapshot.map_or(SeqNo(0), |(s, _)| s);
+        rep.disk.passed = SeqNo(0);
         rep.execution = Some(rec.execution);
         rep.consensus = Some(host);
         self.drain(r);
