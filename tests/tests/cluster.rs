@@ -810,6 +810,36 @@ async fn adds_at_once(counter: &CounterClient, adds: u64) {
 }
 
 #[test]
+fn a_client_keeps_at_most_its_in_flight_cap_sent_and_the_rest_wait_their_turn() {
+    let rt = rt();
+    let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);
+    c.start_with(Counter::default);
+    let _in_runtime = rt.enter();
+    let opts = ClientOptions { timeout_ms: 20_000, in_flight_max: 8, ..ClientOptions::default() };
+    let client = Client::connect(c.config.clone(), generate(&mut OsRng), opts);
+    let counter = CounterClient::new(client.clone());
+    let adds = 200u64;
+    let tasks: Vec<_> = (0..adds)
+        .map(|_| {
+            let counter = counter.clone();
+            rt.spawn(async move { counter.add(1).await })
+        })
+        .collect();
+    let mut peak = 0;
+    while !tasks.iter().all(|t| t.is_finished()) {
+        peak = peak.max(client.in_flight());
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    for t in tasks {
+        rt.block_on(t).unwrap().expect("every add succeeds");
+    }
+    assert!(peak <= 8, "{peak} operations in flight at once, above the cap of 8");
+    assert_eq!(peak, 8, "200 adds at once fill the cap");
+    assert_eq!(client.in_flight(), 0);
+    assert_eq!(rt.block_on(counter.get()).unwrap(), adds, "each executed once");
+}
+
+#[test]
 fn requests_issued_together_share_one_signature_and_each_still_executes_once() {
     let rt = rt();
     let mut c = cluster(4, Mode::Bft, RequestAuth::Authenticators);

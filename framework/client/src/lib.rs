@@ -59,6 +59,12 @@ pub struct ClientOptions {
     /// (many in flight) are signed as a group, so that the client signs
     /// once and the primary checks once per group. 1 signs each alone.
     pub sign_group_max: usize,
+    /// Most operations in flight at once; more wait for one to finish
+    /// before they are sent. A replica counts a client with more than its
+    /// `client_timed_max` requests pending (256 by default) as flooding,
+    /// and no longer times or forwards its requests: keep this at most
+    /// that. The operation timeout starts once an operation is sent.
+    pub in_flight_max: usize,
 }
 
 impl Default for ClientOptions {
@@ -71,6 +77,7 @@ impl Default for ClientOptions {
             full_reply_grace_ms: 20,
             keep_chain_in: None,
             sign_group_max: 32,
+            in_flight_max: 256,
         }
     }
 }
@@ -202,6 +209,8 @@ struct Inner {
     /// Replicas that recently let a full result's grace period run out,
     /// until when: their designated results are asked for at once.
     slow: Mutex<BTreeMap<ReplicaId, Instant>>,
+    /// One permit per operation in flight (`in_flight_max`).
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// A handle on the cluster; cheap to clone, usable from many tasks.
@@ -231,6 +240,7 @@ impl Client {
         let members =
             Members { membership: cluster.membership.clone(), genesis, chain, cluster, outboxes: BTreeMap::new() };
         let signer = signer::Signer::new(opts.sign_group_max);
+        let in_flight = tokio::sync::Semaphore::new(opts.in_flight_max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS));
         let inner = Arc::new(Inner {
             members: RwLock::new(members),
             key,
@@ -250,6 +260,7 @@ impl Client {
             resends: ResendCounters::default(),
             latency: Mutex::new(Rtt::default()),
             slow: Mutex::new(BTreeMap::new()),
+            in_flight,
         });
         inner.connect_members();
         Client { inner }
@@ -314,6 +325,12 @@ impl Client {
         self.inner.resends.snapshot()
     }
 
+    /// Operations sent and not yet finished: at most `in_flight_max`; the
+    /// rest wait to be sent.
+    pub fn in_flight(&self) -> usize {
+        self.inner.pending.lock().len()
+    }
+
     /// Executes `operation` in the total order; returns the result f+1
     /// replicas agree on.
     pub async fn invoke_ordered(&self, operation: Bytes) -> Result<Bytes, InvokeError> {
@@ -332,6 +349,9 @@ impl Client {
 
     async fn invoke(&self, operation: Bytes, read_only: bool) -> Result<Bytes, InvokeError> {
         let inner = &self.inner;
+        // Taken before the request id, so that ids go out in about the
+        // order they were numbered.
+        let _permit = inner.in_flight.acquire().await.map_err(|_| InvokeError::Closed)?;
         let id = RequestId(inner.next_request.fetch_add(1, Ordering::Relaxed));
         let req = Request { client: inner.id, id, read_only, operation, auth: Bytes::new() };
         let (auth, membership) = {
