@@ -22,7 +22,7 @@ struct Cluster {
     stage_threads: StageThreads,
     /// Replicas keep their data under here, in this mode.
     disk: Option<(std::path::PathBuf, Durability)>,
-    /// Sequence numbers between snapshots written (0: every checkpoint).
+    /// Sequence numbers between snapshots written (0: every stable checkpoint).
     snapshot_interval: u64,
     /// Replicas execute prepared batches tentatively.
     tentative: bool,

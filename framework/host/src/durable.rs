@@ -285,8 +285,10 @@ pub fn recover<S: Service, D: Dir>(
         let _ = execution.handle(ExecCommand::Stable { seq: stable, keep_from: stable.min(executed) }, &mut quiet);
     }
     drop(waiting);
-    if let Some((seq, _)) = report.snapshot {
-        journal.snapshot_durable(seq)?;
+    // The log keeps the batches after the loaded snapshot's fallback, so
+    // that the fallback still reaches it should it rot before the next.
+    if let Some(fallback) = report.snapshot.and_then(|(seq, _)| snapshots.before(seq)) {
+        journal.snapshot_durable(fallback)?;
     }
     report.entries = rec.entries;
     // The first read cut the log where it was torn or damaged.

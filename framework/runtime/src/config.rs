@@ -107,9 +107,10 @@ pub struct RuntimeConfig {
     /// Where it writes it; required unless `durability` is `none`.
     pub data_dir: Option<PathBuf>,
     /// Sequence numbers between snapshots written to disk, at least; 0
-    /// writes one at every checkpoint the writer is free for (a checkpoint
-    /// that comes while a snapshot is being written is skipped). The log
-    /// keeps the batches since the last snapshot.
+    /// writes one at every stable checkpoint the writer is free for (while
+    /// it writes one, newer checkpoints may become stable: it then writes
+    /// the newest). The log keeps the batches since the snapshot before
+    /// the last.
     pub snapshot_interval: u64,
     /// Share of the time the snapshot writer may spend writing, in
     /// percent: after a snapshot that took t it rests t * (100 - p) / p,

@@ -313,6 +313,12 @@ impl<D: Dir> Snapshots<D> {
         self.kept.back().map(|m| m.seq)
     }
 
+    /// The newest kept snapshot's checkpoint before `seq`: the fallback
+    /// of the snapshot at `seq`.
+    pub fn before(&self, seq: SeqNo) -> Option<SeqNo> {
+        self.kept.iter().rev().map(|m| m.seq).find(|s| *s < seq)
+    }
+
     /// Bytes of parts in the packs on disk.
     pub fn pack_bytes(&self) -> u64 {
         self.packs.values().sum()

@@ -36,7 +36,8 @@ pub(crate) struct Disk {
     /// The newest snapshot written: the log keeps the batches after the
     /// one before it, so that the fallback can replay to it.
     pub newest_snapshot: SeqNo,
-    /// The newest stable checkpoint whose snapshot was skipped.
+    /// The newest stable checkpoint offered to the writer (written or
+    /// skipped, as by a writer that was busy).
     pub passed: SeqNo,
     /// The chain of epochs the replica keeps beside its log (the runtime's
     /// `chain.bin`, written whole and synced when it grows).
