@@ -337,6 +337,10 @@ pub(crate) struct ReplicaTuning {
     /// Batches the primary keeps proposed but not yet delivered.
     #[arg(long, default_value_t = 4)]
     pub(crate) in_flight: u64,
+    /// Requests that must wait, per batch already in flight, before the
+    /// primary proposes another (the protocol's `pipeline_min_batch`).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) pipeline_min_batch: usize,
     /// Where the replicas' CPU stages run (default: chosen for the machine).
     #[arg(long, value_enum)]
     pub(crate) stage_threads: Option<StageThreadsArg>,
@@ -370,6 +374,7 @@ impl ReplicaTuning {
         let mut args = vec![
             format!("--batch-max={}", self.batch_max),
             format!("--in-flight={}", self.in_flight),
+            format!("--pipeline-min-batch={}", self.pipeline_min_batch),
             format!("--durability={}", self.durability),
         ];
         if let Some(t) = self.stage_threads {

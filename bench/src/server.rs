@@ -44,6 +44,7 @@ pub(crate) fn replica(
     let mut cfg = RuntimeConfig::for_cluster(&cluster);
     cfg.protocol.batch_max_requests = s.batch_max;
     cfg.protocol.max_in_flight = s.in_flight;
+    cfg.protocol.pipeline_min_batch = s.pipeline_min_batch;
     if let Some(t) = s.stage_threads {
         cfg.stage_threads = t.into();
     }
