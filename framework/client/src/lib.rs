@@ -41,7 +41,8 @@ pub struct ClientOptions {
     /// plus four deviations, as TCP does, up to 2 s); the wait doubles with
     /// every retransmission, up to 2 s or this floor.
     pub retransmit_ms: u64,
-    /// Give up on an operation after this long.
+    /// Give up on an operation after this long from when it was sent (it
+    /// may first wait for a place among `in_flight_max`).
     pub timeout_ms: u64,
     /// Wait this long for a quorum of read-only replies before ordering the read.
     pub read_timeout_ms: u64,
