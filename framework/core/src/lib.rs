@@ -34,5 +34,5 @@ pub use config::Config;
 pub use crypto::Crypto;
 pub use exec::{ExecContext, Executor, Service};
 pub use message::{Batch, PeerMessage, Reply, Request};
-pub use replica::{Action, Input, LateRequest, Metrics, Record, Replica, ViewChangeReason};
+pub use replica::{Action, Input, LateRequest, Metrics, NextSlot, Record, Replica, ViewChangeReason};
 pub use types::{ClientId, Digest, Membership, Mode, ReplicaId, RequestId, SeqNo, ViewNo};

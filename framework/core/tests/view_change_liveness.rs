@@ -237,6 +237,10 @@ fn once_rounds_are_timed_a_primary_that_holds_back_its_proposals_is_suspected_wi
         timeout_ms: timeout,
         client_pending: 1,
         proposed: false,
+        // The round that was timed delivered batch 1; nothing of batch 2
+        // reached this backup.
+        delivered: palisade_core::SeqNo(1),
+        next: palisade_core::NextSlot::default(),
     };
     assert_eq!(r2.metrics().last_late_request, Some(late));
 }
@@ -305,4 +309,28 @@ fn with_leader_rotation_every_view_ends_after_its_period_and_the_next_primary_or
     still.submit(0, request(1, 1));
     still.tick(5_000);
     assert!((0..4).all(|r| still.core(r).view() == ViewNo(0)));
+}
+
+#[test]
+fn a_round_that_stalls_after_its_pre_prepare_is_named_in_the_late_request() {
+    let cfg = config(Mode::Bft, 4);
+    let mut r2 = replica(2, &cfg);
+    one_round_timed(&mut r2, 10, 5);
+    let timeout = r2.request_timeout_ms();
+    // The primary proposes request 2 at 2 and one backup prepares: this
+    // replica prepares, but no other COMMIT comes.
+    let b = batch(vec![request(1, 2)]);
+    let d = b.digest();
+    r2.step(tick(100));
+    r2.step(Input::Request(request(1, 2)));
+    peer(&mut r2, 0, pre_prepare(0, 2, b));
+    peer(&mut r2, 1, PeerMessage::Prepare(vote(0, 2, d)));
+    r2.step(tick(100 + timeout + 1));
+    assert_eq!(r2.view(), ViewNo(1));
+    let late = r2.metrics().last_late_request.expect("a request timed out");
+    assert!(late.proposed, "its PRE-PREPARE arrived: agreement was what stalled");
+    assert_eq!(late.delivered, SeqNo(1));
+    let next = late.next;
+    assert!(next.pre_prepared && next.batch);
+    assert_eq!((next.prepares, next.commits), (2, 1), "prepared here; its own COMMIT alone, short of 2f+1");
 }

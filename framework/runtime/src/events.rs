@@ -123,6 +123,11 @@ pub(crate) fn core_changed(me: ReplicaId, before: &CoreSnapshot, after: &CoreSna
                 timeout_ms = late.timeout_ms,
                 client_pending = late.client_pending,
                 proposed = late.proposed,
+                delivered = late.delivered.0,
+                next_pre_prepared = late.next.pre_prepared,
+                next_batch = late.next.batch,
+                next_prepares = late.next.prepares,
+                next_commits = late.next.commits,
                 "view change started"
             ),
             None => tracing::info!(

@@ -406,6 +406,25 @@ pub struct LateRequest {
     /// Whether a PRE-PREPARE of this view held it: agreement, not the
     /// primary's proposing, was what it waited for.
     pub proposed: bool,
+    /// The last batch delivered here.
+    pub delivered: crate::types::SeqNo,
+    /// How far agreement on the next one had got here, in this view: where
+    /// a slow round stalled.
+    pub next: NextSlot,
+}
+
+/// What a replica holds of the first batch it has not delivered, in the
+/// current view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextSlot {
+    /// Whether it accepted (or, as primary, sent) the PRE-PREPARE.
+    pub pre_prepared: bool,
+    /// Whether it holds the batch's contents.
+    pub batch: bool,
+    /// PREPAREs it holds.
+    pub prepares: usize,
+    /// COMMITs it holds.
+    pub commits: usize,
 }
 
 /// Why a replica moved to a new view: for an operator's log.

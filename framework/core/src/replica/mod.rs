@@ -55,7 +55,7 @@ mod transfer;
 mod view_change;
 
 pub use catch_up::MAX_CATCH_UP_RESTARTS;
-pub use io::{Action, Discard, DropReason, Input, LateRequest, Metrics, ViewChangeReason};
+pub use io::{Action, Discard, DropReason, Input, LateRequest, Metrics, NextSlot, ViewChangeReason};
 pub use records::{Record, RecordLog, Restart};
 
 use crate::answers::{AnswerKind, AnswerLimiter};

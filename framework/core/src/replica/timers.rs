@@ -183,6 +183,8 @@ impl<C: Crypto> Replica<C> {
                     timeout_ms: timeout,
                     client_pending: self.pool.pending_of(client),
                     proposed: self.pool.is_proposed(&(client, request)),
+                    delivered: self.log.delivered,
+                    next: self.next_slot(),
                 });
             }
             self.timers.request_shift = (self.timers.request_shift + 1).min(self.cfg.view_change_backoff_max);
@@ -191,6 +193,20 @@ impl<C: Crypto> Replica<C> {
                 self.timers.request_shift = 0;
             }
             self.start_view_change(self.view.next(), reason);
+        }
+    }
+
+    /// Where agreement on the first undelivered batch stands here.
+    fn next_slot(&self) -> super::NextSlot {
+        let seq = self.log.delivered.next();
+        match self.log.slots.get(&seq).filter(|s| s.view == self.view) {
+            Some(s) => super::NextSlot {
+                pre_prepared: s.pre_prepare.is_some(),
+                batch: s.pre_prepare.is_some_and(|d| s.batches.contains_key(&d)),
+                prepares: s.prepares.len(),
+                commits: s.commits.len(),
+            },
+            None => super::NextSlot::default(),
         }
     }
 
