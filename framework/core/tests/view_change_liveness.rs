@@ -334,3 +334,45 @@ fn a_round_that_stalls_after_its_pre_prepare_is_named_in_the_late_request() {
     assert!(next.pre_prepared && next.batch);
     assert_eq!((next.prepares, next.commits), (2, 1), "prepared here; its own COMMIT alone, short of 2f+1");
 }
+
+/// The PRE-PREPAREs `actions` send to each replica, by sequence number.
+fn pre_prepares_sent(actions: &[Action]) -> Vec<(u32, u64)> {
+    let mut sent: Vec<(u32, u64)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, msg: PeerMessage::PrePrepare(pp) } => Some((to.0, pp.seq.0)),
+            _ => None,
+        })
+        .collect();
+    sent.sort();
+    sent
+}
+
+#[test]
+fn a_pre_prepare_lost_to_some_backups_is_sent_again_to_them_alone_well_before_a_request_times_out() {
+    let cfg = config(Mode::Bft, 4);
+    let mut r0 = replica(0, &cfg);
+    r0.step(tick(10));
+    r0.step(Input::Request(request(1, 1)));
+    let d = proposed_digest(&r0.take_actions(), 1).expect("proposed at once");
+    // Backups 2 and 3 never got it (their connections were not up yet);
+    // backup 1 prepares, and its PREPARE keeps arriving.
+    let resend = cfg.retransmit_ms.min(cfg.request_timeout_ms / 4);
+    let mut sent = Vec::new();
+    for t in (20..10 + resend).step_by(10) {
+        peer(&mut r0, 1, PeerMessage::Prepare(vote(0, 1, d)));
+        r0.step(tick(t));
+        sent.extend(pre_prepares_sent(&r0.take_actions()));
+    }
+    assert!(sent.is_empty(), "not before the slot has stood still for {resend} ms: {sent:?}");
+    r0.step(tick(10 + resend));
+    assert_eq!(pre_prepares_sent(&r0.take_actions()), vec![(2, 1), (3, 1)], "to the backups that did not answer");
+    // Their PREPAREs now arrive, and it decides.
+    for from in [2, 3] {
+        peer(&mut r0, from, PeerMessage::Prepare(vote(0, 1, d)));
+    }
+    for from in [1, 2] {
+        peer(&mut r0, from, PeerMessage::Commit(vote(0, 1, d)));
+    }
+    assert_eq!(r0.delivered(), SeqNo(1));
+}

@@ -5,7 +5,7 @@
 use super::{Discard, Replica, ViewChangeReason};
 use crate::crypto::Crypto;
 use crate::message::{null_digest, Batch, PeerMessage, PrePrepare, Status, Vote};
-use crate::types::ViewNo;
+use crate::types::{ReplicaId, ViewNo};
 
 /// A deadline with exponential backoff.
 #[derive(Clone, Copy, Debug, Default)]
@@ -78,6 +78,9 @@ impl<C: Crypto> Replica<C> {
         if now >= self.timers.retransmit_at_ms {
             self.timers.retransmit_at_ms = now + self.cfg.retransmit_ms;
             self.retransmit();
+        }
+        if self.normal {
+            self.retransmit_slots(now);
         }
         if now >= self.timers.status_at_ms {
             self.timers.status_at_ms = now + self.cfg.status_interval_ms;
@@ -312,13 +315,10 @@ impl<C: Crypto> Replica<C> {
         }
     }
 
-    /// Every `retransmit_ms`: messages for undecided slots of the current
-    /// view that have not moved since the last period go out again (the
-    /// primary's PRE-PREPAREs, backups' PREPAREs, everyone's COMMITs), with
-    /// requests for batches this replica lacks; while changing views, its
-    /// VIEW-CHANGE; while rejoining, its question to the peers.
+    /// Every `retransmit_ms`: while changing views, this replica's
+    /// VIEW-CHANGE; while rejoining, its question to the peers; its vote
+    /// on the epoch's end.
     fn retransmit(&mut self) {
-        let now = self.clock.now_ms;
         self.retransmit_end_vote();
         if let Some(r) = &self.rejoin {
             if r.until.is_none() {
@@ -335,28 +335,58 @@ impl<C: Crypto> Replica<C> {
                     }
                 }
             }
-            return;
         }
+    }
+
+    /// At every tick, for each undecided slot of the current view that has
+    /// not moved here for `retransmit_ms` (or a quarter of the request
+    /// timeout, if shorter: a lost message must be sent again well before
+    /// a request waiting on it times out), this replica's messages go out
+    /// again: the primary's PRE-PREPARE to the backups that have not
+    /// answered it, a backup's PREPARE, everyone's COMMIT; with requests for
+    /// batches this replica lacks. Measured per slot, not on one periodic
+    /// timer, so that a slot waits no longer than that before its resend.
+    fn retransmit_slots(&mut self, now: u64) {
+        let voting = !self.rejoining();
+        let resend_ms = self.cfg.retransmit_ms.min(self.request_timeout() / 4).max(1);
         let primary = self.is_primary() && voting;
         let bft = self.bft() && voting;
         let (view, me, delivered) = (self.view, self.id, self.log.delivered);
+        let backups: Vec<ReplicaId> = if primary {
+            self.membership().members().iter().copied().filter(|r| *r != me).collect()
+        } else {
+            Vec::new()
+        };
         let mut out = Vec::new();
+        let mut to_some = Vec::new();
         let mut fetch = Vec::new();
         for (&seq, slot) in self.log.slots.iter_mut() {
             if let Some(d) = slot.decided {
-                if seq > delivered && d != null_digest() && !slot.batches.contains_key(&d) {
+                if seq > delivered
+                    && d != null_digest()
+                    && !slot.batches.contains_key(&d)
+                    && now >= slot.touched_ms + resend_ms
+                {
+                    slot.touched_ms = now;
                     fetch.push((seq, d));
                 }
                 continue;
             }
-            if slot.view != view || now < slot.touched_ms + self.cfg.retransmit_ms {
+            if slot.view != view || now < slot.touched_ms + resend_ms {
                 continue;
             }
             let Some(d) = slot.pre_prepare else { continue };
             slot.touched_ms = now;
             if primary {
                 if let Some(b) = slot.batches.get(&d) {
-                    out.push(PeerMessage::PrePrepare(PrePrepare { view, seq, batch: b.clone() }));
+                    // A backup's PREPARE (in CFT its COMMIT) shows that
+                    // the PRE-PREPARE reached it.
+                    let answered = if bft { &slot.prepares } else { &slot.commits };
+                    let missing: Vec<ReplicaId> =
+                        backups.iter().copied().filter(|r| answered.get(r) != Some(&d)).collect();
+                    if !missing.is_empty() {
+                        to_some.push((missing, PeerMessage::PrePrepare(PrePrepare { view, seq, batch: b.clone() })));
+                    }
                 }
             } else if bft && slot.prepares.get(&me) == Some(&d) {
                 out.push(PeerMessage::Prepare(Vote { view, seq, digest: d }));
@@ -370,6 +400,11 @@ impl<C: Crypto> Replica<C> {
         }
         for m in out {
             self.broadcast(m);
+        }
+        for (to, m) in to_some {
+            for r in to {
+                self.send(r, m.clone());
+            }
         }
         for (seq, digest) in fetch {
             self.broadcast(PeerMessage::BatchRequest { seq, digest });
