@@ -326,13 +326,10 @@ impl<C: Crypto> Replica<C> {
                 self.broadcast(PeerMessage::RejoinQuery { nonce });
             }
         }
-        let voting = !self.rejoining();
-        if !self.normal {
-            if voting {
-                if let Some(vc) = self.changes.received.get(&self.id).cloned() {
-                    if vc.body.new_view == self.view {
-                        self.broadcast(PeerMessage::ViewChange(vc));
-                    }
+        if !self.normal && !self.rejoining() {
+            if let Some(vc) = self.changes.received.get(&self.id).cloned() {
+                if vc.body.new_view == self.view {
+                    self.broadcast(PeerMessage::ViewChange(vc));
                 }
             }
         }
