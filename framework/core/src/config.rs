@@ -58,7 +58,10 @@ pub struct Config {
     /// to 2^this: the protocol is live for any network whose request path
     /// fits in `request_timeout_ms << view_change_backoff_max`.
     pub view_change_backoff_max: u32,
-    /// Period at which undecided normal-case messages and VIEW-CHANGEs are sent again.
+    /// How long an undecided slot stands still before this replica's
+    /// messages for it go again (at most a quarter of the request timeout);
+    /// the period of VIEW-CHANGE, rejoin and end-vote retransmissions, and
+    /// of batch requests, which peers answer at most once per period.
     pub retransmit_ms: u64,
     /// Period of STATUS messages, through which laggards catch up.
     pub status_interval_ms: u64,

@@ -366,7 +366,9 @@ fn a_pre_prepare_lost_to_some_backups_is_sent_again_to_them_alone_well_before_a_
     }
     assert!(sent.is_empty(), "not before the slot has stood still for {resend} ms: {sent:?}");
     r0.step(tick(10 + resend));
-    assert_eq!(pre_prepares_sent(&r0.take_actions()), vec![(2, 1), (3, 1)], "to the backups that did not answer");
+    let actions = r0.take_actions();
+    assert_eq!(pre_prepares_sent(&actions), vec![(2, 1), (3, 1)], "to the backups that did not answer");
+    assert_eq!(proposed_digest(&actions, 1), None, "not to everyone");
     // Their PREPAREs now arrive, and it decides.
     for from in [2, 3] {
         peer(&mut r0, from, PeerMessage::Prepare(vote(0, 1, d)));

@@ -24,7 +24,8 @@ pub(super) struct Timers {
     /// Doublings of the request timeout (PBFT 4.5.2); the request timer
     /// itself runs from each pending request's arrival (see `pool`).
     pub request_shift: u32,
-    /// Next retransmission of undecided normal-case messages.
+    /// Next retransmission of VIEW-CHANGEs, rejoin questions and end votes
+    /// (slots are looked at every tick).
     pub retransmit_at_ms: u64,
     /// Next STATUS.
     pub status_at_ms: u64,
@@ -345,7 +346,19 @@ impl<C: Crypto> Replica<C> {
     /// timer, so that a slot waits no longer than that before its resend.
     fn retransmit_slots(&mut self, now: u64) {
         let voting = !self.rejoining();
-        let resend_ms = self.cfg.retransmit_ms.min(self.request_timeout() / 4).max(1);
+        // The timeout with its backoff: after a view change for slowness
+        // the resends slow down with it.
+        let timeout = self.request_timeout().saturating_mul(1 << self.timers.request_shift);
+        let resend_ms = self.cfg.retransmit_ms.min(timeout / 4).max(1);
+        // Peers answer a batch request once per `retransmit_ms` per slot:
+        // asking more often would be refused as over their answer rate.
+        let ask_again = |slot: &mut super::log::Slot| {
+            let due = slot.batch_requested_ms.is_none_or(|t| now >= t + self.cfg.retransmit_ms);
+            if due {
+                slot.batch_requested_ms = Some(now);
+            }
+            due
+        };
         let primary = self.is_primary() && voting;
         let bft = self.bft() && voting;
         let (view, me, delivered) = (self.view, self.id, self.log.delivered);
@@ -359,12 +372,7 @@ impl<C: Crypto> Replica<C> {
         let mut fetch = Vec::new();
         for (&seq, slot) in self.log.slots.iter_mut() {
             if let Some(d) = slot.decided {
-                if seq > delivered
-                    && d != null_digest()
-                    && !slot.batches.contains_key(&d)
-                    && now >= slot.touched_ms + resend_ms
-                {
-                    slot.touched_ms = now;
+                if seq > delivered && d != null_digest() && !slot.batches.contains_key(&d) && ask_again(slot) {
                     fetch.push((seq, d));
                 }
                 continue;
@@ -391,7 +399,7 @@ impl<C: Crypto> Replica<C> {
             if slot.prepared_here && voting {
                 out.push(PeerMessage::Commit(Vote { view, seq, digest: d }));
             }
-            if d != null_digest() && !slot.batches.contains_key(&d) {
+            if d != null_digest() && !slot.batches.contains_key(&d) && ask_again(slot) {
                 fetch.push((seq, d));
             }
         }
