@@ -378,3 +378,22 @@ fn a_pre_prepare_lost_to_some_backups_is_sent_again_to_them_alone_well_before_a_
     }
     assert_eq!(r0.delivered(), SeqNo(1));
 }
+
+#[test]
+fn in_cft_a_backups_commit_shows_it_has_the_pre_prepare_and_the_others_get_it_again() {
+    let cfg = config(Mode::Cft, 5);
+    let mut r0 = replica(0, &cfg);
+    r0.step(tick(10));
+    r0.step(Input::Request(request(1, 1)));
+    let d = proposed_digest(&r0.take_actions(), 1).expect("proposed at once");
+    // Backup 1 commits (CFT has no PREPARE); with the primary that is two
+    // of the three a decision needs.
+    let resend = cfg.retransmit_ms.min(cfg.request_timeout_ms / 4);
+    peer(&mut r0, 1, PeerMessage::Commit(vote(0, 1, d)));
+    r0.step(tick(10 + resend - 1));
+    assert!(pre_prepares_sent(&r0.take_actions()).is_empty(), "not yet");
+    r0.step(tick(10 + resend));
+    assert_eq!(pre_prepares_sent(&r0.take_actions()), vec![(2, 1), (3, 1), (4, 1)]);
+    peer(&mut r0, 3, PeerMessage::Commit(vote(0, 1, d)));
+    assert_eq!(r0.delivered(), SeqNo(1), "a majority committed");
+}
