@@ -348,13 +348,22 @@ fn pre_prepares_sent(actions: &[Action]) -> Vec<(u32, u64)> {
     sent
 }
 
-#[test]
-fn a_pre_prepare_lost_to_some_backups_is_sent_again_to_them_alone_well_before_a_request_times_out() {
-    let cfg = config(Mode::Bft, 4);
-    let mut r0 = replica(0, &cfg);
+/// Replica 0, the primary, proposing one request at 10 ms; and the
+/// batch's digest.
+fn primary_proposing_one(
+    cfg: &palisade_core::Config,
+) -> (palisade_core::Replica<palisade_testkit::crypto::TestCrypto>, Digest) {
+    let mut r0 = replica(0, cfg);
     r0.step(tick(10));
     r0.step(Input::Request(request(1, 1)));
     let d = proposed_digest(&r0.take_actions(), 1).expect("proposed at once");
+    (r0, d)
+}
+
+#[test]
+fn a_pre_prepare_lost_to_some_backups_is_sent_again_to_them_alone_well_before_a_request_times_out() {
+    let cfg = config(Mode::Bft, 4);
+    let (mut r0, d) = primary_proposing_one(&cfg);
     // Backups 2 and 3 never got it (their connections were not up yet);
     // backup 1 prepares, and its PREPARE keeps arriving.
     let resend = cfg.retransmit_ms.min(cfg.request_timeout_ms / 4);
@@ -382,10 +391,7 @@ fn a_pre_prepare_lost_to_some_backups_is_sent_again_to_them_alone_well_before_a_
 #[test]
 fn in_cft_a_backups_commit_shows_it_has_the_pre_prepare_and_the_others_get_it_again() {
     let cfg = config(Mode::Cft, 5);
-    let mut r0 = replica(0, &cfg);
-    r0.step(tick(10));
-    r0.step(Input::Request(request(1, 1)));
-    let d = proposed_digest(&r0.take_actions(), 1).expect("proposed at once");
+    let (mut r0, d) = primary_proposing_one(&cfg);
     // Backup 1 commits (CFT has no PREPARE); with the primary that is two
     // of the three a decision needs.
     let resend = cfg.retransmit_ms.min(cfg.request_timeout_ms / 4);

@@ -45,6 +45,16 @@ impl Slot {
         }
     }
 
+    /// Whether a request for this slot's batch may go out now, and if so
+    /// marks it sent: peers answer one a `period` per slot, no faster.
+    pub fn batch_request_due(&mut self, now: u64, period: u64) -> bool {
+        let due = self.batch_requested_ms.is_none_or(|t| now >= t + period);
+        if due {
+            self.batch_requested_ms = Some(now);
+        }
+        due
+    }
+
     /// Whether this replica holds what `digest` names (the null batch
     /// needs no fetching).
     pub fn holds(&self, digest: Digest) -> bool {

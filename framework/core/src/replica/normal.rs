@@ -268,8 +268,7 @@ impl<C: Crypto> Replica<C> {
             let Some(digest) = slot.decided else { break };
             let Some(batch) = self.log.batch_for(seq, digest) else {
                 let slot = self.log.slots.get_mut(&seq).expect("present");
-                if slot.batch_requested_ms.is_none_or(|t| now >= t + self.cfg.retransmit_ms) {
-                    slot.batch_requested_ms = Some(now);
+                if slot.batch_request_due(now, self.cfg.retransmit_ms) {
                     self.broadcast(PeerMessage::BatchRequest { seq, digest });
                 }
                 break;

@@ -348,17 +348,8 @@ impl<C: Crypto> Replica<C> {
         let voting = !self.rejoining();
         // The timeout with its backoff: after a view change for slowness
         // the resends slow down with it.
-        let timeout = self.request_timeout().saturating_mul(1 << self.timers.request_shift);
-        let resend_ms = self.cfg.retransmit_ms.min(timeout / 4).max(1);
-        // Peers answer a batch request once per `retransmit_ms` per slot:
-        // asking more often would be refused as over their answer rate.
-        let ask_again = |slot: &mut super::log::Slot| {
-            let due = slot.batch_requested_ms.is_none_or(|t| now >= t + self.cfg.retransmit_ms);
-            if due {
-                slot.batch_requested_ms = Some(now);
-            }
-            due
-        };
+        let resend_ms = self.cfg.retransmit_ms.min(self.request_timeout_ms() / 4).max(1);
+        let ask_every = self.cfg.retransmit_ms;
         let primary = self.is_primary() && voting;
         let bft = self.bft() && voting;
         let (view, me, delivered) = (self.view, self.id, self.log.delivered);
@@ -372,7 +363,11 @@ impl<C: Crypto> Replica<C> {
         let mut fetch = Vec::new();
         for (&seq, slot) in self.log.slots.iter_mut() {
             if let Some(d) = slot.decided {
-                if seq > delivered && d != null_digest() && !slot.batches.contains_key(&d) && ask_again(slot) {
+                if seq > delivered
+                    && d != null_digest()
+                    && !slot.batches.contains_key(&d)
+                    && slot.batch_request_due(now, ask_every)
+                {
                     fetch.push((seq, d));
                 }
                 continue;
@@ -399,7 +394,7 @@ impl<C: Crypto> Replica<C> {
             if slot.prepared_here && voting {
                 out.push(PeerMessage::Commit(Vote { view, seq, digest: d }));
             }
-            if d != null_digest() && !slot.batches.contains_key(&d) && ask_again(slot) {
+            if d != null_digest() && !slot.batches.contains_key(&d) && slot.batch_request_due(now, ask_every) {
                 fetch.push((seq, d));
             }
         }

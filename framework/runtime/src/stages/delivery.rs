@@ -297,29 +297,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_delivered_batch_answers_every_client_once_in_full_or_by_digest_and_checkpoints_report_back() {
+    type CounterStage = (Delivery<Counter>, crate::queue::Tx<ExecCommand>, Rx<Control>, Rx<ReplyBatch>, Arc<Collect>);
+
+    /// A delivery stage for replica 0 of four, over a counter that
+    /// checkpoints every two batches: the stage, its command input, its
+    /// outputs, and where its frames go.
+    fn counter_stage(disk: Option<DeliveryDisk>, metrics: Arc<RuntimeMetrics>) -> CounterStage {
         let bell = Bell::default();
-        let (tx_cmd, rx) = queue(8, &bell, None);
-        let (tx_control, rx_control) = queue(8, &bell, None);
-        let (tx_reply, rx_reply) = queue(8, &bell, None);
+        let (tx_cmd, rx) = queue(16, &bell, None);
+        let (tx_control, rx_control) = queue(16, &bell, None);
+        let (tx_reply, rx_reply) = queue(16, &bell, None);
         let membership = Membership::with_size(4, Mode::Bft).unwrap();
         let exec = Arc::new(RwLock::new(Executor::new(Counter::default(), 16)));
         let cfg = ExecutionConfig { checkpoint_interval: 2, ..ExecutionConfig::new(ReplicaId(0), membership) };
         let host = ExecutionHost::new(exec, cfg, None).unwrap();
         let egress = Arc::new(Collect::default());
-        let mut delivery = Delivery {
+        let delivery = Delivery {
             rx,
             host,
             tx_control: Outflow::new(tx_control),
             tx_reply: Outflow::new(tx_reply),
             egress: egress.clone(),
-            metrics: Arc::new(RuntimeMetrics::default()),
+            metrics,
             drain_max: 8,
-            disk: None,
+            disk,
             delivered: 0,
             fetch_logged: 0,
         };
+        (delivery, tx_cmd, rx_control, rx_reply, egress)
+    }
+
+    #[test]
+    fn a_delivered_batch_answers_every_client_once_in_full_or_by_digest_and_checkpoints_report_back() {
+        let (mut delivery, tx_cmd, rx_control, rx_reply, egress) = counter_stage(None, Arc::default());
         let requests: Vec<Request> = (1..=8).map(|c| add(c, 1)).collect();
         for seq in 1..=2 {
             let batch =
@@ -360,14 +370,6 @@ mod tests {
         use palisade_storage::snapshot::Snapshots;
         use palisade_storage::MemDir;
         use std::sync::atomic::AtomicBool;
-        let bell = Bell::default();
-        let (tx_cmd, rx) = queue(16, &bell, None);
-        let (tx_control, _rx_control) = queue(16, &bell, None);
-        let (tx_reply, _rx_reply) = queue(16, &bell, None);
-        let membership = Membership::with_size(4, Mode::Bft).unwrap();
-        let exec = Arc::new(RwLock::new(Executor::new(Counter::default(), 16)));
-        let cfg = ExecutionConfig { checkpoint_interval: 2, ..ExecutionConfig::new(ReplicaId(0), membership) };
-        let host = ExecutionHost::new(exec, cfg, None).unwrap();
         let dir = MemDir::new();
         let (files, _) = Snapshots::open(Arc::new(dir.clone()), 2).unwrap();
         let marks = Arc::new(DurableMarks::default());
@@ -384,18 +386,7 @@ mod tests {
             held_tentative: VecDeque::new(),
             forced: None,
         };
-        let mut delivery = Delivery {
-            rx,
-            host,
-            tx_control: Outflow::new(tx_control),
-            tx_reply: Outflow::new(tx_reply),
-            egress: Arc::new(Collect::default()),
-            metrics: metrics.clone(),
-            drain_max: 16,
-            disk: Some(disk),
-            delivered: 0,
-            fetch_logged: 0,
-        };
+        let (mut delivery, tx_cmd, _rx_control, _rx_reply, _) = counter_stage(Some(disk), metrics.clone());
         // Polls until the writer has written `count` snapshots and is idle.
         let settle = |delivery: &mut Delivery<Counter>, count: u64| {
             for _ in 0..1000 {
