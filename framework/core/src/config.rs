@@ -52,6 +52,26 @@ pub struct Config {
     /// doubles with the request timeout, and a connection that comes back
     /// in time costs nothing.
     pub primary_down_timeout_ms: u64,
+    /// Whether clients send every request to every replica (the cluster's
+    /// `requests_to_all`), as BFT-SMaRt's do. A backup then holds the load
+    /// the primary is offered, and forwards a request only once it has
+    /// waited `forward_grace_ms` here unproposed; otherwise it forwards
+    /// each request it gets straight from a client (a retransmission).
+    pub requests_to_all: bool,
+    /// How long a request a backup holds may wait unproposed before the
+    /// backup sends it to the primary, and how long after that before the
+    /// primary's batches that leave it out count against it (see
+    /// `batch_watch_skips`); at least four measured rounds, doubling with
+    /// the request timeout's backoff.
+    pub forward_grace_ms: u64,
+    /// The watch on the primary's batches: a backup that sees this many
+    /// PRE-PREPAREs with room to spare leave out a request the primary has
+    /// had for `forward_grace_ms` suspects the primary (reason
+    /// `skipped-requests`). A primary that keeps every round short but
+    /// proposes tiny batches is caught by no timer; this catches it when
+    /// the backups hold the offered load (`requests_to_all`). 0 turns it
+    /// off.
+    pub batch_watch_skips: u32,
     /// Base time to wait for a NEW-VIEW before moving to the next view.
     pub view_change_timeout_ms: u64,
     /// The view-change and request timeouts double per failed attempt, up
@@ -130,6 +150,9 @@ impl Config {
             request_timeout_min_ms: 250,
             leader_rotation_ms: 0,
             primary_down_timeout_ms: 200,
+            requests_to_all: false,
+            forward_grace_ms: 20,
+            batch_watch_skips: 8,
             view_change_timeout_ms: 2_000,
             view_change_backoff_max: 5,
             retransmit_ms: 200,

@@ -133,7 +133,7 @@ impl<C: Crypto> Replica<C> {
 
     /// Whether f+1 peers in this replica's view have delivered more than a
     /// pipeline's worth past it.
-    fn lagging(&self) -> bool {
+    pub(super) fn lagging(&self) -> bool {
         let mut ahead: Vec<SeqNo> =
             self.catch_up.peer_progress.values().filter(|(v, _)| *v == self.view).map(|(_, d)| *d).collect();
         ahead.sort_unstable_by(|a, b| b.cmp(a));

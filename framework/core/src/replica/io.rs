@@ -387,6 +387,13 @@ pub struct Metrics {
     /// View changes this replica started because its view had lasted
     /// `leader_rotation_ms`.
     pub rotations: u64,
+    /// View changes this replica started because the primary's batches
+    /// kept leaving out a request it had (`Config::batch_watch_skips`).
+    pub skip_suspicions: u64,
+    /// Requests this replica, as a backup whose clients send to every
+    /// replica, forwarded because the primary had not proposed them within
+    /// `Config::forward_grace_ms`.
+    pub late_forwards: u64,
 }
 
 /// The request that tripped the request timer.
@@ -445,6 +452,9 @@ pub enum ViewChangeReason {
     Joined,
     /// The view had lasted `leader_rotation_ms`.
     Rotation,
+    /// The primary's batches kept leaving out a request it had, with room
+    /// to spare (see `Config::batch_watch_skips`).
+    SkippedRequests,
 }
 
 impl ViewChangeReason {
@@ -458,6 +468,7 @@ impl ViewChangeReason {
             ViewChangeReason::PrimaryUnreachable => "primary-unreachable",
             ViewChangeReason::Joined => "joined-peers",
             ViewChangeReason::Rotation => "leader-rotation",
+            ViewChangeReason::SkippedRequests => "skipped-requests",
         }
     }
 }

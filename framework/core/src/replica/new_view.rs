@@ -204,7 +204,7 @@ impl<C: Crypto> Replica<C> {
     fn restart_request_timers(&mut self) {
         let primary = self.is_primary();
         let to = self.primary();
-        for r in self.pool.restart_view(self.clock.now_ms, primary) {
+        for r in self.pool.restart_view(self.clock.now_ms, primary, self.cfg.requests_to_all) {
             self.send(to, PeerMessage::Forward(r));
         }
         let v = self.view;

@@ -106,12 +106,15 @@ impl<C: Crypto> Replica<C> {
             slot.prepares.insert(me, digest);
         }
         self.pool.mark_proposed(&pp.batch);
-        self.persist(Record::PrePrepared { view, seq, digest, batch: Some(pp.batch) });
+        self.persist(Record::PrePrepared { view, seq, digest, batch: Some(pp.batch.clone()) });
         if bft {
             self.broadcast(PeerMessage::Prepare(Vote { view, seq, digest }));
             self.check_prepared(seq);
         } else {
             self.mark_prepared(seq, digest);
+        }
+        if self.normal && self.view == view {
+            self.watch_batch(seq, &pp.batch);
         }
     }
 

@@ -19,8 +19,34 @@ use std::collections::{BTreeMap, BTreeSet};
 /// from its arrival (see `RequestPool::time_head`).
 const FEW_PENDING: usize = 64;
 
+/// Timed requests the batch watch looks through for candidates, at most,
+/// per PRE-PREPARE (see `RequestPool::count_skips`).
+const SCAN_MAX: usize = 1024;
+
 /// A request, by its client and the client's number for it.
 pub(super) type Key = (ClientId, RequestId);
+
+/// The batches a backup holds of the undelivered slots before a
+/// PRE-PREPARE's and after it (see `RequestPool::count_skips`).
+#[derive(Clone, Copy)]
+pub(super) struct Around<'a> {
+    /// Every slot's from the last delivered to the PRE-PREPARE's.
+    pub earlier: &'a [std::sync::Arc<Batch>],
+    /// Those after it that this replica holds.
+    pub later: &'a [std::sync::Arc<Batch>],
+}
+
+/// What the batch watch found in one PRE-PREPARE (see
+/// `RequestPool::count_skips`).
+pub(super) struct Skips {
+    /// The most skips any request left out has now.
+    pub most: Option<u32>,
+    /// Requests left out for the first time since the grace: to be sent to
+    /// the primary once more.
+    pub resend: Vec<Request>,
+    /// Requests dropped because their signatures failed.
+    pub dropped: usize,
+}
 
 #[derive(Clone, Debug)]
 pub(super) struct Pending {
@@ -44,6 +70,13 @@ pub(super) struct Pending {
     /// Its signature was checked (forwarded by a peer, or already by the
     /// primary's check or a timer's), so proposing it needs no second check.
     verified: bool,
+    /// PRE-PREPAREs of this view with room for it that left it out, once
+    /// the primary had had it for the forward grace (see `count_skips`).
+    skips: u32,
+    /// Sent to this view's primary once more by the batch watch, which
+    /// counts skips only from then: a primary is blamed only for a request
+    /// it was sent twice (a forward may be lost with its connection).
+    resent: bool,
 }
 
 impl Pending {
@@ -243,6 +276,8 @@ impl RequestPool {
                 order,
                 proposed: false,
                 verified,
+                skips: 0,
+                resent: false,
             },
         );
         self.time_head(key.0, now_ms);
@@ -316,12 +351,32 @@ impl RequestPool {
         }
     }
 
-    /// The requests of a delivered batch are done.
+    /// The requests of a delivered batch are done. A client's pending
+    /// request that fell below its window of ids with them can never be
+    /// ordered (replicas refuse it as too old): it goes too, or it would
+    /// stay its client's timed oldest for good (a faulty client's way to
+    /// get correct primaries suspected), as soon as it is that oldest.
     pub fn delivered(&mut self, batch: &Batch) {
+        let mut clients = BTreeSet::new();
         for r in &batch.requests {
             self.remove((r.client, r.id));
             let window = self.client_window;
             self.delivered.entry(r.client).or_default().insert(r.id.0, window);
+            clients.insert(r.client);
+        }
+        for c in clients {
+            self.drop_stale_heads(c);
+        }
+    }
+
+    /// Removes `client`'s oldest pending requests while they are too old
+    /// to be ordered (see `delivered`).
+    fn drop_stale_heads(&mut self, client: ClientId) {
+        while let Some(&(_, id)) = self.client_pending.get(&client).and_then(|s| s.first()) {
+            if !self.is_delivered((client, id)) {
+                break;
+            }
+            self.remove((client, id));
         }
     }
 
@@ -434,14 +489,142 @@ impl RequestPool {
         }
     }
 
+    /// On a backup whose clients send to every replica: each client's
+    /// oldest request (the timed one) that has waited `grace_ms` as such
+    /// without being proposed and was never sent to the primary, now marked
+    /// sent, for the caller to forward; at most `max` of them, oldest first.
+    /// A faulty client may have sent it to the backups alone, and the batch
+    /// watch only blames the primary for what it was sent. Only the oldest:
+    /// only they are timed and watched, and forwarding every late request
+    /// would send a saturated primary n-1 more copies of its backlog. A
+    /// flood's are not timed, and wait for their first timer expiry.
+    pub fn due_forwards(&mut self, now_ms: u64, grace_ms: u64, max: usize) -> Vec<Request> {
+        let mut due = Vec::new();
+        for &(since, client, id) in &self.by_arrival {
+            if due.len() >= max || now_ms < since.saturating_add(grace_ms) {
+                break;
+            }
+            if self.pending.get(&(client, id)).is_some_and(|p| !p.forwarded && !p.proposed) {
+                due.push((client, id));
+            }
+        }
+        due.into_iter()
+            .filter_map(|key| {
+                let p = self.pending.get_mut(&key)?;
+                p.forwarded = true;
+                p.forwarded_ms = now_ms;
+                Some(p.request.clone())
+            })
+            .collect()
+    }
+
+    /// The batch watch, after a PRE-PREPARE of this view was accepted: the
+    /// timed requests (each client's oldest; never a flood's), oldest
+    /// first, that the primary was sent at least `grace_ms` ago and that
+    /// are in neither `batch` nor the batches `around` it are candidates,
+    /// up to `limit` of them (the `proposed` flag is not trusted here: a
+    /// faulty primary's split PRE-PREPARE may have set it for a slot that
+    /// was decided without the request). If `batch`, counting only its new
+    /// requests (in no earlier undelivered batch, not delivered, not
+    /// repeated: padding is not room used), had room for a candidate
+    /// within `max_requests` and `max_bytes`, the candidate counts one more
+    /// skip; the first time, it is sent to the primary again
+    /// (`Skips::resend`) instead, and counts from then on. A request whose
+    /// signature `authentic` rejects is dropped instead: a correct primary
+    /// refuses it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn count_skips(
+        &mut self,
+        now_ms: u64,
+        grace_ms: u64,
+        limit: usize,
+        batch: &Batch,
+        around: Around<'_>,
+        (max_requests, max_bytes): (usize, usize),
+        mut authentic: impl FnMut(&Request) -> bool,
+    ) -> Skips {
+        let mut out = Skips { most: None, resend: Vec::new(), dropped: 0 };
+        let mut candidates: Vec<Key> = Vec::new();
+        // Only the forward time is looked at first: with a correct
+        // primary, no request usually qualifies, and nothing else is built.
+        for &(_, client, id) in self.by_arrival.iter().take(SCAN_MAX) {
+            if candidates.len() >= limit {
+                break;
+            }
+            if self
+                .pending
+                .get(&(client, id))
+                .is_some_and(|p| p.forwarded && now_ms >= p.forwarded_ms.saturating_add(grace_ms))
+            {
+                candidates.push((client, id));
+            }
+        }
+        if candidates.is_empty() {
+            return out;
+        }
+        let keys = |bs: &[std::sync::Arc<Batch>]| -> BTreeSet<Key> {
+            bs.iter().flat_map(|b| b.requests.iter().map(|r| (r.client, r.id))).collect()
+        };
+        let mut in_flight = keys(around.later);
+        in_flight.extend(batch.requests.iter().map(|r| (r.client, r.id)));
+        // The batch's new requests: what it spent its room on.
+        let mut earlier = keys(around.earlier);
+        in_flight.extend(earlier.iter().copied());
+        let (mut count, mut bytes) = (0usize, 0usize);
+        for r in &batch.requests {
+            let key = (r.client, r.id);
+            if !self.is_delivered(key) && earlier.insert(key) {
+                count += 1;
+                bytes += r.size_bytes();
+            }
+        }
+        if count >= max_requests {
+            return out;
+        }
+        let mut forged = Vec::new();
+        let mut most = 0u32;
+        for key in candidates {
+            if in_flight.contains(&key) {
+                continue;
+            }
+            let Some(p) = self.pending.get_mut(&key) else { continue };
+            if bytes + p.request.size_bytes() > max_bytes {
+                continue;
+            }
+            if !p.verified {
+                if !authentic(&p.request) {
+                    forged.push(key);
+                    continue;
+                }
+                p.verified = true;
+            }
+            if !p.resent {
+                p.resent = true;
+                p.forwarded_ms = now_ms;
+                out.resend.push(p.request.clone());
+                continue;
+            }
+            p.skips += 1;
+            most = most.max(p.skips);
+            out.most = Some(most);
+        }
+        out.dropped = forged.len();
+        for key in forged {
+            self.remove(key);
+        }
+        out
+    }
+
     /// A new view starts: every pending request's timer starts again from
     /// `now_ms`, and every one goes back in the queue as not proposed: what
     /// an older view proposed must be proposed again unless the new view
     /// re-proposes it, which the caller marks next (`mark_proposed`), so
     /// that `proposed` means a PRE-PREPARE of this view on every replica.
     /// On a backup, every pending request but a flood's is returned to be
-    /// forwarded to the new primary.
-    pub fn restart_view(&mut self, now_ms: u64, primary: bool) -> Vec<Request> {
+    /// forwarded to the new primary, unless clients send to every replica
+    /// (`to_all`): the new primary then has its own copies, and what it
+    /// does not propose goes later (`due_forwards`).
+    pub fn restart_view(&mut self, now_ms: u64, primary: bool, to_all: bool) -> Vec<Request> {
         let mut forward = Vec::new();
         let mut requeue = Vec::new();
         self.by_arrival.clear();
@@ -456,8 +639,10 @@ impl RequestPool {
             // but a flood: the primary has its own copy or owes it nothing,
             // and a flooding client's request that becomes timed later is
             // forwarded at its first expiry (`retime_unforwarded`).
-            let send = !primary && !flooding.contains(&key.0);
+            let send = !primary && !to_all && !flooding.contains(&key.0);
             p.forwarded = send;
+            p.skips = 0;
+            p.resent = false;
             if p.proposed {
                 p.proposed = false;
                 requeue.push((p.order, key));
@@ -547,7 +732,7 @@ mod tests {
         assert!(pool.by_arrival.contains(&(300, ClientId(3), RequestId(1))));
         assert_eq!(pool.by_arrival.len(), 3);
         // A new view times every client's oldest from its start.
-        pool.restart_view(400, false);
+        pool.restart_view(400, false, false);
         assert_eq!(pool.oldest_arrival_ms(), Some(400));
         assert_eq!(pool.by_arrival.len(), 3);
         // A client with more waiting than `timed_max` floods: not timed,
@@ -561,7 +746,10 @@ mod tests {
         pool.remove((ClientId(3), RequestId(2)));
         assert!(pool.floods(ClientId(3), 500));
         assert_eq!(pool.by_arrival.len(), 2, "back within, but it flooded a moment ago");
-        assert!(pool.restart_view(600, false).iter().all(|r| r.client != ClientId(3)), "a flood is not forwarded");
+        assert!(
+            pool.restart_view(600, false, false).iter().all(|r| r.client != ClientId(3)),
+            "a flood is not forwarded"
+        );
         assert_eq!(pool.by_arrival.len(), 2);
         // It was last past timed_max at 500, with 65 left after the first
         // removal.

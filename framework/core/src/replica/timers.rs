@@ -82,6 +82,7 @@ impl<C: Crypto> Replica<C> {
         }
         if self.normal {
             self.retransmit_slots(now);
+            self.forward_late(now);
         }
         if now >= self.timers.status_at_ms {
             self.timers.status_at_ms = now + self.cfg.status_interval_ms;
