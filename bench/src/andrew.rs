@@ -341,6 +341,7 @@ fn start_servers(t: Target, dir: &Path, a: &AndrewArgs, split: Option<&Split>) -
         base_port: port,
         cluster_id: None,
         request_auth: Default::default(),
+        requests_to_all: false,
     };
     keygen(&opts).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;

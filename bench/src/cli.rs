@@ -116,6 +116,11 @@ pub(crate) struct RunArgs {
     /// primary could forge requests).
     #[arg(long, default_value_t = RequestAuth::default())]
     pub(crate) request_auth: RequestAuth,
+    /// Clients send every request to every replica (`requests_to_all` in
+    /// cluster.toml), which arms the backups' watch on the primary's
+    /// batches; without it they send to the primary alone.
+    #[arg(long)]
+    pub(crate) requests_to_all: bool,
     /// Most requests a client covers with one signature (requests issued
     /// together are signed as a group); 1 signs each request alone.
     #[arg(long, default_value_t = palisade_client::ClientOptions::default().sign_group_max)]

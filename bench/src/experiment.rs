@@ -318,6 +318,7 @@ fn configure(
         base_port,
         cluster_id: None,
         request_auth: a.request_auth,
+        requests_to_all: a.requests_to_all,
     };
     keygen(&opts).map(drop).map_err(|e| e.to_string())
 }

@@ -231,12 +231,13 @@ impl Report {
         println!();
         let workload = self.workload();
         println!(
-            "palisade-bench: n={} {:?} f={}, {workload}, durability {}, request auth {}, {:.0} s after {:.0} s warm-up, on {} cores ({})",
+            "palisade-bench: n={} {:?} f={}, {workload}, durability {}, request auth {}{}, {:.0} s after {:.0} s warm-up, on {} cores ({})",
             self.n,
             a.mode,
             self.f,
             a.tuning.durability,
             a.request_auth,
+            if a.requests_to_all { ", requests to all replicas" } else { "" },
             a.duration,
             a.warmup,
             self.cores,

@@ -355,9 +355,9 @@ impl Client {
         let _permit = inner.in_flight.acquire().await.map_err(|_| InvokeError::Closed)?;
         let id = RequestId(inner.next_request.fetch_add(1, Ordering::Relaxed));
         let req = Request { client: inner.id, id, read_only, operation, auth: Bytes::new() };
-        let (auth, membership) = {
+        let (auth, membership, to_all) = {
             let m = inner.members.read();
-            (m.cluster.request_auth, m.membership.clone())
+            (m.cluster.request_auth, m.membership.clone(), m.cluster.requests_to_all)
         };
         let req = inner.signer.sign(&inner.key, &inner.request_keys, req, auth).await.ok_or(InvokeError::Closed)?;
         let decide = Invocation::new(&membership, inner.id, id, read_only);
@@ -368,7 +368,9 @@ impl Client {
         let started = Instant::now();
         let deadline =
             Duration::from_millis(if read_only { inner.opts.read_timeout_ms } else { inner.opts.timeout_ms });
-        if read_only {
+        if read_only || to_all {
+            // A cluster whose clients send to every replica watches its
+            // primary's batches against what the backups hold.
             self.send_all(&req);
         } else {
             let primary = membership.primary(ViewNo(inner.view.load(Ordering::Relaxed)));
@@ -437,7 +439,7 @@ impl Client {
                 }
                 Err(_) => {
                     // No answer yet: make sure every replica has it (a
-                    // backup forwards it and starts timing the primary).
+                    // backup times it and makes sure the primary has it).
                     inner.resends.timeouts.fetch_add(1, Ordering::Relaxed);
                     self.send_all(&req);
                     wait = (wait * 2).min(wait_max);

@@ -39,6 +39,7 @@ fn main() {
         cluster_id: 1,
         membership: Membership::with_size(4, Mode::Bft).unwrap(),
         request_auth: palisade::wire::RequestAuth::Authenticators,
+        requests_to_all: false,
         max_frame_bytes: 1 << 20,
         view_manager: generate(&mut OsRng).verifying_key(),
         replicas: (0..4u32)

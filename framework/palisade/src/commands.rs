@@ -496,6 +496,7 @@ pub fn cluster_up(
             base_port,
             cluster_id: None,
             request_auth: palisade_wire::RequestAuth::default(),
+            requests_to_all: false,
         };
         if let Err(e) = crate::keygen::keygen(&opts) {
             return fail(EXIT_USAGE, e);

@@ -35,6 +35,9 @@ pub struct KeygenOptions {
     pub cluster_id: Option<u64>,
     /// How backups know a proposed request came from its client.
     pub request_auth: RequestAuth,
+    /// Whether clients send every request to every replica (arming the
+    /// backups' watch on the primary's batches).
+    pub requests_to_all: bool,
 }
 
 /// Secret key file of replica `id`.
@@ -117,6 +120,7 @@ pub fn keygen(opts: &KeygenOptions) -> Result<ClusterConfig, String> {
         cluster_id: opts.cluster_id.unwrap_or_else(|| rng.next_u64() >> 11),
         membership,
         request_auth: opts.request_auth,
+        requests_to_all: opts.requests_to_all,
         max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
         view_manager: vm.verifying_key(),
         replicas,

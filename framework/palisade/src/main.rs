@@ -189,6 +189,12 @@ enum Command {
         /// trust-primary (nothing: a faulty primary can forge requests).
         #[arg(long, default_value_t = palisade_wire::RequestAuth::default())]
         request_auth: palisade_wire::RequestAuth,
+        /// Clients send every request to every replica, as BFT-SMaRt's do:
+        /// backups then see the load the primary is offered and suspect one
+        /// whose batches keep leaving requests out (docs/protocol.md), at
+        /// the price of every replica receiving every request.
+        #[arg(long)]
+        requests_to_all: bool,
     },
     /// Run one replica until SIGINT or SIGTERM.
     Replica {
@@ -342,7 +348,18 @@ fn main() -> ExitCode {
         Command::Keygen { new_replica: true, id: Some(id), address: Some(address), out, .. } => {
             palisade::admin::new_replica(&out, id, &address, &out)
         }
-        Command::Keygen { replicas, out, mode, f, addresses, base_port, cluster_id, request_auth, .. } => {
+        Command::Keygen {
+            replicas,
+            out,
+            mode,
+            f,
+            addresses,
+            base_port,
+            cluster_id,
+            request_auth,
+            requests_to_all,
+            ..
+        } => {
             let opts = KeygenOptions {
                 replicas: replicas.unwrap_or(0),
                 out: out.clone(),
@@ -352,6 +369,7 @@ fn main() -> ExitCode {
                 base_port,
                 cluster_id,
                 request_auth,
+                requests_to_all,
             };
             match keygen(&opts) {
                 Ok(c) => {

@@ -101,6 +101,7 @@ fn setup() -> (Project, ClusterConfig) {
         base_port: 7000,
         cluster_id: None,
         request_auth: palisade_wire::RequestAuth::default(),
+        requests_to_all: false,
     };
     keygen(&opts).unwrap();
     for i in 0..N {

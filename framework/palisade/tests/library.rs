@@ -18,6 +18,7 @@ fn opts(dir: &Path) -> KeygenOptions {
         base_port: 7000,
         cluster_id: Some(77),
         request_auth: RequestAuth::default(),
+        requests_to_all: false,
     }
 }
 

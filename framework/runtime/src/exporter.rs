@@ -163,6 +163,18 @@ impl Collector for Snapshot {
         gauge(&mut enc, "role", "0 member, 1 waiting to be admitted, 2 removed", role)?;
         counter(&mut enc, "view_changes", "View changes started or joined", c.view_changes)?;
         counter(&mut enc, "rotations", "View changes started by periodic leader rotation", c.rotations)?;
+        counter(
+            &mut enc,
+            "skip_suspicions",
+            "View changes started because the primary's batches kept leaving out a request it had",
+            c.skip_suspicions,
+        )?;
+        counter(
+            &mut enc,
+            "late_forwards",
+            "Requests forwarded because the primary had not proposed them within the forward grace",
+            c.late_forwards,
+        )?;
         gauge(
             &mut enc,
             "request_timeout_ms",

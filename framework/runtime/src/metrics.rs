@@ -251,6 +251,12 @@ pub struct CoreSnapshot {
     pub view_changes: u64,
     /// Of those, started because the view had lasted `leader_rotation_ms`.
     pub rotations: u64,
+    /// Of those, started because the primary's batches kept leaving out a
+    /// request it had (the batch watch).
+    pub skip_suspicions: u64,
+    /// Requests this backup forwarded because the primary had not proposed
+    /// them within the forward grace (clients sending to every replica).
+    pub late_forwards: u64,
     /// The request timeout in force (adaptive once rounds are timed), ms.
     pub request_timeout_ms: u64,
     /// State transfers completed.

@@ -409,6 +409,9 @@ pub fn spawn_replica<S: Service + Send + Sync + 'static>(
     // work there.
     let mut protocol_cfg = cfg.protocol.clone();
     protocol_cfg.tentative_execution &= cfg.durability != Durability::Log;
+    // The clients' side of the cluster's contract: they send to every
+    // replica, so backups forward late rather than at once.
+    protocol_cfg.requests_to_all = cluster.requests_to_all;
     #[cfg(feature = "byzantine")]
     if let Some(mode) = cfg.misbehave {
         mode.tune(&mut protocol_cfg);

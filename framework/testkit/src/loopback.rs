@@ -63,6 +63,7 @@ pub fn cluster(n: usize, mode: Mode, request_auth: RequestAuth) -> (ClusterConfi
         cluster_id: 99,
         membership: Membership::with_size(n, mode).expect("a valid cluster size"),
         request_auth,
+        requests_to_all: false,
         max_frame_bytes: 4 << 20,
         view_manager: generate(&mut OsRng).verifying_key(),
         replicas,

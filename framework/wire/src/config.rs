@@ -6,6 +6,7 @@
 //! mode = "bft"              # or "cft"
 //! f = 1
 //! request_auth = "authenticators" # or "signatures", or "trust-primary"
+//! requests_to_all = false   # true: clients send every request to every replica
 //! max_frame_bytes = 4194304
 //!
 //! [view_manager]
@@ -116,6 +117,9 @@ pub struct ClusterFile {
     /// `trust-primary` (a file with neither gets `authenticators`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_signatures: Option<bool>,
+    /// Whether clients send every request to every replica.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requests_to_all: bool,
     /// Largest frame payload in bytes.
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: usize,
@@ -168,6 +172,12 @@ pub struct ClusterConfig {
     pub membership: Membership,
     /// How backups know a proposed request came from its client.
     pub request_auth: RequestAuth,
+    /// Clients send every request to every replica (BFT-SMaRt's way), not
+    /// to the primary alone: the backups then hold the load the primary is
+    /// offered, which its batches are watched against (`batch_watch_skips`
+    /// in the replicas' protocol parameters), at the price of every replica
+    /// receiving and checking every request.
+    pub requests_to_all: bool,
     /// Largest frame payload.
     pub max_frame_bytes: usize,
     /// The view manager's key.
@@ -259,6 +269,7 @@ impl ClusterConfig {
                 Some(false) => RequestAuth::TrustPrimary,
                 None => RequestAuth::Authenticators,
             }),
+            requests_to_all: raw.requests_to_all,
             max_frame_bytes: raw.max_frame_bytes,
             view_manager,
             replicas,
@@ -276,6 +287,7 @@ impl ClusterConfig {
             f: self.membership.f(),
             request_auth: Some(self.request_auth),
             client_signatures: None,
+            requests_to_all: self.requests_to_all,
             max_frame_bytes: self.max_frame_bytes,
             view_manager: ViewManagerEntry { public_key: public_hex(&self.view_manager) },
             replicas: self

@@ -47,6 +47,7 @@ impl Cluster {
             base_port: port,
             cluster_id: None,
             request_auth: palisade_wire::RequestAuth::default(),
+            requests_to_all: false,
         };
         keygen(&opts).unwrap();
         Cluster { dir, port, procs: BTreeMap::new(), flags: Vec::new() }

@@ -384,6 +384,8 @@ impl<C: Crypto> Consensus<C> {
             stable: core.stable_checkpoint().seq.0,
             view_changes: m.view_changes,
             rotations: m.rotations,
+            skip_suspicions: m.skip_suspicions,
+            late_forwards: m.late_forwards,
             request_timeout_ms: core.request_timeout_ms(),
             state_transfers: m.state_transfers,
             alarms: m.alarms,
