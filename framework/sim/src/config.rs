@@ -59,6 +59,10 @@ pub struct SimConfig {
     pub slow_network_ms: u64,
     /// Periodic leader rotation (`Config::leader_rotation_ms`); 0: off.
     pub rotation_ms: u64,
+    /// Whether correct clients send every request to every replica
+    /// (`Config::requests_to_all`), arming the backups' watch on the
+    /// primary's batches with the load it is offered.
+    pub requests_to_all: bool,
     /// Planted bugs to switch on.
     #[cfg(feature = "planted-bugs")]
     pub planted: palisade_core::planted::PlantedBugs,
@@ -85,6 +89,7 @@ impl SimConfig {
             reconfigure: false,
             slow_network_ms: 0,
             rotation_ms: 0,
+            requests_to_all: false,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }
@@ -134,6 +139,9 @@ pub fn core_config(membership: Membership) -> Config {
     c.pending_max = 1_000;
     c.read_queue_max = 1_000;
     c.catch_up_max = 32;
+    // A handful of closed-loop clients make few batches: a shorter watch
+    // lets it act before the request timer does.
+    c.batch_watch_skips = 3;
     c
 }
 

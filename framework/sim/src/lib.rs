@@ -42,6 +42,10 @@ pub struct Summary {
     pub state_transfers: u64,
     /// Chain links correct replicas refused, over all runs.
     pub bad_links: u64,
+    /// View changes the batch watch started on correct replicas, over all runs.
+    pub skip_suspicions: u64,
+    /// Requests correct backups forwarded late, over all runs.
+    pub late_forwards: u64,
 }
 
 /// Runs `configs` on `threads` threads; reports come back in input order.
@@ -80,6 +84,8 @@ pub fn summarize(reports: &[Report]) -> Summary {
         s.beyond_model += usize::from(r.beyond_model);
         s.state_transfers += r.state_transfers;
         s.bad_links += r.bad_links;
+        s.skip_suspicions += r.skip_suspicions;
+        s.late_forwards += r.late_forwards;
         if let Some(ms) = r.recovery_ms.filter(|_| !r.beyond_model) {
             s.recovery_ms.push(ms);
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: palisade-sim --seeds START..END [--replicas N] [--mode bft|cft] \
 [--byzantine random|none|NAME] [--threads T] [--verbose] [--trace] [--plant weak-quorum|skip-new-view-check|torn-new-view|amnesiac-votes|evicting-q|fixed-request-timeout|trust-proposed-requests|unchecked-proposals|execute-void-batches]
-       [--amnesia yes|no] [--tentative yes|no] [--crash-all yes|no] [--disk-faults yes|no] [--slow-network MS] [--reconfigure yes|no] [--rotation MS]
+       [--amnesia yes|no] [--tentative yes|no] [--crash-all yes|no] [--disk-faults yes|no] [--slow-network MS] [--reconfigure yes|no] [--rotation MS] [--requests-to-all yes|no]
        palisade-sim --list-strategies";
 
 struct Args {
@@ -25,6 +25,7 @@ struct Args {
     slow_network_ms: u64,
     rotation_ms: u64,
     reconfigure: bool,
+    requests_to_all: bool,
 }
 
 fn yes_no(flag: &str, v: &str) -> Result<Option<bool>, String> {
@@ -53,6 +54,7 @@ fn parse() -> Result<Option<Args>, String> {
         slow_network_ms: 0,
         rotation_ms: 0,
         reconfigure: false,
+        requests_to_all: false,
     };
     let mut seeds_given = false;
     while let Some(a) = args.next() {
@@ -61,6 +63,9 @@ fn parse() -> Result<Option<Args>, String> {
             "--list-strategies" => {
                 for (name, _, what) in byzantine::STRATEGIES {
                     println!("{name}\t{what}");
+                }
+                for (name, _, what) in byzantine::NAMED_ONLY {
+                    println!("{name}\t{what} (only when named)");
                 }
                 return Ok(None);
             }
@@ -112,6 +117,9 @@ fn parse() -> Result<Option<Args>, String> {
             "--reconfigure" => {
                 out.reconfigure = yes_no("--reconfigure", &value("--reconfigure")?)?.unwrap_or(false);
             }
+            "--requests-to-all" => {
+                out.requests_to_all = yes_no("--requests-to-all", &value("--requests-to-all")?)?.unwrap_or(false);
+            }
             "--slow-network" => {
                 let v = value("--slow-network")?;
                 out.slow_network_ms = v.parse().map_err(|_| format!("bad delay {v:?}"))?;
@@ -152,6 +160,7 @@ fn config_for(args: &Args, seed: u64) -> Result<SimConfig, String> {
     cfg.slow_network_ms = args.slow_network_ms;
     cfg.rotation_ms = args.rotation_ms;
     cfg.reconfigure = args.reconfigure;
+    cfg.requests_to_all = args.requests_to_all;
     if args.slow_network_ms > 0 {
         cfg.liveness_bound_ms = palisade_sim::config::slow_network_bound_ms(args.slow_network_ms);
     }
@@ -203,7 +212,7 @@ fn main() -> ExitCode {
         let failed = !r.safety.is_empty() || !r.liveness.is_empty();
         if failed || args.verbose {
             println!(
-                "seed {}: strategy={} byzantine={:?} {} | ops={} batches={} max_view={} epoch={} void={} transfers={} msgs={} recovery_ms={:?}",
+                "seed {}: strategy={} byzantine={:?} {} | ops={} batches={} max_view={} epoch={} void={} transfers={} watch={} msgs={} recovery_ms={:?}",
                 r.seed,
                 r.strategy.as_deref().unwrap_or("none"),
                 r.byzantine.iter().map(|b| b.0).collect::<Vec<_>>(),
@@ -214,6 +223,7 @@ fn main() -> ExitCode {
                 r.max_epoch,
                 r.void_batches,
                 r.state_transfers,
+                r.skip_suspicions,
                 r.messages,
                 r.recovery_ms
             );
@@ -256,6 +266,9 @@ fn main() -> ExitCode {
             if args.reconfigure {
                 extra.push_str(" --reconfigure yes");
             }
+            if args.requests_to_all {
+                extra.push_str(" --requests-to-all yes");
+            }
             println!(
                 "  reproduce: palisade-sim --seeds {}..{} --replicas {} --mode {mode} --byzantine {byz}{extra}",
                 r.seed,
@@ -268,13 +281,16 @@ fn main() -> ExitCode {
     let p = |q: f64| s.recovery_ms.get(((s.recovery_ms.len() as f64 - 1.0) * q).round() as usize).copied();
     eprintln!(
         "{} runs in {:.1}s ({} beyond the fault model, judged on safety only); {} operations completed; \
-         {} state transfers; {} forged chain links refused; recovery after heal p50={:?} ms p99={:?} ms max={:?} ms",
+         {} state transfers; {} forged chain links refused; {} batch-watch suspicions, {} late forwards; \
+         recovery after heal p50={:?} ms p99={:?} ms max={:?} ms",
         s.runs,
         started.elapsed().as_secs_f64(),
         s.beyond_model,
         s.ops_completed,
         s.state_transfers,
         s.bad_links,
+        s.skip_suspicions,
+        s.late_forwards,
         p(0.5),
         p(0.99),
         s.recovery_ms.last()

@@ -10,7 +10,7 @@ mod replies;
 
 use crate::crypto::SimCrypto;
 use crate::rng::Rng;
-use palisade_core::{Digest, Membership, PeerMessage, ReplicaId};
+use palisade_core::{Digest, Membership, PeerMessage, ReplicaId, Request};
 use palisade_host::ClientMail;
 
 /// What a strategy may use: its own key, randomness, and public facts.
@@ -68,6 +68,11 @@ pub trait Strategy {
     }
     /// Sees a message its replica received (before the replica does).
     fn observe(&mut self, _ctx: &mut ByzCtx<'_>, _from: ReplicaId, _msg: &PeerMessage) {}
+    /// Whether its replica's core is handed `request`, from its client or
+    /// forwarded by a peer.
+    fn admits(&mut self, _request: &Request) -> bool {
+        true
+    }
     /// Extra messages to send on each of its replica's ticks.
     fn on_tick(&mut self, _ctx: &mut ByzCtx<'_>) -> Vec<Outgoing> {
         Vec::new()
@@ -179,13 +184,22 @@ pub fn make(name: &str) -> Option<Box<dyn Strategy>> {
         "withhold-batches" => Box::new(peers::WithholdBatches::default()),
         "status-flood" => Box::new(peers::StatusFlood::default()),
         "lying-chain" => Box::new(peers::LyingChain::default()),
+        "censor" => Box::new(peers::Censor::default()),
         _ => return None,
     })
 }
 
+/// Strategies run only when named (`--byzantine NAME`), never drawn:
+/// adding to [`STRATEGIES`] changes which strategy a few seeds draw.
+pub const NAMED_ONLY: &[(&str, Placement, &str)] = &[(
+    "censor",
+    Placement::InitialPrimary,
+    "never orders, times or forwards one client's requests (the first whose request reaches it), and orders the rest",
+)];
+
 /// Where `name` prefers to be placed.
 pub fn placement(name: &str) -> Placement {
-    STRATEGIES.iter().find(|(n, _, _)| *n == name).map(|(_, p, _)| *p).unwrap_or(Placement::Any)
+    STRATEGIES.iter().chain(NAMED_ONLY).find(|(n, _, _)| *n == name).map(|(_, p, _)| *p).unwrap_or(Placement::Any)
 }
 
 pub(crate) fn random_digest(rng: &mut Rng) -> Digest {

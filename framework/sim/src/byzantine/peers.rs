@@ -669,3 +669,25 @@ impl Strategy for LyingChain {
         to.into_iter().map(|r| Outgoing::now(r, PeerMessage::Handovers(vec![forged.clone()]))).collect()
     }
 }
+
+/// Never hands its core one client's requests (the first client whose
+/// request reaches it), from the client or forwarded: as primary it orders
+/// everyone else at full speed, so every round stays short, and only a
+/// timer on that client's requests, or the backups' watch on the batches,
+/// can tell.
+#[derive(Default)]
+pub(super) struct Censor {
+    victim: Option<ClientId>,
+}
+
+impl Strategy for Censor {
+    fn name(&self) -> &'static str {
+        "censor"
+    }
+    fn outgoing(&mut self, _ctx: &mut ByzCtx<'_>, to: ReplicaId, msg: PeerMessage) -> Vec<Outgoing> {
+        vec![Outgoing::now(to, msg)]
+    }
+    fn admits(&mut self, request: &Request) -> bool {
+        *self.victim.get_or_insert(request.client) != request.client
+    }
+}

@@ -117,7 +117,7 @@ impl World {
             full_due: None,
             epoch: self.epoch_known,
         });
-        if read_only {
+        if read_only || self.cfg.requests_to_all {
             self.broadcast_request(c, request);
         } else {
             self.send(n + c, primary.0 as usize, Payload::Request(request), 0);
@@ -191,6 +191,10 @@ impl World {
         cur.backoff = 0;
         cur.full_due = None;
         self.history[cur.record].requests.push(id);
+        if self.cfg.requests_to_all {
+            self.broadcast_request(c, request);
+            return;
+        }
         let primary = self.membership.primary(cl.view);
         self.send(n + c, primary.0 as usize, Payload::Request(request), 0);
     }

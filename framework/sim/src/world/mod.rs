@@ -133,6 +133,7 @@ impl World {
         let mut core_cfg = core_config(membership.clone());
         core_cfg.tentative_execution = cfg.tentative.unwrap_or(cfg.seed.is_multiple_of(2));
         core_cfg.leader_rotation_ms = cfg.rotation_ms;
+        core_cfg.requests_to_all = cfg.requests_to_all;
         #[cfg(feature = "planted-bugs")]
         {
             core_cfg.planted = cfg.planted;

@@ -72,10 +72,20 @@ impl World {
                 if self.replicas[to].strategy.is_some() {
                     let from = ReplicaId(from as u32);
                     self.with_strategy(to, |s, ctx| s.observe(ctx, from, &msg));
+                    if let PeerMessage::Forward(r) = &msg {
+                        if !self.with_strategy(to, |s, _| s.admits(r)) {
+                            return;
+                        }
+                    }
                 }
                 self.replica_feed(to, Feed::Peer(ReplicaId(from as u32), epoch, msg));
             }
-            Payload::Request(req) if from >= n => self.on_request(to, req),
+            Payload::Request(req) if from >= n => {
+                if self.replicas[to].strategy.is_some() && !self.with_strategy(to, |s, _| s.admits(&req)) {
+                    return;
+                }
+                self.on_request(to, req)
+            }
             _ => {}
         }
     }

@@ -45,6 +45,12 @@ pub struct Report {
     /// Links of the chain of epochs correct replicas refused as not
     /// certified (a Byzantine replica's forgeries).
     pub bad_links: u64,
+    /// View changes correct replicas started because the primary's
+    /// batches kept leaving out a request (the batch watch).
+    pub skip_suspicions: u64,
+    /// Requests correct backups forwarded because the primary had not
+    /// proposed them within the forward grace (clients sending to all).
+    pub late_forwards: u64,
     /// Messages put on the network.
     pub messages: u64,
     /// What restarts found on disk.
@@ -123,6 +129,7 @@ impl World {
         let mut rejoins = 0;
         let mut rollbacks = 0;
         let mut bad_links = 0;
+        let (mut skip_suspicions, mut late_forwards) = (0, 0);
         for (r, rep) in self.replicas.iter().enumerate() {
             if rep.strategy.is_some() {
                 continue;
@@ -136,6 +143,8 @@ impl World {
                 state_transfers += core.metrics().state_transfers;
                 rejoins += core.metrics().rejoined;
                 rollbacks += core.metrics().rollbacks;
+                skip_suspicions += core.metrics().skip_suspicions;
+                late_forwards += core.metrics().late_forwards;
                 if core.metrics().alarms > 0 {
                     self.checker.on_alarm(ReplicaId(r as u32), core.metrics().alarms);
                 }
@@ -258,6 +267,8 @@ impl World {
             rejoins,
             rollbacks,
             bad_links,
+            skip_suspicions,
+            late_forwards,
             messages: self.messages,
             disk: self.disk_stats,
             signature_checks: self.keys.signature_checks(),
