@@ -677,6 +677,7 @@ impl Sampler {
             .map(|(i, first)| {
                 let pid = now.get(i).copied();
                 let before = if pid == Some(*first) { cpu0.get(i).copied() } else { Some(0.0) };
+                let m = read_metrics(&self.dir, *i);
                 ReplicaStat {
                     id: *i,
                     cpu_percent: match (before, pid.and_then(procstat::cpu_seconds)) {
@@ -684,7 +685,9 @@ impl Sampler {
                         _ => 0.0,
                     },
                     peak_rss_mib: pid.and_then(procstat::peak_rss_kib).unwrap_or(0) as f64 / 1024.0,
-                    view_changes: read_metrics(&self.dir, *i).map(|m| m.view_changes).unwrap_or(0),
+                    view_changes: m.as_ref().map_or(0, |m| m.view_changes),
+                    skip_suspicions: m.as_ref().map_or(0, |m| m.skip_suspicions),
+                    late_forwards: m.as_ref().map_or(0, |m| m.late_forwards),
                 }
             })
             .collect()

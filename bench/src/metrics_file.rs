@@ -33,6 +33,14 @@ pub struct ReplicaMetrics {
     /// Whether it is rejoining (casting no vote until it is safe to).
     #[serde(default)]
     pub rejoining: bool,
+    /// Requests it forwarded because the primary had not proposed them in
+    /// time (clients sending to every replica).
+    #[serde(default)]
+    pub late_forwards: u64,
+    /// View changes it started because the primary's batches kept leaving
+    /// out a request.
+    #[serde(default)]
+    pub skip_suspicions: u64,
     /// The runtime's counters, by name.
     pub counters: BTreeMap<String, u64>,
     /// Queue depths, by queue.

@@ -17,6 +17,10 @@ pub(crate) struct ReplicaStat {
     pub(crate) peak_rss_mib: f64,
     /// View changes this replica started or joined since it started.
     pub(crate) view_changes: u64,
+    /// Of those, started by the watch on the primary's batches.
+    pub(crate) skip_suspicions: u64,
+    /// Requests it forwarded late, since it started.
+    pub(crate) late_forwards: u64,
 }
 
 /// What the replicas said about a measurement window.
@@ -307,10 +311,17 @@ impl Report {
                 .replicas
                 .iter()
                 .map(|s| {
-                    format!(
+                    let mut line = format!(
                         "r{}: {:.0}% cpu, {:.1} MiB peak, {} view changes",
                         s.id, s.cpu_percent, s.peak_rss_mib, s.view_changes
-                    )
+                    );
+                    if s.skip_suspicions > 0 {
+                        line.push_str(&format!(" ({} for skipped requests)", s.skip_suspicions));
+                    }
+                    if s.late_forwards > 0 {
+                        line.push_str(&format!(", {} late forwards", s.late_forwards));
+                    }
+                    line
                 })
                 .collect();
             if !stats.is_empty() {

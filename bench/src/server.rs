@@ -107,6 +107,8 @@ pub(crate) fn replica(
                 state_transfers: c.state_transfers,
                 timers_restarted: c.timers_restarted,
                 rejoining: c.rejoining,
+                late_forwards: c.late_forwards,
+                skip_suspicions: c.skip_suspicions,
                 counters: handle.metrics().counters.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
                 queues: handle.queue_depths().into_iter().map(|(k, v)| (k.to_string(), v as u64)).collect(),
             };

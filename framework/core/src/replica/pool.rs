@@ -519,19 +519,20 @@ impl RequestPool {
     }
 
     /// The batch watch, after a PRE-PREPARE of this view was accepted: the
-    /// timed requests (each client's oldest; never a flood's), oldest
-    /// first, that the primary was sent at least `grace_ms` ago and that
-    /// are in neither `batch` nor the batches `around` it are candidates,
-    /// up to `limit` of them (the `proposed` flag is not trusted here: a
-    /// faulty primary's split PRE-PREPARE may have set it for a slot that
-    /// was decided without the request). If `batch`, counting only its new
-    /// requests (in no earlier undelivered batch, not delivered, not
-    /// repeated: padding is not room used), had room for a candidate
-    /// within `max_requests` and `max_bytes`, the candidate counts one more
-    /// skip; the first time, it is sent to the primary again
-    /// (`Skips::resend`) instead, and counts from then on. A request whose
-    /// signature `authentic` rejects is dropped instead: a correct primary
-    /// refuses it.
+    /// oldest requests waiting here (not a flood's) that have waited a
+    /// grace and are in neither `batch` nor the batches `around` it are
+    /// candidates, up to `limit` of them, with each client's oldest whose
+    /// "proposed" mark is not trusted (a faulty primary's split
+    /// PRE-PREPARE may have set it for a slot that was decided without the
+    /// request). If `batch`, counting only its new requests (in no earlier
+    /// undelivered batch, not delivered, not repeated: padding is not room
+    /// used), had room for a candidate within `max_requests` and
+    /// `max_bytes`, the candidate is sent to the primary the first time
+    /// (`Skips::resend`: a faulty client may have sent it to the backups
+    /// alone, and a forward may be lost), and from a grace after that
+    /// counts one more skip each time. A request whose signature
+    /// `authentic` rejects is dropped instead: a correct primary refuses
+    /// it.
     #[allow(clippy::too_many_arguments)]
     pub fn count_skips(
         &mut self,
@@ -544,18 +545,33 @@ impl RequestPool {
         mut authentic: impl FnMut(&Request) -> bool,
     ) -> Skips {
         let mut out = Skips { most: None, resend: Vec::new(), dropped: 0 };
+        // A request is due once it has waited a grace here, or since this
+        // replica last sent it to the primary. Only
+        // that is looked at first: with a correct primary no request
+        // usually is due, and nothing else is built.
+        let due = |p: &Pending| {
+            let since = if p.forwarded || p.resent { p.forwarded_ms } else { p.arrival_ms };
+            now_ms >= since.saturating_add(grace_ms)
+        };
         let mut candidates: Vec<Key> = Vec::new();
-        // Only the forward time is looked at first: with a correct
-        // primary, no request usually qualifies, and nothing else is built.
+        // The oldest requests not proposed here, every one of them: a
+        // correct primary's batch with room takes all it holds, not only
+        // each client's oldest (a tiny-batch primary serves every client's
+        // oldest in turn while the rest queue up). Never a flood's.
+        for &key in self.queue.values().take(SCAN_MAX) {
+            if candidates.len() >= limit {
+                break;
+            }
+            if !self.floods(key.0, now_ms) && self.pending.get(&key).is_some_and(due) {
+                candidates.push(key);
+            }
+        }
+        // And each client's oldest marked proposed: the mark may be stale.
         for &(_, client, id) in self.by_arrival.iter().take(SCAN_MAX) {
             if candidates.len() >= limit {
                 break;
             }
-            if self
-                .pending
-                .get(&(client, id))
-                .is_some_and(|p| p.forwarded && now_ms >= p.forwarded_ms.saturating_add(grace_ms))
-            {
+            if self.pending.get(&(client, id)).is_some_and(|p| p.proposed && due(p)) {
                 candidates.push((client, id));
             }
         }

@@ -198,10 +198,17 @@ impl<C: Crypto> Replica<C> {
     /// How long a backup gives the primary before it forwards a request
     /// the primary should already have, and again before the primary's
     /// batches that leave it out count: `forward_grace_ms`, or four
-    /// measured rounds if longer, doubled with the request timeout's
-    /// backoff (a view change for slowness slows this watch down too).
+    /// measured rounds for each full batch waiting here if longer (a
+    /// correct primary's request waits for the batches ahead of it, as the
+    /// request timeout allows), doubled with the request timeout's backoff
+    /// (a view change for slowness slows this watch down too).
     pub(super) fn forward_grace_ms(&self) -> u64 {
-        let rounds = self.timers.round_x16.filter(|_| self.bft()).map_or(0, |r| r.saturating_mul(4).div_ceil(16));
+        let batches = 1 + self.pool.len() as u64 / self.cfg.batch_max_requests.max(1) as u64;
+        let rounds = self
+            .timers
+            .round_x16
+            .filter(|_| self.bft())
+            .map_or(0, |r| r.saturating_mul(4).saturating_mul(batches).div_ceil(16));
         self.cfg.forward_grace_ms.max(rounds) << self.timers.request_shift
     }
 
