@@ -166,6 +166,9 @@ impl<C: Crypto> Replica<C> {
         let seq = cert.seq;
         self.persist(Record::Stable(cert.clone()));
         self.checkpoints.advance(cert);
+        // A checkpoint's worth of progress: the batch watch's backoff
+        // comes down a step.
+        self.timers.watch_shift = self.timers.watch_shift.saturating_sub(1);
         self.log.truncate_through(seq);
         let keep_from = self.checkpoints.prev_stable;
         self.actions.push(Action::StableCheckpoint { seq, keep_from });

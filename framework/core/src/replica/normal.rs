@@ -106,15 +106,18 @@ impl<C: Crypto> Replica<C> {
             slot.prepares.insert(me, digest);
         }
         self.pool.mark_proposed(&pp.batch);
-        self.persist(Record::PrePrepared { view, seq, digest, batch: Some(pp.batch.clone()) });
+        // Before anything this PRE-PREPARE completes is delivered (its
+        // requests would no longer count as room used); acted on once voted.
+        let suspect = self.watch_batch(seq, &pp.batch);
+        self.persist(Record::PrePrepared { view, seq, digest, batch: Some(pp.batch) });
         if bft {
             self.broadcast(PeerMessage::Prepare(Vote { view, seq, digest }));
             self.check_prepared(seq);
         } else {
             self.mark_prepared(seq, digest);
         }
-        if self.normal && self.view == view {
-            self.watch_batch(seq, &pp.batch);
+        if suspect && self.normal && self.view == view {
+            self.suspect_skipping_primary();
         }
     }
 

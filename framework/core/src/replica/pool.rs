@@ -73,10 +73,14 @@ pub(super) struct Pending {
     /// PRE-PREPAREs of this view with room for it that left it out, once
     /// the primary had had it for the forward grace (see `count_skips`).
     skips: u32,
-    /// Sent to this view's primary once more by the batch watch, which
-    /// counts skips only from then: a primary is blamed only for a request
-    /// it was sent twice (a forward may be lost with its connection).
-    resent: bool,
+    /// When the batch watch first sent it to this view's primary, and the
+    /// lowest sequence number whose PRE-PREPARE may count a skip (a
+    /// pipeline beyond anything this replica had seen then): a primary is
+    /// blamed only for what it was sent and had time to propose.
+    watch_sent: Option<(u64, u64)>,
+    /// When the batch watch last sent it (again once per grace while it
+    /// counts: the primary may have refused a copy, or lost it).
+    watch_last_ms: u64,
 }
 
 impl Pending {
@@ -277,27 +281,36 @@ impl RequestPool {
                 proposed: false,
                 verified,
                 skips: 0,
-                resent: false,
+                watch_sent: None,
+                watch_last_ms: 0,
             },
         );
         self.time_head(key.0, now_ms);
     }
 
     pub fn remove(&mut self, key: Key) {
-        if let Some(p) = self.pending.remove(&key) {
-            if let Some(t) = p.timed_from {
-                self.by_arrival.remove(&(t, key.0, key.1));
-            }
-            if let Some(set) = self.client_pending.get_mut(&key.0) {
-                set.remove(&(p.order, key.1));
-                if set.is_empty() {
-                    self.client_pending.remove(&key.0);
-                }
-            }
-            self.dequeue(p.order);
+        if self.remove_quiet(key) {
+            self.drop_stale_heads(key.0);
             // The client's next request is its oldest now: timed from here.
             self.time_head(key.0, self.clock_ms);
         }
+    }
+
+    /// Removes `key`, leaving its client's next request untimed; whether
+    /// it was pending.
+    fn remove_quiet(&mut self, key: Key) -> bool {
+        let Some(p) = self.pending.remove(&key) else { return false };
+        if let Some(t) = p.timed_from {
+            self.by_arrival.remove(&(t, key.0, key.1));
+        }
+        if let Some(set) = self.client_pending.get_mut(&key.0) {
+            set.remove(&(p.order, key.1));
+            if set.is_empty() {
+                self.client_pending.remove(&key.0);
+            }
+        }
+        self.dequeue(p.order);
+        true
     }
 
     /// `key` was sent to this view's primary.
@@ -357,26 +370,21 @@ impl RequestPool {
     /// stay its client's timed oldest for good (a faulty client's way to
     /// get correct primaries suspected), as soon as it is that oldest.
     pub fn delivered(&mut self, batch: &Batch) {
-        let mut clients = BTreeSet::new();
         for r in &batch.requests {
-            self.remove((r.client, r.id));
             let window = self.client_window;
             self.delivered.entry(r.client).or_default().insert(r.id.0, window);
-            clients.insert(r.client);
-        }
-        for c in clients {
-            self.drop_stale_heads(c);
+            self.remove((r.client, r.id));
         }
     }
 
     /// Removes `client`'s oldest pending requests while they are too old
-    /// to be ordered (see `delivered`).
+    /// to be ordered (see `delivered`), so that none is ever its timed
+    /// oldest.
     fn drop_stale_heads(&mut self, client: ClientId) {
         while let Some(&(_, id)) = self.client_pending.get(&client).and_then(|s| s.first()) {
-            if !self.is_delivered((client, id)) {
+            if !self.is_delivered((client, id)) || !self.remove_quiet((client, id)) {
                 break;
             }
-            self.remove((client, id));
         }
     }
 
@@ -518,89 +526,98 @@ impl RequestPool {
             .collect()
     }
 
-    /// The batch watch, after a PRE-PREPARE of this view was accepted: the
-    /// oldest requests waiting here (not a flood's) that have waited a
-    /// grace and are in neither `batch` nor the batches `around` it are
-    /// candidates, up to `limit` of them, with each client's oldest whose
-    /// "proposed" mark is not trusted (a faulty primary's split
-    /// PRE-PREPARE may have set it for a slot that was decided without the
-    /// request). If `batch`, counting only its new requests (in no earlier
-    /// undelivered batch, not delivered, not repeated: padding is not room
-    /// used), had room for a candidate within `max_requests` and
-    /// `max_bytes`, the candidate is sent to the primary the first time
-    /// (`Skips::resend`: a faulty client may have sent it to the backups
-    /// alone, and a forward may be lost), and from a grace after that
-    /// counts one more skip each time. A request whose signature
-    /// `authentic` rejects is dropped instead: a correct primary refuses
-    /// it.
+    /// The batch watch, after a PRE-PREPARE of this view at `seq` was
+    /// accepted (before anything it completes is delivered): the oldest
+    /// requests waiting here (not a flood's; also each client's oldest
+    /// marked proposed, a mark a faulty primary's split PRE-PREPARE can
+    /// leave on a request whose slot was decided without it) that have
+    /// waited a grace here, or since this replica last sent them to the
+    /// primary, and are in neither `batch` nor the batches `around` it are
+    /// candidates, the 64 oldest of them. If `batch`, counting only its
+    /// new requests (in no earlier undelivered batch, not delivered, not
+    /// repeated: padding is not room used), had room for a candidate
+    /// within `max_requests` and `max_bytes`: the first time, the candidate
+    /// is sent to the primary (`Skips::resend`: a faulty client may have
+    /// sent it to the backups alone, and a forward may be lost), and from
+    /// a grace after that, at sequence numbers past `horizon` (what this
+    /// replica has seen plus a pipeline), it counts one more skip each
+    /// time, and is sent again once per grace. A request too old for its
+    /// client's window, or whose signature `authentic` rejects, is dropped
+    /// instead: a correct primary refuses it.
     #[allow(clippy::too_many_arguments)]
     pub fn count_skips(
         &mut self,
         now_ms: u64,
         grace_ms: u64,
-        limit: usize,
+        (seq, horizon): (u64, u64),
         batch: &Batch,
         around: Around<'_>,
         (max_requests, max_bytes): (usize, usize),
         mut authentic: impl FnMut(&Request) -> bool,
     ) -> Skips {
+        const LIMIT: usize = 64;
         let mut out = Skips { most: None, resend: Vec::new(), dropped: 0 };
-        // A request is due once it has waited a grace here, or since this
-        // replica last sent it to the primary. Only
-        // that is looked at first: with a correct primary no request
-        // usually is due, and nothing else is built.
         let due = |p: &Pending| {
-            let since = if p.forwarded || p.resent { p.forwarded_ms } else { p.arrival_ms };
+            let since = match p.watch_sent {
+                Some((t, _)) => t,
+                None if p.forwarded => p.forwarded_ms,
+                None => p.arrival_ms,
+            };
             now_ms >= since.saturating_add(grace_ms)
         };
-        let mut candidates: Vec<Key> = Vec::new();
-        // The oldest requests not proposed here, every one of them: a
-        // correct primary's batch with room takes all it holds, not only
-        // each client's oldest (a tiny-batch primary serves every client's
-        // oldest in turn while the rest queue up). Never a flood's.
+        // Arrival times grow along the queue (a new view gives every
+        // request the same): the scan stops at the first that has not
+        // waited a grace. With a correct primary that is usually the first.
+        let mut due_keys: BTreeSet<Key> = BTreeSet::new();
         for &key in self.queue.values().take(SCAN_MAX) {
-            if candidates.len() >= limit {
+            let Some(p) = self.pending.get(&key) else { continue };
+            if now_ms < p.arrival_ms.saturating_add(grace_ms) {
                 break;
             }
-            if !self.floods(key.0, now_ms) && self.pending.get(&key).is_some_and(due) {
-                candidates.push(key);
+            if !self.floods(key.0, now_ms) && due(p) {
+                due_keys.insert(key);
             }
         }
-        // And each client's oldest marked proposed: the mark may be stale.
         for &(_, client, id) in self.by_arrival.iter().take(SCAN_MAX) {
-            if candidates.len() >= limit {
-                break;
-            }
             if self.pending.get(&(client, id)).is_some_and(|p| p.proposed && due(p)) {
-                candidates.push((client, id));
+                due_keys.insert((client, id));
             }
         }
-        if candidates.is_empty() {
+        if due_keys.is_empty() {
             return out;
         }
-        let keys = |bs: &[std::sync::Arc<Batch>]| -> BTreeSet<Key> {
-            bs.iter().flat_map(|b| b.requests.iter().map(|r| (r.client, r.id))).collect()
-        };
-        let mut in_flight = keys(around.later);
-        in_flight.extend(batch.requests.iter().map(|r| (r.client, r.id)));
-        // The batch's new requests: what it spent its room on.
-        let mut earlier = keys(around.earlier);
-        in_flight.extend(earlier.iter().copied());
-        let (mut count, mut bytes) = (0usize, 0usize);
-        for r in &batch.requests {
-            let key = (r.client, r.id);
-            if !self.is_delivered(key) && earlier.insert(key) {
-                count += 1;
-                bytes += r.size_bytes();
+        // Room, from the batch alone unless it looks full: then only its
+        // new requests count.
+        let mut count = batch.requests.len();
+        let mut bytes = batch.size_bytes();
+        if count >= max_requests || bytes >= max_bytes / 2 {
+            let mut seen: BTreeSet<Key> =
+                around.earlier.iter().flat_map(|b| b.requests.iter().map(|r| (r.client, r.id))).collect();
+            (count, bytes) = (0, 0);
+            for r in &batch.requests {
+                let key = (r.client, r.id);
+                if !self.is_delivered(key) && seen.insert(key) {
+                    count += 1;
+                    bytes += r.size_bytes();
+                }
             }
         }
         if count >= max_requests {
             return out;
         }
-        let mut forged = Vec::new();
-        let mut most = 0u32;
-        for key in candidates {
-            if in_flight.contains(&key) {
+        // What the undelivered batches hold is not left out.
+        for b in around.earlier.iter().chain(around.later).map(|b| b.as_ref()).chain([batch]) {
+            for r in &b.requests {
+                due_keys.remove(&(r.client, r.id));
+            }
+        }
+        let mut candidates: Vec<(u64, Key)> =
+            due_keys.into_iter().filter_map(|k| self.pending.get(&k).map(|p| (p.order, k))).collect();
+        candidates.sort_unstable();
+        let mut gone = Vec::new();
+        for (_, key) in candidates.into_iter().take(LIMIT) {
+            if self.is_delivered(key) {
+                gone.push(key);
                 continue;
             }
             let Some(p) = self.pending.get_mut(&key) else { continue };
@@ -609,23 +626,29 @@ impl RequestPool {
             }
             if !p.verified {
                 if !authentic(&p.request) {
-                    forged.push(key);
+                    gone.push(key);
+                    out.dropped += 1;
                     continue;
                 }
                 p.verified = true;
             }
-            if !p.resent {
-                p.resent = true;
-                p.forwarded_ms = now_ms;
+            let Some((_, floor)) = p.watch_sent else {
+                p.watch_sent = Some((now_ms, horizon));
+                p.watch_last_ms = now_ms;
                 out.resend.push(p.request.clone());
+                continue;
+            };
+            if seq <= floor {
                 continue;
             }
             p.skips += 1;
-            most = most.max(p.skips);
-            out.most = Some(most);
+            out.most = Some(out.most.unwrap_or(0).max(p.skips));
+            if now_ms >= p.watch_last_ms.saturating_add(grace_ms) {
+                p.watch_last_ms = now_ms;
+                out.resend.push(p.request.clone());
+            }
         }
-        out.dropped = forged.len();
-        for key in forged {
+        for key in gone {
             self.remove(key);
         }
         out
@@ -658,7 +681,7 @@ impl RequestPool {
             let send = !primary && !to_all && !flooding.contains(&key.0);
             p.forwarded = send;
             p.skips = 0;
-            p.resent = false;
+            p.watch_sent = None;
             if p.proposed {
                 p.proposed = false;
                 requeue.push((p.order, key));

@@ -24,6 +24,12 @@ pub(super) struct Timers {
     /// Doublings of the request timeout (PBFT 4.5.2); the request timer
     /// itself runs from each pending request's arrival (see `pool`).
     pub request_shift: u32,
+    /// Doublings of the batch watch's grace: one more per suspicion it
+    /// raised, one fewer per stable checkpoint, so that a backup that
+    /// suspects wrongly (its link from the primary slower than the grace)
+    /// soon stops doing so; not reset by the next delivery, as the request
+    /// timeout's are.
+    pub watch_shift: u32,
     /// Next retransmission of VIEW-CHANGEs, rejoin questions and end votes
     /// (slots are looked at every tick).
     pub retransmit_at_ms: u64,
