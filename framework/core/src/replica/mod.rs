@@ -53,6 +53,7 @@ mod rejoin;
 mod timers;
 mod transfer;
 mod view_change;
+mod watch;
 
 pub use catch_up::MAX_CATCH_UP_RESTARTS;
 pub use io::{Action, Discard, DropReason, Input, LateRequest, Metrics, NextSlot, ViewChangeReason};

@@ -1,14 +1,10 @@
 //! Client requests (PBFT 4.1): backups forward them to the primary and
 //! time them; the primary cuts them into batches and proposes them.
 
-use super::pool::Around;
-use super::{Action, Discard, DropReason, Record, Replica, ViewChangeReason};
+use super::{Action, Discard, DropReason, Record, Replica};
 use crate::crypto::Crypto;
-use crate::message::{null_digest, Batch, PeerMessage, PrePrepare, Request};
+use crate::message::{Batch, PeerMessage, PrePrepare, Request};
 use std::sync::Arc;
-
-/// Late forwards a backup sends per tick, at most (see `forward_late`).
-const FORWARDS_PER_TICK: usize = 256;
 
 impl<C: Crypto> Replica<C> {
     pub(super) fn on_client_request(&mut self, req: Request) {
@@ -193,122 +189,5 @@ impl<C: Crypto> Replica<C> {
                 self.mark_prepared(seq, digest);
             }
         }
-    }
-
-    /// How long a backup gives the primary before it forwards a request
-    /// the primary should already have, and again before the primary's
-    /// batches that leave it out count: `forward_grace_ms`, or four
-    /// measured rounds for each full batch waiting here if longer (a
-    /// correct primary's request waits for the batches ahead of it, as the
-    /// request timeout allows), doubled with the request timeout's backoff
-    /// and the watch's own (see `Timers::watch_shift`).
-    pub(super) fn forward_grace_ms(&self) -> u64 {
-        let batches = 1 + self.pool.len() as u64 / self.cfg.batch_max_requests.max(1) as u64;
-        let rounds = self
-            .timers
-            .round_x16
-            .filter(|_| self.bft())
-            .map_or(0, |r| r.saturating_mul(4).saturating_mul(batches).div_ceil(16));
-        let shift = self.timers.request_shift.max(self.timers.watch_shift);
-        self.cfg.forward_grace_ms.max(rounds) << shift
-    }
-
-    /// On a backup whose clients send to every replica, at every tick: the
-    /// requests the primary has not proposed within the forward grace go
-    /// to it (see `RequestPool::due_forwards`).
-    pub(super) fn forward_late(&mut self, now: u64) {
-        if !self.cfg.requests_to_all || self.is_primary() || self.rejoining() {
-            return;
-        }
-        let grace = self.forward_grace_ms();
-        let late = self.pool.due_forwards(now, grace, FORWARDS_PER_TICK);
-        if late.is_empty() {
-            return;
-        }
-        self.metrics.late_forwards += late.len() as u64;
-        let primary = self.primary();
-        for r in late {
-            self.send(primary, PeerMessage::Forward(r));
-        }
-    }
-
-    /// The watch on the primary's batches, on a backup that has just
-    /// accepted `batch` at `seq` (before anything it completes is
-    /// delivered): a batch with room to spare that leaves out a request the
-    /// primary has had for the forward grace counts against the primary
-    /// (see `RequestPool::count_skips`); whether `batch_watch_skips` of
-    /// them against one request now suspect it, for the caller to act on
-    /// once it has voted. Only when clients send to every replica, in BFT
-    /// mode (a crashing primary does not pick and choose), and while this
-    /// replica holds every batch below `seq` (a missing one may carry the
-    /// request) and is not behind its peers.
-    pub(super) fn watch_batch(&mut self, seq: crate::types::SeqNo, batch: &Batch) -> bool {
-        let limit = self.cfg.batch_watch_skips;
-        // A replica behind its peers sees PRE-PREPAREs late, formed long
-        // before what it forwarded reached the primary: it catches up.
-        let behind = self.transfer.is_some() || self.rejoining() || self.lagging();
-        if limit == 0 || !self.cfg.requests_to_all || !self.bft() || self.is_primary() || behind || batch.is_null() {
-            return false;
-        }
-        let delivered = self.log.delivered;
-        let view = self.view;
-        let pipeline = self.cfg.max_in_flight.max(1);
-        let horizon = delivered.0 + 4 * pipeline;
-        if seq.0 > horizon {
-            return false;
-        }
-        // The batches of the undelivered slots around this one, which the
-        // requests left out may be in (one decided elsewhere and learned
-        // here by notice never marked its requests proposed): every one
-        // before it must be here, and those after it that are.
-        let (mut earlier, mut later): (Vec<Arc<Batch>>, Vec<Arc<Batch>>) = (Vec::new(), Vec::new());
-        for s in delivered.0 + 1..=horizon {
-            if s == seq.0 {
-                continue;
-            }
-            let slot = self.log.slots.get(&crate::types::SeqNo(s));
-            let digest = slot.and_then(|sl| sl.decided.or(sl.pre_prepare.filter(|_| sl.view == view)));
-            let held = match digest {
-                Some(d) if d == null_digest() => continue,
-                Some(d) => slot.and_then(|sl| sl.batches.get(&d)).cloned(),
-                None => None,
-            };
-            match (held, s < seq.0) {
-                (Some(b), true) => earlier.push(b),
-                (Some(b), false) => later.push(b),
-                (None, true) => return false,
-                (None, false) => {}
-            }
-        }
-        let now = self.clock.now_ms;
-        let grace = self.forward_grace_ms();
-        // Skips count only past a pipeline beyond anything seen here when
-        // the request was sent (what the primary may have proposed before
-        // it got it), looking no further than the watch does: a vote for a
-        // far sequence number must not put the watch off.
-        let seen = self.log.slots.keys().next_back().map_or(seq.0, |s| s.0.clamp(seq.0, horizon));
-        let limits = (self.cfg.batch_max_requests, self.cfg.batch_max_bytes);
-        let unchecked = self.unchecked_proposals();
-        let crypto = &self.crypto;
-        let around = Around { earlier: &earlier, later: &later };
-        let skips = self.pool.count_skips(now, grace, (seq.0, seen + pipeline), batch, around, limits, |r| {
-            unchecked || crypto.verify_request(r)
-        });
-        for _ in 0..skips.dropped {
-            self.discard(Discard::ClientUnauthenticated);
-        }
-        let primary = self.primary();
-        for r in skips.resend {
-            self.metrics.late_forwards += 1;
-            self.send(primary, PeerMessage::Forward(r));
-        }
-        skips.most.is_some_and(|n| n >= limit)
-    }
-
-    /// The batch watch's verdict: this replica suspects the primary.
-    pub(super) fn suspect_skipping_primary(&mut self) {
-        self.metrics.skip_suspicions += 1;
-        self.timers.watch_shift = (self.timers.watch_shift + 1).min(self.cfg.view_change_backoff_max);
-        self.start_view_change(self.view.next(), ViewChangeReason::SkippedRequests);
     }
 }
