@@ -232,3 +232,38 @@ fn without_clients_sending_to_all_a_backup_forwards_at_once_and_the_watch_stays_
         assert_eq!(tiny_batch_forwarding(&mut r2, seq, 1 + grace * seq), (false, vec![]));
     }
 }
+
+#[test]
+fn a_suspicion_the_watch_raised_doubles_its_grace_in_the_next_view() {
+    // Replica 2 suspects the primary of view 0 (as in the tiny-batch test,
+    // with 2 skips), and view 1 starts: its requests, waiting again, are
+    // forwarded to the new primary only after twice the grace.
+    let (mut r2, cfg) = backup(2);
+    let grace = cfg.forward_grace_ms;
+    r2.step(Input::Request(request(1, 1)));
+    r2.step(tick(1 + grace));
+    r2.take_actions();
+    let mut t = 1 + 2 * grace;
+    assert_eq!(tiny_batch_forwarding(&mut r2, 1, t), (false, vec![(1, 1)]));
+    t += grace;
+    let mut seq = 2;
+    while !tiny_batch(&mut r2, seq, t + seq) {
+        seq += 1;
+        assert!(seq < 16, "the primary is suspected");
+    }
+    assert_eq!(r2.metrics().skip_suspicions, 1);
+    let vcs = (1..4).map(|r| view_change_from(r, 1)).collect();
+    let start = t + seq + 1;
+    r2.step(tick(start));
+    peer(&mut r2, 1, new_view(1, 4, vcs, vec![]));
+    assert!(r2.is_normal() && r2.view() == ViewNo(1));
+    r2.take_actions();
+    let to_new_primary = |out: &[Action]| {
+        out.iter()
+            .any(|a| matches!(a, Action::Send { to: ReplicaId(1), msg: PeerMessage::Forward(r) } if r.client.0 == 1))
+    };
+    r2.step(tick(start + grace));
+    assert!(!to_new_primary(&r2.take_actions()), "not after one grace");
+    r2.step(tick(start + 2 * grace));
+    assert!(to_new_primary(&r2.take_actions()), "after two");
+}
