@@ -8,16 +8,6 @@ use palisade_core::{Action, Input, Mode, PeerMessage, Replica, ReplicaId, ViewCh
 use palisade_testkit::crypto::TestCrypto;
 use palisade_testkit::fixtures::*;
 
-/// The requests (client, id) forwarded to replica 0 among `out`.
-fn forwards_of(out: &[Action]) -> Vec<(u64, u64)> {
-    out.iter()
-        .filter_map(|a| match a {
-            Action::Send { to: ReplicaId(0), msg: PeerMessage::Forward(r) } => Some((r.client.0, r.id.0)),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Backup 2 of a cluster whose clients send to every replica, with a
 /// fixed request timeout (1 s) so that only the watch can suspect, and
 /// `skips` skips to suspect.

@@ -6,16 +6,6 @@ use palisade_core::{Action, Input, Mode, PeerMessage, Replica, ReplicaId, SeqNo,
 use palisade_testkit::crypto::TestCrypto;
 use palisade_testkit::fixtures::*;
 
-/// The requests (client, id) forwarded to replica 0 among `out`.
-fn forwards_of(out: &[Action]) -> Vec<(u64, u64)> {
-    out.iter()
-        .filter_map(|a| match a {
-            Action::Send { to: ReplicaId(0), msg: PeerMessage::Forward(r) } => Some((r.client.0, r.id.0)),
-            _ => None,
-        })
-        .collect()
-}
-
 fn starts_view_change(out: &[Action]) -> bool {
     broadcasts(out).iter().any(|m| matches!(m, PeerMessage::ViewChange(_)))
 }

@@ -203,3 +203,15 @@ pub fn votes_for(actions: &[Action], digest: Digest) -> bool {
         _ => false,
     })
 }
+
+/// The requests (client, id) `actions` forward to replica 0, the primary
+/// of view 0.
+pub fn forwards_of(actions: &[Action]) -> Vec<(u64, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to: ReplicaId(0), msg: PeerMessage::Forward(r) } => Some((r.client.0, r.id.0)),
+            _ => None,
+        })
+        .collect()
+}

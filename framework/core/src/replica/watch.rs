@@ -8,8 +8,7 @@
 use super::pool::Around;
 use super::{Discard, Replica, ViewChangeReason};
 use crate::crypto::Crypto;
-use crate::message::{null_digest, Batch, PeerMessage};
-use std::sync::Arc;
+use crate::message::{null_digest, Batch, PeerMessage, Request};
 
 /// Late forwards a backup sends per tick, at most (see `forward_late`).
 const FORWARDS_PER_TICK: usize = 256;
@@ -42,9 +41,11 @@ impl<C: Crypto> Replica<C> {
         }
         let grace = self.forward_grace_ms();
         let late = self.pool.due_forwards(now, grace, FORWARDS_PER_TICK);
-        if late.is_empty() {
-            return;
-        }
+        self.forward_to_primary(late);
+    }
+
+    /// Sends the primary requests it should have proposed by now.
+    fn forward_to_primary(&mut self, late: Vec<Request>) {
         self.metrics.late_forwards += late.len() as u64;
         let primary = self.primary();
         for r in late {
@@ -64,10 +65,12 @@ impl<C: Crypto> Replica<C> {
     /// request) and is not behind its peers.
     pub(super) fn watch_batch(&mut self, seq: crate::types::SeqNo, batch: &Batch) -> bool {
         let limit = self.cfg.batch_watch_skips;
+        if limit == 0 || !self.cfg.requests_to_all || !self.bft() || self.is_primary() || batch.is_null() {
+            return false;
+        }
         // A replica behind its peers sees PRE-PREPAREs late, formed long
         // before what it forwarded reached the primary: it catches up.
-        let behind = self.transfer.is_some() || self.rejoining() || self.lagging();
-        if limit == 0 || !self.cfg.requests_to_all || !self.bft() || self.is_primary() || behind || batch.is_null() {
+        if self.transfer.is_some() || self.rejoining() || self.lagging() {
             return false;
         }
         let delivered = self.log.delivered;
@@ -76,29 +79,6 @@ impl<C: Crypto> Replica<C> {
         let horizon = delivered.0 + 4 * pipeline;
         if seq.0 > horizon {
             return false;
-        }
-        // The batches of the undelivered slots around this one, which the
-        // requests left out may be in (one decided elsewhere and learned
-        // here by notice never marked its requests proposed): every one
-        // before it must be here, and those after it that are.
-        let (mut earlier, mut later): (Vec<Arc<Batch>>, Vec<Arc<Batch>>) = (Vec::new(), Vec::new());
-        for s in delivered.0 + 1..=horizon {
-            if s == seq.0 {
-                continue;
-            }
-            let slot = self.log.slots.get(&crate::types::SeqNo(s));
-            let digest = slot.and_then(|sl| sl.decided.or(sl.pre_prepare.filter(|_| sl.view == view)));
-            let held = match digest {
-                Some(d) if d == null_digest() => continue,
-                Some(d) => slot.and_then(|sl| sl.batches.get(&d)).cloned(),
-                None => None,
-            };
-            match (held, s < seq.0) {
-                (Some(b), true) => earlier.push(b),
-                (Some(b), false) => later.push(b),
-                (None, true) => return false,
-                (None, false) => {}
-            }
         }
         let now = self.clock.now_ms;
         let grace = self.forward_grace_ms();
@@ -109,19 +89,40 @@ impl<C: Crypto> Replica<C> {
         let seen = self.log.slots.keys().next_back().map_or(seq.0, |s| s.0.clamp(seq.0, horizon));
         let limits = (self.cfg.batch_max_requests, self.cfg.batch_max_bytes);
         let unchecked = self.unchecked_proposals();
-        let crypto = &self.crypto;
-        let around = Around { earlier: &earlier, later: &later };
+        let (crypto, slots) = (&self.crypto, &self.log.slots);
+        // The batches of the undelivered slots around this one, which the
+        // requests left out may be in (one decided elsewhere and learned
+        // here by notice never marked its requests proposed): every one
+        // before it must be here, and those after it that are.
+        let around = || {
+            let mut held = Around { earlier: Vec::new(), later: Vec::new() };
+            for s in delivered.0 + 1..=horizon {
+                if s == seq.0 {
+                    continue;
+                }
+                let slot = slots.get(&crate::types::SeqNo(s));
+                let digest = slot.and_then(|sl| sl.decided.or(sl.pre_prepare.filter(|_| sl.view == view)));
+                let batch = match digest {
+                    Some(d) if d == null_digest() => continue,
+                    Some(d) => slot.and_then(|sl| sl.batches.get(&d)).cloned(),
+                    None => None,
+                };
+                match (batch, s < seq.0) {
+                    (Some(b), true) => held.earlier.push(b),
+                    (Some(b), false) => held.later.push(b),
+                    (None, true) => return None,
+                    (None, false) => {}
+                }
+            }
+            Some(held)
+        };
         let skips = self.pool.count_skips(now, grace, (seq.0, seen + pipeline), batch, around, limits, |r| {
             unchecked || crypto.verify_request(r)
         });
         for _ in 0..skips.dropped {
             self.discard(Discard::ClientUnauthenticated);
         }
-        let primary = self.primary();
-        for r in skips.resend {
-            self.metrics.late_forwards += 1;
-            self.send(primary, PeerMessage::Forward(r));
-        }
+        self.forward_to_primary(skips.resend);
         skips.most.is_some_and(|n| n >= limit)
     }
 
